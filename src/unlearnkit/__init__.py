@@ -1,0 +1,45 @@
+"""unlearnkit: machine unlearning with one API, one CLI and one evaluation protocol.
+
+>>> import unlearnkit
+>>> bench = unlearnkit.load_benchmark("digits")                     # doctest: +SKIP
+>>> request = unlearnkit.forget_request(bench, "class")              # doctest: +SKIP
+>>> model, record = unlearnkit.unlearn(target, request, method="ssd") # doctest: +SKIP
+
+Heavy modules (torch, transformers) load on first use, so importing the package is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["unlearn", "evaluate", "ForgetRequest", "load_benchmark", "forget_request", "list_methods",
+           "UserInputError"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "unlearn":
+        from .api import unlearn
+
+        return unlearn
+    if name == "evaluate":
+        from .api import evaluate
+
+        return evaluate
+    if name == "ForgetRequest":
+        from .request import ForgetRequest
+
+        return ForgetRequest
+    if name in ("load_benchmark", "forget_request"):
+        from .benchmarks import catalogue
+
+        return getattr(catalogue, name)
+    if name == "list_methods":  # not ``methods``: that name is the subpackage
+        from .methods.registry import methods
+
+        return methods
+    if name == "UserInputError":
+        from .errors import UserInputError
+
+        return UserInputError
+    raise AttributeError(f"module 'unlearnkit' has no attribute {name!r}")

@@ -83,3 +83,18 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
         info=outcome.info,
     )
     return outcome.model, record
+
+
+def evaluate(model: Any, splits: dict[str, Any], *, reference: dict[str, float] | None = None,
+             adapter: Any | None = None, seed: int = 0):
+    """Evaluate a classifier on named splits (``forget``, ``retain``, ``test``, optional ``forget_test``).
+
+    Returns an ``Evaluation`` with aggregate ``metrics`` and the per-item ``stats`` behind them;
+    pass the retrained model's metrics as ``reference`` to get ``avg_gap``.
+    """
+    adapter = _adapter_for(model, adapter)
+    if adapter.kind != "classifier":
+        raise UserInputError("unlearnkit.evaluate handles classifiers; use the causal-LM evaluator for language models.")
+    from .eval.classification import evaluate_classifier
+
+    return evaluate_classifier(adapter, splits, reference, seed)

@@ -1,0 +1,32 @@
+"""One entry point to every built-in benchmark."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UserInputError
+from ..request import ForgetRequest
+from .vision import VISION_BENCHMARKS, VisionBenchmark, load_vision_benchmark
+from .vision import forget_request as vision_forget_request
+
+BENCHMARKS = (*VISION_BENCHMARKS, "facts")
+
+
+def load_benchmark(name: str, seed: int = 0, **options: Any) -> Any:
+    """Load a built-in benchmark by name: ``digits``, ``mnist`` or ``facts``."""
+    if name in VISION_BENCHMARKS:
+        return load_vision_benchmark(name, seed, **options)
+    if name == "facts":
+        from .facts import FactsConfig, load_facts
+
+        return load_facts(FactsConfig(seed=seed, **options))
+    raise UserInputError(f"Unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}.")
+
+
+def forget_request(benchmark: Any, scenario: str, **options: Any) -> ForgetRequest:
+    """The forget request of a scenario (``random``/``class`` for images, a split like ``forget10`` for facts)."""
+    if isinstance(benchmark, VisionBenchmark):
+        return vision_forget_request(benchmark, scenario, **options)
+    from .facts import facts_request
+
+    return facts_request(benchmark, scenario, **options)

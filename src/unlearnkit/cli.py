@@ -1,0 +1,117 @@
+"""The ``unlearnkit`` command line."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from .errors import UserInputError
+
+app = typer.Typer(
+    name="unlearnkit",
+    help="Machine unlearning: many methods, one protocol, measured against retraining.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def parse_params(values: list[str] | None) -> dict[str, dict[str, Any]]:
+    """Parse ``--param method.name=value`` options into ``{method: {name: value}}`` (values stay strings)."""
+    parsed: dict[str, dict[str, Any]] = {}
+    for value in values or []:
+        key, sep, raw = value.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not method or not name:
+            raise UserInputError(f"--param {value!r} is not of the form METHOD.NAME=VALUE (e.g. ssd.alpha=5).")
+        parsed.setdefault(method, {})[name] = raw
+    return parsed
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """Split a comma-separated option; None or empty gives None."""
+    items = [v.strip() for v in (value or "").split(",") if v.strip()]
+    return items or None
+
+
+@app.command("methods")
+def methods_command() -> None:
+    """List every method: name, model kinds, what it needs, and its paper."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .methods.registry import methods
+
+    table = Table("method", "model kinds", "needs", "paper")
+    for name, cls in methods().items():
+        table.add_row(name, ", ".join(cls.kinds), ", ".join(sorted(cls.needs)) or "—", cls.paper)
+    Console(width=200).print(table)
+
+
+@app.command("bench")
+def bench_command(
+    benchmark: str = typer.Option("digits", help="Built-in benchmark: digits or mnist."),
+    scenario: str = typer.Option("random", help="Forget scenario: random (10% of train) or class."),
+    methods: Optional[str] = typer.Option(None, help="Comma-separated method names (default: all that apply)."),
+    out: Path = typer.Option(Path("out/bench"), help="Output directory (must not exist unless --overwrite)."),
+    seed: int = typer.Option(0, help="Seed for data, splits, initialisation and batching."),
+    param: Optional[list[str]] = typer.Option(None, help="Method setting METHOD.NAME=VALUE (repeatable)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+) -> None:
+    """Unlearn with each method on a built-in benchmark and compare every result with retraining."""
+    from .benchmarks.classifier_bench import run_classifier_bench
+
+    command = "unlearnkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    run_classifier_bench(benchmark, scenario, split_list(methods), out, seed=seed, params=parse_params(param),
+                         overwrite=overwrite, command=command)
+    typer.echo((out / "results.md").read_text())
+
+
+def _register_subcommands() -> None:
+    """Attach the commands that other parts of the package contribute."""
+    import importlib
+
+    for module_name in ("unlearnkit.ledger_cli", "unlearnkit.continual.cli"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as error:
+            if error.name != module_name:
+                raise
+            continue
+        module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI; a user mistake prints one sentence and exits with status 2."""
+    _register_subcommands()
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserInputError as error:
+        typer.echo(f"error: {error}", err=True)
+        return 2
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except typer.Exit as done:
+        return done.exit_code
+    except Exception as error:  # click's own usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            return error.exit_code
+        raise
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

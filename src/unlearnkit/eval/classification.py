@@ -1,0 +1,135 @@
+"""Classifier evaluation: per-item statistics collected once, metrics as pure functions of them.
+
+All accuracies, rates and gaps are fractions in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..adapters.base import batches
+
+
+@dataclass
+class ItemStats:
+    """Per-item statistics of one split: label, loss, predicted class, true-class probability."""
+
+    labels: np.ndarray
+    losses: np.ndarray
+    predictions: np.ndarray
+    true_probs: np.ndarray
+
+    def rows(self, split: str, ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        """JSON-ready per-item rows."""
+        ids = list(ids) if ids is not None else list(range(len(self.labels)))
+        return [
+            {"split": split, "item": int(i), "label": int(y), "loss": float(l), "predicted": int(p), "true_prob": float(q)}
+            for i, y, l, p, q in zip(ids, self.labels, self.losses, self.predictions, self.true_probs)
+        ]
+
+
+@torch.no_grad()
+def collect(adapter: Any, items: Sequence[Any], batch_size: int = 256) -> ItemStats:
+    """Run the model once over ``items`` and keep what every classifier metric needs."""
+    model = adapter.model
+    model.eval()
+    parts: list[tuple[np.ndarray, ...]] = []
+    for chunk in batches(items, batch_size, shuffle=False, seed=0):
+        batch = adapter.collate(chunk)
+        logits = adapter.logits(model, batch).float()
+        labels = batch["labels"]
+        log_probs = torch.log_softmax(logits, dim=-1)
+        true_log_prob = log_probs.gather(1, labels[:, None]).squeeze(1)
+        parts.append((labels.numpy(), (-true_log_prob).numpy(), logits.argmax(1).numpy(), true_log_prob.exp().numpy()))
+    if not parts:
+        empty = np.zeros(0)
+        return ItemStats(empty.astype(int), empty, empty.astype(int), empty)
+    return ItemStats(*(np.concatenate(column) for column in zip(*parts)))
+
+
+def accuracy(stats: ItemStats) -> float:
+    """Fraction of items whose predicted class is the label (nan for an empty split)."""
+    return float(np.mean(stats.predictions == stats.labels)) if len(stats.labels) else float("nan")
+
+
+def mia_efficacy(retain: ItemStats, test: ItemStats, forget: ItemStats, seed: int = 0) -> float:
+    """SVC membership inference on the true-class probability (Jia et al. 2023, ``SVC_MIA``).
+
+    An RBF SVC (C=3, gamma="auto") learns members (a seeded sample of the retain set, as large as
+    the test set) against non-members (the test set); the score is the fraction of the forget set
+    it predicts non-member. Higher means the forget set looks less like training data.
+    """
+    from sklearn.svm import SVC
+
+    rng = np.random.default_rng(seed)
+    n = min(len(retain.true_probs), len(test.true_probs))
+    members = rng.choice(len(retain.true_probs), size=n, replace=False)
+    features = np.concatenate([retain.true_probs[members], test.true_probs[:n]])[:, None]
+    targets = np.concatenate([np.ones(n), np.zeros(n)])
+    attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features, targets)
+    return float(np.mean(attack.predict(forget.true_probs[:, None]) == 0))
+
+
+def loss_mia_auc(forget: ItemStats, test: ItemStats) -> float:
+    """Loss-threshold MIA: ROC AUC of the loss separating test (label 1) from forget (label 0).
+
+    About 1 means the forget items are still recognisably training data; 0.5 means they look like
+    unseen data.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.concatenate([np.zeros(len(forget.losses)), np.ones(len(test.losses))])
+    return float(roc_auc_score(labels, np.concatenate([forget.losses, test.losses])))
+
+
+GAP_METRICS = ("forget_acc", "retain_acc", "test_acc", "mia_efficacy")
+
+
+def avg_gap(metrics: Mapping[str, float], reference: Mapping[str, float]) -> float:
+    """Mean absolute difference to the retrained model over forget, retain and test accuracy and MIA-efficacy."""
+    return float(np.mean([abs(metrics[k] - reference[k]) for k in GAP_METRICS]))
+
+
+def classifier_metrics(stats: Mapping[str, ItemStats], seed: int = 0) -> dict[str, float]:
+    """Aggregate metrics from per-split statistics (splits forget, retain, test, optional forget_test)."""
+    metrics = {
+        "forget_acc": accuracy(stats["forget"]),
+        "retain_acc": accuracy(stats["retain"]),
+        "test_acc": accuracy(stats["test"]),
+        "mia_efficacy": mia_efficacy(stats["retain"], stats["test"], stats["forget"], seed),
+        "mia_auc": loss_mia_auc(stats["forget"], stats["test"]),
+    }
+    if "forget_test" in stats:
+        metrics["forget_test_acc"] = accuracy(stats["forget_test"])
+    return metrics
+
+
+@dataclass
+class Evaluation:
+    """Aggregate metrics and the per-item statistics behind them."""
+
+    metrics: dict[str, float]
+    stats: dict[str, ItemStats]
+
+    def item_rows(self, ids: Mapping[str, Sequence[int]] | None = None) -> list[dict[str, Any]]:
+        """Every per-item row of every split."""
+        ids = ids or {}
+        return [row for split, s in self.stats.items() for row in s.rows(split, ids.get(split))]
+
+
+def evaluate_classifier(
+    adapter: Any,
+    splits: Mapping[str, Sequence[Any]],
+    reference: Mapping[str, float] | None = None,
+    seed: int = 0,
+) -> Evaluation:
+    """Collect statistics on each split and compute the metrics; ``avg_gap`` when a reference is given."""
+    stats = {name: collect(adapter, items) for name, items in splits.items()}
+    metrics = classifier_metrics(stats, seed)
+    if reference is not None:
+        metrics["avg_gap"] = avg_gap(metrics, reference)
+    return Evaluation(metrics, stats)

@@ -1,0 +1,81 @@
+"""The classifier bench end to end, and the CLI's handling of bad input (exit 2, nothing written)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from unlearnkit.cli import main
+
+
+@pytest.fixture(scope="module")
+def bench_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "digits-class"
+    code = main(["bench", "--benchmark", "digits", "--scenario", "class", "--methods", "ssd,gradient_ascent",
+                 "--param", "ssd.alpha=1", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_bench_writes_results_items_and_markdown(bench_out):
+    results = json.loads((bench_out / "results.json").read_text())
+    assert results["benchmark"] == "digits" and results["scenario"] == "class" and results["seed"] == 0
+    runs = {run["method"]: run for run in results["runs"]}
+    assert set(runs) == {"original", "retrain", "ssd", "gradient_ascent"}
+    for run in runs.values():
+        for key in ("forget_acc", "retain_acc", "test_acc", "forget_test_acc", "mia_efficacy", "mia_auc", "avg_gap"):
+            assert 0.0 <= run["metrics"][key] <= 1.0, (run["method"], key)
+    assert runs["retrain"]["metrics"]["avg_gap"] == 0.0
+    assert runs["original"]["metrics"]["test_acc"] >= 0.95
+    assert runs["ssd"]["params"]["alpha"] == 1.0
+    assert runs["ssd"]["metrics"]["forget_acc"] < runs["original"]["metrics"]["forget_acc"]
+    assert "| ssd |" in (bench_out / "results.md").read_text()
+
+
+def test_bench_aggregates_can_be_recomputed_from_items(bench_out):
+    results = json.loads((bench_out / "results.json").read_text())
+    ssd = next(run for run in results["runs"] if run["method"] == "ssd")
+    rows = [json.loads(line) for line in (bench_out / "items" / "ssd.jsonl").read_text().splitlines()]
+    for split, key in (("forget", "forget_acc"), ("retain", "retain_acc"), ("test", "test_acc")):
+        chosen = [r for r in rows if r["split"] == split]
+        assert chosen, split
+        accuracy = sum(r["predicted"] == r["label"] for r in chosen) / len(chosen)
+        assert accuracy == pytest.approx(ssd["metrics"][key], abs=1e-9)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "nope"], "Unknown method 'nope'; valid methods:"),
+    (["--benchmark", "cifar"], "Unknown benchmark 'cifar'; valid: digits, mnist"),
+    (["--scenario", "half"], "Unknown scenario 'half'; valid: random, class"),
+    (["--methods", "ssd", "--param", "ssd.lr=0"], "learning rate must be a positive number"),
+    (["--methods", "gradient_ascent", "--param", "gradient_ascent.epochs=-2"], "epoch count must be a positive"),
+    (["--methods", "ssd", "--param", "ssd.nonsense=1"], "has no hyper-parameter 'nonsense'"),
+    (["--methods", "ssd", "--param", "ssd.alpha=high"], "not a valid float"),
+    (["--methods", "ssd", "--param", "salun.lr=1"], "not in --methods"),
+])
+def test_bad_bench_input_exits_2_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    assert main(["bench", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_existing_output_is_not_overwritten(bench_out, capsys):
+    before = (bench_out / "results.json").read_text()
+    assert main(["bench", "--methods", "ssd", "--out", str(bench_out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (bench_out / "results.json").read_text() == before
+
+
+def test_console_script_reports_user_errors_with_status_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "unlearnkit.cli", "bench", "--methods", "nope", "--out",
+                           str(tmp_path / "x")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: Unknown method") and "Traceback" not in proc.stderr
+
+
+def test_methods_command_lists_every_method(capsys):
+    assert main(["methods"]) == 0
+    assert "ssd" in capsys.readouterr().out

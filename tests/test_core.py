@@ -1,0 +1,121 @@
+"""ForgetRequest validation, config checks, the divergence guard and the public API contract."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import unlearnkit
+from unlearnkit.adapters.classifier import ClassifierAdapter
+from unlearnkit.errors import UserInputError
+from unlearnkit.methods.base import item_stream
+from unlearnkit.request import ForgetRequest
+from unlearnkit.train import TrainConfig, optimise
+
+DATA = [(torch.randn(4), i % 2) for i in range(10)]
+
+
+@pytest.mark.parametrize(
+    "forget, retain, message",
+    [
+        ([], None, "forget set is empty"),
+        ([10], None, "item id 10"),
+        ([-1], None, "item id -1"),
+        ([1, 2], [2, 3], "overlap"),
+        ([1, 1], None, "more than once"),
+        ([1], [0, 99], "retain set has item id 99"),
+    ],
+)
+def test_request_rejects_bad_ids(forget, retain, message):
+    with pytest.raises(UserInputError, match=message):
+        ForgetRequest(DATA, forget, retain)
+
+
+def test_request_items_in_order():
+    request = ForgetRequest(DATA, [3, 1], [0, 2], neighbours={"near": [4]})
+    assert request.forget_items() == [DATA[3], DATA[1]]
+    assert request.retain_items() == [DATA[0], DATA[2]]
+    assert request.neighbour_items("near") == [DATA[4]]
+    with pytest.raises(UserInputError, match="no neighbour set 'far'"):
+        request.neighbour_items("far")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lr": 0}, "learning rate"), ({"lr": -1e-3}, "learning rate"), ({"epochs": 0}, "epoch count"),
+    ({"optimizer": "lbfgs"}, "Unknown optimizer"), ({"bogus": 1}, "no hyper-parameter 'bogus'"),
+])
+def test_bad_hyperparameters_are_refused(overrides, message):
+    request = ForgetRequest(DATA, [0], list(range(1, 10)))
+    with pytest.raises(UserInputError, match=message):
+        unlearnkit.unlearn(nn.Linear(4, 2), request, "gradient_ascent", **overrides)
+
+
+def test_method_needing_retain_data_refuses_a_request_without_it():
+    with pytest.raises(UserInputError, match="needs retain data"):
+        unlearnkit.unlearn(nn.Linear(4, 2), ForgetRequest(DATA, [0]), "ssd")
+
+
+def test_unknown_method_lists_valid_names():
+    with pytest.raises(UserInputError, match="valid methods: .*ssd"):
+        unlearnkit.unlearn(nn.Linear(4, 2), ForgetRequest(DATA, [0]), "no_such_method")
+
+
+def test_unlearn_never_modifies_the_input_model():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    unlearned, record = unlearnkit.unlearn(model, ForgetRequest(DATA, [0, 1]), "gradient_ascent", lr=0.1, epochs=3)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not torch.equal(unlearned.weight, model.weight)
+    assert record.steps == 3 and record.status == "ok" and record.seconds > 0
+
+
+class _NaNAfter(nn.Module):
+    """A linear model whose output turns NaN once it has been called ``after`` times in training."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.linear, self.after, self.calls = nn.Linear(4, 2), after, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.linear(x)
+        return out * float("nan") if self.training and self.calls > self.after else out
+
+
+def test_divergence_guard_restores_last_good_weights():
+    torch.manual_seed(0)
+    model = _NaNAfter(after=5)
+    adapter = ClassifierAdapter(model)
+    config = TrainConfig(epochs=10, lr=0.1, batch_size=2, guard_every=1, grad_clip=None)
+    weights_seen = []
+
+    def loss(m, batch):
+        weights_seen.append(m.linear.weight.detach().clone())
+        return adapter.per_item_loss(m, batch).mean()
+
+    stream, steps = item_stream(adapter, DATA, config)
+    record = optimise(model, stream, loss, config, steps_per_epoch=steps)
+    assert record.status == "diverged" and "restored" in record.message
+    assert record.steps == 5 and all(math.isfinite(v) for v in record.losses)
+    # The restored weights are those of the last step whose loss was finite (the 5th forward pass).
+    assert torch.equal(model.linear.weight, weights_seen[4])
+    assert torch.isfinite(model.linear.weight).all()
+
+
+def test_lr_schedule_and_max_steps():
+    model = nn.Linear(4, 2)
+    adapter = ClassifierAdapter(model)
+    config = TrainConfig(epochs=100, max_steps=7, lr=0.01, batch_size=5, schedule="cosine")
+    stream, steps = item_stream(adapter, DATA, config)
+    record = optimise(model, stream, lambda m, b: adapter.per_item_loss(m, b).mean(), config, steps_per_epoch=steps)
+    assert record.steps == 7
+
+
+def test_registry_lists_core_methods_with_metadata():
+    registry = unlearnkit.list_methods()
+    for name in ("ssd", "gradient_ascent"):
+        assert name in registry
+        cls = registry[name]
+        assert cls.paper and cls.kinds and "classifier" in cls.kinds
