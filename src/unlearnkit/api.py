@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
@@ -54,6 +54,20 @@ def check_needs(method: Any, adapter: Any, request: ForgetRequest) -> None:
         )
     if "retain" in method.needs and not request.retain:
         raise UserInputError(f"Method {method.name!r} needs retain data, but the request has none.")
+
+
+def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]], adapter: Any, request: Any,
+                     defaults: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Check every method name, kind, need and hyper-parameter before any work; return the settings."""
+    unknown = sorted(set(params) - set(names))
+    if unknown:
+        raise UserInputError(f"Settings were given for method {unknown[0]!r}, which is not in --methods.")
+    settings = {name: {**(defaults or {}).get(name, {}), **params.get(name, {})} for name in names}
+    for name in names:
+        method = get_method(name)
+        check_needs(method, adapter, request)
+        build_config(method.Config, settings[name], owner=f"Method {name!r}")
+    return settings
 
 
 def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter: Any | None = None, **hparams: Any):

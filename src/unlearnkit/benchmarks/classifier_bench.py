@@ -6,12 +6,11 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..api import check_needs, unlearn
+from ..api import unlearn, validate_runs
 from ..errors import UserInputError
 from ..eval.classification import evaluate_classifier
 from ..io import atomic_dir
-from ..methods.registry import get_method, methods
-from ..train.config import build_config
+from ..methods.registry import methods
 from .results import write_items, write_results
 from .vision import cached_classifier, evaluation_splits, forget_request, load_vision_benchmark
 
@@ -40,15 +39,7 @@ def run_classifier_bench(
     bench = load_vision_benchmark(benchmark, seed)
     request = forget_request(bench, scenario)
     names = list(method_names) if method_names else default_methods()
-    params = {k: dict(v) for k, v in (params or {}).items()}
-    unknown = sorted(set(params) - set(names))
-    if unknown:
-        raise UserInputError(f"Settings were given for method {unknown[0]!r}, which is not in --methods.")
-    settings = {name: {**bench.method_defaults.get(name, {}), **params.get(name, {})} for name in names}
-    for name in names:  # validate every name and its hyper-parameters before any work
-        method = get_method(name)
-        check_needs(method, bench.adapter(None), request)
-        build_config(method.Config, settings[name], owner=f"Method {name!r}")
+    settings = validate_runs(names, params or {}, bench.adapter(None), request, bench.method_defaults)
     if out.exists() and not overwrite:
         raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
 

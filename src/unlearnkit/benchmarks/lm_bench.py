@@ -1,0 +1,102 @@
+"""The causal-LM bench: unlearn with each method on ``facts`` and score it with the TOFU/MUSE suite.
+
+The target model and the retain model (trained without the forgotten people) appear as reference
+rows; forget quality and privleak of every model are measured against the retain model.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from ..api import unlearn, validate_runs
+from ..errors import UserInputError
+from ..eval.language import LM_METRICS, evaluate_lm
+from ..io import atomic_dir
+from ..methods.registry import methods
+from .results import write_items, write_results
+
+COLUMNS = ("method", "forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
+           "retain_rouge", "general_rouge", "mia_loss_auc", "mia_minkpp_auc", "privleak", "extraction_strength",
+           "seconds", "time_vs_retrain", "peak_mem_mb", "status")
+
+#: Retain questions scored per model (TOFU scores 400); a seeded sample keeps evaluation within a minute.
+RETAIN_EVAL_ITEMS = 400
+
+
+def default_lm_methods() -> list[str]:
+    """Every registered method that works on causal LMs."""
+    return [name for name, cls in methods().items() if "causal_lm" in cls.kinds]
+
+
+def evaluation_splits(data: Any, split: str, seed: int) -> dict[str, list[dict]]:
+    """forget (the split), retain (a seeded sample), holdout of the same size class, general."""
+    retain = list(data.split("retain"))
+    if len(retain) > RETAIN_EVAL_ITEMS:
+        retain = sorted(random.Random(seed).sample(retain, RETAIN_EVAL_ITEMS), key=lambda it: it["id"])
+    return {"forget": list(data.split(split)), "retain": retain,
+            "holdout": list(data.split(split.replace("forget", "holdout"))), "general": list(data.split("general"))}
+
+
+def run_lm_bench(
+    config: Any,
+    split: str,
+    method_names: Sequence[str] | None,
+    out: Path,
+    *,
+    params: Mapping[str, Mapping[str, Any]] | None = None,
+    overwrite: bool = False,
+    command: str = "",
+    extra_metrics: Callable[[Any, Any], dict[str, float]] | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Run the facts bench and write results.json, results.md and items/<model>.jsonl into ``out``."""
+    from ..adapters.causal_lm import CausalLMAdapter
+    from .facts import cached_facts_model, facts_request, load_facts
+
+    data = load_facts(config)
+    request = facts_request(data, split)
+    names = list(method_names) if method_names else default_lm_methods()
+    if out.exists() and not overwrite:
+        raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
+    target_dir, target_meta = cached_facts_model(config, "target")
+    retain_dir, retain_meta = cached_facts_model(config, "retain", split)
+    target = CausalLMAdapter.from_pretrained(target_dir, max_length=config.max_length)
+    settings = validate_runs(names, params or {}, target, request)
+    retain_model = CausalLMAdapter.from_pretrained(retain_dir, max_length=config.max_length)
+    retrain_seconds = retain_meta["train_seconds"]
+    splits = evaluation_splits(data, split, config.seed)
+    ids = {name: [it["id"] for it in items] for name, items in splits.items()}
+
+    _, reference = evaluate_lm(retain_model, splits, None, ids=ids)
+    runs, items = [], {}
+
+    def record_run(name: str, adapter: Any, run: dict[str, Any]) -> None:
+        metrics, stats = evaluate_lm(adapter, splits, reference, ids=ids)
+        if extra_metrics is not None:
+            metrics.update(extra_metrics(name, adapter))
+        runs.append({**run, "method": name, "retrain_seconds": retrain_seconds, "metrics": metrics})
+        items[name] = [row for split_name, s in stats.items() for row in s.rows(split_name)]
+        log(f"{name:>18}: forget_quality={metrics['forget_quality']:.3g} model_utility={metrics['model_utility']:.4f} "
+            f"seconds={run['seconds']:.1f} ({run['seconds'] / retrain_seconds:.3f} of retrain)")
+
+    for role, adapter, meta in (("target", target, target_meta), ("retain", retain_model, retain_meta)):
+        record_run(role, adapter, {"reference": True, "params": meta["config"], "seconds": meta["train_seconds"],
+                                   "peak_mem_mb": float("nan"), "status": "ok"})
+    for name in names:
+        model, record = unlearn(target.model, request, name, adapter=target, **settings[name])
+        record_run(name, target.with_model(model), {
+            "reference": False, "params": record.params, "seconds": record.seconds, "peak_mem_mb": record.peak_mem_mb,
+            "status": record.status, "message": record.message, "info": record.info})
+
+    results = {"benchmark": "facts", "split": split, "seed": config.seed, "retrain_seconds": retrain_seconds,
+               "metric_keys": list(LM_METRICS), "config": config.to_dict(),
+               "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs}
+    command = command or f"unlearnkit bench --benchmark facts --split {split}"
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_results(tmp, results, COLUMNS, f"facts — {split}", command)
+        for name, rows in items.items():
+            write_items(tmp / "items" / f"{name}.jsonl", rows)
+    return results

@@ -1,0 +1,1 @@
+"""Evaluation: per-item statistics collectors and metrics as pure functions of them."""

@@ -1,0 +1,172 @@
+"""Causal-LM evaluation: collect per-item statistics once, then compute the TOFU/MUSE metric suite.
+
+Items are question/answer dicts in TOFU's field names: ``question``, ``answer`` and, where the set
+has them, ``paraphrased_answer`` and ``perturbed_answer`` (a list of wrong answers).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from ..adapters.base import batches
+from . import lm_metrics as M
+
+#: Metric keys of a causal-LM evaluation, stable once released.
+LM_METRICS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge", "retain_rouge",
+              "general_rouge", "mia_loss_auc", "mia_zlib_auc", "mia_mink_auc", "mia_minkpp_auc", "privleak",
+              "extraction_strength", "exact_memorization")
+
+
+@dataclass
+class LMSplitStats:
+    """Per-item statistics of one split, all in item order."""
+
+    ids: list[Any]
+    answers: list[str]
+    avg_loss: np.ndarray
+    paraphrase_loss: np.ndarray | None
+    perturbed_loss: list[np.ndarray] | None
+    token_logprobs: list[np.ndarray]
+    minkpp_mu: list[np.ndarray]
+    minkpp_sigma: list[np.ndarray]
+    argmax_ids: list[np.ndarray]
+    label_ids: list[np.ndarray]
+    generations: list[str] = field(default_factory=list)
+    rouge: np.ndarray | None = None
+
+    def truth_ratios(self) -> np.ndarray | None:
+        """P_wrong / P_correct per item; "correct" is the paraphrase when the set has one."""
+        if self.perturbed_loss is None:
+            return None
+        correct = self.paraphrase_loss if self.paraphrase_loss is not None else self.avg_loss
+        return M.truth_ratio(correct, self.perturbed_loss)
+
+    def mia_scores(self) -> dict[str, np.ndarray]:
+        """Loss-like membership scores (higher looks like a non-member) per item."""
+        return {
+            "loss": self.avg_loss.copy(),
+            "zlib": np.array([M.zlib_score(l, a) for l, a in zip(self.avg_loss, self.answers)]),
+            "mink": np.array([M.min_k_score(t) if len(t) else 0.0 for t in self.token_logprobs]),
+            "minkpp": np.array([M.min_k_plus_plus_score(t, m, s) if len(t) else 0.0
+                                for t, m, s in zip(self.token_logprobs, self.minkpp_mu, self.minkpp_sigma)]),
+        }
+
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        """JSON-ready per-item rows (no item text: reports stay redacted)."""
+        tr = self.truth_ratios()
+        scores = self.mia_scores()
+        rows = []
+        for i, item_id in enumerate(self.ids):
+            row = {"split": split, "item": item_id, "answer_nll": float(self.avg_loss[i])}
+            if self.paraphrase_loss is not None:
+                row["paraphrase_nll"] = float(self.paraphrase_loss[i])
+            if self.perturbed_loss is not None:
+                row["perturbed_nll"] = [float(v) for v in self.perturbed_loss[i]]
+                row["truth_ratio"] = float(tr[i])
+            if self.rouge is not None:
+                row["rouge_l_recall"] = float(self.rouge[i])
+            row.update({f"mia_{k}": float(v[i]) for k, v in scores.items()})
+            rows.append(row)
+        return rows
+
+
+def _with_answer(items: Sequence[Mapping[str, Any]], answers: Sequence[str]) -> list[dict[str, Any]]:
+    return [{"question": it["question"], "answer": a} for it, a in zip(items, answers)]
+
+
+@torch.no_grad()
+def _avg_losses(adapter: Any, items: Sequence[Mapping[str, Any]], batch_size: int) -> np.ndarray:
+    out = [adapter.per_item_loss(adapter.model, adapter.collate(chunk)).float().cpu().numpy()
+           for chunk in batches(list(items), batch_size, shuffle=False, seed=0)]
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+@torch.no_grad()
+def collect_lm(adapter: Any, items: Sequence[Mapping[str, Any]], ids: Sequence[Any] | None = None, *,
+               batch_size: int = 32, generate: bool = True, max_new_tokens: int = 48) -> LMSplitStats:
+    """Teacher-forced losses and token statistics, plus greedy generations and ROUGE-L recall."""
+    model = adapter.model
+    model.eval()
+    items = list(items)
+    token_logprobs, mus, sigmas, argmaxes, labels = [], [], [], [], []
+    for chunk in batches(items, batch_size, shuffle=False, seed=0):
+        for stats in adapter.token_stats(model, adapter.collate(chunk)):
+            token_logprobs.append(stats.logprobs.double().cpu().numpy())
+            mus.append(stats.mean.double().cpu().numpy())
+            sigmas.append(stats.std.double().cpu().numpy())
+            argmaxes.append(stats.argmax.cpu().numpy())
+            labels.append(stats.targets.cpu().numpy())
+    has_para = all("paraphrased_answer" in it for it in items)
+    has_pert = all(it.get("perturbed_answer") for it in items)
+    perturbed = None
+    if has_pert:
+        width = max(len(it["perturbed_answer"]) for it in items)
+        columns = []
+        for j in range(width):  # one teacher-forced pass per perturbation slot
+            present = [i for i, it in enumerate(items) if j < len(it["perturbed_answer"])]
+            losses = _avg_losses(adapter, _with_answer([items[i] for i in present],
+                                                       [items[i]["perturbed_answer"][j] for i in present]), batch_size)
+            columns.append(dict(zip(present, losses)))
+        perturbed = [np.array([col[i] for col in columns if i in col]) for i in range(len(items))]
+    stats = LMSplitStats(
+        ids=list(ids) if ids is not None else list(range(len(items))),
+        answers=[it["answer"] for it in items],
+        avg_loss=_avg_losses(adapter, items, batch_size),
+        paraphrase_loss=_avg_losses(adapter, _with_answer(items, [it["paraphrased_answer"] for it in items]),
+                                    batch_size) if has_para else None,
+        perturbed_loss=perturbed,
+        token_logprobs=token_logprobs, minkpp_mu=mus, minkpp_sigma=sigmas, argmax_ids=argmaxes, label_ids=labels,
+    )
+    if generate:
+        stats.generations = adapter.generate(model, [it["question"] for it in items], max_new_tokens=max_new_tokens)
+        stats.rouge = M.rouge_l_recall(stats.answers, stats.generations).per_item
+    return stats
+
+
+def lm_metrics(stats: Mapping[str, LMSplitStats], reference: Mapping[str, LMSplitStats] | None = None) -> dict[str, float]:
+    """The metric suite from per-split statistics (splits forget, retain, holdout, general).
+
+    ``reference`` holds the retain (gold) model's statistics: forget quality and privleak need them.
+    """
+    forget, retain, holdout, general = (stats[k] for k in ("forget", "retain", "holdout", "general"))
+    forget_tr = forget.truth_ratios()
+    metrics: dict[str, float] = {
+        "forget_truth_ratio": M.forget_truth_ratio(forget_tr).value,
+        "forget_prob": M.probability(forget.avg_loss).value,
+        "forget_rouge": float(np.mean(forget.rouge)),
+        "retain_rouge": float(np.mean(retain.rouge)),
+        "general_rouge": float(np.mean(general.rouge)),
+    }
+    components = {
+        **M.utility_components("retain", correct_avg_losses=retain.avg_loss, rouge_l_recalls=retain.rouge,
+                               truth_ratios=retain.truth_ratios()),
+        **M.utility_components("general", correct_avg_losses=general.avg_loss, rouge_l_recalls=general.rouge,
+                               truth_ratios=M.truth_ratio(general.avg_loss, general.perturbed_loss),
+                               wrong_avg_losses=general.perturbed_loss),
+    }
+    metrics["model_utility"] = M.model_utility(components)
+    forget_scores, holdout_scores = forget.mia_scores(), holdout.mia_scores()
+    for name in ("loss", "zlib", "mink", "minkpp"):
+        metrics[f"mia_{name}_auc"] = M.mia_auc(forget_scores[name], holdout_scores[name])
+    metrics["extraction_strength"] = M.extraction_strength(forget.argmax_ids, forget.label_ids).value
+    metrics["exact_memorization"] = M.exact_memorization(forget.argmax_ids, forget.label_ids).value
+    if reference is not None:
+        metrics["forget_quality"] = M.forget_quality(forget_tr, reference["forget"].truth_ratios())
+        ref_auc = M.mia_auc(reference["forget"].mia_scores()["mink"], reference["holdout"].mia_scores()["mink"])
+        metrics["privleak"] = M.privleak(metrics["mia_mink_auc"], ref_auc)
+    else:
+        metrics["forget_quality"] = metrics["privleak"] = float("nan")
+    return {k: metrics[k] for k in LM_METRICS}
+
+
+def evaluate_lm(adapter: Any, splits: Mapping[str, Sequence[Mapping[str, Any]]],
+                reference: Mapping[str, LMSplitStats] | None = None, *,
+                ids: Mapping[str, Sequence[Any]] | None = None, **collect_options: Any):
+    """Collect statistics on every split and compute the metrics; returns ``(metrics, stats)``."""
+    ids = ids or {}
+    stats = {name: collect_lm(adapter, items, ids.get(name), **collect_options) for name, items in splits.items()}
+    return lm_metrics(stats, reference), stats
