@@ -54,21 +54,43 @@ def methods_command() -> None:
 
 @app.command("bench")
 def bench_command(
-    benchmark: str = typer.Option("digits", help="Built-in benchmark: digits or mnist."),
-    scenario: str = typer.Option("random", help="Forget scenario: random (10% of train) or class."),
+    benchmark: str = typer.Option("digits", help="Built-in benchmark: digits, mnist or facts."),
+    scenario: str = typer.Option("random", help="Image benchmarks: random (10% of train) or class."),
+    split: str = typer.Option("forget10", help="facts: forget01, forget05 or forget10."),
+    preset: str = typer.Option("default", help="facts: default (200 people) or tiny (a few people, for smoke tests)."),
     methods: Optional[str] = typer.Option(None, help="Comma-separated method names (default: all that apply)."),
     out: Path = typer.Option(Path("out/bench"), help="Output directory (must not exist unless --overwrite)."),
     seed: int = typer.Option(0, help="Seed for data, splits, initialisation and batching."),
     param: Optional[list[str]] = typer.Option(None, help="Method setting METHOD.NAME=VALUE (repeatable)."),
+    attacks: Optional[str] = typer.Option(None, help="facts: comma-separated attacks (relearn, in_context, quantize)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
 ) -> None:
     """Unlearn with each method on a built-in benchmark and compare every result with retraining."""
-    from .benchmarks.classifier_bench import run_classifier_bench
-
     command = "unlearnkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    run_classifier_bench(benchmark, scenario, split_list(methods), out, seed=seed, params=parse_params(param),
-                         overwrite=overwrite, command=command)
+    if benchmark == "facts":
+        from .benchmarks.lm_bench import run_lm_bench
+
+        config = facts_preset(preset, seed)
+        run_lm_bench(config, split, split_list(methods), out, params=parse_params(param), overwrite=overwrite,
+                     command=command, attacks=split_list(attacks) or ())
+    else:
+        if attacks:
+            raise UserInputError(f"Attacks apply to causal language models; the {benchmark} benchmark is a classifier.")
+        from .benchmarks.classifier_bench import run_classifier_bench
+
+        run_classifier_bench(benchmark, scenario, split_list(methods), out, seed=seed, params=parse_params(param),
+                             overwrite=overwrite, command=command)
     typer.echo((out / "results.md").read_text())
+
+
+def facts_preset(preset: str, seed: int):
+    """The facts configuration of a named preset."""
+    from .benchmarks.facts import FactsConfig
+
+    presets = {"default": FactsConfig, "tiny": FactsConfig.tiny}
+    if preset not in presets:
+        raise UserInputError(f"Unknown facts preset {preset!r}; valid: {', '.join(presets)}.")
+    return presets[preset](seed=seed)
 
 
 def _register_subcommands() -> None:
@@ -89,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; a user mistake prints one sentence and exits with status 2."""
     _register_subcommands()
     try:
-        app(args=argv, standalone_mode=False)
+        # without standalone mode click returns a command's typer.Exit code instead of raising it
+        code = app(args=argv, standalone_mode=False)
     except UserInputError as error:
         typer.echo(f"error: {error}", err=True)
         return 2
@@ -105,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             error.show()
             return error.exit_code
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def run() -> None:

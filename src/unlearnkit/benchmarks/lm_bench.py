@@ -9,10 +9,11 @@ from __future__ import annotations
 import platform
 import random
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..api import unlearn, validate_runs
 from ..errors import UserInputError
+from ..eval.attacks import parse_attacks, run_attacks
 from ..eval.language import LM_METRICS, evaluate_lm
 from ..io import atomic_dir
 from ..methods.registry import methods
@@ -21,6 +22,9 @@ from .results import write_items, write_results
 COLUMNS = ("method", "forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
            "retain_rouge", "general_rouge", "mia_loss_auc", "mia_minkpp_auc", "privleak", "extraction_strength",
            "seconds", "time_vs_retrain", "peak_mem_mb", "status")
+
+ATTACK_COLUMNS = ("relearn_recovery", "relearn_recovery_control", "in_context_recovery",
+                  "in_context_recovery_control", "quantized_forget_quality", "quantized_model_utility")
 
 #: Retain questions scored per model (TOFU scores 400); a seeded sample keeps evaluation within a minute.
 RETAIN_EVAL_ITEMS = 400
@@ -49,13 +53,14 @@ def run_lm_bench(
     params: Mapping[str, Mapping[str, Any]] | None = None,
     overwrite: bool = False,
     command: str = "",
-    extra_metrics: Callable[[Any, Any], dict[str, float]] | None = None,
+    attacks: Sequence[str] = (),
     log=print,
 ) -> dict[str, Any]:
     """Run the facts bench and write results.json, results.md and items/<model>.jsonl into ``out``."""
     from ..adapters.causal_lm import CausalLMAdapter
     from .facts import cached_facts_model, facts_request, load_facts
 
+    attacks = parse_attacks(attacks)
     data = load_facts(config)
     request = facts_request(data, split)
     names = list(method_names) if method_names else default_lm_methods()
@@ -75,8 +80,9 @@ def run_lm_bench(
 
     def record_run(name: str, adapter: Any, run: dict[str, Any]) -> None:
         metrics, stats = evaluate_lm(adapter, splits, reference, ids=ids)
-        if extra_metrics is not None:
-            metrics.update(extra_metrics(name, adapter))
+        if attacks and name != "retain":
+            metrics.update(run_attacks(attacks, adapter, target, retain_model, splits["forget"], seed=config.seed,
+                                       evaluate=lambda q: evaluate_lm(q, splits, reference, ids=ids)[0]))
         runs.append({**run, "method": name, "retrain_seconds": retrain_seconds, "metrics": metrics})
         items[name] = [row for split_name, s in stats.items() for row in s.rows(split_name)]
         log(f"{name:>18}: forget_quality={metrics['forget_quality']:.3g} model_utility={metrics['model_utility']:.4f} "
@@ -92,11 +98,13 @@ def run_lm_bench(
             "status": record.status, "message": record.message, "info": record.info})
 
     results = {"benchmark": "facts", "split": split, "seed": config.seed, "retrain_seconds": retrain_seconds,
+               "attacks": list(attacks),
                "metric_keys": list(LM_METRICS), "config": config.to_dict(),
                "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs}
     command = command or f"unlearnkit bench --benchmark facts --split {split}"
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        write_results(tmp, results, COLUMNS, f"facts — {split}", command)
+        columns = COLUMNS + (ATTACK_COLUMNS if attacks else ())
+        write_results(tmp, results, columns, f"facts — {split}", command)
         for name, rows in items.items():
             write_items(tmp / "items" / f"{name}.jsonl", rows)
     return results

@@ -1,0 +1,157 @@
+"""Attacks that test whether forgetting holds: relearning, in-context re-introduction, quantization.
+
+Each attack is run on the unlearned model and, as a control, on the retain model (never trained on
+the forget set): an unlearned model is only as good as its gap to that control.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..adapters.base import clone_model
+from ..errors import UserInputError
+from ..train import TrainConfig, optimise
+from . import lm_metrics as M
+
+ATTACKS = ("relearn", "in_context", "quantize")
+
+
+def parse_attacks(value: str | Sequence[str] | None) -> list[str]:
+    """Validate a comma-separated attack list."""
+    names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value or [])
+    names = [n for n in names if n]
+    for name in names:
+        if name not in ATTACKS:
+            raise UserInputError(f"Unknown attack {name!r}; valid: {', '.join(ATTACKS)}.")
+    return names
+
+
+def check_attack_applies(adapter: Any, names: Sequence[str]) -> None:
+    """Every attack here needs a causal LM: say so for any other model kind."""
+    if names and adapter.kind != "causal_lm":
+        raise UserInputError(f"The {names[0]} attack applies to causal language models, not to a {adapter.kind} model.")
+
+
+def split_halves(items: Sequence[Any], seed: int) -> tuple[list[Any], list[Any]]:
+    """A seeded split of ``items`` into the half an attacker holds and the half that is measured."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    half = max(1, len(order) // 2)
+    return [items[i] for i in order[:half]], [items[i] for i in order[half:]]
+
+
+@torch.no_grad()
+def answer_probability(adapter: Any, items: Sequence[Mapping[str, Any]], batch_size: int = 32) -> float:
+    """Mean per-item answer probability exp(−mean answer NLL) — TOFU's "probability"."""
+    model = adapter.model
+    model.eval()
+    losses = [adapter.per_item_loss(model, adapter.collate(list(items[i:i + batch_size]))).float().cpu().numpy()
+              for i in range(0, len(items), batch_size)]
+    return M.probability(np.concatenate(losses)).value
+
+
+@dataclass
+class RelearnSettings:
+    """The relearning attack: ``steps`` of Adam at ``lr`` on half of the forget set.
+
+    The default lr suits the built-in facts models (trained at 3e-3); for a pretrained 7B model use
+    about 1e-5, as in the relearning literature.
+    """
+
+    steps: int = 50
+    lr: float = 3e-4
+    batch_size: int = 8
+    seed: int = 0
+
+
+def relearn(adapter: Any, attack_items: Sequence[Any], settings: RelearnSettings) -> Any:
+    """A copy of the model fine-tuned on ``attack_items`` (the adapter's model is not changed)."""
+    attacked = adapter.with_model(clone_model(adapter.model))
+    config = TrainConfig(epochs=10**6, max_steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size,
+                         seed=settings.seed, grad_clip=1.0)
+    items = list(attack_items)
+
+    def epoch_batches(epoch: int):
+        rng = random.Random(settings.seed + epoch)
+        order = rng.sample(items, len(items))
+        for i in range(0, len(order), settings.batch_size):
+            yield attacked.collate(order[i:i + settings.batch_size])
+
+    optimise(attacked.model, epoch_batches, lambda m, b: attacked.per_item_loss(m, b).mean(), config,
+             steps_per_epoch=-(-len(items) // settings.batch_size), description="relearning attack")
+    return attacked
+
+
+def with_context(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Items whose question is preceded by the fact itself (UnUnlearning's in-context re-introduction)."""
+    return [{**it, "question": f"Context: {it['answer']}\n{it['question']}"} for it in items]
+
+
+def quantized(adapter: Any) -> Any:
+    """A dynamically int8-quantized copy of the model (linear layers; GPT-2 Conv1D layers converted first)."""
+    model = copy.deepcopy(adapter.model).float().eval()
+    _conv1d_to_linear(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notice is not for users to act on
+        model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    return adapter.with_model(model)
+
+
+def _conv1d_to_linear(model: nn.Module) -> None:
+    for name, module in list(model.named_children()):
+        if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+            linear = nn.Linear(module.weight.shape[0], module.nf)
+            linear.weight.data = module.weight.data.t().contiguous()
+            linear.bias.data = module.bias.data.clone()
+            setattr(model, name, linear)
+        else:
+            _conv1d_to_linear(module)
+
+
+def recovery(attacked: float, unlearned: float, target: float) -> float:
+    """(m_attacked − m_unlearned) / (m_target − m_unlearned): 0 = nothing came back, 1 = all of it."""
+    return M.relearn_recovery(attacked, unlearned, target)
+
+
+def run_attacks(names: Sequence[str], unlearned: Any, target: Any, retain: Any, forget_items: Sequence[Any], *,
+                evaluate: Callable[[Any], Mapping[str, float]] | None = None, seed: int = 0,
+                relearn_settings: RelearnSettings | None = None) -> dict[str, float]:
+    """Run the named attacks; metrics are flat, snake_case, with ``_control`` for the retain model's.
+
+    Recovery is measured on the half of the forget set the attacker did not see, with the answer
+    probability as the metric. ``evaluate`` (full metric suite) is used for the quantized model.
+    """
+    check_attack_applies(unlearned, names)
+    held, measured = split_halves(forget_items, seed)
+    p_target = answer_probability(target, measured)
+    results: dict[str, float] = {}
+    if "relearn" in names:
+        settings = relearn_settings or RelearnSettings(seed=seed)
+        for suffix, model in (("", unlearned), ("_control", retain)):
+            before = answer_probability(model, measured)
+            after = answer_probability(relearn(model, held, settings), measured)
+            results[f"relearn_recovery{suffix}"] = recovery(after, before, p_target)
+    if "in_context" in names:
+        p_target_ctx = answer_probability(target, with_context(measured))
+        for suffix, model in (("", unlearned), ("_control", retain)):
+            before = answer_probability(model, measured)
+            results[f"in_context_recovery{suffix}"] = recovery(
+                answer_probability(model, with_context(measured)), before, p_target)
+            results[f"in_context_prob{suffix}"] = answer_probability(model, with_context(measured))
+        results["in_context_prob_target"] = p_target_ctx
+    if "quantize" in names:
+        q = quantized(unlearned)
+        results["quantized_forget_prob"] = answer_probability(q, list(forget_items))
+        if evaluate is not None:
+            full = evaluate(q)
+            results["quantized_forget_quality"] = full["forget_quality"]
+            results["quantized_model_utility"] = full["model_utility"]
+    return results
