@@ -83,6 +83,44 @@ def bench_command(
     typer.echo((out / "results.md").read_text())
 
 
+@app.command("forget")
+def forget_command(
+    model: Path = typer.Option(..., help="Folder of a Hugging Face causal LM, or of a classifier (unlearnkit.json + model.safetensors)."),
+    forget: Path = typer.Option(..., help="Items to forget: .jsonl, .csv or .parquet."),
+    method: str = typer.Option(..., help="Unlearning method (see 'unlearnkit methods')."),
+    out: Path = typer.Option(..., help="Where to write the unlearned model (a new folder)."),
+    retain: Optional[Path] = typer.Option(None, help="Items whose knowledge must be kept (same formats)."),
+    param: Optional[list[str]] = typer.Option(None, help="Method setting NAME=VALUE (repeatable)."),
+    ledger: str = typer.Option("unlearnkit-ledger.db", help="Ledger: a SQLite file or any SQLAlchemy URL."),
+    salt_file: Optional[Path] = typer.Option(None, help="File holding the ledger's item salt (default: beside the ledger)."),
+    subject: str = typer.Option("", help="Free text recorded in the ledger (e.g. the request's ticket); never shown to the model."),
+    training_data: Optional[Path] = typer.Option(None, help="The model's training data: every forget item must be in it."),
+    question_field: str = typer.Option("question", help="LM data: the question field."),
+    answer_field: str = typer.Option("answer", help="LM data: the answer field."),
+    input_field: str = typer.Option("input", help="Classifier data: the input field (a list of numbers)."),
+    label_field: str = typer.Option("label", help="Classifier data: the label field."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+    trust_pickle: bool = typer.Option(False, help="Allow loading pickle checkpoints (only from sources you trust)."),
+    show_examples: bool = typer.Option(False, help="Show forget-set text in report.html (redacted by default)."),
+) -> None:
+    """Unlearn items from your own model; write it atomically with a report, and record the request in the ledger."""
+    from .forget_job import ForgetJob, run_forget
+
+    settings = {name: value for name, value in (_setting(p) for p in param or [])}
+    run_forget(ForgetJob(model=model, forget=forget, method=method, out=out, retain=retain, params=settings,
+                         ledger=ledger, salt_file=salt_file, subject=subject, overwrite=overwrite,
+                         trust_pickle=trust_pickle, show_examples=show_examples, training_data=training_data,
+                         question_field=question_field, answer_field=answer_field, input_field=input_field,
+                         label_field=label_field), log=typer.echo)
+
+
+def _setting(value: str) -> tuple[str, str]:
+    name, sep, raw = value.partition("=")
+    if not sep or not name:
+        raise UserInputError(f"--param {value!r} is not of the form NAME=VALUE (e.g. lr=1e-4).")
+    return name, raw
+
+
 def facts_preset(preset: str, seed: int):
     """The facts configuration of a named preset."""
     from .benchmarks.facts import FactsConfig

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..adapters.classifier import ClassifierAdapter
+from ..adapters.classifier_spec import SmallCNN
 from ..errors import UserInputError
 from ..io import load_state_dict, save_state_dict
 from ..methods.base import item_stream
@@ -26,22 +27,6 @@ from ..train import TrainConfig, optimise
 from .cache import cached
 
 SCENARIOS = ("random", "class")
-
-
-class SmallCNN(nn.Module):
-    """Two 3×3 conv blocks (ReLU, 2×2 max-pool) and a two-layer head."""
-
-    def __init__(self, image_size: int, num_classes: int = 10, width: int = 32) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        side = image_size // 4
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * side * side, 128), nn.ReLU(), nn.Linear(128, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 @dataclass

@@ -1,0 +1,221 @@
+"""``unlearnkit forget``: unlearn a user's own model from data files, write it atomically, record it in the ledger.
+
+Every input is checked before any work; on any error nothing is written (no output folder, no
+ledger row). The input model folder is only read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from .errors import UserInputError
+from .userdata import read_records, require_fields
+
+
+@dataclass
+class ForgetJob:
+    """Everything ``unlearnkit forget`` was asked to do."""
+
+    model: Path
+    forget: Path
+    method: str
+    out: Path
+    retain: Path | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    ledger: str = "unlearnkit-ledger.db"
+    salt_file: Path | None = None
+    subject: str = ""
+    overwrite: bool = False
+    trust_pickle: bool = False
+    show_examples: bool = False
+    training_data: Path | None = None
+    question_field: str = "question"
+    answer_field: str = "answer"
+    input_field: str = "input"
+    label_field: str = "label"
+
+
+def _check_paths(job: ForgetJob) -> None:
+    if not job.model.is_dir():
+        raise UserInputError(f"The model folder {job.model} does not exist or is not a folder.")
+    model, out = job.model.resolve(), job.out.resolve()
+    if out == model or model in out.parents:
+        raise UserInputError(f"The output path {job.out} is inside the input model folder {job.model}; choose another.")
+    if job.out.exists() and not job.overwrite:
+        raise UserInputError(f"The output path {job.out} already exists; choose another or pass --overwrite.")
+
+
+def _model_kind(directory: Path) -> str:
+    from .adapters.classifier_spec import read_spec
+
+    if read_spec(directory) is not None:
+        return "classifier"
+    if (directory / "config.json").is_file():
+        return "causal_lm"
+    raise UserInputError(
+        f"The folder {directory} holds neither a Hugging Face causal LM (config.json) nor a classifier (unlearnkit.json)."
+    )
+
+
+def _load_classifier(directory: Path, trust_pickle: bool):
+    from .adapters.classifier import ClassifierAdapter
+    from .adapters.classifier_spec import build_classifier, read_spec
+    from .io import load_state_dict
+
+    spec = read_spec(directory)
+    model = build_classifier(spec)
+    weights = next((directory / n for n in ("model.safetensors", "model.pt", "pytorch_model.bin") if (directory / n).is_file()), None)
+    if weights is None:
+        raise UserInputError(f"The classifier folder {directory} has no model.safetensors.")
+    try:
+        model.load_state_dict(load_state_dict(weights, trust_pickle=trust_pickle))
+    except RuntimeError as error:
+        raise UserInputError(f"The weights in {weights} do not fit the architecture in unlearnkit.json ({str(error).splitlines()[0]}).") from None
+    return ClassifierAdapter(model.eval(), int(spec["num_classes"])), spec
+
+
+def _classifier_items(records, job: ForgetJob, path: Path, spec: Mapping[str, Any]) -> list[tuple[torch.Tensor, int]]:
+    from .adapters.classifier_spec import input_shape
+
+    require_fields(records, [job.input_field, job.label_field], path)
+    shape = input_shape(spec)
+    items = []
+    for number, record in records:
+        raw = record[job.input_field]
+        try:
+            values = torch.tensor(json.loads(raw) if isinstance(raw, str) else raw, dtype=torch.float32)
+            items.append((values.reshape(shape), int(record[job.label_field])))
+        except (ValueError, RuntimeError, TypeError):
+            raise UserInputError(f"{path} line {number}: field {job.input_field!r} is not {int(np.prod(shape))} numbers "
+                                 f"or {job.label_field!r} is not an integer label.") from None
+        if not 0 <= items[-1][1] < int(spec["num_classes"]):
+            raise UserInputError(f"{path} line {number}: label {items[-1][1]} is outside 0..{int(spec['num_classes']) - 1}.")
+    return items
+
+
+def _lm_items(records, job: ForgetJob, path: Path) -> list[dict[str, str]]:
+    require_fields(records, [job.question_field, job.answer_field], path)
+    return [{"question": str(r[job.question_field]), "answer": str(r[job.answer_field])} for _, r in records]
+
+
+def _check_in_training_data(job: ForgetJob, forget_records, kind: str) -> None:
+    fields = [job.question_field, job.answer_field] if kind == "causal_lm" else [job.input_field, job.label_field]
+    key = lambda record: json.dumps([str(record.get(f)) for f in fields])
+    known = {key(record) for _, record in read_records(job.training_data)}
+    for number, record in forget_records:
+        if key(record) not in known:
+            raise UserInputError(f"{job.forget} line {number} is not in the training data {job.training_data}.")
+
+
+@torch.no_grad()
+def _summary(adapter: Any, forget: list, retain: list) -> dict[str, float]:
+    """Mean loss (and accuracy or answer probability) on the forget and retain items."""
+    from .adapters.base import batches
+
+    metrics: dict[str, float] = {}
+    for name, items in (("forget", forget), ("retain", retain)):
+        if not items:
+            continue
+        losses, correct = [], []
+        for chunk in batches(items, 64, shuffle=False, seed=0):
+            batch = adapter.collate(chunk)
+            losses.append(adapter.per_item_loss(adapter.model, batch).float())
+            if adapter.kind == "classifier":
+                correct.append(adapter.logits(adapter.model, batch).argmax(1) == batch["labels"])
+        loss = torch.cat(losses)
+        metrics[f"{name}_loss"] = float(loss.mean())
+        if adapter.kind == "classifier":
+            metrics[f"{name}_acc"] = float(torch.cat(correct).float().mean())
+        else:
+            metrics[f"{name}_prob"] = float(torch.exp(-loss).mean())
+    return metrics
+
+
+def _save_model(adapter: Any, model: torch.nn.Module, spec: Mapping[str, Any] | None, directory: Path) -> None:
+    from .io import save_state_dict
+
+    if spec is not None:
+        from .adapters.classifier_spec import save_classifier
+
+        save_classifier(model, dict(spec), directory)
+    elif hasattr(model, "save_pretrained"):
+        model.save_pretrained(directory)
+        adapter.tokenizer.save_pretrained(directory)
+    else:  # an inference-time wrapper: keep all its tensors
+        save_state_dict(model.state_dict(), directory / "model.safetensors")
+
+
+def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
+    """Carry out a forget job; return the run summary that was written to ``out/run.json``."""
+    from .api import unlearn, validate_runs
+    from .io import atomic_dir, fingerprint, write_json_atomic
+    from .ledger import Ledger
+    from .request import ForgetRequest
+
+    _check_paths(job)
+    kind = _model_kind(job.model)
+    forget_records = read_records(job.forget)
+    retain_records = read_records(job.retain) if job.retain else []
+    ledger = Ledger(job.ledger, salt_file=job.salt_file)
+    new_file = "://" not in job.ledger and not Path(job.ledger).exists()
+    if new_file and not Path(job.ledger).parent.is_dir():
+        raise UserInputError(f"The ledger's folder {Path(job.ledger).parent} does not exist.")
+    health = ledger.verify() if not new_file else None
+    if health is not None and not health.ok:
+        raise UserInputError(f"The ledger {job.ledger} fails verification at row {health.first_bad_id} ({health.reason}); "
+                             "refusing to append to it.")
+    if kind == "classifier":
+        adapter, spec = _load_classifier(job.model, job.trust_pickle)
+        forget = _classifier_items(forget_records, job, job.forget, spec)
+        retain = _classifier_items(retain_records, job, job.retain, spec) if job.retain else []
+    else:
+        from .adapters.causal_lm import CausalLMAdapter
+
+        spec = None
+        forget = _lm_items(forget_records, job, job.forget)
+        retain = _lm_items(retain_records, job, job.retain) if job.retain else []
+        adapter = CausalLMAdapter.from_pretrained(job.model)
+    if job.training_data is not None:
+        _check_in_training_data(job, forget_records, kind)
+    request = ForgetRequest(forget + retain, range(len(forget)), range(len(forget), len(forget) + len(retain)) if retain else None,
+                            reason=job.subject)
+    settings = validate_runs([job.method], {job.method: job.params}, adapter, request)[job.method]
+
+    before = _summary(adapter, forget, retain)
+    fingerprint_before = fingerprint(adapter.model.state_dict())
+    model, record = unlearn(adapter.model, request, job.method, adapter=adapter, **settings)
+    after = _summary(adapter.with_model(model), forget, retain)
+    summary = {"method": job.method, "kind": kind, "subject": job.subject, "status": record.status,
+               "message": record.message, "seconds": record.seconds, "peak_mem_mb": record.peak_mem_mb,
+               "params": record.params, "metrics_before": before, "metrics_after": after,
+               "fingerprint_before": fingerprint_before, "fingerprint_after": fingerprint(model.state_dict()),
+               "forget_items": len(forget), "retain_items": len(retain), "losses": record.losses}
+    with atomic_dir(job.out, overwrite=job.overwrite) as tmp:
+        _save_model(adapter, model, spec, tmp)
+        write_json_atomic(tmp / "run.json", summary)
+        _write_report(tmp, summary, forget_records, job)
+    row = ledger.append(job.subject, [record for _, record in forget_records], job.method, record.params,
+                        fingerprint_before, summary["fingerprint_after"], after, record.seconds, record.status)
+    ledger.close()
+    summary["ledger_row"] = row
+    log(f"{job.method}: forget {before} -> {after} in {record.seconds:.2f}s; status {record.status}; ledger row {row}")
+    return summary
+
+
+def _write_report(directory: Path, summary: Mapping[str, Any], forget_records, job: ForgetJob) -> None:
+    from .report.html import write_report
+
+    runs = [{"method": "original", "reference": True, "metrics": summary["metrics_before"], "seconds": 0.0,
+             "status": "ok", "params": {}},
+            {"method": summary["method"], "reference": False, "metrics": summary["metrics_after"],
+             "seconds": summary["seconds"], "status": summary["status"], "params": summary["params"],
+             "losses": summary["losses"]}]
+    results = {"benchmark": "forget", "seed": summary["params"].get("seed"), "runs": runs}
+    examples = {i: json.dumps(record) for i, (_, record) in enumerate(forget_records)} if job.show_examples else None
+    write_report(directory / "report.html", results, {}, show_examples=job.show_examples, examples=examples)

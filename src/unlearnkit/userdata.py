@@ -1,0 +1,80 @@
+"""Reading a user's forget/retain data files (JSONL, CSV, Parquet) with errors that name file, field and line."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import UserInputError
+
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
+    """``(line or row number, record)`` pairs from a JSONL, CSV or Parquet file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"The data file {path} does not exist.")
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise UserInputError(f"The data file {path} has an unknown format; use .jsonl, .csv or .parquet.")
+    try:
+        records = {"jsonl": _jsonl, "csv": _csv, "parquet": _parquet}[kind](path)
+    except UnicodeDecodeError:
+        raise UserInputError(f"The data file {path} is not text in UTF-8; expected {kind}.") from None
+    if not records:
+        raise UserInputError(f"The data file {path} holds no records.")
+    return records
+
+
+def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise UserInputError(f"{path} is not valid JSON (line {error.lineno}: {error.msg}).") from None
+        return [(i + 1, _as_record(row, path, i + 1)) for i, row in enumerate(rows)]
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((number, _as_record(json.loads(line), path, number)))
+        except json.JSONDecodeError as error:
+            raise UserInputError(f"{path} line {number} is not valid JSON ({error.msg}).") from None
+    return records
+
+
+def _as_record(row: Any, path: Path, number: int) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise UserInputError(f"{path} line {number} is not a JSON object with named fields.")
+    return row
+
+
+def _csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames:
+            return []
+        return [(reader.line_num, dict(row)) for row in reader]
+
+
+def _parquet(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises several types for a foreign file
+        raise UserInputError(f"The data file {path} is not a readable Parquet file ({type(error).__name__}).") from None
+    return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
+
+
+def require_fields(records: Sequence[tuple[int, dict[str, Any]]], fields: Sequence[str], path: str | Path) -> None:
+    """Every record must hold every named field (non-empty)."""
+    for number, record in records:
+        for name in fields:
+            if record.get(name) in (None, ""):
+                raise UserInputError(f"{path} line {number} has no field {name!r} (fields found: {', '.join(record) or 'none'}).")

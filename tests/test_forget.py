@@ -1,0 +1,168 @@
+"""`unlearnkit forget` on a user's own models: outputs, ledger rows, and every bad input writing nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from unlearnkit.adapters.classifier_spec import MLP, save_classifier
+from unlearnkit.cli import main
+from unlearnkit.ledger import Ledger
+
+SPEC = {"kind": "classifier", "architecture": "mlp", "input_dim": 4, "hidden": [16], "num_classes": 2}
+
+
+def _rows(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    return [{"input": row.tolist(), "label": int(row[0] > 0)} for row in x]
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture()
+def workspace(tmp_path):
+    torch.manual_seed(0)
+    model = MLP(4, [16], 2)
+    rows = _rows(40, 0)
+    xs = torch.tensor([r["input"] for r in rows])
+    ys = torch.tensor([r["label"] for r in rows])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(xs), ys).backward()
+        opt.step()
+    save_classifier(model, SPEC, tmp_path / "model")
+    _write_jsonl(tmp_path / "forget.jsonl", rows[:5])
+    _write_jsonl(tmp_path / "retain.jsonl", rows[5:])
+    _write_jsonl(tmp_path / "train.jsonl", rows)
+    return tmp_path
+
+
+def _args(ws, **overrides):
+    args = {"--model": ws / "model", "--forget": ws / "forget.jsonl", "--retain": ws / "retain.jsonl",
+            "--method": "gradient_ascent", "--out": ws / "out", "--ledger": ws / "ledger.db"}
+    args.update(overrides)
+    flat = []
+    for key, value in args.items():
+        if value is not None:
+            flat += [key, str(value)]
+    return ["forget", *flat]
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_forget_writes_model_report_and_ledger_row(workspace):
+    before = _snapshot(workspace / "model")
+    assert main(_args(workspace, **{"--subject": "ticket-17"}) + ["--param", "lr=0.05", "--param", "epochs=3"]) == 0
+    out = workspace / "out"
+    assert {"unlearnkit.json", "model.safetensors", "run.json", "report.html"} <= {p.name for p in out.iterdir()}
+    run = json.loads((out / "run.json").read_text())
+    assert run["metrics_after"]["forget_loss"] > run["metrics_before"]["forget_loss"]
+    assert run["fingerprint_before"] != run["fingerprint_after"]
+    assert _snapshot(workspace / "model") == before  # the input folder is untouched
+    with Ledger(workspace / "ledger.db") as ledger:
+        rows = ledger.rows()
+        assert len(rows) == 1 and rows[0].subject == "ticket-17" and rows[0].method == "gradient_ascent"
+        assert ledger.verify().ok
+        forgotten = json.loads((workspace / "forget.jsonl").read_text().splitlines()[0])
+        assert ledger.check_item(forgotten)
+    raw = (workspace / "ledger.db").read_bytes()
+    assert json.dumps(forgotten["input"]).encode() not in raw
+    assert repr(forgotten["input"][0]).encode() not in raw  # not even one value of the forgotten item
+
+
+def test_forget_with_training_data_check(workspace):
+    assert main(_args(workspace, **{"--training-data": workspace / "train.jsonl"})) == 0
+
+
+BAD_INPUTS = [
+    ({"--model": "missing"}, "does not exist or is not a folder"),
+    ({"--forget": "missing.jsonl"}, "does not exist"),
+    ({"--retain": "missing.jsonl"}, "does not exist"),
+    ({"--method": "nope"}, "Unknown method 'nope'"),
+    ({"--method": "random_label", "--retain": None}, "needs retain data"),
+    ({"--out": "model/inside"}, "inside the input model folder"),
+    ({"--forget": "empty.jsonl"}, "holds no records"),
+    ({"--forget": "notjson.jsonl"}, "line 2 is not valid JSON"),
+    ({"--forget": "nofield.jsonl"}, "line 1 has no field 'label'"),
+    ({"--forget": "data.txt"}, "unknown format"),
+    ({"--forget": "short.jsonl"}, "line 1: field 'input' is not 4 numbers"),
+    ({"--forget": "badlabel.jsonl"}, "label 7 is outside 0..1"),
+    ({"--training-data": "other.jsonl"}, "is not in the training data"),
+    ({"--ledger": "notaledger.db"}, "ledger"),
+    ({"--ledger": "textfile.db"}, "ledger"),
+    ({"--ledger": "no/such/dir/ledger.db"}, "ledger"),
+    ({"--model": "nomodel"}, "neither a Hugging Face causal LM"),
+    ({"--model": "badspec"}, "Unknown classifier architecture"),
+    ({"--model": "pickled"}, "pickle"),
+    ({"--method": "uld_not_here"}, "Unknown method"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
+def test_bad_input_exits_2_and_writes_nothing(workspace, capsys, overrides, message):
+    ws = workspace
+    _write_jsonl(ws / "empty.jsonl", [])
+    (ws / "notjson.jsonl").write_text('{"input": [1, 2, 3, 4], "label": 0}\n{oops\n')
+    _write_jsonl(ws / "nofield.jsonl", [{"input": [1, 2, 3, 4]}])
+    (ws / "data.txt").write_text("hello")
+    _write_jsonl(ws / "short.jsonl", [{"input": [1, 2], "label": 0}])
+    _write_jsonl(ws / "badlabel.jsonl", [{"input": [1, 2, 3, 4], "label": 7}])
+    _write_jsonl(ws / "other.jsonl", _rows(5, 99))
+    import sqlite3
+
+    sqlite3.connect(ws / "notaledger.db").execute("create table t(x)").connection.commit()
+    (ws / "textfile.db").write_text("not a database at all " * 10)
+    (ws / "nomodel").mkdir()
+    (ws / "badspec").mkdir()
+    (ws / "badspec" / "unlearnkit.json").write_text(json.dumps({**SPEC, "architecture": "resnet"}))
+    (ws / "pickled").mkdir()
+    (ws / "pickled" / "unlearnkit.json").write_text(json.dumps(SPEC))
+    torch.save({"state": MLP(4, [16], 2)}, ws / "pickled" / "model.pt")  # a pickled module, not plain tensors
+    resolved = {k: (ws / v if isinstance(v, str) and k != "--method" else v) for k, v in overrides.items()}
+    ledgers_before = {p.name: p.read_bytes() for p in ws.glob("*.db")}
+    files_before = sorted(p.relative_to(ws) for p in ws.rglob("*"))
+    assert main(_args(ws, **resolved)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1, err
+    assert not (ws / "out").exists()
+    assert sorted(p.relative_to(ws) for p in ws.rglob("*")) == files_before
+    assert {p.name: p.read_bytes() for p in ws.glob("*.db")} == ledgers_before
+
+
+def test_existing_out_is_refused(workspace, capsys):
+    (workspace / "out").mkdir()
+    assert main(_args(workspace)) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert not (workspace / "ledger.db").exists()
+
+
+def test_sigkill_mid_run_leaves_input_and_ledger_intact(workspace):
+    """Kill a real `unlearnkit forget` subprocess while it trains: no output, input and ledger unchanged."""
+    assert main(_args(workspace, **{"--out": workspace / "first"})) == 0
+    ledger_before = (workspace / "ledger.db").read_bytes()
+    model_before = _snapshot(workspace / "model")
+    env = {**os.environ, "UNLEARNKIT_PROGRESS": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "unlearnkit.cli", *_args(workspace), "--param", "epochs=100000"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(6)  # start-up and model loading take ~3 s; then it trains for far longer than this
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (workspace / "out").exists()
+    assert (workspace / "ledger.db").read_bytes() == ledger_before
+    assert _snapshot(workspace / "model") == model_before
+    with Ledger(workspace / "ledger.db") as ledger:
+        assert ledger.verify().ok and len(ledger.rows()) == 1
