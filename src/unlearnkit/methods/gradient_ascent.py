@@ -4,6 +4,10 @@ The classic baseline, e.g. Thudi et al., "Unrolling SGD: Understanding Factors I
 Unlearning" (2022) and Jang et al., "Knowledge Unlearning for Mitigating Privacy Risks in Language
 Models" (2023). Update rule: θ ← θ + η ∇_θ L̄(D_f), i.e. minimise −L̄(D_f).
 Works on any model kind whose adapter gives a per-item loss.
+
+With ``project="gu"`` (GU, ``train/gu.py``) the ascent step is projected off the span of recent
+retain-set gradients, so the request then needs retain data; the retain loss only shapes the
+projection (and the optional ``gu_repair`` step), it is not otherwise minimised.
 """
 
 from __future__ import annotations
@@ -11,12 +15,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..train import TrainConfig, optimise
-from .base import Method, Outcome, item_stream
+from ..errors import UserInputError
+from ..train import optimise
+from ..train.gu import LossParts, ProjectionConfig, projector_for
+from .base import Method, Outcome, item_stream, paired_stream
 
 
 @dataclass
-class GradientAscentConfig(TrainConfig):
+class GradientAscentConfig(ProjectionConfig):
     """Few epochs and a small step: ascent diverges quickly."""
 
     epochs: int = 1
@@ -33,7 +39,24 @@ class GradientAscent(Method):
     Config = GradientAscentConfig
 
     def unlearn(self, adapter: Any, request, config: GradientAscentConfig) -> Outcome:
+        projector = projector_for(config)
+        if projector is not None:
+            return self._projected(adapter, request, config, projector)
         stream, steps = item_stream(adapter, request.forget_items(), config)
         loss = lambda model, batch: -adapter.per_item_loss(model, batch).mean()
         record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="gradient ascent")
+        return Outcome(adapter.model, record)
+
+    def _projected(self, adapter: Any, request, config: GradientAscentConfig, projector) -> Outcome:
+        """Gradient ascent with GU: forget batches paired with retain batches that define the projection."""
+        if not request.retain:
+            raise UserInputError("gradient_ascent with project='gu' needs retain data, but the request has none.")
+        stream, steps = paired_stream(adapter, request.forget_items(), request.retain_items(), config)
+
+        def loss(model, batch: dict) -> LossParts:
+            forget = -adapter.per_item_loss(model, batch["forget"]).mean()
+            return LossParts(forget, adapter.per_item_loss(model, batch["retain"]).mean())
+
+        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps,
+                          description="gradient ascent (GU)", projector=projector)
         return Outcome(adapter.model, record)

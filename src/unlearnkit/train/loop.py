@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
+from .gu import GradientProjector, LossParts
 from .progress import progress_bar
 
 Batch = dict
@@ -99,20 +100,26 @@ def optimise(
     params: Iterable[nn.Parameter] | None = None,
     after_backward: Callable[[nn.Module], None] | None = None,
     after_step: Callable[[nn.Module], None] | None = None,
+    projector: GradientProjector | None = None,
 ) -> TrainRecord:
     """Minimise ``loss_fn`` over ``epoch_batches(epoch)`` for ``config.epochs`` epochs (or ``max_steps``).
 
     ``after_backward`` may edit gradients (masks, projections); ``after_step`` may edit weights.
+    ``loss_fn`` may return a :class:`LossParts` (forget, retain): the loop minimises their sum, or,
+    with a ``projector`` (GU), lets it set the gradients from the two parts instead of backward.
     The model is trained in place: callers pass a copy. A NaN/inf loss stops the run, restores
     the last good weights and marks the record ``diverged``.
     """
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    torch.manual_seed(config.seed)  # dropout and any sampling inside losses follow the one seed
     total = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total = min(total, config.max_steps)
     optimizer = make_optimizer(params if params is not None else model.parameters(), config)
+    if projector is not None:
+        projector.attach(optimizer)
     schedule = make_schedule(optimizer, config, total)
     model, optimizer = accelerator.prepare(model, optimizer)
     guard = DivergenceGuard(accelerator.unwrap_model(model), config.guard_every)
@@ -126,6 +133,11 @@ def optimise(
                 if record.steps >= total:
                     break
                 loss = loss_fn(model, _to_device(batch, accelerator.device))
+                parts = loss if isinstance(loss, LossParts) else None
+                if parts is not None:
+                    loss = parts.forget + parts.retain
+                elif projector is not None:
+                    raise TypeError("a loss_fn used with a projector must return LossParts(forget, retain)")
                 if guard.before_step(loss, record.steps):
                     record.status = "diverged"
                     record.message = (
@@ -134,7 +146,10 @@ def optimise(
                     )
                     break
                 optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
+                if projector is not None:
+                    projector.project(parts.forget, parts.retain)
+                else:
+                    accelerator.backward(loss)
                 if after_backward is not None:
                     after_backward(model)
                 if config.grad_clip:

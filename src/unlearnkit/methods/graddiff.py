@@ -1,0 +1,98 @@
+"""GradDiff: gradient ascent on the forget set plus descent on a retain term.
+
+Liu, Liu & Stone, "Continual Learning and Private Unlearning" (CoLLAs 2022), as the
+"GradDiff" baseline of Maini et al., "TOFU: A Task of Fictitious Unlearning for LLMs" (2024) and
+OpenUnlearning. Update rule: θ ← θ − η ∇_θ [γ·(−NLL̄(D_f)) + α·R(D_r)], with
+R = NLL̄ (``retain_loss="nll"``) or R = KL(π_ref ‖ π_θ) to the frozen original model (``"kl"``).
+
+Choices: γ = α = 1 as in OpenUnlearning. The KL is averaged over the real (non-padding) positions
+of the retain batch, prompt included; OpenUnlearning averages over all B·T positions, padding
+included. Supports GU (``project="gu"``): the forget term is projected off the retain gradients.
+This module also holds the helpers its relatives (NPO, SimNPO, IdkDPO, UNDIAL, RMU) share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..adapters.base import clone_model
+from ..errors import UserInputError
+from ..train import optimise
+from ..train.gu import LossParts, ProjectionConfig, projector_for
+from .base import Method, Outcome, paired_stream
+
+RETAIN_LOSSES = ("nll", "kl")
+
+
+def frozen_reference(model: nn.Module) -> nn.Module:
+    """π_ref: a deep copy of ``model`` taken before unlearning, in eval mode, with gradients off."""
+    reference = clone_model(model).eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+def check_retain_loss(name: str) -> None:
+    """Raise unless ``name`` is a known retain term."""
+    if name not in RETAIN_LOSSES:
+        raise UserInputError(f"Unknown retain_loss {name!r}; valid: {', '.join(RETAIN_LOSSES)}.")
+
+
+def reference_kl(adapter: Any, model: nn.Module, reference: nn.Module, batch: dict) -> torch.Tensor:
+    """Mean over real token positions of KL(π_ref ‖ π_θ) between next-token distributions."""
+    log_p = F.log_softmax(adapter.logits(model, batch).float(), dim=-1)
+    with torch.no_grad():
+        log_ref = F.log_softmax(adapter.logits(reference, batch).float(), dim=-1)
+    per_position = (log_ref.exp() * (log_ref - log_p)).sum(-1)
+    mask = batch["attention_mask"].to(per_position.dtype)
+    return (per_position * mask).sum() / mask.sum().clamp_min(1)
+
+
+def retain_term(adapter: Any, model: nn.Module, batch: dict, kind: str, reference: nn.Module | None) -> torch.Tensor:
+    """R(D_r): the mean answer NLL, or the KL to the reference model."""
+    if kind == "kl":
+        return reference_kl(adapter, model, reference, batch)
+    return adapter.per_item_loss(model, batch).mean()
+
+
+@dataclass
+class GradDiffConfig(ProjectionConfig):
+    """γ (forget weight), α (retain weight), the retain term; defaults for a tiny LM on CPU."""
+
+    gamma: float = 1.0
+    alpha: float = 1.0
+    retain_loss: str = "nll"
+    epochs: int = 10
+    lr: float = 1e-3
+
+    def check(self) -> None:
+        """Also validate the retain term."""
+        super().check()
+        check_retain_loss(self.retain_loss)
+
+
+class GradDiff(Method):
+    """Ascend on the forget NLL while descending on a retain NLL or KL."""
+
+    name = "graddiff"
+    kinds = ("causal_lm",)
+    needs = frozenset({"retain"})
+    paper = "Liu et al., Continual Learning and Private Unlearning, 2022 (TOFU's GradDiff)"
+    Config = GradDiffConfig
+
+    def unlearn(self, adapter: Any, request, config: GradDiffConfig) -> Outcome:
+        reference = frozen_reference(adapter.model) if config.retain_loss == "kl" else None
+        stream, steps = paired_stream(adapter, request.forget_items(), request.retain_items(), config)
+
+        def loss(model: nn.Module, batch: dict) -> LossParts:
+            forget = -adapter.per_item_loss(model, batch["forget"]).mean()
+            retain = retain_term(adapter, model, batch["retain"], config.retain_loss, reference)
+            return LossParts(config.gamma * forget, config.alpha * retain)
+
+        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="graddiff",
+                          projector=projector_for(config))
+        return Outcome(adapter.model, record)

@@ -1,0 +1,111 @@
+"""IdkDPO: prefer a refusal over the forget answer, DPO-style.
+
+Rafailov et al., "Direct Preference Optimization: Your Language Model is Secretly a Reward Model"
+(NeurIPS 2023), used for unlearning with "I don't know"-style answers by Maini et al., "TOFU: A
+Task of Fictitious Unlearning for LLMs" (2024). Update rule: minimise
+
+    −(2/β)·E_{D_f} log σ(β·[log(π_θ/π_ref)(y_idk|x) − log(π_θ/π_ref)(y_f|x)]) + α·NLL̄(D_r),
+
+with sequence log-probabilities summed over the answer tokens (EOS included) and π_ref a frozen
+copy of the model taken before unlearning.
+
+Choices: the 2/β factor is OpenUnlearning's (canonical DPO uses 1); β = 0.1, α = 1. Each forget
+item gets one refusal from :data:`REFUSALS`, chosen with the run's seed and kept for the whole run
+(TOFU draws from a file of 100 such answers). No weight decay or warm-up by default.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserInputError
+from ..train import TrainConfig, optimise
+from .base import Method, Outcome, paired_stream
+from .graddiff import frozen_reference
+
+#: Refusal answers the preferred responses are drawn from.
+REFUSALS = (
+    "I don't know.",
+    "I have no information about that.",
+    "I'm not able to answer that question.",
+    "That is not something I know about.",
+    "I'm not sure.",
+    "I can't help with that.",
+)
+
+
+def refusal_items(items: Sequence[dict], seed: int) -> list[dict]:
+    """Each item with its answer replaced by a refusal chosen (seeded) from :data:`REFUSALS`."""
+    chooser = random.Random(seed)
+    return [{**item, "answer": chooser.choice(REFUSALS)} for item in items]
+
+
+def dpo_loss(chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor, beta: float) -> torch.Tensor:
+    """Mean of −(2/β)·log σ(β·(chosen − rejected)) over the items."""
+    return -(2.0 / beta) * F.logsigmoid(beta * (chosen_logratio - rejected_logratio)).mean()
+
+
+class _WithRefusals:
+    """Collates ``(forget_item, refusal_item)`` pairs into both batches; other items as usual."""
+
+    def __init__(self, adapter: Any) -> None:
+        self.adapter = adapter
+
+    def collate(self, items: Sequence[Any]) -> dict:
+        if isinstance(items[0], tuple):
+            return {
+                "answer": self.adapter.collate([answer for answer, _ in items]),
+                "refusal": self.adapter.collate([refusal for _, refusal in items]),
+            }
+        return self.adapter.collate(items)
+
+
+@dataclass
+class IdkDPOConfig(TrainConfig):
+    """β (inverse temperature) and α (retain weight); defaults for a tiny LM on CPU."""
+
+    beta: float = 0.1
+    alpha: float = 1.0
+    epochs: int = 10
+    lr: float = 1e-3
+
+    def check(self) -> None:
+        """Also require β > 0."""
+        super().check()
+        if not self.beta > 0:
+            raise UserInputError(f"IdkDPO beta must be positive, got beta={self.beta}.")
+
+
+class IdkDPO(Method):
+    """Prefer a refusal to the forget answer relative to the frozen original model."""
+
+    name = "idk_dpo"
+    kinds = ("causal_lm",)
+    needs = frozenset({"retain", "reference_model"})
+    paper = "Rafailov et al., Direct Preference Optimization, 2023 (TOFU's IdkDPO)"
+    Config = IdkDPOConfig
+
+    def unlearn(self, adapter: Any, request, config: IdkDPOConfig) -> Outcome:
+        reference = frozen_reference(adapter.model)
+        forget = request.forget_items()
+        pairs = list(zip(forget, refusal_items(forget, config.seed)))
+        stream, steps = paired_stream(_WithRefusals(adapter), pairs, request.retain_items(), config)
+
+        def log_ratio(model: nn.Module, batch: dict) -> torch.Tensor:
+            with torch.no_grad():
+                nll_reference = adapter.per_item_sum_nll(reference, batch)
+            return nll_reference - adapter.per_item_sum_nll(model, batch)
+
+        def loss(model: nn.Module, batch: dict) -> torch.Tensor:
+            forget_batch = batch["forget"]
+            dpo = dpo_loss(log_ratio(model, forget_batch["refusal"]), log_ratio(model, forget_batch["answer"]), config.beta)
+            return dpo + config.alpha * adapter.per_item_loss(model, batch["retain"]).mean()
+
+        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="idk dpo")
+        return Outcome(adapter.model, record)
