@@ -1,0 +1,824 @@
+"""The tamper-evident ledger: one hash-chained row per unlearning request.
+
+A row records *that* items were forgotten, never *what* they were: each item is stored as a salted
+SHA-256 digest (HMAC-SHA256 keyed by the salt, so a digest cannot be extended or recomputed without
+the salt), next to the method, its settings, SHA-256 fingerprints of the model before and after,
+the metrics, the duration and the outcome status.
+
+Chain. ``row_hash = SHA-256(canonical JSON of every other field of the row, prev_hash included)``
+where ``prev_hash`` is the previous row's ``row_hash`` (64 zeros for row 1) and the canonical JSON
+has sorted keys, no spaces and UTF-8 text. Ids are contiguous from 1, and a *head* (the last id and
+its row_hash) is kept in the meta table and moved in the same transaction as each insert, so an
+edited, deleted, reordered or truncated-away row is detected by :meth:`Ledger.verify`. Whoever can
+rewrite the whole table and the head can forge a consistent ledger: publish the head hash that
+``verify`` prints somewhere else when that matters.
+
+Salt. The salt never enters the database. It comes from the caller (``salt=``), a salt file
+(``salt_file=``), the ``UNLEARNKIT_LEDGER_SALT`` environment variable, or by default the file
+``<ledger-file>.salt`` beside a SQLite ledger, created on the first append with 32 random bytes
+(hex) and mode 0600. A keyed check value of the salt is kept in the meta table so that appending or
+checking with a different salt is an error instead of a silent miss.
+
+Concurrency. On SQLite the file is put in WAL mode and each append is its own ``BEGIN IMMEDIATE``
+transaction, which takes the single writer lock *before* the head is read, so concurrent writers
+(threads or processes) queue on the lock (busy timeout, 30 s by default) and never fork the chain;
+readers see a consistent snapshot and never block writers. On other backends (PostgreSQL, MySQL) the head
+row is read with ``SELECT ... FOR UPDATE`` in the append transaction, which serialises appenders on
+that row lock. Only SQLite is tested here; the server path is written against SQLAlchemy's generic
+API. WAL needs a local file system (not NFS).
+
+Durability. By default SQLite runs with ``synchronous=NORMAL``: a committed row survives a crash of
+the process, and the file is never corrupted, but after a power loss or an operating-system crash
+the most recent rows may be missing (always whole rows with their head, so the chain stays valid).
+``durable=True`` selects ``synchronous=FULL``, one fsync per append: no committed row is ever lost,
+at a cost set by the disk's fsync latency (1,000 appends took 4.5–7 s instead of 1.1–1.4 s on the
+shared virtual disk this was measured on).
+
+Reading never creates a file: a ledger file is created by its first append only.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import json
+import math
+import os
+import re
+import secrets
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import closing, contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from .errors import UserInputError
+
+SCHEMA_VERSION = "1"
+ROWS_TABLE = "unlearnkit_ledger"
+META_TABLE = "unlearnkit_ledger_meta"
+GENESIS_HASH = "0" * 64
+STATUSES = ("ok", "diverged", "failed")
+SALT_ENV = "UNLEARNKIT_LEDGER_SALT"
+MIN_SALT_CHARS = 16
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_SALT_CHECK_MESSAGE = b"unlearnkit-ledger-salt-check"
+
+_metadata = sa.MetaData()
+_meta_table = sa.Table(
+    META_TABLE,
+    _metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+_rows_table = sa.Table(
+    ROWS_TABLE,
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("time", sa.String(40), nullable=False),
+    sa.Column("subject", sa.Text, nullable=False),
+    sa.Column("item_hashes", sa.Text, nullable=False),
+    sa.Column("method", sa.String(200), nullable=False),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("fingerprint_before", sa.String(64), nullable=False),
+    sa.Column("fingerprint_after", sa.String(64), nullable=True),
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("seconds", sa.Double, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("row_hash", sa.String(64), nullable=False),
+)
+_JSON_FIELDS = ("item_hashes", "params", "metrics")
+_HASHED_FIELDS = tuple(sorted(c.name for c in _rows_table.columns if c.name != "row_hash"))
+# Built once: constructing statements costs more than running them on SQLite.
+_LOCK_HEAD = (
+    sa.select(_meta_table.c.key, _meta_table.c.value)
+    .where(_meta_table.c.key.in_(("head", "salt_check")))
+    .with_for_update()
+)
+_INSERT_ROW = sa.insert(_rows_table)
+_READ_HEAD = sa.select(_meta_table.c.value).where(_meta_table.c.key == "head")
+_READ_SALT_CHECK = sa.select(_meta_table.c.value).where(_meta_table.c.key == "salt_check")
+_MOVE_HEAD = sa.update(_meta_table).where(_meta_table.c.key == "head").values(value=sa.bindparam("head_value"))
+
+
+# --------------------------------------------------------------------------- canonical forms
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted-key, space-free, UTF-8 JSON of already-plain data (the form every hash is taken over)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _plain_json(value: Any, *, what: str) -> Any:
+    """Turn ``value`` into plain JSON data: tuples become lists, numpy/tensor scalars and arrays become
+    numbers and lists, and non-finite floats become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
+    """
+    plain = _plain(value, what=what, arrays=_array_to_list)
+    return json.loads(canonical_json(plain))  # so stored and freshly built values hash the same way
+
+
+def _plain(value: Any, *, what: str, arrays: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v, what=what, arrays=arrays) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, what=what, arrays=arrays) for v in value]
+    if _is_array(value):
+        return arrays(value, what=what)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic):
+        return _plain(value.item(), what=what, arrays=arrays)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"__bytes_sha256__": hashlib.sha256(bytes(value)).hexdigest()}
+    raise UserInputError(f"The {what} holds a {type(value).__name__}, which cannot be stored as JSON.")
+
+
+def _is_array(value: Any) -> bool:
+    torch = sys.modules.get("torch")
+    numpy = sys.modules.get("numpy")
+    return (torch is not None and isinstance(value, torch.Tensor)) or (
+        numpy is not None and isinstance(value, numpy.ndarray)
+    )
+
+
+def _array_to_list(value: Any, *, what: str) -> Any:
+    data = value.detach().cpu().tolist() if hasattr(value, "detach") else value.tolist()
+    return _plain(data, what=what, arrays=_array_to_list)
+
+
+def _array_bytes(value: Any) -> tuple[str, tuple[int, ...], bytes]:
+    """(dtype name, shape, raw little-endian bytes) of a tensor or numpy array; same names for both."""
+    if hasattr(value, "detach"):
+        torch = sys.modules["torch"]
+        tensor = value.detach().to("cpu").contiguous()
+        raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        return str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), raw
+    numpy = sys.modules["numpy"]
+    array = numpy.ascontiguousarray(value)
+    if array.dtype.hasobject:
+        raise UserInputError("An item is a numpy array of Python objects, which has no byte form to hash.")
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return array.dtype.name, tuple(array.shape), array.tobytes()
+
+
+def _array_header(dtype: str, shape: tuple[int, ...]) -> bytes:
+    return f"unlearnkit-array\x00{dtype}\x00{','.join(map(str, shape))}\x00".encode()
+
+
+def _array_digest(value: Any, *, what: str) -> dict[str, Any]:
+    dtype, shape, raw = _array_bytes(value)
+    return {"__array__": {"dtype": dtype, "shape": list(shape), "sha256": hashlib.sha256(raw).hexdigest()}}
+
+
+def item_bytes(item: Any) -> bytes:
+    """The canonical byte form of one item: bytes as they are, ``str`` as UTF-8, a tensor or numpy
+    array as a dtype/shape header plus its raw bytes, anything JSON-like (dicts, lists, tuples, numbers,
+    e.g. a ``(tensor, label)`` pair) as canonical JSON where nested arrays stand as their dtype, shape
+    and SHA-256."""
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return bytes(item)
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    if _is_array(item):
+        dtype, shape, raw = _array_bytes(item)
+        return _array_header(dtype, shape) + raw
+    return canonical_json(_plain(item, what="item", arrays=_array_digest)).encode("utf-8")
+
+
+def salt_key(salt: str | bytes) -> bytes:
+    """The HMAC key for a salt given as text (used as UTF-8) or bytes."""
+    key = salt.encode("utf-8") if isinstance(salt, str) else bytes(salt)
+    if len(key) < MIN_SALT_CHARS:
+        raise UserInputError(
+            f"The ledger salt is {len(key)} bytes long; use at least {MIN_SALT_CHARS} random characters."
+        )
+    return key
+
+
+def item_hash(item: Any, salt: str | bytes) -> str:
+    """Salted SHA-256 (HMAC-SHA256 keyed by ``salt``) of the item's canonical bytes, as 64 hex digits."""
+    return hmac.new(salt_key(salt), item_bytes(item), hashlib.sha256).hexdigest()
+
+
+def _salt_check(key: bytes) -> str:
+    return hmac.new(key, _SALT_CHECK_MESSAGE, hashlib.sha256).hexdigest()
+
+
+def row_hash(fields: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a row's fields (everything but ``row_hash`` itself)."""
+    content = {k: v for k, v in fields.items() if k != "row_hash"}
+    return hashlib.sha256(canonical_json(content).encode("utf-8")).hexdigest()
+
+
+_encode_other = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+_encode_str = getattr(json.encoder, "c_encode_basestring", None) or json.encoder.py_encode_basestring
+
+
+def _encode_scalar(value: Any) -> str:
+    """``canonical_json`` of a str, int, float or None, by the same rules, minus the encoder's overhead."""
+    if isinstance(value, str):
+        return _encode_str(value)
+    if type(value) is float and math.isfinite(value):
+        return float.__repr__(value)
+    return _encode_other(value)
+
+
+def _stored_row_hash(stored: Mapping[str, Any]) -> str:
+    """:func:`row_hash` of a row as stored, without parsing its JSON fields.
+
+    They were stored as canonical JSON, and canonical JSON of the whole row embeds each nested
+    value's canonical JSON verbatim, so the stored text is spliced in; any edit of that text (even
+    one that parses to the same value) changes the hash, as an edit should. This is what keeps
+    verify fast (no JSON parsing per row).
+    """
+    parts = []
+    for key in _HASHED_FIELDS:
+        value = stored[key]
+        text = value if key in _JSON_FIELDS and isinstance(value, str) else _encode_scalar(value)
+        parts.append(f'"{key}":{text}')
+    return hashlib.sha256(("{" + ",".join(parts) + "}").encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- rows and results
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One recorded unlearning request (item contents are never part of it)."""
+
+    id: int
+    time: str
+    subject: str
+    item_hashes: list[str]
+    method: str
+    params: dict[str, Any]
+    fingerprint_before: str
+    fingerprint_after: str | None
+    metrics: dict[str, Any]
+    seconds: float
+    status: str
+    prev_hash: str
+    row_hash: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as plain JSON-ready data."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of :meth:`Ledger.verify`: ``first_bad_id`` is None when ``ok``."""
+
+    ok: bool
+    first_bad_id: int | None
+    reason: str
+    rows: int = 0
+    head_hash: str = GENESIS_HASH
+
+
+def _row_from_db(record: Mapping[str, Any]) -> LedgerRow | None:
+    """Decode a stored row; None when a field was damaged beyond parsing."""
+    data = dict(record)
+    try:
+        for name in _JSON_FIELDS:
+            data[name] = json.loads(data[name])
+        data["seconds"] = float(data["seconds"])
+        data["id"] = int(data["id"])
+    except (TypeError, ValueError):
+        return None
+    return LedgerRow(**data)
+
+
+# --------------------------------------------------------------------------- locating the ledger
+
+
+@dataclass(frozen=True)
+class _Target:
+    url: sa.engine.URL
+    sqlite_path: Path | None  # None for server databases
+
+    @property
+    def label(self) -> str:
+        return str(self.sqlite_path) if self.sqlite_path else self.url.render_as_string(hide_password=True)
+
+
+def _parse_target(url_or_path: str | os.PathLike) -> _Target:
+    text = os.fspath(url_or_path)
+    if "://" not in text:
+        path = Path(text).expanduser()
+        return _Target(sa.engine.URL.create("sqlite+pysqlite", database=str(path)), path)
+    try:
+        url = sa.engine.make_url(text)
+    except sa_exc.ArgumentError:
+        raise UserInputError(f"The ledger URL {text!r} is not a valid SQLAlchemy database URL.") from None
+    if url.get_backend_name() != "sqlite":
+        return _Target(url, None)
+    if not url.database or url.database == ":memory:" or url.query.get("uri"):
+        raise UserInputError(
+            f"The ledger URL {text!r} names no SQLite file (in-memory ledgers are lost on exit); give a file path."
+        )
+    return _Target(url, Path(url.database))
+
+
+def _check_sqlite_file(path: Path) -> bool:
+    """Raise unless ``path`` can hold a ledger; return whether it already holds one. Never writes."""
+    if not path.parent.is_dir():
+        raise UserInputError(f"The ledger directory {path.parent} does not exist.")
+    if path.is_dir():
+        raise UserInputError(f"The ledger path {path} is a directory, not a ledger file.")
+    if not path.exists() or path.stat().st_size == 0:
+        return False
+    with path.open("rb") as handle:
+        if handle.read(len(_SQLITE_HEADER)) != _SQLITE_HEADER:
+            raise UserInputError(f"The file {path} exists but is not a SQLite ledger.")
+    import sqlite3
+
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    try:
+        # immutable=1: no locks and no -wal/-shm side files, so a foreign file is left exactly as it was.
+        names, version = _probe_tables(sqlite3.connect(uri + "&immutable=1", uri=True))
+    except sqlite3.DatabaseError:
+        try:  # an unlocked read can meet a page that a ledger writer is checkpointing: read again, locked
+            names, version = _probe_tables(sqlite3.connect(uri, uri=True))
+        except sqlite3.DatabaseError as error:
+            raise UserInputError(f"The file {path} exists but is not a readable SQLite ledger ({error}).") from None
+    return _judge_tables(names, version, str(path), foreign_tables_allowed=False)
+
+
+def _probe_tables(connection: Any) -> tuple[set[str], str | None]:
+    """Table names and our schema version (None without a meta table), through a DB-API connection."""
+    with closing(connection) as probe:
+        names = {r[0] for r in probe.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if META_TABLE not in names:
+            return names, None
+        row = probe.execute(f"SELECT value FROM {META_TABLE} WHERE key='schema_version'").fetchone()
+        return names, (row[0] if row else None)
+
+
+def _judge_tables(names: set[str], version: str | None, label: str, *, foreign_tables_allowed: bool) -> bool:
+    """Whether the tables form a ledger (True), an empty place for one (False), or something else (raise)."""
+    if META_TABLE in names:
+        if version != SCHEMA_VERSION or ROWS_TABLE not in names:
+            raise UserInputError(
+                f"The ledger {label} has schema version {version!r}; this unlearnkit reads version {SCHEMA_VERSION}."
+            )
+        return True
+    if ROWS_TABLE in names or (names and not foreign_tables_allowed):
+        raise UserInputError(f"The database {label} exists but is not an unlearnkit ledger (no schema marker table).")
+    return False
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+def _reading_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a reading method under :meth:`Ledger._database_errors`."""
+
+    @functools.wraps(method)
+    def wrapper(self: "Ledger", *args: Any, **kwargs: Any) -> Any:
+        with self._database_errors("read"):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+class Ledger:
+    """An append-only, hash-chained audit log of unlearning requests.
+
+    ``url_or_path`` is a SQLite file path (created by the first append) or any SQLAlchemy URL.
+    ``salt`` (text or bytes) or ``salt_file`` chooses the item salt; see the module docstring for
+    the defaults, for ``durable`` (fsync every append on SQLite) and for ``busy_timeout_s`` (how long
+    an append waits for another writer). Use as a context manager, or call :meth:`close`, to release
+    connections.
+    """
+
+    def __init__(
+        self,
+        url_or_path: str | os.PathLike = "unlearnkit-ledger.db",
+        salt: str | bytes | None = None,
+        *,
+        salt_file: str | os.PathLike | None = None,
+        busy_timeout_s: float = 30.0,
+        durable: bool = False,
+    ) -> None:
+        self._target = _parse_target(url_or_path)
+        self._salt_given = salt
+        if salt is not None:
+            salt_key(salt)  # a too-short salt fails now, not at the first append
+        self._salt_file = Path(salt_file) if salt_file is not None else None
+        self._busy_timeout_s = busy_timeout_s
+        self._synchronous = "FULL" if durable else "NORMAL"
+        self._ready = _check_sqlite_file(self._target.sqlite_path) if self._target.sqlite_path else False
+        self._engine = self._make_engine()
+        self._writer = self._engine.execution_options(unlearnkit_write=True)
+        self._key: bytes | None = None
+        if self._target.sqlite_path is None:
+            self._ready = self._probe_server()
+
+    # ----- engine
+
+    def _make_engine(self) -> sa.engine.Engine:
+        if self._target.sqlite_path is None:
+            try:
+                return sa.create_engine(self._target.url, pool_pre_ping=True)
+            except sa_exc.NoSuchModuleError:
+                raise UserInputError(f"The ledger URL {self._target.label!r} has an unknown database scheme.") from None
+            except ImportError as error:
+                raise UserInputError(
+                    f"The database driver for the ledger URL {self._target.label!r} is not installed ({error.name})."
+                ) from None
+        engine = sa.create_engine(self._target.url, connect_args={"timeout": self._busy_timeout_s})
+        sa.event.listen(engine, "connect", self._sqlite_on_connect)
+        sa.event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+
+    def _sqlite_on_connect(self, dbapi_connection: Any, _record: Any) -> None:
+        # SQLAlchemy's recipe: the driver stops issuing BEGIN itself, so _sqlite_on_begin decides the kind.
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute(f"PRAGMA synchronous={self._synchronous}")
+
+    def _probe_server(self) -> bool:
+        try:
+            with self._engine.connect() as conn:
+                return self._judge(conn)
+        except sa_exc.DBAPIError as error:
+            self._engine.dispose()
+            reason = str(error.orig).strip().splitlines()[0] if error.orig else "no connection"
+            raise UserInputError(f"The ledger database {self._target.label} cannot be reached ({reason}).") from None
+
+    def _judge(self, conn: sa.engine.Connection) -> bool:
+        names = set(sa.inspect(conn).get_table_names())
+        version = None
+        if META_TABLE in names:
+            version = conn.execute(
+                sa.select(_meta_table.c.value).where(_meta_table.c.key == "schema_version")
+            ).scalar_one_or_none()
+        server = self._target.sqlite_path is None  # a server database may hold other applications' tables
+        return _judge_tables(names, version, self._target.label, foreign_tables_allowed=server)
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self._engine.dispose()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    @contextmanager
+    def _database_errors(self, action: str) -> Iterator[None]:
+        """Turn a database refusal (read-only file, lock held past the busy timeout, ...) into one sentence."""
+        try:
+            yield
+        except sa_exc.OperationalError as error:
+            reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+            raise UserInputError(f"The ledger {self._target.label} cannot be {action} ({reason}).") from None
+
+    # ----- salt
+
+    def _default_salt_file(self) -> Path | None:
+        if self._salt_file is not None:
+            return self._salt_file
+        if self._target.sqlite_path is not None:
+            return self._target.sqlite_path.with_name(self._target.sqlite_path.name + ".salt")
+        return None
+
+    def _load_salt(self, *, create: bool) -> bytes:
+        if self._key is not None:
+            return self._key
+        if self._salt_given is not None:
+            self._key = salt_key(self._salt_given)
+        elif self._salt_file is None and os.environ.get(SALT_ENV):
+            self._key = salt_key(os.environ[SALT_ENV])
+        else:
+            self._key = salt_key(_read_or_create_salt(self._default_salt_file(), self._target.label, create=create))
+        return self._key
+
+    def _wrong_salt(self) -> UserInputError:
+        return UserInputError(f"The salt does not match the one the ledger {self._target.label} was written with.")
+
+    # ----- writing
+
+    def append(
+        self,
+        subject: str,
+        items: Iterable[Any],
+        method: str,
+        params: Mapping[str, Any],
+        fingerprint_before: str,
+        fingerprint_after: str | None,
+        metrics: Mapping[str, Any],
+        seconds: float,
+        status: str = "ok",
+    ) -> int:
+        """Record one unlearning request as a new committed row; return its id.
+
+        ``items`` are the forgotten items themselves: only their salted hashes are stored.
+        ``fingerprint_after`` may be None only when ``status`` is ``"failed"``.
+        """
+        fields = _validated_fields(
+            subject, method, params, fingerprint_before, fingerprint_after, metrics, seconds, status
+        )
+        forms = [item_bytes(item) for item in items]  # bad items fail here, before anything is written
+        if not forms:
+            raise UserInputError("The ledger row lists no forgotten items; pass at least one item.")
+        with self._database_errors("written"):
+            if not self._ready:
+                self._create_schema()
+            key = self._load_salt(create=False)
+            fields["item_hashes"] = [hmac.new(key, form, hashlib.sha256).hexdigest() for form in forms]
+            with self._writer.begin() as conn:
+                return self._insert(conn, fields, key)
+
+    def _insert(self, conn: sa.engine.Connection, fields: dict[str, Any], key: bytes) -> int:
+        heads = dict(conn.execute(_LOCK_HEAD).all())
+        if "head" not in heads:
+            raise UserInputError(f"The ledger {self._target.label} is damaged: its head record is missing.")
+        if heads.get("salt_check", _salt_check(key)) != _salt_check(key):
+            raise self._wrong_salt()
+        head = json.loads(heads["head"])
+        row = {
+            "id": int(head["id"]) + 1,
+            "time": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            **fields,
+            "prev_hash": head["hash"],
+        }
+        row["row_hash"] = row_hash(row)
+        stored = {k: (canonical_json(v) if k in _JSON_FIELDS else v) for k, v in row.items()}
+        conn.execute(_INSERT_ROW, stored)
+        conn.execute(_MOVE_HEAD, {"head_value": canonical_json({"id": row["id"], "hash": row["row_hash"]})})
+        return row["id"]
+
+    def _create_schema(self) -> None:
+        """Create the tables and meta rows on first write (under the write lock, so racing creators agree)."""
+        if self._target.sqlite_path is not None:
+            _enable_wal(self._engine)
+        try:
+            with self._writer.begin() as conn:
+                if not self._judge(conn):
+                    key = self._load_salt(create=True)  # a new salt only ever goes with a new ledger
+                    _metadata.create_all(conn)
+                    conn.execute(
+                        sa.insert(_meta_table),
+                        [
+                            {"key": "schema_version", "value": SCHEMA_VERSION},
+                            {"key": "created_at", "value": datetime.now(timezone.utc).isoformat()},
+                            {"key": "head", "value": canonical_json({"id": 0, "hash": GENESIS_HASH})},
+                            {"key": "salt_check", "value": _salt_check(key)},
+                        ],
+                    )
+        except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
+            # Another server-side process created the schema between our check and our CREATE.
+            with self._engine.connect() as conn:
+                if not self._judge(conn):
+                    raise
+        self._ready = True
+
+    # ----- reading
+
+    def _reading(self) -> bool:
+        """Whether there is a ledger to read; raise when the SQLite file does not exist at all."""
+        path = self._target.sqlite_path
+        if path is not None and not path.exists():
+            raise UserInputError(f"The ledger {path} does not exist yet; it is created by the first append.")
+        if not self._ready:
+            with self._engine.connect() as conn:
+                self._ready = self._judge(conn)
+        return self._ready
+
+    def _stored_rows(self, conn: sa.engine.Connection, query: Any = None) -> Iterator[Mapping[str, Any]]:
+        query = query if query is not None else sa.select(_rows_table).order_by(_rows_table.c.id)
+        result = conn.execute(query)
+        names = list(result.keys())
+        for values in result:
+            yield dict(zip(names, values))
+
+    @_reading_errors
+    def rows(self) -> list[LedgerRow]:
+        """Every row, in id order (rows whose JSON was damaged are skipped; :meth:`verify` reports them)."""
+        if not self._reading():
+            return []
+        with self._engine.connect() as conn:
+            return [row for row in map(_row_from_db, self._stored_rows(conn)) if row is not None]
+
+    @_reading_errors
+    def get(self, row_id: int) -> LedgerRow:
+        """The row with this id; a missing id is a :class:`UserInputError`."""
+        if self._reading():
+            with self._engine.connect() as conn:
+                query = sa.select(_rows_table).where(_rows_table.c.id == int(row_id))
+                record = conn.execute(query).mappings().first()
+            if record is not None:
+                row = _row_from_db(record)
+                if row is None:
+                    raise UserInputError(f"Row {row_id} of the ledger {self._target.label} is damaged (invalid JSON).")
+                return row
+        raise UserInputError(f"The ledger {self._target.label} has no row {row_id}.")
+
+    @_reading_errors
+    def head(self) -> tuple[int, str]:
+        """(last id, its row_hash) as recorded in the head; (0, 64 zeros) for an empty ledger."""
+        if not self._reading():
+            return 0, GENESIS_HASH
+        with self._engine.connect() as conn:
+            value = conn.execute(_READ_HEAD).scalar_one_or_none()
+        if value is None:
+            raise UserInputError(f"The ledger {self._target.label} is damaged: its head record is missing.")
+        head = json.loads(value)
+        return int(head["id"]), str(head["hash"])
+
+    @_reading_errors
+    def verify(self) -> VerifyResult:
+        """Check every row's hash, the chain links, contiguous ids and the head; report the first bad row."""
+        if not self._reading():
+            return VerifyResult(True, None, "the ledger is empty")
+        with self._engine.connect() as conn, conn.begin():  # one snapshot for rows and head
+            value = conn.execute(_READ_HEAD).scalar_one_or_none()
+            checker = _ChainChecker()
+            for record in self._stored_rows(conn):
+                bad = checker.feed(record)
+                if bad is not None:
+                    return bad
+        if value is None:
+            return VerifyResult(False, checker.count + 1, "the ledger head record is missing", checker.count)
+        head = json.loads(value)
+        return checker.finish(int(head["id"]), str(head["hash"]))
+
+    @_reading_errors
+    def check_item(self, item: Any) -> list[tuple[int, str]]:
+        """``(row id, time)`` of every row that lists this item's salted hash (empty: never forgotten)."""
+        if not self._reading():
+            return []
+        key = self._load_salt(create=False)
+        digest = hmac.new(key, item_bytes(item), hashlib.sha256).hexdigest()
+        with self._engine.connect() as conn:
+            recorded = conn.execute(_READ_SALT_CHECK).scalar_one_or_none()
+            if recorded is not None and recorded != _salt_check(key):
+                raise self._wrong_salt()
+            query = sa.select(_rows_table).where(_rows_table.c.item_hashes.contains(digest)).order_by(_rows_table.c.id)
+            found = [_row_from_db(r) for r in self._stored_rows(conn, query)]
+        return [(row.id, row.time) for row in found if row is not None and digest in row.item_hashes]
+
+
+class _ChainChecker:
+    """Walks rows in id order and finds the first one whose content or link was altered.
+
+    A broken link between rows a and b (b.prev_hash != a.row_hash) where both rows hash correctly
+    means one of them was rewritten *and* re-hashed. Re-hashing a row changes its row_hash, which
+    breaks the link to its successor too, so the next link decides: intact → row a was rewritten;
+    broken → row b was.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.last_id = 0
+        self.last_hash = GENESIS_HASH
+        self.pending: tuple[int, int] | None = None  # (a, b) of an undecided broken link
+
+    def feed(self, data: Mapping[str, Any]) -> VerifyResult | None:
+        row_id = int(data["id"])
+        expected = self.last_id + 1
+        if row_id != expected:
+            if self.pending:
+                return self._decide(link_intact=False)
+            if row_id > expected:
+                return self._bad(expected, f"row {expected} is missing (the next row is {row_id})")
+            return self._bad(row_id, f"row id {row_id} is out of sequence (expected {expected})")
+        if _stored_row_hash(data) != data["row_hash"]:
+            if self.pending:
+                return self._decide(link_intact=False)
+            return self._bad(row_id, "its content does not match its row_hash (a field was edited)")
+        if self.pending:
+            return self._decide(link_intact=data["prev_hash"] == self.last_hash)
+        if data["prev_hash"] != self.last_hash:
+            self.pending = (self.last_id, row_id)
+        self.count, self.last_id, self.last_hash = self.count + 1, row_id, data["row_hash"]
+        return None
+
+    def finish(self, head_id: int, head_hash: str) -> VerifyResult:
+        if self.pending:
+            return self._decide(link_intact=head_id == self.last_id and head_hash == self.last_hash)
+        if head_id > self.last_id:
+            return self._bad(self.last_id + 1, f"row {self.last_id + 1} is missing (the head records {head_id} rows)")
+        if head_id < self.last_id:
+            return self._bad(head_id + 1, "it is not covered by the ledger head (added outside the ledger)")
+        if head_hash != self.last_hash:
+            return self._bad(self.last_id, "its row_hash differs from the ledger head (rewritten and re-hashed)")
+        return VerifyResult(True, None, "chain intact", self.count, self.last_hash)
+
+    def _decide(self, *, link_intact: bool) -> VerifyResult:
+        before, after = self.pending  # type: ignore[misc]
+        if link_intact and before > 0:
+            return self._bad(before, f"its row_hash differs from the prev_hash in row {after} (rewritten, re-hashed)")
+        return self._bad(after, f"its prev_hash differs from the row_hash of row {before} (rewritten and re-hashed)")
+
+    def _bad(self, row_id: int, reason: str) -> VerifyResult:
+        return VerifyResult(False, row_id, f"row {row_id}: {reason}", self.count, self.last_hash)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _sqlite_on_begin(conn: sa.engine.Connection) -> None:
+    # IMMEDIATE takes the writer lock before the head is read, so two appenders cannot both read the same head.
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("unlearnkit_write") else "BEGIN")
+
+
+def _enable_wal(engine: sa.engine.Engine) -> None:
+    # journal_mode cannot change inside a transaction, so this goes to the driver outside SQLAlchemy's.
+    with engine.connect() as conn:
+        conn.connection.driver_connection.execute("PRAGMA journal_mode=WAL")
+
+
+def _validated_fields(
+    subject: str,
+    method: str,
+    params: Mapping[str, Any],
+    fingerprint_before: str,
+    fingerprint_after: str | None,
+    metrics: Mapping[str, Any],
+    seconds: float,
+    status: str,
+) -> dict[str, Any]:
+    """The row fields other than id, time, items and chain, checked and normalised."""
+    if status not in STATUSES:
+        raise UserInputError(f"The ledger status {status!r} is not one of {', '.join(STATUSES)}.")
+    if not isinstance(method, str) or not method.strip():
+        raise UserInputError("The ledger row needs a method name (a non-empty string).")
+    for name, value in (("fingerprint_before", fingerprint_before), ("fingerprint_after", fingerprint_after)):
+        if value is None and name == "fingerprint_after" and status == "failed":
+            continue
+        if not isinstance(value, str) or not _HEX64.fullmatch(value):
+            raise UserInputError(f"The {name} {value!r} is not a SHA-256 fingerprint (64 lowercase hex digits).")
+    for name, value in (("params", params), ("metrics", metrics)):
+        if not isinstance(value, Mapping):
+            raise UserInputError(f"The ledger {name} must be a mapping, not a {type(value).__name__}.")
+    try:
+        seconds = float(seconds)
+    except (TypeError, ValueError):
+        raise UserInputError(f"The duration {seconds!r} is not a number of seconds.") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise UserInputError(f"The duration {seconds!r} is not a non-negative number of seconds.")
+    return {
+        "subject": str(subject or ""),
+        "method": method,
+        "params": _plain_json(params, what="params"),
+        "fingerprint_before": fingerprint_before,
+        "fingerprint_after": fingerprint_after,
+        "metrics": _plain_json(metrics, what="metrics"),
+        "seconds": seconds,
+        "status": status,
+    }
+
+
+def _read_or_create_salt(path: Path | None, label: str, *, create: bool) -> str:
+    """The salt text in ``path``; with ``create``, a new random one written atomically with mode 0600."""
+    if path is None:
+        raise UserInputError(
+            f"The ledger {label} is not a file, so it needs a salt: pass salt=, --salt-file or set {SALT_ENV}."
+        )
+    if not path.exists() and create:
+        _create_salt_file(path)
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise UserInputError(f"The salt file {path} does not exist (a salt is made only with a new ledger).") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserInputError(f"The salt file {path} cannot be read ({error}).") from None
+    if not text:
+        raise UserInputError(f"The salt file {path} is empty.")
+    return text
+
+
+def _create_salt_file(path: Path) -> None:
+    if not path.parent.is_dir():
+        raise UserInputError(f"The directory {path.parent} for the salt file does not exist.")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)  # mkstemp makes it 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # atomic create-if-absent: a racing process keeps the first salt
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)

@@ -1,0 +1,126 @@
+"""The ``unlearnkit ledger`` commands: list, show, verify and check-item.
+
+SQLAlchemy is imported only when a command runs (through :mod:`unlearnkit.ledger`), so
+``unlearnkit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Optional
+
+import typer
+
+from .errors import UserInputError
+
+if TYPE_CHECKING:
+    from .ledger import Ledger
+
+DEFAULT_LEDGER = "unlearnkit-ledger.db"
+
+LedgerOption = Annotated[
+    str, typer.Option("--ledger", help="Ledger SQLite file or SQLAlchemy URL (e.g. postgresql://host/db).")
+]
+SaltFileOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--salt-file",
+        help="File holding the item salt (default: $UNLEARNKIT_LEDGER_SALT, else <ledger-file>.salt). "
+        "Only check-item needs it.",
+    ),
+]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``ledger`` command group (list, show, verify, check-item) to ``app``."""
+    group = typer.Typer(help="Read and verify the tamper-evident ledger of unlearning requests.", no_args_is_help=True)
+    group.command("list")(list_command)
+    group.command("show")(show_command)
+    group.command("verify")(verify_command)
+    group.command("check-item")(check_item_command)
+    app.add_typer(group, name="ledger")
+
+
+def _open(ledger: str, salt_file: Path | None) -> "Ledger":
+    from .ledger import Ledger
+
+    return Ledger(ledger, salt_file=salt_file)
+
+
+def list_command(ledger: LedgerOption = DEFAULT_LEDGER, salt_file: SaltFileOption = None) -> None:
+    """List every recorded unlearning request as a table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    with _open(ledger, salt_file) as book:
+        rows = book.rows()
+    if not rows:
+        typer.echo(f"The ledger {ledger} has no rows.")
+        return
+    table = Table("id", "time (UTC)", "subject", "method", "items", "status", "seconds", "model before → after")
+    for row in rows:
+        after = (row.fingerprint_after or "—")[:12]
+        table.add_row(
+            str(row.id), row.time[:19], row.subject, row.method, str(len(row.item_hashes)), row.status,
+            f"{row.seconds:.2f}", f"{row.fingerprint_before[:12]} → {after}",
+        )
+    Console(width=160).print(table)
+
+
+def show_command(
+    row_id: Annotated[int, typer.Argument(metavar="ID", help="Row id.")],
+    ledger: LedgerOption = DEFAULT_LEDGER,
+    salt_file: SaltFileOption = None,
+) -> None:
+    """Print one row as JSON."""
+    with _open(ledger, salt_file) as book:
+        row = book.get(row_id)
+    typer.echo(json.dumps(row.to_dict(), indent=2, ensure_ascii=False))
+
+
+def verify_command(ledger: LedgerOption = DEFAULT_LEDGER, salt_file: SaltFileOption = None) -> None:
+    """Check the hash chain; print ok and the head hash, or the first altered row (exit status 1)."""
+    with _open(ledger, salt_file) as book:
+        result = book.verify()
+    if result.ok:
+        typer.echo(f"ok: {result.rows} rows, chain intact; head row_hash {result.head_hash}")
+        return
+    typer.echo(f"TAMPERED: first bad row {result.first_bad_id}: {result.reason}")
+    raise typer.Exit(1)
+
+
+def check_item_command(
+    item: Annotated[Path, typer.Option("--item", help="File holding one item: JSON, else text (else raw bytes).")],
+    ledger: LedgerOption = DEFAULT_LEDGER,
+    salt_file: SaltFileOption = None,
+) -> None:
+    """Say whether the item in FILE was forgotten and when (exit status 1 when it never was)."""
+    value = read_item_file(item)
+    with _open(ledger, salt_file) as book:
+        found = book.check_item(value)
+    if not found:
+        typer.echo(f"not forgotten: no row of {ledger} lists this item.")
+        raise typer.Exit(1)
+    for row_id, time in found:
+        typer.echo(f"forgotten: row {row_id} at {time}")
+
+
+def read_item_file(path: Path) -> Any:
+    """One item from a file: its JSON value if it parses, else its text without one trailing newline,
+    else (not UTF-8) its raw bytes."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserInputError(f"The item file {path} does not exist.") from None
+    except OSError as error:
+        raise UserInputError(f"The item file {path} cannot be read ({error.strerror}).") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+    try:
+        return json.loads(text)
+    except ValueError:
+        # editors add a final newline that the stored item did not have
+        return text.removesuffix("\n").removesuffix("\r")

@@ -1,0 +1,520 @@
+"""The tamper-evident ledger: chain, privacy of items, tamper detection, concurrency, speed, errors, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from unlearnkit.errors import UserInputError
+from unlearnkit.ledger import GENESIS_HASH, ROWS_TABLE, Ledger, canonical_json, item_hash, row_hash
+from unlearnkit.ledger_cli import register
+
+BEFORE, AFTER = "a" * 64, "b" * 64
+SALT = "test-salt-0123456789abcdef"
+
+
+def add(ledger: Ledger, subject: str = "request", items: list | None = None, **overrides) -> int:
+    """Append one row with plausible defaults."""
+    fields = dict(
+        method="ssd", params={"alpha": 10.0, "lambda": 1.0}, fingerprint_before=BEFORE, fingerprint_after=AFTER,
+        metrics={"forget_accuracy": 0.5}, seconds=1.25, status="ok",
+    )
+    fields.update(overrides)
+    return ledger.append(subject, items if items is not None else [f"item of {subject}"], **fields)
+
+
+def ledger_files(path: Path) -> list[Path]:
+    """The database file and its SQLite side files (not the salt)."""
+    return [p for p in path.parent.iterdir() if p.name.startswith(path.name) and not p.name.endswith(".salt")]
+
+
+def raw_bytes(path: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in ledger_files(path))
+
+
+def sql(path: Path, statement: str, params: tuple = ()) -> None:
+    """Run one statement on the ledger file behind the ledger's back (the tamperer's view)."""
+    with sqlite3.connect(path) as conn:
+        conn.execute(statement, params)
+    conn.close()
+
+
+def stored_row(path: Path, row_id: int) -> dict:
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        row = dict(conn.execute(f"SELECT * FROM {ROWS_TABLE} WHERE id=?", (row_id,)).fetchone())
+    conn.close()
+    return row
+
+
+def rewrite_and_rehash(path: Path, row_id: int, **changes) -> None:
+    """Change fields of a row and recompute its row_hash, as an attacker who knows the format would."""
+    row = {**stored_row(path, row_id), **changes}
+    fields = {k: (json.loads(v) if k in ("item_hashes", "params", "metrics") else v) for k, v in row.items()}
+    row["row_hash"] = row_hash(fields)
+    assignments = ", ".join(f"{k}=?" for k in row if k != "id")
+    sql(path, f"UPDATE {ROWS_TABLE} SET {assignments} WHERE id=?", (*[v for k, v in row.items() if k != "id"], row_id))
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "ledger.db"
+
+
+@pytest.fixture
+def five_rows(path: Path) -> Path:
+    with Ledger(path, salt=SALT) as ledger:
+        for i in range(1, 6):
+            add(ledger, f"request {i}")
+        assert ledger.verify().ok
+    return path
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_append_rows_get_and_verify_round_trip(path: Path) -> None:
+    items = ["Ada Lovelace", {"question": "q", "answer": "a"}, (torch.arange(4.0), 3), np.eye(2, dtype=np.float32)]
+    with Ledger(path, salt=SALT) as ledger:
+        first = add(ledger, "subject one", items, metrics={"loss": float("nan"), "acc": np.float64(0.75)}, seconds=2)
+        second = add(ledger, "Zoë — 東京 \"quoted\"\n", status="diverged")
+        third = add(ledger, "subject three", status="failed", fingerprint_after=None)
+        rows = ledger.rows()
+        result = ledger.verify()
+        got = ledger.get(2)
+        head = ledger.head()
+    assert (first, second, third) == (1, 2, 3)
+    assert [r.id for r in rows] == [1, 2, 3] and got == rows[1]
+    assert rows[0].prev_hash == GENESIS_HASH
+    assert rows[1].prev_hash == rows[0].row_hash and rows[2].prev_hash == rows[1].row_hash
+    assert rows[0].item_hashes == [item_hash(item, SALT) for item in items]
+    assert rows[0].metrics == {"loss": "NaN", "acc": 0.75} and rows[0].seconds == 2.0
+    assert rows[0].params == {"alpha": 10.0, "lambda": 1.0}
+    assert [r.status for r in rows] == ["ok", "diverged", "failed"] and rows[2].fingerprint_after is None
+    assert datetime.fromisoformat(rows[0].time).utcoffset() == timezone.utc.utcoffset(None)
+    assert result.ok and result.first_bad_id is None and result.rows == 3 and result.head_hash == rows[2].row_hash
+    assert head == (3, rows[2].row_hash)
+
+
+def test_row_hash_covers_every_field_in_canonical_json(path: Path) -> None:
+    with Ledger(path, salt=SALT) as ledger:
+        add(ledger)
+        row = ledger.get(1).to_dict()
+    content = {k: v for k, v in row.items() if k != "row_hash"}
+    import hashlib
+
+    assert row["row_hash"] == hashlib.sha256(canonical_json(content).encode()).hexdigest()
+    assert set(content) == {"id", "time", "subject", "item_hashes", "method", "params", "fingerprint_before",
+                            "fingerprint_after", "metrics", "seconds", "status", "prev_hash"}
+
+
+def test_item_hash_canonical_forms() -> None:
+    assert item_hash({"b": 1, "a": [1, 2]}, SALT) == item_hash({"a": [1, 2], "b": 1}, SALT)
+    assert item_hash("héllo", SALT) == item_hash("héllo".encode(), SALT)
+    assert item_hash(torch.arange(6, dtype=torch.float32).reshape(2, 3), SALT) == item_hash(
+        np.arange(6, dtype=np.float32).reshape(2, 3), SALT
+    )
+    # shape and dtype are part of the form, and so is the salt
+    assert item_hash(torch.zeros(2, 3), SALT) != item_hash(torch.zeros(3, 2), SALT)
+    assert item_hash(torch.zeros(2, 3), SALT) != item_hash(torch.zeros(2, 3, dtype=torch.float64), SALT)
+    assert item_hash("x", SALT) != item_hash("x", SALT + "!")
+    with pytest.raises(UserInputError, match="salt"):
+        item_hash("x", "short")
+    with pytest.raises(UserInputError, match="object"):
+        item_hash(object(), SALT)
+
+
+# --------------------------------------------------------------------------- privacy
+
+
+def test_table_never_contains_item_content(path: Path) -> None:
+    secret_text = "Ada Lovelace lives at 12 Secret Lane, passport X9Y8Z7"
+    secret_value = "card 4111-1111-1111-1111"
+    with Ledger(path) as ledger:
+        add(ledger, "erasure request", [secret_text, {"note": secret_value}])
+        assert ledger.verify().ok
+        data = raw_bytes(path)  # database and its write-ahead log, while the rows are fresh
+    assert len(data) > 0
+    for secret in (secret_text, secret_value, "Secret Lane", "4111-1111"):
+        assert secret.encode() not in data
+
+
+def test_salt_is_kept_outside_the_database(path: Path) -> None:
+    with Ledger(path) as ledger:
+        add(ledger)
+        during = raw_bytes(path)
+    salt_file = path.with_name(path.name + ".salt")
+    salt = salt_file.read_text().strip()
+    assert len(bytes.fromhex(salt)) == 32
+    assert salt_file.stat().st_mode & 0o777 == 0o600
+    assert salt.encode() not in during + raw_bytes(path)
+    assert bytes.fromhex(salt) not in during + raw_bytes(path)
+
+
+def test_salt_from_environment_creates_no_file(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNLEARNKIT_LEDGER_SALT", SALT)
+    with Ledger(path) as ledger:
+        add(ledger, items=["env item"])
+    assert not path.with_name(path.name + ".salt").exists()
+    with Ledger(path, salt=SALT) as ledger:
+        assert [row_id for row_id, _ in ledger.check_item("env item")] == [1]
+
+
+def test_check_item_finds_the_forgotten_item_only(path: Path) -> None:
+    tensor_item = (torch.tensor([1.0, 2.0]), 7)
+    with Ledger(path, salt=SALT) as ledger:
+        add(ledger, "first", ["alice", {"name": "bob", "age": 41}])
+        add(ledger, "second", ["alice", tensor_item])
+        rows = ledger.rows()
+        assert ledger.check_item("alice") == [(1, rows[0].time), (2, rows[1].time)]
+        assert ledger.check_item({"age": 41, "name": "bob"}) == [(1, rows[0].time)]
+        assert ledger.check_item((torch.tensor([1.0, 2.0]), 7)) == [(2, rows[1].time)]
+        assert ledger.check_item("alicia") == []
+        assert ledger.check_item({"name": "bob", "age": 42}) == []
+        assert ledger.check_item((torch.tensor([1.0, 2.5]), 7)) == []
+    with Ledger(path, salt=SALT + "-other") as other, pytest.raises(UserInputError, match="salt does not match"):
+        other.check_item("alice")
+
+
+def test_appending_with_a_different_salt_is_refused(path: Path) -> None:
+    with Ledger(path, salt=SALT) as ledger:
+        add(ledger)
+    with Ledger(path, salt=SALT + "-other") as other, pytest.raises(UserInputError, match="salt does not match"):
+        add(other)
+    with Ledger(path, salt=SALT) as ledger:
+        assert len(ledger.rows()) == 1 and ledger.verify().ok
+
+
+# --------------------------------------------------------------------------- tampering
+
+
+def _delete(path: Path, row_id: int) -> None:
+    sql(path, f"DELETE FROM {ROWS_TABLE} WHERE id=?", (row_id,))
+
+
+TAMPERING = {
+    "edit a field": (lambda p: sql(p, f"UPDATE {ROWS_TABLE} SET subject='nobody' WHERE id=3"), 3),
+    "edit the seconds": (lambda p: sql(p, f"UPDATE {ROWS_TABLE} SET seconds=9.5 WHERE id=4"), 4),
+    "break a JSON field": (lambda p: sql(p, f"UPDATE {ROWS_TABLE} SET metrics='{{' WHERE id=2"), 2),
+    "change prev_hash": (lambda p: sql(p, f"UPDATE {ROWS_TABLE} SET prev_hash=? WHERE id=3", ("c" * 64,)), 3),
+    "delete a middle row": (lambda p: _delete(p, 3), 3),
+    "delete the first row": (lambda p: _delete(p, 1), 1),
+    "delete the last row": (lambda p: _delete(p, 5), 5),
+    "swap two rows' ids": (
+        lambda p: [sql(p, f"UPDATE {ROWS_TABLE} SET id=? WHERE id=?", a) for a in ((-1, 2), (2, 3), (3, -1))], 2),
+    "rewrite a row and re-hash it": (lambda p: rewrite_and_rehash(p, 3, subject="nobody"), 3),
+    "change prev_hash and re-hash": (lambda p: rewrite_and_rehash(p, 3, prev_hash="c" * 64), 3),
+    "rewrite the first row and re-hash it": (lambda p: rewrite_and_rehash(p, 1, method="other"), 1),
+    "rewrite the last row and re-hash it": (lambda p: rewrite_and_rehash(p, 5, status="failed"), 5),
+}
+
+
+def _forge_next_row(path: Path) -> None:
+    """Insert a well-formed row 6 that continues the chain but bypasses the ledger (the head is not moved)."""
+    row = {**stored_row(path, 5), "id": 6, "subject": "forged"}
+    row["prev_hash"] = stored_row(path, 5)["row_hash"]
+    fields = {k: (json.loads(v) if k in ("item_hashes", "params", "metrics") else v) for k, v in row.items()}
+    row["row_hash"] = row_hash(fields)
+    sql(path, f"INSERT INTO {ROWS_TABLE} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+
+
+TAMPERING["append a row behind the ledger's back"] = (_forge_next_row, 6)
+
+
+@pytest.mark.parametrize("tamper", list(TAMPERING))
+def test_verify_names_the_first_altered_row(five_rows: Path, tamper: str) -> None:
+    change, bad_id = TAMPERING[tamper]
+    change(five_rows)
+    with Ledger(five_rows, salt=SALT) as ledger:
+        result = ledger.verify()
+    assert not result.ok
+    assert result.first_bad_id == bad_id, result.reason
+    assert result.reason.startswith(f"row {bad_id}:")
+
+
+def test_append_after_tail_deletion_still_shows_the_gap(five_rows: Path) -> None:
+    _delete(five_rows, 5)
+    with Ledger(five_rows, salt=SALT) as ledger:
+        assert add(ledger) == 6  # ids come from the head, so the deleted row leaves a visible hole
+        result = ledger.verify()
+    assert (result.ok, result.first_bad_id) == (False, 5)
+
+
+# --------------------------------------------------------------------------- concurrency and speed
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from unlearnkit.ledger import Ledger
+    path, tag, count, folder = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+    ledger = Ledger(path)
+    (folder / f"ready-{tag}").touch()
+    while not (folder / "go").exists():
+        time.sleep(0.001)
+    start = time.time()
+    for i in range(count):
+        ledger.append(f"{tag}-{i}", [f"{tag} item {i}"], "ssd", {"i": i}, "a" * 64, "b" * 64, {}, 0.0, "ok")
+    print(start, time.time())
+    ledger.close()
+    """
+)
+
+
+def test_two_processes_appending_at_once_lose_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "shared.db"  # does not exist yet: the writers also race to create it and its salt
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(path), tag, "200", str(tmp_path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for tag in ("p0", "p1")
+    ]
+    deadline = time.monotonic() + 30
+    while not all((tmp_path / f"ready-{t}").exists() for t in ("p0", "p1")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    windows = []
+    for writer in writers:
+        out, err = writer.communicate(timeout=60)
+        assert writer.returncode == 0, err.decode()
+        windows.append([float(t) for t in out.split()])
+    # the test means something only if both writers were appending during the same interval
+    assert max(start for start, _ in windows) < min(end for _, end in windows), windows
+    with Ledger(path) as ledger:
+        rows = ledger.rows()
+        result = ledger.verify()
+    assert result.ok, result.reason
+    assert [r.id for r in rows] == list(range(1, 401))
+    subjects = [r.subject for r in rows]
+    assert sorted(subjects) == sorted(f"{t}-{i}" for t in ("p0", "p1") for i in range(200))
+    # each writer's rows keep its own order
+    for tag in ("p0", "p1"):
+        assert [s for s in subjects if s.startswith(tag)] == [f"{tag}-{i}" for i in range(200)]
+
+
+def test_one_thousand_appends_take_at_most_five_seconds(path: Path) -> None:
+    with Ledger(path, salt=SALT) as ledger:
+        start = time.perf_counter()
+        for i in range(1000):
+            add(ledger, f"request {i}", [f"item {i}", {"id": i}])
+        elapsed = time.perf_counter() - start
+        assert ledger.verify().rows == 1000
+    print(f"\n1000 appends: {elapsed:.2f} s")
+    assert elapsed <= 5.0
+
+
+def _bulk_chain(path: Path, total: int) -> None:
+    """Grow a one-row ledger to ``total`` valid rows in one transaction (fast set-up for the verify timing)."""
+    first = stored_row(path, 1)
+    previous, rows = first["row_hash"], []
+    for row_id in range(2, total + 1):
+        fields = {**{k: v for k, v in first.items() if k != "row_hash"}, "id": row_id, "prev_hash": previous,
+                  "subject": f"request {row_id}", "item_hashes": [f"{row_id:064x}"],
+                  "params": json.loads(first["params"]), "metrics": {"forget_accuracy": row_id / total}}
+        previous = row_hash(fields)
+        stored = {k: (canonical_json(v) if k in ("item_hashes", "params", "metrics") else v) for k, v in fields.items()}
+        rows.append({**stored, "row_hash": previous})
+    columns = list(rows[0])
+    with sqlite3.connect(path) as conn:
+        conn.executemany(
+            f"INSERT INTO {ROWS_TABLE} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+            [tuple(r[c] for c in columns) for r in rows],
+        )
+        conn.execute("UPDATE unlearnkit_ledger_meta SET value=? WHERE key='head'",
+                     (canonical_json({"id": total, "hash": previous}),))
+    conn.close()
+
+
+def test_verify_of_ten_thousand_rows_takes_at_most_two_seconds(path: Path) -> None:
+    with Ledger(path, salt=SALT) as ledger:
+        add(ledger)
+    _bulk_chain(path, 10_000)
+    with Ledger(path, salt=SALT) as ledger:
+        start = time.perf_counter()
+        result = ledger.verify()
+        elapsed = time.perf_counter() - start
+    print(f"\nverify of 10000 rows: {elapsed:.2f} s")
+    assert result.ok and result.rows == 10_000, result.reason
+    assert elapsed <= 2.0
+    sql(path, f"UPDATE {ROWS_TABLE} SET method='other' WHERE id=9000")
+    with Ledger(path, salt=SALT) as ledger:
+        assert ledger.verify().first_bad_id == 9000
+
+
+# --------------------------------------------------------------------------- bad inputs write nothing
+
+
+@pytest.mark.parametrize("journal_mode", ["delete", "wal"])
+def test_sqlite_file_without_the_ledger_schema_is_refused(tmp_path: Path, journal_mode: str) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA journal_mode={journal_mode}")
+        conn.execute("CREATE TABLE customers (name TEXT)")
+    conn.close()
+    before, listing = path.read_bytes(), sorted(os.listdir(tmp_path))
+    with pytest.raises(UserInputError, match="not an unlearnkit ledger"):
+        Ledger(path)
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == listing
+
+
+def test_file_that_is_not_sqlite_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("just some notes, not a database\n" * 10)
+    before, listing = path.read_bytes(), sorted(os.listdir(tmp_path))
+    with pytest.raises(UserInputError, match="not a SQLite ledger"):
+        Ledger(path)
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == listing
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("{tmp}/missing/dir/ledger.db", "directory .* does not exist"),
+        ("sqlite:///{tmp}/missing/ledger.db", "directory .* does not exist"),
+        ("nosuchdb://host/ledger", "unknown database scheme"),
+        ("postgresql://user@127.0.0.1:1/ledger", "driver|cannot be reached"),
+        ("sqlite://", "names no SQLite file"),
+        ("{tmp}", "is a directory"),
+    ],
+)
+def test_unusable_ledger_locations_are_refused(tmp_path: Path, target: str, message: str) -> None:
+    with pytest.raises(UserInputError, match=message):
+        Ledger(target.format(tmp=tmp_path))
+    assert os.listdir(tmp_path) == []
+
+
+def test_reading_a_missing_ledger_creates_nothing(path: Path) -> None:
+    ledger = Ledger(path, salt=SALT)
+    for read in (ledger.rows, ledger.verify, lambda: ledger.get(1), lambda: ledger.check_item("x")):
+        with pytest.raises(UserInputError, match="does not exist"):
+            read()
+    ledger.close()
+    assert os.listdir(path.parent) == []
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"status": "done"}, "status"),
+        ({"fingerprint_before": "abc"}, "fingerprint_before"),
+        ({"fingerprint_after": None}, "fingerprint_after"),
+        ({"seconds": -1.0}, "duration"),
+        ({"params": [1, 2]}, "params"),
+        ({"metrics": {"model": object()}}, "metrics"),
+        ({"items": []}, "no forgotten items"),
+        ({"items": [object()]}, "object"),
+    ],
+)
+def test_bad_rows_are_refused_before_anything_is_written(path: Path, overrides: dict, message: str) -> None:
+    items = overrides.pop("items", ["x"])
+    with Ledger(path) as ledger, pytest.raises(UserInputError, match=message):
+        add(ledger, items=items, **overrides)
+    assert os.listdir(path.parent) == []
+
+
+def test_a_writer_locked_out_past_the_busy_timeout_gets_one_sentence(five_rows: Path) -> None:
+    blocker = sqlite3.connect(five_rows, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+    try:
+        with Ledger(five_rows, salt=SALT, busy_timeout_s=0.2) as ledger, pytest.raises(UserInputError, match="locked"):
+            add(ledger)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    with Ledger(five_rows, salt=SALT) as ledger:
+        assert ledger.verify().rows == 5
+
+
+def test_a_lost_salt_file_is_not_silently_replaced(five_rows: Path) -> None:
+    salt_file = five_rows.with_name(five_rows.name + ".salt")
+    with Ledger(five_rows) as ledger:  # rows written with SALT; the default salt file was never made
+        with pytest.raises(UserInputError, match="salt file .* does not exist"):
+            add(ledger)
+        with pytest.raises(UserInputError, match="salt file .* does not exist"):
+            ledger.check_item("item of request 1")
+    assert not salt_file.exists()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def cli_app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def root() -> None:
+        """Test root (keeps `ledger` a sub-command)."""
+
+    register(app)
+    return app
+
+
+def test_cli_list_show_verify_and_check_item(tmp_path: Path) -> None:
+    path = tmp_path / "cli.db"
+    with Ledger(path) as ledger:
+        add(ledger, "first request", [{"name": "Ada", "city": "London"}], method="ssd")
+        add(ledger, "second request", ["plain text item"], method="gradient_ascent")
+        expected = ledger.get(2).to_dict()
+    app, runner = cli_app(), CliRunner()
+    where = ["--ledger", str(path)]
+
+    listed = runner.invoke(app, ["ledger", "list", *where])
+    assert listed.exit_code == 0, listed.output
+    assert "first request" in listed.output and "gradient_ascent" in listed.output
+
+    shown = runner.invoke(app, ["ledger", "show", "2", *where])
+    assert shown.exit_code == 0 and json.loads(shown.output) == expected
+
+    verified = runner.invoke(app, ["ledger", "verify", *where])
+    assert verified.exit_code == 0 and verified.output.startswith("ok: 2 rows")
+
+    (tmp_path / "item.json").write_text('{"city": "London", "name": "Ada"}')
+    (tmp_path / "item.txt").write_text("plain text item\n")
+    (tmp_path / "other.txt").write_text("another item\n")
+    found = runner.invoke(app, ["ledger", "check-item", "--item", str(tmp_path / "item.json"), *where])
+    assert found.exit_code == 0 and "forgotten: row 1" in found.output
+    found = runner.invoke(app, ["ledger", "check-item", "--item", str(tmp_path / "item.txt"), *where])
+    assert found.exit_code == 0 and "forgotten: row 2" in found.output
+    missing = runner.invoke(app, ["ledger", "check-item", "--item", str(tmp_path / "other.txt"), *where])
+    assert missing.exit_code == 1 and "not forgotten" in missing.output
+
+    sql(path, f"UPDATE {ROWS_TABLE} SET subject='edited' WHERE id=2")
+    tampered = runner.invoke(app, ["ledger", "verify", *where])
+    assert tampered.exit_code == 1 and "first bad row 2" in tampered.output
+
+
+def test_cli_salt_file_option(tmp_path: Path) -> None:
+    path, salt_file = tmp_path / "cli.db", tmp_path / "my.salt"
+    with Ledger(path, salt_file=salt_file) as ledger:
+        add(ledger, items=["salted item"])
+    assert salt_file.exists() and not path.with_name(path.name + ".salt").exists()
+    (tmp_path / "item.txt").write_text("salted item")
+    runner, app = CliRunner(), cli_app()
+    args = ["ledger", "check-item", "--item", str(tmp_path / "item.txt"), "--ledger", str(path)]
+    assert runner.invoke(app, [*args, "--salt-file", str(salt_file)]).exit_code == 0
+    no_salt = runner.invoke(app, args)  # the default <ledger>.salt does not exist
+    assert isinstance(no_salt.exception, UserInputError) and "salt file" in str(no_salt.exception)
+
+
+def test_cli_user_errors_raise_and_create_nothing(tmp_path: Path) -> None:
+    runner, app = CliRunner(), cli_app()
+    missing = runner.invoke(app, ["ledger", "list", "--ledger", str(tmp_path / "none.db")])
+    assert isinstance(missing.exception, UserInputError)
+    shown = runner.invoke(app, ["ledger", "show", "1", "--ledger", str(tmp_path / "none.db")])
+    assert isinstance(shown.exception, UserInputError)
+    no_item = runner.invoke(app, ["ledger", "check-item", "--item", str(tmp_path / "no.json"),
+                                  "--ledger", str(tmp_path / "none.db")])
+    assert isinstance(no_item.exception, UserInputError) and "item file" in str(no_item.exception)
+    assert os.listdir(tmp_path) == []
