@@ -24,6 +24,7 @@ bench: $(STAMP)
 	$(BIN)/unlearnkit bench --benchmark mnist --scenario random --out docs/results/mnist-random
 
 test: $(STAMP)
+	bash scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest
 
 clean:

@@ -8,11 +8,12 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import UserInputError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @contextmanager
@@ -46,6 +47,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes files private; results and reports are meant to be read
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -69,7 +71,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+def save_state_dict(state: dict[str, "torch.Tensor"], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Save tensors as safetensors (contiguous CPU copies; shared storage is split)."""
     from safetensors.torch import save_file
 
@@ -77,7 +79,7 @@ def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike, met
     save_file(tensors, str(path), metadata=metadata)
 
 
-def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, "torch.Tensor"]:
     """Load weights from ``.safetensors``; ``.pt/.bin`` only with ``weights_only=True`` unless trusted."""
     path = Path(path)
     if not path.is_file():
@@ -89,6 +91,8 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
             return load_file(str(path))
         except Exception as error:  # a corrupt or foreign file: say so in one sentence
             raise UserInputError(f"The weights file {path} is not a valid safetensors file ({error}).") from None
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
@@ -99,9 +103,11 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
         return torch.load(path, map_location="cpu", weights_only=False)  # explicit user opt-in
 
 
-def fingerprint(state: dict[str, torch.Tensor]) -> str:
+def fingerprint(state: dict[str, "torch.Tensor"]) -> str:
     """SHA-256 over parameter names, shapes and bytes, in sorted order."""
     import hashlib
+
+    import torch
 
     digest = hashlib.sha256()
     for name in sorted(state):

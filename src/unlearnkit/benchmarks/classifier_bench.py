@@ -11,6 +11,7 @@ from ..errors import UserInputError
 from ..eval.classification import evaluate_classifier
 from ..io import atomic_dir
 from ..methods.registry import methods
+from ..report.html import write_report
 from .results import write_items, write_results
 from .vision import cached_classifier, evaluation_splits, forget_request, load_vision_benchmark
 
@@ -64,7 +65,8 @@ def run_classifier_bench(
         evaluation = evaluate_classifier(bench.adapter(model), splits, reference, seed)
         runs.append({"method": name, "reference": False, "params": record.params, "seconds": record.seconds,
                      "retrain_seconds": retrain_seconds, "peak_mem_mb": record.peak_mem_mb, "status": record.status,
-                     "message": record.message, "metrics": evaluation.metrics, "info": record.info})
+                     "message": record.message, "metrics": evaluation.metrics, "info": record.info,
+                     "losses": record.losses})
         items[name] = evaluation.item_rows(split_ids)
         m = evaluation.metrics
         log(f"{name:>16}: forget_acc={m['forget_acc']:.4f} test_acc={m['test_acc']:.4f} avg_gap={m['avg_gap']:.4f} "
@@ -77,4 +79,5 @@ def run_classifier_bench(
         write_results(tmp, results, COLUMNS, f"{benchmark} — {scenario} forgetting", command)
         for name, rows in items.items():
             write_items(tmp / "items" / f"{name}.jsonl", rows)
+        write_report(tmp / "report.html", results, items)
     return results

@@ -17,6 +17,7 @@ from ..eval.attacks import parse_attacks, run_attacks
 from ..eval.language import LM_METRICS, evaluate_lm
 from ..io import atomic_dir
 from ..methods.registry import methods
+from ..report.html import write_report
 from .results import write_items, write_results
 
 COLUMNS = ("method", "forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
@@ -95,7 +96,7 @@ def run_lm_bench(
         model, record = unlearn(target.model, request, name, adapter=target, **settings[name])
         record_run(name, target.with_model(model), {
             "reference": False, "params": record.params, "seconds": record.seconds, "peak_mem_mb": record.peak_mem_mb,
-            "status": record.status, "message": record.message, "info": record.info})
+            "status": record.status, "message": record.message, "info": record.info, "losses": record.losses})
 
     results = {"benchmark": "facts", "split": split, "seed": config.seed, "retrain_seconds": retrain_seconds,
                "attacks": list(attacks),
@@ -107,4 +108,5 @@ def run_lm_bench(
         write_results(tmp, results, columns, f"facts — {split}", command)
         for name, rows in items.items():
             write_items(tmp / "items" / f"{name}.jsonl", rows)
+        write_report(tmp / "report.html", results, items)
     return results

@@ -1,0 +1,41 @@
+"""Fine-tuning on the retain set ("catastrophic forgetting" baseline).
+
+A standard baseline since Golatkar, Achille & Soatto, "Eternal Sunshine of the Spotless Net:
+Selective Forgetting in Deep Networks" (CVPR 2020). Update rule:
+θ ← θ − η ∇_θ L̄(D_r), starting from the trained weights, for a few epochs; the forget set is never
+used and is forgotten only as far as training on the rest overwrites it.
+Works on any model kind whose adapter gives a per-item loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..train import TrainConfig, optimise
+from .base import Method, Outcome, item_stream
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """A few epochs at a moderately high learning rate so that training on D_r overwrites D_f."""
+
+    epochs: int = 2
+    lr: float = 5e-3
+    batch_size: int = 64
+
+
+class Finetune(Method):
+    """Keep training on the retain set only."""
+
+    name = "finetune"
+    kinds = ("classifier", "causal_lm")
+    needs = frozenset({"retain"})
+    paper = "Golatkar et al., Eternal Sunshine of the Spotless Net: Selective Forgetting in Deep Networks, 2020"
+    Config = FinetuneConfig
+
+    def unlearn(self, adapter: Any, request, config: FinetuneConfig) -> Outcome:
+        stream, steps = item_stream(adapter, request.retain_items(), config)
+        loss = lambda model, batch: adapter.per_item_loss(model, batch).mean()
+        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="finetune")
+        return Outcome(adapter.model, record)
