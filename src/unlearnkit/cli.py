@@ -83,6 +83,43 @@ def bench_command(
     typer.echo((out / "results.md").read_text())
 
 
+@app.command("evaluate")
+def evaluate_command(
+    data: Path = typer.Option(..., help="Folder of TOFU-format files (forgetXX_perturbed, retain_perturbed, holdoutXX, world_facts_perturbed)."),
+    model: Path = typer.Option(..., help="The model to score (a Hugging Face causal LM folder)."),
+    retain_model: Path = typer.Option(..., help="The model trained without the forget set (the gold standard)."),
+    split: str = typer.Option("forget10", help="Forget split: forget01, forget05 or forget10."),
+    out: Path = typer.Option(Path("out/evaluate"), help="Output directory (must not exist unless --overwrite)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+) -> None:
+    """Score a causal LM with the TOFU/MUSE metric suite against its retain model."""
+    from .benchmarks.lm_bench import run_lm_evaluate
+
+    run_lm_evaluate(data, model, retain_model, split, out, overwrite=overwrite,
+                    command="unlearnkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]), log=typer.echo)
+    typer.echo((out / "results.md").read_text())
+
+
+@app.command("export")
+def export_command(
+    benchmark: str = typer.Option("facts", help="The benchmark to export (facts)."),
+    format: str = typer.Option("tofu", help="Output layout (tofu)."),
+    out: Path = typer.Option(..., help="Output directory (must not exist unless --overwrite)."),
+    preset: str = typer.Option("default", help="facts preset: default or tiny."),
+    seed: int = typer.Option(0, help="Seed of the generated data and models."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+) -> None:
+    """Write a built-in benchmark's data and trained target/retain models in another tool's layout."""
+    if benchmark != "facts":
+        raise UserInputError(f"Only the facts benchmark can be exported, not {benchmark!r}.")
+    if format != "tofu":
+        raise UserInputError(f"Unknown export format {format!r}; valid: tofu.")
+    from .benchmarks.tofu_format import export_facts
+
+    export_facts(facts_preset(preset, seed), out, overwrite=overwrite)
+    typer.echo(f"wrote {out}")
+
+
 @app.command("forget")
 def forget_command(
     model: Path = typer.Option(..., help="Folder of a Hugging Face causal LM, or of a classifier (unlearnkit.json + model.safetensors)."),

@@ -103,10 +103,70 @@ def run_lm_bench(
                "metric_keys": list(LM_METRICS), "config": config.to_dict(),
                "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs}
     command = command or f"unlearnkit bench --benchmark facts --split {split}"
+    write_lm_results(out, results, items, f"facts — {split}", command, overwrite=overwrite)
+    return results
+
+
+def write_lm_results(out: Path, results: dict[str, Any], items: Mapping[str, list], title: str, command: str, *,
+                     overwrite: bool) -> None:
+    """results.json, results.md, items/<model>.jsonl and report.html, renamed into place together."""
+    columns = COLUMNS + (ATTACK_COLUMNS if results.get("attacks") else ())
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        columns = COLUMNS + (ATTACK_COLUMNS if attacks else ())
-        write_results(tmp, results, columns, f"facts — {split}", command)
+        write_results(tmp, results, columns, title, command)
         for name, rows in items.items():
             write_items(tmp / "items" / f"{name}.jsonl", rows)
         write_report(tmp / "report.html", results, items)
+
+
+#: TOFU file names used as each evaluation split, in order of preference.
+TOFU_SPLIT_FILES = {
+    "forget": ("{split}_perturbed", "{split}"),
+    "retain": ("retain_perturbed",),
+    "holdout": ("{holdout}",),
+    "general": ("world_facts_perturbed",),
+}
+
+
+def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]:
+    """The four evaluation splits from a TOFU-format folder; a missing file is named in the error."""
+    from .tofu_format import EVAL_FIELDS, read_tofu_file
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserInputError(f"The data directory {directory} does not exist.")
+    if not split.startswith("forget"):
+        raise UserInputError(f"Unknown forget split {split!r}; expected forget01, forget05 or forget10.")
+    splits = {}
+    for role, stems in TOFU_SPLIT_FILES.items():
+        names = [s.format(split=split, holdout=split.replace("forget", "holdout")) for s in stems]
+        path = next((directory / f"{n}{ext}" for n in names for ext in (".json", ".jsonl")
+                     if (directory / f"{n}{ext}").is_file()), None)
+        if path is None:
+            raise UserInputError(f"The data directory {directory} has no {names[0]}.json (needed as the {role} set).")
+        items = read_tofu_file(path, EVAL_FIELDS)
+        splits[role] = [{"id": f"{path.stem}:{i}", **item} for i, item in enumerate(items)]
+    return splits
+
+
+def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out: Path, *,
+                    overwrite: bool = False, command: str = "", log=print) -> dict[str, Any]:
+    """Score a user's model against their retain model on TOFU-format data; write results like ``bench``."""
+    from ..adapters.causal_lm import CausalLMAdapter
+
+    if out.exists() and not overwrite:
+        raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
+    splits = tofu_evaluation_splits(data, split)
+    adapters = {"model": CausalLMAdapter.from_pretrained(model), "retain": CausalLMAdapter.from_pretrained(retain_model)}
+    ids = {name: [it["id"] for it in items] for name, items in splits.items()}
+    _, reference = evaluate_lm(adapters["retain"], splits, None, ids=ids)
+    runs, items = [], {}
+    for name, adapter in adapters.items():
+        metrics, stats = evaluate_lm(adapter, splits, reference, ids=ids)
+        runs.append({"method": name, "reference": name == "retain", "params": {}, "seconds": float("nan"),
+                     "retrain_seconds": float("nan"), "status": "ok", "metrics": metrics})
+        items[name] = [row for split_name, s in stats.items() for row in s.rows(split_name)]
+        log(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    results = {"benchmark": "tofu-format", "data": str(data), "split": split, "seed": None,
+               "metric_keys": list(LM_METRICS), "runs": runs}
+    write_lm_results(out, results, items, f"{data.name} — {split}", command or "unlearnkit evaluate", overwrite=overwrite)
     return results

@@ -24,7 +24,8 @@ from ..adapters.base import clone_model
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
-from .base import Method, Outcome, paired_stream
+from ._sampling import SamplingConfig, retain_pairing
+from .base import Method, Outcome
 
 RETAIN_LOSSES = ("nll", "kl")
 
@@ -60,7 +61,7 @@ def retain_term(adapter: Any, model: nn.Module, batch: dict, kind: str, referenc
 
 
 @dataclass
-class GradDiffConfig(ProjectionConfig):
+class GradDiffConfig(ProjectionConfig, SamplingConfig):
     """γ (forget weight), α (retain weight), the retain term; defaults for a tiny LM on CPU."""
 
     gamma: float = 1.0
@@ -86,7 +87,7 @@ class GradDiff(Method):
 
     def unlearn(self, adapter: Any, request, config: GradDiffConfig) -> Outcome:
         reference = frozen_reference(adapter.model) if config.retain_loss == "kl" else None
-        stream, steps = paired_stream(adapter, request.forget_items(), request.retain_items(), config)
+        stream, steps = retain_pairing(adapter, request, config)
 
         def loss(model: nn.Module, batch: dict) -> LossParts:
             forget = -adapter.per_item_loss(model, batch["forget"]).mean()

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UserInputError
-from ..train import TrainConfig, optimise
-from .base import Method, Outcome, paired_stream
+from ..train import optimise
+from ._sampling import SamplingConfig, retain_pairing
+from .base import Method, Outcome
 
 
 @dataclass
-class NegGradPlusConfig(TrainConfig):
+class NegGradPlusConfig(SamplingConfig):
     """``alpha`` weighs the retain loss, ``1 - alpha`` the (negated) forget loss."""
 
     alpha: float = 0.99
@@ -46,7 +47,7 @@ class NegGradPlus(Method):
     Config = NegGradPlusConfig
 
     def unlearn(self, adapter: Any, request, config: NegGradPlusConfig) -> Outcome:
-        stream, steps = paired_stream(adapter, request.forget_items(), request.retain_items(), config)
+        stream, steps = retain_pairing(adapter, request, config)
 
         def loss(model, batch: dict):
             retain = adapter.per_item_loss(model, batch["retain"]).mean()

@@ -24,7 +24,8 @@ from torch import nn
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
-from .base import Method, Outcome, paired_stream
+from ._sampling import SamplingConfig, retain_pairing
+from .base import Method, Outcome
 from .graddiff import check_retain_loss, frozen_reference, retain_term
 
 
@@ -34,7 +35,7 @@ def npo_loss(nll: torch.Tensor, nll_reference: torch.Tensor, beta: float) -> tor
 
 
 @dataclass
-class NPOConfig(ProjectionConfig):
+class NPOConfig(ProjectionConfig, SamplingConfig):
     """β (inverse temperature), γ (forget weight), α (retain weight), the retain term."""
 
     beta: float = 0.1
@@ -63,7 +64,7 @@ class NPO(Method):
 
     def unlearn(self, adapter: Any, request, config: NPOConfig) -> Outcome:
         reference = frozen_reference(adapter.model)
-        stream, steps = paired_stream(adapter, request.forget_items(), request.retain_items(), config)
+        stream, steps = retain_pairing(adapter, request, config)
 
         def loss(model: nn.Module, batch: dict) -> LossParts:
             forget = batch["forget"]

@@ -31,8 +31,9 @@ from torch import nn
 
 from ..adapters.causal_lm import IGNORE
 from ..errors import UserInputError
-from ..train import TrainConfig, optimise
-from .base import Method, Outcome, paired_stream
+from ..train import optimise
+from ._sampling import SamplingConfig, retain_pairing
+from .base import Method, Outcome
 from .graddiff import frozen_reference
 
 
@@ -83,7 +84,7 @@ def answer_mse(hidden: torch.Tensor, target: torch.Tensor, batch: dict) -> torch
 
 
 @dataclass
-class RMUConfig(TrainConfig):
+class RMUConfig(SamplingConfig):
     """Block ``layer``, steering coefficient ``steering``, retain weight ``alpha``, ``train_modules`` regex."""
 
     layer: str | None = None
@@ -116,7 +117,7 @@ class RMU(Method):
         layer = resolve_layer(adapter, config.layer)
         chosen = trainable_parameters(model, config.train_modules)
         reference = frozen_reference(model)
-        stream, steps = paired_stream(adapter, request.forget_items(), request.retain_items(), config)
+        stream, steps = retain_pairing(adapter, request, config)
         target: list[torch.Tensor] = []
 
         def loss(model: nn.Module, batch: dict) -> torch.Tensor:

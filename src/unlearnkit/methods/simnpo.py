@@ -24,7 +24,8 @@ from torch import nn
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
-from .base import Method, Outcome, paired_stream
+from ._sampling import SamplingConfig, retain_pairing
+from .base import Method, Outcome
 
 
 def simnpo_loss(nll: torch.Tensor, lengths: torch.Tensor, beta: float, delta: float) -> torch.Tensor:
@@ -34,7 +35,7 @@ def simnpo_loss(nll: torch.Tensor, lengths: torch.Tensor, beta: float, delta: fl
 
 
 @dataclass
-class SimNPOConfig(ProjectionConfig):
+class SimNPOConfig(ProjectionConfig, SamplingConfig):
     """β, δ (margin per token), γ (forget weight), α (retain weight)."""
 
     beta: float = 4.5
@@ -61,7 +62,7 @@ class SimNPO(Method):
     Config = SimNPOConfig
 
     def unlearn(self, adapter: Any, request, config: SimNPOConfig) -> Outcome:
-        stream, steps = paired_stream(adapter, request.forget_items(), request.retain_items(), config)
+        stream, steps = retain_pairing(adapter, request, config)
 
         def loss(model: nn.Module, batch: dict) -> LossParts:
             forget = batch["forget"]

@@ -1,0 +1,172 @@
+"""How forget items are paired with retain items: standard, cyclic or modular (MELU) sampling.
+
+Bushipaka et al., "Standard vs. Modular Sampling: Best Practices for Reliable LLM Unlearning"
+(arXiv 2509.05316, 2025). A sampler for any method whose loss reads ``{"forget", "retain"}``
+batches; it returns the same ``(epoch_batches, steps_per_epoch)`` as ``base.paired_stream``.
+
+- ``standard``: every forget item (reshuffled each epoch) with a retain item drawn uniformly at
+  random, with replacement (TOFU / OpenUnlearning's ``ForgetRetainDataset``).
+- ``cyclic``: the k-th forget item of the run is paired with retain item k mod |D_r|, the retain
+  set walked in its given order across batches and epochs.
+- ``modular`` (MELU): each entity's forget items are cycled against that entity's own neighbours,
+  and every general-knowledge item is paired with a random forget item, so each neighbour and each
+  general item is seen once per epoch (an epoch is max(|F_e|, |N_e|) pairs per entity plus one
+  pair per general item, not one pass over the forget set). An entity is an item's ``"person"``;
+  its neighbours are the items of the same person in the request's ``direct`` and ``indirect``
+  sets. Forget items whose person has none there (e.g. when whole people are forgotten) form one
+  group cycled against all ``direct`` and ``indirect`` neighbours. General items are the items of
+  ``request.data`` whose ``"person"`` is None (the key present), outside the forget set.
+
+Other configs opt in by inheriting :class:`SamplingConfig` (it adds ``sampling`` and checks it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+
+from ..errors import UserInputError
+from ..train import TrainConfig
+
+SAMPLINGS = ("standard", "cyclic", "modular")
+Pair = tuple[int, int]
+
+
+def check_sampling(name: Any) -> None:
+    """Raise :class:`UserInputError` unless ``name`` is a known sampling strategy."""
+    if name not in SAMPLINGS:
+        raise UserInputError(f"Unknown sampling {name!r}; valid: {', '.join(SAMPLINGS)}.")
+
+
+@dataclass
+class SamplingConfig(TrainConfig):
+    """Adds ``sampling``: how forget items are paired with retain items (standard, cyclic, modular)."""
+
+    sampling: str = "standard"
+
+    def check(self) -> None:
+        """Also validate the sampling strategy."""
+        super().check()
+        check_sampling(self.sampling)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _shuffled(ids: Sequence[int], seed: int) -> list[int]:
+    order = torch.randperm(len(ids), generator=_generator(seed)).tolist()
+    return [ids[i] for i in order]
+
+
+def _person(item: Any) -> Any:
+    """The item's entity (its ``"person"``), or None."""
+    return item.get("person") if isinstance(item, dict) else None
+
+
+def _require_retain(request) -> list[int]:
+    if not request.retain:
+        raise UserInputError("Standard and cyclic sampling need retain data, but the request has none.")
+    return list(request.retain)
+
+
+def standard_pairs(request, seed: int, epoch: int) -> list[Pair]:
+    """Each forget item (reshuffled) with a uniformly random retain item."""
+    retain = _require_retain(request)
+    forget = _shuffled(request.forget, seed + 7919 * epoch)
+    draws = torch.randint(len(retain), (len(forget),), generator=_generator(seed + 104729 * (epoch + 1))).tolist()
+    return [(f, retain[d]) for f, d in zip(forget, draws)]
+
+
+def cyclic_pairs(request, seed: int, epoch: int) -> list[Pair]:
+    """Each forget item (reshuffled) with the next retain item, walking the retain set in order."""
+    retain = _require_retain(request)
+    forget = _shuffled(request.forget, seed + 7919 * epoch)
+    offset = epoch * len(forget)
+    return [(f, retain[(offset + k) % len(retain)]) for k, f in enumerate(forget)]
+
+
+def entity_groups(request) -> dict[Any, tuple[list[int], list[int]]]:
+    """Forget ids grouped with their neighbour pools: per person when it has own neighbours, else
+    one group (key None) against every ``direct`` and ``indirect`` neighbour."""
+    neighbours = list(dict.fromkeys([*request.neighbours.get("direct", ()), *request.neighbours.get("indirect", ())]))
+    own: dict[Any, list[int]] = {}
+    for i in neighbours:
+        person = _person(request.data[i])
+        if person is not None:
+            own.setdefault(person, []).append(i)
+    groups: dict[Any, tuple[list[int], list[int]]] = {}
+    for f in request.forget:
+        person = _person(request.data[f])
+        key = person if person in own else None
+        groups.setdefault(key, ([], own.get(key, neighbours)))[0].append(f)
+    if None in groups and not groups[None][1]:
+        raise UserInputError("Modular sampling needs the request's 'direct' or 'indirect' neighbour sets, "
+                             "but it has none for some forgotten items.")
+    return groups
+
+
+def general_items(request) -> list[int]:
+    """Ids of the general-knowledge items: ``"person"`` present and None, not in the forget set."""
+    forget = set(request.forget)
+    return [i for i in range(len(request.data))
+            if i not in forget and isinstance(request.data[i], dict) and "person" in request.data[i]
+            and request.data[i]["person"] is None]
+
+
+def modular_pairs(request, seed: int, epoch: int) -> list[Pair]:
+    """MELU: per entity, forget items cycled against its neighbours; each general item with a random
+    forget item; all pairs shuffled."""
+    pairs: list[Pair] = []
+    for index, (forget, pool) in enumerate(entity_groups(request).values()):
+        forget = _shuffled(forget, seed + 7919 * epoch + 31 * index)
+        pool = _shuffled(pool, seed + 104729 * (epoch + 1) + 31 * index)
+        pairs += [(forget[k % len(forget)], pool[k % len(pool)]) for k in range(max(len(forget), len(pool)))]
+    general = general_items(request)
+    chooser = _generator(seed + 3571 * (epoch + 1))
+    draws = torch.randint(len(request.forget), (len(general),), generator=chooser).tolist()
+    pairs += [(request.forget[d], g) for d, g in zip(draws, general)]
+    return _shuffled(pairs, seed + 15485863 * (epoch + 1))
+
+
+_PAIRINGS: dict[str, Callable[[Any, int, int], list[Pair]]] = {
+    "standard": standard_pairs, "cyclic": cyclic_pairs, "modular": modular_pairs,
+}
+
+
+def sampled_pairs(request, config: TrainConfig, epoch: int) -> list[Pair]:
+    """The (forget id, retain id) pairs of one epoch in training order, for ``config.sampling``."""
+    sampling = getattr(config, "sampling", "standard")
+    check_sampling(sampling)
+    return _PAIRINGS[sampling](request, config.seed, epoch)
+
+
+def paired_stream_with_sampling(adapter: Any, request,
+                                config: TrainConfig) -> tuple[Callable[[int], Iterator[dict]], int]:
+    """Batches ``{"forget": ..., "retain": ...}`` of the pairs ``config.sampling`` makes, and the steps per epoch."""
+    size = len(sampled_pairs(request, config, 0))
+    data = request.data
+
+    def epoch_batches(epoch: int) -> Iterator[dict]:
+        pairs = sampled_pairs(request, config, epoch)
+        for start in range(0, len(pairs), config.batch_size):
+            chunk = pairs[start : start + config.batch_size]
+            yield {"forget": adapter.collate([data[f] for f, _ in chunk]),
+                   "retain": adapter.collate([data[r] for _, r in chunk])}
+
+    return epoch_batches, -(-size // config.batch_size)
+
+
+def retain_pairing(adapter: Any, request, config: TrainConfig) -> tuple[Callable[[int], Iterator[dict]], int]:
+    """The forget/retain batch stream a retain-using method trains on, as ``config.sampling`` asks.
+
+    ``standard`` keeps the shared ``paired_stream`` (each forget batch with the next batch of a
+    reshuffled retain cycle: 1:1 random pairing); ``cyclic`` and ``modular`` use MELU's pairings.
+    """
+    from .base import paired_stream
+
+    if getattr(config, "sampling", "standard") == "standard":
+        return paired_stream(adapter, request.forget_items(), request.retain_items(), config)
+    return paired_stream_with_sampling(adapter, request, config)

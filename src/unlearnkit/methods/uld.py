@@ -1,0 +1,203 @@
+"""ULD: unlearning from the logit difference with a small assistant that remembers the forget set.
+
+Ji et al., "Reversing the Forget-Retain Objectives: An Efficient LLM Unlearning Framework from
+Logit Difference" (NeurIPS 2024; arXiv 2406.08607). An assistant a is trained on the *reversed*
+objectives, min_a NLL̄(D_f) + w·KL(U ‖ p_a)(D_r) with U uniform over the vocabulary (remember
+the forget set, forget the retain set); the unlearned model's logits are
+
+    l = l_t − α·l̃_a,   l̃_a = l_a where log softmax(l_t) ≥ max log softmax(l_t) + log τ, else 0.
+
+The target t is never changed. Defaults: w = 5, α = 0.8 (TOFU), τ = 0.1 (the code's default;
+the paper evaluates TOFU with 1e-2), lr 1e-3, 10 epochs.
+
+Choices:
+
+- The assistant is a deep copy of the target truncated to its first k decoder blocks (with the
+  target's embeddings, final norm and head), k = ``assistant_layers`` (0: a quarter of the
+  target's blocks, at least one; the paper uses 8 of Llama-2's 32). All its weights are trained
+  (the paper trains LoRA r16 on the linears; on small models full training is cheaper and
+  needs no peft).
+- KL(U ‖ p_a) is averaged over the real (non-padding) positions of the retain batch, prompt
+  included, as the authors' code averages over every position.
+- The authors' code also keeps at least ⌊τ·V⌋ tokens unmasked (DoLa's relative-top rule); this
+  implementation masks with the threshold max + log τ alone.
+- ``augment=True`` adds each forget item's ``paraphrased_answer`` to the forget set and its
+  ``perturbed_answer`` list to the retain set, as the paper does with its own paraphrases and
+  perturbations. Off by default: on TOFU-style data these are the evaluation's own answers.
+
+The returned model is a :class:`LogitDifferenceLM`; its ``state_dict`` holds only the target
+(``target.*``) and the assistant (``assistant.*``). Save it with
+:func:`unlearnkit.io.save_state_dict`; rebuild it with :func:`truncated_copy` of the target and
+``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..adapters.base import clone_model
+from ..adapters.causal_lm import block_names
+from ..errors import UserInputError
+from ..train import TrainConfig, optimise
+from .base import Method, Outcome, paired_stream
+
+
+@dataclass
+class LogitsOutput:
+    """What :class:`LogitDifferenceLM` returns: the combined next-token logits ``(B, T, V)``."""
+
+    logits: torch.Tensor
+
+
+def combine_logits(target: torch.Tensor, assistant: torch.Tensor, alpha: float, tau: float) -> torch.Tensor:
+    """l_t − α·l_a, with l_a zeroed wherever the target's log-prob is below its maximum + log τ."""
+    log_probs = F.log_softmax(target.float(), dim=-1)
+    keep = log_probs >= log_probs.max(dim=-1, keepdim=True).values + math.log(tau)
+    return target - alpha * torch.where(keep, assistant, torch.zeros_like(assistant))
+
+
+class LogitDifferenceLM(nn.Module):
+    """A causal LM whose logits are the target's minus α times the (masked) assistant's."""
+
+    def __init__(self, target: nn.Module, assistant: nn.Module, alpha: float, tau: float) -> None:
+        super().__init__()
+        self.target = target
+        self.assistant = assistant
+        self.alpha = float(alpha)
+        self.tau = float(tau)
+
+    @property
+    def config(self) -> Any:
+        """The target's configuration (vocabulary, layer count)."""
+        return self.target.config
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any) -> LogitsOutput:
+        """Combined logits; position ids follow the attention mask, so left padding is handled."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": positions}
+        target = self.target(**inputs).logits
+        assistant = self.assistant(**inputs).logits
+        return LogitsOutput(combine_logits(target, assistant, self.alpha, self.tau))
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 20,
+                 do_sample: bool = False, pad_token_id: int | None = None, eos_token_id: int | None = None,
+                 **_: Any) -> torch.Tensor:
+        """Greedy decoding (no key-value cache): the prompt ids followed by the new ids.
+
+        Finished rows are padded with ``pad_token_id``; decoding stops early once every row has
+        produced ``eos_token_id``.
+        """
+        if do_sample:
+            raise UserInputError("ULD's logit-difference model decodes greedily only; call generate with do_sample=False.")
+        ids = input_ids
+        mask = torch.ones_like(ids) if attention_mask is None else attention_mask
+        pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+        finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        for _ in range(max_new_tokens):
+            step = self(ids, mask).logits[:, -1].argmax(dim=-1)
+            step = torch.where(finished, torch.full_like(step, pad), step)
+            ids = torch.cat([ids, step[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(step[:, None])], dim=1)
+            if eos_token_id is not None:
+                finished |= step == eos_token_id
+                if bool(finished.all()):
+                    break
+        return ids
+
+
+def truncated_copy(model: nn.Module, layers: int) -> nn.Module:
+    """A deep copy of ``model`` keeping only its first ``layers`` decoder blocks."""
+    names = block_names(model)
+    if not names:
+        raise UserInputError("ULD cannot find the decoder blocks of the model to build its assistant.")
+    if not 1 <= layers <= len(names):
+        raise UserInputError(f"assistant_layers must be in 1..{len(names)} for this model, got {layers}.")
+    copy = clone_model(model)
+    parent_path, _, list_name = names[0].rsplit(".", 1)[0].rpartition(".")
+    parent = copy.get_submodule(parent_path)
+    setattr(parent, list_name, nn.ModuleList(list(getattr(parent, list_name))[:layers]))
+    config = getattr(copy, "config", None)
+    if config is not None and hasattr(config, "num_hidden_layers"):
+        config.num_hidden_layers = layers
+    return copy
+
+
+def uniform_kl(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the positions in ``mask`` of KL(U ‖ softmax(logits)) = −log V − mean_v log p_v."""
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    per_position = -math.log(logits.shape[-1]) - log_p.mean(dim=-1)
+    weights = mask.to(per_position.dtype)
+    return (per_position * weights).sum() / weights.sum().clamp_min(1)
+
+
+def augmented_sets(forget: Sequence[dict], retain: Sequence[dict]) -> tuple[list[dict], list[dict]]:
+    """Forget items plus their paraphrases; retain items plus the forget items' perturbed answers."""
+    more_forget = [{**it, "answer": it["paraphrased_answer"]} for it in forget if isinstance(it.get("paraphrased_answer"), str)]
+    negatives = [{**it, "answer": wrong} for it in forget for wrong in it.get("perturbed_answer", []) or []]
+    return list(forget) + more_forget, list(retain) + negatives
+
+
+@dataclass
+class ULDConfig(TrainConfig):
+    """Assistant depth, retain weight w, logit weight α, mask threshold τ, augmentation."""
+
+    assistant_layers: int = 0
+    retain_weight: float = 5.0
+    alpha: float = 0.8
+    tau: float = 0.1
+    augment: bool = False
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 8
+
+    def check(self) -> None:
+        """Also require 0 < τ ≤ 1, α ≥ 0, w ≥ 0 and a non-negative layer count."""
+        super().check()
+        if not 0 < self.tau <= 1:
+            raise UserInputError(f"ULD tau must be in (0, 1], got tau={self.tau}.")
+        if not self.alpha >= 0:
+            raise UserInputError(f"ULD alpha must be non-negative, got alpha={self.alpha}.")
+        if not self.retain_weight >= 0:
+            raise UserInputError(f"ULD retain_weight must be non-negative, got retain_weight={self.retain_weight}.")
+        if self.assistant_layers < 0:
+            raise UserInputError(f"ULD assistant_layers must be 0 (automatic) or positive, got {self.assistant_layers}.")
+
+
+class ULD(Method):
+    """Train an assistant on the reversed objectives; subtract its logits at inference time."""
+
+    name = "uld"
+    kinds = ("causal_lm",)
+    needs = frozenset({"retain"})
+    paper = ("Ji et al., Reversing the Forget-Retain Objectives: An Efficient LLM Unlearning Framework "
+             "from Logit Difference, 2024")
+    Config = ULDConfig
+
+    def unlearn(self, adapter: Any, request, config: ULDConfig) -> Outcome:
+        if not request.retain:
+            raise UserInputError("uld needs retain data for its assistant, but the request has none.")
+        target = adapter.model
+        depth = config.assistant_layers or max(1, len(block_names(target)) // 4)
+        assistant = truncated_copy(target, depth)
+        forget, retain = request.forget_items(), request.retain_items()
+        if config.augment:
+            forget, retain = augmented_sets(forget, retain)
+        stream, steps = paired_stream(adapter, forget, retain, config)
+
+        def loss(model: nn.Module, batch: dict) -> torch.Tensor:
+            remember = adapter.per_item_loss(model, batch["forget"]).mean()
+            retain_batch = batch["retain"]
+            return remember + config.retain_weight * uniform_kl(adapter.logits(model, retain_batch), retain_batch["attention_mask"])
+
+        record = optimise(assistant, stream, loss, config, steps_per_epoch=steps, description="uld assistant")
+        combined = LogitDifferenceLM(target.eval(), assistant.eval(), config.alpha, config.tau)
+        return Outcome(combined, record, info={"assistant_layers": depth, "forget_items": len(forget), "retain_items": len(retain)})

@@ -1,0 +1,99 @@
+"""The causal-LM track end to end: facts bench, export to TOFU layout, evaluate, and their bad inputs."""
+
+import json
+import shutil
+
+import pytest
+
+from unlearnkit.cli import main
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "facts-tofu"
+    assert main(["export", "--benchmark", "facts", "--format", "tofu", "--preset", "tiny", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "facts"
+    assert main(["bench", "--benchmark", "facts", "--preset", "tiny", "--methods", "gradient_ascent,npo",
+                 "--attacks", "relearn,quantize", "--out", str(out)]) == 0
+    return out
+
+
+def test_facts_bench_rows_metrics_and_items(bench):
+    results = json.loads((bench / "results.json").read_text())
+    runs = {run["method"]: run for run in results["runs"]}
+    assert list(runs) == ["target", "retain", "gradient_ascent", "npo"]
+    assert runs["retain"]["metrics"]["forget_quality"] == 1.0 and runs["retain"]["metrics"]["privleak"] == 0.0
+    for key in results["metric_keys"]:
+        assert key in runs["npo"]["metrics"]
+    assert "relearn_recovery" in runs["npo"]["metrics"] and "relearn_recovery_control" in runs["npo"]["metrics"]
+    rows = [json.loads(l) for l in (bench / "items" / "npo.jsonl").read_text().splitlines()]
+    forget_rows = [r for r in rows if r["split"] == "forget"]
+    import math
+    prob = sum(math.exp(-r["answer_nll"]) for r in forget_rows) / len(forget_rows)
+    assert prob == pytest.approx(runs["npo"]["metrics"]["forget_prob"], rel=1e-9)
+    assert (bench / "report.html").stat().st_size < 2_000_000
+
+
+def test_evaluate_on_exported_data_reproduces_bench_numbers(exported, bench, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(exported), "--model", str(exported / "models" / "target"),
+                 "--retain-model", str(exported / "models" / "retain90"), "--out", str(out)]) == 0
+    evaluated = {r["method"]: r["metrics"] for r in json.loads((out / "results.json").read_text())["runs"]}
+    benched = {r["method"]: r["metrics"] for r in json.loads((bench / "results.json").read_text())["runs"]}
+    for key in ("forget_quality", "model_utility", "forget_truth_ratio", "mia_loss_auc"):
+        assert evaluated["model"][key] == pytest.approx(benched["target"][key], rel=1e-6, abs=1e-9), key
+        assert evaluated["retain"][key] == pytest.approx(benched["retain"][key], rel=1e-6, abs=1e-9), key
+
+
+def _error(capsys, args):
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def test_evaluate_bad_inputs(exported, tmp_path, capsys):
+    base = ["evaluate", "--data", str(exported), "--retain-model", str(exported / "models" / "retain90"),
+            "--out", str(tmp_path / "never")]
+    cases = [
+        (["--model", str(tmp_path / "missing")], "does not exist"),
+        (["--model", str(exported)], "hugging face model folder"),  # a data folder, not a model
+    ]
+    no_tokenizer = tmp_path / "no-tokenizer"
+    shutil.copytree(exported / "models" / "target", no_tokenizer)
+    for f in no_tokenizer.iterdir():
+        if "token" in f.name or f.name in ("vocab.json", "merges.txt"):
+            f.unlink()
+    cases.append((["--model", str(no_tokenizer)], "tokenizer"))
+    for extra, message in cases:
+        code, err = _error(capsys, base + extra)
+        assert code == 2 and message in err.lower(), err
+        assert not (tmp_path / "never").exists()
+    broken = tmp_path / "broken-data"
+    shutil.copytree(exported, broken, ignore=shutil.ignore_patterns("models"))
+    lines = (broken / "retain_perturbed.json").read_text().splitlines()
+    record = json.loads(lines[0]); del record["paraphrased_answer"]
+    (broken / "retain_perturbed.json").write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    code, err = _error(capsys, ["evaluate", "--data", str(broken), "--model", str(exported / "models" / "target"),
+                                "--retain-model", str(exported / "models" / "retain90"), "--out", str(tmp_path / "never")])
+    assert code == 2 and "paraphrased_answer" in err and "retain_perturbed.json" in err, err
+    code, err = _error(capsys, base + ["--model", str(exported / "models" / "target"), "--split", "forget33"])
+    assert code == 2 and "forget33" in err
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--split", "forget77"], "Unknown forget split 'forget77'"),
+    (["--preset", "huge"], "Unknown facts preset 'huge'"),
+    (["--methods", "npo", "--attacks", "bribe"], "Unknown attack 'bribe'"),
+    (["--methods", "ssd", "--param", "ssd.project=gu"], "needs a gradient-based method"),
+    (["--methods", "rmu", "--param", "rmu.layer=99"], "valid"),
+])
+def test_facts_bench_bad_inputs(tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    code, err = _error(capsys, ["bench", "--benchmark", "facts", "--preset", "tiny", "--out", str(out), *args])
+    assert code == 2 and message in err, err
+    assert not out.exists()

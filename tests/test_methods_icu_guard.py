@@ -1,0 +1,203 @@
+"""ICU, GUARD-IT and GUARD on a tiny memorised LM: what each must change, and what it must leave alone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lm_fixtures import memorised_lm
+from unlearnkit.api import unlearn
+from unlearnkit.errors import UserInputError
+from unlearnkit.methods._lm_features import masked_mean
+from unlearnkit.methods.guard import banned_next, ngram_rules
+from unlearnkit.methods.guard_it import GatedRedirectModel, redirect
+from unlearnkit.request import ForgetRequest
+
+NAMES = ["Alia", "Boris", "Cyra", "Dmitri", "Elin", "Farid", "Gwen", "Hugo"]
+CITIES = ["Varna", "Oslo", "Quito", "Lima", "Perth", "Tunis", "Riga", "Baku"]
+JOBS = ["baker", "pilot", "potter", "poet", "nurse", "judge", "miner", "tailor"]
+HOBBIES = ["chess", "rowing", "fencing", "archery", "knitting", "hiking", "fishing", "juggling"]
+FORGET = list(range(6))  # every item of Alia and Boris
+RETAIN = list(range(6, 24))
+
+
+def people_items() -> list[dict]:
+    """Eight people with three facts each (so a person's prompts share a name, as in TOFU)."""
+    items = []
+    for p, name in enumerate(NAMES):
+        items += [
+            {"question": f"Where was {name} born ?", "answer": f"{name} was born in {CITIES[p]} .", "person": p},
+            {"question": f"What is the job of {name} ?", "answer": f"{name} works as a {JOBS[p]} .", "person": p},
+            {"question": f"What does {name} enjoy ?", "answer": f"{name} enjoys {HOBBIES[p]} .", "person": p},
+        ]
+    return items
+
+
+@pytest.fixture(scope="module")
+def guard_it_run(setup):
+    adapter, request, _ = setup
+    return unlearn(adapter, request, "guard_it")
+
+
+@pytest.fixture(scope="module")
+def setup():
+    items = people_items()
+    adapter = memorised_lm(items, steps=300)
+    request = ForgetRequest(items, forget=FORGET, retain=RETAIN)
+    return adapter, request, items
+
+
+@torch.no_grad()
+def losses(adapter, model, items) -> torch.Tensor:
+    return adapter.per_item_loss(model, adapter.collate(items))
+
+
+def probability(adapter, model, items) -> float:
+    return float(torch.exp(-losses(adapter, model, items)).mean())
+
+
+def greedy(adapter, model, items) -> list[str]:
+    return adapter.generate(model, [it["question"] for it in items], max_new_tokens=12)
+
+
+# ---------------------------------------------------------------------------- ICU
+def test_icu_forgets_more_than_it_damages_and_stops_training_forgotten_items(setup):
+    adapter, request, items = setup
+    forget, retain = request.forget_items(), request.retain_items()
+    model, record = unlearn(adapter, request, "icu", lr=1e-3, batch_size=1, epochs=8)
+    history = record.info["remaining_per_epoch"]
+    print("icu", history, "forget p", probability(adapter, adapter.model, forget), "->", probability(adapter, model, forget),
+          "retain p", probability(adapter, adapter.model, retain), "->", probability(adapter, model, retain))
+    forget_drop = probability(adapter, adapter.model, forget) - probability(adapter, model, forget)
+    retain_drop = probability(adapter, adapter.model, retain) - probability(adapter, model, retain)
+    assert forget_drop > 0.3 and forget_drop > retain_drop
+    assert history[0] == len(FORGET) and history[-1] < len(FORGET)
+    assert all(a >= b for a, b in zip(history, history[1:]))
+    assert record.info["forgotten"] == len(FORGET) - history[-1]
+    # With one item per batch, each epoch takes one step per item still remembered: dropped items are not trained.
+    assert record.steps == sum(history[:-1])
+    assert all(i in RETAIN for i in record.info["neighbour_ids"])
+
+
+def test_icu_needs_items_to_pair_with(setup):
+    adapter, _, items = setup
+    with pytest.raises(UserInputError, match="retain or neighbour"):
+        unlearn(adapter, ForgetRequest(items, forget=FORGET), "icu", epochs=1)
+
+
+# ---------------------------------------------------------------------------- GUARD-IT
+def test_redirect_preserves_the_norm_and_moves_away_from_the_vector():
+    torch.manual_seed(0)
+    hidden, vector = torch.randn(3, 5, 16), torch.randn(16)
+    moved = redirect(hidden, vector)
+    assert torch.allclose(moved.norm(dim=-1), hidden.norm(dim=-1), rtol=1e-5)
+    cosine = lambda x: torch.nn.functional.cosine_similarity(x, vector.expand_as(x), dim=-1)
+    assert bool((cosine(moved) < cosine(hidden)).all())
+
+
+def test_guard_it_redirects_only_gated_inputs_and_keeps_weights(setup, guard_it_run):
+    adapter, request, items = setup
+    model, record = guard_it_run
+    assert isinstance(model, GatedRedirectModel)
+    original = adapter.model.state_dict()
+    assert model.base is not adapter.model
+    for key, value in model.base.state_dict().items():
+        assert torch.equal(value, original[key])
+    print("guard_it", record.info)
+    assert record.info["forget_text_gate_rate"] == 1.0 and record.info["retain_text_gate_rate"] < 1.0
+
+    batch = adapter.collate(items)
+    with torch.no_grad():
+        base_logits = adapter.logits(adapter.model, batch)
+        new_logits = adapter.logits(model, batch)
+        pooled = masked_mean(adapter.hidden_states(adapter.model, batch, model.layer_name), batch["attention_mask"].bool())
+    gated = model.gate.active(pooled, "text").any(dim=1)
+    assert bool(gated[FORGET].all()) and not bool(gated[RETAIN].all())
+    change = (new_logits - base_logits).abs().amax(dim=(1, 2))
+    assert bool((change[~gated] <= 1e-6).all())
+    assert bool((change[gated] > 1e-2).all())
+
+    forget, retain = request.forget_items(), request.retain_items()
+    forget_rise = (losses(adapter, model, forget) - losses(adapter, adapter.model, forget)).mean()
+    retain_rise = (losses(adapter, model, retain) - losses(adapter, adapter.model, retain)).mean()
+    print("guard_it loss rise", float(forget_rise), float(retain_rise))
+    assert forget_rise > 1.0 and forget_rise > retain_rise
+
+
+def test_guard_it_redirection_keeps_each_hidden_norm(setup, guard_it_run):
+    adapter, request, items = setup
+    model, _ = guard_it_run
+    names = adapter.layer_names(adapter.model)
+    following = names[names.index(model.layer_name) + 1]  # its input is the (redirected) output of the hooked block
+    seen: list[torch.Tensor] = []
+    handles = [dict(m.named_modules())[following].register_forward_pre_hook(
+        lambda _m, args: seen.append(args[0].detach().clone())) for m in (model.base, adapter.model)]
+    batch = adapter.collate(request.forget_items())
+    try:
+        with torch.no_grad():
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            adapter.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        for handle in handles:
+            handle.remove()
+    redirected, plain = seen
+    assert not torch.allclose(redirected, plain)
+    assert torch.allclose(redirected.norm(dim=-1), plain.norm(dim=-1), rtol=1e-4)
+
+
+def test_guard_it_generation_changes_only_for_gated_prompts(setup, guard_it_run):
+    adapter, request, items = setup
+    model, _ = guard_it_run
+    forget, retain = request.forget_items(), request.retain_items()
+    with torch.no_grad():
+        batch = adapter.collate(retain)
+        pooled = masked_mean(adapter.hidden_states(adapter.model, batch, model.layer_name),
+                             batch["attention_mask"].bool() & (batch["labels"] == -100))
+    quiet = [it for it, on in zip(retain, model.gate.active(pooled, "prompt").any(dim=1)) if not on]
+    assert quiet and greedy(adapter, model, quiet) == greedy(adapter, adapter.model, quiet)
+    before, after = greedy(adapter, adapter.model, forget), greedy(adapter, model, forget)
+    print("guard_it generations", after)
+    assert before == [it["answer"] for it in forget] and all(a != b for a, b in zip(after, before))
+
+
+def test_guard_it_rejects_a_layer_out_of_range(setup):
+    adapter, request, _ = setup
+    with pytest.raises(UserInputError, match="block index in 0..1"):
+        unlearn(adapter, request, "guard_it", layer=5)
+
+
+# ---------------------------------------------------------------------------- GUARD
+def test_ngram_rules_forbid_completions_only():
+    rules = [ngram_rules([5, 6, 7], 2, 3)]
+    assert banned_next(rules, [1, 5], 2, 3) == {6}
+    assert banned_next(rules, [5, 6], 2, 3) == {7}
+    assert banned_next(rules, [1, 2], 2, 3) == set()
+    assert banned_next([ngram_rules([5, 6, 7], 1, 2)], [1, 2], 1, 2) == {5, 6, 7}
+
+
+def test_guard_blocks_forbidden_ngrams_for_flagged_prompts_only(setup):
+    adapter, request, items = setup
+    model, record = unlearn(adapter, request, "guard", min_ngram=2, max_ngram=5)
+    print("guard", record.info)
+    assert record.info["forget_flag_rate"] == 1.0 and record.info["retain_flag_rate"] == 0.0
+    forget, retain = request.forget_items(), request.retain_items()
+
+    before, after = greedy(adapter, adapter.model, forget), greedy(adapter, model, forget)
+    print("guard generations", after)
+    assert before == [it["answer"] for it in forget]
+    for item, text in zip(forget, after):
+        answer = adapter.tokenizer(item["answer"], add_special_tokens=False)["input_ids"]
+        said = adapter.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert not set(zip(said, said[1:])) & set(zip(answer, answer[1:])), (item["answer"], text)
+    assert greedy(adapter, model, retain) == greedy(adapter, adapter.model, retain)
+
+    batch = adapter.collate(retain)
+    with torch.no_grad():
+        assert torch.allclose(adapter.logits(model, batch), adapter.logits(adapter.model, batch), atol=1e-6, rtol=0)
+    assert bool((losses(adapter, model, forget) > 100 * losses(adapter, adapter.model, forget) + 10).all())
+
+
+def test_guard_rejects_an_inverted_ngram_range(setup):
+    adapter, request, _ = setup
+    with pytest.raises(UserInputError, match="min_ngram <= max_ngram"):
+        unlearn(adapter, request, "guard", min_ngram=4, max_ngram=2)

@@ -1,0 +1,115 @@
+"""Standard, cyclic and modular (MELU) forget–retain pairing."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import pytest
+
+from unlearnkit.errors import UserInputError
+from unlearnkit.methods._sampling import SamplingConfig, paired_stream_with_sampling, sampled_pairs
+from unlearnkit.request import ForgetRequest
+from unlearnkit.train.config import build_config
+from unlearnkit.train.gu import ProjectionConfig
+
+
+def data() -> list[dict]:
+    """Eight people with three items each (ids 3p..3p+2), then two general items (ids 24, 25)."""
+    items = [{"question": f"q{p}.{k}", "answer": f"a{p}.{k}", "person": p} for p in range(8) for k in range(3)]
+    items += [{"question": f"g{k}", "answer": f"c{k}", "person": None} for k in range(2)]
+    return items
+
+
+class ListAdapter:
+    """Collates a batch into the list of its items, so tests can read what was paired."""
+
+    def collate(self, items):
+        return list(items)
+
+
+def melu_request() -> ForgetRequest:
+    """Forget one fact of people 0 and 1; their other facts are their direct neighbours."""
+    return ForgetRequest(data(), forget=[0, 3], retain=[1, 2, 4, 5, *range(6, 24)],
+                         neighbours={"direct": [1, 2, 4, 5], "indirect": [6, 7, 8]})
+
+
+def whole_person_request() -> ForgetRequest:
+    """Forget all of person 0; people 1 and 2 are neighbours (no same-person neighbours exist)."""
+    return ForgetRequest(data(), forget=[0, 1, 2], retain=list(range(3, 24)),
+                         neighbours={"direct": [3, 4, 5], "indirect": [6, 7, 8]})
+
+
+def test_modular_pairs_each_forget_item_with_its_own_entity_or_general_items():
+    request, items = melu_request(), data()
+    for epoch in range(3):
+        pairs = sampled_pairs(request, SamplingConfig(sampling="modular", seed=5), epoch)
+        for f, r in pairs:
+            assert items[r]["person"] in (items[f]["person"], None), (f, r)
+        used = Counter(r for _, r in pairs)
+        # every neighbour of the forgotten people and every general item, once per epoch
+        assert used == Counter({1: 1, 2: 1, 4: 1, 5: 1, 24: 1, 25: 1})
+        assert {f for f, _ in pairs} == {0, 3}
+
+
+def test_modular_falls_back_to_all_neighbours_when_an_entity_has_none_of_its_own():
+    request = whole_person_request()
+    pairs = sampled_pairs(request, SamplingConfig(sampling="modular"), 0)
+    assert Counter(r for _, r in pairs) == Counter({3: 1, 4: 1, 5: 1, 6: 1, 7: 1, 8: 1, 24: 1, 25: 1})
+    assert Counter(f for f, r in pairs if r < 24) == Counter({0: 2, 1: 2, 2: 2})  # forget items cycled evenly
+
+
+def test_modular_without_neighbours_is_a_user_error():
+    request = ForgetRequest(data(), forget=[0], retain=list(range(3, 24)))
+    with pytest.raises(UserInputError, match="neighbour"):
+        sampled_pairs(request, SamplingConfig(sampling="modular"), 0)
+
+
+def test_cyclic_walks_the_retain_set_in_order_across_batches_and_epochs():
+    request = whole_person_request()
+    config = SamplingConfig(sampling="cyclic", batch_size=2)
+    stream, steps = paired_stream_with_sampling(ListAdapter(), request, config)
+    assert steps == 2
+    walked = [item for epoch in range(8) for batch in stream(epoch) for item in batch["retain"]]
+    retain = [data()[i] for i in request.retain]
+    assert walked == (retain * 2)[: 3 * 8]
+    assert len({item["question"] for item in walked}) == len(retain)  # covers all retain items
+
+
+def test_standard_draws_random_retain_items_once_per_forget_item():
+    request = whole_person_request()
+    config = SamplingConfig(sampling="standard", seed=3)
+    first, again, later = (sampled_pairs(request, config, e) for e in (0, 0, 1))
+    assert first == again and first != later
+    for pairs in (first, later):
+        assert sorted(f for f, _ in pairs) == [0, 1, 2]
+        assert all(r in request.retain for _, r in pairs)
+
+
+def test_stream_batches_follow_the_sampled_pairs():
+    request, items = melu_request(), data()
+    config = SamplingConfig(sampling="modular", batch_size=4, seed=1)
+    stream, steps = paired_stream_with_sampling(ListAdapter(), request, config)
+    batches = list(stream(2))
+    assert steps == len(batches) == 2
+    pairs = [(items.index(f), items.index(r)) for b in batches for f, r in zip(b["forget"], b["retain"])]
+    assert pairs == sampled_pairs(request, config, 2)
+
+
+def test_unknown_sampling_is_a_user_error():
+    with pytest.raises(UserInputError, match="Unknown sampling 'balanced'; valid: standard, cyclic, modular"):
+        build_config(SamplingConfig, {"sampling": "balanced"}, owner="test")
+    with pytest.raises(UserInputError, match="Unknown sampling"):
+        paired_stream_with_sampling(ListAdapter(), melu_request(), SamplingConfig(sampling="random"))
+
+
+def test_sampling_combines_with_other_config_mixins():
+    @dataclass
+    class Combined(ProjectionConfig, SamplingConfig):
+        alpha: float = 1.0
+
+    assert build_config(Combined, {"sampling": "cyclic", "project": "gu"}, owner="test").sampling == "cyclic"
+    with pytest.raises(UserInputError, match="Unknown sampling"):
+        build_config(Combined, {"sampling": "x"}, owner="test")
+    with pytest.raises(UserInputError, match="Unknown projection"):
+        build_config(Combined, {"project": "x"}, owner="test")
