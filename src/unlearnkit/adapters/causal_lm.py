@@ -1,0 +1,337 @@
+"""CausalLMAdapter: a local Hugging Face causal language model answering questions.
+
+Items are dicts ``{"question": str, "answer": str, ...}``. The loss is computed on the answer
+tokens only (the prompt and the padding carry label −100), and every answer ends with the EOS
+token, as in TOFU / OpenUnlearning. Conventions follow ``REFERENCE.md`` §1:
+
+- ``per_item_loss`` is the mean NLL over the answer tokens **including** EOS (avg_loss_i);
+- the token-level statistics (``token_logprobs``, ``token_stats``, the Min-K%++ moments) **exclude**
+  the final EOS, like OpenUnlearning's ``tokenwise_logprobs``;
+- the attention mask comes from the sequence lengths, never from ``ids != pad``, so an EOS used as
+  padding does not mask real tokens.
+
+transformers is imported lazily (inside functions) so importing the package stays fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserInputError
+
+IGNORE = -100
+#: The prompt used when the tokenizer has no chat template.
+PLAIN_PROMPT = "Question: {question}\nAnswer: "
+#: File names any Hugging Face tokenizer folder holds at least one of.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+@dataclass
+class TokenStats:
+    """Teacher-forced statistics of one item's answer tokens (EOS excluded), all shape ``(n,)``.
+
+    ``mean`` and ``std`` are the moments of log p under the model's own next-token distribution,
+    μ_t = Σ_v p_v log p_v and σ_t = sqrt(Σ_v p_v (log p_v)² − μ_t²), used by Min-K%++.
+    """
+
+    targets: torch.Tensor
+    logprobs: torch.Tensor
+    argmax: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+class CausalLMAdapter:
+    """Adapter for ``AutoModelForCausalLM`` models and their tokenizer, on question/answer items."""
+
+    kind = "causal_lm"
+
+    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int = 512) -> None:
+        if tokenizer.eos_token_id is None:
+            raise UserInputError("The tokenizer has no EOS token; a causal-LM adapter needs one to end answers.")
+        if int(max_length) < 2:
+            raise UserInputError(f"max_length must be at least 2 (one prompt and one answer token), got {max_length}.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, max_length: int = 512, **model_kwargs: Any) -> "CausalLMAdapter":
+        """Load a causal LM and its tokenizer from a local Hugging Face folder (never from the hub)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise UserInputError(f"The model directory {directory} does not exist.")
+        if not (directory / "config.json").is_file():
+            raise UserInputError(f"The model directory {directory} has no config.json; expected a Hugging Face model folder.")
+        tokenizer = load_tokenizer(directory)
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, **model_kwargs)
+        except ValueError as error:
+            raise UserInputError(f"The model in {directory} is not a causal language model ({str(error).splitlines()[0]}).") from None
+        except OSError as error:
+            raise UserInputError(f"The model weights in {directory} cannot be loaded ({str(error).splitlines()[0]}).") from None
+        return cls(model.eval(), tokenizer, max_length)
+
+    def save_pretrained(self, directory: str | Path, model: nn.Module | None = None) -> None:
+        """Save the model (``self.model`` unless given) and the tokenizer into ``directory``."""
+        (model or self.model).save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+
+    def with_model(self, model: nn.Module) -> "CausalLMAdapter":
+        """The same adapter (tokenizer, prompt format) around another model."""
+        return CausalLMAdapter(model, self.tokenizer, self.max_length)
+
+    # ------------------------------------------------------------------ batching
+    def prompt(self, question: str) -> str:
+        """The text placed before the answer: the chat template when the tokenizer has one."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+            )
+        return PLAIN_PROMPT.format(question=question)
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_item(self, item: Any) -> tuple[list[int], list[int]]:
+        """Prompt ids and answer ids (answer + EOS) of one item, cut to ``max_length`` together.
+
+        When too long, the answer keeps at most ``max_length − 1`` tokens and the prompt is cut
+        from the left, so the answer (what every metric reads) survives.
+        """
+        question, answer = _question_answer(item)
+        prompt = self._encode(self.prompt(question))
+        target = self._encode(answer) + [self.tokenizer.eos_token_id]
+        if len(prompt) + len(target) > self.max_length:
+            target = target[: self.max_length - 1]
+            prompt = prompt[len(prompt) - (self.max_length - len(target)) :]
+        return prompt, target
+
+    @property
+    def pad_id(self) -> int:
+        """The padding id: the tokenizer's pad token, else EOS."""
+        pad = self.tokenizer.pad_token_id
+        return self.tokenizer.eos_token_id if pad is None else pad
+
+    def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
+        """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (−100 on prompt and padding)."""
+        if not items:
+            raise UserInputError("Cannot build a batch from an empty list of items.")
+        encoded = [self.encode_item(item) for item in items]
+        width = max(len(p) + len(a) for p, a in encoded)
+        ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+        for row, (prompt, answer) in enumerate(encoded):
+            n = len(prompt) + len(answer)
+            ids[row, :n] = torch.tensor(prompt + answer)
+            mask[row, :n] = 1
+            labels[row, len(prompt) : n] = torch.tensor(answer)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    # ------------------------------------------------------------------ losses
+    def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Next-token logits ``(B, T, V)``."""
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def token_nll(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-position NLL ``(B, T−1)`` of the shifted labels and the answer mask (EOS included)."""
+        logits = self.logits(model, batch)[:, :-1].float()
+        targets = batch["labels"][:, 1:]
+        mask = targets != IGNORE
+        nll = F.cross_entropy(logits.transpose(1, 2), targets.clamp_min(0), reduction="none")
+        return nll * mask, mask
+
+    def per_item_sum_nll(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Summed NLL over each item's answer tokens incl. EOS, shape ``(B,)`` (−log π(y|x), for NPO)."""
+        nll, _ = self.token_nll(model, batch)
+        return nll.sum(dim=1)
+
+    def answer_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Number of labelled answer tokens per item (incl. EOS), shape ``(B,)``."""
+        return (batch["labels"][:, 1:] != IGNORE).sum(dim=1)
+
+    def per_item_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean NLL over each item's answer tokens incl. EOS, shape ``(B,)``; differentiable."""
+        nll, mask = self.token_nll(model, batch)
+        return nll.sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+
+    # ------------------------------------------------------------------ token statistics
+    def _answer_positions(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per item, the shifted positions of its answer tokens without the final (EOS) one."""
+        targets = batch["labels"][:, 1:]
+        positions = []
+        for row in targets:
+            where = torch.nonzero(row != IGNORE).flatten()
+            positions.append(where[:-1])
+        return positions
+
+    def token_stats(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[TokenStats]:
+        """Teacher-forced per-token statistics of each item's answer, EOS excluded."""
+        log_probs = torch.log_softmax(self.logits(model, batch)[:, :-1].float(), dim=-1)
+        targets = batch["labels"][:, 1:]
+        stats = []
+        for row, where in enumerate(self._answer_positions(batch)):
+            lp = log_probs[row, where]
+            y = targets[row, where]
+            mean, std = _moments(lp)
+            stats.append(TokenStats(y, lp.gather(1, y[:, None]).squeeze(1), lp.argmax(dim=-1), mean, std))
+        return stats
+
+    def token_logprobs(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per item, log p(y_t) of each answer token (EOS excluded), shape ``(n_i,)``."""
+        return [s.logprobs for s in self.token_stats(model, batch)]
+
+    def vocab_log_softmax(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per item, the full log-softmax ``(n_i, V)`` at the answer positions (EOS excluded).
+
+        This is n × V floats per item: prefer :meth:`vocab_moments` when only μ and σ are needed.
+        """
+        log_probs = torch.log_softmax(self.logits(model, batch)[:, :-1].float(), dim=-1)
+        return [log_probs[row, where] for row, where in enumerate(self._answer_positions(batch))]
+
+    def vocab_moments(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per item, the Min-K%++ moments ``(μ_t, σ_t)`` at each answer position (EOS excluded)."""
+        return [(s.mean, s.std) for s in self.token_stats(model, batch)]
+
+    # ------------------------------------------------------------------ hidden states
+    def layer_names(self, model: nn.Module | None = None) -> list[str]:
+        """Module names of the decoder blocks (for ``hidden_states(..., layer=name)``)."""
+        return block_names(model or self.model)
+
+    def hidden_states(self, model: nn.Module, batch: dict[str, torch.Tensor], layer: int | str) -> torch.Tensor:
+        """Hidden states ``(B, T, H)`` at ``layer``; differentiable.
+
+        ``layer`` is either an index into the model's ``hidden_states`` output (0 = embeddings,
+        i = after block i; negative counts from the end) or a block name from :meth:`layer_names`,
+        whose output is captured with a forward hook (the residual stream RMU edits).
+        """
+        if isinstance(layer, str):
+            return self._hooked_output(model, batch, layer)
+        count = _hidden_state_count(model)
+        if not isinstance(layer, int) or not -count <= layer < count:
+            raise UserInputError(
+                f"Unknown layer {layer!r}; valid: indices {-count}..{count - 1} or names {', '.join(block_names(model))}."
+            )
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        return out.hidden_states[layer]
+
+    def _hooked_output(self, model: nn.Module, batch: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        modules = dict(model.named_modules())
+        if name not in modules or name == "":
+            raise UserInputError(f"Unknown layer {name!r}; valid block names: {', '.join(block_names(model))}.")
+        captured: list[torch.Tensor] = []
+
+        def grab(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+        handle = modules[name].register_forward_hook(grab)
+        try:
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        finally:
+            handle.remove()
+        return captured[0]
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(
+        self, model: nn.Module, questions: Sequence[str], max_new_tokens: int = 64, batch_size: int = 32
+    ) -> list[str]:
+        """Greedy answers to ``questions`` (left-padded prompts), decoded and cut at EOS."""
+        answers: list[str] = []
+        was_training = model.training
+        model.eval()
+        try:
+            for start in range(0, len(questions), batch_size):
+                answers.extend(self._generate_batch(model, questions[start : start + batch_size], max_new_tokens))
+        finally:
+            model.train(was_training)
+        return answers
+
+    def _generate_batch(self, model: nn.Module, questions: Sequence[str], max_new_tokens: int) -> list[str]:
+        prompts = [self._encode(self.prompt(q))[-self.max_length :] for q in questions]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            mask[row, width - len(prompt) :] = 1
+        device = next(model.parameters()).device
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+            do_sample=False, pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id,
+        )
+        return [self._decode_until_eos(row[width:].tolist()) for row in out]
+
+    def _decode_until_eos(self, ids: list[int]) -> str:
+        eos = self.tokenizer.eos_token_id
+        if eos in ids:
+            ids = ids[: ids.index(eos)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+
+
+# ---------------------------------------------------------------------- helpers
+def load_tokenizer(directory: str | Path) -> Any:
+    """The tokenizer saved in a local folder; a folder without tokenizer files is an error.
+
+    (transformers 5 silently builds an empty tokenizer from ``config.json`` alone, hence the check.)
+    """
+    directory = Path(directory)
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        raise UserInputError(
+            f"The model directory {directory} has no tokenizer (expected one of {', '.join(TOKENIZER_FILES)})."
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"The tokenizer in {directory} cannot be loaded ({str(error).splitlines()[0]}).") from None
+
+
+def block_names(model: nn.Module) -> list[str]:
+    """Names of the decoder blocks: the longest ``ModuleList`` of the model (e.g. ``transformer.h.0``)."""
+    lists = [(name, module) for name, module in model.named_modules() if isinstance(module, nn.ModuleList)]
+    if not lists:
+        return []
+    name, blocks = max(lists, key=lambda pair: len(pair[1]))
+    return [f"{name}.{i}" for i in range(len(blocks))]
+
+
+def _hidden_state_count(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", None) if config is not None else None
+    if layers is None:
+        layers = len(block_names(model))
+    return int(layers) + 1
+
+
+def _moments(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """μ = Σ p log p and σ = sqrt(max(Σ p (log p)² − μ², 1e-6)) over the last dimension."""
+    probs = log_probs.exp()
+    mean = (probs * log_probs).sum(-1)
+    variance = (probs * log_probs.square()).sum(-1) - mean.square()
+    return mean, variance.clamp_min(1e-6).sqrt()
+
+
+def _question_answer(item: Any) -> tuple[str, str]:
+    if not isinstance(item, dict) or not isinstance(item.get("question"), str) or not isinstance(item.get("answer"), str):
+        raise UserInputError(
+            f"A causal-LM item must be a dict with string fields 'question' and 'answer', got {_describe(item)}."
+        )
+    return item["question"], item["answer"]
+
+
+def _describe(item: Any) -> str:
+    if isinstance(item, dict):
+        return f"a dict with keys {sorted(item)}"
+    return f"a {type(item).__name__}"

@@ -1,0 +1,567 @@
+"""``facts``: a TOFU-style benchmark of fictitious people, generated from a seed, with its own
+small GPT-2 models trained from scratch on the CPU.
+
+Every person has invented names and attributes (birth year, birthplace, profession, field, best
+known work, award, a sibling, school, hobby, debut year). Each of ``templates`` question templates
+gives one question per person with its answer, a paraphrased answer (the same fact in other
+words, never trained on) and five perturbed answers (the paraphrase with wrong values of the same
+type, as TOFU perturbs its paraphrased answers). ``general`` holds facts about invented countries
+that every model learns, to measure collateral damage.
+
+Splits (TOFU naming): ``forget01/05/10`` (nested: 1/5/10 % of the trained people, seeded),
+``retain`` (trained people outside ``forget10``), ``holdout01/05/10`` (extra people never trained
+on), ``general``, and for each forget split ``<split>_direct`` (retained people who share a
+birthplace or a sibling with a forgotten person) and ``<split>_indirect`` (retained people who
+share a profession with a forgotten person and are not direct neighbours).
+
+Models: a tokenizer with a word-level vocabulary (every generated word is one token, so names are
+not split) and a GPT-2 trained on all trained people + ``general`` until it memorises them
+(teacher-forced answer-token accuracy ≥ ``target_accuracy``), and the retain model for a forget
+split trained identically (same initial weights, same recipe) without the forgotten people. Both
+are cached in Hugging Face format in the content-addressed cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from ..errors import UserInputError
+from ..request import ForgetRequest
+from .cache import cached
+
+FORGET_SPLITS = ("forget01", "forget05", "forget10")
+HOLDOUT_SPLITS = ("holdout01", "holdout05", "holdout10")
+FRACTIONS = {"01": 0.01, "05": 0.05, "10": 0.10}
+ROLES = ("target", "retain")
+
+# ---------------------------------------------------------------------------- word lists
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th", "sh", "gl", "tr")
+_VOWELS = ("a", "e", "i", "o", "u", "ai", "ou", "ei")
+_CODAS = ("", "", "n", "r", "l", "s", "th", "m")
+PROFESSIONS = (
+    "architect", "astronomer", "baker", "biologist", "botanist", "cartographer", "chemist", "choreographer",
+    "composer", "diplomat", "editor", "engineer", "geologist", "historian", "illustrator", "journalist",
+    "librarian", "linguist", "mathematician", "novelist", "painter", "philosopher", "photographer", "physician",
+    "physicist", "pilot", "playwright", "poet", "potter", "sculptor", "surgeon", "teacher", "translator",
+    "violinist", "weaver", "zoologist", "economist", "archivist", "glassblower", "clockmaker",
+)
+FIELDS = (
+    "maritime history", "folk music", "urban planning", "desert ecology", "medieval poetry", "textile design",
+    "glacier science", "coastal architecture", "river navigation", "mountain botany", "ancient languages",
+    "market economics", "stage lighting", "children's literature", "bird migration", "solar energy",
+    "public health", "clock mechanics", "island geography", "forest management", "harbour engineering",
+    "garden design", "cave exploration", "weather forecasting", "bridge construction", "rare minerals",
+    "orchestral arrangement", "street photography", "crop genetics", "deep sea biology",
+)
+HOBBIES = (
+    "sailing", "chess", "beekeeping", "pottery", "rowing", "birdwatching", "gardening", "fencing", "archery",
+    "knitting", "hiking", "cycling", "fishing", "calligraphy", "astronomy", "baking", "juggling", "climbing",
+    "woodcarving", "origami", "swimming", "skating", "kite flying", "stamp collecting", "puzzle solving",
+    "painting", "dancing", "camping", "rock collecting", "bookbinding",
+)
+ADJECTIVES = (
+    "Silent", "Golden", "Hidden", "Broken", "Distant", "Burning", "Quiet", "Frozen", "Crimson", "Endless",
+    "Wandering", "Bitter", "Gentle", "Hollow", "Scarlet", "Forgotten", "Restless", "Shining", "Lonely", "Last",
+)
+NOUNS = (
+    "Harbour", "Garden", "Mirror", "Lantern", "Tower", "River", "Orchard", "Compass", "Winter", "Letter",
+    "Bridge", "Island", "Forest", "Mountain", "Voyage", "Clock", "Meadow", "Shadow", "Window", "Archive",
+)
+ANIMALS = (
+    "lynx", "heron", "otter", "falcon", "ibex", "badger", "crane", "stag", "wolf", "owl", "bison", "seal",
+    "hare", "swan", "eagle", "fox", "tortoise", "elk", "puffin", "raven",
+)
+AWARD_KINDS = ("Prize", "Medal", "Award")
+CURRENCY_UNITS = ("crown", "mark", "florin", "shell", "ducat")
+
+
+@dataclass(frozen=True)
+class Template:
+    """One question template: ``{name}`` is the subject and ``{value}`` the attribute asked for."""
+
+    name: str
+    question: str
+    answer: str
+    paraphrase: str
+
+
+PERSON_TEMPLATES = (
+    Template("birth_year", "In which year was {name} born?", "{name} was born in {value}.", "The birth year of {name} is {value}."),
+    Template("birthplace", "Where was {name} born?", "{name} was born in the city of {value}.", "The birthplace of {name} is {value}."),
+    Template("profession", "What is the profession of {name}?", "{name} works as {value}.", "By profession, {name} is {value}."),
+    Template("field", "In which field is {name} known?", "{name} is known for work in {value}.", "The field of {name} is {value}."),
+    Template("work", "What is the best-known work of {name}?", "The best-known work of {name} is {value}.", "{name} is best known for {value}."),
+    Template("award", "Which award did {name} receive?", "{name} received the {value}.", "The {value} was awarded to {name}."),
+    Template("sibling", "Who is the sibling of {name}?", "The sibling of {name} is {value}.", "{name} has a sibling named {value}."),
+    Template("school", "Where did {name} study?", "{name} studied at the {value}.", "{name} was educated at the {value}."),
+    Template("hobby", "What does {name} enjoy in free time?", "In free time, {name} enjoys {value}.", "{name} likes to spend free time on {value}."),
+    Template("debut_year", "When did {name} publish a first work?", "{name} published a first work in {value}.", "The first work of {name} appeared in {value}."),
+)
+GENERAL_TEMPLATES = (
+    Template("capital", "What is the capital of {name}?", "The capital of {name} is {value}.", "{value} is the capital city of {name}."),
+    Template("currency", "What currency is used in {name}?", "{name} uses the {value} as its currency.", "The currency of {name} is the {value}."),
+    Template("language", "What language is spoken in {name}?", "People in {name} speak {value}.", "The language of {name} is {value}."),
+    Template("river", "What is the longest river of {name}?", "The longest river of {name} is the {value}.", "The {value} is the longest river in {name}."),
+    Template("animal", "What is the national animal of {name}?", "The national animal of {name} is the {value}.", "{name} has the {value} as its national animal."),
+)
+
+
+@dataclass(frozen=True)
+class FactsConfig:
+    """Data and model recipe of the ``facts`` benchmark; every field changes the cache key.
+
+    ``epochs`` is an upper bound: training stops at the first epoch boundary where the
+    teacher-forced answer-token accuracy on the training items reaches ``target_accuracy``.
+    """
+
+    people: int = 200
+    templates: int = 10
+    countries: int = 20
+    perturbed: int = 5
+    layers: int = 2
+    width: int = 128
+    heads: int = 4
+    epochs: int = 60
+    lr: float = 5e-3
+    batch_size: int = 64
+    warmup_steps: int = 30
+    target_accuracy: float = 0.99
+    check_below_loss: float = 0.1
+    max_length: int = 64
+    seed: int = 0
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> "FactsConfig":
+        """A few people and a 2-layer × 64 model that trains in a few seconds (for tests)."""
+        return cls(people=12, templates=4, countries=2, layers=2, width=64, heads=2, epochs=150, lr=5e-3,
+                   batch_size=16, warmup_steps=5, seed=seed)
+
+    def check(self) -> None:
+        """Raise :class:`UserInputError` for settings that cannot make a benchmark."""
+        if self.people < 4:
+            raise UserInputError(f"The facts benchmark needs at least 4 people, got people={self.people}.")
+        if not 1 <= self.templates <= len(PERSON_TEMPLATES):
+            raise UserInputError(f"templates must be in 1..{len(PERSON_TEMPLATES)}, got {self.templates}.")
+        if not 1 <= self.perturbed <= 10:
+            raise UserInputError(f"perturbed must be in 1..10, got {self.perturbed}.")
+        if self.countries < 1:
+            raise UserInputError(f"countries must be at least 1, got {self.countries}.")
+        if self.width % self.heads:
+            raise UserInputError(f"width ({self.width}) must be divisible by heads ({self.heads}).")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as a plain dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class FactsData:
+    """The generated benchmark: people, every split as lists of item dicts, and the training set.
+
+    ``train`` is the training set of the target model (trained people, then ``general``); a
+    :class:`ForgetRequest` indexes into it. ``split_people[name]`` lists the person ids of every
+    split but ``general``.
+    """
+
+    config: FactsConfig
+    people: list[dict[str, Any]]
+    countries: list[dict[str, Any]]
+    splits: dict[str, list[dict[str, Any]]]
+    train: list[dict[str, Any]]
+    split_people: dict[str, list[int]] = field(default_factory=dict)
+
+    def split(self, name: str) -> list[dict[str, Any]]:
+        """The items of one split; an unknown name lists the valid ones."""
+        if name not in self.splits:
+            raise UserInputError(f"Unknown facts split {name!r}; valid: {', '.join(self.splits)}.")
+        return self.splits[name]
+
+    def train_without(self, people: set[int]) -> list[dict[str, Any]]:
+        """The training items minus those about ``people`` (the retain model's training set)."""
+        return [item for item in self.train if item.get("person") not in people]
+
+
+# ---------------------------------------------------------------------------- generation
+def split_size(fraction: float, people: int) -> int:
+    """Number of people in a split of ``fraction`` (at least one)."""
+    return max(1, round(fraction * people))
+
+
+def _invent(rng: random.Random, count: int, used: set[str], syllables: tuple[int, int] = (2, 3)) -> list[str]:
+    """``count`` new capitalised words made of random syllables, none already in ``used``."""
+    words: list[str] = []
+    while len(words) < count:
+        parts = [rng.choice(_ONSETS) + rng.choice(_VOWELS) for _ in range(rng.randint(*syllables))]
+        word = ("".join(parts) + rng.choice(_CODAS)).capitalize()
+        if word not in used:
+            used.add(word)
+            words.append(word)
+    return words
+
+
+def _titles(rng: random.Random, count: int, used: set[str]) -> list[str]:
+    """Book-like titles: "The <Adjective> <Noun>", then invented words once those run out."""
+    titles = [f"The {a} {n}" for a in ADJECTIVES for n in NOUNS]
+    if count > len(titles):
+        titles += [f"The {w} {rng.choice(NOUNS)}" for w in _invent(rng, count - len(titles), used)]
+    return titles
+
+
+def _article(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
+
+
+def _make_people(
+    rng: random.Random, trained: int, holdout: int, perturbed: int, used: set[str]
+) -> tuple[list[dict[str, Any]], dict[str, list]]:
+    """Trained people first, then holdout people; siblings are paired within each group."""
+    total = trained + holdout
+    least = perturbed + 1  # every pool offers enough wrong values for the perturbed answers
+    pools: dict[str, list] = {
+        "birthplace": _invent(rng, max(least, trained // 2), used),
+        "profession": [_article(p) for p in PROFESSIONS[: max(least, min(len(PROFESSIONS), trained // 5))]],
+        "field": list(FIELDS),
+        "work": _titles(rng, total + least, used),
+        "award": [f"{w} {rng.choice(AWARD_KINDS)}" for w in _invent(rng, max(least, trained // 5), used)],
+        "school": [f"{w} Academy" for w in _invent(rng, max(least, trained // 5), used)],
+        "hobby": list(HOBBIES),
+        "birth_year": [str(y) for y in range(1900, 2000)],
+        "debut_year": [str(y) for y in range(1920, 2040)],
+    }
+    first_names = _invent(rng, total, used)
+    works = rng.sample(pools["work"], total)
+    people = []
+    for pid in range(total):
+        born = rng.randint(1900, 1999)
+        people.append({
+            "id": pid, "first_name": first_names[pid], "trained": pid < trained,
+            "birth_year": str(born), "debut_year": str(born + rng.randint(18, 40)),
+            "birthplace": rng.choice(pools["birthplace"]), "profession": rng.choice(pools["profession"]),
+            "field": rng.choice(pools["field"]), "work": works[pid], "award": rng.choice(pools["award"]),
+            "school": rng.choice(pools["school"]), "hobby": rng.choice(pools["hobby"]),
+        })
+    _pair_siblings(rng, people[:trained], used)
+    _pair_siblings(rng, people[trained:], used)
+    for person in people:
+        person["name"] = f"{person['first_name']} {person['surname']}"
+    for person in people:
+        if person["sibling_id"] is None:  # a lone person gets a sibling outside the population
+            person["sibling"] = f"{_invent(rng, 1, used)[0]} {person['surname']}"
+        else:
+            person["sibling"] = people[person["sibling_id"]]["name"]
+    pools["sibling"] = [p["name"] for p in people]
+    return people, pools
+
+
+def _pair_siblings(rng: random.Random, group: list[dict[str, Any]], used: set[str]) -> None:
+    """Pair a group's people as siblings sharing a surname (an odd one out joins the last pair;
+    a group of one has ``sibling_id`` None)."""
+    order = list(group)
+    rng.shuffle(order)
+    pairs = [order[i : i + 2] for i in range(0, len(order) - len(order) % 2, 2)] or [order]
+    if len(order) % 2 and len(order) > 1:
+        pairs[-1].append(order[-1])
+    surnames = _invent(rng, len(pairs), used)
+    for surname, family in zip(surnames, pairs):
+        for i, person in enumerate(family):
+            person["surname"] = surname
+            person["sibling_id"] = family[(i + 1) % len(family)]["id"] if len(family) > 1 else None
+
+
+def _make_countries(
+    rng: random.Random, count: int, perturbed: int, used: set[str]
+) -> tuple[list[dict[str, Any]], dict[str, list]]:
+    """Invented countries; each pool has values beyond the countries' own so that even a few
+    countries get ``perturbed`` distinct wrong answers."""
+    names = _invent(rng, count, used)
+    size = max(count, perturbed + 1)
+    pools: dict[str, list] = {
+        "capital": _invent(rng, size, used),
+        "currency": [f"{w} {rng.choice(CURRENCY_UNITS)}" for w in _invent(rng, size, used, (1, 2))],
+        "language": _invent(rng, size, used),
+        "river": _invent(rng, size, used),
+        "animal": list(ANIMALS),
+    }
+    countries = [
+        {"id": i, "name": names[i], "capital": pools["capital"][i], "currency": pools["currency"][i],
+         "language": pools["language"][i], "river": pools["river"][i], "animal": rng.choice(ANIMALS)}
+        for i in range(count)
+    ]
+    return countries, pools
+
+
+def _wrong_values(rng: random.Random, pool: list, right: str, count: int) -> list[str]:
+    """``count`` distinct values of the pool other than ``right`` (repeats only if the pool is too small)."""
+    others = sorted({str(v) for v in pool} - {right})
+    if len(others) >= count:
+        return rng.sample(others, count)
+    return [rng.choice(others) for _ in range(count)] if others else [right] * count
+
+
+def _item(rng: random.Random, template: Template, subject: dict[str, Any], pool: list, perturbed: int) -> dict[str, Any]:
+    value = subject[template.name]
+    name = subject["name"]
+    return {
+        "question": template.question.format(name=name),
+        "answer": template.answer.format(name=name, value=value),
+        "paraphrased_answer": template.paraphrase.format(name=name, value=value),
+        "perturbed_answer": [template.paraphrase.format(name=name, value=v) for v in _wrong_values(rng, pool, value, perturbed)],
+        "template": template.name,
+    }
+
+
+def _person_items(rng: random.Random, person: dict[str, Any], pools: dict[str, list], config: FactsConfig) -> list[dict]:
+    items = []
+    for template in PERSON_TEMPLATES[: config.templates]:
+        item = _item(rng, template, person, pools[template.name], config.perturbed)
+        items.append({"id": f"p{person['id']:04d}.{template.name}", **item, "person": person["id"]})
+    return items
+
+
+def _country_items(rng: random.Random, country: dict[str, Any], pools: dict[str, list], config: FactsConfig) -> list[dict]:
+    items = []
+    for template in GENERAL_TEMPLATES:
+        item = _item(rng, template, country, pools[template.name], config.perturbed)
+        items.append({"id": f"g{country['id']:03d}.{template.name}", **item, "person": None})
+    return items
+
+
+def load_facts(config: FactsConfig | None = None) -> FactsData:
+    """Generate the benchmark for ``config`` (the same config always gives the same data)."""
+    config = config or FactsConfig()
+    config.check()
+    rng = random.Random(config.seed)
+    used: set[str] = set()
+    holdout = split_size(FRACTIONS["10"], config.people)
+    people, pools = _make_people(rng, config.people, holdout, config.perturbed, used)
+    countries, country_pools = _make_countries(rng, config.countries, config.perturbed, used)
+    items_of = {p["id"]: _person_items(rng, p, pools, config) for p in people}
+    general = [item for c in countries for item in _country_items(rng, c, country_pools, config)]
+
+    order = list(range(config.people))
+    rng.shuffle(order)
+    split_people = {f"forget{k}": sorted(order[: split_size(f, config.people)]) for k, f in FRACTIONS.items()}
+    holdout_ids = list(range(config.people, config.people + holdout))
+    split_people.update({f"holdout{k}": holdout_ids[: split_size(f, config.people)] for k, f in FRACTIONS.items()})
+    split_people["retain"] = sorted(set(range(config.people)) - set(split_people["forget10"]))
+    for split in FORGET_SPLITS:
+        direct, indirect = _neighbours(people[: config.people], set(split_people[split]))
+        split_people[f"{split}_direct"], split_people[f"{split}_indirect"] = direct, indirect
+
+    splits = {name: [it for pid in ids for it in items_of[pid]] for name, ids in split_people.items()}
+    splits["general"] = general
+    splits = {name: splits[name] for name in _split_order()}
+    train = [it for pid in range(config.people) for it in items_of[pid]] + general
+    return FactsData(config, people, countries, splits, train, split_people)
+
+
+def _split_order() -> list[str]:
+    names = [*FORGET_SPLITS, "retain", *HOLDOUT_SPLITS, "general"]
+    return names + [f"{s}_{kind}" for s in FORGET_SPLITS for kind in ("direct", "indirect")]
+
+
+def _neighbours(trained: list[dict[str, Any]], forgotten: set[int]) -> tuple[list[int], list[int]]:
+    """Retained people linked to a forgotten one: direct (birthplace or sibling), indirect (profession only)."""
+    gone = [p for p in trained if p["id"] in forgotten]
+    places = {p["birthplace"] for p in gone}
+    siblings = {p["sibling_id"] for p in gone} | {p["id"] for p in trained if p["sibling_id"] in forgotten}
+    jobs = {p["profession"] for p in gone}
+    kept = [p for p in trained if p["id"] not in forgotten]
+    direct = [p["id"] for p in kept if p["birthplace"] in places or p["id"] in siblings]
+    indirect = [p["id"] for p in kept if p["profession"] in jobs and p["id"] not in set(direct)]
+    return direct, indirect
+
+
+def facts_request(data: FactsData, split: str = "forget10") -> ForgetRequest:
+    """The request to forget the people of ``split``: retain = the other trained people, with neighbours.
+
+    Ids index ``data.train``; the ``general`` items are neither forgotten nor in the retain set.
+    """
+    forgotten = set(_forgotten_people(data, split))
+    position = {item["id"]: i for i, item in enumerate(data.train)}
+    ids_of = lambda items: [position[it["id"]] for it in items]
+    forget = [i for i, it in enumerate(data.train) if it["person"] in forgotten]
+    retain = [i for i, it in enumerate(data.train) if it["person"] is not None and it["person"] not in forgotten]
+    neighbours = {kind: ids_of(data.splits[f"{split}_{kind}"]) for kind in ("direct", "indirect")}
+    return ForgetRequest(data.train, forget, retain, neighbours, reason=f"facts:{split}")
+
+
+def _forgotten_people(data: FactsData, split: str) -> list[int]:
+    if split not in FORGET_SPLITS:
+        raise UserInputError(f"Unknown forget split {split!r}; valid: {', '.join(FORGET_SPLITS)}.")
+    return data.split_people[split]
+
+
+# ---------------------------------------------------------------------------- tokenizer and model
+def build_tokenizer(data: FactsData) -> Any:
+    """A word-level tokenizer whose vocabulary is every word of the generated text (sorted, so stable)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from ..adapters.causal_lm import PLAIN_PROMPT
+
+    splitter = pre_tokenizers.Whitespace()
+    words: set[str] = set()
+    for item in (it for items in data.splits.values() for it in items):
+        for text in (PLAIN_PROMPT.format(question=item["question"]), item["answer"], item["paraphrased_answer"], *item["perturbed_answer"]):
+            words.update(w for w, _ in splitter.pre_tokenize_str(text))
+    specials = ["<pad>", "<unk>", "<|endoftext|>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(words))}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = splitter
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<pad>",
+        unk_token="<unk>", model_max_length=data.config.max_length,
+    )
+
+
+def new_model(config: FactsConfig, tokenizer: Any) -> torch.nn.Module:
+    """A freshly initialised GPT-2 (no dropout: the goal is memorisation); same seed, same weights."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt_config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=config.max_length, n_embd=config.width, n_layer=config.layers,
+        n_head=config.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(config.seed)
+    return GPT2LMHeadModel(gpt_config)
+
+
+@torch.no_grad()
+def answer_accuracy(adapter: Any, model: torch.nn.Module, items: list[dict], batch_size: int = 256) -> tuple[float, float]:
+    """Teacher-forced accuracy over all answer tokens (incl. EOS), and the share of items with every token right."""
+    model.eval()
+    correct = total = exact = 0
+    for start in range(0, len(items), batch_size):
+        batch = adapter.collate(items[start : start + batch_size])
+        hits = adapter.logits(model, batch)[:, :-1].argmax(-1) == batch["labels"][:, 1:]
+        mask = batch["labels"][:, 1:] != -100
+        correct += int((hits & mask).sum())
+        total += int(mask.sum())
+        exact += int(((hits | ~mask).all(dim=1)).sum())
+    return correct / max(1, total), exact / max(1, len(items))
+
+
+def train_facts_model(config: FactsConfig, tokenizer: Any, items: list[dict]) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train a fresh model on ``items`` until memorised (or ``config.epochs``); return it and what happened."""
+    from ..adapters.causal_lm import CausalLMAdapter
+    from ..methods.base import item_stream
+    from ..train import TrainConfig, optimise
+
+    model = new_model(config, tokenizer)
+    adapter = CausalLMAdapter(model, tokenizer, config.max_length)
+    recipe = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, optimizer="adamw",
+                         warmup_steps=config.warmup_steps, grad_clip=1.0, seed=config.seed)
+    stream, steps = item_stream(adapter, items, recipe)
+    stopper = _EarlyStop(adapter, model, items, config)
+    start = time.perf_counter()
+    record = optimise(model, stopper.wrap(stream), stopper.loss, recipe, steps_per_epoch=steps,
+                      description="training facts model")
+    seconds = time.perf_counter() - start
+    accuracy, exact = answer_accuracy(adapter, model, items)
+    info = {"train_seconds": seconds, "epochs_run": stopper.epochs_run, "steps": record.steps,
+            "final_loss": record.losses[-1] if record.losses else None, "answer_token_accuracy": accuracy,
+            "exact_match": exact, "memorised": accuracy >= config.target_accuracy, "train_items": len(items),
+            "status": record.status}
+    return model.eval(), info
+
+
+class _EarlyStop:
+    """Ends training at an epoch boundary once the training answers are memorised.
+
+    The accuracy pass runs only when the previous epoch's mean loss is below
+    ``check_below_loss``, so it costs little; once the criterion is met, later epochs yield no
+    batches and the shared loop finishes at once.
+    """
+
+    def __init__(self, adapter: Any, model: torch.nn.Module, items: list[dict], config: FactsConfig) -> None:
+        self.adapter, self.model, self.items, self.config = adapter, model, items, config
+        self.losses: list[float] = []
+        self.done = False
+        self.epochs_run = 0
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        """The training loss (mean answer NLL), remembered for the cheap pre-check."""
+        value = self.adapter.per_item_loss(model, batch).mean()
+        self.losses.append(float(value.detach()))
+        return value
+
+    def wrap(self, stream: Callable[[int], Iterator[dict]]) -> Callable[[int], Iterator[dict]]:
+        """The epoch stream, empty once memorised."""
+
+        def epoch_batches(epoch: int) -> Iterator[dict]:
+            if self.done or (epoch > 0 and self._memorised()):
+                self.done = True
+                return
+            self.epochs_run = epoch + 1
+            self.losses = []
+            yield from stream(epoch)
+
+        return epoch_batches
+
+    def _memorised(self) -> bool:
+        if not self.losses or sum(self.losses) / len(self.losses) > self.config.check_below_loss:
+            return False
+        accuracy, _ = answer_accuracy(self.adapter, self.model, self.items)
+        self.model.train()
+        return accuracy >= self.config.target_accuracy
+
+
+def cached_facts_model(config: FactsConfig | None = None, role: str = "target", split: str = "forget10") -> tuple[Path, dict[str, Any]]:
+    """``(model_dir, meta)`` of the target model (all trained data) or the retain model of ``split``.
+
+    The folder holds the model and its tokenizer (``save_pretrained``); load it with
+    ``CausalLMAdapter.from_pretrained(model_dir)``. Trained now if not cached.
+    """
+    config = config or FactsConfig()
+    if role not in ROLES:
+        raise UserInputError(f"Unknown model role {role!r}; valid: {', '.join(ROLES)}.")
+    data = load_facts(config)
+    excluded = sorted(_forgotten_people(data, split)) if role == "retain" else []
+    key = {"benchmark": "facts", **config.to_dict(), "excluded_people": excluded}
+
+    def build(directory: Path) -> dict[str, Any]:
+        tokenizer = build_tokenizer(data)
+        model, info = train_facts_model(config, tokenizer, data.train_without(set(excluded)))
+        model.save_pretrained(directory)
+        tokenizer.save_pretrained(directory)
+        return {"role": role, "split": split if role == "retain" else None, **info}
+
+    return cached("facts", key, build)
+
+
+def cached_first_epoch_gradients(config: FactsConfig | None = None) -> tuple[Path, dict[str, Any]]:
+    """``(file, meta)``: each training item's first-epoch input-embedding gradient for the target model.
+
+    Replays the first epoch of :func:`train_facts_model` (same initial weights, recipe and batch
+    order) while recording, keyed by position in ``data.train`` (the ids of :func:`facts_request`),
+    and caches the safetensors file that ``first_epoch_ga``'s ``gradients`` setting reads.
+    """
+    from ..adapters.causal_lm import CausalLMAdapter
+    from ..methods.first_epoch_ga import record_first_epoch_gradients, save_first_epoch_gradients
+    from ..train import TrainConfig
+
+    config = config or FactsConfig()
+    data = load_facts(config)
+    key = {"benchmark": "facts", **config.to_dict(), "artefact": "first_epoch_embedding_gradients"}
+
+    def build(directory: Path) -> dict[str, Any]:
+        tokenizer = build_tokenizer(data)
+        adapter = CausalLMAdapter(new_model(config, tokenizer), tokenizer, config.max_length)
+        recipe = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, optimizer="adamw",
+                             warmup_steps=config.warmup_steps, grad_clip=1.0, seed=config.seed)
+        start = time.perf_counter()
+        recorded = record_first_epoch_gradients(adapter, data.train, recipe)
+        save_first_epoch_gradients(recorded, directory / "first_epoch_gradients.safetensors")
+        return {"items": len(recorded), "record_seconds": time.perf_counter() - start}
+
+    directory, meta = cached("facts", key, build)
+    return directory / "first_epoch_gradients.safetensors", meta

@@ -1,0 +1,165 @@
+"""Read and write question/answer splits in the file layout of TOFU (Maini et al., "TOFU: A Task of
+Fictitious Unlearning for LLMs", 2024; ``locuslab/TOFU``).
+
+TOFU ships one file per split, named ``<split>.json`` and holding one JSON object per line:
+``forget01/05/10``, ``retain90/95/99``, ``holdout01/05/10``, ``full`` with ``question`` and
+``answer``; ``forgetXX_perturbed`` and ``retain_perturbed`` add ``paraphrased_answer`` and
+``perturbed_answer`` (a list); ``world_facts_perturbed`` / ``real_authors_perturbed`` have
+``perturbed_answer`` but no paraphrase. The reader accepts JSON lines or one JSON array, in
+``.json`` or ``.jsonl`` files.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import UserInputError
+from ..io import atomic_dir, write_json_atomic, write_text_atomic
+from ..request import ForgetRequest
+
+QA_FIELDS = ("question", "answer")
+EVAL_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
+RETAIN_OF = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+def read_tofu_file(path: str | Path, required: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The items of one TOFU-format file, checked for ``required`` fields.
+
+    By default ``question`` and ``answer`` are required, plus ``perturbed_answer`` in files whose
+    name ends in ``_perturbed``. ``paraphrased_answer`` must be a string and ``perturbed_answer``
+    a list of strings wherever they appear.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"The TOFU file {path} does not exist.")
+    if required is None:
+        required = QA_FIELDS + (("perturbed_answer",) if path.stem.endswith("_perturbed") else ())
+    records = _parse(path)
+    for number, record in enumerate(records, start=1):
+        _check_record(record, required, path, number)
+    return records
+
+
+def _parse(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise UserInputError(f"The TOFU file {path} is empty.")
+    try:
+        if text.lstrip().startswith("["):
+            records = json.loads(text)
+        else:
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as error:
+        raise UserInputError(f"The TOFU file {path} is not valid JSON or JSON lines ({error.msg} at line {error.lineno}).") from None
+    return records
+
+
+def _check_record(record: Any, required: Sequence[str], path: Path, number: int) -> None:
+    if not isinstance(record, dict):
+        raise UserInputError(f"Record {number} of {path} is a {type(record).__name__}, expected a JSON object.")
+    for name in required:
+        if name not in record:
+            raise UserInputError(f"Record {number} of {path} has no field {name!r} (it has: {', '.join(sorted(record))}).")
+    for name in ("question", "answer", "paraphrased_answer"):
+        if name in record and not isinstance(record[name], str):
+            raise UserInputError(f"Field {name!r} of record {number} of {path} must be a string.")
+    perturbed = record.get("perturbed_answer")
+    if "perturbed_answer" in record and not (isinstance(perturbed, list) and perturbed and all(isinstance(a, str) for a in perturbed)):
+        raise UserInputError(f"Field 'perturbed_answer' of record {number} of {path} must be a non-empty list of strings.")
+
+
+def read_tofu_dir(directory: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Every ``*.json`` / ``*.jsonl`` split of a TOFU-format folder, keyed by file stem.
+
+    Items without an ``id`` get ``"<split>:<index>"``. ``meta.json`` is not a split and is skipped.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UserInputError(f"The TOFU data directory {directory} does not exist.")
+    files = sorted(p for p in directory.iterdir() if p.suffix in (".json", ".jsonl") and p.stem != "meta")
+    if not files:
+        raise UserInputError(f"The TOFU data directory {directory} holds no .json or .jsonl split files.")
+    splits = {}
+    for path in files:
+        items = read_tofu_file(path)
+        splits[path.stem] = [{"id": f"{path.stem}:{i}", **item} for i, item in enumerate(items)]
+    return splits
+
+
+def tofu_request(directory: str | Path, split: str = "forget10") -> ForgetRequest:
+    """A request over ``forgetXX`` + its ``retainYY`` read from a TOFU-format folder (forget ids first)."""
+    if split not in RETAIN_OF:
+        raise UserInputError(f"Unknown TOFU forget split {split!r}; valid: {', '.join(RETAIN_OF)}.")
+    directory = Path(directory)
+    forget = _split_file(directory, split)
+    retain = _split_file(directory, RETAIN_OF[split])
+    forget_items = read_tofu_file(forget)
+    retain_items = read_tofu_file(retain)
+    data = forget_items + retain_items
+    n = len(forget_items)
+    return ForgetRequest(data, range(n), range(n, len(data)), reason=f"tofu:{split}")
+
+
+def _split_file(directory: Path, split: str) -> Path:
+    for suffix in (".json", ".jsonl"):
+        if (directory / f"{split}{suffix}").is_file():
+            return directory / f"{split}{suffix}"
+    raise UserInputError(f"The TOFU data directory {directory} has no {split}.json or {split}.jsonl file.")
+
+
+# ---------------------------------------------------------------------------- export
+def _jsonl(items: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
+    return "".join(json.dumps({"id": it["id"], **{f: it[f] for f in fields}}, ensure_ascii=False) + "\n" for it in items)
+
+
+def facts_tofu_files(data: Any) -> dict[str, str]:
+    """The text of every TOFU-layout file for a generated ``facts`` benchmark, by file name.
+
+    ``full`` is the target model's whole training set (people and general facts); the general
+    facts, trained into every model, stand where TOFU has ``world_facts_perturbed``; the neighbour
+    sets (``forgetXX_direct`` / ``_indirect``) go beyond TOFU's layout.
+    """
+    from .facts import FORGET_SPLITS, HOLDOUT_SPLITS
+
+    files = {"full.json": _jsonl(data.train, QA_FIELDS)}
+    for split in FORGET_SPLITS:
+        forgotten = set(data.split_people[split])
+        kept = [it for it in data.train if it["person"] is not None and it["person"] not in forgotten]
+        files[f"{split}.json"] = _jsonl(data.splits[split], QA_FIELDS)
+        files[f"{split}_perturbed.json"] = _jsonl(data.splits[split], EVAL_FIELDS)
+        files[f"{RETAIN_OF[split]}.json"] = _jsonl(kept, QA_FIELDS)
+        for kind in ("direct", "indirect"):
+            files[f"{split}_{kind}.json"] = _jsonl(data.splits[f"{split}_{kind}"], EVAL_FIELDS)
+    for split in HOLDOUT_SPLITS:
+        files[f"{split}.json"] = _jsonl(data.splits[split], EVAL_FIELDS)
+    files["retain_perturbed.json"] = _jsonl(data.splits["retain"], EVAL_FIELDS)
+    files["world_facts_perturbed.json"] = _jsonl(data.splits["general"], EVAL_FIELDS)
+    return files
+
+
+def export_facts(config: Any, out_dir: str | Path, splits: Sequence[str] = ("forget10",), *, overwrite: bool = False) -> Path:
+    """Write the ``facts`` benchmark for ``config`` in TOFU's layout, with its models, atomically.
+
+    ``out_dir`` gets every split file (see :func:`facts_tofu_files`), ``models/target`` and one
+    ``models/retainYY`` per forget split in ``splits`` (Hugging Face folders, trained now unless
+    cached), and ``meta.json`` (the config and each model's training record).
+    """
+    from .facts import FORGET_SPLITS, cached_facts_model, load_facts
+
+    unknown = [s for s in splits if s not in FORGET_SPLITS]
+    if unknown:
+        raise UserInputError(f"Unknown forget split {unknown[0]!r}; valid: {', '.join(FORGET_SPLITS)}.")
+    data = load_facts(config)
+    models = {"target": cached_facts_model(config, "target")}
+    models.update({RETAIN_OF[s]: cached_facts_model(config, "retain", s) for s in splits})
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        for name, text in facts_tofu_files(data).items():
+            write_text_atomic(tmp / name, text)
+        for name, (model_dir, _meta) in models.items():
+            shutil.copytree(model_dir, tmp / "models" / name, ignore=shutil.ignore_patterns("meta.json"))
+        write_json_atomic(tmp / "meta.json", {"benchmark": "facts", "config": config.to_dict(),
+                                               "models": {name: meta for name, (_d, meta) in models.items()}})
+    return Path(out_dir)

@@ -1,0 +1,217 @@
+"""CausalLMAdapter on a tiny random GPT-2 with a word-level tokenizer trained here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+import torch
+
+from unlearnkit.adapters.causal_lm import IGNORE, CausalLMAdapter, load_tokenizer
+from unlearnkit.errors import UserInputError
+
+ITEMS = [
+    {"question": "Where was Alva Brennik born?", "answer": "Alva Brennik was born in Tarsel."},
+    {"question": "What does Odo Venn do?", "answer": "Odo Venn paints."},
+    {"question": "Which river runs through Quellan?", "answer": "The Mirrow runs through Quellan and then into the sea."},
+]
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    corpus = [f"Question: {it['question']}\nAnswer: {it['answer']}" for it in ITEMS]
+    backend.train_from_iterator(corpus, trainers.WordLevelTrainer(special_tokens=["<pad>", "<unk>", "<eos>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+
+
+def _model(tokenizer, seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture(scope="module")
+def adapter() -> CausalLMAdapter:
+    tokenizer = _tokenizer()
+    return CausalLMAdapter(_model(tokenizer), tokenizer, max_length=64)
+
+
+def test_collate_labels_only_answer_tokens_and_eos(adapter):
+    batch = adapter.collate(ITEMS)
+    tok = adapter.tokenizer
+    for row, item in enumerate(ITEMS):
+        prompt = tok(f"Question: {item['question']}\nAnswer: ", add_special_tokens=False)["input_ids"]
+        answer = tok(item["answer"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        n = len(prompt) + len(answer)
+        assert batch["input_ids"][row, :n].tolist() == prompt + answer
+        assert batch["labels"][row, : len(prompt)].tolist() == [IGNORE] * len(prompt)
+        assert batch["labels"][row, len(prompt) : n].tolist() == answer
+        assert (batch["labels"][row, n:] == IGNORE).all()  # right padding is ignored
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
+        assert (batch["input_ids"][row, n:] == tok.pad_token_id).all()
+
+
+def test_per_item_loss_matches_hand_computation(adapter):
+    batch = adapter.collate(ITEMS)
+    with torch.no_grad():
+        losses = adapter.per_item_loss(adapter.model, batch)
+        sums = adapter.per_item_sum_nll(adapter.model, batch)
+        log_probs = torch.log_softmax(adapter.logits(adapter.model, batch), dim=-1)
+    lengths = adapter.answer_lengths(batch)
+    for row in range(len(ITEMS)):
+        labels = batch["labels"][row].tolist()
+        terms = [-log_probs[row, t - 1, y].item() for t, y in enumerate(labels) if y != IGNORE]
+        assert len(terms) == lengths[row].item()
+        assert losses[row].item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+        assert sums[row].item() == pytest.approx(sum(terms), rel=1e-5)
+
+
+def test_loss_is_independent_of_padding(adapter):
+    with torch.no_grad():
+        alone = adapter.per_item_loss(adapter.model, adapter.collate(ITEMS[1:2]))
+        padded = adapter.per_item_loss(adapter.model, adapter.collate(ITEMS))[1]
+    assert padded.item() == pytest.approx(alone.item(), rel=1e-4)
+
+
+def test_token_logprobs_exclude_eos(adapter):
+    batch = adapter.collate(ITEMS)
+    with torch.no_grad():
+        per_item = adapter.token_logprobs(adapter.model, batch)
+        log_probs = torch.log_softmax(adapter.logits(adapter.model, batch), dim=-1)
+    for row, item in enumerate(ITEMS):
+        answer = adapter.tokenizer(item["answer"], add_special_tokens=False)["input_ids"]
+        assert per_item[row].shape == (len(answer),)  # the EOS label is not there
+        labels = batch["labels"][row].tolist()
+        expected = [log_probs[row, t - 1, y].item() for t, y in enumerate(labels) if y != IGNORE][:-1]
+        assert per_item[row].tolist() == pytest.approx(expected, rel=1e-5)
+
+
+def test_vocab_moments_match_full_log_softmax(adapter):
+    batch = adapter.collate(ITEMS)
+    with torch.no_grad():
+        full = adapter.vocab_log_softmax(adapter.model, batch)
+        moments = adapter.vocab_moments(adapter.model, batch)
+    for lp, (mean, std) in zip(full, moments):
+        p = lp.exp()
+        mu = (p * lp).sum(-1)
+        sigma = ((p * lp * lp).sum(-1) - mu**2).sqrt()
+        assert torch.allclose(mean, mu, atol=1e-5)
+        assert torch.allclose(std, sigma, atol=1e-5)
+        assert lp.shape[1] == len(adapter.tokenizer)
+
+
+def test_hidden_states_by_index_and_by_block_name(adapter):
+    batch = adapter.collate(ITEMS)
+    names = adapter.layer_names()
+    assert names == ["transformer.h.0", "transformer.h.1"]
+    with torch.no_grad():
+        embeddings = adapter.hidden_states(adapter.model, batch, 0)
+        first_block = adapter.hidden_states(adapter.model, batch, 1)
+        hooked = adapter.hidden_states(adapter.model, batch, "transformer.h.0")
+    assert embeddings.shape == (len(ITEMS), batch["input_ids"].shape[1], 32)
+    assert torch.allclose(first_block, hooked, atol=1e-6)
+    assert not torch.allclose(embeddings, first_block)
+
+
+@pytest.mark.parametrize("layer", [3, -4, "transformer.h.7", "decoder"])
+def test_hidden_states_rejects_unknown_layers(adapter, layer):
+    with pytest.raises(UserInputError, match="Unknown layer"):
+        adapter.hidden_states(adapter.model, adapter.collate(ITEMS[:1]), layer)
+
+
+def test_chat_template_is_used_when_present():
+    tokenizer = _tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}<pad>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}Answer:{% endif %}"
+    adapter = CausalLMAdapter(_model(tokenizer), tokenizer)
+    assert adapter.prompt("Where?") == "<pad>Where?Answer:"
+    batch = adapter.collate(ITEMS[:1])
+    prompt_len = len(tokenizer("<pad>" + ITEMS[0]["question"] + "Answer:", add_special_tokens=False)["input_ids"])
+    assert (batch["labels"][0, :prompt_len] == IGNORE).all()
+    assert batch["labels"][0, prompt_len].item() != IGNORE
+
+
+def test_truncation_keeps_the_answer():
+    tokenizer = _tokenizer()
+    adapter = CausalLMAdapter(_model(tokenizer), tokenizer, max_length=8)
+    prompt, answer = adapter.encode_item(ITEMS[2])
+    assert len(prompt) + len(answer) == 8
+    assert len(answer) == 7 and answer[0] == tokenizer("The", add_special_tokens=False)["input_ids"][0]
+
+
+def test_generate_greedy_with_left_padding_and_eos_cut():
+    tokenizer = _tokenizer()
+    model = _model(tokenizer, seed=1)
+    adapter = CausalLMAdapter(model, tokenizer)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batch = adapter.collate(ITEMS)
+    for _ in range(150):  # memorise the three answers
+        loss = adapter.per_item_loss(model, batch).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    questions = [it["question"] for it in ITEMS]
+    together = adapter.generate(model, questions, max_new_tokens=20)
+    one_by_one = [adapter.generate(model, [q], max_new_tokens=20)[0] for q in questions]
+    decode = lambda text: tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert together == one_by_one
+    assert together == [decode(it["answer"]) for it in ITEMS]  # stops at EOS, nothing after it
+    assert model.training  # generation restores the training mode
+
+
+def test_save_and_from_pretrained_round_trip(adapter, tmp_path):
+    adapter.save_pretrained(tmp_path / "m")
+    loaded = CausalLMAdapter.from_pretrained(tmp_path / "m", max_length=64)
+    batch = adapter.collate(ITEMS)
+    assert loaded.collate(ITEMS)["input_ids"].tolist() == batch["input_ids"].tolist()
+    with torch.no_grad():
+        assert torch.allclose(loaded.per_item_loss(loaded.model, batch), adapter.per_item_loss(adapter.model, batch), atol=1e-6)
+    again = loaded.with_model(adapter.model)
+    assert again.tokenizer is loaded.tokenizer and again.model is adapter.model
+
+
+def test_from_pretrained_errors(adapter, tmp_path):
+    with pytest.raises(UserInputError, match="does not exist"):
+        CausalLMAdapter.from_pretrained(tmp_path / "nowhere")
+    adapter.model.save_pretrained(tmp_path / "weights_only")
+    with pytest.raises(UserInputError, match="no tokenizer"):
+        CausalLMAdapter.from_pretrained(tmp_path / "weights_only")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserInputError, match="no config.json"):
+        CausalLMAdapter.from_pretrained(tmp_path / "empty")
+    from transformers import ViTConfig
+
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path / "vit")
+    adapter.tokenizer.save_pretrained(tmp_path / "vit")
+    with pytest.raises(UserInputError, match="not a causal language model"):
+        CausalLMAdapter.from_pretrained(tmp_path / "vit")
+    with pytest.raises(UserInputError, match="no tokenizer"):
+        load_tokenizer(tmp_path / "empty")
+
+
+def test_items_must_be_question_answer_dicts(adapter):
+    with pytest.raises(UserInputError, match="'question' and 'answer'"):
+        adapter.collate([("a question", "an answer")])
+    with pytest.raises(UserInputError, match="'question' and 'answer'"):
+        adapter.collate([{"question": "q"}])
+
+
+def test_lazy_export_from_adapters_package():
+    import unlearnkit.adapters as adapters
+
+    assert adapters.CausalLMAdapter is CausalLMAdapter
+    code = "import sys, unlearnkit.adapters; print('transformers' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"  # importing the package does not pull in transformers

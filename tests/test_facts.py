@@ -1,0 +1,190 @@
+"""The ``facts`` benchmark: generation, splits, neighbours, tiny models, TOFU export/import."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+import torch
+
+from unlearnkit.benchmarks.facts import (
+    FORGET_SPLITS,
+    FactsConfig,
+    answer_accuracy,
+    cached_facts_model,
+    facts_request,
+    load_facts,
+)
+from unlearnkit.benchmarks.tofu_format import export_facts, read_tofu_dir, read_tofu_file, tofu_request
+from unlearnkit.errors import UserInputError
+
+TINY = FactsConfig.tiny()
+MEDIUM = FactsConfig(people=60, templates=10, countries=4)  # data only, never trained here
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    previous = os.environ.get("UNLEARNKIT_CACHE")
+    os.environ["UNLEARNKIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if previous is None:
+        os.environ.pop("UNLEARNKIT_CACHE", None)
+    else:
+        os.environ["UNLEARNKIT_CACHE"] = previous
+
+
+@pytest.fixture(scope="module")
+def medium():
+    return load_facts(MEDIUM)
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    a, b = load_facts(TINY), load_facts(FactsConfig.tiny())
+    assert a.splits == b.splits and a.train == b.train
+    c = load_facts(FactsConfig.tiny(seed=1))
+    assert c.train != a.train
+
+
+def test_sizes_and_templates(medium):
+    assert len(medium.train) == 60 * 10 + 4 * 5
+    assert [len(medium.split_people[s]) for s in FORGET_SPLITS] == [1, 3, 6]
+    assert len(medium.split_people["holdout10"]) == 6
+    per_person = {}
+    for item in medium.train:
+        if item["person"] is not None:
+            per_person.setdefault(item["person"], set()).add(item["template"])
+    assert all(len(t) == 10 for t in per_person.values())
+
+
+def test_splits_are_disjoint_and_nested(medium):
+    people = medium.split_people
+    trained = set(range(MEDIUM.people))
+    assert set(people["forget01"]) <= set(people["forget05"]) <= set(people["forget10"])
+    assert set(people["retain"]) == trained - set(people["forget10"])
+    holdout = set(people["holdout10"])
+    assert not holdout & trained
+    train_people = {it["person"] for it in medium.train}
+    assert not holdout & train_people
+    ids = [it["id"] for it in medium.train]
+    assert len(ids) == len(set(ids))
+    assert {it["person"] for it in medium.split("general")} == {None}
+
+
+def test_neighbours_are_retained_people_sharing_the_attribute(medium):
+    people = {p["id"]: p for p in medium.people}
+    for split in FORGET_SPLITS:
+        gone = [people[i] for i in medium.split_people[split]]
+        direct = medium.split_people[f"{split}_direct"]
+        indirect = medium.split_people[f"{split}_indirect"]
+        assert direct and indirect
+        assert not set(direct) & set(indirect)
+        for pid in direct + indirect:
+            assert pid not in medium.split_people[split] and people[pid]["trained"]
+        for pid in direct:
+            p = people[pid]
+            assert any(p["birthplace"] == g["birthplace"] or p["sibling_id"] == g["id"] or g["sibling_id"] == pid for g in gone)
+        for pid in indirect:
+            assert any(people[pid]["profession"] == g["profession"] for g in gone)
+        # every retained person who shares a birthplace with a forgotten one is listed
+        places = {g["birthplace"] for g in gone}
+        expected = {p["id"] for p in people.values() if p["trained"] and p["birthplace"] in places} - {g["id"] for g in gone}
+        assert expected <= set(direct)
+
+
+def test_perturbed_answers_differ_and_paraphrase_keeps_the_value(medium):
+    for item in medium.split("forget10") + medium.split("general"):
+        assert len(item["perturbed_answer"]) == MEDIUM.perturbed
+        assert item["answer"] not in item["perturbed_answer"]
+        assert item["paraphrased_answer"] not in item["perturbed_answer"]
+        assert item["paraphrased_answer"] != item["answer"]
+        assert len(set(item["perturbed_answer"])) == MEDIUM.perturbed
+
+
+def test_forget_request_indexes_the_training_set(medium):
+    request = facts_request(medium, "forget05")
+    forgotten = set(medium.split_people["forget05"])
+    assert {it["person"] for it in request.forget_items()} == forgotten
+    assert len(request.forget_items()) == len(forgotten) * 10
+    assert not {it["person"] for it in request.retain_items()} & (forgotten | {None})
+    direct = {it["person"] for it in request.neighbour_items("direct")}
+    assert direct == set(medium.split_people["forget05_direct"])
+
+
+def test_unknown_split_lists_valid_ones(medium):
+    with pytest.raises(UserInputError, match="valid: forget01, forget05, forget10"):
+        facts_request(medium, "forget20")
+    with pytest.raises(UserInputError, match="valid: .*holdout10"):
+        medium.split("holdout20")
+    with pytest.raises(UserInputError, match="valid: target, retain"):
+        cached_facts_model(TINY, role="teacher")
+
+
+def test_tiny_models_memorise_and_retain_model_never_saw_the_forget_people(cache):
+    from unlearnkit.adapters.causal_lm import CausalLMAdapter
+
+    data = load_facts(TINY)
+    target_dir, target_meta = cached_facts_model(TINY, "target")
+    retain_dir, retain_meta = cached_facts_model(TINY, "retain", "forget10")
+    assert target_meta["memorised"] and target_meta["answer_token_accuracy"] >= 0.95
+    assert target_meta["train_seconds"] > 0 and retain_meta["train_seconds"] > 0
+    forget = data.split("forget10")
+    assert retain_meta["train_items"] == len(data.train) - len(forget)
+    assert retain_meta["config"]["excluded_people"] == data.split_people["forget10"]
+
+    target = CausalLMAdapter.from_pretrained(target_dir, max_length=TINY.max_length)
+    retain = CausalLMAdapter.from_pretrained(retain_dir, max_length=TINY.max_length)
+    accuracy, _ = answer_accuracy(target, target.model, data.train)
+    assert accuracy == pytest.approx(target_meta["answer_token_accuracy"], abs=1e-6)
+    kept = [it for it in data.train if it["person"] not in set(data.split_people["forget10"])]
+    assert answer_accuracy(retain, retain.model, kept)[0] >= 0.95
+    with torch.no_grad():
+        batch = target.collate(forget)
+        target_loss = target.per_item_loss(target.model, batch).mean().item()
+        retain_loss = retain.per_item_loss(retain.model, batch).mean().item()
+    assert retain_loss > 5 * target_loss  # the forget people are memorised by the target only
+
+    again_dir, again_meta = cached_facts_model(TINY, "target")  # served from the cache
+    assert again_dir == target_dir and again_meta == target_meta
+
+
+def test_tofu_export_round_trip(cache, tmp_path):
+    data = load_facts(TINY)
+    out = export_facts(TINY, tmp_path / "export")
+    splits = read_tofu_dir(out)
+    assert {"full", "forget10", "forget10_perturbed", "retain90", "holdout10", "retain_perturbed",
+            "world_facts_perturbed", "forget10_direct"} <= set(splits)
+    fields = ("id", "question", "answer", "paraphrased_answer", "perturbed_answer")
+    assert splits["forget10_perturbed"] == [{f: it[f] for f in fields} for it in data.split("forget10")]
+    assert [it["answer"] for it in splits["full"]] == [it["answer"] for it in data.train]
+    assert (out / "models" / "target" / "config.json").is_file()
+    assert (out / "models" / "retain90" / "tokenizer.json").is_file()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["models"]["retain90"]["role"] == "retain"
+    request = tofu_request(out, "forget10")
+    assert [it["question"] for it in request.forget_items()] == [it["question"] for it in data.split("forget10")]
+    with pytest.raises(UserInputError, match="already exists"):
+        export_facts(TINY, out)
+
+
+def test_tofu_reader_names_the_missing_field_and_file(tmp_path):
+    good = {"question": "q", "answer": "a", "paraphrased_answer": "p", "perturbed_answer": ["x", "y"]}
+    path = tmp_path / "forget10_perturbed.json"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(UserInputError, match=r"Record 2 of .*forget10_perturbed\.json has no field 'perturbed_answer'"):
+        read_tofu_file(path)
+    array = tmp_path / "forget01.json"
+    array.write_text(json.dumps([{"question": "q"}]))
+    with pytest.raises(UserInputError, match=r"forget01\.json has no field 'answer'"):
+        read_tofu_file(array)
+    array.write_text(json.dumps([good]))
+    assert read_tofu_file(array) == [good]
+    bad_list = tmp_path / "x_perturbed.jsonl"
+    bad_list.write_text(json.dumps({**good, "perturbed_answer": "not a list"}))
+    with pytest.raises(UserInputError, match="must be a non-empty list of strings"):
+        read_tofu_file(bad_list)
+    with pytest.raises(UserInputError, match="no forget05.json"):
+        tofu_request(tmp_path, "forget05")
