@@ -120,6 +120,20 @@ def export_command(
     typer.echo(f"wrote {out}")
 
 
+@app.command("cards")
+def cards_command(
+    results: Optional[list[Path]] = typer.Option(None, help="Bench output folders whose numbers the cards quote (repeatable)."),
+    out: Path = typer.Option(Path("docs/methods"), help="Folder for the cards."),
+) -> None:
+    """Write one Markdown card per method: what it needs, its update rule, defaults and measured numbers."""
+    from .report.cards import write_cards
+
+    for folder in results or []:
+        if not (folder / "results.json").is_file():
+            raise UserInputError(f"{folder} holds no results.json; pass folders written by 'unlearnkit bench'.")
+    typer.echo(f"wrote {len(write_cards(out, results or []))} cards to {out}")
+
+
 @app.command("forget")
 def forget_command(
     model: Path = typer.Option(..., help="Folder of a Hugging Face causal LM, or of a classifier (unlearnkit.json + model.safetensors)."),

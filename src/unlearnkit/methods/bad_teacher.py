@@ -73,6 +73,7 @@ class BadTeacher(Method):
     needs = frozenset({"retain", "reference_model"})
     paper = ("Chundawat et al., Can Bad Teaching Induce Forgetting? "
              "Unlearning in Deep Networks Using an Incompetent Teacher, 2023")
+    use_when = 'Class or sample removal on classifiers when a competent and a random teacher are cheap to run; no labels of the forget set needed beyond the data.'
     Config = BadTeacherConfig
 
     def unlearn(self, adapter: Any, request, config: BadTeacherConfig) -> Outcome:

@@ -35,6 +35,7 @@ class Method:
     kinds: ClassVar[tuple[str, ...]] = ("classifier",)
     needs: ClassVar[frozenset[str]] = frozenset()
     paper: ClassVar[str] = ""
+    use_when: ClassVar[str] = ""
     Config: ClassVar[type] = TrainConfig
 
     def unlearn(self, adapter: Any, request: ForgetRequest, config: Any) -> Outcome:  # pragma: no cover

@@ -32,6 +32,7 @@ class Finetune(Method):
     kinds = ("classifier", "causal_lm")
     needs = frozenset({"retain"})
     paper = "Golatkar et al., Eternal Sunshine of the Spotless Net: Selective Forgetting in Deep Networks, 2020"
+    use_when = "A cheap baseline when plenty of retain data exists and the forget set's influence may fade with further training; weak guarantees."
     Config = FinetuneConfig
 
     def unlearn(self, adapter: Any, request, config: FinetuneConfig) -> Outcome:

@@ -195,6 +195,7 @@ class FirstEpochGA(Method):
     kinds = ("causal_lm",)
     needs = frozenset()
     paper = "Zagardo, A More Practical Approach to Machine Unlearning, 2024"
+    use_when = 'When per-item embedding gradients were logged during training and no retain data may be used; expect little selectivity on templated data.'
     Config = FirstEpochGAConfig
 
     def unlearn(self, adapter: Any, request, config: FirstEpochGAConfig) -> Outcome:

@@ -83,6 +83,7 @@ class GradDiff(Method):
     kinds = ("causal_lm",)
     needs = frozenset({"retain"})
     paper = "Liu et al., Continual Learning and Private Unlearning, 2022 (TOFU's GradDiff)"
+    use_when = 'The standard LM baseline when retain data is available: simple, but tune the step count, as long runs collapse utility.'
     Config = GradDiffConfig
 
     def unlearn(self, adapter: Any, request, config: GradDiffConfig) -> Outcome:

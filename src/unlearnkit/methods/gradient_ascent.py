@@ -36,6 +36,7 @@ class GradientAscent(Method):
     kinds = ("classifier", "causal_lm")
     needs = frozenset()
     paper = "Jang et al., Knowledge Unlearning for Mitigating Privacy Risks in Language Models, 2023"
+    use_when = 'A quick sanity baseline needing only the forget set; it overshoots easily, so keep epochs and lr small (or add --project gu).'
     Config = GradientAscentConfig
 
     def unlearn(self, adapter: Any, request, config: GradientAscentConfig) -> Outcome:

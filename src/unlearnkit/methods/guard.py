@@ -261,6 +261,7 @@ class Guard(Method):
     kinds = ("causal_lm",)
     needs = frozenset({"retain", "hidden_states"})
     paper = "Deng et al., GUARD: Generation-time LLM Unlearning via Adaptive Restriction and Detection, 2025"
+    use_when = 'Serving-time suppression without touching weights, when the forget answers can be kept at deployment; it filters outputs rather than removing knowledge.'
     Config = GuardConfig
 
     def unlearn(self, adapter: Any, request, config: GuardConfig) -> Outcome:

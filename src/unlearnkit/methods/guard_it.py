@@ -254,6 +254,7 @@ class GuardIT(Method):
     kinds = ("causal_lm",)
     needs = frozenset({"retain", "hidden_states"})
     paper = "Turani, Parraga et al., Inference-Time Machine Unlearning via Gated Activation Redirection, 2026"
+    use_when = 'Inference-time forgetting without weight changes (e.g. a fast, reversible response to a request), when forget prompts are recognisable.'
     Config = GuardITConfig
 
     def unlearn(self, adapter: Any, request, config: GuardITConfig) -> Outcome:

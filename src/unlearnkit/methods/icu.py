@@ -129,6 +129,7 @@ class ICU(Method):
     kinds = ("causal_lm",)
     needs = frozenset({"reference_model", "hidden_states"})
     paper = "Tang et al., Learn while Unlearn: An Iterative Unlearning Framework for Generative Language Models, 2024"
+    use_when = 'LM unlearning with per-item stopping, when over-forgetting is a concern and a neighbour pool (the retain set) is available.'
     Config = ICUConfig
 
     def unlearn(self, adapter: Any, request, config: ICUConfig) -> Outcome:

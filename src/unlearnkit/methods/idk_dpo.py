@@ -89,6 +89,7 @@ class IdkDPO(Method):
     kinds = ("causal_lm",)
     needs = frozenset({"retain", "reference_model"})
     paper = "Rafailov et al., Direct Preference Optimization, 2023 (TOFU's IdkDPO)"
+    use_when = 'When the model should answer forgotten questions with a refusal rather than with something else.'
     Config = IdkDPOConfig
 
     def unlearn(self, adapter: Any, request, config: IdkDPOConfig) -> Outcome:

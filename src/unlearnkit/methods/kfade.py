@@ -245,6 +245,7 @@ class KFade(Method):
     kinds = ("causal_lm",)
     needs = frozenset({"retain"})
     paper = "McKinney et al., Gauss-Newton Unlearning for the LLM Era, 2026"
+    use_when = 'A few-step second-order edit when retain curvature can be estimated and retain drift must stay small; the update can be re-applied after later training.'
     Config = KFadeConfig
 
     def unlearn(self, adapter: Any, request, config: KFadeConfig) -> Outcome:

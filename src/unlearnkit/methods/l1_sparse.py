@@ -72,6 +72,7 @@ class L1Sparse(Method):
     kinds = ("classifier",)
     needs = frozenset({"retain", "labels"})
     paper = "Jia et al., Model Sparsity Can Simplify Machine Unlearning, 2023"
+    use_when = 'Classifier unlearning by sparsity-regularised fine-tuning when retain data is plentiful and a few epochs are affordable.'
     Config = L1SparseConfig
 
     def unlearn(self, adapter: Any, request, config: L1SparseConfig) -> Outcome:

@@ -180,6 +180,7 @@ class MRP(Method):
     kinds = ("causal_lm",)
     needs = frozenset({"retain", "hidden_states"})
     paper = "Wu et al., Reliable Unlearning Harmful Information in LLMs with Metamorphosis Representation Projection, 2025"
+    use_when = 'Continual or repeated removal requests on LMs where resistance to relearning matters; it adds a fixed projection to the model.'
     Config = MRPConfig
 
     def unlearn(self, adapter: Any, request, config: MRPConfig) -> Outcome:

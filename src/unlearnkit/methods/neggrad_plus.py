@@ -44,6 +44,7 @@ class NegGradPlus(Method):
     kinds = ("classifier", "causal_lm")
     needs = frozenset({"retain"})
     paper = "Kurmanji et al., Towards Unbounded Machine Unlearning, 2023"
+    use_when = 'A balanced ascent/descent baseline for classifiers and LMs; sensitive to α and the step count.'
     Config = NegGradPlusConfig
 
     def unlearn(self, adapter: Any, request, config: NegGradPlusConfig) -> Outcome:

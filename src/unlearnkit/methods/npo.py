@@ -60,6 +60,7 @@ class NPO(Method):
     kinds = ("causal_lm",)
     needs = frozenset({"retain", "reference_model"})
     paper = "Zhang et al., Negative Preference Optimization: From Catastrophic Collapse to Effective Unlearning, 2024"
+    use_when = "The usual strong LM baseline: bounded ascent that avoids GA's collapse; needs a frozen copy of the model."
     Config = NPOConfig
 
     def unlearn(self, adapter: Any, request, config: NPOConfig) -> Outcome:

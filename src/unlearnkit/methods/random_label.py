@@ -52,6 +52,7 @@ class RandomLabel(Method):
     kinds = ("classifier",)
     needs = frozenset({"retain", "labels"})
     paper = "Graves et al., Amnesiac Machine Learning, 2021"
+    use_when = 'Fast classifier forgetting (especially of a whole class) with retain data; tends to over-forget random samples.'
     Config = RandomLabelConfig
 
     def unlearn(self, adapter: Any, request, config: RandomLabelConfig) -> Outcome:

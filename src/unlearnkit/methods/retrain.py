@@ -55,6 +55,7 @@ class Retrain(Method):
     kinds = ("classifier",)
     needs = frozenset({"retain", "labels"})
     paper = "Bourtoule et al., Machine Unlearning, 2021 (retraining from scratch, the exact baseline)"
+    use_when = 'The exact answer whenever training is affordable; every other method is measured against it.'
     Config = RetrainConfig
 
     def unlearn(self, adapter: Any, request, config: RetrainConfig) -> Outcome:

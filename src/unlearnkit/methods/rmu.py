@@ -110,6 +110,7 @@ class RMU(Method):
     kinds = ("causal_lm",)
     needs = frozenset({"retain", "reference_model", "hidden_states"})
     paper = "Li et al., The WMDP Benchmark: Measuring and Reducing Malicious Use With Unlearning, 2024"
+    use_when = "Removing a domain or topic from an LM's representations (WMDP-style) rather than individual facts."
     Config = RMUConfig
 
     def unlearn(self, adapter: Any, request, config: RMUConfig) -> Outcome:

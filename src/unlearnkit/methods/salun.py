@@ -79,6 +79,7 @@ class SalUn(Method):
     kinds = ("classifier",)
     needs = frozenset({"retain", "labels"})
     paper = "Fan et al., SalUn: Empowering Machine Unlearning via Gradient-based Weight Saliency, 2023"
+    use_when = 'Classifier forgetting that edits only the weights salient for the forget set; good for class removal.'
     Config = SalUnConfig
 
     def unlearn(self, adapter: Any, request, config: SalUnConfig) -> Outcome:

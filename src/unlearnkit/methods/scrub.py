@@ -70,6 +70,7 @@ class Scrub(Method):
     kinds = ("classifier",)
     needs = frozenset({"retain", "labels", "reference_model"})
     paper = "Kurmanji et al., Towards Unbounded Machine Unlearning, 2023"
+    use_when = 'Classifier forgetting that should stay close to the original elsewhere, with retain data and a teacher copy.'
     Config = ScrubConfig
 
     def unlearn(self, adapter: Any, request, config: ScrubConfig) -> Outcome:

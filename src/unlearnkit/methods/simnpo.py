@@ -59,6 +59,7 @@ class SimNPO(Method):
     kinds = ("causal_lm",)
     needs = frozenset({"retain"})
     paper = "Fan et al., Simplicity Prevails: Rethinking Negative Preference Optimization for LLM Unlearning, 2024"
+    use_when = 'NPO without a reference model, when memory for a second model copy is short.'
     Config = SimNPOConfig
 
     def unlearn(self, adapter: Any, request, config: SimNPOConfig) -> Outcome:

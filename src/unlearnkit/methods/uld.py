@@ -180,6 +180,7 @@ class ULD(Method):
     needs = frozenset({"retain"})
     paper = ("Ji et al., Reversing the Forget-Retain Objectives: An Efficient LLM Unlearning Framework "
              "from Logit Difference, 2024")
+    use_when = "LM forgetting that must leave the target's weights untouched, served as a logit difference with a small assistant."
     Config = ULDConfig
 
     def unlearn(self, adapter: Any, request, config: ULDConfig) -> Outcome:

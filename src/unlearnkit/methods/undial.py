@@ -69,6 +69,7 @@ class Undial(Method):
     kinds = ("causal_lm",)
     needs = frozenset({"reference_model"})
     paper = "Dong et al., UNDIAL: Self-Distillation with Adjusted Logits for Robust Unlearning in LLMs, 2024"
+    use_when = 'Gentle LM forgetting by self-distillation that lowers only the memorised tokens; slow but stable.'
     Config = UndialConfig
 
     def unlearn(self, adapter: Any, request, config: UndialConfig) -> Outcome:
