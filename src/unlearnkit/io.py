@@ -27,6 +27,7 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False) -> Iterator
         raise UserInputError(f"The output path {final} already exists; choose another or pass --overwrite.")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes folders private; outputs are meant to be shared
     try:
         yield tmp
         if final.exists():

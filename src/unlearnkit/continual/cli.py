@@ -1,0 +1,162 @@
+"""The ``continual`` and ``continual-sweep`` commands; the main CLI calls :func:`register`."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, List, Optional
+
+import typer
+
+from ..errors import UserInputError
+
+
+def parse_assignments(values: list[str] | None, option: str) -> dict[str, str]:
+    """``["lr=0.01", "epochs=3"]`` → ``{"lr": "0.01", "epochs": "3"}``; malformed items are errors."""
+    out: dict[str, str] = {}
+    for value in values or []:
+        name, sep, text = value.partition("=")
+        if not sep or not name.strip() or not text.strip():
+            raise UserInputError(f"{option} expects NAME=VALUE, got {value!r}.")
+        out[name.strip()] = text.strip()
+    return out
+
+
+def _number(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _user_errors(action: Callable[[], None]) -> None:
+    """Run ``action``; a :class:`UserInputError` becomes one line on stderr and exit status 2."""
+    try:
+        action()
+    except UserInputError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(code=2) from None
+
+
+def _scenario(name: str, seed: int, data: str | None, options: list[str] | None):
+    from .scenarios import build_scenario
+
+    settings = {k: _number(v) for k, v in parse_assignments(options, "--scenario-param").items()}
+    return build_scenario(name, seed, data=data, **settings)
+
+
+def continual(
+    out: Path = typer.Option(..., "--out", help="Output folder (results.json, accuracy.csv, accuracy.png)."),
+    scenario: str = typer.Option("split-digits", help="split-digits, split-digits-task, permuted-digits, scole or clofai."),
+    strategy: str = typer.Option("naive", help="A strategy, or plug-ins joined with '+', e.g. refresh+er."),
+    stream: Optional[str] = typer.Option(None, help='Comma-separated requests, e.g. "learn:0,learn:1,unlearn:0,evaluate" (default: learn every task).'),
+    unlearner: Optional[str] = typer.Option(None, help="amnesiac, retrain, acu, uncle or a core method (default: the strategy's own)."),
+    seed: int = typer.Option(0, help="Seed for data, initialisation and batching."),
+    param: Optional[List[str]] = typer.Option(None, "--param", help="Strategy hyper-parameter NAME=VALUE (repeatable)."),
+    unlearner_param: Optional[List[str]] = typer.Option(None, "--unlearner-param", help="Core unlearning method hyper-parameter NAME=VALUE."),
+    scenario_param: Optional[List[str]] = typer.Option(None, "--scenario-param", help="Scenario option NAME=VALUE, e.g. num_tasks=50."),
+    data: Optional[str] = typer.Option(None, help="The CLOFAI folder (one sub-folder per task with real/ and fake/)."),
+    reference: bool = typer.Option(True, help="Retrain a reference at each unlearning step (retrain_gap, retrain_output_kl)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+) -> None:
+    """Run a learn/unlearn stream with a continual strategy and write its results, accuracy table and heatmap."""
+
+    def work() -> None:
+        from ..io import atomic_dir, write_json_atomic, write_text_atomic
+        from .report import matrix_csv, print_run, save_heatmap
+        from .runner import run_stream
+
+        params = parse_assignments(param, "--param")
+        unlearn_params = parse_assignments(unlearner_param, "--unlearner-param")
+        chosen = _scenario(scenario, seed, data, scenario_param)
+        with atomic_dir(out, overwrite=overwrite) as folder:
+            run = run_stream(chosen, strategy, stream, seed=seed, unlearner=unlearner, params=params,
+                             unlearner_params=unlearn_params, reference=reference)
+            write_json_atomic(folder / "results.json", run.to_dict())
+            write_text_atomic(folder / "accuracy.csv", matrix_csv(run))
+            save_heatmap(run, folder / "accuracy.png")
+        print_run(run)
+        typer.echo(f"wrote {out}/results.json, accuracy.csv, accuracy.png")
+
+    _user_errors(work)
+
+
+def continual_sweep(
+    out: Path = typer.Option(Path("docs/results/continual.md"), "--out", help="The markdown page to write."),
+    scenario: Optional[List[str]] = typer.Option(None, "--scenario", help="Scenario(s) to sweep (repeatable; default split-digits)."),
+    strategies: Optional[str] = typer.Option(None, help="Comma-separated strategies (default: all)."),
+    stream: Optional[List[str]] = typer.Option(None, "--stream", help="Stream(s) run on every scenario (default: learn all, and learn all with the middle task unlearned)."),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds; tables show mean ± std."),
+    acu_cost: bool = typer.Option(True, help="Add ACU's exactness and per-request cost section."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
+) -> None:
+    """Run every strategy on the given scenarios and streams and write a markdown results page."""
+
+    def work() -> None:
+        from ..io import write_text_atomic
+        from .strategies import ALL_STRATEGIES, parse_spec
+
+        if out.exists() and not overwrite:
+            raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
+        names = [s.strip() for s in strategies.split(",")] if strategies else list(ALL_STRATEGIES)
+        for name in names:
+            parse_spec(name)
+        try:
+            seed_list = [int(s) for s in seeds.split(",")]
+        except ValueError:
+            raise UserInputError(f"--seeds expects comma-separated integers, got {seeds!r}.") from None
+        sections, acu_rows = [], None
+        for scenario_name in scenario or ["split-digits"]:
+            sections += sweep_scenario(scenario_name, names, stream, seed_list)
+        if acu_cost and "acu" in names:
+            from .cost import acu_cost as measure
+            from .scenarios import build_scenario
+
+            acu_rows = measure(build_scenario("split-digits", seed_list[0]), seed_list[0])
+        from .report import sweep_page
+
+        command = "unlearnkit continual-sweep " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "unlearnkit continual-sweep"
+        write_text_atomic(out, sweep_page(command, sections, acu_rows))
+        typer.echo(f"wrote {out}")
+
+    _user_errors(work)
+
+
+def default_streams(num_tasks: int) -> list[str]:
+    """Learn every task; and the same with the middle task unlearned just after the next one is learned."""
+    learn = [f"learn:{t}" for t in range(num_tasks)]
+    middle = num_tasks // 2
+    unlearn = learn[: middle + 1] + [f"unlearn:{middle - 1 if middle else 0}"] + learn[middle + 1 :]
+    return [",".join(learn), ",".join(unlearn)]
+
+
+def sweep_scenario(name: str, strategies: list[str], streams: list[str] | None, seeds: list[int]) -> list[tuple[str, str, str]]:
+    """Run every (stream, strategy, seed) on one scenario; one markdown section per stream."""
+    from .report import sweep_table
+    from .runner import run_stream
+    from .scenarios import build_scenario
+
+    scenarios = {seed: build_scenario(name, seed) for seed in seeds}
+    sections = []
+    for stream in streams or default_streams(scenarios[seeds[0]].num_tasks):
+        runs, seconds = {}, {}
+        for strategy in strategies:
+            for seed in seeds:
+                start = time.perf_counter()
+                run = run_stream(scenarios[seed], strategy, stream, seed=seed)
+                seconds.setdefault(strategy, []).append(time.perf_counter() - start)
+                runs.setdefault(strategy, []).append(run)
+                typer.echo(f"{name} {strategy} seed {seed}: avg_acc {run.metrics['avg_acc']:.3f} ({seconds[strategy][-1]:.1f} s)", err=True)
+        kind = "learn only" if "unlearn" not in stream else "with unlearning"
+        sections.append((f"{name}, {kind}", stream if len(stream) <= 200 else stream[:200] + "…", sweep_table(runs, seconds)))
+    return sections
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``continual`` and ``continual-sweep`` commands to ``app``."""
+    app.command("continual")(continual)
+    app.command("continual-sweep")(continual_sweep)

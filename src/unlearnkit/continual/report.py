@@ -1,0 +1,126 @@
+"""Outputs of continual runs: the accuracy matrix as CSV and heatmap, terminal tables, the sweep page."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .runner import ContinualRun
+
+METRIC_KEYS = ("avg_acc", "bwt", "fwt", "forgetting_last", "forgetting_max", "forgotten_acc", "relapse", "spillover",
+               "retrain_gap", "retrain_output_kl")
+
+
+def matrix_csv(run: ContinualRun) -> str:
+    """Rows: the untrained model then every step; columns: every task's accuracy."""
+    tasks = range(run.matrix.shape[1])
+    lines = ["step,token," + ",".join(f"task_{t}" for t in tasks)]
+    lines.append("init,untrained," + ",".join(f"{a:.4f}" for a in run.initial))
+    lines += [f"{s.index},{s.token}," + ",".join(f"{a:.4f}" for a in s.accuracy) for s in run.steps]
+    return "\n".join(lines) + "\n"
+
+
+def save_heatmap(run: ContinualRun, path: str | Path) -> None:
+    """The accuracy matrix (steps × tasks) as a PNG heatmap, drawn with matplotlib's Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    matrix = np.vstack([run.initial, run.matrix])
+    labels = ["untrained"] + [s.token for s in run.steps]
+    rows, cols = matrix.shape
+    figure = Figure(figsize=(min(2 + 0.6 * cols, 16), min(1.5 + 0.35 * rows, 16)))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    image = axes.imshow(matrix, vmin=0, vmax=1, cmap="viridis", aspect="auto", interpolation="nearest")
+    figure.colorbar(image, ax=axes, label="accuracy")
+    axes.set_xlabel("task")
+    axes.set_ylabel("after step")
+    if rows <= 40:
+        axes.set_yticks(range(rows), labels, fontsize=7)
+    if cols <= 40:
+        axes.set_xticks(range(cols), [str(c) for c in range(cols)], fontsize=7)
+    if rows * cols <= 400:
+        for (r, c), value in np.ndenumerate(matrix):
+            axes.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white" if value < 0.6 else "black")
+    axes.set_title(f"{run.scenario} · {run.strategy} · seed {run.seed}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def print_run(run: ContinualRun) -> None:
+    """Metrics and (for up to 20 tasks) the accuracy matrix as rich tables on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    metrics = Table(title=f"{run.scenario} · {run.strategy} (unlearner {run.unlearner}) · seed {run.seed}")
+    metrics.add_column("metric")
+    metrics.add_column("value", justify="right")
+    for key, value in run.metrics.items():
+        metrics.add_row(key, "—" if value is None else f"{value:.4f}")
+    console.print(metrics)
+    if run.matrix.shape[1] > 20:
+        return
+    matrix = Table(title="accuracy after each step")
+    matrix.add_column("step")
+    for t in range(run.matrix.shape[1]):
+        matrix.add_column(f"t{t}", justify="right")
+    matrix.add_row("untrained", *(f"{a:.2f}" for a in run.initial))
+    for step in run.steps:
+        matrix.add_row(step.token, *(f"{a:.2f}" for a in step.accuracy))
+    console.print(matrix)
+
+
+def _cell(values: Sequence[float | None]) -> str:
+    present = [v for v in values if v is not None]
+    if not present:
+        return "—"
+    if len(present) == 1:
+        return f"{present[0]:.3f}"
+    return f"{np.mean(present):.3f} ± {np.std(present):.3f}"
+
+
+def sweep_table(runs: dict[str, list[ContinualRun]], seconds: dict[str, list[float]]) -> str:
+    """A markdown table: one row per strategy, mean ± std over seeds of every metric and the run time."""
+    header = "| strategy | unlearner | " + " | ".join(METRIC_KEYS) + " | seconds |"
+    lines = [header, "|" + "---|" * (len(METRIC_KEYS) + 3)]
+    for name, group in runs.items():
+        cells = [_cell([r.metrics.get(k) for r in group]) for k in METRIC_KEYS]
+        unlearns = any(step.action == "unlearn" for step in group[0].steps)
+        lines.append(f"| {name} | {group[0].unlearner if unlearns else '—'} | " + " | ".join(cells) + f" | {_cell(seconds[name])} |")
+    return "\n".join(lines)
+
+
+def acu_cost_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of ACU's exactness and per-request cost against a full re-solve."""
+    lines = ["| request | rows removed | unlearn ms (best of 5) | re-solve ms (best of 5) | ratio | max abs diff / max abs W |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['request']} | {r['rows']} | {r['unlearn_ms']:.2f} | {r['resolve_ms']:.1f} | "
+                     f"{100 * r['ratio']:.2f} % | {r['relative_diff']:.1e} |")
+    return "\n".join(lines)
+
+
+def sweep_page(command: str, sections: Sequence[tuple[str, str, str]], acu_rows: Sequence[dict[str, Any]] | None) -> str:
+    """The generated ``docs/results/continual.md``: sections of (title, stream, table)."""
+    parts = [
+        "# Continual learning and unlearning: strategy sweep",
+        "",
+        f"Generated by `{command}` on {time.strftime('%Y-%m-%d')}; do not edit by hand.",
+        "",
+        "Metrics (see `unlearnkit.continual.metrics`): avg_acc, bwt, fwt and both forgetting forms over the tasks still "
+        "learned at the end; forgotten_acc = final accuracy of unlearned tasks; relapse = largest later rise of an unlearned "
+        "task's accuracy; spillover = drop of untouched tasks at the unlearning step; retrain_gap / retrain_output_kl = "
+        "distance to the same strategy retrained on the remaining data. Values are mean ± std over seeds; seconds is the "
+        "whole run including evaluation and the retrained references.",
+    ]
+    for title, stream, table in sections:
+        parts += ["", f"## {title}", "", f"Stream: `{stream}`", "", table]
+    if acu_rows:
+        parts += ["", "## ACU: exactness and cost per request", "",
+                  "Recursive unlearning against re-solving the ridge head from all remaining data (features included), "
+                  "split-digits after learning all 5 tasks, float64, 1000 random features.", "", acu_cost_table(acu_rows)]
+    return "\n".join(parts) + "\n"

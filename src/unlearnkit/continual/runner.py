@@ -1,0 +1,204 @@
+"""Run a learn/unlearn/evaluate stream on a scenario and measure it.
+
+After every step the accuracy of every task is recorded (a steps × tasks matrix, plus the untrained
+model's row). At every unlearning step a reference model is retrained with the same strategy and
+seed on the remaining data (each earlier learn request replayed without the forgotten samples), and
+the step reports ``retrain_gap`` (mean |accuracy difference| over the tasks learned so far) and
+``retrain_output_kl`` (mean KL(reference ‖ model) of the predictive distributions on those tasks'
+test samples).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .metrics import StepInfo, stream_metrics
+from .scenarios import Scenario
+from .stream import Request, check_stream, default_stream, parse_stream
+from .strategies import Strategy, build_strategy
+from .strategies.acu import ACU
+from .unlearners import apply_unlearner, check_unlearner_params, resolve_unlearner
+
+
+@torch.no_grad()
+def task_log_probs(strategy: Strategy, scenario: Scenario) -> list[torch.Tensor]:
+    """Each task's test-set log-probabilities (task-aware in task-IL; one pass per domain otherwise)."""
+    if scenario.setting == "task-il":
+        return [
+            F.log_softmax(strategy.logits(scenario.test_x[t.domain][t.test_index], t), dim=1) for t in scenario.tasks
+        ]
+    per_domain = {d: F.log_softmax(strategy.logits(scenario.test_x[d]), dim=1) for d in {t.domain for t in scenario.tasks}}
+    return [per_domain[t.domain][t.test_index] for t in scenario.tasks]
+
+
+def accuracies(log_probs: Sequence[torch.Tensor], scenario: Scenario) -> np.ndarray:
+    """Accuracy of every task from its test log-probabilities."""
+    return np.array([
+        float((lp.argmax(1) == scenario.test_y[t.domain][t.test_index]).float().mean()) for lp, t in zip(log_probs, scenario.tasks)
+    ])
+
+
+@dataclass
+class StepResult:
+    """One stream step: what it did, its cost, the accuracies after it, and the retrain distances."""
+
+    index: int
+    action: str
+    task: int | None
+    token: str
+    seconds: float
+    accuracy: np.ndarray
+    samples: int = 0
+    retrain_gap: float | None = None
+    retrain_output_kl: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready step record (accuracies keyed by task index)."""
+        return {
+            "index": self.index, "action": self.action, "task": self.task, "token": self.token,
+            "samples": self.samples, "seconds": self.seconds,
+            "accuracy": {str(i): float(a) for i, a in enumerate(self.accuracy)},
+            "retrain_gap": self.retrain_gap, "retrain_output_kl": self.retrain_output_kl, "info": self.info,
+        }
+
+
+@dataclass
+class ContinualRun:
+    """A finished stream: its steps, the accuracy matrix, the metrics, and the final strategy."""
+
+    scenario: str
+    strategy: str
+    unlearner: str
+    seed: int
+    initial: np.ndarray
+    steps: list[StepResult]
+    metrics: dict[str, float | None]
+    final: Strategy
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """Accuracy after each step (rows) on each task (columns)."""
+        return np.stack([s.accuracy for s in self.steps])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``results.json`` document."""
+        return {
+            "scenario": self.scenario, "strategy": self.strategy, "unlearner": self.unlearner, "seed": self.seed,
+            "initial_accuracy": {str(i): float(a) for i, a in enumerate(self.initial)},
+            "steps": [s.to_dict() for s in self.steps], "metrics": self.metrics,
+        }
+
+
+class _History:
+    """The learn requests so far, each with the sample ids it still contributes."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[int, torch.Tensor]] = []
+
+    def add(self, task: int, ids: torch.Tensor) -> None:
+        self.events.append((task, ids))
+
+    def learned(self) -> set[int]:
+        return set().union(*(set(ids.tolist()) for _, ids in self.events)) if self.events else set()
+
+    def touched(self, ids: set[int]) -> tuple[int, ...]:
+        lookup = torch.tensor(sorted(ids), dtype=torch.long)
+        return tuple(sorted({t for t, e in self.events if torch.isin(e, lookup).any()}))
+
+    def remove(self, ids: set[int]) -> None:
+        lookup = torch.tensor(sorted(ids), dtype=torch.long)
+        self.events = [(t, e[~torch.isin(e, lookup)]) for t, e in self.events]
+
+
+def retrain(spec: str, scenario: Scenario, seed: int, params: Mapping[str, Any] | None, history: _History) -> Strategy:
+    """The strategy trained from scratch on the remaining data, in the original order of requests."""
+    strategy = build_strategy(spec, scenario, seed, params)
+    for task, ids in history.events:
+        if len(ids):
+            strategy.learn(scenario.tasks[task], ids)
+    return strategy
+
+
+def _distance(model: list[torch.Tensor], reference: list[torch.Tensor], scenario: Scenario, tasks: list[int]) -> tuple[float, float]:
+    acc_m = accuracies(model, scenario)[tasks]
+    acc_r = accuracies(reference, scenario)[tasks]
+    log_m = torch.cat([model[t] for t in tasks])
+    log_r = torch.cat([reference[t] for t in tasks])
+    kl = F.kl_div(log_m, log_r, log_target=True, reduction="batchmean")
+    return float(np.mean(np.abs(acc_m - acc_r))), float(kl)
+
+
+def _acu_check(strategy: ACU) -> dict[str, float]:
+    """Time a full re-solve of the ridge head and its distance to the recursive solution."""
+    start = time.perf_counter()
+    reference = strategy.resolve()
+    seconds = time.perf_counter() - start
+    gap = float((strategy.w - reference).abs().max() / reference.abs().max().clamp_min(1e-300))
+    return {"resolve_seconds": seconds, "relative_max_abs_diff_to_resolve": gap}
+
+
+def run_stream(
+    scenario: Scenario,
+    strategy: str,
+    stream: str | Sequence[str] | None = None,
+    *,
+    seed: int = 0,
+    unlearner: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    unlearner_params: Mapping[str, Any] | None = None,
+    reference: bool = True,
+) -> ContinualRun:
+    """Run ``stream`` (default: learn every task in order) with ``strategy`` and measure every step.
+
+    All input is checked before any training: the stream's syntax and tasks, the strategy spec and
+    hyper-parameters, and whether the unlearner can serve every unlearning request.
+    """
+    requests: list[Request] = default_stream(scenario) if stream is None else parse_stream(stream)
+    check_stream(requests, scenario)
+    unlearner_name = resolve_unlearner(strategy, unlearner, requests)
+    check_unlearner_params(unlearner_name, unlearner_params)
+    learner = build_strategy(strategy, scenario, seed, params)
+    history, results, infos, learned_tasks = _History(), [], [], []
+    initial = accuracies(task_log_probs(learner, scenario), scenario)
+    for index, request in enumerate(requests):
+        start, extra, touched, samples = time.perf_counter(), {}, (), 0
+        if request.action == "learn":
+            task = scenario.tasks[request.task]
+            learner.learn(task, task.train_ids)
+            history.add(task.index, task.train_ids)
+            learned_tasks.append(task.index)
+            samples = len(task.train_ids)
+        elif request.action == "unlearn":
+            wanted = set(scenario.tasks[request.task].train_ids.tolist()) if request.task is not None else set(request.ids)
+            forget = wanted & history.learned()
+            touched, samples = history.touched(forget), len(forget)
+            history.remove(forget)
+            if unlearner_name == "retrain":
+                learner = retrain(strategy, scenario, seed, params, history)
+            else:
+                extra = apply_unlearner(learner, unlearner_name, scenario, request.task, forget, history.learned(), unlearner_params)
+        seconds = time.perf_counter() - start
+        log_probs = task_log_probs(learner, scenario)
+        step = StepResult(index, request.action, request.task, request.token, seconds, accuracies(log_probs, scenario), samples, info=extra)
+        if request.action == "unlearn":
+            if isinstance(learner, ACU):
+                step.info.update(_acu_check(learner))
+            if reference:
+                ref = task_log_probs(retrain(strategy, scenario, seed, params, history), scenario)
+                step.retrain_gap, step.retrain_output_kl = _distance(log_probs, ref, scenario, sorted(set(learned_tasks)))
+        results.append(step)
+        infos.append(StepInfo(request.action, request.task, touched))
+    matrix = np.stack([s.accuracy for s in results])
+    metrics = stream_metrics(matrix, initial, infos)
+    gaps = [s.retrain_gap for s in results if s.retrain_gap is not None]
+    metrics["retrain_gap"] = float(np.mean(gaps)) if gaps else None
+    kls = [s.retrain_output_kl for s in results if s.retrain_output_kl is not None]
+    metrics["retrain_output_kl"] = float(np.mean(kls)) if kls else None
+    return ContinualRun(scenario.name, strategy, unlearner_name, seed, initial, results, metrics, learner)

@@ -1,0 +1,142 @@
+"""ACU: analytic continual unlearning with a frozen feature extractor and a recursive ridge head.
+
+Tang et al., "Analytic Continual Unlearning for Efficient and Exact Forgetting with Privacy
+Preservation" (arXiv 2505.12239, 2025), on the analytic class-incremental learner of Zhuang et al.
+(ACIL, NeurIPS 2022). The head is the ridge solution W = (XᵀX + γI)⁻¹XᵀY of the features X and
+one-hot labels Y of the learned samples, kept with R = (XᵀX + γI)⁻¹ by recursive least squares:
+
+- learn X:   K = (I + X R Xᵀ)⁻¹, R ← R − R Xᵀ K X R, W ← W + R Xᵀ(Y − X W);
+- unlearn X: K = (I − X R Xᵀ)⁻¹, R ← R + R Xᵀ K X R, W ← W − R Xᵀ(Y − X W)  (with the updated R).
+
+Unlearning needs only the forgotten samples, never the retained data, and after any sequence of
+requests W equals the ridge solution on exactly the remaining samples (float64).
+
+Our choices: with no pre-trained backbone offline, the frozen extractor is ACIL's random "buffer
+layer" applied to the pixels, φ(x) = ReLU(x A + c) with A, c seeded Gaussian (``expansion``
+features); a sample learned in several tasks counts once per task, and unlearning it removes every
+copy; classes not yet seen simply have zero columns (equivalent to ACIL's appended columns).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ...errors import UserInputError
+from ..scenarios import Scenario, Task
+from .base import MASK_VALUE, PluginConfig, Strategy
+
+
+@dataclass
+class ACUConfig(PluginConfig):
+    """Feature width, ridge γ, and the row chunk of each recursive update."""
+
+    expansion: int = 1000
+    gamma: float = 1.0
+    chunk: int = 512
+
+    def check(self) -> None:
+        """Positive width, γ and chunk."""
+        if self.expansion < 1 or self.gamma <= 0 or self.chunk < 1:
+            raise UserInputError(f"ACU needs expansion ≥ 1, gamma > 0 and chunk ≥ 1, got {self.expansion}, {self.gamma}, {self.chunk}.")
+
+
+def ridge_solution(x: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
+    """W = (XᵀX + γI)⁻¹XᵀY, solved directly (the reference ACU must equal)."""
+    gram = x.T @ x + gamma * torch.eye(x.shape[1], dtype=x.dtype)
+    return torch.linalg.solve(gram, x.T @ y)
+
+
+def rls_update(r: torch.Tensor, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sign: int) -> None:
+    """Add (``sign`` = +1) or remove (−1) the rows ``x`` (labels ``y``) in place.
+
+    K = (I ± X R Xᵀ)⁻¹, R ← R ∓ R Xᵀ K X R, W ← W ± R Xᵀ(Y − X W) with the updated R. R Xᵀ is
+    formed once and the updated R Xᵀ = R Xᵀ(I ∓ K X R Xᵀ) from small matrices, so each request
+    reads R twice, whatever its size.
+    """
+    rx = r @ x.T
+    krx = torch.linalg.solve(torch.eye(len(x), dtype=x.dtype) + sign * (x @ rx), rx.T)  # K X R
+    residual = y - x @ w
+    r_new_xt = rx - sign * (rx @ (krx @ x.T))
+    r.addmm_(rx, krx, alpha=-sign)
+    w.addmm_(r_new_xt, residual, alpha=sign)
+
+
+def rls_learn(r: torch.Tensor, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Learn the rows ``x``: K = (I + X R Xᵀ)⁻¹, R ← R − R Xᵀ K X R, W ← W + R Xᵀ(Y − X W)."""
+    rls_update(r, w, x, y, +1)
+
+
+def rls_unlearn(r: torch.Tensor, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Unlearn the rows ``x``: K = (I − X R Xᵀ)⁻¹, R ← R + R Xᵀ K X R, W ← W − R Xᵀ(Y − X W)."""
+    rls_update(r, w, x, y, -1)
+
+
+class ACU(Strategy):
+    """Frozen random features + ridge head learned and unlearned in closed form."""
+
+    name = "acu"
+    default_unlearner = "acu"
+
+    def __init__(self, scenario: Scenario, seed: int, config: ACUConfig) -> None:
+        super().__init__(scenario, seed)
+        self.config = config
+        generator = torch.Generator().manual_seed(seed)
+        d_in = math.prod(scenario.input_shape)
+        self.projection = torch.randn(d_in, config.expansion, generator=generator, dtype=torch.float64) / math.sqrt(d_in)
+        self.offset = torch.randn(config.expansion, generator=generator, dtype=torch.float64)
+        self.r = torch.eye(config.expansion, dtype=torch.float64) / config.gamma
+        self.w = torch.zeros(config.expansion, scenario.num_classes, dtype=torch.float64)
+        self.counts: Counter[int] = Counter()
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """φ(x) = ReLU(x A + c) in float64."""
+        return torch.relu(x.flatten(1).to(torch.float64) @ self.projection + self.offset)
+
+    def targets(self, ids: torch.Tensor) -> torch.Tensor:
+        """One-hot labels of the samples ``ids`` (float64)."""
+        return torch.nn.functional.one_hot(self.scenario.train_y[ids], self.scenario.num_classes).to(torch.float64)
+
+    def _apply(self, step, ids: torch.Tensor) -> None:
+        for start in range(0, len(ids), self.config.chunk):
+            part = ids[start : start + self.config.chunk]
+            step(self.r, self.w, self.features(self.scenario.train_x[part]), self.targets(part))
+
+    def learn(self, task: Task, ids: torch.Tensor) -> None:
+        """Add the task's samples to the ridge head."""
+        self._apply(rls_learn, ids)
+        self.counts.update(ids.tolist())
+
+    def unlearn(self, task: int | None, ids: set[int]) -> dict[str, Any]:
+        """Remove every learned copy of the samples ``ids`` from the ridge head."""
+        missing = sorted(i for i in ids if self.counts[i] == 0)
+        if missing:
+            raise UserInputError(f"ACU cannot unlearn sample {missing[0]}: it is not learned.")
+        rows = torch.tensor([i for i in sorted(ids) for _ in range(self.counts[i])], dtype=torch.long)
+        self._apply(rls_unlearn, rows)
+        for i in ids:
+            del self.counts[i]
+        return {"rows_removed": len(rows)}
+
+    def remaining_ids(self) -> torch.Tensor:
+        """Every learned row (a sample learned twice appears twice)."""
+        return torch.tensor([i for i in sorted(self.counts) for _ in range(self.counts[i])], dtype=torch.long)
+
+    def resolve(self) -> torch.Tensor:
+        """The ridge solution re-solved from all remaining data (features included): the exactness reference."""
+        ids = self.remaining_ids()
+        return ridge_solution(self.features(self.scenario.train_x[ids]), self.targets(ids), self.config.gamma)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor, task: Task | None = None) -> torch.Tensor:
+        """Ridge scores φ(x) W (masked to the task's classes when ``task`` is given)."""
+        scores = (self.features(x) @ self.w).to(torch.float32)
+        if task is not None and self.scenario.setting == "task-il":
+            keep = torch.zeros(self.scenario.num_classes, dtype=torch.bool)
+            keep[list(task.classes)] = True
+            scores = scores.masked_fill(~keep, MASK_VALUE)
+        return scores

@@ -1,0 +1,69 @@
+"""L2 regularisation towards the weights after the first task.
+
+As in Smith et al., "A Closer Look at Rehearsal-Free Continual Learning" (CVPR-W 2023, arXiv
+2203.17269), where plain L2 to a fixed anchor θ* (there: the pre-trained weights; here, with no
+pre-training, the weights after the first learned task) is a strong rehearsal-free baseline:
+minimise L_t(θ) + λ Σ_k (θ_k − θ*_k)² over the backbone's weights k. As in their set-up, the
+classifier head is not anchored: pulling it to θ* would drag the output units of tasks learned
+after the anchor back to their untrained values.
+
+Our choice for unlearning: when a request removes samples of the anchor's task, the anchor moves
+to the unlearned weights, so the penalty cannot pull the forgotten task back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...errors import UserInputError
+from .base import Plugin, PluginConfig
+
+
+@dataclass
+class L2Config(PluginConfig):
+    """λ, the penalty strength."""
+
+    l2_lambda: float = 0.01
+
+    def check(self) -> None:
+        """λ ≥ 0."""
+        if self.l2_lambda < 0:
+            raise UserInputError(f"L2 needs l2_lambda ≥ 0, got {self.l2_lambda}.")
+
+
+class L2(Plugin):
+    """Penalise the backbone's squared distance to its weights after the first task."""
+
+    name = "l2"
+    paper = "Smith et al., A Closer Look at Rehearsal-Free Continual Learning, 2022"
+    Config = L2Config
+
+    def __init__(self, config: L2Config) -> None:
+        super().__init__(config)
+        self.anchor: dict[str, torch.Tensor] | None = None
+        self.anchor_task: int | None = None
+        self.anchor_ids: set[int] = set()
+
+    def penalty(self, learner, model, batch):
+        """λ Σ (θ − θ*)² over the backbone."""
+        if self.anchor is None:
+            return None
+        params = dict(learner.model.body.named_parameters())
+        return self.config.l2_lambda * sum(((params[k] - a) ** 2).sum() for k, a in self.anchor.items())
+
+    def _set_anchor(self, learner) -> None:
+        self.anchor = {k: v.detach().clone() for k, v in learner.model.body.named_parameters()}
+
+    def after_task(self, learner, task, ids) -> None:
+        """The first task's end fixes the anchor."""
+        if self.anchor is None:
+            self._set_anchor(learner)
+            self.anchor_task, self.anchor_ids = task.index, set(ids.tolist())
+
+    def forget(self, learner, ids, task) -> None:
+        """Re-anchor at the unlearned weights when the anchor's task lost samples."""
+        if self.anchor is not None and (task == self.anchor_task or self.anchor_ids & ids):
+            self._set_anchor(learner)
+            self.anchor_ids -= ids

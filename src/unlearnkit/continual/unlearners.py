@@ -1,0 +1,109 @@
+"""Unlearning inside a stream: amnesiac deltas, a strategy's own method, or any core unlearning method.
+
+- ``amnesiac`` (Graves et al., "Amnesiac Machine Learning", AAAI 2021; CLArena's continual form):
+  each learn request records its weight change Δθ^(t); unlearning task t sets θ ← θ − Δθ^(t).
+  Whole tasks only.
+- ``acu`` / ``uncle``: the strategy's own closed-form or data-free unlearning.
+- ``retrain``: replace the model by one retrained on the remaining data (done by the runner).
+- any core method of :mod:`unlearnkit.methods` (``gradient_ascent``, ``ssd``, ...): applied to the
+  current model through :func:`unlearnkit.api.unlearn` with a :class:`~unlearnkit.ForgetRequest` whose
+  forget set is the request's samples and whose retain set is every other learned sample.
+
+After any of them the strategy purges the forgotten samples from its buffers and stores.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from ..errors import UserInputError
+from ..request import ForgetRequest
+from .scenarios import Scenario
+from .stream import Request
+from .strategies import GradientLearner, Strategy, strategy_class
+
+NATIVE = {"acu": "acu", "uncle": "uncle"}  # unlearner -> the strategy it belongs to
+BUILTIN = ("amnesiac", "retrain", *NATIVE)
+
+
+def core_methods() -> list[str]:
+    """Names of the core unlearning methods."""
+    from ..methods.registry import methods
+
+    return list(methods())
+
+
+def unlearner_names() -> list[str]:
+    """Every valid unlearner name."""
+    return [*BUILTIN, *core_methods()]
+
+
+def resolve_unlearner(spec: str, unlearner: str | None, requests: Sequence[Request]) -> str:
+    """The unlearner to use (the strategy's default when None); raise when it cannot serve the stream."""
+    cls = strategy_class(spec)
+    name = unlearner or cls.default_unlearner
+    if name not in BUILTIN and name not in core_methods():
+        raise UserInputError(f"Unknown unlearner {name!r}; valid: {', '.join(unlearner_names())}.")
+    native = NATIVE.get(name)
+    if native is not None and cls.name != native:
+        raise UserInputError(f"Unlearner {name!r} works only with strategy {native!r}, not {spec!r}.")
+    if cls.name in NATIVE and name not in (cls.name, "retrain"):
+        raise UserInputError(f"Strategy {cls.name!r} unlearns with {cls.name!r} or 'retrain' only, not {name!r}.")
+    if name == "amnesiac" and cls.default_unlearner != "amnesiac":
+        raise UserInputError(f"Strategy {cls.name!r} keeps no per-task weight changes, so 'amnesiac' cannot unlearn it; use 'retrain'.")
+    sample_requests = [r for r in requests if r.action == "unlearn" and r.task is None]
+    if name in ("amnesiac", "uncle") and sample_requests:
+        raise UserInputError(
+            f"Unlearner {name!r} removes whole tasks only, but {sample_requests[0].describe()} names samples; use a core method such as gradient_ascent."
+        )
+    return name
+
+
+def check_unlearner_params(name: str, params: Mapping[str, Any] | None) -> None:
+    """Validate a core method's hyper-parameters before any work; the built-in unlearners take none."""
+    if not params:
+        return
+    if name in BUILTIN:
+        raise UserInputError(f"Unlearner {name!r} takes no hyper-parameters, got {', '.join(sorted(params))}.")
+    from ..methods.registry import get_method
+    from ..train.config import build_config
+
+    build_config(get_method(name).Config, params, owner=f"Method {name!r}")
+
+
+def amnesiac(learner: GradientLearner, task: int) -> dict[str, Any]:
+    """θ ← θ − Δθ^(task), then forget the stored delta."""
+    delta = learner.task_deltas.pop(task)
+    state = learner.model.state_dict()
+    learner.model.load_state_dict({k: v - delta[k] for k, v in state.items()})
+    return {"delta_norm": float(torch.sqrt(sum(d.pow(2).sum() for d in delta.values())))}
+
+
+def core_unlearn(learner: GradientLearner, scenario: Scenario, method: str, forget: set[int], retain: set[int],
+                 params: Mapping[str, Any]) -> dict[str, Any]:
+    """Apply a core method to the learner's model, through the public API, and adopt the result."""
+    from ..adapters.classifier import ClassifierAdapter
+    from ..api import unlearn
+
+    request = ForgetRequest(scenario.items(), sorted(forget), sorted(retain - forget) or None, reason="continual stream")
+    adapter = ClassifierAdapter(learner.model, scenario.num_classes)
+    model, record = unlearn(learner.model, request, method, adapter=adapter, **dict(params))
+    learner.model.load_state_dict(model.state_dict())
+    return {"method": method, "status": record.status, "steps": record.steps}
+
+
+def apply_unlearner(strategy: Strategy, name: str, scenario: Scenario, task: int | None, forget: set[int],
+                    retain: set[int], params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Unlearn ``forget`` (the whole ``task`` when given) from ``strategy`` in place, then purge it."""
+    if name in NATIVE:
+        info = strategy.unlearn(task, forget)
+    elif name == "amnesiac":
+        info = amnesiac(strategy, task)
+    else:
+        if not isinstance(strategy, GradientLearner):
+            raise UserInputError(f"Unlearner {name!r} needs a gradient-trained strategy, not {strategy.name!r}.")
+        info = core_unlearn(strategy, scenario, name, forget, retain, params or {})
+    strategy.purge(forget, task)
+    return info

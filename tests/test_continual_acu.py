@@ -1,0 +1,49 @@
+"""ACU: the recursive ridge head equals the ridge solution on exactly the remaining data."""
+
+import torch
+import pytest
+
+from unlearnkit.continual.runner import run_stream
+from unlearnkit.continual.scenarios import split_digits
+from unlearnkit.continual.strategies import build_strategy
+from unlearnkit.continual.strategies.acu import ridge_solution
+from unlearnkit.errors import UserInputError
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return split_digits(0)
+
+
+def _direct(strategy, rows):
+    ids = torch.tensor(rows, dtype=torch.long)
+    return ridge_solution(strategy.features(strategy.scenario.train_x[ids]), strategy.targets(ids), strategy.config.gamma)
+
+
+def test_any_mix_of_requests_matches_the_ridge_solution_on_the_remaining_rows(scenario):
+    acu = build_strategy("acu", scenario, 0, {"expansion": 300, "chunk": 100})
+    rows: list[int] = []  # the multiset of learned rows, maintained independently
+    t = scenario.tasks
+    acu.learn(t[0], t[0].train_ids); rows += t[0].train_ids.tolist()
+    acu.learn(t[1], t[1].train_ids); rows += t[1].train_ids.tolist()
+    forget = set(t[0].train_ids[::7].tolist())
+    acu.unlearn(None, forget); rows = [r for r in rows if r not in forget]
+    acu.learn(t[2], t[2].train_ids); rows += t[2].train_ids.tolist()
+    acu.learn(t[0], t[0].train_ids); rows += t[0].train_ids.tolist()  # relearned: some rows twice
+    task1 = set(t[1].train_ids.tolist())
+    acu.unlearn(1, task1); rows = [r for r in rows if r not in task1]
+    assert acu.w.dtype == torch.float64
+    reference = _direct(acu, rows)
+    assert (acu.w - reference).abs().max() <= 1e-6 * reference.abs().max()
+    assert acu.w[:, [2, 3]].abs().max() < 1e-8  # the removed classes are gone entirely
+    with pytest.raises(UserInputError, match="not learned"):
+        acu.unlearn(None, {int(t[3].train_ids[0])})
+
+
+def test_acu_in_a_stream_matches_its_retrained_reference(scenario):
+    run = run_stream(scenario, "acu", "learn:0,learn:1,learn:2,unlearn:1,learn:3", params={"expansion": 300})
+    step = run.steps[3]
+    assert step.retrain_gap == pytest.approx(0.0, abs=1e-9)
+    assert step.retrain_output_kl == pytest.approx(0.0, abs=1e-6)
+    assert step.info["relative_max_abs_diff_to_resolve"] <= 1e-6
+    assert step.accuracy[1] == 0.0 and step.accuracy[0] > 0.9

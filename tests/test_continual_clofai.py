@@ -1,0 +1,60 @@
+"""The CLOFAI folder loader on images the test writes."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unlearnkit.continual.clofai import load_clofai
+from unlearnkit.continual.runner import run_stream
+from unlearnkit.continual.scenarios import build_scenario
+from unlearnkit.errors import UserInputError
+
+
+def _write_task(folder, brightness_real, brightness_fake, count=6, seed=0):
+    rng = np.random.default_rng(seed)
+    for label, level in (("real", brightness_real), ("fake", brightness_fake)):
+        (folder / label).mkdir(parents=True)
+        for i in range(count):
+            pixels = np.clip(level + rng.normal(0, 10, size=(12, 12, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / label / f"{i}.png")
+
+
+@pytest.fixture()
+def clofai_root(tmp_path):
+    _write_task(tmp_path / "gen_a_vae", 60, 200, seed=1)
+    _write_task(tmp_path / "gen_b_gan", 200, 60, seed=2)  # the generator flips the cue: a new domain
+    return tmp_path
+
+
+def test_loads_one_domain_per_task_with_real_0_and_fake_1(clofai_root):
+    scenario = load_clofai(clofai_root, seed=0, image_size=8)
+    assert scenario.setting == "domain-il" and scenario.num_tasks == 2 and scenario.num_classes == 2
+    assert scenario.info["task_names"] == ["gen_a_vae", "gen_b_gan"]
+    assert tuple(scenario.train_x.shape[1:]) == (3, 8, 8)
+    assert float(scenario.train_x.max()) <= 1.0
+    task = scenario.tasks[0]
+    labels = scenario.train_y[task.train_ids]
+    real = scenario.train_x[task.train_ids][labels == 0].mean()
+    fake = scenario.train_x[task.train_ids][labels == 1].mean()
+    assert real < fake  # real images of task 0 are the dark ones we wrote
+    assert len(task.train_ids) + len(task.test_index) == 12
+    assert len(set(scenario.tasks[0].train_ids.tolist()) & set(scenario.tasks[1].train_ids.tolist())) == 0
+
+
+def test_a_stream_runs_on_the_folder(clofai_root):
+    scenario = build_scenario("clofai", 0, data=str(clofai_root), image_size=8)
+    run = run_stream(scenario, "er", "learn:0,learn:1,unlearn:0", params={"epochs": 40, "lr": 0.01}, unlearner="gradient_ascent")
+    assert run.steps[0].accuracy[0] == 1.0  # brightness separates real from fake
+    assert run.steps[2].retrain_gap is not None
+
+
+def test_a_task_folder_without_fake_is_refused(tmp_path):
+    _write_task(tmp_path / "gen_a", 60, 200)
+    (tmp_path / "gen_b" / "real").mkdir(parents=True)
+    Image.fromarray(np.zeros((4, 4, 3), dtype=np.uint8)).save(tmp_path / "gen_b" / "real" / "0.png")
+    with pytest.raises(UserInputError, match=r"gen_b has no fake/ sub-folder"):
+        load_clofai(tmp_path)
+    with pytest.raises(UserInputError, match="does not exist"):
+        load_clofai(tmp_path / "missing")
+    with pytest.raises(UserInputError, match="needs a data folder"):
+        build_scenario("clofai", 0)

@@ -1,0 +1,81 @@
+"""Continual metrics against hand-computed values."""
+
+import numpy as np
+import pytest
+
+from unlearnkit.continual.metrics import (
+    StepInfo,
+    average_accuracy,
+    backward_transfer,
+    forgetting_last,
+    forgetting_max,
+    forward_transfer,
+    relapses,
+    spillovers,
+    stream_metrics,
+)
+
+# R[t, i]: accuracy on task i after training task t.
+R = np.array([
+    [0.90, 0.10, 0.20],
+    [0.60, 0.80, 0.30],
+    [0.70, 0.50, 0.95],
+])
+B = np.array([0.10, 0.20, 0.10])  # untrained model
+
+
+def test_square_metrics_match_hand_values():
+    assert average_accuracy(R) == pytest.approx((0.70 + 0.50 + 0.95) / 3)
+    assert backward_transfer(R) == pytest.approx(((0.70 - 0.90) + (0.50 - 0.80)) / 2)
+    assert forward_transfer(R, B) == pytest.approx(((0.10 - 0.20) + (0.30 - 0.10)) / 2)
+    assert forgetting_last(R) == pytest.approx(((0.90 - 0.70) + (0.80 - 0.50)) / 2)
+    assert forgetting_last(R) == pytest.approx(-backward_transfer(R))
+
+
+def test_forgetting_max_uses_the_best_accuracy_from_learning_on():
+    # Task 0 peaks at 0.90 (t=0); task 1 peaks at 0.80 (t=1); entries before learning are ignored.
+    assert forgetting_max(R) == pytest.approx(((0.90 - 0.70) + (0.80 - 0.50)) / 2)
+    rising = np.array([[0.5, 0.9], [0.8, 0.9]])  # task 0 improves after training task 1
+    assert forgetting_last(rising) == pytest.approx(-0.3)
+    assert forgetting_max(rising) == pytest.approx(0.0)  # Mammoth's form never goes below 0
+
+
+def test_stream_metrics_equal_square_metrics_on_a_learn_only_stream():
+    steps = [StepInfo("learn", t) for t in range(3)]
+    metrics = stream_metrics(R, B, steps)
+    assert metrics["avg_acc"] == pytest.approx(average_accuracy(R))
+    assert metrics["bwt"] == pytest.approx(backward_transfer(R))
+    assert metrics["fwt"] == pytest.approx(forward_transfer(R, B))
+    assert metrics["forgetting_last"] == pytest.approx(forgetting_last(R))
+    assert metrics["forgetting_max"] == pytest.approx(forgetting_max(R))
+    assert metrics["relapse"] is None and metrics["spillover"] is None and metrics["forgotten_acc"] is None
+
+
+def test_relapse_and_spillover_on_a_hand_written_stream():
+    # learn 0, learn 1, unlearn 0, learn 2, evaluate: task 0 drops to 0.1, rises to 0.4 then 0.3.
+    matrix = np.array([
+        [0.9, 0.0, 0.0],
+        [0.7, 0.9, 0.0],
+        [0.1, 0.8, 0.0],  # unlearn 0: task 1 drops by 0.1 (spillover)
+        [0.4, 0.6, 0.9],
+        [0.3, 0.6, 0.9],
+    ])
+    steps = [StepInfo("learn", 0), StepInfo("learn", 1), StepInfo("unlearn", 0, (0,)), StepInfo("learn", 2), StepInfo("evaluate")]
+    initial = np.zeros(3)
+    assert relapses(matrix, steps) == [pytest.approx(0.3)]
+    assert spillovers([initial, *matrix], steps) == [pytest.approx(0.1)]
+    metrics = stream_metrics(matrix, initial, steps)
+    assert metrics["relapse"] == pytest.approx(0.3)
+    assert metrics["spillover"] == pytest.approx(0.1)
+    assert metrics["forgotten_acc"] == pytest.approx(0.3)
+    # Retained tasks 1 and 2; task 2 was learned last, so BWT/forgetting cover task 1 only.
+    assert metrics["avg_acc"] == pytest.approx((0.6 + 0.9) / 2)
+    assert metrics["bwt"] == pytest.approx(0.6 - 0.9)
+    assert metrics["forgetting_max"] == pytest.approx(0.9 - 0.6)
+
+
+def test_relapse_window_ends_when_the_task_is_learned_again():
+    matrix = np.array([[0.9, 0.0], [0.2, 0.9], [0.95, 0.5]])
+    steps = [StepInfo("learn", 0), StepInfo("unlearn", 0, (0,)), StepInfo("learn", 0)]
+    assert relapses(matrix, steps) == [0.0]
+    assert stream_metrics(matrix, np.zeros(2), steps)["forgotten_acc"] is None

@@ -1,0 +1,42 @@
+"""The built-in scenarios: task structure, seeding, and SCoLe's re-occurring classes."""
+
+from collections import Counter
+
+import torch
+
+from unlearnkit.continual.scenarios import build_scenario, permuted_digits, scole, split_digits
+
+
+def test_split_digits_has_five_disjoint_two_class_tasks():
+    scenario = split_digits(0)
+    assert scenario.num_tasks == 5 and scenario.setting == "class-il"
+    assert [t.classes for t in scenario.tasks] == [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    seen = set()
+    for task in scenario.tasks:
+        ids = set(task.train_ids.tolist())
+        assert not ids & seen
+        seen |= ids
+        assert set(scenario.train_y[task.train_ids].tolist()) == set(task.classes)
+        assert set(scenario.test_y[0][task.test_index].tolist()) == set(task.classes)
+    assert len(seen) == len(scenario.train_y)
+    assert build_scenario("split-digits-task").setting == "task-il"
+
+
+def test_permuted_digits_permutes_pixels_per_task_with_distinct_sample_ids():
+    scenario = permuted_digits(0)
+    first, second = scenario.tasks[0], scenario.tasks[1]
+    assert scenario.setting == "domain-il" and first.domain != second.domain
+    assert not set(first.train_ids.tolist()) & set(second.train_ids.tolist())
+    a, b = scenario.train_x[first.train_ids[0]], scenario.train_x[second.train_ids[0]]
+    assert not torch.equal(a, b)
+    assert torch.equal(a.flatten().sort().values, b.flatten().sort().values)  # same pixels, new order
+
+
+def test_scole_is_a_long_seeded_sequence_with_reoccurring_classes():
+    scenario = scole(3)
+    assert scenario.num_tasks == 200 and scenario.epochs == 1
+    counts = Counter(c for t in scenario.tasks for c in t.classes)
+    assert set(counts) == set(range(10)) and min(counts.values()) >= 20
+    again = scole(3)
+    assert all(torch.equal(a.train_ids, b.train_ids) for a, b in zip(scenario.tasks, again.tasks))
+    assert any(not torch.equal(a.train_ids, b.train_ids) for a, b in zip(scenario.tasks, scole(4).tasks))

@@ -1,0 +1,107 @@
+"""Strategies: replay buffers are purged, plug-ins behave as their rules say, ER beats naive."""
+
+import copy
+
+import pytest
+import torch
+
+from unlearnkit.continual.runner import run_stream
+from unlearnkit.continual.scenarios import split_digits
+from unlearnkit.continual.strategies import build_strategy
+from unlearnkit.continual.strategies.cuber import GPM
+from unlearnkit.continual.strategies.ewc import EWC
+from unlearnkit.continual.unlearners import amnesiac
+
+FAST = {"epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return split_digits(0)
+
+
+@pytest.fixture(scope="module")
+def task_il():
+    return split_digits(0, setting="task-il")
+
+
+@pytest.mark.parametrize("spec", ["er", "uer", "refresh+er", "joint"])
+def test_no_forgotten_sample_remains_in_any_buffer(scenario, spec):
+    t = scenario.tasks
+    some = t[2].train_ids[:5].tolist()
+    stream = f"learn:0,learn:1,unlearn:0,learn:2,unlearn:ids={';'.join(map(str, some))},learn:3"
+    unlearner = "retrain" if spec == "joint" else "gradient_ascent"
+    params = {**FAST, "buffer_size": 400} if spec != "joint" else FAST
+    run = run_stream(scenario, spec, stream, params=params, unlearner=unlearner, reference=False)
+    held = run.final.held_ids()
+    assert held, "the buffer should hold samples of the retained tasks"
+    assert not held & set(t[0].train_ids.tolist())
+    assert not held & set(some)
+    assert held & set(t[1].train_ids.tolist())  # retained samples stay
+
+
+def test_purge_also_runs_inside_the_retrained_reference(scenario):
+    run = run_stream(scenario, "er", "learn:0,learn:1,unlearn:1", params=FAST, unlearner="retrain", reference=False)
+    assert run.final.held_ids() and not run.final.held_ids() & set(scenario.tasks[1].train_ids.tolist())
+
+
+def test_amnesiac_restores_the_weights_before_the_last_task(scenario):
+    learner = build_strategy("naive", scenario, 0, FAST)
+    t = scenario.tasks
+    learner.learn(t[0], t[0].train_ids)
+    before = copy.deepcopy(learner.model.state_dict())
+    learner.learn(t[1], t[1].train_ids)
+    amnesiac(learner, 1)
+    for name, value in learner.model.state_dict().items():
+        assert torch.allclose(value, before[name], atol=1e-6)
+
+
+def test_gpm_keeps_the_first_layer_outputs_of_an_old_task(task_il):
+    t = task_il.tasks
+    x_old = task_il.train_x[t[0].train_ids]
+    drift = {}
+    for spec in ("naive", "gpm"):
+        learner = build_strategy(spec, task_il, 0, {**FAST, "gpm_threshold": 0.99} if spec == "gpm" else FAST)
+        learner.learn(t[0], t[0].train_ids)
+        layer = learner.model.body[0]
+        before = layer(x_old.flatten(1)).detach()
+        learner.learn(t[1], t[1].train_ids)
+        drift[spec] = float((layer(x_old.flatten(1)).detach() - before).norm() / before.norm())
+    assert drift["gpm"] < 0.25 * drift["naive"]
+
+
+def test_forgetting_a_task_removes_its_ewc_term_and_gpm_subspace(task_il):
+    t = task_il.tasks
+    for spec, plugin_cls in (("ewc", EWC), ("gpm", GPM)):
+        learner = build_strategy(spec, task_il, 0, FAST)
+        learner.learn(t[0], t[0].train_ids)
+        learner.learn(t[1], t[1].train_ids)
+        plugin = learner.plugin(plugin_cls)
+        learner.purge(set(t[0].train_ids.tolist()), 0)
+        if spec == "ewc":
+            assert [task for task, _ in plugin.terms] == [1]
+        else:
+            assert all(task != 0 for layer in plugin.bases for task, _ in layer)
+
+
+def test_refresh_with_zero_rate_is_the_base_strategy(scenario):
+    runs = [run_stream(scenario, spec, "learn:0,learn:1", params={**FAST, **extra}, reference=False)
+            for spec, extra in (("er", {}), ("refresh+er", {"refresh_rate": 0.0, "refresh_noise": 0.0}), ("refresh+er", {}))]
+    weights = [r.final.model.state_dict() for r in runs]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert any(not torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+
+
+def test_uncle_unlearns_a_task_without_data_and_keeps_the_others(task_il):
+    run = run_stream(task_il, "uncle", "learn:0,learn:1,unlearn:0", params={"epochs": 3, "unlearn_steps": 60}, reference=False)
+    learned, after = run.steps[1].accuracy, run.steps[2].accuracy
+    assert learned[0] > 0.9 and learned[1] > 0.9
+    assert after[0] < 0.75  # two-class task: near chance once its generated weights are noise
+    assert after[1] > learned[1] - 0.05
+
+
+def test_replay_beats_naive_on_class_incremental_split_digits(scenario):
+    stream = "learn:0,learn:1,learn:2"
+    naive = run_stream(scenario, "naive", stream, reference=False).metrics["avg_acc"]
+    replay = run_stream(scenario, "er", stream, reference=False).metrics["avg_acc"]
+    assert replay > naive + 0.3

@@ -1,0 +1,77 @@
+"""Stream parsing and the clear errors for bad input."""
+
+import pytest
+
+from unlearnkit.continual.runner import run_stream
+from unlearnkit.continual.scenarios import build_scenario, split_digits
+from unlearnkit.continual.stream import Request, check_stream, parse_stream
+from unlearnkit.continual.strategies import build_strategy, parse_spec
+from unlearnkit.errors import UserInputError
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return split_digits(0)
+
+
+def test_parses_every_form():
+    requests = parse_stream("learn:0, learn:1,unlearn:1,unlearn:ids=3;7;10-12,evaluate")
+    assert [r.action for r in requests] == ["learn", "learn", "unlearn", "unlearn", "evaluate"]
+    assert requests[2] == Request("unlearn", task=1, token="unlearn:1", position=2)
+    assert requests[3].ids == (3, 7, 10, 11, 12) and requests[3].task is None
+
+
+@pytest.mark.parametrize(
+    "stream, fragment",
+    [
+        ("learn:0,lern:1", "token 2 'lern:1'"),
+        ("learn:0,,learn:1", "token 2"),
+        ("learn:0,learn:x", "token 2 'learn:x'"),
+        ("learn:0,unlearn:ids=4;a", "token 2 'unlearn:ids=4;a'"),
+        ("learn:0,unlearn:ids=9-3", "empty"),
+        ("learn:0,unlearn:ids=3;3", "more than once"),
+        ("learn:", "token 1"),
+        ("", "empty"),
+    ],
+)
+def test_syntax_errors_point_to_the_token(stream, fragment):
+    with pytest.raises(UserInputError, match=fragment.replace("(", r"\(")) as error:
+        parse_stream(stream)
+    assert str(error.value).count(".") >= 1 and "\n" not in str(error.value)
+
+
+def test_unlearning_what_was_never_learned_is_refused(scenario):
+    with pytest.raises(UserInputError, match="token 2 'unlearn:3'.*not learned"):
+        check_stream(parse_stream("learn:0,unlearn:3"), scenario)
+    with pytest.raises(UserInputError, match="token 3 'unlearn:0'.*not learned"):
+        check_stream(parse_stream("learn:0,unlearn:0,unlearn:0"), scenario)
+    outside = int(scenario.tasks[1].train_ids[0])
+    with pytest.raises(UserInputError, match="sample"):
+        check_stream(parse_stream(f"learn:0,unlearn:ids={outside}"), scenario)
+    with pytest.raises(UserInputError, match="tasks 0..4"):
+        check_stream(parse_stream("learn:7"), scenario)
+    inside = int(scenario.tasks[0].train_ids[0])
+    check_stream(parse_stream(f"learn:0,unlearn:ids={inside},unlearn:0,learn:0,unlearn:0"), scenario)
+
+
+def test_unknown_names_are_refused(scenario):
+    with pytest.raises(UserInputError, match="Unknown scenario 'split-mnist'"):
+        build_scenario("split-mnist")
+    with pytest.raises(UserInputError, match="Unknown strategy 'ewk'"):
+        parse_spec("ewk")
+    with pytest.raises(UserInputError, match="cannot be combined"):
+        parse_spec("joint+ewc")
+    with pytest.raises(UserInputError, match="twice"):
+        parse_spec("er+uer")
+    with pytest.raises(UserInputError, match="no hyper-parameter 'buffer'"):
+        build_strategy("er", scenario, 0, {"buffer": "10"})
+
+
+def test_unlearner_must_fit_the_stream(scenario):
+    inside = int(scenario.tasks[0].train_ids[0])
+    with pytest.raises(UserInputError, match="whole tasks only"):
+        run_stream(scenario, "naive", f"learn:0,unlearn:ids={inside}")
+    with pytest.raises(UserInputError, match="only with strategy 'acu'"):
+        run_stream(scenario, "naive", "learn:0,unlearn:0", unlearner="acu")
+    with pytest.raises(UserInputError, match="Unknown unlearner"):
+        run_stream(scenario, "naive", "learn:0,unlearn:0", unlearner="forget-it")
