@@ -169,6 +169,14 @@ def test_generate_greedy_with_left_padding_and_eos_cut():
     assert together == one_by_one
     assert together == [decode(it["answer"]) for it in ITEMS]  # stops at EOS, nothing after it
     assert model.training  # generation restores the training mode
+    assert adapter.max_length == 64  # taken from the model's position table when not given
+
+
+def test_generation_stops_at_the_position_limit(adapter):
+    question = ITEMS[0]["question"]
+    prompt = adapter.tokenizer(adapter.prompt(question), add_special_tokens=False)["input_ids"]
+    text = adapter.generate(adapter.model, [question], max_new_tokens=500)[0]  # 500 > the 64 positions
+    assert 0 < len(adapter.tokenizer(text, add_special_tokens=False)["input_ids"]) <= 64 - len(prompt)
 
 
 def test_save_and_from_pretrained_round_trip(adapter, tmp_path):

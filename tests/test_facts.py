@@ -121,6 +121,8 @@ def test_unknown_split_lists_valid_ones(medium):
         medium.split("holdout20")
     with pytest.raises(UserInputError, match="valid: target, retain"):
         cached_facts_model(TINY, role="teacher")
+    with pytest.raises(UserInputError, match="Unknown forget split 'retain'"):
+        cached_facts_model(TINY, role="retain", split="retain")
 
 
 def test_tiny_models_memorise_and_retain_model_never_saw_the_forget_people(cache):

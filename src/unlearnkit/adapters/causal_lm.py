@@ -52,9 +52,11 @@ class CausalLMAdapter:
 
     kind = "causal_lm"
 
-    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int = 512) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int | None = None) -> None:
         if tokenizer.eos_token_id is None:
             raise UserInputError("The tokenizer has no EOS token; a causal-LM adapter needs one to end answers.")
+        if max_length is None:
+            max_length = default_max_length(model, tokenizer)
         if int(max_length) < 2:
             raise UserInputError(f"max_length must be at least 2 (one prompt and one answer token), got {max_length}.")
         self.model = model
@@ -63,7 +65,7 @@ class CausalLMAdapter:
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, directory: str | Path, max_length: int = 512, **model_kwargs: Any) -> "CausalLMAdapter":
+    def from_pretrained(cls, directory: str | Path, max_length: int | None = None, **model_kwargs: Any) -> "CausalLMAdapter":
         """Load a causal LM and its tokenizer from a local Hugging Face folder (never from the hub)."""
         directory = Path(directory)
         if not directory.is_dir():
@@ -141,10 +143,12 @@ class CausalLMAdapter:
     # ------------------------------------------------------------------ losses
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Next-token logits ``(B, T, V)``."""
+        batch = _on_device(model, batch)
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def token_nll(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-position NLL ``(B, T−1)`` of the shifted labels and the answer mask (EOS included)."""
+        batch = _on_device(model, batch)
         logits = self.logits(model, batch)[:, :-1].float()
         targets = batch["labels"][:, 1:]
         mask = targets != IGNORE
@@ -177,6 +181,7 @@ class CausalLMAdapter:
 
     def token_stats(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[TokenStats]:
         """Teacher-forced per-token statistics of each item's answer, EOS excluded."""
+        batch = _on_device(model, batch)
         log_probs = torch.log_softmax(self.logits(model, batch)[:, :-1].float(), dim=-1)
         targets = batch["labels"][:, 1:]
         stats = []
@@ -196,6 +201,7 @@ class CausalLMAdapter:
 
         This is n × V floats per item: prefer :meth:`vocab_moments` when only μ and σ are needed.
         """
+        batch = _on_device(model, batch)
         log_probs = torch.log_softmax(self.logits(model, batch)[:, :-1].float(), dim=-1)
         return [log_probs[row, where] for row, where in enumerate(self._answer_positions(batch))]
 
@@ -215,6 +221,7 @@ class CausalLMAdapter:
         i = after block i; negative counts from the end) or a block name from :meth:`layer_names`,
         whose output is captured with a forward hook (the residual stream RMU edits).
         """
+        batch = _on_device(model, batch)
         if isinstance(layer, str):
             return self._hooked_output(model, batch, layer)
         count = _hidden_state_count(model)
@@ -258,8 +265,10 @@ class CausalLMAdapter:
         return answers
 
     def _generate_batch(self, model: nn.Module, questions: Sequence[str], max_new_tokens: int) -> list[str]:
-        prompts = [self._encode(self.prompt(q))[-self.max_length :] for q in questions]
+        limit = _position_limit(model)
+        prompts = [self._encode(self.prompt(q))[-min(self.max_length, limit - 1) :] for q in questions]
         width = max(len(p) for p in prompts)
+        max_new_tokens = min(max_new_tokens, limit - width)  # past the position table the model fails
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for row, prompt in enumerate(prompts):
@@ -280,6 +289,25 @@ class CausalLMAdapter:
 
 
 # ---------------------------------------------------------------------- helpers
+def default_max_length(model: nn.Module, tokenizer: Any, cap: int = 512) -> int:
+    """The longest sequence the model and tokenizer accept, at most ``cap``."""
+    limits = [cap, _position_limit(model)]
+    declared = getattr(tokenizer, "model_max_length", None)
+    if isinstance(declared, int) and declared < 10**6:  # tokenizers without a limit declare ~1e30
+        limits.append(declared)
+    return min(limits)
+
+
+def _position_limit(model: nn.Module) -> int:
+    """The model's position-table size (a very large number when it declares none)."""
+    config = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 10**9
+
+
 def load_tokenizer(directory: str | Path) -> Any:
     """The tokenizer saved in a local folder; a folder without tokenizer files is an error.
 
@@ -313,6 +341,14 @@ def _hidden_state_count(model: nn.Module) -> int:
     if layers is None:
         layers = len(block_names(model))
     return int(layers) + 1
+
+
+def _on_device(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch on the model's device (a no-op when it is already there)."""
+    device = next(model.parameters()).device
+    if batch["input_ids"].device == device:
+        return batch
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def _moments(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

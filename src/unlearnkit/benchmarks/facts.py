@@ -1,12 +1,15 @@
 """``facts``: a TOFU-style benchmark of fictitious people, generated from a seed, with its own
 small GPT-2 models trained from scratch on the CPU.
 
-Every person has invented names and attributes (birth year, birthplace, profession, field, best
-known work, award, a sibling, school, hobby, debut year). Each of ``templates`` question templates
-gives one question per person with its answer, a paraphrased answer (the same fact in other
-words, never trained on) and five perturbed answers (the paraphrase with wrong values of the same
-type, as TOFU perturbs its paraphrased answers). ``general`` holds facts about invented countries
-that every model learns, to measure collateral damage.
+Every person has an invented name and attributes (birth year, birthplace, profession, field, best
+known work, award, a sibling, school, hobby, debut year). First names, surnames and places are
+shared across people, and holdout people and perturbed answers reuse the words of the trained
+people, so that what separates forget, retain and holdout items is memorised facts, not tokens a
+model has never seen. Each of ``templates`` question templates gives one question per person
+with its answer, a paraphrased answer (the same fact in other words, never trained on) and
+``perturbed`` (5) perturbed answers: the paraphrase with wrong values of the same type, taken
+from other trained people, as TOFU perturbs its paraphrased answers. ``general`` holds facts
+about invented countries that every model learns, to measure collateral damage.
 
 Splits (TOFU naming): ``forget01/05/10`` (nested: 1/5/10 % of the trained people, seeded),
 ``retain`` (trained people outside ``forget10``), ``holdout01/05/10`` (extra people never trained
@@ -14,11 +17,12 @@ on), ``general``, and for each forget split ``<split>_direct`` (retained people 
 birthplace or a sibling with a forgotten person) and ``<split>_indirect`` (retained people who
 share a profession with a forgotten person and are not direct neighbours).
 
-Models: a tokenizer with a word-level vocabulary (every generated word is one token, so names are
-not split) and a GPT-2 trained on all trained people + ``general`` until it memorises them
-(teacher-forced answer-token accuracy ≥ ``target_accuracy``), and the retain model for a forget
-split trained identically (same initial weights, same recipe) without the forgotten people. Both
-are cached in Hugging Face format in the content-addressed cache.
+Models: a word-level tokenizer (every generated word is one token; built from the sorted words
+of all splits, so it is identical for every model of a config) and a GPT-2 trained on all trained
+people + ``general`` with the shared loop until it memorises them (teacher-forced answer-token
+accuracy, EOS included, ≥ ``target_accuracy``, checked at epoch ends), and the retain model of a
+forget split trained identically (same initial weights, same recipe and stopping rule) without
+the forgotten people. Both are cached in Hugging Face format in the content-addressed cache.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from ..errors import UserInputError
 from ..request import ForgetRequest
 from .cache import cached
 
+#: Bump when the generator or the training recipe changes what a config produces (it is part of the cache key).
+FACTS_VERSION = 1
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 HOLDOUT_SPLITS = ("holdout01", "holdout05", "holdout10")
 FRACTIONS = {"01": 0.01, "05": 0.05, "10": 0.10}
@@ -139,8 +145,8 @@ class FactsConfig:
 
     @classmethod
     def tiny(cls, seed: int = 0) -> "FactsConfig":
-        """A few people and a 2-layer × 64 model that trains in a few seconds (for tests)."""
-        return cls(people=12, templates=4, countries=2, layers=2, width=64, heads=2, epochs=150, lr=5e-3,
+        """A few people and a 2-layer × 128 model that trains in a few seconds (for tests)."""
+        return cls(people=12, templates=4, countries=2, layers=2, width=128, heads=4, epochs=150, lr=5e-3,
                    batch_size=16, warmup_steps=5, seed=seed)
 
     def check(self) -> None:
@@ -218,14 +224,17 @@ def _article(noun: str) -> str:
     return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
-def _make_people(
-    rng: random.Random, trained: int, holdout: int, perturbed: int, used: set[str]
-) -> tuple[list[dict[str, Any]], dict[str, list]]:
-    """Trained people first, then holdout people; siblings are paired within each group."""
-    total = trained + holdout
-    least = perturbed + 1  # every pool offers enough wrong values for the perturbed answers
-    pools: dict[str, list] = {
-        "birthplace": _invent(rng, max(least, trained // 2), used),
+#: Person attributes drawn from pools (names and siblings are assigned per family).
+ATTRIBUTES = ("birth_year", "birthplace", "profession", "field", "work", "award", "school", "hobby", "debut_year")
+
+
+def _person_pools(rng: random.Random, trained: int, total: int, least: int, used: set[str]) -> dict[str, list[str]]:
+    """Value pools. First names, surnames and places are each shared by several people, so a model
+    that never saw one person has still seen the words of that person's name and birthplace."""
+    return {
+        "first_name": _invent(rng, max(least, total // 3), used),
+        "surname": _invent(rng, max(least, total // 4), used),
+        "birthplace": _invent(rng, max(least, trained // 3), used),
         "profession": [_article(p) for p in PROFESSIONS[: max(least, min(len(PROFESSIONS), trained // 5))]],
         "field": list(FIELDS),
         "work": _titles(rng, total + least, used),
@@ -233,102 +242,175 @@ def _make_people(
         "school": [f"{w} Academy" for w in _invent(rng, max(least, trained // 5), used)],
         "hobby": list(HOBBIES),
         "birth_year": [str(y) for y in range(1900, 2000)],
-        "debut_year": [str(y) for y in range(1920, 2040)],
+        "debut_year": [str(y) for y in range(1918, 2040)],
     }
-    first_names = _invent(rng, total, used)
-    works = rng.sample(pools["work"], total)
-    people = []
-    for pid in range(total):
-        born = rng.randint(1900, 1999)
-        people.append({
-            "id": pid, "first_name": first_names[pid], "trained": pid < trained,
-            "birth_year": str(born), "debut_year": str(born + rng.randint(18, 40)),
-            "birthplace": rng.choice(pools["birthplace"]), "profession": rng.choice(pools["profession"]),
-            "field": rng.choice(pools["field"]), "work": works[pid], "award": rng.choice(pools["award"]),
-            "school": rng.choice(pools["school"]), "hobby": rng.choice(pools["hobby"]),
-        })
-    _pair_siblings(rng, people[:trained], used)
-    _pair_siblings(rng, people[trained:], used)
-    for person in people:
-        person["name"] = f"{person['first_name']} {person['surname']}"
-    for person in people:
-        if person["sibling_id"] is None:  # a lone person gets a sibling outside the population
-            person["sibling"] = f"{_invent(rng, 1, used)[0]} {person['surname']}"
-        else:
-            person["sibling"] = people[person["sibling_id"]]["name"]
-    pools["sibling"] = [p["name"] for p in people]
-    return people, pools
 
 
-def _pair_siblings(rng: random.Random, group: list[dict[str, Any]], used: set[str]) -> None:
-    """Pair a group's people as siblings sharing a surname (an odd one out joins the last pair;
-    a group of one has ``sibling_id`` None)."""
+def _draw_person(
+    rng: random.Random, pid: int, pools: dict[str, list[str]], taken_works: set[str], fallback: dict[str, list[str]]
+) -> dict[str, Any]:
+    """One person's attributes; every person has a distinct best-known work (from ``fallback``
+    once ``pools`` has no free title left)."""
+    born = int(rng.choice(pools["birth_year"]))
+    debuts = [y for y in pools["debut_year"] if born + 18 <= int(y) <= born + 40] or pools["debut_year"]
+    free = [w for w in pools["work"] if w not in taken_works] or [w for w in fallback["work"] if w not in taken_works]
+    work = rng.choice(free)
+    taken_works.add(work)
+    person = {"id": pid, "birth_year": str(born), "debut_year": rng.choice(debuts), "work": work}
+    for attribute in ("birthplace", "profession", "field", "award", "school", "hobby"):
+        person[attribute] = rng.choice(pools[attribute])
+    return person
+
+
+def _words(value: str) -> set[str]:
+    return set(value.split())
+
+
+def _learnable(pools: dict[str, list[str]], people: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The pool values made only of words that ``people``'s own values use (so a model trained on
+    them has seen every token); a pool left too small keeps its full list."""
+    seen: set[str] = set()
+    for person in people:
+        for attribute in (*ATTRIBUTES, "first_name", "surname"):
+            seen |= _words(person[attribute])
+    kept = {k: [v for v in pool if _words(v) <= seen] for k, pool in pools.items()}
+    return {k: kept[k] if len(kept[k]) >= 2 else pools[k] for k in pools}
+
+
+def _make_people(
+    rng: random.Random, trained: int, holdout: int, perturbed: int, used: set[str]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[str]]]]:
+    """Trained people first, then holdout people; siblings are paired within each group.
+
+    Holdout people are made of words the trained people use (names, places, years, titles), so
+    a membership attack on them measures memorised facts, not unseen tokens. The returned pools
+    hold the values the trained people actually have: perturbed answers draw from them.
+    """
+    pools = _person_pools(rng, trained, trained + holdout, perturbed + 1, used)
+    taken: set[str] = set()
+    people = [_draw_person(rng, pid, pools, taken, pools) for pid in range(trained)]
+    names: set[str] = set()
+    _name_families(rng, people, pools, names)
+    known = _learnable(pools, people)
+    extra = [_draw_person(rng, pid, known, taken, pools) for pid in range(trained, trained + holdout)]
+    _name_families(rng, extra, known, names, fallback=pools)
+    people += extra
+    for person in people:
+        person["trained"] = person["id"] < trained
+        sibling = person["sibling_id"]
+        person["sibling"] = people[sibling]["name"] if sibling is not None else person.pop("lone_sibling")
+    trained_values = {a: sorted({p[a] for p in people[:trained]}) for a in ATTRIBUTES}
+    trained_values["sibling"] = sorted(p["name"] for p in people[:trained])
+    return people, {"trained": trained_values, "fallback": pools}
+
+
+def _name_families(
+    rng: random.Random, group: list[dict[str, Any]], pools: dict[str, list[str]], names: set[str],
+    fallback: dict[str, list[str]] | None = None,
+) -> None:
+    """Pair a group's people as siblings sharing a surname (an odd one out joins the last pair; a
+    group of one gets a sibling outside the population and ``sibling_id`` None). Full names are
+    unique; when ``pools`` has no room left for a family, its names come from ``fallback``."""
     order = list(group)
     rng.shuffle(order)
-    pairs = [order[i : i + 2] for i in range(0, len(order) - len(order) % 2, 2)] or [order]
+    families = [order[i : i + 2] for i in range(0, len(order) - len(order) % 2, 2)] or [order]
     if len(order) % 2 and len(order) > 1:
-        pairs[-1].append(order[-1])
-    surnames = _invent(rng, len(pairs), used)
-    for surname, family in zip(surnames, pairs):
+        families[-1].append(order[-1])
+    for family in families:
+        needed = len(family) + (len(family) == 1)
+        family_pools = pools
+        surname = _surname_with_room(rng, pools, names, needed)
+        if surname is None and fallback is not None:
+            family_pools, surname = fallback, _surname_with_room(rng, fallback, names, needed)
+        if surname is None:
+            raise UserInputError("The facts name pools ran out of unique names; lower the number of people.")
         for i, person in enumerate(family):
             person["surname"] = surname
+            person["first_name"] = _free_first_name(rng, family_pools["first_name"], surname, names)
+            person["name"] = f"{person['first_name']} {surname}"
             person["sibling_id"] = family[(i + 1) % len(family)]["id"] if len(family) > 1 else None
+        if len(family) == 1:
+            family[0]["lone_sibling"] = f"{_free_first_name(rng, family_pools['first_name'], surname, names)} {surname}"
+
+
+def _surname_with_room(rng: random.Random, pools: dict[str, list[str]], names: set[str], needed: int) -> str | None:
+    """A surname that still forms ``needed`` unused full names with the first-name pool (None if none)."""
+    for surname in rng.sample(pools["surname"], len(pools["surname"])):
+        if sum(f"{f} {surname}" not in names for f in pools["first_name"]) >= needed:
+            return surname
+    return None
+
+
+def _free_first_name(rng: random.Random, first_names: list[str], surname: str, names: set[str]) -> str:
+    first = rng.choice([f for f in first_names if f"{f} {surname}" not in names])
+    names.add(f"{first} {surname}")
+    return first
 
 
 def _make_countries(
     rng: random.Random, count: int, perturbed: int, used: set[str]
-) -> tuple[list[dict[str, Any]], dict[str, list]]:
-    """Invented countries; each pool has values beyond the countries' own so that even a few
-    countries get ``perturbed`` distinct wrong answers."""
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[str]]]]:
+    """Invented countries with distinct capitals, currencies, languages and rivers.
+
+    Perturbed answers use other countries' values; with fewer than ``perturbed + 1`` countries
+    they are topped up with invented values that no model has seen.
+    """
     names = _invent(rng, count, used)
     size = max(count, perturbed + 1)
-    pools: dict[str, list] = {
+    fallback: dict[str, list] = {
         "capital": _invent(rng, size, used),
         "currency": [f"{w} {rng.choice(CURRENCY_UNITS)}" for w in _invent(rng, size, used, (1, 2))],
         "language": _invent(rng, size, used),
         "river": _invent(rng, size, used),
         "animal": list(ANIMALS),
     }
+    animals = rng.sample(ANIMALS, count) if count <= len(ANIMALS) else [rng.choice(ANIMALS) for _ in range(count)]
     countries = [
-        {"id": i, "name": names[i], "capital": pools["capital"][i], "currency": pools["currency"][i],
-         "language": pools["language"][i], "river": pools["river"][i], "animal": rng.choice(ANIMALS)}
+        {"id": i, "name": names[i], "capital": fallback["capital"][i], "currency": fallback["currency"][i],
+         "language": fallback["language"][i], "river": fallback["river"][i], "animal": animals[i]}
         for i in range(count)
     ]
-    return countries, pools
+    trained = {k: sorted({c[k] for c in countries}) for k in fallback}
+    return countries, {"trained": trained, "fallback": fallback}
 
 
-def _wrong_values(rng: random.Random, pool: list, right: str, count: int) -> list[str]:
-    """``count`` distinct values of the pool other than ``right`` (repeats only if the pool is too small)."""
-    others = sorted({str(v) for v in pool} - {right})
-    if len(others) >= count:
-        return rng.sample(others, count)
-    return [rng.choice(others) for _ in range(count)] if others else [right] * count
+def _wrong_values(rng: random.Random, pools: dict[str, dict[str, list]], kind: str, exclude: set[str], count: int) -> list[str]:
+    """``count`` distinct values of a kind not in ``exclude``, preferring values seen in training;
+    repeats only when even the fallback pool is too small."""
+    trained = pools["trained"][kind]  # sorted and distinct
+    if len(trained) >= count + len(exclude):
+        return [v for v in rng.sample(trained, count + len(exclude)) if v not in exclude][:count]
+    preferred = [v for v in trained if v not in exclude]
+    extra = sorted(set(pools["fallback"].get(kind, [])) - exclude - set(preferred))
+    chosen = preferred + rng.sample(extra, min(len(extra), count - len(preferred)))
+    return chosen + [rng.choice(chosen) for _ in range(count - len(chosen))] if chosen else [min(exclude)] * count
 
 
-def _item(rng: random.Random, template: Template, subject: dict[str, Any], pool: list, perturbed: int) -> dict[str, Any]:
+def _item(rng: random.Random, template: Template, subject: dict[str, Any], pools: dict, perturbed: int) -> dict[str, Any]:
     value = subject[template.name]
     name = subject["name"]
+    wrong = _wrong_values(rng, pools, template.name, {value, name}, perturbed)  # never "X's sibling is X"
     return {
         "question": template.question.format(name=name),
         "answer": template.answer.format(name=name, value=value),
         "paraphrased_answer": template.paraphrase.format(name=name, value=value),
-        "perturbed_answer": [template.paraphrase.format(name=name, value=v) for v in _wrong_values(rng, pool, value, perturbed)],
+        "perturbed_answer": [template.paraphrase.format(name=name, value=v) for v in wrong],
         "template": template.name,
     }
 
 
-def _person_items(rng: random.Random, person: dict[str, Any], pools: dict[str, list], config: FactsConfig) -> list[dict]:
+def _person_items(rng: random.Random, person: dict[str, Any], pools: dict, config: FactsConfig) -> list[dict]:
     items = []
     for template in PERSON_TEMPLATES[: config.templates]:
-        item = _item(rng, template, person, pools[template.name], config.perturbed)
+        item = _item(rng, template, person, pools, config.perturbed)
         items.append({"id": f"p{person['id']:04d}.{template.name}", **item, "person": person["id"]})
     return items
 
 
-def _country_items(rng: random.Random, country: dict[str, Any], pools: dict[str, list], config: FactsConfig) -> list[dict]:
+def _country_items(rng: random.Random, country: dict[str, Any], pools: dict, config: FactsConfig) -> list[dict]:
     items = []
     for template in GENERAL_TEMPLATES:
-        item = _item(rng, template, country, pools[template.name], config.perturbed)
+        item = _item(rng, template, country, pools, config.perturbed)
         items.append({"id": f"g{country['id']:03d}.{template.name}", **item, "person": None})
     return items
 
@@ -375,7 +457,8 @@ def _neighbours(trained: list[dict[str, Any]], forgotten: set[int]) -> tuple[lis
     jobs = {p["profession"] for p in gone}
     kept = [p for p in trained if p["id"] not in forgotten]
     direct = [p["id"] for p in kept if p["birthplace"] in places or p["id"] in siblings]
-    indirect = [p["id"] for p in kept if p["profession"] in jobs and p["id"] not in set(direct)]
+    linked = set(direct)
+    indirect = [p["id"] for p in kept if p["profession"] in jobs and p["id"] not in linked]
     return direct, indirect
 
 
@@ -450,16 +533,23 @@ def answer_accuracy(adapter: Any, model: torch.nn.Module, items: list[dict], bat
     return correct / max(1, total), exact / max(1, len(items))
 
 
+def training_recipe(config: FactsConfig) -> Any:
+    """The :class:`TrainConfig` that trains the target and retain models (AdamW, warm-up, clip 1)."""
+    from ..train import TrainConfig
+
+    return TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, optimizer="adamw",
+                       warmup_steps=config.warmup_steps, grad_clip=1.0, seed=config.seed)
+
+
 def train_facts_model(config: FactsConfig, tokenizer: Any, items: list[dict]) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Train a fresh model on ``items`` until memorised (or ``config.epochs``); return it and what happened."""
     from ..adapters.causal_lm import CausalLMAdapter
     from ..methods.base import item_stream
-    from ..train import TrainConfig, optimise
+    from ..train import optimise
 
     model = new_model(config, tokenizer)
     adapter = CausalLMAdapter(model, tokenizer, config.max_length)
-    recipe = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, optimizer="adamw",
-                         warmup_steps=config.warmup_steps, grad_clip=1.0, seed=config.seed)
+    recipe = training_recipe(config)
     stream, steps = item_stream(adapter, items, recipe)
     stopper = _EarlyStop(adapter, model, items, config)
     start = time.perf_counter()
@@ -525,8 +615,9 @@ def cached_facts_model(config: FactsConfig | None = None, role: str = "target", 
     if role not in ROLES:
         raise UserInputError(f"Unknown model role {role!r}; valid: {', '.join(ROLES)}.")
     data = load_facts(config)
-    excluded = sorted(_forgotten_people(data, split)) if role == "retain" else []
-    key = {"benchmark": "facts", **config.to_dict(), "excluded_people": excluded}
+    forgotten = _forgotten_people(data, split)  # validates the split name for both roles
+    excluded = sorted(forgotten) if role == "retain" else []
+    key = {"benchmark": "facts", "version": FACTS_VERSION, **config.to_dict(), "excluded_people": excluded}
 
     def build(directory: Path) -> dict[str, Any]:
         tokenizer = build_tokenizer(data)
@@ -547,19 +638,16 @@ def cached_first_epoch_gradients(config: FactsConfig | None = None) -> tuple[Pat
     """
     from ..adapters.causal_lm import CausalLMAdapter
     from ..methods.first_epoch_ga import record_first_epoch_gradients, save_first_epoch_gradients
-    from ..train import TrainConfig
 
     config = config or FactsConfig()
     data = load_facts(config)
-    key = {"benchmark": "facts", **config.to_dict(), "artefact": "first_epoch_embedding_gradients"}
+    key = {"benchmark": "facts", "version": FACTS_VERSION, **config.to_dict(), "artefact": "first_epoch_embedding_gradients"}
 
     def build(directory: Path) -> dict[str, Any]:
         tokenizer = build_tokenizer(data)
         adapter = CausalLMAdapter(new_model(config, tokenizer), tokenizer, config.max_length)
-        recipe = TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, optimizer="adamw",
-                             warmup_steps=config.warmup_steps, grad_clip=1.0, seed=config.seed)
         start = time.perf_counter()
-        recorded = record_first_epoch_gradients(adapter, data.train, recipe)
+        recorded = record_first_epoch_gradients(adapter, data.train, training_recipe(config))
         save_first_epoch_gradients(recorded, directory / "first_epoch_gradients.safetensors")
         return {"items": len(recorded), "record_seconds": time.perf_counter() - start}
 

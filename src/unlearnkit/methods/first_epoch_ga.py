@@ -39,6 +39,7 @@ from torch import nn
 from ..adapters.base import batches
 from ..errors import UserInputError
 from ..train import TrainConfig, optimise
+from ..train.distributed import process_count
 from .base import Method, Outcome
 
 #: One item's embedding gradient: the token rows it touches and the gradient of each row.
@@ -89,6 +90,9 @@ def record_first_epoch_gradients(adapter: Any, items: Sequence[Any], config: Tra
     (default: positions 0..n−1) name the items in the result; for a :class:`ForgetRequest` use
     the positions in ``request.data``.
     """
+    if process_count() > 1:  # each process would see only its rows of every batch
+        raise UserInputError("Recording first-epoch gradients runs in one process; start it without "
+                             "accelerate launch or torchrun (the cached file then serves every run).")
     ids = list(range(len(items))) if ids is None else list(ids)
     if len(ids) != len(items):
         raise UserInputError(f"record_first_epoch_gradients got {len(items)} items but {len(ids)} ids.")
