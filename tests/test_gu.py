@@ -138,7 +138,7 @@ def test_gu_methods_still_forget(lm, method):
 
 def test_gu_on_a_method_without_gradients_is_refused(lm):
     adapter, request = lm
-    with pytest.raises(UserInputError, match="no hyper-parameter 'project'"):
+    with pytest.raises(UserInputError, match="does not support --project gu: it needs a gradient-based method"):
         unlearnkit.unlearn(adapter, request, "ssd", project="gu")
 
 
