@@ -166,3 +166,41 @@ def test_sigkill_mid_run_leaves_input_and_ledger_intact(workspace):
     assert _snapshot(workspace / "model") == model_before
     with Ledger(workspace / "ledger.db") as ledger:
         assert ledger.verify().ok and len(ledger.rows()) == 1
+
+
+def test_diverging_run_restores_weights_and_records_status(workspace):
+    args = _args(workspace) + ["--param", "optimizer=sgd", "--param", "lr=1e30", "--param", "epochs=50", "--param", "grad_clip=none"]
+    assert main(args) == 0
+    run = json.loads((workspace / "out" / "run.json").read_text())
+    assert run["status"] == "diverged" and "restored" in run["message"]
+    assert all(v == v for v in run["metrics_after"].values())  # the restored weights give finite metrics
+    with Ledger(workspace / "ledger.db") as ledger:
+        assert ledger.rows()[-1].status == "diverged"
+
+
+def test_forget_on_a_hugging_face_causal_lm(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from lm_fixtures import memorised_lm, tiny_qa
+
+    items = tiny_qa(8)
+    adapter = memorised_lm(items, steps=60)
+    adapter.save_pretrained(tmp_path / "lm")
+    _write_jsonl(tmp_path / "forget.csv.jsonl", [{"q": it["question"], "a": it["answer"]} for it in items[:2]])
+    _write_jsonl(tmp_path / "retain.jsonl", [{"q": it["question"], "a": it["answer"]} for it in items[2:]])
+    args = ["forget", "--model", str(tmp_path / "lm"), "--forget", str(tmp_path / "forget.csv.jsonl"),
+            "--retain", str(tmp_path / "retain.jsonl"), "--method", "graddiff", "--out", str(tmp_path / "out"),
+            "--ledger", str(tmp_path / "ledger.db"), "--question-field", "q", "--answer-field", "a",
+            "--param", "epochs=3"]
+    assert main(args) == 0
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["kind"] == "causal_lm"
+    assert run["metrics_after"]["forget_prob"] < run["metrics_before"]["forget_prob"]
+    assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out" / "report.html").is_file()
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert items[0]["answer"] not in html  # forget text is redacted by default
+
+
+def test_wrong_model_kind_for_method(workspace, capsys):
+    assert main(_args(workspace, **{"--method": "npo"})) == 2
+    assert "works on causal_lm models, not on a classifier model" in capsys.readouterr().err
+    assert not (workspace / "out").exists()
