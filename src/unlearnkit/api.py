@@ -70,33 +70,65 @@ def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]],
     return settings
 
 
-def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter: Any | None = None, **hparams: Any):
+def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter: Any | None = None,
+            memory: Any | None = None, **hparams: Any):
     """Remove ``request.forget`` from ``model`` with ``method``; return ``(unlearned_model, RunRecord)``.
 
     ``model`` is an ``nn.Module`` (a classifier) or an adapter; it is never modified: the method
     works on a copy. ``hparams`` override the method's default config (unknown names are errors).
+    ``memory`` (a :class:`unlearnkit.train.lora.MemoryOptions`) applies LoRA, bf16 weights or
+    gradient checkpointing to that copy (causal LMs). Under ``accelerate launch`` / ``torchrun`` the
+    copy is placed on this process's device before the method runs, so the frozen references that
+    methods copy from it live there too.
     """
+    from .train import distributed
+
     adapter = _adapter_for(model, adapter)
     chosen = get_method(method)
     check_needs(chosen, adapter, request)
     config = build_config(chosen.Config, hparams, owner=f"Method {method!r}")
-    working = adapter.with_model(clone_model(adapter.model))
+    distributed.check_launch()
+    if memory is not None:
+        memory.check(adapter)
+    working_model, prepared = _working_copy(adapter.model, memory, config.seed)
     with measure() as cost:
-        outcome = chosen.unlearn(working, request, config)
-    outcome.model.eval()
+        outcome = chosen.unlearn(adapter.with_model(working_model), request, config)
+    result, info = outcome.model, dict(outcome.info)
+    if prepared is not None:
+        from .train.lora import finish_model
+
+        result = finish_model(prepared, result, method)
+        info.update({"lora": prepared.info} if prepared.info else {})
+    info.update({"launch": distributed.describe_launch()} if distributed.describe_launch() else {})
+    result.eval()
     train = outcome.train
     record = RunRecord(
         method=method,
-        params=config.to_dict(),
+        params=config.to_dict() | (memory.to_dict() if memory is not None else {}),
         seconds=cost.seconds,
         peak_mem_mb=cost.peak_mem_mb,
         status=train.status if train else "ok",
         message=train.message if train else "",
         steps=train.steps if train else 0,
         losses=train.losses if train else [],
-        info=outcome.info,
+        info=info,
     )
-    return outcome.model, record
+    return result, record
+
+
+def _working_copy(model: nn.Module, memory: Any | None, seed: int):
+    """The private copy a method works on, on this process's device, with the memory options applied."""
+    from .train.distributed import training_device
+
+    working = clone_model(model)
+    device = training_device()
+    if device.type != "cpu":
+        working.to(device)
+    if memory is None or not memory.active:
+        return working, None
+    from .train.lora import prepare_model
+
+    return working, prepare_model(working, memory, seed)
 
 
 def evaluate(model: Any, splits: dict[str, Any], *, reference: dict[str, float] | None = None,

@@ -64,23 +64,36 @@ def bench_command(
     param: Optional[list[str]] = typer.Option(None, help="Method setting METHOD.NAME=VALUE (repeatable)."),
     attacks: Optional[str] = typer.Option(None, help="facts: comma-separated attacks (relearn, in_context, quantize)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+    lora: Optional[str] = typer.Option(None, help="facts: train LoRA adapters, e.g. r=8,alpha=16,targets=c_attn,c_proj."),
+    bf16: bool = typer.Option(False, help="facts: store and train the weights in bfloat16."),
+    gradient_checkpointing: bool = typer.Option(False, help="facts: recompute activations in the backward pass."),
 ) -> None:
     """Unlearn with each method on a built-in benchmark and compare every result with retraining."""
+    from .train.distributed import is_main_process, launched_processes
+    from .train.lora import MemoryOptions
+
     command = "unlearnkit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    memory = MemoryOptions.from_cli(lora, bf16, gradient_checkpointing)
     if benchmark == "facts":
         from .benchmarks.lm_bench import run_lm_bench
 
         config = facts_preset(preset, seed)
         run_lm_bench(config, split, split_list(methods), out, params=parse_params(param), overwrite=overwrite,
-                     command=command, attacks=split_list(attacks) or ())
+                     command=command, attacks=split_list(attacks) or (), memory=memory)
     else:
         if attacks:
             raise UserInputError(f"Attacks apply to causal language models; the {benchmark} benchmark is a classifier.")
+        if memory.active:
+            raise UserInputError(f"--lora, --bf16 and --gradient-checkpointing apply to causal language models; "
+                                 f"the {benchmark} benchmark is a classifier.")
+        if launched_processes() > 1:
+            raise UserInputError(f"The {benchmark} bench runs in one process; start it without accelerate launch or torchrun.")
         from .benchmarks.classifier_bench import run_classifier_bench
 
         run_classifier_bench(benchmark, scenario, split_list(methods), out, seed=seed, params=parse_params(param),
                              overwrite=overwrite, command=command)
-    typer.echo((out / "results.md").read_text())
+    if is_main_process():
+        typer.echo((out / "results.md").read_text())
 
 
 @app.command("evaluate")
@@ -94,10 +107,12 @@ def evaluate_command(
 ) -> None:
     """Score a causal LM with the TOFU/MUSE metric suite against its retain model."""
     from .benchmarks.lm_bench import run_lm_evaluate
+    from .train.distributed import is_main_process
 
     run_lm_evaluate(data, model, retain_model, split, out, overwrite=overwrite,
                     command="unlearnkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]), log=typer.echo)
-    typer.echo((out / "results.md").read_text())
+    if is_main_process():
+        typer.echo((out / "results.md").read_text())
 
 
 @app.command("export")
@@ -153,16 +168,25 @@ def forget_command(
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
     trust_pickle: bool = typer.Option(False, help="Allow loading pickle checkpoints (only from sources you trust)."),
     show_examples: bool = typer.Option(False, help="Show forget-set text in report.html (redacted by default)."),
+    lora: Optional[str] = typer.Option(None, help="Causal LMs: train LoRA adapters, e.g. r=8,alpha=16,targets=c_attn,c_proj "
+                                                  "(add save=adapter to write only the adapter)."),
+    bf16: bool = typer.Option(False, help="Causal LMs: store and train the weights in bfloat16."),
+    gradient_checkpointing: bool = typer.Option(False, help="Causal LMs: recompute activations in the backward pass."),
 ) -> None:
-    """Unlearn items from your own model; write it atomically with a report, and record the request in the ledger."""
+    """Unlearn items from your own model; write it atomically with a report, and record the request in the ledger.
+
+    Runs unchanged under `accelerate launch` or `torchrun` (see docs/scale.md): one output folder and one ledger row.
+    """
     from .forget_job import ForgetJob, run_forget
+    from .train.lora import MemoryOptions
 
     settings = {name: value for name, value in (_setting(p) for p in param or [])}
+    memory = MemoryOptions.from_cli(lora, bf16, gradient_checkpointing)
     run_forget(ForgetJob(model=model, forget=forget, method=method, out=out, retain=retain, params=settings,
                          ledger=ledger, salt_file=salt_file, subject=subject, overwrite=overwrite,
                          trust_pickle=trust_pickle, show_examples=show_examples, training_data=training_data,
                          question_field=question_field, answer_field=answer_field, input_field=input_field,
-                         label_field=label_field), log=typer.echo)
+                         label_field=label_field, memory=memory), log=typer.echo)
 
 
 def _setting(value: str) -> tuple[str, str]:
@@ -197,8 +221,24 @@ def _register_subcommands() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI; a user mistake prints one sentence and exits with status 2."""
+    """Entry point: run the CLI; a user mistake prints one sentence and exits with status 2.
+
+    Under ``accelerate launch`` / ``torchrun`` the process group is shut down on the way out.
+    """
     _register_subcommands()
+    finished = False
+    try:
+        code = _dispatch(argv)
+        finished = True
+        return code
+    finally:
+        if "torch.distributed" in sys.modules:  # nothing to shut down when torch was never loaded
+            from .train.distributed import end
+
+            end(wait=finished)
+
+
+def _dispatch(argv: list[str] | None) -> int:
     try:
         # without standalone mode click returns a command's typer.Exit code instead of raising it
         code = app(args=argv, standalone_mode=False)

@@ -39,6 +39,7 @@ class ForgetJob:
     answer_field: str = "answer"
     input_field: str = "input"
     label_field: str = "label"
+    memory: Any = None  # unlearnkit.train.lora.MemoryOptions: LoRA, bf16, gradient checkpointing (LMs)
 
 
 def _check_paths(job: ForgetJob) -> None:
@@ -115,23 +116,29 @@ def _check_in_training_data(job: ForgetJob, forget_records, kind: str) -> None:
 
 @torch.no_grad()
 def _summary(adapter: Any, forget: list, retain: list) -> dict[str, float]:
-    """Mean loss (and accuracy or answer probability) on the forget and retain items."""
-    from .adapters.base import batches
+    """Mean loss (and accuracy or answer probability) on the forget and retain items.
 
+    Under several processes each scores a contiguous shard and the per-item values are gathered
+    in order, so the means are those of one process.
+    """
+    from .adapters.base import batches
+    from .train.distributed import gather_in_order, shard
+
+    device = next(adapter.model.parameters()).device
     metrics: dict[str, float] = {}
     for name, items in (("forget", forget), ("retain", retain)):
         if not items:
             continue
         losses, correct = [], []
-        for chunk in batches(items, 64, shuffle=False, seed=0):
-            batch = adapter.collate(chunk)
-            losses.append(adapter.per_item_loss(adapter.model, batch).float())
+        for chunk in batches(shard(items), 64, shuffle=False, seed=0):
+            batch = {k: v.to(device) for k, v in adapter.collate(chunk).items()}
+            losses.append(adapter.per_item_loss(adapter.model, batch).float().cpu())
             if adapter.kind == "classifier":
-                correct.append(adapter.logits(adapter.model, batch).argmax(1) == batch["labels"])
-        loss = torch.cat(losses)
+                correct.append((adapter.logits(adapter.model, batch).argmax(1) == batch["labels"]).cpu())
+        loss = torch.cat(gather_in_order(losses))
         metrics[f"{name}_loss"] = float(loss.mean())
         if adapter.kind == "classifier":
-            metrics[f"{name}_acc"] = float(torch.cat(correct).float().mean())
+            metrics[f"{name}_acc"] = float(torch.cat(gather_in_order(correct)).float().mean())
         else:
             metrics[f"{name}_prob"] = float(torch.exp(-loss).mean())
     return metrics
@@ -157,6 +164,7 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     from .io import atomic_dir, fingerprint, write_json_atomic
     from .ledger import Ledger
     from .request import ForgetRequest
+    from .train.distributed import check_launch, is_main_process, on_main, training_device
 
     _check_paths(job)
     kind = _model_kind(job.model)
@@ -186,25 +194,41 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     request = ForgetRequest(forget + retain, range(len(forget)), range(len(forget), len(forget) + len(retain)) if retain else None,
                             reason=job.subject)
     settings = validate_runs([job.method], {job.method: job.params}, adapter, request)[job.method]
+    check_launch()
+    if job.memory is not None:
+        job.memory.check(adapter)
 
+    device = training_device()
+    adapter.model.to(device)  # score on this process's GPU when it has one
     before = _summary(adapter, forget, retain)
     fingerprint_before = fingerprint(adapter.model.state_dict())
-    model, record = unlearn(adapter.model, request, job.method, adapter=adapter, **settings)
+    adapter.model.to("cpu")  # only the working copy needs the device while unlearning
+    model, record = unlearn(adapter.model, request, job.method, adapter=adapter, memory=job.memory, **settings)
     after = _summary(adapter.with_model(model), forget, retain)
     summary = {"method": job.method, "kind": kind, "subject": job.subject, "status": record.status,
                "message": record.message, "seconds": record.seconds, "peak_mem_mb": record.peak_mem_mb,
                "params": record.params, "metrics_before": before, "metrics_after": after,
                "fingerprint_before": fingerprint_before, "fingerprint_after": fingerprint(model.state_dict()),
                "forget_items": len(forget), "retain_items": len(retain), "losses": record.losses}
-    with atomic_dir(job.out, overwrite=job.overwrite) as tmp:
-        _save_model(adapter, model, spec, tmp)
-        write_json_atomic(tmp / "run.json", summary)
-        _write_report(tmp, summary, forget_records, job)
-    row = ledger.append(job.subject, [record for _, record in forget_records], job.method, record.params,
-                        fingerprint_before, summary["fingerprint_after"], after, record.seconds, record.status)
+    if record.info:
+        summary["info"] = record.info
+
+    def write() -> int:  # one output folder and one ledger row, however many processes ran
+        for peft_config in getattr(model, "peft_config", {}).values():  # a LoRA adapter names its base model
+            peft_config.base_model_name_or_path = str(job.model.resolve())
+        with atomic_dir(job.out, overwrite=job.overwrite) as tmp:
+            _save_model(adapter, model, spec, tmp)
+            write_json_atomic(tmp / "run.json", summary)
+            _write_report(tmp, summary, forget_records, job)
+        row = ledger.append(job.subject, [record for _, record in forget_records], job.method, record.params,
+                            fingerprint_before, summary["fingerprint_after"], after, record.seconds, record.status)
+        return row
+
+    summary["ledger_row"] = on_main(write)
     ledger.close()
-    summary["ledger_row"] = row
-    log(f"{job.method}: forget {before} -> {after} in {record.seconds:.2f}s; status {record.status}; ledger row {row}")
+    if is_main_process():
+        log(f"{job.method}: forget {before} -> {after} in {record.seconds:.2f}s; status {record.status}; "
+            f"ledger row {summary['ledger_row']}")
     return summary
 
 

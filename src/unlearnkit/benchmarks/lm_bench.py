@@ -56,10 +56,18 @@ def run_lm_bench(
     command: str = "",
     attacks: Sequence[str] = (),
     log=print,
+    memory: Any = None,
 ) -> dict[str, Any]:
-    """Run the facts bench and write results.json, results.md and items/<model>.jsonl into ``out``."""
+    """Run the facts bench and write results.json, results.md and items/<model>.jsonl into ``out``.
+
+    ``memory`` (LoRA, bf16, gradient checkpointing) applies to every method's run. Under several
+    processes every one trains and scores its shard; only the main process logs and writes.
+    """
     from ..adapters.causal_lm import CausalLMAdapter
+    from ..train.distributed import check_launch, is_main_process, on_main, training_device
     from .facts import cached_facts_model, facts_request, load_facts
+
+    log = log if is_main_process() else _quiet  # one process reports
 
     attacks = parse_attacks(attacks)
     data = load_facts(config)
@@ -70,8 +78,13 @@ def run_lm_bench(
     target_dir, target_meta = cached_facts_model(config, "target")
     retain_dir, retain_meta = cached_facts_model(config, "retain", split)
     target = CausalLMAdapter.from_pretrained(target_dir, max_length=config.max_length)
+    target.model.to(training_device())
     settings = validate_runs(names, params or {}, target, request)
+    check_launch()
+    if memory is not None:
+        memory.check(target)
     retain_model = CausalLMAdapter.from_pretrained(retain_dir, max_length=config.max_length)
+    retain_model.model.to(training_device())
     retrain_seconds = retain_meta["train_seconds"]
     splits = evaluation_splits(data, split, config.seed)
     ids = {name: [it["id"] for it in items] for name, items in splits.items()}
@@ -93,7 +106,7 @@ def run_lm_bench(
         record_run(role, adapter, {"reference": True, "params": meta["config"], "seconds": meta["train_seconds"],
                                    "peak_mem_mb": float("nan"), "status": "ok"})
     for name in names:
-        model, record = unlearn(target.model, request, name, adapter=target, **settings[name])
+        model, record = unlearn(target.model, request, name, adapter=target, memory=memory, **settings[name])
         record_run(name, target.with_model(model), {
             "reference": False, "params": record.params, "seconds": record.seconds, "peak_mem_mb": record.peak_mem_mb,
             "status": record.status, "message": record.message, "info": record.info, "losses": record.losses})
@@ -103,8 +116,12 @@ def run_lm_bench(
                "metric_keys": list(LM_METRICS), "config": config.to_dict(),
                "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs}
     command = command or f"unlearnkit bench --benchmark facts --split {split}"
-    write_lm_results(out, results, items, f"facts — {split}", command, overwrite=overwrite)
+    on_main(lambda: write_lm_results(out, results, items, f"facts — {split}", command, overwrite=overwrite))
     return results
+
+
+def _quiet(*_args: Any, **_kwargs: Any) -> None:
+    """A log that says nothing (processes other than the main one)."""
 
 
 def write_lm_results(out: Path, results: dict[str, Any], items: Mapping[str, list], title: str, command: str, *,
@@ -152,11 +169,16 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
                     overwrite: bool = False, command: str = "", log=print) -> dict[str, Any]:
     """Score a user's model against their retain model on TOFU-format data; write results like ``bench``."""
     from ..adapters.causal_lm import CausalLMAdapter
+    from ..train.distributed import is_main_process, on_main, training_device
+
+    log = log if is_main_process() else _quiet
 
     if out.exists() and not overwrite:
         raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
     splits = tofu_evaluation_splits(data, split)
     adapters = {"model": CausalLMAdapter.from_pretrained(model), "retain": CausalLMAdapter.from_pretrained(retain_model)}
+    for adapter in adapters.values():
+        adapter.model.to(training_device())
     ids = {name: [it["id"] for it in items] for name, items in splits.items()}
     _, reference = evaluate_lm(adapters["retain"], splits, None, ids=ids)
     runs, items = [], {}
@@ -168,5 +190,6 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
         log(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     results = {"benchmark": "tofu-format", "data": str(data), "split": split, "seed": None,
                "metric_keys": list(LM_METRICS), "runs": runs}
-    write_lm_results(out, results, items, f"{data.name} — {split}", command or "unlearnkit evaluate", overwrite=overwrite)
+    on_main(lambda: write_lm_results(out, results, items, f"{data.name} — {split}", command or "unlearnkit evaluate",
+                                     overwrite=overwrite))
     return results

@@ -78,53 +78,84 @@ def _with_answer(items: Sequence[Mapping[str, Any]], answers: Sequence[str]) -> 
     return [{"question": it["question"], "answer": a} for it, a in zip(items, answers)]
 
 
+def _on_device(batch: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:
+    device = next(model.parameters()).device
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 @torch.no_grad()
 def _avg_losses(adapter: Any, items: Sequence[Mapping[str, Any]], batch_size: int) -> np.ndarray:
-    out = [adapter.per_item_loss(adapter.model, adapter.collate(chunk)).float().cpu().numpy()
+    out = [adapter.per_item_loss(adapter.model, _on_device(adapter.collate(chunk), adapter.model)).float().cpu().numpy()
            for chunk in batches(list(items), batch_size, shuffle=False, seed=0)]
-    return np.concatenate(out) if out else np.zeros(0)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 @torch.no_grad()
-def collect_lm(adapter: Any, items: Sequence[Mapping[str, Any]], ids: Sequence[Any] | None = None, *,
-               batch_size: int = 32, generate: bool = True, max_new_tokens: int = 48) -> LMSplitStats:
-    """Teacher-forced losses and token statistics, plus greedy generations and ROUGE-L recall."""
+def _collect_items(adapter: Any, items: list[Mapping[str, Any]], *, has_para: bool, has_pert: bool, batch_size: int,
+                   generate: bool, max_new_tokens: int) -> dict[str, list[Any]]:
+    """Per-item statistics of ``items`` (this process's shard), as equal-length lists in item order."""
     model = adapter.model
-    model.eval()
-    items = list(items)
-    token_logprobs, mus, sigmas, argmaxes, labels = [], [], [], [], []
+    fields: dict[str, list[Any]] = {name: [] for name in ("logprobs", "mu", "sigma", "argmax", "labels")}
     for chunk in batches(items, batch_size, shuffle=False, seed=0):
-        for stats in adapter.token_stats(model, adapter.collate(chunk)):
-            token_logprobs.append(stats.logprobs.double().cpu().numpy())
-            mus.append(stats.mean.double().cpu().numpy())
-            sigmas.append(stats.std.double().cpu().numpy())
-            argmaxes.append(stats.argmax.cpu().numpy())
-            labels.append(stats.targets.cpu().numpy())
-    has_para = all("paraphrased_answer" in it for it in items)
-    has_pert = all(it.get("perturbed_answer") for it in items)
-    perturbed = None
+        for stats in adapter.token_stats(model, _on_device(adapter.collate(chunk), model)):
+            fields["logprobs"].append(stats.logprobs.double().cpu().numpy())
+            fields["mu"].append(stats.mean.double().cpu().numpy())
+            fields["sigma"].append(stats.std.double().cpu().numpy())
+            fields["argmax"].append(stats.argmax.cpu().numpy())
+            fields["labels"].append(stats.targets.cpu().numpy())
+    fields["avg_loss"] = list(_avg_losses(adapter, items, batch_size))
+    if has_para:
+        fields["paraphrase_loss"] = list(_avg_losses(adapter, _with_answer(items, [it["paraphrased_answer"] for it in items]),
+                                                     batch_size))
     if has_pert:
-        width = max(len(it["perturbed_answer"]) for it in items)
+        width = max((len(it["perturbed_answer"]) for it in items), default=0)
         columns = []
         for j in range(width):  # one teacher-forced pass per perturbation slot
             present = [i for i, it in enumerate(items) if j < len(it["perturbed_answer"])]
             losses = _avg_losses(adapter, _with_answer([items[i] for i in present],
                                                        [items[i]["perturbed_answer"][j] for i in present]), batch_size)
             columns.append(dict(zip(present, losses)))
-        perturbed = [np.array([col[i] for col in columns if i in col]) for i in range(len(items))]
+        fields["perturbed"] = [np.array([col[i] for col in columns if i in col]) for i in range(len(items))]
+    if generate:
+        fields["generations"] = adapter.generate(model, [it["question"] for it in items], max_new_tokens=max_new_tokens)
+    return fields
+
+
+@torch.no_grad()
+def collect_lm(adapter: Any, items: Sequence[Mapping[str, Any]], ids: Sequence[Any] | None = None, *,
+               batch_size: int = 32, generate: bool = True, max_new_tokens: int = 48) -> LMSplitStats:
+    """Teacher-forced losses and token statistics, plus greedy generations and ROUGE-L recall.
+
+    Under ``accelerate launch`` / ``torchrun`` each process scores a contiguous shard of the items
+    and the per-item statistics are gathered back in item order, so every metric computed from
+    them equals the one-process value (up to floating-point differences of batch composition).
+    """
+    from ..train.distributed import gather_fields, shard
+
+    adapter.model.eval()
+    items = list(items)
+    has_para = all("paraphrased_answer" in it for it in items)
+    has_pert = all(it.get("perturbed_answer") for it in items)
+    fields = gather_fields(_collect_items(adapter, shard(items), has_para=has_para, has_pert=has_pert,
+                                          batch_size=batch_size, generate=generate, max_new_tokens=max_new_tokens))
     stats = LMSplitStats(
         ids=list(ids) if ids is not None else list(range(len(items))),
         answers=[it["answer"] for it in items],
-        avg_loss=_avg_losses(adapter, items, batch_size),
-        paraphrase_loss=_avg_losses(adapter, _with_answer(items, [it["paraphrased_answer"] for it in items]),
-                                    batch_size) if has_para else None,
-        perturbed_loss=perturbed,
-        token_logprobs=token_logprobs, minkpp_mu=mus, minkpp_sigma=sigmas, argmax_ids=argmaxes, label_ids=labels,
+        avg_loss=_as_array(fields["avg_loss"]),
+        paraphrase_loss=_as_array(fields["paraphrase_loss"]) if has_para else None,
+        perturbed_loss=fields["perturbed"] if has_pert else None,
+        token_logprobs=fields["logprobs"], minkpp_mu=fields["mu"], minkpp_sigma=fields["sigma"],
+        argmax_ids=fields["argmax"], label_ids=fields["labels"],
     )
     if generate:
-        stats.generations = adapter.generate(model, [it["question"] for it in items], max_new_tokens=max_new_tokens)
+        stats.generations = fields["generations"]
         stats.rouge = M.rouge_l_recall(stats.answers, stats.generations).per_item
     return stats
+
+
+def _as_array(values: list[Any]) -> np.ndarray:
+    """Per-item float32 scalars as one array (float32 even when empty)."""
+    return np.array(values, dtype=np.float32)
 
 
 def lm_metrics(stats: Mapping[str, LMSplitStats], reference: Mapping[str, LMSplitStats] | None = None) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
@@ -9,6 +10,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from . import distributed
 from .config import TrainConfig
 from .gu import GradientProjector, LossParts
 from .progress import progress_bar
@@ -28,29 +30,36 @@ class TrainRecord:
 
 
 class DivergenceGuard:
-    """Keeps the last weights that gave a finite loss and restores them when the loss turns NaN/inf."""
+    """Keeps the last weights that gave a finite loss and restores them when the loss turns NaN/inf.
 
-    def __init__(self, model: nn.Module, every: int) -> None:
-        self.model, self.every = model, max(1, every)
+    With ``restore=False`` (parameters sharded by FSDP / DeepSpeed, where a process holds only a
+    slice) it keeps no snapshot: it only stops the run, leaving the weights of the last step.
+    """
+
+    def __init__(self, model: nn.Module, every: int, restore: bool = True) -> None:
+        self.model, self.every, self.restore = model, max(1, every), restore
         self._snapshot = self._copy()
         self._snapshot_step = 0
 
     def _copy(self) -> dict[str, torch.Tensor]:
+        if not self.restore:
+            return {}
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
     def before_step(self, loss: torch.Tensor, step: int) -> bool:
         """Return True (after restoring the snapshot) when ``loss`` is not finite."""
         if not torch.isfinite(loss.detach()).all():
-            self.model.load_state_dict(self._snapshot)
+            if self.restore:
+                self.model.load_state_dict(self._snapshot)
             return True
         if step % self.every == 0:  # these weights produced a finite loss: they are good
             self._snapshot, self._snapshot_step = self._copy(), step
         return False
 
     @property
-    def restored_step(self) -> int:
-        """The step whose weights the last restore brought back."""
-        return self._snapshot_step
+    def restored_step(self) -> int | None:
+        """The step whose weights the last restore brought back (None when it does not restore)."""
+        return self._snapshot_step if self.restore else None
 
 
 def make_optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -109,41 +118,63 @@ def optimise(
     with a ``projector`` (GU), lets it set the gradients from the two parts instead of backward.
     The model is trained in place: callers pass a copy. A NaN/inf loss stops the run, restores
     the last good weights and marks the record ``diverged``.
+
+    Under ``accelerate launch`` / ``torchrun`` every process walks the same batch stream and takes
+    its rows of each batch (``config.batch_size`` is the global batch); the model prepared by
+    accelerate averages the gradients, and the recorded loss is the mean over processes. See
+    :mod:`unlearnkit.train.distributed`. One process behaves exactly as before.
     """
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    world, rank = accelerator.num_processes, accelerator.process_index
+    distributed.check_loop_support(accelerator, projector=projector,
+                                   callbacks=after_backward is not None or after_step is not None)
     torch.manual_seed(config.seed)  # dropout and any sampling inside losses follow the one seed
     total = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total = min(total, config.max_steps)
+    plain, sharded = model, distributed.is_sharded(accelerator)
+    if sharded:  # FSDP / DeepSpeed shard the module in place: train a copy, copy the weights back at the end
+        model, params = _sharded_copy(model, params)
+        plain.to("cpu")  # the whole model waits in CPU memory, not on the GPU, while its copy trains
+        distributed.prepare_sharded(accelerator, config.batch_size, config.grad_clip)
     optimizer = make_optimizer(params if params is not None else model.parameters(), config)
     if projector is not None:
         projector.attach(optimizer)
     schedule = make_schedule(optimizer, config, total)
     model, optimizer = accelerator.prepare(model, optimizer)
-    guard = DivergenceGuard(accelerator.unwrap_model(model), config.guard_every)
+    # what losses and callbacks see: the model itself in one process, else a view that runs the wrapper
+    net = model if world == 1 else distributed.ModelView(model, accelerator.unwrap_model(model))
+    guard = DivergenceGuard(accelerator.unwrap_model(model), config.guard_every, restore=not sharded)
     record = TrainRecord()
     model.train()
-    with progress_bar(description, total) as bar:
+    with progress_bar(description, total) if rank == 0 else _silent() as bar:
         for epoch in range(config.epochs):
             if record.steps >= total or record.status == "diverged":
                 break
-            for batch in epoch_batches(epoch):
+            for batch in _while_all_have(epoch_batches(epoch), world):
                 if record.steps >= total:
                     break
-                loss = loss_fn(model, _to_device(batch, accelerator.device))
+                weight = 1.0
+                if world > 1:  # every process walks the same stream and takes its rows of each batch
+                    batch, weight = distributed.split_batch(batch, rank, world)
+                loss = loss_fn(net, _to_device(batch, accelerator.device))
                 parts = loss if isinstance(loss, LossParts) else None
                 if parts is not None:
                     loss = parts.forget + parts.retain
                 elif projector is not None:
                     raise TypeError("a loss_fn used with a projector must return LossParts(forget, retain)")
-                if guard.before_step(loss, record.steps):
+                if world > 1:
+                    loss = loss * weight
+                    if not sharded:
+                        loss = distributed.touch_parameters(loss, model)
+                seen = distributed.mean_across(loss.detach()) if world > 1 else loss
+                if guard.before_step(seen, record.steps):
                     record.status = "diverged"
-                    record.message = (
-                        f"loss became {loss.item()} at step {record.steps}; "
-                        f"restored the weights of step {guard.restored_step}"
-                    )
+                    kept = (f"restored the weights of step {guard.restored_step}" if guard.restore
+                            else "kept the weights of the last step (sharded parameters are not snapshotted)")
+                    record.message = f"loss became {seen.item()} at step {record.steps}; {kept}"
                     break
                 optimizer.zero_grad(set_to_none=True)
                 if projector is not None:
@@ -151,15 +182,56 @@ def optimise(
                 else:
                     accelerator.backward(loss)
                 if after_backward is not None:
-                    after_backward(model)
+                    after_backward(net)
                 if config.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 schedule.step()
                 if after_step is not None:
-                    after_step(model)
+                    after_step(net)
                 record.steps += 1
-                record.losses.append(float(loss.detach()))
+                record.losses.append(float(seen.detach()))
                 bar.advance(1, loss=f"{record.losses[-1]:.4f}")
     model.eval()
+    if sharded:
+        distributed.copy_back_sharded(accelerator, model, plain)
+        plain.eval()
+        accelerator.free_memory()
     return record
+
+
+def _while_all_have(batches: Iterator[Batch], world: int) -> Iterator[Batch]:
+    """The batches, ending as soon as any process's stream ends (so no process waits alone in DDP).
+
+    Streams are meant to be identical everywhere, but one that decides from this process's own
+    losses (an early stop) may end earlier on one process than on another.
+    """
+    if world == 1:
+        yield from batches
+        return
+    for batch in batches:
+        if not distributed.every_process(True):
+            return
+        yield batch
+    distributed.every_process(False)
+
+
+class _Silent:
+    def advance(self, n: int = 1, **fields: object) -> None:
+        """Nothing: only the main process draws progress."""
+
+
+def _silent() -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext(_Silent())
+
+
+def _sharded_copy(model: nn.Module, params: Iterable[nn.Parameter] | None):
+    """A deep copy of ``model`` for FSDP / DeepSpeed to shard, and ``params`` mapped onto it by name."""
+    import copy
+
+    twin = copy.deepcopy(model)
+    if params is None:
+        return twin, None
+    names = {id(p): name for name, p in model.named_parameters()}
+    theirs = dict(twin.named_parameters())
+    return twin, [theirs[names[id(p)]] for p in params]

@@ -1,0 +1,330 @@
+"""Several processes, one result: the helpers that let the shared loop and the evaluators scale out.
+
+Everything here rests on accelerate (which rests on ``torch.distributed``); nothing implements its
+own communication. Started by ``accelerate launch`` or ``torchrun``, every process runs the same
+command; without a launcher there is one process and every helper is a no-op.
+
+- Training (``optimise``): every process walks the same seeded batch stream; each takes its rows
+  of every batch (:func:`split_batch`), and the model prepared by accelerate (DDP, or FSDP /
+  DeepSpeed on GPUs) averages the gradients. ``config.batch_size`` is therefore the *global*
+  batch size and a run on N processes takes the same steps on the same items as on one.
+- Evaluation: items are cut into contiguous shards (:func:`shard`), each process scores its
+  shard, and :func:`gather_in_order` puts the per-item statistics back in item order.
+- Only the main process writes outputs and ledger rows (:func:`is_main_process`); :func:`end`
+  shuts the process group down (runs that skip it crash at exit now and then).
+
+Choice (where the loss is not a mean over items, or a batch does not split evenly): process r
+holds n_r of the batch's N rows and multiplies its loss by n_r·W/N before DDP averages over the
+W processes, so the update equals the one-process update exactly for losses that are means over
+the batch's items; for a batch with several parts (forget and retain) the weight is taken from
+the first part, so the update is exact when every part splits evenly and close otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+import torch
+from torch import nn
+
+from ..errors import UserInputError
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------- who am I
+def launched_processes() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``), without starting anything."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def state():
+    """accelerate's process state, created on first use (it joins the process group when launched)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def process_count() -> int:
+    """Number of processes working on this run (1 without a launcher)."""
+    return state().num_processes if launched_processes() > 1 else 1
+
+
+def process_index() -> int:
+    """This process's rank, 0..count−1."""
+    if launched_processes() > 1:
+        return state().process_index
+    return 0
+
+
+def is_main_process() -> bool:
+    """True on the process that writes outputs, ledger rows and logs."""
+    return process_index() == 0
+
+
+def training_device() -> torch.device:
+    """The device this process trains on (its GPU, else the CPU)."""
+    if launched_processes() > 1 or torch.cuda.is_available():
+        return torch.device(state().device)
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    """Wait until every process gets here (a no-op for one process)."""
+    if launched_processes() > 1:
+        state().wait_for_everyone()
+
+
+def end(wait: bool = True) -> None:
+    """Shut the process group down at the end of a command (a no-op when there is none).
+
+    ``wait`` first lets every process arrive, so none tears down a connection another still
+    uses; a process leaving on an unexpected error skips it (its peers may never arrive).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if wait:
+            state().wait_for_everyone()
+        state().destroy_process_group()
+
+
+def on_main(action: Callable[[], T]) -> T | None:
+    """Run ``action`` on the main process only, then wait for it everywhere; return its value there."""
+    value = action() if is_main_process() else None
+    barrier()
+    return value
+
+
+def describe_launch() -> dict[str, Any]:
+    """How this run was launched, for its record: empty for one plain process."""
+    mixed = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if launched_processes() == 1 and mixed == "no":
+        return {}
+    kind = state().distributed_type
+    return {"processes": process_count(), "distributed_type": getattr(kind, "name", str(kind)), "mixed_precision": mixed}
+
+
+# ---------------------------------------------------------------------------- evaluation shards
+def shard_bounds(total: int, index: int | None = None, count: int | None = None) -> tuple[int, int]:
+    """``(start, stop)`` of process ``index``'s contiguous share of ``total`` items.
+
+    Shares differ by at most one item, the larger ones first (as accelerate's
+    ``split_between_processes``), so concatenating them in rank order restores the item order.
+    """
+    index = process_index() if index is None else index
+    count = process_count() if count is None else count
+    if not 0 <= index < count:
+        raise ValueError(f"process index {index} is outside 0..{count - 1}")
+    base, extra = divmod(total, count)
+    start = index * base + min(index, extra)
+    return start, start + base + (1 if index < extra else 0)
+
+
+def shard(items: Sequence[T], index: int | None = None, count: int | None = None) -> list[T]:
+    """This process's contiguous share of ``items`` (all of them for one process)."""
+    start, stop = shard_bounds(len(items), index, count)
+    return list(items[start:stop])
+
+
+def gather_in_order(local: Sequence[T]) -> list[T]:
+    """Every process's ``local`` list, concatenated in rank order (the input itself for one process)."""
+    if process_count() == 1:
+        return list(local)
+    from accelerate.utils import gather_object
+
+    return list(gather_object(list(local)))
+
+
+def gather_fields(local: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
+    """Per-item fields (equal-length lists) from every process, each concatenated in rank order."""
+    if process_count() == 1:
+        return {name: list(values) for name, values in local.items()}
+    parts = gather_in_order([dict(local)])
+    return {name: [value for part in parts for value in part[name]] for name in local}
+
+
+# ---------------------------------------------------------------------------- training batches
+def _first_rows(batch: Any) -> int | None:
+    """Rows of the first tensor in a (nested) batch, depth first; None when it holds no tensor."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else None
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for value in values:
+        rows = _first_rows(value)
+        if rows is not None:
+            return rows
+    return None
+
+
+def _take_rows(batch: Any, index: int, count: int) -> Any:
+    if isinstance(batch, torch.Tensor):
+        if not batch.dim():
+            return batch
+        start, stop = shard_bounds(batch.shape[0], index, count)
+        return batch[start:stop] if stop > start else batch[:1]  # a placeholder row, weighted 0
+    if isinstance(batch, Mapping):
+        return {key: _take_rows(value, index, count) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_take_rows(value, index, count) for value in batch)
+    return batch
+
+
+def split_batch(batch: Any, index: int, count: int) -> tuple[Any, float]:
+    """Process ``index``'s contiguous rows of every tensor in ``batch``, and its loss weight n_r·W/N.
+
+    A process whose share of a part is empty gets that part's first row as a placeholder (so its
+    forward pass, and DDP's gradient averaging, still run); its weight is then 0 when the first part
+    is the empty one.
+    """
+    total = _first_rows(batch)
+    split = _take_rows(batch, index, count)
+    if not total:
+        return split, 1.0
+    start, stop = shard_bounds(total, index, count)
+    return split, (stop - start) * count / total
+
+
+def mean_across(value: torch.Tensor) -> torch.Tensor:
+    """The mean of a tensor over the processes (the tensor itself for one process)."""
+    if process_count() == 1:
+        return value
+    from accelerate.utils import reduce
+
+    return reduce(value.detach().clone(), reduction="mean")
+
+
+def touch_parameters(loss: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """``loss`` plus 0 × one entry of every trainable parameter, so each one takes part in backward.
+
+    DDP waits for a gradient of every trainable parameter; a loss that reads an inner block's
+    output (RMU) leaves the later blocks without one, which ``find_unused_parameters`` cannot see
+    (they did produce the forward's outputs). The added term changes no gradient value.
+    """
+    touched = [p.reshape(-1)[:1].sum().float() for p in model.parameters() if p.requires_grad]
+    return loss + 0.0 * torch.stack(touched).sum().to(loss.dtype) if touched else loss
+
+
+def every_process(flag: bool) -> bool:
+    """True when ``flag`` is true on every process (one all-reduce; the flag itself for one process)."""
+    if process_count() == 1:
+        return flag
+    from accelerate.utils import reduce
+
+    value = torch.tensor([1.0 if flag else 0.0], device=state().device)
+    return bool(reduce(value, reduction="sum").item() == process_count())
+
+
+class ModelView:
+    """What a loss function sees of a prepared (e.g. DDP-wrapped) model.
+
+    Calling it runs the prepared wrapper, so gradients are synchronised; every attribute
+    (``named_modules``, ``get_input_embeddings``, ``config``...) comes from the plain model, so
+    module names, hooks and helpers work as they do in one process.
+    """
+
+    def __init__(self, prepared: nn.Module, plain: nn.Module) -> None:
+        self._prepared, self._plain = prepared, plain
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._prepared(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._plain, name)
+
+
+# ---------------------------------------------------------------------------- launch settings
+SHARDED = ("FSDP", "DEEPSPEED")
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() in ("1", "true", "yes")
+
+
+def check_launch() -> None:
+    """Raise :class:`UserInputError` for accelerate settings that unlearnkit cannot honour.
+
+    Checked before any work: FSDP or DeepSpeed without a GPU (accelerate would silently run plain
+    DDP on the CPU), DeepSpeed without its package, and gradient accumulation (the loop takes one
+    optimiser step per batch; raise the batch size instead).
+    """
+    wants = [name for name, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+             if _flag(flag)]
+    if wants and not torch.cuda.is_available():
+        raise UserInputError(f"The accelerate config asks for {wants[0]}, which needs GPUs, but none is visible; "
+                             "use the DDP config (configs/accelerate/ddp.yaml) or torchrun on the CPU.")
+    if "DeepSpeed" in wants:
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise UserInputError("The accelerate config asks for DeepSpeed, but the deepspeed package is not installed.")
+    steps = os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1")
+    if steps not in ("", "1"):
+        raise UserInputError(f"The accelerate config sets gradient_accumulation_steps={steps}, which unlearnkit does "
+                             "not use (one optimiser step per batch); set it to 1 and raise batch_size instead.")
+
+
+def check_loop_support(accelerator: Any, *, projector: Any, callbacks: bool) -> None:
+    """Raise when this loop's run cannot be honoured by the accelerate setup it was launched with."""
+    if accelerator.num_processes > 1 and projector is not None:
+        raise UserInputError(f"GU projection (project=gu) runs in one process only, but this run has "
+                             f"{accelerator.num_processes}; launch it without accelerate/torchrun or drop project=gu.")
+    if is_sharded(accelerator) and callbacks:
+        raise UserInputError(f"This method edits gradients or weights between steps, which {_kind(accelerator)} shards "
+                             "across processes; run it with the DDP config (configs/accelerate/ddp.yaml).")
+
+
+def _kind(accelerator: Any) -> str:
+    return getattr(accelerator.distributed_type, "name", str(accelerator.distributed_type))
+
+
+def is_sharded(accelerator: Any) -> bool:
+    """True when accelerate shards the parameters themselves (FSDP, DeepSpeed)."""
+    return _kind(accelerator) in SHARDED
+
+
+#: DeepSpeed settings unlearnkit fills per run, and whether the user's config left each to it ("auto").
+_DEEPSPEED_FILLED: dict[str, bool] = {}
+
+
+def prepare_sharded(accelerator: Any, batch_size: int, grad_clip: float | None) -> None:
+    """Fill DeepSpeed's batch and clipping settings that it cannot infer (no DataLoader is prepared).
+
+    Settings the config left as ``auto`` (or unset) follow each run's ``batch_size`` and
+    ``grad_clip``; values the config gives are kept.
+    """
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    for key in ("train_micro_batch_size_per_gpu", "train_batch_size", "gradient_clipping"):
+        _DEEPSPEED_FILLED.setdefault(key, ds.get(key, "auto") == "auto")
+    micro = max(1, math.ceil(batch_size / accelerator.num_processes))
+    wanted = {"train_micro_batch_size_per_gpu": micro, "train_batch_size": micro * accelerator.num_processes,
+              "gradient_clipping": float(grad_clip or 0.0)}
+    ds.update({key: value for key, value in wanted.items() if _DEEPSPEED_FILLED[key]})
+
+
+def copy_back_sharded(accelerator: Any, prepared: nn.Module, plain: nn.Module) -> None:
+    """Load the trained weights of a sharded (FSDP / ZeRO-3) model into ``plain`` on every process.
+
+    accelerate gathers the full state on the main process; it is loaded there and broadcast from
+    it into the same tensors everywhere else. Keys missing from the gathered state must be tied to
+    a loaded tensor (e.g. GPT-2's output embedding).
+    """
+    from accelerate.utils import broadcast
+
+    plain.to(accelerator.device)  # the broadcast runs on the process's device (NCCL needs GPU tensors)
+    full = accelerator.get_state_dict(prepared)
+    if accelerator.is_main_process:
+        missing, unexpected = plain.load_state_dict(full, strict=False)
+        own = plain.state_dict()
+        loaded = {own[k].data_ptr() for k in own if k in full}
+        untied = [k for k in missing if own[k].data_ptr() not in loaded]
+        if untied or unexpected:
+            raise RuntimeError(f"gathered weights do not fit the model (missing {untied[:3]}, unexpected {unexpected[:3]})")
+    tensors = {k: v for k, v in plain.state_dict().items() if v.is_floating_point()}
+    broadcast(tensors, from_process=0)

@@ -1,0 +1,252 @@
+"""Fitting bigger language models: LoRA through PEFT, bf16 weights and gradient checkpointing.
+
+These are settings of a *run*, not of a method: :func:`unlearnkit.api.unlearn` applies them to its
+private copy of the model before the method starts and undoes them after, so every method that
+trains a causal LM through the shared loop works with them unchanged.
+
+- ``--lora r=8,alpha=16,targets=c_attn,c_proj`` (Hu et al., "LoRA: Low-Rank Adaptation of Large
+  Language Models", 2021): each target weight W becomes W + (α/r)·B·A with A (r × d_in), B (d_out × r),
+  B = 0 at the start, and only A and B train. Optional keys: ``dropout=0.05`` and ``save=merged``
+  (the default: B·A is folded into W and a plain model is returned) or ``save=adapter`` (the PEFT
+  model is returned; saving it writes only the adapter). Without ``targets`` PEFT's default for the
+  architecture is used (e.g. ``c_attn`` for GPT-2, ``q_proj,v_proj`` for Llama).
+- ``bf16``: weights (and so the frozen reference copies methods take) are stored and trained in
+  bfloat16, halving weights, gradients and Adam state; they are cast back to the input's dtype after.
+  This is pure bf16 training (no fp32 master copy); accelerate's ``mixed_precision: bf16`` is the
+  autocast alternative that keeps fp32 weights.
+- ``gradient_checkpointing``: activations inside each block are recomputed in the backward pass
+  (non-reentrant, so it works under DDP).
+
+The frozen reference that NPO, GradDiff(KL), IdK-DPO, RMU, UNDIAL and ICU take is a deep copy of the
+prepared model: it keeps the (zero) LoRA branch and the bf16 dtype, so LoRA saves the optimiser
+state and gradients of the base weights, not the reference's memory.
+
+transformers and peft are imported lazily.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserInputError
+
+LORA_SAVES = ("merged", "adapter")
+_LORA_KEYS = ("r", "alpha", "targets", "dropout", "save")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """Rank ``r``, scale ``alpha``, target module names (None: PEFT's default), dropout, how to save."""
+
+    r: int = 8
+    alpha: float = 16.0
+    targets: tuple[str, ...] | None = None
+    dropout: float = 0.0
+    save: str = "merged"
+
+    def check(self) -> None:
+        """Raise :class:`UserInputError` for values LoRA cannot use."""
+        if self.r < 1:
+            raise UserInputError(f"--lora r must be a positive integer, got r={self.r}.")
+        if not self.alpha > 0:
+            raise UserInputError(f"--lora alpha must be positive, got alpha={self.alpha}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserInputError(f"--lora dropout must lie in [0, 1), got dropout={self.dropout}.")
+        if self.save not in LORA_SAVES:
+            raise UserInputError(f"--lora save must be one of {', '.join(LORA_SAVES)}, got save={self.save!r}.")
+
+
+def parse_lora(text: str) -> LoraSpec:
+    """Parse ``r=8,alpha=16,targets=c_attn,c_proj[,dropout=0.05][,save=adapter]``.
+
+    A comma-separated piece without ``=`` continues the list of the key before it (``targets``).
+    """
+    values: dict[str, list[str]] = {}
+    key = None
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        name, sep, value = piece.partition("=")
+        if sep:
+            key = name.strip()
+            if key not in _LORA_KEYS:
+                raise UserInputError(f"--lora has no setting {key!r}; valid: {', '.join(_LORA_KEYS)} "
+                                     "(e.g. r=8,alpha=16,targets=c_attn,c_proj).")
+            values[key] = [value.strip()]
+        elif key == "targets":
+            values[key].append(piece)
+        else:
+            raise UserInputError(f"--lora piece {piece!r} is not NAME=VALUE (e.g. r=8,alpha=16,targets=c_attn,c_proj).")
+    targets = tuple(t for t in values.get("targets", []) if t) or None
+    try:
+        spec = LoraSpec(
+            r=int(values.get("r", ["8"])[0]),
+            alpha=float(values.get("alpha", ["16"])[0]),
+            targets=targets,
+            dropout=float(values.get("dropout", ["0"])[0]),
+            save=values.get("save", ["merged"])[0],
+        )
+    except ValueError:
+        raise UserInputError(f"--lora {text!r}: r must be an integer and alpha, dropout numbers.") from None
+    spec.check()
+    return spec
+
+
+def _lora_capable(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)) or type(module).__name__ == "Conv1D"
+
+
+def lora_targets(model: nn.Module) -> list[str]:
+    """The module names LoRA can target in ``model`` (last name components, sorted)."""
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name and _lora_capable(module)})
+
+
+def _check_targets(model: nn.Module, targets: tuple[str, ...]) -> None:
+    names = [name for name, module in model.named_modules() if name and _lora_capable(module)]
+    for target in targets:
+        if not any(name == target or name.endswith(f".{target}") for name in names):
+            raise UserInputError(f"--lora target {target!r} is not a LoRA-capable module of this model; "
+                                 f"valid: {', '.join(lora_targets(model))}.")
+
+
+@dataclass
+class MemoryOptions:
+    """How a run fits the model in memory: LoRA, bf16 weights, gradient checkpointing (LM only)."""
+
+    lora: LoraSpec | None = None
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+
+    @classmethod
+    def from_cli(cls, lora: str | None = None, bf16: bool = False, gradient_checkpointing: bool = False) -> "MemoryOptions":
+        """Build from the CLI options (``--lora TEXT``, ``--bf16``, ``--gradient-checkpointing``)."""
+        return cls(parse_lora(lora) if lora else None, bool(bf16), bool(gradient_checkpointing))
+
+    @property
+    def active(self) -> bool:
+        """True when any option is set."""
+        return self.lora is not None or self.bf16 or self.gradient_checkpointing
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options that are set, for results and the ledger."""
+        out: dict[str, Any] = {}
+        if self.lora is not None:
+            out["lora"] = asdict(self.lora) | {"targets": list(self.lora.targets) if self.lora.targets else None}
+        if self.bf16:
+            out["bf16"] = True
+        if self.gradient_checkpointing:
+            out["gradient_checkpointing"] = True
+        return out
+
+    def check(self, adapter: Any) -> None:
+        """Raise :class:`UserInputError` unless every set option applies to this model (before any work)."""
+        if not self.active:
+            return
+        asked = [f"--{k.replace('_', '-')}" for k in self.to_dict()]
+        if getattr(adapter, "kind", None) != "causal_lm":
+            verb = "applies" if len(asked) == 1 else "apply"
+            raise UserInputError(f"{', '.join(asked)} {verb} to causal language models, but this is a {adapter.kind} model.")
+        model = adapter.model
+        if self.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
+            raise UserInputError(f"The model {type(model).__name__} does not support gradient checkpointing.")
+        if self.lora is not None:
+            self.lora.check()
+            if self.lora.targets:
+                _check_targets(model, self.lora.targets)
+
+
+@dataclass
+class Prepared:
+    """A model made ready by :func:`prepare_model`, and what :func:`finish_model` needs to undo it."""
+
+    model: nn.Module
+    options: MemoryOptions
+    dtype: torch.dtype
+    peft: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+    use_cache: Any = None
+
+
+def prepare_model(model: nn.Module, options: MemoryOptions, seed: int = 0) -> Prepared:
+    """Apply bf16, gradient checkpointing and LoRA to ``model`` (a private copy) in place.
+
+    The returned ``Prepared.model`` is the same object as ``model`` (PEFT injects its layers in
+    place), so methods see the names and helpers of the original architecture. The random LoRA
+    ``A`` matrices are drawn from ``seed`` (the run's seed), so a run is repeatable.
+    """
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    prepared = Prepared(model, options, dtype)
+    if options.bf16:
+        model.to(torch.bfloat16)
+    if options.gradient_checkpointing:
+        _checkpointing(model, on=True)
+        if hasattr(getattr(model, "config", None), "use_cache"):  # else transformers warns at every step
+            prepared.use_cache, model.config.use_cache = model.config.use_cache, False
+    if options.lora is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            prepared.peft = _inject_lora(model, options.lora)
+        prepared.info = {"trainable_parameters": count(model, trainable=True), "total_parameters": count(model)}
+    return prepared
+
+
+def _checkpointing(model: nn.Module, *, on: bool) -> None:
+    """Switch activation (gradient) checkpointing on, non-reentrant so DDP accepts it, or off."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers ≥ 5.x names
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
+def _inject_lora(model: nn.Module, spec: LoraSpec) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    targets = list(spec.targets) if spec.targets else None
+    conv1d = any(type(m).__name__ == "Conv1D" for name, m in model.named_modules()
+                 if targets is None or any(name == t or name.endswith(f".{t}") for t in targets))
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, target_modules=targets,
+                        bias="none", fan_in_fan_out=conv1d)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as error:  # e.g. no default targets for this architecture
+        raise UserInputError(f"--lora cannot be applied ({str(error).splitlines()[0]}); name targets among: "
+                             f"{', '.join(lora_targets(model))}.") from None
+
+
+def count(model: nn.Module, trainable: bool = False) -> int:
+    """Number of parameters (only those that train when ``trainable``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
+
+
+def lora_trained(model: nn.Module) -> bool:
+    """True when some LoRA ``B`` matrix left zero, i.e. the adapter was trained."""
+    return any(bool(p.detach().abs().sum() > 0) for name, p in model.named_parameters() if ".lora_B." in name)
+
+
+def finish_model(prepared: Prepared, result: nn.Module, method: str) -> nn.Module:
+    """Undo :func:`prepare_model` on the method's result: merge or keep LoRA, drop checkpointing, restore dtype."""
+    options, model = prepared.options, result
+    if options.lora is not None:
+        if result is not prepared.model:
+            raise UserInputError(f"Method {method!r} returns a new model rather than training the one it was given, "
+                                 "so --lora cannot apply; drop --lora.")
+        if not lora_trained(result):
+            raise UserInputError(f"Method {method!r} trained no LoRA weights (it does not train the model's weights "
+                                 "through the shared loop), so --lora cannot apply; drop --lora.")
+        model = prepared.peft.merge_and_unload() if options.lora.save == "merged" else prepared.peft
+    if options.gradient_checkpointing:
+        _checkpointing(prepared.model, on=False)
+        if prepared.use_cache is not None:
+            prepared.model.config.use_cache = prepared.use_cache
+    if options.bf16:
+        model.to(prepared.dtype)
+    return model

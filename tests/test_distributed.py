@@ -1,0 +1,199 @@
+"""Scaling out: shards and weights in one process, and a real 2-process gloo run against a 1-process one."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from unlearnkit.cli import main
+from unlearnkit.errors import UserInputError
+from unlearnkit.train import distributed as D
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------- shards and weights
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
+def test_shards_cover_the_items_in_order_and_differ_by_at_most_one(count):
+    for total in range(10):
+        items = list(range(total))
+        shards = [D.shard(items, index, count) for index in range(count)]
+        assert [x for part in shards for x in part] == items
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_one_process_helpers_change_nothing():
+    assert D.process_count() == 1 and D.is_main_process()
+    assert D.shard([3, 1, 2]) == [3, 1, 2]
+    assert D.gather_in_order([5, 4]) == [5, 4]
+    assert D.gather_fields({"a": [1, 2], "b": ["x", "y"]}) == {"a": [1, 2], "b": ["x", "y"]}
+    value = torch.tensor(1.5)
+    assert D.mean_across(value) is value
+    assert D.training_device().type == ("cuda" if torch.cuda.is_available() else "cpu")
+    D.end()  # no process group: nothing to do, no error
+
+
+def test_split_batch_takes_contiguous_rows_of_every_part():
+    batch = {"forget": {"x": torch.arange(3)}, "retain": {"x": torch.arange(10, 14)}}
+    first, weight0 = D.split_batch(batch, 0, 2)
+    second, weight1 = D.split_batch(batch, 1, 2)
+    assert first["forget"]["x"].tolist() == [0, 1] and second["forget"]["x"].tolist() == [2]
+    assert first["retain"]["x"].tolist() == [10, 11] and second["retain"]["x"].tolist() == [12, 13]
+    assert weight0 == pytest.approx(4 / 3) and weight1 == pytest.approx(2 / 3)  # n_r·W/N from the first part
+
+
+def test_a_process_without_rows_gets_a_placeholder_with_weight_zero():
+    part, weight = D.split_batch({"x": torch.tensor([[7.0, 8.0]])}, 1, 2)
+    assert part["x"].tolist() == [[7.0, 8.0]] and weight == 0.0
+
+
+def test_weighted_shares_average_to_the_full_batch_gradient():
+    """What DDP computes, (1/W)·Σ_r w_r·∇loss_r, equals the one-process gradient for a mean loss,
+    also when the batch does not split evenly."""
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    batch = {"x": torch.randn(5, 3), "y": torch.randn(5, 1)}
+
+    def grad(part, weight=1.0):
+        model.zero_grad()
+        (weight * (model(part["x"]) - part["y"]).square().mean()).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    full = grad(batch)
+    for world in (2, 3, 4, 6):
+        averaged = sum(grad(*D.split_batch(batch, rank, world)) for rank in range(world)) / world
+        assert torch.allclose(averaged, full, atol=1e-6), world
+
+
+def test_touch_parameters_gives_every_parameter_a_gradient_and_changes_none():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    x = torch.randn(4, 2)
+    model(x)  # the second layer runs but the loss below reads only the first one's output
+    loss = model[0](x).square().mean()
+    plain = torch.autograd.grad(loss, list(model[0].parameters()), retain_graph=True)
+    touched = D.touch_parameters(loss, model)
+    assert touched.item() == loss.item()
+    touched.backward()
+    assert all(torch.equal(p.grad, g) for p, g in zip(model[0].parameters(), plain))
+    assert all(p.grad is not None and not p.grad.any() for p in model[1].parameters())
+
+
+def test_model_view_runs_the_wrapper_and_reads_the_plain_model():
+    plain = nn.Linear(2, 2)
+    calls = []
+
+    class Wrapper(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = plain
+
+        def forward(self, x):
+            calls.append(x)
+            return self.module(x)
+
+    view = D.ModelView(Wrapper(), plain)
+    view(torch.ones(1, 2))
+    assert len(calls) == 1
+    assert [name for name, _ in view.named_parameters()] == ["weight", "bias"]  # no "module." prefix
+
+
+# ---------------------------------------------------------------------------- settings that cannot be honoured
+def test_fsdp_or_deepspeed_without_a_gpu_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(UserInputError, match="FSDP, which needs GPUs"):
+        D.check_launch()
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(UserInputError, match="DeepSpeed, which needs GPUs"):
+        D.check_launch()
+
+
+def test_gradient_accumulation_is_refused(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+    with pytest.raises(UserInputError, match="gradient_accumulation_steps=4"):
+        D.check_launch()
+
+
+def test_gu_projection_and_sharded_gradient_edits_are_refused():
+    two = SimpleNamespace(num_processes=2, distributed_type=SimpleNamespace(name="MULTI_CPU"))
+    with pytest.raises(UserInputError, match="GU projection"):
+        D.check_loop_support(two, projector=object(), callbacks=False)
+    D.check_loop_support(two, projector=None, callbacks=True)  # DDP keeps whole gradients: fine
+    fsdp = SimpleNamespace(num_processes=2, distributed_type=SimpleNamespace(name="FSDP"))
+    with pytest.raises(UserInputError, match="FSDP shards"):
+        D.check_loop_support(fsdp, projector=None, callbacks=True)
+
+
+def test_forget_under_an_fsdp_config_on_cpu_exits_2_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from lm_fixtures import tiny_lm, tiny_qa
+
+    items = tiny_qa(4)
+    tiny_lm(items).save_pretrained(tmp_path / "lm")
+    for name, rows in (("forget", items[:2]), ("retain", items[2:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code = main(["forget", "--model", str(tmp_path / "lm"), "--forget", str(tmp_path / "forget.jsonl"),
+                 "--retain", str(tmp_path / "retain.jsonl"), "--method", "npo", "--out", str(tmp_path / "out"),
+                 "--ledger", str(tmp_path / "ledger.db")])
+    assert code == 2
+    assert "asks for FSDP, which needs GPUs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ledger.db").exists()
+
+
+def test_accelerate_config_files_parse_to_their_backends():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    expected = {"ddp.yaml": "MULTI_GPU", "fsdp.yaml": "FSDP", "deepspeed_zero3.yaml": "DEEPSPEED"}
+    for name, kind in expected.items():
+        config = load_config_from_file(str(ROOT / "configs" / "accelerate" / name))
+        assert str(config.distributed_type).endswith(kind), name
+        assert config.num_processes >= 2
+    assert load_config_from_file(str(ROOT / "configs/accelerate/deepspeed_zero3.yaml")).deepspeed_config["zero_stage"] == 3
+
+
+# ---------------------------------------------------------------------------- two real processes
+def test_two_gloo_processes_give_the_one_process_numbers(tmp_path):
+    """2-process torchrun (gloo) vs 1 process: evaluation metrics, per-item losses and the npo forget run
+    agree within 1e-4; one output folder and one ledger row; every process exits cleanly."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from distributed_check import check
+
+    assert check(tmp_path / "one", tmp_path / "one.json") == 0  # also builds the cached tiny facts model
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "UNLEARNKIT_PROGRESS": "0"}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(ROOT / "scripts" / "distributed_check.py"), "--work", str(tmp_path / "two"),
+                           "--result", str(tmp_path / "two.json")], env=env, capture_output=True, text=True,
+                          timeout=240)
+    wall = time.perf_counter() - start
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert (one["processes"], two["processes"], two["exit_code"]) == (1, 2, 0)
+    assert one["metrics"].keys() == two["metrics"].keys() and len(one["metrics"]) >= 10
+    for key, value in one["metrics"].items():
+        assert two["metrics"][key] == pytest.approx(value, abs=1e-4), key
+    for split, losses in one["item_losses"].items():
+        assert two["item_losses"][split] == pytest.approx(losses, abs=1e-4), split
+    assert two["generations"] == one["generations"]
+    runs = [json.loads((tmp_path / n / "out" / "run.json").read_text()) for n in ("one", "two")]
+    for key, value in runs[0]["metrics_after"].items():
+        assert runs[1]["metrics_after"][key] == pytest.approx(value, abs=1e-4), key
+    assert runs[1]["losses"] == pytest.approx(runs[0]["losses"], abs=1e-4)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir() if p.is_dir()) == ["out"]  # no stray temp folders
+    from unlearnkit.ledger import Ledger
+
+    with Ledger(tmp_path / "two" / "ledger.db") as ledger:
+        assert len(ledger.rows()) == 1 and ledger.verify().ok
+    print(f"2-process wall {wall:.1f}s (startup included); forget {two['forget_seconds']:.1f}s vs {one['forget_seconds']:.1f}s")

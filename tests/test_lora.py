@@ -1,0 +1,186 @@
+"""LoRA (PEFT), bf16 and gradient checkpointing for LM methods: what trains, what is saved, what is refused."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from unlearnkit.api import unlearn
+from unlearnkit.cli import main
+from unlearnkit.errors import UserInputError
+from unlearnkit.request import ForgetRequest
+from unlearnkit.train.lora import LoraSpec, MemoryOptions, lora_targets, parse_lora
+
+sys.path.insert(0, str(Path(__file__).parent))
+from lm_fixtures import memorised_lm, tiny_qa  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lm():
+    items = tiny_qa(8)
+    adapter = memorised_lm(items, steps=60)
+    for module in adapter.model.modules():  # deterministic training steps
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return adapter, ForgetRequest(items, range(2), range(2, 8))
+
+
+# ---------------------------------------------------------------------------- the --lora text
+def test_parse_lora_reads_rank_scale_targets_and_options():
+    assert parse_lora("r=8,alpha=16,targets=c_attn,c_proj") == LoraSpec(8, 16.0, ("c_attn", "c_proj"))
+    assert parse_lora("targets=q_proj, v_proj ,save=adapter,dropout=0.05,r=4") == LoraSpec(
+        4, 16.0, ("q_proj", "v_proj"), 0.05, "adapter")
+    assert parse_lora("r=2").targets is None  # PEFT's default for the architecture
+
+
+@pytest.mark.parametrize("text, message", [
+    ("rank=8", "no setting 'rank'; valid: r, alpha, targets, dropout, save"),
+    ("r=eight", "r must be an integer"),
+    ("r=0", "r must be a positive integer"),
+    ("r=4,save=full", "save must be one of merged, adapter"),
+    ("c_attn", "is not NAME=VALUE"),
+])
+def test_bad_lora_text_is_one_clear_sentence(text, message):
+    with pytest.raises(UserInputError, match=message):
+        parse_lora(text)
+
+
+def test_unknown_target_lists_the_valid_module_names(lm):
+    adapter, _ = lm
+    assert {"c_attn", "c_proj", "c_fc", "wte", "lm_head"} <= set(lora_targets(adapter.model))
+    with pytest.raises(UserInputError, match=r"target 'q_proj' is not a LoRA-capable module.*valid: .*c_attn"):
+        MemoryOptions.from_cli("r=4,targets=q_proj").check(adapter)
+
+
+def test_memory_options_refuse_a_classifier():
+    from unlearnkit.adapters.classifier import ClassifierAdapter
+
+    with pytest.raises(UserInputError, match="--lora applies to causal language models, but this is a classifier model"):
+        MemoryOptions.from_cli("r=4").check(ClassifierAdapter(torch.nn.Linear(2, 2), 2))
+
+
+# ---------------------------------------------------------------------------- training with LoRA
+def test_lora_npo_trains_only_the_adapter_and_merges_into_the_targets(lm):
+    adapter, request = lm
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    model, record = unlearn(adapter.model, request, "npo", adapter=adapter, epochs=3, batch_size=2,
+                            memory=MemoryOptions.from_cli("r=4,alpha=8,targets=c_attn"))
+    width, layers = adapter.model.config.n_embd, adapter.model.config.n_layer
+    assert record.info["lora"]["trainable_parameters"] == layers * 4 * (width + 3 * width)  # r·(d_in + d_out) per c_attn
+    assert type(model).__name__ == "GPT2LMHeadModel" and not any("lora" in k for k in model.state_dict())
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {f"transformer.h.{i}.attn.c_attn.weight" for i in range(layers)}  # LoRA has no bias here
+    assert all(torch.equal(v, adapter.model.state_dict()[k]) for k, v in before.items())  # input untouched
+    batch = adapter.collate(request.forget_items())
+    with torch.no_grad():
+        assert adapter.per_item_loss(model, batch).mean() > adapter.per_item_loss(adapter.model, batch).mean()
+    assert record.params["lora"]["targets"] == ["c_attn"] and record.params["lora"]["r"] == 4
+
+
+def test_lora_runs_are_repeatable_and_follow_the_seed(lm):
+    adapter, request = lm
+
+    def weights(seed):
+        model, _ = unlearn(adapter.model, request, "npo", adapter=adapter, epochs=1, batch_size=2, seed=seed,
+                           memory=MemoryOptions.from_cli("r=4,targets=c_attn"))
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    first = weights(0)
+    torch.rand(10)  # a different global random state must not matter
+    assert torch.equal(weights(0), first)
+    assert not torch.equal(weights(1), first)
+
+
+def test_bf16_and_checkpointing_train_and_restore_the_input_dtype(lm):
+    adapter, request = lm
+    model, record = unlearn(adapter.model, request, "npo", adapter=adapter, epochs=2, batch_size=2,
+                            memory=MemoryOptions.from_cli("r=4,targets=c_attn,c_proj", bf16=True,
+                                                          gradient_checkpointing=True))
+    assert record.status == "ok" and record.steps == 2
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())  # switched off again
+    assert model.config.use_cache == adapter.model.config.use_cache
+    assert record.params["bf16"] is True and record.params["gradient_checkpointing"] is True
+
+
+def test_full_bf16_run_takes_the_same_first_step_loss_as_fp32(lm):
+    adapter, request = lm
+    _, fp32 = unlearn(adapter.model, request, "npo", adapter=adapter, epochs=1, batch_size=2)
+    _, bf16 = unlearn(adapter.model, request, "npo", adapter=adapter, epochs=1, batch_size=2,
+                      memory=MemoryOptions(bf16=True))
+    assert bf16.losses[0] == pytest.approx(fp32.losses[0], rel=0.05)  # bf16 keeps ~3 significant digits
+    assert bf16.losses[0] != fp32.losses[0]
+
+
+def test_a_method_that_does_not_train_through_the_loop_refuses_lora(lm):
+    adapter, request = lm
+    with pytest.raises(UserInputError, match="Method 'ssd' trained no LoRA weights"):
+        unlearn(adapter.model, request, "ssd", adapter=adapter, memory=MemoryOptions.from_cli("r=2"))
+
+
+# ---------------------------------------------------------------------------- the CLI
+@pytest.fixture()
+def files(lm, tmp_path):
+    adapter, request = lm
+    adapter.save_pretrained(tmp_path / "lm")
+    for name, rows in (("forget", request.forget_items()), ("retain", request.retain_items())):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]})
+                                                        + "\n" for r in rows))
+    return tmp_path
+
+
+def _forget(tmp_path, *extra):
+    return ["forget", "--model", str(tmp_path / "lm"), "--forget", str(tmp_path / "forget.jsonl"),
+            "--retain", str(tmp_path / "retain.jsonl"), "--out", str(tmp_path / "out"),
+            "--ledger", str(tmp_path / "ledger.db"), "--param", "epochs=2", "--param", "batch_size=2", *extra]
+
+
+def test_cli_saves_only_the_adapter_and_it_reloads_to_the_same_model(files):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    assert main(_forget(files, "--method", "npo", "--lora", "r=4,alpha=8,targets=c_attn,save=adapter")) == 0
+    out = files / "out"
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    assert not (out / "model.safetensors").exists()
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str((files / "lm").resolve())
+    run = json.loads((out / "run.json").read_text())
+    assert run["params"]["lora"]["save"] == "adapter" and run["info"]["lora"]["trainable_parameters"] > 0
+    from unlearnkit.adapters.causal_lm import CausalLMAdapter
+
+    base = CausalLMAdapter.from_pretrained(files / "lm")
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(files / "lm"), out).eval()
+    batch = base.collate([json.loads(line) for line in (files / "forget.jsonl").read_text().splitlines()])
+    with torch.no_grad():
+        loss = base.per_item_loss(reloaded, batch).mean().item()
+    assert loss == pytest.approx(run["metrics_after"]["forget_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "npo", "--lora", "r=4,targets=q_proj"], "target 'q_proj' is not a LoRA-capable module"),
+    (["--method", "npo", "--lora", "r=4,width=3"], "--lora has no setting 'width'"),
+    (["--method", "ssd", "--lora", "r=4"], "Method 'ssd' trained no LoRA weights"),
+])
+def test_cli_bad_lora_exits_2_and_writes_nothing(files, capsys, extra, message):
+    assert main(_forget(files, *extra)) == 2
+    assert message in capsys.readouterr().err
+    assert not (files / "out").exists() and not (files / "ledger.db").exists()
+
+
+def test_cli_lora_on_a_classifier_exits_2(tmp_path, capsys):
+    from unlearnkit.adapters.classifier_spec import MLP, save_classifier
+
+    spec = {"kind": "classifier", "architecture": "mlp", "input_dim": 4, "hidden": [8], "num_classes": 2}
+    save_classifier(MLP(4, [8], 2), spec, tmp_path / "model")
+    rows = [{"input": [0.1 * i, 0.0, 1.0, -1.0], "label": i % 2} for i in range(6)]
+    for name, part in (("forget", rows[:2]), ("retain", rows[2:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    code = main(["forget", "--model", str(tmp_path / "model"), "--forget", str(tmp_path / "forget.jsonl"),
+                 "--retain", str(tmp_path / "retain.jsonl"), "--method", "finetune", "--out", str(tmp_path / "out"),
+                 "--ledger", str(tmp_path / "ledger.db"), "--lora", "r=4", "--bf16"])
+    assert code == 2
+    assert "--lora, --bf16 apply to causal language models, but this is a classifier model" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ledger.db").exists()
