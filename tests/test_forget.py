@@ -204,3 +204,34 @@ def test_wrong_model_kind_for_method(workspace, capsys):
     assert main(_args(workspace, **{"--method": "npo"})) == 2
     assert "works on causal_lm models, not on a classifier model" in capsys.readouterr().err
     assert not (workspace / "out").exists()
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_forget_reads_csv_and_parquet(workspace, fmt):
+    rows = [{"input": json.dumps(r["input"]), "label": r["label"]} for r in _rows(40, 0)[:5]]
+    path = workspace / f"forget.{fmt}"
+    if fmt == "csv":
+        import csv
+
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["input", "label"])
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    args = _args(workspace, **{"--forget": path, "--training-data": workspace / "train.jsonl"})
+    assert main(args + ["--param", "lr=0.05", "--param", "epochs=3"]) == 0
+    run = json.loads((workspace / "out" / "run.json").read_text())
+    assert run["forget_items"] == 5 and run["metrics_after"]["forget_loss"] > run["metrics_before"]["forget_loss"]
+
+
+def test_csv_missing_field_names_file_field_and_line(workspace, capsys):
+    path = workspace / "bad.csv"
+    path.write_text("input,label\n\"[1, 2, 3, 4]\",0\n\"[1, 2, 3, 4]\",\n")
+    assert main(_args(workspace, **{"--forget": path})) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv line 3 has no field 'label'" in err
+    assert not (workspace / "out").exists()
