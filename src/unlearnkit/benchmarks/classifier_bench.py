@@ -20,8 +20,8 @@ COLUMNS = ("method", "forget_acc", "retain_acc", "test_acc", "forget_test_acc", 
 
 
 def default_methods() -> list[str]:
-    """Every registered method that works on classifiers."""
-    return [name for name, cls in methods().items() if "classifier" in cls.kinds]
+    """Every registered method that works on classifiers, except ``retrain``: the reference row is one."""
+    return [name for name, cls in methods().items() if "classifier" in cls.kinds and name != "retrain"]
 
 
 def run_classifier_bench(
@@ -60,8 +60,9 @@ def run_classifier_bench(
         items[role] = evaluation.item_rows(split_ids)
         log(f"{role:>16}: test_acc={evaluation.metrics['test_acc']:.4f} forget_acc={evaluation.metrics['forget_acc']:.4f}")
 
-    for name in names:
-        model, record = unlearn(target, request, name, adapter=bench.adapter(target), **settings[name])
+    for method in names:
+        model, record = unlearn(target, request, method, adapter=bench.adapter(target), **settings[method])
+        name = f"{method}_method" if method in items else method  # never overwrite a reference row
         evaluation = evaluate_classifier(bench.adapter(model), splits, reference, seed)
         runs.append({"method": name, "reference": False, "params": record.params, "seconds": record.seconds,
                      "retrain_seconds": retrain_seconds, "peak_mem_mb": record.peak_mem_mb, "status": record.status,
