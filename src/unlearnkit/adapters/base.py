@@ -36,6 +36,13 @@ def clone_model(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` in eval mode with gradients off: a teacher or reference (π_ref)."""
+    frozen = clone_model(model).eval()
+    frozen.requires_grad_(False)
+    return frozen
+
+
 def batches(items: Sequence[Any], batch_size: int, *, shuffle: bool, seed: int) -> Iterable[list[Any]]:
     """Yield lists of items, in a seeded order when ``shuffle`` is true."""
     order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist() if shuffle else range(len(items))

@@ -24,7 +24,7 @@ from ..errors import UserInputError
 from ..train import TrainConfig, optimise
 from .base import Method, Outcome, item_stream
 from .retrain import reinitialise
-from .scrub import frozen_copy
+from ..adapters.base import frozen_copy
 
 
 @dataclass

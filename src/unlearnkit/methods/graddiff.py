@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters.base import clone_model
+from ..adapters.base import frozen_copy as frozen_reference
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
@@ -28,14 +28,6 @@ from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome
 
 RETAIN_LOSSES = ("nll", "kl")
-
-
-def frozen_reference(model: nn.Module) -> nn.Module:
-    """π_ref: a deep copy of ``model`` taken before unlearning, in eval mode, with gradients off."""
-    reference = clone_model(model).eval()
-    reference.requires_grad_(False)
-    return reference
-
 
 def check_retain_loss(name: str) -> None:
     """Raise unless ``name`` is a known retain term."""

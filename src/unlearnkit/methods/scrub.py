@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters.base import clone_model
+from ..adapters.base import frozen_copy
 from ..errors import UserInputError
 from ..train import TrainConfig, optimise
 from .base import Method, Outcome, item_stream
@@ -47,14 +47,6 @@ class ScrubConfig(TrainConfig):
             raise UserInputError(f"SCRUB temperature must be positive, got temperature={self.temperature}.")
         if self.max_epochs < 0:
             raise UserInputError(f"SCRUB max_epochs must be non-negative, got max_epochs={self.max_epochs}.")
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A deep copy of ``model`` in eval mode with gradients switched off."""
-    copy = clone_model(model).eval()
-    copy.requires_grad_(False)
-    return copy
-
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """τ²·KL(softmax(teacher/τ) ‖ softmax(student/τ)), averaged over the batch."""

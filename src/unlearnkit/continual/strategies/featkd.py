@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ...errors import UserInputError
 from .base import Plugin, PluginConfig
-from .lwf import frozen_copy
+from ...adapters.base import frozen_copy
 
 
 @dataclass

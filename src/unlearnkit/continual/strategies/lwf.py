@@ -11,12 +11,12 @@ it is the unlearned model; it is dropped on unlearning.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from ...adapters.base import frozen_copy
 from ...errors import UserInputError
 from .base import Plugin, PluginConfig
 
@@ -32,15 +32,6 @@ class LwFConfig(PluginConfig):
         """α ≥ 0 and T > 0."""
         if self.lwf_alpha < 0 or self.temperature <= 0:
             raise UserInputError(f"LwF needs lwf_alpha ≥ 0 and temperature > 0, got {self.lwf_alpha} and {self.temperature}.")
-
-
-def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A detached, frozen copy of ``model`` in eval mode (the distillation teacher)."""
-    teacher = copy.deepcopy(model).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
-
 
 class LwF(Plugin):
     """Distil the old classes' predictions of the model from before the task."""
