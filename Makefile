@@ -29,6 +29,8 @@ bench: $(STAMP)
 	done; cat out/$$data-class/results.md out/$$data-random/results.md > docs/results/$$data.md; done
 	$(UK) bench --benchmark facts --split forget10 --attacks relearn,in_context,quantize --out out/facts-forget10 --overwrite
 	cp out/facts-forget10/results.md docs/results/facts.md
+	$(UK) cards --results out/mnist-class --results out/mnist-random --results out/digits-class \
+	  --results out/digits-random --results out/facts-forget10 --out docs/methods
 
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh
