@@ -249,8 +249,6 @@ class KFade(Method):
     Config = KFadeConfig
 
     def unlearn(self, adapter: Any, request, config: KFadeConfig) -> Outcome:
-        if not request.retain:
-            raise UserInputError("kfade needs retain data for the curvature, but the request has none.")
         model = adapter.model
         layers = linear_layers(model, config.include_head)
         start = time.perf_counter()

@@ -184,8 +184,6 @@ class MRP(Method):
     Config = MRPConfig
 
     def unlearn(self, adapter: Any, request, config: MRPConfig) -> Outcome:
-        if not request.retain:
-            raise UserInputError("mrp needs retain data, but the request has none.")
         model = adapter.model
         layers = resolve_layers(model, config.layers)
         forget, retain = request.forget_items(), request.retain_items()

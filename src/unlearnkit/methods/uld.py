@@ -184,8 +184,6 @@ class ULD(Method):
     Config = ULDConfig
 
     def unlearn(self, adapter: Any, request, config: ULDConfig) -> Outcome:
-        if not request.retain:
-            raise UserInputError("uld needs retain data for its assistant, but the request has none.")
         target = adapter.model
         depth = config.assistant_layers or max(1, len(block_names(target)) // 4)
         assistant = truncated_copy(target, depth)
