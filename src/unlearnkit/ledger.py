@@ -569,7 +569,7 @@ class Ledger:
     def _create_schema(self) -> None:
         """Create the tables and meta rows on first write (under the write lock, so racing creators agree)."""
         if self._target.sqlite_path is not None:
-            _enable_wal(self._engine)
+            _enable_wal(self._engine, self._busy_timeout_s)
         try:
             with self._writer.begin() as conn:
                 if not self._judge(conn):
@@ -741,10 +741,24 @@ def _sqlite_on_begin(conn: sa.engine.Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("unlearnkit_write") else "BEGIN")
 
 
-def _enable_wal(engine: sa.engine.Engine) -> None:
+def _enable_wal(engine: sa.engine.Engine, timeout_s: float = 30.0) -> None:
     # journal_mode cannot change inside a transaction, so this goes to the driver outside SQLAlchemy's.
+    # Switching needs an exclusive lock and SQLite may answer "locked" at once instead of waiting for
+    # a writer that is creating the same ledger, so retry until the busy timeout.
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + timeout_s
     with engine.connect() as conn:
-        conn.connection.driver_connection.execute("PRAGMA journal_mode=WAL")
+        driver = conn.connection.driver_connection
+        while True:
+            try:
+                driver.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
 
 def _validated_fields(
