@@ -235,6 +235,29 @@ def test_ssd_matches_a_hand_computed_dampening():
     assert record.info["dampened_fraction"] == pytest.approx(selected_total / total)
 
 
+def test_ssd_with_a_precomputed_full_importance_equals_computing_it_per_request(tmp_path):
+    from unlearnkit.adapters.classifier import ClassifierAdapter as Adapter
+    from unlearnkit.methods.ssd import save_full_importance
+
+    model, request = toy_problem()
+    settings = {"alpha": 1.0, "lam": 0.5, "batch_size": 4}
+    path = tmp_path / "importance.safetensors"
+    # the per-request pass takes retain ∪ forget in that order; precompute over the same order
+    seconds = save_full_importance(Adapter(model, 2), request.retain_items() + request.forget_items(), path, 4)
+    computed, _ = unlearn(model, request, "ssd", **settings)
+    stored, record = unlearn(model, request, "ssd", full_importance=str(path), **settings)
+    assert record.info["full_importance"] == "precomputed"
+    assert record.info["full_importance_seconds"] == pytest.approx(seconds, rel=1e-4)
+    for name, value in computed.state_dict().items():
+        assert torch.equal(stored.state_dict()[name], value), name
+    with pytest.raises(UserInputError, match="batch size 4, but ssd.batch_size is 8"):
+        unlearn(model, request, "ssd", full_importance=str(path), batch_size=8)
+    with pytest.raises(UserInputError, match="does not match this model"):
+        unlearn(nn.Sequential(nn.Linear(3, 2)), request, "ssd", full_importance=str(path), batch_size=4)
+    with pytest.raises(UserInputError, match="does not exist"):
+        unlearn(model, request, "ssd", full_importance=str(tmp_path / "missing.safetensors"))
+
+
 @pytest.mark.parametrize("reset_masked", [False, True])
 def test_salun_updates_only_salient_weights_unless_weight_decay_moves_them(reset_masked):
     model, request = toy_problem(seed=1)

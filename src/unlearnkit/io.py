@@ -73,11 +73,20 @@ def _json_default(value: Any) -> Any:
 
 
 def save_state_dict(state: dict[str, "torch.Tensor"], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors (contiguous CPU copies; shared storage is split)."""
+    """Save tensors as safetensors (contiguous CPU copies; shared storage is split), atomically."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-    save_file(tensors, str(path), metadata=metadata)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, "torch.Tensor"]:

@@ -10,10 +10,11 @@ from ..api import unlearn, validate_runs
 from ..errors import UserInputError
 from ..eval.classification import evaluate_classifier
 from ..io import atomic_dir
-from ..methods.registry import methods
+from ..methods.registry import get_method, methods
+from ..train.config import build_config
 from ..report.html import write_report
 from .results import write_items, write_results
-from .vision import cached_classifier, evaluation_splits, forget_request, load_vision_benchmark
+from .vision import cached_classifier, cached_ssd_importance, evaluation_splits, forget_request, load_vision_benchmark
 
 COLUMNS = ("method", "forget_acc", "retain_acc", "test_acc", "forget_test_acc", "mia_efficacy", "mia_auc",
            "avg_gap", "seconds", "time_vs_retrain", "peak_mem_mb", "status")
@@ -45,6 +46,12 @@ def run_classifier_bench(
         raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
 
     target, target_meta = cached_classifier(bench, [], "target")
+    notes = []
+    if "ssd" in settings and not settings["ssd"].get("full_importance"):
+        batch_size = build_config(get_method("ssd").Config, settings["ssd"], owner="Method 'ssd'").batch_size
+        settings["ssd"]["full_importance"] = str(cached_ssd_importance(bench, batch_size))
+        notes.append("ssd: the full-training-set importance is computed once after training and cached with the target "
+                     "model (its seconds are `info.full_importance_seconds` in results.json); `seconds` is the request's own time.")
     retrained, retrain_meta = cached_classifier(bench, list(request.forget), "retrain")
     retrain_seconds = retrain_meta["train_seconds"]
     splits = evaluation_splits(bench, request, scenario)
@@ -73,7 +80,7 @@ def run_classifier_bench(
         log(f"{name:>16}: forget_acc={m['forget_acc']:.4f} test_acc={m['test_acc']:.4f} avg_gap={m['avg_gap']:.4f} "
             f"time={record.seconds:.2f}s ({record.seconds / retrain_seconds:.3f} of retrain)")
 
-    results = {"benchmark": benchmark, "scenario": scenario, "seed": seed, "retrain_seconds": retrain_seconds,
+    results = {"benchmark": benchmark, "scenario": scenario, "seed": seed, "retrain_seconds": retrain_seconds, "notes": notes,
                "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs}
     command = command or f"unlearnkit bench --benchmark {benchmark} --scenario {scenario}"
     with atomic_dir(out, overwrite=overwrite) as tmp:

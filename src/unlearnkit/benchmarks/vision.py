@@ -153,3 +153,19 @@ def cached_classifier(bench: VisionBenchmark, excluded: list[int], role: str) ->
     model = bench.new_model()
     model.load_state_dict(load_state_dict(directory / "model.safetensors"))
     return model.eval(), meta
+
+
+def cached_ssd_importance(bench: VisionBenchmark, batch_size: int) -> Path:
+    """SSD's full-training-set importance of the target model, computed once after training and
+    cached beside it (as the SSD paper suggests), so each forget request pays only its forget pass."""
+    from ..methods.ssd import save_full_importance
+
+    target, target_meta = cached_classifier(bench, [], "target")
+    config = {"target": target_meta["config"], "artefact": "ssd_full_importance", "batch_size": batch_size}
+
+    def build(directory: Path) -> dict:
+        seconds = save_full_importance(bench.adapter(target), bench.train, directory / "importance.safetensors", batch_size)
+        return {"seconds": seconds, "items": len(bench.train)}
+
+    directory, _ = cached("classifier", config, build)
+    return directory / "importance.safetensors"

@@ -11,27 +11,46 @@ o = imp_{D} (D = retain ∪ forget), every parameter entry with f > α·o is sca
 Choices where the paper is silent: batches are taken in the data's order (no shuffle), the
 last partial batch counts as one batch, and an entry with o = 0 and f > 0 is set to zero (β = 0),
 as in the authors' code.
+
+The full-data importance o depends on the model and the training set, not on the request, so, as
+the paper notes, it can be computed once after training and stored: :func:`save_full_importance`
+writes it (safetensors, with the batch size and the seconds it took) and the ``full_importance``
+setting reads it, leaving each request only the forget set's pass. Without it, o is computed on
+every request from retain ∪ forget.
 """
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from ..adapters.base import batches
+from ..errors import UserInputError
+from ..io import load_state_dict, save_state_dict
 from ..train import TrainConfig
 from .base import Method, Outcome
 
 
 @dataclass
 class SSDConfig(TrainConfig):
-    """α (selection threshold) and λ (dampening strength); ``batch_size`` sets the importance batches."""
+    """α (selection threshold) and λ (dampening strength); ``batch_size`` sets the importance batches;
+    ``full_importance`` names a file from :func:`save_full_importance` (empty: compute it now)."""
 
     alpha: float = 10.0
     lam: float = 1.0
     batch_size: int = 64
+    full_importance: str = ""
+
+    def check(self) -> None:
+        """Also require the named importance file to exist."""
+        super().check()
+        if self.full_importance and not Path(self.full_importance).is_file():
+            raise UserInputError(f"The SSD importance file {self.full_importance} does not exist.")
 
 
 def importance(adapter: Any, items: Sequence[Any], batch_size: int) -> dict[str, torch.Tensor]:
@@ -49,6 +68,32 @@ def importance(adapter: Any, items: Sequence[Any], batch_size: int) -> dict[str,
         count += 1
     model.zero_grad(set_to_none=True)
     return {n: t / max(count, 1) for n, t in totals.items()}
+
+
+def save_full_importance(adapter: Any, items: Sequence[Any], path: str | os.PathLike, batch_size: int = 64) -> float:
+    """Compute the importance of the whole training set ``items`` once and write it to ``path``
+    (safetensors, written atomically); return the seconds the computation took."""
+    start = time.perf_counter()
+    imp = importance(adapter, items, batch_size)
+    seconds = time.perf_counter() - start
+    save_state_dict(imp, path, metadata={"batch_size": str(batch_size), "items": str(len(items)), "seconds": f"{seconds:.6f}"})
+    return seconds
+
+
+def load_full_importance(path: str | os.PathLike, model: torch.nn.Module, batch_size: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a file of :func:`save_full_importance`; refuse one made for other parameters or another batch size."""
+    from safetensors import safe_open
+
+    imp = load_state_dict(path)
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    for name, param in model.named_parameters():
+        if param.requires_grad and (name not in imp or imp[name].shape != param.shape):
+            raise UserInputError(f"The SSD importance file {path} does not match this model (parameter {name!r}).")
+    if metadata.get("batch_size") != str(batch_size):
+        raise UserInputError(f"The SSD importance file {path} was computed with batch size {metadata.get('batch_size')}, "
+                             f"but ssd.batch_size is {batch_size}; use the same batch size for both.")
+    return {n: t.to(p.device) for (n, p) in model.named_parameters() if (t := imp.get(n)) is not None}, metadata
 
 
 @torch.no_grad()
@@ -79,8 +124,12 @@ class SSD(Method):
 
     def unlearn(self, adapter: Any, request, config: SSDConfig) -> Outcome:
         forget = request.forget_items()
-        full = request.retain_items() + forget
         forget_imp = importance(adapter, forget, config.batch_size)
-        full_imp = importance(adapter, full, config.batch_size)
+        if config.full_importance:
+            full_imp, metadata = load_full_importance(config.full_importance, adapter.model, config.batch_size)
+            info = {"full_importance": "precomputed", "full_importance_seconds": float(metadata.get("seconds", "nan"))}
+        else:
+            full_imp = importance(adapter, request.retain_items() + forget, config.batch_size)
+            info = {"full_importance": "computed"}
         fraction = dampen(adapter.model, forget_imp, full_imp, config.alpha, config.lam)
-        return Outcome(adapter.model, info={"dampened_fraction": fraction})
+        return Outcome(adapter.model, info={"dampened_fraction": fraction, **info})
