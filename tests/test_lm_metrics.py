@@ -177,6 +177,9 @@ def test_relearn_recovery():
     assert m.relearn_recovery(0.6, 0.2, 1.0) == pytest.approx(0.5)
     assert m.relearn_recovery(0.2, 0.2, 1.0) == 0.0
     assert math.isnan(m.relearn_recovery(0.6, 0.4, 0.4))
+    # a denominator within min_gap is noise, not forgetting: no share is reported
+    assert math.isnan(m.relearn_recovery(0.1, 0.95, 0.96, min_gap=0.05))
+    assert m.relearn_recovery(0.5, 0.9, 0.96, min_gap=0.05) == pytest.approx(-0.4 / 0.06)
 
 
 def test_metric_result_to_dict_is_json_ready():

@@ -435,19 +435,20 @@ def exact_memorization(pred_ids: Sequence[Sequence[int]], label_ids: Sequence[Se
 # Relearning attack
 
 
-def relearn_recovery(m_attacked: float, m_unlearned: float, m_target: float) -> float:
+def relearn_recovery(m_attacked: float, m_unlearned: float, m_target: float, min_gap: float = 0.0) -> float:
     """Share of a forgotten metric that a relearning attack brings back: (m_att − m_unl) / (m_tgt − m_unl).
 
     ``m_target`` is the metric of the model before unlearning, ``m_unlearned`` after unlearning and
     ``m_attacked`` after the attacker fine-tunes the unlearned model (e.g. on a few forget items).
     Reading: 0 = nothing recovered, 1 = fully back to the pre-unlearning value; lower is more robust;
     values outside [0, 1] are possible (overshoot, or the attack moved the metric further away).
-    Returns nan when m_target == m_unlearned: unlearning changed nothing, so there is nothing to
-    recover and the share is undefined. Source: the relearning-attack protocol (Hu et al., 2025,
+    Returns nan when |m_target − m_unlearned| ≤ ``min_gap``: unlearning changed (next to) nothing,
+    so there is nothing to recover and the share is undefined (a tiny denominator would turn noise
+    into recoveries of ±100). Source: the relearning-attack protocol (Hu et al., 2025,
     "Unlearning or Obfuscating? Jogging the Memory of Unlearned LLMs via Benign Relearning"); the
     normalisation is unlearnkit's.
     """
     denominator = m_target - m_unlearned
-    if denominator == 0:
+    if abs(denominator) <= min_gap:
         return float("nan")
     return (m_attacked - m_unlearned) / denominator

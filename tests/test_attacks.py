@@ -1,0 +1,78 @@
+"""The attacks that test whether forgetting holds, on a tiny memorised LM: each must do what it says."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lm_fixtures import memorised_lm, tiny_qa
+from unlearnkit.adapters.classifier import ClassifierAdapter
+from unlearnkit.api import unlearn
+from unlearnkit.errors import UserInputError
+from unlearnkit.eval.attacks import (RelearnSettings, answer_probability, check_attack_applies, quantized, relearn,
+                                     run_attacks, with_context)
+from unlearnkit.request import ForgetRequest
+
+FORGET = list(range(6))
+
+
+@pytest.fixture(scope="module")
+def models():
+    """The memorised target, the target after gradient ascent on the forget half, and a retain model."""
+    items = tiny_qa(12)
+    target = memorised_lm(items)
+    request = ForgetRequest(items, FORGET, list(range(6, 12)))
+    unlearned_model, _ = unlearn(target, request, "gradient_ascent", lr=3e-3, epochs=4, batch_size=6)
+    retain = memorised_lm(items[6:])
+    return items, target, target.with_model(unlearned_model), retain.with_model(retain.model)
+
+
+def _weights(adapter) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in adapter.model.state_dict().items()}
+
+
+def test_relearning_on_the_forget_items_brings_them_back_and_leaves_the_model_alone(models):
+    items, target, unlearned, _ = models
+    forget = [items[i] for i in FORGET]
+    before, weights = answer_probability(unlearned, forget), _weights(unlearned)
+    assert before < answer_probability(target, forget) - 0.3  # the ascent did forget
+    attacked = relearn(unlearned, forget, RelearnSettings(steps=30, lr=3e-3, batch_size=6))
+    assert answer_probability(attacked, forget) > before + 0.3
+    assert all(torch.equal(v, unlearned.model.state_dict()[k]) for k, v in weights.items())
+
+
+def test_run_attacks_reports_each_attack_and_the_retain_control(models):
+    items, target, unlearned, retain = models
+    forget = [items[i] for i in FORGET]
+    results = run_attacks(["relearn", "in_context", "quantize"], unlearned, target, retain, forget,
+                          relearn_settings=RelearnSettings(steps=20, lr=3e-3, batch_size=3))
+    assert results["relearn_recovery"] > 0.1  # the attack brings back part of what the ascent removed
+    assert math.isfinite(results["relearn_recovery_control"])
+    for key in ("in_context_prob", "in_context_prob_control", "in_context_prob_target"):
+        assert 0.0 <= results[key] <= 1.0, key
+    assert results["quantized_forget_prob"] == pytest.approx(answer_probability(unlearned, forget), abs=0.05)
+
+
+def test_in_context_items_carry_the_fact_before_the_question():
+    item = tiny_qa(1)[0]
+    (shown,) = with_context([item])
+    assert shown["question"].startswith(f"Context: {item['answer']}") and shown["question"].endswith(item["question"])
+    assert shown["answer"] == item["answer"]
+
+
+def test_quantized_copy_is_int8_close_to_the_model_and_leaves_it_alone(models):
+    items, target, _, _ = models
+    weights = _weights(target)
+    q = quantized(target)
+    dynamic = [m for m in q.model.modules() if type(m) is torch.ao.nn.quantized.dynamic.Linear]
+    assert dynamic and all(m.weight().dtype == torch.qint8 for m in dynamic)
+    assert answer_probability(q, items) == pytest.approx(answer_probability(target, items), abs=0.05)
+    assert all(torch.equal(v, target.model.state_dict()[k]) for k, v in weights.items())
+
+
+def test_attacks_refuse_a_model_that_is_not_a_language_model():
+    with pytest.raises(UserInputError, match="applies to causal language models"):
+        check_attack_applies(ClassifierAdapter(nn.Linear(2, 2), 2), ["relearn"])
