@@ -76,7 +76,7 @@ def save_full_importance(adapter: Any, items: Sequence[Any], path: str | os.Path
     start = time.perf_counter()
     imp = importance(adapter, items, batch_size)
     seconds = time.perf_counter() - start
-    save_state_dict(imp, path, metadata={"batch_size": str(batch_size), "items": str(len(items)), "seconds": f"{seconds:.6f}"})
+    save_state_dict(imp, path, metadata={"batch_size": str(batch_size), "items": str(len(items)), "seconds": repr(seconds)})
     return seconds
 
 
