@@ -47,3 +47,15 @@ def test_acu_in_a_stream_matches_its_retrained_reference(scenario):
     assert step.retrain_output_kl == pytest.approx(0.0, abs=1e-6)
     assert step.info["relative_max_abs_diff_to_resolve"] <= 1e-6
     assert step.accuracy[1] == 0.0 and step.accuracy[0] > 0.9
+
+
+def test_cost_rows_name_the_scenario_and_stay_exact(scenario):
+    from unlearnkit.continual.cost import acu_cost
+
+    rows = acu_cost(scenario, repeats=1)
+    learned = sum(len(task.train_ids) for task in scenario.tasks)
+    assert [r["request"] for r in rows] == ["1 sample", "10 samples", "task 1"]
+    assert [r["rows"] for r in rows] == [1, 10, len(scenario.tasks[1].train_ids)]
+    for r in rows:
+        assert r["scenario"] == "split-digits" and r["learned_rows"] == learned
+        assert r["relative_diff"] <= 1e-6 and r["unlearn_ms"] > 0 and r["ratio"] == pytest.approx(r["unlearn_ms"] / r["resolve_ms"])

@@ -109,14 +109,14 @@ def continual_sweep(
             seed_list = [int(s) for s in seeds.split(",")]
         except ValueError:
             raise UserInputError(f"--seeds expects comma-separated integers, got {seeds!r}.") from None
-        sections, acu_rows = [], None
+        sections, acu_rows = [], []
         for scenario_name in scenario or ["split-digits"]:
             sections += sweep_scenario(scenario_name, names, stream, seed_list)
-        if acu_cost and "acu" in names:
-            from .cost import acu_cost as measure
-            from .scenarios import build_scenario
+            if acu_cost and "acu" in names:
+                from .cost import acu_cost as measure
+                from .scenarios import build_scenario
 
-            acu_rows = measure(build_scenario("split-digits", seed_list[0]), seed_list[0])
+                acu_rows += measure(build_scenario(scenario_name, seed_list[0]), seed_list[0])
         from .report import sweep_page
 
         command = "unlearnkit continual-sweep " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "unlearnkit continual-sweep"

@@ -30,6 +30,7 @@ def acu_cost(scenario: Scenario, seed: int = 0, repeats: int = 5) -> list[dict[s
         learned.learn(task, task.train_ids)
     task_ids = scenario.tasks[1].train_ids.tolist()
     requests = {"1 sample": task_ids[:1], "10 samples": task_ids[:10], "task 1": task_ids}
+    learned_rows = len(learned.remaining_ids())
     rows = []
     for label, ids in requests.items():
         copies = [copy.deepcopy(learned) for _ in range(repeats)]
@@ -39,6 +40,7 @@ def acu_cost(scenario: Scenario, seed: int = 0, repeats: int = 5) -> list[dict[s
         resolve = _best_seconds(done.resolve, repeats)
         reference = done.resolve()
         diff = float((done.w - reference).abs().max() / reference.abs().max())
-        rows.append({"request": label, "rows": len(ids), "unlearn_ms": 1e3 * unlearn, "resolve_ms": 1e3 * resolve,
-                     "ratio": unlearn / resolve, "relative_diff": diff})
+        rows.append({"scenario": scenario.name, "learned_rows": learned_rows, "request": label,
+                     "rows": learned_rows - len(done.remaining_ids()), "unlearn_ms": 1e3 * unlearn,
+                     "resolve_ms": 1e3 * resolve, "ratio": unlearn / resolve, "relative_diff": diff})
     return rows
