@@ -119,7 +119,7 @@ class SSD(Method):
     kinds = ("classifier", "causal_lm")
     needs = frozenset({"retain", "original_training_data"})
     paper = "Foster et al., Fast Machine Unlearning Without Retraining Through Selective Synaptic Dampening, 2023"
-    use_when = 'One-pass, training-free classifier forgetting when the full training data is at hand; tune α/λ per model.'
+    use_when = 'One-pass, training-free classifier forgetting; precompute the full-data importance once per model (save_full_importance) so a request costs one pass over its forget set; tune α/λ per model.'
     Config = SSDConfig
 
     def unlearn(self, adapter: Any, request, config: SSDConfig) -> Outcome:
