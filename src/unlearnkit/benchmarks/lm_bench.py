@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import platform
 import random
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..api import unlearn, validate_runs
 from ..errors import UserInputError
 from ..eval.attacks import parse_attacks, run_attacks
-from ..eval.language import LM_METRICS, evaluate_lm
+from ..eval.language import LM_METRICS, evaluate_lm, lm_metrics
 from ..io import atomic_dir
 from ..methods.registry import methods
 from ..report.html import write_report
@@ -36,11 +37,20 @@ def default_lm_methods() -> list[str]:
     return [name for name, cls in methods().items() if "causal_lm" in cls.kinds]
 
 
-def evaluation_splits(data: Any, split: str, seed: int) -> dict[str, list[dict]]:
-    """forget (the split), retain (a seeded sample), holdout of the same size class, general."""
+def retain_eval_items(config: Any) -> int:
+    """Retain questions scored per model: :data:`RETAIN_EVAL_ITEMS`, fewer on the costly smollm2 base."""
+    if config.base == "smollm2":
+        from .smollm2 import RETAIN_EVAL_ITEMS as SMOLLM2_RETAIN_EVAL_ITEMS
+
+        return SMOLLM2_RETAIN_EVAL_ITEMS
+    return RETAIN_EVAL_ITEMS
+
+
+def evaluation_splits(data: Any, split: str, seed: int, retain_items: int = RETAIN_EVAL_ITEMS) -> dict[str, list[dict]]:
+    """forget (the split), retain (a seeded sample of ``retain_items``), holdout of the same size class, general."""
     retain = list(data.split("retain"))
-    if len(retain) > RETAIN_EVAL_ITEMS:
-        retain = sorted(random.Random(seed).sample(retain, RETAIN_EVAL_ITEMS), key=lambda it: it["id"])
+    if len(retain) > retain_items:
+        retain = sorted(random.Random(seed).sample(retain, retain_items), key=lambda it: it["id"])
     return {"forget": list(data.split(split)), "retain": retain,
             "holdout": list(data.split(split.replace("forget", "holdout"))), "general": list(data.split("general"))}
 
@@ -86,21 +96,30 @@ def run_lm_bench(
     retain_model = CausalLMAdapter.from_pretrained(retain_dir, max_length=config.max_length)
     retain_model.model.to(training_device())
     retrain_seconds = retain_meta["train_seconds"]
-    splits = evaluation_splits(data, split, config.seed)
+    splits = evaluation_splits(data, split, config.seed, retain_eval_items(config))
     ids = {name: [it["id"] for it in items] for name, items in splits.items()}
 
+    start = time.perf_counter()
     _, reference = evaluate_lm(retain_model, splits, None, ids=ids)
+    reference_seconds = time.perf_counter() - start
     runs, items = [], {}
 
     def record_run(name: str, adapter: Any, run: dict[str, Any]) -> None:
-        metrics, stats = evaluate_lm(adapter, splits, reference, ids=ids)
+        start = time.perf_counter()
+        if name == "retain":  # its statistics are the reference's: score them, do not collect them again
+            metrics, stats, eval_seconds = lm_metrics(reference, reference), reference, reference_seconds
+        else:
+            metrics, stats = evaluate_lm(adapter, splits, reference, ids=ids)
+            eval_seconds = time.perf_counter() - start
         if attacks and name != "retain":
             metrics.update(run_attacks(attacks, adapter, target, retain_model, splits["forget"], seed=config.seed,
                                        evaluate=lambda q: evaluate_lm(q, splits, reference, ids=ids)[0]))
-        runs.append({**run, "method": name, "retrain_seconds": retrain_seconds, "metrics": metrics})
+        runs.append({**run, "method": name, "retrain_seconds": retrain_seconds, "eval_seconds": eval_seconds,
+                     "metrics": metrics})
         items[name] = [row for split_name, s in stats.items() for row in s.rows(split_name)]
         log(f"{name:>18}: forget_quality={metrics['forget_quality']:.3g} model_utility={metrics['model_utility']:.4f} "
-            f"seconds={run['seconds']:.1f} ({run['seconds'] / retrain_seconds:.3f} of retrain)")
+            f"seconds={run['seconds']:.1f} ({run['seconds'] / retrain_seconds:.3f} of retrain) "
+            f"evaluation={eval_seconds:.1f}s")
 
     for role, adapter, meta in (("target", target, target_meta), ("retain", retain_model, retain_meta)):
         record_run(role, adapter, {"reference": True, "params": meta["config"], "seconds": meta["train_seconds"],
@@ -115,8 +134,10 @@ def run_lm_bench(
                "attacks": list(attacks),
                "metric_keys": list(LM_METRICS), "config": config.to_dict(),
                "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs}
-    command = command or f"unlearnkit bench --benchmark facts --split {split}"
-    on_main(lambda: write_lm_results(out, results, items, f"facts — {split}", command, overwrite=overwrite))
+    base = "" if config.base == "scratch" else f" --base {config.base}"
+    command = command or f"unlearnkit bench --benchmark facts{base} --split {split}"
+    title = f"facts — {split}" if config.base == "scratch" else f"facts ({config.base} base) — {split}"
+    on_main(lambda: write_lm_results(out, results, items, title, command, overwrite=overwrite))
     return results
 
 

