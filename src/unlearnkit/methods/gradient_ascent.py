@@ -18,11 +18,12 @@ from typing import Any
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
+from ..train.stopping import StopConfig, stop_for
 from .base import Method, Outcome, item_stream, paired_stream
 
 
 @dataclass
-class GradientAscentConfig(ProjectionConfig):
+class GradientAscentConfig(ProjectionConfig, StopConfig):
     """Few epochs and a small step: ascent diverges quickly."""
 
     epochs: int = 1
@@ -45,7 +46,8 @@ class GradientAscent(Method):
             return self._projected(adapter, request, config, projector)
         stream, steps = item_stream(adapter, request.forget_items(), config)
         loss = lambda model, batch: -adapter.per_item_loss(model, batch).mean()
-        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="gradient ascent")
+        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="gradient ascent",
+                          stop=stop_for(config, adapter, request, steps))
         return Outcome(adapter.model, record)
 
     def _projected(self, adapter: Any, request, config: GradientAscentConfig, projector) -> Outcome:
@@ -59,5 +61,6 @@ class GradientAscent(Method):
             return LossParts(forget, adapter.per_item_loss(model, batch["retain"]).mean())
 
         record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps,
-                          description="gradient ascent (GU)", projector=projector)
+                          description="gradient ascent (GU)", projector=projector,
+                          stop=stop_for(config, adapter, request, steps))
         return Outcome(adapter.model, record)

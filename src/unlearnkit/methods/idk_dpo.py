@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserInputError
-from ..train import TrainConfig, optimise
+from ..train import optimise
+from ..train.stopping import StopConfig, stop_for
 from .base import Method, Outcome, paired_stream
 from .graddiff import frozen_reference
 
@@ -67,7 +68,7 @@ class _WithRefusals:
 
 
 @dataclass
-class IdkDPOConfig(TrainConfig):
+class IdkDPOConfig(StopConfig):
     """β (inverse temperature) and α (retain weight); defaults for a tiny LM on CPU."""
 
     beta: float = 0.1
@@ -108,5 +109,6 @@ class IdkDPO(Method):
             dpo = dpo_loss(log_ratio(model, forget_batch["refusal"]), log_ratio(model, forget_batch["answer"]), config.beta)
             return dpo + config.alpha * adapter.per_item_loss(model, batch["retain"]).mean()
 
-        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="idk dpo")
+        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="idk dpo",
+                          stop=stop_for(config, adapter, request, steps))
         return Outcome(adapter.model, record)

@@ -32,6 +32,7 @@ from torch import nn
 from ..adapters.causal_lm import IGNORE
 from ..errors import UserInputError
 from ..train import optimise
+from ..train.stopping import StopConfig, stop_for
 from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome
 from .graddiff import frozen_reference
@@ -84,7 +85,7 @@ def answer_mse(hidden: torch.Tensor, target: torch.Tensor, batch: dict) -> torch
 
 
 @dataclass
-class RMUConfig(SamplingConfig):
+class RMUConfig(SamplingConfig, StopConfig):
     """Block ``layer``, steering coefficient ``steering``, retain weight ``alpha``, ``train_modules`` regex."""
 
     layer: str | None = None
@@ -135,7 +136,8 @@ class RMU(Method):
         try:
             for p in model.parameters():
                 p.requires_grad_(requires[p] and id(p) in keep)
-            record = optimise(model, stream, loss, config, steps_per_epoch=steps, description="rmu")
+            record = optimise(model, stream, loss, config, steps_per_epoch=steps, description="rmu",
+                              stop=stop_for(config, adapter, request, steps))
         finally:
             for p, flag in requires.items():
                 p.requires_grad_(flag)

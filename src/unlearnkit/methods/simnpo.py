@@ -24,6 +24,7 @@ from torch import nn
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
+from ..train.stopping import StopConfig, stop_for
 from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome
 
@@ -35,7 +36,7 @@ def simnpo_loss(nll: torch.Tensor, lengths: torch.Tensor, beta: float, delta: fl
 
 
 @dataclass
-class SimNPOConfig(ProjectionConfig, SamplingConfig):
+class SimNPOConfig(ProjectionConfig, SamplingConfig, StopConfig):
     """β, δ (margin per token), γ (forget weight), α (retain weight)."""
 
     beta: float = 4.5
@@ -73,5 +74,5 @@ class SimNPO(Method):
             return LossParts(config.gamma * simnpo, config.alpha * retain)
 
         record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="simnpo",
-                          projector=projector_for(config))
+                          projector=projector_for(config), stop=stop_for(config, adapter, request, steps))
         return Outcome(adapter.model, record)

@@ -22,7 +22,8 @@ from torch import nn
 
 from ..adapters.causal_lm import IGNORE
 from ..errors import UserInputError
-from ..train import TrainConfig, optimise
+from ..train import optimise
+from ..train.stopping import StopConfig, stop_for
 from .base import Method, Outcome, item_stream, paired_stream
 from .graddiff import frozen_reference
 
@@ -45,7 +46,7 @@ def undial_loss(adapter: Any, model: nn.Module, reference: nn.Module, batch: dic
 
 
 @dataclass
-class UndialConfig(TrainConfig):
+class UndialConfig(StopConfig):
     """β (how far the memorised token is pushed down in the teacher) and α (optional retain NLL weight)."""
 
     beta: float = 10.0
@@ -87,5 +88,6 @@ class Undial(Method):
             retain = adapter.per_item_loss(model, batch["retain"]).mean()
             return undial_loss(adapter, model, reference, batch["forget"], config.beta) + config.alpha * retain
 
-        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="undial")
+        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="undial",
+                          stop=stop_for(config, adapter, request, steps))
         return Outcome(adapter.model, record)
