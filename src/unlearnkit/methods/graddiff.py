@@ -9,6 +9,9 @@ Choices: γ = α = 1 as in OpenUnlearning. The KL is averaged over the real (non
 of the retain batch, prompt included; OpenUnlearning averages over all B·T positions, padding
 included. Supports GU (``project="gu"``): the forget term is projected off the retain gradients.
 This module also holds the helpers its relatives (NPO, SimNPO, IdkDPO, UNDIAL, RMU) share.
+
+Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
+run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ Works on any model kind whose adapter gives a per-item loss.
 With ``project="gu"`` (GU, ``train/gu.py``) the ascent step is projected off the span of recent
 retain-set gradients, so the request then needs retain data; the retain loss only shapes the
 projection (and the optional ``gu_repair`` step), it is not otherwise minimised.
+
+Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
+run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
 """
 
 from __future__ import annotations

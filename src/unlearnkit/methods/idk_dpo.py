@@ -12,6 +12,9 @@ copy of the model taken before unlearning.
 Choices: the 2/β factor is OpenUnlearning's (canonical DPO uses 1); β = 0.1, α = 1. Each forget
 item gets one refusal from :data:`REFUSALS`, chosen with the run's seed and kept for the whole run
 (TOFU draws from a file of 100 such answers). No weight decay or warm-up by default.
+
+Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
+run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
 """
 
 from __future__ import annotations

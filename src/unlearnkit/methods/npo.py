@@ -10,6 +10,9 @@ i.e. γ·E[−(2/β)·log σ(β·(NLL_θ − NLL_ref))] with NLL summed over the
 
 Choices: β = 0.1, γ = α = 1 (OpenUnlearning); R is the retain NLL̄ (or the KL to π_ref with
 ``retain_loss="kl"``). Supports GU (``project="gu"``) on the forget term.
+
+Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
+run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
 """
 
 from __future__ import annotations

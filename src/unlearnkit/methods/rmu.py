@@ -18,6 +18,9 @@ blocks ℓ−2..ℓ, e.g. ``train_modules="h\\.[0-1]\\.mlp\\.c_proj"`` on GPT-2.
 paper's value (OpenUnlearning's TOFU setting is 2): c·u must dominate the block's own activations,
 whose norm is about 2–3 per token in the tiny test GPT-2. α = 1 as in OpenUnlearning (the WMDP
 recipe on Zephyr-7B uses 1200, matched to that model's activation scale).
+
+Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
+run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ paper's −(2/β)·log σ(−(β/|y|)·log π_θ − γ_m) with margin γ_m = β
 
 Choices: β = 4.5, δ = 0, γ = 0.125, α = 1 (OpenUnlearning's defaults). Supports GU
 (``project="gu"``) on the forget term.
+
+Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
+run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ position t with target token y_t and frozen original logits z_ref,t, minimise
 Choices: β = 10 and α = 0 as in OpenUnlearning. The loss is averaged over the answer tokens only
 (EOS included). OpenUnlearning also writes the one-hot at the −100 prompt/pad labels, where the
 index wraps to token V − 100, and averages over those positions: that bug is not reproduced.
+
+Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
+run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
 """
 
 from __future__ import annotations
