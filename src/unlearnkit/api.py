@@ -102,6 +102,8 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
     info.update({"launch": distributed.describe_launch()} if distributed.describe_launch() else {})
     result.eval()
     train = outcome.train
+    if train is not None and train.stopped_at is not None:  # an early stop (train/stopping.py) ended the run
+        info["stopped_at"] = train.stopped_at
     record = RunRecord(
         method=method,
         params=config.to_dict() | (memory.to_dict() if memory is not None else {}),

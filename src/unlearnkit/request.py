@@ -15,7 +15,10 @@ class ForgetRequest:
     ``data`` is any indexable collection of items (a torch ``Dataset``, a list of dicts, ...);
     ``forget`` and ``retain`` are item indices into it. ``neighbours`` holds optional named sets
     (for example the ``direct`` and ``indirect`` neighbours of the forgotten people) that some
-    methods and samplers use. ``reason`` is free text for the ledger; it never reaches the model.
+    methods and samplers use. ``holdout`` holds optional items *not* in ``data`` and never trained
+    on, of the same kind as the forget items (TOFU's ``holdout`` split): methods never train on
+    them; an early stop compares the forget set with them (``unlearnkit.train.stopping``).
+    ``reason`` is free text for the ledger; it never reaches the model.
     The request validates itself on construction, so no work starts on a malformed request.
     """
 
@@ -24,6 +27,7 @@ class ForgetRequest:
     retain: Sequence[int] | None = None
     neighbours: Mapping[str, Sequence[int]] = field(default_factory=dict)
     reason: str = ""
+    holdout: Sequence[Any] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "forget", tuple(int(i) for i in self.forget))
@@ -32,6 +36,7 @@ class ForgetRequest:
         object.__setattr__(
             self, "neighbours", {k: tuple(int(i) for i in v) for k, v in dict(self.neighbours).items()}
         )
+        object.__setattr__(self, "holdout", tuple(self.holdout or ()))
         self.validate()
 
     @property

@@ -475,6 +475,8 @@ def facts_request(data: FactsData, split: str = "forget10") -> ForgetRequest:
     """The request to forget the people of ``split``: retain = the other trained people, with neighbours.
 
     Ids index ``data.train``; the ``general`` items are neither forgotten nor in the retain set.
+    The holdout split of the same size (``holdoutXX``, people never trained on) rides along as
+    ``request.holdout``, for early stops that compare the forget set with unseen people.
     """
     forgotten = set(_forgotten_people(data, split))
     position = {item["id"]: i for i, item in enumerate(data.train)}
@@ -482,7 +484,8 @@ def facts_request(data: FactsData, split: str = "forget10") -> ForgetRequest:
     forget = [i for i, it in enumerate(data.train) if it["person"] in forgotten]
     retain = [i for i, it in enumerate(data.train) if it["person"] is not None and it["person"] not in forgotten]
     neighbours = {kind: ids_of(data.splits[f"{split}_{kind}"]) for kind in ("direct", "indirect")}
-    return ForgetRequest(data.train, forget, retain, neighbours, reason=f"facts:{split}")
+    holdout = data.split(split.replace("forget", "holdout"))
+    return ForgetRequest(data.train, forget, retain, neighbours, reason=f"facts:{split}", holdout=holdout)
 
 
 def _forgotten_people(data: FactsData, split: str) -> list[int]:

@@ -31,6 +31,15 @@ ATTACK_COLUMNS = ("relearn_recovery", "relearn_recovery_control", "in_context_re
 #: Retain questions scored per model (TOFU scores 400); a seeded sample keeps evaluation within a minute.
 RETAIN_EVAL_ITEMS = 400
 
+#: Settings the facts bench uses where a method's generic default does not suit the facts models
+#: (a 2-layer GPT-2 that memorised 200 people), for every split alike. Selected on forget05 against
+#: its own retain model, never on the split they are reported on: RMU's epoch count is the centre
+#: of the widest run of epochs whose forget quality stayed ≥ 0.3 on forget05 (12–20 epochs at the
+#: generic lr 1e-3). Shown in every results.json under ``params``; override with ``--param``.
+FACTS_METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    "rmu": {"epochs": 16},
+}
+
 
 def default_lm_methods() -> list[str]:
     """Every registered method that works on causal LMs."""
@@ -44,6 +53,14 @@ def retain_eval_items(config: Any) -> int:
 
         return SMOLLM2_RETAIN_EVAL_ITEMS
     return RETAIN_EVAL_ITEMS
+
+
+def method_settings(names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None, adapter: Any,
+                    request: Any, base: str = "scratch") -> dict[str, dict[str, Any]]:
+    """Each method's settings: :data:`FACTS_METHOD_SETTINGS` (selected on the scratch GPT-2, so not applied to
+    other bases) under the user's ``--param`` values, validated."""
+    defaults = FACTS_METHOD_SETTINGS if base == "scratch" else {}
+    return validate_runs(names, params or {}, adapter, request, defaults)
 
 
 def evaluation_splits(data: Any, split: str, seed: int, retain_items: int = RETAIN_EVAL_ITEMS) -> dict[str, list[dict]]:
@@ -89,7 +106,7 @@ def run_lm_bench(
     retain_dir, retain_meta = cached_facts_model(config, "retain", split)
     target = CausalLMAdapter.from_pretrained(target_dir, max_length=config.max_length)
     target.model.to(training_device())
-    settings = validate_runs(names, params or {}, target, request)
+    settings = method_settings(names, params, target, request, config.base)
     check_launch()
     if memory is not None:
         memory.check(target)

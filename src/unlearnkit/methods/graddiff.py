@@ -9,6 +9,9 @@ Choices: γ = α = 1 as in OpenUnlearning. The KL is averaged over the real (non
 of the retain batch, prompt included; OpenUnlearning averages over all B·T positions, padding
 included. Supports GU (``project="gu"``): the forget term is projected off the retain gradients.
 This module also holds the helpers its relatives (NPO, SimNPO, IdkDPO, UNDIAL, RMU) share.
+
+Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
+run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from ..adapters.base import frozen_copy as frozen_reference
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
+from ..train.stopping import StopConfig, stop_for
 from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome
 
@@ -53,7 +57,7 @@ def retain_term(adapter: Any, model: nn.Module, batch: dict, kind: str, referenc
 
 
 @dataclass
-class GradDiffConfig(ProjectionConfig, SamplingConfig):
+class GradDiffConfig(ProjectionConfig, SamplingConfig, StopConfig):
     """γ (forget weight), α (retain weight), the retain term; defaults for a tiny LM on CPU."""
 
     gamma: float = 1.0
@@ -88,5 +92,5 @@ class GradDiff(Method):
             return LossParts(config.gamma * forget, config.alpha * retain)
 
         record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="graddiff",
-                          projector=projector_for(config))
+                          projector=projector_for(config), stop=stop_for(config, adapter, request, steps))
         return Outcome(adapter.model, record)

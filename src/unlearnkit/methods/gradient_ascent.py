@@ -8,6 +8,9 @@ Works on any model kind whose adapter gives a per-item loss.
 With ``project="gu"`` (GU, ``train/gu.py``) the ascent step is projected off the span of recent
 retain-set gradients, so the request then needs retain data; the retain loss only shapes the
 projection (and the optional ``gu_repair`` step), it is not otherwise minimised.
+
+Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
+run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from typing import Any
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
+from ..train.stopping import StopConfig, stop_for
 from .base import Method, Outcome, item_stream, paired_stream
 
 
 @dataclass
-class GradientAscentConfig(ProjectionConfig):
+class GradientAscentConfig(ProjectionConfig, StopConfig):
     """Few epochs and a small step: ascent diverges quickly."""
 
     epochs: int = 1
@@ -45,7 +49,8 @@ class GradientAscent(Method):
             return self._projected(adapter, request, config, projector)
         stream, steps = item_stream(adapter, request.forget_items(), config)
         loss = lambda model, batch: -adapter.per_item_loss(model, batch).mean()
-        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="gradient ascent")
+        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="gradient ascent",
+                          stop=stop_for(config, adapter, request, steps))
         return Outcome(adapter.model, record)
 
     def _projected(self, adapter: Any, request, config: GradientAscentConfig, projector) -> Outcome:
@@ -59,5 +64,6 @@ class GradientAscent(Method):
             return LossParts(forget, adapter.per_item_loss(model, batch["retain"]).mean())
 
         record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps,
-                          description="gradient ascent (GU)", projector=projector)
+                          description="gradient ascent (GU)", projector=projector,
+                          stop=stop_for(config, adapter, request, steps))
         return Outcome(adapter.model, record)

@@ -12,6 +12,9 @@ copy of the model taken before unlearning.
 Choices: the 2/β factor is OpenUnlearning's (canonical DPO uses 1); β = 0.1, α = 1. Each forget
 item gets one refusal from :data:`REFUSALS`, chosen with the run's seed and kept for the whole run
 (TOFU draws from a file of 100 such answers). No weight decay or warm-up by default.
+
+Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
+run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserInputError
-from ..train import TrainConfig, optimise
+from ..train import optimise
+from ..train.stopping import StopConfig, stop_for
 from .base import Method, Outcome, paired_stream
 from .graddiff import frozen_reference
 
@@ -67,7 +71,7 @@ class _WithRefusals:
 
 
 @dataclass
-class IdkDPOConfig(TrainConfig):
+class IdkDPOConfig(StopConfig):
     """β (inverse temperature) and α (retain weight); defaults for a tiny LM on CPU."""
 
     beta: float = 0.1
@@ -108,5 +112,6 @@ class IdkDPO(Method):
             dpo = dpo_loss(log_ratio(model, forget_batch["refusal"]), log_ratio(model, forget_batch["answer"]), config.beta)
             return dpo + config.alpha * adapter.per_item_loss(model, batch["retain"]).mean()
 
-        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="idk dpo")
+        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="idk dpo",
+                          stop=stop_for(config, adapter, request, steps))
         return Outcome(adapter.model, record)

@@ -10,6 +10,9 @@ i.e. γ·E[−(2/β)·log σ(β·(NLL_θ − NLL_ref))] with NLL summed over the
 
 Choices: β = 0.1, γ = α = 1 (OpenUnlearning); R is the retain NLL̄ (or the KL to π_ref with
 ``retain_loss="kl"``). Supports GU (``project="gu"``) on the forget term.
+
+Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
+run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import nn
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
+from ..train.stopping import StopConfig, stop_for
 from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome
 from .graddiff import check_retain_loss, frozen_reference, retain_term
@@ -35,7 +39,7 @@ def npo_loss(nll: torch.Tensor, nll_reference: torch.Tensor, beta: float) -> tor
 
 
 @dataclass
-class NPOConfig(ProjectionConfig, SamplingConfig):
+class NPOConfig(ProjectionConfig, SamplingConfig, StopConfig):
     """β (inverse temperature), γ (forget weight), α (retain weight), the retain term."""
 
     beta: float = 0.1
@@ -76,5 +80,5 @@ class NPO(Method):
             return LossParts(config.gamma * npo, config.alpha * retain)
 
         record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="npo",
-                          projector=projector_for(config))
+                          projector=projector_for(config), stop=stop_for(config, adapter, request, steps))
         return Outcome(adapter.model, record)

@@ -18,6 +18,9 @@ blocks ℓ−2..ℓ, e.g. ``train_modules="h\\.[0-1]\\.mlp\\.c_proj"`` on GPT-2.
 paper's value (OpenUnlearning's TOFU setting is 2): c·u must dominate the block's own activations,
 whose norm is about 2–3 per token in the tiny test GPT-2. α = 1 as in OpenUnlearning (the WMDP
 recipe on Zephyr-7B uses 1200, matched to that model's activation scale).
+
+Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
+run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from torch import nn
 from ..adapters.causal_lm import IGNORE
 from ..errors import UserInputError
 from ..train import optimise
+from ..train.stopping import StopConfig, stop_for
 from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome
 from .graddiff import frozen_reference
@@ -84,7 +88,7 @@ def answer_mse(hidden: torch.Tensor, target: torch.Tensor, batch: dict) -> torch
 
 
 @dataclass
-class RMUConfig(SamplingConfig):
+class RMUConfig(SamplingConfig, StopConfig):
     """Block ``layer``, steering coefficient ``steering``, retain weight ``alpha``, ``train_modules`` regex."""
 
     layer: str | None = None
@@ -135,7 +139,8 @@ class RMU(Method):
         try:
             for p in model.parameters():
                 p.requires_grad_(requires[p] and id(p) in keep)
-            record = optimise(model, stream, loss, config, steps_per_epoch=steps, description="rmu")
+            record = optimise(model, stream, loss, config, steps_per_epoch=steps, description="rmu",
+                              stop=stop_for(config, adapter, request, steps))
         finally:
             for p, flag in requires.items():
                 p.requires_grad_(flag)

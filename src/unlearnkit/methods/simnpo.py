@@ -10,6 +10,9 @@ paper's −(2/β)·log σ(−(β/|y|)·log π_θ − γ_m) with margin γ_m = β
 
 Choices: β = 4.5, δ = 0, γ = 0.125, α = 1 (OpenUnlearning's defaults). Supports GU
 (``project="gu"``) on the forget term.
+
+Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
+run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from torch import nn
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
+from ..train.stopping import StopConfig, stop_for
 from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome
 
@@ -35,7 +39,7 @@ def simnpo_loss(nll: torch.Tensor, lengths: torch.Tensor, beta: float, delta: fl
 
 
 @dataclass
-class SimNPOConfig(ProjectionConfig, SamplingConfig):
+class SimNPOConfig(ProjectionConfig, SamplingConfig, StopConfig):
     """β, δ (margin per token), γ (forget weight), α (retain weight)."""
 
     beta: float = 4.5
@@ -73,5 +77,5 @@ class SimNPO(Method):
             return LossParts(config.gamma * simnpo, config.alpha * retain)
 
         record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="simnpo",
-                          projector=projector_for(config))
+                          projector=projector_for(config), stop=stop_for(config, adapter, request, steps))
         return Outcome(adapter.model, record)

@@ -9,6 +9,9 @@ position t with target token y_t and frozen original logits z_ref,t, minimise
 Choices: β = 10 and α = 0 as in OpenUnlearning. The loss is averaged over the answer tokens only
 (EOS included). OpenUnlearning also writes the one-hot at the −100 prompt/pad labels, where the
 index wraps to token V − 100, and averages over those positions: that bug is not reproduced.
+
+Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
+run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from torch import nn
 
 from ..adapters.causal_lm import IGNORE
 from ..errors import UserInputError
-from ..train import TrainConfig, optimise
+from ..train import optimise
+from ..train.stopping import StopConfig, stop_for
 from .base import Method, Outcome, item_stream, paired_stream
 from .graddiff import frozen_reference
 
@@ -45,7 +49,7 @@ def undial_loss(adapter: Any, model: nn.Module, reference: nn.Module, batch: dic
 
 
 @dataclass
-class UndialConfig(TrainConfig):
+class UndialConfig(StopConfig):
     """β (how far the memorised token is pushed down in the teacher) and α (optional retain NLL weight)."""
 
     beta: float = 10.0
@@ -87,5 +91,6 @@ class Undial(Method):
             retain = adapter.per_item_loss(model, batch["retain"]).mean()
             return undial_loss(adapter, model, reference, batch["forget"], config.beta) + config.alpha * retain
 
-        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="undial")
+        record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="undial",
+                          stop=stop_for(config, adapter, request, steps))
         return Outcome(adapter.model, record)

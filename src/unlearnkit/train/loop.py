@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from ..errors import UserInputError
 from . import distributed
 from .config import TrainConfig
 from .gu import GradientProjector, LossParts
@@ -27,6 +28,7 @@ class TrainRecord:
     losses: list[float] = field(default_factory=list)
     status: str = "ok"
     message: str = ""
+    stopped_at: int | None = None
 
 
 class DivergenceGuard:
@@ -110,6 +112,7 @@ def optimise(
     after_backward: Callable[[nn.Module], None] | None = None,
     after_step: Callable[[nn.Module], None] | None = None,
     projector: GradientProjector | None = None,
+    stop: Callable[[nn.Module, int], str | None] | None = None,
 ) -> TrainRecord:
     """Minimise ``loss_fn`` over ``epoch_batches(epoch)`` for ``config.epochs`` epochs (or ``max_steps``).
 
@@ -123,6 +126,10 @@ def optimise(
     its rows of each batch (``config.batch_size`` is the global batch); the model prepared by
     accelerate averages the gradients, and the recorded loss is the mean over processes. See
     :mod:`unlearnkit.train.distributed`. One process behaves exactly as before.
+
+    ``stop`` (e.g. :class:`unlearnkit.train.stopping.HoldoutStop`), when given, is asked after
+    every step where ``stop.due(step)``; a sentence back ends the run there (status stays ``ok``,
+    the sentence goes to ``message`` and the step to ``stopped_at``). One process only.
     """
     from accelerate import Accelerator
 
@@ -130,6 +137,9 @@ def optimise(
     world, rank = accelerator.num_processes, accelerator.process_index
     distributed.check_loop_support(accelerator, projector=projector,
                                    callbacks=after_backward is not None or after_step is not None)
+    if stop is not None and world > 1:
+        raise UserInputError(f"The early stop runs in one process only, but this run has {world}; "
+                             "launch it without accelerate/torchrun or set early_stop=none.")
     torch.manual_seed(config.seed)  # dropout and any sampling inside losses follow the one seed
     total = config.epochs * steps_per_epoch
     if config.max_steps is not None:
@@ -151,7 +161,7 @@ def optimise(
     model.train()
     with progress_bar(description, total) if rank == 0 else _silent() as bar:
         for epoch in range(config.epochs):
-            if record.steps >= total or record.status == "diverged":
+            if record.steps >= total or record.status == "diverged" or record.stopped_at is not None:
                 break
             for batch in _while_all_have(epoch_batches(epoch), world):
                 if record.steps >= total:
@@ -192,6 +202,11 @@ def optimise(
                 record.steps += 1
                 record.losses.append(float(seen.detach()))
                 bar.advance(1, loss=f"{record.losses[-1]:.4f}")
+                if stop is not None and stop.due(record.steps):
+                    reason = stop(net, record.steps)
+                    if reason:
+                        record.stopped_at, record.message = record.steps, reason
+                        break
     model.eval()
     if sharded:
         distributed.copy_back_sharded(accelerator, model, plain)

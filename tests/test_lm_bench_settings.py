@@ -1,0 +1,27 @@
+"""The facts bench's own method settings (one table), and the holdout its requests carry."""
+
+from lm_fixtures import memorised_lm, tiny_qa
+
+from unlearnkit.benchmarks.facts import FactsConfig, facts_request, load_facts
+from unlearnkit.benchmarks.lm_bench import FACTS_METHOD_SETTINGS, method_settings
+from unlearnkit.request import ForgetRequest
+
+
+def test_bench_settings_apply_and_user_params_override_them():
+    items = tiny_qa(6)
+    adapter = memorised_lm(items, steps=1)
+    request = ForgetRequest(items, [0, 1], [2, 3, 4, 5])
+    chosen = method_settings(["rmu", "npo"], None, adapter, request)
+    assert chosen["rmu"] == FACTS_METHOD_SETTINGS["rmu"] and chosen["npo"] == FACTS_METHOD_SETTINGS.get("npo", {})
+    overridden = method_settings(["rmu"], {"rmu": {"epochs": "3"}}, adapter, request)
+    assert overridden["rmu"]["epochs"] == "3"
+
+
+def test_facts_request_carries_the_holdout_of_the_same_size():
+    data = load_facts(FactsConfig.tiny())
+    for split in ("forget01", "forget10"):
+        request = facts_request(data, split)
+        holdout = data.split(split.replace("forget", "holdout"))
+        assert list(request.holdout) == holdout
+        trained = {it["id"] for it in data.train}
+        assert not trained & {it["id"] for it in request.holdout}
