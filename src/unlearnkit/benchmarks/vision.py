@@ -157,7 +157,7 @@ def cached_classifier(bench: VisionBenchmark, excluded: list[int], role: str) ->
 
 def cached_ssd_importance(bench: VisionBenchmark, batch_size: int) -> Path:
     """SSD's full-training-set importance of the target model, computed once after training and
-    cached beside it (as the SSD paper suggests), so each forget request pays only its forget pass."""
+    cached beside it, so each forget request pays only its forget pass."""
     from ..methods.ssd import save_full_importance
 
     target, target_meta = cached_classifier(bench, [], "target")

@@ -12,8 +12,9 @@ Choices where the paper is silent: batches are taken in the data's order (no shu
 last partial batch counts as one batch, and an entry with o = 0 and f > 0 is set to zero (β = 0),
 as in the authors' code.
 
-The full-data importance o depends on the model and the training set, not on the request, so, as
-the paper notes, it can be computed once after training and stored: :func:`save_full_importance`
+The full-data importance o depends on the model and the training set, not on the request, so it
+can be computed once after training and stored (which is how SSD can work without long-term storage
+of the training data, as its abstract claims): :func:`save_full_importance`
 writes it (safetensors, with the batch size and the seconds it took) and the ``full_importance``
 setting reads it, leaving each request only the forget set's pass. Without it, o is computed on
 every request from retain ∪ forget.
