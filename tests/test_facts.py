@@ -49,6 +49,22 @@ def test_same_seed_same_data_other_seed_other_data():
     assert c.train != a.train
 
 
+def test_train_seed_changes_the_weights_not_the_data_and_unset_keeps_old_cache_keys():
+    import dataclasses
+
+    from unlearnkit.benchmarks.facts import build_tokenizer, model_key, new_model, training_recipe
+
+    other = dataclasses.replace(TINY, train_seed=3)
+    assert load_facts(other).train == load_facts(TINY).train
+    tokenizer = build_tokenizer(load_facts(TINY))
+    first, second = new_model(TINY, tokenizer), new_model(other, tokenizer)
+    assert not torch.equal(first.transformer.wte.weight, second.transformer.wte.weight)
+    assert training_recipe(other).seed == 3 and training_recipe(TINY).seed == TINY.seed
+    assert "train_seed" not in model_key(TINY) and model_key(other)["train_seed"] == 3
+    with pytest.raises(UserInputError, match="train_seed"):
+        dataclasses.replace(TINY, train_seed=-1).check()
+
+
 def test_sizes_and_templates(medium):
     assert len(medium.train) == 60 * 10 + 4 * 5
     assert [len(medium.split_people[s]) for s in FORGET_SPLITS] == [1, 3, 6]

@@ -19,15 +19,19 @@ def exported(tmp_path_factory):
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "facts"
     assert main(["bench", "--benchmark", "facts", "--preset", "tiny", "--methods", "gradient_ascent,npo",
-                 "--attacks", "relearn,quantize", "--out", str(out)]) == 0
+                 "--attacks", "relearn,quantize", "--retrain-seeds", "1", "--out", str(out)]) == 0
     return out
 
 
 def test_facts_bench_rows_metrics_and_items(bench):
     results = json.loads((bench / "results.json").read_text())
     runs = {run["method"]: run for run in results["runs"]}
-    assert list(runs) == ["target", "retain", "gradient_ascent", "npo"]
+    assert list(runs) == ["target", "retain", "retain_seed1", "gradient_ascent", "npo"]
     assert runs["retain"]["metrics"]["forget_quality"] == 1.0 and runs["retain"]["metrics"]["privleak"] == 0.0
+    reseeded = runs["retain_seed1"]
+    assert reseeded["reference"] and reseeded["params"]["train_seed"] == 1 and runs["retain"]["params"].get("train_seed") is None
+    # another training run of the same recipe: scored against the retain model, not identical to it
+    assert 0 < reseeded["metrics"]["forget_quality"] <= 1 and reseeded["metrics"]["privleak"] != 0.0
     for key in results["metric_keys"]:
         assert key in runs["npo"]["metrics"]
     assert "relearn_recovery" in runs["npo"]["metrics"] and "relearn_recovery_control" in runs["npo"]["metrics"]
@@ -91,6 +95,9 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
     (["--methods", "npo", "--attacks", "bribe"], "Unknown attack 'bribe'"),
     (["--methods", "ssd", "--param", "ssd.project=gu"], "needs a gradient-based method"),
     (["--methods", "rmu", "--param", "rmu.layer=99"], "valid"),
+    (["--methods", "npo", "--retrain-seeds", "0"], "must differ from the retain model's own training seed 0"),
+    (["--methods", "npo", "--retrain-seeds", "1,1"], "must be distinct non-negative integers"),
+    (["--methods", "npo", "--retrain-seeds", "one"], "'one' is not one"),
 ])
 def test_facts_bench_bad_inputs(tmp_path, capsys, args, message):
     out = tmp_path / "never"

@@ -42,6 +42,16 @@ def split_list(value: str | None) -> list[str] | None:
     return items or None
 
 
+def parse_seeds(value: str | None) -> list[int]:
+    """Integers from a comma-separated option (none for None or empty)."""
+    seeds = []
+    for text in split_list(value) or []:
+        if not text.lstrip("-").isdigit():
+            raise UserInputError(f"--retrain-seeds takes comma-separated integers; {text!r} is not one.")
+        seeds.append(int(text))
+    return seeds
+
+
 @app.command("methods")
 def methods_command() -> None:
     """List every method: name, model kinds, what it needs, and its paper."""
@@ -72,6 +82,9 @@ def bench_command(
     lora: Optional[str] = typer.Option(None, help="facts: train LoRA adapters, e.g. r=8,alpha=16,targets=c_attn,c_proj."),
     bf16: bool = typer.Option(False, help="facts: store and train the weights in bfloat16."),
     gradient_checkpointing: bool = typer.Option(False, help="facts: recompute activations in the backward pass."),
+    retrain_seeds: Optional[str] = typer.Option(None, help="facts: comma-separated seeds; each adds the retain model "
+                                                "retrained with that seed as a reference row (how far exact retraining "
+                                                "alone moves each metric)."),
 ) -> None:
     """Unlearn with each method on a built-in benchmark and compare every result with retraining."""
     from .train.distributed import is_main_process, launched_processes
@@ -84,8 +97,11 @@ def bench_command(
 
         config = facts_preset(preset, seed, base)
         run_lm_bench(config, split, split_list(methods), out, params=parse_params(param), overwrite=overwrite,
-                     command=command, attacks=split_list(attacks) or (), memory=memory)
+                     command=command, attacks=split_list(attacks) or (), memory=memory,
+                     retrain_seeds=parse_seeds(retrain_seeds))
     else:
+        if retrain_seeds:
+            raise UserInputError(f"--retrain-seeds applies to the facts benchmark, not {benchmark}.")
         if attacks:
             raise UserInputError(f"Attacks apply to causal language models; the {benchmark} benchmark is a classifier.")
         if base != "scratch":

@@ -131,6 +131,8 @@ class FactsConfig:
 
     ``epochs`` is an upper bound: training stops at the first epoch boundary where the
     teacher-forced answer-token accuracy on the training items reaches ``target_accuracy``.
+    ``seed`` draws the data and, unless ``train_seed`` is set, the initial weights and batch order;
+    ``train_seed`` gives another training run of the same data and recipe (see ``--retrain-seeds``).
     """
 
     people: int = 200
@@ -149,6 +151,12 @@ class FactsConfig:
     max_length: int = 64
     seed: int = 0
     base: str = "scratch"
+    train_seed: int | None = None
+
+    @property
+    def training_seed(self) -> int:
+        """The seed of the initial weights and the batch order: ``train_seed``, else ``seed``."""
+        return self.seed if self.train_seed is None else self.train_seed
 
     @classmethod
     def tiny(cls, seed: int = 0) -> "FactsConfig":
@@ -170,6 +178,8 @@ class FactsConfig:
             raise UserInputError(f"width ({self.width}) must be divisible by heads ({self.heads}).")
         if self.base not in BASES:
             raise UserInputError(f"Unknown facts base {self.base!r}; valid: {', '.join(BASES)}.")
+        if self.train_seed is not None and self.train_seed < 0:
+            raise UserInputError(f"train_seed must be a non-negative integer, got {self.train_seed}.")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict."""
@@ -508,8 +518,11 @@ def initial_model_and_tokenizer(data: FactsData) -> tuple[torch.nn.Module, Any, 
 
 def model_key(config: FactsConfig) -> dict[str, Any]:
     """The config as it enters cache keys: with the base weights' fingerprint for a pretrained base,
-    and without ``base`` for ``scratch``, so models cached before bases existed stay valid."""
+    and without ``base`` for ``scratch`` nor an unset ``train_seed``, so models cached before these
+    fields existed stay valid."""
     fields = config.to_dict()
+    if config.train_seed is None:
+        del fields["train_seed"]
     if config.base == "scratch":
         del fields["base"]
     elif config.base == "smollm2":
@@ -550,7 +563,7 @@ def new_model(config: FactsConfig, tokenizer: Any) -> torch.nn.Module:
         n_head=config.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.training_seed)
     return GPT2LMHeadModel(gpt_config)
 
 
@@ -574,7 +587,7 @@ def training_recipe(config: FactsConfig) -> Any:
     from ..train import TrainConfig
 
     return TrainConfig(epochs=config.epochs, lr=config.lr, batch_size=config.batch_size, optimizer="adamw",
-                       warmup_steps=config.warmup_steps, grad_clip=1.0, seed=config.seed)
+                       warmup_steps=config.warmup_steps, grad_clip=1.0, seed=config.training_seed)
 
 
 def train_facts_model(config: FactsConfig, tokenizer: Any, items: list[dict],

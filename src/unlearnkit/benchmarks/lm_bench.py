@@ -6,6 +6,7 @@ rows; forget quality and privleak of every model are measured against the retain
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import random
 import time
@@ -41,6 +42,11 @@ FACTS_METHOD_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+RETRAIN_SEEDS_NOTE = ("each `retain_seed<s>` row is the retain model trained again with seed s (other initial weights and "
+                      "batch order, same data and recipe), scored against `retain` like a method: how far exact "
+                      "retraining alone moves each metric.")
+
+
 def default_lm_methods() -> list[str]:
     """Every registered method that works on causal LMs."""
     return [name for name, cls in methods().items() if "causal_lm" in cls.kinds]
@@ -61,6 +67,15 @@ def method_settings(names: Sequence[str], params: Mapping[str, Mapping[str, Any]
     other bases) under the user's ``--param`` values, validated."""
     defaults = FACTS_METHOD_SETTINGS if base == "scratch" else {}
     return validate_runs(names, params or {}, adapter, request, defaults)
+
+
+def check_retrain_seeds(seeds: Sequence[int], config: Any) -> None:
+    """Raise :class:`UserInputError` unless ``seeds`` are distinct non-negative integers other than the
+    retain model's own training seed."""
+    if any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise UserInputError(f"--retrain-seeds must be distinct non-negative integers, got {list(seeds)}.")
+    if config.training_seed in seeds:
+        raise UserInputError(f"--retrain-seeds must differ from the retain model's own training seed {config.training_seed}.")
 
 
 def evaluation_splits(data: Any, split: str, seed: int, retain_items: int = RETAIN_EVAL_ITEMS) -> dict[str, list[dict]]:
@@ -84,11 +99,15 @@ def run_lm_bench(
     attacks: Sequence[str] = (),
     log=print,
     memory: Any = None,
+    retrain_seeds: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Run the facts bench and write results.json, results.md and items/<model>.jsonl into ``out``.
 
     ``memory`` (LoRA, bf16, gradient checkpointing) applies to every method's run. Under several
     processes every one trains and scores its shard; only the main process logs and writes.
+    Each of ``retrain_seeds`` adds a reference row ``retain_seed<s>``: the retain model trained
+    again with that seed (initial weights and batch order), scored against the retain model like a
+    method, to show how far exact retraining alone moves every metric (forget quality especially).
     """
     from ..adapters.causal_lm import CausalLMAdapter
     from ..train.distributed import check_launch, is_main_process, on_main, training_device
@@ -100,6 +119,7 @@ def run_lm_bench(
     data = load_facts(config)
     request = facts_request(data, split)
     names = list(method_names) if method_names else default_lm_methods()
+    check_retrain_seeds(retrain_seeds, config)
     if out.exists() and not overwrite:
         raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
     target_dir, target_meta = cached_facts_model(config, "target")
@@ -138,7 +158,13 @@ def run_lm_bench(
             f"seconds={run['seconds']:.1f} ({run['seconds'] / retrain_seconds:.3f} of retrain) "
             f"evaluation={eval_seconds:.1f}s")
 
-    for role, adapter, meta in (("target", target, target_meta), ("retain", retain_model, retain_meta)):
+    references = [("target", target, target_meta), ("retain", retain_model, retain_meta)]
+    for seed in retrain_seeds:
+        seed_dir, seed_meta = cached_facts_model(dataclasses.replace(config, train_seed=seed), "retain", split)
+        seeded = CausalLMAdapter.from_pretrained(seed_dir, max_length=config.max_length)
+        seeded.model.to(training_device())
+        references.append((f"retain_seed{seed}", seeded, seed_meta))
+    for role, adapter, meta in references:
         record_run(role, adapter, {"reference": True, "params": meta["config"], "seconds": meta["train_seconds"],
                                    "peak_mem_mb": float("nan"), "status": "ok"})
     for name in names:
@@ -151,6 +177,8 @@ def run_lm_bench(
                "attacks": list(attacks),
                "metric_keys": list(LM_METRICS), "config": config.to_dict(),
                "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs}
+    if retrain_seeds:
+        results["notes"] = [RETRAIN_SEEDS_NOTE]
     base = "" if config.base == "scratch" else f" --base {config.base}"
     command = command or f"unlearnkit bench --benchmark facts{base} --split {split}"
     title = f"facts — {split}" if config.base == "scratch" else f"facts ({config.base} base) — {split}"
