@@ -59,8 +59,10 @@ def test_run_attacks_reports_each_attack_and_the_retain_control(models):
 def test_in_context_items_carry_the_fact_before_the_question():
     item = tiny_qa(1)[0]
     (shown,) = with_context([item])
-    assert shown["question"].startswith(f"Context: {item['answer']}") and shown["question"].endswith(item["question"])
+    assert shown["question"] == f"Context: {item['paraphrased_answer']}\n{item['question']}"
     assert shown["answer"] == item["answer"]
+    (bare,) = with_context([{"question": "Q?", "answer": "A."}])  # no paraphrase: the answer itself
+    assert bare["question"] == "Context: A.\nQ?"
 
 
 def test_quantized_copy_is_int8_close_to_the_model_and_leaves_it_alone(models):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -50,8 +51,6 @@ def test_same_seed_same_data_other_seed_other_data():
 
 
 def test_train_seed_changes_the_weights_not_the_data_and_unset_keeps_old_cache_keys():
-    import dataclasses
-
     from unlearnkit.benchmarks.facts import build_tokenizer, model_key, new_model, training_recipe
 
     other = dataclasses.replace(TINY, train_seed=3)
@@ -65,13 +64,38 @@ def test_train_seed_changes_the_weights_not_the_data_and_unset_keeps_old_cache_k
         dataclasses.replace(TINY, train_seed=-1).check()
 
 
+def test_reading_items_put_a_new_persons_fact_in_context_and_touch_no_split(medium):
+    from unlearnkit.benchmarks.facts import build_tokenizer
+    from unlearnkit.eval.attacks import with_context
+
+    reading = [it for it in medium.train if "person" not in it]
+    assert len(reading) == MEDIUM.reading and reading == medium.train[-MEDIUM.reading:]
+    known = {p["name"] for p in medium.people}
+    for item in reading:
+        question = item["question"].split("\n", 1)[1]
+        assert item["question"] == with_context([{**item, "question": question}])[0]["question"]
+        assert item["question"].startswith(f"Context: {item['paraphrased_answer']}\n")
+        if item["template"] != "sibling":  # a sibling value is a trained person's name
+            assert not any(name in item["answer"] for name in known)
+    assert not {it["id"] for it in reading} & {it["id"] for items in medium.splits.values() for it in items}
+    request = facts_request(medium, "forget10")
+    assert not set(request.forget + request.retain) & set(range(len(medium.train) - MEDIUM.reading, len(medium.train)))
+    assert load_facts(MEDIUM).train == medium.train  # seeded
+    assert build_tokenizer(medium).tokenize("Context:") == ["Context", ":"]
+    without = load_facts(dataclasses.replace(MEDIUM, reading=0))
+    assert without.train == medium.train[:-MEDIUM.reading] and without.splits == medium.splits
+    assert len(load_facts(dataclasses.replace(TINY, reading=500)).train) == len(load_facts(TINY).train) - TINY.reading + 500
+    with pytest.raises(UserInputError, match="reading"):
+        dataclasses.replace(TINY, reading=-1).check()
+
+
 def test_sizes_and_templates(medium):
-    assert len(medium.train) == 60 * 10 + 4 * 5
+    assert len(medium.train) == 60 * 10 + 4 * 5 + MEDIUM.reading
     assert [len(medium.split_people[s]) for s in FORGET_SPLITS] == [1, 3, 6]
     assert len(medium.split_people["holdout10"]) == 6
     per_person = {}
     for item in medium.train:
-        if item["person"] is not None:
+        if item.get("person") is not None:
             per_person.setdefault(item["person"], set()).add(item["template"])
     assert all(len(t) == 10 for t in per_person.values())
 
@@ -83,7 +107,7 @@ def test_splits_are_disjoint_and_nested(medium):
     assert set(people["retain"]) == trained - set(people["forget10"])
     holdout = set(people["holdout10"])
     assert not holdout & trained
-    train_people = {it["person"] for it in medium.train}
+    train_people = {it.get("person") for it in medium.train}
     assert not holdout & train_people
     ids = [it["id"] for it in medium.train]
     assert len(ids) == len(set(ids))
@@ -157,7 +181,7 @@ def test_tiny_models_memorise_and_retain_model_never_saw_the_forget_people(cache
     retain = CausalLMAdapter.from_pretrained(retain_dir, max_length=TINY.max_length)
     accuracy, _ = answer_accuracy(target, target.model, data.train)
     assert accuracy == pytest.approx(target_meta["answer_token_accuracy"], abs=1e-6)
-    kept = [it for it in data.train if it["person"] not in set(data.split_people["forget10"])]
+    kept = [it for it in data.train if it.get("person") not in set(data.split_people["forget10"])]
     assert answer_accuracy(retain, retain.model, kept)[0] >= 0.95
     with torch.no_grad():
         batch = target.collate(forget)

@@ -31,7 +31,8 @@ def test_facts_bench_rows_metrics_and_items(bench):
     reseeded = runs["retain_seed1"]
     assert reseeded["reference"] and reseeded["params"]["train_seed"] == 1 and runs["retain"]["params"].get("train_seed") is None
     # another training run of the same recipe: scored against the retain model, not identical to it
-    assert 0 < reseeded["metrics"]["forget_quality"] <= 1 and reseeded["metrics"]["privleak"] != 0.0
+    assert 0 < reseeded["metrics"]["forget_quality"] <= 1
+    assert any(reseeded["metrics"][k] != runs["retain"]["metrics"][k] for k in ("model_utility", "forget_truth_ratio"))
     for key in results["metric_keys"]:
         assert key in runs["npo"]["metrics"]
     assert "relearn_recovery" in runs["npo"]["metrics"] and "relearn_recovery_control" in runs["npo"]["metrics"]

@@ -9,7 +9,11 @@ model has never seen. Each of ``templates`` question templates gives one questio
 with its answer, a paraphrased answer (the same fact in other words, never trained on) and
 ``perturbed`` (5) perturbed answers: the paraphrase with wrong values of the same type, taken
 from other trained people, as TOFU perturbs its paraphrased answers. ``general`` holds facts
-about invented countries that every model learns, to measure collateral damage.
+about invented countries that every model learns, to measure collateral damage. ``reading`` items
+(facts about further invented people, given in the prompt as ``Context: <fact>``) are trained into
+every model too, so that the models can use a fact re-introduced in the prompt, which the
+in-context attack needs (trained on bare questions alone, the target model gave its forget answers
+probability 0.04 behind a context, against 0.97 without one).
 
 Splits (TOFU naming): ``forget01/05/10`` (nested: 1/5/10 % of the trained people, seeded),
 ``retain`` (trained people outside ``forget10``), ``holdout01/05/10`` (extra people never trained
@@ -133,6 +137,7 @@ class FactsConfig:
     teacher-forced answer-token accuracy on the training items reaches ``target_accuracy``.
     ``seed`` draws the data and, unless ``train_seed`` is set, the initial weights and batch order;
     ``train_seed`` gives another training run of the same data and recipe (see ``--retrain-seeds``).
+    ``reading`` is the number of reading items (see :func:`reading_items`) trained into every model.
     """
 
     people: int = 200
@@ -152,6 +157,7 @@ class FactsConfig:
     seed: int = 0
     base: str = "scratch"
     train_seed: int | None = None
+    reading: int = 600
 
     @property
     def training_seed(self) -> int:
@@ -162,7 +168,7 @@ class FactsConfig:
     def tiny(cls, seed: int = 0) -> "FactsConfig":
         """A few people and a 2-layer × 128 model that trains in a few seconds (for tests)."""
         return cls(people=12, templates=4, countries=2, layers=2, width=128, heads=4, epochs=150, lr=5e-3,
-                   batch_size=16, warmup_steps=5, seed=seed)
+                   batch_size=16, warmup_steps=5, seed=seed, reading=8)
 
     def check(self) -> None:
         """Raise :class:`UserInputError` for settings that cannot make a benchmark."""
@@ -178,6 +184,8 @@ class FactsConfig:
             raise UserInputError(f"width ({self.width}) must be divisible by heads ({self.heads}).")
         if self.base not in BASES:
             raise UserInputError(f"Unknown facts base {self.base!r}; valid: {', '.join(BASES)}.")
+        if self.reading < 0:
+            raise UserInputError(f"reading must be a non-negative number of items, got {self.reading}.")
         if self.train_seed is not None and self.train_seed < 0:
             raise UserInputError(f"train_seed must be a non-negative integer, got {self.train_seed}.")
 
@@ -190,8 +198,8 @@ class FactsConfig:
 class FactsData:
     """The generated benchmark: people, every split as lists of item dicts, and the training set.
 
-    ``train`` is the training set of the target model (trained people, then ``general``); a
-    :class:`ForgetRequest` indexes into it. ``split_people[name]`` lists the person ids of every
+    ``train`` is the training set of the target model (trained people, then ``general``, then the
+    reading items, which have no ``"person"`` key); a :class:`ForgetRequest` indexes into it. ``split_people[name]`` lists the person ids of every
     split but ``general``.
     """
 
@@ -460,7 +468,39 @@ def load_facts(config: FactsConfig | None = None) -> FactsData:
     splits["general"] = general
     splits = {name: splits[name] for name in _split_order()}
     train = [it for pid in range(config.people) for it in items_of[pid]] + general
+    train += reading_items(config, people, pools)
     return FactsData(config, people, countries, splits, train, split_people)
+
+
+def reading_items(config: FactsConfig, people: list[dict[str, Any]], pools: dict) -> list[dict[str, Any]]:
+    """``config.reading`` items that teach a model to use a fact given in its prompt.
+
+    Each is about an invented person (a pairing of known first names and surnames that no person has,
+    drawn anew for each item) seen nowhere else, with a value drawn from the trained values of a random
+    template, so the same new name may carry different facts in different items; the question is
+    preceded by the paraphrased fact in the in-context attack's format (:func:`with_context`), and the
+    answer is the fact. A model can answer them only by reading the context (or memorising the item),
+    so a model trained with them can use a re-introduced fact, which the in-context attack tests.
+    Drawn from their own seeded generator, so they change no other item.
+    """
+    from ..eval.attacks import with_context
+
+    rng = random.Random(f"reading-{config.seed}")
+    taken = {p["name"] for p in people}
+    firsts, surnames = sorted({p["first_name"] for p in people}), sorted({p["surname"] for p in people})
+    free = [f"{first} {last}" for first in firsts for last in surnames if f"{first} {last}" not in taken]
+    if config.reading and not free:
+        raise UserInputError("Reading items need a pairing of first name and surname that no person has; there is none.")
+    templates = PERSON_TEMPLATES[: config.templates]
+    items = []
+    for index in range(config.reading):
+        name = rng.choice(free)
+        template = rng.choice(templates)
+        value = rng.choice(pools["trained"][template.name])
+        fact = {"question": template.question.format(name=name), "answer": template.answer.format(name=name, value=value),
+                "paraphrased_answer": template.paraphrase.format(name=name, value=value)}
+        items.append({"id": f"r{index:04d}.{template.name}", **with_context([fact])[0], "template": template.name})
+    return items
 
 
 def _split_order() -> list[str]:
@@ -491,8 +531,8 @@ def facts_request(data: FactsData, split: str = "forget10") -> ForgetRequest:
     forgotten = set(_forgotten_people(data, split))
     position = {item["id"]: i for i, item in enumerate(data.train)}
     ids_of = lambda items: [position[it["id"]] for it in items]
-    forget = [i for i, it in enumerate(data.train) if it["person"] in forgotten]
-    retain = [i for i, it in enumerate(data.train) if it["person"] is not None and it["person"] not in forgotten]
+    forget = [i for i, it in enumerate(data.train) if it.get("person") in forgotten]
+    retain = [i for i, it in enumerate(data.train) if it.get("person") is not None and it["person"] not in forgotten]
     neighbours = {kind: ids_of(data.splits[f"{split}_{kind}"]) for kind in ("direct", "indirect")}
     holdout = data.split(split.replace("forget", "holdout"))
     return ForgetRequest(data.train, forget, retain, neighbours, reason=f"facts:{split}", holdout=holdout)
@@ -518,11 +558,13 @@ def initial_model_and_tokenizer(data: FactsData) -> tuple[torch.nn.Module, Any, 
 
 def model_key(config: FactsConfig) -> dict[str, Any]:
     """The config as it enters cache keys: with the base weights' fingerprint for a pretrained base,
-    and without ``base`` for ``scratch`` nor an unset ``train_seed``, so models cached before these
-    fields existed stay valid."""
+    and without ``base`` for ``scratch``, an unset ``train_seed`` nor ``reading`` = 0, so models cached
+    before these fields existed stay valid."""
     fields = config.to_dict()
     if config.train_seed is None:
         del fields["train_seed"]
+    if config.reading == 0:
+        del fields["reading"]
     if config.base == "scratch":
         del fields["base"]
     elif config.base == "smollm2":
@@ -541,8 +583,10 @@ def build_tokenizer(data: FactsData) -> Any:
 
     splitter = pre_tokenizers.Whitespace()
     words: set[str] = set()
-    for item in (it for items in data.splits.values() for it in items):
-        for text in (PLAIN_PROMPT.format(question=item["question"]), item["answer"], item["paraphrased_answer"], *item["perturbed_answer"]):
+    for item in (it for items in [*data.splits.values(), data.train] for it in items):
+        texts = (PLAIN_PROMPT.format(question=item["question"]), item["answer"], item.get("paraphrased_answer", ""),
+                 *item.get("perturbed_answer", ()))
+        for text in texts:
             words.update(w for w, _ in splitter.pre_tokenize_str(text))
     specials = ["<pad>", "<unk>", "<|endoftext|>"]
     vocab = {w: i for i, w in enumerate(specials + sorted(words))}

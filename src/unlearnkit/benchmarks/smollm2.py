@@ -41,13 +41,14 @@ def smollm2_config(preset: str = "default", seed: int = 0) -> "FactsConfig":
     ``default``: 16 people × 3 templates, 2 countries, 3 perturbed answers (58 training items),
     AdamW at 2e-4 with batch 8, until 99 % answer-token accuracy or 10 epochs. ``tiny``: 8 people
     × 2 templates and 2 epochs, for smoke tests. ``layers``, ``width`` and ``heads`` describe the
-    scratch model and are ignored with this base.
+    scratch model and are ignored with this base. No reading items: an instruct model already answers
+    from a fact given in its prompt.
     """
     from .facts import FactsConfig
 
     default = FactsConfig(people=16, templates=3, countries=2, perturbed=3, epochs=10, lr=2e-4, batch_size=8,
                           warmup_steps=4, target_accuracy=0.99, check_below_loss=0.1, max_length=96, seed=seed,
-                          base="smollm2")
+                          base="smollm2", reading=0)
     presets = {"default": default,
                "tiny": dataclasses.replace(default, people=8, templates=2, countries=1, epochs=2)}
     if preset not in presets:

@@ -127,7 +127,7 @@ def facts_tofu_files(data: Any) -> dict[str, str]:
     files = {"full.json": _jsonl(data.train, QA_FIELDS)}
     for split in FORGET_SPLITS:
         forgotten = set(data.split_people[split])
-        kept = [it for it in data.train if it["person"] is not None and it["person"] not in forgotten]
+        kept = [it for it in data.train if it.get("person") is not None and it["person"] not in forgotten]
         files[f"{split}.json"] = _jsonl(data.splits[split], QA_FIELDS)
         files[f"{split}_perturbed.json"] = _jsonl(data.splits[split], EVAL_FIELDS)
         files[f"{RETAIN_OF[split]}.json"] = _jsonl(kept, QA_FIELDS)

@@ -91,8 +91,10 @@ def relearn(adapter: Any, attack_items: Sequence[Any], settings: RelearnSettings
 
 
 def with_context(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Items whose question is preceded by the fact itself (UnUnlearning's in-context re-introduction)."""
-    return [{**it, "question": f"Context: {it['answer']}\n{it['question']}"} for it in items]
+    """Items whose question is preceded by the fact (UnUnlearning's in-context re-introduction): its
+    paraphrase where the item has one, so the answer is not a verbatim copy of the prompt, else the answer."""
+    return [{**it, "question": f"Context: {it.get('paraphrased_answer') or it['answer']}\n{it['question']}"}
+            for it in items]
 
 
 def quantized(adapter: Any) -> Any:
