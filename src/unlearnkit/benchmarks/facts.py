@@ -199,8 +199,8 @@ class FactsData:
     """The generated benchmark: people, every split as lists of item dicts, and the training set.
 
     ``train`` is the training set of the target model (trained people, then ``general``, then the
-    reading items, which have no ``"person"`` key); a :class:`ForgetRequest` indexes into it. ``split_people[name]`` lists the person ids of every
-    split but ``general``.
+    reading items, which have no ``"person"`` key); a :class:`ForgetRequest` indexes into it.
+    ``split_people[name]`` lists the person ids of every split but ``general``.
     """
 
     config: FactsConfig
