@@ -12,6 +12,7 @@ gradient ascent with the digits settings below) and must:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -256,6 +257,13 @@ def test_ssd_with_a_precomputed_full_importance_equals_computing_it_per_request(
         unlearn(nn.Sequential(nn.Linear(3, 2)), request, "ssd", full_importance=str(path), batch_size=4)
     with pytest.raises(UserInputError, match="does not exist"):
         unlearn(model, request, "ssd", full_importance=str(tmp_path / "missing.safetensors"))
+    # with the importance stored, a request needs no retained data at all
+    forget_only = dataclasses.replace(request, retain=None)
+    with pytest.raises(UserInputError, match="needs retain data"):
+        unlearn(model, forget_only, "ssd", **settings)
+    alone, _ = unlearn(model, forget_only, "ssd", full_importance=str(path), **settings)
+    for name, value in computed.state_dict().items():
+        assert torch.equal(alone.state_dict()[name], value), name
 
 
 @pytest.mark.parametrize("reset_masked", [False, True])

@@ -46,13 +46,13 @@ def _adapter_for(model: Any, adapter: Any | None) -> Any:
     raise UserInputError(f"Cannot unlearn a {type(model).__name__}: pass a torch nn.Module or a model adapter.")
 
 
-def check_needs(method: Any, adapter: Any, request: ForgetRequest) -> None:
-    """Raise when the method does not serve this model kind or lacks data it needs."""
+def check_needs(method: Any, adapter: Any, request: ForgetRequest, config: Any) -> None:
+    """Raise when the method does not serve this model kind or lacks data a run with ``config`` needs."""
     if adapter.kind not in method.kinds:
         raise UserInputError(
             f"Method {method.name!r} works on {', '.join(method.kinds)} models, not on a {adapter.kind} model."
         )
-    if "retain" in method.needs and not request.retain:
+    if "retain" in method.needs_for(config) and not request.retain:
         raise UserInputError(f"Method {method.name!r} needs retain data, but the request has none.")
 
 
@@ -65,8 +65,7 @@ def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]],
     settings = {name: {**(defaults or {}).get(name, {}), **params.get(name, {})} for name in names}
     for name in names:
         method = get_method(name)
-        check_needs(method, adapter, request)
-        build_config(method.Config, settings[name], owner=f"Method {name!r}")
+        check_needs(method, adapter, request, build_config(method.Config, settings[name], owner=f"Method {name!r}"))
     return settings
 
 
@@ -85,8 +84,8 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
 
     adapter = _adapter_for(model, adapter)
     chosen = get_method(method)
-    check_needs(chosen, adapter, request)
     config = build_config(chosen.Config, hparams, owner=f"Method {method!r}")
+    check_needs(chosen, adapter, request, config)
     distributed.check_launch()
     if memory is not None:
         memory.check(adapter)

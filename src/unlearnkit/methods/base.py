@@ -38,6 +38,10 @@ class Method:
     use_when: ClassVar[str] = ""
     Config: ClassVar[type] = TrainConfig
 
+    def needs_for(self, config: Any) -> frozenset[str]:
+        """What a run with ``config`` needs: ``needs``, unless a setting makes some of it unnecessary."""
+        return self.needs
+
     def unlearn(self, adapter: Any, request: ForgetRequest, config: Any) -> Outcome:  # pragma: no cover
         raise NotImplementedError
 

@@ -123,6 +123,10 @@ class SSD(Method):
     use_when = 'One-pass, training-free classifier forgetting; precompute the full-data importance once per model (save_full_importance) so a request costs one pass over its forget set; tune α/λ per model.'
     Config = SSDConfig
 
+    def needs_for(self, config: SSDConfig) -> frozenset[str]:
+        """A precomputed full-data importance stands in for the retained and original training data."""
+        return frozenset() if config.full_importance else self.needs
+
     def unlearn(self, adapter: Any, request, config: SSDConfig) -> Outcome:
         forget = request.forget_items()
         forget_imp = importance(adapter, forget, config.batch_size)
