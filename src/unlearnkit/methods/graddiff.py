@@ -8,6 +8,8 @@ R = NLL̄ (``retain_loss="nll"``) or R = KL(π_ref ‖ π_θ) to the frozen orig
 Choices: γ = α = 1 as in OpenUnlearning. The KL is averaged over the real (non-padding) positions
 of the retain batch, prompt included; OpenUnlearning averages over all B·T positions, padding
 included. Supports GU (``project="gu"``): the forget term is projected off the retain gradients.
+With ``sam_rho`` > 0 the forget term's gradient is taken SAM-style at the worst nearby weights
+(``train/sam.py``; Fan et al., ICML 2025), which makes the forgetting harder to relearn.
 This module also holds the helpers its relatives (NPO, SimNPO, IdkDPO, UNDIAL, RMU) share.
 
 Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
@@ -27,6 +29,7 @@ from ..adapters.base import frozen_copy as frozen_reference
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
+from ..train.sam import SharpnessConfig
 from ..train.stopping import StopConfig, stop_for
 from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome
@@ -57,7 +60,7 @@ def retain_term(adapter: Any, model: nn.Module, batch: dict, kind: str, referenc
 
 
 @dataclass
-class GradDiffConfig(ProjectionConfig, SamplingConfig, StopConfig):
+class GradDiffConfig(ProjectionConfig, SharpnessConfig, SamplingConfig, StopConfig):
     """γ (forget weight), α (retain weight), the retain term; defaults for a tiny LM on CPU."""
 
     gamma: float = 1.0

@@ -8,6 +8,8 @@ Works on any model kind whose adapter gives a per-item loss.
 With ``project="gu"`` (GU, ``train/gu.py``) the ascent step is projected off the span of recent
 retain-set gradients, so the request then needs retain data; the retain loss only shapes the
 projection (and the optional ``gu_repair`` step), it is not otherwise minimised.
+With ``sam_rho`` > 0 the forget term's gradient is taken SAM-style at the worst nearby weights
+(``train/sam.py``; Fan et al., ICML 2025), which makes the forgetting harder to relearn.
 
 Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
 run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
@@ -21,12 +23,13 @@ from typing import Any
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
+from ..train.sam import SharpnessConfig
 from ..train.stopping import StopConfig, stop_for
 from .base import Method, Outcome, item_stream, paired_stream
 
 
 @dataclass
-class GradientAscentConfig(ProjectionConfig, StopConfig):
+class GradientAscentConfig(ProjectionConfig, SharpnessConfig, StopConfig):
     """Few epochs and a small step: ascent diverges quickly."""
 
     epochs: int = 1

@@ -10,6 +10,8 @@ i.e. γ·E[−(2/β)·log σ(β·(NLL_θ − NLL_ref))] with NLL summed over the
 
 Choices: β = 0.1, γ = α = 1 (OpenUnlearning); R is the retain NLL̄ (or the KL to π_ref with
 ``retain_loss="kl"``). Supports GU (``project="gu"``) on the forget term.
+With ``sam_rho`` > 0 the forget term's gradient is taken SAM-style at the worst nearby weights
+(``train/sam.py``; Fan et al., ICML 2025), which makes the forgetting harder to relearn.
 
 Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
 run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
@@ -27,6 +29,7 @@ from torch import nn
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
+from ..train.sam import SharpnessConfig
 from ..train.stopping import StopConfig, stop_for
 from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome
@@ -39,7 +42,7 @@ def npo_loss(nll: torch.Tensor, nll_reference: torch.Tensor, beta: float) -> tor
 
 
 @dataclass
-class NPOConfig(ProjectionConfig, SamplingConfig, StopConfig):
+class NPOConfig(ProjectionConfig, SharpnessConfig, SamplingConfig, StopConfig):
     """β (inverse temperature), γ (forget weight), α (retain weight), the retain term."""
 
     beta: float = 0.1

@@ -10,6 +10,8 @@ paper's −(2/β)·log σ(−(β/|y|)·log π_θ − γ_m) with margin γ_m = β
 
 Choices: β = 4.5, δ = 0, γ = 0.125, α = 1 (OpenUnlearning's defaults). Supports GU
 (``project="gu"``) on the forget term.
+With ``sam_rho`` > 0 the forget term's gradient is taken SAM-style at the worst nearby weights
+(``train/sam.py``; Fan et al., ICML 2025), which makes the forgetting harder to relearn.
 
 Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
 run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
@@ -27,6 +29,7 @@ from torch import nn
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
+from ..train.sam import SharpnessConfig
 from ..train.stopping import StopConfig, stop_for
 from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome
@@ -39,7 +42,7 @@ def simnpo_loss(nll: torch.Tensor, lengths: torch.Tensor, beta: float, delta: fl
 
 
 @dataclass
-class SimNPOConfig(ProjectionConfig, SamplingConfig, StopConfig):
+class SimNPOConfig(ProjectionConfig, SharpnessConfig, SamplingConfig, StopConfig):
     """β, δ (margin per token), γ (forget weight), α (retain weight)."""
 
     beta: float = 4.5

@@ -15,6 +15,7 @@ from . import distributed
 from .config import TrainConfig
 from .gu import GradientProjector, LossParts
 from .progress import progress_bar
+from .sam import sharpness_aware
 
 Batch = dict
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
@@ -140,6 +141,11 @@ def optimise(
     if stop is not None and world > 1:
         raise UserInputError(f"The early stop runs in one process only, but this run has {world}; "
                              "launch it without accelerate/torchrun or set early_stop=none.")
+    if getattr(config, "sam_rho", 0):  # sharpness-aware forget term (train/sam.py)
+        if world > 1:
+            raise UserInputError(f"sam_rho runs in one process only, but this run has {world}; "
+                                 "launch it without accelerate/torchrun or set sam_rho=0.")
+        loss_fn = sharpness_aware(loss_fn, config.sam_rho)
     torch.manual_seed(config.seed)  # dropout and any sampling inside losses follow the one seed
     total = config.epochs * steps_per_epoch
     if config.max_steps is not None:
