@@ -123,10 +123,12 @@ def test_gradient_accumulation_is_refused(monkeypatch):
         D.check_launch()
 
 
-def test_gu_projection_and_sharded_gradient_edits_are_refused():
+def test_gu_projection_sam_and_sharded_gradient_edits_are_refused():
     two = SimpleNamespace(num_processes=2, distributed_type=SimpleNamespace(name="MULTI_CPU"))
     with pytest.raises(UserInputError, match="GU projection"):
         D.check_loop_support(two, projector=object(), callbacks=False)
+    with pytest.raises(UserInputError, match="sam_rho"):
+        D.check_loop_support(two, projector=None, callbacks=False, sam=True)
     D.check_loop_support(two, projector=None, callbacks=True)  # DDP keeps whole gradients: fine
     fsdp = SimpleNamespace(num_processes=2, distributed_type=SimpleNamespace(name="FSDP"))
     with pytest.raises(UserInputError, match="FSDP shards"):

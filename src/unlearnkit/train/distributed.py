@@ -267,11 +267,14 @@ def check_launch() -> None:
                              "not use (one optimiser step per batch); set it to 1 and raise batch_size instead.")
 
 
-def check_loop_support(accelerator: Any, *, projector: Any, callbacks: bool) -> None:
+def check_loop_support(accelerator: Any, *, projector: Any, callbacks: bool, sam: bool = False) -> None:
     """Raise when this loop's run cannot be honoured by the accelerate setup it was launched with."""
     if accelerator.num_processes > 1 and projector is not None:
         raise UserInputError(f"GU projection (project=gu) runs in one process only, but this run has "
                              f"{accelerator.num_processes}; launch it without accelerate/torchrun or drop project=gu.")
+    if accelerator.num_processes > 1 and sam:
+        raise UserInputError(f"SAM on the forget term (sam_rho) runs in one process only, but this run has "
+                             f"{accelerator.num_processes}; launch it without accelerate/torchrun or set sam_rho=0.")
     if is_sharded(accelerator) and callbacks:
         raise UserInputError(f"This method edits gradients or weights between steps, which {_kind(accelerator)} shards "
                              "across processes; run it with the DDP config (configs/accelerate/ddp.yaml).")
