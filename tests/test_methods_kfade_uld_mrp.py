@@ -161,8 +161,7 @@ def test_uld_keeps_target_and_combines_logits_where_the_mask_allows(lm, tmp_path
         target = lm.logits(model.target, batch)
         assistant = lm.logits(model.assistant, batch)
         combined = lm.logits(model, batch)
-    log_probs = torch.log_softmax(target, -1)
-    keep = log_probs >= log_probs.max(-1, keepdim=True).values + torch.log(torch.tensor(0.1))
+    keep = uld.relative_top_mask(target, 0.1)
     real = batch["attention_mask"].bool()[..., None].expand_as(keep)
     assert (keep & real).any() and (~keep & real).any()
     assert torch.allclose(combined[keep & real], (target - 0.8 * assistant)[keep & real], atol=1e-5)
@@ -173,6 +172,15 @@ def test_uld_keeps_target_and_combines_logits_where_the_mask_allows(lm, tmp_path
     rebuilt.load_state_dict(load_state_dict(tmp_path / "uld.safetensors"))
     with torch.no_grad():
         assert torch.allclose(lm.logits(rebuilt, batch), combined, atol=1e-6)
+
+
+def test_uld_mask_keeps_the_tokens_near_the_maximum_and_at_least_the_top_tau_fraction():
+    peaked = torch.tensor([[10.0, 2.0, 1.0] + [0.0] * 17])  # V = 20, τ = 0.1: at least 2 tokens kept
+    assert uld.relative_top_mask(peaked, 0.1).tolist() == [[True, True] + [False] * 18]
+    near = torch.tensor([[5.0, 4.0, 3.0, 2.5] + [-5.0] * 16])  # log 0.1 ≈ −2.30: 4 and 3 are within it, 2.5 not
+    assert uld.relative_top_mask(near, 0.1).tolist() == [[True, True, True] + [False] * 17]
+    assistant = torch.full((1, 20), 7.0)
+    assert torch.equal(uld.combine_logits(peaked, assistant, 0.5, 0.1)[0, :3], torch.tensor([6.5, -1.5, 1.0]))
 
 
 def test_uld_greedy_generation_with_zero_alpha_matches_the_target(lm):
