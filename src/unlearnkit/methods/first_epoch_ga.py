@@ -66,7 +66,8 @@ class EmbeddingGradients:
         if self.grad is None:
             raise RuntimeError("no embedding gradient was captured; run backward first")
         rows = []
-        for ids, mask, grad in zip(batch["input_ids"], batch["attention_mask"].bool(), self.grad):
+        device = self.grad.device  # a collated batch may still be on the CPU
+        for ids, mask, grad in zip(batch["input_ids"].to(device), batch["attention_mask"].to(device).bool(), self.grad):
             tokens, where = torch.unique(ids[mask], return_inverse=True)
             summed = torch.zeros(len(tokens), grad.shape[-1], dtype=grad.dtype, device=grad.device)
             summed.index_add_(0, where, grad[mask])

@@ -158,7 +158,7 @@ def fit_factors(adapter: Any, layers: dict[str, nn.Module], items: Sequence[Any]
     model.eval()
     sums: dict[str, list[torch.Tensor]] = {}
     count = 0
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)  # multinomial's device
     captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def capture(name: str):
@@ -182,7 +182,8 @@ def fit_factors(adapter: Any, layers: dict[str, nn.Module], items: Sequence[Any]
                     a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
                 d = delta[:, :-1][positions]
                 if name not in sums:
-                    sums[name] = [torch.zeros(a.shape[1], a.shape[1]), torch.zeros(d.shape[1], d.shape[1])]
+                    sums[name] = [a.new_zeros(a.shape[1], a.shape[1], dtype=torch.float32),
+                                  d.new_zeros(d.shape[1], d.shape[1], dtype=torch.float32)]
                 sums[name][0] += a.t() @ a
                 sums[name][1] += d.t() @ d
             count += int(positions.sum())

@@ -97,7 +97,7 @@ def projection_of(block: nn.Module, width: int) -> Projection:
     existing = getattr(block, CHILD, None)
     if isinstance(existing, Projection):
         return existing
-    projection = Projection(width)
+    projection = Projection(width).to(next(block.parameters()).device)  # the basis joins GPU hidden states
     block.add_module(CHILD, projection)
     # A bound method of the child: deep copies of the model re-bind it to the copied child.
     block.register_forward_hook(projection.hook)
