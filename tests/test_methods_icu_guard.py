@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -74,9 +76,19 @@ def test_icu_forgets_more_than_it_damages_and_stops_training_forgotten_items(set
     assert history[0] == len(FORGET) and history[-1] < len(FORGET)
     assert all(a >= b for a, b in zip(history, history[1:]))
     assert record.info["forgotten"] == len(FORGET) - history[-1]
-    # With one item per batch, each epoch takes one step per item still remembered: dropped items are not trained.
-    assert record.steps == sum(history[:-1])
+    # history: the request, then the items still remembered before each epoch, then at the end. With one item
+    # per batch, each epoch takes one step per item still remembered: dropped items are not trained.
+    assert record.steps == sum(history[1:-1])
     assert all(i in RETAIN for i in record.info["neighbour_ids"])
+
+
+def test_icu_does_not_ascend_on_items_the_model_never_reproduced(setup):
+    adapter, request, _ = setup
+    untrained = copy.deepcopy(adapter.model)
+    untrained.apply(untrained._init_weights)  # fresh weights: no answer is reproduced
+    model, record = unlearn(adapter.with_model(untrained), request, "icu", lr=1e-3, batch_size=1, epochs=3)
+    assert record.steps == 0 and record.info["remaining_per_epoch"][1] == 0
+    assert all(torch.equal(v, untrained.state_dict()[k]) for k, v in model.state_dict().items())
 
 
 def test_icu_needs_items_to_pair_with(setup):
@@ -195,6 +207,22 @@ def test_guard_blocks_forbidden_ngrams_for_flagged_prompts_only(setup):
     with torch.no_grad():
         assert torch.allclose(adapter.logits(model, batch), adapter.logits(adapter.model, batch), atol=1e-6, rtol=0)
     assert bool((losses(adapter, model, forget) > 100 * losses(adapter, adapter.model, forget) + 10).all())
+
+
+def test_guard_reads_a_left_padded_prompt_as_it_reads_it_alone(setup, monkeypatch):
+    adapter, request, items = setup
+    model, _ = unlearn(adapter, request, "guard")
+    seen = []
+    monkeypatch.setattr(model, "plans", lambda pooled, view: seen.append(pooled) or [[] for _ in pooled])
+    prompts = [adapter._encode(adapter.prompt(q)) for q in ("Where was Alia born ?", "What does Hugo enjoy ? Hugo ?")]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[adapter.pad_id] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    assert mask[0, 0] == 0  # the first prompt is padded on the left
+    model.prompt_plans(ids, mask)
+    for p in prompts:
+        model.prompt_plans(torch.tensor([p]))
+    assert torch.allclose(seen[0], torch.cat(seen[1:]), atol=1e-5)
 
 
 def test_guard_rejects_an_inverted_ngram_range(setup):

@@ -39,6 +39,12 @@ def token_mask(batch: dict[str, torch.Tensor], prompt_only: bool) -> torch.Tenso
     return mask
 
 
+def mask_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids counting only real tokens, so a left-padded row gets the positions of its unpadded
+    self (models with absolute position embeddings, like GPT-2, otherwise see shifted prompts)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``hidden (B, T, H)`` over the positions where ``mask (B, T)`` is true, shape ``(B, H)``."""
     weights = mask.to(hidden.dtype).unsqueeze(-1)

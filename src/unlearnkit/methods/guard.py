@@ -39,7 +39,7 @@ from torch import nn
 
 from ..errors import UserInputError
 from ..train import TrainConfig
-from ._lm_features import cosine_matrix, masked_mean, pooled_states
+from ._lm_features import cosine_matrix, mask_positions, masked_mean, pooled_states
 from .base import Method, Outcome
 
 Rules = dict[tuple[int, ...], set[int]]
@@ -176,12 +176,20 @@ class GuardedModel(nn.Module):
         return out
 
     @torch.no_grad()
+    def prompt_plans(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> list:
+        """The forget answers each prompt of a (left-padded) generation batch is restricted from."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.base(input_ids=input_ids, attention_mask=attention_mask, position_ids=mask_positions(attention_mask),
+                           output_hidden_states=True).hidden_states
+        return self.plans(self._pooled(hidden, attention_mask, input_ids), "prompt")
+
+    @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
         """The base model's ``generate`` with forbidden continuations removed for flagged prompts."""
         from transformers import LogitsProcessorList
 
-        hidden = self.base(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states
-        plans = self.plans(self._pooled(hidden, attention_mask, input_ids), "prompt")
+        plans = self.prompt_plans(input_ids, attention_mask)
         processors = LogitsProcessorList(kwargs.pop("logits_processor", None) or [])
         if any(plans):
             processors.append(_RestrictingProcessor(self.restriction, plans))

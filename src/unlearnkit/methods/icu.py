@@ -7,9 +7,10 @@ nearest retained item x_l, and the model minimises
     L = −u·NLL̄(x_f) + l·NLL̄(x_l) + k·KL(π_ref ‖ π_θ)(x_l),
 
 with π_ref the frozen original model (the paper writes the last term as the cross-entropy to the
-precomputed p_ref, which is this KL plus a constant). After each epoch every remaining forget item
-is answered greedily; an item (with its pair) leaves the training set once its answer is forgotten,
-and training stops when none remain or the epochs run out.
+precomputed p_ref, which is this KL plus a constant). Before each epoch (the first included, as in
+the authors' code, so items the model never reproduced are not ascended on at all) every remaining
+forget item is answered greedily; an item (with its pair) leaves the training set once its answer is
+forgotten, and training stops when none remain or the epochs run out.
 
 Choices where the paper is silent or its tools are unavailable:
 - Neighbours: the paper embeds texts with all-MiniLM-L6-v2 and searches a FAISS L2 index over a
@@ -20,6 +21,9 @@ Choices where the paper is silent or its tools are unavailable:
   (``check_tokens`` new tokens) against the answer, below ``forgotten_below`` = 0.3; it stands in
   for the paper's BERTScore-F1 < 0.3 / BLEU < 0.01 on a 50-token continuation. The paper's global
   stop on MA / EL₁₀ is replaced by "all items forgotten".
+- A dropped item stays dropped; the authors' code re-scores every item each epoch and would take
+  one back if its answer returned (through the neighbour terms). Here the ascent ends for good once
+  an item is forgotten, which is what the paper's per-sample stop describes.
 - u = 1, l = 0.5, k = 1 and batch 8 (the authors' code); lr 1e-4 for the small CPU models here
   (the paper's 5e-6 is for GPT-Neo). The KL averages over the neighbour's real tokens.
   One optimiser runs across epochs (the shared loop); the paper's Adam betas (0.9, 0.98) are not
@@ -94,8 +98,8 @@ def nearest_neighbours(adapter: Any, model: nn.Module, forget: Sequence[Any], po
 
 
 class _IterativeStream:
-    """Batches of the still-remembered (forget, neighbour) pairs; before every epoch after the first,
-    items whose greedy answer is forgotten leave for good."""
+    """Batches of the still-remembered (forget, neighbour) pairs; before every epoch, items whose
+    greedy answer is forgotten leave for good."""
 
     def __init__(self, adapter: Any, forget: Sequence[Any], partners: Sequence[Any], config: ICUConfig) -> None:
         self.adapter, self.forget, self.partners, self.config = adapter, list(forget), list(partners), config
@@ -114,8 +118,7 @@ class _IterativeStream:
     def __call__(self, epoch: int) -> Iterator[dict]:
         if not self.remaining:
             return
-        if epoch > 0:
-            self.check()
+        self.check()
         seed = self.config.seed + 7919 * epoch
         for chunk in batches(self.remaining, self.config.batch_size, shuffle=True, seed=seed):
             yield {"forget": self.adapter.collate([self.forget[i] for i in chunk]),
@@ -145,7 +148,7 @@ class ICU(Method):
             kl = reference_kl(adapter, model, reference, batch["neighbour"])
             return -config.forget_weight * forget_nll + config.neighbour_weight * neighbour_nll + config.kl_weight * kl
 
-        steps = -(-len(forget) // config.batch_size)
+        steps = -(-len(forget) // config.batch_size)  # an upper bound: checks shrink later epochs
         record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="icu")
         if stream.remaining and record.status == "ok":
             stream.check()

@@ -52,6 +52,7 @@ from ..adapters.base import clone_model
 from ..adapters.causal_lm import block_names
 from ..errors import UserInputError
 from ..train import TrainConfig, optimise
+from ._lm_features import mask_positions
 from .base import Method, Outcome, paired_stream
 
 
@@ -95,8 +96,7 @@ class LogitDifferenceLM(nn.Module):
         """Combined logits; position ids follow the attention mask, so left padding is handled."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": positions}
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": mask_positions(attention_mask)}
         target = self.target(**inputs).logits
         assistant = self.assistant(**inputs).logits
         return LogitsOutput(combine_logits(target, assistant, self.alpha, self.tau))
