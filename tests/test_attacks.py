@@ -12,7 +12,7 @@ from lm_fixtures import memorised_lm, tiny_qa
 from unlearnkit.adapters.classifier import ClassifierAdapter
 from unlearnkit.api import unlearn
 from unlearnkit.errors import UserInputError
-from unlearnkit.eval.attacks import (RelearnSettings, answer_probability, check_attack_applies, quantized, relearn,
+from unlearnkit.eval.attacks import (RelearnSettings, answer_probability, check_attack_applies, quantized, recovery, relearn,
                                      run_attacks, with_context)
 from unlearnkit.request import ForgetRequest
 
@@ -47,13 +47,24 @@ def test_relearning_on_the_forget_items_brings_them_back_and_leaves_the_model_al
 def test_run_attacks_reports_each_attack_and_the_retain_control(models):
     items, target, unlearned, retain = models
     forget = [items[i] for i in FORGET]
-    results = run_attacks(["relearn", "in_context", "quantize"], unlearned, target, retain, forget,
+    scored = lambda q: {"forget_quality": answer_probability(q, forget), "model_utility": 0.0}  # noqa: E731
+    results = run_attacks(["relearn", "in_context", "quantize"], unlearned, target, retain, forget, evaluate=scored,
                           relearn_settings=RelearnSettings(steps=20, lr=3e-3, batch_size=3))
     assert results["relearn_recovery"] > 0.1  # the attack brings back part of what the ascent removed
     assert math.isfinite(results["relearn_recovery_control"])
     for key in ("in_context_prob", "in_context_prob_control", "in_context_prob_target"):
         assert 0.0 <= results[key] <= 1.0, key
     assert results["quantized_forget_prob"] == pytest.approx(answer_probability(unlearned, forget), abs=0.05)
+    assert results["quantized_forget_quality"] == pytest.approx(results["quantized_forget_prob"])
+    # the control is the quantized retain model, scored by the same evaluation
+    assert results["quantized_forget_quality_control"] == pytest.approx(answer_probability(quantized(retain), forget))
+    assert results["quantized_forget_quality_control"] == pytest.approx(answer_probability(retain, forget), abs=0.05)
+
+
+def test_recovery_is_undefined_unless_unlearning_lowered_the_probability():
+    assert recovery(0.7, 0.5, 0.9) == pytest.approx(0.5)
+    assert math.isnan(recovery(0.7, 0.88, 0.9))  # moved by less than MIN_FORGOTTEN
+    assert math.isnan(recovery(0.7, 0.99, 0.9))  # raised it: nothing to recover
 
 
 def test_in_context_items_carry_the_fact_before_the_question():

@@ -27,7 +27,8 @@ COLUMNS = ("method", "forget_quality", "model_utility", "forget_truth_ratio", "f
            "seconds", "time_vs_retrain", "peak_mem_mb", "status")
 
 ATTACK_COLUMNS = ("relearn_recovery", "relearn_recovery_control", "in_context_recovery",
-                  "in_context_recovery_control", "quantized_forget_quality", "quantized_model_utility")
+                  "in_context_recovery_control", "quantized_forget_quality", "quantized_forget_quality_control",
+                  "quantized_model_utility")
 
 #: Retain questions scored per model (TOFU scores 400); a seeded sample keeps evaluation within a minute.
 RETAIN_EVAL_ITEMS = 400

@@ -1,7 +1,9 @@
 """Attacks that test whether forgetting holds: relearning, in-context re-introduction, quantization.
 
 Each attack is run on the unlearned model and, as a control, on the retain model (never trained on
-the forget set): an unlearned model is only as good as its gap to that control.
+the forget set): an unlearned model is only as good as its gap to that control. For quantization the
+control is the quantized retain model scored against the unquantized one: how far int8 rounding alone
+moves forget quality.
 """
 
 from __future__ import annotations
@@ -98,8 +100,11 @@ def with_context(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def quantized(adapter: Any) -> Any:
-    """A dynamically int8-quantized copy of the model (linear layers; GPT-2 Conv1D layers converted first)."""
-    model = copy.deepcopy(adapter.model).float().eval()
+    """A dynamically int8-quantized copy of the model (linear layers; GPT-2 Conv1D layers converted first).
+
+    The copy lives on the CPU, where PyTorch's dynamic int8 kernels run, whatever device the model is on.
+    """
+    model = copy.deepcopy(adapter.model).float().cpu().eval()
     _conv1d_to_linear(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notice is not for users to act on
@@ -124,7 +129,10 @@ MIN_FORGOTTEN = 0.05
 
 def recovery(attacked: float, unlearned: float, target: float) -> float:
     """(m_attacked − m_unlearned) / (m_target − m_unlearned): 0 = nothing came back, 1 = all of it;
-    nan when unlearning lowered the answer probability by no more than ``MIN_FORGOTTEN``."""
+    nan when unlearning lowered the answer probability by no more than ``MIN_FORGOTTEN`` (a model that
+    raised it has nothing to recover, and the negative denominator would flip the reading)."""
+    if target - unlearned <= MIN_FORGOTTEN:
+        return float("nan")
     return M.relearn_recovery(attacked, unlearned, target, min_gap=MIN_FORGOTTEN)
 
 
@@ -161,4 +169,5 @@ def run_attacks(names: Sequence[str], unlearned: Any, target: Any, retain: Any, 
             full = evaluate(q)
             results["quantized_forget_quality"] = full["forget_quality"]
             results["quantized_model_utility"] = full["model_utility"]
+            results["quantized_forget_quality_control"] = evaluate(quantized(retain))["forget_quality"]
     return results
