@@ -99,6 +99,7 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
     (["--methods", "npo", "--retrain-seeds", "0"], "must differ from the retain model's own training seed 0"),
     (["--methods", "npo", "--retrain-seeds", "1,1"], "must be distinct non-negative integers"),
     (["--methods", "npo", "--retrain-seeds", "one"], "'one' is not one"),
+    (["--methods", "idk_dpo"], "has words this model's tokenizer does not know"),
 ])
 def test_facts_bench_bad_inputs(tmp_path, capsys, args, message):
     out = tmp_path / "never"

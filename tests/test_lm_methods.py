@@ -7,16 +7,20 @@ import torch
 from lm_fixtures import memorised_lm, tiny_qa
 
 import unlearnkit
+from unlearnkit.benchmarks.lm_bench import runnable_defaults
 from unlearnkit.errors import UserInputError
 from unlearnkit.methods import npo as npo_module
 from unlearnkit.methods.graddiff import frozen_reference, reference_kl
-from unlearnkit.methods.idk_dpo import REFUSALS, refusal_items
+from unlearnkit.methods.idk_dpo import REFUSALS, IdkDPO, IdkDPOConfig, refusal_items
 from unlearnkit.methods.npo import npo_loss
 from unlearnkit.methods.simnpo import simnpo_loss
 from unlearnkit.methods.undial import adjusted_targets
 from unlearnkit.request import ForgetRequest
 
 METHODS = ["graddiff", "npo", "simnpo", "idk_dpo", "rmu", "undial"]
+#: Refusals the tiny word-level vocabulary can spell ("I don't know." is all unknown tokens to it).
+TINY_REFUSALS = "The birthplace of ? is ? .|? ."
+SETTINGS = {"idk_dpo": {"refusals": TINY_REFUSALS}}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,7 @@ def test_method_forgets_the_forget_set_more_than_the_retain_set(lm, method):
     forget0 = answer_prob(adapter, adapter.model, request.forget_items())
     retain0 = answer_prob(adapter, adapter.model, request.retain_items())
     torch.manual_seed(0)  # the GPT-2 dropout draws from the global generator
-    model, record = unlearnkit.unlearn(adapter, request, method)
+    model, record = unlearnkit.unlearn(adapter, request, method, **SETTINGS.get(method, {}))
     forget_change = answer_prob(adapter, model, request.forget_items()) / forget0 - 1
     retain_change = answer_prob(adapter, model, request.retain_items()) / retain0 - 1
     print(f"{method}: forget {forget_change:+.3f}, retain {retain_change:+.3f}")
@@ -115,6 +119,19 @@ def test_idk_refusals_are_seeded_templates():
     first, again = refusal_items(items, seed=3), refusal_items(items, seed=3)
     assert first == again
     assert all(r["answer"] in REFUSALS and r["question"] == i["question"] for r, i in zip(first, items))
+    mine = refusal_items(items, seed=3, refusals=["? ."])
+    assert {r["answer"] for r in mine} == {"? ."}
+
+
+def test_idk_dpo_refuses_refusals_the_tokenizer_cannot_spell(lm):
+    adapter, request = lm
+    with pytest.raises(UserInputError, match="I don't know.* tokenizer does not know"):
+        unlearnkit.unlearn(adapter, request, "idk_dpo")
+    with pytest.raises(UserInputError, match="at least one refusal"):
+        unlearnkit.unlearn(adapter, request, "idk_dpo", refusals=" | ")
+    config = IdkDPOConfig(refusals=TINY_REFUSALS)
+    assert config.refusal_list() == ["The birthplace of ? is ? .", "? ."]
+    IdkDPO().check_model(adapter, config)  # spelled with known words: accepted
 
 
 def test_graddiff_kl_is_zero_at_the_reference_and_bad_retain_loss_is_refused(lm):
@@ -124,3 +141,14 @@ def test_graddiff_kl_is_zero_at_the_reference_and_bad_retain_loss_is_refused(lm)
         assert float(reference_kl(adapter, adapter.model, frozen_reference(adapter.model), batch)) < 1e-6
     with pytest.raises(UserInputError, match="Unknown retain_loss 'mse'; valid: nll, kl"):
         unlearnkit.unlearn(adapter, request, "graddiff", retain_loss="mse")
+
+
+def test_bench_defaults_skip_a_method_that_refuses_the_model_and_say_why(lm):
+    adapter, _ = lm
+    names, notes = runnable_defaults({}, adapter, "scratch")
+    assert "idk_dpo" not in names and "npo" in names
+    assert notes == [n for n in notes if n.startswith("idk_dpo was not run: IdkDPO's refusal")] and len(notes) == 1
+    names, notes = runnable_defaults({"idk_dpo": {"refusals": TINY_REFUSALS}}, adapter, "scratch")
+    assert "idk_dpo" in names and notes == []
+    with pytest.raises(UserInputError, match="no hyper-parameter 'colour'"):  # bad settings still fail the run
+        runnable_defaults({"npo": {"colour": "red"}}, adapter, "scratch")

@@ -54,6 +54,7 @@ def check_needs(method: Any, adapter: Any, request: ForgetRequest, config: Any) 
         )
     if "retain" in method.needs_for(config) and not request.retain:
         raise UserInputError(f"Method {method.name!r} needs retain data, but the request has none.")
+    method.check_model(adapter, config)
 
 
 def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]], adapter: Any, request: Any,

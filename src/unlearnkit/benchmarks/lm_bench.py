@@ -18,8 +18,9 @@ from ..errors import UserInputError
 from ..eval.attacks import parse_attacks, run_attacks
 from ..eval.language import LM_METRICS, evaluate_lm, lm_metrics
 from ..io import atomic_dir
-from ..methods.registry import methods
+from ..methods.registry import get_method, methods
 from ..report.html import write_report
+from ..train.config import build_config
 from .results import write_items, write_results
 
 COLUMNS = ("method", "forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
@@ -55,6 +56,25 @@ RETRAIN_SEEDS_NOTE = ("each `retain_seed<s>` row is the retain model trained aga
 def default_lm_methods() -> list[str]:
     """Every registered method that works on causal LMs."""
     return [name for name, cls in methods().items() if "causal_lm" in cls.kinds]
+
+
+def runnable_defaults(params: Mapping[str, Mapping[str, Any]], adapter: Any, base: str) -> tuple[list[str], list[str]]:
+    """The default methods this model can serve, and one note per method it cannot (why it was not run).
+
+    Only a method's own refusal of the model skips it; bad settings still fail the whole run.
+    """
+    defaults = FACTS_METHOD_SETTINGS if base == "scratch" else {}
+    names, notes = [], []
+    for name in default_lm_methods():
+        method = get_method(name)
+        config = build_config(method.Config, {**defaults.get(name, {}), **params.get(name, {})}, owner=f"Method {name!r}")
+        try:
+            method.check_model(adapter, config)
+        except UserInputError as refusal:
+            notes.append(f"{name} was not run: {refusal}")
+        else:
+            names.append(name)
+    return names, notes
 
 
 def retain_eval_items(config: Any) -> int:
@@ -123,7 +143,6 @@ def run_lm_bench(
     attacks = parse_attacks(attacks)
     data = load_facts(config)
     request = facts_request(data, split)
-    names = list(method_names) if method_names else default_lm_methods()
     check_retrain_seeds(retrain_seeds, config)
     if out.exists() and not overwrite:
         raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
@@ -131,6 +150,7 @@ def run_lm_bench(
     retain_dir, retain_meta = cached_facts_model(config, "retain", split)
     target = CausalLMAdapter.from_pretrained(target_dir, max_length=config.max_length)
     target.model.to(training_device())
+    names, not_run = (list(method_names), []) if method_names else runnable_defaults(params or {}, target, config.base)
     settings = method_settings(names, params, target, request, config.base)
     check_launch()
     if memory is not None:
@@ -182,8 +202,9 @@ def run_lm_bench(
                "attacks": list(attacks),
                "metric_keys": list(LM_METRICS), "config": config.to_dict(),
                "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs}
-    if retrain_seeds:
-        results["notes"] = [RETRAIN_SEEDS_NOTE]
+    notes = ([RETRAIN_SEEDS_NOTE] if retrain_seeds else []) + not_run
+    if notes:
+        results["notes"] = notes
     base = "" if config.base == "scratch" else f" --base {config.base}"
     command = command or f"unlearnkit bench --benchmark facts{base} --split {split}"
     title = f"facts — {split}" if config.base == "scratch" else f"facts ({config.base} base) — {split}"

@@ -42,6 +42,10 @@ class Method:
         """What a run with ``config`` needs: ``needs``, unless a setting makes some of it unnecessary."""
         return self.needs
 
+    def check_model(self, adapter: Any, config: Any) -> None:
+        """Raise :class:`UserInputError` when this model cannot serve a run with ``config`` (default: any
+        model of a served kind can)."""
+
     def unlearn(self, adapter: Any, request: ForgetRequest, config: Any) -> Outcome:  # pragma: no cover
         raise NotImplementedError
 

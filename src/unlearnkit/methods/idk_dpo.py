@@ -10,8 +10,11 @@ with sequence log-probabilities summed over the answer tokens (EOS included) and
 copy of the model taken before unlearning.
 
 Choices: the 2/β factor is OpenUnlearning's (canonical DPO uses 1); β = 0.1, α = 1. Each forget
-item gets one refusal from :data:`REFUSALS`, chosen with the run's seed and kept for the whole run
-(TOFU draws from a file of 100 such answers). No weight decay or warm-up by default.
+item gets one refusal from ``refusals`` (default :data:`REFUSALS`; "|"-separated), chosen with the
+run's seed and kept for the whole run (TOFU draws from a file of 100 such answers). No weight decay
+or warm-up by default. A tokenizer that cannot spell a refusal (it maps words to its unknown token,
+as a word-level vocabulary of invented facts does) is refused before any work: the preferred answer
+would be a string of unknown tokens.
 
 Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
 run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
@@ -44,10 +47,10 @@ REFUSALS = (
 )
 
 
-def refusal_items(items: Sequence[dict], seed: int) -> list[dict]:
-    """Each item with its answer replaced by a refusal chosen (seeded) from :data:`REFUSALS`."""
+def refusal_items(items: Sequence[dict], seed: int, refusals: Sequence[str] = REFUSALS) -> list[dict]:
+    """Each item with its answer replaced by a refusal chosen (seeded) from ``refusals``."""
     chooser = random.Random(seed)
-    return [{**item, "answer": chooser.choice(REFUSALS)} for item in items]
+    return [{**item, "answer": chooser.choice(list(refusals))} for item in items]
 
 
 def dpo_loss(chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor, beta: float) -> torch.Tensor:
@@ -72,16 +75,24 @@ class _WithRefusals:
 
 @dataclass
 class IdkDPOConfig(StopConfig):
-    """β (inverse temperature) and α (retain weight); defaults for a tiny LM on CPU."""
+    """β (inverse temperature), α (retain weight) and the "|"-separated refusal answers; defaults for a
+    tiny LM on CPU."""
 
     beta: float = 0.1
     alpha: float = 1.0
     epochs: int = 10
     lr: float = 1e-3
+    refusals: str = "|".join(REFUSALS)
+
+    def refusal_list(self) -> list[str]:
+        """The refusal answers, stripped, empty ones dropped."""
+        return [r.strip() for r in self.refusals.split("|") if r.strip()]
 
     def check(self) -> None:
-        """Also require β > 0."""
+        """Also require β > 0 and at least one refusal."""
         super().check()
+        if not self.refusal_list():
+            raise UserInputError("IdkDPO needs at least one refusal answer in refusals (\"|\"-separated).")
         if not self.beta > 0:
             raise UserInputError(f"IdkDPO beta must be positive, got beta={self.beta}.")
 
@@ -96,10 +107,18 @@ class IdkDPO(Method):
     use_when = 'When the model should answer forgotten questions with a refusal rather than with something else.'
     Config = IdkDPOConfig
 
+    def check_model(self, adapter: Any, config: IdkDPOConfig) -> None:
+        """Refuse a tokenizer that spells a refusal with its unknown token."""
+        unknown = getattr(adapter.tokenizer, "unk_token_id", None)
+        for refusal in config.refusal_list() if unknown is not None else ():
+            if unknown in adapter.tokenizer(refusal, add_special_tokens=False)["input_ids"]:
+                raise UserInputError(f"IdkDPO's refusal {refusal!r} has words this model's tokenizer does not know; "
+                                     "give refusals it can spell with the setting refusals=\"...|...\".")
+
     def unlearn(self, adapter: Any, request, config: IdkDPOConfig) -> Outcome:
         reference = frozen_reference(adapter.model)
         forget = request.forget_items()
-        pairs = list(zip(forget, refusal_items(forget, config.seed)))
+        pairs = list(zip(forget, refusal_items(forget, config.seed, config.refusal_list())))
         stream, steps = paired_stream(_WithRefusals(adapter), pairs, request.retain_items(), config)
 
         def log_ratio(model: nn.Module, batch: dict) -> torch.Tensor:
