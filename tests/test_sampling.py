@@ -65,15 +65,21 @@ def test_modular_without_neighbours_is_a_user_error():
         sampled_pairs(request, SamplingConfig(sampling="modular"), 0)
 
 
-def test_cyclic_walks_the_retain_set_in_order_across_batches_and_epochs():
-    request = whole_person_request()
-    config = SamplingConfig(sampling="cyclic", batch_size=2)
+def test_cyclic_pairs_every_retain_item_once_per_epoch_and_cycles_the_forget_set():
+    request = whole_person_request()  # 3 forget items, 21 retain items
+    config = SamplingConfig(sampling="cyclic", batch_size=4)
     stream, steps = paired_stream_with_sampling(ListAdapter(), request, config)
-    assert steps == 2
-    walked = [item for epoch in range(8) for batch in stream(epoch) for item in batch["retain"]]
-    retain = [data()[i] for i in request.retain]
-    assert walked == (retain * 2)[: 3 * 8]
-    assert len({item["question"] for item in walked}) == len(retain)  # covers all retain items
+    assert steps == 6  # ceil(max(3, 21) / 4)
+    expected = {(request.forget[k % 3], request.retain[k]) for k in range(21)}
+    orders = []
+    for epoch in range(2):
+        pairs = sampled_pairs(request, config, epoch)
+        assert sorted(pairs) == sorted(expected)  # the authors' fixed pairing, k mod |F| with k mod |R|
+        assert Counter(f for f, _ in pairs) == Counter({0: 7, 1: 7, 2: 7})
+        orders.append(pairs)
+        batches = [item for batch in stream(epoch) for item in batch["retain"]]
+        assert [it["question"] for it in batches] == [data()[r]["question"] for _, r in pairs]
+    assert orders[0] != orders[1]  # reshuffled each epoch
 
 
 def test_standard_draws_random_retain_items_once_per_forget_item():

@@ -6,8 +6,10 @@ batches; it returns the same ``(epoch_batches, steps_per_epoch)`` as ``base.pair
 
 - ``standard``: every forget item (reshuffled each epoch) with a retain item drawn uniformly at
   random, with replacement (TOFU / OpenUnlearning's ``ForgetRetainDataset``).
-- ``cyclic``: the k-th forget item of the run is paired with retain item k mod |D_r|, the retain
-  set walked in its given order across batches and epochs.
+- ``cyclic``: an epoch is max(|D_f|, |D_r|) pairs, pair k being forget item k mod |D_f| with
+  retain item k mod |D_r| (both in their given order), and the pairs are shuffled each epoch (the
+  authors' ``DualDataset`` under a shuffling loader). Every retain item is seen once per epoch and
+  the smaller set is cycled, so with a large retain set an epoch holds many passes over D_f.
 - ``modular`` (MELU): each entity's forget items are cycled against that entity's own neighbours,
   and every general-knowledge item is paired with a random forget item, so each neighbour and each
   general item is seen once per epoch (an epoch is max(|F_e|, |N_e|) pairs per entity plus one
@@ -81,11 +83,10 @@ def standard_pairs(request, seed: int, epoch: int) -> list[Pair]:
 
 
 def cyclic_pairs(request, seed: int, epoch: int) -> list[Pair]:
-    """Each forget item (reshuffled) with the next retain item, walking the retain set in order."""
-    retain = _require_retain(request)
-    forget = _shuffled(request.forget, seed + 7919 * epoch)
-    offset = epoch * len(forget)
-    return [(f, retain[(offset + k) % len(retain)]) for k, f in enumerate(forget)]
+    """Pairs (forget k mod |F|, retain k mod |R|) for k < max(|F|, |R|), shuffled for the epoch."""
+    retain, forget = _require_retain(request), list(request.forget)
+    pairs = [(forget[k % len(forget)], retain[k % len(retain)]) for k in range(max(len(forget), len(retain)))]
+    return _shuffled(pairs, seed + 7919 * epoch)
 
 
 def entity_groups(request) -> dict[Any, tuple[list[int], list[int]]]:
