@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,7 +13,7 @@ from unlearnkit.api import unlearn
 from unlearnkit.errors import UserInputError
 from unlearnkit.methods._lm_features import masked_mean
 from unlearnkit.methods.guard import banned_next, ngram_rules
-from unlearnkit.methods.guard_it import GatedRedirectModel, redirect
+from unlearnkit.methods.guard_it import GatedRedirectModel, cluster_vectors, redirect
 from unlearnkit.request import ForgetRequest
 
 NAMES = ["Alia", "Boris", "Cyra", "Dmitri", "Elin", "Farid", "Gwen", "Hugo"]
@@ -133,7 +134,7 @@ def test_guard_it_redirects_only_gated_inputs_and_keeps_weights(setup, guard_it_
     forget_rise = (losses(adapter, model, forget) - losses(adapter, adapter.model, forget)).mean()
     retain_rise = (losses(adapter, model, retain) - losses(adapter, adapter.model, retain)).mean()
     print("guard_it loss rise", float(forget_rise), float(retain_rise))
-    assert forget_rise > 1.0 and forget_rise > retain_rise
+    assert forget_rise > 0.5 and forget_rise > 5 * retain_rise
 
 
 def test_guard_it_redirection_keeps_each_hidden_norm(setup, guard_it_run):
@@ -169,7 +170,19 @@ def test_guard_it_generation_changes_only_for_gated_prompts(setup, guard_it_run)
     assert quiet and greedy(adapter, model, quiet) == greedy(adapter, adapter.model, quiet)
     before, after = greedy(adapter, adapter.model, forget), greedy(adapter, model, forget)
     print("guard_it generations", after)
-    assert before == [it["answer"] for it in forget] and all(a != b for a, b in zip(after, before))
+    assert before == [it["answer"] for it in forget]
+    assert sum(a != b for a, b in zip(after, before)) > len(forget) / 2  # most forget answers are redirected
+
+
+def test_guard_it_vectors_use_pooled_texts_per_cluster():
+    forget = torch.tensor([[3.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 4.0, 0.0]])
+    labels = np.array([0, 0, 1])
+    retain = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 4.0]])  # mean (0, 0, 3), mean norm 3
+    vectors = cluster_vectors(forget, labels, retain)
+    # cluster 0: mean (2, 0, 1) minus its part along the retain mean -> (2, 0, 0), rescaled to (mean norm + 3) / 2
+    cluster0_norm = (float(forget[:2].norm(dim=-1).mean()) + 3.0) / 2
+    assert torch.allclose(vectors[0], torch.tensor([cluster0_norm, 0.0, 0.0]))
+    assert torch.allclose(vectors[1], torch.tensor([0.0, 3.5, 0.0]))  # its own norm 4: (4 + 3) / 2
 
 
 def test_guard_it_rejects_a_layer_out_of_range(setup):

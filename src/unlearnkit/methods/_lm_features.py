@@ -73,29 +73,6 @@ def pooled_states(
     return torch.cat(pooled)
 
 
-@torch.no_grad()
-def token_statistics(
-    adapter: Any, model: nn.Module, items: Sequence[Any], layer: int | str, batch_size: int = 32
-) -> tuple[torch.Tensor, float, int]:
-    """Over every real token of ``items`` at ``layer``: the summed activation ``(H,)``, the summed
-    token norm and the token count (sums, so that groups can be merged)."""
-    total: torch.Tensor | None = None
-    norm_sum, count = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        for chunk in batches(list(items), batch_size, shuffle=False, seed=0):
-            batch = adapter.collate(chunk)
-            hidden = adapter.hidden_states(model, batch, layer).float()
-            real = hidden[batch["attention_mask"].bool().to(hidden.device)]
-            total = real.sum(dim=0) if total is None else total + real.sum(dim=0)
-            norm_sum += float(real.norm(dim=-1).sum())
-            count += real.shape[0]
-    finally:
-        model.train(was_training)
-    return total.cpu(), norm_sum, count
-
-
 def cosine_matrix(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Pairwise cosine similarities ``(len(a), len(b))``."""
     return torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T

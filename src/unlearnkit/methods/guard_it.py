@@ -1,14 +1,15 @@
 """GUARD-IT: inference-time unlearning by gated activation redirection (no weight change).
 
 Turani, Parraga et al., "Inference-Time Machine Unlearning via Gated Activation Redirection"
-(arXiv 2605.12765, 2026). Offline, the forget prompts are clustered (KMeans, K by silhouette) and
-each cluster k gets a steering vector at block L (about a quarter of the depth):
+(arXiv 2605.12765, 2026). Offline, the forget texts (question and answer) are clustered (KMeans,
+K by silhouette) and each cluster k gets a steering vector at block L (about a quarter of the depth):
 
-    v_k = μ_f,k − (μ_f,kᵀμ_r / ‖μ_r‖²)·μ_r,   rescaled to ‖v_k‖ = (ρ_f + ρ_r)/2,
+    v_k = μ_f,k − (μ_f,kᵀμ_r / ‖μ_r‖²)·μ_r,   rescaled to ‖v_k‖ = (ρ_f,k + ρ_r)/2,
 
-with μ_f,k the token-mean activation of cluster k's forget texts, μ_r that of the retain texts and
-ρ_f, ρ_r their mean token norms. Online, a prompt whose cosine to cluster centroid k exceeds T
-activates cluster k; with v the mean of the active v_k, every position of block L's output becomes
+where each text is first mean-pooled over its tokens (the authors' ``token_position: mean``), μ_f,k
+is the mean of cluster k's pooled forget texts, μ_r that of the retain texts, and ρ_f,k, ρ_r the
+mean norms of those pooled vectors (per cluster, as the authors' ``cluster.py`` computes).
+Online, a prompt whose cosine to cluster centroid k exceeds T activates cluster k; with v the mean of the active v_k, every position of block L's output becomes
 
     h' = (h − α·v) · ‖h‖ / ‖h − α·v‖        (norm-preserving redirection),
 
@@ -16,9 +17,9 @@ and a prompt that activates no cluster passes through untouched.
 
 Choices where the paper is silent or its tools are unavailable:
 - Embeddings: the paper gates and clusters with all-MiniLM-L6-v2 text embeddings, which cannot be
-  downloaded here. We use the model's own block-L output, mean-pooled over the prompt tokens and
-  centred by the mean embedding of the forget and retain texts (raw LM states share one dominant
-  direction that makes every cosine close to 1). Clustering runs on the unit-normalised vectors.
+  downloaded here. We use the model's own block-L output, mean-pooled over the tokens and centred
+  by the mean embedding of the forget and retain texts (raw LM states share one dominant direction
+  that makes every cosine close to 1). Clustering runs on the unit-normalised whole texts.
 - The gate reads the same block-L output the hook edits, before the edit. In ``generate`` it is
   computed once per prompt, from the prompt tokens (the prefill), and kept for every new token.
   A teacher-forced ``forward`` cannot tell the prompt from the answer, so its gate pools every
@@ -41,8 +42,7 @@ from torch import nn
 
 from ..errors import UserInputError
 from ..train import TrainConfig
-from ._lm_features import (block_name, cosine_matrix, first_tensor, masked_mean, pooled_states, replace_first,
-                           token_statistics)
+from ._lm_features import block_name, cosine_matrix, first_tensor, masked_mean, pooled_states, replace_first
 from .base import Method, Outcome
 
 
@@ -234,17 +234,16 @@ def _views(adapter: Any, model: nn.Module, items: Sequence[Any], layer: str,
     return prompts, texts
 
 
-def _cluster_vectors(adapter: Any, model: nn.Module, forget: Sequence[Any], labels: np.ndarray, layer: str,
-                     retain_mean: torch.Tensor, retain_norm: float, batch_size: int) -> torch.Tensor:
-    """One rescaled orthogonal steering vector per cluster."""
-    sums, norm_sum, count = [], 0.0, 0
+def cluster_vectors(forget_texts: torch.Tensor, labels: np.ndarray, retain_texts: torch.Tensor) -> torch.Tensor:
+    """One steering vector per cluster from the pooled texts: μ_f,k made orthogonal to μ_r, rescaled to
+    (ρ_f,k + ρ_r)/2, with ρ the mean norm of the pooled vectors."""
+    retain_mean, retain_norm = retain_texts.mean(dim=0), float(retain_texts.norm(dim=-1).mean())
+    vectors = []
     for k in range(int(labels.max()) + 1):
-        members = [item for item, label in zip(forget, labels) if label == k]
-        total, norms, n = token_statistics(adapter, model, members, layer, batch_size)
-        sums.append(total / max(n, 1))
-        norm_sum, count = norm_sum + norms, count + n
-    target = (norm_sum / max(count, 1) + retain_norm) / 2
-    return torch.stack([orthogonal_steering(mean, retain_mean, target) for mean in sums])
+        members = forget_texts[torch.from_numpy(labels == k)]
+        norm = (float(members.norm(dim=-1).mean()) + retain_norm) / 2
+        vectors.append(orthogonal_steering(members.mean(dim=0), retain_mean, norm))
+    return torch.stack(vectors)
 
 
 class GuardIT(Method):
@@ -264,11 +263,9 @@ class GuardIT(Method):
         views = {"forget": _views(adapter, model, forget, layer, bs),
                  "retain": _views(adapter, model, retain, layer, bs)}
         center = torch.cat([x for pair in views.values() for x in pair]).mean(dim=0)
-        labels = cluster_labels(_unit(views["forget"][0], center), config.max_clusters, config.seed)
+        labels = cluster_labels(_unit(views["forget"][1], center), config.max_clusters, config.seed)
         gate, rates = _fit_gate(views, center, labels, config)
-        retain_sum, retain_norms, retain_count = token_statistics(adapter, model, retain, layer, bs)
-        vectors = _cluster_vectors(adapter, model, forget, labels, layer, retain_sum / max(retain_count, 1),
-                                   retain_norms / max(retain_count, 1), bs)
+        vectors = cluster_vectors(views["forget"][1], labels, views["retain"][1])
         wrapped = GatedRedirectModel(model, layer, gate, vectors, config.alpha).eval()
         info = {"layer": layer, "clusters": len(vectors), "thresholds": dict(gate.thresholds), **rates}
         return Outcome(wrapped, info=info)
