@@ -9,8 +9,10 @@ arXiv 2403.03218). With h_ℓ the output of decoder block ℓ, u a fixed random 
 training only the parameters whose names match ``train_modules``.
 
 Choices: u is drawn uniform on [0, 1)^d (``torch.rand``, as the authors do) with the run's seed and
-normalised. The squared errors are averaged over the answer-token positions (EOS included) and the
-hidden dimensions, as OpenUnlearning does for TOFU (the original averages over all tokens).
+normalised. The squared errors are averaged over the answer-token positions (EOS included) of the
+whole batch and the hidden dimensions, so every answer token weighs the same; OpenUnlearning also
+reads only answer tokens but averages each sample first and then the samples (the original
+averages over all tokens). The two differ only when answer lengths differ within a batch.
 ``layer`` is a block index (negative counts from the end) or a block name; by default block
 ⌊(n−1)/2⌋, which is OpenUnlearning's layer 7 on a 16-block model. ``train_modules="all"`` trains
 every parameter (OpenUnlearning's TOFU setting); the WMDP recipe trains only ``mlp.down_proj`` of
