@@ -53,6 +53,26 @@ def test_evaluate_on_exported_data_reproduces_bench_numbers(exported, bench, tmp
     for key in ("forget_quality", "model_utility", "forget_truth_ratio", "mia_loss_auc"):
         assert evaluated["model"][key] == pytest.approx(benched["target"][key], rel=1e-6, abs=1e-9), key
         assert evaluated["retain"][key] == pytest.approx(benched["retain"][key], rel=1e-6, abs=1e-9), key
+    assert "no real_authors_perturbed file (six components" in json.loads((out / "results.json").read_text())["notes"][0]
+
+
+def test_evaluate_adds_real_authors_to_model_utility_when_the_folder_has_them(exported, tmp_path):
+    data = tmp_path / "with-authors"
+    data.mkdir()
+    for path in exported.glob("*.json"):
+        (data / path.name).symlink_to(path)
+    (data / "real_authors_perturbed.json").symlink_to(exported / "world_facts_perturbed.json")
+    runs = {}
+    for name, folder in (("without", exported), ("with", data)):
+        out = tmp_path / name
+        assert main(["evaluate", "--data", str(folder), "--model", str(exported / "models" / "target"),
+                     "--retain-model", str(exported / "models" / "retain90"), "--out", str(out),
+                     "--max-new-tokens", "24"]) == 0
+        runs[name] = json.loads((out / "results.json").read_text())
+    assert "nine components" in runs["with"]["notes"][0]
+    with_authors, without = (runs[k]["runs"][0]["metrics"] for k in ("with", "without"))
+    assert with_authors["forget_quality"] == without["forget_quality"]
+    assert with_authors["model_utility"] != without["model_utility"]  # three more components joined the mean
 
 
 def _error(capsys, args):
@@ -66,6 +86,7 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
     cases = [
         (["--model", str(tmp_path / "missing")], "does not exist"),
         (["--model", str(exported)], "hugging face model folder"),  # a data folder, not a model
+        (["--model", str(exported / "models" / "target"), "--max-new-tokens", "0"], "max_new_tokens must be a positive"),
     ]
     no_tokenizer = tmp_path / "no-tokenizer"
     shutil.copytree(exported / "models" / "target", no_tokenizer)

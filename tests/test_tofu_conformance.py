@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from unlearnkit.eval import lm_metrics as m
+from unlearnkit.eval.language import LMSplitStats, model_utility_components
 
 MODELS = ("llama2-7b", "phi")
 VARIANTS = ("full", "retain90")
@@ -140,3 +141,28 @@ def test_model_utility(model):
     value = m.model_utility(components)
     print(f"model_utility[{model}] = {value!r}")
     assert value == pytest.approx(EXPECTED_MODEL_UTILITY[model], abs=1e-4)
+
+
+def split_stats(model: str, split: str, *, paraphrase: bool) -> LMSplitStats:
+    """A split's logged losses and ROUGE as the statistics the evaluation pipeline collects."""
+    log = load_log(model, "full")[split]
+    n = len(log["avg_gt_loss"])
+    return LMSplitStats(ids=list(range(n)), answers=[truth for _, _, truth in log["generated_text"]],
+                        avg_loss=np.array(log["avg_gt_loss"]),
+                        paraphrase_loss=np.array(log["avg_paraphrased_loss"]) if paraphrase else None,
+                        perturbed_loss=[np.array(v) for v in log["average_perturb_loss"]],
+                        token_logprobs=[], minkpp_mu=[], minkpp_sigma=[], argmax_ids=[], label_ids=[],
+                        rouge=rouge(model, "full", split).per_item)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_pipeline_model_utility_reads_the_three_tofu_sets(model):
+    """The pipeline's wiring (which answer is "correct", which sets use options) gives TOFU's value."""
+    stats = {"retain": split_stats(model, RETAIN, paraphrase=True),
+             "real_authors": split_stats(model, REAL_AUTHORS, paraphrase=False),
+             "general": split_stats(model, WORLD_FACTS, paraphrase=False)}
+    components = model_utility_components(stats)
+    assert len(components) == 9
+    assert m.model_utility(components) == pytest.approx(EXPECTED_MODEL_UTILITY[model], abs=1e-4)
+    del stats["real_authors"]  # a folder without real authors: six components, a different value
+    assert len(model_utility_components(stats)) == 6

@@ -121,18 +121,19 @@ def bench_command(
 
 @app.command("evaluate")
 def evaluate_command(
-    data: Path = typer.Option(..., help="Folder of TOFU-format files (forgetXX_perturbed, retain_perturbed, holdoutXX, world_facts_perturbed)."),
+    data: Path = typer.Option(..., help="Folder of TOFU-format files (forgetXX_perturbed, retain_perturbed, holdoutXX, world_facts_perturbed; real_authors_perturbed joins model utility when present)."),
     model: Path = typer.Option(..., help="The model to score (a Hugging Face causal LM folder)."),
     retain_model: Path = typer.Option(..., help="The model trained without the forget set (the gold standard)."),
     split: str = typer.Option("forget10", help="Forget split: forget01, forget05 or forget10."),
     out: Path = typer.Option(Path("out/evaluate"), help="Output directory (must not exist unless --overwrite)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+    max_new_tokens: int = typer.Option(200, help="New tokens of each greedy answer scored by ROUGE (TOFU: 200)."),
 ) -> None:
     """Score a causal LM with the TOFU/MUSE metric suite against its retain model."""
     from .benchmarks.lm_bench import run_lm_evaluate
     from .train.distributed import is_main_process
 
-    run_lm_evaluate(data, model, retain_model, split, out, overwrite=overwrite,
+    run_lm_evaluate(data, model, retain_model, split, out, overwrite=overwrite, max_new_tokens=max_new_tokens,
                     command="unlearnkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]), log=typer.echo)
     if is_main_process():
         typer.echo((out / "results.md").read_text())

@@ -233,11 +233,17 @@ TOFU_SPLIT_FILES = {
     "retain": ("retain_perturbed",),
     "holdout": ("{holdout}",),
     "general": ("world_facts_perturbed",),
+    "real_authors": ("real_authors_perturbed",),
 }
+#: Splits a TOFU-format folder may lack: without real authors, model utility has six components, not nine.
+OPTIONAL_TOFU_SPLITS = ("real_authors",)
+#: New tokens of each ROUGE generation in ``evaluate`` (TOFU generates up to 200).
+TOFU_MAX_NEW_TOKENS = 200
 
 
 def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]:
-    """The four evaluation splits from a TOFU-format folder; a missing file is named in the error."""
+    """The evaluation splits from a TOFU-format folder (real authors only when present); a missing
+    required file is named in the error."""
     from .tofu_format import EVAL_FIELDS, read_tofu_file
 
     directory = Path(directory)
@@ -250,6 +256,8 @@ def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]
         names = [s.format(split=split, holdout=split.replace("forget", "holdout")) for s in stems]
         path = next((directory / f"{n}{ext}" for n in names for ext in (".json", ".jsonl")
                      if (directory / f"{n}{ext}").is_file()), None)
+        if path is None and role in OPTIONAL_TOFU_SPLITS:
+            continue
         if path is None:
             raise UserInputError(f"The data directory {directory} has no {names[0]}.json (needed as the {role} set).")
         items = read_tofu_file(path, EVAL_FIELDS)
@@ -258,8 +266,12 @@ def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]
 
 
 def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out: Path, *,
-                    overwrite: bool = False, command: str = "", log=print) -> dict[str, Any]:
-    """Score a user's model against their retain model on TOFU-format data; write results like ``bench``."""
+                    overwrite: bool = False, command: str = "", log=print,
+                    max_new_tokens: int = TOFU_MAX_NEW_TOKENS) -> dict[str, Any]:
+    """Score a user's model against their retain model on TOFU-format data; write results like ``bench``.
+
+    Greedy answers for ROUGE get up to ``max_new_tokens`` new tokens (TOFU's 200 by default).
+    """
     from ..adapters.causal_lm import CausalLMAdapter
     from ..train.distributed import is_main_process, on_main, training_device
 
@@ -267,21 +279,26 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
 
     if out.exists() and not overwrite:
         raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
+    if max_new_tokens < 1:
+        raise UserInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens}.")
     splits = tofu_evaluation_splits(data, split)
     adapters = {"model": CausalLMAdapter.from_pretrained(model), "retain": CausalLMAdapter.from_pretrained(retain_model)}
     for adapter in adapters.values():
         adapter.model.to(training_device())
     ids = {name: [it["id"] for it in items] for name, items in splits.items()}
-    _, reference = evaluate_lm(adapters["retain"], splits, None, ids=ids)
+    _, reference = evaluate_lm(adapters["retain"], splits, None, ids=ids, max_new_tokens=max_new_tokens)
     runs, items = [], {}
     for name, adapter in adapters.items():
-        metrics, stats = evaluate_lm(adapter, splits, reference, ids=ids)
+        metrics, stats = evaluate_lm(adapter, splits, reference, ids=ids, max_new_tokens=max_new_tokens)
         runs.append({"method": name, "reference": name == "retain", "params": {}, "seconds": float("nan"),
                      "retrain_seconds": float("nan"), "status": "ok", "metrics": metrics})
         items[name] = [row for split_name, s in stats.items() for row in s.rows(split_name)]
         log(f"{name}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    utility_sets = "retain, real authors and world facts (TOFU's nine components)" if "real_authors" in splits else \
+        "retain and world facts only: the folder has no real_authors_perturbed file (six components, not TOFU's nine)"
     results = {"benchmark": "tofu-format", "data": str(data), "split": split, "seed": None,
-               "metric_keys": list(LM_METRICS), "runs": runs}
+               "metric_keys": list(LM_METRICS), "runs": runs,
+               "notes": [f"model_utility is the harmonic mean over {utility_sets}."]}
     on_main(lambda: write_lm_results(out, results, items, f"{data.name} — {split}", command or "unlearnkit evaluate",
                                      overwrite=overwrite))
     return results

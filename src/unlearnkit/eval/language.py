@@ -158,8 +158,29 @@ def _as_array(values: list[Any]) -> np.ndarray:
     return np.array(values, dtype=np.float32)
 
 
+#: Utility splits scored against their wrong options, with the original answer as "correct" (TOFU's real
+#: authors and world facts); ``real_authors`` is optional.
+OPTION_SPLITS = ("real_authors", "general")
+
+
+def model_utility_components(stats: Mapping[str, LMSplitStats]) -> dict[str, float]:
+    """TOFU's model-utility components: the retain split's (answer probability, ROUGE-L recall, truth-ratio
+    score against the paraphrase) and the same three for each option split present. With a
+    ``real_authors`` split these are TOFU's nine values; the facts bench has none, so six."""
+    retain = stats["retain"]
+    components = M.utility_components("retain", correct_avg_losses=retain.avg_loss, rouge_l_recalls=retain.rouge,
+                                      truth_ratios=retain.truth_ratios())
+    for name in (s for s in OPTION_SPLITS if s in stats):
+        split = stats[name]
+        components |= M.utility_components(name, correct_avg_losses=split.avg_loss, rouge_l_recalls=split.rouge,
+                                           truth_ratios=M.truth_ratio(split.avg_loss, split.perturbed_loss),
+                                           wrong_avg_losses=split.perturbed_loss)
+    return components
+
+
 def lm_metrics(stats: Mapping[str, LMSplitStats], reference: Mapping[str, LMSplitStats] | None = None) -> dict[str, float]:
-    """The metric suite from per-split statistics (splits forget, retain, holdout, general).
+    """The metric suite from per-split statistics (splits forget, retain, holdout, general, and optionally
+    real_authors, which joins model utility).
 
     ``reference`` holds the retain (gold) model's statistics: forget quality and privleak need them.
     """
@@ -172,14 +193,7 @@ def lm_metrics(stats: Mapping[str, LMSplitStats], reference: Mapping[str, LMSpli
         "retain_rouge": float(np.mean(retain.rouge)),
         "general_rouge": float(np.mean(general.rouge)),
     }
-    components = {
-        **M.utility_components("retain", correct_avg_losses=retain.avg_loss, rouge_l_recalls=retain.rouge,
-                               truth_ratios=retain.truth_ratios()),
-        **M.utility_components("general", correct_avg_losses=general.avg_loss, rouge_l_recalls=general.rouge,
-                               truth_ratios=M.truth_ratio(general.avg_loss, general.perturbed_loss),
-                               wrong_avg_losses=general.perturbed_loss),
-    }
-    metrics["model_utility"] = M.model_utility(components)
+    metrics["model_utility"] = M.model_utility(model_utility_components(stats))
     forget_scores, holdout_scores = forget.mia_scores(), holdout.mia_scores()
     for name in ("loss", "zlib", "mink", "minkpp"):
         metrics[f"mia_{name}_auc"] = M.mia_auc(forget_scores[name], holdout_scores[name])
