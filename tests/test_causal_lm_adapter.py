@@ -142,6 +142,24 @@ def test_chat_template_is_used_when_present():
     assert batch["labels"][0, prompt_len].item() != IGNORE
 
 
+def test_system_prompt_and_template_variables_shape_every_prompt(tmp_path):
+    tokenizer = _tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+                               "{% if date_string is defined %}[{{ date_string }}]{% endif %}<assistant>")
+    model = _model(tokenizer)
+    adapter = CausalLMAdapter(model, tokenizer, system_prompt="Be brief.", template_args={"date_string": "10 Apr 2025"})
+    assert adapter.prompt("Where?") == "<system>Be brief.<user>Where?[10 Apr 2025]<assistant>"
+    assert adapter.with_model(model).prompt("Where?") == adapter.prompt("Where?")  # kept across models
+    assert CausalLMAdapter(model, tokenizer).prompt("Where?") == "<user>Where?<assistant>"
+    plain = _tokenizer()  # no chat template: the system prompt goes on its own line before the plain format
+    assert CausalLMAdapter(_model(plain), plain, system_prompt="Be brief.").prompt("Where?") == \
+        "Be brief.\nQuestion: Where?\nAnswer: "
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = CausalLMAdapter.from_pretrained(tmp_path, system_prompt="Be brief.", template_args={"date_string": "x"})
+    assert loaded.prompt("Where?") == "<system>Be brief.<user>Where?[x]<assistant>"
+
+
 def test_truncation_keeps_the_answer():
     tokenizer = _tokenizer()
     adapter = CausalLMAdapter(_model(tokenizer), tokenizer, max_length=8)

@@ -108,6 +108,7 @@ BAD_INPUTS = [
     ({"--model": "badspec"}, "Unknown classifier architecture"),
     ({"--model": "pickled"}, "pickle"),
     ({"--method": "uld_not_here"}, "Unknown method"),
+    ({"--template-arg": "date_string"}, "is not of the form NAME=VALUE"),
 ]
 
 
@@ -190,10 +191,11 @@ def test_forget_on_a_hugging_face_causal_lm(tmp_path):
     args = ["forget", "--model", str(tmp_path / "lm"), "--forget", str(tmp_path / "forget.csv.jsonl"),
             "--retain", str(tmp_path / "retain.jsonl"), "--method", "graddiff", "--out", str(tmp_path / "out"),
             "--ledger", str(tmp_path / "ledger.db"), "--question-field", "q", "--answer-field", "a",
-            "--param", "epochs=3"]
+            "--param", "epochs=3", "--system-prompt", "Answer briefly."]
     assert main(args) == 0
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["kind"] == "causal_lm"
+    assert run["prompt_format"] == {"system_prompt": "Answer briefly.", "template_args": {}}
     assert run["metrics_after"]["forget_prob"] < run["metrics_before"]["forget_prob"]
     assert (tmp_path / "out" / "config.json").is_file() and (tmp_path / "out" / "report.html").is_file()
     html = (tmp_path / "out" / "report.html").read_text()

@@ -24,6 +24,20 @@ BASE_HELP = ("facts: the model the benchmark trains: scratch (a small GPT-2 trai
              "(SmolLM2-135M-Instruct fine-tuned on a smaller subset; optional packages, see docs/smollm2.md).")
 
 
+SYSTEM_PROMPT_HELP = "Causal LMs: a system prompt put before every question (the one the model was fine-tuned with)."
+TEMPLATE_ARG_HELP = ("Causal LMs: a chat-template variable NAME=VALUE (repeatable), e.g. date_string='10 Apr 2025' "
+                     "for Llama-3 templates.")
+
+
+def template_args(values: list[str] | None) -> dict[str, str]:
+    """``--template-arg NAME=VALUE`` options as a mapping."""
+    pairs = [value.partition("=") for value in values or []]
+    for value, (name, sep, _) in zip(values or [], pairs):
+        if not sep or not name:
+            raise UserInputError(f"--template-arg {value!r} is not of the form NAME=VALUE (e.g. date_string='10 Apr 2025').")
+    return {name: raw for name, _, raw in pairs}
+
+
 def parse_params(values: list[str] | None) -> dict[str, dict[str, Any]]:
     """Parse ``--param method.name=value`` options into ``{method: {name: value}}`` (values stay strings)."""
     parsed: dict[str, dict[str, Any]] = {}
@@ -128,12 +142,16 @@ def evaluate_command(
     out: Path = typer.Option(Path("out/evaluate"), help="Output directory (must not exist unless --overwrite)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
     max_new_tokens: int = typer.Option(200, help="New tokens of each greedy answer scored by ROUGE (TOFU: 200)."),
+    system_prompt: Optional[str] = typer.Option(None, help=SYSTEM_PROMPT_HELP),
+    template_arg: Optional[list[str]] = typer.Option(None, help=TEMPLATE_ARG_HELP),
 ) -> None:
     """Score a causal LM with the TOFU/MUSE metric suite against its retain model."""
     from .benchmarks.lm_bench import run_lm_evaluate
     from .train.distributed import is_main_process
 
+    prompt_format = {"system_prompt": system_prompt, "template_args": template_args(template_arg)}
     run_lm_evaluate(data, model, retain_model, split, out, overwrite=overwrite, max_new_tokens=max_new_tokens,
+                    prompt_format=prompt_format,
                     command="unlearnkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]), log=typer.echo)
     if is_main_process():
         typer.echo((out / "results.md").read_text())
@@ -197,6 +215,8 @@ def forget_command(
                                                   "(add save=adapter to write only the adapter)."),
     bf16: bool = typer.Option(False, help="Causal LMs: store and train the weights in bfloat16."),
     gradient_checkpointing: bool = typer.Option(False, help="Causal LMs: recompute activations in the backward pass."),
+    system_prompt: Optional[str] = typer.Option(None, help=SYSTEM_PROMPT_HELP),
+    template_arg: Optional[list[str]] = typer.Option(None, help=TEMPLATE_ARG_HELP),
 ) -> None:
     """Unlearn items from your own model; write it atomically with a report, and record the request in the ledger.
 
@@ -211,7 +231,8 @@ def forget_command(
                          ledger=ledger, salt_file=salt_file, subject=subject, overwrite=overwrite,
                          trust_pickle=trust_pickle, show_examples=show_examples, training_data=training_data,
                          question_field=question_field, answer_field=answer_field, input_field=input_field,
-                         label_field=label_field, memory=memory), log=typer.echo)
+                         label_field=label_field, memory=memory, system_prompt=system_prompt,
+                         template_args=template_args(template_arg)), log=typer.echo)
 
 
 def _setting(value: str) -> tuple[str, str]:

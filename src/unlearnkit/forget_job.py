@@ -40,6 +40,8 @@ class ForgetJob:
     input_field: str = "input"
     label_field: str = "label"
     memory: Any = None  # unlearnkit.train.lora.MemoryOptions: LoRA, bf16, gradient checkpointing (LMs)
+    system_prompt: str | None = None  # LMs: the prompt format the model was fine-tuned with
+    template_args: dict[str, str] = field(default_factory=dict)
 
 
 def _check_paths(job: ForgetJob) -> None:
@@ -188,7 +190,8 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
         spec = None
         forget = _lm_items(forget_records, job, job.forget)
         retain = _lm_items(retain_records, job, job.retain) if job.retain else []
-        adapter = CausalLMAdapter.from_pretrained(job.model)
+        adapter = CausalLMAdapter.from_pretrained(job.model, system_prompt=job.system_prompt,
+                                                  template_args=job.template_args)
     if job.training_data is not None:
         _check_in_training_data(job, forget_records, kind)
     request = ForgetRequest(forget + retain, range(len(forget)), range(len(forget), len(forget) + len(retain)) if retain else None,
@@ -212,6 +215,8 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
                "forget_items": len(forget), "retain_items": len(retain), "losses": record.losses}
     if record.info:
         summary["info"] = record.info
+    if kind == "causal_lm" and (job.system_prompt or job.template_args):  # needed to score the model the same way
+        summary["prompt_format"] = {"system_prompt": job.system_prompt, "template_args": job.template_args}
 
     def write() -> int:  # one output folder and one ledger row, however many processes ran
         for peft_config in getattr(model, "peft_config", {}).values():  # a LoRA adapter names its base model

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,10 @@ class CausalLMAdapter:
 
     kind = "causal_lm"
 
-    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int | None = None) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any, max_length: int | None = None, *,
+                 system_prompt: str | None = None, template_args: Mapping[str, str] | None = None) -> None:
+        """``system_prompt`` and ``template_args`` (extra chat-template variables, e.g. Llama-3's
+        ``date_string``) shape every prompt: give the ones the model was fine-tuned with."""
         if tokenizer.eos_token_id is None:
             raise UserInputError("The tokenizer has no EOS token; a causal-LM adapter needs one to end answers.")
         if max_length is None:
@@ -62,10 +65,13 @@ class CausalLMAdapter:
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
+        self.system_prompt = system_prompt or None
+        self.template_args = dict(template_args or {})
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def from_pretrained(cls, directory: str | Path, max_length: int | None = None, **model_kwargs: Any) -> "CausalLMAdapter":
+    def from_pretrained(cls, directory: str | Path, max_length: int | None = None, *, system_prompt: str | None = None,
+                        template_args: Mapping[str, str] | None = None, **model_kwargs: Any) -> "CausalLMAdapter":
         """Load a causal LM and its tokenizer from a local Hugging Face folder (never from the hub)."""
         directory = Path(directory)
         if not directory.is_dir():
@@ -81,7 +87,7 @@ class CausalLMAdapter:
             raise UserInputError(f"The model in {directory} is not a causal language model ({str(error).splitlines()[0]}).") from None
         except OSError as error:
             raise UserInputError(f"The model weights in {directory} cannot be loaded ({str(error).splitlines()[0]}).") from None
-        return cls(model.eval(), tokenizer, max_length)
+        return cls(model.eval(), tokenizer, max_length, system_prompt=system_prompt, template_args=template_args)
 
     def save_pretrained(self, directory: str | Path, model: nn.Module | None = None) -> None:
         """Save the model (``self.model`` unless given) and the tokenizer into ``directory``."""
@@ -90,16 +96,21 @@ class CausalLMAdapter:
 
     def with_model(self, model: nn.Module) -> "CausalLMAdapter":
         """The same adapter (tokenizer, prompt format) around another model."""
-        return CausalLMAdapter(model, self.tokenizer, self.max_length)
+        return CausalLMAdapter(model, self.tokenizer, self.max_length, system_prompt=self.system_prompt,
+                               template_args=self.template_args)
 
     # ------------------------------------------------------------------ batching
     def prompt(self, question: str) -> str:
-        """The text placed before the answer: the chat template when the tokenizer has one."""
+        """The text placed before the answer: the chat template when the tokenizer has one (with the
+        system prompt as a system turn), else the plain format (after the system prompt and a newline)."""
         if getattr(self.tokenizer, "chat_template", None):
+            system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
             return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+                [*system, {"role": "user", "content": question}], tokenize=False, add_generation_prompt=True,
+                **self.template_args,
             )
-        return PLAIN_PROMPT.format(question=question)
+        prefix = f"{self.system_prompt}\n" if self.system_prompt else ""
+        return prefix + PLAIN_PROMPT.format(question=question)
 
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -267,10 +267,12 @@ def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]
 
 def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out: Path, *,
                     overwrite: bool = False, command: str = "", log=print,
-                    max_new_tokens: int = TOFU_MAX_NEW_TOKENS) -> dict[str, Any]:
+                    max_new_tokens: int = TOFU_MAX_NEW_TOKENS,
+                    prompt_format: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Score a user's model against their retain model on TOFU-format data; write results like ``bench``.
 
     Greedy answers for ROUGE get up to ``max_new_tokens`` new tokens (TOFU's 200 by default).
+    ``prompt_format`` (``system_prompt``, ``template_args``) is passed to both models' adapters.
     """
     from ..adapters.causal_lm import CausalLMAdapter
     from ..train.distributed import is_main_process, on_main, training_device
@@ -282,7 +284,8 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
     if max_new_tokens < 1:
         raise UserInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens}.")
     splits = tofu_evaluation_splits(data, split)
-    adapters = {"model": CausalLMAdapter.from_pretrained(model), "retain": CausalLMAdapter.from_pretrained(retain_model)}
+    adapters = {name: CausalLMAdapter.from_pretrained(path, **(prompt_format or {}))
+                for name, path in (("model", model), ("retain", retain_model))}
     for adapter in adapters.values():
         adapter.model.to(training_device())
     ids = {name: [it["id"] for it in items] for name, items in splits.items()}
