@@ -279,3 +279,12 @@ def test_salun_updates_only_salient_weights_unless_weight_decay_moves_them(reset
         assert changed <= round(0.5 * total)  # only the salient half may move
     else:
         assert changed > round(0.5 * total)  # AdamW's decay also shrinks the unselected weights
+
+
+def test_classifier_adapter_moves_a_collated_batch_to_the_model_device():
+    """SSD's and SalUn's own passes feed CPU batches; the adapter must carry them to the model (meta
+    stands in for a GPU here: a CPU tensor reaching it unmoved would raise)."""
+    adapter = ClassifierAdapter(nn.Linear(3, 2).to("meta"), 2)
+    batch = adapter.collate([(torch.ones(3), 0), (torch.zeros(3), 1)])
+    assert batch["inputs"].device.type == "cpu"
+    assert adapter.per_item_loss(adapter.model, batch).device.type == "meta"

@@ -28,12 +28,15 @@ class ClassifierAdapter:
         return {"inputs": inputs, "labels": labels}
 
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Class logits ``(B, C)``."""
-        return model(batch["inputs"])
+        """Class logits ``(B, C)``, on the model's device (a collated batch is moved there)."""
+        weight = next(model.parameters(), None)
+        inputs = batch["inputs"]
+        return model(inputs if weight is None else inputs.to(weight.device))
 
     def per_item_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of each item against its label."""
-        return F.cross_entropy(self.logits(model, batch), batch["labels"], reduction="none")
+        logits = self.logits(model, batch)
+        return F.cross_entropy(logits, batch["labels"].to(logits.device), reduction="none")
 
     def classes(self, items: Sequence[Any]) -> int:
         """Number of classes: the declared one, else one more than the largest label seen."""
