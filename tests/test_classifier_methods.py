@@ -26,6 +26,7 @@ from unlearnkit.benchmarks.vision import cached_classifier, evaluation_splits, f
 from unlearnkit.errors import UserInputError
 from unlearnkit.methods.l1_sparse import l1_weight
 from unlearnkit.methods.random_label import random_wrong_labels
+from unlearnkit.methods.retrain import reinitialise
 from unlearnkit.methods.registry import methods
 from unlearnkit.methods.salun import saliency_mask
 from unlearnkit.request import ForgetRequest
@@ -133,6 +134,26 @@ def test_retrain_with_the_recipe_reproduces_the_reference_model(digits):
         torch.testing.assert_close(model.state_dict()[name], value, rtol=0, atol=1e-6)
     assert accuracies(model, data.splits) == data.retrain_acc
     assert_input_unchanged(digits)
+
+
+def test_reinitialise_covers_private_resets_and_refuses_parameters_it_cannot_reset():
+    attention = nn.MultiheadAttention(4, 2)  # resets through _reset_parameters
+    before = attention.in_proj_weight.detach().clone()
+    with torch.no_grad():
+        attention.in_proj_weight.fill_(0.5)
+    assert reinitialise(attention, seed=0) == 2  # the attention and its out_proj
+    assert not torch.equal(attention.in_proj_weight, torch.full_like(before, 0.5))
+
+    class WithToken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.token = nn.Parameter(torch.ones(4))  # trained, and no reset knows how to redraw it
+            self.head = nn.Linear(4, 2)
+
+    model = WithToken()
+    with pytest.raises(UserInputError, match="Cannot re-initialise parameter 'token'.*WithToken"):
+        reinitialise(model, seed=0)
+    assert torch.equal(model.token, torch.ones(4))  # refused before anything changed
 
 
 def test_methods_are_registered_with_their_declarations():

@@ -5,10 +5,13 @@ The exact-unlearning baseline named, for example, by Bourtoule et al., "Machine 
 seeded initialisation, then θ ← θ − η ∇_θ L̄(D_r) for the configured epochs. Exact by
 construction (the forget set is never seen), at the full cost of training.
 
-Choices: the weights are re-initialised by calling ``reset_parameters()`` on every submodule that
-has one, in module order, after ``torch.manual_seed(seed)``; for a model built the same way under
-the same seed this reproduces its constructor's initialisation. Buffers without a reset (none in
-plain CNNs) keep their values.
+Choices: the weights are re-initialised by calling ``reset_parameters()`` (or PyTorch's private
+``_reset_parameters()``, as ``nn.MultiheadAttention`` has) on every submodule that has one, in module
+order, after ``torch.manual_seed(seed)``; for a model built the same way under the same seed on the
+CPU this reproduces its constructor's initialisation. A parameter held by a module without a reset
+(e.g. a bare ``nn.Parameter`` such as a ViT's class token) is refused with one sentence rather than
+kept trained, which would leak the forget set into the "exact" baseline. Buffers without a reset
+(none in plain CNNs) keep their values.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserInputError
 from ..train import TrainConfig, optimise
 from .base import Method, Outcome, item_stream
 
@@ -38,14 +42,27 @@ def reinitialise(model: nn.Module, seed: int) -> int:
 
     The global random state is restored afterwards, so the caller's randomness is undisturbed.
     """
-    reset = 0
+    resets = [(name, module, _reset_of(module)) for name, module in model.named_modules()]
+    for name, module, reset in resets:
+        if reset is None:
+            for param_name, _ in module.named_parameters(recurse=False):
+                full = f"{name}.{param_name}" if name else param_name
+                raise UserInputError(f"Cannot re-initialise parameter {full!r}: its module ({type(module).__name__}) "
+                                     "has no reset_parameters(); give it one to retrain from scratch.")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        for module in model.modules():
-            if callable(getattr(module, "reset_parameters", None)):
-                module.reset_parameters()
-                reset += 1
-    return reset
+        for _, _, reset in resets:
+            if reset is not None:
+                reset()
+    return sum(reset is not None for _, _, reset in resets)
+
+
+def _reset_of(module: nn.Module):
+    """The module's own re-initialisation method, or None."""
+    for name in ("reset_parameters", "_reset_parameters"):
+        if callable(getattr(module, name, None)):
+            return getattr(module, name)
+    return None
 
 
 class Retrain(Method):
