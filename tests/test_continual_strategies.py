@@ -10,6 +10,7 @@ from unlearnkit.continual.scenarios import split_digits
 from unlearnkit.continual.strategies import build_strategy
 from unlearnkit.continual.strategies.cuber import GPM
 from unlearnkit.continual.strategies.ewc import EWC
+from unlearnkit.continual.strategies.refresh import Refresh
 from unlearnkit.continual.unlearners import amnesiac
 
 FAST = {"epochs": 2}
@@ -70,15 +71,18 @@ def test_gpm_keeps_the_first_layer_outputs_of_an_old_task(task_il):
     assert drift["gpm"] < 0.25 * drift["naive"]
 
 
-def test_forgetting_a_task_removes_its_ewc_term_and_gpm_subspace(task_il):
+def test_forgetting_a_task_removes_its_ewc_term_gpm_subspace_and_refresh_fisher(task_il):
     t = task_il.tasks
-    for spec, plugin_cls in (("ewc", EWC), ("gpm", GPM)):
+    for spec, plugin_cls in (("ewc", EWC), ("gpm", GPM), ("refresh+naive", Refresh)):
         learner = build_strategy(spec, task_il, 0, FAST)
         learner.learn(t[0], t[0].train_ids)
         learner.learn(t[1], t[1].train_ids)
         plugin = learner.plugin(plugin_cls)
         learner.purge(set(t[0].train_ids.tolist()), 0)
-        if spec == "ewc":
+        if spec == "refresh+naive":
+            assert [task for task, _ in plugin.terms] == [1]
+            assert all(torch.equal(plugin.fisher[k], v) for k, v in plugin.terms[0][1].items())
+        elif spec == "ewc":
             assert [task for task, _ in plugin.terms] == [1]
         else:
             assert all(task != 0 for layer in plugin.bases for task, _ in layer)
@@ -105,3 +109,13 @@ def test_replay_beats_naive_on_class_incremental_split_digits(scenario):
     naive = run_stream(scenario, "naive", stream, reference=False).metrics["avg_acc"]
     replay = run_stream(scenario, "er", stream, reference=False).metrics["avg_acc"]
     assert replay > naive + 0.3
+
+
+def test_learners_train_on_the_cpu_where_their_buffers_live(scenario, monkeypatch):
+    import unlearnkit.continual.strategies.base as base
+
+    seen = []
+    monkeypatch.setattr(base, "optimise", lambda *args, **kwargs: seen.append(kwargs.get("cpu")))
+    learner = build_strategy("naive", scenario, 0, FAST)
+    learner.learn(scenario.tasks[0], scenario.tasks[0].train_ids)
+    assert seen == [True]

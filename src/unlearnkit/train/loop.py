@@ -114,6 +114,7 @@ def optimise(
     after_step: Callable[[nn.Module], None] | None = None,
     projector: GradientProjector | None = None,
     stop: Callable[[nn.Module, int], str | None] | None = None,
+    cpu: bool = False,
 ) -> TrainRecord:
     """Minimise ``loss_fn`` over ``epoch_batches(epoch)`` for ``config.epochs`` epochs (or ``max_steps``).
 
@@ -131,10 +132,11 @@ def optimise(
     ``stop`` (e.g. :class:`unlearnkit.train.stopping.HoldoutStop`), when given, is asked after
     every step where ``stop.due(step)``; a sentence back ends the run there (status stays ``ok``,
     the sentence goes to ``message`` and the step to ``stopped_at``). One process only.
+    ``cpu=True`` keeps the run on the CPU even when a GPU is visible.
     """
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(cpu=cpu or not torch.cuda.is_available())
     world, rank = accelerator.num_processes, accelerator.process_index
     sam_rho = getattr(config, "sam_rho", 0.0)  # sharpness-aware forget term (train/sam.py)
     distributed.check_loop_support(accelerator, projector=projector,

@@ -200,8 +200,10 @@ class GradientLearner(Strategy):
             plugin.before_task(self, task, ids)
         stream, steps = self.task_batches(task, ids)
         config = dataclasses.replace(self.config, seed=self.seed + task.index)
+        # cpu=True: the strategies keep their data, buffers and stored traces on the CPU, where these
+        # small models train fastest; on a GPU, accelerate would move the model away from them.
         optimise(self.model, stream, self.loss, config, steps_per_epoch=steps,
-                 description=f"task {task.index}", after_backward=self._after_backward)
+                 description=f"task {task.index}", after_backward=self._after_backward, cpu=True)
         self.model.eval()
         for plugin in self.plugins:
             plugin.after_task(self, task, ids)

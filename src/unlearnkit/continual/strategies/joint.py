@@ -49,7 +49,7 @@ class Joint(GradientLearner):
                 yield self.batch_of(self.store_ids[pick], self.store_task[pick])
 
         optimise(self.model, epoch_batches, self.task_loss, self.config,
-                 steps_per_epoch=-(-len(self.store_ids) // size), description="joint")
+                 steps_per_epoch=-(-len(self.store_ids) // size), description="joint", cpu=True)
         self.model.eval()
 
     def purge(self, ids: set[int], task: int | None) -> None:

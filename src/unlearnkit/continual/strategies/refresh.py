@@ -48,6 +48,7 @@ class Refresh(Plugin):
 
     def __init__(self, config: RefreshConfig) -> None:
         super().__init__(config)
+        self.terms: list[tuple[int, dict[str, torch.Tensor]]] = []  # (task, F_t), oldest first
         self.fisher: dict[str, torch.Tensor] | None = None
         self.generator: torch.Generator | None = None  # its own, so replay sampling is unchanged
 
@@ -70,8 +71,19 @@ class Refresh(Plugin):
     def after_task(self, learner, task, ids) -> None:
         """F ← decay · F + F_t."""
         mask = lambda logits: learner.mask(logits, torch.full((len(logits),), task.index))
-        new = diagonal_fisher(learner.model, learner.scenario.train_x[ids], learner.scenario.train_y[ids], mask)
-        if self.fisher is None:
-            self.fisher = new
-        else:
-            self.fisher = {k: self.config.fisher_decay * self.fisher[k] + v for k, v in new.items()}
+        self.terms.append((task.index, diagonal_fisher(learner.model, learner.scenario.train_x[ids],
+                                                       learner.scenario.train_y[ids], mask)))
+        self._combine()
+
+    def forget(self, learner, ids, task) -> None:
+        """A forgotten task's Fisher term goes (F is rebuilt from the others, decays kept)."""
+        if task is not None:
+            self.terms = [(t, f) for t, f in self.terms if t != task]
+            self._combine()
+
+    def _combine(self) -> None:
+        """F = Σ_t decay^(age of t) · F_t, which equals the running F ← decay · F + F_t."""
+        self.fisher = None
+        for _, term in self.terms:
+            self.fisher = term if self.fisher is None else {
+                k: self.config.fisher_decay * self.fisher[k] + v for k, v in term.items()}

@@ -149,7 +149,7 @@ class UnCLe(Strategy):
             return F.cross_entropy(logits, batch["y"]) + self.config.beta * self._regulariser(anchors)
 
         optimise(self.model, epoch_batches, loss, self.config, steps_per_epoch=-(-len(ids) // size),
-                 description=f"task {task.index}", params=[*self.model.net.parameters(), embedding])
+                 description=f"task {task.index}", params=[*self.model.net.parameters(), embedding], cpu=True)
         self.model.eval()
         self.forgotten = [t for t in self.forgotten if t != task.index]
         if task.index not in self.retained:
@@ -173,7 +173,7 @@ class UnCLe(Strategy):
 
         config = dataclasses.replace(self.config, epochs=1, max_steps=None)
         record = optimise(self.model, steps, loss, config, steps_per_epoch=self.config.unlearn_steps,
-                          description=f"unlearn task {task}", params=list(self.model.net.parameters()))
+                          description=f"unlearn task {task}", params=list(self.model.net.parameters()), cpu=True)
         self.model.eval()
         self.forgotten.append(task)
         return {"unlearn_loss": record.losses[-1] if record.losses else None}
