@@ -8,7 +8,7 @@ import torch
 from unlearnkit.continual.runner import run_stream
 from unlearnkit.continual.scenarios import split_digits
 from unlearnkit.continual.strategies import build_strategy
-from unlearnkit.continual.strategies.cuber import GPM
+from unlearnkit.continual.strategies.cuber import GPM, new_basis
 from unlearnkit.continual.strategies.ewc import EWC
 from unlearnkit.continual.strategies.refresh import Refresh
 from unlearnkit.continual.unlearners import amnesiac
@@ -119,3 +119,20 @@ def test_learners_train_on_the_cpu_where_their_buffers_live(scenario, monkeypatc
     learner = build_strategy("naive", scenario, 0, FAST)
     learner.learn(scenario.tasks[0], scenario.tasks[0].train_ids)
     assert seen == [True]
+
+
+def test_gpm_basis_sizes_follow_the_authors_first_and_later_task_rules():
+    inputs = torch.diag(torch.tensor([4.0, 3.0, 2.0, 1.0]))  # energy shares 16, 9, 4, 1 of 30
+    first = new_basis(inputs, None, 0.95)
+    assert first.shape[1] == 2  # cumulated shares 0.53, 0.83 stay below 0.95; 0.97 does not
+    later = new_basis(inputs, torch.eye(4)[:, :1], 0.95)  # e1 already stored: 16/30 captured
+    assert later.shape[1] == 2  # 0.83 < 0.95, then one more reaches 0.97
+    assert new_basis(inputs, torch.eye(4)[:, :3], 0.95).shape[1] == 0  # 29/30 already captured
+
+
+def test_gpm_projects_the_shared_head_except_in_task_incremental_scenarios(scenario, task_il):
+    for scen, expected in ((scenario, 3), (task_il, 2)):
+        learner = build_strategy("gpm", scen, 0, FAST)
+        assert len(learner.plugin(GPM)._layers(learner)) == expected, scen.setting
+    learner = build_strategy("gpm", task_il, 0, {**FAST, "project_head": True})
+    assert len(learner.plugin(GPM)._layers(learner)) == 3

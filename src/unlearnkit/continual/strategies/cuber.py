@@ -14,10 +14,13 @@ old task t: G ← G − G M_t M_tᵀ, except for the (layer, old task) pairs fou
 positively correlated, where the in-subspace part is kept so the step also lowers task t's loss.
 GPM is the case where nothing is kept (always project).
 
-Our reconstruction where the paper is dense: one fixed threshold (0.95, GPM's MNIST value) for
-every layer and task; ε = 0.5; the classifier layer is not projected by default, as in GPM's
-multi-head set-up where each task's output units are its own (``project_head`` projects it too);
-no extra step on the old tasks' subspaces. Unlearning a whole task removes its bases and gradient
+Following GPM's P-MNIST code (``main_pmnist.py``): thresholds 0.95 for the first layer and 0.99
+for every later one; after the first task a layer keeps the fewest directions whose energy share
+stays below the threshold, later tasks add directions until it is reached (one more); the shared
+classifier layer is projected like the others. Our choices: in task-incremental scenarios, where
+each task's output units are its own (GPM's multi-head set-up), the classifier layer is not
+projected (``project_head`` overrides); biases are folded in as a constant input 1 (GPM's MLP has
+none); ε = 0.5; no extra step on the old tasks' subspaces. Unlearning a whole task removes its bases and gradient
 (its subspace is free again).
 """
 
@@ -34,16 +37,20 @@ from .base import Plugin, PluginConfig
 
 @dataclass
 class GPMConfig(PluginConfig):
-    """Energy threshold of the bases and the number of samples that estimate them."""
+    """Energy thresholds of the bases (first layer, later layers), the number of samples that estimate
+    them, and whether the classifier layer is projected (None: unless the scenario is task-incremental)."""
 
     gpm_threshold: float = 0.95
+    gpm_threshold_deeper: float = 0.99
     gpm_samples: int = 125
-    project_head: bool = False
+    project_head: bool | None = None
 
     def check(self) -> None:
-        """0 < threshold ≤ 1 and a positive sample count."""
-        if not 0 < self.gpm_threshold <= 1 or self.gpm_samples < 1:
-            raise UserInputError(f"GPM needs 0 < gpm_threshold ≤ 1 and gpm_samples ≥ 1, got {self.gpm_threshold} and {self.gpm_samples}.")
+        """0 < thresholds ≤ 1 and a positive sample count."""
+        thresholds = (self.gpm_threshold, self.gpm_threshold_deeper)
+        if not all(0 < t <= 1 for t in thresholds) or self.gpm_samples < 1:
+            raise UserInputError(f"GPM needs 0 < gpm_threshold, gpm_threshold_deeper ≤ 1 and gpm_samples ≥ 1, "
+                                 f"got {self.gpm_threshold}, {self.gpm_threshold_deeper} and {self.gpm_samples}.")
 
 
 @dataclass
@@ -72,7 +79,10 @@ def new_basis(inputs: torch.Tensor, old: torch.Tensor | None, threshold: float) 
         residual = inputs - inputs @ old @ old.T
     u, s, _ = torch.linalg.svd(residual.T, full_matrices=False)
     energy = captured + torch.cumsum(s.pow(2), 0)
-    k = int((energy < threshold * total).sum()) + 1 if captured < threshold * total else 0
+    if old is None:  # first task: the directions whose cumulated share stays below the threshold
+        k = int((energy < threshold * total).sum())
+    else:  # later tasks: add directions until the threshold is reached
+        k = int((energy < threshold * total).sum()) + 1 if captured < threshold * total else 0
     return u[:, : min(k, len(s))]
 
 
@@ -103,7 +113,8 @@ class GPM(Plugin):
         if not self.bases:
             self.bases, self.grads = [[] for _ in layers], [{} for _ in layers]
         for index, h in enumerate(inputs):
-            basis = new_basis(h, self._all_bases(index), self.config.gpm_threshold)
+            threshold = self.config.gpm_threshold if index == 0 else self.config.gpm_threshold_deeper
+            basis = new_basis(h, self._all_bases(index), threshold)
             if basis.shape[1]:
                 self.bases[index].append((task.index, basis))
         for index, g in enumerate(self._task_gradient(learner, task, ids)):
@@ -111,7 +122,10 @@ class GPM(Plugin):
 
     def _layers(self, learner) -> list:
         layers = learner.model.linear_layers()
-        return layers if self.config.project_head else layers[:-1]
+        project_head = self.config.project_head
+        if project_head is None:
+            project_head = learner.scenario.setting != "task-il"
+        return layers if project_head else layers[:-1]
 
     def _task_gradient(self, learner, task, ids) -> list[torch.Tensor]:
         """The mean loss gradient of the task's samples per projected layer (bias as the last column)."""
