@@ -11,6 +11,7 @@ from unlearnkit.continual.strategies import build_strategy
 from unlearnkit.continual.strategies.cuber import GPM, new_basis
 from unlearnkit.continual.strategies.ewc import EWC
 from unlearnkit.continual.strategies.refresh import Refresh
+from unlearnkit.continual.strategies.base import MASK_VALUE
 from unlearnkit.continual.unlearners import amnesiac
 
 FAST = {"epochs": 2}
@@ -136,3 +137,18 @@ def test_gpm_projects_the_shared_head_except_in_task_incremental_scenarios(scena
         assert len(learner.plugin(GPM)._layers(learner)) == expected, scen.setting
     learner = build_strategy("gpm", task_il, 0, {**FAST, "project_head": True})
     assert len(learner.plugin(GPM)._layers(learner)) == 3
+
+
+def test_core_unlearners_see_task_masked_logits_in_task_incremental_scenarios(task_il):
+    from unlearnkit.continual.unlearners import TaskMaskedAdapter
+
+    learner = build_strategy("naive", task_il, 0, FAST)
+    adapter = TaskMaskedAdapter(learner.model, task_il)
+    task = task_il.tasks[1]
+    ids = task.train_ids[:4].tolist()
+    batch = adapter.collate([task_il.items()[i] for i in ids])
+    logits = adapter.with_model(learner.model).logits(learner.model, batch)
+    outside = [c for c in range(task_il.num_classes) if c not in task.classes]
+    assert bool((logits[:, outside] == MASK_VALUE).all()) and bool((logits[:, list(task.classes)] > MASK_VALUE).all())
+    expected = learner.task_loss(learner.model, learner.batch_of(torch.tensor(ids), task.index))
+    assert torch.isclose(adapter.per_item_loss(learner.model, batch).mean(), expected)

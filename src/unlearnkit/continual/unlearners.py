@@ -18,11 +18,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from ..adapters.classifier import ClassifierAdapter
 from ..errors import UserInputError
 from ..request import ForgetRequest
 from .scenarios import Scenario
 from .stream import Request
 from .strategies import GradientLearner, Strategy, strategy_class
+from .strategies.base import MASK_VALUE
 
 NATIVE = {"acu": "acu", "uncle": "uncle"}  # unlearner -> the strategy it belongs to
 BUILTIN = ("amnesiac", "retrain", *NATIVE)
@@ -81,14 +83,38 @@ def amnesiac(learner: GradientLearner, task: int) -> dict[str, Any]:
     return {"delta_norm": float(torch.sqrt(sum(d.pow(2).sum() for d in delta.values())))}
 
 
+class TaskMaskedAdapter(ClassifierAdapter):
+    """Task-incremental scenarios: each item's logits limited to the classes of the task that owns its
+    label, as the learners train and evaluate (a class shared by several tasks allows all of their classes)."""
+
+    def __init__(self, model: torch.nn.Module, scenario: Scenario) -> None:
+        super().__init__(model, scenario.num_classes)
+        self.scenario = scenario
+        self.allowed = torch.zeros(scenario.num_classes, scenario.num_classes, dtype=torch.bool)
+        for task in scenario.tasks:
+            for label in task.classes:
+                self.allowed[label, list(task.classes)] = True
+
+    def logits(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Class logits with every class outside the item's task at the masked value."""
+        logits = super().logits(model, batch)
+        keep = self.allowed.to(logits.device)[batch["labels"].to(logits.device)]
+        return logits.masked_fill(~keep, MASK_VALUE)
+
+    def with_model(self, model: torch.nn.Module) -> "TaskMaskedAdapter":
+        """The same masking around another model."""
+        return TaskMaskedAdapter(model, self.scenario)
+
+
 def core_unlearn(learner: GradientLearner, scenario: Scenario, method: str, forget: set[int], retain: set[int],
                  params: Mapping[str, Any]) -> dict[str, Any]:
-    """Apply a core method to the learner's model, through the public API, and adopt the result."""
-    from ..adapters.classifier import ClassifierAdapter
+    """Apply a core method to the learner's model, through the public API, and adopt the result (its
+    losses masked per task in task-incremental scenarios, like the learner's own)."""
     from ..api import unlearn
 
     request = ForgetRequest(scenario.items(), sorted(forget), sorted(retain - forget) or None, reason="continual stream")
-    adapter = ClassifierAdapter(learner.model, scenario.num_classes)
+    adapter = (TaskMaskedAdapter(learner.model, scenario) if scenario.setting == "task-il"
+               else ClassifierAdapter(learner.model, scenario.num_classes))
     model, record = unlearn(learner.model, request, method, adapter=adapter, **dict(params))
     learner.model.load_state_dict(model.state_dict())
     return {"method": method, "status": record.status, "steps": record.steps}
