@@ -152,3 +152,17 @@ def test_core_unlearners_see_task_masked_logits_in_task_incremental_scenarios(ta
     assert bool((logits[:, outside] == MASK_VALUE).all()) and bool((logits[:, list(task.classes)] > MASK_VALUE).all())
     expected = learner.task_loss(learner.model, learner.batch_of(torch.tensor(ids), task.index))
     assert torch.isclose(adapter.per_item_loss(learner.model, batch).mean(), expected)
+
+
+def test_lwf_distils_each_old_task_head_on_its_own_in_task_incremental_scenarios(scenario, task_il):
+    from unlearnkit.continual.strategies.lwf import LwF
+
+    for scen in (task_il, scenario):
+        learner = build_strategy("lwf", scen, 0, FAST)
+        t = scen.tasks
+        for task in t[:2]:
+            learner.learn(task, task.train_ids)
+        plugin = learner.plugin(LwF)
+        plugin.before_task(learner, t[2], t[2].train_ids)
+        old = [sorted(t[0].classes), sorted(t[1].classes)]
+        assert plugin.heads == (old if scen.setting == "task-il" else [sorted(old[0] + old[1])])

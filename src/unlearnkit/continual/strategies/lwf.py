@@ -4,8 +4,10 @@ Li & Hoiem, "Learning without Forgetting" (ECCV 2016; TPAMI 2017): while learnin
 keep the old classes' outputs close to those of the model before the task:
 L = CE(f(x), y) + α T² KL(softmax(f*(x)_old / T) ‖ softmax(f(x)_old / T)), on the current batch only.
 
-Our choices: "old" outputs are the classes seen before the task (all classes in domain-IL); T = 2
-as in the paper. The teacher f* is a copy taken when the task starts, so after an unlearning request
+In task-incremental scenarios each old task has its own head (its classes), and, as in the paper,
+each head is distilled with its own softmax and the terms are summed. Our choices: in class- and
+domain-incremental scenarios the old outputs are one head, the classes seen before the task (all
+classes in domain-IL); T = 2 as in the paper. The teacher f* is a copy taken when the task starts, so after an unlearning request
 it is the unlearned model; it is dropped on unlearning.
 """
 
@@ -43,25 +45,31 @@ class LwF(Plugin):
     def __init__(self, config: LwFConfig) -> None:
         super().__init__(config)
         self.teacher = None
-        self.old_classes: list[int] = []
+        self.heads: list[list[int]] = []  # the old outputs, one softmax each
 
     def before_task(self, learner, task, ids) -> None:
         """Snapshot the teacher when something was learned before."""
         self.teacher = frozen_copy(learner.model) if learner.tasks_learned else None
-        if learner.scenario.setting == "domain-il":
-            self.old_classes = list(range(learner.scenario.num_classes))
+        scenario = learner.scenario
+        if scenario.setting == "domain-il":
+            self.heads = [list(range(scenario.num_classes))]
+        elif scenario.setting == "task-il":
+            heads = {tuple(sorted(t.classes)) for t in scenario.tasks if set(t.classes) <= learner.seen_classes}
+            self.heads = [list(h) for h in sorted(heads)]
         else:
-            self.old_classes = sorted(learner.seen_classes)
+            self.heads = [sorted(learner.seen_classes)] if learner.seen_classes else []
 
     def penalty(self, learner, model, batch):
-        """α T² KL(teacher ‖ student) over the old classes."""
-        if self.teacher is None or not self.old_classes:
+        """α T² Σ_heads KL(teacher ‖ student), each old head with its own softmax."""
+        if self.teacher is None or not self.heads:
             return None
         t = self.config.temperature
         with torch.no_grad():
-            target = F.softmax(self.teacher(batch["x"])[:, self.old_classes] / t, dim=1)
-        student = F.log_softmax(model(batch["x"])[:, self.old_classes] / t, dim=1)
-        return self.config.lwf_alpha * t * t * F.kl_div(student, target, reduction="batchmean")
+            teacher = self.teacher(batch["x"])
+        student = model(batch["x"])
+        kl = sum(F.kl_div(F.log_softmax(student[:, head] / t, dim=1), F.softmax(teacher[:, head] / t, dim=1),
+                          reduction="batchmean") for head in self.heads)
+        return self.config.lwf_alpha * t * t * kl
 
     def forget(self, learner, ids, task) -> None:
         """The teacher holds what was forgotten: drop it."""
