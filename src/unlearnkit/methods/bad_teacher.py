@@ -9,7 +9,11 @@ copy. With u = 1 for forget items and 0 for retain items,
 Choices: forget items and a seeded ``retain_fraction`` (30%) subset of the retain set are mixed and
 shuffled into one stream, as in the paper; the KL is summed over classes and averaged over items
 (the authors' code averages over both, a constant factor); the incompetent teacher is
-re-initialised with ``reset_parameters()`` under ``seed``. No labels are used.
+re-initialised with ``reset_parameters()`` under ``seed``. No labels are used. One epoch at lr 1e-3,
+batch 32, where the SSD repository's baseline uses Adam at 1e-4 and the authors' code batch 256: on
+the digits benchmark those settings leave a forgotten class at 1.00 accuracy (retraining: 0.00),
+ours bring it to 0.00; on random forgetting ours over-forget (forget accuracy 0.91 against
+retraining's 0.99, test 0.93 against 0.98) where the authors' change nothing (1.00).
 """
 
 from __future__ import annotations
