@@ -84,3 +84,15 @@ def test_console_script_reports_user_errors_with_status_2(tmp_path):
 def test_methods_command_lists_every_method(capsys):
     assert main(["methods"]) == 0
     assert "ssd" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    (["bench", "--seed", "abc"], "Invalid value for '--seed'"),
+    (["forget", "--model", "m"], "Missing option"),
+    (["ledger", "show", "abc"], "Invalid value"),
+])
+def test_command_line_usage_errors_exit_2_without_a_traceback(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -306,13 +306,25 @@ def _dispatch(argv: list[str] | None) -> int:
     except typer.Exit as done:
         return done.exit_code
     except Exception as error:  # click's own usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
+        if isinstance(error, _click_exceptions()):
             error.show()
             return error.exit_code
         raise
     return code if isinstance(code, int) else 0
+
+
+def _click_exceptions() -> tuple[type, ...]:
+    """Click's usage-error class, and typer's own copy of it (typer ≥ 0.29 bundles click)."""
+    import click
+
+    found: list[type] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as BundledClickException
+    except ImportError:
+        pass
+    else:
+        found.append(BundledClickException)
+    return tuple(found)
 
 
 def run() -> None:
