@@ -119,3 +119,18 @@ def test_registry_lists_core_methods_with_metadata():
         assert name in registry
         cls = registry[name]
         assert cls.paper and cls.kinds and "classifier" in cls.kinds
+
+
+def test_atomic_dir_leaves_nothing_behind_when_the_block_fails(tmp_path):
+    from unlearnkit.io import atomic_dir
+
+    (tmp_path / "kept").mkdir()
+    for final in (tmp_path / "new" / "deeper" / "out", tmp_path / "kept" / "out"):
+        with pytest.raises(RuntimeError):
+            with atomic_dir(final) as tmp:
+                (tmp / "half.txt").write_text("half")
+                raise RuntimeError("the work failed")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept"]
+    with atomic_dir(tmp_path / "new" / "out") as tmp:
+        (tmp / "done.txt").write_text("done")
+    assert (tmp_path / "new" / "out" / "done.txt").read_text() == "done"

@@ -237,3 +237,28 @@ def test_csv_missing_field_names_file_field_and_line(workspace, capsys):
     err = capsys.readouterr().err
     assert "bad.csv line 3 has no field 'label'" in err
     assert not (workspace / "out").exists()
+
+
+def test_an_output_path_holding_the_inputs_is_refused_even_with_overwrite(workspace, capsys):
+    for out in (workspace, workspace / "model" / ".."):
+        files_before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))
+        assert main(_args(workspace, **{"--out": out}) + ["--overwrite"]) == 2
+        assert "holds the input" in capsys.readouterr().err
+        assert sorted(p.relative_to(workspace) for p in workspace.rglob("*")) == files_before
+
+
+@pytest.mark.parametrize("break_salt", ["wrong salt in the environment", "salt file lost"])
+def test_a_ledger_that_would_refuse_the_row_is_caught_before_anything_is_written(workspace, capsys, monkeypatch,
+                                                                                break_salt):
+    assert main(_args(workspace, **{"--out": workspace / "first"})) == 0
+    ledger_before = (workspace / "ledger.db").read_bytes()
+    if break_salt == "salt file lost":
+        (workspace / "ledger.db.salt").unlink()
+        message = "does not exist"
+    else:
+        monkeypatch.setenv("UNLEARNKIT_LEDGER_SALT", "another-salt-of-enough-length-0123456789")
+        message = "salt does not match"
+    assert main(_args(workspace)) == 2
+    assert message in capsys.readouterr().err
+    assert not (workspace / "out").exists()
+    assert (workspace / "ledger.db").read_bytes() == ledger_before

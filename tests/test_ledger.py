@@ -19,7 +19,7 @@ import typer
 from typer.testing import CliRunner
 
 from unlearnkit.errors import UserInputError
-from unlearnkit.ledger import GENESIS_HASH, ROWS_TABLE, Ledger, canonical_json, item_hash, row_hash
+from unlearnkit.ledger import GENESIS_HASH, META_TABLE, ROWS_TABLE, Ledger, canonical_json, item_hash, row_hash
 from unlearnkit.ledger_cli import register
 
 BEFORE, AFTER = "a" * 64, "b" * 64
@@ -518,3 +518,42 @@ def test_cli_user_errors_raise_and_create_nothing(tmp_path: Path) -> None:
                                   "--ledger", str(tmp_path / "none.db")])
     assert isinstance(no_item.exception, UserInputError) and "item file" in str(no_item.exception)
     assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- damaged meta records
+
+@pytest.mark.parametrize("head", ["garbage", '{"id": 3}', '{"id": "x", "hash": "y"}'])
+def test_an_unreadable_head_is_reported_not_raised(five_rows: Path, head: str) -> None:
+    sql(five_rows, f"UPDATE {META_TABLE} SET value=? WHERE key='head'", (head,))
+    with Ledger(five_rows, salt=SALT) as ledger:
+        result = ledger.verify()
+        assert not result.ok and "head record is not readable" in result.reason
+        with pytest.raises(UserInputError, match="head record is not readable"):
+            ledger.check_writable()
+        with pytest.raises(UserInputError, match="head record is not readable"):
+            add(ledger)
+
+
+def test_a_deleted_salt_check_is_damage_not_a_pass(five_rows: Path) -> None:
+    sql(five_rows, f"DELETE FROM {META_TABLE} WHERE key='salt_check'")
+    with Ledger(five_rows, salt=SALT + "-other") as other:
+        result = other.verify()
+        assert not result.ok and "salt check record is missing" in result.reason
+        for action in (other.check_writable, lambda: add(other), lambda: other.check_item({"q": "x"})):
+            with pytest.raises(UserInputError, match="salt check record is missing"):
+                action()
+    assert len(Ledger(five_rows, salt=SALT).rows()) == 5
+
+
+def test_check_writable_refuses_what_append_would_and_writes_nothing(tmp_path: Path, five_rows: Path) -> None:
+    Ledger(five_rows, salt=SALT).check_writable()  # the right salt: fine
+    with pytest.raises(UserInputError, match="salt does not match"):
+        Ledger(five_rows, salt=SALT + "-other").check_writable()
+    (tmp_path / "short.salt").write_text("abc")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(UserInputError, match="for the salt file does not exist"):
+        Ledger(tmp_path / "new.db", salt_file=tmp_path / "nodir" / "s.salt").check_writable()
+    with pytest.raises(UserInputError, match="at least"):
+        Ledger(tmp_path / "new2.db", salt_file=tmp_path / "short.salt").check_writable()
+    Ledger(tmp_path / "new3.db").check_writable()  # a new ledger whose salt can be made beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -50,6 +50,12 @@ def _check_paths(job: ForgetJob) -> None:
     model, out = job.model.resolve(), job.out.resolve()
     if out == model or model in out.parents:
         raise UserInputError(f"The output path {job.out} is inside the input model folder {job.model}; choose another.")
+    inputs = [job.model, job.forget, job.retain, job.training_data, job.salt_file,
+              None if "://" in job.ledger else Path(job.ledger)]
+    for given in (p for p in inputs if p is not None):
+        if out == Path(given).resolve() or out in Path(given).resolve().parents:
+            raise UserInputError(f"The output path {job.out} holds the input {given}; --overwrite would delete it. "
+                                 "Choose another output path.")
     if job.out.exists() and not job.overwrite:
         raise UserInputError(f"The output path {job.out} already exists; choose another or pass --overwrite.")
 
@@ -178,8 +184,10 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
         raise UserInputError(f"The ledger's folder {Path(job.ledger).parent} does not exist.")
     health = ledger.verify() if not new_file else None
     if health is not None and not health.ok:
-        raise UserInputError(f"The ledger {job.ledger} fails verification at row {health.first_bad_id} ({health.reason}); "
+        where = f" at row {health.first_bad_id}" if health.first_bad_id is not None else ""
+        raise UserInputError(f"The ledger {job.ledger} fails verification{where} ({health.reason}); "
                              "refusing to append to it.")
+    ledger.check_writable()  # a wrong or missing salt is refused now, before any work
     if kind == "classifier":
         adapter, spec = _load_classifier(job.model, job.trust_pickle)
         forget = _classifier_items(forget_records, job, job.forget, spec)
@@ -225,9 +233,10 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
             _save_model(adapter, model, spec, tmp)
             write_json_atomic(tmp / "run.json", summary)
             _write_report(tmp, summary, forget_records, job)
-        row = ledger.append(job.subject, [record for _, record in forget_records], job.method, record.params,
-                            fingerprint_before, summary["fingerprint_after"], after, record.seconds, record.status)
-        return row
+            # last inside the block: a refused append leaves no output, and the rename that follows cannot
+            # fail on anything the request controls
+            return ledger.append(job.subject, [record for _, record in forget_records], job.method, record.params,
+                                 fingerprint_before, summary["fingerprint_after"], after, record.seconds, record.status)
 
     summary["ledger_row"] = on_main(write)
     ledger.close()

@@ -20,11 +20,13 @@ if TYPE_CHECKING:
 def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary directory beside ``final``; rename it into place only if the block succeeds.
 
-    A crash or kill at any point leaves either no ``final`` or the complete one, never half of it.
+    A crash or kill at any point leaves either no ``final`` or the complete one, never half of it; when
+    the block fails, the parent folders this call created are removed again.
     """
     final = Path(final)
     if final.exists() and not overwrite:
         raise UserInputError(f"The output path {final} already exists; choose another or pass --overwrite.")
+    created = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp makes folders private; outputs are meant to be shared
@@ -39,6 +41,11 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False) -> Iterator
             os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # deepest first; one that gained other content stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
         raise
 
 

@@ -9,9 +9,10 @@ Chain. ``row_hash = SHA-256(canonical JSON of every other field of the row, prev
 where ``prev_hash`` is the previous row's ``row_hash`` (64 zeros for row 1) and the canonical JSON
 has sorted keys, no spaces and UTF-8 text. Ids are contiguous from 1, and a *head* (the last id and
 its row_hash) is kept in the meta table and moved in the same transaction as each insert, so an
-edited, deleted, reordered or truncated-away row is detected by :meth:`Ledger.verify`. Whoever can
-rewrite the whole table and the head can forge a consistent ledger: publish the head hash that
-``verify`` prints somewhere else when that matters.
+edited, deleted, reordered or truncated-away row is detected by :meth:`Ledger.verify`. The chain
+is unkeyed: whoever can write to the database can forge a consistent ledger, e.g. by deleting the
+newest rows and moving the head back to the last one kept (one UPDATE). Publish the head hash that
+``verify`` prints somewhere else (or append it to an external log) when that matters.
 
 Salt. The salt never enters the database. It comes from the caller (``salt=``), a salt file
 (``salt_file=``), the ``UNLEARNKIT_LEDGER_SALT`` environment variable, or by default the file
@@ -108,6 +109,7 @@ _LOCK_HEAD = (
 _INSERT_ROW = sa.insert(_rows_table)
 _READ_HEAD = sa.select(_meta_table.c.value).where(_meta_table.c.key == "head")
 _READ_SALT_CHECK = sa.select(_meta_table.c.value).where(_meta_table.c.key == "salt_check")
+_READ_HEADS = sa.select(_meta_table.c.key, _meta_table.c.value).where(_meta_table.c.key.in_(("head", "salt_check")))
 _MOVE_HEAD = sa.update(_meta_table).where(_meta_table.c.key == "head").values(value=sa.bindparam("head_value"))
 
 
@@ -547,18 +549,42 @@ class Ledger:
             with self._writer.begin() as conn:
                 return self._insert(conn, fields, key)
 
-    def _insert(self, conn: sa.engine.Connection, fields: dict[str, Any], key: bytes) -> int:
-        heads = dict(conn.execute(_LOCK_HEAD).all())
+    def check_writable(self) -> None:
+        """Raise :class:`UserInputError` now if :meth:`append` would fail on the salt or the head, so a caller
+        can refuse a request before doing (and writing) any work. Writes nothing."""
+        with self._database_errors("written"):
+            if not self._ready:  # a new ledger: its salt must be given, or creatable beside it
+                if self._salt_given is None and not (self._salt_file is None and os.environ.get(SALT_ENV)):
+                    path = self._default_salt_file()
+                    if path is None or not path.exists():
+                        _check_salt_folder(path, self._target.label)
+                    else:
+                        self._load_salt(create=False)
+                else:
+                    self._load_salt(create=False)
+                return
+            key = self._load_salt(create=False)
+            with self._engine.connect() as conn:
+                self._checked_head(dict(conn.execute(_READ_HEADS).all()), key)
+
+    def _checked_head(self, heads: Mapping[str, str], key: bytes) -> tuple[int, str]:
+        """The head's ``(id, hash)`` after checking it is present and well formed and the salt is the ledger's."""
+        label = self._target.label
         if "head" not in heads:
-            raise UserInputError(f"The ledger {self._target.label} is damaged: its head record is missing.")
-        if heads.get("salt_check", _salt_check(key)) != _salt_check(key):
+            raise UserInputError(f"The ledger {label} is damaged: its head record is missing.")
+        if "salt_check" not in heads:
+            raise UserInputError(f"The ledger {label} is damaged: its salt check record is missing.")
+        if heads["salt_check"] != _salt_check(key):
             raise self._wrong_salt()
-        head = json.loads(heads["head"])
+        return _parse_head(heads["head"], label)
+
+    def _insert(self, conn: sa.engine.Connection, fields: dict[str, Any], key: bytes) -> int:
+        head_id, head_hash = self._checked_head(dict(conn.execute(_LOCK_HEAD).all()), key)
         row = {
-            "id": int(head["id"]) + 1,
+            "id": head_id + 1,
             "time": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
             **fields,
-            "prev_hash": head["hash"],
+            "prev_hash": head_hash,
         }
         row["row_hash"] = row_hash(row)
         stored = {k: (canonical_json(v) if k in _JSON_FIELDS else v) for k, v in row.items()}
@@ -641,8 +667,7 @@ class Ledger:
             value = conn.execute(_READ_HEAD).scalar_one_or_none()
         if value is None:
             raise UserInputError(f"The ledger {self._target.label} is damaged: its head record is missing.")
-        head = json.loads(value)
-        return int(head["id"]), str(head["hash"])
+        return _parse_head(value, self._target.label)
 
     @_reading_errors
     def verify(self) -> VerifyResult:
@@ -650,16 +675,21 @@ class Ledger:
         if not self._reading():
             return VerifyResult(True, None, "the ledger is empty")
         with self._engine.connect() as conn, conn.begin():  # one snapshot for rows and head
-            value = conn.execute(_READ_HEAD).scalar_one_or_none()
+            heads = dict(conn.execute(_READ_HEADS).all())
             checker = _ChainChecker()
             for record in self._stored_rows(conn):
                 bad = checker.feed(record)
                 if bad is not None:
                     return bad
-        if value is None:
+        if "head" not in heads:
             return VerifyResult(False, checker.count + 1, "the ledger head record is missing", checker.count)
-        head = json.loads(value)
-        return checker.finish(int(head["id"]), str(head["hash"]))
+        if "salt_check" not in heads:  # without it, appends with any salt would pass
+            return VerifyResult(False, None, "the ledger's salt check record is missing", checker.count)
+        try:
+            head_id, head_hash = _parse_head(heads["head"], self._target.label)
+        except UserInputError:
+            return VerifyResult(False, checker.count + 1, "the ledger head record is not readable", checker.count)
+        return checker.finish(head_id, head_hash)
 
     @_reading_errors
     def check_item(self, item: Any) -> list[tuple[int, str]]:
@@ -670,7 +700,9 @@ class Ledger:
         digest = hmac.new(key, item_bytes(item), hashlib.sha256).hexdigest()
         with self._engine.connect() as conn:
             recorded = conn.execute(_READ_SALT_CHECK).scalar_one_or_none()
-            if recorded is not None and recorded != _salt_check(key):
+            if recorded is None:
+                raise UserInputError(f"The ledger {self._target.label} is damaged: its salt check record is missing.")
+            if recorded != _salt_check(key):
                 raise self._wrong_salt()
             query = sa.select(_rows_table).where(_rows_table.c.item_hashes.contains(digest)).order_by(_rows_table.c.id)
             found = [_row_from_db(r) for r in self._stored_rows(conn, query)]
@@ -819,6 +851,25 @@ def _read_or_create_salt(path: Path | None, label: str, *, create: bool) -> str:
     if not text:
         raise UserInputError(f"The salt file {path} is empty.")
     return text
+
+
+def _check_salt_folder(path: Path | None, label: str) -> None:
+    """A new salt file can be made at ``path`` (its folder exists), or one sentence why not."""
+    if path is None:
+        raise UserInputError(
+            f"The ledger {label} is not a file, so it needs a salt: pass salt=, --salt-file or set {SALT_ENV}."
+        )
+    if not path.parent.is_dir():
+        raise UserInputError(f"The directory {path.parent} for the salt file does not exist.")
+
+
+def _parse_head(value: str, label: str) -> tuple[int, str]:
+    """``(id, hash)`` of a stored head record, or one sentence saying it is damaged."""
+    try:
+        head = json.loads(value)
+        return int(head["id"]), str(head["hash"])
+    except (ValueError, TypeError, KeyError):
+        raise UserInputError(f"The ledger {label} is damaged: its head record is not readable.") from None
 
 
 def _create_salt_file(path: Path) -> None:

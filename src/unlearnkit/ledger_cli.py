@@ -86,7 +86,8 @@ def verify_command(ledger: LedgerOption = DEFAULT_LEDGER, salt_file: SaltFileOpt
     if result.ok:
         typer.echo(f"ok: {result.rows} rows, chain intact; head row_hash {result.head_hash}")
         return
-    typer.echo(f"TAMPERED: first bad row {result.first_bad_id}: {result.reason}")
+    where = f"first bad row {result.first_bad_id}: " if result.first_bad_id is not None else ""
+    typer.echo(f"TAMPERED: {where}{result.reason}")
     raise typer.Exit(1)
 
 
