@@ -262,3 +262,26 @@ def test_a_ledger_that_would_refuse_the_row_is_caught_before_anything_is_written
     assert message in capsys.readouterr().err
     assert not (workspace / "out").exists()
     assert (workspace / "ledger.db").read_bytes() == ledger_before
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"input_dim": "abc"}, "'input_dim' must be a positive whole number"),
+    ({"input_dim": -4}, "'input_dim' must be a positive whole number"),
+    ({"hidden": 8}, "'hidden' must be a list"),
+    ({"hidden": [0]}, "'hidden' must be a positive whole number"),
+    ({"num_classes": True}, "'num_classes' must be a positive whole number"),
+])
+def test_a_bad_classifier_spec_gets_one_sentence(workspace, capsys, change, message):
+    spec_path = workspace / "model" / "unlearnkit.json"
+    spec_path.write_text(json.dumps({**json.loads(spec_path.read_text()), **change}))
+    assert main(_args(workspace)) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not (workspace / "out").exists()
+
+
+def test_weights_that_are_not_a_state_dict_get_one_sentence(workspace, capsys):
+    (workspace / "model" / "model.safetensors").unlink()
+    torch.save([torch.zeros(2)], workspace / "model" / "model.pt")
+    assert main(_args(workspace)) == 2
+    assert "does not hold a mapping of parameter names to tensors" in capsys.readouterr().err

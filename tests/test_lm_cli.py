@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from unlearnkit.cli import main
 
@@ -94,6 +95,15 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
         if "token" in f.name or f.name in ("vocab.json", "merges.txt"):
             f.unlink()
     cases.append((["--model", str(no_tokenizer)], "tokenizer"))
+    corrupt = tmp_path / "corrupt-weights"
+    shutil.copytree(exported / "models" / "target", corrupt)
+    (corrupt / "model.safetensors").write_bytes(b"not a safetensors file at all")
+    cases.append((["--model", str(corrupt)], "not a readable safetensors file"))
+    pickled = tmp_path / "pickled-weights"
+    shutil.copytree(exported / "models" / "target", pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save({"weights": shutil.copytree}, pickled / "pytorch_model.bin")  # a pickled callable, not tensors
+    cases.append((["--model", str(pickled)], "weights-only load refuses"))
     for extra, message in cases:
         code, err = _error(capsys, base + extra)
         assert code == 2 and message in err.lower(), err

@@ -209,7 +209,8 @@ def forget_command(
     input_field: str = typer.Option("input", help="Classifier data: the input field (a list of numbers)."),
     label_field: str = typer.Option("label", help="Classifier data: the label field."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
-    trust_pickle: bool = typer.Option(False, help="Allow loading pickle checkpoints (only from sources you trust)."),
+    trust_pickle: bool = typer.Option(False, help="Classifiers: allow a pickled model.pt (only from sources you trust). "
+                                                    "Causal LMs always load with safetensors or torch's weights-only loader."),
     show_examples: bool = typer.Option(False, help="Show forget-set text in report.html (redacted by default)."),
     lora: Optional[str] = typer.Option(None, help="Causal LMs: train LoRA adapters, e.g. r=8,alpha=16,targets=c_attn,c_proj "
                                                   "(add save=adapter to write only the adapter)."),

@@ -82,8 +82,11 @@ def _load_classifier(directory: Path, trust_pickle: bool):
     weights = next((directory / n for n in ("model.safetensors", "model.pt", "pytorch_model.bin") if (directory / n).is_file()), None)
     if weights is None:
         raise UserInputError(f"The classifier folder {directory} has no model.safetensors.")
+    state = load_state_dict(weights, trust_pickle=trust_pickle)
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserInputError(f"The weights file {weights} does not hold a mapping of parameter names to tensors.")
     try:
-        model.load_state_dict(load_state_dict(weights, trust_pickle=trust_pickle))
+        model.load_state_dict(state)
     except RuntimeError as error:
         raise UserInputError(f"The weights in {weights} do not fit the architecture in unlearnkit.json ({str(error).splitlines()[0]}).") from None
     return ClassifierAdapter(model.eval(), int(spec["num_classes"])), spec

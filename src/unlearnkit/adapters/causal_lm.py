@@ -15,6 +15,8 @@ transformers is imported lazily (inside functions) so importing the package stay
 
 from __future__ import annotations
 
+import pickle
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -87,6 +89,13 @@ class CausalLMAdapter:
             raise UserInputError(f"The model in {directory} is not a causal language model ({str(error).splitlines()[0]}).") from None
         except OSError as error:
             raise UserInputError(f"The model weights in {directory} cannot be loaded ({str(error).splitlines()[0]}).") from None
+        except pickle.UnpicklingError as error:  # torch's weights-only loader refused a pickled object
+            raise UserInputError(f"The model weights in {directory} hold pickled objects that a weights-only load refuses "
+                                 f"({str(error).splitlines()[0][:200]}); convert them to safetensors.") from None
+        except Exception as error:  # e.g. safetensors' own error class for a corrupt file
+            if type(error).__name__ != "SafetensorError":
+                raise
+            raise UserInputError(f"The model weights in {directory} are not a readable safetensors file ({error}).") from None
         return cls(model.eval(), tokenizer, max_length, system_prompt=system_prompt, template_args=template_args)
 
     def save_pretrained(self, directory: str | Path, model: nn.Module | None = None) -> None:

@@ -60,16 +60,27 @@ def input_shape(spec: dict[str, Any]) -> tuple[int, ...]:
     return (1, int(spec["image_size"]), int(spec["image_size"]))
 
 
+def _size(spec: dict[str, Any], name: str, default: Any = None) -> int:
+    """A positive whole-number field of the spec, or one sentence saying what is wrong with it."""
+    value = spec.get(name, default)
+    if value is None:
+        raise UserInputError(f"The model spec for {spec.get('architecture')!r} has no field {name!r}.")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserInputError(f"The model spec field {name!r} must be a positive whole number, got {value!r}.")
+    return value
+
+
 def build_classifier(spec: dict[str, Any]) -> nn.Module:
-    """An untrained model of the spec's architecture."""
+    """An untrained model of the spec's architecture (its sizes checked first)."""
     arch = spec.get("architecture")
-    try:
-        if arch == "mlp":
-            return MLP(int(spec["input_dim"]), [int(h) for h in spec.get("hidden", [])], int(spec["num_classes"]))
-        if arch == "small_cnn":
-            return SmallCNN(int(spec["image_size"]), int(spec["num_classes"]), int(spec.get("width", 32)))
-    except KeyError as missing:
-        raise UserInputError(f"The model spec for {arch!r} has no field {missing}.") from None
+    if arch == "mlp":
+        hidden = spec.get("hidden", [])
+        if not isinstance(hidden, list):
+            raise UserInputError(f"The model spec field 'hidden' must be a list of layer widths, got {hidden!r}.")
+        widths = [_size({"architecture": arch, "hidden": h}, "hidden") for h in hidden]
+        return MLP(_size(spec, "input_dim"), widths, _size(spec, "num_classes"))
+    if arch == "small_cnn":
+        return SmallCNN(_size(spec, "image_size"), _size(spec, "num_classes"), _size(spec, "width", 32))
     raise UserInputError(f"Unknown classifier architecture {arch!r} in {SPEC_FILE}; valid: {', '.join(ARCHITECTURES)}.")
 
 
