@@ -23,3 +23,14 @@ def test_cards_refuse_a_folder_without_results(tmp_path, capsys):
     assert main(["cards", "--results", str(tmp_path), "--out", str(tmp_path / "cards")]) == 2
     assert "holds no results.json" in capsys.readouterr().err
     assert not (tmp_path / "cards").exists()
+
+
+def test_cards_refuse_malformed_results_before_writing_any_card(tmp_path, capsys):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    for text, message in (("{not json", "is not valid JSON"),
+                          (json.dumps({"runs": [{"method": "npo", "seconds": 1.0}]}), "every run needs")):
+        (bench / "results.json").write_text(text)
+        assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "cards").exists()
