@@ -47,11 +47,18 @@ def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(tmp_path):
         (["--strategy", "ewk"], "Unknown strategy"),
         (["--scenario", "split-cifar"], "Unknown scenario"),
         (["--param", "epochs"], "NAME=VALUE"),
+        (["--scenario", "permuted-digits", "--scenario-param", "num_tasks=0"], "num_tasks must be a whole number ≥ 1"),
+        (["--scenario", "permuted-digits", "--scenario-param", "num_tasks=1.5"], "num_tasks must be a whole number"),
+        (["--scenario", "scole", "--scenario-param", "classes_per_task=11"], "classes_per_task must be"),
+        (["--scenario", "scole", "--scenario-param", "colour=red"], "has no option 'colour'; valid: num_tasks"),
+        (["--scenario", "split-digits", "--scenario-param", "num_tasks=3"], "has no option 'num_tasks'."),
+        (["--scenario", "clofai", "--data", str(tmp_path), "--scenario-param", "image_size=0"], "image_size must be"),
+        (["--scenario", "clofai", "--data", str(tmp_path), "--scenario-param", "test_fraction=1.5"], "test_fraction"),
     ):
-        result = runner.invoke(_app(), ["continual", "--out", str(out), *extra])
+        result = runner.invoke(_app(), ["continual", "--out", str(out / "deeper"), *extra])
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
-        assert not out.exists()
+        assert not out.exists()  # not even the parent folder
 
 
 def test_sweep_writes_a_markdown_page(tmp_path):

@@ -18,7 +18,7 @@ without replacement inside the task and ``samples_per_class`` training samples p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -177,26 +177,48 @@ SCENARIOS: dict[str, Callable[[int], Scenario]] = {
 }
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
+
+
+#: Each scenario's options: name -> (check, what a valid value is).
+SCENARIO_OPTIONS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "permuted-digits": {"num_tasks": (_positive_int, "a whole number ≥ 1")},
+    "scole": {"num_tasks": (_positive_int, "a whole number ≥ 1"),
+              "classes_per_task": (lambda v: _positive_int(v) and v <= 10, "a whole number in 1..10"),
+              "samples_per_class": (_positive_int, "a whole number ≥ 1")},
+    "clofai": {"image_size": (lambda v: _positive_int(v) and v >= 4, "a whole number ≥ 4"),
+               "test_fraction": (_fraction, "a number strictly between 0 and 1")},
+}
+
+
+def check_scenario_options(name: str, options: Mapping[str, Any]) -> None:
+    """One sentence for an option the scenario does not have or a value it cannot use."""
+    valid = SCENARIO_OPTIONS.get(name, {})
+    for option, value in options.items():
+        if option not in valid:
+            listed = f"; valid: {', '.join(valid)}" if valid else ""
+            raise UserInputError(f"Scenario {name} has no option {option!r}{listed}.")
+        check, wanted = valid[option]
+        if not check(value):
+            raise UserInputError(f"Scenario {name} option {option} must be {wanted}, got {value!r}.")
+
+
 def build_scenario(name: str, seed: int = 0, *, data: str | None = None, **options: Any) -> Scenario:
     """The scenario called ``name`` (``clofai`` reads the folder ``data``); unknown names are errors."""
+    if name != "clofai" and name not in SCENARIOS:
+        valid = ", ".join([*SCENARIOS, "clofai"])
+        raise UserInputError(f"Unknown scenario {name!r}; valid scenarios: {valid}.")
+    check_scenario_options(name, options)
     if name == "clofai":
         if not data:
             raise UserInputError("The clofai scenario needs a data folder (--data DIR) with one sub-folder per task.")
         from .clofai import load_clofai
 
-        unknown = sorted(set(options) - {"image_size", "test_fraction"})
-        if unknown:
-            raise UserInputError(f"Scenario clofai has no option {unknown[0]!r}; valid: image_size, test_fraction.")
         return load_clofai(data, seed=seed, **options)
-    if name not in SCENARIOS:
-        valid = ", ".join([*SCENARIOS, "clofai"])
-        raise UserInputError(f"Unknown scenario {name!r}; valid scenarios: {valid}.")
-    if options:
-        builders = {"permuted-digits": permuted_digits, "scole": scole}
-        if name not in builders:
-            raise UserInputError(f"Scenario {name} takes no options, got {', '.join(sorted(options))}.")
-        try:
-            return builders[name](seed, **options)
-        except TypeError:
-            raise UserInputError(f"Scenario {name} got unknown options {', '.join(sorted(options))}.") from None
-    return SCENARIOS[name](seed)
+    builders = {"permuted-digits": permuted_digits, "scole": scole}
+    return builders[name](seed, **options) if options else SCENARIOS[name](seed)
