@@ -58,6 +58,8 @@ def test_bench_aggregates_can_be_recomputed_from_items(bench_out):
     (["--methods", "ssd", "--param", "ssd.alpha=high"], "not a valid float"),
     (["--methods", "ssd", "--param", "salun.lr=1"], "not in --methods"),
     (["--methods", "ssd", "--retrain-seeds", "1"], "--retrain-seeds applies to the facts benchmark"),
+    (["--methods", "ssd", "--split", "forget01"], "--split and --preset apply to the facts benchmark"),
+    (["--benchmark", "facts", "--scenario", "class"], "--scenario applies to the image benchmarks"),
 ])
 def test_bad_bench_input_exits_2_and_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "never"

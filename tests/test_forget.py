@@ -100,6 +100,8 @@ BAD_INPUTS = [
     ({"--forget": "data.txt"}, "unknown format"),
     ({"--forget": "short.jsonl"}, "line 1: field 'input' is not 4 numbers"),
     ({"--forget": "badlabel.jsonl"}, "label 7 is outside 0..1"),
+    ({"--forget": "fraclabel.jsonl"}, "is not an integer label"),
+    ({"--forget": "boollabel.jsonl"}, "is not an integer label"),
     ({"--training-data": "other.jsonl"}, "is not in the training data"),
     ({"--ledger": "notaledger.db"}, "ledger"),
     ({"--ledger": "textfile.db"}, "ledger"),
@@ -121,6 +123,8 @@ def test_bad_input_exits_2_and_writes_nothing(workspace, capsys, overrides, mess
     (ws / "data.txt").write_text("hello")
     _write_jsonl(ws / "short.jsonl", [{"input": [1, 2], "label": 0}])
     _write_jsonl(ws / "badlabel.jsonl", [{"input": [1, 2, 3, 4], "label": 7}])
+    _write_jsonl(ws / "fraclabel.jsonl", [{"input": [1, 2, 3, 4], "label": 1.7}])
+    _write_jsonl(ws / "boollabel.jsonl", [{"input": [1, 2, 3, 4], "label": True}])
     _write_jsonl(ws / "other.jsonl", _rows(5, 99))
     import sqlite3
 
@@ -285,3 +289,16 @@ def test_weights_that_are_not_a_state_dict_get_one_sentence(workspace, capsys):
     torch.save([torch.zeros(2)], workspace / "model" / "model.pt")
     assert main(_args(workspace)) == 2
     assert "does not hold a mapping of parameter names to tensors" in capsys.readouterr().err
+
+
+def test_training_data_check_compares_values_not_their_spelling(workspace):
+    import csv
+
+    rows = [{"input": json.dumps([float(v) for v in r["input"]], separators=(",", ":")), "label": f"{r['label']}.0"}
+            for r in _rows(40, 0)[:5]]  # JSONL training rows hold the same values as plain lists and ints
+    path = workspace / "forget.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["input", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert main(_args(workspace, **{"--forget": path, "--training-data": workspace / "train.jsonl"})) == 0

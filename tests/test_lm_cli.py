@@ -81,6 +81,15 @@ def _error(capsys, args):
     return code, capsys.readouterr().err
 
 
+def test_export_refuses_an_existing_output_before_training_anything(tmp_path, capsys, monkeypatch):
+    import unlearnkit.benchmarks.facts as facts
+
+    monkeypatch.setattr(facts, "cached_facts_model", lambda *a, **k: pytest.fail("trained before checking --out"))
+    (tmp_path / "taken").mkdir()
+    code, err = _error(capsys, ["export", "--benchmark", "facts", "--preset", "tiny", "--out", str(tmp_path / "taken")])
+    assert code == 2 and "already exists" in err
+
+
 def test_evaluate_bad_inputs(exported, tmp_path, capsys):
     base = ["evaluate", "--data", str(exported), "--retain-model", str(exported / "models" / "retain90"),
             "--out", str(tmp_path / "never")]
@@ -116,6 +125,10 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
     code, err = _error(capsys, ["evaluate", "--data", str(broken), "--model", str(exported / "models" / "target"),
                                 "--retain-model", str(exported / "models" / "retain90"), "--out", str(tmp_path / "never")])
     assert code == 2 and "paraphrased_answer" in err and "retain_perturbed.json" in err, err
+    (broken / "retain_perturbed.json").write_bytes(b"\xff\xfe not utf-8")
+    code, err = _error(capsys, ["evaluate", "--data", str(broken), "--model", str(exported / "models" / "target"),
+                                "--retain-model", str(exported / "models" / "retain90"), "--out", str(tmp_path / "never")])
+    assert code == 2 and "is not text in UTF-8" in err, err
     code, err = _error(capsys, base + ["--model", str(exported / "models" / "target"), "--split", "forget33"])
     assert code == 2 and "forget33" in err
     assert not (tmp_path / "never").exists()

@@ -109,6 +109,8 @@ def bench_command(
     if benchmark == "facts":
         from .benchmarks.lm_bench import run_lm_bench
 
+        if scenario != "random":
+            raise UserInputError("--scenario applies to the image benchmarks; facts forgets a --split of its people.")
         config = facts_preset(preset, seed, base)
         run_lm_bench(config, split, split_list(methods), out, params=parse_params(param), overwrite=overwrite,
                      command=command, attacks=split_list(attacks) or (), memory=memory,
@@ -116,6 +118,8 @@ def bench_command(
     else:
         if retrain_seeds:
             raise UserInputError(f"--retrain-seeds applies to the facts benchmark, not {benchmark}.")
+        if split != "forget10" or preset != "default":
+            raise UserInputError(f"--split and --preset apply to the facts benchmark, not {benchmark} (use --scenario).")
         if attacks:
             raise UserInputError(f"Attacks apply to causal language models; the {benchmark} benchmark is a classifier.")
         if base != "scratch":

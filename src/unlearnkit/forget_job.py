@@ -102,13 +102,36 @@ def _classifier_items(records, job: ForgetJob, path: Path, spec: Mapping[str, An
         raw = record[job.input_field]
         try:
             values = torch.tensor(json.loads(raw) if isinstance(raw, str) else raw, dtype=torch.float32)
-            items.append((values.reshape(shape), int(record[job.label_field])))
+            items.append((values.reshape(shape), _label(record[job.label_field])))
         except (ValueError, RuntimeError, TypeError):
             raise UserInputError(f"{path} line {number}: field {job.input_field!r} is not {int(np.prod(shape))} numbers "
                                  f"or {job.label_field!r} is not an integer label.") from None
         if not 0 <= items[-1][1] < int(spec["num_classes"]):
             raise UserInputError(f"{path} line {number}: label {items[-1][1]} is outside 0..{int(spec['num_classes']) - 1}.")
     return items
+
+
+def _label(value: Any) -> int:
+    """A class label: a whole number (text such as "3" and floats such as 3.0 included), never a bool."""
+    if isinstance(value, str):
+        value = float(value.strip())
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        raise ValueError(f"not a whole-number label: {value!r}")
+    return int(value)
+
+
+def _canonical(value: Any) -> Any:
+    """A field value as the same thing whatever file format carried it ("[1, 2]" in CSV, [1, 2] in JSONL)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def _lm_items(records, job: ForgetJob, path: Path) -> list[dict[str, str]]:
@@ -118,7 +141,7 @@ def _lm_items(records, job: ForgetJob, path: Path) -> list[dict[str, str]]:
 
 def _check_in_training_data(job: ForgetJob, forget_records, kind: str) -> None:
     fields = [job.question_field, job.answer_field] if kind == "causal_lm" else [job.input_field, job.label_field]
-    key = lambda record: json.dumps([str(record.get(f)) for f in fields])
+    key = lambda record: json.dumps([_canonical(record.get(f)) for f in fields])
     known = {key(record) for _, record in read_records(job.training_data)}
     for number, record in forget_records:
         if key(record) not in known:

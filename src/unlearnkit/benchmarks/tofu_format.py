@@ -44,7 +44,10 @@ def read_tofu_file(path: str | Path, required: Sequence[str] | None = None) -> l
 
 
 def _parse(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserInputError(f"The TOFU file {path} is not text in UTF-8.") from None
     if not text.strip():
         raise UserInputError(f"The TOFU file {path} is empty.")
     try:
@@ -152,6 +155,8 @@ def export_facts(config: Any, out_dir: str | Path, splits: Sequence[str] = ("for
     unknown = [s for s in splits if s not in FORGET_SPLITS]
     if unknown:
         raise UserInputError(f"Unknown forget split {unknown[0]!r}; valid: {', '.join(FORGET_SPLITS)}.")
+    if Path(out_dir).exists() and not overwrite:  # before any model is trained
+        raise UserInputError(f"The output path {out_dir} already exists; choose another or pass --overwrite.")
     data = load_facts(config)
     models = {"target": cached_facts_model(config, "target")}
     models.update({RETAIN_OF[s]: cached_facts_model(config, "retain", s) for s in splits})
