@@ -553,13 +553,11 @@ class Ledger:
         """Raise :class:`UserInputError` now if :meth:`append` would fail on the salt or the head, so a caller
         can refuse a request before doing (and writing) any work. Writes nothing."""
         with self._database_errors("written"):
-            if not self._ready:  # a new ledger: its salt must be given, or creatable beside it
-                if self._salt_given is None and not (self._salt_file is None and os.environ.get(SALT_ENV)):
-                    path = self._default_salt_file()
-                    if path is None or not path.exists():
-                        _check_salt_folder(path, self._target.label)
-                    else:
-                        self._load_salt(create=False)
+            if not self._ready:  # a new ledger: its salt is given, or read from or made in a file
+                from_file = self._salt_given is None and not (self._salt_file is None and os.environ.get(SALT_ENV))
+                path = self._default_salt_file() if from_file else None
+                if from_file and (path is None or not path.exists()):
+                    _check_salt_folder(path, self._target.label)  # the salt file that the first append will make
                 else:
                     self._load_salt(create=False)
                 return
