@@ -65,6 +65,10 @@ def _size(spec: dict[str, Any], name: str, default: Any = None) -> int:
     value = spec.get(name, default)
     if value is None:
         raise UserInputError(f"The model spec for {spec.get('architecture')!r} has no field {name!r}.")
+    return _positive(value, name)
+
+
+def _positive(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserInputError(f"The model spec field {name!r} must be a positive whole number, got {value!r}.")
     return value
@@ -77,7 +81,7 @@ def build_classifier(spec: dict[str, Any]) -> nn.Module:
         hidden = spec.get("hidden", [])
         if not isinstance(hidden, list):
             raise UserInputError(f"The model spec field 'hidden' must be a list of layer widths, got {hidden!r}.")
-        widths = [_size({"architecture": arch, "hidden": h}, "hidden") for h in hidden]
+        widths = [_positive(width, "hidden") for width in hidden]
         return MLP(_size(spec, "input_dim"), widths, _size(spec, "num_classes"))
     if arch == "small_cnn":
         return SmallCNN(_size(spec, "image_size"), _size(spec, "num_classes"), _size(spec, "width", 32))

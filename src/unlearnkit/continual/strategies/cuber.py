@@ -20,8 +20,8 @@ stays below the threshold, later tasks add directions until it is reached (one m
 classifier layer is projected like the others. Our choices: in task-incremental scenarios, where
 each task's output units are its own (GPM's multi-head set-up), the classifier layer is not
 projected (``project_head`` overrides); biases are folded in as a constant input 1 (GPM's MLP has
-none); ε = 0.5; no extra step on the old tasks' subspaces. Unlearning a whole task removes its bases and gradient
-(its subspace is free again).
+none); ε = 0.5; no extra step on the old tasks' subspaces. Unlearning a whole task removes its
+bases and gradient (its subspace is free again).
 """
 
 from __future__ import annotations
