@@ -238,7 +238,8 @@ def test_ssd_matches_a_hand_computed_dampening():
     alpha, lam, batch_size = 1.0, 0.5, 4
     weights = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
     forget_imp = hand_importance(weights, request.forget_items(), batch_size)
-    full_imp = hand_importance(weights, request.retain_items() + request.forget_items(), batch_size)
+    training = [request.data[i] for i in sorted({*request.forget, *request.retain})]  # the data in its own order
+    full_imp = hand_importance(weights, training, batch_size)
     expected, selected_total = {}, 0
     for name, value in weights.items():
         f, o = forget_imp[name], full_imp[name]
@@ -264,8 +265,9 @@ def test_ssd_with_a_precomputed_full_importance_equals_computing_it_per_request(
     model, request = toy_problem()
     settings = {"alpha": 1.0, "lam": 0.5, "batch_size": 4}
     path = tmp_path / "importance.safetensors"
-    # the per-request pass takes retain ∪ forget in that order; precompute over the same order
-    seconds = save_full_importance(Adapter(model, 2), request.retain_items() + request.forget_items(), path, 4)
+    # the per-request pass takes retain ∪ forget in the data's own order, as a precomputation over the training set
+    training = [request.data[i] for i in sorted({*request.forget, *request.retain})]
+    seconds = save_full_importance(Adapter(model, 2), training, path, 4)
     computed, _ = unlearn(model, request, "ssd", **settings)
     stored, record = unlearn(model, request, "ssd", full_importance=str(path), **settings)
     assert record.info["full_importance"] == "precomputed"
@@ -309,3 +311,15 @@ def test_classifier_adapter_moves_a_collated_batch_to_the_model_device():
     batch = adapter.collate([(torch.ones(3), 0), (torch.zeros(3), 1)])
     assert batch["inputs"].device.type == "cpu"
     assert adapter.per_item_loss(adapter.model, batch).device.type == "meta"
+
+
+def test_cached_models_of_different_train_test_splits_are_kept_apart(tmp_path, monkeypatch):
+    import unlearnkit.benchmarks.vision as vision
+
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path))
+    trained = []
+    monkeypatch.setattr(vision, "train_classifier",
+                        lambda bench, items: (trained.append(len(items)) or (bench.new_model(), 0.0)))
+    for fraction in (0.2, 0.3, 0.2):
+        cached_classifier(load_vision_benchmark("digits", 0, test_fraction=fraction), [], "target")
+    assert len(trained) == 2 and trained[0] != trained[1]  # 0.3 trains its own model; 0.2 again is a cache hit

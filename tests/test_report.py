@@ -207,6 +207,18 @@ def test_pareto_front_and_number_format() -> None:
         ["0.9630", "123.5", "1.2e-05", "—", "7", "—"]
 
 
+def test_front_ranks_forgetting_by_its_distance_to_the_retrained_model() -> None:
+    from unlearnkit.report.html import _front_methods
+
+    runs = [{"method": "retrain", "reference": True, "metrics": {"forget_acc": 0.9, "test_acc": 0.95}},
+            {"method": "over", "metrics": {"forget_acc": 0.1, "test_acc": 0.94}},  # forgets far past retraining
+            {"method": "close", "metrics": {"forget_acc": 0.88, "test_acc": 0.93}},
+            {"method": "near", "metrics": {"forget_acc": 0.95, "test_acc": 0.94}}]
+    assert sorted(_front_methods(runs)) == ["close", "near"]
+    runs[0]["metrics"]["forget_acc"] = 0.0  # a forgotten class: distance is forget accuracy itself
+    assert sorted(_front_methods(runs)) == ["over"]
+
+
 _PROBE = """<script>
 window.addEventListener("load", () => {
   const images = Array.from(document.images);

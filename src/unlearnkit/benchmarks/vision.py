@@ -41,6 +41,7 @@ class VisionBenchmark:
     seed: int
     num_classes: int = 10
     method_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)
+    test_fraction: float = 0.2  # with name and seed, it fixes which images are train (cache keys need it)
 
     def new_model(self) -> nn.Module:
         """A freshly initialised model; the same seed gives the same initial weights."""
@@ -96,7 +97,7 @@ def load_vision_benchmark(name: str, seed: int = 0, test_fraction: float = 0.2) 
     as_items = lambda idx: [(torch.from_numpy(images[i]).unsqueeze(0), int(labels[i])) for i in sorted(idx)]
     recipe = TrainConfig(**{**recipe.to_dict(), "seed": seed})
     return VisionBenchmark(name, as_items(train_idx), as_items(test_idx), side, recipe, seed,
-                           method_defaults=BENCH_METHOD_SETTINGS)
+                           method_defaults=BENCH_METHOD_SETTINGS, test_fraction=test_fraction)
 
 
 def forget_request(bench: VisionBenchmark, scenario: str, *, forget_class: int = 0, fraction: float = 0.1) -> ForgetRequest:
@@ -140,8 +141,8 @@ def train_classifier(bench: VisionBenchmark, items: list) -> tuple[nn.Module, fl
 
 def cached_classifier(bench: VisionBenchmark, excluded: list[int], role: str) -> tuple[nn.Module, dict]:
     """The model trained on the training set minus ``excluded``, from the cache or trained now."""
-    config = {"benchmark": bench.name, "seed": bench.seed, "recipe": bench.recipe.to_dict(),
-              "excluded": excluded, "model": "SmallCNN"}
+    config = {"benchmark": bench.name, "seed": bench.seed, "test_fraction": bench.test_fraction,
+              "recipe": bench.recipe.to_dict(), "excluded": excluded, "model": "SmallCNN"}
 
     def build(directory: Path) -> dict:
         drop = set(excluded)

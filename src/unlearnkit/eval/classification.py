@@ -40,7 +40,7 @@ def collect(adapter: Any, items: Sequence[Any], batch_size: int = 256) -> ItemSt
     parts: list[tuple[np.ndarray, ...]] = []
     for chunk in batches(items, batch_size, shuffle=False, seed=0):
         batch = adapter.collate(chunk)
-        logits = adapter.logits(model, batch).float()
+        logits = adapter.logits(model, batch).float().cpu()  # the model may sit on a GPU
         labels = batch["labels"]
         log_probs = torch.log_softmax(logits, dim=-1)
         true_log_prob = log_probs.gather(1, labels[:, None]).squeeze(1)
@@ -75,10 +75,11 @@ def mia_efficacy(retain: ItemStats, test: ItemStats, forget: ItemStats, seed: in
 
 
 def loss_mia_auc(forget: ItemStats, test: ItemStats) -> float:
-    """Loss-threshold MIA: ROC AUC of the loss separating test (label 1) from forget (label 0).
+    """Loss-threshold MIA: ROC AUC of the loss separating held-out items (label 1) from forget (label 0).
 
     About 1 means the forget items are still recognisably training data; 0.5 means they look like
-    unseen data.
+    unseen data of the same distribution, so ``test`` must be drawn like the forget set (in the
+    class scenario: held-out images of the forgotten class).
     """
     from sklearn.metrics import roc_auc_score
 
@@ -101,7 +102,9 @@ def classifier_metrics(stats: Mapping[str, ItemStats], seed: int = 0) -> dict[st
         "retain_acc": accuracy(stats["retain"]),
         "test_acc": accuracy(stats["test"]),
         "mia_efficacy": mia_efficacy(stats["retain"], stats["test"], stats["forget"], seed),
-        "mia_auc": loss_mia_auc(stats["forget"], stats["test"]),
+        # the held-out items must come from the forget set's distribution: the forgotten class's own
+        # test images when the whole class is forgotten, else the test set
+        "mia_auc": loss_mia_auc(stats["forget"], stats.get("forget_test", stats["test"])),
     }
     if "forget_test" in stats:
         metrics["forget_test_acc"] = accuracy(stats["forget_test"])

@@ -134,7 +134,10 @@ class SSD(Method):
             full_imp, metadata = load_full_importance(config.full_importance, adapter.model, config.batch_size)
             info = {"full_importance": "precomputed", "full_importance_seconds": float(metadata.get("seconds", "nan"))}
         else:
-            full_imp = importance(adapter, request.retain_items() + forget, config.batch_size)
+            # the training data in its own order, as a precomputed importance sees it: with retain and
+            # forget items in two blocks, some batches would hold forget items only
+            training_ids = sorted({*request.forget, *(request.retain or ())})
+            full_imp = importance(adapter, [request.data[i] for i in training_ids], config.batch_size)
             info = {"full_importance": "computed"}
         fraction = dampen(adapter.model, forget_imp, full_imp, config.alpha, config.lam)
         return Outcome(adapter.model, info={"dampened_fraction": fraction, **info})
