@@ -134,3 +134,57 @@ def test_atomic_dir_leaves_nothing_behind_when_the_block_fails(tmp_path):
     with atomic_dir(tmp_path / "new" / "out") as tmp:
         (tmp / "done.txt").write_text("done")
     assert (tmp_path / "new" / "out" / "done.txt").read_text() == "done"
+
+
+def _tiny_run(config: TrainConfig, **kwargs):
+    model = nn.Sequential(nn.Linear(4, 2))
+    adapter = ClassifierAdapter(model)
+    stream, steps = item_stream(adapter, DATA, config)
+    record = optimise(model, stream, lambda m, b: adapter.per_item_loss(m, b).mean(), config,
+                      steps_per_epoch=steps, **kwargs)
+    return model, record
+
+
+def test_optimise_keeps_the_callers_random_state():
+    model = nn.Sequential(nn.Linear(4, 2))
+    adapter = ClassifierAdapter(model)
+    config = TrainConfig(epochs=1, batch_size=2, seed=7)
+    stream, steps = item_stream(adapter, DATA, config)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    optimise(model, stream, lambda m, b: adapter.per_item_loss(m, b).mean(), config, steps_per_epoch=steps)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_weights_made_non_finite_by_the_last_step_are_caught():
+    config = TrainConfig(epochs=1, batch_size=len(DATA), guard_every=1)
+    last = []
+
+    def poison(model):  # the final update leaves a NaN that no later loss will show
+        last.append(model[0].weight.detach().clone())
+        with torch.no_grad():
+            model[0].weight[0, 0] = float("nan")
+
+    model, record = _tiny_run(config, after_step=poison)
+    assert record.status == "diverged" and "non-finite" in record.message
+    assert torch.isfinite(model[0].weight).all()
+
+
+def test_cpu_runs_need_no_accelerate_state(monkeypatch):
+    import accelerate
+
+    monkeypatch.setattr(accelerate, "Accelerator", lambda **_: pytest.fail("accelerate was used for a cpu=True run"))
+    model, record = _tiny_run(TrainConfig(epochs=2, batch_size=2), cpu=True)
+    assert record.status == "ok" and record.steps > 0 and next(model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"grad_clip": -1.0}, "grad_clip must be a non-negative number"),
+    ({"grad_clip": float("nan")}, "grad_clip must be a non-negative number"),
+    ({"weight_decay": -0.1}, "weight_decay must be a non-negative number"),
+    ({"warmup_steps": -3}, "warmup_steps must be a non-negative integer"),
+])
+def test_bad_training_settings_are_refused(setting, message):
+    with pytest.raises(UserInputError, match=message):
+        TrainConfig(**setting).check()

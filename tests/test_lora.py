@@ -106,6 +106,19 @@ def test_bf16_and_checkpointing_train_and_restore_the_input_dtype(lm):
     assert record.params["bf16"] is True and record.params["gradient_checkpointing"] is True
 
 
+def test_bf16_lora_merges_in_the_original_precision(lm):
+    adapter, request = lm
+
+    def run(save):
+        return unlearn(adapter.model, request, "npo", adapter=adapter, epochs=2, batch_size=2, lr=1e-2,
+                       memory=MemoryOptions.from_cli(f"r=4,targets=c_attn,save={save}", bf16=True))[0]
+
+    merged, kept = run("merged"), run("adapter")
+    reference = kept.merge_and_unload()  # the same trained adapter, merged in float32 here
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(merged.state_dict()[name], value, rtol=0, atol=1e-6)
+
+
 def test_full_bf16_run_takes_the_same_first_step_loss_as_fp32(lm):
     adapter, request = lm
     _, fp32 = unlearn(adapter.model, request, "npo", adapter=adapter, epochs=1, batch_size=2)
@@ -184,3 +197,11 @@ def test_cli_lora_on_a_classifier_exits_2(tmp_path, capsys):
     assert code == 2
     assert "--lora, --bf16 apply to causal language models, but this is a classifier model" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "ledger.db").exists()
+
+
+def test_a_diverged_lora_run_reports_the_divergence(lm):
+    adapter, request = lm
+    model, record = unlearn(adapter.model, request, "gradient_ascent", adapter=adapter, epochs=3, batch_size=2,
+                            lr=1e30, grad_clip=None, memory=MemoryOptions.from_cli("r=4,targets=c_attn"))
+    assert record.status == "diverged" and "restored" in record.message
+    assert all(torch.isfinite(p).all() for p in model.parameters())

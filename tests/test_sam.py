@@ -98,3 +98,22 @@ def test_sam_composes_with_gu_and_is_refused_where_it_has_no_meaning(lm):
         unlearnkit.unlearn(adapter, request, "npo", sam_rho=-1.0)
     with pytest.raises(UserInputError, match="has no hyper-parameter 'sam_rho'"):
         unlearnkit.unlearn(adapter, request, "ssd", sam_rho=0.5)
+
+
+def test_the_perturbed_pass_leaves_batchnorm_statistics_alone():
+    from unlearnkit.adapters.classifier import ClassifierAdapter
+    from unlearnkit.methods.base import item_stream
+    from unlearnkit.train import optimise
+
+    stats = []
+    for rho in (0.0, 0.5):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+        adapter = ClassifierAdapter(model)
+        items = [(torch.randn(3), i % 2) for i in range(8)]
+        config = SharpnessConfig(epochs=1, batch_size=8, sam_rho=rho)
+        stream, steps = item_stream(adapter, items, config)
+        optimise(model, stream, lambda m, b: -adapter.per_item_loss(m, b).mean(), config, steps_per_epoch=steps)
+        stats.append((int(model[1].num_batches_tracked), model[1].running_mean.clone()))
+    assert stats[0][0] == stats[1][0] == 1
+    assert torch.equal(stats[0][1], stats[1][1])  # one update of the running mean, at θ, either way

@@ -97,7 +97,8 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
     if prepared is not None:
         from .train.lora import finish_model
 
-        result = finish_model(prepared, result, method)
+        diverged = outcome.train is not None and outcome.train.status == "diverged"
+        result = finish_model(prepared, result, method, diverged)
         info.update({"lora": prepared.info} if prepared.info else {})
     info.update({"launch": distributed.describe_launch()} if distributed.describe_launch() else {})
     result.eval()

@@ -47,6 +47,12 @@ class TrainConfig:
             raise UserInputError(f"Unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}.")
         if self.schedule not in SCHEDULES:
             raise UserInputError(f"Unknown lr schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}.")
+        if self.grad_clip is not None and not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise UserInputError(f"grad_clip must be a non-negative number (0 or none: no clipping), got {self.grad_clip}.")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserInputError(f"weight_decay must be a non-negative number, got weight_decay={self.weight_decay}.")
+        if self.warmup_steps < 0:
+            raise UserInputError(f"warmup_steps must be a non-negative integer, got warmup_steps={self.warmup_steps}.")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (for results and the ledger)."""

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -59,6 +60,22 @@ class DivergenceGuard:
             self._snapshot, self._snapshot_step = self._copy(), step
         return False
 
+    def after_run(self) -> bool:
+        """Return True (after restoring the snapshot) when the last step left non-finite weights, which no
+        later loss would reveal (not checked without snapshots: sharded parameters)."""
+        if not self.restore:
+            return False
+        finite = all(bool(torch.isfinite(v).all()) for v in self.model.state_dict().values() if v.is_floating_point())
+        if not finite:
+            self.model.load_state_dict(self._snapshot)
+        return not finite
+
+    def outcome(self) -> str:
+        """What a stop left: the restored step's weights, or the last step's when nothing was snapshotted."""
+        if self.restore:
+            return f"restored the weights of step {self.restored_step}"
+        return "kept the weights of the last step (sharded parameters are not snapshotted)"
+
     @property
     def restored_step(self) -> int | None:
         """The step whose weights the last restore brought back (None when it does not restore)."""
@@ -101,6 +118,16 @@ def _to_device(batch, device: torch.device):
     return batch
 
 
+def _keeping_caller_random_state(function: Callable) -> Callable:
+    """Run ``function`` in a fork of the global random state: it may seed freely, the caller's state is kept."""
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with torch.random.fork_rng():
+            return function(*args, **kwargs)
+    return wrapper
+
+
+@_keeping_caller_random_state
 def optimise(
     model: nn.Module,
     epoch_batches: Callable[[int], Iterator[Batch]],
@@ -132,11 +159,16 @@ def optimise(
     ``stop`` (e.g. :class:`unlearnkit.train.stopping.HoldoutStop`), when given, is asked after
     every step where ``stop.due(step)``; a sentence back ends the run there (status stays ``ok``,
     the sentence goes to ``message`` and the step to ``stopped_at``). One process only.
-    ``cpu=True`` keeps the run on the CPU even when a GPU is visible.
+    ``cpu=True`` keeps a one-process run on the CPU even when a GPU is visible (without accelerate,
+    whose one device setting per process would otherwise be shared with GPU runs in the same process).
+    The run seeds the global random state from ``config.seed`` inside a fork: the caller's state is kept.
     """
-    from accelerate import Accelerator
+    if cpu and distributed.launched_processes() == 1:
+        accelerator: Any = _CPUOnly()
+    else:
+        from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=cpu or not torch.cuda.is_available())
+        accelerator = Accelerator(cpu=cpu or not torch.cuda.is_available())
     world, rank = accelerator.num_processes, accelerator.process_index
     sam_rho = getattr(config, "sam_rho", 0.0)  # sharpness-aware forget term (train/sam.py)
     distributed.check_loop_support(accelerator, projector=projector,
@@ -187,9 +219,7 @@ def optimise(
                 seen = distributed.mean_across(loss.detach()) if world > 1 else loss
                 if guard.before_step(seen, record.steps):
                     record.status = "diverged"
-                    kept = (f"restored the weights of step {guard.restored_step}" if guard.restore
-                            else "kept the weights of the last step (sharded parameters are not snapshotted)")
-                    record.message = f"loss became {seen.item()} at step {record.steps}; {kept}"
+                    record.message = f"loss became {seen.item()} at step {record.steps}; {guard.outcome()}"
                     break
                 optimizer.zero_grad(set_to_none=True)
                 if projector is not None:
@@ -212,12 +242,38 @@ def optimise(
                     if reason:
                         record.stopped_at, record.message = record.steps, reason
                         break
+    if record.status == "ok" and guard.after_run():
+        record.status = "diverged"
+        record.message = f"the weights became non-finite at step {record.steps}; {guard.outcome()}"
     model.eval()
     if sharded:
         distributed.copy_back_sharded(accelerator, model, plain)
         plain.eval()
         accelerator.free_memory()
     return record
+
+
+class _CPUOnly:
+    """The part of accelerate's ``Accelerator`` the loop uses, for one process on the CPU."""
+
+    device = torch.device("cpu")
+    num_processes, process_index = 1, 0
+    distributed_type = "NO"
+
+    def prepare(self, *objects: Any) -> tuple:
+        for item in objects:
+            if isinstance(item, nn.Module):
+                item.to(self.device)
+        return objects
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def clip_grad_norm_(self, parameters: Iterable[nn.Parameter], max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+    def unwrap_model(self, model: nn.Module) -> nn.Module:
+        return model
 
 
 def _while_all_have(batches: Iterator[Batch], world: int) -> Iterator[Batch]:

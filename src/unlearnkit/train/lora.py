@@ -232,16 +232,21 @@ def lora_trained(model: nn.Module) -> bool:
     return any(bool(p.detach().abs().sum() > 0) for name, p in model.named_parameters() if ".lora_B." in name)
 
 
-def finish_model(prepared: Prepared, result: nn.Module, method: str) -> nn.Module:
-    """Undo :func:`prepare_model` on the method's result: merge or keep LoRA, drop checkpointing, restore dtype."""
+def finish_model(prepared: Prepared, result: nn.Module, method: str, diverged: bool = False) -> nn.Module:
+    """Undo :func:`prepare_model` on the method's result: merge or keep LoRA, drop checkpointing, restore dtype.
+
+    A ``diverged`` run may have been restored to its untrained LoRA weights; that is not an error here.
+    """
     options, model = prepared.options, result
     if options.lora is not None:
         if result is not prepared.model:
             raise UserInputError(f"Method {method!r} returns a new model rather than training the one it was given, "
                                  "so --lora cannot apply; drop --lora.")
-        if not lora_trained(result):
+        if not diverged and not lora_trained(result):
             raise UserInputError(f"Method {method!r} trained no LoRA weights (it does not train the model's weights "
                                  "through the shared loop), so --lora cannot apply; drop --lora.")
+        if options.bf16:  # merge in the original precision: a bf16 merge rounds much of the update away
+            prepared.peft.to(prepared.dtype)
         model = prepared.peft.merge_and_unload() if options.lora.save == "merged" else prepared.peft
     if options.gradient_checkpointing:
         _checkpointing(prepared.model, on=False)

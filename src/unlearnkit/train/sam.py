@@ -56,6 +56,8 @@ def sharpness_aware(loss_fn: Callable[[nn.Module, Any], Any], rho: float) -> Cal
         norm = torch.sqrt(sum(g.square().sum() for g in forget_grads))
         if norm > 0:
             saved = [p.detach().clone() for p in params]
+            # buffers too: the perturbed pass must not move BatchNorm's running statistics a second time
+            buffers = [(b, b.detach().clone()) for b in model.buffers()]
             with torch.no_grad():
                 for p, g in zip(params, forget_grads):
                     p.add_(g, alpha=rho / float(norm))
@@ -65,6 +67,8 @@ def sharpness_aware(loss_fn: Callable[[nn.Module, Any], Any], rho: float) -> Cal
                 with torch.no_grad():
                     for p, value in zip(params, saved):
                         p.copy_(value)
+                    for buffer, value in buffers:
+                        buffer.copy_(value)
         return LossParts(_carrying(parts.forget, params, forget_grads), _carrying(parts.retain, params, retain_grads))
 
     return smoothed
