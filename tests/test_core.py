@@ -188,3 +188,18 @@ def test_cpu_runs_need_no_accelerate_state(monkeypatch):
 def test_bad_training_settings_are_refused(setting, message):
     with pytest.raises(UserInputError, match=message):
         TrainConfig(**setting).check()
+
+
+def test_clipping_reads_only_the_trained_parameters():
+    model = nn.Sequential(nn.Linear(4, 2))
+    other = nn.Linear(4, 2)  # part of the module, not of this run
+    model.add_module("other", other)
+    other.weight.grad = torch.full_like(other.weight, 1e6)  # a stale gradient left by an earlier run
+    adapter = ClassifierAdapter(nn.Sequential(model[0]))
+    config = TrainConfig(epochs=1, batch_size=len(DATA), grad_clip=1.0, lr=0.1, optimizer="sgd", momentum=0.0)
+    stream, steps = item_stream(adapter, DATA, config)
+    before = model[0].weight.detach().clone()
+    loss = lambda m, b: adapter.per_item_loss(m[0], b).mean()
+    optimise(model, stream, loss, config, steps_per_epoch=steps, params=list(model[0].parameters()))
+    moved = (model[0].weight - before).norm()
+    assert moved > 1e-3  # the huge stale gradient did not scale this run's step down to nothing

@@ -191,6 +191,9 @@ def optimise(
         projector.attach(optimizer)
     schedule = make_schedule(optimizer, config, total)
     model, optimizer = accelerator.prepare(model, optimizer)
+    # the parameters this run trains (a sharded model is clipped whole, as accelerate requires): stale
+    # gradients of others, e.g. frozen task embeddings, must not count toward the norm
+    clipped = list(model.parameters()) if sharded else [p for g in optimizer.param_groups for p in g["params"]]
     # what losses and callbacks see: the model itself in one process, else a view that runs the wrapper
     net = model if world == 1 else distributed.ModelView(model, accelerator.unwrap_model(model))
     guard = DivergenceGuard(accelerator.unwrap_model(model), config.guard_every, restore=not sharded)
@@ -229,7 +232,7 @@ def optimise(
                 if after_backward is not None:
                     after_backward(net)
                 if config.grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+                    accelerator.clip_grad_norm_(clipped, config.grad_clip)
                 optimizer.step()
                 schedule.step()
                 if after_step is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ def _rss_bytes() -> int:
     except OSError:  # not Linux: fall back to the process-lifetime peak
         import resource
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, other systems KiB
 
 
 @dataclass
@@ -53,6 +55,8 @@ class measure:
         return self.result
 
     def __exit__(self, *exc: object) -> None:
+        if self._cuda:
+            torch.cuda.synchronize()  # kernels still queued belong to the block's time
         self.result.seconds = time.perf_counter() - self._start
         self._stop.set()
         self._thread.join()
