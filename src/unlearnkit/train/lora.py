@@ -13,7 +13,9 @@ trains a causal LM through the shared loop works with them unchanged.
 - ``bf16``: weights (and so the frozen reference copies methods take) are stored and trained in
   bfloat16, halving weights, gradients and Adam state; they are cast back to the input's dtype after.
   This is pure bf16 training (no fp32 master copy); accelerate's ``mixed_precision: bf16`` is the
-  autocast alternative that keeps fp32 weights.
+  autocast alternative that keeps fp32 weights. Without an fp32 copy, an update smaller than about
+  2⁻⁸ of a weight rounds away: at small learning rates (1e-5) most full-model updates vanish, so
+  pair ``bf16`` with LoRA (whose adapters are merged in the input's precision) or use autocast.
 - ``gradient_checkpointing``: activations inside each block are recomputed in the backward pass
   (non-reentrant, so it works under DDP).
 
