@@ -241,3 +241,42 @@ def test_lazy_export_from_adapters_package():
     code = "import sys, unlearnkit.adapters; print('transformers' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"  # importing the package does not pull in transformers
+
+
+def _byte_bpe(bos: bool = False):
+    """A small byte-level BPE tokenizer (GPT-2 style: a space belongs to the next word), optionally adding BOS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = [f"Question: {it['question']}\nAnswer: {it['answer']}" for it in ITEMS] * 20
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>", "<bos>"],
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<pad>", bos_token="<bos>")
+
+
+def test_a_plain_prompt_is_tokenized_with_its_answer_as_the_whole_text_is():
+    tokenizer = _byte_bpe()
+    adapter = CausalLMAdapter(_model(tokenizer), tokenizer, max_length=64)
+    item = ITEMS[0]
+    whole = tokenizer(f"Question: {item['question']}\nAnswer: {item['answer']}", add_special_tokens=False)["input_ids"]
+    prompt, target = adapter.encode_item(item)
+    assert prompt + target == whole + [tokenizer.eos_token_id]  # no lone space token between them
+    assert adapter.prompt_ids(item["question"]) == prompt
+    assert tokenizer.decode(target[:-1]).startswith(" Alva")  # the answer's first word carries its space
+    with_bos = _byte_bpe(bos=True)
+    adapter = CausalLMAdapter(_model(with_bos), with_bos, max_length=64)
+    assert adapter.encode_item(item)[0][0] == with_bos.bos_token_id == adapter.prompt_ids(item["question"])[0]
+
+
+def test_an_answer_may_grow_as_long_alone_as_beside_a_long_prompt(adapter):
+    short = ITEMS[0]["question"]
+    long = " ".join([ITEMS[2]["question"]] * 8)
+    assert len(adapter.prompt_ids(long)) + 20 > 64 > len(adapter.prompt_ids(short)) + 20  # the position table binds
+    alone = adapter.generate(adapter.model, [short], max_new_tokens=20)
+    assert adapter.generate(adapter.model, [long, short, long], max_new_tokens=20)[1] == alone[0]
+    assert len(alone[0].split()) > 5  # the random model runs on; beside the long prompt it was cut to a few words

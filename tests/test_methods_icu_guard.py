@@ -227,7 +227,7 @@ def test_guard_reads_a_left_padded_prompt_as_it_reads_it_alone(setup, monkeypatc
     model, _ = unlearn(adapter, request, "guard")
     seen = []
     monkeypatch.setattr(model, "plans", lambda pooled, view: seen.append(pooled) or [[] for _ in pooled])
-    prompts = [adapter._encode(adapter.prompt(q)) for q in ("Where was Alia born ?", "What does Hugo enjoy ? Hugo ?")]
+    prompts = [adapter.prompt_ids(q) for q in ("Where was Alia born ?", "What does Hugo enjoy ? Hugo ?")]
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[adapter.pad_id] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])

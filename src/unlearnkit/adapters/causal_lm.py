@@ -124,6 +124,34 @@ class CausalLMAdapter:
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    @property
+    def _plain(self) -> bool:
+        return not getattr(self.tokenizer, "chat_template", None)
+
+    def _bos(self) -> list[int]:
+        """The BOS id the tokenizer puts before a text by default (plain prompts only; chat templates write it)."""
+        bos = self.tokenizer.bos_token_id
+        default = self.tokenizer("a")["input_ids"]
+        return [bos] if self._plain and bos is not None and default and default[0] == bos else []
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """The ids a model is prompted with: BOS when the tokenizer adds one, then the prompt. A plain
+        prompt's trailing space is left to the answer, as tokenizing the whole text does ("Answer:" + " Alia")."""
+        text = self.prompt(question)
+        return self._bos() + self._encode(text.rstrip() if self._plain else text)
+
+    def _split_ids(self, question: str, answer: str) -> tuple[list[int], list[int]]:
+        """Prompt and answer ids. A plain prompt is tokenized together with its answer, as a model trained on
+        the whole text saw it, and split where the prompt's text ends."""
+        text = self.prompt(question)
+        if not (self._plain and getattr(self.tokenizer, "is_fast", False)):
+            return self._bos() + self._encode(text), self._encode(answer)
+        whole = self.tokenizer(text + answer, add_special_tokens=False, return_offsets_mapping=True)
+        cut = len(text.rstrip())
+        split = sum(1 for _, end in whole["offset_mapping"] if end <= cut)
+        ids = list(whole["input_ids"])
+        return self._bos() + ids[:split], ids[split:]
+
     def encode_item(self, item: Any) -> tuple[list[int], list[int]]:
         """Prompt ids and answer ids (answer + EOS) of one item, cut to ``max_length`` together.
 
@@ -131,8 +159,8 @@ class CausalLMAdapter:
         from the left, so the answer (what every metric reads) survives.
         """
         question, answer = _question_answer(item)
-        prompt = self._encode(self.prompt(question))
-        target = self._encode(answer) + [self.tokenizer.eos_token_id]
+        prompt, answer_ids = self._split_ids(question, answer)
+        target = answer_ids + [self.tokenizer.eos_token_id]
         if len(prompt) + len(target) > self.max_length:
             target = target[: self.max_length - 1]
             prompt = prompt[len(prompt) - (self.max_length - len(target)) :]
@@ -238,8 +266,9 @@ class CausalLMAdapter:
         """Hidden states ``(B, T, H)`` at ``layer``; differentiable.
 
         ``layer`` is either an index into the model's ``hidden_states`` output (0 = embeddings,
-        i = after block i; negative counts from the end) or a block name from :meth:`layer_names`,
-        whose output is captured with a forward hook (the residual stream RMU edits).
+        i = after block i, except the last index, which Hugging Face gives after the final norm;
+        negative counts from the end) or a block name from :meth:`layer_names`, whose output is
+        captured with a forward hook (the residual stream RMU edits).
         """
         batch = _on_device(model, batch)
         if isinstance(layer, str):
@@ -273,20 +302,33 @@ class CausalLMAdapter:
     def generate(
         self, model: nn.Module, questions: Sequence[str], max_new_tokens: int = 64, batch_size: int = 32
     ) -> list[str]:
-        """Greedy answers to ``questions`` (left-padded prompts), decoded and cut at EOS."""
-        answers: list[str] = []
+        """Greedy answers to ``questions`` (left-padded prompts), decoded and cut at EOS.
+
+        Where the position table would cut an answer short, prompts are batched with prompts of their own
+        length, so how long an answer may grow never depends on the other questions of its batch.
+        """
+        limit = _position_limit(model)
+        prompts = [self.prompt_ids(q)[-min(self.max_length, limit - 1) :] for q in questions]
+        order = list(range(len(prompts)))
+        if max((len(p) for p in prompts), default=0) + max_new_tokens > limit:
+            order.sort(key=lambda i: len(prompts[i]))
+        answers: dict[int, str] = {}
         was_training = model.training
         model.eval()
         try:
-            for start in range(0, len(questions), batch_size):
-                answers.extend(self._generate_batch(model, questions[start : start + batch_size], max_new_tokens))
+            while order:
+                chunk = order[:batch_size]
+                if len(prompts[chunk[-1]]) + max_new_tokens > limit:  # the cap binds: same-length prompts only
+                    chunk = [i for i in chunk if len(prompts[i]) == len(prompts[chunk[0]])]
+                order = order[len(chunk):]
+                texts = self._generate_batch(model, [prompts[i] for i in chunk], max_new_tokens, limit)
+                answers.update(zip(chunk, texts))
         finally:
             model.train(was_training)
-        return answers
+        return [answers[i] for i in range(len(prompts))]
 
-    def _generate_batch(self, model: nn.Module, questions: Sequence[str], max_new_tokens: int) -> list[str]:
-        limit = _position_limit(model)
-        prompts = [self._encode(self.prompt(q))[-min(self.max_length, limit - 1) :] for q in questions]
+    def _generate_batch(self, model: nn.Module, prompts: Sequence[list[int]], max_new_tokens: int,
+                        limit: int) -> list[str]:
         width = max(len(p) for p in prompts)
         max_new_tokens = min(max_new_tokens, limit - width)  # past the position table the model fails
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)

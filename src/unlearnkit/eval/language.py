@@ -117,7 +117,8 @@ def _collect_items(adapter: Any, items: list[Mapping[str, Any]], *, has_para: bo
             columns.append(dict(zip(present, losses)))
         fields["perturbed"] = [np.array([col[i] for col in columns if i in col]) for i in range(len(items))]
     if generate:
-        fields["generations"] = adapter.generate(model, [it["question"] for it in items], max_new_tokens=max_new_tokens)
+        fields["generations"] = adapter.generate(model, [it["question"] for it in items], max_new_tokens=max_new_tokens,
+                                                 batch_size=batch_size)
     return fields
 
 
