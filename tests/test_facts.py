@@ -144,6 +144,21 @@ def test_perturbed_answers_differ_and_paraphrase_keeps_the_value(medium):
         assert len(set(item["perturbed_answer"])) == MEDIUM.perturbed
 
 
+def test_wrong_answers_take_the_form_of_the_answer_they_are_scored_against(medium):
+    """People are scored against the paraphrase, world facts against the original answer (TOFU): a wrong answer
+    must differ from that answer in its value only (a few words), or the truth ratio compares sentence forms."""
+    def shared_ends(a: list[str], b: list[str]) -> int:
+        prefix = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        suffix = next((i for i, (x, y) in enumerate(zip(reversed(a), reversed(b))) if x != y), min(len(a), len(b)))
+        return prefix + suffix
+
+    for split, against in (("forget10", "paraphrased_answer"), ("general", "answer")):
+        for item in medium.split(split):
+            right = item[against].split()
+            for wrong in item["perturbed_answer"]:
+                assert shared_ends(right, wrong.split()) >= len(right) - 3, (split, item[against], wrong)
+
+
 def test_forget_request_indexes_the_training_set(medium):
     request = facts_request(medium, "forget05")
     forgotten = set(medium.split_people["forget05"])

@@ -413,15 +413,20 @@ def _wrong_values(rng: random.Random, pools: dict[str, dict[str, list]], kind: s
     return chosen + [rng.choice(chosen) for _ in range(count - len(chosen))] if chosen else [min(exclude)] * count
 
 
-def _item(rng: random.Random, template: Template, subject: dict[str, Any], pools: dict, perturbed: int) -> dict[str, Any]:
+def _item(rng: random.Random, template: Template, subject: dict[str, Any], pools: dict, perturbed: int,
+          wrong_form: str = "paraphrase") -> dict[str, Any]:
+    """One question with its answer, paraphrase and wrong answers. The wrong answers take the form of the
+    answer they are scored against (TOFU: the paraphrase for people; the original answer for world facts),
+    so the truth ratio compares values, not sentence templates."""
     value = subject[template.name]
     name = subject["name"]
     wrong = _wrong_values(rng, pools, template.name, {value, name}, perturbed)  # never "X's sibling is X"
+    form = getattr(template, wrong_form)
     return {
         "question": template.question.format(name=name),
         "answer": template.answer.format(name=name, value=value),
         "paraphrased_answer": template.paraphrase.format(name=name, value=value),
-        "perturbed_answer": [template.paraphrase.format(name=name, value=v) for v in wrong],
+        "perturbed_answer": [form.format(name=name, value=v) for v in wrong],
         "template": template.name,
     }
 
@@ -437,7 +442,7 @@ def _person_items(rng: random.Random, person: dict[str, Any], pools: dict, confi
 def _country_items(rng: random.Random, country: dict[str, Any], pools: dict, config: FactsConfig) -> list[dict]:
     items = []
     for template in GENERAL_TEMPLATES:
-        item = _item(rng, template, country, pools, config.perturbed)
+        item = _item(rng, template, country, pools, config.perturbed, wrong_form="answer")
         items.append({"id": f"g{country['id']:03d}.{template.name}", **item, "person": None})
     return items
 
