@@ -121,9 +121,13 @@ def _jsonl(items: Sequence[dict[str, Any]], fields: Sequence[str]) -> str:
 def facts_tofu_files(data: Any) -> dict[str, str]:
     """The text of every TOFU-layout file for a generated ``facts`` benchmark, by file name.
 
-    ``full`` is the target model's whole training set (people and general facts); the general
-    facts, trained into every model, stand where TOFU has ``world_facts_perturbed``; the neighbour
-    sets (``forgetXX_direct`` / ``_indirect``) go beyond TOFU's layout.
+    ``full`` is the target model's whole training set (people, general facts and reading items); the
+    general facts, trained into every model, stand where TOFU has ``world_facts_perturbed``; the
+    neighbour sets (``forgetXX_direct`` / ``_indirect``) go beyond TOFU's layout. Unlike TOFU's
+    ``retain90 = full − forget10``, ``retainYY`` lists the retained people's questions only, while
+    ``models/retainYY`` was also trained on the general facts and reading items; and ``evaluate``
+    scores every ``retain_perturbed`` item where ``bench`` scores a seeded 400, so model utility
+    can differ slightly between the two for the same models.
     """
     from .facts import FORGET_SPLITS, HOLDOUT_SPLITS
 

@@ -12,7 +12,9 @@ holdout's level:
   ``paraphrased_answer`` and ``perturbed_answer`` on both sets (TOFU's ``*_perturbed`` files).
 
 Only the request's forget and holdout items are read; no retain (gold) model is involved, so a
-user can apply it to a real request. Each check costs one no-grad pass over both sets (six for the
+user can apply it to a real request. On the facts bench the request's holdout is also the holdout
+the membership attacks and privleak compare the forget set with, so an early-stopped run's MIA
+numbers are in-sample for its stopping rule: read them with that in mind. Each check costs one no-grad pass over both sets (six for the
 truth ratio), so it runs every ``stop_every`` optimizer steps (0: once per epoch).
 """
 
