@@ -89,3 +89,22 @@ def test_quantized_copy_is_int8_close_to_the_model_and_leaves_it_alone(models):
 def test_attacks_refuse_a_model_that_is_not_a_language_model():
     with pytest.raises(UserInputError, match="applies to causal language models"):
         check_attack_applies(ClassifierAdapter(nn.Linear(2, 2), 2), ["relearn"])
+
+
+def test_shared_controls_attack_the_retain_model_once(models, monkeypatch):
+    import unlearnkit.eval.attacks as attacks
+
+    items, target, unlearned, retain = models
+    forget = [items[i] for i in FORGET]
+    attacked = []
+    real_relearn = attacks.relearn
+    monkeypatch.setattr(attacks, "relearn", lambda model, *a, **k: attacked.append(model) or real_relearn(model, *a, **k))
+    controls: dict = {}
+    settings = RelearnSettings(steps=5, lr=3e-3, batch_size=3)
+    first = run_attacks(["relearn", "in_context"], unlearned, target, retain, forget, relearn_settings=settings,
+                        controls=controls)
+    second = run_attacks(["relearn", "in_context"], unlearned, target, retain, forget, relearn_settings=settings,
+                         controls=controls)
+    assert sum(m is retain for m in attacked) == 1 and len(attacked) == 3
+    assert first == second and set(controls) == {"relearn_recovery_control", "in_context_recovery_control",
+                                                  "in_context_prob_control"}

@@ -167,6 +167,7 @@ def run_lm_bench(
     _, reference = evaluate_lm(retain_model, splits, None, ids=ids)
     reference_seconds = time.perf_counter() - start
     runs, items = [], {}
+    controls: dict[str, float] = {}  # the retain model's attack results, measured once for every row
 
     def record_run(name: str, adapter: Any, run: dict[str, Any]) -> None:
         start = time.perf_counter()
@@ -177,7 +178,8 @@ def run_lm_bench(
             eval_seconds = time.perf_counter() - start
         if attacks and name != "retain":
             metrics.update(run_attacks(attacks, adapter, target, retain_model, splits["forget"], seed=config.seed,
-                                       evaluate=lambda q: evaluate_lm(q, splits, reference, ids=ids)[0]))
+                                       evaluate=lambda q: evaluate_lm(q, splits, reference, ids=ids)[0],
+                                       controls=controls))
         runs.append({**run, "method": name, "retrain_seconds": retrain_seconds, "eval_seconds": eval_seconds,
                      "metrics": metrics})
         items[name] = [row for split_name, s in stats.items() for row in s.rows(split_name)]

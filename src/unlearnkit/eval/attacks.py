@@ -138,36 +138,55 @@ def recovery(attacked: float, unlearned: float, target: float) -> float:
 
 def run_attacks(names: Sequence[str], unlearned: Any, target: Any, retain: Any, forget_items: Sequence[Any], *,
                 evaluate: Callable[[Any], Mapping[str, float]] | None = None, seed: int = 0,
-                relearn_settings: RelearnSettings | None = None) -> dict[str, float]:
+                relearn_settings: RelearnSettings | None = None,
+                controls: dict[str, float] | None = None) -> dict[str, float]:
     """Run the named attacks; metrics are flat, snake_case, with ``_control`` for the retain model's.
 
     Recovery is measured on the half of the forget set the attacker did not see, with the answer
     probability as the metric. ``evaluate`` (full metric suite) is used for the quantized model.
+    ``controls``, a dict shared by calls with the same retain model, items, seed and settings (a
+    bench's methods), is filled by the first call and reused by the others instead of attacking the
+    retain model again.
     """
     check_attack_applies(unlearned, names)
     held, measured = split_halves(forget_items, seed)
     p_target = answer_probability(target, measured)
-    results: dict[str, float] = {}
-    if "relearn" in names:
-        settings = relearn_settings or RelearnSettings(seed=seed)
-        for suffix, model in (("", unlearned), ("_control", retain)):
-            before = answer_probability(model, measured)
-            after = answer_probability(relearn(model, held, settings), measured)
-            results[f"relearn_recovery{suffix}"] = recovery(after, before, p_target)
+    attack = lambda model: _attack_one(names, model, held, measured, forget_items, p_target, evaluate,
+                                       relearn_settings or RelearnSettings(seed=seed))
+    results = attack(unlearned)
+    if not controls:
+        control = {f"{k}_control": v for k, v in attack(retain).items() if k in CONTROLLED}
+        if controls is None:
+            controls = control
+        else:
+            controls.update(control)
+    results.update(controls)
     if "in_context" in names:
-        p_target_ctx = answer_probability(target, with_context(measured))
-        for suffix, model in (("", unlearned), ("_control", retain)):
-            before = answer_probability(model, measured)
-            results[f"in_context_recovery{suffix}"] = recovery(
-                answer_probability(model, with_context(measured)), before, p_target)
-            results[f"in_context_prob{suffix}"] = answer_probability(model, with_context(measured))
-        results["in_context_prob_target"] = p_target_ctx
+        results["in_context_prob_target"] = answer_probability(target, with_context(measured))
+    return results
+
+
+#: Per-model attack results also reported for the retain model, as ``<name>_control``.
+CONTROLLED = ("relearn_recovery", "in_context_recovery", "in_context_prob", "quantized_forget_quality")
+
+
+def _attack_one(names: Sequence[str], model: Any, held: Sequence[Any], measured: Sequence[Any],
+                forget_items: Sequence[Any], p_target: float, evaluate: Callable[[Any], Mapping[str, float]] | None,
+                settings: RelearnSettings) -> dict[str, float]:
+    """The named attacks on one model."""
+    results: dict[str, float] = {}
+    before = answer_probability(model, measured)
+    if "relearn" in names:
+        results["relearn_recovery"] = recovery(answer_probability(relearn(model, held, settings), measured), before,
+                                               p_target)
+    if "in_context" in names:
+        results["in_context_prob"] = answer_probability(model, with_context(measured))
+        results["in_context_recovery"] = recovery(results["in_context_prob"], before, p_target)
     if "quantize" in names:
-        q = quantized(unlearned)
+        q = quantized(model)
         results["quantized_forget_prob"] = answer_probability(q, list(forget_items))
         if evaluate is not None:
             full = evaluate(q)
             results["quantized_forget_quality"] = full["forget_quality"]
             results["quantized_model_utility"] = full["model_utility"]
-            results["quantized_forget_quality_control"] = evaluate(quantized(retain))["forget_quality"]
     return results
