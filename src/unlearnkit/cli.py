@@ -182,6 +182,29 @@ def export_command(
     typer.echo(f"wrote {out}")
 
 
+@app.command("select-facts")
+def select_facts_command(
+    seed: int = typer.Option(1, help="World seed to select on; not 0, the world the facts bench reports."),
+    split: str = typer.Option("forget10", help="facts: forget01, forget05 or forget10."),
+    preset: str = typer.Option("default", help="facts: default (200 people) or tiny (a few people, for smoke tests)."),
+    out: Path = typer.Option(Path("docs/results/facts-selection.md"), help="Markdown table to write."),
+    overwrite: bool = typer.Option(False, help="Replace an existing table."),
+) -> None:
+    """Choose the facts bench's rmu and sam_npo settings on a held-out world (see benchmarks/selection.py)."""
+    from .benchmarks.facts import FORGET_SPLITS
+    from .benchmarks.selection import check_selection_world, select_facts_settings, write_selection
+
+    config = facts_preset(preset, seed)
+    check_selection_world(config)
+    if split not in FORGET_SPLITS:
+        raise UserInputError(f"Unknown forget split {split!r}; valid: {', '.join(FORGET_SPLITS)}.")
+    if out.exists() and not overwrite:
+        raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
+    chosen, rows = select_facts_settings(config, split, log=typer.echo)
+    write_selection(out, config, split, chosen, rows, "unlearnkit " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    typer.echo(out.read_text())
+
+
 @app.command("cards")
 def cards_command(
     results: Optional[list[Path]] = typer.Option(None, help="Bench output folders whose numbers the cards quote (repeatable)."),

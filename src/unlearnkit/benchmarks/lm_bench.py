@@ -35,15 +35,14 @@ ATTACK_COLUMNS = ("relearn_recovery", "relearn_recovery_control", "in_context_re
 RETAIN_EVAL_ITEMS = 400
 
 #: Settings the facts bench uses where a method's generic default does not suit the facts models
-#: (a 2-layer GPT-2 that memorised 200 people), for every split alike. Selected on forget05 against
-#: its own retain model. forget05 is not held out from forget10: its people are half of forget10's
-#: and the target is the same model, so forget10's numbers for these two methods are half
-#: in-sample (and forget05's wholly). RMU's epoch count is the centre
-#: of the widest run of even epoch counts whose forget quality stayed ≥ 0.3 on forget05 (12–24 at
-#: the generic lr 1e-3, on the models trained with reading items); sam_npo's ρ is the one of
-#: 0.1, 0.2, 0.5, 1, 2 with the lowest relearning recovery on forget05 (0.116 at ρ = 0.5, against
-#: 0.311 at ρ = 0 and the control's 0.060). Shown in every results.json under ``params``;
-#: override with ``--param``.
+#: (a 2-layer GPT-2 that memorised 200 people), for every split alike. Chosen by the rules of
+#: :mod:`unlearnkit.benchmarks.selection` on forget10 of world seed 1 (other people, facts and
+#: initial weights), which the bench never reports, so the reported numbers are out of sample:
+#: ``make select-facts`` reruns it and writes docs/results/facts-selection.md. RMU's epoch count is
+#: the centre of the widest run of even counts with forget quality ≥ 0.3 (on world 1 only 18
+#: passes: forget quality is erratic in the epoch count, 0.33 at 18 and 0.27 at 20); sam_npo's ρ has
+#: the lowest relearning recovery of 0.1, 0.2, 0.5, 1, 2. Shown in every results.json under
+#: ``params``; override with ``--param``.
 FACTS_METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "rmu": {"epochs": 18},
     "sam_npo": {"sam_rho": 0.5},

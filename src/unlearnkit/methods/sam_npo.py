@@ -10,7 +10,7 @@ NPO's forget loss ℓ_f (methods/npo.py), its retain term R and radius ρ, each 
 
 Choices: everything but ρ is NPO's (β = 0.1, γ = α = 1, retain NLL); ρ = 0.01 is the authors' code
 default (7B models at lr 1e-5), so small models usually want more (the facts bench uses the ρ its
-rule selects on forget05). ε spans all trainable parameters with one global norm (``train/sam.py``).
+rule selects on a held-out world). ε spans all trainable parameters with one global norm (``train/sam.py``).
 The same smoothing is available on gradient_ascent, graddiff, npo and simnpo as ``sam_rho``.
 """
 
