@@ -125,6 +125,23 @@ def test_hidden_states_by_index_and_by_block_name(adapter):
     assert not torch.allclose(embeddings, first_block)
 
 
+def test_a_block_output_stops_the_forward_pass_there_and_keeps_its_gradient(adapter):
+    batch = adapter.collate(ITEMS)
+    later_calls = []
+    handle = adapter.model.lm_head.register_forward_hook(lambda *_: later_calls.append(1))
+    try:
+        hooked = adapter.hidden_states(adapter.model, batch, "transformer.h.0")
+    finally:
+        handle.remove()
+    assert later_calls == []  # neither the second block nor the head ran
+    hooked.square().mean().backward()
+    first_block = adapter.model.transformer.h[0].attn.c_attn.weight
+    assert first_block.grad is not None and first_block.grad.abs().sum() > 0
+    adapter.model.zero_grad(set_to_none=True)
+    out = adapter.model(**{k: batch[k] for k in ("input_ids", "attention_mask")})  # no stopping hook is left
+    assert out.logits.shape[-1] == len(adapter.tokenizer)
+
+
 @pytest.mark.parametrize("layer", [3, -4, "transformer.h.7", "decoder"])
 def test_hidden_states_rejects_unknown_layers(adapter, layer):
     with pytest.raises(UserInputError, match="Unknown layer"):

@@ -49,6 +49,10 @@ class TokenStats:
     std: torch.Tensor
 
 
+class _BlockReached(Exception):
+    """Raised by a forward hook to end a forward pass once the block it needs has run."""
+
+
 class CausalLMAdapter:
     """Adapter for ``AutoModelForCausalLM`` models and their tokenizer, on question/answer items."""
 
@@ -286,13 +290,20 @@ class CausalLMAdapter:
         if name not in modules or name == "":
             raise UserInputError(f"Unknown layer {name!r}; valid block names: {', '.join(block_names(model))}.")
         captured: list[torch.Tensor] = []
+        # Nothing after the block is needed, so the forward pass stops there, except under DDP, whose
+        # gradient reduction is armed only by a forward pass that returns.
+        stop_early = not isinstance(model, torch.nn.parallel.DistributedDataParallel)
 
         def grab(_module: nn.Module, _inputs: Any, output: Any) -> None:
             captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+            if stop_early:
+                raise _BlockReached
 
         handle = modules[name].register_forward_hook(grab)
         try:
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        except _BlockReached:
+            pass
         finally:
             handle.remove()
         return captured[0]
