@@ -64,7 +64,7 @@ def answer_probability(adapter: Any, items: Sequence[Mapping[str, Any]], batch_s
 class RelearnSettings:
     """The relearning attack: ``steps`` of Adam at ``lr`` on half of the forget set.
 
-    The default lr suits the built-in facts models (trained at 3e-3); for a pretrained 7B model use
+    The default lr suits the built-in facts models (trained at 5e-3); for a pretrained 7B model use
     about 1e-5, as in the relearning literature.
     """
 
