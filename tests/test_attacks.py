@@ -13,7 +13,7 @@ from unlearnkit.adapters.classifier import ClassifierAdapter
 from unlearnkit.api import unlearn
 from unlearnkit.errors import UserInputError
 from unlearnkit.eval.attacks import (RelearnSettings, answer_probability, check_attack_applies, quantized, recovery, relearn,
-                                     run_attacks, with_context)
+                                     run_attacks, split_halves, with_context)
 from unlearnkit.request import ForgetRequest
 
 FORGET = list(range(6))
@@ -52,8 +52,14 @@ def test_run_attacks_reports_each_attack_and_the_retain_control(models):
                           relearn_settings=RelearnSettings(steps=20, lr=3e-3, batch_size=3))
     assert results["relearn_recovery"] > 0.1  # the attack brings back part of what the ascent removed
     assert math.isfinite(results["relearn_recovery_control"])
-    for key in ("in_context_prob", "in_context_prob_control", "in_context_prob_target"):
-        assert 0.0 <= results[key] <= 1.0, key
+    _, measured = split_halves(forget, 0)
+    in_context = with_context(measured)  # each model is scored on the same facts-in-the-prompt items
+    for key, model in (("in_context_prob", unlearned), ("in_context_prob_control", retain), ("in_context_prob_target", target)):
+        assert results[key] == pytest.approx(answer_probability(model, in_context)), key
+    p_target = answer_probability(target, measured)
+    assert math.isfinite(results["in_context_recovery"])  # the ascent lowered the measured half
+    assert results["in_context_recovery"] == pytest.approx(
+        recovery(results["in_context_prob"], answer_probability(unlearned, measured), p_target))
     assert results["quantized_forget_prob"] == pytest.approx(answer_probability(unlearned, forget), abs=0.05)
     assert results["quantized_forget_quality"] == pytest.approx(results["quantized_forget_prob"])
     # the control is the quantized retain model, scored by the same evaluation

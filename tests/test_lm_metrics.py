@@ -188,25 +188,25 @@ def test_metric_result_to_dict_is_json_ready():
 
 
 @pytest.mark.parametrize(
-    "call",
+    "call, message",
     [
-        lambda: m.probability([]),
-        lambda: m.probability([[0.1, 0.2], [0.3]]),
-        lambda: m.probability(["high"]),
-        lambda: m.truth_ratio([0.1, 0.2], [[0.3]]),
-        lambda: m.probability_with_options([0.1], [[]]),
-        lambda: m.rouge_l_recall(["a", "b"], ["a"]),
-        lambda: m.rouge_l_recall("abc", "abc"),
-        lambda: m.min_k_score([-1.0], k=0.0),
-        lambda: m.min_k_plus_plus_score([-1.0, -2.0], [0.0], [1.0, 1.0]),
-        lambda: m.minkpp_moments(np.zeros(3)),
-        lambda: m.privleak(1.2, 0.5),
-        lambda: m.extraction_strength([[1, 2]], [[1, 2, 3]]),
-        lambda: m.exact_memorization([], []),
-        lambda: m.model_utility([0.5, -0.1]),
-        lambda: m.forget_quality([], [1.0]),
+        (lambda: m.probability([]), "avg_losses must be a non-empty 1-D sequence"),
+        (lambda: m.probability([[0.1, 0.2], [0.3]]), "avg_losses must be a 1-D sequence of numbers"),
+        (lambda: m.probability(["high"]), "avg_losses must be a 1-D sequence of numbers"),
+        (lambda: m.truth_ratio([0.1, 0.2], [[0.3]]), "perturbed_avg_losses must hold one entry per item"),
+        (lambda: m.probability_with_options([0.1], [[]]), r"wrong_avg_losses\[0\] must be a non-empty"),
+        (lambda: m.rouge_l_recall(["a", "b"], ["a"]), "must be non-empty and the same length, got 2 and 1"),
+        (lambda: m.rouge_l_recall("abc", "abc"), "not single strings"),
+        (lambda: m.min_k_score([-1.0], k=0.0), r"k must be in \(0, 1\]"),
+        (lambda: m.min_k_plus_plus_score([-1.0, -2.0], [0.0], [1.0, 1.0]), "must have one value per token"),
+        (lambda: m.minkpp_moments(np.zeros(3)), r"must be a non-empty \(T, V\) array"),
+        (lambda: m.privleak(1.2, 0.5), r"auc_model must be an AUC in \[0, 1\]"),
+        (lambda: m.extraction_strength([[1, 2]], [[1, 2, 3]]), "item 0: pred_ids and label_ids must be non-empty"),
+        (lambda: m.exact_memorization([], []), "must be non-empty and hold the same number of items"),
+        (lambda: m.model_utility([0.5, -0.1]), "must all be non-negative"),
+        (lambda: m.forget_quality([], [1.0]), "unlearned_forget_tr must be a non-empty"),
     ],
 )
-def test_bad_inputs_raise_user_input_error(call):
-    with pytest.raises(UserInputError):
+def test_bad_inputs_raise_user_input_error(call, message):
+    with pytest.raises(UserInputError, match=message):
         call()

@@ -92,8 +92,13 @@ def test_every_gradient_method_takes_sam_and_it_changes_the_update(lm, method):
 
 def test_sam_composes_with_gu_and_is_refused_where_it_has_no_meaning(lm):
     adapter, request = lm
-    _, record = unlearnkit.unlearn(adapter, request, "npo", project="gu", sam_rho=0.5, max_steps=2, epochs=2)
+    settings = dict(max_steps=2, epochs=2, seed=0)
+    both, record = unlearnkit.unlearn(adapter, request, "npo", project="gu", sam_rho=0.5, **settings)
     assert record.status == "ok" and record.steps == 2
+    projected_only, _ = unlearnkit.unlearn(adapter, request, "npo", project="gu", **settings)
+    smoothed_only, _ = unlearnkit.unlearn(adapter, request, "npo", sam_rho=0.5, **settings)
+    assert not torch.allclose(_weights(both), _weights(projected_only))  # SAM still acts under the projection
+    assert not torch.allclose(_weights(both), _weights(smoothed_only))  # and the projection still acts under SAM
     with pytest.raises(UserInputError, match="sam_rho must be a non-negative number"):
         unlearnkit.unlearn(adapter, request, "npo", sam_rho=-1.0)
     with pytest.raises(UserInputError, match="has no hyper-parameter 'sam_rho'"):
