@@ -2,8 +2,9 @@
 
 The session fixture trains the digits target and the two retrained references once (benchmark
 recipe, seed 0) into a temporary cache. Every method is then run with its defaults (SSD and
-gradient ascent with the digits settings below) and must:
-- class scenario: lower forget accuracy by at least ``FORGET_MOVE`` (toward the retrained model's 0);
+gradient ascent with the bench's digits settings, ``BENCH_METHOD_SETTINGS``) and must:
+- class scenario: bring forget accuracy to within ``FORGET_MARGIN`` of the retrained model's (0); gradient
+  ascent, which cannot get there without breaking test accuracy, only below ``GRADIENT_ASCENT_FORGET_CEILING``;
 - random scenario: raise the mean forget loss (toward the retrained model's, which is higher),
   while keeping forget accuracy within ``FORGET_OVERSHOOT`` of the retrained model's;
 - both: keep test accuracy within ``TEST_MARGIN`` of the target's and leave the input model unchanged.
@@ -22,7 +23,13 @@ from torch import nn
 
 from unlearnkit.adapters.classifier import ClassifierAdapter
 from unlearnkit.api import unlearn
-from unlearnkit.benchmarks.vision import cached_classifier, evaluation_splits, forget_request, load_vision_benchmark
+from unlearnkit.benchmarks.vision import (
+    BENCH_METHOD_SETTINGS,
+    cached_classifier,
+    evaluation_splits,
+    forget_request,
+    load_vision_benchmark,
+)
 from unlearnkit.errors import UserInputError
 from unlearnkit.methods.l1_sparse import l1_weight
 from unlearnkit.methods.random_label import random_wrong_labels
@@ -32,15 +39,22 @@ from unlearnkit.methods.salun import saliency_mask
 from unlearnkit.request import ForgetRequest
 
 TEST_MARGIN = 0.05  # test accuracy may drop at most this much below the target's
-FORGET_MOVE = 0.10  # class scenario: forget accuracy must fall at least this much
+FORGET_MARGIN = 0.05  # class scenario: forget accuracy at most this above the retrained model's
+# Gradient ascent has no retain term: on digits (bench lr 4e-4, one epoch of 5 steps) it leaves the class at
+# 0.873 forget accuracy, and every lr that empties the class also sinks test accuracy far past TEST_MARGIN
+# (lr 6e-4: forget 0.289, test 0.911; 7e-4: 0.014, 0.870; 1e-3: 0.0, 0.676, against the target's 0.969).
+# It gets its own bound: the class must still fall clearly (≥ 10 points) from the target's 1.0.
+GRADIENT_ASCENT_FORGET_CEILING = 0.90
 FORGET_OVERSHOOT = 0.10  # random scenario: forget accuracy within this of the retrained model's
 
 NEW_METHODS = ("retrain", "finetune", "neggrad_plus", "random_label", "l1_sparse", "salun", "scrub", "bad_teacher")
 # retrain is checked more strictly below: it must reproduce the reference model itself.
 APPROXIMATE_METHODS = ("ssd", "gradient_ascent", *NEW_METHODS[1:])
 # ssd's defaults (α=10, λ=1, batch 64) dampen nothing on the digits CNN, and gradient ascent's
-# lr 1e-4 barely moves a whole class in one epoch: these are the digits settings for them.
-DIGITS_SETTINGS = {"ssd": {"alpha": 5.0, "lam": 1.0, "batch_size": 256}, "gradient_ascent": {"lr": 4e-4}}
+# lr 1e-4 barely moves a whole class in one epoch (forget accuracy 0.993): the tests use the settings the
+# digits bench runs them with (ssd α=5, λ=0.5, batch 256; gradient ascent lr 4e-4), so they check what
+# out/digits-*/results.json reports.
+DIGITS_SETTINGS = BENCH_METHOD_SETTINGS
 
 
 @dataclass
@@ -109,7 +123,10 @@ def test_class_scenario_forgets_the_class_and_keeps_test_accuracy(digits, method
     got = accuracies(model, data.splits)
     assert record.status == "ok", record.message
     assert data.target_acc["forget"] == 1.0 and data.retrain_acc["forget"] == 0.0  # the premise
-    assert got["forget"] <= data.target_acc["forget"] - FORGET_MOVE, got
+    if method == "gradient_ascent":
+        assert got["forget"] <= GRADIENT_ASCENT_FORGET_CEILING, got
+    else:
+        assert got["forget"] <= data.retrain_acc["forget"] + FORGET_MARGIN, got
     assert got["test"] >= data.target_acc["test"] - TEST_MARGIN, got
     assert_input_unchanged(digits)
 
@@ -169,9 +186,14 @@ def test_methods_are_registered_with_their_declarations():
 
 def test_out_of_range_settings_are_user_errors(digits):
     request = digits["scenarios"]["class"].request
-    for method, bad in [("neggrad_plus", {"alpha": 1.5}), ("salun", {"mask_ratio": 0.0}),
-                        ("bad_teacher", {"retain_fraction": 2.0}), ("l1_sparse", {"no_l1_epochs": 5, "epochs": 2})]:
-        with pytest.raises(UserInputError):
+    for method, bad, message in [
+        ("neggrad_plus", {"alpha": 1.5}, r"NegGrad\+ alpha must lie in \[0, 1\], got alpha=1\.5"),
+        ("salun", {"mask_ratio": 0.0}, r"SalUn mask_ratio must lie in \(0, 1\], got mask_ratio=0\.0"),
+        ("bad_teacher", {"retain_fraction": 2.0}, r"retain_fraction must lie in \(0, 1\], got retain_fraction=2\.0"),
+        ("l1_sparse", {"no_l1_epochs": 5, "epochs": 2},
+         r"no_l1_epochs must be in 0\.\.epochs-1 \(epochs=2\), got no_l1_epochs=5"),
+    ]:
+        with pytest.raises(UserInputError, match=message):
             unlearn(digits["target"], request, method, **bad)
 
 

@@ -104,13 +104,34 @@ def test_divergence_guard_restores_last_good_weights():
     assert torch.isfinite(model.linear.weight).all()
 
 
-def test_lr_schedule_and_max_steps():
-    model = nn.Linear(4, 2)
-    adapter = ClassifierAdapter(model)
-    config = TrainConfig(epochs=100, max_steps=7, lr=0.01, batch_size=5, schedule="cosine")
-    stream, steps = item_stream(adapter, DATA, config)
-    record = optimise(model, stream, lambda m, b: adapter.per_item_loss(m, b).mean(), config, steps_per_epoch=steps)
-    assert record.steps == 7
+def _documented_lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
+    """The multiplier of ``lr`` at 0-based ``step`` as ``make_schedule`` documents it, written out independently:
+    a linear warm-up (k+1)/(w+1) for the first w steps, then constant / linear / half-cosine decay from 1
+    over the remaining ``total − w`` steps, where ``total`` counts the steps actually run (``max_steps`` cuts it)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    progress = (step - warmup) / (total - warmup)
+    return {"constant": 1.0, "linear": 1.0 - progress, "cosine": (1 + math.cos(math.pi * progress)) / 2}[schedule]
+
+
+@pytest.mark.parametrize("schedule, warmup", [("cosine", 0), ("cosine", 2), ("linear", 3), ("constant", 2)])
+def test_lr_schedule_and_max_steps(schedule, warmup):
+    # loss = w has gradient 1, so plain SGD (no momentum, no clipping) moves w by exactly −lr·factor(step)
+    model = nn.Linear(1, 1, bias=False).double()  # float64: the steps are exact far below the tolerance
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    lr = 0.01
+    config = TrainConfig(epochs=100, max_steps=7, lr=lr, batch_size=5, schedule=schedule, warmup_steps=warmup,
+                         optimizer="sgd", momentum=0.0, grad_clip=None)
+    stream, steps = item_stream(ClassifierAdapter(nn.Linear(4, 2)), DATA, config)
+    assert steps * config.epochs > config.max_steps  # max_steps, not the epochs, must end the run
+    weights = [1.0]
+    record = optimise(model, stream, lambda m, b: m.weight.sum(), config, steps_per_epoch=steps,
+                      after_step=lambda m: weights.append(float(m.weight.detach().double())))
+    assert record.steps == 7 and len(weights) == 8
+    expected = [lr * _documented_lr_factor(k, 7, schedule, warmup) for k in range(7)]
+    taken = [weights[k] - weights[k + 1] for k in range(7)]
+    assert taken == pytest.approx(expected, rel=0, abs=1e-12)
 
 
 def test_registry_lists_core_methods_with_metadata():

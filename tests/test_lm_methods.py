@@ -20,7 +20,11 @@ from unlearnkit.request import ForgetRequest
 METHODS = ["graddiff", "npo", "simnpo", "idk_dpo", "rmu", "undial"]
 #: Refusals the tiny word-level vocabulary can spell ("I don't know." is all unknown tokens to it).
 TINY_REFUSALS = "The birthplace of ? is ? .|? ."
-SETTINGS = {"idk_dpo": {"refusals": TINY_REFUSALS}}
+#: UNDIAL's lr 1e-4 is too gentle for 10 steps here (forget −1.2 %, retain −0.0 %); at 4e-4 forget falls 11.5 %
+#: and retain 9.2 % (its teacher pushes down every answer token, and all answers share "was born in ." and EOS).
+SETTINGS = {"idk_dpo": {"refusals": TINY_REFUSALS}, "undial": {"lr": 4e-4}}
+#: The least relative drop of the forget answers' probability every method must reach (as test_gu.py asks).
+FORGET_DROP = -0.05
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +55,7 @@ def test_method_forgets_the_forget_set_more_than_the_retain_set(lm, method):
     retain_change = answer_prob(adapter, model, request.retain_items()) / retain0 - 1
     print(f"{method}: forget {forget_change:+.3f}, retain {retain_change:+.3f}")
     assert record.status == "ok" and record.steps == 10
-    assert forget_change < 0 and forget_change < retain_change
+    assert forget_change < FORGET_DROP and forget_change < retain_change
     assert all(torch.equal(v, adapter.model.state_dict()[k]) for k, v in before.items())
 
 
