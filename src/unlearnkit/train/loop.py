@@ -93,7 +93,12 @@ def make_optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> torch
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
-    """Warm-up followed by a constant, linear or cosine decay of the learning rate."""
+    """Warm-up followed by a constant, linear or cosine decay of the learning rate.
+
+    Step k (0-based) of ``total_steps`` uses lr·f(k): during the w = ``warmup_steps`` first steps
+    f = (k+1)/(w+1), so no step has lr 0; then, with p = (k−w)/(total_steps−w), f = 1 (constant),
+    1−p (linear) or (1 + cos πp)/2 (cosine). The last step has p < 1, so it still moves.
+    """
 
     def factor(step: int) -> float:
         if step < config.warmup_steps:
