@@ -171,4 +171,4 @@ def test_undial_retain_term_keeps_the_retained_answers_and_needs_retain_data(lm)
     forget0 = answer_prob(adapter, adapter.model, request.forget_items())
     assert answer_prob(adapter, kept, request.forget_items()) / forget0 - 1 < FORGET_DROP  # and it still forgets
     with pytest.raises(UserInputError, match="undial with alpha > 0 needs retain data"):
-        unlearnkit.unlearn(adapter, ForgetRequest(request.items, request.forget, []), "undial", alpha=1.0)
+        unlearnkit.unlearn(adapter, ForgetRequest(request.data, request.forget, []), "undial", alpha=1.0)
