@@ -297,3 +297,15 @@ def test_an_answer_may_grow_as_long_alone_as_beside_a_long_prompt(adapter):
     alone = adapter.generate(adapter.model, [short], max_new_tokens=20)
     assert adapter.generate(adapter.model, [long, short, long], max_new_tokens=20)[1] == alone[0]
     assert len(alone[0].split()) > 5  # the random model runs on; beside the long prompt it was cut to a few words
+
+
+def test_item_mean_weighs_every_item_the_same_so_a_split_batch_averages_back():
+    from unlearnkit.adapters.causal_lm import item_mean
+
+    values = torch.tensor([[1.0, 1.0, 1.0, 9.0], [4.0, 0.0, 0.0, 0.0], [2.0, 6.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 0, 0]])
+    assert item_mean(values, mask) == pytest.approx((1.0 + 4.0 + 4.0) / 3)  # masked positions never count
+    halves = [item_mean(values[:2], mask[:2]), item_mean(values[2:], mask[2:])]
+    assert (2 * halves[0] + halves[1]) / 3 == pytest.approx(item_mean(values, mask))  # shares of items
+    token_mean = float((values * mask).sum() / mask.sum())
+    assert token_mean != pytest.approx(float(item_mean(values, mask)))  # what the whole-batch mean gave

@@ -165,19 +165,24 @@ def test_accelerate_config_files_parse_to_their_backends():
 
 
 # ---------------------------------------------------------------------------- two real processes
-def test_two_gloo_processes_give_the_one_process_numbers(tmp_path):
-    """2-process torchrun (gloo) vs 1 process: evaluation metrics, per-item losses and the npo forget run
-    agree within 1e-4; one output folder and one ledger row; every process exits cleanly."""
+@pytest.mark.parametrize("method", ["npo", "rmu", "undial", "uld", "icu"])
+def test_two_gloo_processes_give_the_one_process_numbers(tmp_path, method):
+    """2-process torchrun (gloo) vs 1 process: evaluation metrics, per-item losses and the forget run
+    agree within 1e-4; one output folder and one ledger row; every process exits cleanly.
+
+    The methods cover each kind of loss average over answers of unequal length: sequence sums (npo),
+    a block's hidden states read through a hook (rmu), token cross-entropy (undial), KL over real
+    positions (uld's assistant, icu's neighbour term). Whole-batch token means failed this check."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from distributed_check import check
 
-    assert check(tmp_path / "one", tmp_path / "one.json") == 0  # also builds the cached tiny facts model
+    assert check(tmp_path / "one", tmp_path / "one.json", method) == 0  # also builds the cached tiny facts model
     env = {**os.environ, "OMP_NUM_THREADS": "1", "UNLEARNKIT_PROGRESS": "0"}
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(ROOT / "scripts" / "distributed_check.py"), "--work", str(tmp_path / "two"),
-                           "--result", str(tmp_path / "two.json")], env=env, capture_output=True, text=True,
-                          timeout=240)
+                           "--result", str(tmp_path / "two.json"), "--method", method], env=env, capture_output=True,
+                          text=True, timeout=240)
     wall = time.perf_counter() - start
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr

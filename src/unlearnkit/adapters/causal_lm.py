@@ -49,6 +49,23 @@ class TokenStats:
     std: torch.Tensor
 
 
+def item_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` ``(B, T)`` over each row's positions in ``mask``, then over the rows.
+
+    Every item weighs the same whatever its length, so a batch split across processes (each
+    weighted by its share of items) averages to the same loss; a mean over all the batch's
+    positions would not, since each process's share of tokens differs from its share of items.
+    """
+    weights = mask.to(values.dtype)
+    return ((values * weights).sum(1) / weights.sum(1).clamp_min(1)).mean()
+
+
+def _several_processes() -> bool:
+    """Whether a process group of more than one process is running (DDP, FSDP or DeepSpeed training)."""
+    distributed = torch.distributed
+    return distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1
+
+
 class _BlockReached(Exception):
     """Raised by a forward hook to end a forward pass once the block it needs has run."""
 
@@ -290,9 +307,10 @@ class CausalLMAdapter:
         if name not in modules or name == "":
             raise UserInputError(f"Unknown layer {name!r}; valid block names: {', '.join(block_names(model))}.")
         captured: list[torch.Tensor] = []
-        # Nothing after the block is needed, so the forward pass stops there, except under DDP, whose
-        # gradient reduction is armed only by a forward pass that returns.
-        stop_early = not isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        # Nothing after the block is needed, so the forward pass stops there, but only in a single process:
+        # a DDP/FSDP/DeepSpeed wrapper (which losses see through a ModelView) arms its gradient reduction
+        # after the forward pass returns.
+        stop_early = not _several_processes()
 
         def grab(_module: nn.Module, _inputs: Any, output: Any) -> None:
             captured.append(output[0] if isinstance(output, (tuple, list)) else output)

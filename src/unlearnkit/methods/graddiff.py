@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adapters.base import frozen_copy as frozen_reference
+from ..adapters.causal_lm import item_mean
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
@@ -46,13 +47,12 @@ def check_retain_loss(name: str) -> None:
 
 
 def reference_kl(adapter: Any, model: nn.Module, reference: nn.Module, batch: dict) -> torch.Tensor:
-    """Mean over real token positions of KL(π_ref ‖ π_θ) between next-token distributions."""
+    """KL(π_ref ‖ π_θ) between next-token distributions, averaged over each item's real (non-padding)
+    positions, then the items (OpenUnlearning averages over all B·T positions, padding included)."""
     log_p = F.log_softmax(adapter.logits(model, batch).float(), dim=-1)
     with torch.no_grad():
         log_ref = F.log_softmax(adapter.logits(reference, batch).float(), dim=-1)
-    per_position = (log_ref.exp() * (log_ref - log_p)).sum(-1)
-    mask = batch["attention_mask"].to(per_position.dtype)
-    return (per_position * mask).sum() / mask.sum().clamp_min(1)
+    return item_mean((log_ref.exp() * (log_ref - log_p)).sum(-1), batch["attention_mask"])
 
 
 def retain_term(adapter: Any, model: nn.Module, batch: dict, kind: str, reference: nn.Module | None) -> torch.Tensor:

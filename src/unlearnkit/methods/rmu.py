@@ -9,10 +9,10 @@ arXiv 2403.03218). With h_ℓ the output of decoder block ℓ, u a fixed random 
 training only the parameters whose names match ``train_modules``.
 
 Choices: u is drawn uniform on [0, 1)^d (``torch.rand``, as the authors do) with the run's seed and
-normalised. The squared errors are averaged over the answer-token positions (EOS included) of the
-whole batch and the hidden dimensions, so every answer token weighs the same; OpenUnlearning also
-reads only answer tokens but averages each sample first and then the samples (the original
-averages over all tokens). The two differ only when answer lengths differ within a batch.
+normalised. The squared errors are averaged over the hidden dimensions and each item's answer-token
+positions (EOS included), then over the items, as OpenUnlearning does (the original averages over
+all tokens of the batch). Every item weighs the same, and a batch split across processes gives
+exactly the one-process loss, which a mean over the batch's tokens would not.
 ``layer`` is a block index (negative counts from the end) or a block name; by default block
 ⌊(n−1)/2⌋, which is OpenUnlearning's layer 7 on a 16-block model. ``train_modules="all"`` trains
 every parameter (OpenUnlearning's TOFU setting); the WMDP recipe trains only ``mlp.down_proj`` of
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..adapters.causal_lm import IGNORE
+from ..adapters.causal_lm import IGNORE, item_mean
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.stopping import StopConfig, stop_for
@@ -84,9 +84,10 @@ def control_vector(width: int, seed: int) -> torch.Tensor:
 
 
 def answer_mse(hidden: torch.Tensor, target: torch.Tensor, batch: dict) -> torch.Tensor:
-    """Mean squared error over the answer-token positions (labels ≠ −100) and hidden dimensions."""
-    positions = batch["labels"] != IGNORE
-    return (hidden[positions] - target.expand_as(hidden)[positions]).square().mean()
+    """Squared error averaged over the hidden dimensions, each item's answer-token positions
+    (labels ≠ −100), then the items."""
+    per_position = (hidden - target.expand_as(hidden)).square().mean(-1)
+    return item_mean(per_position, batch["labels"] != IGNORE)
 
 
 @dataclass

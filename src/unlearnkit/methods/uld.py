@@ -19,15 +19,16 @@ Choices:
   target's blocks, at least one; the paper uses 8 of Llama-2's 32). All its weights are trained
   (the paper trains LoRA r16 on the linears; on small models full training is cheaper and
   needs no peft).
-- KL(U ‖ p_a) is averaged over the real (non-padding) positions of the retain batch, prompt
-  included, as the authors' code averages over every position.
+- KL(U ‖ p_a) is averaged over each retain item's real (non-padding) positions, prompt included,
+  as the authors' code averages over every position, then over the items (so a batch split across
+  processes gives the one-process loss).
 - As in the authors' code (DoLa's relative-top rule), the mask also keeps at least the ⌊τ·V⌋ most
   likely tokens: the threshold is min(max + log τ, the ⌊τ·V⌋-th largest log-prob). The paper states
   only max + log τ. We follow the code because the assistant's logits have an arbitrary offset (its
   retain objective fixes only their softmax): with the paper's rule a confident target keeps only its
   top token, and that offset then moves the top token against all others, which damaged retained
   answers (facts forget05, α 0.8: model utility 0.899× the retain model's with the paper's rule,
-  0.935× with the code's).
+  0.935× with the code's; measured when the KL was still averaged over the batch's positions).
 - ``augment=True`` adds each forget item's ``paraphrased_answer`` to the forget set and its
   ``perturbed_answer`` list to the retain set, as the paper does with its own paraphrases and
   perturbations. Off by default: on TOFU-style data these are the evaluation's own answers.
@@ -49,7 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..adapters.base import clone_model
-from ..adapters.causal_lm import block_names
+from ..adapters.causal_lm import block_names, item_mean
 from ..errors import UserInputError
 from ..train import TrainConfig, optimise
 from ._lm_features import mask_positions
@@ -146,11 +147,10 @@ def truncated_copy(model: nn.Module, layers: int) -> nn.Module:
 
 
 def uniform_kl(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the positions in ``mask`` of KL(U ‖ softmax(logits)) = −log V − mean_v log p_v."""
+    """KL(U ‖ softmax(logits)) = −log V − mean_v log p_v, averaged over each item's positions in
+    ``mask``, then the items."""
     log_p = F.log_softmax(logits.float(), dim=-1)
-    per_position = -math.log(logits.shape[-1]) - log_p.mean(dim=-1)
-    weights = mask.to(per_position.dtype)
-    return (per_position * weights).sum() / weights.sum().clamp_min(1)
+    return item_mean(-math.log(logits.shape[-1]) - log_p.mean(dim=-1), mask)
 
 
 def augmented_sets(forget: Sequence[dict], retain: Sequence[dict]) -> tuple[list[dict], list[dict]]:

@@ -6,8 +6,9 @@ position t with target token y_t and frozen original logits z_ref,t, minimise
 
     CE(p_θ,t, softmax(z_ref,t − β·onehot(y_t)))   (+ α·NLL̄(D_r), off by default).
 
-Choices: β = 10 and α = 0 as in OpenUnlearning. The loss is averaged over the answer tokens only
-(EOS included). OpenUnlearning also writes the one-hot at the −100 prompt/pad labels, where the
+Choices: β = 10 and α = 0 as in OpenUnlearning. The loss is averaged over each item's answer tokens
+only (EOS included), then over the items, so a batch split across processes gives the one-process
+loss. OpenUnlearning also writes the one-hot at the −100 prompt/pad labels, where the
 index wraps to token V − 100, and averages over those positions: that bug is not reproduced.
 
 Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters.causal_lm import IGNORE
+from ..adapters.causal_lm import IGNORE, item_mean
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.stopping import StopConfig, stop_for
@@ -39,13 +40,15 @@ def adjusted_targets(reference_logits: torch.Tensor, targets: torch.Tensor, beta
 
 
 def undial_loss(adapter: Any, model: nn.Module, reference: nn.Module, batch: dict, beta: float) -> torch.Tensor:
-    """Cross-entropy to the adjusted teacher, averaged over the batch's answer tokens."""
+    """Cross-entropy to the adjusted teacher, averaged over each item's answer tokens, then the items."""
     targets = batch["labels"][:, 1:]
     answer = targets != IGNORE
     logits = adapter.logits(model, batch)[:, :-1][answer]
     with torch.no_grad():
         teacher = adjusted_targets(adapter.logits(reference, batch)[:, :-1][answer], targets[answer], beta)
-    return -(teacher * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+    per_position = torch.zeros(answer.shape, dtype=torch.float32, device=logits.device)
+    per_position[answer] = -(teacher * F.log_softmax(logits.float(), dim=-1)).sum(-1)
+    return item_mean(per_position, answer)
 
 
 @dataclass
