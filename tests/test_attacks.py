@@ -49,7 +49,7 @@ def test_run_attacks_reports_each_attack_and_the_retain_control(models):
     forget = [items[i] for i in FORGET]
     scored = lambda q: {"forget_quality": answer_probability(q, forget), "model_utility": 0.0}  # noqa: E731
     results = run_attacks(["relearn", "in_context", "quantize"], unlearned, target, retain, forget, evaluate=scored,
-                          relearn_settings=RelearnSettings(steps=20, lr=3e-3, batch_size=3))
+                          seed=0, relearn_settings=RelearnSettings(steps=20, lr=3e-3, batch_size=3))
     assert results["relearn_recovery"] > 0.1  # the attack brings back part of what the ascent removed
     assert math.isfinite(results["relearn_recovery_control"])
     _, measured = split_halves(forget, 0)

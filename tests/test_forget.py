@@ -165,7 +165,7 @@ def test_sigkill_mid_run_leaves_input_and_ledger_intact(workspace):
     time.sleep(6)  # start-up and model loading take ~3 s; then it trains for far longer than this
     assert proc.poll() is None, proc.stderr.read().decode()
     proc.send_signal(signal.SIGKILL)
-    proc.communicate()  # reaps the process and closes its pipes
+    proc.communicate(timeout=30)  # reaps the process and closes its pipes
     assert not (workspace / "out").exists()
     assert (workspace / "ledger.db").read_bytes() == ledger_before
     assert _snapshot(workspace / "model") == model_before

@@ -5,6 +5,7 @@ import pytest
 from unlearnkit.benchmarks.facts import FactsConfig
 from unlearnkit.benchmarks.selection import select_facts_settings, widest_run_centre, write_selection
 from unlearnkit.cli import main
+from unlearnkit.errors import UserInputError
 
 
 @pytest.mark.parametrize("passing, centre", [
@@ -23,16 +24,35 @@ def test_selection_scores_every_candidate_and_applies_both_rules(tmp_path):
     chosen, rows = select_facts_settings(config, "forget10", rmu_epochs=(1, 2), sam_rhos=(0.1, 0.5), log=lambda _: None)
     assert [(r["method"], r.get("epochs"), r.get("sam_rho")) for r in rows] == [
         ("rmu", 1, None), ("rmu", 2, None), ("sam_npo", None, 0.1), ("sam_npo", None, 0.5)]
-    sam = rows[2:]
-    assert chosen["sam_npo"]["sam_rho"] == min(sam, key=lambda r: r["relearn_recovery"])["sam_rho"]
-    holding = [r["epochs"] for r in rows[:2] if r["forget_quality"] >= 0.3]
-    assert chosen.get("rmu", {}).get("epochs") == (holding[0] if holding else None)
     for row in rows:
         assert 0 <= row["forget_quality"] <= 1 and row["utility_vs_retain"] > 0 and row["time_vs_retrain"] > 0
     out = tmp_path / "selection.md"
     write_selection(out, config, "forget10", chosen, rows, "unlearnkit select-facts --preset tiny")
     text = out.read_text()
-    assert "world seed 1" in text and text.count("\n| rmu |") == 2 and text.count("\n| sam_npo |") == 2
+    assert "world seed 1 (forget10, 12 people)" in text
+    assert text.count("\n| rmu |") == 2 and text.count("\n| sam_npo |") == 2
+
+
+def test_the_rules_pick_the_widest_passing_run_and_the_lowest_defined_recovery(monkeypatch):
+    from unlearnkit.benchmarks import selection
+
+    fqs = {6: 0.01, 8: 0.4, 10: 0.35, 12: 0.02, 14: 0.5}
+    recoveries = {0.1: float("nan"), 0.2: 0.3, 0.5: 0.09, 1.0: float("nan")}  # nan: too little forgetting to measure
+
+    def fake_scores(config, split, method, setting, candidates, **_):
+        if method == "rmu":
+            return [{"method": method, setting: c, "forget_quality": fqs[c]} for c in candidates]
+        return [{"method": method, setting: c, "relearn_recovery": recoveries[c]} for c in candidates]
+
+    monkeypatch.setattr(selection, "score_candidates", fake_scores)
+    chosen, _ = select_facts_settings(FactsConfig.tiny(seed=1), rmu_epochs=tuple(fqs), sam_rhos=tuple(recoveries))
+    assert chosen == {"rmu": {"epochs": 8}, "sam_npo": {"sam_rho": 0.5}}
+    recoveries.update({0.2: float("nan"), 0.5: float("nan")})
+    fqs.update({8: 0.1, 10: 0.1, 14: 0.1})
+    chosen, _ = select_facts_settings(FactsConfig.tiny(seed=1), rmu_epochs=tuple(fqs), sam_rhos=tuple(recoveries))
+    assert chosen == {}  # nothing qualifies: the generic defaults stay
+    with pytest.raises(UserInputError, match="another world"):
+        select_facts_settings(FactsConfig.tiny(seed=0))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, List, Optional
@@ -119,8 +117,9 @@ def continual_sweep(
                 acu_rows += measure(build_scenario(scenario_name, seed_list[0]), seed_list[0])
         from .report import sweep_page
 
-        command = "unlearnkit continual-sweep " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else "unlearnkit continual-sweep"
-        write_text_atomic(out, sweep_page(command, sections, acu_rows))
+        from ..cli import command_line
+
+        write_text_atomic(out, sweep_page(command_line(), sections, acu_rows))
         typer.echo(f"wrote {out}")
 
     _user_errors(work)
