@@ -54,7 +54,6 @@ APPROXIMATE_METHODS = ("ssd", "gradient_ascent", *NEW_METHODS[1:])
 # lr 1e-4 barely moves a whole class in one epoch (forget accuracy 0.993): the tests use the settings the
 # digits bench runs them with (ssd α=5, λ=0.5, batch 256; gradient ascent lr 4e-4), so they check what
 # out/digits-*/results.json reports.
-DIGITS_SETTINGS = BENCH_METHOD_SETTINGS
 
 
 @dataclass
@@ -106,7 +105,7 @@ def digits(tmp_path_factory):
 
 def run_method(digits, scenario: str, method: str, **overrides):
     scenario_data = digits["scenarios"][scenario]
-    settings = {**DIGITS_SETTINGS.get(method, {}), **overrides}
+    settings = {**BENCH_METHOD_SETTINGS.get(method, {}), **overrides}
     model, record = unlearn(digits["target"], scenario_data.request, method,
                             adapter=digits["bench"].adapter(digits["target"]), **settings)
     return model, record, scenario_data
