@@ -10,6 +10,7 @@ import torch
 from unlearnkit.api import unlearn
 from unlearnkit.cli import main
 from unlearnkit.errors import UserInputError
+from unlearnkit.methods.base import Outcome
 from unlearnkit.request import ForgetRequest
 from unlearnkit.train.lora import LoraSpec, MemoryOptions, lora_targets, parse_lora
 
@@ -128,10 +129,24 @@ def test_full_bf16_run_takes_the_same_first_step_loss_as_fp32(lm):
     assert bf16.losses[0] != fp32.losses[0]
 
 
-def test_a_method_that_does_not_train_through_the_loop_refuses_lora(lm):
+@pytest.mark.parametrize("method", ["ssd", "kfade", "first_epoch_ga", "guard", "guard_it", "mrp", "uld"])
+def test_a_method_that_does_not_train_the_weights_by_gradient_steps_refuses_lora_before_any_work(lm, method):
     adapter, request = lm
-    with pytest.raises(UserInputError, match="Method 'ssd' trained no LoRA weights"):
-        unlearn(adapter.model, request, "ssd", adapter=adapter, memory=MemoryOptions.from_cli("r=2"))
+    before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    with pytest.raises(UserInputError, match=f"Method '{method}' does not train the model's own weights"):
+        unlearn(adapter.model, request, method, adapter=adapter, memory=MemoryOptions.from_cli("r=2"))
+    assert all(torch.equal(before[k], v) for k, v in adapter.model.state_dict().items())
+
+
+def test_a_method_that_trains_no_lora_weights_is_still_refused_after_its_run(lm, monkeypatch):
+    """The safety net behind the declared ``lora`` flag: a method that claims to train but leaves LoRA untouched."""
+    from unlearnkit.methods.registry import get_method
+
+    adapter, request = lm
+    monkeypatch.setattr(type(get_method("gradient_ascent")), "unlearn",
+                        lambda self, adapter, request, config: Outcome(adapter.model))
+    with pytest.raises(UserInputError, match="Method 'gradient_ascent' trained no LoRA weights"):
+        unlearn(adapter.model, request, "gradient_ascent", adapter=adapter, memory=MemoryOptions.from_cli("r=2"))
 
 
 # ---------------------------------------------------------------------------- the CLI
@@ -175,7 +190,8 @@ def test_cli_saves_only_the_adapter_and_it_reloads_to_the_same_model(files):
 @pytest.mark.parametrize("extra, message", [
     (["--method", "npo", "--lora", "r=4,targets=q_proj"], "target 'q_proj' is not a LoRA-capable module"),
     (["--method", "npo", "--lora", "r=4,width=3"], "--lora has no setting 'width'"),
-    (["--method", "ssd", "--lora", "r=4"], "Method 'ssd' trained no LoRA weights"),
+    (["--method", "ssd", "--lora", "r=4"], "Method 'ssd' does not train the model's own weights"),
+    (["--method", "kfade", "--lora", "r=4"], "Method 'kfade' does not train the model's own weights"),
 ])
 def test_cli_bad_lora_exits_2_and_writes_nothing(files, capsys, extra, message):
     assert main(_forget(files, *extra)) == 2

@@ -86,6 +86,9 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
     adapter = _adapter_for(model, adapter)
     chosen = get_method(method)
     config = build_config(chosen.Config, hparams, owner=f"Method {method!r}")
+    if memory is not None and memory.lora is not None and not chosen.lora:
+        raise UserInputError(f"Method {method!r} does not train the model's own weights by gradient steps, "
+                             "so --lora cannot apply; drop --lora.")
     check_needs(chosen, adapter, request, config)
     distributed.check_launch()
     if memory is not None:

@@ -37,6 +37,9 @@ class Method:
     paper: ClassVar[str] = ""
     use_when: ClassVar[str] = ""
     Config: ClassVar[type] = TrainConfig
+    #: False for methods that do not train the model's own weights by gradient steps (they edit weights in
+    #: closed form, train something else, or wrap the model), so LoRA adapters cannot stand in for them.
+    lora: ClassVar[bool] = True
 
     def needs_for(self, config: Any) -> frozenset[str]:
         """What a run with ``config`` needs: ``needs``, unless a setting makes some of it unnecessary."""

@@ -202,6 +202,7 @@ class FirstEpochGA(Method):
     paper = "Zagardo, A More Practical Approach to Machine Unlearning, 2024"
     use_when = 'When per-item embedding gradients were logged during training and no retain data may be used; expect little selectivity on templated data.'
     Config = FirstEpochGAConfig
+    lora = False
 
     def unlearn(self, adapter: Any, request, config: FirstEpochGAConfig) -> Outcome:
         forget = request.forget_items()

@@ -271,6 +271,7 @@ class Guard(Method):
     paper = "Deng et al., GUARD: Generation-time LLM Unlearning via Adaptive Restriction and Detection, 2025"
     use_when = 'Serving-time suppression without touching weights, when the forget answers can be kept at deployment; it filters outputs rather than removing knowledge.'
     Config = GuardConfig
+    lora = False
 
     def unlearn(self, adapter: Any, request, config: GuardConfig) -> Outcome:
         model, bs = adapter.model, config.batch_size

@@ -255,6 +255,7 @@ class GuardIT(Method):
     paper = "Turani, Parraga et al., Inference-Time Machine Unlearning via Gated Activation Redirection, 2026"
     use_when = 'Inference-time forgetting without weight changes (e.g. a fast, reversible response to a request), when forget prompts are recognisable.'
     Config = GuardITConfig
+    lora = False
 
     def unlearn(self, adapter: Any, request, config: GuardITConfig) -> Outcome:
         model, bs = adapter.model, config.batch_size

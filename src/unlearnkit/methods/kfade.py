@@ -248,6 +248,7 @@ class KFade(Method):
     paper = "McKinney et al., Gauss-Newton Unlearning for the LLM Era, 2026"
     use_when = 'A few-step second-order edit when retain curvature can be estimated and retain drift must stay small; the update can be re-applied after later training.'
     Config = KFadeConfig
+    lora = False
 
     def unlearn(self, adapter: Any, request, config: KFadeConfig) -> Outcome:
         model = adapter.model

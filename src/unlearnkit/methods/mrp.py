@@ -24,7 +24,7 @@ Choices where the paper is vague or its code looks wrong:
   (``transformer.h.1``), comma-separated; the default is the middle block (paper: two random
   layers of Llama-2-7b's 32).
 - Initialisation: the paper's code uses retain principal components after projecting out the
-  forget span, which looks reversed (REFERENCE.md §3). Here W_new starts at the top eigenvectors
+  forget span, which looks reversed. Here W_new starts at the top eigenvectors
   of C_f − C_r, the uncentred second moments of the block's output over the forget and the retain
   answer positions: the directions where the forget set carries more energy than the retain set.
 - The loss is the mean NLL over all answer tokens (EOS included) rather than one answer letter;
@@ -182,6 +182,7 @@ class MRP(Method):
     paper = "Wu et al., Reliable Unlearning Harmful Information in LLMs with Metamorphosis Representation Projection, 2025"
     use_when = 'Continual or repeated removal requests on LMs where resistance to relearning matters; it adds a fixed projection to the model.'
     Config = MRPConfig
+    lora = False
 
     def unlearn(self, adapter: Any, request, config: MRPConfig) -> Outcome:
         model = adapter.model

@@ -122,6 +122,7 @@ class SSD(Method):
     paper = "Foster et al., Fast Machine Unlearning Without Retraining Through Selective Synaptic Dampening, 2023"
     use_when = 'One-pass, training-free classifier forgetting; precompute the full-data importance once per model (save_full_importance) so a request costs one pass over its forget set; tune α/λ per model.'
     Config = SSDConfig
+    lora = False
 
     def needs_for(self, config: SSDConfig) -> frozenset[str]:
         """A precomputed full-data importance stands in for the retained and original training data."""

@@ -196,6 +196,7 @@ class ULD(Method):
              "from Logit Difference, 2024")
     use_when = "LM forgetting that must leave the target's weights untouched, served as a logit difference with a small assistant."
     Config = ULDConfig
+    lora = False
 
     def unlearn(self, adapter: Any, request, config: ULDConfig) -> Outcome:
         target = adapter.model
