@@ -60,6 +60,19 @@ def parse_params(values: list[str] | None) -> dict[str, dict[str, Any]]:
     return parsed
 
 
+PROJECT_HELP = "Gradient methods (gradient_ascent, graddiff, npo, sam_npo, simnpo): project the forget update; gu = GU."
+SAMPLING_HELP = "Methods that pair forget and retain batches: standard, cyclic or modular (MELU) pairing."
+
+
+def with_plugins(settings: dict[str, Any], project: str | None, sampling: str | None) -> dict[str, Any]:
+    """``settings`` plus ``--project`` / ``--sampling`` (each may be given once: as an option or as a --param)."""
+    extra = {name: value for name, value in (("project", project), ("sampling", sampling)) if value is not None}
+    twice = sorted(set(extra) & set(settings))
+    if twice:
+        raise UserInputError(f"{twice[0]} is given both as --{twice[0]} and as --param; give it once.")
+    return settings | extra
+
+
 def split_list(value: str | None) -> list[str] | None:
     """Split a comma-separated option; None or empty gives None."""
     items = [v.strip() for v in (value or "").split(",") if v.strip()]
@@ -101,6 +114,8 @@ def bench_command(
     out: Path = typer.Option(Path("out/bench"), help="Output directory (must not exist unless --overwrite)."),
     seed: int = typer.Option(0, help="Seed for data, splits, initialisation and batching."),
     param: Optional[list[str]] = typer.Option(None, help="Method setting METHOD.NAME=VALUE (repeatable)."),
+    project: Optional[str] = typer.Option(None, help=PROJECT_HELP + " Applies to every method of --methods."),
+    sampling: Optional[str] = typer.Option(None, help=SAMPLING_HELP + " Applies to every method of --methods."),
     attacks: Optional[str] = typer.Option(None, help="facts: comma-separated attacks (relearn, in_context, quantize)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
     lora: Optional[str] = typer.Option(None, help="facts: train LoRA adapters, e.g. r=8,alpha=16,targets=c_attn,c_proj."),
@@ -116,13 +131,14 @@ def bench_command(
 
     command = command_line()
     memory = MemoryOptions.from_cli(lora, bf16, gradient_checkpointing)
+    params = bench_params(param, split_list(methods), project, sampling)
     if benchmark == "facts":
         from .benchmarks.lm_bench import run_lm_bench
 
         if scenario != "random":
             raise UserInputError("--scenario applies to the image benchmarks; facts forgets a --split of its people.")
         config = facts_preset(preset, seed, base)
-        run_lm_bench(config, split, split_list(methods), out, params=parse_params(param), overwrite=overwrite,
+        run_lm_bench(config, split, split_list(methods), out, params=params, overwrite=overwrite,
                      command=command, attacks=split_list(attacks) or (), memory=memory,
                      retrain_seeds=parse_seeds(retrain_seeds))
     else:
@@ -141,10 +157,22 @@ def bench_command(
             raise UserInputError(f"The {benchmark} bench runs in one process; start it without accelerate launch or torchrun.")
         from .benchmarks.classifier_bench import run_classifier_bench
 
-        run_classifier_bench(benchmark, scenario, split_list(methods), out, seed=seed, params=parse_params(param),
+        run_classifier_bench(benchmark, scenario, split_list(methods), out, seed=seed, params=params,
                              overwrite=overwrite, command=command)
     if is_main_process():
         typer.echo((out / "results.md").read_text())
+
+
+def bench_params(param: list[str] | None, methods: list[str] | None, project: str | None,
+                 sampling: str | None) -> dict[str, dict[str, Any]]:
+    """Each method's ``--param`` settings, plus ``--project`` / ``--sampling`` for every method of ``--methods``."""
+    params = parse_params(param)
+    if project is None and sampling is None:
+        return params
+    if not methods:
+        flag = "--project" if project is not None else "--sampling"
+        raise UserInputError(f"{flag} needs --methods: name the methods it applies to.")
+    return params | {name: with_plugins(params.get(name, {}), project, sampling) for name in methods}
 
 
 @app.command("evaluate")
@@ -237,6 +265,8 @@ def forget_command(
     out: Path = typer.Option(..., help="Where to write the unlearned model (a new folder)."),
     retain: Optional[Path] = typer.Option(None, help="Items whose knowledge must be kept (same formats)."),
     param: Optional[list[str]] = typer.Option(None, help="Method setting NAME=VALUE (repeatable)."),
+    project: Optional[str] = typer.Option(None, help=PROJECT_HELP),
+    sampling: Optional[str] = typer.Option(None, help=SAMPLING_HELP),
     ledger: str = typer.Option("unlearnkit-ledger.db", help="Ledger: a SQLite file or any SQLAlchemy URL."),
     salt_file: Optional[Path] = typer.Option(None, help="File holding the ledger's item salt (default: beside the ledger)."),
     subject: str = typer.Option("", help="Free text recorded in the ledger (e.g. the request's ticket); never shown to the model."),
@@ -263,7 +293,7 @@ def forget_command(
     from .forget_job import ForgetJob, run_forget
     from .train.lora import MemoryOptions
 
-    settings = {name: value for name, value in (_setting(p) for p in param or [])}
+    settings = with_plugins(dict(_setting(p) for p in param or []), project, sampling)
     memory = MemoryOptions.from_cli(lora, bf16, gradient_checkpointing)
     run_forget(ForgetJob(model=model, forget=forget, method=method, out=out, retain=retain, params=settings,
                          ledger=ledger, salt_file=salt_file, subject=subject, overwrite=overwrite,
