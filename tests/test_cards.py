@@ -9,12 +9,15 @@ def test_cards_quote_the_bench_numbers(tmp_path, capsys):
     bench = tmp_path / "bench"
     bench.mkdir()
     run = {"method": "npo", "seconds": 2.0, "retrain_seconds": 40.0, "status": "ok",
-           "metrics": {"forget_quality": 0.0123, "model_utility": 0.456}}
+           "metrics": {"forget_quality": 0.0123, "model_utility": 0.456},
+           "params": {"beta": 0.1, "epochs": 4, "full_importance": "/cache/x/importance.safetensors"}}
     (bench / "results.json").write_text(json.dumps({"benchmark": "facts", "split": "forget10", "runs": [run]}))
     assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 0
     text = (tmp_path / "cards" / "npo.md").read_text()
     assert "Negative Preference Optimization" in text and "reference_model, retain" in text
-    assert "| facts forget10 | forget_quality 0.0123, model_utility 0.456 | 2.00 s (0.050 of retraining) | ok |" in text
+    # the settings column names only what departs from the card's defaults (beta 0.1 is npo's default)
+    assert ("| facts forget10 | epochs=4 | forget_quality 0.0123, model_utility 0.456 | 2.00 s (0.050 of retraining) "
+            "| ok |") in text
     assert "Not yet part of a committed bench run." in (tmp_path / "cards" / "ssd.md").read_text()
     assert "[npo](npo.md)" in (tmp_path / "cards" / "README.md").read_text()
 

@@ -2,7 +2,7 @@
 
 Items are dicts ``{"question": str, "answer": str, ...}``. The loss is computed on the answer
 tokens only (the prompt and the padding carry label −100), and every answer ends with the EOS
-token, as in TOFU / OpenUnlearning. Conventions follow ``REFERENCE.md`` §1:
+token, as in TOFU / OpenUnlearning. Their conventions are kept:
 
 - ``per_item_loss`` is the mean NLL over the answer tokens **including** EOS (avg_loss_i);
 - the token-level statistics (``token_logprobs``, ``token_stats``, the Min-K%++ moments) **exclude**
