@@ -37,3 +37,19 @@ def test_cards_refuse_malformed_results_before_writing_any_card(tmp_path, capsys
         assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "cards").exists()
+
+
+def test_cards_never_land_among_other_files(tmp_path, capsys):
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "results.json").write_text(json.dumps({"benchmark": "digits", "scenario": "class", "runs": []}))
+    assert main(["cards", "--results", str(bench), "--out", str(bench)]) == 2  # the bench output itself
+    assert "holds the input" in capsys.readouterr().err
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(["cards", "--results", str(bench), "--out", str(other)]) == 2
+    assert "holds files that are not cards (e.g. notes.txt)" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 0
+    assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 0  # earlier cards are replaced

@@ -1,6 +1,7 @@
 """ForgetRequest validation, config checks, the divergence guard and the public API contract."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -155,6 +156,39 @@ def test_atomic_dir_leaves_nothing_behind_when_the_block_fails(tmp_path):
     with atomic_dir(tmp_path / "new" / "out") as tmp:
         (tmp / "done.txt").write_text("done")
     assert (tmp_path / "new" / "out" / "done.txt").read_text() == "done"
+
+
+@pytest.mark.parametrize("out, kwargs, message", [
+    ("", {}, "names no folder of its own"),
+    ("..", {"overwrite": True}, "names no folder of its own"),
+    ("a_file/sub", {}, "lies under"),
+    ("a_file", {"overwrite": True}, "is a file; folder output cannot replace it"),
+    ("a_folder", {"overwrite": True, "file": True}, "is a folder; file output cannot replace it"),
+    ("a_folder", {}, "already exists; choose another or pass --overwrite"),
+    ("a_folder", {"overwrite": True, "inputs": ["a_folder/data.jsonl"]}, "holds the input a_folder/data.jsonl"),
+])
+def test_check_output_refuses_paths_a_run_cannot_write_or_would_destroy(tmp_path, monkeypatch, out, kwargs, message):
+    from unlearnkit.io import check_output
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder").mkdir()
+    kwargs.setdefault("overwrite", False)
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        check_output(out, **kwargs)
+    with pytest.raises(UserInputError, match="the current folder or one above it"):
+        check_output(str(tmp_path.parent), overwrite=True)
+    check_output("a_folder/new", overwrite=False, inputs=["a_folder/data.jsonl"])  # beside an input is fine
+
+
+def test_a_weights_file_that_is_no_checkpoint_is_named_as_such(tmp_path):
+    from unlearnkit.io import load_state_dict
+
+    (tmp_path / "rows.jsonl").write_text('{"a": 1}\n')
+    with pytest.raises(UserInputError, match="neither safetensors nor a torch.save checkpoint"):
+        load_state_dict(tmp_path / "rows.jsonl")
+    with pytest.raises(UserInputError, match="is a folder"):
+        load_state_dict(tmp_path)
 
 
 def _tiny_run(config: TrainConfig, **kwargs):

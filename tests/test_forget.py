@@ -111,7 +111,14 @@ BAD_INPUTS = [
     ({"--model": "pickled"}, "pickle"),
     ({"--method": "uld_not_here"}, "Unknown method"),
     ({"--template-arg": "date_string"}, "is not of the form NAME=VALUE"),
+    ({"--out": "forget.jsonl/sub"}, "which is a file, not a folder"),
+    ({"--forget": "nomodel"}, "The data file"),
+    ({"--system-prompt": "Be brief."}, "holds a classifier"),
+    ({"--param": "momentum=-1"}, "momentum must lie in [0, 1)"),
+    ({"--param": "seed=-1"}, "seed must be an integer from 0"),
+    ({"--retain": None, "--project": "gu"}, "Method 'gradient_ascent' with project=gu needs retain data"),
 ]
+PATH_OPTIONS = ("--model", "--forget", "--retain", "--out", "--ledger", "--training-data")
 
 
 @pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=[m for _, m in BAD_INPUTS])
@@ -136,7 +143,7 @@ def test_bad_input_exits_2_and_writes_nothing(workspace, capsys, overrides, mess
     (ws / "pickled").mkdir()
     (ws / "pickled" / "unlearnkit.json").write_text(json.dumps(SPEC))
     torch.save({"state": MLP(4, [16], 2)}, ws / "pickled" / "model.pt")  # a pickled module, not plain tensors
-    resolved = {k: (ws / v if isinstance(v, str) and k != "--method" else v) for k, v in overrides.items()}
+    resolved = {k: (ws / v if isinstance(v, str) and k in PATH_OPTIONS else v) for k, v in overrides.items()}
     ledgers_before = {p.name: p.read_bytes() for p in ws.glob("*.db")}
     files_before = sorted(p.relative_to(ws) for p in ws.rglob("*"))
     assert main(_args(ws, **resolved)) == 2
@@ -243,12 +250,16 @@ def test_csv_missing_field_names_file_field_and_line(workspace, capsys):
     assert not (workspace / "out").exists()
 
 
-def test_an_output_path_holding_the_inputs_is_refused_even_with_overwrite(workspace, capsys):
-    for out in (workspace, workspace / "model" / ".."):
-        files_before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))
-        assert main(_args(workspace, **{"--out": out}) + ["--overwrite"]) == 2
-        assert "holds the input" in capsys.readouterr().err
-        assert sorted(p.relative_to(workspace) for p in workspace.rglob("*")) == files_before
+@pytest.mark.parametrize("out, message", [
+    ("", "holds the input"),  # the workspace itself
+    ("model/..", "names no folder of its own"),
+    ("ledger.db.salt", "holds the input"),  # the ledger's default salt file, even before it exists
+])
+def test_an_output_path_holding_the_inputs_is_refused_even_with_overwrite(workspace, capsys, out, message):
+    files_before = sorted(p.relative_to(workspace) for p in workspace.rglob("*"))
+    assert main(_args(workspace, **{"--out": f"{workspace}/{out}".rstrip("/")}) + ["--overwrite"]) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.relative_to(workspace) for p in workspace.rglob("*")) == files_before
 
 
 @pytest.mark.parametrize("break_salt", ["wrong salt in the environment", "salt file lost"])

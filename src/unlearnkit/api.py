@@ -53,13 +53,18 @@ def check_needs(method: Any, adapter: Any, request: ForgetRequest, config: Any) 
             f"Method {method.name!r} works on {', '.join(method.kinds)} models, not on a {adapter.kind} model."
         )
     if "retain" in method.needs_for(config) and not request.retain:
-        raise UserInputError(f"Method {method.name!r} needs retain data, but the request has none.")
+        projected = "retain" not in method.needs and getattr(config, "project", None)
+        setting = f" with project={config.project}" if projected else ""
+        raise UserInputError(f"Method {method.name!r}{setting} needs retain data, but the request has none.")
     method.check_model(adapter, config)
 
 
 def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]], adapter: Any, request: Any,
                      defaults: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Check every method name, kind, need and hyper-parameter before any work; return the settings."""
+    repeated = sorted({name for name in names if list(names).count(name) > 1})
+    if repeated:
+        raise UserInputError(f"Method {repeated[0]!r} is named twice in --methods; name each method once.")
     unknown = sorted(set(params) - set(names))
     if unknown:
         raise UserInputError(f"Settings were given for method {unknown[0]!r}, which is not in --methods.")

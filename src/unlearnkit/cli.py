@@ -10,6 +10,7 @@ from typing import Any, Optional
 import typer
 
 from .errors import UserInputError
+from .io import check_output
 
 app = typer.Typer(
     name="unlearnkit",
@@ -129,6 +130,9 @@ def bench_command(
     from .train.distributed import is_main_process, launched_processes
     from .train.lora import MemoryOptions
 
+    from .train.config import check_seed
+
+    check_seed(seed)
     command = command_line()
     memory = MemoryOptions.from_cli(lora, bf16, gradient_checkpointing)
     params = bench_params(param, split_list(methods), project, sampling)
@@ -236,8 +240,7 @@ def select_facts_command(
     check_selection_world(config)
     if split not in FORGET_SPLITS:
         raise UserInputError(f"Unknown forget split {split!r}; valid: {', '.join(FORGET_SPLITS)}.")
-    if out.exists() and not overwrite:
-        raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
+    check_output(out, overwrite=overwrite, file=True)
     chosen, rows = select_facts_settings(config, split, log=typer.echo)
     write_selection(out, config, split, chosen, rows, command_line())
     typer.echo(out.read_text())
@@ -254,6 +257,11 @@ def cards_command(
     for folder in results or []:
         if not (folder / "results.json").is_file():
             raise UserInputError(f"{folder} holds no results.json; pass folders written by 'unlearnkit bench'.")
+    check_output(out, overwrite=True, inputs=results or [])
+    others = sorted(p.name for p in out.iterdir() if p.suffix != ".md") if out.is_dir() else []
+    if others:  # cards replace earlier cards, never sit among other files
+        raise UserInputError(f"The cards folder {out} holds files that are not cards (e.g. {others[0]}); "
+                             "choose an empty folder or one holding only cards.")
     typer.echo(f"wrote {len(write_cards(out, results or []))} cards to {out}")
 
 
@@ -376,8 +384,10 @@ def _dispatch(argv: list[str] | None) -> int:
     except typer.Exit as done:
         return done.exit_code
     except Exception as error:  # click's own usage errors
-        if isinstance(error, _click_exceptions()):
-            error.show()
+        if isinstance(error, _click_exceptions()):  # one line, like every other refusal
+            context = getattr(error, "ctx", None)
+            hint = f" (see '{context.command_path} --help')" if context is not None else ""
+            typer.echo(f"error: {error.format_message()}{hint}", err=True)
             return error.exit_code
         raise
     return code if isinstance(code, int) else 0

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import UserInputError
+from .io import check_output
 from .userdata import read_records, require_fields
 
 
@@ -44,20 +45,14 @@ class ForgetJob:
     template_args: dict[str, str] = field(default_factory=dict)
 
 
-def _check_paths(job: ForgetJob) -> None:
+def _check_paths(job: ForgetJob, ledger: Any) -> None:
     if not job.model.is_dir():
         raise UserInputError(f"The model folder {job.model} does not exist or is not a folder.")
     model, out = job.model.resolve(), job.out.resolve()
     if out == model or model in out.parents:
         raise UserInputError(f"The output path {job.out} is inside the input model folder {job.model}; choose another.")
-    inputs = [job.model, job.forget, job.retain, job.training_data, job.salt_file,
-              None if "://" in job.ledger else Path(job.ledger)]
-    for given in (p for p in inputs if p is not None):
-        if out == Path(given).resolve() or out in Path(given).resolve().parents:
-            raise UserInputError(f"The output path {job.out} holds the input {given}; --overwrite would delete it. "
-                                 "Choose another output path.")
-    if job.out.exists() and not job.overwrite:
-        raise UserInputError(f"The output path {job.out} already exists; choose another or pass --overwrite.")
+    check_output(job.out, overwrite=job.overwrite, inputs=(job.model, job.forget, job.retain, job.training_data,
+                                                           ledger.salt_path, ledger.file_path))
 
 
 def _model_kind(directory: Path) -> str:
@@ -200,11 +195,11 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     from .request import ForgetRequest
     from .train.distributed import check_launch, is_main_process, on_main, training_device
 
-    _check_paths(job)
+    ledger = Ledger(job.ledger, salt_file=job.salt_file)
+    _check_paths(job, ledger)
     kind = _model_kind(job.model)
     forget_records = read_records(job.forget)
     retain_records = read_records(job.retain) if job.retain else []
-    ledger = Ledger(job.ledger, salt_file=job.salt_file)
     new_file = "://" not in job.ledger and not Path(job.ledger).exists()
     if new_file and not Path(job.ledger).parent.is_dir():
         raise UserInputError(f"The ledger's folder {Path(job.ledger).parent} does not exist.")
@@ -215,6 +210,9 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
                              "refusing to append to it.")
     ledger.check_writable()  # a wrong or missing salt is refused now, before any work
     if kind == "classifier":
+        if job.system_prompt or job.template_args:
+            raise UserInputError("--system-prompt and --template-arg shape a language model's prompts; "
+                                 f"{job.model} holds a classifier.")
         adapter, spec = _load_classifier(job.model, job.trust_pickle)
         forget = _classifier_items(forget_records, job, job.forget, spec)
         retain = _classifier_items(retain_records, job, job.retain, spec) if job.retain else []

@@ -8,12 +8,37 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .errors import UserInputError
 
 if TYPE_CHECKING:
     import torch
+
+
+def check_output(out: str | os.PathLike, *, overwrite: bool, inputs: Iterable[Any] = (), file: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written or that ``--overwrite`` would use to
+    destroy something: an existing path without ``overwrite``, a path with no name of its own ("", ".", ".."),
+    one under an existing file, a file where a folder is wanted (or the reverse), the current folder or one
+    above it, and a path that is or holds one of ``inputs`` (paths; None entries are skipped)."""
+    path = Path(out)
+    what = "file" if file else "folder"
+    if path.name in ("", ".", ".."):
+        raise UserInputError(f"The output path {str(out)!r} names no {what} of its own; give the path of a new {what}.")
+    resolved = path.resolve()
+    blocking = next((p for p in reversed(resolved.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise UserInputError(f"The output path {out} lies under {blocking}, which is a file, not a folder.")
+    if resolved == Path.cwd() or resolved in Path.cwd().parents:
+        raise UserInputError(f"The output path {out} is the current folder or one above it; choose a new {what}.")
+    for given in (Path(p) for p in inputs if p is not None):
+        if resolved == given.resolve() or resolved in given.resolve().parents:
+            raise UserInputError(f"The output path {out} holds the input {given}; --overwrite would delete it. "
+                                 "Choose another output path.")
+    if path.exists() and not overwrite:
+        raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
+    if path.exists() and path.is_dir() == file:
+        raise UserInputError(f"The output path {out} is {'a folder' if file else 'a file'}; {what} output cannot replace it.")
 
 
 @contextmanager
@@ -100,7 +125,7 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
     """Load weights from ``.safetensors``; ``.pt/.bin`` only with ``weights_only=True`` unless trusted."""
     path = Path(path)
     if not path.is_file():
-        raise UserInputError(f"The weights file {path} does not exist.")
+        raise UserInputError(f"The weights file {path} {'is a folder' if path.is_dir() else 'does not exist'}.")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -113,11 +138,21 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
+        if not _torch_save_file(path):
+            raise UserInputError(f"The weights file {path} is neither safetensors nor a torch.save checkpoint.") from None
         if not trust_pickle:
             raise UserInputError(
                 f"The checkpoint {path} is a pickle that cannot be loaded safely; convert it to safetensors or pass --trust-pickle if you trust its source."
             ) from None
         return torch.load(path, map_location="cpu", weights_only=False)  # explicit user opt-in
+
+
+def _torch_save_file(path: Path) -> bool:
+    """Whether the file looks like ``torch.save`` output: a zip archive, or a legacy pickle (protocol byte 0x80)."""
+    import zipfile
+
+    with path.open("rb") as handle:
+        return zipfile.is_zipfile(handle) or handle.read(1) == b"\x80"
 
 
 def fingerprint(state: dict[str, "torch.Tensor"]) -> str:

@@ -495,7 +495,14 @@ class Ledger:
 
     # ----- salt
 
-    def _default_salt_file(self) -> Path | None:
+    @property
+    def file_path(self) -> Path | None:
+        """The SQLite file of the ledger, or None for a database server."""
+        return self._target.sqlite_path
+
+    @property
+    def salt_path(self) -> Path | None:
+        """The file holding the item salt: the one given, else ``<ledger file>.salt`` (None for a server)."""
         if self._salt_file is not None:
             return self._salt_file
         if self._target.sqlite_path is not None:
@@ -510,7 +517,7 @@ class Ledger:
         elif self._salt_file is None and os.environ.get(SALT_ENV):
             self._key = salt_key(os.environ[SALT_ENV])
         else:
-            self._key = salt_key(_read_or_create_salt(self._default_salt_file(), self._target.label, create=create))
+            self._key = salt_key(_read_or_create_salt(self.salt_path, self._target.label, create=create))
         return self._key
 
     def _wrong_salt(self) -> UserInputError:
@@ -555,7 +562,7 @@ class Ledger:
         with self._database_errors("written"):
             if not self._ready:  # a new ledger: its salt is given, or read from or made in a file
                 from_file = self._salt_given is None and not (self._salt_file is None and os.environ.get(SALT_ENV))
-                path = self._default_salt_file() if from_file else None
+                path = self.salt_path if from_file else None
                 if from_file and (path is None or not path.exists()):
                     _check_salt_folder(path, self._target.label)  # the salt file that the first append will make
                 else:

@@ -16,7 +16,7 @@ def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """``(line or row number, record)`` pairs from a JSONL, CSV or Parquet file."""
     path = Path(path)
     if not path.is_file():
-        raise UserInputError(f"The data file {path} does not exist.")
+        raise UserInputError(f"The data file {path} {'is a folder' if path.is_dir() else 'does not exist'}.")
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise UserInputError(f"The data file {path} has an unknown format; use .jsonl, .csv or .parquet.")

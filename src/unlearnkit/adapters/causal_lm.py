@@ -104,6 +104,10 @@ class CausalLMAdapter:
         tokenizer = load_tokenizer(directory)
         from transformers import AutoModelForCausalLM
 
+        from ..train.progress import quiet_library_bars
+
+        quiet_library_bars()
+
         try:
             model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, **model_kwargs)
         except ValueError as error:

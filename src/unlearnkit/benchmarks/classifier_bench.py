@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 from ..api import unlearn, validate_runs
 from ..errors import UserInputError
 from ..eval.classification import evaluate_classifier
-from ..io import atomic_dir
+from ..io import atomic_dir, check_output
 from ..methods.registry import get_method, methods
 from ..train.config import build_config
 from ..report.html import write_report
@@ -42,8 +42,7 @@ def run_classifier_bench(
     request = forget_request(bench, scenario)
     names = list(method_names) if method_names else default_methods()
     settings = validate_runs(names, params or {}, bench.adapter(None), request, bench.method_defaults)
-    if out.exists() and not overwrite:
-        raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
+    check_output(out, overwrite=overwrite)
 
     target, target_meta = cached_classifier(bench, [], "target")
     notes = []

@@ -17,7 +17,7 @@ from ..api import unlearn, validate_runs
 from ..errors import UserInputError
 from ..eval.attacks import parse_attacks, run_attacks
 from ..eval.language import LM_METRICS, evaluate_lm, lm_metrics
-from ..io import atomic_dir
+from ..io import atomic_dir, check_output
 from ..methods.registry import get_method, methods
 from ..report.html import write_report
 from ..train.config import build_config
@@ -144,8 +144,7 @@ def run_lm_bench(
     data = load_facts(config)
     request = facts_request(data, split)
     check_retrain_seeds(retrain_seeds, config)
-    if out.exists() and not overwrite:
-        raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
+    check_output(out, overwrite=overwrite)
     target_dir, target_meta = cached_facts_model(config, "target")
     retain_dir, retain_meta = cached_facts_model(config, "retain", split)
     target = CausalLMAdapter.from_pretrained(target_dir, max_length=config.max_length)
@@ -281,8 +280,7 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
 
     log = log if is_main_process() else _quiet
 
-    if out.exists() and not overwrite:
-        raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
+    check_output(out, overwrite=overwrite, inputs=(data, model, retain_model))
     if max_new_tokens < 1:
         raise UserInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens}.")
     splits = tofu_evaluation_splits(data, split)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UserInputError
-from ..io import atomic_dir, write_json_atomic, write_text_atomic
+from ..io import atomic_dir, check_output, write_json_atomic, write_text_atomic
 from ..request import ForgetRequest
 
 QA_FIELDS = ("question", "answer")
@@ -159,8 +159,7 @@ def export_facts(config: Any, out_dir: str | Path, splits: Sequence[str] = ("for
     unknown = [s for s in splits if s not in FORGET_SPLITS]
     if unknown:
         raise UserInputError(f"Unknown forget split {unknown[0]!r}; valid: {', '.join(FORGET_SPLITS)}.")
-    if Path(out_dir).exists() and not overwrite:  # before any model is trained
-        raise UserInputError(f"The output path {out_dir} already exists; choose another or pass --overwrite.")
+    check_output(out_dir, overwrite=overwrite)  # before any model is trained
     data = load_facts(config)
     models = {"target": cached_facts_model(config, "target")}
     models.update({RETAIN_OF[s]: cached_facts_model(config, "retain", s) for s in splits})

@@ -42,8 +42,9 @@ class Method:
     lora: ClassVar[bool] = True
 
     def needs_for(self, config: Any) -> frozenset[str]:
-        """What a run with ``config`` needs: ``needs``, unless a setting makes some of it unnecessary."""
-        return self.needs
+        """What a run with ``config`` needs: ``needs``, plus retain data when the forget update is projected
+        off retain gradients (``project``); a method may also drop needs a setting makes unnecessary."""
+        return self.needs | ({"retain"} if getattr(config, "project", None) else frozenset())
 
     def check_model(self, adapter: Any, config: Any) -> None:
         """Raise :class:`UserInputError` when this model cannot serve a run with ``config`` (default: any

@@ -53,10 +53,23 @@ class TrainConfig:
             raise UserInputError(f"weight_decay must be a non-negative number, got weight_decay={self.weight_decay}.")
         if self.warmup_steps < 0:
             raise UserInputError(f"warmup_steps must be a non-negative integer, got warmup_steps={self.warmup_steps}.")
+        if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
+            raise UserInputError(f"momentum must lie in [0, 1), got momentum={self.momentum}.")
+        check_seed(self.seed, "seed")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict (for results and the ledger)."""
         return dataclasses.asdict(self)
+
+
+#: Seeds must fit the 32-bit range every generator in the pipeline (torch, numpy, scikit-learn) accepts.
+SEED_LIMIT = 2**32
+
+
+def check_seed(seed: Any, name: str = "--seed") -> None:
+    """Raise :class:`UserInputError` unless ``seed`` is an integer in [0, 2³²)."""
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT):
+        raise UserInputError(f"{name} must be an integer from 0 to {SEED_LIMIT - 1}, got {seed!r}.")
 
 
 def build_config(config_cls: type, overrides: Mapping[str, Any], *, owner: str) -> Any:
@@ -87,7 +100,7 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
         if value.lower() in ("none", "null") and "None" in declared:
             return None
         if declared.startswith("bool"):
-            return value.lower() in ("1", "true", "yes", "on")
+            return _boolean(value)
         if declared.startswith("int"):
             return int(value)
         if declared.startswith("float") or "float" in declared:
@@ -97,3 +110,13 @@ def _coerce(field: dataclasses.Field, value: Any) -> Any:
     except ValueError:
         raise UserInputError(f"Hyper-parameter {field.name}={value!r} is not a valid {declared}.") from None
     return value
+
+
+def _boolean(value: str) -> bool:
+    """true/false spelled as the CLI accepts them; anything else is a typo, not False."""
+    spelled = value.strip().lower()
+    if spelled in ("1", "true", "yes", "on"):
+        return True
+    if spelled in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)

@@ -67,6 +67,8 @@ def parse_lora(text: str) -> LoraSpec:
 
     A comma-separated piece without ``=`` continues the list of the key before it (``targets``).
     """
+    if not text.strip():
+        raise UserInputError("--lora is empty; give its settings, e.g. r=8,alpha=16, or leave --lora out.")
     values: dict[str, list[str]] = {}
     key = None
     for piece in (p.strip() for p in text.split(",")):
@@ -126,7 +128,7 @@ class MemoryOptions:
     @classmethod
     def from_cli(cls, lora: str | None = None, bf16: bool = False, gradient_checkpointing: bool = False) -> "MemoryOptions":
         """Build from the CLI options (``--lora TEXT``, ``--bf16``, ``--gradient-checkpointing``)."""
-        return cls(parse_lora(lora) if lora else None, bool(bf16), bool(gradient_checkpointing))
+        return cls(parse_lora(lora) if lora is not None else None, bool(bf16), bool(gradient_checkpointing))
 
     @property
     def active(self) -> bool:

@@ -44,3 +44,13 @@ def progress_bar(description: str, total: int | None) -> Iterator[_Bar]:
     with Progress(*columns, transient=True) as progress:
         task = progress.add_task(description, total=total, loss="-")
         yield _Bar(progress, task)
+
+
+def quiet_library_bars() -> None:
+    """Silence Hugging Face's own bars (e.g. "Loading weights") where unlearnkit draws none, so a refusal
+    that follows a model load stays one line on stderr."""
+    if progress_enabled():
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
