@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -52,8 +53,8 @@ def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(tmp_path):
         (["--scenario", "scole", "--scenario-param", "classes_per_task=11"], "classes_per_task must be"),
         (["--scenario", "scole", "--scenario-param", "colour=red"], "has no option 'colour'; valid: num_tasks"),
         (["--scenario", "split-digits", "--scenario-param", "num_tasks=3"], "has no option 'num_tasks'."),
-        (["--scenario", "clofai", "--data", str(tmp_path), "--scenario-param", "image_size=0"], "image_size must be"),
-        (["--scenario", "clofai", "--data", str(tmp_path), "--scenario-param", "test_fraction=1.5"], "test_fraction"),
+        (["--scenario", "clofai", "--data", str(tmp_path / "clofai"), "--scenario-param", "image_size=0"], "image_size must be"),
+        (["--scenario", "clofai", "--data", str(tmp_path / "clofai"), "--scenario-param", "test_fraction=1.5"], "test_fraction"),
     ):
         result = runner.invoke(_app(), ["continual", "--out", str(out / "deeper"), *extra])
         assert result.exit_code == 2, result.output
@@ -70,3 +71,76 @@ def test_sweep_writes_a_markdown_page(tmp_path):
     text = page.read_text()
     assert "| naive | amnesiac |" in text and "| acu | acu |" in text
     assert "split-digits, with unlearning" in text
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch):
+    """The current folder for a bad-input case: a CLOFAI-layout folder C (never read: every case fails
+    before loading), a plain file and an empty folder."""
+    for task in ("gen_a", "gen_b"):
+        for label in ("real", "fake"):
+            (tmp_path / "C" / task / label).mkdir(parents=True)
+            (tmp_path / "C" / task / label / "0.png").write_bytes(b"pixels")
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_folder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() if p.is_file() else None for p in root.rglob("*")}
+
+
+def _refused(command, defaults, overrides, root, message):
+    """Run ``command`` with ``defaults`` updated by ``overrides`` (None: a flag; a list: the option repeated) and
+    check the refusal: exit status 2, one ``error:`` line holding ``message``, and nothing under ``root`` changed."""
+    before = _tree(root)
+    args = [command]
+    for name, value in {**defaults, **overrides}.items():
+        values = value if isinstance(value, list) else [value]
+        args += [name] if value is None else [part for v in values for part in (name, v)]
+    result = runner.invoke(_app(), args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
+    assert _tree(root) == before
+
+
+@pytest.mark.parametrize("overrides, message", [
+    pytest.param({"--scenario": "clofai", "--data": "C", "--out": "C", "--overwrite": None},
+                 "holds the input C; --overwrite would delete it", id="out-is-the-data"),
+    pytest.param({"--scenario": "clofai", "--data": "C", "--out": "C/t0", "--overwrite": None},
+                 "lies inside the input folder C", id="out-inside-the-data"),
+    pytest.param({"--scenario": "clofai", "--data": "C/", "--out": "./C/gen_a", "--overwrite": None},
+                 "lies inside the input folder C", id="out-replaces-a-task-folder"),
+    pytest.param({"--out": ""}, "names no folder of its own", id="out-empty"),
+    pytest.param({"--out": ".", "--overwrite": None}, "names no folder of its own", id="out-current-folder"),
+    pytest.param({"--out": "a_file/sub"}, "which is a file, not a folder", id="out-under-a-file"),
+    pytest.param({"--seed": "-1"}, "--seed must be an integer from 0 to 4294967295, got -1.", id="seed-negative"),
+    pytest.param({"--scenario": "clofai", "--data": "C", "--seed": "-1"}, "--seed must be an integer from 0", id="clofai-seed-negative"),
+    pytest.param({"--seed": "4294967296"}, "--seed must be an integer from 0 to 4294967295, got 4294967296.", id="seed-too-large"),
+    pytest.param({"--param": "hidden=-1"}, "hidden-layer width must be a positive integer, got hidden=-1.", id="hidden-negative"),
+    pytest.param({"--strategy": "joint", "--param": "hidden=0"}, "got hidden=0.", id="joint-hidden-zero"),
+    pytest.param({"--data": "C"}, "--data applies to the clofai scenario only", id="data-without-clofai"),
+    pytest.param({"--unlearner": "", "--stream": "learn:0,unlearn:0"}, "Unknown unlearner ''", id="unlearner-empty"),
+    pytest.param({"--param": ["optimizer=sgd", "momentum=-1"]}, "momentum must lie in [0, 1)", id="sgd-momentum-negative"),
+])
+def test_continual_refuses_bad_input_before_any_work(workdir, overrides, message):
+    _refused("continual", {"--out": "run", "--stream": "learn:0"}, overrides, workdir, message)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    pytest.param({"--out": "a_folder", "--overwrite": None}, "is a folder; file output cannot replace it", id="out-is-a-folder"),
+    pytest.param({"--out": ""}, "names no file of its own", id="out-empty"),
+    pytest.param({"--seeds": "-1"}, "Each --seeds value must be an integer from 0 to 4294967295, got -1.", id="seed-negative"),
+    pytest.param({"--seeds": "0,4294967296"}, "got 4294967296.", id="seed-too-large"),
+    pytest.param({"--seeds": ","}, "--seeds names no seed", id="seeds-none"),
+    pytest.param({"--seeds": "0,x"}, "--seeds takes comma-separated integers; 'x' is not one", id="seeds-not-integers"),
+    pytest.param({"--strategies": ""}, "--strategies expects comma-separated strategy names", id="strategies-empty"),
+    pytest.param({"--strategies": "naive,ewc,"}, "--strategies expects comma-separated strategy names", id="strategies-empty-name"),
+    pytest.param({"--strategies": "naive,naive"}, "names the same strategy twice ('naive' and 'naive')", id="strategies-repeated"),
+    pytest.param({"--strategies": "ewc,naive+ewc"}, "('ewc' and 'naive+ewc')", id="strategies-same-spelled-twice"),
+])
+def test_sweep_refuses_bad_input_before_any_work(workdir, overrides, message):
+    defaults = {"--out": "page.md", "--strategies": "naive", "--seeds": "0", "--stream": "learn:0", "--no-acu-cost": None}
+    _refused("continual-sweep", defaults, overrides, workdir, message)

@@ -93,7 +93,7 @@ BAD_INPUTS = [
     ({"--retain": "missing.jsonl"}, "does not exist"),
     ({"--method": "nope"}, "Unknown method 'nope'"),
     ({"--method": "random_label", "--retain": None}, "needs retain data"),
-    ({"--out": "model/inside"}, "inside the input model folder"),
+    ({"--out": "model/inside"}, "lies inside the input folder"),
     ({"--forget": "empty.jsonl"}, "holds no records"),
     ({"--forget": "notjson.jsonl"}, "line 2 is not valid JSON"),
     ({"--forget": "nofield.jsonl"}, "line 1 has no field 'label'"),

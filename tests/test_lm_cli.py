@@ -98,7 +98,7 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
         (["--model", str(exported)], "hugging face model folder"),  # a data folder, not a model
         (["--model", str(exported / "models" / "target"), "--max-new-tokens", "0"], "max_new_tokens must be a positive"),
         (["--model", str(exported / "models" / "target"), "--out", str(exported / "models"), "--overwrite"],
-         "holds the input"),  # the later --out wins: the folder of both models
+         "lies inside the input folder"),  # the later --out wins: inside --data, holding both models
     ]
     no_tokenizer = tmp_path / "no-tokenizer"
     shutil.copytree(exported / "models" / "target", no_tokenizer)

@@ -80,13 +80,16 @@ def split_list(value: str | None) -> list[str] | None:
     return items or None
 
 
-def parse_seeds(value: str | None) -> list[int]:
-    """Integers from a comma-separated option (none for None or empty)."""
+def parse_seeds(value: str | None, flag: str = "--retrain-seeds") -> list[int]:
+    """Seeds from a comma-separated option (none for None or empty), each an integer in [0, 2³²)."""
+    from .train.config import check_seed
+
     seeds = []
     for text in split_list(value) or []:
         if not text.lstrip("-").isdigit():
-            raise UserInputError(f"--retrain-seeds takes comma-separated integers; {text!r} is not one.")
+            raise UserInputError(f"{flag} takes comma-separated integers; {text!r} is not one.")
         seeds.append(int(text))
+        check_seed(seeds[-1], f"Each {flag} value")
     return seeds
 
 

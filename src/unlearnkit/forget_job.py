@@ -48,9 +48,6 @@ class ForgetJob:
 def _check_paths(job: ForgetJob, ledger: Any) -> None:
     if not job.model.is_dir():
         raise UserInputError(f"The model folder {job.model} does not exist or is not a folder.")
-    model, out = job.model.resolve(), job.out.resolve()
-    if out == model or model in out.parents:
-        raise UserInputError(f"The output path {job.out} is inside the input model folder {job.model}; choose another.")
     check_output(job.out, overwrite=job.overwrite, inputs=(job.model, job.forget, job.retain, job.training_data,
                                                            ledger.salt_path, ledger.file_path))
 

@@ -20,7 +20,7 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, inputs: Iterable[An
     """Refuse, before any work, an output path that cannot be written or that ``--overwrite`` would use to
     destroy something: an existing path without ``overwrite``, a path with no name of its own ("", ".", ".."),
     one under an existing file, a file where a folder is wanted (or the reverse), the current folder or one
-    above it, and a path that is or holds one of ``inputs`` (paths; None entries are skipped)."""
+    above it, and a path that is, holds or lies inside one of ``inputs`` (paths; None entries are skipped)."""
     path = Path(out)
     what = "file" if file else "folder"
     if path.name in ("", ".", ".."):
@@ -35,6 +35,9 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, inputs: Iterable[An
         if resolved == given.resolve() or resolved in given.resolve().parents:
             raise UserInputError(f"The output path {out} holds the input {given}; --overwrite would delete it. "
                                  "Choose another output path.")
+        if given.is_dir() and given.resolve() in resolved.parents:
+            raise UserInputError(f"The output path {out} lies inside the input folder {given}; writing there would "
+                                 "change it. Choose a path outside it.")
     if path.exists() and not overwrite:
         raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
     if path.exists() and path.is_dir() == file:

@@ -40,6 +40,37 @@ def _user_errors(action: Callable[[], None]) -> None:
         raise typer.Exit(code=2) from None
 
 
+def check_continual_input(out: Path, *, scenario: str, data: str | None, seed: int, overwrite: bool) -> None:
+    """The cheap checks of ``continual``, before the scenario is built: the seed, ``--data`` only with clofai,
+    and an output folder that can be written without touching the dataset (``io.check_output``)."""
+    from ..io import check_output
+    from ..train.config import check_seed
+
+    check_seed(seed, "--seed")
+    if data is not None and scenario != "clofai":
+        raise UserInputError(f"--data applies to the clofai scenario only, not {scenario!r}; drop it or pass --scenario clofai.")
+    check_output(out, overwrite=overwrite, inputs=[data])
+
+
+def parse_strategies(text: str | None) -> list[str]:
+    """The sweep's strategies: all of them when ``text`` is None; an empty, unknown or repeated name is an error."""
+    from .strategies import ALL_STRATEGIES, parse_spec
+
+    if text is None:
+        return list(ALL_STRATEGIES)
+    names = [s.strip() for s in text.split(",")]
+    if not all(names):
+        raise UserInputError(f"--strategies expects comma-separated strategy names (omit it to run them all), got {text!r}.")
+    seen: dict[tuple, str] = {}
+    for name in names:
+        base, plugins = parse_spec(name)
+        key = (base, tuple(plugins))
+        if key in seen:
+            raise UserInputError(f"--strategies names the same strategy twice ({seen[key]!r} and {name!r}); list each once.")
+        seen[key] = name
+    return names
+
+
 def _scenario(name: str, seed: int, data: str | None, options: list[str] | None):
     from .scenarios import build_scenario
 
@@ -68,6 +99,7 @@ def continual(
         from .report import matrix_csv, print_run, save_heatmap
         from .runner import run_stream
 
+        check_continual_input(out, scenario=scenario, data=data, seed=seed, overwrite=overwrite)
         params = parse_assignments(param, "--param")
         unlearn_params = parse_assignments(unlearner_param, "--unlearner-param")
         chosen = _scenario(scenario, seed, data, scenario_param)
@@ -95,18 +127,15 @@ def continual_sweep(
     """Run every strategy on the given scenarios and streams and write a markdown results page."""
 
     def work() -> None:
-        from ..io import write_text_atomic
-        from .strategies import ALL_STRATEGIES, parse_spec
+        from ..io import check_output, write_text_atomic
 
-        if out.exists() and not overwrite:
-            raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
-        names = [s.strip() for s in strategies.split(",")] if strategies else list(ALL_STRATEGIES)
-        for name in names:
-            parse_spec(name)
-        try:
-            seed_list = [int(s) for s in seeds.split(",")]
-        except ValueError:
-            raise UserInputError(f"--seeds expects comma-separated integers, got {seeds!r}.") from None
+        check_output(out, overwrite=overwrite, file=True)
+        names = parse_strategies(strategies)
+        from ..cli import parse_seeds
+
+        seed_list = parse_seeds(seeds, "--seeds")
+        if not seed_list:
+            raise UserInputError("--seeds names no seed; give comma-separated integers such as 0,1,2.")
         sections, acu_rows = [], []
         for scenario_name in scenario or ["split-digits"]:
             sections += sweep_scenario(scenario_name, names, stream, seed_list)

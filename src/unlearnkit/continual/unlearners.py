@@ -45,7 +45,7 @@ def unlearner_names() -> list[str]:
 def resolve_unlearner(spec: str, unlearner: str | None, requests: Sequence[Request]) -> str:
     """The unlearner to use (the strategy's default when None); raise when it cannot serve the stream."""
     cls = strategy_class(spec)
-    name = unlearner or cls.default_unlearner
+    name = cls.default_unlearner if unlearner is None else unlearner
     if name not in BUILTIN and name not in core_methods():
         raise UserInputError(f"Unknown unlearner {name!r}; valid: {', '.join(unlearner_names())}.")
     native = NATIVE.get(name)

@@ -37,6 +37,12 @@ class LearnerConfig(TrainConfig):
     grad_clip: float | None = None
     hidden: int = 100
 
+    def check(self) -> None:
+        """The recipe's checks plus a positive hidden-layer width."""
+        super().check()
+        if not (isinstance(self.hidden, int) and self.hidden >= 1):
+            raise UserInputError(f"The hidden-layer width must be a positive integer, got hidden={self.hidden}.")
+
 
 @dataclass
 class PluginConfig:
