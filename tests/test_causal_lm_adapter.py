@@ -309,3 +309,17 @@ def test_item_mean_weighs_every_item_the_same_so_a_split_batch_averages_back():
     assert (2 * halves[0] + halves[1]) / 3 == pytest.approx(item_mean(values, mask))  # shares of items
     token_mean = float((values * mask).sum() / mask.sum())
     assert token_mean != pytest.approx(float(item_mean(values, mask)))  # what the whole-batch mean gave
+
+
+def test_encoded_items_are_kept_shared_with_twins_and_keyed_on_the_prompt_format():
+    tokenizer = _tokenizer()
+    adapter = CausalLMAdapter(_model(tokenizer), tokenizer, max_length=64)
+    first = adapter.encode_item(ITEMS[0])
+    first[1].append(-1)  # callers get their own lists: changing one never changes the kept ids
+    prompt, answer = adapter._split_ids(ITEMS[0]["question"], ITEMS[0]["answer"])
+    assert adapter.encode_item(ITEMS[0]) == (prompt, answer + [tokenizer.eos_token_id])
+    twin = adapter.with_model(_model(tokenizer, seed=1))
+    assert twin._encoded is adapter._encoded and len(adapter._encoded) == 1
+    adapter.max_length = 8  # a changed setting is part of the key, so the ids follow it
+    prompt, answer = adapter.encode_item(ITEMS[2])
+    assert len(prompt) + len(answer) == 8 and len(adapter._encoded) == 2

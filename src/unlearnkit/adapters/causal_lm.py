@@ -30,6 +30,8 @@ from ..errors import UserInputError
 IGNORE = -100
 #: The prompt used when the tokenizer has no chat template.
 PLAIN_PROMPT = "Question: {question}\nAnswer: "
+#: How many items' token ids an adapter keeps (beyond it, further items are tokenized at each use).
+ENCODED_ITEMS_KEPT = 100_000
 #: File names any Hugging Face tokenizer folder holds at least one of.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
@@ -90,6 +92,9 @@ class CausalLMAdapter:
         self.max_length = int(max_length)
         self.system_prompt = system_prompt or None
         self.template_args = dict(template_args or {})
+        # Token ids per (question, answer): training re-reads the same items every epoch, and tokenizing
+        # them again was a fifth of a short unlearning run. Keyed on everything the ids depend on.
+        self._encoded: dict[tuple, tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -130,8 +135,10 @@ class CausalLMAdapter:
 
     def with_model(self, model: nn.Module) -> "CausalLMAdapter":
         """The same adapter (tokenizer, prompt format) around another model."""
-        return CausalLMAdapter(model, self.tokenizer, self.max_length, system_prompt=self.system_prompt,
+        twin = CausalLMAdapter(model, self.tokenizer, self.max_length, system_prompt=self.system_prompt,
                                template_args=self.template_args)
+        twin._encoded = self._encoded  # same tokenizer and prompt format, so the same ids
+        return twin
 
     # ------------------------------------------------------------------ batching
     def prompt(self, question: str) -> str:
@@ -184,11 +191,17 @@ class CausalLMAdapter:
         from the left, so the answer (what every metric reads) survives.
         """
         question, answer = _question_answer(item)
+        key = (question, answer, self.max_length, self.system_prompt, tuple(sorted(self.template_args.items())))
+        if key in self._encoded:
+            prompt, target = self._encoded[key]
+            return list(prompt), list(target)
         prompt, answer_ids = self._split_ids(question, answer)
         target = answer_ids + [self.tokenizer.eos_token_id]
         if len(prompt) + len(target) > self.max_length:
             target = target[: self.max_length - 1]
             prompt = prompt[len(prompt) - (self.max_length - len(target)) :]
+        if len(self._encoded) < ENCODED_ITEMS_KEPT:
+            self._encoded[key] = (tuple(prompt), tuple(target))
         return prompt, target
 
     @property
