@@ -130,10 +130,9 @@ def bench_command(
                                                 "alone moves each metric)."),
 ) -> None:
     """Unlearn with each method on a built-in benchmark and compare every result with retraining."""
+    from .train.config import check_seed
     from .train.distributed import is_main_process, launched_processes
     from .train.lora import MemoryOptions
-
-    from .train.config import check_seed
 
     check_seed(seed)
     command = command_line()
