@@ -134,16 +134,16 @@ def continual_sweep(
         from ..cli import parse_seeds
 
         seed_list = parse_seeds(seeds, "--seeds")
-        if not seed_list:
-            raise UserInputError("--seeds names no seed; give comma-separated integers such as 0,1,2.")
+        if not seed_list or len(set(seed_list)) < len(seed_list):
+            raise UserInputError(f"--seeds must name distinct seeds, e.g. 0,1,2; got {seeds!r}.")
+        plans = [sweep_plan(name, stream, seed_list) for name in scenario or ["split-digits"]]  # all checked first
         sections, acu_rows = [], []
-        for scenario_name in scenario or ["split-digits"]:
-            sections += sweep_scenario(scenario_name, names, stream, seed_list)
+        for scenarios, streams in plans:
+            sections += sweep_scenario(scenarios, names, streams)
             if acu_cost and "acu" in names:
                 from .cost import acu_cost as measure
-                from .scenarios import build_scenario
 
-                acu_rows += measure(build_scenario(scenario_name, seed_list[0]), seed_list[0])
+                acu_rows += measure(scenarios[seed_list[0]], seed_list[0])
         from .report import sweep_page
 
         from ..cli import command_line
@@ -162,18 +162,30 @@ def default_streams(num_tasks: int) -> list[str]:
     return [",".join(learn), ",".join(unlearn)]
 
 
-def sweep_scenario(name: str, strategies: list[str], streams: list[str] | None, seeds: list[int]) -> list[tuple[str, str, str]]:
-    """Run every (stream, strategy, seed) on one scenario; one markdown section per stream."""
-    from .report import sweep_table
-    from .runner import run_stream
+def sweep_plan(name: str, streams: list[str] | None, seeds: list[int]) -> tuple[dict[int, Any], list[str]]:
+    """One scenario per seed and the streams to run on it, each stream checked against the scenario, so a bad
+    scenario name or stream is refused before the sweep's first run."""
     from .scenarios import build_scenario
+    from .stream import check_stream, parse_stream
 
     scenarios = {seed: build_scenario(name, seed) for seed in seeds}
+    chosen = streams or default_streams(scenarios[seeds[0]].num_tasks)
+    for text in chosen:
+        check_stream(parse_stream(text), scenarios[seeds[0]])
+    return scenarios, chosen
+
+
+def sweep_scenario(scenarios: dict[int, Any], strategies: list[str], streams: list[str]) -> list[tuple[str, str, str]]:
+    """Run every (stream, strategy, seed) on one scenario (one instance per seed); one markdown section per stream."""
+    from .report import sweep_table
+    from .runner import run_stream
+
+    name = next(iter(scenarios.values())).name
     sections = []
-    for stream in streams or default_streams(scenarios[seeds[0]].num_tasks):
+    for stream in streams:
         runs, seconds = {}, {}
         for strategy in strategies:
-            for seed in seeds:
+            for seed in scenarios:
                 start = time.perf_counter()
                 run = run_stream(scenarios[seed], strategy, stream, seed=seed)
                 seconds.setdefault(strategy, []).append(time.perf_counter() - start)
