@@ -148,3 +148,10 @@ def test_continual_refuses_bad_input_before_any_work(workdir, overrides, message
 def test_sweep_refuses_bad_input_before_any_work(workdir, overrides, message):
     defaults = {"--out": "page.md", "--strategies": "naive", "--seeds": "0", "--stream": "learn:0", "--no-acu-cost": None}
     _refused("continual-sweep", defaults, overrides, workdir, message)
+
+
+def test_the_unlearners_offered_in_errors_are_listed_once():
+    from unlearnkit.continual.unlearners import unlearner_names
+
+    names = unlearner_names()
+    assert len(names) == len(set(names)) and {"retrain", "acu", "amnesiac", "uncle", "npo"} <= set(names)

@@ -38,8 +38,8 @@ def core_methods() -> list[str]:
 
 
 def unlearner_names() -> list[str]:
-    """Every valid unlearner name."""
-    return [*BUILTIN, *core_methods()]
+    """Every valid unlearner name, once (``retrain`` is both built in and a core method)."""
+    return list(dict.fromkeys([*BUILTIN, *core_methods()]))
 
 
 def resolve_unlearner(spec: str, unlearner: str | None, requests: Sequence[Request]) -> str:
