@@ -323,3 +323,10 @@ def test_encoded_items_are_kept_shared_with_twins_and_keyed_on_the_prompt_format
     adapter.max_length = 8  # a changed setting is part of the key, so the ids follow it
     prompt, answer = adapter.encode_item(ITEMS[2])
     assert len(prompt) + len(answer) == 8 and len(adapter._encoded) == 2
+    adapter.max_length = 64
+    plain = adapter.encode_item(ITEMS[2])[0]
+    tokenizer.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}<assistant>"
+    chat = adapter.encode_item(ITEMS[2])[0]  # the template is part of the key: loss and generation agree
+    assert chat == adapter.prompt_ids(ITEMS[2]["question"]) and chat != plain
+    listed = CausalLMAdapter(_model(tokenizer), tokenizer, template_args={"tools": [{"name": "x"}]})
+    assert listed.encode_item(ITEMS[0])[1][-1] == tokenizer.eos_token_id  # an unhashable template value is fine

@@ -76,6 +76,14 @@ def test_bad_bench_input_exits_2_and_writes_nothing(tmp_path, capsys, args, mess
     assert not out.exists()
 
 
+def test_the_model_cache_is_never_an_output(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "classifiers").mkdir(parents=True)
+    assert main(["bench", "--methods", "ssd", "--out", str(tmp_path / "cache"), "--overwrite"]) == 2
+    assert "holds the input" in capsys.readouterr().err
+    assert (tmp_path / "cache" / "classifiers").is_dir()
+
+
 def test_existing_output_is_not_overwritten(bench_out, capsys):
     before = (bench_out / "results.json").read_text()
     assert main(["bench", "--methods", "ssd", "--out", str(bench_out)]) == 2

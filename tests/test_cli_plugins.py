@@ -44,6 +44,7 @@ def test_project_and_sampling_options_reach_the_method(files, tmp_path):
     (["--method", "gradient_ascent", "--sampling", "modular"], "Method 'gradient_ascent' does not support --sampling"),
     (["--method", "npo", "--sampling", "sideways"], "Unknown sampling 'sideways'"),
     (["--method", "npo", "--project", "gu", "--param", "project=gu"], "project is given both as --project and as --param"),
+    (["--method", "npo", "--sampling", "modular"], "with sampling=modular needs a request with 'direct' or 'indirect'"),
 ])
 def test_a_plugin_a_method_cannot_use_exits_2_and_writes_nothing(files, tmp_path, capsys, extra, message):
     out = tmp_path / "out"

@@ -181,6 +181,18 @@ def test_check_output_refuses_paths_a_run_cannot_write_or_would_destroy(tmp_path
     check_output("a_folder/new", overwrite=False, inputs=["a_folder/data.jsonl"])  # beside an input is fine
 
 
+def test_seeds_are_integers_in_the_32_bit_range_numpy_ones_included():
+    import numpy as np
+
+    from unlearnkit.train.config import check_seed
+
+    for good in (0, np.int64(3), 2**32 - 1):
+        check_seed(good)
+    for bad in (-1, 2**32, 1.0, True, "3"):
+        with pytest.raises(UserInputError, match="--seed must be an integer from 0 to 4294967295"):
+            check_seed(bad)
+
+
 def test_a_weights_file_that_is_no_checkpoint_is_named_as_such(tmp_path):
     from unlearnkit.io import load_state_dict
 

@@ -149,6 +149,7 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
     (["--methods", "npo", "--retrain-seeds", "1,1"], "must be distinct non-negative integers"),
     (["--methods", "npo", "--retrain-seeds", "one"], "'one' is not one"),
     (["--methods", "idk_dpo"], "has words this model's tokenizer does not know"),
+    (["--methods", "gradient_ascent,kfade", "--lora", "r=2"], "Method 'kfade' does not train the model's own weights"),
 ])
 def test_facts_bench_bad_inputs(tmp_path, capsys, args, message):
     out = tmp_path / "never"

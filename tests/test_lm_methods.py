@@ -158,6 +158,20 @@ def test_bench_defaults_skip_a_method_that_refuses_the_model_and_say_why(lm):
         runnable_defaults({"npo": {"colour": "red"}}, adapter, "scratch")
 
 
+def test_bench_defaults_under_lora_skip_the_methods_that_cannot_use_it(lm):
+    from unlearnkit.methods.registry import methods
+    from unlearnkit.train.lora import MemoryOptions
+
+    adapter, _ = lm
+    names, notes = runnable_defaults({"idk_dpo": {"refusals": TINY_REFUSALS}}, adapter, "scratch",
+                                     MemoryOptions.from_cli("r=2"))
+    without_lora = {name for name, cls in methods().items() if "causal_lm" in cls.kinds and not cls.lora}
+    assert without_lora == {"ssd", "kfade", "first_epoch_ga", "guard", "guard_it", "mrp", "uld"}
+    assert not without_lora & set(names) and {"npo", "rmu", "idk_dpo"} <= set(names)
+    assert sorted(note.split(" was not run: ")[0] for note in notes) == sorted(without_lora)
+    assert all("so --lora cannot apply" in note for note in notes)
+
+
 def test_undial_retain_term_keeps_the_retained_answers_and_needs_retain_data(lm):
     adapter, request = lm
     retain0 = answer_prob(adapter, adapter.model, request.retain_items())

@@ -52,11 +52,21 @@ def check_needs(method: Any, adapter: Any, request: ForgetRequest, config: Any) 
         raise UserInputError(
             f"Method {method.name!r} works on {', '.join(method.kinds)} models, not on a {adapter.kind} model."
         )
+    if getattr(config, "sampling", None) == "modular" and not any(getattr(request, "neighbours", {}).values()):
+        raise UserInputError(f"Method {method.name!r} with sampling=modular needs a request with 'direct' or 'indirect' "
+                             "neighbour sets (the facts bench's requests have them); use standard or cyclic sampling.")
     if "retain" in method.needs_for(config) and not request.retain:
         projected = "retain" not in method.needs and getattr(config, "project", None)
         setting = f" with project={config.project}" if projected else ""
         raise UserInputError(f"Method {method.name!r}{setting} needs retain data, but the request has none.")
     method.check_model(adapter, config)
+
+
+def check_lora(method: Any, memory: Any | None) -> None:
+    """Raise when ``memory`` asks for LoRA and the method does not train the model's own weights by gradient steps."""
+    if memory is not None and memory.lora is not None and not method.lora:
+        raise UserInputError(f"Method {method.name!r} does not train the model's own weights by gradient steps, "
+                             "so --lora cannot apply; drop --lora.")
 
 
 def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]], adapter: Any, request: Any,
@@ -91,9 +101,7 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
     adapter = _adapter_for(model, adapter)
     chosen = get_method(method)
     config = build_config(chosen.Config, hparams, owner=f"Method {method!r}")
-    if memory is not None and memory.lora is not None and not chosen.lora:
-        raise UserInputError(f"Method {method!r} does not train the model's own weights by gradient steps, "
-                             "so --lora cannot apply; drop --lora.")
+    check_lora(chosen, memory)
     check_needs(chosen, adapter, request, config)
     distributed.check_launch()
     if memory is not None:

@@ -260,7 +260,7 @@ def cards_command(
         if not (folder / "results.json").is_file():
             raise UserInputError(f"{folder} holds no results.json; pass folders written by 'unlearnkit bench'.")
     check_output(out, overwrite=True, inputs=results or [])
-    others = sorted(p.name for p in out.iterdir() if p.suffix != ".md") if out.is_dir() else []
+    others = sorted(p.name for p in out.iterdir() if p.suffix != ".md" and not p.name.startswith(".")) if out.is_dir() else []
     if others:  # cards replace earlier cards, never sit among other files
         raise UserInputError(f"The cards folder {out} holds files that are not cards (e.g. {others[0]}); "
                              "choose an empty folder or one holding only cards.")

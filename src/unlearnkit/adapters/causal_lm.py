@@ -93,7 +93,8 @@ class CausalLMAdapter:
         self.system_prompt = system_prompt or None
         self.template_args = dict(template_args or {})
         # Token ids per (question, answer): training re-reads the same items every epoch, and tokenizing
-        # them again was a fifth of a short unlearning run. Keyed on everything the ids depend on.
+        # them again was a fifth of a short unlearning run. Keyed on the item and the prompt format (chat
+        # template included); the tokenizer object itself is assumed not to be swapped for another.
         self._encoded: dict[tuple, tuple[tuple[int, ...], tuple[int, ...]]] = {}
 
     # ------------------------------------------------------------------ loading
@@ -191,7 +192,8 @@ class CausalLMAdapter:
         from the left, so the answer (what every metric reads) survives.
         """
         question, answer = _question_answer(item)
-        key = (question, answer, self.max_length, self.system_prompt, tuple(sorted(self.template_args.items())))
+        key = (question, answer, self.max_length, self.system_prompt, repr(sorted(self.template_args.items())),
+               getattr(self.tokenizer, "chat_template", None), self.tokenizer.eos_token_id)
         if key in self._encoded:
             prompt, target = self._encoded[key]
             return list(prompt), list(target)

@@ -13,6 +13,7 @@ from ..io import atomic_dir, check_output
 from ..methods.registry import get_method, methods
 from ..train.config import build_config
 from ..report.html import write_report
+from .cache import cache_root
 from .results import write_items, write_results
 from .vision import cached_classifier, cached_ssd_importance, evaluation_splits, forget_request, load_vision_benchmark
 
@@ -42,7 +43,7 @@ def run_classifier_bench(
     request = forget_request(bench, scenario)
     names = list(method_names) if method_names else default_methods()
     settings = validate_runs(names, params or {}, bench.adapter(None), request, bench.method_defaults)
-    check_output(out, overwrite=overwrite)
+    check_output(out, overwrite=overwrite, inputs=(cache_root(),))
 
     target, target_meta = cached_classifier(bench, [], "target")
     notes = []

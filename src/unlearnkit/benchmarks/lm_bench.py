@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..api import unlearn, validate_runs
+from ..api import check_lora, unlearn, validate_runs
 from ..errors import UserInputError
 from ..eval.attacks import parse_attacks, run_attacks
 from ..eval.language import LM_METRICS, evaluate_lm, lm_metrics
@@ -21,6 +21,7 @@ from ..io import atomic_dir, check_output
 from ..methods.registry import get_method, methods
 from ..report.html import write_report
 from ..train.config import build_config
+from .cache import cache_root
 from .results import write_items, write_results
 
 COLUMNS = ("method", "forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
@@ -58,10 +59,12 @@ def default_lm_methods() -> list[str]:
     return [name for name, cls in methods().items() if "causal_lm" in cls.kinds]
 
 
-def runnable_defaults(params: Mapping[str, Mapping[str, Any]], adapter: Any, base: str) -> tuple[list[str], list[str]]:
-    """The default methods this model can serve, and one note per method it cannot (why it was not run).
+def runnable_defaults(params: Mapping[str, Mapping[str, Any]], adapter: Any, base: str,
+                      memory: Any = None) -> tuple[list[str], list[str]]:
+    """The default methods this model (and ``--lora``) can serve, and one note per method it cannot (why it was
+    not run).
 
-    Only a method's own refusal of the model skips it; bad settings still fail the whole run.
+    Only a method's own refusal of the model or of LoRA skips it; bad settings still fail the whole run.
     """
     defaults = FACTS_METHOD_SETTINGS if base == "scratch" else {}
     names, notes = [], []
@@ -70,6 +73,7 @@ def runnable_defaults(params: Mapping[str, Mapping[str, Any]], adapter: Any, bas
         config = build_config(method.Config, {**defaults.get(name, {}), **params.get(name, {})}, owner=f"Method {name!r}")
         try:
             method.check_model(adapter, config)
+            check_lora(method, memory)
         except UserInputError as refusal:
             notes.append(f"{name} was not run: {refusal}")
         else:
@@ -144,12 +148,15 @@ def run_lm_bench(
     data = load_facts(config)
     request = facts_request(data, split)
     check_retrain_seeds(retrain_seeds, config)
-    check_output(out, overwrite=overwrite)
+    check_output(out, overwrite=overwrite, inputs=(cache_root(),))
+    for name in method_names or ():  # the defaults skip what LoRA cannot serve (runnable_defaults)
+        check_lora(get_method(name), memory)
     target_dir, target_meta = cached_facts_model(config, "target")
     retain_dir, retain_meta = cached_facts_model(config, "retain", split)
     target = CausalLMAdapter.from_pretrained(target_dir, max_length=config.max_length)
     target.model.to(training_device())
-    names, not_run = (list(method_names), []) if method_names else runnable_defaults(params or {}, target, config.base)
+    names, not_run = (list(method_names), []) if method_names else runnable_defaults(params or {}, target, config.base,
+                                                                                      memory)
     settings = method_settings(names, params, target, request, config.base)
     check_launch()
     if memory is not None:

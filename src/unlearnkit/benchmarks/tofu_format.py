@@ -154,12 +154,13 @@ def export_facts(config: Any, out_dir: str | Path, splits: Sequence[str] = ("for
     ``models/retainYY`` per forget split in ``splits`` (Hugging Face folders, trained now unless
     cached), and ``meta.json`` (the config and each model's training record).
     """
+    from .cache import cache_root
     from .facts import FORGET_SPLITS, cached_facts_model, load_facts
 
     unknown = [s for s in splits if s not in FORGET_SPLITS]
     if unknown:
         raise UserInputError(f"Unknown forget split {unknown[0]!r}; valid: {', '.join(FORGET_SPLITS)}.")
-    check_output(out_dir, overwrite=overwrite)  # before any model is trained
+    check_output(out_dir, overwrite=overwrite, inputs=(cache_root(),))  # before any model is trained
     data = load_facts(config)
     models = {"target": cached_facts_model(config, "target")}
     models.update({RETAIN_OF[s]: cached_facts_model(config, "retain", s) for s in splits})

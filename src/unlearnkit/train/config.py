@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -67,8 +68,9 @@ SEED_LIMIT = 2**32
 
 
 def check_seed(seed: Any, name: str = "--seed") -> None:
-    """Raise :class:`UserInputError` unless ``seed`` is an integer in [0, 2³²)."""
-    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed < SEED_LIMIT):
+    """Raise :class:`UserInputError` unless ``seed`` is an integer (numpy's too) in [0, 2³²)."""
+    integer = not isinstance(seed, bool) and hasattr(type(seed), "__index__")
+    if not (integer and 0 <= operator.index(seed) < SEED_LIMIT):
         raise UserInputError(f"{name} must be an integer from 0 to {SEED_LIMIT - 1}, got {seed!r}.")
 
 
