@@ -34,7 +34,8 @@ from unlearnkit.errors import UserInputError
 from unlearnkit.methods.l1_sparse import l1_weight
 from unlearnkit.methods.random_label import random_wrong_labels
 from unlearnkit.methods.retrain import reinitialise
-from unlearnkit.methods.registry import methods
+from unlearnkit.methods.registry import get_method, methods
+from unlearnkit.train.config import build_config
 from unlearnkit.methods.salun import saliency_mask
 from unlearnkit.request import ForgetRequest
 
@@ -170,6 +171,21 @@ def test_reinitialise_covers_private_resets_and_refuses_parameters_it_cannot_res
     with pytest.raises(UserInputError, match="Cannot re-initialise parameter 'token'.*WithToken"):
         reinitialise(model, seed=0)
     assert torch.equal(model.token, torch.ones(4))  # refused before anything changed
+
+
+def test_retrain_keeps_a_frozen_backbone_and_redraws_the_trainable_head():
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    model[0].requires_grad_(False)
+    backbone, head = model[0].weight.detach().clone(), model[2].weight.detach().clone()
+    assert reinitialise(model, seed=1) == 1  # only the head: a reset backbone would stay random, never trained
+    assert torch.equal(model[0].weight, backbone) and not torch.equal(model[2].weight, head)
+    model[2].bias.requires_grad_(False)
+    with pytest.raises(UserInputError, match="some of its parameters are frozen and some are not"):
+        reinitialise(model, seed=1)
+    with pytest.raises(UserInputError, match="every parameter of the model is frozen"):
+        reinitialise(nn.Linear(2, 2).requires_grad_(False), seed=1)
+    with pytest.raises(UserInputError, match="SSD lam must be a non-negative number"):
+        build_config(get_method("ssd").Config, {"lam": -1}, owner="Method 'ssd'")
 
 
 def test_methods_are_registered_with_their_declarations():

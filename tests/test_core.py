@@ -270,3 +270,44 @@ def test_clipping_reads_only_the_trained_parameters():
     optimise(model, stream, loss, config, steps_per_epoch=steps, params=list(model[0].parameters()))
     moved = (model[0].weight - before).norm()
     assert moved > 1e-3  # the huge stale gradient did not scale this run's step down to nothing
+
+
+@pytest.mark.parametrize("ids, message", [
+    ([1.7], "must be integers (not a mask); 1.7 is not one"),
+    ("19", "must be a sequence of integers, got str"),
+    ([True], "True is not one"),
+    (None, "got NoneType"),
+])
+def test_forget_ids_must_be_integers_never_rounded_or_split(ids, message):
+    import numpy as np
+
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        ForgetRequest(DATA, ids)
+    assert ForgetRequest(DATA, np.array([1, 2])).forget == (1, 2) == ForgetRequest(DATA, torch.tensor([1, 2])).forget
+
+
+def test_evaluate_leaves_the_models_training_flag_and_float64_models_work():
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.5), nn.Linear(8, 2)).double().train()
+    request = ForgetRequest(DATA, range(2), range(2, len(DATA)))
+    splits = {"forget": request.forget_items(), "retain": request.retain_items(), "test": request.retain_items()}
+    unlearnkit.evaluate(model, splits)
+    assert model.training  # evaluated in eval mode, then handed back as it came
+    unlearned, record = unlearnkit.unlearn(model, request, "gradient_ascent", epochs=1)
+    assert record.status == "ok" and next(unlearned.parameters()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"lr": True}, "lr must be a number, got lr=True"),
+    ({"batch_size": 2.5}, "batch_size must be an integer, got batch_size=2.5"),
+    ({"warmup_steps": None}, "warmup_steps must be an integer"),
+])
+def test_settings_of_the_wrong_type_are_refused(setting, message):
+    model = nn.Sequential(nn.Linear(4, 2))
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        unlearnkit.unlearn(model, ForgetRequest(DATA, range(2), range(2, len(DATA))), "gradient_ascent", **setting)
+
+
+def test_a_fully_frozen_classifier_is_refused_in_one_sentence():
+    model = nn.Sequential(nn.Linear(4, 2)).requires_grad_(False)
+    with pytest.raises(UserInputError, match="Every parameter of the model is frozen"):
+        unlearnkit.unlearn(model, ForgetRequest(DATA, range(2), range(2, len(DATA))), "finetune")

@@ -558,3 +558,13 @@ def test_check_writable_refuses_what_append_would_and_writes_nothing(tmp_path: P
         fresh.check_writable()  # a new ledger whose salt can be made beside it
     made = [p.name for p in tmp_path.iterdir() if p.name.startswith("new") or p.name == "nodir"]
     assert made == []  # no ledger file, salt file or folder was created
+
+
+def test_a_salt_that_is_not_text_or_bytes_and_a_bare_string_of_items_are_refused(path: Path) -> None:
+    with pytest.raises(UserInputError, match="salt must be text or bytes, got a int"):
+        Ledger(path, salt=123)  # bytes(123) would have been 123 zero bytes: a key anyone can guess
+    with Ledger(path, salt=SALT) as ledger:
+        with pytest.raises(UserInputError, match="not a single string; pass \\[item\\]"):
+            add(ledger, items="hello")  # iterating would have hashed h, e, l, l, o as five items
+        add(ledger, items=["hello"])
+        assert ledger.check_item("hello") and not ledger.check_item("h")

@@ -103,6 +103,9 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
     config = build_config(chosen.Config, hparams, owner=f"Method {method!r}")
     check_lora(chosen, memory)
     check_needs(chosen, adapter, request, config)
+    if adapter.kind == "classifier" and not any(p.requires_grad for p in adapter.model.parameters()):
+        raise UserInputError("Every parameter of the model is frozen (requires_grad=False); unfreeze the ones "
+                             f"{method!r} may change.")
     distributed.check_launch()
     if memory is not None:
         memory.check(adapter)

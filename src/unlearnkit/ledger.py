@@ -205,6 +205,8 @@ def item_bytes(item: Any) -> bytes:
 
 def salt_key(salt: str | bytes) -> bytes:
     """The HMAC key for a salt given as text (used as UTF-8) or bytes."""
+    if not isinstance(salt, (str, bytes, bytearray)):  # bytes(123) would be 123 zero bytes: a public key
+        raise UserInputError(f"The ledger salt must be text or bytes, got a {type(salt).__name__}.")
     key = salt.encode("utf-8") if isinstance(salt, str) else bytes(salt)
     if len(key) < MIN_SALT_CHARS:
         raise UserInputError(
@@ -545,6 +547,9 @@ class Ledger:
         fields = _validated_fields(
             subject, method, params, fingerprint_before, fingerprint_after, metrics, seconds, status
         )
+        if isinstance(items, (str, bytes, bytearray)):  # iterating would hash each character as an item
+            raise UserInputError("The ledger row's items must be a list of items, not a single string; "
+                                 "pass [item] to record one.")
         forms = [item_bytes(item) for item in items]  # bad items fail here, before anything is written
         if not forms:
             raise UserInputError("The ledger row lists no forgotten items; pass at least one item.")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import UserInputError
 
@@ -30,11 +31,11 @@ class ForgetRequest:
     holdout: Sequence[Any] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "forget", tuple(int(i) for i in self.forget))
+        object.__setattr__(self, "forget", _ids(self.forget, "forget"))
         if self.retain is not None:
-            object.__setattr__(self, "retain", tuple(int(i) for i in self.retain))
+            object.__setattr__(self, "retain", _ids(self.retain, "retain"))
         object.__setattr__(
-            self, "neighbours", {k: tuple(int(i) for i in v) for k, v in dict(self.neighbours).items()}
+            self, "neighbours", {k: _ids(v, f"neighbours[{k!r}]") for k, v in dict(self.neighbours).items()}
         )
         object.__setattr__(self, "holdout", tuple(self.holdout or ()))
         self.validate()
@@ -82,3 +83,19 @@ class ForgetRequest:
         if name not in self.neighbours:
             raise UserInputError(f"The request has no neighbour set {name!r} (it has: {sorted(self.neighbours) or 'none'}).")
         return [self.data[i] for i in self.neighbours[name]]
+
+
+def _ids(values: Any, name: str) -> tuple[int, ...]:
+    """Item ids as ints; a float, bool, string or other non-integer is refused, never rounded or split."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise UserInputError(f"The {name} ids must be a sequence of integers, got {type(values).__name__}.")
+    ids = []
+    for value in values:
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            ids.append(operator.index(value))
+        except TypeError:
+            raise UserInputError(f"The {name} ids must be integers (not a mask); {value!r} is not one.") from None
+    return tuple(ids)
+

@@ -28,10 +28,10 @@ class ClassifierAdapter:
         return {"inputs": inputs, "labels": labels}
 
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Class logits ``(B, C)``, on the model's device (a collated batch is moved there)."""
-        weight = next(model.parameters(), None)
+        """Class logits ``(B, C)``, on the model's device and in its floating dtype (a collated batch is moved there)."""
+        weight = next((p for p in model.parameters() if p.is_floating_point()), None)
         inputs = batch["inputs"]
-        return model(inputs if weight is None else inputs.to(weight.device))
+        return model(inputs if weight is None else inputs.to(device=weight.device, dtype=weight.dtype))
 
     def per_item_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of each item against its label."""

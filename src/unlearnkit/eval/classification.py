@@ -10,6 +10,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..adapters.base import batches
 
@@ -32,11 +33,20 @@ class ItemStats:
         ]
 
 
-@torch.no_grad()
 def collect(adapter: Any, items: Sequence[Any], batch_size: int = 256) -> ItemStats:
-    """Run the model once over ``items`` and keep what every classifier metric needs."""
+    """Run the model once over ``items`` in eval mode and keep what every classifier metric needs; the
+    model's training flag is restored afterwards (a caller's model is never left changed)."""
     model = adapter.model
+    was_training = model.training
     model.eval()
+    try:
+        return _collect(adapter, model, items, batch_size)
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def _collect(adapter: Any, model: nn.Module, items: Sequence[Any], batch_size: int) -> ItemStats:
     parts: list[tuple[np.ndarray, ...]] = []
     for chunk in batches(items, batch_size, shuffle=False, seed=0):
         batch = adapter.collate(chunk)

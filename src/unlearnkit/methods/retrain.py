@@ -37,12 +37,18 @@ class RetrainConfig(TrainConfig):
     grad_clip: float | None = None
 
 
-def reinitialise(model: nn.Module, seed: int) -> int:
+def reinitialise(model: nn.Module, seed: int, *, keep_frozen: bool = True) -> int:
     """Re-draw ``model``'s weights in place from ``seed``; return how many submodules were reset.
 
-    The global random state is restored afterwards, so the caller's randomness is undisturbed.
+    With ``keep_frozen`` (for retraining) a module whose own parameters are all frozen
+    (``requires_grad=False``, e.g. a pretrained backbone) keeps them: training would not fit them
+    again, so resetting would leave them random; a module mixing frozen and trainable parameters is
+    refused. The global random state is restored afterwards, so the caller's randomness is undisturbed.
     """
-    resets = [(name, module, _reset_of(module)) for name, module in model.named_modules()]
+    if keep_frozen and not any(p.requires_grad for p in model.parameters()):
+        raise UserInputError("Retraining needs trainable parameters, but every parameter of the model is frozen.")
+    resets = [(name, module, _reset_of(module)) for name, module in model.named_modules()
+              if not keep_frozen or _trainable(name, module)]
     for name, module, reset in resets:
         if reset is None:
             for param_name, _ in module.named_parameters(recurse=False):
@@ -55,6 +61,15 @@ def reinitialise(model: nn.Module, seed: int) -> int:
             if reset is not None:
                 reset()
     return sum(reset is not None for _, _, reset in resets)
+
+
+def _trainable(name: str, module: nn.Module) -> bool:
+    """Whether retraining re-draws this module: it has trainable parameters of its own, or none at all."""
+    own = [p.requires_grad for p in module.parameters(recurse=False)]
+    if any(own) and not all(own):
+        raise UserInputError(f"Cannot retrain module {name or type(module).__name__!r}: some of its parameters are "
+                             "frozen and some are not; freeze or unfreeze it whole.")
+    return all(own)
 
 
 def _reset_of(module: nn.Module):

@@ -22,6 +22,7 @@ every request from retain ∪ forget.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -48,8 +49,12 @@ class SSDConfig(TrainConfig):
     full_importance: str = ""
 
     def check(self) -> None:
-        """Also require the named importance file to exist."""
+        """Also require α > 0, λ ≥ 0 (finite) and the named importance file to exist."""
         super().check()
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise UserInputError(f"SSD alpha must be a positive number, got alpha={self.alpha}.")
+        if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
+            raise UserInputError(f"SSD lam must be a non-negative number, got lam={self.lam}.")
         if self.full_importance and not Path(self.full_importance).is_file():
             raise UserInputError(f"The SSD importance file {self.full_importance} does not exist.")
 

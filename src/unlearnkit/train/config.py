@@ -36,6 +36,14 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise :class:`UserInputError` when a setting cannot work."""
+        for name in ("epochs", "batch_size", "warmup_steps", "guard_every", "max_steps"):
+            value = getattr(self, name)
+            if not (value is None and name == "max_steps") and (isinstance(value, bool) or not isinstance(value, int)):
+                raise UserInputError(f"{name} must be an integer, got {name}={value!r}.")
+        for name in ("lr", "momentum", "weight_decay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserInputError(f"{name} must be a number, got {name}={value!r}.")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise UserInputError(f"The learning rate must be a positive number, got lr={self.lr}.")
         if not (isinstance(self.epochs, int) and self.epochs > 0):
