@@ -11,7 +11,8 @@ order, after ``torch.manual_seed(seed)``; for a model built the same way under t
 CPU this reproduces its constructor's initialisation. A parameter held by a module without a reset
 (e.g. a bare ``nn.Parameter`` such as a ViT's class token) is refused with one sentence rather than
 kept trained, which would leak the forget set into the "exact" baseline. Buffers without a reset
-(none in plain CNNs) keep their values.
+(none in plain CNNs) keep their values. Modules whose parameters are all frozen (a pretrained
+backbone the training never fits) keep their weights; only what the training updates is redrawn.
 """
 
 from __future__ import annotations
