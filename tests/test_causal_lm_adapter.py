@@ -330,3 +330,25 @@ def test_encoded_items_are_kept_shared_with_twins_and_keyed_on_the_prompt_format
     assert chat == adapter.prompt_ids(ITEMS[2]["question"]) and chat != plain
     listed = CausalLMAdapter(_model(tokenizer), tokenizer, template_args={"tools": [{"name": "x"}]})
     assert listed.encode_item(ITEMS[0])[1][-1] == tokenizer.eos_token_id  # an unhashable template value is fine
+
+
+def test_a_model_folder_never_runs_its_own_python(adapter, tmp_path, monkeypatch):
+    """A config naming custom code (auto_map) is refused, never imported, and nothing is asked on stdin."""
+    import builtins
+    import json as json_module
+
+    asked = []
+    monkeypatch.setattr(builtins, "input", lambda *args: asked.append(args) or "y")  # a user who types y
+
+    adapter.save_pretrained(tmp_path)
+    marker = tmp_path / "ran.txt"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                      "from transformers import GPT2Config, GPT2LMHeadModel\n"
+                                      "class EvilConfig(GPT2Config):\n    model_type = 'evilgpt'\n"
+                                      "class EvilModel(GPT2LMHeadModel):\n    config_class = EvilConfig\n")
+    config = json_module.loads((tmp_path / "config.json").read_text())
+    config.update(model_type="evilgpt", auto_map={"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"})
+    (tmp_path / "config.json").write_text(json_module.dumps(config))
+    with pytest.raises(UserInputError):
+        CausalLMAdapter.from_pretrained(tmp_path)
+    assert not marker.exists() and not asked

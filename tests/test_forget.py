@@ -313,3 +313,20 @@ def test_training_data_check_compares_values_not_their_spelling(workspace):
         writer.writeheader()
         writer.writerows(rows)
     assert main(_args(workspace, **{"--forget": path, "--training-data": workspace / "train.jsonl"})) == 0
+
+
+def test_a_forget_item_the_ledger_cannot_store_is_refused_before_training(workspace, capsys, monkeypatch):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"input": json.dumps(r["input"]), "label": r["label"], "when": datetime.datetime(2026, 1, 1)}
+            for r in _rows(40, 0)[:3]]
+    pq.write_table(pa.Table.from_pylist(rows), workspace / "stamped.parquet")
+    import unlearnkit.api
+
+    monkeypatch.setattr(unlearnkit.api, "unlearn", lambda *a, **k: pytest.fail("training started"))
+    assert main(_args(workspace, **{"--forget": workspace / "stamped.parquet"})) == 2
+    assert "holds a datetime" in capsys.readouterr().err
+    assert not (workspace / "out").exists() and not (workspace / "ledger.db").exists()

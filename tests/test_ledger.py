@@ -568,3 +568,13 @@ def test_a_salt_that_is_not_text_or_bytes_and_a_bare_string_of_items_are_refused
             add(ledger, items="hello")  # iterating would have hashed h, e, l, l, o as five items
         add(ledger, items=["hello"])
         assert ledger.check_item("hello") and not ledger.check_item("h")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (f"DROP TABLE {ROWS_TABLE}", f"has lost its {ROWS_TABLE} table; it was damaged or tampered with"),
+    (f"DELETE FROM {META_TABLE} WHERE key='schema_version'", "has lost its schema version"),
+])
+def test_a_ledger_missing_its_rows_table_or_version_is_called_damaged(five_rows: Path, damage: str, message: str) -> None:
+    sql(five_rows, damage)
+    with pytest.raises(UserInputError, match=message):
+        Ledger(five_rows, salt=SALT).verify()

@@ -188,7 +188,7 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     """Carry out a forget job; return the run summary that was written to ``out/run.json``."""
     from .api import unlearn, validate_runs
     from .io import atomic_dir, fingerprint, write_json_atomic
-    from .ledger import Ledger
+    from .ledger import Ledger, item_bytes
     from .request import ForgetRequest
     from .train.distributed import check_launch, is_main_process, on_main, training_device
 
@@ -223,6 +223,8 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
                                                   template_args=job.template_args)
     if job.training_data is not None:
         _check_in_training_data(job, forget_records, kind)
+    for _, record in forget_records:  # what the ledger will hash, so a value it cannot store fails before training
+        item_bytes(record)
     request = ForgetRequest(forget + retain, range(len(forget)), range(len(forget), len(forget) + len(retain)) if retain else None,
                             reason=job.subject)
     settings = validate_runs([job.method], {job.method: job.params}, adapter, request)[job.method]

@@ -378,7 +378,10 @@ def _probe_tables(connection: Any) -> tuple[set[str], str | None]:
 def _judge_tables(names: set[str], version: str | None, label: str, *, foreign_tables_allowed: bool) -> bool:
     """Whether the tables form a ledger (True), an empty place for one (False), or something else (raise)."""
     if META_TABLE in names:
-        if version != SCHEMA_VERSION or ROWS_TABLE not in names:
+        if ROWS_TABLE not in names or version is None:  # a ledger we made never lacks either: it was damaged
+            missing = f"its {ROWS_TABLE} table" if ROWS_TABLE not in names else "its schema version"
+            raise UserInputError(f"The ledger {label} has lost {missing}; it was damaged or tampered with.")
+        if version != SCHEMA_VERSION:
             raise UserInputError(
                 f"The ledger {label} has schema version {version!r}; this unlearnkit reads version {SCHEMA_VERSION}."
             )

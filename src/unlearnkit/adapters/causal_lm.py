@@ -115,7 +115,9 @@ class CausalLMAdapter:
         quiet_library_bars()
 
         try:
-            model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, **model_kwargs)
+            # never the folder's own Python (transformers would otherwise ask on stdin whether to run it)
+            model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True,
+                                                         **{"trust_remote_code": False, **model_kwargs})
         except ValueError as error:
             raise UserInputError(f"The model in {directory} is not a causal language model ({str(error).splitlines()[0]}).") from None
         except OSError as error:
@@ -431,7 +433,7 @@ def load_tokenizer(directory: str | Path) -> Any:
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as error:
         raise UserInputError(f"The tokenizer in {directory} cannot be loaded ({str(error).splitlines()[0]}).") from None
 

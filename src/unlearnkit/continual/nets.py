@@ -46,6 +46,7 @@ class ContinualMLP(nn.Module):
 
 
 def build_mlp(input_shape: tuple[int, ...], num_classes: int, hidden: int, seed: int) -> ContinualMLP:
-    """A seeded :class:`ContinualMLP` for inputs of ``input_shape``."""
-    torch.manual_seed(seed)
-    return ContinualMLP(math.prod(input_shape), num_classes, hidden)
+    """A seeded :class:`ContinualMLP` for inputs of ``input_shape`` (the caller's random state is left alone)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ContinualMLP(math.prod(input_shape), num_classes, hidden)
