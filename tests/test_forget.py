@@ -315,18 +315,22 @@ def test_training_data_check_compares_values_not_their_spelling(workspace):
     assert main(_args(workspace, **{"--forget": path, "--training-data": workspace / "train.jsonl"})) == 0
 
 
-def test_a_forget_item_the_ledger_cannot_store_is_refused_before_training(workspace, capsys, monkeypatch):
+def test_the_ledger_records_the_used_fields_so_check_item_matches_across_formats(workspace, capsys):
+    """A Parquet record with a timestamp column, a renamed label and float-spelt numbers: the ledger hashes the
+    input and label only, by value, so the same item written as plain JSON is found."""
     import datetime
 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [{"input": json.dumps(r["input"]), "label": r["label"], "when": datetime.datetime(2026, 1, 1)}
-            for r in _rows(40, 0)[:3]]
+    source = _rows(40, 0)[:3]
+    rows = [{"input": json.dumps(r["input"]), "y": float(r["label"]), "when": datetime.datetime(2026, 1, 1)}
+            for r in source]
     pq.write_table(pa.Table.from_pylist(rows), workspace / "stamped.parquet")
-    import unlearnkit.api
-
-    monkeypatch.setattr(unlearnkit.api, "unlearn", lambda *a, **k: pytest.fail("training started"))
-    assert main(_args(workspace, **{"--forget": workspace / "stamped.parquet"})) == 2
-    assert "holds a datetime" in capsys.readouterr().err
-    assert not (workspace / "out").exists() and not (workspace / "ledger.db").exists()
+    assert main(_args(workspace, **{"--forget": workspace / "stamped.parquet", "--retain": None}) + ["--label-field", "y"]) == 0
+    (workspace / "item.json").write_text(json.dumps(source[1]))  # {"input": [...], "label": 0 or 1}
+    capsys.readouterr()
+    assert main(["ledger", "check-item", "--ledger", str(workspace / "ledger.db"), "--item", str(workspace / "item.json")]) == 0
+    assert "forgotten: row 1" in capsys.readouterr().out
+    (workspace / "other.json").write_text(json.dumps(_rows(40, 0)[10]))  # retained, never forgotten
+    assert main(["ledger", "check-item", "--ledger", str(workspace / "ledger.db"), "--item", str(workspace / "other.json")]) == 1

@@ -16,6 +16,7 @@ import torch
 
 from .errors import UserInputError
 from .io import check_output
+from .ledger import canonical_value, recorded_form
 from .userdata import read_records, require_fields
 
 
@@ -112,18 +113,8 @@ def _label(value: Any) -> int:
     return int(value)
 
 
-def _canonical(value: Any) -> Any:
-    """A field value as the same thing whatever file format carried it ("[1, 2]" in CSV, [1, 2] in JSONL)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return value
-    if isinstance(value, (list, tuple)):
-        return [_canonical(v) for v in value]
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return value
+def _used_fields(job: ForgetJob, kind: str) -> tuple[str, str]:
+    return (job.question_field, job.answer_field) if kind == "causal_lm" else (job.input_field, job.label_field)
 
 
 def _lm_items(records, job: ForgetJob, path: Path) -> list[dict[str, str]]:
@@ -132,8 +123,8 @@ def _lm_items(records, job: ForgetJob, path: Path) -> list[dict[str, str]]:
 
 
 def _check_in_training_data(job: ForgetJob, forget_records, kind: str) -> None:
-    fields = [job.question_field, job.answer_field] if kind == "causal_lm" else [job.input_field, job.label_field]
-    key = lambda record: json.dumps([_canonical(record.get(f)) for f in fields])
+    fields = _used_fields(job, kind)
+    key = lambda record: json.dumps([canonical_value(record.get(f)) for f in fields])
     known = {key(record) for _, record in read_records(job.training_data)}
     for number, record in forget_records:
         if key(record) not in known:
@@ -188,7 +179,7 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     """Carry out a forget job; return the run summary that was written to ``out/run.json``."""
     from .api import unlearn, validate_runs
     from .io import atomic_dir, fingerprint, write_json_atomic
-    from .ledger import Ledger, item_bytes
+    from .ledger import Ledger
     from .request import ForgetRequest
     from .train.distributed import check_launch, is_main_process, on_main, training_device
 
@@ -223,8 +214,7 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
                                                   template_args=job.template_args)
     if job.training_data is not None:
         _check_in_training_data(job, forget_records, kind)
-    for _, record in forget_records:  # what the ledger will hash, so a value it cannot store fails before training
-        item_bytes(record)
+    ledger_items = [recorded_form(record, kind, _used_fields(job, kind)) for _, record in forget_records]
     request = ForgetRequest(forget + retain, range(len(forget)), range(len(forget), len(forget) + len(retain)) if retain else None,
                             reason=job.subject)
     settings = validate_runs([job.method], {job.method: job.params}, adapter, request)[job.method]
@@ -258,7 +248,7 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
             _write_report(tmp, summary, forget_records, job)
             # last inside the block: a refused append leaves no output, and the rename that follows cannot
             # fail on anything the request controls
-            return ledger.append(job.subject, [record for _, record in forget_records], job.method, record.params,
+            return ledger.append(job.subject, ledger_items, job.method, record.params,
                                  fingerprint_before, summary["fingerprint_after"], after, record.seconds, record.status)
 
     summary["ledger_row"] = on_main(write)

@@ -50,7 +50,7 @@ import re
 import secrets
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -201,6 +201,41 @@ def item_bytes(item: Any) -> bytes:
         dtype, shape, raw = _array_bytes(item)
         return _array_header(dtype, shape) + raw
     return canonical_json(_plain(item, what="item", arrays=_array_digest)).encode("utf-8")
+
+
+def canonical_value(value: Any) -> Any:
+    """A field value as the same thing whatever file format carried it ("[1, 2]" in CSV, [1, 2] in JSONL)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return value
+    if isinstance(value, (list, tuple)):
+        return [canonical_value(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def recorded_form(record: Mapping[str, Any], kind: str, fields: Sequence[str]) -> dict[str, Any]:
+    """What ``unlearnkit forget`` records in the ledger for one forget record: only the fields the model used, under their default names
+    (question/answer, input/label), with values normalised as the training-data check normalises them, so the same
+    item hashes the same whether it came from CSV, JSONL or Parquet, and whatever other columns the file had."""
+    if kind == "causal_lm":
+        question, answer = fields
+        return {"question": str(record[question]), "answer": str(record[answer])}
+    inputs, label = fields
+    return {"input": canonical_value(record[inputs]), "label": canonical_value(record[label])}
+
+
+def recorded_forms(item: Any) -> list[Any]:
+    """The item as given, and as ``forget`` records a question/answer or input/label record (:func:`recorded_form`)."""
+    forms = [item]
+    if isinstance(item, Mapping):
+        for kind, fields in (("causal_lm", ("question", "answer")), ("classifier", ("input", "label"))):
+            if all(name in item for name in fields):
+                forms.append(recorded_form(item, kind, fields))
+    return forms
 
 
 def salt_key(salt: str | bytes) -> bytes:
@@ -706,20 +741,25 @@ class Ledger:
 
     @_reading_errors
     def check_item(self, item: Any) -> list[tuple[int, str]]:
-        """``(row id, time)`` of every row that lists this item's salted hash (empty: never forgotten)."""
+        """``(row id, time)`` of every row that lists this item's salted hash (empty: never forgotten).
+
+        A question/answer or input/label record also matches as ``unlearnkit forget`` recorded it
+        (:func:`recorded_forms`): its used fields only, numbers compared by value.
+        """
         if not self._reading():
             return []
         key = self._load_salt(create=False)
-        digest = hmac.new(key, item_bytes(item), hashlib.sha256).hexdigest()
+        digests = {hmac.new(key, item_bytes(form), hashlib.sha256).hexdigest() for form in recorded_forms(item)}
         with self._engine.connect() as conn:
             recorded = conn.execute(_READ_SALT_CHECK).scalar_one_or_none()
             if recorded is None:
                 raise UserInputError(f"The ledger {self._target.label} is damaged: its salt check record is missing.")
             if recorded != _salt_check(key):
                 raise self._wrong_salt()
-            query = sa.select(_rows_table).where(_rows_table.c.item_hashes.contains(digest)).order_by(_rows_table.c.id)
+            matches = sa.or_(*(_rows_table.c.item_hashes.contains(digest) for digest in digests))
+            query = sa.select(_rows_table).where(matches).order_by(_rows_table.c.id)
             found = [_row_from_db(r) for r in self._stored_rows(conn, query)]
-        return [(row.id, row.time) for row in found if row is not None and digest in row.item_hashes]
+        return [(row.id, row.time) for row in found if row is not None and digests & set(row.item_hashes)]
 
 
 class _ChainChecker:

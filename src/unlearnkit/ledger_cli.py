@@ -96,7 +96,11 @@ def check_item_command(
     ledger: LedgerOption = DEFAULT_LEDGER,
     salt_file: SaltFileOption = None,
 ) -> None:
-    """Say whether the item in FILE was forgotten and when (exit status 1 when it never was)."""
+    """Say whether the item in FILE was forgotten and when (exit status 1 when it never was).
+
+    A record of a `forget` run (question/answer or input/label, under those names) is matched as `forget`
+    recorded it: only those fields, numbers compared by value (0 and 0.0, "[1, 2]" and [1, 2] alike).
+    """
     value = read_item_file(item)
     with _open(ledger, salt_file) as book:
         found = book.check_item(value)
