@@ -218,9 +218,9 @@ def canonical_value(value: Any) -> Any:
 
 
 def recorded_form(record: Mapping[str, Any], kind: str, fields: Sequence[str]) -> dict[str, Any]:
-    """What ``unlearnkit forget`` records in the ledger for one forget record: only the fields the model used, under their default names
-    (question/answer, input/label), with values normalised as the training-data check normalises them, so the same
-    item hashes the same whether it came from CSV, JSONL or Parquet, and whatever other columns the file had."""
+    """What ``unlearnkit forget`` records in the ledger for one forget record: only the fields the model used,
+    under their default names (question/answer, input/label), numbers normalised by :func:`canonical_value`, so
+    the same item hashes the same whether it came from CSV, JSONL or Parquet, whatever other columns it had."""
     if kind == "causal_lm":
         question, answer = fields
         return {"question": str(record[question]), "answer": str(record[answer])}
