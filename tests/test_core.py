@@ -311,3 +311,25 @@ def test_a_fully_frozen_classifier_is_refused_in_one_sentence():
     model = nn.Sequential(nn.Linear(4, 2)).requires_grad_(False)
     with pytest.raises(UserInputError, match="Every parameter of the model is frozen"):
         unlearnkit.unlearn(model, ForgetRequest(DATA, range(2), range(2, len(DATA))), "finetune")
+
+
+def test_labels_outside_the_models_classes_or_not_integers_get_one_sentence():
+    model = nn.Sequential(nn.Linear(4, 2))
+    for data, message in (([(torch.randn(4), 7)] * 4, "Labels must lie in 0..1 (the model's classes); got 7..7"),
+                          ([(torch.randn(4), 1.9)] * 4, "A class label must be an integer, got 1.9")):
+        with pytest.raises(UserInputError, match=re.escape(message)):
+            unlearnkit.unlearn(model, ForgetRequest(data, range(1), range(1, 4)), "gradient_ascent")
+
+
+def test_a_language_model_without_its_adapter_and_a_mismatched_adapter_are_refused():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from unlearnkit.adapters.classifier import ClassifierAdapter
+
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=16, n_positions=8, n_embd=8, n_layer=1, n_head=1))
+    request = ForgetRequest(DATA, range(2), range(2, len(DATA)))
+    with pytest.raises(UserInputError, match="is a language model: wrap it with its tokenizer"):
+        unlearnkit.unlearn(lm, request, "gradient_ascent")
+    one, other = nn.Sequential(nn.Linear(4, 2)), nn.Sequential(nn.Linear(4, 2))
+    with pytest.raises(UserInputError, match="The model and adapter.model differ"):
+        unlearnkit.unlearn(one, request, "gradient_ascent", adapter=ClassifierAdapter(other))

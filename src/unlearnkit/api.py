@@ -36,9 +36,14 @@ class RunRecord:
 
 def _adapter_for(model: Any, adapter: Any | None) -> Any:
     if adapter is not None:
+        if isinstance(model, nn.Module) and model is not adapter.model:
+            raise UserInputError("The model and adapter.model differ; pass the adapter's own model (or only the adapter).")
         return adapter
     if hasattr(model, "kind") and hasattr(model, "per_item_loss"):
         return model
+    if hasattr(model, "generate") and hasattr(model, "config"):  # a Hugging Face language model, not a classifier
+        raise UserInputError(f"A {type(model).__name__} is a language model: wrap it with its tokenizer in "
+                             "unlearnkit.adapters.CausalLMAdapter(model, tokenizer) and pass that.")
     if isinstance(model, nn.Module):
         from .adapters.classifier import ClassifierAdapter
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserInputError
+
 
 class ClassifierAdapter:
     """Adapter for classifiers whose items are ``(input_tensor, label)`` pairs.
@@ -24,7 +26,7 @@ class ClassifierAdapter:
     def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
         """Stack ``(x, y)`` items into ``{"inputs": X, "labels": y}``."""
         inputs = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x, _ in items])
-        labels = torch.as_tensor([int(y) for _, y in items], dtype=torch.long)
+        labels = torch.as_tensor([_label(y) for _, y in items], dtype=torch.long)
         return {"inputs": inputs, "labels": labels}
 
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -36,7 +38,13 @@ class ClassifierAdapter:
     def per_item_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of each item against its label."""
         logits = self.logits(model, batch)
-        return F.cross_entropy(logits, batch["labels"].to(logits.device), reduction="none")
+        labels = batch["labels"]
+        if logits.ndim != 2:
+            raise UserInputError(f"A classifier must return logits of shape (batch, classes); got shape {tuple(logits.shape)}.")
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < logits.shape[1]:
+            raise UserInputError(f"Labels must lie in 0..{logits.shape[1] - 1} (the model's classes); "
+                                 f"got {int(labels.min())}..{int(labels.max())}.")
+        return F.cross_entropy(logits, labels.to(logits.device), reduction="none")
 
     def classes(self, items: Sequence[Any]) -> int:
         """Number of classes: the declared one, else one more than the largest label seen."""
@@ -47,3 +55,11 @@ class ClassifierAdapter:
     def with_model(self, model: nn.Module) -> "ClassifierAdapter":
         """The same adapter around another model (for example a copy being unlearned)."""
         return ClassifierAdapter(model, self.num_classes)
+
+
+def _label(value: Any) -> int:
+    """An integer class label; 1.9 or True is a mistake, not class 1."""
+    if isinstance(value, bool) or int(value) != value:
+        raise UserInputError(f"A class label must be an integer, got {value!r}.")
+    return int(value)
+
