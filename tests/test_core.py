@@ -333,3 +333,21 @@ def test_a_language_model_without_its_adapter_and_a_mismatched_adapter_are_refus
     one, other = nn.Sequential(nn.Linear(4, 2)), nn.Sequential(nn.Linear(4, 2))
     with pytest.raises(UserInputError, match="The model and adapter.model differ"):
         unlearnkit.unlearn(one, request, "gradient_ascent", adapter=ClassifierAdapter(other))
+
+
+def test_evaluate_and_forget_request_refuse_arguments_they_cannot_use():
+    model = nn.Sequential(nn.Linear(4, 2))
+    request = ForgetRequest(DATA, range(2), range(2, len(DATA)))
+    for splits in ({"forget": request.forget_items(), "retain": request.retain_items()},
+                   {"forget": [], "retain": request.retain_items(), "test": request.retain_items()}, [1, 2]):
+        with pytest.raises(UserInputError, match="evaluate needs splits as a dict with non-empty 'forget', 'retain'"):
+            unlearnkit.evaluate(model, splits)
+    bench = unlearnkit.load_benchmark("digits")
+    for options, message in (({"fraction": 0}, "fraction must lie strictly between 0 and 1, got 0"),
+                             ({"fraction": 1.5}, "got 1.5")):
+        with pytest.raises(UserInputError, match=re.escape(message)):
+            unlearnkit.forget_request(bench, "random", **options)
+    with pytest.raises(UserInputError, match="forget_class must be in 0..9, got 1.5"):
+        unlearnkit.forget_request(bench, "class", forget_class=1.5)
+    with pytest.raises(UserInputError, match="needs a benchmark from unlearnkit.load_benchmark, got a NoneType"):
+        unlearnkit.forget_request(None, "class")

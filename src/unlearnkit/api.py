@@ -168,6 +168,10 @@ def evaluate(model: Any, splits: dict[str, Any], *, reference: dict[str, float] 
     adapter = _adapter_for(model, adapter)
     if adapter.kind != "classifier":
         raise UserInputError("unlearnkit.evaluate handles classifiers; use the causal-LM evaluator for language models.")
+    if not isinstance(splits, Mapping) or any(name not in splits or len(splits[name]) == 0
+                                              for name in ("forget", "retain", "test")):
+        raise UserInputError("evaluate needs splits as a dict with non-empty 'forget', 'retain' and 'test' item lists "
+                             "(and optionally 'forget_test').")
     from .eval.classification import evaluate_classifier
 
     return evaluate_classifier(adapter, splits, reference, seed)

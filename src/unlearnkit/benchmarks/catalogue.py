@@ -27,6 +27,9 @@ def forget_request(benchmark: Any, scenario: str, **options: Any) -> ForgetReque
     """The forget request of a scenario (``random``/``class`` for images, a split like ``forget10`` for facts)."""
     if isinstance(benchmark, VisionBenchmark):
         return vision_forget_request(benchmark, scenario, **options)
-    from .facts import facts_request
+    from .facts import FactsData, facts_request
+
+    if not isinstance(benchmark, FactsData):
+        raise UserInputError(f"forget_request needs a benchmark from unlearnkit.load_benchmark, got a {type(benchmark).__name__}.")
 
     return facts_request(benchmark, scenario, **options)

@@ -104,10 +104,12 @@ def forget_request(bench: VisionBenchmark, scenario: str, *, forget_class: int =
     """The forget request of a scenario: ``random`` (a seeded ``fraction`` of train) or ``class``."""
     n = len(bench.train)
     if scenario == "random":
+        if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+            raise UserInputError(f"fraction must lie strictly between 0 and 1, got {fraction!r}.")
         rng = np.random.default_rng(bench.seed)
         forget = sorted(rng.choice(n, size=max(1, int(round(fraction * n))), replace=False).tolist())
     elif scenario == "class":
-        if not 0 <= forget_class < bench.num_classes:
+        if isinstance(forget_class, bool) or not isinstance(forget_class, int) or not 0 <= forget_class < bench.num_classes:
             raise UserInputError(f"forget_class must be in 0..{bench.num_classes - 1}, got {forget_class}.")
         forget = [i for i, (_, y) in enumerate(bench.train) if y == forget_class]
     else:
