@@ -351,3 +351,11 @@ def test_evaluate_and_forget_request_refuse_arguments_they_cannot_use():
         unlearnkit.forget_request(bench, "class", forget_class=1.5)
     with pytest.raises(UserInputError, match="needs a benchmark from unlearnkit.load_benchmark, got a NoneType"):
         unlearnkit.forget_request(None, "class")
+    with pytest.raises(UserInputError, match="seed must be an integer from 0"):
+        unlearnkit.load_benchmark("digits", seed=-1)
+    with pytest.raises(UserInputError, match="test_fraction must lie strictly between 0 and 1, got 1.5"):
+        unlearnkit.load_benchmark("digits", test_fraction=1.5)
+    with pytest.raises(UserInputError, match="Benchmark 'digits' has no option 'colour'; valid: test_fraction"):
+        unlearnkit.load_benchmark("digits", colour="red")
+    with pytest.raises(UserInputError, match="Benchmark 'facts' has no option 'colour'; valid: people"):
+        unlearnkit.load_benchmark("facts", colour="red")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from ..errors import UserInputError
@@ -15,12 +16,20 @@ BENCHMARKS = (*VISION_BENCHMARKS, "facts")
 def load_benchmark(name: str, seed: int = 0, **options: Any) -> Any:
     """Load a built-in benchmark by name: ``digits``, ``mnist`` or ``facts``."""
     if name in VISION_BENCHMARKS:
+        _check_options(name, options, ["test_fraction"])
         return load_vision_benchmark(name, seed, **options)
     if name == "facts":
         from .facts import FactsConfig, load_facts
 
+        _check_options(name, options, [f.name for f in dataclasses.fields(FactsConfig) if f.name != "seed"])
         return load_facts(FactsConfig(seed=seed, **options))
     raise UserInputError(f"Unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}.")
+
+
+def _check_options(name: str, options: Any, valid: list[str]) -> None:
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise UserInputError(f"Benchmark {name!r} has no option {unknown[0]!r}; valid: {', '.join(valid)}.")
 
 
 def forget_request(benchmark: Any, scenario: str, **options: Any) -> ForgetRequest:

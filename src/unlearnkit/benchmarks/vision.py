@@ -24,6 +24,7 @@ from ..io import load_state_dict, save_state_dict
 from ..methods.base import item_stream
 from ..request import ForgetRequest
 from ..train import TrainConfig, optimise
+from ..train.config import check_seed
 from .cache import cached
 
 SCENARIOS = ("random", "class")
@@ -87,6 +88,9 @@ def load_vision_benchmark(name: str, seed: int = 0, test_fraction: float = 0.2) 
     """Load ``digits`` or ``mnist`` with a seeded stratified train/test split."""
     if name not in _CATALOGUE:
         raise UserInputError(f"Unknown benchmark {name!r}; valid: {', '.join(_CATALOGUE)}.")
+    check_seed(seed, "seed")
+    if not (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1):
+        raise UserInputError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}.")
     loader, recipe = _CATALOGUE[name]
     images, labels, side = loader()
     from sklearn.model_selection import train_test_split
