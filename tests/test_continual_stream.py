@@ -75,3 +75,15 @@ def test_unlearner_must_fit_the_stream(scenario):
         run_stream(scenario, "naive", "learn:0,unlearn:0", unlearner="acu")
     with pytest.raises(UserInputError, match="Unknown unlearner"):
         run_stream(scenario, "naive", "learn:0,unlearn:0", unlearner="forget-it")
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"scenario": "split-digits"}, "run_stream needs a Scenario (from build_scenario), got a str"),
+    ({"strategy": None}, "The strategy is a name such as 'er'"),
+    ({"stream": [0, 1]}, "The stream is text such as 'learn:0,unlearn:0'"),
+    ({"seed": -1}, "seed must be an integer from 0"),
+])
+def test_run_stream_names_arguments_of_the_wrong_kind(arguments, message):
+    call = {"scenario": split_digits(0), "strategy": "naive", "stream": "learn:0", "seed": 0, **arguments}
+    with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run_stream(call.pop("scenario"), call.pop("strategy"), call.pop("stream"), seed=call.pop("seed"))

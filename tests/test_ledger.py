@@ -578,3 +578,10 @@ def test_a_ledger_missing_its_rows_table_or_version_is_called_damaged(five_rows:
     sql(five_rows, damage)
     with pytest.raises(UserInputError, match=message):
         Ledger(five_rows, salt=SALT).verify()
+
+
+def test_a_row_id_must_be_an_integer(five_rows: Path) -> None:
+    with Ledger(five_rows, salt=SALT) as ledger:
+        assert ledger.get(2).id == 2
+        with pytest.raises(UserInputError, match="A ledger row id is an integer, got 1.9"):
+            ledger.get(1.9)

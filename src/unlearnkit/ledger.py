@@ -694,7 +694,9 @@ class Ledger:
 
     @_reading_errors
     def get(self, row_id: int) -> LedgerRow:
-        """The row with this id; a missing id is a :class:`UserInputError`."""
+        """The row with this id; a missing or non-integer id is a :class:`UserInputError`."""
+        if isinstance(row_id, bool) or not isinstance(row_id, int):  # 1.9 would have read row 1
+            raise UserInputError(f"A ledger row id is an integer, got {row_id!r}.")
         if self._reading():
             with self._engine.connect() as conn:
                 query = sa.select(_rows_table).where(_rows_table.c.id == int(row_id))

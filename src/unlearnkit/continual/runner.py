@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import UserInputError
 from .metrics import StepInfo, stream_metrics
 from .scenarios import Scenario
 from .stream import Request, check_stream, default_stream, parse_stream
@@ -144,6 +145,20 @@ def _acu_check(strategy: ACU) -> dict[str, float]:
     return {"resolve_seconds": seconds, "relative_max_abs_diff_to_resolve": gap}
 
 
+def check_run_arguments(scenario: Any, strategy: Any, stream: Any, seed: Any) -> None:
+    """One sentence for arguments of the wrong kind (the CLI's parsing makes them right; API callers may not)."""
+    from ..train.config import check_seed
+
+    if not isinstance(scenario, Scenario):
+        raise UserInputError(f"run_stream needs a Scenario (from build_scenario), got a {type(scenario).__name__}.")
+    if not isinstance(strategy, str):
+        raise UserInputError(f"The strategy is a name such as 'er' or 'refresh+er', got a {type(strategy).__name__}.")
+    tokens = [stream] if isinstance(stream, str) else list(stream or [])
+    if not all(isinstance(token, str) for token in tokens):
+        raise UserInputError("The stream is text such as 'learn:0,unlearn:0' or a list of such tokens.")
+    check_seed(seed, "seed")
+
+
 def run_stream(
     scenario: Scenario,
     strategy: str,
@@ -160,6 +175,7 @@ def run_stream(
     All input is checked before any training: the stream's syntax and tasks, the strategy spec and
     hyper-parameters, and whether the unlearner can serve every unlearning request.
     """
+    check_run_arguments(scenario, strategy, stream, seed)
     requests: list[Request] = default_stream(scenario) if stream is None else parse_stream(stream)
     check_stream(requests, scenario)
     unlearner_name = resolve_unlearner(strategy, unlearner, requests)
