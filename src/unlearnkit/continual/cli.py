@@ -127,12 +127,11 @@ def continual_sweep(
     """Run every strategy on the given scenarios and streams and write a markdown results page."""
 
     def work() -> None:
+        from ..cli import parse_seeds
         from ..io import check_output, write_text_atomic
 
         check_output(out, overwrite=overwrite, file=True)
         names = parse_strategies(strategies)
-        from ..cli import parse_seeds
-
         seed_list = parse_seeds(seeds, "--seeds")
         if not seed_list or len(set(seed_list)) < len(seed_list):
             raise UserInputError(f"--seeds must name distinct seeds, e.g. 0,1,2; got {seeds!r}.")

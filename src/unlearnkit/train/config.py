@@ -44,9 +44,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise UserInputError(f"{name} must be a number, got {name}={value!r}.")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+        if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserInputError(f"The learning rate must be a positive number, got lr={self.lr}.")
-        if not (isinstance(self.epochs, int) and self.epochs > 0):
+        if self.epochs <= 0:
             raise UserInputError(f"The epoch count must be a positive integer, got epochs={self.epochs}.")
         if self.max_steps is not None and self.max_steps <= 0:
             raise UserInputError(f"max_steps must be a positive integer, got max_steps={self.max_steps}.")
