@@ -139,6 +139,8 @@ def test_continual_refuses_bad_input_before_any_work(workdir, overrides, message
     pytest.param({"--stream": "learn:0,unlearn:1"}, "unlearns task 1, which is not learned", id="stream-checked-first"),
     pytest.param({"--scenario": ["split-digits", "split-ditgits"]}, "Unknown scenario 'split-ditgits'",
                  id="second-scenario-checked-first"),
+    pytest.param({"--scenario": ["split-digits", "split-digits"]}, "--scenario 'split-digits' is given twice", id="scenario-repeated"),
+    pytest.param({"--stream": ["learn:0", "learn:0"]}, "--stream 'learn:0' is given twice", id="stream-repeated"),
     pytest.param({"--seeds": "0,x"}, "--seeds takes comma-separated integers; 'x' is not one", id="seeds-not-integers"),
     pytest.param({"--strategies": ""}, "--strategies expects comma-separated strategy names", id="strategies-empty"),
     pytest.param({"--strategies": "naive,ewc,"}, "--strategies expects comma-separated strategy names", id="strategies-empty-name"),

@@ -135,6 +135,10 @@ def continual_sweep(
         seed_list = parse_seeds(seeds, "--seeds")
         if not seed_list or len(set(seed_list)) < len(seed_list):
             raise UserInputError(f"--seeds must name distinct seeds, e.g. 0,1,2; got {seeds!r}.")
+        for option, given in (("--scenario", scenario), ("--stream", stream)):
+            repeated = [value for value in dict.fromkeys(given or []) if (given or []).count(value) > 1]
+            if repeated:
+                raise UserInputError(f"{option} {repeated[0]!r} is given twice; give each once.")
         plans = [sweep_plan(name, stream, seed_list) for name in scenario or ["split-digits"]]  # all checked first
         sections, acu_rows = [], []
         for scenarios, streams in plans:
