@@ -41,7 +41,8 @@ def test_project_and_sampling_options_reach_the_method(files, tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["--method", "ssd", "--project", "gu"], "Method 'ssd' does not support --project gu"),
-    (["--method", "gradient_ascent", "--sampling", "modular"], "Method 'gradient_ascent' does not support --sampling"),
+    (["--method", "finetune", "--sampling", "modular"], "Method 'finetune' does not support --sampling"),
+    (["--method", "gradient_ascent", "--sampling", "cyclic"], "gradient_ascent reads retain items only with project=gu"),
     (["--method", "npo", "--sampling", "sideways"], "Unknown sampling 'sideways'"),
     (["--method", "npo", "--project", "gu", "--param", "project=gu"], "project is given both as --project and as --param"),
     (["--method", "npo", "--sampling", "modular"], "with sampling=modular needs a request with 'direct' or 'indirect'"),

@@ -186,3 +186,15 @@ def test_undial_retain_term_keeps_the_retained_answers_and_needs_retain_data(lm)
     assert answer_prob(adapter, kept, request.forget_items()) / forget0 - 1 < FORGET_DROP  # and it still forgets
     with pytest.raises(UserInputError, match="undial with alpha > 0 needs retain data"):
         unlearnkit.unlearn(adapter, ForgetRequest(request.data, request.forget, []), "undial", alpha=1.0)
+
+
+@pytest.mark.parametrize("method, settings", [
+    ("idk_dpo", {"refusals": TINY_REFUSALS}), ("uld", {}), ("mrp", {}), ("undial", {"alpha": 1.0}),
+])
+def test_retain_pairing_methods_train_on_the_sampling_they_are_given(lm, method, settings):
+    """Cyclic pairing runs max(|F|, |R|) = 9 pairs an epoch (3 batches of 4), standard one pass over 3 forget items (1)."""
+    adapter, request = lm
+    for sampling, steps_per_epoch in (("standard", 1), ("cyclic", 3)):
+        _, record = unlearnkit.unlearn(adapter, request, method, epochs=2, batch_size=4, sampling=sampling, **settings)
+        assert record.status == "ok" and record.params["sampling"] == sampling
+        assert record.steps == 2 * steps_per_epoch

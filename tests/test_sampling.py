@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import pytest
 
 from unlearnkit.errors import UserInputError
-from unlearnkit.methods._sampling import SamplingConfig, paired_stream_with_sampling, sampled_pairs
+from unlearnkit.methods._sampling import SamplingConfig, paired_stream_with_sampling, retain_pairing, sampled_pairs
+from unlearnkit.methods.registry import method_config
 from unlearnkit.request import ForgetRequest
 from unlearnkit.train.config import build_config
 from unlearnkit.train.gu import ProjectionConfig
@@ -82,14 +83,37 @@ def test_cyclic_pairs_every_retain_item_once_per_epoch_and_cycles_the_forget_set
     assert orders[0] != orders[1]  # reshuffled each epoch
 
 
-def test_standard_draws_random_retain_items_once_per_forget_item():
-    request = whole_person_request()
-    config = SamplingConfig(sampling="standard", seed=3)
-    first, again, later = (sampled_pairs(request, config, e) for e in (0, 0, 1))
-    assert first == again and first != later
-    for pairs in (first, later):
-        assert sorted(f for f, _ in pairs) == [0, 1, 2]
-        assert all(r in request.retain for _, r in pairs)
+def test_standard_pairs_every_forget_item_once_with_a_retain_cycle_and_maps_forget_items():
+    """The standard stream (what every method trains on by default): each epoch one pass over the forget
+    set, each forget item with a retain item; the retain set is cycled, every item once per pass."""
+    request = whole_person_request()  # 3 forget items, 21 retain items
+    config = SamplingConfig(sampling="standard", batch_size=2, seed=3)
+    stream, steps = retain_pairing(ListAdapter(), request, config, forget_item=lambda i: ("mapped", i))
+    assert steps == 2
+    epochs = [list(stream(epoch)) for epoch in range(7)]  # 7 epochs × 4 retain items = 28 ≥ one retain pass
+    for batches in epochs:
+        assert sorted(f[1] for b in batches for f in b["forget"]) == [0, 1, 2]
+        assert all(f[0] == "mapped" for b in batches for f in b["forget"])
+    retain_seen = [r["question"] for batches in epochs for b in batches for r in b["retain"]]
+    first_pass = retain_seen[:21]
+    assert sorted(first_pass) == sorted(data()[r]["question"] for r in request.retain)  # no repeat within a pass
+    assert [f[1] for b in epochs[0] for f in b["forget"]] != [f[1] for b in epochs[1] for f in b["forget"]]
+
+
+def test_gradient_ascent_and_undial_take_sampling_only_when_they_read_retain_items():
+    with pytest.raises(UserInputError, match="gradient_ascent reads retain items only with project=gu"):
+        method_config("gradient_ascent", {"sampling": "cyclic"})
+    assert method_config("gradient_ascent", {"sampling": "cyclic", "project": "gu"}).sampling == "cyclic"
+    with pytest.raises(UserInputError, match="UNDIAL pairs forget with retain items only with alpha > 0"):
+        method_config("undial", {"sampling": "cyclic"})
+    assert method_config("undial", {"sampling": "cyclic", "alpha": 1.0}).sampling == "cyclic"
+    with pytest.raises(UserInputError, match="ULD augment=true adds items outside the request"):
+        method_config("uld", {"sampling": "modular", "augment": True})
+
+
+def test_a_method_without_sampling_names_the_methods_that_have_it():
+    with pytest.raises(UserInputError, match=r"Method 'ssd' does not support --sampling: .*\(.*idk_dpo, mrp, .*uld or undial\)"):
+        method_config("ssd", {"sampling": "cyclic"})
 
 
 def test_stream_batches_follow_the_sampled_pairs():
@@ -106,7 +130,7 @@ def test_unknown_sampling_is_a_user_error():
     with pytest.raises(UserInputError, match="Unknown sampling 'balanced'; valid: standard, cyclic, modular"):
         build_config(SamplingConfig, {"sampling": "balanced"}, owner="test")
     with pytest.raises(UserInputError, match="Unknown sampling"):
-        paired_stream_with_sampling(ListAdapter(), melu_request(), SamplingConfig(sampling="random"))
+        retain_pairing(ListAdapter(), melu_request(), SamplingConfig(sampling="random"))
 
 
 def test_sampling_combines_with_other_config_mixins():

@@ -9,9 +9,8 @@ from torch import nn
 
 from .adapters.base import clone_model
 from .errors import UserInputError
-from .methods.registry import get_method
+from .methods.registry import get_method, method_config
 from .request import ForgetRequest
-from .train.config import build_config
 from .train.measure import measure
 
 
@@ -86,7 +85,7 @@ def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]],
     settings = {name: {**(defaults or {}).get(name, {}), **params.get(name, {})} for name in names}
     for name in names:
         method = get_method(name)
-        check_needs(method, adapter, request, build_config(method.Config, settings[name], owner=f"Method {name!r}"))
+        check_needs(method, adapter, request, method_config(name, settings[name]))
     return settings
 
 
@@ -105,7 +104,7 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
 
     adapter = _adapter_for(model, adapter)
     chosen = get_method(method)
-    config = build_config(chosen.Config, hparams, owner=f"Method {method!r}")
+    config = method_config(method, hparams)
     check_lora(chosen, memory)
     check_needs(chosen, adapter, request, config)
     if adapter.kind == "classifier" and not any(p.requires_grad for p in adapter.model.parameters()):

@@ -10,8 +10,7 @@ from ..api import unlearn, validate_runs
 from ..errors import UserInputError
 from ..eval.classification import evaluate_classifier
 from ..io import atomic_dir, check_output
-from ..methods.registry import get_method, methods
-from ..train.config import build_config
+from ..methods.registry import method_config, methods
 from ..report.html import write_report
 from .cache import cache_root
 from .results import write_items, write_results
@@ -48,7 +47,7 @@ def run_classifier_bench(
     target, target_meta = cached_classifier(bench, [], "target")
     notes = []
     if "ssd" in settings and not settings["ssd"].get("full_importance"):
-        batch_size = build_config(get_method("ssd").Config, settings["ssd"], owner="Method 'ssd'").batch_size
+        batch_size = method_config("ssd", settings["ssd"]).batch_size
         settings["ssd"]["full_importance"] = str(cached_ssd_importance(bench, batch_size))
         notes.append("ssd: the full-training-set importance is computed once after training and cached with the target "
                      "model (its seconds are `info.full_importance_seconds` in results.json); `seconds` is the request's own time.")

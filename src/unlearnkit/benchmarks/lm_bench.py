@@ -18,9 +18,8 @@ from ..errors import UserInputError
 from ..eval.attacks import parse_attacks, run_attacks
 from ..eval.language import LM_METRICS, evaluate_lm, lm_metrics
 from ..io import atomic_dir, check_output
-from ..methods.registry import get_method, methods
+from ..methods.registry import get_method, method_config, methods
 from ..report.html import write_report
-from ..train.config import build_config
 from .cache import cache_root
 from .results import write_items, write_results
 
@@ -70,7 +69,7 @@ def runnable_defaults(params: Mapping[str, Mapping[str, Any]], adapter: Any, bas
     names, notes = [], []
     for name in default_lm_methods():
         method = get_method(name)
-        config = build_config(method.Config, {**defaults.get(name, {}), **params.get(name, {})}, owner=f"Method {name!r}")
+        config = method_config(name, {**defaults.get(name, {}), **params.get(name, {})})
         try:
             method.check_model(adapter, config)
             check_lora(method, memory)

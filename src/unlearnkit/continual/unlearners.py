@@ -69,10 +69,9 @@ def check_unlearner_params(name: str, params: Mapping[str, Any] | None) -> None:
         return
     if name in BUILTIN:
         raise UserInputError(f"Unlearner {name!r} takes no hyper-parameters, got {', '.join(sorted(params))}.")
-    from ..methods.registry import get_method
-    from ..train.config import build_config
+    from ..methods.registry import method_config
 
-    build_config(get_method(name).Config, params, owner=f"Method {name!r}")
+    method_config(name, params)
 
 
 def amnesiac(learner: GradientLearner, task: int) -> dict[str, Any]:

@@ -4,8 +4,11 @@ Bushipaka et al., "Standard vs. Modular Sampling: Best Practices for Reliable LL
 (arXiv 2509.05316, 2025). A sampler for any method whose loss reads ``{"forget", "retain"}``
 batches; it returns the same ``(epoch_batches, steps_per_epoch)`` as ``base.paired_stream``.
 
-- ``standard``: every forget item (reshuffled each epoch) with a retain item drawn uniformly at
-  random, with replacement (TOFU / OpenUnlearning's ``ForgetRetainDataset``).
+- ``standard``: the shared ``base.paired_stream``: one pass over the forget set per epoch
+  (reshuffled), each forget batch paired with the next batch of a cycling, reshuffled pass over the
+  retain set, so every forget item meets a random retain item (1:1). TOFU / OpenUnlearning's
+  ``ForgetRetainDataset`` draws that retain item with replacement; the cycle draws it without
+  replacement within a pass, so every retain item is seen before any is seen twice.
 - ``cyclic``: an epoch is max(|D_f|, |D_r|) pairs, pair k being forget item k mod |D_f| with
   retain item k mod |D_r| (both in their given order), and the pairs are shuffled each epoch (the
   authors' ``DualDataset`` under a shuffling loader). Every retain item is seen once per epoch and
@@ -74,14 +77,6 @@ def _require_retain(request) -> list[int]:
     return list(request.retain)
 
 
-def standard_pairs(request, seed: int, epoch: int) -> list[Pair]:
-    """Each forget item (reshuffled) with a uniformly random retain item."""
-    retain = _require_retain(request)
-    forget = _shuffled(request.forget, seed + 7919 * epoch)
-    draws = torch.randint(len(retain), (len(forget),), generator=_generator(seed + 104729 * (epoch + 1))).tolist()
-    return [(f, retain[d]) for f, d in zip(forget, draws)]
-
-
 def cyclic_pairs(request, seed: int, epoch: int) -> list[Pair]:
     """Pairs (forget k mod |F|, retain k mod |R|) for k < max(|F|, |R|), shuffled for the epoch."""
     retain, forget = _require_retain(request), list(request.forget)
@@ -132,42 +127,49 @@ def modular_pairs(request, seed: int, epoch: int) -> list[Pair]:
     return _shuffled(pairs, seed + 15485863 * (epoch + 1))
 
 
-_PAIRINGS: dict[str, Callable[[Any, int, int], list[Pair]]] = {
-    "standard": standard_pairs, "cyclic": cyclic_pairs, "modular": modular_pairs,
-}
+_PAIRINGS: dict[str, Callable[[Any, int, int], list[Pair]]] = {"cyclic": cyclic_pairs, "modular": modular_pairs}
 
 
 def sampled_pairs(request, config: TrainConfig, epoch: int) -> list[Pair]:
-    """The (forget id, retain id) pairs of one epoch in training order, for ``config.sampling``."""
-    sampling = getattr(config, "sampling", "standard")
-    check_sampling(sampling)
+    """The (forget id, retain id) pairs of one epoch in training order, for cyclic or modular ``config.sampling``."""
+    sampling = getattr(config, "sampling", None)
+    if sampling not in _PAIRINGS:
+        raise UserInputError(f"Pairs are listed for cyclic and modular sampling, not {sampling!r}.")
     return _PAIRINGS[sampling](request, config.seed, epoch)
 
 
-def paired_stream_with_sampling(adapter: Any, request,
-                                config: TrainConfig) -> tuple[Callable[[int], Iterator[dict]], int]:
-    """Batches ``{"forget": ..., "retain": ...}`` of the pairs ``config.sampling`` makes, and the steps per epoch."""
+def paired_stream_with_sampling(adapter: Any, request, config: TrainConfig,
+                                forget_item: Callable[[int], Any] | None = None,
+                                ) -> tuple[Callable[[int], Iterator[dict]], int]:
+    """Batches ``{"forget": ..., "retain": ...}`` of the pairs ``config.sampling`` makes, and the steps per epoch;
+    ``forget_item`` maps a forget id to what is collated for it (default: the request's item)."""
     size = len(sampled_pairs(request, config, 0))
     data = request.data
+    forget_item = forget_item or data.__getitem__
 
     def epoch_batches(epoch: int) -> Iterator[dict]:
         pairs = sampled_pairs(request, config, epoch)
         for start in range(0, len(pairs), config.batch_size):
             chunk = pairs[start : start + config.batch_size]
-            yield {"forget": adapter.collate([data[f] for f, _ in chunk]),
+            yield {"forget": adapter.collate([forget_item(f) for f, _ in chunk]),
                    "retain": adapter.collate([data[r] for _, r in chunk])}
 
     return epoch_batches, -(-size // config.batch_size)
 
 
-def retain_pairing(adapter: Any, request, config: TrainConfig) -> tuple[Callable[[int], Iterator[dict]], int]:
+def retain_pairing(adapter: Any, request, config: TrainConfig, forget_item: Callable[[int], Any] | None = None,
+                   ) -> tuple[Callable[[int], Iterator[dict]], int]:
     """The forget/retain batch stream a retain-using method trains on, as ``config.sampling`` asks.
 
     ``standard`` keeps the shared ``paired_stream`` (each forget batch with the next batch of a
     reshuffled retain cycle: 1:1 random pairing); ``cyclic`` and ``modular`` use MELU's pairings.
+    ``forget_item`` maps a forget id to what is collated for it (default: the request's item).
     """
     from .base import paired_stream
 
-    if getattr(config, "sampling", "standard") == "standard":
-        return paired_stream(adapter, request.forget_items(), request.retain_items(), config)
-    return paired_stream_with_sampling(adapter, request, config)
+    sampling = getattr(config, "sampling", "standard")
+    check_sampling(sampling)
+    if sampling == "standard":
+        forget = [forget_item(i) for i in request.forget] if forget_item else request.forget_items()
+        return paired_stream(adapter, forget, request.retain_items(), config)
+    return paired_stream_with_sampling(adapter, request, config, forget_item)

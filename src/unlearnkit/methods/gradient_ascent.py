@@ -25,15 +25,23 @@ from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
 from ..train.sam import SharpnessConfig
 from ..train.stopping import StopConfig, stop_for
-from .base import Method, Outcome, item_stream, paired_stream
+from ._sampling import SamplingConfig, retain_pairing
+from .base import Method, Outcome, item_stream
 
 
 @dataclass
-class GradientAscentConfig(ProjectionConfig, SharpnessConfig, StopConfig):
-    """Few epochs and a small step: ascent diverges quickly."""
+class GradientAscentConfig(ProjectionConfig, SharpnessConfig, SamplingConfig, StopConfig):
+    """Few epochs and a small step: ascent diverges quickly. ``sampling`` pairs retain items only under GU."""
 
     epochs: int = 1
     lr: float = 1e-4
+
+    def check(self) -> None:
+        """Also refuse a sampling other than standard without ``project``: plain ascent reads no retain items."""
+        super().check()
+        if self.sampling != "standard" and not self.project:
+            raise UserInputError(f"gradient_ascent reads retain items only with project=gu; sampling={self.sampling} "
+                                 "needs it.")
 
 
 class GradientAscent(Method):
@@ -60,7 +68,7 @@ class GradientAscent(Method):
         """Gradient ascent with GU: forget batches paired with retain batches that define the projection."""
         if not request.retain:
             raise UserInputError("gradient_ascent with project='gu' needs retain data, but the request has none.")
-        stream, steps = paired_stream(adapter, request.forget_items(), request.retain_items(), config)
+        stream, steps = retain_pairing(adapter, request, config)
 
         def loss(model, batch: dict) -> LossParts:
             forget = -adapter.per_item_loss(model, batch["forget"]).mean()

@@ -33,7 +33,8 @@ from torch import nn
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.stopping import StopConfig, stop_for
-from .base import Method, Outcome, paired_stream
+from ._sampling import SamplingConfig, retain_pairing
+from .base import Method, Outcome
 from .graddiff import frozen_reference
 
 #: Refusal answers the preferred responses are drawn from.
@@ -74,7 +75,7 @@ class _WithRefusals:
 
 
 @dataclass
-class IdkDPOConfig(StopConfig):
+class IdkDPOConfig(SamplingConfig, StopConfig):
     """β (inverse temperature), α (retain weight) and the "|"-separated refusal answers; defaults for a
     tiny LM on CPU."""
 
@@ -118,8 +119,8 @@ class IdkDPO(Method):
     def unlearn(self, adapter: Any, request, config: IdkDPOConfig) -> Outcome:
         reference = frozen_reference(adapter.model)
         forget = request.forget_items()
-        pairs = list(zip(forget, refusal_items(forget, config.seed, config.refusal_list())))
-        stream, steps = paired_stream(_WithRefusals(adapter), pairs, request.retain_items(), config)
+        pairs = dict(zip(request.forget, zip(forget, refusal_items(forget, config.seed, config.refusal_list()))))
+        stream, steps = retain_pairing(_WithRefusals(adapter), request, config, pairs.__getitem__)
 
         def log_ratio(model: nn.Module, batch: dict) -> torch.Tensor:
             with torch.no_grad():

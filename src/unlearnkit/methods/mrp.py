@@ -42,8 +42,9 @@ from torch import nn
 from ..adapters.base import batches
 from ..adapters.causal_lm import IGNORE, block_names
 from ..errors import UserInputError
-from ..train import TrainConfig, optimise
-from .base import Method, Outcome, paired_stream
+from ..train import optimise
+from ._sampling import SamplingConfig, retain_pairing
+from .base import Method, Outcome
 
 #: Name of the projection child module inside each projected block.
 CHILD = "mrp_projection"
@@ -153,7 +154,7 @@ def contrast_init(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], la
 
 
 @dataclass
-class MRPConfig(TrainConfig):
+class MRPConfig(SamplingConfig):
     """Layers, rows per layer per request, retain weight c; Adam on the projection rows only."""
 
     layers: str = ""
@@ -199,7 +200,7 @@ class MRP(Method):
         frozen = {p: p.requires_grad for p in model.parameters() if all(p is not t for t in trainable)}
         for param in frozen:
             param.requires_grad_(False)
-        stream, steps = paired_stream(adapter, forget, retain, config)
+        stream, steps = retain_pairing(adapter, request, config)
 
         def loss(net: nn.Module, batch: dict) -> torch.Tensor:
             forget_nll = adapter.per_item_loss(net, batch["forget"]).mean()

@@ -19,12 +19,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..train import TrainConfig, optimise
-from .base import Method, Outcome, paired_stream
+from ..train import optimise
+from ._sampling import SamplingConfig, retain_pairing
+from .base import Method, Outcome
 
 
 @dataclass
-class RandomLabelConfig(TrainConfig):
+class RandomLabelConfig(SamplingConfig):
     """``retain_weight`` (β) scales the retain cross-entropy (0 trains on relabelled forget items only)."""
 
     retain_weight: float = 2.0
@@ -56,7 +57,7 @@ class RandomLabel(Method):
     Config = RandomLabelConfig
 
     def unlearn(self, adapter: Any, request, config: RandomLabelConfig) -> Outcome:
-        stream, steps = paired_stream(adapter, request.forget_items(), request.retain_items(), config)
+        stream, steps = retain_pairing(adapter, request, config)
         generator = torch.Generator().manual_seed(config.seed)
 
         def loss(model, batch: dict) -> torch.Tensor:

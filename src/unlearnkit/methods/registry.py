@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pkgutil
 from functools import lru_cache
+from typing import Any, Mapping
 
 from ..errors import UserInputError
+from ..train.config import build_config
 from .base import Method
 
 _NOT_METHODS = {"base", "registry"}
@@ -38,3 +41,26 @@ def get_method(name: str) -> Method:
     if name not in registry:
         raise UserInputError(f"Unknown method {name!r}; valid methods: {', '.join(registry)}.")
     return registry[name]()
+
+
+#: Plug-in settings only some methods take, and what a method needs to take them.
+PLUGIN_SETTINGS = {
+    "project": "--project gu: it needs a gradient-based method",
+    "sampling": "--sampling: it needs a method that pairs forget and retain batches",
+}
+
+
+def _takes(config_cls: type, setting: str) -> bool:
+    return setting in {f.name for f in dataclasses.fields(config_cls)}
+
+
+def method_config(name: str, overrides: Mapping[str, Any]) -> Any:
+    """Method ``name``'s config with ``overrides``, checked; a plug-in setting (``project``,
+    ``sampling``) the method does not take is refused with the list of methods that do."""
+    config_cls = get_method(name).Config
+    for setting, requirement in PLUGIN_SETTINGS.items():
+        if setting in overrides and not _takes(config_cls, setting):
+            takers = [n for n, cls in methods().items() if _takes(cls.Config, setting)]
+            raise UserInputError(f"Method {name!r} does not support {requirement} "
+                                 f"({', '.join(takers[:-1])} or {takers[-1]}).")
+    return build_config(config_cls, overrides, owner=f"Method {name!r}")

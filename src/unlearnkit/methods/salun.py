@@ -25,13 +25,14 @@ from torch import nn
 
 from ..adapters.base import batches
 from ..errors import UserInputError
-from ..train import TrainConfig, optimise
-from .base import Method, Outcome, paired_stream
+from ..train import optimise
+from ._sampling import SamplingConfig, retain_pairing
+from .base import Method, Outcome
 from .random_label import relabelled_loss
 
 
 @dataclass
-class SalUnConfig(TrainConfig):
+class SalUnConfig(SamplingConfig):
     """``mask_ratio``: fraction of weights updated; ``retain_weight``: β on the retain loss."""
 
     mask_ratio: float = 0.5
@@ -88,7 +89,7 @@ class SalUn(Method):
         masks = saliency_mask(forget_gradient(adapter, request.forget_items(), config.batch_size), config.mask_ratio)
         originals = [p.detach().clone() for p in params] if config.reset_masked else []
         generator = torch.Generator().manual_seed(config.seed)
-        stream, steps = paired_stream(adapter, request.forget_items(), request.retain_items(), config)
+        stream, steps = retain_pairing(adapter, request, config)
 
         def loss(model, batch: dict) -> torch.Tensor:
             forget = relabelled_loss(adapter, model, batch["forget"], generator)

@@ -52,8 +52,9 @@ from torch import nn
 from ..adapters.base import clone_model
 from ..adapters.causal_lm import block_names, item_mean
 from ..errors import UserInputError
-from ..train import TrainConfig, optimise
+from ..train import optimise
 from ._lm_features import mask_positions
+from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome, paired_stream
 
 
@@ -161,7 +162,7 @@ def augmented_sets(forget: Sequence[dict], retain: Sequence[dict]) -> tuple[list
 
 
 @dataclass
-class ULDConfig(TrainConfig):
+class ULDConfig(SamplingConfig):
     """Assistant depth, retain weight w, logit weight α, mask threshold τ, augmentation."""
 
     assistant_layers: int = 0
@@ -184,6 +185,9 @@ class ULDConfig(TrainConfig):
             raise UserInputError(f"ULD retain_weight must be non-negative, got retain_weight={self.retain_weight}.")
         if self.assistant_layers < 0:
             raise UserInputError(f"ULD assistant_layers must be 0 (automatic) or positive, got {self.assistant_layers}.")
+        if self.augment and self.sampling != "standard":
+            raise UserInputError(f"ULD augment=true adds items outside the request, which {self.sampling} sampling "
+                                 "cannot pair; use standard sampling with it.")
 
 
 class ULD(Method):
@@ -205,7 +209,9 @@ class ULD(Method):
         forget, retain = request.forget_items(), request.retain_items()
         if config.augment:
             forget, retain = augmented_sets(forget, retain)
-        stream, steps = paired_stream(adapter, forget, retain, config)
+            stream, steps = paired_stream(adapter, forget, retain, config)
+        else:
+            stream, steps = retain_pairing(adapter, request, config)
 
         def loss(model: nn.Module, batch: dict) -> torch.Tensor:
             remember = adapter.per_item_loss(model, batch["forget"]).mean()

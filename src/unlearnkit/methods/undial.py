@@ -28,7 +28,8 @@ from ..adapters.causal_lm import IGNORE, item_mean
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.stopping import StopConfig, stop_for
-from .base import Method, Outcome, item_stream, paired_stream
+from ._sampling import SamplingConfig, retain_pairing
+from .base import Method, Outcome, item_stream
 from .graddiff import frozen_reference
 
 
@@ -52,7 +53,7 @@ def undial_loss(adapter: Any, model: nn.Module, reference: nn.Module, batch: dic
 
 
 @dataclass
-class UndialConfig(StopConfig):
+class UndialConfig(SamplingConfig, StopConfig):
     """β (how far the memorised token is pushed down in the teacher) and α (optional retain NLL weight)."""
 
     beta: float = 10.0
@@ -67,6 +68,9 @@ class UndialConfig(StopConfig):
             raise UserInputError(f"UNDIAL beta must be positive, got beta={self.beta}.")
         if not self.alpha >= 0:
             raise UserInputError(f"UNDIAL alpha must be non-negative, got alpha={self.alpha}.")
+        if self.alpha == 0 and self.sampling != "standard":
+            raise UserInputError(f"UNDIAL pairs forget with retain items only with alpha > 0; sampling={self.sampling} "
+                                 "needs a retain weight alpha above 0.")
 
 
 class Undial(Method):
@@ -84,7 +88,7 @@ class Undial(Method):
         if config.alpha > 0:
             if not request.retain:
                 raise UserInputError("undial with alpha > 0 needs retain data, but the request has none.")
-            stream, steps = paired_stream(adapter, request.forget_items(), request.retain_items(), config)
+            stream, steps = retain_pairing(adapter, request, config)
         else:
             stream, steps = item_stream(adapter, request.forget_items(), config)
 

@@ -86,12 +86,6 @@ def build_config(config_cls: type, overrides: Mapping[str, Any], *, owner: str) 
     """Instantiate ``config_cls`` with ``overrides``, rejecting unknown names with a clear sentence."""
     valid = {f.name: f for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(overrides) - set(valid))
-    if "project" in unknown:
-        raise UserInputError(f"{owner} does not support --project gu: it needs a gradient-based method "
-                             "(gradient_ascent, graddiff, npo, sam_npo or simnpo).")
-    if "sampling" in unknown:
-        raise UserInputError(f"{owner} does not support --sampling: it needs a method that pairs forget and retain "
-                             "batches (graddiff, neggrad_plus, npo, rmu, sam_npo or simnpo).")
     if unknown:
         raise UserInputError(
             f"{owner} has no hyper-parameter {unknown[0]!r}; valid: {', '.join(sorted(valid))}."
