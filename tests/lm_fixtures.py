@@ -44,13 +44,14 @@ def _tokenizer(items: list[dict]):
     return PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
 
 
-def tiny_lm(items: list[dict], seed: int = 0):
-    """A fresh tiny GPT-2 and its word-level tokenizer, wrapped in a CausalLMAdapter."""
+def tiny_lm(items: list[dict], seed: int = 0, vocabulary: list[dict] | None = None):
+    """A fresh tiny GPT-2 and its word-level tokenizer (of the words of ``vocabulary``, default ``items``),
+    wrapped in a CausalLMAdapter."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from unlearnkit.adapters.causal_lm import CausalLMAdapter
 
-    tokenizer = _tokenizer(items)
+    tokenizer = _tokenizer(vocabulary or items)
     torch.manual_seed(seed)
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=2, n_head=2,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -58,9 +59,10 @@ def tiny_lm(items: list[dict], seed: int = 0):
     return CausalLMAdapter(GPT2LMHeadModel(config).eval(), tokenizer, max_length=64)
 
 
-def memorised_lm(items: list[dict], steps: int = 150, seed: int = 0):
-    """A tiny LM trained on ``items`` (answer tokens) for ``steps`` full-batch Adam steps."""
-    adapter = tiny_lm(items, seed)
+def memorised_lm(items: list[dict], steps: int = 150, seed: int = 0, vocabulary: list[dict] | None = None):
+    """A tiny LM trained on ``items`` (answer tokens) for ``steps`` full-batch Adam steps; ``vocabulary``
+    as for :func:`tiny_lm` (give a retain model the target's vocabulary so both read the same tokens)."""
+    adapter = tiny_lm(items, seed, vocabulary)
     model = adapter.model
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)

@@ -26,7 +26,7 @@ def models():
     target = memorised_lm(items)
     request = ForgetRequest(items, FORGET, list(range(6, 12)))
     unlearned_model, _ = unlearn(target, request, "gradient_ascent", lr=3e-3, epochs=4, batch_size=6)
-    retain = memorised_lm(items[6:])
+    retain = memorised_lm(items[6:], vocabulary=items)  # same tokens as the target: a real control
     return items, target, target.with_model(unlearned_model), retain.with_model(retain.model)
 
 
@@ -114,3 +114,35 @@ def test_shared_controls_attack_the_retain_model_once(models, monkeypatch):
     assert sum(m is retain for m in attacked) == 1 and len(attacked) == 3
     assert first == second and set(controls) == {"relearn_recovery_control", "in_context_recovery_control",
                                                   "in_context_prob_control"}
+
+
+def test_a_forget_set_too_small_to_split_is_refused_and_quantize_alone_still_runs(models):
+    items, target, unlearned, retain = models
+    forget = [items[i] for i in FORGET]
+    with pytest.raises(UserInputError, match="needs at least 2 forget items; this one has 1"):
+        run_attacks(["quantize", "relearn"], unlearned, target, retain, forget[:1])
+    assert math.isfinite(run_attacks(["quantize"], unlearned, target, retain, forget[:1])["quantized_forget_prob"])
+
+
+def test_relearn_settings_scale_to_the_training_lr_and_refuse_bad_values():
+    assert RelearnSettings.scaled_to(5e-3).lr == pytest.approx(3e-4)
+    assert RelearnSettings.scaled_to(2e-4).lr == pytest.approx(1.2e-5)
+    for bad in ({"steps": 0}, {"steps": 2.5}, {"batch_size": True}, {"lr": 0.0}, {"lr": float("inf")}):
+        with pytest.raises(UserInputError, match="The relearning attack's"):
+            RelearnSettings(**bad).check()
+
+
+@pytest.mark.parametrize("method, settings", [
+    ("uld", {"epochs": 30, "lr": 3e-3}), ("mrp", {"layers": "1", "epochs": 20}), ("guard_it", {}), ("guard", {}),
+])
+def test_quantization_keeps_an_inference_time_methods_edit(models, method, settings):
+    """The int8 copy of an inference-time method still applies its logit difference, projection, redirection or
+    decoding guard: its forget answers stay where the unquantized method put them, far from the bare target's."""
+    items, target, _, _ = models
+    forget = [items[i] for i in FORGET]
+    model, _ = unlearn(target, ForgetRequest(items, FORGET, list(range(6, 12))), method, **settings)
+    edited = target.with_model(model)
+    p_edited, p_quantized = answer_probability(edited, forget), answer_probability(quantized(edited), forget)
+    p_target = answer_probability(quantized(target), forget)
+    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in quantized(edited).model.modules())
+    assert abs(p_quantized - p_edited) < 0.1 * abs(p_target - p_edited), (p_edited, p_quantized, p_target)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from unlearnkit.cli import main
+from unlearnkit.eval.attacks import RELEARN_LR_FRACTION
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def exported(tmp_path_factory):
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "facts"
     assert main(["bench", "--benchmark", "facts", "--preset", "tiny", "--methods", "gradient_ascent,npo",
-                 "--attacks", "relearn,quantize", "--retrain-seeds", "1", "--out", str(out)]) == 0
+                 "--attacks", "relearn,quantize", "--relearn-steps", "5", "--retrain-seeds", "1", "--out", str(out)]) == 0
     return out
 
 
@@ -37,6 +38,10 @@ def test_facts_bench_rows_metrics_and_items(bench):
     for key in results["metric_keys"]:
         assert key in runs["npo"]["metrics"]
     assert "relearn_recovery" in runs["npo"]["metrics"] and "relearn_recovery_control" in runs["npo"]["metrics"]
+    # the attack's lr is scaled to the lr the models were trained with; the settings are recorded and stated
+    assert results["relearn"] == {"steps": 5, "lr": pytest.approx(RELEARN_LR_FRACTION * results["config"]["lr"]),
+                                  "batch_size": 8, "seed": 0}
+    assert "Relearning attack: 5 steps of Adam at lr" in (bench / "results.md").read_text()
     rows = [json.loads(l) for l in (bench / "items" / "npo.jsonl").read_text().splitlines()]
     forget_rows = [r for r in rows if r["split"] == "forget"]
     import math
@@ -150,6 +155,10 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
     (["--methods", "npo", "--retrain-seeds", "one"], "'one' is not one"),
     (["--methods", "idk_dpo"], "has words this model's tokenizer does not know"),
     (["--methods", "gradient_ascent,kfade", "--lora", "r=2"], "Method 'kfade' does not train the model's own weights"),
+    (["--methods", "npo", "--relearn-lr", "1e-4"], "add relearn to --attacks"),
+    (["--methods", "npo", "--attacks", "relearn", "--relearn-steps", "0"], "steps must be a positive integer, got 0"),
+    (["--methods", "npo", "--attacks", "relearn", "--relearn-lr", "-1"], "lr must be a positive number, got -1.0"),
+    (["--methods", "npo", "--attacks", "relearn", "--relearn-lr", "nan"], "lr must be a positive number, got nan"),
 ])
 def test_facts_bench_bad_inputs(tmp_path, capsys, args, message):
     out = tmp_path / "never"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from pathlib import Path
@@ -121,6 +122,9 @@ def bench_command(
     project: Optional[str] = typer.Option(None, help=PROJECT_HELP + " Applies to every method of --methods."),
     sampling: Optional[str] = typer.Option(None, help=SAMPLING_HELP + " Applies to every method of --methods."),
     attacks: Optional[str] = typer.Option(None, help="facts: comma-separated attacks (relearn, in_context, quantize)."),
+    relearn_steps: Optional[int] = typer.Option(None, help="facts: optimizer steps of the relearning attack (default 50)."),
+    relearn_lr: Optional[float] = typer.Option(None, help="facts: lr of the relearning attack (default 0.06 × the "
+                                               "models' training lr: 3e-4 on the scratch base, 1.2e-5 on smollm2)."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
     lora: Optional[str] = typer.Option(None, help="facts: train LoRA adapters, e.g. r=8,alpha=16,targets=c_attn,c_proj."),
     bf16: bool = typer.Option(False, help="facts: store and train the weights in bfloat16."),
@@ -146,13 +150,14 @@ def bench_command(
         config = facts_preset(preset, seed, base)
         run_lm_bench(config, split, split_list(methods), out, params=params, overwrite=overwrite,
                      command=command, attacks=split_list(attacks) or (), memory=memory,
-                     retrain_seeds=parse_seeds(retrain_seeds))
+                     retrain_seeds=parse_seeds(retrain_seeds),
+                     relearn=relearn_settings(config, split_list(attacks) or [], relearn_steps, relearn_lr))
     else:
         if retrain_seeds:
             raise UserInputError(f"--retrain-seeds applies to the facts benchmark, not {benchmark}.")
         if split != "forget10" or preset != "default":
             raise UserInputError(f"--split and --preset apply to the facts benchmark, not {benchmark} (use --scenario).")
-        if attacks:
+        if attacks or relearn_steps is not None or relearn_lr is not None:
             raise UserInputError(f"Attacks apply to causal language models; the {benchmark} benchmark is a classifier.")
         if base != "scratch":
             raise UserInputError(f"--base applies to the facts benchmark; the {benchmark} benchmark trains its own classifier.")
@@ -167,6 +172,18 @@ def bench_command(
                              overwrite=overwrite, command=command)
     if is_main_process():
         typer.echo((out / "results.md").read_text())
+
+
+def relearn_settings(config: Any, attacks: list[str], steps: int | None, lr: float | None) -> Any:
+    """The relearning attack's settings from ``--relearn-steps`` / ``--relearn-lr`` (None: the bench's default)."""
+    if steps is None and lr is None:
+        return None
+    if "relearn" not in attacks:
+        raise UserInputError("--relearn-steps and --relearn-lr set the relearning attack; add relearn to --attacks.")
+    from .eval.attacks import RelearnSettings
+
+    chosen = {name: value for name, value in (("steps", steps), ("lr", lr)) if value is not None}
+    return dataclasses.replace(RelearnSettings.scaled_to(config.lr, seed=config.seed), **chosen)
 
 
 def bench_params(param: list[str] | None, methods: list[str] | None, project: str | None,

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from ..api import check_lora, unlearn, validate_runs
 from ..errors import UserInputError
-from ..eval.attacks import parse_attacks, run_attacks
+from ..eval.attacks import RelearnSettings, check_attack_items, parse_attacks, run_attacks
 from ..eval.language import LM_METRICS, evaluate_lm, lm_metrics
 from ..io import atomic_dir, check_output
 from ..methods.registry import get_method, method_config, methods
@@ -128,6 +128,7 @@ def run_lm_bench(
     log=print,
     memory: Any = None,
     retrain_seeds: Sequence[int] = (),
+    relearn: RelearnSettings | None = None,
 ) -> dict[str, Any]:
     """Run the facts bench and write results.json, results.md and items/<model>.jsonl into ``out``.
 
@@ -136,6 +137,7 @@ def run_lm_bench(
     Each of ``retrain_seeds`` adds a reference row ``retain_seed<s>``: the retain model trained
     again with that seed (initial weights and batch order), scored against the retain model like a
     method, to show how far exact retraining alone moves every metric (forget quality especially).
+    ``relearn`` sets the relearning attack (default: :meth:`RelearnSettings.scaled_to` the models' training lr).
     """
     from ..adapters.causal_lm import CausalLMAdapter
     from ..train.distributed import check_launch, is_main_process, on_main, training_device
@@ -146,6 +148,9 @@ def run_lm_bench(
     attacks = parse_attacks(attacks)
     data = load_facts(config)
     request = facts_request(data, split)
+    check_attack_items(len(request.forget), attacks)
+    relearn = relearn or RelearnSettings.scaled_to(config.lr, seed=config.seed)
+    relearn.check()
     check_retrain_seeds(retrain_seeds, config)
     check_output(out, overwrite=overwrite, inputs=(cache_root(),))
     for name in method_names or ():  # the defaults skip what LoRA cannot serve (runnable_defaults)
@@ -182,7 +187,7 @@ def run_lm_bench(
         if attacks and name != "retain":
             metrics.update(run_attacks(attacks, adapter, target, retain_model, splits["forget"], seed=config.seed,
                                        evaluate=lambda q: evaluate_lm(q, splits, reference, ids=ids)[0],
-                                       controls=controls))
+                                       relearn_settings=relearn, controls=controls))
         runs.append({**run, "method": name, "retrain_seconds": retrain_seconds, "eval_seconds": eval_seconds,
                      "metrics": metrics})
         items[name] = [row for split_name, s in stats.items() for row in s.rows(split_name)]
@@ -209,7 +214,10 @@ def run_lm_bench(
                "attacks": list(attacks),
                "metric_keys": list(LM_METRICS), "config": config.to_dict(),
                "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs}
+    if "relearn" in attacks:
+        results["relearn"] = dataclasses.asdict(relearn)
     notes = ([RETRAIN_SEEDS_NOTE] if retrain_seeds else []) + not_run
+    notes += [relearn.describe(config.lr)] if "relearn" in attacks else []
     if notes:
         results["notes"] = notes
     base = "" if config.base == "scratch" else f" --base {config.base}"

@@ -42,6 +42,20 @@ def check_attack_applies(adapter: Any, names: Sequence[str]) -> None:
         raise UserInputError(f"The {names[0]} attack applies to causal language models, not to a {adapter.kind} model.")
 
 
+#: The relearning and in-context attacks hold one half of the forget set and measure the other
+#: (quantization scores all of it).
+SPLITTING = ("relearn", "in_context")
+MIN_ATTACK_ITEMS = 2
+
+
+def check_attack_items(count: int, names: Sequence[str]) -> None:
+    """Refuse a forget set too small to split into a held and a measured half."""
+    splitting = [name for name in names if name in SPLITTING]
+    if count < MIN_ATTACK_ITEMS and splitting:
+        raise UserInputError(f"The {splitting[0]} attack splits the forget set into a half to attack with and a half to "
+                             f"measure, so it needs at least {MIN_ATTACK_ITEMS} forget items; this one has {count}.")
+
+
 def split_halves(items: Sequence[Any], seed: int) -> tuple[list[Any], list[Any]]:
     """A seeded split of ``items`` into the half an attacker holds and the half that is measured."""
     order = list(range(len(items)))
@@ -60,18 +74,44 @@ def answer_probability(adapter: Any, items: Sequence[Mapping[str, Any]], batch_s
     return M.probability(np.concatenate(losses)).value
 
 
+#: The relearning attack's default lr as a fraction of the lr the model was fine-tuned with. The literature
+#: attacks pretrained LMs fine-tuned at 1e-5 – 2e-4 with lr 1e-5 – 2e-5; 6 % of the training lr gives 1.2e-5 on the
+#: SmolLM2 base (trained at 2e-4) and 3e-4 on the scratch facts models (trained at 5e-3), whose own lr is 25× larger.
+RELEARN_LR_FRACTION = 0.06
+
+
 @dataclass
 class RelearnSettings:
     """The relearning attack: ``steps`` of Adam at ``lr`` on half of the forget set.
 
-    The default lr suits the built-in facts models (trained at 5e-3); for a pretrained 7B model use
-    about 1e-5, as in the relearning literature.
+    ``lr`` defaults to the literature's 1e-5 for a pretrained LM; :meth:`scaled_to` gives the lr for a
+    model whose training lr is known (the facts bench's models).
     """
 
     steps: int = 50
-    lr: float = 3e-4
+    lr: float = 1e-5
     batch_size: int = 8
     seed: int = 0
+
+    @classmethod
+    def scaled_to(cls, training_lr: float, **settings: Any) -> "RelearnSettings":
+        """Settings whose lr is ``RELEARN_LR_FRACTION`` × ``training_lr``."""
+        return cls(lr=training_lr * RELEARN_LR_FRACTION, **settings)
+
+    def check(self) -> None:
+        """Refuse a non-positive step count, batch size or lr in one sentence."""
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserInputError(f"The relearning attack's {name} must be a positive integer, got {value!r}.")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
+            raise UserInputError(f"The relearning attack's lr must be a positive number, got {self.lr!r}.")
+
+    def describe(self, training_lr: float | None = None) -> str:
+        """One sentence for a results page: what the attack ran."""
+        scale = f" ({self.lr / training_lr:.3g} × the models' training lr {training_lr:g})" if training_lr else ""
+        return (f"Relearning attack: {self.steps} steps of Adam at lr {self.lr:.3g}{scale}, batch {self.batch_size}, "
+                f"on a seeded half of the forget set; recovery is measured on the other half.")
 
 
 def relearn(adapter: Any, attack_items: Sequence[Any], settings: RelearnSettings) -> Any:
@@ -149,8 +189,9 @@ def run_attacks(names: Sequence[str], unlearned: Any, target: Any, retain: Any, 
     retain model again.
     """
     check_attack_applies(unlearned, names)
+    check_attack_items(len(forget_items), names)
     held, measured = split_halves(forget_items, seed)
-    p_target = answer_probability(target, measured)
+    p_target = answer_probability(target, measured) if measured else float("nan")  # unused by quantize alone
     attack = lambda model: _attack_one(names, model, held, measured, forget_items, p_target, evaluate,
                                        relearn_settings or RelearnSettings(seed=seed))
     results = attack(unlearned)
@@ -175,7 +216,7 @@ def _attack_one(names: Sequence[str], model: Any, held: Sequence[Any], measured:
                 settings: RelearnSettings) -> dict[str, float]:
     """The named attacks on one model."""
     results: dict[str, float] = {}
-    before = answer_probability(model, measured)
+    before = answer_probability(model, measured) if measured else float("nan")  # quantize alone measures no half
     if "relearn" in names:
         results["relearn_recovery"] = recovery(answer_probability(relearn(model, held, settings), measured), before,
                                                p_target)
