@@ -20,7 +20,7 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "facts"
-    assert main(["bench", "--benchmark", "facts", "--preset", "tiny", "--methods", "gradient_ascent,npo",
+    assert main(["bench", "--benchmark", "facts", "--preset", "tiny", "--methods", "gradient_ascent,npo,first_epoch_ga",
                  "--attacks", "relearn,quantize", "--relearn-steps", "5", "--retrain-seeds", "1", "--out", str(out)]) == 0
     return out
 
@@ -28,7 +28,10 @@ def bench(tmp_path_factory):
 def test_facts_bench_rows_metrics_and_items(bench):
     results = json.loads((bench / "results.json").read_text())
     runs = {run["method"]: run for run in results["runs"]}
-    assert list(runs) == ["target", "retain", "retain_seed1", "gradient_ascent", "npo"]
+    assert list(runs) == ["target", "retain", "retain_seed1", "gradient_ascent", "npo", "first_epoch_ga"]
+    # first_epoch_ga ascends the forget items' gradients recorded in the target's first epoch (the paper's g₁)
+    assert runs["first_epoch_ga"]["info"]["source"] == "first_epoch"
+    assert runs["first_epoch_ga"]["params"]["gradients"].endswith("first_epoch_gradients.safetensors")
     assert runs["retain"]["metrics"]["forget_quality"] == 1.0 and runs["retain"]["metrics"]["privleak"] == 0.0
     reseeded = runs["retain_seed1"]
     assert reseeded["reference"] and reseeded["params"]["train_seed"] == 1 and runs["retain"]["params"].get("train_seed") is None

@@ -97,6 +97,20 @@ def method_settings(names: Sequence[str], params: Mapping[str, Mapping[str, Any]
     return validate_runs(names, params or {}, adapter, request, defaults)
 
 
+def recorded_settings(config: Any, names: Sequence[str],
+                      params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """``params`` plus what the target's training recorded for a method: ``first_epoch_ga`` reads the forget
+    items' first-epoch embedding gradients (the paper's g₁; recorded once by replaying the target's first epoch,
+    then cached) unless ``--param first_epoch_ga.gradients=...`` names another file (empty: current gradients)."""
+    params = {name: dict(values) for name, values in (params or {}).items()}
+    if "first_epoch_ga" in names and "gradients" not in params.get("first_epoch_ga", {}):
+        from .facts import cached_first_epoch_gradients
+
+        path, _ = cached_first_epoch_gradients(config)
+        params.setdefault("first_epoch_ga", {})["gradients"] = str(path)
+    return params
+
+
 def check_retrain_seeds(seeds: Sequence[int], config: Any) -> None:
     """Raise :class:`UserInputError` unless ``seeds`` are distinct non-negative integers other than the
     retain model's own training seed."""
@@ -161,7 +175,7 @@ def run_lm_bench(
     target.model.to(training_device())
     names, not_run = (list(method_names), []) if method_names else runnable_defaults(params or {}, target, config.base,
                                                                                       memory)
-    settings = method_settings(names, params, target, request, config.base)
+    settings = method_settings(names, recorded_settings(config, names, params), target, request, config.base)
     check_launch()
     if memory is not None:
         memory.check(target)
