@@ -232,9 +232,16 @@ class CausalLMAdapter:
 
     # ------------------------------------------------------------------ losses
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Next-token logits ``(B, T, V)``."""
+        """Next-token logits ``(B, T, V)``.
+
+        A model that declares ``reads_prompt_mask`` (an inference-time method deciding per prompt, as
+        ``generate`` does) is also given ``prompt_mask``: the real tokens that are not answer labels.
+        """
         batch = _on_device(model, batch)
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        extra = {}
+        if getattr(model, "reads_prompt_mask", False) and "labels" in batch:
+            extra["prompt_mask"] = batch["attention_mask"].bool() & (batch["labels"] == IGNORE)
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], **extra).logits
 
     def token_nll(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-position NLL ``(B, T−1)`` of the shifted labels and the answer mask (EOS included)."""

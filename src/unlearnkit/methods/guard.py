@@ -25,8 +25,10 @@ Choices where the paper is silent, or its tools are unavailable here (there is n
 - Decoding is whatever the caller asks of ``generate`` (the adapter asks greedy); the paper's beam
   width 7 is ``num_beams=7``. The restriction is a logits processor on the base model's decoding.
 - A teacher-forced ``forward`` returns logits with the same penalties at every position, so the
-  probability metrics see the restriction. It cannot tell the prompt from the answer, so it flags
-  and retrieves from the whole input (the answer included); ``generate`` uses the prompt alone.
+  probability metrics see the restriction. Given ``prompt_mask`` (the adapter passes it: the tokens
+  that are not answer labels) it flags and retrieves from the prompt tokens alone, as ``generate``
+  does, so every candidate answer of a question is scored under the same decision; without it, it
+  flags and retrieves from the whole input (the answer included, the "text" view).
 """
 
 from __future__ import annotations
@@ -122,6 +124,9 @@ class _RestrictingProcessor:
 class GuardedModel(nn.Module):
     """The original causal LM behind a forget-prompt detector and a decoding restriction."""
 
+    #: The adapter passes ``prompt_mask`` to ``forward`` so the detector reads the prompt alone.
+    reads_prompt_mask = True
+
     def __init__(self, base: nn.Module, layer: int, detector: dict[str, torch.Tensor], keys: dict[str, torch.Tensor],
                  restriction: Restriction, flag_probability: float, answers_per_prompt: int) -> None:
         super().__init__()
@@ -159,11 +164,16 @@ class GuardedModel(nn.Module):
         hidden = hidden_states[self.layer]
         return masked_mean(hidden.float(), mask.to(hidden.device))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        """The base model's output with the logits of flagged inputs penalised at every position."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                prompt_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """The base model's output with the logits of flagged inputs penalised at every position; flagged from
+        the ``prompt_mask`` tokens when given, else from every real token."""
         kwargs["output_hidden_states"] = True
         out = self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        plans = self.plans(self._pooled(out.hidden_states, attention_mask, input_ids), "text")
+        if prompt_mask is not None:
+            plans = self.plans(self._pooled(out.hidden_states, prompt_mask, input_ids), "prompt")
+        else:
+            plans = self.plans(self._pooled(out.hidden_states, attention_mask, input_ids), "text")
         if any(plans):
             logits = out.logits.clone()
             for row, items in enumerate(plans):

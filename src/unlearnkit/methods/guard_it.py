@@ -22,11 +22,14 @@ Choices where the paper is silent or its tools are unavailable:
   that makes every cosine close to 1). Clustering runs on the unit-normalised whole texts.
 - The gate reads the same block-L output the hook edits, before the edit. In ``generate`` it is
   computed once per prompt, from the prompt tokens (the prefill), and kept for every new token.
-  A teacher-forced ``forward`` cannot tell the prompt from the answer, so its gate pools every
-  real token of the input. Each view (prompt alone, prompt + answer) has its own centroids (the
-  cluster means in that view) and its own T, calibrated on the forget items (positives) against
-  the retain items (negatives) by maximising recall − a·FPR (the paper's criterion,
-  a = ``calibration_penalty``); ties take the larger T. A given ``threshold`` serves both views.
+  A teacher-forced ``forward`` given ``prompt_mask`` (the adapter passes it: the tokens that are
+  not answer labels) gates on those prompt tokens alone, as ``generate`` does, so every candidate
+  answer of a question (original, paraphrase, perturbed) is scored under the same decision; without
+  it, the gate pools every real token of the input (the "text" view). Each view (prompt alone,
+  prompt + answer) has its own centroids (the cluster means in that view) and its own T,
+  calibrated on the forget items (positives) against the retain items (negatives) by maximising
+  recall − a·FPR (the paper's criterion, a = ``calibration_penalty``); ties take the larger T. A
+  given ``threshold`` serves both views.
 - Defaults: α = 1 (the paper sweeps 0..1), "orthogonal" steering vectors (the paper's default).
 """
 
@@ -126,6 +129,9 @@ class GatedRedirectModel(nn.Module):
     hook lives only for the duration of each call, so the wrapped model is never changed.
     """
 
+    #: The adapter passes ``prompt_mask`` to ``forward`` so the gate reads the prompt alone.
+    reads_prompt_mask = True
+
     def __init__(self, base: nn.Module, layer_name: str, gate: "Gate", vectors: torch.Tensor, alpha: float) -> None:
         super().__init__()
         self.base = base
@@ -134,6 +140,7 @@ class GatedRedirectModel(nn.Module):
         self.register_buffer("vectors", vectors.float())
         self.alpha = float(alpha)
         self._mask: torch.Tensor | None = None
+        self._view = "text"
         self._freeze = False
         self._frozen: torch.Tensor | None = None
 
@@ -152,7 +159,7 @@ class GatedRedirectModel(nn.Module):
         if self._freeze and self._frozen is not None:
             return self._frozen
         mask = self._mask_for(hidden)
-        vectors = self.steering(masked_mean(hidden.float(), mask), "prompt" if self._freeze else "text")
+        vectors = self.steering(masked_mean(hidden.float(), mask), self._view)
         if self._freeze:
             self._frozen = vectors
         return vectors
@@ -179,26 +186,28 @@ class GatedRedirectModel(nn.Module):
         return replace_first(output, edited)
 
     @contextmanager
-    def _redirecting(self, attention_mask: torch.Tensor | None, freeze: bool) -> Iterator[None]:
-        self._mask, self._freeze, self._frozen = attention_mask, freeze, None
+    def _redirecting(self, gate_mask: torch.Tensor | None, view: str, freeze: bool) -> Iterator[None]:
+        self._mask, self._view, self._freeze, self._frozen = gate_mask, view, freeze, None
         handle = dict(self.base.named_modules())[self.layer_name].register_forward_hook(self._hook)
         try:
             yield
         finally:
             handle.remove()
-            self._mask, self._freeze, self._frozen = None, False, None
+            self._mask, self._view, self._freeze, self._frozen = None, "text", False, None
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                **kwargs: Any) -> Any:
-        """The base model's output; the gate pools every real token of the input (see the module doc)."""
-        with self._redirecting(attention_mask, freeze=False):
+                prompt_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        """The base model's output; the gate pools the ``prompt_mask`` tokens when given, else every real
+        token of the input (see the module doc)."""
+        gate = (prompt_mask, "prompt") if prompt_mask is not None else (attention_mask, "text")
+        with self._redirecting(*gate, freeze=False):
             return self.base(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  **kwargs: Any) -> Any:
         """The base model's ``generate``, with the gate computed once from the prompt tokens."""
-        with self._redirecting(attention_mask, freeze=True):
+        with self._redirecting(attention_mask, "prompt", freeze=True):
             return self.base.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
 
