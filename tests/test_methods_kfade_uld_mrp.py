@@ -117,7 +117,7 @@ def test_preconditioned_step_handles_bias_and_transposed_conv1d():
         assert torch.allclose(step[f"{name}.bias"], hand[:, 3], atol=1e-5)
 
 
-def test_kfade_input_factor_is_the_second_moment_of_layer_inputs(lm):
+def test_kfade_factors_are_the_input_second_moment_and_the_fisher_of_sampled_labels(lm):
     layers = {"transformer.h.0.attn.c_attn": lm.model.get_submodule("transformer.h.0.attn.c_attn")}
     retain = [ITEMS[i] for i in RETAIN]
     factors = kfade.fit_factors(lm, layers, retain, batch_size=4, seed=0)["transformer.h.0.attn.c_attn"]
@@ -127,8 +127,27 @@ def test_kfade_input_factor_is_the_second_moment_of_layer_inputs(lm):
         inputs = lm.model.transformer.h[0].ln_1(embedded)[:, :-1][batch["labels"][:, 1:] != -100]
     inputs = torch.cat([inputs, torch.ones(len(inputs), 1)], dim=1)
     assert torch.allclose(factors.A, inputs.T @ inputs / len(inputs), atol=1e-5)
-    assert factors.S.shape == (96, 96) and torch.allclose(factors.S, factors.S.T, atol=1e-6)
-    assert torch.linalg.eigvalsh(factors.S.double()).min() > -1e-8
+    # S: the covariance of the layer-output gradients of the loss on labels sampled from the model's own
+    # predictions (the Fisher), not on the true labels (the empirical Fisher)
+    def output_gradient_covariance(labels_from):
+        layer, captured = layers["transformer.h.0.attn.c_attn"], []
+        handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+        try:
+            logits = lm.logits(lm.model, batch)[:, :-1][batch["labels"][:, 1:] != -100].float()
+        finally:
+            handle.remove()
+        labels = labels_from(logits)
+        (delta,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"), captured)
+        d = delta[:, :-1][batch["labels"][:, 1:] != -100]
+        return d.T @ d / len(d)
+
+    generator = torch.Generator().manual_seed(0)
+    sampled = output_gradient_covariance(
+        lambda logits: torch.multinomial(logits.detach().softmax(-1), 1, generator=generator).squeeze(1))
+    true = output_gradient_covariance(lambda _logits: batch["labels"][:, 1:][batch["labels"][:, 1:] != -100])
+    whole = kfade.fit_factors(lm, layers, retain, batch_size=len(retain), seed=0)["transformer.h.0.attn.c_attn"]
+    assert torch.allclose(whole.S, sampled, atol=1e-6)
+    assert not torch.allclose(whole.S, true, rtol=0.05, atol=0)
 
 
 def test_kfade_update_reapplies_exactly_and_survives_safetensors(lm, tmp_path):
