@@ -11,6 +11,11 @@ one-hot labels Y of the learned samples, kept with R = (XᵀX + γI)⁻¹ by rec
 Unlearning needs only the forgotten samples, never the retained data, and after any sequence of
 requests W equals the ridge solution on exactly the remaining samples (float64).
 
+R is kept as R₀ + L Mᵀ (:class:`InverseGram`): an update appends its low-rank correction and the
+correction is folded into R₀ once it holds more than ``fold_rank`` rows. A small request then reads
+R₀ once (R₀Xᵀ) instead of rewriting all d² entries of R, which is most of its cost; the fold, a
+rewrite of R₀, happens once per ``fold_rank`` removed or added rows (``fold_rank=0``: every update).
+
 Our choices: with no pre-trained backbone offline, the frozen extractor is ACIL's random "buffer
 layer" applied to the pixels, φ(x) = ReLU(x A + c) with A, c seeded Gaussian (``expansion``
 features); a sample learned in several tasks counts once per task, and unlearning it removes every
@@ -38,11 +43,13 @@ class ACUConfig(PluginConfig):
     expansion: int = 1000
     gamma: float = 1.0
     chunk: int = 512
+    fold_rank: int = 64
 
     def check(self) -> None:
-        """Positive width, γ and chunk."""
-        if self.expansion < 1 or self.gamma <= 0 or self.chunk < 1:
-            raise UserInputError(f"ACU needs expansion ≥ 1, gamma > 0 and chunk ≥ 1, got {self.expansion}, {self.gamma}, {self.chunk}.")
+        """Positive width, γ and chunk; a non-negative fold rank."""
+        if self.expansion < 1 or self.gamma <= 0 or self.chunk < 1 or self.fold_rank < 0:
+            raise UserInputError(f"ACU needs expansion ≥ 1, gamma > 0, chunk ≥ 1 and fold_rank ≥ 0, got {self.expansion}, "
+                                 f"{self.gamma}, {self.chunk}, {self.fold_rank}.")
 
 
 def ridge_solution(x: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -51,27 +58,56 @@ def ridge_solution(x: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tens
     return torch.linalg.solve(gram, x.T @ y)
 
 
-def rls_update(r: torch.Tensor, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sign: int) -> None:
+class InverseGram:
+    """R = (XᵀX + γI)⁻¹ as R₀ + L Mᵀ: updates append low-rank corrections, folded into R₀ past ``fold_rank``."""
+
+    def __init__(self, width: int, gamma: float, fold_rank: int) -> None:
+        self.base = torch.eye(width, dtype=torch.float64) / gamma
+        self.left = self.base.new_zeros(width, 0)
+        self.right = self.base.new_zeros(width, 0)
+        self.fold_rank = fold_rank
+
+    def times(self, columns: torch.Tensor) -> torch.Tensor:
+        """R · ``columns``."""
+        return self.base @ columns + self.left @ (self.right.T @ columns)
+
+    def add(self, left: torch.Tensor, right: torch.Tensor) -> None:
+        """R ← R + left · rightᵀ (folded into R₀ when the pending rank passes ``fold_rank``)."""
+        self.left, self.right = torch.cat([self.left, left], 1), torch.cat([self.right, right], 1)
+        if self.left.shape[1] > self.fold_rank:
+            self.fold()
+
+    def fold(self) -> None:
+        """R₀ ← R₀ + L Mᵀ; no correction pending."""
+        self.base.addmm_(self.left, self.right.T)
+        self.left, self.right = self.left[:, :0], self.right[:, :0]
+
+    def dense(self) -> torch.Tensor:
+        """R as one matrix."""
+        return self.base + self.left @ self.right.T
+
+
+def rls_update(r: InverseGram, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sign: int) -> None:
     """Add (``sign`` = +1) or remove (−1) the rows ``x`` (labels ``y``) in place.
 
     K = (I ± X R Xᵀ)⁻¹, R ← R ∓ R Xᵀ K X R, W ← W ± R Xᵀ(Y − X W) with the updated R. R Xᵀ is
-    formed once and the updated R Xᵀ = R Xᵀ(I ∓ K X R Xᵀ) from small matrices, so each request
-    reads R twice, whatever its size.
+    formed once, the correction of R is kept low-rank (:class:`InverseGram`), and the updated
+    R Xᵀ = R Xᵀ(I ∓ K X R Xᵀ) comes from small matrices.
     """
-    rx = r @ x.T
+    rx = r.times(x.T)
     krx = torch.linalg.solve(torch.eye(len(x), dtype=x.dtype) + sign * (x @ rx), rx.T)  # K X R
     residual = y - x @ w
     r_new_xt = rx - sign * (rx @ (krx @ x.T))
-    r.addmm_(rx, krx, alpha=-sign)
+    r.add(rx, -sign * krx.T)
     w.addmm_(r_new_xt, residual, alpha=sign)
 
 
-def rls_learn(r: torch.Tensor, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+def rls_learn(r: InverseGram, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
     """Learn the rows ``x``: K = (I + X R Xᵀ)⁻¹, R ← R − R Xᵀ K X R, W ← W + R Xᵀ(Y − X W)."""
     rls_update(r, w, x, y, +1)
 
 
-def rls_unlearn(r: torch.Tensor, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
+def rls_unlearn(r: InverseGram, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> None:
     """Unlearn the rows ``x``: K = (I − X R Xᵀ)⁻¹, R ← R + R Xᵀ K X R, W ← W − R Xᵀ(Y − X W)."""
     rls_update(r, w, x, y, -1)
 
@@ -89,7 +125,7 @@ class ACU(Strategy):
         d_in = math.prod(scenario.input_shape)
         self.projection = torch.randn(d_in, config.expansion, generator=generator, dtype=torch.float64) / math.sqrt(d_in)
         self.offset = torch.randn(config.expansion, generator=generator, dtype=torch.float64)
-        self.r = torch.eye(config.expansion, dtype=torch.float64) / config.gamma
+        self.r = InverseGram(config.expansion, config.gamma, config.fold_rank)
         self.w = torch.zeros(config.expansion, scenario.num_classes, dtype=torch.float64)
         self.counts: Counter[int] = Counter()
 
