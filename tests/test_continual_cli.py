@@ -157,3 +157,28 @@ def test_the_unlearners_offered_in_errors_are_listed_once():
 
     names = unlearner_names()
     assert len(names) == len(set(names)) and {"retrain", "acu", "amnesiac", "uncle", "npo"} <= set(names)
+
+
+def _markdown_cells(page: str, strategy: str) -> dict[str, str]:
+    lines = page.splitlines()
+    header = next(line for line in lines if line.startswith("| strategy |"))
+    row = next(line for line in lines if line.startswith(f"| {strategy} |"))
+    return dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+
+
+def test_metrics_that_do_not_apply_are_null_in_json_and_a_dash_in_tables(tmp_path):
+    # The stream ends with its unlearning request: nothing is learned afterwards, so relapse is None;
+    # in the sweep nothing is learned at the end either, so avg_acc is None too.
+    out = tmp_path / "run"
+    result = runner.invoke(_app(), ["continual", "--stream", "learn:0,learn:1,unlearn:1", "--param", "epochs=1",
+                                    "--no-reference", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "results.json").read_text())["metrics"]["relapse"] is None
+    assert next(line for line in result.output.splitlines() if " relapse " in line).split()[-2] == "—"
+    assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
+    page = tmp_path / "continual.md"
+    result = runner.invoke(_app(), ["continual-sweep", "--strategies", "naive", "--stream", "learn:0,unlearn:0", "--seeds", "0",
+                                    "--no-acu-cost", "--out", str(page)])
+    assert result.exit_code == 0, result.output
+    cells = _markdown_cells(page.read_text(), "naive")
+    assert cells["relapse"] == "—" and cells["avg_acc"] == "—" and cells["forgotten_acc"] != "—"

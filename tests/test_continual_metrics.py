@@ -75,7 +75,53 @@ def test_relapse_and_spillover_on_a_hand_written_stream():
 
 
 def test_relapse_window_ends_when_the_task_is_learned_again():
+    # Task 0 is learned again right after its unlearning: no learning in between, so no relapse value.
     matrix = np.array([[0.9, 0.0], [0.2, 0.9], [0.95, 0.5]])
     steps = [StepInfo("learn", 0), StepInfo("unlearn", 0, (0,)), StepInfo("learn", 0)]
-    assert relapses(matrix, steps) == [0.0]
-    assert stream_metrics(matrix, np.zeros(2), steps)["forgotten_acc"] is None
+    assert relapses(matrix, steps) == []
+    metrics = stream_metrics(matrix, np.zeros(2), steps)
+    assert metrics["forgotten_acc"] is None and metrics["relapse"] is None
+
+
+def test_requests_without_later_learning_are_left_out_of_relapse():
+    # Unlearn 0, learn 2 (task 0 rises by 0.5), then unlearn 1 as the last step: only the first
+    # request has later learning. An evaluate or another unlearning step alone does not count either.
+    matrix = np.array([
+        [0.9, 0.0, 0.0],
+        [0.8, 0.9, 0.0],
+        [0.1, 0.9, 0.0],
+        [0.6, 0.8, 0.9],
+        [0.6, 0.0, 0.9],
+    ])
+    steps = [StepInfo("learn", 0), StepInfo("learn", 1), StepInfo("unlearn", 0, (0,)), StepInfo("learn", 2),
+             StepInfo("unlearn", 1, (1,))]
+    assert relapses(matrix, steps) == [pytest.approx(0.5)]
+    assert stream_metrics(matrix, np.zeros(3), steps)["relapse"] == pytest.approx(0.5)
+    only = np.array([[0.9, 0.0], [0.8, 0.9], [0.8, 0.1], [0.8, 0.1], [0.85, 0.0]])
+    steps = [StepInfo("learn", 0), StepInfo("learn", 1), StepInfo("unlearn", 1, (1,)), StepInfo("evaluate"),
+             StepInfo("unlearn", 0, (0,))]
+    assert relapses(only, steps) == []
+    assert stream_metrics(only, np.zeros(2), steps)["relapse"] is None
+
+
+def test_a_task_learned_before_a_final_unlearning_step_counts_in_bwt_and_forgetting():
+    # learn 0, learn 1, learn 2, unlearn 2 (then evaluate): task 1's diagonal row (step 1) is not the
+    # last row that changed the model (step 3), so both remaining tasks count.
+    matrix = np.array([
+        [0.9, 0.0, 0.0],
+        [0.8, 0.9, 0.0],
+        [0.7, 0.2, 0.9],
+        [0.7, 0.2, 0.0],
+        [0.7, 0.2, 0.0],
+    ])
+    steps = [StepInfo("learn", 0), StepInfo("learn", 1), StepInfo("learn", 2), StepInfo("unlearn", 2, (2,)),
+             StepInfo("evaluate")]
+    for n in (4, 5):  # with and without the trailing evaluate step
+        metrics = stream_metrics(matrix[:n], np.zeros(3), steps[:n])
+        assert metrics["bwt"] == pytest.approx(((0.7 - 0.9) + (0.2 - 0.9)) / 2)  # -0.45
+        assert metrics["forgetting_last"] == pytest.approx(0.45)
+        assert metrics["forgetting_max"] == pytest.approx(((0.9 - 0.7) + (0.9 - 0.2)) / 2)
+    # Ending with learn 2 then evaluate: task 2 is the last change and stays out (square form).
+    learn_only = stream_metrics(matrix[[0, 1, 2, 2]], np.zeros(3), steps[:3] + [StepInfo("evaluate")])
+    assert learn_only["bwt"] == pytest.approx(((0.7 - 0.9) + (0.2 - 0.9)) / 2)
+    assert learn_only["bwt"] == pytest.approx(backward_transfer(matrix[:3]))

@@ -8,7 +8,7 @@ import torch
 from unlearnkit.continual.runner import run_stream
 from unlearnkit.continual.scenarios import split_digits
 from unlearnkit.continual.strategies import build_strategy
-from unlearnkit.continual.strategies.cuber import GPM, new_basis
+from unlearnkit.continual.strategies.cuber import GPM, _with_bias, new_basis
 from unlearnkit.continual.strategies.ewc import EWC
 from unlearnkit.continual.strategies.refresh import Refresh
 from unlearnkit.continual.strategies.base import MASK_VALUE
@@ -100,29 +100,68 @@ def test_gpm_keeps_the_first_layer_outputs_of_an_old_task(task_il):
     assert drift["gpm"] < 0.25 * drift["naive"]
 
 
-def test_forgetting_a_task_removes_its_ewc_term_gpm_subspace_and_refresh_fisher(task_il):
+def test_forgetting_a_task_removes_its_ewc_term_and_refresh_fisher(task_il):
     t = task_il.tasks
-    for spec, plugin_cls in (("ewc", EWC), ("gpm", GPM), ("refresh+naive", Refresh)):
+    for spec, plugin_cls in (("ewc", EWC), ("refresh+naive", Refresh)):
         learner = build_strategy(spec, task_il, 0, FAST)
         learner.learn(t[0], t[0].train_ids)
         learner.learn(t[1], t[1].train_ids)
         plugin = learner.plugin(plugin_cls)
-        if spec == "gpm":
-            assert [[task for task, _ in layer] for layer in plugin.bases] == [[0, 1], [0, 1]]
-            assert [sorted(grads) for grads in plugin.grads] == [[0, 1], [0, 1]]
-            kept = [[m for task, m in layer if task == 1] for layer in plugin.bases]
-            kept_grads = [grads[1] for grads in plugin.grads]
         learner.purge(set(t[0].train_ids.tolist()), 0)
+        assert [task for task, _ in plugin.terms] == [1]
         if spec == "refresh+naive":
-            assert [task for task, _ in plugin.terms] == [1]
             assert all(torch.equal(plugin.fisher[k], v) for k, v in plugin.terms[0][1].items())
-        elif spec == "ewc":
-            assert [task for task, _ in plugin.terms] == [1]
-        else:
-            assert [[task for task, _ in layer] for layer in plugin.bases] == [[1], [1]]
-            assert all(torch.equal(m, k[0]) for layer, k in zip(plugin.bases, kept) for _, m in layer)  # task 1's bases kept
-            assert [sorted(grads) for grads in plugin.grads] == [[1], [1]]  # stored grads go with the task
-            assert all(torch.equal(grads[1], g) for grads, g in zip(plugin.grads, kept_grads))
+
+
+def _energy_inside(inputs: torch.Tensor, basis: torch.Tensor) -> float:
+    return float((inputs @ basis).pow(2).sum() / inputs.pow(2).sum())
+
+
+@pytest.mark.parametrize("spec", ["gpm", "cuber"])
+def test_forgetting_a_task_keeps_the_remaining_tasks_inside_the_protected_subspace(task_il, spec):
+    # Learn 0, 1, 2 (bases from every training sample), then forget task 0 or task 1. Each remaining
+    # task's layer inputs, as they were when it was learned, must still lie in the union of the bases:
+    # the later one holds ≥ the threshold of its energy there (GPM's rule), the first remaining one at
+    # least what GPM's first-task rule keeps for it alone. The forgotten task's bases and gradient go.
+    t = task_il.tasks
+    learned = build_strategy(spec, task_il, 0, {**FAST, "gpm_samples": 10**6})
+    inputs = {}
+    for task in t[:3]:
+        learned.learn(task, task.train_ids)
+        x = task_il.train_x[task.train_ids]
+        inputs[task.index] = [_with_bias(h) for h in learned.model.layer_inputs(x)][:2]
+    for forgotten in (0, 1):
+        learner = copy.deepcopy(learned)
+        plugin = learner.plugin(GPM)
+        learner.purge(set(t[forgotten].train_ids.tolist()), forgotten)
+        remaining = [i for i in range(3) if i != forgotten]
+        assert all(sorted(grads) == remaining for grads in plugin.grads)
+        for layer, threshold in enumerate((0.95, 0.99)):
+            union = torch.cat([m for _, m in plugin.bases[layer]], dim=1)
+            assert {task for task, _ in plugin.bases[layer]} <= set(remaining)
+            first, later = (inputs[i][layer] for i in remaining)
+            alone = _energy_inside(first, new_basis(first, None, threshold))
+            assert _energy_inside(first, union) >= alone - 1e-4, (forgotten, layer, _energy_inside(first, union), alone)
+            assert _energy_inside(later, union) >= threshold - 1e-4, (forgotten, layer, _energy_inside(later, union))
+
+
+def test_gpm_protects_the_tasks_after_a_forgotten_one_while_learning_more(task_il):
+    # Task 1's first-layer outputs drift about as little while task 2 is learned whether or not
+    # task 0 was forgotten before (task 1's subspace stays projected out).
+    t = task_il.tasks
+    x1 = task_il.train_x[t[1].train_ids].flatten(1)
+    drift = {}
+    for forget in (False, True):
+        learner = build_strategy("gpm", task_il, 0, FAST)
+        learner.learn(t[0], t[0].train_ids)
+        learner.learn(t[1], t[1].train_ids)
+        if forget:
+            learner.purge(set(t[0].train_ids.tolist()), 0)
+        layer = learner.model.body[0]
+        before = layer(x1).detach()
+        learner.learn(t[2], t[2].train_ids)
+        drift[forget] = float((layer(x1).detach() - before).norm() / before.norm())
+    assert drift[True] < 1.5 * drift[False], drift
 
 
 def test_refresh_with_zero_rate_is_the_base_strategy(scenario):
@@ -133,12 +172,96 @@ def test_refresh_with_zero_rate_is_the_base_strategy(scenario):
     assert any(not torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
 
 
+def test_refresh_takes_a_noisy_ascent_step_scaled_by_the_damped_fisher(scenario):
+    # After task 0 (F = its Fisher), one pre-step on a task-1 batch. Without noise the change is
+    # γ (1 + cF)⁻¹ ⊙ g ‖θ‖/‖g‖ per tensor with g the batch gradient (ascent: the batch loss rises);
+    # with noise the rest, divided by γσ(1 + cF)⁻¹, is standard normal noise.
+    from unlearnkit.continual.fisher import diagonal_fisher
+
+    rate, damping, noise = 1e-2, 1e3, 1e-3
+    learner = build_strategy("refresh+naive", scenario, 0, {**FAST, "refresh_rate": rate, "refresh_damping": damping,
+                                                           "refresh_noise": 0.0})
+    t = scenario.tasks
+    learner.learn(t[0], t[0].train_ids)
+    fisher = diagonal_fisher(learner.model, scenario.train_x[t[0].train_ids], scenario.train_y[t[0].train_ids])
+    assert max(float((damping * f).max()) for f in fisher.values()) > 1  # the damping matters here
+    model, plugin = learner.model, learner.plugin(Refresh)
+    batch = learner.batch_of(t[1].train_ids[:32], 1)
+    start = copy.deepcopy(model.state_dict())
+    loss = learner.task_loss(model, batch)
+    grads = dict(zip([k for k, _ in model.named_parameters()], torch.autograd.grad(loss, list(model.parameters()))))
+    expected = {k: rate * g * start[k].norm() / g.norm() / (1 + damping * fisher[k]) for k, g in grads.items()}
+    plugin.before_step(learner, model, batch)
+    for name, param in model.named_parameters():  # up to float32 rounding of θ + Δθ
+        rounding = 2 * torch.finfo(param.dtype).eps * float(start[name].abs().max())
+        assert torch.allclose(param.detach() - start[name], expected[name], rtol=1e-4, atol=rounding), name
+    assert float(learner.task_loss(model, batch)) > float(loss)
+    model.load_state_dict(start)
+    plugin.config.refresh_noise = noise
+    plugin.before_step(learner, model, batch)
+    eps = torch.cat([((param.detach() - start[k] - expected[k]) * (1 + damping * fisher[k]) / (rate * noise)).flatten()
+                     for k, param in model.named_parameters()])
+    assert abs(float(eps.mean())) < 0.05 and abs(float(eps.std()) - 1) < 0.05, (float(eps.mean()), float(eps.std()))
+
+
+def test_cuber_keeps_the_in_subspace_gradient_only_where_it_helps_the_old_task(scenario):
+    # Relearning task 0 right after learning it: the new gradient lies in task 0's input subspace
+    # (sufficient projection) and equals the stored g_0 (positive correlation), so CUBER keeps every
+    # layer open and trains exactly like naive, lowering task 0's loss, while GPM projects the gradient
+    # out. With the stored gradients negated the correlation is negative, and with ε > 1 no projection
+    # is sufficient (‖G M Mᵀ‖ ≤ ‖G‖): either way CUBER is GPM exactly.
+    t = scenario.tasks
+    runs = {}
+    for spec, flip in (("naive", False), ("gpm", False), ("cuber", False), ("cuber", True), ("cuber", "epsilon")):
+        learner = build_strategy(spec, scenario, 0, {**FAST, "cuber_epsilon": 1.01} if flip == "epsilon" else FAST)
+        learner.learn(t[0], t[0].train_ids)
+        plugin = learner.plugin(GPM)
+        if flip is True:
+            plugin.grads = [{task: -g for task, g in grads.items()} for grads in plugin.grads]
+        learner.learn(t[0], t[0].train_ids)
+        batch = learner.batch_of(t[0].train_ids, 0)
+        with torch.no_grad():
+            loss = float(learner.task_loss(learner.model, batch))
+        runs[spec, flip] = (learner.model.state_dict(), plugin.kept if plugin else None, loss)
+    same = lambda a, b: all(torch.equal(runs[a][0][k], runs[b][0][k]) for k in runs[a][0])
+    assert runs["gpm", False][1] == set() and runs["cuber", True][1] == set() and runs["cuber", "epsilon"][1] == set()
+    assert runs["cuber", False][1] == {(0, 0), (1, 0), (2, 0)}
+    assert same(("cuber", False), ("naive", False)) and not same(("cuber", False), ("gpm", False))
+    assert same(("cuber", True), ("gpm", False)) and same(("cuber", "epsilon"), ("gpm", False))
+    assert runs["cuber", False][2] < runs["gpm", False][2], (runs["cuber", False][2], runs["gpm", False][2])
+
+
 def test_uncle_unlearns_a_task_without_data_and_keeps_the_others(task_il):
     run = run_stream(task_il, "uncle", "learn:0,learn:1,unlearn:0", params={"epochs": 3, "unlearn_steps": 60}, reference=False)
     learned, after = run.steps[1].accuracy, run.steps[2].accuracy
     assert learned[0] > 0.9 and learned[1] > 0.9
     assert abs(after[0] - 0.5) <= 0.1  # two-class task: near chance (0.5) once its generated weights are noise
     assert after[1] > learned[1] - 0.05
+
+
+def test_uncle_scores_a_forgotten_task_with_its_generated_weights_in_class_incremental_scenarios(scenario):
+    # The forgotten task stays in prediction with H(e_f): with a single, negligible unlearning step its
+    # accuracy stays (it is not 0 by construction); the data-free unlearning drives it below chance
+    # among the four classes learned (0.25), while the retained task keeps its accuracy.
+    stream = "learn:0,learn:1,unlearn:0"
+    after = {}
+    for name, extra in (("negligible", {"unlearn_steps": 1, "noise_std": 1e-6}), ("default", {})):
+        run = run_stream(scenario, "uncle", stream, params={"epochs": 3, **extra}, reference=False)
+        learned, after[name] = run.steps[1].accuracy, run.steps[2].accuracy
+        assert run.metrics["forgotten_acc"] == pytest.approx(after[name][0])
+    assert learned[0] > 0.9
+    assert after["negligible"][0] > learned[0] - 0.05
+    assert after["default"][0] < 0.25
+    assert after["default"][1] > learned[1] - 0.05
+
+
+def test_building_uncle_leaves_the_callers_random_state_alone(scenario):
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    first = build_strategy("uncle", scenario, 0)
+    assert torch.equal(torch.get_rng_state(), state)
+    second = build_strategy("uncle", scenario, 0)  # still seeded: the same initial hypernetwork
+    assert all(torch.equal(a, b) for a, b in zip(first.model.parameters(), second.model.parameters()))
 
 
 def test_replay_beats_naive_on_class_incremental_split_digits(scenario):
@@ -202,3 +325,33 @@ def test_lwf_distils_each_old_task_head_on_its_own_in_task_incremental_scenarios
         plugin.before_task(learner, t[2], t[2].train_ids)
         old = [sorted(t[0].classes), sorted(t[1].classes)]
         assert plugin.heads == (old if scen.setting == "task-il" else [sorted(old[0] + old[1])])
+
+
+def test_the_replay_buffer_stays_a_uniform_reservoir_after_a_purge():
+    # Four tasks of 300 samples; buffer 200. Learn 0, 1, purge task 0, learn 2, 3: every remaining
+    # sample should be held with the same probability, so each of tasks 1-3 fills about a third of the
+    # buffer (mean over 100 seeded trials; one trial's share has a standard deviation of about 0.03, so
+    # the mean's is about 0.003 and 0.03 is ten of them).
+    from unlearnkit.continual.strategies.er import ReservoirBuffer
+
+    size, generator, shares = 300, torch.Generator().manual_seed(0), torch.zeros(4)
+
+    def offer(buffer, task):
+        ids = torch.arange(task * size, (task + 1) * size)
+        for start in range(0, size, 32):
+            part = ids[start : start + 32]
+            buffer.add({"x": torch.zeros(len(part), 1), "y": torch.zeros(len(part), dtype=torch.long), "ids": part,
+                        "task": torch.full((len(part),), task)}, generator)
+
+    for _ in range(100):
+        buffer = ReservoirBuffer(200)
+        offer(buffer, 0)
+        offer(buffer, 1)
+        buffer.remove(set(range(size)))
+        offer(buffer, 2)
+        offer(buffer, 3)
+        assert len(buffer) == 200
+        shares += torch.bincount(buffer.task, minlength=4) / len(buffer)
+    shares /= 100
+    assert shares[0] == 0
+    assert torch.allclose(shares[1:], torch.full((3,), 1 / 3), atol=0.03), shares.tolist()

@@ -193,7 +193,9 @@ def sweep_scenario(scenarios: dict[int, Any], strategies: list[str], streams: li
                 run = run_stream(scenarios[seed], strategy, stream, seed=seed)
                 seconds.setdefault(strategy, []).append(time.perf_counter() - start)
                 runs.setdefault(strategy, []).append(run)
-                typer.echo(f"{name} {strategy} seed {seed}: avg_acc {run.metrics['avg_acc']:.3f} ({seconds[strategy][-1]:.1f} s)", err=True)
+                accuracy = run.metrics["avg_acc"]  # None when no task is learned at the end
+                shown = "—" if accuracy is None else f"{accuracy:.3f}"
+                typer.echo(f"{name} {strategy} seed {seed}: avg_acc {shown} ({seconds[strategy][-1]:.1f} s)", err=True)
         kind = "learn only" if "unlearn" not in stream else "with unlearning"
         sections.append((f"{name}, {kind}", stream if len(stream) <= 200 else stream[:200] + "…", sweep_table(runs, seconds)))
     return sections

@@ -12,12 +12,17 @@ training), for T tasks learned in order:
 
 Stream form (:func:`stream_metrics`): rows are the steps of a learn/unlearn stream. The same
 definitions are applied with "the row where task i was last learned" as its diagonal and the last
-row as final, over the tasks still learned at the end (forgotten tasks are meant to drop). On a
-learn-only stream 0..T−1 they equal the square form. Unlearning adds:
+row as final, over the tasks still learned at the end (forgotten tasks are meant to drop). BWT and
+both forgetting forms leave out only a task whose diagonal row is the last row that changed the
+model (trailing ``evaluate`` steps ignored), as the square form leaves out the last task; a task
+learned before a final unlearning step counts. On a learn-only stream 0..T−1 they equal the square
+form. Unlearning adds:
 
 - ``forgotten_acc``: mean final accuracy of the tasks unlearned (and not learned again);
-- ``relapse``: for each unlearned task, the largest rise of its accuracy above its value right after
-  the unlearning step, over the later steps until it is learned again (clipped at 0); mean over requests;
+- ``relapse``: for each unlearned task followed by learning (of other tasks) before it is learned
+  again, the largest rise of its accuracy above its value right after the unlearning step, over the
+  steps from that first later learning step until it is learned again (clipped at 0); mean over
+  those requests (None when no request is followed by learning);
 - ``spillover``: at each unlearning step, the mean accuracy drop (before − after) of the learned tasks
   that the request did not touch; mean over unlearning steps (negative when they improve).
 """
@@ -94,8 +99,8 @@ def stream_metrics(matrix: np.ndarray, initial: Sequence[float], steps: Sequence
             last_learn.pop(step.task, None)
             forgotten_at[step.task] = s
     retained = sorted(last_learn)
-    final_learn = max(last_learn.values(), default=-1)
-    earlier = [i for i in retained if last_learn[i] != final_learn]
+    last_change = max((s for s, step in enumerate(steps) if step.action != "evaluate"), default=-1)
+    earlier = [i for i in retained if last_learn[i] != last_change]
     ordered = sorted(first_learn, key=first_learn.get)
     return {
         "avg_acc": _mean([r[-1, i] for i in retained]),
@@ -110,14 +115,17 @@ def stream_metrics(matrix: np.ndarray, initial: Sequence[float], steps: Sequence
 
 
 def relapses(matrix: np.ndarray, steps: Sequence[StepInfo]) -> list[float]:
-    """For each task-unlearning step: max(0, highest later accuracy of that task − accuracy right after)."""
+    """For each task-unlearning step followed by learning before its task is learned again:
+    max(0, highest accuracy of that task from the first later learning step on − accuracy right after).
+    Requests with no such learning step are left out."""
     out = []
     for s, step in enumerate(steps):
         if step.action != "unlearn" or step.task is None:
             continue
         end = next((k for k in range(s + 1, len(steps)) if steps[k].action == "learn" and steps[k].task == step.task), len(steps))
-        later = matrix[s + 1 : end, step.task]
-        out.append(float(max(0.0, later.max() - matrix[s, step.task])) if len(later) else 0.0)
+        start = next((k for k in range(s + 1, end) if steps[k].action == "learn"), None)
+        if start is not None:
+            out.append(float(max(0.0, matrix[start:end, step.task].max() - matrix[s, step.task])))
     return out
 
 

@@ -152,7 +152,15 @@ def permuted_digits(seed: int = 0, *, num_tasks: int = 5) -> Scenario:
 
 
 def scole(seed: int = 0, *, num_tasks: int = 200, classes_per_task: int = 2, samples_per_class: int = 64) -> Scenario:
-    """SCoLe on digits: ``num_tasks`` short class-incremental tasks drawn from the 10-class pool (1 epoch each)."""
+    """SCoLe on digits: ``num_tasks`` short class-incremental tasks drawn from the 10-class pool (1 epoch each).
+
+    Each task draws ``samples_per_class`` training images of each of its classes from that class's
+    pool, so tasks that share a class share sample ids. Requests act on sample ids: ``unlearn:t``
+    forgets task t's samples wherever they were learned, so it also removes them from every earlier
+    task that holds them (from the data of the retrained reference and from replay buffers; a later
+    ``learn`` of such a task brings them back), and spillover is measured only on the tasks it did
+    not touch.
+    """
     if num_tasks < 1 or not 1 <= classes_per_task <= 10 or samples_per_class < 1:
         raise UserInputError("scole needs num_tasks ≥ 1, classes_per_task in 1..10 and samples_per_class ≥ 1.")
     train_x, train_y, test_x, test_y = _digits(seed)

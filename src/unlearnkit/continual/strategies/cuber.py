@@ -20,8 +20,12 @@ stays below the threshold, later tasks add directions until it is reached (one m
 classifier layer is projected like the others. Our choices: in task-incremental scenarios, where
 each task's output units are its own (GPM's multi-head set-up), the classifier layer is not
 projected (``project_head`` overrides); biases are folded in as a constant input 1 (GPM's MLP has
-none); ε = 0.5; no extra step on the old tasks' subspaces. Unlearning a whole task removes its
-bases and gradient (its subspace is free again).
+none); ε = 0.5; no extra step on the old tasks' subspaces. Each task's own input summary per layer
+(U·S of the SVD of its layer-input matrix, enough to rerun the basis rules) is kept, since a task's
+stored bases are only the directions it added to the earlier ones. Unlearning a whole task removes
+its summary and gradient and rebuilds every layer's bases from the remaining tasks' summaries in
+their learning order with the same rules, so its subspace is free again while the remaining tasks
+stay protected. Sample-level requests keep the bases.
 """
 
 from __future__ import annotations
@@ -70,8 +74,22 @@ def _with_bias(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, torch.ones(len(x), 1)], dim=1)
 
 
+def summary(inputs: torch.Tensor) -> torch.Tensor:
+    """U·S of the SVD of the layer-input matrix ``inputs``ᵀ (``(d, r)``, zero singular values dropped).
+
+    It has the inputs' second moment (U·S)(U·S)ᵀ = inputsᵀ·inputs, so :func:`new_basis` gives the
+    same directions from its transpose as from the inputs themselves.
+    """
+    u, s, _ = torch.linalg.svd(inputs.T, full_matrices=False)
+    keep = s > s[0] * 1e-6
+    return u[:, keep] * s[keep]
+
+
 def new_basis(inputs: torch.Tensor, old: torch.Tensor | None, threshold: float) -> torch.Tensor:
-    """Directions (columns) to add to ``old`` so the bases hold ``threshold`` of the inputs' energy."""
+    """Directions (columns) to add to ``old`` so the bases hold ``threshold`` of the inputs' energy.
+
+    ``inputs`` is ``(n, d)``: layer inputs as rows, or a :func:`summary` transposed.
+    """
     total = inputs.pow(2).sum()
     residual, captured = inputs, torch.tensor(0.0)
     if old is not None:
@@ -96,6 +114,7 @@ class GPM(Plugin):
 
     def __init__(self, config: GPMConfig) -> None:
         super().__init__(config)
+        self.summaries: list[tuple[int, list[torch.Tensor]]] = []  # per learned task, in order: (task, U·S per layer)
         self.bases: list[list[tuple[int, torch.Tensor]]] = []  # per layer: (task, M_t)
         self.grads: list[dict[int, torch.Tensor]] = []  # per layer: task -> g_t
         self.kept: set[tuple[int, int]] = set()  # (layer, old task) pairs whose subspace stays open
@@ -105,20 +124,25 @@ class GPM(Plugin):
         return torch.cat(found, dim=1) if found else None
 
     def after_task(self, learner, task, ids) -> None:
-        """Add the task's new input directions and store its gradient per layer."""
+        """Summarise the task's layer inputs, add its new directions and store its gradient per layer."""
         pick = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(learner.seed + task.index))]
         x = learner.scenario.train_x[pick[: self.config.gpm_samples]]
-        inputs = [_with_bias(h) for h in learner.model.layer_inputs(x)][: len(self._layers(learner))]
         layers = self._layers(learner)
+        inputs = [_with_bias(h) for h in learner.model.layer_inputs(x)][: len(layers)]
         if not self.bases:
             self.bases, self.grads = [[] for _ in layers], [{} for _ in layers]
-        for index, h in enumerate(inputs):
-            threshold = self.config.gpm_threshold if index == 0 else self.config.gpm_threshold_deeper
-            basis = new_basis(h, self._all_bases(index), threshold)
-            if basis.shape[1]:
-                self.bases[index].append((task.index, basis))
+        self.summaries.append((task.index, [summary(h) for h in inputs]))
+        self._add_bases(*self.summaries[-1])
         for index, g in enumerate(self._task_gradient(learner, task, ids)):
             self.grads[index][task.index] = g
+
+    def _add_bases(self, task: int, summaries: list[torch.Tensor]) -> None:
+        """GPM's rules per layer: the directions the task's inputs need beyond the stored bases."""
+        for index, factor in enumerate(summaries):
+            threshold = self.config.gpm_threshold if index == 0 else self.config.gpm_threshold_deeper
+            basis = new_basis(factor.T, self._all_bases(index), threshold)
+            if basis.shape[1]:
+                self.bases[index].append((task, basis))
 
     def _layers(self, learner) -> list:
         layers = learner.model.linear_layers()
@@ -165,10 +189,14 @@ class GPM(Plugin):
             layer.bias.grad.copy_(edited[:, -1])
 
     def forget(self, learner, ids, task) -> None:
-        """A forgotten task's subspace and gradient go; sample-level requests keep the bases."""
+        """A forgotten task's summary and gradient go and the bases are rebuilt from the remaining tasks'
+        summaries in learning order; sample-level requests keep the bases."""
         if task is None or not self.bases:
             return
-        self.bases = [[(t, m) for t, m in layer if t != task] for layer in self.bases]
+        self.summaries = [(t, s) for t, s in self.summaries if t != task]
+        self.bases = [[] for _ in self.bases]
+        for learned in self.summaries:
+            self._add_bases(*learned)
         for grads in self.grads:
             grads.pop(task, None)
 

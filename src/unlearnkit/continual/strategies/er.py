@@ -7,7 +7,11 @@ replaces a random slot with probability |buffer| / n).
 
 Our choices: a sample is offered once per task, on its first pass (not once per epoch); the two
 terms are batch means added with equal weight. Unlearning removes every forgotten sample from the
-buffer (the freed slots are refilled by later samples).
+buffer and keeps n: each remaining sample is still held with probability |buffer| / n, so later
+samples fill the freed slots with that same probability (n unchanged: nobody is evicted) until the
+buffer is full again, and the buffer stays a uniform reservoir over the remaining stream. (Refilling
+freed slots with certainty, or restarting n at the remaining count, over-represents the samples
+that follow a purge.)
 """
 
 from __future__ import annotations
@@ -35,7 +39,10 @@ class ERConfig(PluginConfig):
 
 
 class ReservoirBuffer:
-    """Stored samples (inputs, labels, sample ids, task ids) filled by reservoir sampling."""
+    """Stored samples (inputs, labels, sample ids, task ids) filled by reservoir sampling.
+
+    Invariant: every sample offered and not removed is held with probability min(1, capacity / ``seen``).
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity, self.seen = capacity, 0
@@ -45,17 +52,23 @@ class ReservoirBuffer:
         return 0 if self.ids is None else len(self.ids)
 
     def add(self, batch: dict, generator: torch.Generator) -> None:
-        """Offer each sample of ``batch`` to the reservoir."""
+        """Offer each sample of ``batch``. Full buffer: the n-th sample replaces a random slot with probability
+        capacity / n. Free slot: the sample is admitted with the held samples' probability min(1, capacity / n),
+        where n counts the offers only up to capacity (beyond, admitting evicts nobody, so n stays)."""
         for n in range(len(batch["ids"])):
             row = {k: batch[k][n : n + 1] for k in ("x", "y", "ids", "task")}
-            self.seen += 1
             if len(self) < self.capacity:
-                self._append(row)
-            else:
-                slot = int(torch.randint(self.seen, (1,), generator=generator))
-                if slot < self.capacity:
-                    for key in row:
-                        getattr(self, key)[slot] = row[key][0]
+                if self.seen < self.capacity:
+                    self.seen += 1
+                    self._append(row)
+                elif int(torch.randint(self.seen, (1,), generator=generator)) < self.capacity:
+                    self._append(row)
+                continue
+            self.seen += 1
+            slot = int(torch.randint(self.seen, (1,), generator=generator))
+            if slot < self.capacity:
+                for key in row:
+                    getattr(self, key)[slot] = row[key][0]
 
     def _append(self, row: dict) -> None:
         for key, value in row.items():
@@ -68,7 +81,7 @@ class ReservoirBuffer:
         return {"x": self.x[pick], "y": self.y[pick], "ids": self.ids[pick], "task": self.task[pick]}
 
     def remove(self, ids: set[int]) -> int:
-        """Delete every stored sample whose id is in ``ids``; return how many went."""
+        """Delete every stored sample whose id is in ``ids``; return how many went (``seen`` is kept, see the class)."""
         if not len(self):
             return 0
         keep = ~torch.isin(self.ids, torch.tensor(sorted(ids), dtype=self.ids.dtype))

@@ -12,7 +12,9 @@ Our choices (the paper's code is not public): the generated classifier is a one-
 over the flattened input, whose weights are scaled by 1/√fan-in; earlier embeddings are frozen;
 R holds the retained tasks only (``regularise_forgotten`` also keeps forgotten tasks' noise
 outputs). Prediction: in task-IL the task's own generated classifier; otherwise each class gets
-the highest log-probability any retained task's classifier gives it (forgotten tasks are left out).
+the highest log-probability any learned task's classifier gives it. A forgotten task stays in
+prediction with the weights H(e_f) still generated for it, so its accuracy, relapse and the
+spillover measure what the unlearning did (dropping e_f is the paper's trivial baseline, not UnCLe).
 """
 
 from __future__ import annotations
@@ -104,8 +106,9 @@ class UnCLe(Strategy):
     def __init__(self, scenario: Scenario, seed: int, config: UnCLeConfig) -> None:
         super().__init__(scenario, seed)
         self.config = config
-        torch.manual_seed(seed)
-        self.model = HyperNetwork(math.prod(scenario.input_shape), scenario.num_classes, config)
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's random state is left alone
+            torch.manual_seed(seed)
+            self.model = HyperNetwork(math.prod(scenario.input_shape), scenario.num_classes, config)
         self.retained: list[int] = []
         self.forgotten: list[int] = []
         self.generator = torch.Generator().manual_seed(seed + 1)
@@ -180,12 +183,13 @@ class UnCLe(Strategy):
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor, task: Task | None = None) -> torch.Tensor:
-        """Task-IL: the task's classifier. Otherwise: per class, the best log-probability of any retained task."""
+        """Task-IL: the task's classifier. Otherwise: per class, the best log-probability of any learned task
+        (forgotten ones with the weights still generated for them)."""
         self.model.eval()
         if task is not None and self.scenario.setting == "task-il":
             return self._own(self.model.classify(self.model(self._embedding(task.index)), x), task)
         scores = torch.full((len(x), self.scenario.num_classes), MASK_VALUE)
-        for t in self.retained:
+        for t in self.retained + self.forgotten:
             own = self.scenario.tasks[t]
             log_p = F.log_softmax(self._own(self.model.classify(self.model(self._embedding(t)), x), own), dim=1)
             scores = torch.maximum(scores, log_p)
