@@ -6,8 +6,12 @@ after each task F ← γ·F + F_t (F_t the diagonal empirical Fisher of task t, 
 :func:`..fisher.diagonal_fisher`), and task t+1 minimises L_t+1(θ) + λ Σ_k F_k (θ_k − θ*_k)², θ* = the
 weights when the task starts.
 
-Our choices: λ = 10⁴ by default, because the p(y|x)-weighted Fisher of a confident network is
-tiny (its largest entry is about 10⁻⁵ on split digits; CLOFAI's reference set-up uses λ = 10⁵);
+Our choices: λ = 100 by default, chosen on scenario seed 7 (which no results page reports) among
+0, 10, 100, 10³ and 10⁴ by the mean final average accuracy over permuted-digits and split-digits
+(0.421 at 100, 0.360 at 10³, 0.358 at 10⁴; the previous default 10⁴ left permuted-digits below
+naive, 0.456 against 0.534, by stopping the network from learning new tasks). The p(y|x)-weighted
+Fisher of a confident network is tiny (its largest entry is about 10⁻⁵ on split digits), so
+larger data sets may need more (CLOFAI's reference set-up uses λ = 10⁵);
 θ* is taken when a task starts (identical to "after the previous task" unless an
 unlearning request came in between, in which case the anchor is the unlearned weights, so the
 penalty does not pull forgotten knowledge back). Each task's Fisher is kept apart so that
@@ -29,7 +33,7 @@ from .base import Plugin, PluginConfig
 class EWCConfig(PluginConfig):
     """λ (penalty strength) and γ (decay of older Fisher terms, 1 = plain sum)."""
 
-    ewc_lambda: float = 1e4
+    ewc_lambda: float = 100.0
     ewc_gamma: float = 1.0
 
     def check(self) -> None:
