@@ -53,3 +53,31 @@ def test_cards_never_land_among_other_files(tmp_path, capsys):
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 0
     assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 0  # earlier cards are replaced
+
+
+def classifier_run(method, forget_acc, *, reference, epochs):
+    return {"method": method, "reference": reference, "seconds": 1.2, "retrain_seconds": 1.2, "status": "ok",
+            "params": {"epochs": epochs, "lr": 0.002},
+            "metrics": {"forget_acc": forget_acc, "retain_acc": 1.0, "test_acc": 0.975, "mia_efficacy": 1.0,
+                        "avg_gap": 0.222 if not reference else 0.0, "mia_auc": 0.6}}
+
+
+def test_retrain_card_quotes_a_run_of_the_method_before_the_bench_reference(tmp_path, capsys):
+    """The bench's gold row is named ``retrain`` too; a real run of the method is stored as ``retrain_method``."""
+    both, reference_only = tmp_path / "both", tmp_path / "reference_only"
+    for folder, scenario, runs in (
+        (both, "class", [classifier_run("retrain", 0.0, reference=True, epochs=8),
+                            classifier_run("retrain_method", 0.111, reference=False, epochs=3)]),
+        (reference_only, "random", [classifier_run("retrain", 0.993, reference=True, epochs=8)]),
+    ):
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps({"benchmark": "digits", "scenario": scenario, "runs": runs}))
+    assert main(["cards", "--results", str(both), "--results", str(reference_only), "--out", str(tmp_path / "cards")]) == 0
+    lines = [l for l in (tmp_path / "cards" / "retrain.md").read_text().splitlines() if l.startswith("| digits")]
+    # the classifier metrics of CARD_METRICS, in order, and mia_auc (not one of them) left out
+    assert lines == [
+        "| digits class | epochs=3 | forget_acc 0.111, retain_acc 1, test_acc 0.975, mia_efficacy 1, "
+        "avg_gap 0.222 | 1.20 s (1.000 of retraining) | ok |",
+        "| digits random | bench reference (trained by the bench, not the method): epochs=8 | forget_acc 0.993, "
+        "retain_acc 1, test_acc 0.975, mia_efficacy 1, avg_gap 0 | 1.20 s (1.000 of retraining) | ok |",
+    ]

@@ -195,7 +195,9 @@ def test_methods_are_registered_with_their_declarations():
         assert method.name == name and method.paper and method.__doc__
         assert "retain" in method.needs
     assert registry["finetune"].kinds == registry["neggrad_plus"].kinds == ("classifier", "causal_lm")
-    assert {"labels"} <= registry["random_label"].needs and {"labels"} <= registry["salun"].needs
+    for name in ("retrain", "finetune", "neggrad_plus", "random_label", "l1_sparse", "salun", "scrub", "ssd"):
+        assert "labels" in registry[name].needs, name  # each computes a cross-entropy against the labels
+    assert "labels" not in registry["bad_teacher"].needs  # its loss is a KL to teacher outputs only
     assert "reference_model" in registry["scrub"].needs and "reference_model" in registry["bad_teacher"].needs
 
 
@@ -270,13 +272,17 @@ def hand_importance(weights: dict, items: list, batch_size: int) -> dict:
     return {k: v / len(chunks) for k, v in total.items()}
 
 
+def hand_ssd_importances(model: nn.Module, request: ForgetRequest, batch_size: int) -> tuple[dict, dict, dict]:
+    """The weights and, by hand, f = imp(D_f) and o = imp(D) with D in the authors' order: retain, then forget."""
+    weights = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    training = [request.data[i] for i in (*request.retain, *request.forget)]  # ConcatDataset(retain, forget)
+    return weights, hand_importance(weights, request.forget_items(), batch_size), hand_importance(weights, training, batch_size)
+
+
 def test_ssd_matches_a_hand_computed_dampening():
     model, request = toy_problem()
     alpha, lam, batch_size = 1.0, 0.5, 4
-    weights = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
-    forget_imp = hand_importance(weights, request.forget_items(), batch_size)
-    training = [request.data[i] for i in sorted({*request.forget, *request.retain})]  # the data in its own order
-    full_imp = hand_importance(weights, training, batch_size)
+    weights, forget_imp, full_imp = hand_ssd_importances(model, request, batch_size)
     expected, selected_total = {}, 0
     for name, value in weights.items():
         f, o = forget_imp[name], full_imp[name]
@@ -292,19 +298,48 @@ def test_ssd_matches_a_hand_computed_dampening():
     unlearned, record = unlearn(model, request, "ssd", alpha=alpha, lam=lam, batch_size=batch_size)
     for name, value in unlearned.state_dict().items():
         np.testing.assert_allclose(value.double().numpy(), expected[name], rtol=1e-5, atol=1e-7)
-    assert record.info["dampened_fraction"] == pytest.approx(selected_total / total)
+    assert record.info["dampened_fraction"] == pytest.approx(selected_total / total)  # λ < 1: every selected β < 1
+
+
+def test_ssd_full_importance_order_is_retain_then_forget():
+    """o is imp(ConcatDataset(retain, forget)); the data's own order batches other items together and gives
+    another o (the premise below), so the per-request result must match the authors' order."""
+    from unlearnkit.methods.ssd import full_training_items, importance
+
+    model, request = toy_problem()
+    adapter = ClassifierAdapter(model, 2)
+    assert full_training_items(request) == [request.data[i] for i in (1, 2, 4, 6, 7, 9, 0, 3, 5, 8)]
+    _, _, by_hand = hand_ssd_importances(model, request, 4)
+    computed = importance(adapter, full_training_items(request), 4)
+    data_order = importance(adapter, [request.data[i] for i in range(10)], 4)
+    for name, value in by_hand.items():
+        np.testing.assert_allclose(computed[name].double().numpy(), value, rtol=1e-5, atol=1e-9)
+    assert any(not torch.allclose(computed[n], data_order[n]) for n in computed)  # the order matters here
+
+
+def test_ssd_dampened_fraction_counts_only_entries_it_changed():
+    """With λ > α an entry can be selected (f > α·o) and still keep β = min(λ·o/f, 1) = 1: not changed."""
+    model, request = toy_problem()
+    alpha, lam, batch_size = 1.0, 10.0, 10
+    weights, forget_imp, full_imp = hand_ssd_importances(model, request, batch_size)
+    for name in weights:  # neither threshold may sit on a float32 rounding edge
+        f, o = forget_imp[name], full_imp[name]
+        assert np.all(np.abs(f - o) > 1e-6 * (f + o + 1e-12)) and np.all(np.abs(f - lam * o) > 1e-6 * (f + o + 1e-12))
+    selected = sum(int((forget_imp[n] > alpha * full_imp[n]).sum()) for n in weights)
+    total = sum(v.size for v in weights.values())
+    unlearned, record = unlearn(model, request, "ssd", alpha=alpha, lam=lam, batch_size=batch_size)
+    changed = sum(int((unlearned.state_dict()[n] != model.state_dict()[n]).sum()) for n in weights)
+    assert 0 < changed < selected  # the premise: some selected entries keep β = 1
+    assert record.info["dampened_fraction"] == pytest.approx(changed / total)
 
 
 def test_ssd_with_a_precomputed_full_importance_equals_computing_it_per_request(tmp_path):
-    from unlearnkit.adapters.classifier import ClassifierAdapter as Adapter
-    from unlearnkit.methods.ssd import save_full_importance
+    from unlearnkit.methods.ssd import full_training_items, save_full_importance
 
     model, request = toy_problem()
     settings = {"alpha": 1.0, "lam": 0.5, "batch_size": 4}
     path = tmp_path / "importance.safetensors"
-    # the per-request pass takes retain ∪ forget in the data's own order, as a precomputation over the training set
-    training = [request.data[i] for i in sorted({*request.forget, *request.retain})]
-    seconds = save_full_importance(Adapter(model, 2), training, path, 4)
+    seconds = save_full_importance(ClassifierAdapter(model, 2), full_training_items(request), path, 4)
     computed, _ = unlearn(model, request, "ssd", **settings)
     stored, record = unlearn(model, request, "ssd", full_importance=str(path), **settings)
     assert record.info["full_importance"] == "precomputed"
@@ -326,19 +361,142 @@ def test_ssd_with_a_precomputed_full_importance_equals_computing_it_per_request(
         assert torch.equal(alone.state_dict()[name], value), name
 
 
+def test_ssd_refuses_an_importance_file_made_for_other_weights(tmp_path):
+    """Same architecture, other weights (or no fingerprint at all): the file is refused, nothing is changed."""
+    from safetensors.torch import load_file, save_file
+
+    from unlearnkit.methods.ssd import full_training_items, save_full_importance
+
+    model, request = toy_problem()
+    other, _ = toy_problem(seed=1)
+    path = tmp_path / "other.safetensors"
+    save_full_importance(ClassifierAdapter(other, 2), full_training_items(request), path, 4)
+    with pytest.raises(UserInputError, match=r"^The SSD importance file .* was not computed for this model's weights"):
+        unlearn(model, request, "ssd", full_importance=str(path), batch_size=4)
+    unmarked = tmp_path / "unmarked.safetensors"  # as written before files carried a fingerprint
+    save_file(load_file(str(path)), str(unmarked), metadata={"batch_size": "4", "items": "10", "seconds": "0.1"})
+    with pytest.raises(UserInputError, match="fingerprint is missing or differs"):
+        unlearn(model, request, "ssd", full_importance=str(unmarked), batch_size=4)
+
+
+def small_request(bench, whole_class: bool = False) -> ForgetRequest:
+    """30 digits training images to forget (scattered, or the first of class 0 standing for the whole class)
+    and 300 others to keep (none of class 0 then): fast runs of a trained model."""
+    if whole_class:
+        forget = [i for i, (_, y) in enumerate(bench.train) if y == 0][:30]
+        return ForgetRequest(bench.train, forget, [i for i, (_, y) in enumerate(bench.train) if y != 0][:300])
+    forget = list(range(0, 60, 2))
+    return ForgetRequest(bench.train, forget, [i for i in range(400) if i not in set(forget)][:300])
+
+
+def test_salun_moves_weights_inside_the_saliency_mask_only(digits):
+    """Default settings (Adam, no weight decay): the gradient mask alone keeps every unselected entry fixed."""
+    from unlearnkit.methods.salun import SalUnConfig, forget_gradient
+
+    bench, target = digits["bench"], digits["target"]
+    request = small_request(bench)
+    defaults = SalUnConfig()
+    masks = saliency_mask(forget_gradient(bench.adapter(target), request.forget_items(), defaults.batch_size),
+                          defaults.mask_ratio)
+    unlearned, _ = unlearn(target, request, "salun", adapter=bench.adapter(target))
+    moved = [after != before for after, before in zip(unlearned.parameters(), target.parameters())]
+    assert sum(int((m & ~mask.bool()).sum()) for m, mask in zip(moved, masks)) == 0
+    assert sum(int((m & mask.bool()).sum()) for m, mask in zip(moved, masks)) > 0
+
+
 @pytest.mark.parametrize("reset_masked", [False, True])
-def test_salun_updates_only_salient_weights_unless_weight_decay_moves_them(reset_masked):
+def test_salun_reset_masked_undoes_weight_decay_outside_the_mask(reset_masked):
+    from unlearnkit.methods.salun import forget_gradient
+
     model, request = toy_problem(seed=1)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    unlearned, record = unlearn(model, request, "salun", mask_ratio=0.5, epochs=3, batch_size=2, lr=1e-2,
-                                optimizer="adamw", weight_decay=0.5, reset_masked=reset_masked)
+    settings = {"mask_ratio": 0.5, "epochs": 3, "batch_size": 2, "lr": 1e-2}
+    masks = saliency_mask(forget_gradient(ClassifierAdapter(model, 2), request.forget_items(), 2), 0.5)
+    unlearned, record = unlearn(model, request, "salun", optimizer="adamw", weight_decay=0.5,
+                                reset_masked=reset_masked, **settings)
     assert record.info["mask_fraction"] == pytest.approx(0.5, abs=0.03)
-    changed = sum(int((unlearned.state_dict()[k] != v).sum()) for k, v in before.items())
-    total = sum(v.numel() for v in before.values())
+    outside = sum(int(((after != before) & ~mask.bool()).sum())
+                  for after, before, mask in zip(unlearned.parameters(), model.parameters(), masks))
     if reset_masked:
-        assert changed <= round(0.5 * total)  # only the salient half may move
+        assert outside == 0  # the unselected weights are put back after every step
     else:
-        assert changed > round(0.5 * total)  # AdamW's decay also shrinks the unselected weights
+        assert outside > 0  # AdamW's decay also shrinks the unselected weights
+
+
+def test_l1_sparse_penalty_shrinks_the_weights(digits):
+    """Same seed and epochs: with the default ℓ1 weight ‖θ‖₁ ends lower than with the penalty off."""
+    from unlearnkit.methods.l1_sparse import l1_norm
+
+    bench, target = digits["bench"], digits["target"]
+    request = small_request(bench)
+    penalised, _ = unlearn(target, request, "l1_sparse", adapter=bench.adapter(target))
+    plain, _ = unlearn(target, request, "l1_sparse", adapter=bench.adapter(target), alpha=0.0)
+    with torch.no_grad():
+        assert float(l1_norm(penalised)) < float(l1_norm(plain))
+
+
+@torch.no_grad()
+def forget_kl(adapter, model: nn.Module, teacher: nn.Module, items: list) -> float:
+    from unlearnkit.methods.scrub import distill_kl
+
+    batch = adapter.collate(items)
+    return float(distill_kl(adapter.logits(model, batch), adapter.logits(teacher, batch), 1.0))
+
+
+def test_scrub_max_steps_push_the_forget_set_away_from_the_teacher(digits):
+    """At the defaults, the forget-set KL to the teacher is larger with the max-steps (one epoch) than
+    without them (min-steps only): the max pass follows a min pass, so it does not start at the teacher,
+    where the KL and its gradient are exactly zero."""
+    bench, target = digits["bench"], digits["target"]
+    request = small_request(bench)
+    kl = {}
+    for seed in (0, 1):
+        for max_epochs in (0, 1):
+            model, _ = unlearn(target, request, "scrub", adapter=bench.adapter(target), seed=seed, max_epochs=max_epochs)
+            kl[seed, max_epochs] = forget_kl(bench.adapter(target), model, target, request.forget_items())
+    print("scrub forget KL", kl)
+    assert all(kl[seed, 1] > 1.25 * kl[seed, 0] for seed in (0, 1)), kl  # measured 1.4× and 3.1×
+
+
+def test_neggrad_plus_forget_term_raises_the_forget_loss(digits):
+    """The default α (forget weight 1 − α = 0.01) against α = 1 (retain descent only), forgetting class 0.
+    On scattered forget items that small weight moves the forget loss less than the retain descent's own
+    seed-to-seed spread; on a class it does not."""
+    bench, target = digits["bench"], digits["target"]
+    request = small_request(bench, whole_class=True)
+    forget = bench.adapter(target).collate(request.forget_items())
+    losses = []
+    for alpha in ({}, {"alpha": 1.0}):
+        model, _ = unlearn(target, request, "neggrad_plus", adapter=bench.adapter(target), **alpha)
+        with torch.no_grad():
+            losses.append(float(bench.adapter(model).per_item_loss(model, forget).mean()))
+    assert losses[0] > losses[1], losses
+
+
+def test_bench_item_ids_trace_every_row_to_its_image(digits, tmp_path):
+    """items/<method>.jsonl: forget/retain ids index bench.train, test/forget_test ids index bench.test; the
+    class scenario drops the forgotten class from test, so a split-local position would point elsewhere. The
+    bench's SSD (importance cached ahead of the request) also equals SSD computing it per request."""
+    import json
+
+    from unlearnkit.benchmarks.classifier_bench import run_classifier_bench
+
+    bench = digits["bench"]
+    results = run_classifier_bench("digits", "class", ["ssd"], tmp_path / "out", log=lambda *_: None)
+    source = {"forget": bench.train, "retain": bench.train, "test": bench.test, "forget_test": bench.test}
+    for name in ("original", "retrain", "ssd"):
+        rows = [json.loads(line) for line in (tmp_path / "out" / "items" / f"{name}.jsonl").read_text().splitlines()]
+        splits = {row["split"] for row in rows}
+        assert splits == set(source)
+        for row in rows:
+            assert source[row["split"]][row["item"]][1] == row["label"], row
+        for split in splits:
+            ids = [row["item"] for row in rows if row["split"] == split]
+            assert len(ids) == len(set(ids))
+        assert {row["item"] for row in rows if row["split"] in ("test", "forget_test")} == set(range(len(bench.test)))
+    run = next(r for r in results["runs"] if r["method"] == "ssd")
+    assert run["info"]["full_importance"] == "computed"  # request-dependent (retain, then forget): inside the timed run
+    _, record, _ = run_method(digits, "class", "ssd")
+    assert run["info"]["dampened_fraction"] == record.info["dampened_fraction"]
 
 
 def test_classifier_adapter_moves_a_collated_batch_to_the_model_device():

@@ -10,11 +10,11 @@ from ..api import unlearn, validate_runs
 from ..errors import UserInputError
 from ..eval.classification import evaluate_classifier
 from ..io import atomic_dir, check_output
-from ..methods.registry import method_config, methods
+from ..methods.registry import methods
 from ..report.html import write_report
 from .cache import cache_root
 from .results import write_items, write_results
-from .vision import cached_classifier, cached_ssd_importance, evaluation_splits, forget_request, load_vision_benchmark
+from .vision import cached_classifier, evaluation_split_ids, evaluation_splits, forget_request, load_vision_benchmark
 
 COLUMNS = ("method", "forget_acc", "retain_acc", "test_acc", "forget_test_acc", "mia_efficacy", "mia_auc",
            "avg_gap", "seconds", "time_vs_retrain", "peak_mem_mb", "status")
@@ -47,14 +47,12 @@ def run_classifier_bench(
     target, target_meta = cached_classifier(bench, [], "target")
     notes = []
     if "ssd" in settings and not settings["ssd"].get("full_importance"):
-        batch_size = method_config("ssd", settings["ssd"]).batch_size
-        settings["ssd"]["full_importance"] = str(cached_ssd_importance(bench, batch_size))
-        notes.append("ssd: the full-training-set importance is computed once after training and cached with the target "
-                     "model (its seconds are `info.full_importance_seconds` in results.json); `seconds` is the request's own time.")
+        notes.append("ssd: the full-training-set importance is taken in the authors' order (retain items, then forget "
+                     "items), which depends on the request, so it is computed within the request and `seconds` includes it.")
     retrained, retrain_meta = cached_classifier(bench, list(request.forget), "retrain")
     retrain_seconds = retrain_meta["train_seconds"]
     splits = evaluation_splits(bench, request, scenario)
-    split_ids = {"forget": list(request.forget), "retain": list(request.retain)}
+    split_ids = evaluation_split_ids(bench, request, scenario)  # every item row names its image
 
     reference_eval = evaluate_classifier(bench.adapter(retrained), splits, seed=seed)
     reference = reference_eval.metrics

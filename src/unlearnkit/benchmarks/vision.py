@@ -122,16 +122,24 @@ def forget_request(bench: VisionBenchmark, scenario: str, *, forget_class: int =
     return ForgetRequest(bench.train, forget, kept, reason=f"{bench.name}:{scenario}")
 
 
-def evaluation_splits(bench: VisionBenchmark, request: ForgetRequest, scenario: str) -> dict[str, list]:
-    """Named item lists to evaluate: forget, retain, test (and forget_test in the class scenario)."""
-    splits = {"forget": request.forget_items(), "retain": request.retain_items()}
+def evaluation_split_ids(bench: VisionBenchmark, request: ForgetRequest, scenario: str) -> dict[str, list[int]]:
+    """Where each evaluated item comes from: indices into ``bench.train`` for forget and retain, into
+    ``bench.test`` for test (and forget_test, the forgotten class's test images, in the class scenario)."""
+    ids = {"forget": list(request.forget), "retain": list(request.retain or ())}
     if scenario == "class":
-        forgotten = {int(y) for _, y in splits["forget"]}
-        splits["test"] = [it for it in bench.test if it[1] not in forgotten]
-        splits["forget_test"] = [it for it in bench.test if it[1] in forgotten]
+        forgotten = {int(bench.train[i][1]) for i in request.forget}
+        ids["test"] = [i for i, (_, y) in enumerate(bench.test) if y not in forgotten]
+        ids["forget_test"] = [i for i, (_, y) in enumerate(bench.test) if y in forgotten]
     else:
-        splits["test"] = list(bench.test)
-    return splits
+        ids["test"] = list(range(len(bench.test)))
+    return ids
+
+
+def evaluation_splits(bench: VisionBenchmark, request: ForgetRequest, scenario: str) -> dict[str, list]:
+    """Named item lists to evaluate: forget, retain, test (and forget_test in the class scenario),
+    in the order of :func:`evaluation_split_ids`."""
+    source = {"forget": bench.train, "retain": bench.train, "test": bench.test, "forget_test": bench.test}
+    return {name: [source[name][i] for i in ids] for name, ids in evaluation_split_ids(bench, request, scenario).items()}
 
 
 def train_classifier(bench: VisionBenchmark, items: list) -> tuple[nn.Module, float]:
@@ -160,19 +168,3 @@ def cached_classifier(bench: VisionBenchmark, excluded: list[int], role: str) ->
     model = bench.new_model()
     model.load_state_dict(load_state_dict(directory / "model.safetensors"))
     return model.eval(), meta
-
-
-def cached_ssd_importance(bench: VisionBenchmark, batch_size: int) -> Path:
-    """SSD's full-training-set importance of the target model, computed once after training and
-    cached beside it, so each forget request pays only its forget pass."""
-    from ..methods.ssd import save_full_importance
-
-    target, target_meta = cached_classifier(bench, [], "target")
-    config = {"target": target_meta["config"], "artefact": "ssd_full_importance", "batch_size": batch_size}
-
-    def build(directory: Path) -> dict:
-        seconds = save_full_importance(bench.adapter(target), bench.train, directory / "importance.safetensors", batch_size)
-        return {"seconds": seconds, "items": len(bench.train)}
-
-    directory, _ = cached("classifier", config, build)
-    return directory / "importance.safetensors"

@@ -9,7 +9,11 @@ copy. With u = 1 for forget items and 0 for retain items,
 Choices: forget items and a seeded ``retain_fraction`` (30%) subset of the retain set are mixed and
 shuffled into one stream, as in the paper; the KL is summed over classes and averaged over items
 (the authors' code averages over both, a constant factor); the incompetent teacher is
-re-initialised with ``reset_parameters()`` under ``seed``. No labels are used. One epoch at lr 1e-3,
+re-initialised with ``reset_parameters()`` under ``seed``; when ``seed`` is the seed the model itself
+was initialised with (both are 0 on the image benches), that teacher is exactly the model's initial
+weights θ0, an untrained network but not an independent draw. The loss uses no labels (the
+classifier adapter still collates (input, label) items, so unlabelled data needs placeholder
+labels). One epoch at lr 1e-3,
 batch 32, where the SSD repository's baseline uses Adam at 1e-4 and the authors' code batch 256: on
 the digits benchmark those settings leave a forgotten class at 1.00 accuracy (retraining: 0.00),
 ours bring it to 0.00; on random forgetting ours over-forget (forget accuracy 0.91 against

@@ -4,7 +4,13 @@ A standard baseline since Golatkar, Achille & Soatto, "Eternal Sunshine of the S
 Selective Forgetting in Deep Networks" (CVPR 2020). Update rule:
 θ ← θ − η ∇_θ L̄(D_r), starting from the trained weights, for a few epochs; the forget set is never
 used and is forgotten only as far as training on the rest overwrites it.
-Works on any model kind whose adapter gives a per-item loss.
+Works on any model kind whose adapter gives a per-item loss; on a classifier that loss is the
+cross-entropy against the items' labels (a causal LM's targets are its own tokens).
+
+Choices: 2 epochs of Adam at 5e-3, where the SSD repository's baseline runs 5 epochs at lr 0.02 (a
+rate for SGD on ResNet-18). On the digits bench (forget / test accuracy; retraining forgets a class
+to 0.00) that recipe with SGD (momentum 0.9) leaves a forgotten class at 1.00 / 0.972, with Adam it
+reaches 0.00 but costs test accuracy (0.957); the defaults give 0.014 / 0.978 in 2/5 of the steps.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ class Finetune(Method):
 
     name = "finetune"
     kinds = ("classifier", "causal_lm")
-    needs = frozenset({"retain"})
+    needs = frozenset({"retain", "labels"})
     paper = "Golatkar et al., Eternal Sunshine of the Spotless Net: Selective Forgetting in Deep Networks, 2020"
     use_when = "A cheap baseline when plenty of retain data exists and the forget set's influence may fade with further training; weak guarantees."
     Config = FinetuneConfig

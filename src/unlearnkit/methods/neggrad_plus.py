@@ -7,7 +7,8 @@ Choices: an epoch is one pass over the forget set, each forget batch paired with
 a cycling pass over the retain set (``paired_stream``). The paper tunes α and the number of
 epochs per setting; the defaults (α = 0.99, 5 epochs, Adam 2e-3) were chosen on the digits CNN,
 where the unbounded ascent term needs a small weight to spare the kept classes.
-Works on any model kind whose adapter gives a per-item loss.
+Works on any model kind whose adapter gives a per-item loss; on a classifier that loss is the
+cross-entropy against the items' labels (a causal LM's targets are its own tokens).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class NegGradPlus(Method):
 
     name = "neggrad_plus"
     kinds = ("classifier", "causal_lm")
-    needs = frozenset({"retain"})
+    needs = frozenset({"retain", "labels"})
     paper = "Kurmanji et al., Towards Unbounded Machine Unlearning, 2023"
     use_when = 'A balanced ascent/descent baseline for classifiers and LMs; sensitive to α and the step count.'
     Config = NegGradPlusConfig

@@ -8,7 +8,10 @@ Choices: each forget batch is paired with a retain batch (``paired_stream``) rat
 separate forget and retain passes; the wrong labels are redrawn at every step from a generator
 seeded with ``seed`` (so runs repeat exactly), and the class count is the width of the logits.
 β (``retain_weight``) defaults to 2: with equal weights the digits CNN lost up to 0.1 test
-accuracy on the kept classes when forgetting a whole class.
+accuracy on the kept classes when forgetting a whole class. 2 epochs, where the SSD repository's
+amnesiac baseline runs 3: on the digits bench a third epoch only over-forgets more (random forgetting:
+forget accuracy 0.854 against 0.917 with 2, retraining 0.993; test 0.897 against 0.942; a whole
+class is at 0.00 after either, test 0.948 against 0.966).
 """
 
 from __future__ import annotations

@@ -5,9 +5,12 @@ Kurmanji, Triantafillou, Hayes & Triantafillou, "Towards Unbounded Machine Unlea
 d(x) = KL(p_teacher(x) ‖ p_student(x)) at temperature τ, SCRUB alternates
 max-steps  θ ← θ + η ∇_θ d̄(D_f)  and  min-steps  θ ← θ − η ∇_θ [α·d̄(D_r) + γ·L̄_CE(D_r)].
 
-Choices: an epoch is one pass over the forget set (max-steps, only in the first
-``max_epochs`` epochs, as the paper ends with min-steps only) followed by one pass over the retain
-set (min-steps), with one optimizer for both. τ = 1 by default (the paper's plain KL); a larger τ
+Choices: an epoch is one pass over the retain set (min-steps) followed, in the first
+``max_epochs`` epochs only (the paper ends with min-steps only), by one pass over the forget set
+(max-steps), with one optimizer for both. The authors' loop puts each epoch's max pass first, but
+the first max pass then starts at the teacher, where d and its gradient are exactly zero for a
+deterministic network (their ResNets differ from the teacher through batch-norm in training mode):
+with our classifiers (no batch-norm, no dropout) the default single max epoch did nothing at all. τ = 1 by default (the paper's plain KL); a larger τ
 softens both distributions and the KL is then multiplied by τ², the usual distillation scaling.
 α weighs the retain KL and γ the retain cross-entropy (the paper's names). The "rewinding"
 variant for selective unlearning is not implemented.
@@ -71,9 +74,9 @@ class Scrub(Method):
         retain_stream, retain_steps = item_stream(adapter, request.retain_items(), config, salt=2)
 
         def epoch_batches(epoch: int) -> Iterator[dict]:
+            yield from ({"min": batch} for batch in retain_stream(epoch))
             if epoch < config.max_epochs:
                 yield from ({"max": batch} for batch in forget_stream(epoch))
-            yield from ({"min": batch} for batch in retain_stream(epoch))
 
         def loss(model, batch: dict) -> torch.Tensor:
             phase = "max" if "max" in batch else "min"

@@ -33,16 +33,29 @@ def _departures(run: dict[str, Any], defaults: dict[str, Any]) -> str:
     return ", ".join(changed) or "defaults"
 
 
+REFERENCE_LABEL = "bench reference (trained by the bench, not the method)"
+
+
+def _method_run(name: str, runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run of method ``name``: a run of the method itself (the bench renames one that shares a
+    reference row's name, e.g. ``retrain``, to ``<name>_method``) before a reference row of that name."""
+    own = [r for r in runs if not r.get("reference") and r["method"] in (name, f"{name}_method")]
+    return own[0] if own else next((r for r in runs if r["method"] == name), None)
+
+
 def _measured(name: str, defaults: dict[str, Any], results_list: Sequence[dict[str, Any]]) -> list[str]:
     lines = []
     for results in results_list:
-        run = next((r for r in results["runs"] if r["method"] == name), None)
+        run = _method_run(name, results["runs"])
         if run is None:
             continue
         kind = "causal_lm" if "forget_quality" in run["metrics"] else "classifier"
         shown = [f"{k} {run['metrics'][k]:.4g}" for k in CARD_METRICS[kind] if k in run["metrics"]]
         ratio = run["seconds"] / run["retrain_seconds"] if run.get("retrain_seconds") else float("nan")
-        lines.append(f"| {_setting(results)} | {_departures(run, defaults)} | {', '.join(shown)} "
+        settings = _departures(run, defaults)
+        if run.get("reference"):
+            settings = f"{REFERENCE_LABEL}: {settings}"
+        lines.append(f"| {_setting(results)} | {settings} | {', '.join(shown)} "
                      f"| {run['seconds']:.2f} s ({ratio:.3f} of retraining) | {run.get('status', 'ok')} |")
     if not lines:
         return ["Not yet part of a committed bench run."]
