@@ -6,7 +6,7 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..api import unlearn, validate_runs
+from ..api import unlearn, validate_runs, warm_up
 from ..errors import UserInputError
 from ..eval.classification import evaluate_classifier
 from ..io import atomic_dir, check_output
@@ -64,7 +64,7 @@ def run_classifier_bench(
         items[role] = evaluation.item_rows(split_ids)
         log(f"{role:>16}: test_acc={evaluation.metrics['test_acc']:.4f} forget_acc={evaluation.metrics['forget_acc']:.4f}")
 
-    warm_up(bench, target, request)
+    warm_up(target, request, bench.adapter(target))
     for method in names:
         model, record = unlearn(target, request, method, adapter=bench.adapter(target), **settings[method])
         name = f"{method}_method" if method in items else method  # never overwrite a reference row
@@ -87,10 +87,3 @@ def run_classifier_bench(
             write_items(tmp / "items" / f"{name}.jsonl", rows)
         write_report(tmp / "report.html", results, items)
     return results
-
-
-def warm_up(bench: Any, target: Any, request: Any) -> None:
-    """One untimed training step on a copy of the target: a process's first backward pass and optimizer step
-    pay one-off set-up costs that would otherwise land in the time of whichever method runs first (measured:
-    bad_teacher, first in the table, took 1.07 s for digits class unwarmed against 0.14 s after another method)."""
-    unlearn(target, request, "finetune", adapter=bench.adapter(target), max_steps=1)

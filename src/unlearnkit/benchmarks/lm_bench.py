@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..api import check_lora, unlearn, validate_runs
+from ..api import check_lora, unlearn, validate_runs, warm_up
 from ..errors import UserInputError
 from ..eval.attacks import RelearnSettings, check_attack_items, parse_attacks, run_attacks
 from ..eval.language import LM_METRICS, evaluate_lm, lm_metrics
@@ -218,6 +218,7 @@ def run_lm_bench(
     for role, adapter, meta in references:
         record_run(role, adapter, {"reference": True, "params": meta["config"], "seconds": meta["train_seconds"],
                                    "peak_mem_mb": float("nan"), "status": "ok"})
+    warm_up(target.model, request, target, memory)
     for name in names:
         model, record = unlearn(target.model, request, name, adapter=target, memory=memory, **settings[name])
         record_run(name, target.with_model(model), {
