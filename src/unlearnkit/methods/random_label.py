@@ -4,9 +4,9 @@ Graves, Nagisetty & Ganesh, "Amnesiac Machine Learning" (AAAI 2021), a baseline 
 SalUn papers. Update rule, with ỹ drawn uniformly from the classes other than y:
 θ ← θ − η ∇_θ [ L̄_CE(f_θ(x_f), ỹ) + β·L̄_CE(f_θ(x_r), y_r) ].
 
-Choices: each forget batch is paired with a retain batch (``paired_stream``) rather than running
-separate forget and retain passes; the wrong labels are redrawn at every step from a generator
-seeded with ``seed`` (so runs repeat exactly), and the class count is the width of the logits.
+Choices: each forget batch is paired with a retain batch (``retain_pairing``, standard by default)
+rather than running separate forget and retain passes; the wrong labels are redrawn at every step
+from a generator seeded with ``seed`` (so runs repeat exactly), and the class count is the width of the logits.
 β (``retain_weight``) defaults to 2: with equal weights the digits CNN lost up to 0.1 test
 accuracy on the kept classes when forgetting a whole class. 2 epochs, where the SSD repository's
 amnesiac baseline runs 3: on the digits bench a third epoch only over-forgets more (random forgetting:
