@@ -84,6 +84,48 @@ def test_evaluate_adds_real_authors_to_model_utility_when_the_folder_has_them(ex
     assert with_authors["model_utility"] != without["model_utility"]  # three more components joined the mean
 
 
+def _tofu_layout(exported, folder, keep: dict[str, tuple[str, ...]]):
+    """The exported folder with some files cut down to the fields TOFU itself ships in them."""
+    folder.mkdir()
+    for path in exported.glob("*.json"):
+        if path.stem in keep:
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            (folder / path.name).write_text("".join(json.dumps({k: r[k] for k in keep[path.stem]}) + "\n" for r in rows))
+        else:
+            (folder / path.name).symlink_to(path)
+    return folder
+
+
+def test_evaluate_reads_tofus_own_fields_per_file(exported, tmp_path):
+    """TOFU's holdout files have only question and answer, its world facts no paraphrase: evaluate needs no more,
+    and the scores equal those of the fuller export (those fields are not used there)."""
+    data = _tofu_layout(exported, tmp_path / "tofu", {
+        "holdout10": ("question", "answer"),
+        "world_facts_perturbed": ("question", "answer", "perturbed_answer"),
+    })
+    metrics = {}
+    for name, folder in (("export", exported), ("tofu", data)):
+        out = tmp_path / f"scores-{name}"
+        assert main(["evaluate", "--data", str(folder), "--model", str(exported / "models" / "target"),
+                     "--retain-model", str(exported / "models" / "retain90"), "--out", str(out),
+                     "--max-new-tokens", "24"]) == 0
+        metrics[name] = json.loads((out / "results.json").read_text())["runs"][0]["metrics"]
+    assert metrics["tofu"] == metrics["export"]
+
+
+def test_evaluate_names_an_empty_split_file_before_loading_models(exported, tmp_path, capsys, monkeypatch):
+    import unlearnkit.adapters.causal_lm as causal_lm
+
+    data = _tofu_layout(exported, tmp_path / "empty", {})
+    (data / "holdout10.json").unlink()
+    (data / "holdout10.json").write_text("[]")
+    monkeypatch.setattr(causal_lm.CausalLMAdapter, "from_pretrained", lambda *a, **k: pytest.fail("loaded a model"))
+    code, err = _error(capsys, ["evaluate", "--data", str(data), "--model", str(exported / "models" / "target"),
+                                "--retain-model", str(exported / "models" / "retain90"), "--out", str(tmp_path / "never")])
+    assert code == 2 and "holdout10.json holds no items (needed as the holdout set)" in err, err
+    assert not (tmp_path / "never").exists()
+
+
 def _error(capsys, args):
     code = main(args)
     return code, capsys.readouterr().err

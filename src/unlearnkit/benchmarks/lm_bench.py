@@ -259,11 +259,21 @@ def write_lm_results(out: Path, results: dict[str, Any], items: Mapping[str, lis
 
 #: TOFU file names used as each evaluation split, in order of preference.
 TOFU_SPLIT_FILES = {
-    "forget": ("{split}_perturbed", "{split}"),
+    "forget": ("{split}_perturbed",),
     "retain": ("retain_perturbed",),
     "holdout": ("{holdout}",),
     "general": ("world_facts_perturbed",),
     "real_authors": ("real_authors_perturbed",),
+}
+#: The fields each evaluation split needs, as TOFU ships them: the forget and retain sets are scored on a
+#: paraphrase and perturbed answers, world facts and real authors against the original answer and perturbed
+#: ones, the holdout (membership inference only) on its answers.
+TOFU_SPLIT_FIELDS = {
+    "forget": ("question", "answer", "paraphrased_answer", "perturbed_answer"),
+    "retain": ("question", "answer", "paraphrased_answer", "perturbed_answer"),
+    "holdout": ("question", "answer"),
+    "general": ("question", "answer", "perturbed_answer"),
+    "real_authors": ("question", "answer", "perturbed_answer"),
 }
 #: Splits a TOFU-format folder may lack: without real authors, model utility has six components, not nine.
 OPTIONAL_TOFU_SPLITS = ("real_authors",)
@@ -272,9 +282,9 @@ TOFU_MAX_NEW_TOKENS = 200
 
 
 def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]:
-    """The evaluation splits from a TOFU-format folder (real authors only when present); a missing
-    required file is named in the error."""
-    from .tofu_format import EVAL_FIELDS, read_tofu_file
+    """The evaluation splits from a TOFU-format folder (real authors only when present), each checked for
+    the fields it needs (:data:`TOFU_SPLIT_FIELDS`); a missing or empty required file is named in the error."""
+    from .tofu_format import read_tofu_file
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -290,7 +300,9 @@ def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]
             continue
         if path is None:
             raise UserInputError(f"The data directory {directory} has no {names[0]}.json (needed as the {role} set).")
-        items = read_tofu_file(path, EVAL_FIELDS)
+        items = read_tofu_file(path, TOFU_SPLIT_FIELDS[role])
+        if not items:
+            raise UserInputError(f"The TOFU file {path} holds no items (needed as the {role} set).")
         splits[role] = [{"id": f"{path.stem}:{i}", **item} for i, item in enumerate(items)]
     return splits
 
