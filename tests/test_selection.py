@@ -19,8 +19,15 @@ def test_widest_run_centre(passing, centre):
     assert widest_run_centre(values, passing) == centre
 
 
-def test_selection_scores_every_candidate_and_applies_both_rules(tmp_path):
+def test_selection_scores_every_candidate_and_applies_both_rules(tmp_path, monkeypatch):
+    import unlearnkit.benchmarks.selection as selection
+    from unlearnkit.benchmarks.lm_bench import bench_relearn_settings
+
     config = FactsConfig.tiny(seed=1)
+    attacked_with = []
+    real_attacks = selection.run_attacks
+    monkeypatch.setattr(selection, "run_attacks",
+                        lambda *a, **k: attacked_with.append(k.get("relearn_settings")) or real_attacks(*a, **k))
     chosen, rows = select_facts_settings(config, "forget10", rmu_epochs=(1, 2), sam_rhos=(0.1, 0.5), log=lambda _: None)
     assert [(r["method"], r.get("epochs"), r.get("sam_rho")) for r in rows] == [
         ("rmu", 1, None), ("rmu", 2, None), ("sam_npo", None, 0.1), ("sam_npo", None, 0.5)]
@@ -31,6 +38,8 @@ def test_selection_scores_every_candidate_and_applies_both_rules(tmp_path):
     text = out.read_text()
     assert "world seed 1 (forget10, 12 people)" in text
     assert text.count("\n| rmu |") == 2 and text.count("\n| sam_npo |") == 2
+    # sam_npo's ρ is ranked under the relearning attack the bench reports, not the generic default
+    assert attacked_with and all(s == bench_relearn_settings(config) for s in attacked_with)
 
 
 def test_the_rules_pick_the_widest_passing_run_and_the_lowest_defined_recovery(monkeypatch):

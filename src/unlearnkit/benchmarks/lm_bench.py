@@ -97,6 +97,12 @@ def method_settings(names: Sequence[str], params: Mapping[str, Mapping[str, Any]
     return validate_runs(names, params or {}, adapter, request, defaults)
 
 
+def bench_relearn_settings(config: Any) -> RelearnSettings:
+    """The relearning attack the facts bench (and the selection of its settings) runs: scaled to the lr the
+    models were trained with, seeded with the config's seed."""
+    return RelearnSettings.scaled_to(config.lr, seed=config.seed)
+
+
 def recorded_settings(config: Any, names: Sequence[str],
                       params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
     """``params`` plus what the target's training recorded for a method: ``first_epoch_ga`` reads the forget
@@ -151,7 +157,7 @@ def run_lm_bench(
     Each of ``retrain_seeds`` adds a reference row ``retain_seed<s>``: the retain model trained
     again with that seed (initial weights and batch order), scored against the retain model like a
     method, to show how far exact retraining alone moves every metric (forget quality especially).
-    ``relearn`` sets the relearning attack (default: :meth:`RelearnSettings.scaled_to` the models' training lr).
+    ``relearn`` sets the relearning attack (default: :func:`bench_relearn_settings`).
     """
     from ..adapters.causal_lm import CausalLMAdapter
     from ..train.distributed import check_launch, is_main_process, on_main, training_device
@@ -163,7 +169,7 @@ def run_lm_bench(
     data = load_facts(config)
     request = facts_request(data, split)
     check_attack_items(len(request.forget), attacks)
-    relearn = relearn or RelearnSettings.scaled_to(config.lr, seed=config.seed)
+    relearn = relearn or bench_relearn_settings(config)
     relearn.check()
     check_retrain_seeds(retrain_seeds, config)
     check_output(out, overwrite=overwrite, inputs=(cache_root(),))

@@ -58,7 +58,7 @@ def score_candidates(config: Any, split: str, method: str, setting: str, candida
     from ..adapters.causal_lm import CausalLMAdapter
     from ..train.distributed import training_device
     from .facts import cached_facts_model, facts_request, load_facts
-    from .lm_bench import evaluation_splits, retain_eval_items
+    from .lm_bench import bench_relearn_settings, evaluation_splits, retain_eval_items
 
     data = load_facts(config)
     request = facts_request(data, split)
@@ -81,7 +81,7 @@ def score_candidates(config: Any, split: str, method: str, setting: str, candida
         metrics, _ = evaluate_lm(adapter, splits, reference, ids=ids)
         if attacks:
             metrics |= run_attacks(attacks, adapter, target, retain, splits["forget"], seed=config.seed,
-                                   controls=controls)
+                                   relearn_settings=bench_relearn_settings(config), controls=controls)
         row = {"method": method, setting: value, "forget_quality": metrics["forget_quality"],
                "utility_vs_retain": metrics["model_utility"] / retain_utility,
                "time_vs_retrain": record.seconds / retain_meta["train_seconds"], "status": record.status,
