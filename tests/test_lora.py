@@ -42,6 +42,10 @@ def test_parse_lora_reads_rank_scale_targets_and_options():
     ("r=0", "r must be a positive integer"),
     ("r=4,save=full", "save must be one of merged, adapter"),
     ("c_attn", "is not NAME=VALUE"),
+    ("alpha=inf", "alpha must be a positive finite number, got alpha=inf"),
+    ("alpha=1e400", "alpha must be a positive finite number"),
+    ("r=4,r=16", "gives r twice"),
+    ("targets=", "targets= names no module"),
 ])
 def test_bad_lora_text_is_one_clear_sentence(text, message):
     with pytest.raises(UserInputError, match=message):
@@ -50,9 +54,14 @@ def test_bad_lora_text_is_one_clear_sentence(text, message):
 
 def test_unknown_target_lists_the_valid_module_names(lm):
     adapter, _ = lm
-    assert {"c_attn", "c_proj", "c_fc", "wte", "lm_head"} <= set(lora_targets(adapter.model))
+    assert {"c_attn", "c_proj", "c_fc"} <= set(lora_targets(adapter.model))
+    assert not {"wte", "wpe", "lm_head"} & set(lora_targets(adapter.model))  # embeddings; lm_head is tied to wte
     with pytest.raises(UserInputError, match=r"target 'q_proj' is not a LoRA-capable module.*valid: .*c_attn"):
         MemoryOptions.from_cli("r=4,targets=q_proj").check(adapter)
+    with pytest.raises(UserInputError, match=r"target 'wte' is not a LoRA-capable module"):
+        MemoryOptions.from_cli("r=4,targets=wte").check(adapter)
+    with pytest.raises(UserInputError, match=r"target 'lm_head' shares its weight with another module"):
+        MemoryOptions.from_cli("r=4,targets=lm_head").check(adapter)
 
 
 def test_memory_options_refuse_a_classifier():
@@ -118,6 +127,12 @@ def test_bf16_lora_merges_in_the_original_precision(lm):
     reference = kept.merge_and_unload()  # the same trained adapter, merged in float32 here
     for name, value in reference.state_dict().items():
         torch.testing.assert_close(merged.state_dict()[name], value, rtol=0, atol=1e-6)
+    # only the adapted weights moved: every other weight is the input's, not its bf16 rounding
+    original = adapter.model.state_dict()
+    for name, value in merged.state_dict().items():
+        if ".c_attn." not in name:
+            assert torch.equal(value, original[name]), name
+    assert any(not torch.equal(merged.state_dict()[n], original[n]) for n in original if ".c_attn." in n)
 
 
 def test_full_bf16_run_takes_the_same_first_step_loss_as_fp32(lm):

@@ -176,7 +176,6 @@ def run_lm_bench(
     for name in method_names or ():  # the defaults skip what LoRA cannot serve (runnable_defaults)
         check_lora(get_method(name), memory)
     target_dir, target_meta = cached_facts_model(config, "target")
-    retain_dir, retain_meta = cached_facts_model(config, "retain", split)
     target = CausalLMAdapter.from_pretrained(target_dir, max_length=config.max_length)
     target.model.to(training_device())
     names, not_run = (list(method_names), []) if method_names else runnable_defaults(params or {}, target, config.base,
@@ -184,7 +183,8 @@ def run_lm_bench(
     settings = method_settings(names, recorded_settings(config, names, params), target, request, config.base)
     check_launch()
     if memory is not None:
-        memory.check(target)
+        memory.check(target)  # before the retain model is trained or loaded
+    retain_dir, retain_meta = cached_facts_model(config, "retain", split)
     retain_model = CausalLMAdapter.from_pretrained(retain_dir, max_length=config.max_length)
     retain_model.model.to(training_device())
     retrain_seconds = retain_meta["train_seconds"]

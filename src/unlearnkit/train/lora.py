@@ -15,7 +15,9 @@ trains a causal LM through the shared loop works with them unchanged.
   This is pure bf16 training (no fp32 master copy); accelerate's ``mixed_precision: bf16`` is the
   autocast alternative that keeps fp32 weights. Without an fp32 copy, an update smaller than about
   2⁻⁸ of a weight rounds away: at small learning rates (1e-5) most full-model updates vanish, so
-  pair ``bf16`` with LoRA (whose adapters are merged in the input's precision) or use autocast.
+  pair ``bf16`` with LoRA or use autocast. With LoRA the input's weights are kept (on the CPU) and
+  restored under the adapters at the end, which merge in the input's precision: every weight LoRA did
+  not adapt comes back bit-identical, not rounded to bf16.
 - ``gradient_checkpointing``: activations inside each block are recomputed in the backward pass
   (non-reentrant, so it works under DDP).
 
@@ -54,8 +56,8 @@ class LoraSpec:
         """Raise :class:`UserInputError` for values LoRA cannot use."""
         if self.r < 1:
             raise UserInputError(f"--lora r must be a positive integer, got r={self.r}.")
-        if not self.alpha > 0:
-            raise UserInputError(f"--lora alpha must be positive, got alpha={self.alpha}.")
+        if not 0 < self.alpha < float("inf"):
+            raise UserInputError(f"--lora alpha must be a positive finite number, got alpha={self.alpha}.")
         if not 0.0 <= self.dropout < 1.0:
             raise UserInputError(f"--lora dropout must lie in [0, 1), got dropout={self.dropout}.")
         if self.save not in LORA_SAVES:
@@ -80,11 +82,15 @@ def parse_lora(text: str) -> LoraSpec:
             if key not in _LORA_KEYS:
                 raise UserInputError(f"--lora has no setting {key!r}; valid: {', '.join(_LORA_KEYS)} "
                                      "(e.g. r=8,alpha=16,targets=c_attn,c_proj).")
+            if key in values:
+                raise UserInputError(f"--lora gives {key} twice; give each setting once.")
             values[key] = [value.strip()]
         elif key == "targets":
             values[key].append(piece)
         else:
             raise UserInputError(f"--lora piece {piece!r} is not NAME=VALUE (e.g. r=8,alpha=16,targets=c_attn,c_proj).")
+    if "targets" in values and not any(values["targets"]):
+        raise UserInputError("--lora targets= names no module; name some (e.g. targets=c_attn,c_proj) or leave it out.")
     targets = tuple(t for t in values.get("targets", []) if t) or None
     try:
         spec = LoraSpec(
@@ -101,20 +107,40 @@ def parse_lora(text: str) -> LoraSpec:
 
 
 def _lora_capable(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, nn.Embedding, nn.Conv1d, nn.Conv2d)) or type(module).__name__ == "Conv1D"
+    """A layer LoRA can adapt and unlearnkit can merge back: linear and convolutional layers (PEFT's embedding
+    adapters are named differently and are not offered)."""
+    return isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) or type(module).__name__ == "Conv1D"
+
+
+def _tied(model: nn.Module) -> set[str]:
+    """Names of modules whose weight is shared with another module (e.g. GPT-2's lm_head and wte): merging a
+    LoRA update into one would change the other too."""
+    seen: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        weight = getattr(module, "weight", None)
+        if name and isinstance(weight, torch.Tensor):
+            seen.setdefault(id(weight), []).append(name)
+    return {name for names in seen.values() if len(names) > 1 for name in names}
 
 
 def lora_targets(model: nn.Module) -> list[str]:
-    """The module names LoRA can target in ``model`` (last name components, sorted)."""
-    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name and _lora_capable(module)})
+    """The module names LoRA can target in ``model`` (last name components, sorted; tied modules left out)."""
+    tied = _tied(model)
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if name and _lora_capable(module) and name not in tied})
 
 
 def _check_targets(model: nn.Module, targets: tuple[str, ...]) -> None:
     names = [name for name, module in model.named_modules() if name and _lora_capable(module)]
+    tied = _tied(model)
     for target in targets:
-        if not any(name == target or name.endswith(f".{target}") for name in names):
+        matched = [name for name in names if name == target or name.endswith(f".{target}")]
+        if not matched:
             raise UserInputError(f"--lora target {target!r} is not a LoRA-capable module of this model; "
                                  f"valid: {', '.join(lora_targets(model))}.")
+        if any(name in tied for name in matched):
+            raise UserInputError(f"--lora target {target!r} shares its weight with another module (tied embeddings), "
+                                 "so merging its update would change that module too; choose other targets.")
 
 
 @dataclass
@@ -173,6 +199,8 @@ class Prepared:
     peft: Any = None
     info: dict[str, Any] = field(default_factory=dict)
     use_cache: Any = None
+    #: With LoRA and bf16: the input's weights (on the CPU), restored under the adapters before they merge.
+    base_weights: dict[str, torch.Tensor] | None = None
 
 
 def prepare_model(model: nn.Module, options: MemoryOptions, seed: int = 0) -> Prepared:
@@ -184,6 +212,8 @@ def prepare_model(model: nn.Module, options: MemoryOptions, seed: int = 0) -> Pr
     """
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     prepared = Prepared(model, options, dtype)
+    if options.bf16 and options.lora is not None:  # LoRA leaves the other weights alone: keep them unrounded
+        prepared.base_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     if options.bf16:
         model.to(torch.bfloat16)
     if options.gradient_checkpointing:
@@ -236,6 +266,17 @@ def lora_trained(model: nn.Module) -> bool:
     return any(bool(p.detach().abs().sum() > 0) for name, p in model.named_parameters() if ".lora_B." in name)
 
 
+@torch.no_grad()
+def _restore_base(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy the input's weights back under PEFT's wrappers (``a.b.weight`` is ``a.b.base_layer.weight`` there)."""
+    current = model.state_dict()
+    for name, value in weights.items():
+        path, _, leaf = name.rpartition(".")
+        target = current.get(name, current.get(f"{path}.base_layer.{leaf}"))
+        if target is not None:
+            target.copy_(value)
+
+
 def finish_model(prepared: Prepared, result: nn.Module, method: str, diverged: bool = False) -> nn.Module:
     """Undo :func:`prepare_model` on the method's result: merge or keep LoRA, drop checkpointing, restore dtype.
 
@@ -249,8 +290,9 @@ def finish_model(prepared: Prepared, result: nn.Module, method: str, diverged: b
         if not diverged and not lora_trained(result):
             raise UserInputError(f"Method {method!r} trained no LoRA weights (it does not train the model's weights "
                                  "through the shared loop), so --lora cannot apply; drop --lora.")
-        if options.bf16:  # merge in the original precision: a bf16 merge rounds much of the update away
+        if options.bf16:  # merge in the original precision onto the input's unrounded weights
             prepared.peft.to(prepared.dtype)
+            _restore_base(prepared.model, prepared.base_weights or {})
         model = prepared.peft.merge_and_unload() if options.lora.save == "merged" else prepared.peft
     if options.gradient_checkpointing:
         _checkpointing(prepared.model, on=False)
