@@ -14,7 +14,8 @@ from ..methods.registry import methods
 from ..report.html import write_report
 from .cache import cache_root
 from .results import write_items, write_results
-from .vision import cached_classifier, evaluation_split_ids, evaluation_splits, forget_request, load_vision_benchmark
+from .vision import (IN_SAMPLE_NOTE, cached_classifier, evaluation_split_ids, evaluation_splits, forget_request,
+                     load_vision_benchmark)
 
 COLUMNS = ("method", "forget_acc", "retain_acc", "test_acc", "forget_test_acc", "mia_efficacy", "mia_auc",
            "avg_gap", "seconds", "time_vs_retrain", "peak_mem_mb", "status")
@@ -45,7 +46,7 @@ def run_classifier_bench(
     check_output(out, overwrite=overwrite, inputs=(cache_root(),))
 
     target, target_meta = cached_classifier(bench, [], "target")
-    notes = []
+    notes = [IN_SAMPLE_NOTE]
     if "ssd" in settings and not settings["ssd"].get("full_importance"):
         notes.append("ssd: the full-training-set importance is taken in the authors' order (retain items, then forget "
                      "items), which depends on the request, so it is computed within the request and `seconds` includes it.")

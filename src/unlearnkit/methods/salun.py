@@ -14,7 +14,7 @@ class). Each forget batch is paired with a retain batch instead of separate pass
 1e-3, where the authors' CIFAR-10 recipe runs 10 epochs at lr 0.013 (SGD): on the digits bench
 both forget a whole class to 0.00 (test accuracy 0.957 with the defaults; the recipe 0.960 with
 Adam, 0.963 with SGD); on random forgetting the recipe with Adam lands nearer retraining (forget
-accuracy 0.951 against 0.938, retraining 0.993; test 0.961 against 0.944) and with SGD farther
+accuracy 0.951 against 0.938, retraining 0.986; test 0.961 against 0.944) and with SGD farther
 (0.924, 0.939), for five times the steps, a cost the defaults avoid.
 ``reset_masked`` (off by default; the paper's runs predate it) copies the original values back
 into the unselected weights after every step, which matters only under weight decay.
