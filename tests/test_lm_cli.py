@@ -80,6 +80,10 @@ def test_evaluate_adds_real_authors_to_model_utility_when_the_folder_has_them(ex
         runs[name] = json.loads((out / "results.json").read_text())
     assert "nine components" in runs["with"]["notes"][0]
     with_authors, without = (runs[k]["runs"][0]["metrics"] for k in ("with", "without"))
+    for metrics, count in ((with_authors, 9), (without, 6)):  # each component is reported, and MU is their mean
+        components = [v for k, v in metrics.items() if k.startswith("model_utility_")]
+        assert len(components) == count and "model_utility_retain_truth_ratio_score" in metrics
+        assert metrics["model_utility"] == pytest.approx(len(components) / sum(1 / v for v in components), rel=1e-9)
     assert with_authors["forget_quality"] == without["forget_quality"]
     assert with_authors["model_utility"] != without["model_utility"]  # three more components joined the mean
 

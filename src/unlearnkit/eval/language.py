@@ -184,6 +184,8 @@ def lm_metrics(stats: Mapping[str, LMSplitStats], reference: Mapping[str, LMSpli
     real_authors, which joins model utility).
 
     ``reference`` holds the retain (gold) model's statistics: forget quality and privleak need them.
+    Besides :data:`LM_METRICS`, each model-utility component is returned as ``model_utility_<set>_<component>``
+    (six, or nine with real authors), so a low model utility can be traced to the set that pulled it down.
     """
     forget, retain, holdout, general = (stats[k] for k in ("forget", "retain", "holdout", "general"))
     forget_tr = forget.truth_ratios()
@@ -194,7 +196,8 @@ def lm_metrics(stats: Mapping[str, LMSplitStats], reference: Mapping[str, LMSpli
         "retain_rouge": float(np.mean(retain.rouge)),
         "general_rouge": float(np.mean(general.rouge)),
     }
-    metrics["model_utility"] = M.model_utility(model_utility_components(stats))
+    components = model_utility_components(stats)
+    metrics["model_utility"] = M.model_utility(components)
     forget_scores, holdout_scores = forget.mia_scores(), holdout.mia_scores()
     for name in ("loss", "zlib", "mink", "minkpp"):
         metrics[f"mia_{name}_auc"] = M.mia_auc(forget_scores[name], holdout_scores[name])
@@ -206,7 +209,7 @@ def lm_metrics(stats: Mapping[str, LMSplitStats], reference: Mapping[str, LMSpli
         metrics["privleak"] = M.privleak(metrics["mia_mink_auc"], ref_auc)
     else:
         metrics["forget_quality"] = metrics["privleak"] = float("nan")
-    return {k: metrics[k] for k in LM_METRICS}
+    return {k: metrics[k] for k in LM_METRICS} | {f"model_utility_{k}": v for k, v in components.items()}
 
 
 def evaluate_lm(adapter: Any, splits: Mapping[str, Sequence[Mapping[str, Any]]],
