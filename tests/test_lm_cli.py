@@ -13,7 +13,8 @@ from unlearnkit.eval.attacks import RELEARN_LR_FRACTION
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "facts-tofu"
-    assert main(["export", "--benchmark", "facts", "--format", "tofu", "--preset", "tiny", "--out", str(out)]) == 0
+    assert main(["export", "--benchmark", "facts", "--format", "tofu", "--preset", "tiny", "--out", str(out),
+                 "--split", "forget10", "--split", "forget05"]) == 0
     return out
 
 
@@ -133,6 +134,23 @@ def test_evaluate_names_an_empty_split_file_before_loading_models(exported, tmp_
 def _error(capsys, args):
     code = main(args)
     return code, capsys.readouterr().err
+
+
+def test_export_writes_the_retain_model_of_each_split_asked(exported):
+    assert sorted(p.name for p in (exported / "models").iterdir()) == ["retain90", "retain95", "target"]
+
+
+@pytest.mark.parametrize("split, message", [
+    (["--split", "forget33"], "Unknown forget split 'forget33'"),
+    (["--split", "forget05", "--split", "forget05"], "--split 'forget05' is given twice"),
+])
+def test_export_refuses_a_bad_split_before_training(tmp_path, capsys, monkeypatch, split, message):
+    import unlearnkit.benchmarks.facts as facts
+
+    monkeypatch.setattr(facts, "cached_facts_model", lambda *a, **k: pytest.fail("trained before checking --split"))
+    code, err = _error(capsys, ["export", "--benchmark", "facts", "--preset", "tiny", "--out", str(tmp_path / "x"), *split])
+    assert code == 2 and message in err, err
+    assert not (tmp_path / "x").exists()
 
 
 def test_export_refuses_an_existing_output_before_training_anything(tmp_path, capsys, monkeypatch):

@@ -230,6 +230,9 @@ def export_command(
     preset: str = typer.Option("default", help="facts preset: default or tiny."),
     base: str = typer.Option("scratch", help=BASE_HELP),
     seed: int = typer.Option(0, help="Seed of the generated data and models."),
+    split: Optional[list[str]] = typer.Option(None, "--split", help="Forget split whose retain model is exported "
+                                              "(forget01 → retain99, forget05 → retain95, forget10 → retain90); "
+                                              "repeatable, default forget10."),
     overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
 ) -> None:
     """Write a built-in benchmark's data and trained target/retain models in another tool's layout."""
@@ -239,7 +242,11 @@ def export_command(
         raise UserInputError(f"Unknown export format {format!r}; valid: tofu.")
     from .benchmarks.tofu_format import export_facts
 
-    export_facts(facts_preset(preset, seed, base), out, overwrite=overwrite)
+    splits = split or ["forget10"]
+    repeated = [s for s in dict.fromkeys(splits) if splits.count(s) > 1]
+    if repeated:
+        raise UserInputError(f"--split {repeated[0]!r} is given twice; give each once.")
+    export_facts(facts_preset(preset, seed, base), out, splits, overwrite=overwrite)
     typer.echo(f"wrote {out}")
 
 
