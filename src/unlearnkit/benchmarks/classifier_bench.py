@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from torch import nn
 
 from ..api import unlearn, validate_runs, warm_up
 from ..errors import UserInputError
@@ -12,10 +15,11 @@ from ..eval.classification import evaluate_classifier
 from ..io import atomic_dir, check_output
 from ..methods.registry import methods
 from ..report.html import write_report
+from ..request import ForgetRequest
 from .cache import cache_root
 from .results import write_items, write_results
-from .vision import (IN_SAMPLE_NOTE, cached_classifier, evaluation_split_ids, evaluation_splits, forget_request,
-                     load_vision_benchmark)
+from .vision import (BENCH_METHOD_SETTINGS, VisionBenchmark, cached_classifier, evaluation_split_ids, evaluation_splits,
+                     forget_request, load_vision_benchmark, settings_note)
 
 COLUMNS = ("method", "forget_acc", "retain_acc", "test_acc", "forget_test_acc", "mia_efficacy", "mia_auc",
            "avg_gap", "seconds", "time_vs_retrain", "peak_mem_mb", "status")
@@ -24,6 +28,30 @@ COLUMNS = ("method", "forget_acc", "retain_acc", "test_acc", "forget_test_acc", 
 def default_methods() -> list[str]:
     """Every registered method that works on classifiers, except ``retrain``: the reference row is one."""
     return [name for name, cls in methods().items() if "classifier" in cls.kinds and name != "retrain"]
+
+
+@dataclass
+class BenchCase:
+    """One forget request of an image bench with what every method is measured against."""
+
+    bench: VisionBenchmark
+    request: ForgetRequest
+    target: nn.Module
+    target_meta: dict[str, Any]
+    retrained: nn.Module
+    retrain_meta: dict[str, Any]
+    splits: dict[str, list]
+    reference: dict[str, float]  # the retrained model's metrics
+
+
+def prepare_case(bench: VisionBenchmark, scenario: str, request: ForgetRequest | None = None) -> BenchCase:
+    """The request of ``scenario``, the cached target and retrained models, and the retrained model's metrics."""
+    request = request or forget_request(bench, scenario)
+    target, target_meta = cached_classifier(bench, [], "target")
+    retrained, retrain_meta = cached_classifier(bench, list(request.forget), "retrain")
+    splits = evaluation_splits(bench, request, scenario)
+    reference = evaluate_classifier(bench.adapter(retrained), splits, seed=bench.seed).metrics
+    return BenchCase(bench, request, target, target_meta, retrained, retrain_meta, splits, reference)
 
 
 def run_classifier_bench(
@@ -42,23 +70,18 @@ def run_classifier_bench(
     bench = load_vision_benchmark(benchmark, seed)
     request = forget_request(bench, scenario)
     names = list(method_names) if method_names else default_methods()
-    settings = validate_runs(names, params or {}, bench.adapter(None), request, bench.method_defaults)
+    settings = validate_runs(names, params or {}, bench.adapter(None), request, BENCH_METHOD_SETTINGS[scenario])
     check_output(out, overwrite=overwrite, inputs=(cache_root(),))
 
-    target, target_meta = cached_classifier(bench, [], "target")
-    notes = [IN_SAMPLE_NOTE]
+    case = prepare_case(bench, scenario, request)
+    target, splits, reference, retrain_seconds = case.target, case.splits, case.reference, case.retrain_meta["train_seconds"]
+    notes = [settings_note(scenario)]
     if "ssd" in settings and not settings["ssd"].get("full_importance"):
         notes.append("ssd: the full-training-set importance is taken in the authors' order (retain items, then forget "
                      "items), which depends on the request, so it is computed within the request and `seconds` includes it.")
-    retrained, retrain_meta = cached_classifier(bench, list(request.forget), "retrain")
-    retrain_seconds = retrain_meta["train_seconds"]
-    splits = evaluation_splits(bench, request, scenario)
     split_ids = evaluation_split_ids(bench, request, scenario)  # every item row names its image
-
-    reference_eval = evaluate_classifier(bench.adapter(retrained), splits, seed=seed)
-    reference = reference_eval.metrics
     runs, items = [], {}
-    for role, model, meta in (("original", target, target_meta), ("retrain", retrained, retrain_meta)):
+    for role, model, meta in (("original", target, case.target_meta), ("retrain", case.retrained, case.retrain_meta)):
         evaluation = evaluate_classifier(bench.adapter(model), splits, reference, seed)
         runs.append({"method": role, "reference": True, "params": meta["config"]["recipe"], "seconds": meta["train_seconds"],
                      "retrain_seconds": retrain_seconds, "peak_mem_mb": float("nan"), "status": "ok", "metrics": evaluation.metrics})

@@ -1,0 +1,68 @@
+"""Selecting the image benches' settings on held-out splits: the rule, the run, the CLI's refusals,
+and that the bench uses what the published selection chose."""
+
+from pathlib import Path
+
+import pytest
+
+from unlearnkit.benchmarks.classifier_bench import run_classifier_bench
+from unlearnkit.benchmarks.image_selection import choose, select_image_settings, write_image_selection
+from unlearnkit.benchmarks.vision import BENCH_METHOD_SETTINGS
+from unlearnkit.cli import main
+from unlearnkit.errors import UserInputError
+
+GRID = {"gradient_ascent": ({"lr": 1e-4}, {"lr": 8e-4})}
+
+
+def test_the_rule_takes_the_lowest_gap_per_scenario_and_the_earlier_on_a_tie():
+    rows = [{"scenario": "class", "method": "gradient_ascent", "lr": 1e-4, "avg_gap": 0.5},
+            {"scenario": "class", "method": "gradient_ascent", "lr": 8e-4, "avg_gap": 0.1},
+            {"scenario": "random", "method": "gradient_ascent", "lr": 1e-4, "avg_gap": 0.02},
+            {"scenario": "random", "method": "gradient_ascent", "lr": 8e-4, "avg_gap": 0.02}]
+    assert choose(rows, GRID) == {"class": {"gradient_ascent": {"lr": 8e-4}},
+                                  "random": {"gradient_ascent": {"lr": 1e-4}}}
+
+
+def test_selection_scores_match_the_bench_on_the_same_split(tmp_path):
+    chosen, rows = select_image_settings("digits", (1,), candidates=GRID, log=lambda _: None)
+    assert [(r["scenario"], r["lr"]) for r in rows] == [("class", 1e-4), ("class", 8e-4), ("random", 1e-4), ("random", 8e-4)]
+    gaps = {(r["scenario"], r["lr"]): r["avg_gap"] for r in rows}
+    assert chosen == choose(rows, GRID)
+    # a selection row is what the bench reports for that setting on that split, not a number of its own
+    results = run_classifier_bench("digits", "class", ["gradient_ascent"], tmp_path / "bench", seed=1,
+                                   params={"gradient_ascent": {"lr": 8e-4}}, log=lambda _: None)
+    reported = next(run for run in results["runs"] if run["method"] == "gradient_ascent")
+    assert reported["metrics"]["avg_gap"] == pytest.approx(gaps[("class", 8e-4)], abs=1e-9)
+    out = tmp_path / "selection.md"
+    write_image_selection(out, "digits", (1,), chosen, rows, "unlearnkit select-images --seeds 1")
+    text = out.read_text()
+    assert "split seeds 1\n" in text and text.count("| gradient_ascent |") == 4
+    with pytest.raises(UserInputError, match="other splits"):
+        select_image_settings("digits", (0, 1), candidates=GRID)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0,2"], "other splits than the reported one"),
+    (["--seeds", "1,1"], "repeated"),
+    (["--seeds", "one"], "comma-separated integers"),
+    (["--seeds", ""], "at least one split seed"),
+    (["--benchmark", "cifar"], "Unknown benchmark"),
+])
+def test_select_images_refuses_bad_input_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "selection.md"
+    assert main(["select-images", "--out", str(out), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_the_bench_uses_the_settings_the_published_selection_chose():
+    text = (Path(__file__).parents[1] / "docs" / "results" / "image-selection.md").read_text()
+    line = next(line for line in text.splitlines() if line.startswith("Chosen: "))
+    published: dict = {}
+    for entry in line.removeprefix("Chosen: ").split("; "):
+        scenario, method, values = entry.split(" ", 2)
+        published.setdefault(scenario, {})[method] = {k: float(v) for k, v in
+                                                      (pair.split("=") for pair in values.split(", "))}
+    used = {scenario: {method: {k: v for k, v in values.items() if k in published[scenario][method]}
+                       for method, values in methods.items()} for scenario, methods in BENCH_METHOD_SETTINGS.items()}
+    assert published == used
