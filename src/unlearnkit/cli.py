@@ -295,6 +295,28 @@ def select_images_command(
     typer.echo(out.read_text())
 
 
+@app.command("summarize")
+def summarize_command(
+    results: list[Path] = typer.Option(..., help="Bench output folders of one bench run with different --seed (repeatable)."),
+    out: Path = typer.Option(..., help="Markdown page to write."),
+    overwrite: bool = typer.Option(False, help="Replace an existing page."),
+) -> None:
+    """Mean ± std over seeds of every number in bench runs that differ only in their seed."""
+    import json
+
+    from .benchmarks.results import write_summary
+
+    if len(results) < 2:
+        raise UserInputError("Give at least two --results folders (runs with different --seed) to summarise.")
+    loaded = []
+    for folder in results:
+        if not (folder / "results.json").is_file():
+            raise UserInputError(f"{folder} holds no results.json; pass folders written by 'unlearnkit bench'.")
+        loaded.append(json.loads((folder / "results.json").read_text(encoding="utf-8")))
+    check_output(out, overwrite=overwrite, file=True, inputs=results)
+    typer.echo(write_summary(out, loaded, command_line()))
+
+
 @app.command("cards")
 def cards_command(
     results: Optional[list[Path]] = typer.Option(None, help="Bench output folders whose numbers the cards quote (repeatable)."),

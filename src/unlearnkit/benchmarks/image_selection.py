@@ -33,15 +33,13 @@ from ..eval.classification import evaluate_classifier
 from ..io import write_text_atomic
 from .classifier_bench import prepare_case
 from .results import markdown_table
-from .vision import BENCH_METHOD_SETTINGS, SCENARIOS, load_vision_benchmark
+from .vision import BENCH_METHOD_SETTINGS, SCENARIOS, SELECTION_SEEDS, load_vision_benchmark
 
 #: The candidates per method: each a dict of the settings it sets (the bench's other settings stay).
 CANDIDATES: dict[str, tuple[dict[str, float], ...]] = {
     "ssd": tuple({"alpha": alpha, "lam": lam} for alpha in (1.0, 2.0, 5.0, 10.0) for lam in (0.5, 1.0)),
     "gradient_ascent": tuple({"lr": lr} for lr in (1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3)),
 }
-#: The split seeds selected on by default.
-SELECTION_SEEDS = (1, 2, 3)
 
 
 def check_selection_seeds(seeds: Sequence[int]) -> None:

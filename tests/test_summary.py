@@ -1,0 +1,65 @@
+"""`unlearnkit summarize`: mean ± std over bench runs that differ only in their seed."""
+
+import json
+
+import pytest
+
+from unlearnkit.benchmarks.results import summary_rows
+from unlearnkit.cli import main
+from unlearnkit.errors import UserInputError
+
+
+def fake_results(seed: int, forget_acc: float, *, scenario: str = "class", methods=("original", "ssd")) -> dict:
+    runs = [{"method": m, "metrics": {"forget_acc": forget_acc + i, "status_text": "x", "nan_metric": float("nan")},
+             "seconds": 2.0 * (seed + 1), "retrain_seconds": 4.0, "peak_mem_mb": 100.0, "status": "ok"}
+            for i, m in enumerate(methods)]
+    return {"benchmark": "digits", "scenario": scenario, "seed": seed, "notes": ["a note"], "runs": runs}
+
+
+def test_cells_are_mean_and_population_std_of_each_number():
+    rows, columns = summary_rows([fake_results(4, 0.1), fake_results(5, 0.3)])
+    assert columns == ["method", "forget_acc", "seconds", "time_vs_retrain"]  # text, NaN and memory are left out
+    assert rows[0] == {"method": "original", "forget_acc": "0.2000 ± 0.1000", "seconds": "11.0 ± 1.0000",
+                       "time_vs_retrain": "2.7500 ± 0.2500"}
+    assert rows[1]["forget_acc"] == "1.2000 ± 0.1000"
+
+
+@pytest.mark.parametrize("other, message", [
+    (fake_results(5, 0.3, scenario="random"), "differ in scenario"),
+    (fake_results(5, 0.3, methods=("original", "scrub")), "different methods"),
+])
+def test_runs_of_different_benches_are_refused(other, message):
+    with pytest.raises(UserInputError, match=message):
+        summary_rows([fake_results(4, 0.1), other])
+
+
+def write_folder(path, results):
+    path.mkdir()
+    (path / "results.json").write_text(json.dumps(results))
+    return str(path)
+
+
+def test_summarize_writes_the_page(tmp_path):
+    a = write_folder(tmp_path / "a", fake_results(4, 0.1))
+    b = write_folder(tmp_path / "b", fake_results(5, 0.3))
+    out = tmp_path / "summary.md"
+    assert main(["summarize", "--results", a, "--results", b, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# digits — class, mean ± std over seeds 4, 5\n")
+    assert text.count("Note (from the runs) — a note") == 1  # the runs' notes, each once
+    assert "| ssd | 1.2000 ± 0.1000 |" in text
+
+
+@pytest.mark.parametrize("seeds, missing, message", [
+    ((4, 4), False, "same seed"),
+    ((4,), False, "at least two"),
+    ((4, 5), True, "holds no results.json"),
+])
+def test_summarize_refuses_bad_input_and_writes_nothing(tmp_path, capsys, seeds, missing, message):
+    folders = [write_folder(tmp_path / f"r{i}", fake_results(seed, 0.1)) for i, seed in enumerate(seeds)]
+    if missing:
+        (tmp_path / "r1" / "results.json").unlink()
+    out = tmp_path / "summary.md"
+    assert main(["summarize", *[arg for f in folders for arg in ("--results", f)], "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
