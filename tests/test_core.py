@@ -277,6 +277,8 @@ def test_clipping_reads_only_the_trained_parameters():
     ("19", "must be a sequence of integers, got str"),
     ([True], "True is not one"),
     (None, "got NoneType"),
+    (torch.tensor([False, True]), "(not a mask); an array of booleans is a mask"),
+    ([torch.tensor(True)], "(not a mask)"),
 ])
 def test_forget_ids_must_be_integers_never_rounded_or_split(ids, message):
     import numpy as np

@@ -117,6 +117,10 @@ BAD_INPUTS = [
     ({"--param": "momentum=-1"}, "momentum must lie in [0, 1)"),
     ({"--param": "seed=-1"}, "seed must be an integer from 0"),
     ({"--retain": None, "--project": "gu"}, "Method 'gradient_ascent' with project=gu needs retain data"),
+    ({"--retain": "overlap.jsonl"}, "overlap.jsonl line 2 holds the same item as"),
+    ({"--forget": "nan.jsonl"}, "line 2: field 'input' holds NaN or an infinite value"),
+    ({"--forget": "extra.csv"}, "extra.csv line 2 has 1 more value(s) than the header has column names"),
+    ({"--subject": "M\udcfcller"}, "The --subject holds '\\udcfc', which is not valid Unicode text"),
 ]
 PATH_OPTIONS = ("--model", "--forget", "--retain", "--out", "--ledger", "--training-data")
 
@@ -133,6 +137,9 @@ def test_bad_input_exits_2_and_writes_nothing(workspace, capsys, overrides, mess
     _write_jsonl(ws / "fraclabel.jsonl", [{"input": [1, 2, 3, 4], "label": 1.7}])
     _write_jsonl(ws / "boollabel.jsonl", [{"input": [1, 2, 3, 4], "label": True}])
     _write_jsonl(ws / "other.jsonl", _rows(5, 99))
+    _write_jsonl(ws / "overlap.jsonl", _rows(40, 0)[5:6] + [{**_rows(40, 0)[3], "label": float(_rows(40, 0)[3]["label"])}])
+    (ws / "nan.jsonl").write_text('{"input": [1, 2, 3, 4], "label": 0}\n{"input": [NaN, 2, 3, 4], "label": 0}\n')
+    (ws / "extra.csv").write_text('input,label\n"[1, 2, 3, 4]",0,surplus\n')
     import sqlite3
 
     sqlite3.connect(ws / "notaledger.db").execute("create table t(x)").connection.commit()
@@ -334,3 +341,66 @@ def test_the_ledger_records_the_used_fields_so_check_item_matches_across_formats
     assert "forgotten: row 1" in capsys.readouterr().out
     (workspace / "other.json").write_text(json.dumps(_rows(40, 0)[10]))  # retained, never forgotten
     assert main(["ledger", "check-item", "--ledger", str(workspace / "ledger.db"), "--item", str(workspace / "other.json")]) == 1
+
+
+def test_a_sqlite_url_to_a_new_file_starts_a_new_ledger(workspace):
+    assert main(_args(workspace, **{"--ledger": f"sqlite:///{workspace}/url.db"})) == 0
+    with Ledger(workspace / "url.db") as ledger:
+        assert len(ledger.rows()) == 1 and ledger.verify().ok
+
+
+def test_an_output_that_appears_during_the_run_is_not_replaced(workspace, capsys, monkeypatch):
+    """Two runs with the same --out both pass the up-front check; the one that finishes second must fail."""
+    import unlearnkit.forget_job as forget_job
+
+    save = forget_job._save_model
+
+    def save_while_another_run_finishes(adapter, model, spec, directory):
+        (workspace / "out").mkdir()
+        (workspace / "out" / "run.json").write_text("the other run's output")
+        save(adapter, model, spec, directory)
+
+    monkeypatch.setattr(forget_job, "_save_model", save_while_another_run_finishes)
+    assert main(_args(workspace)) == 2
+    assert "was created by something else while this run worked" in capsys.readouterr().err
+    assert [p.name for p in (workspace / "out").iterdir()] == ["run.json"]
+    assert (workspace / "out" / "run.json").read_text() == "the other run's output"
+    assert not (workspace / "ledger.db").exists() and not list(workspace.glob(".out.*"))
+
+
+def test_an_interrupt_at_the_final_rename_leaves_no_output_and_no_ledger_row(workspace, monkeypatch):
+    """The ledger row is appended only once the output is in place, so a run stopped just before can leave
+    neither; a refused append removes the output again."""
+    rename = os.rename
+
+    def interrupted(src, dst, *args, **kwargs):
+        if Path(src).name.startswith(".out.tmp-"):
+            raise KeyboardInterrupt
+        return rename(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", interrupted)
+    assert main(_args(workspace)) == 130
+    assert not (workspace / "out").exists() and not list(workspace.glob(".out.*"))
+    assert not (workspace / "ledger.db").exists()
+    monkeypatch.setattr(os, "rename", rename)
+
+    def refused(*args, **kwargs):
+        from unlearnkit.errors import UserInputError
+
+        raise UserInputError("The ledger refused the row.")
+
+    monkeypatch.setattr(Ledger, "append", refused)
+    assert main(_args(workspace)) == 2
+    assert not (workspace / "out").exists() and not list(workspace.glob(".out.*"))
+
+
+def test_the_forget_report_has_mia_histograms_and_hashed_items(workspace):
+    from unlearnkit.report.html import item_hash
+
+    assert main(_args(workspace)) == 0
+    page = (workspace / "out" / "report.html").read_text(encoding="utf-8")
+    assert "<h2>Membership inference scores</h2>" in page and "on the forget items and the retain items" in page
+    assert page.count("data:image/png") == 3  # scatter, forget-vs-retain histograms, loss curve
+    assert all(item_hash(i) in page for i in range(5))
+    first = json.loads((workspace / "forget.jsonl").read_text().splitlines()[0])
+    assert repr(first["input"][0]) not in page  # redacted without --show-examples

@@ -415,6 +415,7 @@ def test_reading_a_missing_ledger_creates_nothing(path: Path) -> None:
         ({"metrics": {"model": object()}}, "metrics"),
         ({"items": []}, "no forgotten items"),
         ({"items": [object()]}, "object"),
+        ({"items": [{"answer": "Varna \udc80"}]}, "not valid Unicode text"),
     ],
 )
 def test_bad_rows_are_refused_before_anything_is_written(path: Path, overrides: dict, message: str) -> None:
@@ -585,3 +586,54 @@ def test_a_row_id_must_be_an_integer(five_rows: Path) -> None:
         assert ledger.get(2).id == 2
         with pytest.raises(UserInputError, match="A ledger row id is an integer, got 1.9"):
             ledger.get(1.9)
+
+
+def test_a_subject_with_no_utf8_form_is_refused_before_any_file_exists(path: Path) -> None:
+    with Ledger(path) as ledger, pytest.raises(UserInputError, match="subject holds '\\\\udcfc'"):
+        add(ledger, "M\udcfcller")
+    assert os.listdir(path.parent) == []
+
+
+def test_check_item_says_forgotten_only_for_an_ok_row_that_changed_the_model(tmp_path: Path) -> None:
+    path = tmp_path / "cli.db"
+    with Ledger(path) as ledger:
+        add(ledger, items=["diverged item"], status="diverged", fingerprint_after=BEFORE)
+        add(ledger, items=["unchanged item"], fingerprint_after=BEFORE)
+        add(ledger, items=["diverged item", "forgotten item"])
+    app, runner = cli_app(), CliRunner()
+    outcomes = {}
+    for name in ("diverged", "unchanged", "forgotten"):
+        (tmp_path / f"{name}.txt").write_text(f"{name} item")
+        outcomes[name] = runner.invoke(app, ["ledger", "check-item", "--item", str(tmp_path / f"{name}.txt"),
+                                             "--ledger", str(path)])
+    unchanged = outcomes["unchanged"]
+    assert unchanged.exit_code == 1 and "row 2" in unchanged.output and "left unchanged" in unchanged.output
+    assert "not forgotten: no row" in unchanged.output and "has status ok and changed the model" in unchanged.output
+    diverged = outcomes["diverged"]  # row 1 diverged, row 3 succeeded: forgotten by row 3
+    assert diverged.exit_code == 0 and "row 1" in diverged.output and "status diverged" in diverged.output
+    assert "forgotten: row 3" in diverged.output
+    assert outcomes["forgotten"].exit_code == 0 and "forgotten: row 3" in outcomes["forgotten"].output
+    (tmp_path / "lone.txt").write_text("lone diverged")
+    with Ledger(path) as ledger:
+        add(ledger, items=["lone diverged"], status="diverged", fingerprint_after=BEFORE)
+    lone = runner.invoke(app, ["ledger", "check-item", "--item", str(tmp_path / "lone.txt"), "--ledger", str(path)])
+    assert lone.exit_code == 1 and "row 4" in lone.output and "status diverged" in lone.output
+    assert "forgotten: row" not in lone.output.replace("not forgotten", "")
+
+
+def test_a_published_head_catches_a_rewrite_that_the_chain_cannot(five_rows: Path) -> None:
+    """Rewrite row 2, re-hash every row after it and move the head: verify alone passes, a kept head does not."""
+    with Ledger(five_rows, salt=SALT) as ledger:
+        published = ledger.get(3).row_hash
+        assert ledger.verify(expect_head=published).ok
+    rewrite_and_rehash(five_rows, 2, subject="nobody")
+    for row_id in range(3, 6):
+        rewrite_and_rehash(five_rows, row_id, prev_hash=stored_row(five_rows, row_id - 1)["row_hash"])
+    head = canonical_json({"id": 5, "hash": stored_row(five_rows, 5)["row_hash"]})
+    sql(five_rows, f"UPDATE {META_TABLE} SET value=? WHERE key='head'", (head,))
+    with Ledger(five_rows, salt=SALT) as ledger:
+        assert ledger.verify().ok  # the unkeyed chain cannot tell
+        with pytest.raises(UserInputError, match="not a row_hash"):
+            ledger.verify(expect_head="abc")
+    result = CliRunner().invoke(cli_app(), ["ledger", "verify", "--ledger", str(five_rows), "--expect-head", published])
+    assert result.exit_code == 1 and "TAMPERED" in result.output and "published head hash" in result.output

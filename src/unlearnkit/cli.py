@@ -171,7 +171,7 @@ def bench_command(
         run_classifier_bench(benchmark, scenario, split_list(methods), out, seed=seed, params=params,
                              overwrite=overwrite, command=command)
     if is_main_process():
-        typer.echo((out / "results.md").read_text())
+        typer.echo((out / "results.md").read_text(encoding="utf-8"))
 
 
 def relearn_settings(config: Any, attacks: list[str], steps: int | None, lr: float | None) -> Any:
@@ -219,7 +219,7 @@ def evaluate_command(
                     prompt_format=prompt_format,
                     command=command_line(), log=typer.echo)
     if is_main_process():
-        typer.echo((out / "results.md").read_text())
+        typer.echo((out / "results.md").read_text(encoding="utf-8"))
 
 
 @app.command("export")
@@ -269,7 +269,7 @@ def select_facts_command(
     check_output(out, overwrite=overwrite, file=True)
     chosen, rows = select_facts_settings(config, split, log=typer.echo)
     write_selection(out, config, split, chosen, rows, command_line())
-    typer.echo(out.read_text())
+    typer.echo(out.read_text(encoding="utf-8"))
 
 
 @app.command("select-images")
@@ -292,7 +292,7 @@ def select_images_command(
     check_output(out, overwrite=overwrite, file=True)
     chosen, rows = select_image_settings(benchmark, seed_list, log=typer.echo)
     write_image_selection(out, benchmark, seed_list, chosen, rows, command_line())
-    typer.echo(out.read_text())
+    typer.echo(out.read_text(encoding="utf-8"))
 
 
 @app.command("summarize")

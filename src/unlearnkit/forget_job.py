@@ -7,6 +7,7 @@ ledger row). The input model folder is only read.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -99,6 +100,9 @@ def _classifier_items(records, job: ForgetJob, path: Path, spec: Mapping[str, An
         except (ValueError, RuntimeError, TypeError):
             raise UserInputError(f"{path} line {number}: field {job.input_field!r} is not {int(np.prod(shape))} numbers "
                                  f"or {job.label_field!r} is not an integer label.") from None
+        if not bool(torch.isfinite(values).all()):
+            raise UserInputError(f"{path} line {number}: field {job.input_field!r} holds NaN or an infinite value; "
+                                 "inputs must be finite numbers.")
         if not 0 <= items[-1][1] < int(spec["num_classes"]):
             raise UserInputError(f"{path} line {number}: label {items[-1][1]} is outside 0..{int(spec['num_classes']) - 1}.")
     return items
@@ -119,30 +123,61 @@ def _used_fields(job: ForgetJob, kind: str) -> tuple[str, str]:
 
 def _lm_items(records, job: ForgetJob, path: Path) -> list[dict[str, str]]:
     require_fields(records, [job.question_field, job.answer_field], path)
-    return [{"question": str(r[job.question_field]), "answer": str(r[job.answer_field])} for _, r in records]
+    items = []
+    for number, record in records:
+        for name in (job.question_field, job.answer_field):
+            _require_utf8(str(record[name]), f"{path} line {number}: field {name!r}")
+        items.append({"question": str(record[job.question_field]), "answer": str(record[job.answer_field])})
+    return items
+
+
+def _require_utf8(text: str, what: str) -> None:
+    """Refuse text that has no UTF-8 form: a lone surrogate, from bytes that were not UTF-8 on the command
+    line or from a JSON escape such as \\udc80. The ledger hashes text as UTF-8, so it could not record it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise UserInputError(f"{what} holds {text[error.start:error.end]!r}, which is not valid Unicode text; "
+                             "give it in UTF-8.") from None
+
+
+def _content_key(record: Mapping[str, Any], fields: tuple[str, str]) -> str:
+    """The used fields' values, compared by value whatever file format carried them (see canonical_value)."""
+    return json.dumps([canonical_value(record.get(f)) for f in fields])
 
 
 def _check_in_training_data(job: ForgetJob, forget_records, kind: str) -> None:
     fields = _used_fields(job, kind)
-    key = lambda record: json.dumps([canonical_value(record.get(f)) for f in fields])
-    known = {key(record) for _, record in read_records(job.training_data)}
+    known = {_content_key(record, fields) for _, record in read_records(job.training_data)}
     for number, record in forget_records:
-        if key(record) not in known:
+        if _content_key(record, fields) not in known:
             raise UserInputError(f"{job.forget} line {number} is not in the training data {job.training_data}.")
 
 
+def _check_no_overlap(job: ForgetJob, forget_records, retain_records, kind: str) -> None:
+    fields = _used_fields(job, kind)
+    forget_lines = {}
+    for number, record in forget_records:
+        forget_lines.setdefault(_content_key(record, fields), number)
+    for number, record in retain_records:
+        twin = forget_lines.get(_content_key(record, fields))
+        if twin is not None:
+            raise UserInputError(f"{job.retain} line {number} holds the same item as {job.forget} line {twin}; "
+                                 "an item cannot be both forgotten and kept.")
+
+
 @torch.no_grad()
-def _summary(adapter: Any, forget: list, retain: list) -> dict[str, float]:
-    """Mean loss (and accuracy or answer probability) on the forget and retain items.
+def _scores(adapter: Any, forget: list, retain: list) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-item loss (and, for a classifier, whether the prediction is right) of the forget and retain items.
 
     Under several processes each scores a contiguous shard and the per-item values are gathered
-    in order, so the means are those of one process.
+    in order, so the values are those of one process.
     """
     from .adapters.base import batches
     from .train.distributed import gather_in_order, shard
 
     device = next(adapter.model.parameters()).device
-    metrics: dict[str, float] = {}
+    scores: dict[str, dict[str, torch.Tensor]] = {}
     for name, items in (("forget", forget), ("retain", retain)):
         if not items:
             continue
@@ -152,13 +187,34 @@ def _summary(adapter: Any, forget: list, retain: list) -> dict[str, float]:
             losses.append(adapter.per_item_loss(adapter.model, batch).float().cpu())
             if adapter.kind == "classifier":
                 correct.append((adapter.logits(adapter.model, batch).argmax(1) == batch["labels"]).cpu())
-        loss = torch.cat(gather_in_order(losses))
-        metrics[f"{name}_loss"] = float(loss.mean())
+        scores[name] = {"loss": torch.cat(gather_in_order(losses))}
         if adapter.kind == "classifier":
-            metrics[f"{name}_acc"] = float(torch.cat(gather_in_order(correct)).float().mean())
+            scores[name]["correct"] = torch.cat(gather_in_order(correct)).float()
+    return scores
+
+
+def _summary(scores: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, float]:
+    """Mean loss (and accuracy or answer probability) on the forget and retain items."""
+    metrics: dict[str, float] = {}
+    for name, values in scores.items():
+        metrics[f"{name}_loss"] = float(values["loss"].mean())
+        if "correct" in values:
+            metrics[f"{name}_acc"] = float(values["correct"].mean())
         else:
-            metrics[f"{name}_prob"] = float(torch.exp(-loss).mean())
+            metrics[f"{name}_prob"] = float(torch.exp(-values["loss"]).mean())
     return metrics
+
+
+def _item_rows(scores: Mapping[str, Mapping[str, torch.Tensor]]) -> list[dict[str, Any]]:
+    """The report's per-item rows, ids as in the request (forget items first, then retain items): a
+    classifier's loss and p(true label), a language model's answer NLL, which is also its loss MIA score."""
+    rows: list[dict[str, Any]] = []
+    for split, values in scores.items():
+        for loss in values["loss"].tolist():
+            scored = ({"loss": loss, "true_prob": math.exp(-loss)} if "correct" in values
+                      else {"answer_nll": loss, "mia_loss": loss})
+            rows.append({"split": split, "item": len(rows), **scored})
+    return rows
 
 
 def _save_model(adapter: Any, model: torch.nn.Module, spec: Mapping[str, Any] | None, directory: Path) -> None:
@@ -183,14 +239,15 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     from .request import ForgetRequest
     from .train.distributed import check_launch, is_main_process, on_main, training_device
 
+    _require_utf8(job.subject or "", "The --subject")
     ledger = Ledger(job.ledger, salt_file=job.salt_file)
     _check_paths(job, ledger)
     kind = _model_kind(job.model)
     forget_records = read_records(job.forget)
     retain_records = read_records(job.retain) if job.retain else []
-    new_file = "://" not in job.ledger and not Path(job.ledger).exists()
-    if new_file and not Path(job.ledger).parent.is_dir():
-        raise UserInputError(f"The ledger's folder {Path(job.ledger).parent} does not exist.")
+    new_file = ledger.file_path is not None and not ledger.file_path.exists()  # a path or a sqlite:/// URL
+    if new_file and not ledger.file_path.parent.is_dir():
+        raise UserInputError(f"The ledger's folder {ledger.file_path.parent} does not exist.")
     health = ledger.verify() if not new_file else None
     if health is not None and not health.ok:
         where = f" at row {health.first_bad_id}" if health.first_bad_id is not None else ""
@@ -212,6 +269,7 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
         retain = _lm_items(retain_records, job, job.retain) if job.retain else []
         adapter = CausalLMAdapter.from_pretrained(job.model, system_prompt=job.system_prompt,
                                                   template_args=job.template_args)
+    _check_no_overlap(job, forget_records, retain_records, kind)
     if job.training_data is not None:
         _check_in_training_data(job, forget_records, kind)
     ledger_items = [recorded_form(record, kind, _used_fields(job, kind)) for _, record in forget_records]
@@ -224,11 +282,14 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
 
     device = training_device()
     adapter.model.to(device)  # score on this process's GPU when it has one
-    before = _summary(adapter, forget, retain)
+    scores_before = _scores(adapter, forget, retain)
+    before = _summary(scores_before)
     fingerprint_before = fingerprint(adapter.model.state_dict())
     adapter.model.to("cpu")  # only the working copy needs the device while unlearning
     model, record = unlearn(adapter.model, request, job.method, adapter=adapter, memory=job.memory, **settings)
-    after = _summary(adapter.with_model(model), forget, retain)
+    scores_after = _scores(adapter.with_model(model), forget, retain)
+    after = _summary(scores_after)
+    item_rows = {"original": _item_rows(scores_before), job.method: _item_rows(scores_after)}
     summary = {"method": job.method, "kind": kind, "subject": job.subject, "status": record.status,
                "message": record.message, "seconds": record.seconds, "peak_mem_mb": record.peak_mem_mb,
                "params": record.params, "metrics_before": before, "metrics_after": after,
@@ -242,14 +303,19 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     def write() -> int:  # one output folder and one ledger row, however many processes ran
         for peft_config in getattr(model, "peft_config", {}).values():  # a LoRA adapter names its base model
             peft_config.base_model_name_or_path = str(job.model.resolve())
-        with atomic_dir(job.out, overwrite=job.overwrite) as tmp:
+        row_ids = []
+
+        def record_in_ledger() -> None:
+            row_ids.append(ledger.append(job.subject, ledger_items, job.method, record.params, fingerprint_before,
+                                         summary["fingerprint_after"], after, record.seconds, record.status))
+
+        # the row goes in only once the output is in place (a refused append removes it again), so a crash
+        # can leave an output without its row but never a row without its output
+        with atomic_dir(job.out, overwrite=job.overwrite, on_placed=record_in_ledger) as tmp:
             _save_model(adapter, model, spec, tmp)
             write_json_atomic(tmp / "run.json", summary)
-            _write_report(tmp, summary, forget_records, job)
-            # last inside the block: a refused append leaves no output, and the rename that follows cannot
-            # fail on anything the request controls
-            return ledger.append(job.subject, ledger_items, job.method, record.params,
-                                 fingerprint_before, summary["fingerprint_after"], after, record.seconds, record.status)
+            _write_report(tmp, summary, forget_records, job, item_rows)
+        return row_ids[0]
 
     summary["ledger_row"] = on_main(write)
     ledger.close()
@@ -259,7 +325,8 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     return summary
 
 
-def _write_report(directory: Path, summary: Mapping[str, Any], forget_records, job: ForgetJob) -> None:
+def _write_report(directory: Path, summary: Mapping[str, Any], forget_records, job: ForgetJob,
+                  items: Mapping[str, list[dict[str, Any]]]) -> None:
     from .report.html import write_report
 
     runs = [{"method": "original", "reference": True, "metrics": summary["metrics_before"], "seconds": 0.0,
@@ -269,4 +336,4 @@ def _write_report(directory: Path, summary: Mapping[str, Any], forget_records, j
              "losses": summary["losses"]}]
     results = {"benchmark": "forget", "seed": summary["params"].get("seed"), "runs": runs}
     examples = {i: json.dumps(record) for i, (_, record) in enumerate(forget_records)} if job.show_examples else None
-    write_report(directory / "report.html", results, {}, show_examples=job.show_examples, examples=examples)
+    write_report(directory / "report.html", results, items, show_examples=job.show_examples, examples=examples)

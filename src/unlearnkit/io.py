@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from .errors import UserInputError
 
@@ -45,46 +47,115 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, inputs: Iterable[An
 
 
 @contextmanager
-def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False,
+               on_placed: Callable[[], None] | None = None) -> Iterator[Path]:
     """Yield a temporary directory beside ``final``; rename it into place only if the block succeeds.
 
     A crash or kill at any point leaves either no ``final`` or the complete one, never half of it; when
-    the block fails, the parent folders this call created are removed again.
+    the block fails, the parent folders this call created are removed again. Without ``overwrite``, an
+    output that appeared at ``final`` while the block ran is never replaced: the call fails instead.
+    ``on_placed`` runs once the new folder is in place; if it fails, the new folder is removed and the
+    one it replaced (if any) is put back. Temporary folders of ``final`` left by a killed run are removed.
     """
     final = Path(final)
     if final.exists() and not overwrite:
         raise UserInputError(f"The output path {final} already exists; choose another or pass --overwrite.")
     created = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    _remove_leftovers(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp makes folders private; outputs are meant to be shared
     try:
         yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        old = _place(tmp, final, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        for folder in created:  # deepest first; one that gained other content stays
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        _remove_empty(created)
         raise
+    try:
+        if on_placed is not None:
+            on_placed()
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)
+        if old is not None:
+            os.replace(old, final)
+        else:
+            _remove_empty(created)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _place(tmp: Path, final: Path, overwrite: bool) -> Path | None:
+    """Rename ``tmp`` to ``final``; return where the ``final`` it replaced was moved (None: nothing replaced)."""
+    if not overwrite:
+        appeared = UserInputError(f"The output path {final} was created by something else while this run worked; "
+                                  "nothing was written. Choose another or pass --overwrite.")
+        if final.exists():
+            raise appeared
+        try:
+            os.rename(tmp, final)  # unlike os.replace, fails on a folder or file that appeared just now
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise appeared from None
+            raise
+        return None
+    if not final.exists():
+        os.replace(tmp, final)
+        return None
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    return old
+
+
+def _remove_empty(folders: Iterable[Path]) -> None:
+    for folder in folders:  # deepest first; one that gained other content stays
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _remove_leftovers(final: Path) -> None:
+    """Remove the ``.NAME.tmp-PID-*`` and ``.NAME.old-PID`` folders of ``final`` whose process is gone.
+
+    A temporary folder never holds a published output. An ``old`` one does when a kill came between moving
+    the previous output aside and renaming the new one into place; it is kept while ``final`` is missing.
+    """
+    pattern = re.compile(re.escape(f".{final.name}.") + r"(?:tmp-(\d+)-[a-z0-9_]+|old-(\d+))")
+    for path in final.parent.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match is None or path.is_symlink() or not path.is_dir():
+            continue
+        if match[2] is not None and not final.exists():
+            continue
+        if not _process_running(int(match[1] or match[2])):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _process_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or not a process id at all
+        return True
+    return True
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    """Write ``text`` to ``path`` as UTF-8 (whatever the locale) through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes files private; results and reports are meant to be read
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

@@ -9,10 +9,12 @@ Chain. ``row_hash = SHA-256(canonical JSON of every other field of the row, prev
 where ``prev_hash`` is the previous row's ``row_hash`` (64 zeros for row 1) and the canonical JSON
 has sorted keys, no spaces and UTF-8 text. Ids are contiguous from 1, and a *head* (the last id and
 its row_hash) is kept in the meta table and moved in the same transaction as each insert, so an
-edited, deleted, reordered or truncated-away row is detected by :meth:`Ledger.verify`. The chain
-is unkeyed: whoever can write to the database can forge a consistent ledger, e.g. by deleting the
-newest rows and moving the head back to the last one kept (one UPDATE). Publish the head hash that
-``verify`` prints somewhere else (or append it to an external log) when that matters.
+edited, deleted, reordered or truncated-away row is detected by :meth:`Ledger.verify` unless the
+chain was rebuilt after it. The chain is unkeyed: whoever can write to the database can forge a
+consistent ledger by rewriting, inserting, deleting or reordering any rows and re-hashing every row
+after them (and the head), or by deleting the newest rows and moving the head back (one UPDATE).
+Only a head hash that ``verify`` printed and that was kept somewhere else detects such a rewrite
+(``verify(expect_head=...)``), and only for the rows up to that head.
 
 Salt. The salt never enters the database. It comes from the caller (``salt=``), a salt file
 (``salt_file=``), the ``UNLEARNKIT_LEDGER_SALT`` environment variable, or by default the file
@@ -192,15 +194,22 @@ def item_bytes(item: Any) -> bytes:
     """The canonical byte form of one item: bytes as they are, ``str`` as UTF-8, a tensor or numpy
     array as a dtype/shape header plus its raw bytes, anything JSON-like (dicts, lists, tuples, numbers,
     e.g. a ``(tensor, label)`` pair) as canonical JSON where nested arrays stand as their dtype, shape
-    and SHA-256."""
+    and SHA-256. Text with no UTF-8 form (a lone surrogate) is a :class:`UserInputError`."""
     if isinstance(item, (bytes, bytearray, memoryview)):
         return bytes(item)
-    if isinstance(item, str):
-        return item.encode("utf-8")
     if _is_array(item):
         dtype, shape, raw = _array_bytes(item)
         return _array_header(dtype, shape) + raw
-    return canonical_json(_plain(item, what="item", arrays=_array_digest)).encode("utf-8")
+    text = item if isinstance(item, str) else canonical_json(_plain(item, what="item", arrays=_array_digest))
+    return _utf8(text, "An item")
+
+
+def _utf8(text: str, what: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise UserInputError(f"{what} holds {text[error.start:error.end]!r}, which is not valid Unicode text "
+                             "(it has no UTF-8 form to hash).") from None
 
 
 def canonical_value(value: Any) -> Any:
@@ -719,18 +728,39 @@ class Ledger:
             raise UserInputError(f"The ledger {self._target.label} is damaged: its head record is missing.")
         return _parse_head(value, self._target.label)
 
+    def verify(self, expect_head: str | None = None) -> VerifyResult:
+        """Check every row's hash, the chain links, contiguous ids and the head; report the first bad row.
+
+        The chain alone cannot catch a consistent rewrite (rows edited, inserted, deleted or reordered, and
+        every later row re-hashed). ``expect_head``, a head row_hash printed by an earlier verify and kept
+        elsewhere, catches one that reaches back to that row: it must still be the row_hash of a row.
+        """
+        if expect_head is not None and not _HEX64.fullmatch(expect_head):
+            raise UserInputError(f"The expected head {expect_head!r} is not a row_hash (64 lowercase hex digits).")
+        result, seen = self._verify_chain(expect_head)
+        if result.ok and expect_head not in (None, GENESIS_HASH) and not seen:
+            return VerifyResult(False, None, f"no row has the published head hash {expect_head}: the rows up to "
+                                "it were rewritten, reordered or deleted and the chain re-hashed", result.rows,
+                                result.head_hash)
+        return result
+
     @_reading_errors
-    def verify(self) -> VerifyResult:
-        """Check every row's hash, the chain links, contiguous ids and the head; report the first bad row."""
+    def _verify_chain(self, expect_head: str | None) -> tuple[VerifyResult, bool]:
+        """The chain check of :meth:`verify`, and whether a row has the row_hash ``expect_head``."""
         if not self._reading():
-            return VerifyResult(True, None, "the ledger is empty")
+            return VerifyResult(True, None, "the ledger is empty"), False
+        seen = False
         with self._engine.connect() as conn, conn.begin():  # one snapshot for rows and head
             heads = dict(conn.execute(_READ_HEADS).all())
             checker = _ChainChecker()
             for record in self._stored_rows(conn):
                 bad = checker.feed(record)
                 if bad is not None:
-                    return bad
+                    return bad, seen
+                seen = seen or record["row_hash"] == expect_head
+        return self._check_heads(heads, checker), seen
+
+    def _check_heads(self, heads: Mapping[str, str], checker: "_ChainChecker") -> VerifyResult:
         if "head" not in heads:
             return VerifyResult(False, checker.count + 1, "the ledger head record is missing", checker.count)
         if "salt_check" not in heads:  # without it, appends with any salt would pass
@@ -741,13 +771,18 @@ class Ledger:
             return VerifyResult(False, checker.count + 1, "the ledger head record is not readable", checker.count)
         return checker.finish(head_id, head_hash)
 
-    @_reading_errors
     def check_item(self, item: Any) -> list[tuple[int, str]]:
-        """``(row id, time)`` of every row that lists this item's salted hash (empty: never forgotten).
+        """``(row id, time)`` of every row that lists this item's salted hash (empty: never recorded).
 
         A question/answer or input/label record also matches as ``unlearnkit forget`` recorded it
-        (:func:`recorded_forms`): its used fields only, numbers compared by value.
+        (:func:`recorded_forms`): its used fields only, numbers compared by value. A row lists its items
+        whatever its status: see :meth:`matching_rows` for whether the request changed the model.
         """
+        return [(row.id, row.time) for row in self.matching_rows(item)]
+
+    @_reading_errors
+    def matching_rows(self, item: Any) -> list[LedgerRow]:
+        """Every row that lists this item's salted hash, in id order (matched as in :meth:`check_item`)."""
         if not self._reading():
             return []
         key = self._load_salt(create=False)
@@ -761,7 +796,7 @@ class Ledger:
             matches = sa.or_(*(_rows_table.c.item_hashes.contains(digest) for digest in digests))
             query = sa.select(_rows_table).where(matches).order_by(_rows_table.c.id)
             found = [_row_from_db(r) for r in self._stored_rows(conn, query)]
-        return [(row.id, row.time) for row in found if row is not None and digests & set(row.item_hashes)]
+        return [row for row in found if row is not None and digests & set(row.item_hashes)]
 
 
 class _ChainChecker:
@@ -877,7 +912,7 @@ def _validated_fields(
         raise UserInputError(f"The duration {seconds!r} is not a number of seconds.") from None
     if not math.isfinite(seconds) or seconds < 0:
         raise UserInputError(f"The duration {seconds!r} is not a non-negative number of seconds.")
-    return {
+    fields = {
         "subject": str(subject or ""),
         "method": method,
         "params": _plain_json(params, what="params"),
@@ -887,6 +922,9 @@ def _validated_fields(
         "seconds": seconds,
         "status": status,
     }
+    for name in ("subject", "method", "params", "metrics"):  # the row hash is taken over UTF-8: fail before any file exists
+        _utf8(canonical_json(fields[name]), f"The ledger row's {name}")
+    return fields
 
 
 def _read_or_create_salt(path: Path | None, label: str, *, create: bool) -> str:

@@ -79,10 +79,17 @@ def show_command(
     typer.echo(json.dumps(row.to_dict(), indent=2, ensure_ascii=False))
 
 
-def verify_command(ledger: LedgerOption = DEFAULT_LEDGER, salt_file: SaltFileOption = None) -> None:
+def verify_command(
+    ledger: LedgerOption = DEFAULT_LEDGER,
+    salt_file: SaltFileOption = None,
+    expect_head: Annotated[Optional[str], typer.Option(
+        "--expect-head", metavar="ROW_HASH",
+        help="A head row_hash printed by an earlier verify and kept elsewhere: fail unless a row still has it "
+        "(the chain alone cannot catch rows rewritten and re-hashed to the end).")] = None,
+) -> None:
     """Check the hash chain; print ok and the head hash, or the first altered row (exit status 1)."""
     with _open(ledger, salt_file) as book:
-        result = book.verify()
+        result = book.verify(expect_head.strip().lower() if expect_head is not None else None)
     if result.ok:
         typer.echo(f"ok: {result.rows} rows, chain intact; head row_hash {result.head_hash}")
         return
@@ -96,19 +103,35 @@ def check_item_command(
     ledger: LedgerOption = DEFAULT_LEDGER,
     salt_file: SaltFileOption = None,
 ) -> None:
-    """Say whether the item in FILE was forgotten and when (exit status 1 when it never was).
+    """Say whether the item in FILE was forgotten and when; exit status 1 unless a row that lists it
+    has status ok and changed the model.
 
     A record of a `forget` run (question/answer or input/label, under those names) is matched as `forget`
     recorded it: only those fields, numbers compared by value (0 and 0.0, "[1, 2]" and [1, 2] alike).
     """
     value = read_item_file(item)
     with _open(ledger, salt_file) as book:
-        found = book.check_item(value)
-    if not found:
+        rows = book.matching_rows(value)
+    if not rows:
         typer.echo(f"not forgotten: no row of {ledger} lists this item.")
         raise typer.Exit(1)
-    for row_id, time in found:
-        typer.echo(f"forgotten: row {row_id} at {time}")
+    for row in rows:
+        typer.echo(_row_outcome(row))
+    if not any(_changed_model(row) for row in rows):
+        typer.echo(f"not forgotten: no row of {ledger} that lists this item has status ok and changed the model.")
+        raise typer.Exit(1)
+
+
+def _changed_model(row: Any) -> bool:
+    return row.status == "ok" and row.fingerprint_after is not None and row.fingerprint_after != row.fingerprint_before
+
+
+def _row_outcome(row: Any) -> str:
+    """One line on what a row that lists the item did."""
+    if _changed_model(row):
+        return f"forgotten: row {row.id} at {row.time}"
+    unchanged = "; the model's weights were left unchanged" if row.fingerprint_after == row.fingerprint_before else ""
+    return f"recorded, not forgotten: row {row.id} at {row.time} has status {row.status}{unchanged}"
 
 
 def read_item_file(path: Path) -> Any:

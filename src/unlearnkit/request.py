@@ -89,13 +89,19 @@ def _ids(values: Any, name: str) -> tuple[int, ...]:
     """Item ids as ints; a float, bool, string or other non-integer is refused, never rounded or split."""
     if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
         raise UserInputError(f"The {name} ids must be a sequence of integers, got {type(values).__name__}.")
+    if _boolean(values):  # a torch bool tensor's elements would pass as the ids 0 and 1
+        raise UserInputError(f"The {name} ids must be integers (not a mask); an array of booleans is a mask.")
     ids = []
     for value in values:
         try:
-            if isinstance(value, bool):
+            if isinstance(value, bool) or _boolean(value):
                 raise TypeError
             ids.append(operator.index(value))
         except TypeError:
             raise UserInputError(f"The {name} ids must be integers (not a mask); {value!r} is not one.") from None
     return tuple(ids)
 
+
+def _boolean(value: Any) -> bool:
+    """Whether a numpy or torch array or scalar holds booleans."""
+    return str(getattr(value, "dtype", "")) in ("bool", "torch.bool")

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 from .errors import UserInputError
 
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+CSV_FIELD_LIMIT = 2**31 - 1  # characters in one CSV field (the largest the csv module takes everywhere)
 
 
 def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
@@ -55,11 +56,23 @@ def _as_record(row: Any, path: Path, number: int) -> dict[str, Any]:
 
 
 def _csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    # the default limit (131,072 characters) is below a flattened image written as "[...]" text
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        if not reader.fieldnames:
-            return []
-        return [(reader.line_num, dict(row)) for row in reader]
+        try:
+            if not reader.fieldnames:
+                return []
+            return [(reader.line_num, _csv_record(row, path, reader.line_num)) for row in reader]
+        except csv.Error as error:
+            # the inner reader's count: it includes the line that failed
+            raise UserInputError(f"{path} line {reader.reader.line_num} is not valid CSV ({error}).") from None
+
+
+def _csv_record(row: dict[Any, Any], path: Path, number: int) -> dict[str, Any]:
+    if None in row:  # DictReader files values beyond the header's names under the key None
+        raise UserInputError(f"{path} line {number} has {len(row[None])} more value(s) than the header has column names.")
+    return row
 
 
 def _parquet(path: Path) -> list[tuple[int, dict[str, Any]]]:

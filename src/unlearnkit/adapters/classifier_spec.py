@@ -94,7 +94,7 @@ def read_spec(directory: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        spec = json.loads(path.read_text())
+        spec = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise UserInputError(f"{path} is not valid JSON (line {error.lineno}: {error.msg}).") from None
     if not isinstance(spec, dict) or spec.get("kind") != "classifier":
@@ -107,5 +107,5 @@ def save_classifier(model: nn.Module, spec: dict[str, Any], directory: Path) -> 
     from ..io import save_state_dict
 
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+    (directory / SPEC_FILE).write_text(json.dumps(spec, indent=2) + "\n", encoding="utf-8")
     save_state_dict(model.state_dict(), directory / "model.safetensors")

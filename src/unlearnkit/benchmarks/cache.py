@@ -34,13 +34,13 @@ def cached(kind: str, config: dict[str, Any], build: Callable[[Path], dict[str, 
     final = cache_root() / kind / cache_key(config)
     meta_path = final / "meta.json"
     if meta_path.is_file():
-        return final, json.loads(meta_path.read_text())
+        return final, json.loads(meta_path.read_text(encoding="utf-8"))
     try:
         with atomic_dir(final) as tmp:
             meta = {"config": config, **build(tmp)}
             write_json_atomic(tmp / "meta.json", meta)
     except Exception:
         if meta_path.is_file():  # another process finished the same entry first
-            return final, json.loads(meta_path.read_text())
+            return final, json.loads(meta_path.read_text(encoding="utf-8"))
         raise
     return final, meta

@@ -2,7 +2,8 @@
 
 The report holds the results table, a forget-vs-utility scatter with the Pareto front of the
 unlearning methods, membership-inference score histograms (forget vs. held-out items, each method
-beside the retrained reference), the training-loss curves of the runs that carry them, and the
+beside the retrained reference; for a forget job, which has neither, forget vs. retained items beside
+the original model), the training-loss curves of the runs that carry them, and the
 forget items. Everything is inline: CSS in a ``<style>`` element and plots as base64 PNG data URIs,
 so the file opens offline and can be archived or mailed alone.
 
@@ -111,7 +112,7 @@ def report_from_dir(
     if not results_path.is_file():
         raise UserInputError(f"The folder {out_dir} has no results.json; pass a folder written by `unlearnkit bench`.")
     try:
-        results = json.loads(results_path.read_text())
+        results = json.loads(results_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise UserInputError(f"The file {results_path} is not valid JSON ({error}).") from None
     items = {path.stem: _read_jsonl(path) for path in sorted((out_dir / "items").glob("*.jsonl"))}
@@ -174,7 +175,7 @@ def format_number(value: Any) -> str:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -468,12 +469,14 @@ def _mia_section(runs: Sequence[Mapping[str, Any]], items: Mapping[str, Sequence
     if kind is None:
         return ""
     keys, other_split = MIA_SCORES[kind]
-    if kind == "classifier" and any(row.get("split") == "forget_test" for rows in items.values() for row in rows):
+    if kind == "classifier" and _has_split(items, "forget_test"):
         other_split = "forget_test"  # a forgotten class is compared with its own held-out images
+    if not _has_split(items, other_split):
+        other_split = "retain"  # a forget job has no held-out items, only the ones the model keeps
     score = next((key for key in keys if any(key in row for rows in items.values() for row in rows)), None)
     if score is None:
         return ""
-    gold = _gold(runs)
+    gold = _gold(runs) or _reference_with_items(runs, items)
     gold_rows = items.get(gold["method"]) if gold else None
     figures = []
     for run in runs:
@@ -485,10 +488,22 @@ def _mia_section(runs: Sequence[Mapping[str, Any]], items: Mapping[str, Sequence
     if not figures:
         return ""
     scale = "log10 of the loss" if kind == "classifier" else score
+    compare = ("Good unlearning makes each method's panel look like the retrained model's on its right."
+               if gold is None or gold["method"] in GOLD_REFERENCES else
+               f"There is no retrained model here; the panel on each method's right is the {gold['method']} model's.")
     note = (f'<p class="note">Histograms of <code>{html.escape(score)}</code> (shown as {html.escape(scale)}; higher '
-            f"looks unseen) on the forget items and the {html.escape(other_split)} items. Good unlearning makes each method's "
-            "panel look like the retrained model's on its right.</p>")
+            f"looks unseen) on the forget items and the {html.escape(other_split)} items. {html.escape(compare)}</p>")
     return note + '\n<div class="figures">\n' + "\n".join(figures) + "\n</div>"
+
+
+def _has_split(items: Mapping[str, Sequence[Mapping[str, Any]]], split: str) -> bool:
+    return any(row.get("split") == split for rows in items.values() for row in rows)
+
+
+def _reference_with_items(runs: Sequence[Mapping[str, Any]], items: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The first reference run (e.g. the original model) that has per-item rows: the comparison panel when
+    there is no retrained model."""
+    return next((run for run in runs if run.get("reference") and run["method"] in items), None)
 
 
 def _split_scores(rows: Sequence[Mapping[str, Any]], score: str, split: str, kind: str) -> list[float]:
