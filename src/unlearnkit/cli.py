@@ -285,8 +285,6 @@ def select_images_command(
 
     seed_list = parse_seeds(seeds, "--seeds")
     check_selection_seeds(seed_list)
-    if len(set(seed_list)) < len(seed_list):
-        raise UserInputError("A seed is repeated in --seeds; name each split once.")
     if benchmark not in VISION_BENCHMARKS:
         raise UserInputError(f"Unknown benchmark {benchmark!r}; valid: {', '.join(VISION_BENCHMARKS)}.")
     check_output(out, overwrite=overwrite, file=True)

@@ -43,7 +43,9 @@ CANDIDATES: dict[str, tuple[dict[str, float], ...]] = {
 
 
 def check_selection_seeds(seeds: Sequence[int]) -> None:
-    """Refuse to select on the reported split (seed 0), or on no split at all."""
+    """Refuse to select on the reported split (seed 0), on no split at all, or on one split twice."""
+    if len(set(seeds)) < len(seeds):
+        raise UserInputError("A seed is repeated in --seeds; name each split once.")
     if not seeds:
         raise UserInputError("Give at least one split seed to select on, e.g. --seeds 1,2,3.")
     if 0 in seeds:
