@@ -63,3 +63,12 @@ def test_summarize_refuses_bad_input_and_writes_nothing(tmp_path, capsys, seeds,
     assert main(["summarize", *[arg for f in folders for arg in ("--results", f)], "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_cpu_page_says_what_its_peak_memory_includes(tmp_path):
+    from unlearnkit.benchmarks.results import write_results
+
+    results = fake_results(0, 0.1) | {"resident_mb_before_methods": 487.4}
+    markdown = write_results(tmp_path, results, ["method", "peak_mem_mb"], "digits — class forgetting", "unlearnkit bench")
+    assert "the process held 487 MB before the first method" in markdown
+    assert "held" not in write_results(tmp_path, fake_results(0, 0.1), ["method"], "t", "c")  # no baseline: no note

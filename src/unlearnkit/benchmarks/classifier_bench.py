@@ -17,7 +17,7 @@ from ..methods.registry import methods
 from ..report.html import write_report
 from ..request import ForgetRequest
 from .cache import cache_root
-from .results import write_items, write_results
+from .results import memory_baseline, write_items, write_results
 from .vision import (BENCH_METHOD_SETTINGS, VisionBenchmark, cached_classifier, evaluation_split_ids, evaluation_splits,
                      forget_request, load_vision_benchmark, settings_note)
 
@@ -88,6 +88,7 @@ def run_classifier_bench(
         items[role] = evaluation.item_rows(split_ids)
         log(f"{role:>16}: test_acc={evaluation.metrics['test_acc']:.4f} forget_acc={evaluation.metrics['forget_acc']:.4f}")
 
+    memory = memory_baseline()
     warm_up(target, request, bench.adapter(target))
     for method in names:
         model, record = unlearn(target, request, method, adapter=bench.adapter(target), **settings[method])
@@ -102,7 +103,7 @@ def run_classifier_bench(
         log(f"{name:>16}: forget_acc={m['forget_acc']:.4f} test_acc={m['test_acc']:.4f} avg_gap={m['avg_gap']:.4f} "
             f"time={record.seconds:.2f}s ({record.seconds / retrain_seconds:.3f} of retrain)")
 
-    results = {"benchmark": benchmark, "scenario": scenario, "seed": seed, "retrain_seconds": retrain_seconds, "notes": notes,
+    results = {"benchmark": benchmark, "scenario": scenario, "seed": seed, "retrain_seconds": retrain_seconds, "notes": notes, **memory,
                "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs}
     command = command or f"unlearnkit bench --benchmark {benchmark} --scenario {scenario}"
     with atomic_dir(out, overwrite=overwrite) as tmp:

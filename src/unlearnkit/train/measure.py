@@ -24,6 +24,11 @@ def _rss_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, other systems KiB
 
 
+def resident_mb() -> float:
+    """The process's resident memory now, in MiB."""
+    return _rss_bytes() / 2**20
+
+
 @dataclass
 class Measurement:
     """Seconds elapsed and peak memory (MiB): GPU allocations on CUDA, else resident set size."""
