@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: bench test setup smollm2 select-facts select-images clean
+.PHONY: bench test setup smollm2 select-facts select-images continual scale-tables clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -54,9 +54,20 @@ select-facts: $(STAMP)
 select-images: $(STAMP)
 	$(UK) select-images --seeds 1,2,3 --out docs/results/image-selection.md --overwrite
 
+# Every continual-learning strategy on three scenarios and three seeds, with ACU's cost against a re-solve
+# (~7 min on 2 cores): docs/results/continual.md.
+continual: $(STAMP)
+	$(UK) continual-sweep --scenario split-digits --scenario split-digits-task --scenario permuted-digits \
+	  --seeds 0,1,2 --out docs/results/continual.md --overwrite
+
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
+
+# Measure and write the tables of docs/scale.md between their marker comments, nothing else on the page
+# (~5 min on 2 CPU cores): every run is its own process with one thread, and no GPU.
+scale-tables: $(STAMP)
+	$(BIN)/python scripts/scale_tables.py --threads 1
