@@ -40,18 +40,54 @@ def test_one_process_helpers_change_nothing():
     D.end()  # no process group: nothing to do, no error
 
 
-def test_split_batch_takes_contiguous_rows_of_every_part():
-    batch = {"forget": {"x": torch.arange(3)}, "retain": {"x": torch.arange(10, 14)}}
+def test_split_batch_takes_the_same_fraction_of_every_part():
+    batch = {"forget": {"x": torch.arange(2)}, "retain": {"x": torch.arange(10, 14)}}  # 2 units of (1, 2) rows
     first, weight0 = D.split_batch(batch, 0, 2)
     second, weight1 = D.split_batch(batch, 1, 2)
-    assert first["forget"]["x"].tolist() == [0, 1] and second["forget"]["x"].tolist() == [2]
+    assert first["forget"]["x"].tolist() == [0] and second["forget"]["x"].tolist() == [1]
     assert first["retain"]["x"].tolist() == [10, 11] and second["retain"]["x"].tolist() == [12, 13]
-    assert weight0 == pytest.approx(4 / 3) and weight1 == pytest.approx(2 / 3)  # n_r·W/N from the first part
+    assert weight0 == weight1 == 1.0
+
+
+def test_split_batch_gives_a_part_that_cannot_be_shared_to_one_process():
+    """3 forget rows beside 4 retain rows have no common unit but the whole batch: rank 0 takes it all."""
+    batch = {"forget": {"x": torch.arange(3)}, "retain": {"x": torch.arange(10, 14)}}
+    (first, weight0), (second, weight1) = (D.split_batch(batch, rank, 2) for rank in (0, 1))
+    assert first["forget"]["x"].tolist() == [0, 1, 2] and first["retain"]["x"].tolist() == [10, 11, 12, 13]
+    assert second["forget"]["x"].tolist() == [0] and second["retain"]["x"].tolist() == [10]  # placeholders
+    assert (weight0, weight1) == (2.0, 0.0)
+
+
+def test_split_parts_splits_each_part_evenly_with_its_own_weight():
+    """One forget row, four retain rows, two processes: rank 1 has no forget row (placeholder, weight 0)
+    but keeps its two retain rows at weight 1; each weight is n_r,part·W/N_part."""
+    batch = {"forget": {"x": torch.arange(1)}, "retain": {"x": torch.arange(10, 14)}}
+    assert D.has_parts(batch) and not D.has_parts({"x": torch.arange(3)}) and not D.has_parts({**batch, "n": 1})
+    (first, weights0), (second, weights1) = (D.split_parts(batch, rank, 2) for rank in (0, 1))
+    assert first["forget"]["x"].tolist() == [0] and second["forget"]["x"].tolist() == [0]
+    assert first["retain"]["x"].tolist() == [10, 11] and second["retain"]["x"].tolist() == [12, 13]
+    assert weights0 == (2.0, 1.0) and weights1 == (0.0, 1.0)
+    _, weights = D.split_parts({"forget": {"x": torch.arange(3)}, "retain": {"x": torch.arange(5)}}, 2, 3)
+    assert weights == pytest.approx((1.0, 3 / 5))  # ranks hold (1, 1, 1) forget rows and (2, 2, 1) retain rows
 
 
 def test_a_process_without_rows_gets_a_placeholder_with_weight_zero():
     part, weight = D.split_batch({"x": torch.tensor([[7.0, 8.0]])}, 1, 2)
     assert part["x"].tolist() == [[7.0, 8.0]] and weight == 0.0
+
+
+def _mean_loss_gradient(model):
+    """∇ of (weighted) per-part mean losses of a linear model, as one vector, for a batch or LossParts-style weights."""
+    def grad(part, weights=(1.0, 1.0), single=True):
+        model.zero_grad()
+        terms = [(model(part[name]["x"]) - part[name]["y"]).square().mean() for name in ("forget", "retain")]
+        if single:  # one tensor: -forget + 0.5·retain, weighted as a whole
+            loss = weights[0] * (-terms[0] + 0.5 * terms[1])
+        else:  # LossParts: each term by its own weight
+            loss = weights[0] * -terms[0] + weights[1] * 0.5 * terms[1]
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+    return grad
 
 
 def test_weighted_shares_average_to_the_full_batch_gradient():
@@ -70,6 +106,23 @@ def test_weighted_shares_average_to_the_full_batch_gradient():
     for world in (2, 3, 4, 6):
         averaged = sum(grad(*D.split_batch(batch, rank, world)) for rank in range(world)) / world
         assert torch.allclose(averaged, full, atol=1e-6), world
+
+
+@pytest.mark.parametrize("rows", [(1, 32), (3, 32), (3, 4), (6, 4), (8, 32), (5, 5)])
+def test_weighted_shares_of_a_two_part_batch_average_to_the_full_batch_gradient(rows):
+    """A forget part and a retain part of any sizes: both the proportional split (one-tensor loss) and the
+    part-by-part split (LossParts) average back to the one-process gradient. The old weight, taken from
+    the forget part alone, dropped rank 1's retain rows when it had no forget row."""
+    torch.manual_seed(0)
+    grad = _mean_loss_gradient(nn.Linear(3, 1))
+    batch = {name: {"x": torch.randn(n, 3), "y": torch.randn(n, 1)} for name, n in zip(("forget", "retain"), rows)}
+    full = grad(batch)
+    for world in (2, 3, 4):
+        whole = [D.split_batch(batch, rank, world) for rank in range(world)]
+        averaged = sum(grad(part, (weight, weight)) for part, weight in whole) / world
+        assert torch.allclose(averaged, full, atol=1e-6), ("split_batch", world)
+        by_part = sum(grad(*D.split_parts(batch, rank, world), single=False) for rank in range(world)) / world
+        assert torch.allclose(by_part, full, atol=1e-6), ("split_parts", world)
 
 
 def test_touch_parameters_gives_every_parameter_a_gradient_and_changes_none():
@@ -204,3 +257,34 @@ def test_two_gloo_processes_give_the_one_process_numbers(tmp_path, method):
     with Ledger(tmp_path / "two" / "ledger.db") as ledger:
         assert len(ledger.rows()) == 1 and ledger.verify().ok
     print(f"2-process wall {wall:.1f}s (startup included); forget {two['forget_seconds']:.1f}s vs {one['forget_seconds']:.1f}s")
+
+
+@pytest.mark.parametrize("forget_items", [1, 3])
+def test_two_gloo_processes_match_one_when_the_forget_part_splits_unevenly(tmp_path, forget_items):
+    """npo on 1 or 3 forget items beside 32-row retain batches: the forget part cannot split evenly over
+    2 processes. The run (losses and metrics after) still matches one process within 1e-4; before the
+    per-part weights, the process without a forget row dropped its retain rows (forget_loss 7.21 vs 7.42)."""
+    from unlearnkit.benchmarks.facts import FactsConfig, cached_facts_model, load_facts
+
+    config = FactsConfig.tiny()
+    model_dir, _ = cached_facts_model(config, "target")
+    data = load_facts(config)
+    for name, rows in (("forget", data.split("forget10")[:forget_items]), ("retain", data.split("retain"))):
+        (tmp_path / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in rows))
+
+    def argv(run: str) -> list[str]:
+        return ["forget", "--model", str(model_dir), "--forget", str(tmp_path / "forget.jsonl"), "--retain",
+                str(tmp_path / "retain.jsonl"), "--method", "npo", "--out", str(tmp_path / run),
+                "--ledger", str(tmp_path / f"{run}.db")]
+
+    assert main(argv("one")) == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "UNLEARNKIT_PROGRESS": "0"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "unlearnkit.cli", *argv("two")], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = (json.loads((tmp_path / run / "run.json").read_text()) for run in ("one", "two"))
+    assert len(one["losses"]) >= 2 and two["losses"] == pytest.approx(one["losses"], abs=1e-4)
+    assert one["metrics_after"].keys() == two["metrics_after"].keys()
+    for key, value in one["metrics_after"].items():
+        assert two["metrics_after"][key] == pytest.approx(value, abs=1e-4), key

@@ -66,6 +66,34 @@ def test_evaluate_on_exported_data_reproduces_bench_numbers(exported, bench, tmp
     assert "no real_authors_perturbed file (six components" in json.loads((out / "results.json").read_text())["notes"][0]
 
 
+def test_evaluate_scores_the_retain_model_once_and_its_row_is_what_a_second_scoring_gives(exported, tmp_path,
+                                                                                          monkeypatch):
+    """The retain model's statistics are the reference: its row reuses them (2 evaluate_lm calls, not 3), and
+    its metrics and items are exactly those a second collection on the retain model gives."""
+    from unlearnkit.benchmarks import lm_bench
+    from unlearnkit.eval.language import evaluate_lm
+
+    calls = []
+
+    def counting(adapter, splits, reference=None, **options):
+        result = evaluate_lm(adapter, splits, reference, **options)
+        calls.append((adapter, splits, options, result))
+        return result
+
+    monkeypatch.setattr(lm_bench, "evaluate_lm", counting)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(exported), "--model", str(exported / "models" / "target"),
+                 "--retain-model", str(exported / "models" / "retain90"), "--out", str(out)]) == 0
+    assert len(calls) == 2
+    retain, splits, options, (_, reference) = calls[0]
+    assert "retain90" in str(retain.model.name_or_path)
+    metrics, stats = evaluate_lm(retain, splits, reference, **options)  # what evaluate used to run for the row
+    runs = {r["method"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert runs["retain"]["metrics"] == pytest.approx(metrics, rel=0, abs=0, nan_ok=True)
+    rows = [json.loads(line) for line in (out / "items" / "retain.jsonl").read_text().splitlines()]
+    assert rows == [json.loads(json.dumps(row)) for name, s in stats.items() for row in s.rows(name)]
+
+
 def test_evaluate_adds_real_authors_to_model_utility_when_the_folder_has_them(exported, tmp_path):
     data = tmp_path / "with-authors"
     data.mkdir()

@@ -135,6 +135,31 @@ def test_bf16_lora_merges_in_the_original_precision(lm):
     assert any(not torch.equal(merged.state_dict()[n], original[n]) for n in original if ".c_attn." in n)
 
 
+def test_bf16_lora_on_a_bf16_input_keeps_no_copy_and_leaves_the_other_weights_bit_identical(lm, monkeypatch):
+    """Casting a bfloat16 model to bf16 rounds nothing, so no CPU copy of its weights is kept (a float32
+    input's are); the merge still returns every weight LoRA did not adapt bit for bit."""
+    import copy
+
+    from unlearnkit.train import lora
+
+    adapter, request = lm
+    bf16 = adapter.with_model(copy.deepcopy(adapter.model).to(torch.bfloat16))
+    prepared, real = [], lora.prepare_model
+    monkeypatch.setattr(lora, "prepare_model", lambda *args, **kwargs: prepared.append(real(*args, **kwargs)) or prepared[-1])
+    merged, record = unlearn(bf16.model, request, "npo", adapter=bf16, epochs=2, batch_size=2, lr=1e-2,
+                             memory=MemoryOptions.from_cli("r=4,targets=c_attn", bf16=True))
+    assert record.status == "ok" and prepared[0].base_weights == {}
+    floats = [n for n, v in adapter.model.state_dict().items() if v.is_floating_point()]
+    assert sorted(lora._rounded_by_bf16(adapter.model)) == sorted(floats)  # float32 input: every weight kept
+    original = bf16.model.state_dict()
+    assert merged.state_dict().keys() == original.keys()
+    for name, value in merged.state_dict().items():
+        assert value.dtype == original[name].dtype, name
+        if ".c_attn." not in name:
+            assert torch.equal(value, original[name]), name
+    assert any(not torch.equal(merged.state_dict()[n], original[n]) for n in original if ".c_attn." in n)
+
+
 def test_full_bf16_run_takes_the_same_first_step_loss_as_fp32(lm):
     adapter, request = lm
     _, fp32 = unlearn(adapter.model, request, "npo", adapter=adapter, epochs=1, batch_size=2)

@@ -21,7 +21,7 @@ from ..io import atomic_dir, check_output
 from ..methods.registry import get_method, method_config, methods
 from ..report.html import write_report
 from .cache import cache_root
-from .results import write_items, write_results
+from .results import memory_baseline, write_items, write_results
 
 COLUMNS = ("method", "forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
            "retain_rouge", "general_rouge", "mia_loss_auc", "mia_minkpp_auc", "privleak", "extraction_strength",
@@ -224,6 +224,7 @@ def run_lm_bench(
     for role, adapter, meta in references:
         record_run(role, adapter, {"reference": True, "params": meta["config"], "seconds": meta["train_seconds"],
                                    "peak_mem_mb": float("nan"), "status": "ok"})
+    baseline = memory_baseline()
     warm_up(target.model, request, target, memory)
     for name in names:
         model, record = unlearn(target.model, request, name, adapter=target, memory=memory, **settings[name])
@@ -234,7 +235,8 @@ def run_lm_bench(
     results = {"benchmark": "facts", "split": split, "seed": config.seed, "retrain_seconds": retrain_seconds,
                "attacks": list(attacks),
                "metric_keys": list(LM_METRICS), "config": config.to_dict(),
-               "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs}
+               "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs,
+               **baseline}
     if "relearn" in attacks:
         results["relearn"] = dataclasses.asdict(relearn)
     notes = ([RETRAIN_SEEDS_NOTE] if retrain_seeds else []) + not_run
@@ -320,7 +322,8 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
     """Score a user's model against their retain model on TOFU-format data; write results like ``bench``.
 
     Greedy answers for ROUGE get up to ``max_new_tokens`` new tokens (TOFU's 200 by default).
-    ``prompt_format`` (``system_prompt``, ``template_args``) is passed to both models' adapters.
+    ``prompt_format`` (``system_prompt``, ``template_args``) is passed to both models' adapters. The retain
+    model is scored once: its statistics are the reference, and its own row is computed from them.
     """
     from ..adapters.causal_lm import CausalLMAdapter
     from ..train.distributed import is_main_process, on_main, training_device
@@ -339,7 +342,10 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
     _, reference = evaluate_lm(adapters["retain"], splits, None, ids=ids, max_new_tokens=max_new_tokens)
     runs, items = [], {}
     for name, adapter in adapters.items():
-        metrics, stats = evaluate_lm(adapter, splits, reference, ids=ids, max_new_tokens=max_new_tokens)
+        if name == "retain":  # its statistics are the reference's: score them, do not collect them again
+            metrics, stats = lm_metrics(reference, reference), reference
+        else:
+            metrics, stats = evaluate_lm(adapter, splits, reference, ids=ids, max_new_tokens=max_new_tokens)
         runs.append({"method": name, "reference": name == "retain", "params": {}, "seconds": float("nan"),
                      "retrain_seconds": float("nan"), "status": "ok", "metrics": metrics})
         items[name] = [row for split_name, s in stats.items() for row in s.rows(split_name)]

@@ -5,7 +5,7 @@ own communication. Started by ``accelerate launch`` or ``torchrun``, every proce
 command; without a launcher there is one process and every helper is a no-op.
 
 - Training (``optimise``): every process walks the same seeded batch stream; each takes its rows
-  of every batch (:func:`split_batch`), and the model prepared by accelerate (DDP, or FSDP /
+  of every batch (:func:`split_batch`, :func:`split_parts`), and the model prepared by accelerate (DDP, or FSDP /
   DeepSpeed on GPUs) averages the gradients. ``config.batch_size`` is therefore the *global*
   batch size and a run on N processes takes the same steps on the same items as on one.
 - Evaluation: items are cut into contiguous shards (:func:`shard`), each process scores its
@@ -13,11 +13,25 @@ command; without a launcher there is one process and every helper is a no-op.
 - Only the main process writes outputs and ledger rows (:func:`is_main_process`); :func:`end`
   shuts the process group down (runs that skip it crash at exit now and then).
 
-Choice (where the loss is not a mean over items, or a batch does not split evenly): process r
-holds n_r of the batch's N rows and multiplies its loss by n_r·W/N before DDP averages over the
-W processes, so the update equals the one-process update exactly for losses that are means over
-the batch's items; for a batch with several parts (forget and retain) the weight is taken from
-the first part, so the update is exact when every part splits evenly and close otherwise.
+Choice (a batch that does not split evenly, or whose parts, forget and retain, split unevenly): each
+process weights its loss so that DDP's average over the W processes is the one-process gradient. The
+update then equals the one-process update, up to the order of float sums, for every loss that is a
+weighted sum of per-part means over items, whatever the split:
+
+- A loss given as ``LossParts`` (forget, retain) over a batch ``{"forget": ..., "retain": ...}``: each
+  part is split evenly on its own and each term is multiplied by its part's weight n_r,part·W/N_part
+  (:func:`split_parts`), so a process with no forget row still trains on its retain rows.
+- Any other loss is one tensor that cannot be taken apart, so its batch is split in proportion: every
+  process holds the same fraction of every part, and one weight fits them all (:func:`split_batch`).
+  The price is uneven work: with g the greatest common divisor of the parts' row counts, at most g
+  processes hold rows (e.g. 1 or 3 forget rows beside 32 retain rows: one process does the whole
+  batch, in time and memory). The loop learns whether the loss gives ``LossParts`` at its first step,
+  so that step is split in proportion too.
+
+A process whose share is empty runs a placeholder row weighted 0 (DDP needs its forward and backward).
+What remains approximate: a loss that is not a mean over items (e.g. a token mean over the whole
+batch, which weighs long answers more) is weighted by row counts all the same, so it is close, not
+exact, unless every process holds as many tokens.
 """
 
 from __future__ import annotations
@@ -148,6 +162,11 @@ def gather_fields(local: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
 
 
 # ---------------------------------------------------------------------------- training batches
+#: The parts of a paired batch that a :class:`~unlearnkit.train.gu.LossParts` loss's two fields are computed
+#: from, in field order (forget term from ``batch["forget"]``, retain term from ``batch["retain"]``).
+PARTS = ("forget", "retain")
+
+
 def _first_rows(batch: Any) -> int | None:
     """Rows of the first tensor in a (nested) batch, depth first; None when it holds no tensor."""
     if isinstance(batch, torch.Tensor):
@@ -160,32 +179,74 @@ def _first_rows(batch: Any) -> int | None:
     return None
 
 
-def _take_rows(batch: Any, index: int, count: int) -> Any:
+def _row_counts(batch: Any) -> set[int]:
+    """The distinct non-zero row counts of the tensors in a (nested) batch."""
     if isinstance(batch, torch.Tensor):
-        if not batch.dim():
-            return batch
-        start, stop = shard_bounds(batch.shape[0], index, count)
-        return batch[start:stop] if stop > start else batch[:1]  # a placeholder row, weighted 0
+        return {batch.shape[0]} if batch.dim() and batch.shape[0] else set()
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    return set().union(*(_row_counts(value) for value in values))
+
+
+def _map_tensors(batch: Any, take: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """``batch`` with ``take`` applied to every tensor of at least one dimension."""
+    if isinstance(batch, torch.Tensor):
+        return take(batch) if batch.dim() else batch
     if isinstance(batch, Mapping):
-        return {key: _take_rows(value, index, count) for key, value in batch.items()}
+        return {key: _map_tensors(value, take) for key, value in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_take_rows(value, index, count) for value in batch)
+        return type(batch)(_map_tensors(value, take) for value in batch)
     return batch
 
 
-def split_batch(batch: Any, index: int, count: int) -> tuple[Any, float]:
-    """Process ``index``'s contiguous rows of every tensor in ``batch``, and its loss weight n_r·W/N.
+def _rows_or_placeholder(tensor: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop``, or the first row when that is empty (a placeholder its weight 0 cancels)."""
+    return tensor[start:stop] if stop > start else tensor[:1]
 
-    A process whose share of a part is empty gets that part's first row as a placeholder (so its
-    forward pass, and DDP's gradient averaging, still run); its weight is then 0 when the first part
-    is the empty one.
+
+def split_batch(batch: Any, index: int, count: int) -> tuple[Any, float]:
+    """Process ``index``'s rows of every tensor in ``batch``, in the same proportion for every part, and its
+    loss weight n_r·W/N (the same for every part).
+
+    With g the greatest common divisor of the tensors' row counts, the batch is cut into g units, a unit
+    holding N/g contiguous rows of each tensor of N rows, and the process takes its contiguous run of
+    units (:func:`shard_bounds` over g). Its share of every part is then the same fraction u_r/g, so one
+    weight u_r·W/g makes any loss that is a weighted sum of per-part means exact. A process with no unit
+    gets each tensor's first row as a placeholder (its forward pass, and DDP's gradient averaging, still
+    run) and weight 0.
     """
-    total = _first_rows(batch)
-    split = _take_rows(batch, index, count)
+    counts = _row_counts(batch)
+    if not counts:
+        return batch, 1.0
+    units = math.gcd(*counts)
+    start, stop = shard_bounds(units, index, count)
+    split = _map_tensors(batch, lambda t: _rows_or_placeholder(t, start * t.shape[0] // units, stop * t.shape[0] // units))
+    return split, (stop - start) * count / units
+
+
+def has_parts(batch: Any) -> bool:
+    """True for a paired batch, a mapping of exactly the :data:`PARTS` (``forget`` and ``retain``)."""
+    return isinstance(batch, Mapping) and set(batch) == set(PARTS)
+
+
+def split_parts(batch: Mapping[str, Any], index: int, count: int) -> tuple[dict[str, Any], tuple[float, ...]]:
+    """Process ``index``'s contiguous rows of each part of a paired batch, and one weight per part in
+    :data:`PARTS` order: n_r,part·W/N_part, for a loss given as ``LossParts`` (forget, retain).
+
+    Each part is split on its own (shares differ by at most one row), so the work stays even across
+    processes; a process whose share of a part is empty gets that part's first row as a placeholder and
+    weight 0 for that part.
+    """
+    split = {name: _map_tensors(batch[name], lambda t: _rows_or_placeholder(t, *shard_bounds(t.shape[0], index, count)))
+             for name in PARTS}
+    return split, tuple(_part_weight(_first_rows(batch[name]), index, count) for name in PARTS)
+
+
+def _part_weight(total: int | None, index: int, count: int) -> float:
+    """n_r·W/N for process ``index``'s contiguous share of a part of ``total`` rows (1 for a part with none)."""
     if not total:
-        return split, 1.0
+        return 1.0
     start, stop = shard_bounds(total, index, count)
-    return split, (stop - start) * count / total
+    return (stop - start) * count / total
 
 
 def mean_across(value: torch.Tensor) -> torch.Tensor:

@@ -157,8 +157,9 @@ def optimise(
     the last good weights and marks the record ``diverged``.
 
     Under ``accelerate launch`` / ``torchrun`` every process walks the same batch stream and takes
-    its rows of each batch (``config.batch_size`` is the global batch); the model prepared by
-    accelerate averages the gradients, and the recorded loss is the mean over processes. See
+    its rows of each batch (``config.batch_size`` is the global batch) and weights its loss, part by
+    part for :class:`LossParts`, so that the model prepared by accelerate, averaging the gradients,
+    takes the one-process step; the recorded loss is the mean over processes. See
     :mod:`unlearnkit.train.distributed`. One process behaves exactly as before.
 
     ``stop`` (e.g. :class:`unlearnkit.train.stopping.HoldoutStop`), when given, is asked after
@@ -203,6 +204,7 @@ def optimise(
     net = model if world == 1 else distributed.ModelView(model, accelerator.unwrap_model(model))
     guard = DivergenceGuard(accelerator.unwrap_model(model), config.guard_every, restore=not sharded)
     record = TrainRecord()
+    gives_parts = False  # learnt at the first step; LossParts let later batches be split part by part
     model.train()
     with progress_bar(description, total) if rank == 0 else _silent() as bar:
         for epoch in range(config.epochs):
@@ -211,19 +213,19 @@ def optimise(
             for batch in _while_all_have(epoch_batches(epoch), world):
                 if record.steps >= total:
                     break
-                weight = 1.0
                 if world > 1:  # every process walks the same stream and takes its rows of each batch
-                    batch, weight = distributed.split_batch(batch, rank, world)
+                    batch, weights = _share(batch, rank, world, by_part=gives_parts)
                 loss = loss_fn(net, _to_device(batch, accelerator.device))
                 parts = loss if isinstance(loss, LossParts) else None
-                if parts is not None:
-                    loss = parts.forget + parts.retain
-                elif projector is not None:
+                gives_parts = parts is not None
+                if projector is not None and parts is None:
                     raise TypeError("a loss_fn used with a projector must return LossParts(forget, retain)")
                 if world > 1:
-                    loss = loss * weight
+                    loss = _weighted(loss, weights)
                     if not sharded:
                         loss = distributed.touch_parameters(loss, model)
+                elif parts is not None:
+                    loss = parts.forget + parts.retain
                 seen = distributed.mean_across(loss.detach()) if world > 1 else loss
                 if guard.before_step(seen, record.steps):
                     record.status = "diverged"
@@ -282,6 +284,29 @@ class _CPUOnly:
 
     def unwrap_model(self, model: nn.Module) -> nn.Module:
         return model
+
+
+def _share(batch: Batch, rank: int, world: int, *, by_part: bool) -> tuple[Batch, tuple[float, float]]:
+    """This process's rows of ``batch`` and the weights of its loss's (forget, retain) parts.
+
+    ``by_part`` (the loss gives :class:`LossParts`) splits a paired batch part by part, evenly, with a
+    weight per part; otherwise the batch is split in proportion, with one weight for the whole loss
+    (exact for a loss that is one tensor, at the price of uneven work). See :mod:`.distributed`.
+    """
+    if by_part and distributed.has_parts(batch):
+        return distributed.split_parts(batch, rank, world)
+    batch, weight = distributed.split_batch(batch, rank, world)
+    return batch, (weight, weight)
+
+
+def _weighted(loss: torch.Tensor | LossParts, weights: tuple[float, float]) -> torch.Tensor:
+    """The loss this process backpropagates: each LossParts field times its part's weight, a tensor times the one weight."""
+    forget_weight, retain_weight = weights
+    if isinstance(loss, LossParts):
+        return forget_weight * loss.forget + retain_weight * loss.retain
+    if forget_weight != retain_weight:
+        raise TypeError("a loss_fn that returned LossParts at its first step must return them at every step")
+    return loss * forget_weight
 
 
 def _while_all_have(batches: Iterator[Batch], world: int) -> Iterator[Batch]:

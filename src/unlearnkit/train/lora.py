@@ -15,9 +15,10 @@ trains a causal LM through the shared loop works with them unchanged.
   This is pure bf16 training (no fp32 master copy); accelerate's ``mixed_precision: bf16`` is the
   autocast alternative that keeps fp32 weights. Without an fp32 copy, an update smaller than about
   2⁻⁸ of a weight rounds away: at small learning rates (1e-5) most full-model updates vanish, so
-  pair ``bf16`` with LoRA or use autocast. With LoRA the input's weights are kept (on the CPU) and
-  restored under the adapters at the end, which merge in the input's precision: every weight LoRA did
-  not adapt comes back bit-identical, not rounded to bf16.
+  pair ``bf16`` with LoRA or use autocast. With LoRA the input's weights that the cast rounds (those
+  not already bfloat16) are kept (on the CPU) and restored under the adapters at the end, which merge
+  in the input's precision: every weight LoRA did not adapt comes back bit-identical, not rounded to
+  bf16. A bfloat16 input loses nothing to the cast, so nothing is kept for it.
 - ``gradient_checkpointing``: activations inside each block are recomputed in the backward pass
   (non-reentrant, so it works under DDP).
 
@@ -199,7 +200,8 @@ class Prepared:
     peft: Any = None
     info: dict[str, Any] = field(default_factory=dict)
     use_cache: Any = None
-    #: With LoRA and bf16: the input's weights (on the CPU), restored under the adapters before they merge.
+    #: With LoRA and bf16: the input's weights that the bf16 cast rounds (on the CPU), restored under the
+    #: adapters before they merge; empty for a bfloat16 input.
     base_weights: dict[str, torch.Tensor] | None = None
 
 
@@ -213,7 +215,7 @@ def prepare_model(model: nn.Module, options: MemoryOptions, seed: int = 0) -> Pr
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     prepared = Prepared(model, options, dtype)
     if options.bf16 and options.lora is not None:  # LoRA leaves the other weights alone: keep them unrounded
-        prepared.base_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        prepared.base_weights = _rounded_by_bf16(model)
     if options.bf16:
         model.to(torch.bfloat16)
     if options.gradient_checkpointing:
@@ -226,6 +228,13 @@ def prepare_model(model: nn.Module, options: MemoryOptions, seed: int = 0) -> Pr
             prepared.peft = _inject_lora(model, options.lora)
         prepared.info = {"trainable_parameters": count(model, trainable=True), "total_parameters": count(model)}
     return prepared
+
+
+def _rounded_by_bf16(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of the weights that casting ``model`` to bfloat16 would round: its floating-point
+    tensors of another dtype (none for a bfloat16 model; integer buffers are not cast)."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()
+            if value.is_floating_point() and value.dtype != torch.bfloat16}
 
 
 def _checkpointing(model: nn.Module, *, on: bool) -> None:
