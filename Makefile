@@ -49,10 +49,12 @@ bench: $(STAMP)
 select-facts: $(STAMP)
 	$(UK) select-facts --seed 1 --split forget10 --out docs/results/facts-selection.md --overwrite
 
-# Rechoose the image benches' ssd and gradient_ascent settings per scenario on digits split seeds 1-3, which
-# the benches never report (~2 min); copy the chosen values into BENCH_METHOD_SETTINGS (benchmarks/vision.py).
+# Rechoose the image benches' ssd and gradient_ascent settings per scenario on each benchmark's split seeds 1-3,
+# which the benches never report (~10 min); copy the chosen values into BENCH_METHOD_SETTINGS (benchmarks/vision.py).
 select-images: $(STAMP)
-	$(UK) select-images --seeds 1,2,3 --out docs/results/image-selection.md --overwrite
+	for data in digits mnist; do \
+	  $(UK) select-images --benchmark $$data --seeds 1,2,3 --out docs/results/image-selection-$$data.md --overwrite || exit 1; \
+	done
 
 # Every continual-learning strategy on three scenarios and three seeds, with ACU's cost against a re-solve
 # (~7 min on 2 cores): docs/results/continual.md.

@@ -105,7 +105,7 @@ def digits(tmp_path_factory):
 
 def run_method(digits, scenario: str, method: str, **overrides):
     scenario_data = digits["scenarios"][scenario]
-    settings = {**BENCH_METHOD_SETTINGS[scenario].get(method, {}), **overrides}
+    settings = {**BENCH_METHOD_SETTINGS["digits"][scenario].get(method, {}), **overrides}
     model, record = unlearn(digits["target"], scenario_data.request, method,
                             adapter=digits["bench"].adapter(digits["target"]), **settings)
     return model, record, scenario_data

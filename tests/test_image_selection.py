@@ -7,7 +7,7 @@ import pytest
 
 from unlearnkit.benchmarks.classifier_bench import run_classifier_bench
 from unlearnkit.benchmarks.image_selection import choose, select_image_settings, write_image_selection
-from unlearnkit.benchmarks.vision import BENCH_METHOD_SETTINGS, SELECTION_SEEDS
+from unlearnkit.benchmarks.vision import BENCH_METHOD_SETTINGS, SELECTION_SEEDS, selection_page
 from unlearnkit.cli import main
 from unlearnkit.errors import UserInputError
 
@@ -55,8 +55,10 @@ def test_select_images_refuses_bad_input_and_writes_nothing(tmp_path, capsys, ar
     assert not out.exists()
 
 
-def test_the_bench_uses_the_settings_the_published_selection_chose():
-    text = (Path(__file__).parents[1] / "docs" / "results" / "image-selection.md").read_text()
+@pytest.mark.parametrize("benchmark", sorted(BENCH_METHOD_SETTINGS))
+def test_the_bench_uses_the_settings_the_published_selection_chose(benchmark):
+    text = (Path(__file__).parents[1] / selection_page(benchmark)).read_text()
+    assert text.startswith(f"# Image-bench settings selected on {benchmark} ")
     assert f"split seeds {', '.join(map(str, SELECTION_SEEDS))}\n" in text  # the seeds the pages' notes name
     line = next(line for line in text.splitlines() if line.startswith("Chosen: "))
     published: dict = {}
@@ -65,14 +67,15 @@ def test_the_bench_uses_the_settings_the_published_selection_chose():
         published.setdefault(scenario, {})[method] = {k: float(v) for k, v in
                                                       (pair.split("=") for pair in values.split(", "))}
     used = {scenario: {method: {k: v for k, v in values.items() if k in published[scenario][method]}
-                       for method, values in methods.items()} for scenario, methods in BENCH_METHOD_SETTINGS.items()}
+                       for method, values in methods.items()} for scenario, methods in BENCH_METHOD_SETTINGS[benchmark].items()}
     assert published == used
 
 
 def test_each_page_says_which_choices_looked_at_its_split():
     from unlearnkit.benchmarks.vision import settings_note
 
-    assert "this split (seed 0), so their rows are in-sample" in settings_note("class", 0)
-    assert "ssd alpha 2, lam 0.5; gradient_ascent lr 0.0008" in settings_note("class", 0)  # the values used
-    assert "this one among them" in settings_note("random", SELECTION_SEEDS[0])
-    assert "no choice looked at this split" in settings_note("random", 4)
+    assert "this split (seed 0), so their rows are in-sample" in settings_note("digits", "class", 0)
+    assert "ssd alpha 2, lam 0.5; gradient_ascent lr 0.0008" in settings_note("digits", "class", 0)  # the values used
+    assert "this one among them" in settings_note("mnist", "random", SELECTION_SEEDS[0])
+    assert "no choice looked at this split" in settings_note("digits", "random", 4)
+    assert "no choice looked at this split" in settings_note("mnist", "class", 0)  # defaults looked at digits only

@@ -276,17 +276,18 @@ def select_facts_command(
 def select_images_command(
     seeds: str = typer.Option("1,2,3", help="Comma-separated split seeds to select on; not 0, the split the image benches report."),
     benchmark: str = typer.Option("digits", help="Image benchmark to select on: digits or mnist."),
-    out: Path = typer.Option(Path("docs/results/image-selection.md"), help="Markdown table to write."),
+    out: Optional[Path] = typer.Option(None, help="Markdown table to write [default: docs/results/image-selection-<benchmark>.md]."),
     overwrite: bool = typer.Option(False, help="Replace an existing table."),
 ) -> None:
     """Choose the image benches' ssd and gradient_ascent settings, per scenario, on held-out splits (see benchmarks/image_selection.py)."""
     from .benchmarks.image_selection import check_selection_seeds, select_image_settings, write_image_selection
-    from .benchmarks.vision import VISION_BENCHMARKS
+    from .benchmarks.vision import VISION_BENCHMARKS, selection_page
 
     seed_list = parse_seeds(seeds, "--seeds")
     check_selection_seeds(seed_list)
     if benchmark not in VISION_BENCHMARKS:
         raise UserInputError(f"Unknown benchmark {benchmark!r}; valid: {', '.join(VISION_BENCHMARKS)}.")
+    out = out or Path(selection_page(benchmark))
     check_output(out, overwrite=overwrite, file=True)
     chosen, rows = select_image_settings(benchmark, seed_list, log=typer.echo)
     write_image_selection(out, benchmark, seed_list, chosen, rows, command_line())

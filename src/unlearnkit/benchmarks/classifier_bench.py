@@ -70,12 +70,12 @@ def run_classifier_bench(
     bench = load_vision_benchmark(benchmark, seed)
     request = forget_request(bench, scenario)
     names = list(method_names) if method_names else default_methods()
-    settings = validate_runs(names, params or {}, bench.adapter(None), request, BENCH_METHOD_SETTINGS[scenario])
+    settings = validate_runs(names, params or {}, bench.adapter(None), request, BENCH_METHOD_SETTINGS[benchmark][scenario])
     check_output(out, overwrite=overwrite, inputs=(cache_root(),))
 
     case = prepare_case(bench, scenario, request)
     target, splits, reference, retrain_seconds = case.target, case.splits, case.reference, case.retrain_meta["train_seconds"]
-    notes = [settings_note(scenario, seed)]
+    notes = [settings_note(benchmark, scenario, seed)]
     if "ssd" in settings and not settings["ssd"].get("full_importance"):
         notes.append("ssd: the full-training-set importance is taken in the authors' order (retain items, then forget "
                      "items), which depends on the request, so it is computed within the request and `seconds` includes it.")

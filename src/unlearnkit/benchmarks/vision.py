@@ -74,35 +74,44 @@ _CATALOGUE: dict[str, tuple[Callable[[], tuple[np.ndarray, np.ndarray, int]], Tr
 }
 VISION_BENCHMARKS = tuple(_CATALOGUE)
 
-#: Settings the image benches use, per scenario, where a method's generic default does not suit an
-#: 8×8 / 28×28 CNN. SSD's batch size is a speed choice; its α and λ and gradient ascent's learning
-#: rate were chosen on digits splits the pages never report (seeds 1-3, `unlearnkit select-images`,
-#: docs/results/image-selection.md, whose ``Chosen:`` line a test holds these values to). Shown in
-#: every results.json under ``params``; override with ``--param``.
-BENCH_METHOD_SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
-    "class": {"ssd": {"alpha": 2.0, "lam": 0.5, "batch_size": 256}, "gradient_ascent": {"lr": 8e-4}},
-    "random": {"ssd": {"alpha": 10.0, "lam": 0.5, "batch_size": 256}, "gradient_ascent": {"lr": 1e-4}},
+#: Settings each image bench uses, per scenario, where a method's generic default does not suit its
+#: small CNN. SSD's batch size is a speed choice; its α and λ and gradient ascent's learning rate were
+#: chosen on splits of that benchmark the pages never report (:data:`SELECTION_SEEDS`, `unlearnkit
+#: select-images`, docs/results/image-selection-<benchmark>.md, whose ``Chosen:`` line a test holds
+#: these values to). Shown in every results.json under ``params``; override with ``--param``.
+BENCH_METHOD_SETTINGS: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+    "digits": {
+        "class": {"ssd": {"alpha": 2.0, "lam": 0.5, "batch_size": 256}, "gradient_ascent": {"lr": 8e-4}},
+        "random": {"ssd": {"alpha": 10.0, "lam": 0.5, "batch_size": 256}, "gradient_ascent": {"lr": 1e-4}},
+    },
+    "mnist": {
+        "class": {"ssd": {"alpha": 1.0, "lam": 0.5, "batch_size": 256}, "gradient_ascent": {"lr": 2e-4}},
+        "random": {"ssd": {"alpha": 5.0, "lam": 1.0, "batch_size": 256}, "gradient_ascent": {"lr": 1e-4}},
+    },
 }
-
-
-#: The split seeds the bench's own settings are selected on (`unlearnkit select-images`); seed 0 is the
+#: The split seeds the benches' own settings are selected on (`unlearnkit select-images`); seed 0 is the
 #: split the results pages report.
 SELECTION_SEEDS = (1, 2, 3)
 
 
-def settings_note(scenario: str, seed: int) -> str:
+def selection_page(benchmark: str) -> str:
+    """Where ``unlearnkit select-images`` writes a benchmark's selection by default."""
+    return f"docs/results/image-selection-{benchmark}.md"
+
+
+def settings_note(benchmark: str, scenario: str, seed: int) -> str:
     """What a results page says about where its settings were chosen, relative to its own split ``seed``."""
     chosen = "; ".join(f"{method} " + ", ".join(f"{k} {v:g}" for k, v in values.items() if k != "batch_size")
-                       for method, values in BENCH_METHOD_SETTINGS[scenario].items())
-    own = f"the bench's own settings for {scenario} forgetting ({chosen}) were chosen on digits split seeds " \
-          f"{', '.join(map(str, SELECTION_SEEDS))} (docs/results/image-selection.md)"
-    if seed == 0:
+                       for method, values in BENCH_METHOD_SETTINGS[benchmark][scenario].items())
+    own = (f"the bench's own settings for {scenario} forgetting ({chosen}) were chosen on {benchmark} split seeds "
+           f"{', '.join(map(str, SELECTION_SEEDS))} ({selection_page(benchmark)})")
+    if seed in SELECTION_SEEDS:
+        return f"{own}, this one among them: the ssd and gradient_ascent rows are in-sample for those choices."
+    if seed == 0 and benchmark == "digits":
         return (f"{own}, not this one; the classifier methods' generic defaults were chosen looking at this split "
                 "(seed 0), so their rows are in-sample for those choices. docs/results/digits-heldout.md has every "
                 "method on splits no choice looked at.")
-    if seed in SELECTION_SEEDS:
-        return f"{own}, this one among them: the ssd and gradient_ascent rows are in-sample for those choices."
-    return f"{own} and the classifier methods' generic defaults looking at seed 0: no choice looked at this split."
+    return f"{own} and the classifier methods' generic defaults looking at digits seed 0: no choice looked at this split."
 
 
 def load_vision_benchmark(name: str, seed: int = 0, test_fraction: float = 0.2) -> VisionBenchmark:
