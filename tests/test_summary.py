@@ -24,9 +24,24 @@ def test_cells_are_mean_and_population_std_of_each_number():
     assert rows[1]["forget_acc"] == "1.2000 ± 0.1000"
 
 
+def test_a_metric_only_some_rows_or_runs_report_still_gets_its_column():
+    a, b = fake_results(4, 0.1), fake_results(5, 0.3)
+    a["runs"][1]["metrics"]["relearn_recovery"] = 0.2  # reported by a method, not by the original row
+    b["runs"][1]["metrics"]["relearn_recovery"] = "n/a"  # no number in this run: left out of the cell
+    rows, columns = summary_rows([a, b])
+    assert "relearn_recovery" in columns
+    assert rows[0]["relearn_recovery"] == "—" and rows[1]["relearn_recovery"] == "0.2000 ± 0.0000"
+
+
+def _with_other_params(results: dict) -> dict:
+    results["runs"][1]["params"] = {"alpha": 99.0}
+    return results
+
+
 @pytest.mark.parametrize("other, message", [
     (fake_results(5, 0.3, scenario="random"), "differ in scenario"),
     (fake_results(5, 0.3, methods=("original", "scrub")), "different methods"),
+    (_with_other_params(fake_results(5, 0.3)), "different settings"),
 ])
 def test_runs_of_different_benches_are_refused(other, message):
     with pytest.raises(UserInputError, match=message):
@@ -50,15 +65,21 @@ def test_summarize_writes_the_page(tmp_path):
     assert "| ssd | 1.2000 ± 0.1000 |" in text
 
 
-@pytest.mark.parametrize("seeds, missing, message", [
-    ((4, 4), False, "same seed"),
-    ((4,), False, "at least two"),
-    ((4, 5), True, "holds no results.json"),
+@pytest.mark.parametrize("seeds, second, message", [
+    ((4, 4), None, "same seed"),
+    ((4,), None, "at least two"),
+    ((4, 5), "", "holds no results.json"),
+    ((4, 5), "{not json", "is not a results.json written by 'unlearnkit bench'"),
+    ((4, 5), "[1, 2]", "needs a list of runs"),
+    ((4, 5), '{"runs": []}', "needs a list of runs"),
+    ((4, 5), '{"runs": [{"method": "ssd"}]}', "needs a list of runs"),
 ])
-def test_summarize_refuses_bad_input_and_writes_nothing(tmp_path, capsys, seeds, missing, message):
+def test_summarize_refuses_bad_input_and_writes_nothing(tmp_path, capsys, seeds, second, message):
     folders = [write_folder(tmp_path / f"r{i}", fake_results(seed, 0.1)) for i, seed in enumerate(seeds)]
-    if missing:
+    if second == "":
         (tmp_path / "r1" / "results.json").unlink()
+    elif second is not None:
+        (tmp_path / "r1" / "results.json").write_text(second)
     out = tmp_path / "summary.md"
     assert main(["summarize", *[arg for f in folders for arg in ("--results", f)], "--out", str(out)]) == 2
     assert message in capsys.readouterr().err
@@ -72,3 +93,12 @@ def test_a_cpu_page_says_what_its_peak_memory_includes(tmp_path):
     markdown = write_results(tmp_path, results, ["method", "peak_mem_mb"], "digits — class forgetting", "unlearnkit bench")
     assert "the process held 487 MB before the first method" in markdown
     assert "held" not in write_results(tmp_path, fake_results(0, 0.1), ["method"], "t", "c")  # no baseline: no note
+
+
+def test_runs_whose_settings_differ_only_in_their_seed_are_summarised():
+    a, b = fake_results(4, 0.1), fake_results(5, 0.3)
+    for results in (a, b):
+        for run in results["runs"]:
+            run["params"] = {"lr": 1e-3, "seed": results["seed"]}
+    rows, _ = summary_rows([a, b])
+    assert rows[0]["forget_acc"] == "0.2000 ± 0.1000"

@@ -301,9 +301,7 @@ def summarize_command(
     overwrite: bool = typer.Option(False, help="Replace an existing page."),
 ) -> None:
     """Mean ± std over seeds of every number in bench runs that differ only in their seed."""
-    import json
-
-    from .benchmarks.results import write_summary
+    from .benchmarks.results import read_bench_results, write_summary
 
     if len(results) < 2:
         raise UserInputError("Give at least two --results folders (runs with different --seed) to summarise.")
@@ -311,7 +309,7 @@ def summarize_command(
     for folder in results:
         if not (folder / "results.json").is_file():
             raise UserInputError(f"{folder} holds no results.json; pass folders written by 'unlearnkit bench'.")
-        loaded.append(json.loads((folder / "results.json").read_text(encoding="utf-8")))
+        loaded.append(read_bench_results(folder / "results.json"))
     check_output(out, overwrite=overwrite, file=True, inputs=results)
     typer.echo(write_summary(out, loaded, command_line()))
 

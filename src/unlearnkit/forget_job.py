@@ -262,16 +262,17 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
         forget = _classifier_items(forget_records, job, job.forget, spec)
         retain = _classifier_items(retain_records, job, job.retain, spec) if job.retain else []
     else:
-        from .adapters.causal_lm import CausalLMAdapter
-
         spec = None
         forget = _lm_items(forget_records, job, job.forget)
         retain = _lm_items(retain_records, job, job.retain) if job.retain else []
-        adapter = CausalLMAdapter.from_pretrained(job.model, system_prompt=job.system_prompt,
-                                                  template_args=job.template_args)
     _check_no_overlap(job, forget_records, retain_records, kind)
     if job.training_data is not None:
         _check_in_training_data(job, forget_records, kind)
+    if kind != "classifier":  # loaded once the data checks pass: a language model can take minutes to load
+        from .adapters.causal_lm import CausalLMAdapter
+
+        adapter = CausalLMAdapter.from_pretrained(job.model, system_prompt=job.system_prompt,
+                                                  template_args=job.template_args)
     ledger_items = [recorded_form(record, kind, _used_fields(job, kind)) for _, record in forget_records]
     request = ForgetRequest(forget + retain, range(len(forget)), range(len(forget), len(forget) + len(retain)) if retain else None,
                             reason=job.subject)

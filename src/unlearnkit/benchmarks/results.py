@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -85,9 +85,31 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def read_bench_results(path: Path) -> dict[str, Any]:
+    """A bench's results.json, refused in one sentence unless it holds named runs with metrics and seconds."""
+    what = f"{path} is not a results.json written by 'unlearnkit bench'"
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserInputError(f"{what} ({error}).") from None
+    runs = results.get("runs") if isinstance(results, dict) else None
+    if not runs or not isinstance(runs, list) or not all(
+            isinstance(run, dict) and isinstance(run.get("metrics"), dict) and {"method", "seconds"} <= set(run)
+            for run in runs):
+        raise UserInputError(f"{what}: it needs a list of runs, each with a method, metrics and seconds.")
+    return results
+
+
+def _settings(run: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's settings but its seed, which is what runs to be summarised differ in."""
+    params = run.get("params")
+    return {k: v for k, v in params.items() if k != "seed"} if isinstance(params, Mapping) else {"params": params}
+
+
 def summary_rows(all_results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, str]], list[str]]:
-    """Mean ± std (over the runs given, population std) of every number each method reports; the rows
-    and their columns, in the first run's order. Refuses runs of different benches or method lists."""
+    """Mean ± std (over the runs given, population std) of every number any method reports (a run missing
+    one, or holding no number there, is left out of that cell); the rows and their columns, in first-seen
+    order. Refuses runs of different benches, methods or settings."""
     first = all_results[0]
     for results in all_results[1:]:
         for key in ("benchmark", "scenario", "split"):
@@ -96,14 +118,17 @@ def summary_rows(all_results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, 
                                      "summarise runs of one bench only.")
         if [r["method"] for r in results["runs"]] != [r["method"] for r in first["runs"]]:
             raise UserInputError("The results ran different methods; summarise runs of the same --methods only.")
+        if [_settings(r) for r in results["runs"]] != [_settings(r) for r in first["runs"]]:
+            raise UserInputError("The results ran different settings (--param); summarise runs that differ only in "
+                                 "their seed.")
     tables = [flat_rows(results) for results in all_results]
-    columns = [key for key, value in tables[0][0].items() if key != "peak_mem_mb" and (key == "method" or _numeric(value))]
+    columns = ["method", *dict.fromkeys(key for table in tables for row in table for key, value in row.items()
+                                        if key not in ("method", "peak_mem_mb") and _numeric(value))]
     rows = []
     for index, head in enumerate(tables[0]):
         row = {"method": head["method"]}
         for column in columns[1:]:
-            values = [float(table[index].get(column, float("nan"))) for table in tables]
-            values = [v for v in values if math.isfinite(v)]
+            values = [float(table[index][column]) for table in tables if _numeric(table[index].get(column))]
             row[column] = f"{_fmt(float(np.mean(values)))} ± {_fmt(float(np.std(values)))}" if values else "—"
         rows.append(row)
     return rows, columns
