@@ -19,22 +19,26 @@ def _dead_pid() -> int:
 
 
 def test_leftovers_of_a_killed_run_are_removed_by_the_next_one(tmp_path):
-    """A kill leaves .out.tmp-PID-* (and, mid-swap, .out.old-PID); only those of dead processes and of this
-    output go, and an old copy is kept while it is the only copy of the output."""
-    dead, alive = _dead_pid(), os.getpid()
+    """A kill leaves .out.tmp-HOST-PID-* (and, mid-swap, .out.old-HOST-PID); only those of this output and of
+    dead processes of this host go, and an old copy is kept while it is the only copy of the output."""
+    from unlearnkit.io import _owner
+
+    host = _owner().split("-")[0]
+    dead, alive = f"{host}-{_dead_pid()}", _owner()
+    elsewhere = f"{'0' * 8 if host != '0' * 8 else '1' * 8}-{_dead_pid()}"  # another host's run: cannot be checked
     names = [f".out.tmp-{dead}-abc123_x", f".out.old-{dead}", f".out.tmp-{alive}-live0000", ".out.tmp-nopid",
-             f".other.tmp-{dead}-abc123_x"]
+             f".out.tmp-{elsewhere}-abc123_x", f".other.tmp-{dead}-abc123_x"]
     for name in names:
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.safetensors").write_text("half")
     with atomic_dir(tmp_path / "out") as tmp:
         (tmp / "done.txt").write_text("done")
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == sorted(["out", f".out.old-{dead}", f".out.tmp-{alive}-live0000", ".out.tmp-nopid",
-                           f".other.tmp-{dead}-abc123_x"])  # no "out" existed, so the old copy stayed
+    assert left == sorted(["out", *names[1:]])  # no "out" existed, so the old copy stayed
     with atomic_dir(tmp_path / "out", overwrite=True) as tmp:
         (tmp / "done.txt").write_text("again")
     assert not (tmp_path / f".out.old-{dead}").exists()
+    assert (tmp_path / f".out.tmp-{elsewhere}-abc123_x").exists()
 
 
 def test_a_failing_on_placed_removes_the_new_output_and_restores_the_old(tmp_path):

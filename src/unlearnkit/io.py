@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,7 +65,7 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False,
     created = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(final)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{_owner()}-", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp makes folders private; outputs are meant to be shared
     try:
         yield tmp
@@ -103,7 +105,7 @@ def _place(tmp: Path, final: Path, overwrite: bool) -> Path | None:
     if not final.exists():
         os.replace(tmp, final)
         return None
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    old = final.with_name(f".{final.name}.old-{_owner()}")
     os.replace(final, old)
     try:
         os.replace(tmp, final)
@@ -121,20 +123,28 @@ def _remove_empty(folders: Iterable[Path]) -> None:
             break
 
 
+def _owner() -> str:
+    """This process, as temporary names carry it: a short hash of the host name, and the process id (an
+    output folder may sit on a file system that processes on several hosts share)."""
+    return f"{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]}-{os.getpid()}"
+
+
 def _remove_leftovers(final: Path) -> None:
-    """Remove the ``.NAME.tmp-PID-*`` and ``.NAME.old-PID`` folders of ``final`` whose process is gone.
+    """Remove the ``.NAME.tmp-HOST-PID-*`` and ``.NAME.old-HOST-PID`` folders of ``final`` left by a process
+    of this host that is gone (another host's processes cannot be checked, so theirs stay).
 
     A temporary folder never holds a published output. An ``old`` one does when a kill came between moving
     the previous output aside and renaming the new one into place; it is kept while ``final`` is missing.
     """
-    pattern = re.compile(re.escape(f".{final.name}.") + r"(?:tmp-(\d+)-[a-z0-9_]+|old-(\d+))")
+    host = _owner().split("-")[0]
+    pattern = re.compile(re.escape(f".{final.name}.") + r"(?:tmp|(old))-([0-9a-f]{8})-(\d+)(?:-[a-z0-9_]+)?")
     for path in final.parent.iterdir():
         match = pattern.fullmatch(path.name)
-        if match is None or path.is_symlink() or not path.is_dir():
+        if match is None or path.is_symlink() or not path.is_dir() or match[2] != host:
             continue
-        if match[2] is not None and not final.exists():
+        if match[1] is not None and not final.exists():
             continue
-        if not _process_running(int(match[1] or match[2])):
+        if not _process_running(int(match[3])):
             shutil.rmtree(path, ignore_errors=True)
 
 
