@@ -84,7 +84,8 @@ def run_classifier_bench(
     for role, model, meta in (("original", target, case.target_meta), ("retrain", case.retrained, case.retrain_meta)):
         evaluation = evaluate_classifier(bench.adapter(model), splits, reference, seed)
         runs.append({"method": role, "reference": True, "params": meta["config"]["recipe"], "seconds": meta["train_seconds"],
-                     "retrain_seconds": retrain_seconds, "peak_mem_mb": float("nan"), "status": "ok", "metrics": evaluation.metrics})
+                     "retrain_seconds": retrain_seconds, "peak_mem_mb": meta.get("train_peak_mem_mb", float("nan")),
+                     "status": "ok", "metrics": evaluation.metrics})
         items[role] = evaluation.item_rows(split_ids)
         log(f"{role:>16}: test_acc={evaluation.metrics['test_acc']:.4f} forget_acc={evaluation.metrics['forget_acc']:.4f}")
 

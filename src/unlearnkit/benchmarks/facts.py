@@ -46,12 +46,14 @@ import torch
 
 from ..errors import UserInputError
 from ..request import ForgetRequest
+from ..train.measure import measure
 from .cache import cached
 
 #: Bump when the generator or the training recipe changes what a config produces (it is part of the cache key),
 #: or when the training loop's speed changes: a cached model's ``train_seconds`` is the bench's retraining time.
 #: 2: items are tokenized once per adapter instead of once per epoch (same weights, faster training).
-FACTS_VERSION = 2
+#: 3: the cached models record their training's peak memory (``train_peak_mem_mb``; same weights).
+FACTS_VERSION = 3
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 HOLDOUT_SPLITS = ("holdout01", "holdout05", "holdout10")
 FRACTIONS = {"01": 0.01, "05": 0.05, "10": 0.10}
@@ -723,7 +725,9 @@ def cached_facts_model(config: FactsConfig | None = None, role: str = "target", 
 
     def build(directory: Path) -> dict[str, Any]:
         model, tokenizer, loaded = initial_model_and_tokenizer(data)
-        model, info = train_facts_model(config, tokenizer, data.train_without(set(excluded)), model)
+        with measure() as training:
+            model, info = train_facts_model(config, tokenizer, data.train_without(set(excluded)), model)
+        info["train_peak_mem_mb"] = training.peak_mem_mb  # what a method's peak_mem_mb is compared with
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
         return {"role": role, "split": split if role == "retain" else None, **loaded, **info}

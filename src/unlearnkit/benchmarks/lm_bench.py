@@ -223,7 +223,7 @@ def run_lm_bench(
         references.append((f"retain_seed{seed}", seeded, seed_meta))
     for role, adapter, meta in references:
         record_run(role, adapter, {"reference": True, "params": meta["config"], "seconds": meta["train_seconds"],
-                                   "peak_mem_mb": float("nan"), "status": "ok"})
+                                   "peak_mem_mb": meta.get("train_peak_mem_mb", float("nan")), "status": "ok"})
     baseline = memory_baseline()
     warm_up(target.model, request, target, memory)
     for name in names:

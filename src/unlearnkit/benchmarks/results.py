@@ -78,7 +78,9 @@ def memory_note(resident_mb_before: float) -> str:
     """What a CPU page's ``peak_mem_mb`` means."""
     return (f"peak_mem_mb is the process's peak resident memory during each run, which includes the interpreter, torch, "
             f"the loaded models and memory kept from earlier runs (the process held {resident_mb_before:.0f} MB before "
-            "the first method): an upper bound on a method's need, not the need itself, so rows differ by little.")
+            "the first method): an upper bound on a method's need, not the need itself, so rows differ by little. "
+            "A reference row's is that of its training, measured the same way when it was trained (in a process "
+            "that had loaded less), and \"—\" when its cached model predates that measurement.")
 
 
 def _numeric(value: Any) -> bool:

@@ -8,7 +8,6 @@ from the same seeded initialisation and are cached by their config.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -25,6 +24,7 @@ from ..methods.base import item_stream
 from ..request import ForgetRequest
 from ..train import TrainConfig, optimise
 from ..train.config import check_seed
+from ..train.measure import Measurement, measure
 from .cache import cached
 
 SCENARIOS = ("random", "class")
@@ -172,15 +172,16 @@ def evaluation_splits(bench: VisionBenchmark, request: ForgetRequest, scenario: 
     return {name: [source[name][i] for i in ids] for name, ids in evaluation_split_ids(bench, request, scenario).items()}
 
 
-def train_classifier(bench: VisionBenchmark, items: list) -> tuple[nn.Module, float]:
-    """Train a freshly initialised model on ``items`` with the benchmark recipe; return it and its seconds."""
+def train_classifier(bench: VisionBenchmark, items: list) -> tuple[nn.Module, Measurement]:
+    """Train a freshly initialised model on ``items`` with the benchmark recipe; return it and the
+    training's seconds and peak memory."""
     model = bench.new_model()
     adapter = bench.adapter(model)
     stream, steps = item_stream(adapter, items, bench.recipe)
-    start = time.perf_counter()
-    optimise(model, stream, lambda m, b: adapter.per_item_loss(m, b).mean(), bench.recipe,
-             steps_per_epoch=steps, description=f"training {bench.name}")
-    return model.eval(), time.perf_counter() - start
+    with measure() as training:
+        optimise(model, stream, lambda m, b: adapter.per_item_loss(m, b).mean(), bench.recipe,
+                 steps_per_epoch=steps, description=f"training {bench.name}")
+    return model.eval(), training
 
 
 def cached_classifier(bench: VisionBenchmark, excluded: list[int], role: str) -> tuple[nn.Module, dict]:
@@ -190,9 +191,10 @@ def cached_classifier(bench: VisionBenchmark, excluded: list[int], role: str) ->
 
     def build(directory: Path) -> dict:
         drop = set(excluded)
-        model, seconds = train_classifier(bench, [it for i, it in enumerate(bench.train) if i not in drop])
+        model, training = train_classifier(bench, [it for i, it in enumerate(bench.train) if i not in drop])
         save_state_dict(model.state_dict(), directory / "model.safetensors")
-        return {"role": role, "train_seconds": seconds, "train_items": len(bench.train) - len(drop)}
+        return {"role": role, "train_seconds": training.seconds, "train_peak_mem_mb": training.peak_mem_mb,
+                "train_items": len(bench.train) - len(drop)}
 
     directory, meta = cached("classifier", config, build)
     model = bench.new_model()
