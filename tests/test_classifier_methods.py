@@ -511,11 +511,12 @@ def test_classifier_adapter_moves_a_collated_batch_to_the_model_device():
 
 def test_cached_models_of_different_train_test_splits_are_kept_apart(tmp_path, monkeypatch):
     import unlearnkit.benchmarks.vision as vision
+    from unlearnkit.train.measure import Measurement
 
     monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path))
     trained = []
     monkeypatch.setattr(vision, "train_classifier",
-                        lambda bench, items: (trained.append(len(items)) or (bench.new_model(), 0.0)))
+                        lambda bench, items: (trained.append(len(items)) or (bench.new_model(), Measurement())))
     for fraction in (0.2, 0.3, 0.2):
         cached_classifier(load_vision_benchmark("digits", 0, test_fraction=fraction), [], "target")
     assert len(trained) == 2 and trained[0] != trained[1]  # 0.3 trains its own model; 0.2 again is a cache hit
