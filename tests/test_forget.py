@@ -106,7 +106,7 @@ BAD_INPUTS = [
     ({"--ledger": "notaledger.db"}, "ledger"),
     ({"--ledger": "textfile.db"}, "ledger"),
     ({"--ledger": "no/such/dir/ledger.db"}, "ledger"),
-    ({"--model": "nomodel"}, "neither a Hugging Face causal LM"),
+    ({"--model": "nomodel"}, "holds no Hugging Face causal LM"),
     ({"--model": "badspec"}, "Unknown classifier architecture"),
     ({"--model": "pickled"}, "pickle"),
     ({"--method": "uld_not_here"}, "Unknown method"),

@@ -227,6 +227,57 @@ def test_cli_saves_only_the_adapter_and_it_reloads_to_the_same_model(files):
     assert loss == pytest.approx(run["metrics_after"]["forget_loss"], rel=1e-5)
 
 
+def test_an_adapter_folder_loads_as_its_base_with_the_adapter_merged_and_can_be_unlearned_again(files):
+    from unlearnkit.adapters.causal_lm import CausalLMAdapter
+
+    assert main(_forget(files, "--method", "npo", "--lora", "r=4,alpha=8,targets=c_attn,save=adapter")) == 0
+    first = files / "out"
+    run = json.loads((first / "run.json").read_text())
+    loaded = CausalLMAdapter.from_pretrained(first)
+    batch = loaded.collate([json.loads(line) for line in (files / "forget.jsonl").read_text().splitlines()])
+    with torch.no_grad():
+        loss = loaded.per_item_loss(loaded.model, batch).mean().item()
+    assert loss == pytest.approx(run["metrics_after"]["forget_loss"], rel=1e-5)
+    # a second request on the adapter folder: its own adapter names the first one, and both merge on reload
+    second = files / "second"
+    args = _forget(files, "--method", "npo", "--lora", "r=4,alpha=8,targets=c_attn,save=adapter")
+    args[args.index("--model") + 1], args[args.index("--out") + 1] = str(first), str(second)
+    assert main(args) == 0
+    rerun = json.loads((second / "run.json").read_text())
+    assert rerun["fingerprint_before"] == run["fingerprint_after"]
+    reloaded = CausalLMAdapter.from_pretrained(second)
+    with torch.no_grad():
+        again = reloaded.per_item_loss(reloaded.model, batch).mean().item()
+    assert again == pytest.approx(rerun["metrics_after"]["forget_loss"], rel=1e-5)
+    assert again > loss
+
+
+@pytest.mark.parametrize("breakage, message", [
+    ("base", "names the base model"),
+    ("bin", "has no adapter_model.safetensors"),
+    ("config", "adapter_config.json that is not a JSON object"),
+    ("out_is_base", "holds the input"),
+])
+def test_a_broken_adapter_folder_exits_2_and_writes_nothing(files, capsys, breakage, message):
+    assert main(_forget(files, "--method", "npo", "--lora", "r=4,alpha=8,targets=c_attn,save=adapter")) == 0
+    adapter_dir, config_file = files / "out", files / "out" / "adapter_config.json"
+    config = json.loads(config_file.read_text())
+    if breakage == "base":
+        config_file.write_text(json.dumps({**config, "base_model_name_or_path": str(files / "gone")}))
+    elif breakage == "bin":
+        (adapter_dir / "adapter_model.safetensors").rename(adapter_dir / "adapter_model.bin")
+    elif breakage == "config":
+        config_file.write_text("[1, 2]")
+    (files / "ledger.db").unlink()
+    args = _forget(files, "--method", "npo", "--overwrite")
+    args[args.index("--model") + 1] = str(adapter_dir)
+    args[args.index("--out") + 1] = str(files / ("lm" if breakage == "out_is_base" else "again"))
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (files / "again").exists() and not (files / "ledger.db").exists()
+    assert (files / "lm" / "config.json").is_file()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--method", "npo", "--lora", "r=4,targets=q_proj"], "target 'q_proj' is not a LoRA-capable module"),
     (["--method", "npo", "--lora", "r=4,width=3"], "--lora has no setting 'width'"),

@@ -50,7 +50,10 @@ class ForgetJob:
 def _check_paths(job: ForgetJob, ledger: Any) -> None:
     if not job.model.is_dir():
         raise UserInputError(f"The model folder {job.model} does not exist or is not a folder.")
-    check_output(job.out, overwrite=job.overwrite, inputs=(job.model, job.forget, job.retain, job.training_data,
+    from .adapters.causal_lm import adapter_chain
+
+    base, adapters = adapter_chain(job.model)  # an adapter's base model folders are inputs too
+    check_output(job.out, overwrite=job.overwrite, inputs=(base, *adapters, job.forget, job.retain, job.training_data,
                                                            ledger.salt_path, ledger.file_path))
 
 
@@ -59,10 +62,11 @@ def _model_kind(directory: Path) -> str:
 
     if read_spec(directory) is not None:
         return "classifier"
-    if (directory / "config.json").is_file():
+    if (directory / "config.json").is_file() or (directory / "adapter_config.json").is_file():
         return "causal_lm"
     raise UserInputError(
-        f"The folder {directory} holds neither a Hugging Face causal LM (config.json) nor a classifier (unlearnkit.json)."
+        f"The folder {directory} holds no Hugging Face causal LM (config.json), PEFT adapter (adapter_config.json) "
+        "or classifier (unlearnkit.json)."
     )
 
 
@@ -238,6 +242,7 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     from .ledger import Ledger
     from .request import ForgetRequest
     from .train.distributed import check_launch, is_main_process, on_main, training_device
+    from .train.lora import merged_state_dict
 
     _require_utf8(job.subject or "", "The --subject")
     ledger = Ledger(job.ledger, salt_file=job.salt_file)
@@ -294,7 +299,7 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     summary = {"method": job.method, "kind": kind, "subject": job.subject, "status": record.status,
                "message": record.message, "seconds": record.seconds, "peak_mem_mb": record.peak_mem_mb,
                "params": record.params, "metrics_before": before, "metrics_after": after,
-               "fingerprint_before": fingerprint_before, "fingerprint_after": fingerprint(model.state_dict()),
+               "fingerprint_before": fingerprint_before, "fingerprint_after": fingerprint(merged_state_dict(model)),
                "forget_items": len(forget), "retain_items": len(retain), "losses": record.losses}
     if record.info:
         summary["info"] = record.info

@@ -15,6 +15,7 @@ transformers is imported lazily (inside functions) so importing the package stay
 
 from __future__ import annotations
 
+import json
 import pickle
 
 from dataclasses import dataclass
@@ -34,6 +35,47 @@ PLAIN_PROMPT = "Question: {question}\nAnswer: "
 ENCODED_ITEMS_KEPT = 100_000
 #: File names any Hugging Face tokenizer folder holds at least one of.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+
+
+def is_adapter_folder(directory: Path) -> bool:
+    """True for a folder holding a PEFT adapter alone (``adapter_config.json`` and no ``config.json``)."""
+    return (directory / "adapter_config.json").is_file() and not (directory / "config.json").is_file()
+
+
+def adapter_chain(directory: str | Path) -> tuple[Path, list[Path]]:
+    """The full model folder under an adapter folder and the adapters on it, innermost first: an adapter
+    may name another adapter folder as its base (an adapter trained on a merged adapter). A plain model
+    folder gives itself and no adapters."""
+    folder, adapters = Path(directory), []
+    while is_adapter_folder(folder):
+        if folder.resolve() in (a.resolve() for a in adapters):
+            raise UserInputError(f"The adapter folders under {directory} name each other as base models in a loop.")
+        adapters.append(folder)
+        try:
+            base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (ValueError, AttributeError):
+            raise UserInputError(f"The adapter folder {folder} has an adapter_config.json that is not a JSON object.") from None
+        if not isinstance(base, str) or not Path(base).is_dir():
+            raise UserInputError(f"The adapter in {folder} names the base model {base!r}, which is not a local "
+                                 "folder; put the base model there or fix base_model_name_or_path.")
+        if not (folder / "adapter_model.safetensors").is_file():
+            raise UserInputError(f"The adapter folder {folder} has no adapter_model.safetensors (a pickled "
+                                 "adapter_model.bin is not loaded); save the adapter with safetensors.")
+        folder = Path(base)
+    return folder, adapters[::-1]
+
+
+def _merge_adapters(base: nn.Module, adapters: Sequence[Path]) -> nn.Module:
+    from peft import PeftModel
+
+    model = base
+    for folder in adapters:
+        try:
+            model = PeftModel.from_pretrained(model, folder, is_trainable=False).merge_and_unload()
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise UserInputError(f"The adapter in {folder} does not fit its base model "
+                                 f"({str(error).splitlines()[0][:200]}).") from None
+    return model.eval()
 
 
 @dataclass
@@ -101,10 +143,20 @@ class CausalLMAdapter:
     @classmethod
     def from_pretrained(cls, directory: str | Path, max_length: int | None = None, *, system_prompt: str | None = None,
                         template_args: Mapping[str, str] | None = None, **model_kwargs: Any) -> "CausalLMAdapter":
-        """Load a causal LM and its tokenizer from a local Hugging Face folder (never from the hub)."""
+        """Load a causal LM and its tokenizer from a local Hugging Face folder (never from the hub).
+
+        A PEFT adapter folder (``adapter_config.json``, as ``forget --lora ...,save=adapter`` writes) loads as
+        its base model (a local folder) with the adapter merged in (:func:`adapter_chain`); only
+        ``adapter_model.safetensors`` is read. The tokenizer is the base model's.
+        """
         directory = Path(directory)
         if not directory.is_dir():
             raise UserInputError(f"The model directory {directory} does not exist.")
+        if is_adapter_folder(directory):
+            base, adapters = adapter_chain(directory)
+            loaded = cls.from_pretrained(base, max_length, system_prompt=system_prompt, template_args=template_args,
+                                         **model_kwargs)
+            return loaded.with_model(_merge_adapters(loaded.model, adapters))
         if not (directory / "config.json").is_file():
             raise UserInputError(f"The model directory {directory} has no config.json; expected a Hugging Face model folder.")
         tokenizer = load_tokenizer(directory)

@@ -270,6 +270,25 @@ def count(model: nn.Module, trainable: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable)
 
 
+def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights ``merge_and_unload`` would leave, computed without merging or copying the model: each
+    LoRA layer's base weight plus its delta (vanilla LoRA, as ``--lora`` trains), under the plain model's
+    names. A model without adapters gives its own state dict. Fingerprints taken on it match the model
+    that an adapter folder reloads to."""
+    if not getattr(model, "peft_config", None):
+        return model.state_dict()
+    inner = model.get_base_model()
+    state = {name.replace(".base_layer.", "."): value for name, value in inner.state_dict().items() if ".lora_" not in name}
+    with torch.no_grad():
+        for name, module in inner.named_modules():
+            if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+                weight = module.get_base_layer().weight
+                for adapter in module.active_adapters:
+                    weight = weight + module.get_delta_weight(adapter)
+                state[f"{name}.weight"] = weight
+    return state
+
+
 def lora_trained(model: nn.Module) -> bool:
     """True when some LoRA ``B`` matrix left zero, i.e. the adapter was trained."""
     return any(bool(p.detach().abs().sum() > 0) for name, p in model.named_parameters() if ".lora_B." in name)
