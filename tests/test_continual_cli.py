@@ -124,6 +124,7 @@ def _refused(command, defaults, overrides, root, message):
     pytest.param({"--data": "C"}, "--data applies to the clofai scenario only", id="data-without-clofai"),
     pytest.param({"--unlearner": "", "--stream": "learn:0,unlearn:0"}, "Unknown unlearner ''", id="unlearner-empty"),
     pytest.param({"--param": ["optimizer=sgd", "momentum=-1"]}, "momentum must lie in [0, 1)", id="sgd-momentum-negative"),
+    pytest.param({"--param": "seed=5"}, "Strategy 'naive' takes its seed from the run's --seed", id="seed-as-param"),
 ])
 def test_continual_refuses_bad_input_before_any_work(workdir, overrides, message):
     _refused("continual", {"--out": "run", "--stream": "learn:0"}, overrides, workdir, message)
@@ -150,6 +151,32 @@ def test_continual_refuses_bad_input_before_any_work(workdir, overrides, message
 def test_sweep_refuses_bad_input_before_any_work(workdir, overrides, message):
     defaults = {"--out": "page.md", "--strategies": "naive", "--seeds": "0", "--stream": "learn:0", "--no-acu-cost": None}
     _refused("continual-sweep", defaults, overrides, workdir, message)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    pytest.param({"--seeds": "0,1"}, "With seed 1: The stream token 2 'unlearn:ids={sample}' unlearns sample {sample}, "
+                 "which is not learned", id="stream-checked-on-every-seed"),
+    pytest.param({"--strategies": "joint,uncle"}, "Unlearner 'uncle' removes whole tasks only", id="unlearner-of-every-strategy"),
+])
+def test_sweep_checks_every_seed_and_strategy_before_the_first_run(workdir, monkeypatch, overrides, message):
+    # The sample is in task 0 of seed 0's split-digits but not of seed 1's; joint (unlearner retrain)
+    # can forget samples, uncle cannot. Either refusal must come before any strategy learns.
+    import unlearnkit.continual.runner as runner
+    from unlearnkit.continual.scenarios import split_digits
+
+    later = set(split_digits(1).tasks[0].train_ids.tolist())
+    sample = next(i for i in split_digits(0).tasks[0].train_ids.tolist() if i not in later)
+    ran = []
+
+    def no_run(*args, **kwargs):
+        ran.append(args[1])
+        raise RuntimeError("a strategy ran before the sweep's input was checked")
+
+    monkeypatch.setattr(runner, "run_stream", no_run)
+    defaults = {"--out": "page.md", "--strategies": "joint", "--seeds": "0", "--stream": f"learn:0,unlearn:ids={sample}",
+                "--no-acu-cost": None}
+    _refused("continual-sweep", defaults, overrides, workdir, message.format(sample=sample))
+    assert ran == []
 
 
 def test_the_unlearners_offered_in_errors_are_listed_once():

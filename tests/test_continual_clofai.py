@@ -58,3 +58,21 @@ def test_a_task_folder_without_fake_is_refused(tmp_path):
         load_clofai(tmp_path / "missing")
     with pytest.raises(UserInputError, match="needs a data folder"):
         build_scenario("clofai", 0)
+
+
+@pytest.mark.parametrize("count, test_fraction, sizes", [
+    (2, 0.2, "into 3 train and 1 test images"),  # 1 test image cannot hold both labels
+    (1, 0.9, "into 0 train and 2 test images"),
+    (1, 0.5, "into 1 train and 1 test images"),  # one image per label: none left for the other side
+])
+def test_a_task_folder_too_small_for_the_stratified_split_is_refused(tmp_path, count, test_fraction, sizes):
+    _write_task(tmp_path / "gen_a", 60, 200, count=10)  # large enough for every fraction here
+    _write_task(tmp_path / "gen_b", 60, 200, count=count)
+    with pytest.raises(UserInputError, match=f"gen_b \\({count} real, {count} fake images\\) cannot be split with "
+                                             f"test_fraction={test_fraction} {sizes}: a stratified split needs at least 2"):
+        load_clofai(tmp_path, test_fraction=test_fraction, image_size=4)
+    _write_task(tmp_path / "gen_c", 60, 200, count=2)
+    (tmp_path / "gen_b").rename(tmp_path / ".gen_b")  # hidden folders are not tasks
+    scenario = load_clofai(tmp_path, test_fraction=0.5, image_size=4)  # 2 + 2 images split 2/2
+    labels = scenario.train_y[scenario.tasks[1].train_ids].tolist()
+    assert sorted(labels) == [0, 1] and len(scenario.tasks[1].test_index) == 2

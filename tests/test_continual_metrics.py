@@ -125,3 +125,47 @@ def test_a_task_learned_before_a_final_unlearning_step_counts_in_bwt_and_forgett
     learn_only = stream_metrics(matrix[[0, 1, 2, 2]], np.zeros(3), steps[:3] + [StepInfo("evaluate")])
     assert learn_only["bwt"] == pytest.approx(((0.7 - 0.9) + (0.2 - 0.9)) / 2)
     assert learn_only["bwt"] == pytest.approx(backward_transfer(matrix[:3]))
+
+
+def test_forgetting_max_ignores_what_a_task_scored_before_it_was_learned():
+    # Task 1 scores 0.95 before it is learned (row 0), 0.80 once learned and 0.50 at the end: its
+    # forgetting is 0.30, not 0.45.
+    r = np.array([
+        [0.90, 0.95, 0.10],
+        [0.60, 0.80, 0.20],
+        [0.70, 0.50, 0.90],
+    ])
+    expected = ((0.90 - 0.70) + (0.80 - 0.50)) / 2
+    assert forgetting_max(r) == pytest.approx(expected)
+    assert stream_metrics(r, B, [StepInfo("learn", t) for t in range(3)])["forgetting_max"] == pytest.approx(expected)
+    # In a stream the rows count from the task's last learning: task 0 peaks at 0.99 when first learned,
+    # but is learned again at step 2 (0.80) and ends at 0.60.
+    relearned = np.array([
+        [0.99, 0.10, 0.00],
+        [0.30, 0.90, 0.00],
+        [0.80, 0.70, 0.00],
+        [0.60, 0.65, 0.90],
+    ])
+    steps = [StepInfo("learn", 0), StepInfo("learn", 1), StepInfo("learn", 0), StepInfo("learn", 2)]
+    assert stream_metrics(relearned, np.zeros(3), steps)["forgetting_max"] == pytest.approx(((0.80 - 0.60) + (0.90 - 0.65)) / 2)
+
+
+def test_retrain_output_kl_is_kl_of_the_reference_from_the_model():
+    # Two test samples of one task: model p, reference q. KL(q ‖ p) = mean_n Σ_c q log(q / p) is 0.4427;
+    # the other direction, KL(p ‖ q), would be 0.5663.
+    import math
+
+    import torch
+
+    from unlearnkit.continual.runner import _distance
+    from unlearnkit.continual.scenarios import Scenario, Task
+
+    p = [[0.4, 0.6], [0.6, 0.4]]
+    q = [[0.9, 0.1], [0.2, 0.8]]
+    scenario = Scenario("toy", "class-il", 2, torch.zeros(1, 1), torch.zeros(1, dtype=torch.long), [torch.zeros(2, 1)],
+                        [torch.tensor([0, 1])], [Task(0, torch.tensor([0]), (0, 1), 0, torch.arange(2))])
+    gap, kl = _distance([torch.tensor(p).log()], [torch.tensor(q).log()], scenario, [0])
+    by_hand = sum(qc * math.log(qc / pc) for qn, pn in zip(q, p) for qc, pc in zip(qn, pn)) / 2
+    assert by_hand == pytest.approx(0.4427, abs=1e-4)
+    assert kl == pytest.approx(by_hand, rel=1e-5)
+    assert gap == pytest.approx(1.0)  # the model gets both samples wrong, the reference both right

@@ -275,7 +275,9 @@ def test_learners_train_on_the_cpu_where_their_buffers_live(scenario, monkeypatc
     import unlearnkit.continual.strategies.base as base
 
     seen = []
-    monkeypatch.setattr(base, "optimise", lambda *args, **kwargs: seen.append(kwargs.get("cpu")))
+    from unlearnkit.train import TrainRecord
+
+    monkeypatch.setattr(base, "optimise", lambda *args, **kwargs: seen.append(kwargs.get("cpu")) or TrainRecord())
     learner = build_strategy("naive", scenario, 0, FAST)
     learner.learn(scenario.tasks[0], scenario.tasks[0].train_ids)
     assert seen == [True]

@@ -27,6 +27,7 @@ def test_parses_every_form():
         ("learn:0,lern:1", "token 2 'lern:1'"),
         ("learn:0,,learn:1", "token 2"),
         ("learn:0,learn:x", "token 2 'learn:x'"),
+        ("learn:0,learn:²", "token 2 'learn:²'"),  # str.isdigit accepts superscripts, int() does not
         ("learn:0,unlearn:ids=4;a", "token 2 'unlearn:ids=4;a'"),
         ("learn:0,unlearn:ids=9-3", "empty"),
         ("learn:0,unlearn:ids=3;3", "more than once"),
@@ -52,6 +53,26 @@ def test_unlearning_what_was_never_learned_is_refused(scenario):
         check_stream(parse_stream("learn:7"), scenario)
     inside = int(scenario.tasks[0].train_ids[0])
     check_stream(parse_stream(f"learn:0,unlearn:ids={inside},unlearn:0,learn:0,unlearn:0"), scenario)
+
+
+def test_a_range_beyond_the_pool_is_refused_before_it_is_expanded(scenario):
+    pool = len(scenario.train_y)
+    # Expanded, this range would need terabytes: the bound is checked first.
+    with pytest.raises(UserInputError, match=f"token 2 'unlearn:ids=0-99999999999'.*outside the training pool \\(ids 0..{pool - 1}\\)"):
+        parse_stream("learn:0,unlearn:ids=0-99999999999", pool)
+    with pytest.raises(UserInputError, match=f"sample id {pool + 10} lies outside the training pool"):
+        run_stream(scenario, "naive", f"learn:0,unlearn:ids=3;{pool}-{pool + 10}", unlearner="gradient_ascent")
+    assert parse_stream(f"unlearn:ids=0-{pool - 1}", pool)[0].ids == tuple(range(pool))
+
+
+def test_unlearning_a_task_whose_samples_are_all_gone_is_refused(scenario):
+    # unlearn:0 after every sample of task 0 was forgotten would reach the unlearner with an empty forget set.
+    ids = ";".join(map(str, scenario.tasks[0].train_ids.tolist()))
+    with pytest.raises(UserInputError, match="token 3 'unlearn:0' unlearns task 0, but all its samples were already unlearned"):
+        check_stream(parse_stream(f"learn:0,unlearn:ids={ids},unlearn:0"), scenario)
+    some = ";".join(map(str, scenario.tasks[0].train_ids[1:].tolist()))
+    check_stream(parse_stream(f"learn:0,unlearn:ids={some},unlearn:0"), scenario)  # one sample is left to forget
+    check_stream(parse_stream(f"learn:0,unlearn:ids={ids},learn:0,unlearn:0"), scenario)  # learned again
 
 
 def test_unknown_names_are_refused(scenario):

@@ -119,7 +119,8 @@ def continual_sweep(
     out: Path = typer.Option(Path("docs/results/continual.md"), "--out", help="The markdown page to write."),
     scenario: Optional[List[str]] = typer.Option(None, "--scenario", help="Scenario(s) to sweep (repeatable; default split-digits)."),
     strategies: Optional[str] = typer.Option(None, help="Comma-separated strategies (default: all)."),
-    stream: Optional[List[str]] = typer.Option(None, "--stream", help="Stream(s) run on every scenario (default: learn all, and learn all with the middle task unlearned)."),
+    stream: Optional[List[str]] = typer.Option(None, "--stream", help="Stream(s) run on every scenario (default: learn every "
+                                               "task; and the same with unlearn:k−1 right after learn:k, k = tasks // 2)."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds; tables show mean ± std."),
     acu_cost: bool = typer.Option(True, help="Add ACU's exactness and per-request cost section."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
@@ -139,7 +140,7 @@ def continual_sweep(
             repeated = [value for value in dict.fromkeys(given or []) if (given or []).count(value) > 1]
             if repeated:
                 raise UserInputError(f"{option} {repeated[0]!r} is given twice; give each once.")
-        plans = [sweep_plan(name, stream, seed_list) for name in scenario or ["split-digits"]]  # all checked first
+        plans = [sweep_plan(name, stream, seed_list, names) for name in scenario or ["split-digits"]]  # all checked first
         sections, acu_rows = [], []
         for scenarios, streams in plans:
             sections += sweep_scenario(scenarios, names, streams)
@@ -158,23 +159,35 @@ def continual_sweep(
 
 
 def default_streams(num_tasks: int) -> list[str]:
-    """Learn every task; and the same with the middle task unlearned just after the next one is learned."""
+    """Learn every task; and the same with task ⌊T/2⌋−1 (task 0 when T = 1) unlearned right after task ⌊T/2⌋ is
+    learned, T = ``num_tasks`` (5 tasks: ``unlearn:1`` after ``learn:2``)."""
     learn = [f"learn:{t}" for t in range(num_tasks)]
     middle = num_tasks // 2
     unlearn = learn[: middle + 1] + [f"unlearn:{middle - 1 if middle else 0}"] + learn[middle + 1 :]
     return [",".join(learn), ",".join(unlearn)]
 
 
-def sweep_plan(name: str, streams: list[str] | None, seeds: list[int]) -> tuple[dict[int, Any], list[str]]:
-    """One scenario per seed and the streams to run on it, each stream checked against the scenario, so a bad
-    scenario name or stream is refused before the sweep's first run."""
+def sweep_plan(name: str, streams: list[str] | None, seeds: list[int],
+               strategies: list[str] | None = None) -> tuple[dict[int, Any], list[str]]:
+    """One scenario per seed and the streams to run on it, each stream checked against every seed's scenario
+    and every strategy's unlearner, so a bad scenario name, stream or pairing is refused before the first run."""
     from .scenarios import build_scenario
     from .stream import check_stream, parse_stream
+    from .unlearners import resolve_unlearner
 
     scenarios = {seed: build_scenario(name, seed) for seed in seeds}
     chosen = streams or default_streams(scenarios[seeds[0]].num_tasks)
     for text in chosen:
-        check_stream(parse_stream(text), scenarios[seeds[0]])
+        for seed, scenario in scenarios.items():
+            try:
+                requests = parse_stream(text, len(scenario.train_y))
+                check_stream(requests, scenario)
+            except UserInputError as error:
+                if len(scenarios) == 1:
+                    raise
+                raise UserInputError(f"With seed {seed}: {error}") from None
+        for strategy in strategies or []:
+            resolve_unlearner(strategy, None, requests)
     return scenarios, chosen
 
 

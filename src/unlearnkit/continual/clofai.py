@@ -14,6 +14,7 @@ train and test with a seeded stratified split (CLOFAI uses 80/20).
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,20 @@ def task_folders(root: str | Path) -> list[Path]:
     return folders
 
 
+def check_split(folder: Path, test_fraction: float) -> None:
+    """Refuse a task folder too small for the stratified split: it needs two images of each label, and
+    ``test_fraction`` must leave at least two images (one per label) on each side."""
+    real, fake = (len(_image_files(folder / label)) for label in LABELS)
+    total = real + fake
+    test = math.ceil(test_fraction * total)  # scikit-learn's rounding of a float test_size
+    if min(real, fake) < 2 or min(test, total - test) < 2:
+        raise UserInputError(
+            f"The CLOFAI task folder {folder} ({real} real, {fake} fake images) cannot be split with "
+            f"test_fraction={test_fraction} into {total - test} train and {test} test images: a stratified split "
+            "needs at least 2 images of each label and at least 2 images on each side."
+        )
+
+
 def load_clofai(root: str | Path, seed: int = 0, *, image_size: int = 16, test_fraction: float = 0.2) -> Scenario:
     """Read a CLOFAI-layout folder into a domain-incremental two-class scenario (one domain per task)."""
     from sklearn.model_selection import train_test_split
@@ -66,6 +81,8 @@ def load_clofai(root: str | Path, seed: int = 0, *, image_size: int = 16, test_f
     train_x, train_y, test_x, test_y, tasks = [], [], [], [], []
     offset = 0
     folders = task_folders(root)
+    for folder in folders:  # all checked before any image is read
+        check_split(folder, test_fraction)
     for index, folder in enumerate(folders):
         images, labels = [], []
         for name, label in LABELS.items():
@@ -73,8 +90,7 @@ def load_clofai(root: str | Path, seed: int = 0, *, image_size: int = 16, test_f
                 images.append(_read_image(path, image_size))
                 labels.append(label)
         x, y = torch.stack(images), torch.tensor(labels)
-        stratify = labels if min(labels.count(0), labels.count(1)) >= 2 else None
-        train, test = train_test_split(np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=stratify)
+        train, test = train_test_split(np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels)
         train, test = torch.from_numpy(np.sort(train)), torch.from_numpy(np.sort(test))
         train_x.append(x[train])
         train_y.append(y[train])

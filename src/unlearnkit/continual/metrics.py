@@ -12,7 +12,8 @@ training), for T tasks learned in order:
 
 Stream form (:func:`stream_metrics`): rows are the steps of a learn/unlearn stream. The same
 definitions are applied with "the row where task i was last learned" as its diagonal and the last
-row as final, over the tasks still learned at the end (forgotten tasks are meant to drop). BWT and
+row as final, over the tasks still learned at the end (forgotten tasks are meant to drop); FWT alone
+runs over every task ever learned but the first, with the row just before its first learning. BWT and
 both forgetting forms leave out only a task whose diagonal row is the last row that changed the
 model (trailing ``evaluate`` steps ignored), as the square form leaves out the last task; a task
 learned before a final unlearning step counts. On a learn-only stream 0..T−1 they equal the square

@@ -176,7 +176,7 @@ def run_stream(
     hyper-parameters, and whether the unlearner can serve every unlearning request.
     """
     check_run_arguments(scenario, strategy, stream, seed)
-    requests: list[Request] = default_stream(scenario) if stream is None else parse_stream(stream)
+    requests: list[Request] = default_stream(scenario) if stream is None else parse_stream(stream, len(scenario.train_y))
     check_stream(requests, scenario)
     unlearner_name = resolve_unlearner(strategy, unlearner, requests)
     check_unlearner_params(unlearner_name, unlearner_params)
@@ -207,7 +207,9 @@ def run_stream(
             if isinstance(learner, ACU):
                 step.info.update(_acu_check(learner))
             if reference:
-                ref = task_log_probs(retrain(strategy, scenario, seed, params, history), scenario)
+                # the retrain unlearner's model is that reference already: it is not trained twice
+                ref = log_probs if unlearner_name == "retrain" else task_log_probs(
+                    retrain(strategy, scenario, seed, params, history), scenario)
                 step.retrain_gap, step.retrain_output_kl = _distance(log_probs, ref, scenario, sorted(set(learned_tasks)))
         results.append(step)
         infos.append(StepInfo(request.action, request.task, touched))

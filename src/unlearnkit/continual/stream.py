@@ -3,7 +3,8 @@
 A stream is written as comma-separated tokens, for example
 ``"learn:0,learn:1,learn:2,unlearn:1,learn:3,evaluate"``. ``unlearn:ids=3;17;40-45`` forgets
 individual training samples by their sample id (a range ``a-b`` includes both ends).
-:func:`parse_stream` checks the syntax; :func:`check_stream` checks it against a scenario before
+:func:`parse_stream` checks the syntax (and, given the training pool's size, that every sample id
+lies in it, before a range is expanded); :func:`check_stream` checks it against a scenario before
 any work starts (tasks exist, nothing is unlearned that the stream has not learned).
 """
 
@@ -39,24 +40,26 @@ def _bad(position: int, token: str, why: str) -> UserInputError:
     return UserInputError(f"Stream token {position + 1} {token!r} is not valid: {why}.")
 
 
-def _parse_ids(text: str, position: int, token: str) -> tuple[int, ...]:
+def _parse_ids(text: str, position: int, token: str, pool: int | None) -> tuple[int, ...]:
     ids: list[int] = []
     for part in text.split(";"):
-        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        match = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part)
         if not match:
             raise _bad(position, token, "sample ids must be non-negative integers or ranges a-b separated by ';'")
         low = int(match.group(1))
         high = int(match.group(2)) if match.group(2) else low
         if high < low:
             raise _bad(position, token, f"the range {low}-{high} is empty")
+        if pool is not None and high >= pool:  # before expanding: a huge range would exhaust memory
+            raise _bad(position, token, f"sample id {high} lies outside the training pool (ids 0..{pool - 1})")
         ids.extend(range(low, high + 1))
     if len(set(ids)) != len(ids):
         raise _bad(position, token, "it lists the same sample id more than once")
     return tuple(ids)
 
 
-def parse_token(token: str, position: int) -> Request:
-    """Parse one token (``position`` is 0-based and only used in messages)."""
+def parse_token(token: str, position: int, pool: int | None = None) -> Request:
+    """Parse one token (``position`` is 0-based and only used in messages; ``pool`` bounds sample ids)."""
     text = token.strip()
     if text in ("evaluate", "eval"):
         return Request("evaluate", token=text, position=position)
@@ -65,14 +68,18 @@ def parse_token(token: str, position: int) -> Request:
         raise _bad(position, text, _SYNTAX)
     argument = argument.strip()
     if action == "unlearn" and argument.startswith("ids="):
-        return Request("unlearn", ids=_parse_ids(argument[4:], position, text), token=text, position=position)
-    if not argument.isdigit():
+        return Request("unlearn", ids=_parse_ids(argument[4:], position, text, pool), token=text, position=position)
+    if not re.fullmatch(r"[0-9]+", argument):
         raise _bad(position, text, f"the task must be a non-negative integer ({_SYNTAX})")
     return Request(action, task=int(argument), token=text, position=position)
 
 
-def parse_stream(stream: str | Sequence[str]) -> list[Request]:
-    """Parse a comma-separated stream (or a list of tokens) into requests; syntax errors name the token."""
+def parse_stream(stream: str | Sequence[str], pool: int | None = None) -> list[Request]:
+    """Parse a comma-separated stream (or a list of tokens) into requests; syntax errors name the token.
+
+    ``pool`` (the number of training samples) refuses a sample id outside ``0..pool−1`` before its
+    range is expanded; without it ``unlearn:ids`` ranges are expanded unchecked.
+    """
     tokens = stream.split(",") if isinstance(stream, str) else list(stream)
     if not any(t.strip() for t in tokens):
         raise UserInputError("The stream is empty: give comma-separated tokens such as learn:0,learn:1,unlearn:0.")
@@ -80,7 +87,7 @@ def parse_stream(stream: str | Sequence[str]) -> list[Request]:
     for position, token in enumerate(tokens):
         if not token.strip():
             raise _bad(position, token, "it is empty (two commas in a row or a trailing comma)")
-        requests.append(parse_token(token, position))
+        requests.append(parse_token(token, position, pool))
     return requests
 
 
@@ -112,7 +119,11 @@ def check_stream(requests: Sequence[Request], scenario: Scenario) -> None:
                 raise UserInputError(
                     f"The {request.describe()} unlearns task {request.task}, which is not learned at that point of the stream."
                 )
-            _forget(learned, scenario.tasks[request.task].train_ids.tolist())
+            ids = scenario.tasks[request.task].train_ids.tolist()
+            if not any(i in learned for i in ids):
+                raise UserInputError(f"The {request.describe()} unlearns task {request.task}, but all its samples "
+                                     "were already unlearned earlier in the stream.")
+            _forget(learned, ids)
             task_learned.discard(request.task)
         elif request.action == "unlearn":
             bad = [i for i in request.ids if i >= pool or i not in learned]

@@ -2,12 +2,15 @@
 
 - ``amnesiac`` (Graves et al., "Amnesiac Machine Learning", AAAI 2021; CLArena's continual form):
   each learn request records its weight change Δθ^(t); unlearning task t sets θ ← θ − Δθ^(t).
-  Whole tasks only.
+  Whole tasks only. Only task t's own change goes: where tasks share samples (``scole``), what other
+  tasks' changes learned from them stays, while the retrained reference drops those samples from
+  every task, so part of the retrain gap there is this rule's, not the strategy's.
 - ``acu`` / ``uncle``: the strategy's own closed-form or data-free unlearning.
 - ``retrain``: replace the model by one retrained on the remaining data (done by the runner).
 - any core method of :mod:`unlearnkit.methods` (``gradient_ascent``, ``ssd``, ...): applied to the
   current model through :func:`unlearnkit.api.unlearn` with a :class:`~unlearnkit.ForgetRequest` whose
-  forget set is the request's samples and whose retain set is every other learned sample.
+  forget set is the request's samples and whose retain set is every other learned sample; its seed
+  is the run's unless ``--unlearner-param seed=N`` sets one.
 
 After any of them the strategy purges the forgotten samples from its buffers and stores.
 """
@@ -108,13 +111,14 @@ class TaskMaskedAdapter(ClassifierAdapter):
 def core_unlearn(learner: GradientLearner, scenario: Scenario, method: str, forget: set[int], retain: set[int],
                  params: Mapping[str, Any]) -> dict[str, Any]:
     """Apply a core method to the learner's model, through the public API, and adopt the result (its
-    losses masked per task in task-incremental scenarios, like the learner's own)."""
+    losses masked per task in task-incremental scenarios, like the learner's own). The method's seed is
+    the learner's (the run's) unless ``params`` set one."""
     from ..api import unlearn
 
     request = ForgetRequest(scenario.items(), sorted(forget), sorted(retain - forget) or None, reason="continual stream")
     adapter = (TaskMaskedAdapter(learner.model, scenario) if scenario.setting == "task-il"
                else ClassifierAdapter(learner.model, scenario.num_classes))
-    model, record = unlearn(learner.model, request, method, adapter=adapter, **dict(params))
+    model, record = unlearn(learner.model, request, method, adapter=adapter, **{"seed": learner.seed, **params})
     learner.model.load_state_dict(model.state_dict())
     return {"method": method, "status": record.status, "steps": record.steps}
 

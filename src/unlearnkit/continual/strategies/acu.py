@@ -33,7 +33,7 @@ import torch
 
 from ...errors import UserInputError
 from ..scenarios import Scenario, Task
-from .base import MASK_VALUE, PluginConfig, Strategy
+from .base import MASK_VALUE, PluginConfig, Strategy, positive
 
 
 @dataclass
@@ -46,9 +46,9 @@ class ACUConfig(PluginConfig):
     fold_rank: int = 64
 
     def check(self) -> None:
-        """Positive width, γ and chunk; a non-negative fold rank."""
-        if self.expansion < 1 or self.gamma <= 0 or self.chunk < 1 or self.fold_rank < 0:
-            raise UserInputError(f"ACU needs expansion ≥ 1, gamma > 0, chunk ≥ 1 and fold_rank ≥ 0, got {self.expansion}, "
+        """Positive width and chunk, a finite γ > 0, a non-negative fold rank."""
+        if self.expansion < 1 or not positive(self.gamma) or self.chunk < 1 or self.fold_rank < 0:
+            raise UserInputError(f"ACU needs expansion ≥ 1, a finite gamma > 0, chunk ≥ 1 and fold_rank ≥ 0, got {self.expansion}, "
                                  f"{self.gamma}, {self.chunk}, {self.fold_rank}.")
 
 

@@ -5,12 +5,18 @@ whatever it keeps about forgotten samples (``purge(ids, task)``). Most strategie
 :class:`GradientLearner` (an MLP trained with the shared ``optimise`` loop, cross-entropy on the
 current task) plus :class:`Plugin` objects that add a penalty (EWC, L2, distillation), a replay term
 (ER), another loss for the new samples (UER), a pre-step (refresh) or a gradient edit (CUBER/GPM).
-Plug-ins compose: the strategy spec ``"refresh+er+ewc"`` stacks three of them.
+Plug-ins compose: the strategy spec ``"refresh+er+ewc"`` stacks three of them. Each hook acts on its
+own: refresh's ascent step moves the weights directly, so with ``gpm`` or ``cuber`` only the ordinary
+step's gradient is projected, not that ascent step.
+
+A training run that diverges (a NaN/inf loss or weights) raises :class:`UserInputError` naming what
+was trained, rather than letting the stream go on from the weights the loop rolled back to.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
@@ -19,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UserInputError
-from ...train import TrainConfig, optimise
+from ...train import TrainConfig, TrainRecord, optimise
 from ...train.config import build_config
 from ..nets import build_mlp
 from ..scenarios import Scenario, Task
@@ -52,8 +58,27 @@ class PluginConfig:
         """Raise :class:`UserInputError` for a setting that cannot work (plug-ins override)."""
 
 
+def non_negative(*values: float) -> bool:
+    """True when every value is a finite number ≥ 0 (NaN and ±inf are not)."""
+    return all(math.isfinite(v) and v >= 0 for v in values)
+
+
+def positive(*values: float) -> bool:
+    """True when every value is a finite number > 0."""
+    return all(math.isfinite(v) and v > 0 for v in values)
+
+
+def check_trained(record: TrainRecord, what: str) -> None:
+    """Raise :class:`UserInputError` when the training run on ``what`` diverged."""
+    if record.status == "diverged":
+        cause = record.message.partition(";")[0]  # the rest says which weights the loop restored: moot here
+        raise UserInputError(f"Training diverged on {what} ({cause}); lower lr or set grad_clip with --param.")
+
+
 def split_params(configs: Sequence[type], overrides: Mapping[str, Any], owner: str) -> list[Any]:
     """Instantiate each config class with the overrides it declares; a name no config declares is an error."""
+    if "seed" in overrides:
+        raise UserInputError(f"Strategy {owner!r} takes its seed from the run's --seed, not from a seed hyper-parameter; drop seed.")
     names = {f.name for cls in configs for f in dataclasses.fields(cls)}
     unknown = sorted(set(overrides) - names)
     if unknown:
@@ -208,8 +233,9 @@ class GradientLearner(Strategy):
         config = dataclasses.replace(self.config, seed=self.seed + task.index)
         # cpu=True: the strategies keep their data, buffers and stored traces on the CPU, where these
         # small models train fastest; on a GPU, accelerate would move the model away from them.
-        optimise(self.model, stream, self.loss, config, steps_per_epoch=steps,
-                 description=f"task {task.index}", after_backward=self._after_backward, cpu=True)
+        record = optimise(self.model, stream, self.loss, config, steps_per_epoch=steps,
+                          description=f"task {task.index}", after_backward=self._after_backward, cpu=True)
+        check_trained(record, f"task {task.index}")
         self.model.eval()
         for plugin in self.plugins:
             plugin.after_task(self, task, ids)

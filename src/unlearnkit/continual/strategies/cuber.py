@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import UserInputError
-from .base import Plugin, PluginConfig
+from .base import Plugin, PluginConfig, non_negative
 
 
 @dataclass
@@ -50,10 +50,11 @@ class GPMConfig(PluginConfig):
     project_head: bool | None = None
 
     def check(self) -> None:
-        """0 < thresholds ≤ 1 and a positive sample count."""
+        """0 < thresholds < 1 (at 1 a task's bases span all its inputs, so later tasks cannot change that
+        layer on them) and a positive sample count."""
         thresholds = (self.gpm_threshold, self.gpm_threshold_deeper)
-        if not all(0 < t <= 1 for t in thresholds) or self.gpm_samples < 1:
-            raise UserInputError(f"GPM needs 0 < gpm_threshold, gpm_threshold_deeper ≤ 1 and gpm_samples ≥ 1, "
+        if not all(0 < t < 1 for t in thresholds) or self.gpm_samples < 1:
+            raise UserInputError(f"GPM needs 0 < gpm_threshold, gpm_threshold_deeper < 1 and gpm_samples ≥ 1, "
                                  f"got {self.gpm_threshold}, {self.gpm_threshold_deeper} and {self.gpm_samples}.")
 
 
@@ -64,10 +65,10 @@ class CuberConfig(GPMConfig):
     cuber_epsilon: float = 0.5
 
     def check(self) -> None:
-        """GPM's checks and ε ≥ 0."""
+        """GPM's checks and a finite ε ≥ 0."""
         super().check()
-        if self.cuber_epsilon < 0:
-            raise UserInputError(f"CUBER needs cuber_epsilon ≥ 0, got {self.cuber_epsilon}.")
+        if not non_negative(self.cuber_epsilon):
+            raise UserInputError(f"CUBER needs a finite cuber_epsilon ≥ 0, got {self.cuber_epsilon}.")
 
 
 def _with_bias(x: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 
 from ...errors import UserInputError
 from ..fisher import diagonal_fisher
-from .base import Plugin, PluginConfig
+from .base import Plugin, PluginConfig, non_negative
 
 
 @dataclass
@@ -37,9 +37,9 @@ class EWCConfig(PluginConfig):
     ewc_gamma: float = 1.0
 
     def check(self) -> None:
-        """λ ≥ 0 and 0 ≤ γ ≤ 1."""
-        if self.ewc_lambda < 0 or not 0 <= self.ewc_gamma <= 1:
-            raise UserInputError(f"EWC needs ewc_lambda ≥ 0 and 0 ≤ ewc_gamma ≤ 1, got {self.ewc_lambda} and {self.ewc_gamma}.")
+        """Finite λ ≥ 0 and 0 ≤ γ ≤ 1."""
+        if not non_negative(self.ewc_lambda) or not 0 <= self.ewc_gamma <= 1:
+            raise UserInputError(f"EWC needs a finite ewc_lambda ≥ 0 and 0 ≤ ewc_gamma ≤ 1, got {self.ewc_lambda} and {self.ewc_gamma}.")
 
 
 class EWC(Plugin):

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import UserInputError
-from .base import Plugin, PluginConfig
+from .base import Plugin, PluginConfig, non_negative
 from ...adapters.base import frozen_copy
 
 
@@ -29,9 +29,9 @@ class FeatKDConfig(PluginConfig):
     featkd_weight: float = 1.0
 
     def check(self) -> None:
-        """w ≥ 0."""
-        if self.featkd_weight < 0:
-            raise UserInputError(f"Feature distillation needs featkd_weight ≥ 0, got {self.featkd_weight}.")
+        """Finite w ≥ 0."""
+        if not non_negative(self.featkd_weight):
+            raise UserInputError(f"Feature distillation needs a finite featkd_weight ≥ 0, got {self.featkd_weight}.")
 
 
 class FeatKD(Plugin):

@@ -14,7 +14,7 @@ import torch
 from ...train import optimise
 from ..nets import build_mlp
 from ..scenarios import Task
-from .base import GradientLearner
+from .base import GradientLearner, check_trained
 
 
 class Joint(GradientLearner):
@@ -48,8 +48,9 @@ class Joint(GradientLearner):
                 pick = order[start : start + size]
                 yield self.batch_of(self.store_ids[pick], self.store_task[pick])
 
-        optimise(self.model, epoch_batches, self.task_loss, self.config,
-                 steps_per_epoch=-(-len(self.store_ids) // size), description="joint", cpu=True)
+        record = optimise(self.model, epoch_batches, self.task_loss, self.config,
+                          steps_per_epoch=-(-len(self.store_ids) // size), description="joint", cpu=True)
+        check_trained(record, "the joint retraining")
         self.model.eval()
 
     def purge(self, ids: set[int], task: int | None) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import UserInputError
-from .base import Plugin, PluginConfig
+from .base import Plugin, PluginConfig, non_negative
 
 
 @dataclass
@@ -28,9 +28,9 @@ class L2Config(PluginConfig):
     l2_lambda: float = 0.01
 
     def check(self) -> None:
-        """λ ≥ 0."""
-        if self.l2_lambda < 0:
-            raise UserInputError(f"L2 needs l2_lambda ≥ 0, got {self.l2_lambda}.")
+        """Finite λ ≥ 0."""
+        if not non_negative(self.l2_lambda):
+            raise UserInputError(f"L2 needs a finite l2_lambda ≥ 0, got {self.l2_lambda}.")
 
 
 class L2(Plugin):

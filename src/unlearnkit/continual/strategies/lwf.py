@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from ...adapters.base import frozen_copy
 from ...errors import UserInputError
-from .base import Plugin, PluginConfig
+from .base import Plugin, PluginConfig, non_negative, positive
 
 
 @dataclass
@@ -31,9 +31,9 @@ class LwFConfig(PluginConfig):
     temperature: float = 2.0
 
     def check(self) -> None:
-        """α ≥ 0 and T > 0."""
-        if self.lwf_alpha < 0 or self.temperature <= 0:
-            raise UserInputError(f"LwF needs lwf_alpha ≥ 0 and temperature > 0, got {self.lwf_alpha} and {self.temperature}.")
+        """Finite α ≥ 0 and T > 0."""
+        if not non_negative(self.lwf_alpha) or not positive(self.temperature):
+            raise UserInputError(f"LwF needs a finite lwf_alpha ≥ 0 and temperature > 0, got {self.lwf_alpha} and {self.temperature}.")
 
 class LwF(Plugin):
     """Distil the old classes' predictions of the model from before the task."""

@@ -20,7 +20,7 @@ import torch
 
 from ...errors import UserInputError
 from ..fisher import diagonal_fisher
-from .base import Plugin, PluginConfig
+from .base import Plugin, PluginConfig, non_negative
 
 
 @dataclass
@@ -33,10 +33,11 @@ class RefreshConfig(PluginConfig):
     fisher_decay: float = 1e-5
 
     def check(self) -> None:
-        """All four are non-negative."""
+        """All four are finite and non-negative."""
         values = (self.refresh_rate, self.refresh_damping, self.refresh_noise, self.fisher_decay)
-        if min(values) < 0:
-            raise UserInputError("Refresh needs refresh_rate, refresh_damping, refresh_noise and fisher_decay ≥ 0.")
+        if not non_negative(*values):
+            raise UserInputError("Refresh needs finite refresh_rate, refresh_damping, refresh_noise and fisher_decay ≥ 0, "
+                                 f"got {', '.join(map(str, values))}.")
 
 
 class Refresh(Plugin):
@@ -76,7 +77,11 @@ class Refresh(Plugin):
         self._combine()
 
     def forget(self, learner, ids, task) -> None:
-        """A forgotten task's Fisher term goes (F is rebuilt from the others, decays kept)."""
+        """A forgotten task's Fisher term goes (F is rebuilt from the others, decays kept).
+
+        Only whole tasks' terms are dropped: after ``unlearn:ids`` the stored terms still hold the
+        forgotten samples' contribution to F (as with EWC's Fisher).
+        """
         if task is not None:
             self.terms = [(t, f) for t, f in self.terms if t != task]
             self._combine()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from ...errors import UserInputError
+from .base import positive
 from .er import ER, ERConfig
 
 
@@ -27,10 +28,10 @@ class UERConfig(ERConfig):
     uer_scale: float = 16.0
 
     def check(self) -> None:
-        """ER's checks and s > 0."""
+        """ER's checks and a finite s > 0."""
         super().check()
-        if self.uer_scale <= 0:
-            raise UserInputError(f"UER needs uer_scale > 0, got {self.uer_scale}.")
+        if not positive(self.uer_scale):
+            raise UserInputError(f"UER needs a finite uer_scale > 0, got {self.uer_scale}.")
 
 
 class UER(ER):

@@ -31,7 +31,7 @@ from torch import nn
 from ...errors import UserInputError
 from ...train import TrainConfig, optimise
 from ..scenarios import Scenario, Task
-from .base import MASK_VALUE, Strategy
+from .base import MASK_VALUE, Strategy, check_trained, non_negative
 
 
 @dataclass
@@ -51,10 +51,12 @@ class UnCLeConfig(TrainConfig):
     regularise_forgotten: bool = False
 
     def check(self) -> None:
-        """The recipe's checks plus positive sizes and step counts."""
+        """The recipe's checks plus positive sizes and step counts, and finite β ≥ 0 and σ ≥ 0."""
         super().check()
-        if min(self.embedding_dim, self.hyper_hidden, self.target_hidden, self.unlearn_steps) < 1 or self.beta < 0:
-            raise UserInputError("UnCLe needs positive embedding_dim, hyper_hidden, target_hidden, unlearn_steps and beta ≥ 0.")
+        sizes = (self.embedding_dim, self.hyper_hidden, self.target_hidden, self.unlearn_steps)
+        if min(sizes) < 1 or not non_negative(self.beta, self.noise_std):
+            raise UserInputError("UnCLe needs positive embedding_dim, hyper_hidden, target_hidden and unlearn_steps, "
+                                 "and finite beta ≥ 0 and noise_std ≥ 0.")
 
 
 class HyperNetwork(nn.Module):
@@ -151,8 +153,9 @@ class UnCLe(Strategy):
             logits = self._own(self.model.classify(self.model(embedding), batch["x"]), task)
             return F.cross_entropy(logits, batch["y"]) + self.config.beta * self._regulariser(anchors)
 
-        optimise(self.model, epoch_batches, loss, self.config, steps_per_epoch=-(-len(ids) // size),
-                 description=f"task {task.index}", params=[*self.model.net.parameters(), embedding], cpu=True)
+        record = optimise(self.model, epoch_batches, loss, self.config, steps_per_epoch=-(-len(ids) // size),
+                          description=f"task {task.index}", params=[*self.model.net.parameters(), embedding], cpu=True)
+        check_trained(record, f"task {task.index}")
         self.model.eval()
         self.forgotten = [t for t in self.forgotten if t != task.index]
         if task.index not in self.retained:
@@ -177,6 +180,7 @@ class UnCLe(Strategy):
         config = dataclasses.replace(self.config, epochs=1, max_steps=None)
         record = optimise(self.model, steps, loss, config, steps_per_epoch=self.config.unlearn_steps,
                           description=f"unlearn task {task}", params=list(self.model.net.parameters()), cpu=True)
+        check_trained(record, f"the unlearning of task {task}")
         self.model.eval()
         self.forgotten.append(task)
         return {"unlearn_loss": record.losses[-1] if record.losses else None}
