@@ -64,7 +64,7 @@ def test_acu_in_a_stream_matches_its_retrained_reference(scenario):
 def test_cost_rows_name_the_scenario_and_stay_exact(scenario):
     from unlearnkit.continual.cost import acu_cost
 
-    rows = acu_cost(scenario, repeats=1)
+    rows = acu_cost(scenario, repeats=1, params={"expansion": 300})
     learned = sum(len(task.train_ids) for task in scenario.tasks)  # every task learned once: 1437 rows
     assert learned == len(set(torch.cat([task.train_ids for task in scenario.tasks]).tolist()))
     assert [r["request"] for r in rows] == ["1 sample", "10 samples", "task 1"]
@@ -73,3 +73,23 @@ def test_cost_rows_name_the_scenario_and_stay_exact(scenario):
         assert r["scenario"] == "split-digits" and r["learned_rows"] == learned
         assert r["relative_diff"] <= 1e-6
         assert r["amortised_ratio"] == pytest.approx(r["amortised_ms"] / r["resolve_ms"])
+
+
+def test_the_default_width_is_the_one_the_results_page_chose():
+    import re
+    from pathlib import Path
+
+    from unlearnkit.continual.strategies.acu import ACUConfig
+
+    page = (Path(__file__).parents[1] / "docs" / "results" / "continual.md").read_text(encoding="utf-8")
+    assert int(re.search(r"^Chosen: expansion=(\d+)$", page, re.M).group(1)) == ACUConfig().expansion
+
+
+def test_the_width_rule_takes_the_best_mean_accuracy_and_the_narrower_on_a_tie():
+    from unlearnkit.continual.cost import acu_width_rows, chosen_width
+
+    rows = acu_width_rows(seed=3, widths=(20, 200))
+    assert [r["width"] for r in rows] == [20, 200] and all(0 <= r["mean"] <= 1 for r in rows)
+    assert rows[1]["mean"] > rows[0]["mean"]  # 20 random features cannot separate ten digits as 200 do
+    assert chosen_width(rows) == 200
+    assert chosen_width([{"width": 9, "mean": 0.5}, {"width": 3, "mean": 0.5}, {"width": 5, "mean": 0.4}]) == 3

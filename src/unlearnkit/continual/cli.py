@@ -122,7 +122,7 @@ def continual_sweep(
     stream: Optional[List[str]] = typer.Option(None, "--stream", help="Stream(s) run on every scenario (default: learn every "
                                                "task; and the same with unlearn:k−1 right after learn:k, k = tasks // 2)."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds; tables show mean ± std."),
-    acu_cost: bool = typer.Option(True, help="Add ACU's exactness and per-request cost section."),
+    acu_cost: bool = typer.Option(True, help="Add ACU's exactness, per-request cost and feature-width sections."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
 ) -> None:
     """Run every strategy on the given scenarios and streams and write a markdown results page."""
@@ -141,18 +141,22 @@ def continual_sweep(
             if repeated:
                 raise UserInputError(f"{option} {repeated[0]!r} is given twice; give each once.")
         plans = [sweep_plan(name, stream, seed_list, names) for name in scenario or ["split-digits"]]  # all checked first
-        sections, acu_rows = [], []
+        sections, acu_rows, width_rows = [], [], []
         for scenarios, streams in plans:
             sections += sweep_scenario(scenarios, names, streams)
             if acu_cost and "acu" in names:
                 from .cost import acu_cost as measure
 
                 acu_rows += measure(scenarios[seed_list[0]], seed_list[0])
+        if acu_cost and "acu" in names:
+            from .cost import acu_width_rows
+
+            width_rows = acu_width_rows()
         from .report import sweep_page
 
         from ..cli import command_line
 
-        write_text_atomic(out, sweep_page(command_line(), sections, acu_rows))
+        write_text_atomic(out, sweep_page(command_line(), sections, acu_rows, width_rows))
         typer.echo(f"wrote {out}")
 
     _user_errors(work)

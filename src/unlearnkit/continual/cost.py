@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from typing import Any, Mapping, Sequence
 
-from .scenarios import Scenario
+from .runner import accuracies, task_log_probs
+from .scenarios import Scenario, build_scenario
 from .strategies import build_strategy
 from .strategies.acu import ACU
+
+#: The feature widths compared for ACU's default width, on a scenario seed the sweep does not report.
+ACU_WIDTHS = (500, 1000, 2000, 4000)
+WIDTH_SEED = 7
+WIDTH_SCENARIOS = ("split-digits", "permuted-digits")
 
 
 def _best_seconds(action, repeats: int) -> float:
@@ -32,12 +38,13 @@ def _amortised_seconds(learned: ACU, pool: list[int], size: int) -> float:
     return (time.perf_counter() - start) / count
 
 
-def acu_cost(scenario: Scenario, seed: int = 0, repeats: int = 5) -> list[dict[str, Any]]:
+def acu_cost(scenario: Scenario, seed: int = 0, repeats: int = 5,
+             params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """Learn every task, then for requests of 1 sample, 10 samples and task 1: the best unlearning time
     (on fresh copies; a request folds R only when its own rows pass ``fold_rank``), the best time per
     request of a run of such requests that includes one fold (amortised), the best time of a full re-solve
     afterwards, their ratios, and the largest |W_recursive − W_resolved| relative to max |W_resolved|."""
-    learned: ACU = build_strategy("acu", scenario, seed)  # type: ignore[assignment]
+    learned: ACU = build_strategy("acu", scenario, seed, params)  # type: ignore[assignment]
     for task in scenario.tasks:
         learned.learn(task, task.train_ids)
     task_ids = scenario.tasks[1].train_ids.tolist()
@@ -59,3 +66,25 @@ def acu_cost(scenario: Scenario, seed: int = 0, repeats: int = 5) -> list[dict[s
                      "amortised_ms": 1e3 * amortised, "resolve_ms": 1e3 * resolve, "ratio": unlearn / resolve,
                      "amortised_ratio": amortised / resolve, "relative_diff": diff})
     return rows
+
+
+def acu_width_rows(seed: int = WIDTH_SEED, widths: Sequence[int] = ACU_WIDTHS) -> list[dict[str, Any]]:
+    """For each feature width: ACU's average accuracy over the tasks after learning every task of each of
+    :data:`WIDTH_SCENARIOS` (scenario ``seed``), their mean, and R's size in MiB."""
+    scenarios = [build_scenario(name, seed) for name in WIDTH_SCENARIOS]
+    rows = []
+    for width in widths:
+        row: dict[str, Any] = {"width": width, "r_mb": width * width * 8 / 2**20}
+        for scenario in scenarios:
+            learner = build_strategy("acu", scenario, seed, {"expansion": width})
+            for task in scenario.tasks:
+                learner.learn(task, task.train_ids)
+            row[scenario.name] = float(accuracies(task_log_probs(learner, scenario), scenario).mean())
+        row["mean"] = sum(row[name] for name in WIDTH_SCENARIOS) / len(WIDTH_SCENARIOS)
+        rows.append(row)
+    return rows
+
+
+def chosen_width(rows: Sequence[Mapping[str, Any]]) -> int:
+    """The width with the highest mean accuracy (the narrower on a tie): the rule behind ACU's default."""
+    return min(rows, key=lambda r: (-r["mean"], r["width"]))["width"]

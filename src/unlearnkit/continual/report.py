@@ -8,7 +8,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .cost import WIDTH_SCENARIOS, WIDTH_SEED, chosen_width
 from .runner import ContinualRun
+from .strategies.acu import ACUConfig
 
 METRIC_KEYS = ("avg_acc", "bwt", "fwt", "forgetting_last", "forgetting_max", "forgotten_acc", "relapse", "spillover",
                "retrain_gap", "retrain_output_kl")
@@ -106,8 +108,31 @@ def acu_cost_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def sweep_page(command: str, sections: Sequence[tuple[str, str, str]], acu_rows: Sequence[dict[str, Any]] | None) -> str:
-    """The generated ``docs/results/continual.md``: sections of (title, stream, table)."""
+def acu_width_table(rows: Sequence[dict[str, Any]]) -> str:
+    """A markdown table of ACU's accuracy per feature width."""
+    lines = [f"| width | R (MB) | {' | '.join(WIDTH_SCENARIOS)} | mean |", "|---" * (3 + len(WIDTH_SCENARIOS)) + "|"]
+    for r in rows:
+        cells = " | ".join(f"{r[name]:.4f}" for name in WIDTH_SCENARIOS)
+        lines.append(f"| {r['width']} | {r['r_mb']:.0f} | {cells} | {r['mean']:.4f} |")
+    return "\n".join(lines)
+
+
+def acu_width_section(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The page's section on ACU's feature width: the rule, the chosen width and the table."""
+    chosen = chosen_width(rows)
+    edge = (" The widest width tried wins: the grid stops there because R (d² float64) and each learning pass grow "
+            "with d²." if chosen == max(r["width"] for r in rows) else "")
+    return ["", "## ACU: feature width", "",
+            f"ACU's default width (`expansion`) is chosen on scenario seed {WIDTH_SEED}, which the tables above do not "
+            f"report: the width with the highest mean average accuracy over {' and '.join(WIDTH_SCENARIOS)} after "
+            f"learning every task (the narrower on a tie).{edge}", "",
+            f"Chosen: expansion={chosen}", "", acu_width_table(rows)]
+
+
+def sweep_page(command: str, sections: Sequence[tuple[str, str, str]], acu_rows: Sequence[dict[str, Any]] | None,
+               width_rows: Sequence[dict[str, Any]] | None = None) -> str:
+    """The generated ``docs/results/continual.md``: sections of (title, stream, table), then ACU's cost and width."""
+
     parts = [
         "# Continual learning and unlearning: strategy sweep",
         "",
@@ -125,11 +150,13 @@ def sweep_page(command: str, sections: Sequence[tuple[str, str, str]], acu_rows:
     if acu_rows:
         parts += ["", "## ACU: exactness and cost per request", "",
                   "Recursive unlearning against re-solving the ridge head from all remaining data (features included), "
-                  "after learning every task of each scenario, float64, 1000 random features. A request reads the d×d "
+                  f"after learning every task of each scenario, float64, {ACUConfig().expansion} random features. A request reads the d×d "
                   "matrix R once (R Xᵀ) and keeps its change to R as a low-rank correction, folded into R (a rewrite of "
                   "all d² entries) once more than 64 rows are pending: `unlearn ms` is one request on a fresh copy, "
                   "`amortised ms` the mean over a run of such requests long enough to include one fold. A re-solve "
                   "grows with the rows learned, so the ratios fall as the learned data grows. Removing a whole task is a "
                   "rank update as large as the task, so it costs a large share of a re-solve.", "",
                   acu_cost_table(acu_rows)]
+    if width_rows:
+        parts += acu_width_section(width_rows)
     return "\n".join(parts) + "\n"
