@@ -132,7 +132,6 @@ def acu_width_section(rows: Sequence[dict[str, Any]]) -> list[str]:
 def sweep_page(command: str, sections: Sequence[tuple[str, str, str]], acu_rows: Sequence[dict[str, Any]] | None,
                width_rows: Sequence[dict[str, Any]] | None = None) -> str:
     """The generated ``docs/results/continual.md``: sections of (title, stream, table), then ACU's cost and width."""
-
     parts = [
         "# Continual learning and unlearning: strategy sweep",
         "",
