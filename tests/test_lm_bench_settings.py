@@ -10,7 +10,7 @@ from unlearnkit.request import ForgetRequest
 def test_bench_settings_apply_and_user_params_override_them():
     items = tiny_qa(6)
     adapter = memorised_lm(items, steps=1)
-    request = ForgetRequest(items, [0, 1], [2, 3, 4, 5])
+    request = ForgetRequest(items, [0, 1], [2, 3, 4, 5], neighbours={"direct": [2, 3]})  # npo samples them (modular)
     chosen = method_settings(["sam_npo", "npo"], None, adapter, request)
     assert chosen["sam_npo"] == FACTS_METHOD_SETTINGS["sam_npo"] and chosen["npo"] == FACTS_METHOD_SETTINGS.get("npo", {})
     overridden = method_settings(["sam_npo"], {"sam_npo": {"sam_rho": "0.2"}}, adapter, request)

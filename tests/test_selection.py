@@ -28,16 +28,19 @@ def test_selection_scores_every_candidate_and_applies_both_rules(tmp_path, monke
     real_attacks = selection.run_attacks
     monkeypatch.setattr(selection, "run_attacks",
                         lambda *a, **k: attacked_with.append(k.get("relearn_settings")) or real_attacks(*a, **k))
-    chosen, rows = select_facts_settings(config, "forget10", rmu_epochs=(1, 2), sam_rhos=(0.1, 0.5), log=lambda _: None)
-    assert [(r["method"], r.get("epochs"), r.get("sam_rho")) for r in rows] == [
-        ("rmu", 1, None), ("rmu", 2, None), ("sam_npo", None, 0.1), ("sam_npo", None, 0.5)]
+    chosen, rows = select_facts_settings(config, "forget10", rmu_epochs=(1, 2), sam_rhos=(0.1, 0.5), npo_lrs=(0.01,),
+                                         npo_seeds=(0, 1), log=lambda _: None)
+    assert [(r["method"], r.get("epochs"), r.get("sam_rho"), r.get("lr"), r.get("seed")) for r in rows] == [
+        ("rmu", 1, None, None, None), ("rmu", 2, None, None, None), ("sam_npo", None, 0.1, None, None),
+        ("sam_npo", None, 0.5, None, None), ("npo", None, None, 0.01, 0), ("npo", None, None, 0.01, 1)]
+    assert chosen["npo"] == {**selection.NPO_RECIPE, "lr": 0.01}
     for row in rows:
         assert 0 <= row["forget_quality"] <= 1 and row["utility_vs_retain"] > 0 and row["time_vs_retrain"] > 0
     out = tmp_path / "selection.md"
     write_selection(out, config, "forget10", chosen, rows, "unlearnkit select-facts --preset tiny")
     text = out.read_text()
     assert "world seed 1 (forget10, 12 people)" in text
-    assert text.count("\n| rmu |") == 2 and text.count("\n| sam_npo |") == 2
+    assert text.count("\n| rmu |") == 2 and text.count("\n| sam_npo |") == 2 and text.count("\n| npo |") == 2
     # sam_npo's ρ is ranked under the relearning attack the bench reports, not the generic default
     assert attacked_with and all(s == bench_relearn_settings(config) for s in attacked_with)
 
@@ -48,17 +51,27 @@ def test_the_rules_pick_the_widest_passing_run_and_the_lowest_defined_recovery(m
     fqs = {6: 0.01, 8: 0.4, 10: 0.35, 12: 0.02, 14: 0.5}
     recoveries = {0.1: float("nan"), 0.2: 0.3, 0.5: 0.09, 1.0: float("nan")}  # nan: too little forgetting to measure
 
-    def fake_scores(config, split, method, setting, candidates, **_):
+    # npo (two seeds each): 0.004 forgets little (0.2 / 0.5 = 0.4), 0.01 forgets but costs utility
+    # (0.85 / 0.97 = 0.876), 0.006 is nearest the bar (min(0.9, 0.96) = 0.9)
+    npo = {(0.004, 0): (0.1, 1.0), (0.004, 1): (0.3, 1.0), (0.006, 0): (0.3, 0.95), (0.006, 1): (0.6, 0.91),
+           (0.01, 0): (0.9, 0.8), (0.01, 1): (0.7, 0.9)}
+
+    def fake_scores(config, split, method, setting, candidates, seeds=(None,), **_):
         if method == "rmu":
             return [{"method": method, setting: c, "forget_quality": fqs[c]} for c in candidates]
+        if method == "npo":
+            return [{"method": method, setting: c, "seed": s, "forget_quality": npo[c, s][0],
+                     "utility_vs_retain": npo[c, s][1]} for c in candidates for s in seeds]
         return [{"method": method, setting: c, "relearn_recovery": recoveries[c]} for c in candidates]
 
     monkeypatch.setattr(selection, "score_candidates", fake_scores)
-    chosen, _ = select_facts_settings(FactsConfig.tiny(seed=1), rmu_epochs=tuple(fqs), sam_rhos=tuple(recoveries))
-    assert chosen == {"rmu": {"epochs": 8}, "sam_npo": {"sam_rho": 0.5}}
+    chosen, _ = select_facts_settings(FactsConfig.tiny(seed=1), rmu_epochs=tuple(fqs), sam_rhos=tuple(recoveries),
+                                      npo_lrs=(0.004, 0.006, 0.01), npo_seeds=(0, 1))
+    assert chosen == {"rmu": {"epochs": 8}, "sam_npo": {"sam_rho": 0.5}, "npo": {**selection.NPO_RECIPE, "lr": 0.006}}
     recoveries.update({0.2: float("nan"), 0.5: float("nan")})
     fqs.update({8: 0.1, 10: 0.1, 14: 0.1})
-    chosen, _ = select_facts_settings(FactsConfig.tiny(seed=1), rmu_epochs=tuple(fqs), sam_rhos=tuple(recoveries))
+    chosen, _ = select_facts_settings(FactsConfig.tiny(seed=1), rmu_epochs=tuple(fqs), sam_rhos=tuple(recoveries),
+                                      npo_lrs=())
     assert chosen == {}  # nothing qualifies: the generic defaults stay
     with pytest.raises(UserInputError, match="another world"):
         select_facts_settings(FactsConfig.tiny(seed=0))
@@ -84,7 +97,6 @@ def test_the_bench_uses_the_settings_the_published_selection_chose():
     chosen = next(line for line in text.splitlines() if line.startswith("Chosen: "))
     published = {}
     for part in filter(None, chosen.removeprefix("Chosen: ").split("; ")):  # empty when nothing qualified
-        method, setting = part.split(" ", 1)
-        name, value = setting.split("=")
-        published[method] = {name: float(value)}
-    assert published == {m: {k: float(v) for k, v in s.items()} for m, s in FACTS_METHOD_SETTINGS.items()}
+        method, settings = part.split(" ", 1)
+        published[method] = dict(setting.split("=") for setting in settings.split(", "))
+    assert published == {m: {k: str(v) for k, v in s.items()} for m, s in FACTS_METHOD_SETTINGS.items()}

@@ -13,6 +13,12 @@ rules, it did not design the rules blind.) The rules:
 - **sam_npo** ``sam_rho``: the candidate with the lowest relearning recovery (SAM's purpose is
   robustness to relearning), among those whose recovery is defined (unlearning lowered the answers'
   probability enough to measure it).
+- **npo** ``lr`` of the fast recipe :data:`NPO_RECIPE`: the candidate whose means over the unlearning
+  seeds :data:`NPO_SEEDS` come closest to the bar of forget quality ≥ 0.5 at utility ≥ 0.97 × the
+  retain model's, i.e. the largest min(FQ / 0.5, utility / 0.97). Several seeds, because forget
+  quality (a KS p-value on the forget items) jumps between runs. The recipe itself (one short pass,
+  batches of 64 forget items each paired with same-person retain neighbours, a KL retain term) came
+  from an exploratory search on world 1 (98 runs); the reported world played no part in it.
 
 ``unlearnkit select-facts`` (or ``make select-facts``) reruns the selection and writes its table.
 """
@@ -35,6 +41,13 @@ RMU_EPOCHS = tuple(range(6, 32, 2))
 RMU_MIN_FORGET_QUALITY = 0.3
 #: Candidate SAM radii for SAM-NPO.
 SAM_RHOS = (0.1, 0.2, 0.5, 1.0, 2.0)
+#: NPO's fast recipe on the facts models; its lr is chosen from :data:`NPO_LRS` over :data:`NPO_SEEDS`.
+NPO_RECIPE: dict[str, Any] = {"epochs": 1, "max_steps": 16, "batch_size": 64, "alpha": 20.0, "retain_loss": "kl",
+                              "sampling": "modular"}
+NPO_LRS = (0.004, 0.006, 0.008, 0.01)
+NPO_SEEDS = (0, 1, 2)
+#: The bar the npo rule measures candidates against: forget quality and utility (× the retain model's).
+TARGET_FORGET_QUALITY, TARGET_UTILITY = 0.5, 0.97
 
 
 def widest_run_centre(values: Sequence[Any], passing: Sequence[bool]) -> Any | None:
@@ -52,9 +65,24 @@ def widest_run_centre(values: Sequence[Any], passing: Sequence[bool]) -> Any | N
     return None if best is None else values[best[0] + (best[1] - 1) // 2]
 
 
+def closest_to_target(rows: Sequence[Mapping[str, Any]], setting: str) -> Any | None:
+    """The value of ``setting`` whose rows (one per seed) have the largest min(mean FQ / 0.5, mean utility /
+    0.97), the earlier candidate on a tie; None without rows."""
+    def score(value: Any) -> float:
+        runs = [r for r in rows if r[setting] == value]
+        fq = sum(r["forget_quality"] for r in runs) / len(runs)
+        utility = sum(r["utility_vs_retain"] for r in runs) / len(runs)
+        return min(fq / TARGET_FORGET_QUALITY, utility / TARGET_UTILITY)
+
+    values = list(dict.fromkeys(r[setting] for r in rows))
+    return max(values, key=score) if values else None
+
+
 def score_candidates(config: Any, split: str, method: str, setting: str, candidates: Sequence[Any], *,
+                     fixed: Mapping[str, Any] | None = None, seeds: Sequence[int | None] = (None,),
                      attacks: Sequence[str] = (), log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run ``method`` with each value of ``setting`` on the world of ``config``; one metrics row each."""
+    """Run ``method`` with each value of ``setting`` (on top of ``fixed``) on the world of ``config``, once per
+    unlearning seed in ``seeds`` (None: the method's default); one metrics row each."""
     from ..adapters.causal_lm import CausalLMAdapter
     from ..train.distributed import training_device
     from .facts import cached_facts_model, facts_request, load_facts
@@ -74,15 +102,17 @@ def score_candidates(config: Any, split: str, method: str, setting: str, candida
     retain_utility = lm_metrics(reference, reference)["model_utility"]
     controls: dict[str, float] = {}
     rows = []
-    for value in candidates:
-        settings = validate_runs([method], {method: {setting: value}}, target, request)  # generic defaults + value
+    for value, seed in ((v, s) for v in candidates for s in seeds):
+        given = {**(fixed or {}), setting: value, **({} if seed is None else {"seed": seed})}
+        settings = validate_runs([method], {method: given}, target, request)  # generic defaults + these
         model, record = unlearn(target.model, request, method, adapter=target, **settings[method])
         adapter = target.with_model(model)
         metrics, _ = evaluate_lm(adapter, splits, reference, ids=ids)
         if attacks:
             metrics |= run_attacks(attacks, adapter, target, retain, splits["forget"], seed=config.seed,
                                    relearn_settings=bench_relearn_settings(config), controls=controls)
-        row = {"method": method, setting: value, "forget_quality": metrics["forget_quality"],
+        row = {"method": method, setting: value, **({} if seed is None else {"seed": seed}),
+               "forget_quality": metrics["forget_quality"],
                "utility_vs_retain": metrics["model_utility"] / retain_utility,
                "time_vs_retrain": record.seconds / retain_meta["train_seconds"], "status": record.status,
                **{k: metrics[k] for k in ("relearn_recovery", "relearn_recovery_control") if k in metrics}}
@@ -93,12 +123,14 @@ def score_candidates(config: Any, split: str, method: str, setting: str, candida
 
 def select_facts_settings(config: Any, split: str = "forget10", *, log: Callable[[str], None] = print,
                           rmu_epochs: Sequence[int] = RMU_EPOCHS, sam_rhos: Sequence[float] = SAM_RHOS,
+                          npo_lrs: Sequence[float] = NPO_LRS, npo_seeds: Sequence[int] = NPO_SEEDS,
                           ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Apply the module's rules on ``config``'s world: the chosen settings (a method none of whose
     candidates qualifies is left out) and every scored row."""
     check_selection_world(config)
     rmu_rows = score_candidates(config, split, "rmu", "epochs", rmu_epochs, log=log)
     sam_rows = score_candidates(config, split, "sam_npo", "sam_rho", sam_rhos, attacks=("relearn",), log=log)
+    npo_rows = score_candidates(config, split, "npo", "lr", npo_lrs, fixed=NPO_RECIPE, seeds=npo_seeds, log=log)
     chosen: dict[str, dict[str, Any]] = {}
     epochs = widest_run_centre(list(rmu_epochs), [r["forget_quality"] >= RMU_MIN_FORGET_QUALITY for r in rmu_rows])
     if epochs is not None:
@@ -106,16 +138,19 @@ def select_facts_settings(config: Any, split: str = "forget10", *, log: Callable
     measured = [r for r in sam_rows if math.isfinite(r["relearn_recovery"])]
     if measured:
         chosen["sam_npo"] = {"sam_rho": min(measured, key=lambda r: r["relearn_recovery"])["sam_rho"]}
-    return chosen, rmu_rows + sam_rows
+    lr = closest_to_target(npo_rows, "lr")
+    if lr is not None:
+        chosen["npo"] = {**NPO_RECIPE, "lr": lr}
+    return chosen, rmu_rows + sam_rows + npo_rows
 
 
 def write_selection(out: Path, config: Any, split: str, chosen: Mapping[str, Mapping[str, Any]],
                     rows: Sequence[Mapping[str, Any]], command: str) -> None:
     """Write the selection's markdown table (atomically); its ``Chosen:`` line lists ``method name=value``
     pairs separated by ``; `` (nothing else), for the bench's settings to be checked against."""
-    columns = ("method", "epochs", "sam_rho", "forget_quality", "utility_vs_retain", "time_vs_retrain",
+    columns = ("method", "epochs", "sam_rho", "lr", "seed", "forget_quality", "utility_vs_retain", "time_vs_retrain",
                "relearn_recovery", "relearn_recovery_control", "status")
-    skipped = [m for m in ("rmu", "sam_npo") if m not in chosen]
+    skipped = [m for m in ("rmu", "sam_npo", "npo") if m not in chosen]
     lines = [f"# facts settings selected on world seed {config.seed} ({split}, {config.people} people)", "",
              f"Generated by `{command}`; do not edit by hand. The rules are in `unlearnkit/benchmarks/selection.py`;",
              "the bench reports world seed 0, whose data and models this selection never reads.", "",
