@@ -32,13 +32,13 @@ def test_l2_penalty_is_lambda_times_the_backbones_squared_distance_to_the_anchor
     learner.learn(t[0], t[0].train_ids)
     plugin, model = learner.plugin(L2), learner.model
     batch = learner.batch_of(t[1].train_ids[:32], 1)
-    assert float(plugin.penalty(learner, model, batch)) == 0.0  # at the anchor
+    assert plugin.penalty(learner, model, batch).item() == 0.0  # at the anchor
     _shift(model.body.parameters(), 0.1)
     _shift(model.head.parameters(), 5.0)  # the head is not anchored
     size = sum(p.numel() for p in model.body.parameters())
     expected = lam * 0.1**2 * size
-    assert float(plugin.penalty(learner, model, batch)) == pytest.approx(expected, rel=1e-4)
-    assert float(learner.loss(model, batch)) == pytest.approx(float(learner.task_loss(model, batch)) + expected, rel=1e-5)
+    assert plugin.penalty(learner, model, batch).item() == pytest.approx(expected, rel=1e-4)
+    assert learner.loss(model, batch).item() == pytest.approx(learner.task_loss(model, batch).item() + expected, rel=1e-5)
 
 
 def test_featkd_penalty_is_the_weighted_feature_mse_to_the_teacher(scenario):
@@ -50,12 +50,12 @@ def test_featkd_penalty_is_the_weighted_feature_mse_to_the_teacher(scenario):
     plugin = learner.plugin(FeatKD)
     plugin.before_task(learner, t[1], t[1].train_ids)
     batch = learner.batch_of(t[1].train_ids[:32], 1)
-    assert float(plugin.penalty(learner, learner.model, batch)) == 0.0  # the teacher is the current model
+    assert plugin.penalty(learner, learner.model, batch).item() == 0.0  # the teacher is the current model
     with torch.no_grad():
         for net, bias in ((plugin.teacher, 0.5), (learner.model, 0.2)):
             net.body[-1].weight.zero_()
             net.body[-1].bias.fill_(bias)
-    assert float(plugin.penalty(learner, learner.model, batch)) == pytest.approx(weight * 0.3**2, rel=1e-5)
+    assert plugin.penalty(learner, learner.model, batch).item() == pytest.approx(weight * 0.3**2, rel=1e-5)
 
 
 def _body(learner) -> torch.Tensor:
@@ -92,9 +92,9 @@ def test_ewc_penalty_is_lambda_times_the_fisher_weighted_squared_distance(scenar
     assert total > 0
     plugin.before_task(learner, t[1], t[1].train_ids)
     batch = learner.batch_of(t[1].train_ids[:32], 1)
-    assert float(plugin.penalty(learner, model, batch)) == 0.0  # at the anchor
+    assert plugin.penalty(learner, model, batch).item() == 0.0  # at the anchor
     _shift(model.parameters(), 0.1)
-    assert float(plugin.penalty(learner, model, batch)) == pytest.approx(lam * 0.1**2 * total, rel=1e-4)
+    assert plugin.penalty(learner, model, batch).item() == pytest.approx(lam * 0.1**2 * total, rel=1e-4)
 
 
 def test_ewc_penalty_is_active_while_learning_the_second_task(scenario):
@@ -107,8 +107,8 @@ def test_ewc_penalty_is_active_while_learning_the_second_task(scenario):
     params = dict(learner.model.named_parameters())
     by_hand = plugin.config.ewc_lambda * sum((plugin.fisher[k] * (params[k] - plugin.anchor[k]) ** 2).sum() for k in params)
     penalty = plugin.penalty(learner, learner.model, batch)
-    assert penalty is not None and float(penalty) > 0
-    assert float(penalty) == pytest.approx(float(by_hand), rel=1e-6)
+    assert penalty is not None and penalty.item() > 0
+    assert penalty.item() == pytest.approx(by_hand.item(), rel=1e-6)
 
 
 def test_uer_trains_the_current_batch_on_scaled_cosine_logits(scenario):
@@ -122,5 +122,5 @@ def test_uer_trains_the_current_batch_on_scaled_cosine_logits(scenario):
     cosine = (h / h.norm(dim=1, keepdim=True).clamp_min(1e-12)) @ (w / w.norm(dim=1, keepdim=True)).T
     expected = F.cross_entropy(scale * cosine, batch["y"])
     loss = learner.loss(model, batch)
-    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
-    assert float(loss) != pytest.approx(float(F.cross_entropy(model(batch["x"]), batch["y"])), rel=1e-2)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert loss.item() != pytest.approx(F.cross_entropy(model(batch["x"]), batch["y"]).item(), rel=1e-2)

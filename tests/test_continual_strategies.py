@@ -195,7 +195,7 @@ def test_refresh_takes_a_noisy_ascent_step_scaled_by_the_damped_fisher(scenario)
     for name, param in model.named_parameters():  # up to float32 rounding of θ + Δθ
         rounding = 2 * torch.finfo(param.dtype).eps * float(start[name].abs().max())
         assert torch.allclose(param.detach() - start[name], expected[name], rtol=1e-4, atol=rounding), name
-    assert float(learner.task_loss(model, batch)) > float(loss)
+    assert learner.task_loss(model, batch).item() > loss.item()
     model.load_state_dict(start)
     plugin.config.refresh_noise = noise
     plugin.before_step(learner, model, batch)
@@ -221,7 +221,7 @@ def test_cuber_keeps_the_in_subspace_gradient_only_where_it_helps_the_old_task(s
         learner.learn(t[0], t[0].train_ids)
         batch = learner.batch_of(t[0].train_ids, 0)
         with torch.no_grad():
-            loss = float(learner.task_loss(learner.model, batch))
+            loss = learner.task_loss(learner.model, batch).item()
         runs[spec, flip] = (learner.model.state_dict(), plugin.kept if plugin else None, loss)
     same = lambda a, b: all(torch.equal(runs[a][0][k], runs[b][0][k]) for k in runs[a][0])
     assert runs["gpm", False][1] == set() and runs["cuber", True][1] == set() and runs["cuber", "epsilon"][1] == set()
