@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -229,7 +230,11 @@ def _save_model(adapter: Any, model: torch.nn.Module, spec: Mapping[str, Any] | 
 
         save_classifier(model, dict(spec), directory)
     elif hasattr(model, "save_pretrained"):
-        model.save_pretrained(directory)
+        with warnings.catch_warnings():
+            # PEFT looks for config.json where the adapter's base is; for an adapter trained on an adapter folder
+            # that base is another adapter, and --lora never resizes the vocabulary it would check for
+            warnings.filterwarnings("ignore", message="Could not find a config file in")
+            model.save_pretrained(directory)
         adapter.tokenizer.save_pretrained(directory)
     else:  # an inference-time wrapper: keep all its tensors
         save_state_dict(model.state_dict(), directory / "model.safetensors")
