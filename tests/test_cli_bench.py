@@ -50,7 +50,7 @@ def test_bench_aggregates_can_be_recomputed_from_items(bench_out):
 
 @pytest.mark.parametrize("args, message", [
     (["--methods", "nope"], "Unknown method 'nope'; valid methods:"),
-    (["--benchmark", "cifar"], "Unknown benchmark 'cifar'; valid: digits, mnist"),
+    (["--benchmark", "cifar"], "Unknown benchmark 'cifar'; valid: digits, mnist, facts."),
     (["--scenario", "half"], "Unknown scenario 'half'; valid: random, class"),
     (["--methods", "ssd", "--param", "ssd.lr=0"], "learning rate must be a positive number"),
     (["--methods", "gradient_ascent", "--param", "gradient_ascent.epochs=-2"], "epoch count must be a positive"),

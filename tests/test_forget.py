@@ -97,6 +97,7 @@ BAD_INPUTS = [
     ({"--forget": "empty.jsonl"}, "holds no records"),
     ({"--forget": "notjson.jsonl"}, "line 2 is not valid JSON"),
     ({"--forget": "nofield.jsonl"}, "line 1 has no field 'label'"),
+    ({"--forget": "emptylabel.jsonl"}, "line 1 has an empty 'label'; every item needs a non-empty one"),
     ({"--forget": "data.txt"}, "unknown format"),
     ({"--forget": "short.jsonl"}, "line 1: field 'input' is not 4 numbers"),
     ({"--forget": "badlabel.jsonl"}, "label 7 is outside 0..1"),
@@ -131,6 +132,7 @@ def test_bad_input_exits_2_and_writes_nothing(workspace, capsys, overrides, mess
     _write_jsonl(ws / "empty.jsonl", [])
     (ws / "notjson.jsonl").write_text('{"input": [1, 2, 3, 4], "label": 0}\n{oops\n')
     _write_jsonl(ws / "nofield.jsonl", [{"input": [1, 2, 3, 4]}])
+    _write_jsonl(ws / "emptylabel.jsonl", [{"input": [1, 2, 3, 4], "label": ""}])
     (ws / "data.txt").write_text("hello")
     _write_jsonl(ws / "short.jsonl", [{"input": [1, 2], "label": 0}])
     _write_jsonl(ws / "badlabel.jsonl", [{"input": [1, 2, 3, 4], "label": 7}])
@@ -253,7 +255,7 @@ def test_csv_missing_field_names_file_field_and_line(workspace, capsys):
     path.write_text("input,label\n\"[1, 2, 3, 4]\",0\n\"[1, 2, 3, 4]\",\n")
     assert main(_args(workspace, **{"--forget": path})) == 2
     err = capsys.readouterr().err
-    assert "bad.csv line 3 has no field 'label'" in err
+    assert "bad.csv line 3 has an empty 'label'" in err
     assert not (workspace / "out").exists()
 
 

@@ -171,6 +171,8 @@ def test_export_writes_the_retain_model_of_each_split_asked(exported):
 @pytest.mark.parametrize("split, message", [
     (["--split", "forget33"], "Unknown forget split 'forget33'"),
     (["--split", "forget05", "--split", "forget05"], "--split 'forget05' is given twice"),
+    (["--seed", "-1"], "--seed must be an integer from 0 to 4294967295, got -1"),  # it trained and wrote seed -1
+    (["--seed", "99999999999999999999"], "--seed must be an integer from 0"),  # it was torch's overflow traceback
 ])
 def test_export_refuses_a_bad_split_before_training(tmp_path, capsys, monkeypatch, split, message):
     import unlearnkit.benchmarks.facts as facts
@@ -233,6 +235,10 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
     assert code == 2 and "is not text in UTF-8" in err, err
     code, err = _error(capsys, base + ["--model", str(exported / "models" / "target"), "--split", "forget33"])
     assert code == 2 and "forget33" in err
+    code, err = _error(capsys, ["evaluate", "--data", str(exported / "forget10.json"), "--model",
+                                str(exported / "models" / "target"), "--retain-model",
+                                str(exported / "models" / "retain90"), "--out", str(tmp_path / "never")])
+    assert code == 2 and "forget10.json is a file, not a folder" in err, err  # it said the file does not exist
     assert not (tmp_path / "never").exists()
 
 

@@ -80,6 +80,8 @@ def test_the_rules_pick_the_widest_passing_run_and_the_lowest_defined_recovery(m
 @pytest.mark.parametrize("args, message", [
     (["--seed", "0"], "another world"),
     (["--split", "forget33"], "Unknown forget split"),
+    (["--seed=-1"], "--seed must be an integer from 0"),
+    (["--seed", "99999999999999999999"], "--seed must be an integer from 0"),
 ])
 def test_select_facts_refuses_bad_input_and_writes_nothing(tmp_path, capsys, args, message):
     out = tmp_path / "selection.md"

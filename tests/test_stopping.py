@@ -89,6 +89,7 @@ def test_truth_ratio_level_is_the_median_log_truth_ratio(lm):
     ({"early_stop": "holdout_nll"}, "needs holdout items"),
     ({"early_stop": "sometimes"}, "Unknown early_stop"),
     ({"early_stop": "holdout_nll", "stop_every": -1}, "stop_every"),
+    ({"early_stop": "holdout_nll", "stop_margin": float("nan")}, "stop_margin must be a finite number"),
 ])
 def test_bad_stop_settings_are_refused(lm, settings, message):
     adapter, request = lm

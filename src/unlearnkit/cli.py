@@ -139,6 +139,10 @@ def bench_command(
     from .train.lora import MemoryOptions
 
     check_seed(seed)
+    from .benchmarks.vision import VISION_BENCHMARKS
+
+    if benchmark not in (*VISION_BENCHMARKS, "facts"):
+        raise UserInputError(f"Unknown benchmark {benchmark!r}; valid: {', '.join(VISION_BENCHMARKS)}, facts.")
     command = command_line()
     memory = MemoryOptions.from_cli(lora, bf16, gradient_checkpointing)
     params = bench_params(param, split_list(methods), project, sampling)
@@ -390,7 +394,9 @@ def facts_preset(preset: str, seed: int, base: str = "scratch"):
     """The facts configuration of a named preset and base; the smollm2 base's packages are checked here,
     before anything is generated, trained or written."""
     from .benchmarks.facts import BASES, FactsConfig
+    from .train.config import check_seed
 
+    check_seed(seed)
     if base not in BASES:
         raise UserInputError(f"Unknown facts base {base!r}; valid: {', '.join(BASES)}.")
     if base == "smollm2":

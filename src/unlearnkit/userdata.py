@@ -89,5 +89,7 @@ def require_fields(records: Sequence[tuple[int, dict[str, Any]]], fields: Sequen
     """Every record must hold every named field (non-empty)."""
     for number, record in records:
         for name in fields:
-            if record.get(name) in (None, ""):
+            if record.get(name) == "":
+                raise UserInputError(f"{path} line {number} has an empty {name!r}; every item needs a non-empty one.")
+            if record.get(name) is None:
                 raise UserInputError(f"{path} line {number} has no field {name!r} (fields found: {', '.join(record) or 'none'}).")

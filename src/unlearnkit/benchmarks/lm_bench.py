@@ -300,7 +300,8 @@ def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]
 
     directory = Path(directory)
     if not directory.is_dir():
-        raise UserInputError(f"The data directory {directory} does not exist.")
+        what = "is a file, not a folder" if directory.exists() else "does not exist"
+        raise UserInputError(f"The data directory {directory} {what}; give the folder that holds the TOFU-format files.")
     if not split.startswith("forget"):
         raise UserInputError(f"Unknown forget split {split!r}; expected forget01, forget05 or forget10.")
     splits = {}

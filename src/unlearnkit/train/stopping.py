@@ -20,6 +20,7 @@ truth ratio), so it runs every ``stop_every`` optimizer steps (0: once per epoch
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -52,6 +53,8 @@ class StopConfig(TrainConfig):
             raise UserInputError(f"Unknown early_stop {self.early_stop!r}; valid: {', '.join(STOP_CRITERIA)}.")
         if not (isinstance(self.stop_every, int) and self.stop_every >= 0):
             raise UserInputError(f"stop_every must be a non-negative integer, got stop_every={self.stop_every}.")
+        if not math.isfinite(self.stop_margin):
+            raise UserInputError(f"stop_margin must be a finite number of nats, got stop_margin={self.stop_margin}.")
 
 
 class HoldoutStop:
