@@ -117,6 +117,7 @@ BAD_INPUTS = [
     ({"--system-prompt": "Be brief."}, "holds a classifier"),
     ({"--param": "momentum=-1"}, "momentum must lie in [0, 1)"),
     ({"--param": "seed=-1"}, "seed must be an integer from 0"),
+    ({"--param": "lr=1e30"}, "the run diverged (a lower lr may help); nothing was written"),  # was written as ok
     ({"--retain": None, "--project": "gu"}, "Method 'gradient_ascent' with project=gu needs retain data"),
     ({"--retain": "overlap.jsonl"}, "overlap.jsonl line 2 holds the same item as"),
     ({"--forget": "nan.jsonl"}, "line 2: field 'input' holds NaN or an infinite value"),

@@ -210,6 +210,15 @@ def _summary(scores: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, floa
     return metrics
 
 
+def _check_usable(after: Mapping[str, float]) -> None:
+    """Refuse a result whose losses are NaN, or whose retain loss is infinite: a diverged run whose weights
+    stayed finite (the loop restores only non-finite weights), which must not be written or recorded as ok."""
+    bad = [k for k, v in after.items() if math.isnan(v) or (k.startswith("retain") and math.isinf(v))]
+    if bad:
+        raise UserInputError(f"The unlearned model's {bad[0]} is {after[bad[0]]}: the run diverged (a lower lr may "
+                             "help); nothing was written.")
+
+
 def _item_rows(scores: Mapping[str, Mapping[str, torch.Tensor]]) -> list[dict[str, Any]]:
     """The report's per-item rows, ids as in the request (forget items first, then retain items): a
     classifier's loss and p(true label), a language model's answer NLL, which is also its loss MIA score."""
@@ -300,6 +309,7 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     model, record = unlearn(adapter.model, request, job.method, adapter=adapter, memory=job.memory, **settings)
     scores_after = _scores(adapter.with_model(model), forget, retain)
     after = _summary(scores_after)
+    _check_usable(after)
     item_rows = {"original": _item_rows(scores_before), job.method: _item_rows(scores_after)}
     summary = {"method": job.method, "kind": kind, "subject": job.subject, "status": record.status,
                "message": record.message, "seconds": record.seconds, "peak_mem_mb": record.peak_mem_mb,
