@@ -61,6 +61,7 @@ def test_bench_aggregates_can_be_recomputed_from_items(bench_out):
     (["--methods", "ssd", "--split", "forget01"], "--split and --preset apply to the facts benchmark"),
     (["--benchmark", "facts", "--scenario", "class"], "--scenario applies to the image benchmarks"),
     (["--methods", "ssd,ssd"], "Method 'ssd' is named twice in --methods"),
+    (["--methods", "ssd", "--param", "ssd.alpha=1", "--param", "ssd.alpha=2"], "--param ssd.alpha is given twice"),
     (["--methods", "ssd", "--seed", "-1"], "--seed must be an integer from 0 to 4294967295, got -1"),
     (["--methods", "salun", "--param", "salun.reset_masked=ture"], "reset_masked='ture' is not a valid bool"),
     (["--methods", "gradient_ascent", "--param", "gradient_ascent.optimizer=sgd", "--param",

@@ -407,3 +407,10 @@ def test_the_forget_report_has_mia_histograms_and_hashed_items(workspace):
     assert all(item_hash(i) in page for i in range(5))
     first = json.loads((workspace / "forget.jsonl").read_text().splitlines()[0])
     assert repr(first["input"][0]) not in page  # redacted without --show-examples
+
+
+def test_a_setting_given_twice_is_refused_not_last_wins(workspace, capsys):
+    args = _args(workspace) + ["--param", "epochs=2", "--param", "epochs=3"]
+    assert main(args) == 2
+    assert "--param epochs is given twice" in capsys.readouterr().err
+    assert not (workspace / "out").exists() and not (workspace / "ledger.db").exists()

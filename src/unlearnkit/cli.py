@@ -58,6 +58,8 @@ def parse_params(values: list[str] | None) -> dict[str, dict[str, Any]]:
         method, dot, name = key.partition(".")
         if not sep or not dot or not method or not name:
             raise UserInputError(f"--param {value!r} is not of the form METHOD.NAME=VALUE (e.g. ssd.alpha=5).")
+        if name in parsed.get(method, {}):
+            raise UserInputError(f"--param {key} is given twice; give each setting once.")
         parsed.setdefault(method, {})[name] = raw
     return parsed
 
@@ -373,7 +375,7 @@ def forget_command(
     from .forget_job import ForgetJob, run_forget
     from .train.lora import MemoryOptions
 
-    settings = with_plugins(dict(_setting(p) for p in param or []), project, sampling)
+    settings = with_plugins(forget_params(param), project, sampling)
     memory = MemoryOptions.from_cli(lora, bf16, gradient_checkpointing)
     run_forget(ForgetJob(model=model, forget=forget, method=method, out=out, retain=retain, params=settings,
                          ledger=ledger, salt_file=salt_file, subject=subject, overwrite=overwrite,
@@ -381,6 +383,16 @@ def forget_command(
                          question_field=question_field, answer_field=answer_field, input_field=input_field,
                          label_field=label_field, memory=memory, system_prompt=system_prompt,
                          template_args=template_args(template_arg)), log=typer.echo)
+
+
+def forget_params(values: list[str] | None) -> dict[str, str]:
+    """Parse ``--param NAME=VALUE`` options; a setting given twice is an error (not last-wins)."""
+    settings: dict[str, str] = {}
+    for name, raw in map(_setting, values or []):
+        if name in settings:
+            raise UserInputError(f"--param {name} is given twice; give each setting once.")
+        settings[name] = raw
+    return settings
 
 
 def _setting(value: str) -> tuple[str, str]:
