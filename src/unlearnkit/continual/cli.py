@@ -18,6 +18,8 @@ def parse_assignments(values: list[str] | None, option: str) -> dict[str, str]:
         name, sep, text = value.partition("=")
         if not sep or not name.strip() or not text.strip():
             raise UserInputError(f"{option} expects NAME=VALUE, got {value!r}.")
+        if name.strip() in out:
+            raise UserInputError(f"{option} {name.strip()} is given twice; give each setting once.")
         out[name.strip()] = text.strip()
     return out
 
