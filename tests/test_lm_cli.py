@@ -246,6 +246,7 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
     (["--split", "forget77"], "Unknown forget split 'forget77'"),
     (["--preset", "huge"], "Unknown facts preset 'huge'"),
     (["--methods", "npo", "--attacks", "bribe"], "Unknown attack 'bribe'"),
+    (["--methods", "npo", "--attacks", "relearn,quantize,relearn"], "Attack 'relearn' is named twice in --attacks"),
     (["--methods", "ssd", "--param", "ssd.project=gu"], "needs a gradient-based method"),
     (["--methods", "ssd", "--project", "gu"], "Method 'ssd' does not support --project gu"),
     (["--project", "gu"], "--project needs --methods"),

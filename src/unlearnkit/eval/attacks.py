@@ -30,9 +30,11 @@ def parse_attacks(value: str | Sequence[str] | None) -> list[str]:
     """Validate a comma-separated attack list."""
     names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value or [])
     names = [n for n in names if n]
-    for name in names:
+    for index, name in enumerate(names):
         if name not in ATTACKS:
             raise UserInputError(f"Unknown attack {name!r}; valid: {', '.join(ATTACKS)}.")
+        if name in names[:index]:
+            raise UserInputError(f"Attack {name!r} is named twice in --attacks; name each once.")
     return names
 
 
