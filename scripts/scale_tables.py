@@ -150,6 +150,21 @@ def diff(value: float) -> str:
     return re.sub(r"e([+-])0*(\d)", lambda m: "e" + ("-" if m.group(1) == "-" else "") + m.group(2), text)
 
 
+def agreement_rows(runs: list[dict], digits: int, seconds_digits: int) -> list[list[str]]:
+    """Rows comparing ``forget`` runs (run.json dicts, the 1-process run first): each metric after, the
+    largest differences from the 1-process run (metrics, per-step losses), and the training seconds."""
+    one = runs[0]
+    rows = [[f"`{k}` after"] + [num(r["metrics_after"][k], digits) for r in runs] for k in METRICS]
+    return rows + [
+        ["largest difference from 1 process: metrics"] + ["—"] + [
+            diff(largest([one["metrics_after"][k] for k in METRICS], [r["metrics_after"][k] for k in METRICS]))
+            for r in runs[1:]],
+        [f"largest difference from 1 process: the {len(one['losses'])} per-step losses"] + ["—"] + [
+            diff(largest(one["losses"], r["losses"])) for r in runs[1:]],
+        ["training (`unlearn`, s)"] + [f"{r['seconds']:.{seconds_digits}f}" for r in runs],
+    ]
+
+
 def largest(a: list[float], b: list[float]) -> float:
     if len(a) != len(b):
         raise ValueError(f"{len(a)} values against {len(b)}")
@@ -207,14 +222,7 @@ def tiny_processes(work: Path, threads: int, command: str) -> list[str]:
             for r in results[1:]],
     ]
     steps = len(one_run["losses"])
-    forget_rows = [[f"`{k}` after"] + [num(r["metrics_after"][k]) for r in runs] for k in METRICS]
-    forget_rows += [
-        ["largest difference from 1 process: metrics"] + ["—"] + [
-            diff(largest([one_run["metrics_after"][k] for k in METRICS], [r["metrics_after"][k] for k in METRICS]))
-            for r in runs[1:]],
-        [f"largest difference from 1 process: the {steps} per-step losses"] + ["—"] + [
-            diff(largest(one_run["losses"], r["losses"])) for r in runs[1:]],
-        ["training (`unlearn`, s)"] + [f"{r['seconds']:.2f}" for r in runs],
+    forget_rows = agreement_rows(runs, digits=8, seconds_digits=2) + [
         ["the `forget` call: load, score, train, score, write (s)"] + [f"{r['forget_seconds']:.1f}" for r in results],
         ["whole command: start-up, imports, evaluation, `forget` (s)"] + [f"{w:.1f}" for w in walls],
     ]
@@ -385,18 +393,8 @@ def default_processes(work: Path, threads: int, command: str) -> list[str]:
         _, wall = run(argv, work / f"run{i}.log", threads)
         runs.append(json.loads((work / f"run{i}" / "out" / "run.json").read_text()))
         walls.append(wall)
-    one = runs[0]
-    steps = len(one["losses"])
-    rows = [[f"`{k}` after"] + [num(r["metrics_after"][k], 7) for r in runs] for k in METRICS]
-    rows += [
-        ["largest difference from 1 process: metrics"] + ["—"] + [
-            diff(largest([one["metrics_after"][k] for k in METRICS], [r["metrics_after"][k] for k in METRICS]))
-            for r in runs[1:]],
-        [f"largest difference from 1 process: the {steps} per-step losses"] + ["—"] + [
-            diff(largest(one["losses"], r["losses"])) for r in runs[1:]],
-        ["training (`unlearn`, s)"] + [f"{r['seconds']:.1f}" for r in runs],
-        ["whole command (s)"] + [f"{w:.1f}" for w in walls],
-    ]
+    one, steps = runs[0], len(runs[0]["losses"])
+    rows = agreement_rows(runs, digits=7, seconds_digits=1) + [["whole command (s)"] + [f"{w:.1f}" for w in walls]]
     return [
         *preamble(command, threads, commands, ["`$MODEL` is the cached default facts target model"]),
         f"`npo` with its defaults ({one['params'].get('epochs')} epochs, batch {one['params'].get('batch_size')}; "
