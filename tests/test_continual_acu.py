@@ -73,6 +73,29 @@ def test_cost_rows_name_the_scenario_and_stay_exact(scenario):
         assert r["scenario"] == "split-digits" and r["learned_rows"] == learned
         assert r["relative_diff"] <= 1e-6
         assert r["amortised_ratio"] == pytest.approx(r["amortised_ms"] / r["resolve_ms"])
+        assert r["resolve_ms"] == min(r["primal_ms"], r["dual_ms"]) == r[f"{r['route']}_ms"]
+
+
+@pytest.mark.parametrize("rows", [40, 400])  # fewer and more rows than features
+def test_both_resolve_routes_give_the_ridge_solution(rows):
+    from unlearnkit.continual.cost import RESOLVE_ROUTES
+    from unlearnkit.continual.strategies.acu import ridge_solution
+
+    generator = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 120, generator=generator, dtype=torch.float64)
+    y = torch.randn(rows, 5, generator=generator, dtype=torch.float64)
+    reference = ridge_solution(x, y, 0.5)
+    for solve in RESOLVE_ROUTES.values():
+        assert torch.allclose(solve(x, y, 0.5), reference, rtol=0, atol=1e-10 * reference.abs().max().item())
+
+
+def test_the_cost_table_shows_both_routes_and_the_ratio_to_the_faster():
+    from unlearnkit.continual.report import acu_cost_table
+
+    row = {"scenario": "s", "learned_rows": 100, "request": "1 sample", "rows": 1, "unlearn_ms": 2.0, "primal_ms": 400.0,
+           "dual_ms": 100.0, "route": "dual", "resolve_ms": 100.0, "ratio": 0.02, "amortised_ms": 1.0,
+           "amortised_ratio": 0.01, "relative_diff": 1e-10}
+    assert "| 2.00 | 400.0 | 100.0 | 2.00 % | 1.00 | 1.00 % |" in acu_cost_table([row])
 
 
 def test_the_default_width_is_the_one_the_results_page_chose():

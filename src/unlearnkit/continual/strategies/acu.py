@@ -95,7 +95,7 @@ def rls_update(r: InverseGram, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor
     formed once, the correction of R is kept low-rank (:class:`InverseGram`), and the updated
     R Xᵀ = R Xᵀ(I ∓ K X R Xᵀ) comes from small matrices.
     """
-    rx = r.times(x.T)
+    rx = r.times(x.T.contiguous())
     krx = torch.linalg.solve(torch.eye(len(x), dtype=x.dtype) + sign * (x @ rx), rx.T)  # K X R
     residual = y - x @ w
     r_new_xt = rx - sign * (rx @ (krx @ x.T))
