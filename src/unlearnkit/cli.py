@@ -264,7 +264,7 @@ def select_facts_command(
     out: Path = typer.Option(Path("docs/results/facts-selection.md"), help="Markdown table to write."),
     overwrite: bool = typer.Option(False, help="Replace an existing table."),
 ) -> None:
-    """Choose the facts bench's rmu and sam_npo settings on a held-out world (see benchmarks/selection.py)."""
+    """Choose the facts bench's rmu, sam_npo and npo settings on a held-out world (see benchmarks/selection.py)."""
     from .benchmarks.facts import FORGET_SPLITS
     from .benchmarks.selection import check_selection_world, select_facts_settings, write_selection
 
