@@ -93,3 +93,18 @@ def test_the_retrain_unlearner_is_its_own_reference(scenario, monkeypatch):
     run = run_stream(scenario, "naive", "learn:0,learn:1,unlearn:1", params={"epochs": 1}, unlearner="retrain")
     assert calls == ["naive"]  # one retraining serves as both the unlearned model and the reference
     assert run.steps[2].retrain_gap == 0.0 and run.steps[2].retrain_output_kl == 0.0
+
+
+def test_uncle_trains_and_unlearns_with_the_runs_seed(scenario, monkeypatch):
+    import unlearnkit.continual.strategies.uncle as uncle
+
+    seeds = []
+    real = uncle.optimise
+
+    def spy(model, stream, loss, config, **kwargs):
+        seeds.append(config.seed)
+        return real(model, stream, loss, config, **kwargs)
+
+    monkeypatch.setattr(uncle, "optimise", spy)
+    run_stream(scenario, "uncle", "learn:0,learn:1,unlearn:0", seed=5, params={"epochs": 1}, reference=False)
+    assert seeds == [5, 6, 5]  # task t learns with seed + t, like the shared strategies; unlearning uses the seed

@@ -153,7 +153,8 @@ class UnCLe(Strategy):
             logits = self._own(self.model.classify(self.model(embedding), batch["x"]), task)
             return F.cross_entropy(logits, batch["y"]) + self.config.beta * self._regulariser(anchors)
 
-        record = optimise(self.model, epoch_batches, loss, self.config, steps_per_epoch=-(-len(ids) // size),
+        config = dataclasses.replace(self.config, seed=self.seed + task.index)  # as the shared strategies seed a task
+        record = optimise(self.model, epoch_batches, loss, config, steps_per_epoch=-(-len(ids) // size),
                           description=f"task {task.index}", params=[*self.model.net.parameters(), embedding], cpu=True)
         check_trained(record, f"task {task.index}")
         self.model.eval()
@@ -177,7 +178,7 @@ class UnCLe(Strategy):
         def loss(model: nn.Module, batch: dict) -> torch.Tensor:
             return (self.model(target) - batch["noise"]).pow(2).sum() + self.config.beta * self._regulariser(anchors)
 
-        config = dataclasses.replace(self.config, epochs=1, max_steps=None)
+        config = dataclasses.replace(self.config, epochs=1, max_steps=None, seed=self.seed)
         record = optimise(self.model, steps, loss, config, steps_per_epoch=self.config.unlearn_steps,
                           description=f"unlearn task {task}", params=list(self.model.net.parameters()), cpu=True)
         check_trained(record, f"the unlearning of task {task}")
