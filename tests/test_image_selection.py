@@ -45,6 +45,7 @@ def test_selection_scores_match_the_bench_on_the_same_split(tmp_path):
     (["--seeds", "0,2"], "other splits than the reported one"),
     (["--seeds", "1,1"], "repeated"),
     (["--seeds", "one"], "comma-separated integers"),
+    (["--seeds", "1,,2"], "--seeds has an empty item"),
     (["--seeds", ""], "at least one split seed"),
     (["--benchmark", "cifar"], "Unknown benchmark"),
 ])

@@ -88,6 +88,8 @@ def parse_seeds(value: str | None, flag: str = "--retrain-seeds") -> list[int]:
     from .train.config import check_seed
 
     seeds = []
+    if value and value.strip() and not all(text.strip() for text in value.split(",")):
+        raise UserInputError(f"{flag} has an empty item in {value!r}; give comma-separated integers such as 1,2,3.")
     for text in split_list(value) or []:
         if not text.lstrip("-").isdigit():
             raise UserInputError(f"{flag} takes comma-separated integers; {text!r} is not one.")
