@@ -146,3 +146,24 @@ def test_quantization_keeps_an_inference_time_methods_edit(models, method, setti
     p_target = answer_probability(quantized(target), forget)
     assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in quantized(edited).model.modules())
     assert abs(p_quantized - p_edited) < 0.1 * abs(p_target - p_edited), (p_edited, p_quantized, p_target)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (RelearnSettings(steps=0), "steps must be a positive integer, got 0"),
+    (RelearnSettings(batch_size=0), "batch_size must be a positive integer, got 0"),
+    (RelearnSettings(lr=float("nan")), "lr must be a positive number, got nan"),
+])
+def test_run_attacks_refuses_relearning_settings_that_would_train_nothing(models, settings, message):
+    # steps=0 used to report recovery 0.0 for model and control alike: "perfectly robust"
+    items, target, unlearned, retain = models
+    with pytest.raises(UserInputError, match=message):
+        run_attacks(["relearn"], unlearned, target, retain, [items[i] for i in FORGET], relearn_settings=settings)
+
+
+def test_a_diverged_relearning_attack_reads_as_unmeasured_not_as_robust(models):
+    items, target, unlearned, retain = models
+    forget = [items[i] for i in FORGET]
+    assert relearn(unlearned, forget, RelearnSettings(steps=5, lr=1e6, batch_size=3)) is None
+    results = run_attacks(["relearn"], unlearned, target, retain, forget,
+                          relearn_settings=RelearnSettings(steps=5, lr=1e6, batch_size=3))
+    assert math.isnan(results["relearn_recovery"]) and math.isnan(results["relearn_recovery_control"])

@@ -116,8 +116,10 @@ class RelearnSettings:
                 f"on a seeded half of the forget set; recovery is measured on the other half.")
 
 
-def relearn(adapter: Any, attack_items: Sequence[Any], settings: RelearnSettings) -> Any:
-    """A copy of the model fine-tuned on ``attack_items`` (the adapter's model is not changed)."""
+def relearn(adapter: Any, attack_items: Sequence[Any], settings: RelearnSettings) -> Any | None:
+    """A copy of the model fine-tuned on ``attack_items`` (the adapter's model is not changed); None when
+    the fine-tuning diverged (the loop's guard would hand back barely trained weights, which would read
+    as a model that resists relearning)."""
     attacked = adapter.with_model(clone_model(adapter.model))
     config = TrainConfig(epochs=10**6, max_steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size,
                          seed=settings.seed, grad_clip=1.0)
@@ -129,9 +131,9 @@ def relearn(adapter: Any, attack_items: Sequence[Any], settings: RelearnSettings
         for i in range(0, len(order), settings.batch_size):
             yield attacked.collate(order[i:i + settings.batch_size])
 
-    optimise(attacked.model, epoch_batches, lambda m, b: attacked.per_item_loss(m, b).mean(), config,
-             steps_per_epoch=-(-len(items) // settings.batch_size), description="relearning attack")
-    return attacked
+    record = optimise(attacked.model, epoch_batches, lambda m, b: attacked.per_item_loss(m, b).mean(), config,
+                      steps_per_epoch=-(-len(items) // settings.batch_size), description="relearning attack")
+    return None if record.status == "diverged" else attacked
 
 
 def with_context(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -185,17 +187,19 @@ def run_attacks(names: Sequence[str], unlearned: Any, target: Any, retain: Any, 
     """Run the named attacks; metrics are flat, snake_case, with ``_control`` for the retain model's.
 
     Recovery is measured on the half of the forget set the attacker did not see, with the answer
-    probability as the metric. ``evaluate`` (full metric suite) is used for the quantized model.
+    probability as the metric (nan where the relearning diverged or unlearning moved nothing to recover).
+    ``evaluate`` (full metric suite) is used for the quantized model.
     ``controls``, a dict shared by calls with the same retain model, items, seed and settings (a
     bench's methods), is filled by the first call and reused by the others instead of attacking the
     retain model again.
     """
     check_attack_applies(unlearned, names)
     check_attack_items(len(forget_items), names)
+    settings = relearn_settings or RelearnSettings(seed=seed)
+    settings.check()
     held, measured = split_halves(forget_items, seed)
     p_target = answer_probability(target, measured) if measured else float("nan")  # unused by quantize alone
-    attack = lambda model: _attack_one(names, model, held, measured, forget_items, p_target, evaluate,
-                                       relearn_settings or RelearnSettings(seed=seed))
+    attack = lambda model: _attack_one(names, model, held, measured, forget_items, p_target, evaluate, settings)
     results = attack(unlearned)
     if not controls:
         control = {f"{k}_control": v for k, v in attack(retain).items() if k in CONTROLLED}
@@ -220,8 +224,9 @@ def _attack_one(names: Sequence[str], model: Any, held: Sequence[Any], measured:
     results: dict[str, float] = {}
     before = answer_probability(model, measured) if measured else float("nan")  # quantize alone measures no half
     if "relearn" in names:
-        results["relearn_recovery"] = recovery(answer_probability(relearn(model, held, settings), measured), before,
-                                               p_target)
+        attacked = relearn(model, held, settings)
+        results["relearn_recovery"] = (float("nan") if attacked is None else
+                                       recovery(answer_probability(attacked, measured), before, p_target))
     if "in_context" in names:
         results["in_context_prob"] = answer_probability(model, with_context(measured))
         results["in_context_recovery"] = recovery(results["in_context_prob"], before, p_target)
