@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..adapters.base import batches
+from ..errors import UserInputError
 from . import lm_metrics as M
 
 #: Metric keys of a causal-LM evaluation, stable once released.
@@ -38,12 +39,13 @@ class LMSplitStats:
     generations: list[str] = field(default_factory=list)
     rouge: np.ndarray | None = None
 
-    def truth_ratios(self) -> np.ndarray | None:
-        """P_wrong / P_correct per item; "correct" is the paraphrase when the set has one."""
+    def truth_ratios(self, against_answer: bool = False) -> np.ndarray | None:
+        """P_wrong / P_correct per item; "correct" is the paraphrase when the set has one, unless
+        ``against_answer`` (the option splits, whose wrong options are worded like the answer)."""
         if self.perturbed_loss is None:
             return None
-        correct = self.paraphrase_loss if self.paraphrase_loss is not None else self.avg_loss
-        return M.truth_ratio(correct, self.perturbed_loss)
+        use_paraphrase = self.paraphrase_loss is not None and not against_answer
+        return M.truth_ratio(self.paraphrase_loss if use_paraphrase else self.avg_loss, self.perturbed_loss)
 
     def mia_scores(self) -> dict[str, np.ndarray]:
         """Loss-like membership scores (higher looks like a non-member) per item."""
@@ -56,8 +58,9 @@ class LMSplitStats:
         }
 
     def rows(self, split: str) -> list[dict[str, Any]]:
-        """JSON-ready per-item rows (no item text: reports stay redacted)."""
-        tr = self.truth_ratios()
+        """JSON-ready per-item rows (no item text: reports stay redacted); each truth ratio is the one the
+        split's metrics use."""
+        tr = self.truth_ratios(against_answer=split in OPTION_SPLITS)
         scores = self.mia_scores()
         rows = []
         for i, item_id in enumerate(self.ids):
@@ -174,7 +177,7 @@ def model_utility_components(stats: Mapping[str, LMSplitStats]) -> dict[str, flo
     for name in (s for s in OPTION_SPLITS if s in stats):
         split = stats[name]
         components |= M.utility_components(name, correct_avg_losses=split.avg_loss, rouge_l_recalls=split.rouge,
-                                           truth_ratios=M.truth_ratio(split.avg_loss, split.perturbed_loss),
+                                           truth_ratios=split.truth_ratios(against_answer=True),
                                            wrong_avg_losses=split.perturbed_loss)
     return components
 
@@ -216,6 +219,9 @@ def evaluate_lm(adapter: Any, splits: Mapping[str, Sequence[Mapping[str, Any]]],
                 reference: Mapping[str, LMSplitStats] | None = None, *,
                 ids: Mapping[str, Sequence[Any]] | None = None, **collect_options: Any):
     """Collect statistics on every split and compute the metrics; returns ``(metrics, stats)``."""
+    if not collect_options.get("generate", True):
+        raise UserInputError("evaluate_lm needs generations (ROUGE-L and model utility score them); "
+                             "generate=False is for collect_lm alone.")
     ids = ids or {}
     stats = {name: collect_lm(adapter, items, ids.get(name), **collect_options) for name, items in splits.items()}
     return lm_metrics(stats, reference), stats

@@ -1,0 +1,35 @@
+"""Per-item rows agree with the metrics computed from them; evaluate_lm refuses what it cannot score."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lm_fixtures import memorised_lm, tiny_qa
+from unlearnkit.errors import UserInputError
+from unlearnkit.eval import lm_metrics as M
+from unlearnkit.eval.language import collect_lm, evaluate_lm
+
+
+@pytest.fixture(scope="module")
+def adapter_and_items():
+    items = tiny_qa(12)  # each item has an answer, a paraphrase and perturbed answers
+    return memorised_lm(items), items
+
+
+@pytest.mark.parametrize("split, correct", [("general", "avg_loss"), ("retain", "paraphrase_loss")])
+def test_row_truth_ratios_are_the_ones_the_splits_metrics_use(adapter_and_items, split, correct):
+    # Option splits (general, real_authors) score the wrong options against the answer itself; the
+    # rows used to divide by the paraphrase everywhere.
+    adapter, items = adapter_and_items
+    stats = collect_lm(adapter, items[8:12], generate=False)
+    expected = M.truth_ratio(getattr(stats, correct), stats.perturbed_loss)
+    assert np.allclose([row["truth_ratio"] for row in stats.rows(split)], expected, rtol=1e-6)
+    assert not np.allclose(stats.paraphrase_loss, stats.avg_loss)  # the two readings differ on these items
+
+
+def test_evaluate_lm_refuses_to_score_without_generations(adapter_and_items):
+    adapter, items = adapter_and_items
+    splits = {name: items[i:i + 3] for name, i in (("forget", 0), ("retain", 3), ("holdout", 6), ("general", 9))}
+    with pytest.raises(UserInputError, match="evaluate_lm needs generations"):
+        evaluate_lm(adapter, splits, None, generate=False)
