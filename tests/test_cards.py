@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from unlearnkit.cli import main
 
 
@@ -49,10 +51,60 @@ def test_cards_never_land_among_other_files(tmp_path, capsys):
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     assert main(["cards", "--results", str(bench), "--out", str(other)]) == 2
-    assert "holds files that are not cards (e.g. notes.txt)" in capsys.readouterr().err
+    assert "holds notes.txt, which 'unlearnkit cards' did not write" in capsys.readouterr().err
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 0
     assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 0  # earlier cards are replaced
+
+
+def test_cards_never_replace_a_hand_written_readme_or_card(tmp_path, capsys):
+    """Only the cards index (README.md starting "# Method cards") and ``<name>.md`` cards may be replaced."""
+    for name, text in (("README.md", "# Our team's docs — hand written\n"), ("npo.md", "# NPO notes\n"),
+                       ("README.md", "# Method cards, annotated by hand\n")):
+        out = tmp_path / f"mixed-{name}-{len(text)}"
+        out.mkdir()
+        (out / name).write_text(text)
+        assert main(["cards", "--out", str(out)]) == 2
+        assert f"holds {name}, which 'unlearnkit cards' did not write" in capsys.readouterr().err
+        assert [(p.name, p.read_text()) for p in out.iterdir()] == [(name, text)]
+
+
+def test_cards_remove_stale_cards_of_methods_no_longer_registered(tmp_path, capsys):
+    out = tmp_path / "cards"
+    assert main(["cards", "--out", str(out)]) == 0
+    (out / "gone.md").write_text("# `gone` — A method since removed.\n")
+    (out / ".keep").write_text("")
+    assert main(["cards", "--out", str(out)]) == 0
+    assert not (out / "gone.md").exists() and (out / ".keep").exists() and (out / "npo.md").exists()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("forget_acc", None), ("forget_acc", "0.5"), ("forget_acc", True), ("metrics", []), ("seconds", None),
+    ("seconds", "1.2"), ("retrain_seconds", "1.2"), ("params", [1]), ("method", 3),
+])
+def test_cards_refuse_results_fields_of_the_wrong_type(tmp_path, capsys, field, value):
+    run = classifier_run("ssd", 0.5, reference=False, epochs=1)
+    if field == "forget_acc":
+        run["metrics"][field] = value
+    else:
+        run[field] = value
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "results.json").write_text(json.dumps({"benchmark": "digits", "scenario": "class", "runs": [run]}))
+    assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 2
+    err = capsys.readouterr().err
+    assert str(bench / "results.json") in err and f"the {field if field != 'forget_acc' else 'metrics'} of run 1 is not" in err
+    assert not (tmp_path / "cards").exists()
+
+
+def test_cards_quote_a_metric_the_bench_could_not_measure(tmp_path, capsys):
+    """The bench writes NaN (JSON ``NaN``) for a metric it could not compute, as out/facts-forget10 holds."""
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    run = classifier_run("ssd", float("nan"), reference=False, epochs=1)
+    (bench / "results.json").write_text(json.dumps({"benchmark": "digits", "scenario": "class", "runs": [run]}))
+    assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 0
+    assert "forget_acc nan, retain_acc 1" in (tmp_path / "cards" / "ssd.md").read_text()
 
 
 def classifier_run(method, forget_acc, *, reference, epochs):

@@ -333,11 +333,7 @@ def cards_command(
     for folder in results or []:
         if not (folder / "results.json").is_file():
             raise UserInputError(f"{folder} holds no results.json; pass folders written by 'unlearnkit bench'.")
-    check_output(out, overwrite=True, inputs=results or [])
-    others = sorted(p.name for p in out.iterdir() if p.suffix != ".md" and not p.name.startswith(".")) if out.is_dir() else []
-    if others:  # cards replace earlier cards, never sit among other files
-        raise UserInputError(f"The cards folder {out} holds files that are not cards (e.g. {others[0]}); "
-                             "choose an empty folder or one holding only cards.")
+    check_output(out, overwrite=True, inputs=results or [])  # write_cards refuses a folder holding other files
     typer.echo(f"wrote {len(write_cards(out, results or []))} cards to {out}")
 
 
