@@ -87,8 +87,24 @@ def _numeric(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def is_number(value: Any) -> bool:
+    """Whether ``value`` is a JSON number; NaN counts (the bench writes it for a metric it could not measure)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: The run fields a card reads, each with its test and what it must be; an optional field may also be null.
+RUN_FIELDS = (
+    ("method", lambda v: isinstance(v, str), "a name"),
+    ("metrics", lambda v: isinstance(v, dict), "a mapping of metric names to values"),
+    ("seconds", is_number, "a number"),
+    ("retrain_seconds", lambda v: v is None or is_number(v), "a number"),
+    ("params", lambda v: v is None or isinstance(v, dict), "a mapping of settings"),
+)
+
+
 def read_bench_results(path: Path) -> dict[str, Any]:
-    """A bench's results.json, refused in one sentence unless it holds named runs with metrics and seconds."""
+    """A bench's results.json, refused in one sentence unless it holds named runs whose fields (:data:`RUN_FIELDS`)
+    have the types the summaries and cards read."""
     what = f"{path} is not a results.json written by 'unlearnkit bench'"
     try:
         results = json.loads(path.read_text(encoding="utf-8"))
@@ -96,9 +112,12 @@ def read_bench_results(path: Path) -> dict[str, Any]:
         raise UserInputError(f"{what} ({error}).") from None
     runs = results.get("runs") if isinstance(results, dict) else None
     if not runs or not isinstance(runs, list) or not all(
-            isinstance(run, dict) and isinstance(run.get("metrics"), dict) and {"method", "seconds"} <= set(run)
-            for run in runs):
+            isinstance(run, dict) and {"method", "metrics", "seconds"} <= set(run) for run in runs):
         raise UserInputError(f"{what}: it needs a list of runs, each with a method, metrics and seconds.")
+    for number, run in enumerate(runs, 1):
+        for field, valid, wanted in RUN_FIELDS:
+            if field in run and not valid(run[field]):
+                raise UserInputError(f"{what}: the {field} of run {number} is not {wanted}.")
     return results
 
 

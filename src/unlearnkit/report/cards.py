@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 from pathlib import Path
 from typing import Any, Container, Sequence
 
+from ..benchmarks.results import is_number, read_bench_results
 from ..errors import UserInputError
 from ..io import write_text_atomic
 
@@ -58,7 +58,7 @@ def _measured(name: str, defaults: dict[str, Any], results_list: Sequence[dict[s
         if run is None:
             continue
         kind = "causal_lm" if "forget_quality" in run["metrics"] else "classifier"
-        shown = [f"{k} {run['metrics'][k]:.4g}" for k in CARD_METRICS[kind] if k in run["metrics"]]
+        shown = [f"{k} {run['metrics'][k]:.4g}" for k in CARD_METRICS[kind] if is_number(run["metrics"].get(k))]
         ratio = run["seconds"] / run["retrain_seconds"] if run.get("retrain_seconds") else float("nan")
         settings = _departures(run, defaults)
         if run.get("reference"):
@@ -150,34 +150,6 @@ def _stale_cards(out_dir: Path, registered: Container[str]) -> list[Path]:
     return stale
 
 
-def _number(value: Any) -> bool:
-    """Whether ``value`` is a JSON number; NaN counts (the bench writes it for a metric it could not measure)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-#: The run fields a card reads, each with its test and what it must be; an optional field may also be null.
-RUN_FIELDS = (
-    ("method", lambda v: isinstance(v, str), "a name"),
-    ("metrics", lambda v: isinstance(v, dict) and all(_number(x) for x in v.values()),
-     "a mapping of metric names to numbers"),
-    ("seconds", _number, "a number"),
-    ("retrain_seconds", lambda v: v is None or _number(v), "a number"),
-    ("params", lambda v: v is None or isinstance(v, dict), "a mapping of settings"),
-)
-
-
 def read_results(path: Path) -> dict[str, Any]:
-    """A bench ``results.json``, checked to hold runs with a method, metrics and seconds of the types cards read."""
-    try:
-        results = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserInputError(f"{path} is not valid JSON ({error}).") from None
-    runs = results.get("runs") if isinstance(results, dict) else None
-    fields = ("method", "metrics", "seconds")
-    if not isinstance(runs, list) or not all(isinstance(r, dict) and all(f in r for f in fields) for r in runs):
-        raise UserInputError(f"{path} is not a bench result: every run needs a method, metrics and seconds.")
-    for number, run in enumerate(runs, 1):
-        for field, valid, wanted in RUN_FIELDS:
-            if field in run and not valid(run[field]):
-                raise UserInputError(f"{path} is not a bench result: the {field} of run {number} is not {wanted}.")
-    return results
+    """A bench ``results.json`` (see :func:`~unlearnkit.benchmarks.results.read_bench_results`)."""
+    return read_bench_results(path)
