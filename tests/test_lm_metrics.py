@@ -210,3 +210,18 @@ def test_metric_result_to_dict_is_json_ready():
 def test_bad_inputs_raise_user_input_error(call, message):
     with pytest.raises(UserInputError, match=message):
         call()
+
+
+def test_mia_auc_ranks_an_infinite_score_instead_of_refusing_it():
+    # an answer token given probability 0 (banned with a −inf logit) has an infinite loss-like score
+    assert m.mia_auc([1.0, math.inf], [2.0, 3.0]) == pytest.approx(0.5)
+    assert m.mia_auc([1.0, 3.0], [2.0, 4.0]) == pytest.approx(0.75)  # finite scores: the same AUC as before
+
+
+def test_adapter_moments_ignore_a_banned_token_like_minkpp_moments():
+    from unlearnkit.adapters.causal_lm import _moments
+
+    log_probs = torch.log_softmax(torch.tensor([[2.0, 1.0, -math.inf, 0.5]], dtype=torch.float64), -1)
+    mean, std = _moments(log_probs)
+    mu, sigma = m.minkpp_moments(log_probs)
+    assert torch.isfinite(mean).all() and mean.item() == pytest.approx(mu[0]) and std.item() == pytest.approx(sigma[0])

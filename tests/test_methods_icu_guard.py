@@ -245,6 +245,14 @@ def test_guard_rejects_an_inverted_ngram_range(setup):
         unlearn(adapter, request, "guard", min_ngram=4, max_ngram=2)
 
 
+@pytest.mark.parametrize("setting", ["block_penalty", "semantic_penalty"])
+def test_guard_rejects_an_infinite_penalty(setup, setting):
+    # an infinite penalty makes blocked answers' teacher-forced losses infinite and the MIA scores unusable
+    adapter, request, _ = setup
+    with pytest.raises(UserInputError, match="must be finite non-negative numbers"):
+        unlearn(adapter, request, "guard", **{setting: float("inf")})
+
+
 @pytest.mark.parametrize("method", ["guard_it", "guard"])
 def test_teacher_forced_scores_decide_from_the_prompt_so_every_candidate_answer_gets_the_same_decision(setup, method):
     """Truth ratios compare candidate answers of one question: the gate or flag must not depend on the answer.

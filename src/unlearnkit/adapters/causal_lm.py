@@ -523,8 +523,10 @@ def _on_device(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, to
 
 
 def _moments(log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """μ = Σ p log p and σ = sqrt(max(Σ p (log p)² − μ², 1e-6)) over the last dimension."""
+    """μ = Σ p log p and σ = sqrt(max(Σ p (log p)² − μ², 1e-6)) over the last dimension, with 0·log 0 = 0
+    (a token banned with a −inf logit adds nothing, where 0·(−inf) would make both NaN)."""
     probs = log_probs.exp()
+    log_probs = log_probs.masked_fill(log_probs == float("-inf"), 0.0)  # its weight exp(−inf) is 0 already
     mean = (probs * log_probs).sum(-1)
     variance = (probs * log_probs.square()).sum(-1) - mean.square()
     return mean, variance.clamp_min(1e-6).sqrt()

@@ -265,12 +265,15 @@ def mia_auc(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> 
     from unseen data; below 0.5 means the forget set looks *less* familiar than unseen data
     (over-unlearning). Source: OpenUnlearning ``mia/*`` (``sklearn.metrics.roc_auc_score``).
     """
+    from scipy.stats import rankdata
     from sklearn.metrics import roc_auc_score
 
     forget = _vector(forget_scores, "forget_scores")
     holdout = _vector(holdout_scores, "holdout_scores")
     labels = np.concatenate([np.zeros(len(forget)), np.ones(len(holdout))])
-    return float(roc_auc_score(labels, np.concatenate([forget, holdout])))
+    # The AUC depends on the scores' order alone; ranks keep it and admit an infinite score (an answer token
+    # the model gives probability 0, e.g. one banned at decoding time), which roc_auc_score refuses.
+    return float(roc_auc_score(labels, rankdata(np.concatenate([forget, holdout]))))
 
 
 def loss_score(avg_loss: float) -> float:

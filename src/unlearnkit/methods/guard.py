@@ -33,6 +33,8 @@ Choices where the paper is silent, or its tools are unavailable here (there is n
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -233,8 +235,10 @@ class GuardConfig(TrainConfig):
             raise UserInputError(f"answers_per_prompt must be a positive integer, got {self.answers_per_prompt}.")
         if not -1.0 <= self.similarity_threshold <= 1.0:
             raise UserInputError(f"similarity_threshold is a cosine in [-1, 1], got {self.similarity_threshold}.")
-        if not (self.block_penalty >= 0 and self.semantic_penalty >= 0):
-            raise UserInputError("GUARD block_penalty and semantic_penalty must be non-negative numbers.")
+        if not all(0 <= value < math.inf for value in (self.block_penalty, self.semantic_penalty)):
+            raise UserInputError("GUARD block_penalty and semantic_penalty must be finite non-negative numbers "
+                                 f"(teacher-forced losses of blocked answers must stay finite), got {self.block_penalty} "
+                                 f"and {self.semantic_penalty}.")
         if not 0.0 < self.flag_probability < 1.0:
             raise UserInputError(f"flag_probability must be in (0, 1), got {self.flag_probability}.")
         if not self.regularisation > 0:
