@@ -637,3 +637,101 @@ def test_a_published_head_catches_a_rewrite_that_the_chain_cannot(five_rows: Pat
             ledger.verify(expect_head="abc")
     result = CliRunner().invoke(cli_app(), ["ledger", "verify", "--ledger", str(five_rows), "--expect-head", published])
     assert result.exit_code == 1 and "TAMPERED" in result.output and "published head hash" in result.output
+
+
+# --------------------------------------------------------------------------- damaged rows, user text, odd ids
+
+
+def test_text_moved_between_json_fields_is_caught_and_the_row_is_not_skipped(tmp_path: Path) -> None:
+    """Moving text across the metrics/params boundary keeps the row hash; the fields are then not canonical JSON."""
+    path = tmp_path / "moved.db"
+    with Ledger(path, salt=SALT) as ledger:
+        add(ledger, "request 1")
+        add(ledger, "request 2", ["moved item"], params={"lr": 0.1}, metrics={"eval": {"acc": 0.9, "params": 3}})
+        add(ledger, "request 3")
+    row = stored_row(path, 2)
+    metrics, params = (row["metrics"] + ',"params":' + row["params"]).split(',"params":', 1)
+    assert (metrics, params) == ('{"eval":{"acc":0.9', '3}},"params":{"lr":0.1}')
+    sql(path, f"UPDATE {ROWS_TABLE} SET metrics=?, params=? WHERE id=2", (metrics, params))
+    with Ledger(path, salt=SALT) as ledger:
+        result = ledger.verify()
+        assert (result.ok, result.first_bad_id) == (False, 2)
+        assert result.reason == "row 2: its params is not canonical JSON (text was moved between fields)"
+        for read in (ledger.rows, lambda: ledger.matching_rows("moved item"), lambda: ledger.get(2)):
+            with pytest.raises(UserInputError, match="Row 2 of the ledger .* is damaged"):
+                read()
+    listed = CliRunner().invoke(cli_app(), ["ledger", "list", "--ledger", str(path)])
+    assert isinstance(listed.exception, UserInputError) and "is damaged" in str(listed.exception)
+
+
+@pytest.mark.parametrize("assignment, field", [
+    ("metrics=CAST(metrics AS BLOB)", "metrics"), ("seconds=X'00'", "seconds"), ("subject=X'41'", "subject"),
+    ("status=X'6f6b'", "status"),
+])
+def test_a_field_of_the_wrong_type_is_reported_as_tampering(five_rows: Path, assignment: str, field: str) -> None:
+    sql(five_rows, f"UPDATE {ROWS_TABLE} SET {assignment} WHERE id=3")
+    with Ledger(five_rows, salt=SALT) as ledger:
+        result = ledger.verify()
+        assert (result.ok, result.first_bad_id) == (False, 3)
+        assert result.reason.startswith(f"row 3: a field has the wrong type (its {field} is a ")
+        with pytest.raises(UserInputError, match="Row 3 of the ledger .* is damaged \\(a field has the wrong type\\)"):
+            ledger.rows()
+    verified = CliRunner().invoke(cli_app(), ["ledger", "verify", "--ledger", str(five_rows)])
+    assert verified.exit_code == 1 and not isinstance(verified.exception, TypeError)
+    assert verified.output.startswith("TAMPERED: first bad row 3: row 3: a field has the wrong type")
+
+
+def test_cli_list_shows_user_text_literally_not_as_markup(tmp_path: Path) -> None:
+    path = tmp_path / "markup.db"
+    with Ledger(path, salt=SALT) as ledger:
+        add(ledger, "ticket [/x] from user")
+        add(ledger, "[bold]#12[/bold] [red]x", method="[blue]m")
+    listed = CliRunner().invoke(cli_app(), ["ledger", "list", "--ledger", str(path)])
+    assert listed.exit_code == 0, listed.output
+    assert "ticket [/x] from user" in listed.output
+    assert "[bold]#12[/bold] [red]x" in listed.output and "[blue]m" in listed.output
+
+
+def test_cli_check_item_also_looks_up_the_file_text_when_it_parses_as_json(tmp_path: Path) -> None:
+    """Items recorded as text that happens to be JSON ("1e3", "[1, 2]") are found by their text as well."""
+    path = tmp_path / "texts.db"
+    texts = ["1e3", "[1, 2]", '"quoted"', '{"a": 1}']
+    with Ledger(path, salt=SALT) as ledger:
+        for text in texts:
+            add(ledger, f"text {text}", [text])
+        add(ledger, "the list", [[1, 2]])  # the parsed form of "[1, 2]"
+        add(ledger, "both forms", ["[1, 2]", [1, 2]])
+        assert [ledger.check_item(text)[0][0] for text in texts] == [1, 2, 3, 4]
+    runner, app, item = CliRunner(), cli_app(), tmp_path / "item"
+    check = ["ledger", "check-item", "--item", str(item), "--ledger", str(path)]
+    for row_id, text in enumerate(texts, start=1):
+        item.write_text(text + "\n")
+        found = runner.invoke(app, check, env={"UNLEARNKIT_LEDGER_SALT": SALT})
+        assert found.exit_code == 0, (text, found.output)
+        assert f"forgotten: row {row_id} " in found.output
+    item.write_text("[1, 2]")
+    both = runner.invoke(app, check, env={"UNLEARNKIT_LEDGER_SALT": SALT})
+    rows = [line.split()[2] for line in both.output.splitlines()]
+    assert rows == ["2", "5", "6"]  # each matching row once, in id order
+
+
+def test_a_row_id_beyond_64_bits_is_no_row_not_a_crash(five_rows: Path) -> None:
+    with Ledger(five_rows, salt=SALT) as ledger:
+        for row_id in (0, -1, 2**63 - 1, 2**63, 10**20):
+            with pytest.raises(UserInputError, match=f"has no row {row_id}\\.$"):
+                ledger.get(row_id)
+    shown = CliRunner().invoke(cli_app(), ["ledger", "show", "99999999999999999999", "--ledger", str(five_rows)])
+    assert isinstance(shown.exception, UserInputError) and "has no row 99999999999999999999" in str(shown.exception)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (f"DELETE FROM {META_TABLE} WHERE key='head'", "the ledger head record is missing"),
+    (f"UPDATE {META_TABLE} SET value='garbage' WHERE key='head'", "the ledger head record is not readable"),
+])
+def test_a_missing_or_unreadable_head_names_no_row(five_rows: Path, damage: str, reason: str) -> None:
+    sql(five_rows, damage)
+    with Ledger(five_rows, salt=SALT) as ledger:
+        result = ledger.verify()
+    assert (result.ok, result.first_bad_id, result.reason) == (False, None, reason)
+    verified = CliRunner().invoke(cli_app(), ["ledger", "verify", "--ledger", str(five_rows)])
+    assert verified.exit_code == 1 and verified.output == f"TAMPERED: {reason}\n"

@@ -102,6 +102,11 @@ _rows_table = sa.Table(
 )
 _JSON_FIELDS = ("item_hashes", "params", "metrics")
 _HASHED_FIELDS = tuple(sorted(c.name for c in _rows_table.columns if c.name != "row_hash"))
+# The Python types each stored field reads back as (compared exactly, so a bool is no id); any other is tampering.
+_FIELD_TYPES = {c.name: (int,) if c.name == "id" else (float,) if c.name == "seconds" else (str,)
+                for c in _rows_table.columns}
+_FIELD_TYPES["fingerprint_after"] = (str, type(None))
+_MAX_ID = 2**63 - 1  # the largest id a 64-bit integer column holds
 # Built once: constructing statements costs more than running them on SQLite.
 _LOCK_HEAD = (
     sa.select(_meta_table.c.key, _meta_table.c.value)
@@ -292,15 +297,47 @@ def _stored_row_hash(stored: Mapping[str, Any]) -> str:
 
     They were stored as canonical JSON, and canonical JSON of the whole row embeds each nested
     value's canonical JSON verbatim, so the stored text is spliced in; any edit of that text (even
-    one that parses to the same value) changes the hash, as an edit should. This is what keeps
-    verify fast (no JSON parsing per row).
+    one that parses to the same value) changes the hash, as an edit should. Text moved from one
+    JSON field into the next keeps the hash, so :func:`_content_fault` also requires each stored
+    JSON field to be canonical JSON on its own. Every field must have its stored type
+    (:func:`_wrong_type`).
     """
     parts = []
     for key in _HASHED_FIELDS:
         value = stored[key]
-        text = value if key in _JSON_FIELDS and isinstance(value, str) else _encode_scalar(value)
+        text = value if key in _JSON_FIELDS else _encode_scalar(value)
         parts.append(f'"{key}":{text}')
     return hashlib.sha256(("{" + ",".join(parts) + "}").encode("utf-8")).hexdigest()
+
+
+def _wrong_type(stored: Mapping[str, Any]) -> str | None:
+    """The name of the first field of a stored row whose value has a type the ledger never stores, or None."""
+    for name, types in _FIELD_TYPES.items():
+        if type(stored[name]) not in types:
+            return name
+    return None
+
+
+def _is_canonical_json(text: str) -> bool:
+    """Whether ``text`` is exactly the canonical JSON of the value it parses to."""
+    try:
+        return canonical_json(json.loads(text)) == text
+    except (ValueError, RecursionError):
+        return False
+
+
+def _content_fault(stored: Mapping[str, Any]) -> str | None:
+    """Why a stored row's content is not what was appended (wrong type, edited, text moved between
+    JSON fields), or None when it is intact."""
+    wrong = _wrong_type(stored)
+    if wrong is not None:
+        return f"a field has the wrong type (its {wrong} is a {type(stored[wrong]).__name__})"
+    if _stored_row_hash(stored) != stored["row_hash"]:
+        return "its content does not match its row_hash (a field was edited)"
+    for name in _JSON_FIELDS:
+        if not _is_canonical_json(stored[name]):
+            return f"its {name} is not canonical JSON (text was moved between fields)"
+    return None
 
 
 # --------------------------------------------------------------------------- rows and results
@@ -340,16 +377,18 @@ class VerifyResult:
     head_hash: str = GENESIS_HASH
 
 
-def _row_from_db(record: Mapping[str, Any]) -> LedgerRow | None:
-    """Decode a stored row; None when a field was damaged beyond parsing."""
+def _row_from_db(record: Mapping[str, Any], label: str) -> LedgerRow:
+    """Decode a stored row; a field of the wrong type or unparsable JSON is a :class:`UserInputError`."""
     data = dict(record)
+    damage = "a field has the wrong type" if _wrong_type(data) is not None else None
     try:
         for name in _JSON_FIELDS:
             data[name] = json.loads(data[name])
-        data["seconds"] = float(data["seconds"])
-        data["id"] = int(data["id"])
-    except (TypeError, ValueError):
-        return None
+    except (TypeError, ValueError, RecursionError):
+        damage = damage or "a JSON field is not readable"
+    if damage is not None:
+        raise UserInputError(f"Row {record['id']} of the ledger {label} is damaged ({damage}); "
+                             "`unlearnkit ledger verify` reports on the whole ledger.")
     return LedgerRow(**data)
 
 
@@ -695,26 +734,24 @@ class Ledger:
 
     @_reading_errors
     def rows(self) -> list[LedgerRow]:
-        """Every row, in id order (rows whose JSON was damaged are skipped; :meth:`verify` reports them)."""
+        """Every row, in id order; a damaged row (unreadable JSON, a field of the wrong type) is a
+        :class:`UserInputError` (:meth:`verify` reports on the whole ledger)."""
         if not self._reading():
             return []
         with self._engine.connect() as conn:
-            return [row for row in map(_row_from_db, self._stored_rows(conn)) if row is not None]
+            return [_row_from_db(record, self._target.label) for record in self._stored_rows(conn)]
 
     @_reading_errors
     def get(self, row_id: int) -> LedgerRow:
-        """The row with this id; a missing or non-integer id is a :class:`UserInputError`."""
+        """The row with this id; a missing, damaged or non-integer id is a :class:`UserInputError`."""
         if isinstance(row_id, bool) or not isinstance(row_id, int):  # 1.9 would have read row 1
             raise UserInputError(f"A ledger row id is an integer, got {row_id!r}.")
-        if self._reading():
+        if self._reading() and 1 <= row_id <= _MAX_ID:  # a larger id overflows the database's integer
             with self._engine.connect() as conn:
                 query = sa.select(_rows_table).where(_rows_table.c.id == int(row_id))
                 record = conn.execute(query).mappings().first()
             if record is not None:
-                row = _row_from_db(record)
-                if row is None:
-                    raise UserInputError(f"Row {row_id} of the ledger {self._target.label} is damaged (invalid JSON).")
-                return row
+                return _row_from_db(record, self._target.label)
         raise UserInputError(f"The ledger {self._target.label} has no row {row_id}.")
 
     @_reading_errors
@@ -762,13 +799,13 @@ class Ledger:
 
     def _check_heads(self, heads: Mapping[str, str], checker: "_ChainChecker") -> VerifyResult:
         if "head" not in heads:
-            return VerifyResult(False, checker.count + 1, "the ledger head record is missing", checker.count)
+            return VerifyResult(False, None, "the ledger head record is missing", checker.count)
         if "salt_check" not in heads:  # without it, appends with any salt would pass
             return VerifyResult(False, None, "the ledger's salt check record is missing", checker.count)
         try:
             head_id, head_hash = _parse_head(heads["head"], self._target.label)
         except UserInputError:
-            return VerifyResult(False, checker.count + 1, "the ledger head record is not readable", checker.count)
+            return VerifyResult(False, None, "the ledger head record is not readable", checker.count)
         return checker.finish(head_id, head_hash)
 
     def check_item(self, item: Any) -> list[tuple[int, str]]:
@@ -795,8 +832,8 @@ class Ledger:
                 raise self._wrong_salt()
             matches = sa.or_(*(_rows_table.c.item_hashes.contains(digest) for digest in digests))
             query = sa.select(_rows_table).where(matches).order_by(_rows_table.c.id)
-            found = [_row_from_db(r) for r in self._stored_rows(conn, query)]
-        return [row for row in found if row is not None and digests & set(row.item_hashes)]
+            found = [_row_from_db(r, self._target.label) for r in self._stored_rows(conn, query)]
+        return [row for row in found if digests & set(row.item_hashes)]
 
 
 class _ChainChecker:
@@ -815,18 +852,19 @@ class _ChainChecker:
         self.pending: tuple[int, int] | None = None  # (a, b) of an undecided broken link
 
     def feed(self, data: Mapping[str, Any]) -> VerifyResult | None:
-        row_id = int(data["id"])
         expected = self.last_id + 1
+        row_id = data["id"] if type(data["id"]) is int else expected  # _content_fault reports a bad id type
         if row_id != expected:
             if self.pending:
                 return self._decide(link_intact=False)
             if row_id > expected:
                 return self._bad(expected, f"row {expected} is missing (the next row is {row_id})")
             return self._bad(row_id, f"row id {row_id} is out of sequence (expected {expected})")
-        if _stored_row_hash(data) != data["row_hash"]:
+        fault = _content_fault(data)
+        if fault is not None:
             if self.pending:
                 return self._decide(link_intact=False)
-            return self._bad(row_id, "its content does not match its row_hash (a field was edited)")
+            return self._bad(row_id, fault)
         if self.pending:
             return self._decide(link_intact=data["prev_hash"] == self.last_hash)
         if data["prev_hash"] != self.last_hash:

@@ -52,6 +52,7 @@ def list_command(ledger: LedgerOption = DEFAULT_LEDGER, salt_file: SaltFileOptio
     """List every recorded unlearning request as a table."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     with _open(ledger, salt_file) as book:
         rows = book.rows()
@@ -61,10 +62,11 @@ def list_command(ledger: LedgerOption = DEFAULT_LEDGER, salt_file: SaltFileOptio
     table = Table("id", "time (UTC)", "subject", "method", "items", "status", "seconds", "model before → after")
     for row in rows:
         after = (row.fingerprint_after or "—")[:12]
-        table.add_row(
+        cells = (
             str(row.id), row.time[:19], row.subject, row.method, str(len(row.item_hashes)), row.status,
             f"{row.seconds:.2f}", f"{row.fingerprint_before[:12]} → {after}",
         )
+        table.add_row(*map(Text, cells))  # literally: a subject like "[red]x" or "[/x]" is text, not markup
     Console(width=160).print(table)
 
 
@@ -99,7 +101,8 @@ def verify_command(
 
 
 def check_item_command(
-    item: Annotated[Path, typer.Option("--item", help="File holding one item: JSON, else text (else raw bytes).")],
+    item: Annotated[Path, typer.Option(
+        "--item", help="File holding one item; its JSON value and its text are both looked up (bytes if not UTF-8).")],
     ledger: LedgerOption = DEFAULT_LEDGER,
     salt_file: SaltFileOption = None,
 ) -> None:
@@ -108,10 +111,12 @@ def check_item_command(
 
     A record of a `forget` run (question/answer or input/label, under those names) is matched as `forget`
     recorded it: only those fields, numbers compared by value (0 and 0.0, "[1, 2]" and [1, 2] alike).
+    A file that holds JSON also matches the item recorded as its text (e.g. the string "1e3").
     """
-    value = read_item_file(item)
+    forms = read_item_forms(item)
     with _open(ledger, salt_file) as book:
-        rows = book.matching_rows(value)
+        found = {row.id: row for form in forms for row in book.matching_rows(form)}
+    rows = [found[row_id] for row_id in sorted(found)]
     if not rows:
         typer.echo(f"not forgotten: no row of {ledger} lists this item.")
         raise typer.Exit(1)
@@ -134,9 +139,9 @@ def _row_outcome(row: Any) -> str:
     return f"recorded, not forgotten: row {row.id} at {row.time} has status {row.status}{unchanged}"
 
 
-def read_item_file(path: Path) -> Any:
-    """One item from a file: its JSON value if it parses, else its text without one trailing newline,
-    else (not UTF-8) its raw bytes."""
+def read_item_forms(path: Path) -> list[Any]:
+    """The forms under which the item in a file may have been recorded: its text without one trailing
+    newline, preceded by its JSON value if the text parses; its raw bytes if it is not UTF-8."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -146,9 +151,9 @@ def read_item_file(path: Path) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
-        return raw
+        return [raw]
+    forms = [text.removesuffix("\n").removesuffix("\r")]  # editors add a final newline the item did not have
     try:
-        return json.loads(text)
+        return [json.loads(text), *forms]
     except ValueError:
-        # editors add a final newline that the stored item did not have
-        return text.removesuffix("\n").removesuffix("\r")
+        return forms
