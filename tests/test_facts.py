@@ -241,7 +241,12 @@ def test_tofu_reader_names_the_missing_field_and_file(tmp_path):
     assert read_tofu_file(array) == [good]
     bad_list = tmp_path / "x_perturbed.jsonl"
     bad_list.write_text(json.dumps({**good, "perturbed_answer": "not a list"}))
-    with pytest.raises(UserInputError, match="must be a non-empty list of strings"):
+    with pytest.raises(UserInputError, match="must be a non-empty list of non-blank strings"):
         read_tofu_file(bad_list)
+    # a blank text passed the reader and failed only at the end of an evaluation, naming no split
+    for field, value in (("answer", ""), ("paraphrased_answer", " "), ("perturbed_answer", ["x", "\n"])):
+        bad_list.write_text(json.dumps({**good, field: value}))
+        with pytest.raises(UserInputError, match=rf"Field '{field}' of record 1 of .*x_perturbed\.jsonl must be a non-"):
+            read_tofu_file(bad_list)
     with pytest.raises(UserInputError, match="no forget05.json"):
         tofu_request(tmp_path, "forget05")

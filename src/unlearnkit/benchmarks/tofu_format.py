@@ -67,11 +67,13 @@ def _check_record(record: Any, required: Sequence[str], path: Path, number: int)
         if name not in record:
             raise UserInputError(f"Record {number} of {path} has no field {name!r} (it has: {', '.join(sorted(record))}).")
     for name in ("question", "answer", "paraphrased_answer"):
-        if name in record and not isinstance(record[name], str):
-            raise UserInputError(f"Field {name!r} of record {number} of {path} must be a string.")
+        if name in record and not (isinstance(record[name], str) and record[name].strip()):
+            raise UserInputError(f"Field {name!r} of record {number} of {path} must be a non-blank string.")
     perturbed = record.get("perturbed_answer")
-    if "perturbed_answer" in record and not (isinstance(perturbed, list) and perturbed and all(isinstance(a, str) for a in perturbed)):
-        raise UserInputError(f"Field 'perturbed_answer' of record {number} of {path} must be a non-empty list of strings.")
+    if "perturbed_answer" in record and not (isinstance(perturbed, list) and perturbed
+                                             and all(isinstance(a, str) and a.strip() for a in perturbed)):
+        raise UserInputError(f"Field 'perturbed_answer' of record {number} of {path} must be a non-empty list of "
+                             "non-blank strings.")
 
 
 def read_tofu_dir(directory: str | Path) -> dict[str, list[dict[str, Any]]]:
