@@ -22,6 +22,7 @@ class RunRecord:
     params: dict[str, Any]
     seconds: float
     peak_mem_mb: float
+    added_mem_mb: float = 0.0
     status: str = "ok"
     message: str = ""
     steps: int = 0
@@ -133,6 +134,7 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
         params=config.to_dict() | (memory.to_dict() if memory is not None else {}),
         seconds=cost.seconds,
         peak_mem_mb=cost.peak_mem_mb,
+        added_mem_mb=cost.added_mem_mb,
         status=train.status if train else "ok",
         message=train.message if train else "",
         steps=train.steps if train else 0,

@@ -257,6 +257,7 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     from .request import ForgetRequest
     from .train.distributed import check_launch, is_main_process, on_main, training_device
     from .train.lora import merged_state_dict
+    from .train.measure import memory_of
 
     _require_utf8(job.subject or "", "The --subject")
     ledger = Ledger(job.ledger, salt_file=job.salt_file)
@@ -312,7 +313,7 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     _check_usable(after)
     item_rows = {"original": _item_rows(scores_before), job.method: _item_rows(scores_after)}
     summary = {"method": job.method, "kind": kind, "subject": job.subject, "status": record.status,
-               "message": record.message, "seconds": record.seconds, "peak_mem_mb": record.peak_mem_mb,
+               "message": record.message, "seconds": record.seconds, **memory_of(record),
                "params": record.params, "metrics_before": before, "metrics_after": after,
                "fingerprint_before": fingerprint_before, "fingerprint_after": fingerprint(merged_state_dict(model)),
                "forget_items": len(forget), "retain_items": len(retain), "losses": record.losses}

@@ -16,13 +16,14 @@ from ..io import atomic_dir, check_output
 from ..methods.registry import methods
 from ..report.html import write_report
 from ..request import ForgetRequest
+from ..train.measure import memory_of, reference_memory
 from .cache import cache_root
 from .results import memory_baseline, write_items, write_results
 from .vision import (BENCH_METHOD_SETTINGS, VisionBenchmark, cached_classifier, evaluation_split_ids, evaluation_splits,
                      forget_request, load_vision_benchmark, settings_note)
 
 COLUMNS = ("method", "forget_acc", "retain_acc", "test_acc", "forget_test_acc", "mia_efficacy", "mia_auc",
-           "avg_gap", "seconds", "time_vs_retrain", "peak_mem_mb", "status")
+           "avg_gap", "seconds", "time_vs_retrain", "peak_mem_mb", "added_mem_mb", "status")
 
 
 def default_methods() -> list[str]:
@@ -84,7 +85,7 @@ def run_classifier_bench(
     for role, model, meta in (("original", target, case.target_meta), ("retrain", case.retrained, case.retrain_meta)):
         evaluation = evaluate_classifier(bench.adapter(model), splits, reference, seed)
         runs.append({"method": role, "reference": True, "params": meta["config"]["recipe"], "seconds": meta["train_seconds"],
-                     "retrain_seconds": retrain_seconds, "peak_mem_mb": meta.get("train_peak_mem_mb", float("nan")),
+                     "retrain_seconds": retrain_seconds, **reference_memory(meta),
                      "status": "ok", "metrics": evaluation.metrics})
         items[role] = evaluation.item_rows(split_ids)
         log(f"{role:>16}: test_acc={evaluation.metrics['test_acc']:.4f} forget_acc={evaluation.metrics['forget_acc']:.4f}")
@@ -96,7 +97,7 @@ def run_classifier_bench(
         name = f"{method}_method" if method in items else method  # never overwrite a reference row
         evaluation = evaluate_classifier(bench.adapter(model), splits, reference, seed)
         runs.append({"method": name, "reference": False, "params": record.params, "seconds": record.seconds,
-                     "retrain_seconds": retrain_seconds, "peak_mem_mb": record.peak_mem_mb, "status": record.status,
+                     "retrain_seconds": retrain_seconds, **memory_of(record), "status": record.status,
                      "message": record.message, "metrics": evaluation.metrics, "info": record.info,
                      "losses": record.losses})
         items[name] = evaluation.item_rows(split_ids)

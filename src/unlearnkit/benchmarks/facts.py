@@ -46,14 +46,15 @@ import torch
 
 from ..errors import UserInputError
 from ..request import ForgetRequest
-from ..train.measure import measure
+from ..train.measure import measure, training_memory
 from .cache import cached
 
 #: Bump when the generator or the training recipe changes what a config produces (it is part of the cache key),
 #: or when the training loop's speed changes: a cached model's ``train_seconds`` is the bench's retraining time.
 #: 2: items are tokenized once per adapter instead of once per epoch (same weights, faster training).
 #: 3: the cached models record their training's peak memory (``train_peak_mem_mb``; same weights).
-FACTS_VERSION = 3
+#: 4: ... and the memory their training added over its start (``train_added_mem_mb``; same weights).
+FACTS_VERSION = 4
 FORGET_SPLITS = ("forget01", "forget05", "forget10")
 HOLDOUT_SPLITS = ("holdout01", "holdout05", "holdout10")
 FRACTIONS = {"01": 0.01, "05": 0.05, "10": 0.10}
@@ -727,7 +728,7 @@ def cached_facts_model(config: FactsConfig | None = None, role: str = "target", 
         model, tokenizer, loaded = initial_model_and_tokenizer(data)
         with measure() as training:
             model, info = train_facts_model(config, tokenizer, data.train_without(set(excluded)), model)
-        info["train_peak_mem_mb"] = training.peak_mem_mb  # what a method's peak_mem_mb is compared with
+        info.update(training_memory(training))  # what a method's memory figures are compared with
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
         return {"role": role, "split": split if role == "retain" else None, **loaded, **info}

@@ -20,12 +20,13 @@ from ..eval.language import LM_METRICS, evaluate_lm, lm_metrics
 from ..io import atomic_dir, check_output
 from ..methods.registry import get_method, method_config, methods
 from ..report.html import write_report
+from ..train.measure import memory_of, reference_memory
 from .cache import cache_root
 from .results import memory_baseline, write_items, write_results
 
 COLUMNS = ("method", "forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
            "retain_rouge", "general_rouge", "mia_loss_auc", "mia_minkpp_auc", "privleak", "extraction_strength",
-           "seconds", "time_vs_retrain", "peak_mem_mb", "status")
+           "seconds", "time_vs_retrain", "peak_mem_mb", "added_mem_mb", "status")
 
 ATTACK_COLUMNS = ("relearn_recovery", "relearn_recovery_control", "in_context_recovery",
                   "in_context_recovery_control", "quantized_forget_quality", "quantized_forget_quality_control",
@@ -227,13 +228,13 @@ def run_lm_bench(
         references.append((f"retain_seed{seed}", seeded, seed_meta))
     for role, adapter, meta in references:
         record_run(role, adapter, {"reference": True, "params": meta["config"], "seconds": meta["train_seconds"],
-                                   "peak_mem_mb": meta.get("train_peak_mem_mb", float("nan")), "status": "ok"})
+                                   **reference_memory(meta), "status": "ok"})
     baseline = memory_baseline()
     warm_up(target.model, request, target, memory)
     for name in names:
         model, record = unlearn(target.model, request, name, adapter=target, memory=memory, **settings[name])
         record_run(name, target.with_model(model), {
-            "reference": False, "params": record.params, "seconds": record.seconds, "peak_mem_mb": record.peak_mem_mb,
+            "reference": False, "params": record.params, "seconds": record.seconds, **memory_of(record),
             "status": record.status, "message": record.message, "info": record.info, "losses": record.losses})
 
     results = {"benchmark": "facts", "split": split, "seed": config.seed, "retrain_seconds": retrain_seconds,

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import UserInputError
 from ..io import write_json_atomic, write_text_atomic
+from ..train.measure import MEMORY_FIELDS
 
 
 def _fmt(value: Any) -> str:
@@ -37,7 +38,7 @@ def flat_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         retrain = run.get("retrain_seconds") or float("nan")
         rows.append({"method": run["method"], **run["metrics"], "seconds": run["seconds"],
                      "time_vs_retrain": run["seconds"] / retrain if retrain else float("nan"),
-                     "peak_mem_mb": run.get("peak_mem_mb", float("nan")), "status": run.get("status", "ok")})
+                     **{name: run.get(name, float("nan")) for name in MEMORY_FIELDS}, "status": run.get("status", "ok")})
     return rows
 
 
@@ -66,7 +67,7 @@ def write_results(out: Path, results: dict[str, Any], columns: Sequence[str], ti
 
 def memory_baseline() -> dict[str, float]:
     """For results.json: the process's resident memory (MiB) before a bench's first method, on CPU, where
-    ``peak_mem_mb`` is the process's resident set (on CUDA it is the block's own GPU allocations)."""
+    the memory figures are of the process's resident set (on CUDA they are the block's own GPU allocations)."""
     import torch
 
     from ..train.measure import resident_mb
@@ -75,12 +76,14 @@ def memory_baseline() -> dict[str, float]:
 
 
 def memory_note(resident_mb_before: float) -> str:
-    """What a CPU page's ``peak_mem_mb`` means."""
+    """What a CPU page's memory columns mean."""
     return (f"peak_mem_mb is the process's peak resident memory during each run, which includes the interpreter, torch, "
             f"the loaded models and memory kept from earlier runs (the process held {resident_mb_before:.0f} MB before "
-            "the first method): an upper bound on a method's need, not the need itself, so rows differ by little. "
-            "A reference row's is that of its training, measured the same way when it was trained (in a process "
-            "that had loaded less), and \"—\" when its cached model predates that measurement.")
+            "the first method): an upper bound on a method's need. added_mem_mb is how far that peak rose above the "
+            "resident memory at the run's start, after freed memory was handed back to the system: the run's own "
+            "need (its working copy of the model is made before the start, so it is not counted). A reference row's "
+            "figures are those of its training, measured the same way when it was trained, and \"—\" when its "
+            "cached model predates that measurement.")
 
 
 def _numeric(value: Any) -> bool:
@@ -144,7 +147,7 @@ def summary_rows(all_results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, 
                                  "their seed.")
     tables = [flat_rows(results) for results in all_results]
     columns = ["method", *dict.fromkeys(key for table in tables for row in table for key, value in row.items()
-                                        if key not in ("method", "peak_mem_mb") and _numeric(value))]
+                                        if key not in ("method", *MEMORY_FIELDS) and _numeric(value))]
     rows = []
     for index, head in enumerate(tables[0]):
         row = {"method": head["method"]}

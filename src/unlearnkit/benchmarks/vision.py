@@ -24,7 +24,7 @@ from ..methods.base import item_stream
 from ..request import ForgetRequest
 from ..train import TrainConfig, optimise
 from ..train.config import check_seed
-from ..train.measure import Measurement, measure
+from ..train.measure import Measurement, measure, training_memory
 from .cache import cached
 
 SCENARIOS = ("random", "class")
@@ -184,16 +184,21 @@ def train_classifier(bench: VisionBenchmark, items: list) -> tuple[nn.Module, Me
     return model.eval(), training
 
 
+#: Part of the cache key; bump when what a cached model records changes. 2: its training's added memory
+#: (``train_added_mem_mb``; same weights).
+CLASSIFIER_VERSION = 2
+
+
 def cached_classifier(bench: VisionBenchmark, excluded: list[int], role: str) -> tuple[nn.Module, dict]:
     """The model trained on the training set minus ``excluded``, from the cache or trained now."""
     config = {"benchmark": bench.name, "seed": bench.seed, "test_fraction": bench.test_fraction,
-              "recipe": bench.recipe.to_dict(), "excluded": excluded, "model": "SmallCNN"}
+              "recipe": bench.recipe.to_dict(), "excluded": excluded, "model": "SmallCNN", "version": CLASSIFIER_VERSION}
 
     def build(directory: Path) -> dict:
         drop = set(excluded)
         model, training = train_classifier(bench, [it for i, it in enumerate(bench.train) if i not in drop])
         save_state_dict(model.state_dict(), directory / "model.safetensors")
-        return {"role": role, "train_seconds": training.seconds, "train_peak_mem_mb": training.peak_mem_mb,
+        return {"role": role, "train_seconds": training.seconds, **training_memory(training),
                 "train_items": len(bench.train) - len(drop)}
 
     directory, meta = cached("classifier", config, build)

@@ -249,7 +249,7 @@ def _results_table(results: Mapping[str, Any], runs: Sequence[Mapping[str, Any]]
     front = set(_front_methods(runs))
     head = "".join(f"<th>{html.escape(key)}</th>" for key in keys)
     header = (f'<tr><th class="name">method</th>{head}<th>seconds</th><th>time_vs_retrain</th>'
-              "<th>peak_mem_mb</th><th>status</th></tr>")
+              "<th>peak_mem_mb</th><th>added_mem_mb</th><th>status</th></tr>")
     rows = [_result_row(run, keys, front, results.get("retrain_seconds")) for run in runs]
     note = ('<p class="note">Rows marked <span class="tag">reference</span> are the original and retrained models; '
             "<b>bold</b> methods are on the Pareto front of the scatter below. "
@@ -275,6 +275,7 @@ def _result_row(run: Mapping[str, Any], keys: Sequence[str], front: set[str], re
     status_cell = html.escape(status) + (f": {html.escape(str(message))}" if message else "")
     return (f'<tr class="{row_class}"><td class="name">{name}</td>{cells}<td>{format_number(seconds)}</td>'
             f"<td>{format_number(ratio)}</td><td>{format_number(run.get('peak_mem_mb'))}</td>"
+            f"<td>{format_number(run.get('added_mem_mb'))}</td>"
             f'<td class="name">{status_cell}</td></tr>')
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import sys
 import threading
@@ -24,6 +26,17 @@ def _rss_bytes() -> int:
         return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, other systems KiB
 
 
+def _release_freed_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the OS (glibc ``malloc_trim``), so that the
+    growth of the resident set over a block's start is the block's own allocation, not reuse of memory
+    that earlier work freed but the allocator kept (a no-op where there is no glibc)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def resident_mb() -> float:
     """The process's resident memory now, in MiB."""
     return _rss_bytes() / 2**20
@@ -31,14 +44,17 @@ def resident_mb() -> float:
 
 @dataclass
 class Measurement:
-    """Seconds elapsed and peak memory (MiB): GPU allocations on CUDA, else resident set size."""
+    """Seconds elapsed, peak memory and the memory the block added at its peak over its start (MiB): GPU
+    allocations on CUDA, else the resident set size."""
 
     seconds: float = 0.0
     peak_mem_mb: float = 0.0
+    added_mem_mb: float = 0.0
 
 
 class measure:
-    """Context manager: time a block and sample its peak memory every 5 ms in a thread."""
+    """Context manager: time a block and sample its peak memory every 5 ms in a thread (on CPU, after handing
+    freed memory back to the OS, so that ``added_mem_mb`` measures the block's own need)."""
 
     def __init__(self) -> None:
         self.result = Measurement()
@@ -53,6 +69,10 @@ class measure:
         self._cuda = torch.cuda.is_available()
         if self._cuda:
             torch.cuda.reset_peak_memory_stats()
+            self._start_bytes = torch.cuda.memory_allocated()
+        else:
+            _release_freed_memory()
+            self._start_bytes = _rss_bytes()
         self._peak = _rss_bytes()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -68,3 +88,24 @@ class measure:
         self._peak = max(self._peak, _rss_bytes())
         peak = torch.cuda.max_memory_allocated() if self._cuda else self._peak
         self.result.peak_mem_mb = peak / 2**20
+        self.result.added_mem_mb = max(peak - self._start_bytes, 0) / 2**20
+
+
+#: The memory figures of a run (a :class:`Measurement` or a run record); a cached model's meta stores its
+#: training's as ``train_<name>``.
+MEMORY_FIELDS = ("peak_mem_mb", "added_mem_mb")
+
+
+def memory_of(measured: object) -> dict[str, float]:
+    """The memory figures of a measurement or run record, by name."""
+    return {name: getattr(measured, name) for name in MEMORY_FIELDS}
+
+
+def training_memory(measured: Measurement) -> dict[str, float]:
+    """A training's memory figures as a cached model's meta stores them (``train_<name>``)."""
+    return {f"train_{name}": value for name, value in memory_of(measured).items()}
+
+
+def reference_memory(meta: dict) -> dict[str, float]:
+    """A cached model's training memory figures by run name; NaN where its meta predates a figure."""
+    return {name: meta.get(f"train_{name}", float("nan")) for name in MEMORY_FIELDS}
