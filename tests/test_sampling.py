@@ -60,6 +60,42 @@ def test_modular_falls_back_to_all_neighbours_when_an_entity_has_none_of_its_own
     assert Counter(f for f, r in pairs if r < 24) == Counter({0: 2, 1: 2, 2: 2})  # forget items cycled evenly
 
 
+def test_modular_groups_linked_neighbours_by_the_forgotten_entity_they_belong_to():
+    # whole people 0 and 1 forgotten: neighbours are other people's items, linked to a forgotten person
+    # as the authors' data tags each neighbour with its entity's title; item 6 serves both entities
+    request = ForgetRequest(data(), forget=[0, 1, 2, 3, 4, 5], retain=list(range(6, 24)),
+                            neighbours={"direct": [6, 7, 9], "indirect": [12, 13]},
+                            links={6: [0, 1], 7: [0], 9: [1], 12: [0], 13: [1]})
+    items = data()
+    pairs = [(f, r) for f, r in sampled_pairs(request, SamplingConfig(sampling="modular", seed=2), 0) if r < 24]
+    pools = {0: {6, 7, 12}, 1: {6, 9, 13}}
+    assert all(r in pools[items[f]["person"]] for f, r in pairs)
+    assert Counter(r for _, r in pairs) == Counter({6: 2, 7: 1, 9: 1, 12: 1, 13: 1})
+    assert Counter(items[f]["person"] for f, _ in pairs) == Counter({0: 3, 1: 3})  # max(|F_e|, |N_e|) each
+
+
+def test_facts_requests_link_every_neighbour_to_a_forgotten_person():
+    from unlearnkit.benchmarks.facts import FactsConfig, facts_request, load_facts
+    from unlearnkit.methods._sampling import entity_groups
+
+    facts = load_facts(FactsConfig.tiny())
+    request = facts_request(facts, "forget10")
+    forgotten = set(facts.split_people["forget10"])
+    assert set(request.links) == {i for ids in request.neighbours.values() for i in ids}
+    assert all(set(entities) and set(entities) <= forgotten for entities in request.links.values())
+    assert None not in entity_groups(request)  # every forgotten person cycles against its own neighbours
+
+
+@pytest.mark.parametrize("links, message", [
+    ({99: [0]}, "no id of its neighbour sets"),
+    ({6: "person 0"}, "must be a list of entities"),
+    ([6], "must map neighbour ids to entities"),
+])
+def test_request_links_must_name_neighbours(links, message):
+    with pytest.raises(UserInputError, match=message):
+        ForgetRequest(data(), forget=[0], retain=list(range(3, 24)), neighbours={"direct": [6]}, links=links)
+
+
 def test_modular_without_neighbours_is_a_user_error():
     request = ForgetRequest(data(), forget=[0], retain=list(range(3, 24)))
     with pytest.raises(UserInputError, match="neighbour"):

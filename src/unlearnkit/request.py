@@ -16,7 +16,8 @@ class ForgetRequest:
     ``data`` is any indexable collection of items (a torch ``Dataset``, a list of dicts, ...);
     ``forget`` and ``retain`` are item indices into it. ``neighbours`` holds optional named sets
     (for example the ``direct`` and ``indirect`` neighbours of the forgotten people) that some
-    methods and samplers use. ``holdout`` holds optional items *not* in ``data`` and never trained
+    methods and samplers use; ``links`` optionally maps a neighbour's id to the forgotten entities (the
+    forget items' ``"person"``) it is linked to, which MELU's modular sampling groups by. ``holdout`` holds optional items *not* in ``data`` and never trained
     on, of the same kind as the forget items (TOFU's ``holdout`` split): methods never train on
     them; an early stop compares the forget set with them (``unlearnkit.train.stopping``).
     ``reason`` is free text for the ledger; it never reaches the model.
@@ -29,6 +30,7 @@ class ForgetRequest:
     neighbours: Mapping[str, Sequence[int]] = field(default_factory=dict)
     reason: str = ""
     holdout: Sequence[Any] = ()
+    links: Mapping[int, Sequence[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "forget", _ids(self.forget, "forget"))
@@ -38,6 +40,7 @@ class ForgetRequest:
             self, "neighbours", {k: _ids(v, f"neighbours[{k!r}]") for k, v in dict(self.neighbours).items()}
         )
         object.__setattr__(self, "holdout", tuple(self.holdout or ()))
+        object.__setattr__(self, "links", _links(self.links, self.neighbours))
         self.validate()
 
     @property
@@ -83,6 +86,21 @@ class ForgetRequest:
         if name not in self.neighbours:
             raise UserInputError(f"The request has no neighbour set {name!r} (it has: {sorted(self.neighbours) or 'none'}).")
         return [self.data[i] for i in self.neighbours[name]]
+
+
+def _links(links: Any, neighbours: Mapping[str, Sequence[int]]) -> dict[int, tuple[Any, ...]]:
+    """``links`` as {neighbour id: entities}; each key must be in a neighbour set, each value a list of entities."""
+    if not isinstance(links, Mapping):
+        raise UserInputError(f"The request's links must map neighbour ids to entities, got {type(links).__name__}.")
+    known = {i for ids in neighbours.values() for i in ids}
+    checked = {}
+    for key, entities in links.items():
+        if isinstance(key, bool) or not isinstance(key, int) or key not in known:
+            raise UserInputError(f"The request's links name {key!r}, which is no id of its neighbour sets.")
+        if isinstance(entities, (str, bytes)) or not isinstance(entities, Iterable):
+            raise UserInputError(f"The links of neighbour {key} must be a list of entities, got {entities!r}.")
+        checked[key] = tuple(entities)
+    return checked
 
 
 def _ids(values: Any, name: str) -> tuple[int, ...]:

@@ -531,6 +531,17 @@ def _neighbours(trained: list[dict[str, Any]], forgotten: set[int]) -> tuple[lis
     return direct, indirect
 
 
+def _neighbour_links(trained: list[dict[str, Any]], forgotten: set[int]) -> dict[int, list[int]]:
+    """For each retained person, the forgotten people it shares a birthplace, a sibling link or a profession with."""
+    gone = [p for p in trained if p["id"] in forgotten]
+
+    def linked(p: dict[str, Any], q: dict[str, Any]) -> bool:
+        return (p["birthplace"] == q["birthplace"] or p["profession"] == q["profession"]
+                or p["sibling_id"] == q["id"] or q["sibling_id"] == p["id"])
+
+    return {q["id"]: [p["id"] for p in gone if linked(p, q)] for q in trained if q["id"] not in forgotten}
+
+
 def facts_request(data: FactsData, split: str = "forget10") -> ForgetRequest:
     """The request to forget the people of ``split``: retain = the other trained people, with neighbours.
 
@@ -544,8 +555,10 @@ def facts_request(data: FactsData, split: str = "forget10") -> ForgetRequest:
     forget = [i for i, it in enumerate(data.train) if it.get("person") in forgotten]
     retain = [i for i, it in enumerate(data.train) if it.get("person") is not None and it["person"] not in forgotten]
     neighbours = {kind: ids_of(data.splits[f"{split}_{kind}"]) for kind in ("direct", "indirect")}
+    linked = _neighbour_links(data.people[: data.config.people], forgotten)
+    links = {i: linked[data.train[i]["person"]] for ids in neighbours.values() for i in ids}
     holdout = data.split(split.replace("forget", "holdout"))
-    return ForgetRequest(data.train, forget, retain, neighbours, reason=f"facts:{split}", holdout=holdout)
+    return ForgetRequest(data.train, forget, retain, neighbours, reason=f"facts:{split}", holdout=holdout, links=links)
 
 
 def _forgotten_people(data: FactsData, split: str) -> list[int]:

@@ -17,8 +17,10 @@ rules, it did not design the rules blind.) The rules:
   seeds :data:`NPO_SEEDS` come closest to the bar of forget quality ≥ 0.5 at utility ≥ 0.97 × the
   retain model's, i.e. the largest min(FQ / 0.5, utility / 0.97). Several seeds, because forget
   quality (a KS p-value on the forget items) jumps between runs. The recipe itself (one short pass,
-  batches of 64 forget items each paired with same-person retain neighbours, a KL retain term) came
-  from an exploratory search on world 1 (98 runs); the reported world played no part in it.
+  batches of 64 forget items each paired with retain neighbours linked to the same forgotten person
+  by MELU's modular sampling, a KL retain term) came from an exploratory search on world 1 (98 runs;
+  the reported world played no part in it), run when modular sampling still paired every forget item
+  with any neighbour; the lr is chosen again with the per-person pairing.
 
 ``unlearnkit select-facts`` (or ``make select-facts``) reruns the selection and writes its table.
 """

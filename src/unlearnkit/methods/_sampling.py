@@ -17,10 +17,14 @@ batches; it returns the same ``(epoch_batches, steps_per_epoch)`` as ``base.pair
   and every general-knowledge item is paired with a random forget item, so each neighbour and each
   general item is seen once per epoch (an epoch is max(|F_e|, |N_e|) pairs per entity plus one
   pair per general item, not one pass over the forget set). An entity is an item's ``"person"``;
-  its neighbours are the items of the same person in the request's ``direct`` and ``indirect``
-  sets. Forget items whose person has none there (e.g. when whole people are forgotten) form one
-  group cycled against all ``direct`` and ``indirect`` neighbours. General items are the items of
-  ``request.data`` whose ``"person"`` is None (the key present), outside the forget set.
+  its neighbours are the items in the request's ``direct`` and ``indirect`` sets linked to it in
+  ``request.links`` (as the authors' data gives each neighbour question the title of the entity it
+  belongs to; the facts bench links a retained person to every forgotten one sharing a birthplace,
+  sibling or profession, so a neighbour may serve several entities), or, for a neighbour without
+  links, the items of the same person (when only some of a person's facts are forgotten). Forget
+  items whose entity has no neighbour form one group cycled against all ``direct`` and
+  ``indirect`` neighbours. General items are the items of ``request.data`` whose ``"person"`` is
+  None (the key present), outside the forget set.
 
 Other configs opt in by inheriting :class:`SamplingConfig` (it adds ``sampling`` and checks it).
 """
@@ -85,14 +89,15 @@ def cyclic_pairs(request, seed: int, epoch: int) -> list[Pair]:
 
 
 def entity_groups(request) -> dict[Any, tuple[list[int], list[int]]]:
-    """Forget ids grouped with their neighbour pools: per person when it has own neighbours, else
-    one group (key None) against every ``direct`` and ``indirect`` neighbour."""
+    """Forget ids grouped with their neighbour pools: per entity when neighbours belong to it (linked to it in
+    ``request.links``, else of the same person), else one group (key None) against every ``direct`` and
+    ``indirect`` neighbour."""
     neighbours = list(dict.fromkeys([*request.neighbours.get("direct", ()), *request.neighbours.get("indirect", ())]))
     own: dict[Any, list[int]] = {}
     for i in neighbours:
-        person = _person(request.data[i])
-        if person is not None:
-            own.setdefault(person, []).append(i)
+        for entity in request.links.get(i) or (_person(request.data[i]),):
+            if entity is not None:
+                own.setdefault(entity, []).append(i)
     groups: dict[Any, tuple[list[int], list[int]]] = {}
     for f in request.forget:
         person = _person(request.data[f])
