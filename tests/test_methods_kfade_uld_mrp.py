@@ -168,6 +168,20 @@ def test_kfade_update_reapplies_exactly_and_survives_safetensors(lm, tmp_path):
 
 
 # ---------------------------------------------------------------------------- ULD
+def test_kfade_refuses_a_tied_head_and_preconditions_an_untied_one(lm):
+    from unlearnkit.methods.kfade import linear_layers
+
+    with pytest.raises(UserInputError, match="ties it to the input embeddings"):
+        unlearn(lm.model, REQUEST, "kfade", adapter=lm, include_head=True)
+    untied = copy.deepcopy(lm.model)
+    untied.config.tie_word_embeddings = False
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
+    assert "lm_head" in linear_layers(untied, include_head=True) and "lm_head" not in linear_layers(untied)
+    model, _ = unlearn(untied, REQUEST, "kfade", adapter=lm.with_model(untied), include_head=True)
+    assert not torch.equal(model.lm_head.weight, untied.lm_head.weight)  # the head got its own step
+    assert torch.equal(model.transformer.wte.weight, untied.transformer.wte.weight)
+
+
 def test_uld_keeps_target_and_combines_logits_where_the_mask_allows(lm, tmp_path):
     before = snapshot(lm.model)
     model, _ = unlearn(lm.model, REQUEST, "uld", adapter=lm, epochs=3, alpha=0.8, tau=0.1)

@@ -13,7 +13,8 @@ Choices where the paper is silent or unverified:
 
 - Layers: every ``nn.Linear`` and GPT-2 ``Conv1D`` (whose weight is stored transposed, ``(in, out)``)
   except the output head, whose weight GPT-2 ties to the input embeddings and whose S would be
-  V × V; ``include_head=True`` adds it.
+  V × V; ``include_head=True`` adds it on a model whose head is untied (a tied head is refused: its
+  step would move the input embeddings with the head's factors).
 - Biases ride in the same block: ā = [a; 1], so the bias gradient is the last column of the
   gradient matrix ("homogeneous coordinate").
 - The damping split (unverified in the paper): by default Martens & Grosse's π-split,
@@ -101,6 +102,10 @@ def _is_conv1d(module: nn.Module) -> bool:
 def linear_layers(model: nn.Module, include_head: bool = False) -> dict[str, nn.Module]:
     """The layers K-FADE preconditions: ``nn.Linear`` and GPT-2 ``Conv1D``, the output head only if asked."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if include_head and head is not None and embeddings is not None and head.weight is embeddings.weight:
+        raise UserInputError("K-FADE's include_head=True needs an output head of its own, but this model ties it to "
+                             "the input embeddings, which the head's curvature does not describe.")
     found = {
         name: module for name, module in model.named_modules()
         if (isinstance(module, nn.Linear) or _is_conv1d(module)) and (include_head or module is not head)
