@@ -26,8 +26,8 @@ Blocks (``--blocks``, all by default):
     ``npo`` through ``unlearnkit.api.unlearn`` on the default ``facts`` model, plain and with LoRA,
     bf16 and gradient checkpointing, one fresh process per row (``memory-row`` below): the tool's
     own measurement (``RunRecord.peak_mem_mb``, the peak resident set size sampled by
-    ``train/measure.py`` while ``unlearn`` runs, Python/torch/the loaded model included), the
-    resident size it added over the start of that block, the time, and the losses after.
+    ``train/measure.py`` while ``unlearn`` runs, Python/torch/the loaded model included, and
+    ``RunRecord.added_mem_mb``, how far it rose over the method's start), the time, and the losses after.
 ``default-processes``
     ``unlearnkit forget --method npo`` on the default ``facts`` model in one process and under
     ``torchrun`` with two, from the two ``run.json`` files.
@@ -300,7 +300,6 @@ def memory_row(argv: list[str]) -> int:
     from unlearnkit.adapters.causal_lm import CausalLMAdapter
     from unlearnkit.benchmarks.facts import FactsConfig, cached_facts_model, facts_request, load_facts
     from unlearnkit.train.lora import MemoryOptions
-    from unlearnkit.train.measure import resident_mb  # what measure() samples for peak_mem_mb
 
     config = FactsConfig()
     data = load_facts(config)
@@ -318,9 +317,8 @@ def memory_row(argv: list[str]) -> int:
         losses = [scorer.per_item_loss(model, scorer.collate(items[i:i + 64])) for i in range(0, len(items), 64)]
         return float(torch.cat(losses).float().mean())
 
-    start_mb = resident_mb()  # torch and transformers imported, the data and the model loaded
     model, record = api.unlearn(adapter.model, request, "npo", adapter=adapter, memory=memory if memory.active else None)
-    # scored afterwards, so that the scoring's memory is not part of the start: unlearn never changes its input
+    # scored afterwards, so that the scoring's memory is not held during the run: unlearn never changes its input
     before = (mean_loss(adapter.model, forget), mean_loss(adapter.model, retain))
     after = (mean_loss(model, forget), mean_loss(model, retain))
     model_config = adapter.model.config
@@ -333,7 +331,7 @@ def memory_row(argv: list[str]) -> int:
         "trainable": (record.info.get("lora") or {}).get("trainable_parameters"),
         "model": {"type": model_config.model_type, "layers": model_config.n_layer, "width": model_config.n_embd,
                   "vocabulary": model_config.vocab_size},
-        "start_mb": start_mb, "peak_mem_mb": record.peak_mem_mb, "seconds": record.seconds,
+        "peak_mem_mb": record.peak_mem_mb, "added_mem_mb": record.added_mem_mb, "seconds": record.seconds,
         "before": before, "after": after, "losses": record.losses,
     }))
     return 0 if record.status == "ok" else 1
@@ -355,10 +353,9 @@ def default_memory(work: Path, threads: int, command: str) -> list[str]:
     for label, row in rows:
         trainable = row["trainable"] or row["parameters"]
         share = f" ({100 * trainable / row['parameters']:.1f} %)" if row["trainable"] else ""
-        added = row["peak_mem_mb"] - row["start_mb"]
         body.append([
-            label, f"{trainable:,}{share}", f"{row['peak_mem_mb']:.1f}", f"{added:.1f}",
-            "—" if row is ref else f"{added - (ref['peak_mem_mb'] - ref['start_mb']):+.1f}",
+            label, f"{trainable:,}{share}", f"{row['peak_mem_mb']:.1f}", f"{row['added_mem_mb']:.1f}",
+            "—" if row is ref else f"{row['added_mem_mb'] - ref['added_mem_mb']:+.1f}",
             f"{row['seconds']:.1f}", f"{row['after'][0]:.4f} / {row['after'][1]:.4f}",
             "—" if row is ref else diff(largest(ref["losses"], row["losses"])),
         ])
@@ -372,7 +369,7 @@ def default_memory(work: Path, threads: int, command: str) -> list[str]:
         f"{ref['before'][0]:.4f} / {ref['before'][1]:.4f}.",
         "",
         *table(["options", "trainable parameters", "peak RSS during `unlearn` (MiB, `peak_mem_mb`)",
-                "added over the start of `unlearn` (MiB)", "added, vs the first row (MiB)", "`unlearn` time (s)",
+                "added during the method's run (MiB, `added_mem_mb`)", "added, vs the first row (MiB)", "`unlearn` time (s)",
                 "forget / retain loss after", "largest per-step loss difference from the first row"], body),
     ]
 

@@ -26,3 +26,27 @@ def test_memory_figures_travel_from_a_training_to_its_reference_row():
     meta = {"train_seconds": 1.0, **training_memory(training)}
     assert reference_memory(meta) == memory_of(training)
     assert all(math.isnan(v) for v in reference_memory({"train_seconds": 1.0}).values())  # a meta from before
+
+
+def test_a_warm_up_step_changes_neither_the_model_nor_the_training_that_follows():
+    from torch import nn
+
+    from unlearnkit.train import TrainConfig, optimise, warm_up_step
+
+    def trained(warm: bool) -> dict:
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        data = torch.randn(16, 4)
+        stream = lambda epoch: (data[i:i + 4] for i in range(0, 16, 4))  # noqa: E731
+        loss = lambda m, batch: m(batch).pow(2).mean()  # noqa: E731
+        config = TrainConfig(epochs=2, lr=0.1, batch_size=4)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        if warm:
+            warm_up_step(model, stream, loss, config, steps_per_epoch=4)
+            assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        state = torch.random.get_rng_state()
+        optimise(model, stream, loss, config, steps_per_epoch=4, description="test")
+        return {"state": state, **model.state_dict()}
+
+    warm, cold = trained(True), trained(False)
+    assert all(torch.equal(warm[k], cold[k]) for k in cold)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -344,3 +346,13 @@ def _sharded_copy(model: nn.Module, params: Iterable[nn.Parameter] | None):
     names = {id(p): name for name, p in model.named_parameters()}
     theirs = dict(twin.named_parameters())
     return twin, [theirs[names[id(p)]] for p in params]
+
+
+def warm_up_step(model: nn.Module, epoch_batches: Callable[[int], Iterator[Batch]], loss_fn: LossFn,
+                 config: TrainConfig, *, steps_per_epoch: int) -> None:
+    """One untimed step of this training on a copy of ``model``, before the training is measured: a
+    process's first backward pass and optimizer step pay one-off set-up costs (threads, kernels, allocator
+    arenas; ~100 MB on the image benches) that would otherwise land in the time and memory measured for
+    the training. ``model`` and the caller's random state are left as they were."""
+    optimise(copy.deepcopy(model), epoch_batches, loss_fn, dataclasses.replace(config, max_steps=1),
+             steps_per_epoch=steps_per_epoch, description="warm-up")
