@@ -136,7 +136,7 @@ def test_continual_refuses_bad_input_before_any_work(workdir, overrides, message
     pytest.param({"--out": ""}, "names no file of its own", id="out-empty"),
     pytest.param({"--seeds": "-1"}, "Each --seeds value must be an integer from 0 to 4294967295, got -1.", id="seed-negative"),
     pytest.param({"--seeds": "0,4294967296"}, "got 4294967296.", id="seed-too-large"),
-    pytest.param({"--seeds": ","}, "--seeds must name distinct seeds", id="seeds-none"),
+    pytest.param({"--seeds": ","}, "--seeds has an empty item in ','", id="seeds-none"),
     pytest.param({"--seeds": "0,0"}, "--seeds must name distinct seeds", id="seeds-repeated"),
     pytest.param({"--stream": "learn:0,unlearn:1"}, "unlearns task 1, which is not learned", id="stream-checked-first"),
     pytest.param({"--scenario": ["split-digits", "split-ditgits"]}, "Unknown scenario 'split-ditgits'",
