@@ -250,6 +250,12 @@ def test_an_adapter_folder_loads_as_its_base_with_the_adapter_merged_and_can_be_
         again = reloaded.per_item_loss(reloaded.model, batch).mean().item()
     assert again == pytest.approx(rerun["metrics_after"]["forget_loss"], rel=1e-5)
     assert again > loss
+    # and without --lora: the merged model trains in full (PEFT had left it frozen: an empty optimizer)
+    full = files / "full"
+    args = _forget(files, "--method", "npo")
+    args[args.index("--model") + 1], args[args.index("--out") + 1] = str(first), str(full)
+    assert main(args) == 0
+    assert json.loads((full / "run.json").read_text())["metrics_after"]["forget_loss"] > loss
 
 
 @pytest.mark.parametrize("breakage, message", [

@@ -75,7 +75,9 @@ def _merge_adapters(base: nn.Module, adapters: Sequence[Path]) -> nn.Module:
         except (ValueError, KeyError, RuntimeError) as error:
             raise UserInputError(f"The adapter in {folder} does not fit its base model "
                                  f"({str(error).splitlines()[0][:200]}).") from None
-    return model.eval()
+    # PEFT freezes the base while the adapter is attached; merged, it is a plain model again, trainable
+    # like one loaded from a full checkpoint (forget trains it).
+    return model.requires_grad_(True).eval()
 
 
 @dataclass
