@@ -353,6 +353,13 @@ def test_ssd_with_a_precomputed_full_importance_equals_computing_it_per_request(
         unlearn(nn.Sequential(nn.Linear(3, 2)), request, "ssd", full_importance=str(path), batch_size=4)
     with pytest.raises(UserInputError, match="does not exist"):
         unlearn(model, request, "ssd", full_importance=str(tmp_path / "missing.safetensors"))
+    named_pt = tmp_path / "importance.pt"  # the file is safetensors whatever it is called (README's example)
+    save_full_importance(ClassifierAdapter(model, 2), full_training_items(request), named_pt, 4)
+    as_pt, _ = unlearn(model, request, "ssd", full_importance=str(named_pt), **settings)
+    assert all(torch.equal(as_pt.state_dict()[name], value) for name, value in computed.state_dict().items())
+    (tmp_path / "junk.pt").write_bytes(b"not a tensor file")
+    with pytest.raises(UserInputError, match="is not a file written by save_full_importance"):
+        unlearn(model, request, "ssd", full_importance=str(tmp_path / "junk.pt"), **settings)
     # with the importance stored, a request needs no retained data at all
     forget_only = dataclasses.replace(request, retain=None)
     with pytest.raises(UserInputError, match="needs retain data"):

@@ -41,7 +41,7 @@ import torch
 
 from ..adapters.base import batches
 from ..errors import UserInputError
-from ..io import fingerprint, load_state_dict, save_state_dict
+from ..io import fingerprint, save_state_dict
 from ..train import TrainConfig
 from .base import Method, Outcome
 
@@ -103,12 +103,18 @@ def save_full_importance(adapter: Any, items: Sequence[Any], path: str | os.Path
 
 
 def load_full_importance(path: str | os.PathLike, model: torch.nn.Module, batch_size: int) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a file of :func:`save_full_importance`; refuse one made for other weights or another batch size."""
+    """Read a file of :func:`save_full_importance` (safetensors, whatever its name's suffix); refuse one made for
+    other weights or another batch size."""
     from safetensors import safe_open
 
-    imp = load_state_dict(path)
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    if not Path(path).is_file():
+        raise UserInputError(f"The SSD importance file {path} {'is a folder' if Path(path).is_dir() else 'does not exist'}.")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            imp = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # a corrupt or foreign file: say so in one sentence
+        raise UserInputError(f"The SSD importance file {path} is not a file written by save_full_importance ({error}).") from None
     for name, param in model.named_parameters():
         if param.requires_grad and (name not in imp or imp[name].shape != param.shape):
             raise UserInputError(f"The SSD importance file {path} does not match this model (parameter {name!r}).")
