@@ -312,6 +312,20 @@ def test_weights_that_are_not_a_state_dict_get_one_sentence(workspace, capsys):
     assert "does not hold a mapping of parameter names to tensors" in capsys.readouterr().err
 
 
+def test_weights_that_do_not_fit_the_spec_name_the_keys(workspace, capsys):
+    from safetensors.torch import load_file, save_file
+
+    path = workspace / "model" / "model.safetensors"
+    state = load_file(str(path))
+    first = next(iter(state))
+    renamed = {("0." + k.split(".", 1)[1] if k == first else k): v for k, v in state.items()}
+    save_file(renamed, str(path))
+    assert main(_args(workspace)) == 2
+    err = capsys.readouterr().err
+    assert f"missing {first}" in err and "unexpected 0." in err and "it expects" in err and err.count("\n") == 1, err
+    assert not (workspace / "out").exists()
+
+
 def test_training_data_check_compares_values_not_their_spelling(workspace):
     import csv
 

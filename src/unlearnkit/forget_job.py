@@ -84,10 +84,15 @@ def _load_classifier(directory: Path, trust_pickle: bool):
     state = load_state_dict(weights, trust_pickle=trust_pickle)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserInputError(f"The weights file {weights} does not hold a mapping of parameter names to tensors.")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise UserInputError(f"The weights in {weights} do not fit the architecture in unlearnkit.json ({str(error).splitlines()[0]}).") from None
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        problems = [f"{label} {', '.join(names[:4])}{' …' if len(names) > 4 else ''}" for label, names in
+                    (("missing", missing), ("unexpected", unexpected), ("other shapes for", wrong)) if names]
+        raise UserInputError(f"The weights in {weights} do not fit the architecture in unlearnkit.json "
+                             f"({'; '.join(problems)}; it expects {', '.join(list(expected)[:6])}).")
+    model.load_state_dict(state)
     return ClassifierAdapter(model.eval(), int(spec["num_classes"])), spec
 
 
