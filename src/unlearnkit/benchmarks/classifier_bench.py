@@ -76,7 +76,7 @@ def run_classifier_bench(
 
     case = prepare_case(bench, scenario, request)
     target, splits, reference, retrain_seconds = case.target, case.splits, case.reference, case.retrain_meta["train_seconds"]
-    notes = [settings_note(benchmark, scenario, seed)]
+    notes = [settings_note(benchmark, scenario, seed, params)]
     if "ssd" in settings and not settings["ssd"].get("full_importance"):
         notes.append("ssd: the full-training-set importance is taken in the authors' order (retain items, then forget "
                      "items), which depends on the request, so it is computed within the request and `seconds` includes it.")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -99,12 +99,17 @@ def selection_page(benchmark: str) -> str:
     return f"docs/results/image-selection-{benchmark}.md"
 
 
-def settings_note(benchmark: str, scenario: str, seed: int) -> str:
-    """What a results page says about where its settings were chosen, relative to its own split ``seed``."""
+def settings_note(benchmark: str, scenario: str, seed: int,
+                  given: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+    """What a results page says about where its settings were chosen, relative to its own split ``seed``;
+    ``given`` (the run's ``--param`` settings) names those that replaced the bench's own."""
     chosen = "; ".join(f"{method} " + ", ".join(f"{k} {v:g}" for k, v in values.items() if k != "batch_size")
                        for method, values in BENCH_METHOD_SETTINGS[benchmark][scenario].items())
-    own = (f"the bench's own settings for {scenario} forgetting ({chosen}) were chosen on {benchmark} split seeds "
-           f"{', '.join(map(str, SELECTION_SEEDS))} ({selection_page(benchmark)})")
+    replaced = [f"{method}.{k}={v}" for method, values in (given or {}).items() for k, v in values.items()
+                if k in BENCH_METHOD_SETTINGS[benchmark][scenario].get(method, {})]
+    own = (f"the bench's own settings for {scenario} forgetting ({chosen}"
+           f"{'; this run replaced ' + ', '.join(replaced) + ' with --param' if replaced else ''}) were chosen on "
+           f"{benchmark} split seeds {', '.join(map(str, SELECTION_SEEDS))} ({selection_page(benchmark)})")
     if seed in SELECTION_SEEDS:
         return f"{own}, this one among them: the ssd and gradient_ascent rows are in-sample for those choices."
     if seed == 0 and benchmark == "digits":
