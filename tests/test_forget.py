@@ -428,3 +428,13 @@ def test_a_setting_given_twice_is_refused_not_last_wins(workspace, capsys):
     assert main(args) == 2
     assert "--param epochs is given twice" in capsys.readouterr().err
     assert not (workspace / "out").exists() and not (workspace / "ledger.db").exists()
+
+
+def test_a_trusted_pickle_that_cannot_be_unpickled_gets_one_sentence(tmp_path):
+    from unlearnkit.errors import UserInputError
+    from unlearnkit.io import load_state_dict
+
+    broken = tmp_path / "model.pt"
+    broken.write_bytes(b"\x80\x04\x95garbage that is no pickle")
+    with pytest.raises(UserInputError, match=r"^The checkpoint .*model\.pt could not be unpickled \("):
+        load_state_dict(broken, trust_pickle=True)

@@ -228,7 +228,11 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
             raise UserInputError(
                 f"The checkpoint {path} is a pickle that cannot be loaded safely; convert it to safetensors or pass --trust-pickle if you trust its source."
             ) from None
-        return torch.load(path, map_location="cpu", weights_only=False)  # explicit user opt-in
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)  # explicit user opt-in
+        except Exception as error:  # e.g. a class the pickle names is not importable here
+            first = (str(error).splitlines() or [""])[0][:200]
+            raise UserInputError(f"The checkpoint {path} could not be unpickled ({type(error).__name__}: {first}).") from None
 
 
 def _torch_save_file(path: Path) -> bool:
