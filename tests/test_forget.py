@@ -438,3 +438,14 @@ def test_a_trusted_pickle_that_cannot_be_unpickled_gets_one_sentence(tmp_path):
     broken.write_bytes(b"\x80\x04\x95garbage that is no pickle")
     with pytest.raises(UserInputError, match=r"^The checkpoint .*model\.pt could not be unpickled \("):
         load_state_dict(broken, trust_pickle=True)
+
+
+def test_a_legacy_pickle_checkpoint_is_recognised_as_one(tmp_path):
+    from unlearnkit.errors import UserInputError
+    from unlearnkit.io import load_state_dict
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.zeros(2), "module": MLP(4, [16], 2)}, legacy, _use_new_zipfile_serialization=False)
+    with pytest.raises(UserInputError, match="is a pickle that cannot be loaded safely"):  # not "neither ... nor"
+        load_state_dict(legacy)
+    assert torch.equal(load_state_dict(legacy, trust_pickle=True)["w"], torch.zeros(2))

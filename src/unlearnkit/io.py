@@ -240,7 +240,10 @@ def _torch_save_file(path: Path) -> bool:
     import zipfile
 
     with path.open("rb") as handle:
-        return zipfile.is_zipfile(handle) or handle.read(1) == b"\x80"
+        if zipfile.is_zipfile(handle):
+            return True
+        handle.seek(0)  # is_zipfile read from the end
+        return handle.read(1) == b"\x80"
 
 
 def fingerprint(state: dict[str, "torch.Tensor"]) -> str:
