@@ -158,6 +158,24 @@ def test_atomic_dir_leaves_nothing_behind_when_the_block_fails(tmp_path):
     assert (tmp_path / "new" / "out" / "done.txt").read_text() == "done"
 
 
+def test_atomic_dir_outputs_are_not_left_private(tmp_path):
+    # transformers' save_pretrained writes model.safetensors through mkstemp (mode 0600)
+    import os
+    import tempfile
+
+    from unlearnkit.io import atomic_dir
+
+    with atomic_dir(tmp_path / "out") as tmp:
+        handle, name = tempfile.mkstemp(dir=tmp)
+        os.close(handle)
+        os.replace(name, tmp / "model.safetensors")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "secret").write_text("kept as the writer chose")
+        (tmp / "sub" / "secret").chmod(0o640)
+    assert (tmp_path / "out" / "model.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "out" / "sub" / "secret").stat().st_mode & 0o777 == 0o640
+
+
 @pytest.mark.parametrize("out, kwargs, message", [
     ("", {}, "names no folder of its own"),
     ("..", {"overwrite": True}, "names no folder of its own"),

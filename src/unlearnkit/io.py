@@ -69,6 +69,7 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False,
     tmp.chmod(0o755)  # mkdtemp makes folders private; outputs are meant to be shared
     try:
         yield tmp
+        _shareable(tmp)
         old = _place(tmp, final, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -86,6 +87,14 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False,
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _shareable(folder: Path) -> None:
+    """Give private files in ``folder`` (some writers, e.g. transformers' ``save_pretrained``, create their files
+    with ``mkstemp``, mode 0600) mode 0644, as :func:`save_state_dict` gives the files it writes."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600:
+            path.chmod(0o644)
 
 
 def _place(tmp: Path, final: Path, overwrite: bool) -> Path | None:
