@@ -274,7 +274,8 @@ def tiny_clean_exit(work: Path, threads: int, repeats: int, command: str) -> lis
         ["runs with a log line matching `traceback`, `error`, `warn` or `process group`", f"{bad_runs} of {repeats}"],
         ["wall time per run (s)", f"{min(walls):.1f}–{max(walls):.1f}"],
     ]
-    text = [*preamble(command, threads, [f"for i in $(seq 0 {repeats - 1}); do", "  " + commands[0], "done"],
+    text = [*preamble(command, threads, [f"for i in $(seq 0 {repeats - 1}); do", "  mkdir -p $W/run$i", "  " + commands[0],
+                                          "done"],
                       ["`$MODEL` is the cached tiny facts target model"]),
             *table(["", "2 processes (torchrun)"], rows)]
     if bad_lines:
