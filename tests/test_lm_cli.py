@@ -64,6 +64,8 @@ def test_evaluate_on_exported_data_reproduces_bench_numbers(exported, bench, tmp
         assert evaluated["model"][key] == pytest.approx(benched["target"][key], rel=1e-6, abs=1e-9), key
         assert evaluated["retain"][key] == pytest.approx(benched["retain"][key], rel=1e-6, abs=1e-9), key
     assert "no real_authors_perturbed file (six components" in json.loads((out / "results.json").read_text())["notes"][0]
+    page = (out / "results.md").read_text()
+    assert "(seed None)" not in page and "time_vs_retrain" not in page.split("| method")[0]  # nothing was timed
 
 
 def test_evaluate_scores_the_retain_model_once_and_its_row_is_what_a_second_scoring_gives(exported, tmp_path,
