@@ -89,13 +89,14 @@ def memory_note(resident_mb_before: float) -> str:
             "cached model predates that measurement.")
 
 
-def _numeric(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def is_number(value: Any) -> bool:
     """Whether ``value`` is a JSON number; NaN counts (the bench writes it for a metric it could not measure)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _numeric(value: Any) -> bool:
+    """Whether ``value`` is a finite number."""
+    return is_number(value) and math.isfinite(value)
 
 
 #: The run fields a card reads, each with its test and what it must be; an optional field may also be null.
