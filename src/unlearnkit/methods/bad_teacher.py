@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UserInputError
-from ..train import TrainConfig, optimise
+from ..train import TrainConfig, finite_number, optimise
 from .base import Method, Outcome, item_stream
 from .retrain import reinitialise
 from ..adapters.base import frozen_copy
@@ -46,12 +46,13 @@ class BadTeacherConfig(TrainConfig):
     batch_size: int = 32
 
     def check(self) -> None:
-        """Also require 0 < retain_fraction ≤ 1 and a positive temperature."""
+        """Also require 0 < retain_fraction ≤ 1 and a finite positive temperature (at τ = ∞ every softmax is
+        uniform and the loss is 0: nothing would change)."""
         super().check()
         if not 0.0 < self.retain_fraction <= 1.0:
             raise UserInputError(f"retain_fraction must lie in (0, 1], got retain_fraction={self.retain_fraction}.")
-        if self.temperature <= 0:
-            raise UserInputError(f"Bad Teacher temperature must be positive, got temperature={self.temperature}.")
+        if not (finite_number(self.temperature) and self.temperature > 0):
+            raise UserInputError(f"Bad Teacher temperature must be a finite positive number, got temperature={self.temperature}.")
 
 
 class _Flagged:

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import UserInputError
-from ..train import TrainConfig, optimise
+from ..train import TrainConfig, finite_number, optimise
 from .base import Method, Outcome, item_stream
 
 
@@ -38,10 +38,11 @@ class L1SparseConfig(TrainConfig):
     batch_size: int = 64
 
     def check(self) -> None:
-        """Also require alpha ≥ 0 and fewer penalty-free epochs than epochs."""
+        """Also require a finite alpha ≥ 0 (NaN would switch the penalty off unnoticed) and fewer penalty-free
+        epochs than epochs."""
         super().check()
-        if self.alpha < 0:
-            raise UserInputError(f"l1_sparse alpha must be non-negative, got alpha={self.alpha}.")
+        if not (finite_number(self.alpha) and self.alpha >= 0):
+            raise UserInputError(f"l1_sparse alpha must be a finite non-negative number, got alpha={self.alpha}.")
         if not 0 <= self.no_l1_epochs < self.epochs:
             raise UserInputError(
                 f"no_l1_epochs must be in 0..epochs-1 (epochs={self.epochs}), got no_l1_epochs={self.no_l1_epochs}."

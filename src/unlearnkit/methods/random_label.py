@@ -22,7 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..train import optimise
+from ..errors import UserInputError
+from ..train import finite_number, optimise
 from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome
 
@@ -35,6 +36,18 @@ class RandomLabelConfig(SamplingConfig):
     epochs: int = 2
     lr: float = 1e-3
     batch_size: int = 64
+
+    def check(self) -> None:
+        """Also require a finite retain_weight ≥ 0."""
+        super().check()
+        check_retain_weight(self.retain_weight, "random_label")
+
+
+def check_retain_weight(value: Any, method: str) -> None:
+    """Raise :class:`UserInputError` unless β is a finite non-negative number (a negative one would ascend the
+    retain loss, a NaN one make every loss NaN)."""
+    if not (finite_number(value) and value >= 0):
+        raise UserInputError(f"{method} retain_weight must be a finite non-negative number, got retain_weight={value}.")
 
 
 def random_wrong_labels(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:

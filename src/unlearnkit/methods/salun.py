@@ -33,7 +33,7 @@ from ..errors import UserInputError
 from ..train import optimise
 from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome
-from .random_label import relabelled_loss
+from .random_label import check_retain_weight, relabelled_loss
 
 
 @dataclass
@@ -48,10 +48,11 @@ class SalUnConfig(SamplingConfig):
     batch_size: int = 64
 
     def check(self) -> None:
-        """Also require 0 < mask_ratio ≤ 1."""
+        """Also require 0 < mask_ratio ≤ 1 and a finite retain_weight ≥ 0."""
         super().check()
         if not 0.0 < self.mask_ratio <= 1.0:
             raise UserInputError(f"SalUn mask_ratio must lie in (0, 1], got mask_ratio={self.mask_ratio}.")
+        check_retain_weight(self.retain_weight, "SalUn")
 
 
 def forget_gradient(adapter: Any, items: Sequence[Any], batch_size: int) -> list[torch.Tensor]:

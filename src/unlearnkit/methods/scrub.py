@@ -6,8 +6,8 @@ d(x) = KL(p_teacher(x) ‖ p_student(x)) at temperature τ, SCRUB alternates
 max-steps  θ ← θ + η ∇_θ d̄(D_f)  and  min-steps  θ ← θ − η ∇_θ [α·d̄(D_r) + γ·L̄_CE(D_r)].
 
 Choices: an epoch is one pass over the retain set (min-steps) followed, in the first
-``max_epochs`` epochs only (the paper ends with min-steps only), by one pass over the forget set
-(max-steps), with one optimizer for both. The authors' loop puts each epoch's max pass first, but
+``max_epochs`` epochs only (the paper ends with min-steps only, so ``max_epochs < epochs`` is
+required), by one pass over the forget set (max-steps), with one optimizer for both. The authors' loop puts each epoch's max pass first, but
 the first max pass then starts at the teacher, where d and its gradient are exactly zero for a
 deterministic network (their ResNets differ from the teacher through batch-norm in training mode):
 with our classifiers (no batch-norm, no dropout) the default single max epoch did nothing at all. τ = 1 by default (the paper's plain KL); a larger τ
@@ -27,7 +27,7 @@ from torch import nn
 
 from ..adapters.base import frozen_copy
 from ..errors import UserInputError
-from ..train import TrainConfig, optimise
+from ..train import TrainConfig, finite_number, optimise
 from .base import Method, Outcome, item_stream
 
 
@@ -44,12 +44,22 @@ class ScrubConfig(TrainConfig):
     batch_size: int = 64
 
     def check(self) -> None:
-        """Also require a positive temperature and max_epochs ≥ 0."""
+        """Also require a finite positive temperature, finite non-negative α and γ, and an integer
+        0 ≤ max_epochs < epochs: the run must end with min-steps (with max_epochs = epochs it would end on a
+        max pass, and max epochs past ``epochs`` would never run)."""
         super().check()
-        if self.temperature <= 0:
-            raise UserInputError(f"SCRUB temperature must be positive, got temperature={self.temperature}.")
-        if self.max_epochs < 0:
-            raise UserInputError(f"SCRUB max_epochs must be non-negative, got max_epochs={self.max_epochs}.")
+        if not (finite_number(self.temperature) and self.temperature > 0):
+            raise UserInputError(f"SCRUB temperature must be a finite positive number, got temperature={self.temperature}.")
+        for name in ("alpha", "gamma"):
+            value = getattr(self, name)
+            if not (finite_number(value) and value >= 0):
+                raise UserInputError(f"SCRUB {name} must be a finite non-negative number, got {name}={value}.")
+        if isinstance(self.max_epochs, bool) or not isinstance(self.max_epochs, int) or self.max_epochs < 0:
+            raise UserInputError(f"SCRUB max_epochs must be a non-negative integer, got max_epochs={self.max_epochs!r}.")
+        if self.max_epochs and self.max_epochs >= self.epochs:
+            raise UserInputError(f"SCRUB max_epochs must be less than epochs, so that the run ends with min-steps as in "
+                                 f"the paper; got max_epochs={self.max_epochs} with epochs={self.epochs}.")
+
 
 def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """τ²·KL(softmax(teacher/τ) ‖ softmax(student/τ)), averaged over the batch."""

@@ -1,0 +1,114 @@
+"""Checks added by an audit of the classifier methods against their papers: the caller's model is left as it
+was by SSD's importance pass, and settings that would silently do nothing (or the opposite of what they
+name) are refused before any work."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from unlearnkit.adapters.classifier import ClassifierAdapter
+from unlearnkit.api import unlearn
+from unlearnkit.errors import UserInputError
+from unlearnkit.methods.registry import get_method
+from unlearnkit.request import ForgetRequest
+from unlearnkit.train.config import build_config
+
+
+def toy_request(seed: int = 0) -> tuple[nn.Module, ForgetRequest]:
+    """A small MLP with dropout (3 classes) and 40 items: 8 to forget, 32 to keep."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Dropout(0.3), nn.ReLU(), nn.Linear(6, 3))
+    inputs = torch.randn(40, 4, generator=generator)
+    labels = (inputs[:, 0] > 0).long() + (inputs[:, 1] > 0.5).long()
+    data = [(inputs[i], int(labels[i])) for i in range(40)]
+    return model, ForgetRequest(data, forget=list(range(8)), retain=list(range(8, 40)))
+
+
+def config(method: str, **settings):
+    return build_config(get_method(method).Config, settings, owner=f"Method {method!r}")
+
+
+def test_ssd_importance_file_leaves_the_callers_model_modes_and_gradients(tmp_path):
+    """save_full_importance runs on the user's own trained model (the README's example): it must hand it back in
+    the train/eval modes it came in, each module's own, with the gradients it held (it switched the whole model to
+    eval mode and dropped its gradients)."""
+    from unlearnkit.methods.ssd import full_training_items, importance, save_full_importance
+
+    model, request = toy_request()
+    model.train()
+    model[3].eval()  # a mixed state that one model.train(...) could not restore
+    held = torch.full_like(model[0].weight, 0.25)
+    model[0].weight.grad = held
+    modes = [module.training for module in model.modules()]
+    save_full_importance(ClassifierAdapter(model, 3), full_training_items(request), tmp_path / "imp.safetensors", 8)
+    assert [module.training for module in model.modules()] == modes
+    assert model[0].weight.grad is held and model[3].weight.grad is None
+    # the importance itself is still taken in eval mode: dropout off, so two passes agree exactly
+    first = importance(ClassifierAdapter(model, 3), request.forget_items(), 4)
+    second = importance(ClassifierAdapter(model, 3), request.forget_items(), 4)
+    assert all(torch.equal(first[name], second[name]) for name in first)
+    assert model.training and model[0].weight.grad is held
+
+
+@pytest.mark.parametrize("max_epochs, epochs", [(2, 2), (3, 2), (1, 1)])
+def test_scrub_refuses_max_epochs_that_do_not_end_with_min_steps(max_epochs, epochs):
+    """Each epoch is a min pass then (in the first max_epochs epochs) a max pass, so max_epochs ≥ epochs ended the
+    run on a max pass, with none of the min-steps the paper closes with, and max epochs past epochs never ran."""
+    with pytest.raises(UserInputError, match=rf"SCRUB max_epochs must be less than epochs.*got max_epochs={max_epochs} "
+                                             rf"with epochs={epochs}"):
+        config("scrub", max_epochs=max_epochs, epochs=epochs)
+
+
+def test_scrub_still_allows_runs_that_end_with_min_steps():
+    assert config("scrub", max_epochs=0, epochs=1).max_epochs == 0  # min-steps only
+    assert config("scrub", max_epochs=1, epochs=2).max_epochs == 1  # the defaults' shape
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"alpha": -1.0}, r"SCRUB alpha must be a finite non-negative number, got alpha=-1\.0"),
+    ({"gamma": math.nan}, r"SCRUB gamma must be a finite non-negative number, got gamma=nan"),
+    ({"temperature": math.inf}, r"SCRUB temperature must be a finite positive number, got temperature=inf"),
+    ({"temperature": math.nan}, r"SCRUB temperature must be a finite positive number, got temperature=nan"),
+    ({"max_epochs": 0.5}, r"SCRUB max_epochs must be a non-negative integer, got max_epochs=0\.5"),
+])
+def test_scrub_refuses_weights_and_temperatures_that_cannot_work(settings, message):
+    with pytest.raises(UserInputError, match=message):
+        config("scrub", **settings)
+
+
+def test_l1_sparse_refuses_a_nan_alpha_that_switched_the_penalty_off():
+    """γ_t = NaN failed ``gamma > 0``, so the run was plain fine-tuning with no sign of it."""
+    for alpha in (math.nan, math.inf):
+        with pytest.raises(UserInputError, match="l1_sparse alpha must be a finite non-negative number"):
+            config("l1_sparse", alpha=alpha)
+    assert config("l1_sparse", alpha=0.0).alpha == 0.0
+
+
+@pytest.mark.parametrize("method, label", [("random_label", "random_label"), ("salun", "SalUn")])
+@pytest.mark.parametrize("weight", [-1.0, math.nan, math.inf])
+def test_relabelling_methods_refuse_a_retain_weight_that_cannot_keep_the_retain_set(method, label, weight):
+    """β < 0 turned the retain term into ascent on the retain set; NaN made every loss NaN."""
+    with pytest.raises(UserInputError, match=rf"{label} retain_weight must be a finite non-negative number"):
+        config(method, retain_weight=weight)
+    assert config(method, retain_weight=0.0).retain_weight == 0.0
+
+
+def test_bad_teacher_refuses_an_infinite_temperature_that_made_the_loss_zero():
+    """At τ = ∞ every softmax is uniform: the KL and its gradient are 0 and the model came back unchanged."""
+    for temperature in (math.inf, math.nan):
+        with pytest.raises(UserInputError, match="Bad Teacher temperature must be a finite positive number"):
+            config("bad_teacher", temperature=temperature)
+
+
+def test_every_classifier_method_default_still_passes_its_checks():
+    model, request = toy_request()
+    for method in ("ssd", "salun", "scrub", "l1_sparse", "bad_teacher", "random_label", "finetune", "neggrad_plus",
+                   "retrain"):
+        config(method)
+    unlearned, record = unlearn(model, request, "scrub", batch_size=8)
+    assert record.status == "ok" and record.steps > 0
