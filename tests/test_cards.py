@@ -109,10 +109,10 @@ def test_cards_leave_out_a_metric_that_holds_no_number(tmp_path, value):
     # as summarize leaves it out of its cell (it used to be a TypeError)
     bench = tmp_path / "bench"
     bench.mkdir()
-    run = classifier_run("ssd", value, reference=False, epochs=1)
+    run = classifier_run("finetune", value, reference=False, epochs=1)
     (bench / "results.json").write_text(json.dumps({"benchmark": "digits", "scenario": "class", "runs": [run]}))
     assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 0
-    assert "| lr=0.002 | retain_acc 1, test_acc 0.975" in (tmp_path / "cards" / "ssd.md").read_text()
+    assert "| epochs=1, lr=0.002 | retain_acc 1, test_acc 0.975" in (tmp_path / "cards" / "finetune.md").read_text()
 
 
 def classifier_run(method, forget_acc, *, reference, epochs):

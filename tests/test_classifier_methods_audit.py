@@ -112,3 +112,20 @@ def test_every_classifier_method_default_still_passes_its_checks():
         config(method)
     unlearned, record = unlearn(model, request, "scrub", batch_size=8)
     assert record.status == "ok" and record.steps > 0
+
+
+@pytest.mark.parametrize("method, setting", [("ssd", "lr"), ("ssd", "epochs"), ("guard_it", "optimizer"),
+                                             ("guard", "max_steps"), ("kfade", "epochs"), ("kfade", "grad_clip")])
+def test_a_setting_the_method_never_reads_is_refused_not_ignored(method, setting):
+    """Methods that take no optimizer steps inherited every loop setting and dropped any value given for it."""
+    with pytest.raises(UserInputError, match=f"{method}' does not use hyper-parameter '{setting}' \\(it takes no "):
+        config(method, **{setting: 2})
+
+
+def test_unused_settings_are_not_recorded_or_listed_as_defaults():
+    from unlearnkit.methods.registry import get_method
+    from unlearnkit.report.cards import card
+
+    recorded = config("kfade", lr=1e-3).to_dict()
+    assert recorded["lr"] == 1e-3 and not {"epochs", "optimizer", "max_steps"} & set(recorded)
+    assert "`epochs`" not in card(type(get_method("ssd")), []) and "`alpha`" in card(type(get_method("ssd")), [])

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from ..errors import UserInputError
-from ..train import TrainConfig
+from ..train.config import OPTIMISER_SETTINGS, TrainConfig
 from ._lm_features import cosine_matrix, mask_positions, masked_mean, pooled_states
 from .base import Method, Outcome
 
@@ -215,6 +215,7 @@ class GuardConfig(TrainConfig):
     a flagged prompt retrieves, τ, the penalties, the flag level, the detector's C; ``batch_size`` batches
     the offline passes."""
 
+    unused = OPTIMISER_SETTINGS
     layer: int = -1
     min_ngram: int = 1
     max_ngram: int = 5

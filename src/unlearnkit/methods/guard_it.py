@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from ..errors import UserInputError
-from ..train import TrainConfig
+from ..train.config import OPTIMISER_SETTINGS, TrainConfig
 from ._lm_features import block_name, cosine_matrix, first_tensor, masked_mean, pooled_states, replace_first
 from .base import Method, Outcome
 
@@ -216,6 +216,7 @@ class GuardITConfig(TrainConfig):
     """``layer`` (block index; None: a quarter of the depth), α, the gate threshold T (None: calibrated),
     a (the FPR weight in the calibration), the largest K tried; ``batch_size`` batches the offline passes."""
 
+    unused = OPTIMISER_SETTINGS
     layer: int | None = None
     alpha: float = 1.0
     threshold: float | None = None

@@ -49,7 +49,7 @@ from torch import nn
 from ..adapters.base import batches
 from ..adapters.causal_lm import IGNORE
 from ..errors import UserInputError
-from ..train import TrainConfig
+from ..train.config import OPTIMISER_SETTINGS, TrainConfig
 from .base import Method, Outcome
 
 #: The attribute of the returned model holding the update K-FADE applied.
@@ -62,6 +62,7 @@ DAMPING_SPLITS = ("pi", "equal")
 class KFadeConfig(TrainConfig):
     """η (``lr``), λ (``damping``), the number of uphill steps; ``batch_size`` only batches the passes."""
 
+    unused = tuple(name for name in OPTIMISER_SETTINGS if name != "lr")  # lr is its step size η
     lr: float = 2e-4
     damping: float = 1e-8
     steps: int = 1

@@ -42,7 +42,7 @@ import torch
 from ..adapters.base import batches
 from ..errors import UserInputError
 from ..io import fingerprint, save_state_dict
-from ..train import TrainConfig
+from ..train.config import OPTIMISER_SETTINGS, TrainConfig
 from .base import Method, Outcome
 
 
@@ -51,6 +51,7 @@ class SSDConfig(TrainConfig):
     """α (selection threshold) and λ (dampening strength); ``batch_size`` sets the importance batches;
     ``full_importance`` names a file from :func:`save_full_importance` (empty: compute it now)."""
 
+    unused = OPTIMISER_SETTINGS
     alpha: float = 10.0
     lam: float = 1.0
     batch_size: int = 64

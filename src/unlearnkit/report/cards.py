@@ -10,6 +10,7 @@ from typing import Any, Container, Sequence
 from ..benchmarks.results import is_number, read_bench_results
 from ..errors import UserInputError
 from ..io import write_text_atomic
+from ..train.config import settings_of
 
 #: Metrics quoted on a card, by model kind of the bench that produced them.
 CARD_METRICS = {
@@ -74,7 +75,7 @@ def card(method_cls: type, results_list: Sequence[dict[str, Any]]) -> str:
     """The Markdown card of one method."""
     doc = inspect.getdoc(inspect.getmodule(method_cls)) or ""
     title, _, body = doc.partition("\n")
-    defaults = {f.name: f.default for f in dataclasses.fields(method_cls.Config) if f.default is not dataclasses.MISSING}
+    defaults = {name: f.default for name, f in settings_of(method_cls.Config).items() if f.default is not dataclasses.MISSING}
     return "\n".join([
         f"{_card_heading(method_cls.name)}{title}",
         "",

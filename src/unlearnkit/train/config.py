@@ -6,12 +6,16 @@ import dataclasses
 import math
 import operator
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 from ..errors import UserInputError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
+#: The settings only the shared optimisation loop reads: a method that takes no optimizer steps declares them
+#: ``unused`` (see :attr:`TrainConfig.unused`).
+OPTIMISER_SETTINGS = ("epochs", "max_steps", "lr", "optimizer", "momentum", "weight_decay", "schedule",
+                      "warmup_steps", "grad_clip", "guard_every")
 
 
 def finite_number(value: Any) -> bool:
@@ -24,7 +28,11 @@ class TrainConfig:
     """Optimisation settings. Method configs subclass this and add their own hyper-parameters.
 
     ``epochs`` counts passes over the method's driving set; ``max_steps`` (when set) stops earlier.
+    ``unused`` names the inherited settings a method never reads: giving one is refused (it would
+    silently do nothing), and results, the ledger and method cards leave them out.
     """
+
+    unused: ClassVar[tuple[str, ...]] = ()
 
     epochs: int = 1
     max_steps: int | None = None
@@ -72,8 +80,8 @@ class TrainConfig:
         check_seed(self.seed, "seed")
 
     def to_dict(self) -> dict[str, Any]:
-        """The settings as a plain dict (for results and the ledger)."""
-        return dataclasses.asdict(self)
+        """The settings the method reads, as a plain dict (for results and the ledger)."""
+        return {name: value for name, value in dataclasses.asdict(self).items() if name not in self.unused}
 
 
 #: Seeds must fit the 32-bit range every generator in the pipeline (torch, numpy, scikit-learn) accepts.
@@ -87,13 +95,22 @@ def check_seed(seed: Any, name: str = "--seed") -> None:
         raise UserInputError(f"{name} must be an integer from 0 to {SEED_LIMIT - 1}, got {seed!r}.")
 
 
+def settings_of(config_cls: type) -> dict[str, dataclasses.Field]:
+    """The settings a config class's method reads: its fields less those it declares ``unused``."""
+    unused = getattr(config_cls, "unused", ())
+    return {f.name: f for f in dataclasses.fields(config_cls) if f.name not in unused}
+
+
 def build_config(config_cls: type, overrides: Mapping[str, Any], *, owner: str) -> Any:
-    """Instantiate ``config_cls`` with ``overrides``, rejecting unknown names with a clear sentence."""
-    valid = {f.name: f for f in dataclasses.fields(config_cls)}
+    """Instantiate ``config_cls`` with ``overrides``, rejecting unknown or unused names with a clear sentence."""
+    valid = settings_of(config_cls)
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
+        ignored = unknown[0] in getattr(config_cls, "unused", ())
+        reason = "does not use" if ignored else "has no"
+        why = " (it takes no optimizer steps)" if ignored and unknown[0] in OPTIMISER_SETTINGS else ""
         raise UserInputError(
-            f"{owner} has no hyper-parameter {unknown[0]!r}; valid: {', '.join(sorted(valid))}."
+            f"{owner} {reason} hyper-parameter {unknown[0]!r}{why}; valid: {', '.join(sorted(valid))}."
         )
     config = config_cls(**{k: _coerce(valid[k], v) for k, v in overrides.items()})
     config.check()
