@@ -270,7 +270,8 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     kind = _model_kind(job.model)
     forget_records = read_records(job.forget)
     retain_records = read_records(job.retain) if job.retain else []
-    new_file = ledger.file_path is not None and not ledger.file_path.exists()  # a path or a sqlite:/// URL
+    # a path or a sqlite:/// URL; an empty file is a place for a new ledger, as a missing one is
+    new_file = ledger.file_path is not None and (not ledger.file_path.exists() or ledger.file_path.stat().st_size == 0)
     if new_file and not ledger.file_path.parent.is_dir():
         raise UserInputError(f"The ledger's folder {ledger.file_path.parent} does not exist.")
     health = ledger.verify() if not new_file else None

@@ -476,10 +476,10 @@ def _judge_tables(names: set[str], version: str | None, label: str, *, foreign_t
 
 # --------------------------------------------------------------------------- the ledger
 
-#: Verify's finding for a SQLite file without the ledger's tables: the first append creates the file and its
-#: tables together, so their absence means they were dropped, the file was emptied, or that append failed.
-_NO_TABLES = ("the ledger file exists but holds no ledger tables: they are created with the file by its first "
-              "append, so they were dropped, the file was emptied, or that first append failed")
+#: Verify's finding for a non-empty SQLite file without the ledger's tables: the first append creates them, so
+#: their absence means they were dropped (or that append failed).
+_NO_TABLES = ("the ledger file holds no ledger tables: its first append creates them, so they were dropped "
+              "(or that first append failed)")
 
 
 def _reading_errors(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -790,7 +790,11 @@ class Ledger:
     def _verify_chain(self, expect_head: str | None) -> tuple[VerifyResult, bool]:
         """The chain check of :meth:`verify`, and whether a row has the row_hash ``expect_head``."""
         if not self._reading():
-            if self._target.sqlite_path is not None:  # _reading() has refused a missing file
+            path = self._target.sqlite_path
+            if path is not None and path.stat().st_size == 0:  # like a missing file (which _reading() refuses)
+                raise UserInputError(f"The ledger {path} is an empty file: nothing is recorded in it yet "
+                                     "(the first append creates its tables).")
+            if path is not None:
                 return VerifyResult(False, None, _NO_TABLES), False
             return VerifyResult(True, None, "the ledger is empty"), False
         seen = False
