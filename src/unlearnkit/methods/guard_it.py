@@ -111,7 +111,13 @@ class Gate(nn.Module):
         self.register_buffer("center", center.float())
         for view in self.VIEWS:
             self.register_buffer(f"{view}_centroids", centroids[view].float())
-        self.thresholds = {view: float(thresholds[view]) for view in self.VIEWS}
+        # a buffer, not a plain attribute: the calibrated T is state (``state_dict`` saves and restores it)
+        self.register_buffer("threshold_values", torch.tensor([float(thresholds[view]) for view in self.VIEWS]))
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """T per view."""
+        return dict(zip(self.VIEWS, self.threshold_values.tolist()))
 
     def scores(self, pooled: torch.Tensor, view: str) -> torch.Tensor:
         """Cosine ``(B, K)`` of centred pooled states to the view's cluster centroids."""
@@ -119,7 +125,7 @@ class Gate(nn.Module):
 
     def active(self, pooled: torch.Tensor, view: str) -> torch.Tensor:
         """Boolean ``(B, K)``: the clusters each row activates."""
-        return self.scores(pooled, view) > self.thresholds[view]
+        return self.scores(pooled, view) > self.threshold_values[self.VIEWS.index(view)]
 
 
 class GatedRedirectModel(nn.Module):

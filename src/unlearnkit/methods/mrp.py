@@ -27,6 +27,8 @@ Choices where the paper is vague or its code looks wrong:
   forget span, which looks reversed. Here W_new starts at the top eigenvectors
   of C_f − C_r, the uncentred second moments of the block's output over the forget and the retain
   answer positions: the directions where the forget set carries more energy than the retain set.
+  The moments are taken with dropout off, in the model as the request finds it (earlier requests'
+  projections acting, none of this request's), for every chosen layer before any of them trains.
 - The loss is the mean NLL over all answer tokens (EOS included) rather than one answer letter;
   Adam at lr 1e-2 for 10 epochs instead of SGD at 2e-4 for 2 epochs (sized for 7B models).
 """
@@ -136,13 +138,20 @@ def restore_projections(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.
 
 @torch.no_grad()
 def second_moment(adapter: Any, items: Sequence[Any], layer: str, batch_size: int) -> torch.Tensor:
-    """E[h hᵀ] of the block output over the answer positions of ``items``."""
+    """E[h hᵀ] of the block output over the answer positions of ``items`` (dropout off: the statistics,
+    and so the initialisation, do not depend on the model's mode or on the global random state)."""
+    model = adapter.model
+    was_training = model.training
+    model.eval()
     total, count = None, 0
-    for chunk in batches(items, batch_size, shuffle=False, seed=0):
-        batch = adapter.collate(chunk)
-        hidden = adapter.hidden_states(adapter.model, batch, layer)[:, :-1][batch["labels"][:, 1:] != IGNORE].float()
-        total = hidden.t() @ hidden if total is None else total + hidden.t() @ hidden
-        count += hidden.shape[0]
+    try:
+        for chunk in batches(items, batch_size, shuffle=False, seed=0):
+            batch = adapter.collate(chunk)
+            hidden = adapter.hidden_states(model, batch, layer)[:, :-1][batch["labels"][:, 1:] != IGNORE].float()
+            total = hidden.t() @ hidden if total is None else total + hidden.t() @ hidden
+            count += hidden.shape[0]
+    finally:
+        model.train(was_training)
     return total / max(count, 1)
 
 
@@ -195,7 +204,12 @@ class MRP(Method):
             if projection.basis.shape[0] + config.directions > width:
                 raise UserInputError(f"MRP layer {name} already removes {projection.basis.shape[0]} of {width} "
                                      f"directions; it cannot remove {config.directions} more.")
-            projection.start(contrast_init(adapter, forget, retain, name, config.directions, config.batch_size))
+        # every layer's initial rows from the model as the request finds it (earlier requests' bases only), before
+        # any fresh rows act: a later block's statistics must not depend on the order the layers are named in
+        inits = {name: contrast_init(adapter, forget, retain, name, config.directions, config.batch_size)
+                 for name in projections}
+        for name, projection in projections.items():
+            projection.start(inits[name])
         trainable = [p.fresh for p in projections.values()]
         frozen = {p: p.requires_grad for p in model.parameters() if all(p is not t for t in trainable)}
         for param in frozen:
