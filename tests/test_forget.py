@@ -449,3 +449,29 @@ def test_a_legacy_pickle_checkpoint_is_recognised_as_one(tmp_path):
     with pytest.raises(UserInputError, match="is a pickle that cannot be loaded safely"):  # not "neither ... nor"
         load_state_dict(legacy)
     assert torch.equal(load_state_dict(legacy, trust_pickle=True)["w"], torch.zeros(2))
+
+
+def test_forget_saves_the_kfade_update_beside_the_model_so_it_can_be_reapplied(tmp_path):
+    """K-FADE keeps its total change for re-applying after later training; the CLI's output must carry it."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from transformers import AutoModelForCausalLM
+
+    from lm_fixtures import memorised_lm, tiny_qa
+    from unlearnkit.io import load_state_dict
+    from unlearnkit.methods.kfade import apply_update
+
+    items = tiny_qa(8)
+    memorised_lm(items, steps=30).save_pretrained(tmp_path / "lm")
+    _write_jsonl(tmp_path / "forget.jsonl", [{"question": it["question"], "answer": it["answer"]} for it in items[:2]])
+    _write_jsonl(tmp_path / "retain.jsonl", [{"question": it["question"], "answer": it["answer"]} for it in items[2:]])
+    args = ["forget", "--model", str(tmp_path / "lm"), "--forget", str(tmp_path / "forget.jsonl"),
+            "--retain", str(tmp_path / "retain.jsonl"), "--method", "kfade", "--out", str(tmp_path / "out"),
+            "--ledger", str(tmp_path / "ledger.db"), "--param", "damping=0.001", "--param", "lr=0.001"]
+    assert main(args) == 0
+    update = load_state_dict(tmp_path / "out" / "kfade_update.safetensors")
+    before = AutoModelForCausalLM.from_pretrained(tmp_path / "lm")
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert update and max(v.abs().max().item() for v in update.values()) > 0
+    apply_update(before, update)  # the input weights plus the saved update are the output weights
+    saved = dict(after.named_parameters())
+    assert all(torch.allclose(p, saved[n], atol=1e-6) for n, p in before.named_parameters())

@@ -236,9 +236,14 @@ def _item_rows(scores: Mapping[str, Mapping[str, torch.Tensor]]) -> list[dict[st
     return rows
 
 
-def _save_model(adapter: Any, model: torch.nn.Module, spec: Mapping[str, Any] | None, directory: Path) -> None:
+def _save_model(adapter: Any, model: torch.nn.Module, spec: Mapping[str, Any] | None, directory: Path,
+                method: str) -> None:
     from .io import save_state_dict
+    from .methods.registry import get_method
 
+    for attribute, filename in get_method(method).saves.items():  # what the method left for later use
+        if getattr(model, attribute, None) is not None:
+            save_state_dict(getattr(model, attribute), directory / filename)
     if spec is not None:
         from .adapters.classifier_spec import save_classifier
 
@@ -340,7 +345,7 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
         # the row goes in only once the output is in place (a refused append removes it again), so a crash
         # can leave an output without its row but never a row without its output
         with atomic_dir(job.out, overwrite=job.overwrite, on_placed=record_in_ledger) as tmp:
-            _save_model(adapter, model, spec, tmp)
+            _save_model(adapter, model, spec, tmp, job.method)
             write_json_atomic(tmp / "run.json", summary)
             _write_report(tmp, summary, forget_records, job, item_rows)
         return row_ids[0]

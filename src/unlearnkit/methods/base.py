@@ -40,6 +40,9 @@ class Method:
     #: False for methods that do not train the model's own weights by gradient steps (they edit weights in
     #: closed form, train something else, or wrap the model), so LoRA adapters cannot stand in for them.
     lora: ClassVar[bool] = True
+    #: Tensors a method leaves on the returned model for later use, saved beside it by ``unlearnkit forget``:
+    #: model attribute (a mapping of names to tensors) → safetensors file name in the output folder.
+    saves: ClassVar[dict[str, str]] = {}
 
     def needs_for(self, config: Any) -> frozenset[str]:
         """What a run with ``config`` needs: ``needs``, plus retain data when the forget update is projected

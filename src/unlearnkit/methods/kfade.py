@@ -32,8 +32,9 @@ Choices where the paper is silent or unverified:
   are singular and the step explodes (``info["warning"]`` says so); raise ``damping`` then.
 
 The total change is kept on the returned model as ``model.kfade_update`` (parameter name →
-tensor, safetensors-saveable with :func:`unlearnkit.io.save_state_dict`) so
-:func:`apply_update` can re-apply it, e.g. after a relearning attack.
+tensor, safetensors-saveable with :func:`unlearnkit.io.save_state_dict`; ``unlearnkit forget`` writes it
+beside the model as ``kfade_update.safetensors``) so :func:`apply_update` can re-apply it, e.g. after a
+relearning attack.
 """
 
 from __future__ import annotations
@@ -255,6 +256,7 @@ class KFade(Method):
     use_when = 'A few-step second-order edit when retain curvature can be estimated and retain drift must stay small; the update can be re-applied after later training.'
     Config = KFadeConfig
     lora = False
+    saves = {UPDATE_ATTRIBUTE: f"{UPDATE_ATTRIBUTE}.safetensors"}
 
     def unlearn(self, adapter: Any, request, config: KFadeConfig) -> Outcome:
         model = adapter.model
