@@ -108,3 +108,18 @@ def test_uncle_trains_and_unlearns_with_the_runs_seed(scenario, monkeypatch):
     monkeypatch.setattr(uncle, "optimise", spy)
     run_stream(scenario, "uncle", "learn:0,learn:1,unlearn:0", seed=5, params={"epochs": 1}, reference=False)
     assert seeds == [5, 6, 5]  # task t learns with seed + t, like the shared strategies; unlearning uses the seed
+
+
+def test_joint_retrains_with_the_runs_seed(scenario, monkeypatch):
+    import unlearnkit.continual.strategies.joint as joint
+
+    seeds = []
+    real = joint.optimise
+
+    def spy(model, stream, loss, config, **kwargs):
+        seeds.append(config.seed)
+        return real(model, stream, loss, config, **kwargs)
+
+    monkeypatch.setattr(joint, "optimise", spy)
+    run_stream(scenario, "joint", "learn:0,learn:1", seed=5, params={"epochs": 1}, reference=False)
+    assert seeds == [5, 5]  # each retraining from scratch is seeded by the run, like its initialisation and batches

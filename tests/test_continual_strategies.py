@@ -100,6 +100,27 @@ def test_gpm_keeps_the_first_layer_outputs_of_an_old_task(task_il):
     assert drift["gpm"] < 0.25 * drift["naive"]
 
 
+@pytest.mark.parametrize("params", [{}, {"optimizer": "sgd", "lr": 0.05, "weight_decay": 0.01}])
+def test_gpm_steps_leave_the_weights_unchanged_on_the_old_tasks_bases(task_il, params):
+    # GPM's guarantee is on the weights: learning task 1 must not change any layer's response to a
+    # direction in task 0's bases (ΔW M = 0). The learners train with Adam by default, which rescales the
+    # projected gradient entry by entry, and weight decay adds the weights to it: the step's change must
+    # be projected too, not only the gradient.
+    t = task_il.tasks
+    learner = build_strategy("gpm", task_il, 0, {**FAST, **params})
+    learner.learn(t[0], t[0].train_ids)
+    plugin = learner.plugin(GPM)
+    layers = plugin._layers(learner)
+    joined = lambda layer: torch.cat([layer.weight, layer.bias[:, None]], dim=1).detach().clone()
+    before = [joined(layer) for layer in layers]
+    learner.learn(t[1], t[1].train_ids)
+    for index, layer in enumerate(layers):
+        basis = torch.cat([m for task, m in plugin.bases[index] if task == 0], dim=1)
+        change = joined(layer) - before[index]
+        assert float(change.norm()) > 0
+        assert float((change @ basis).norm()) <= 1e-4 * float(change.norm()), (index, float((change @ basis).norm() / change.norm()))
+
+
 def test_forgetting_a_task_removes_its_ewc_term_and_refresh_fisher(task_il):
     t = task_il.tasks
     for spec, plugin_cls in (("ewc", EWC), ("refresh+naive", Refresh)):
@@ -231,6 +252,30 @@ def test_cuber_keeps_the_in_subspace_gradient_only_where_it_helps_the_old_task(s
     assert runs["cuber", False][2] < runs["gpm", False][2], (runs["cuber", False][2], runs["gpm", False][2])
 
 
+def test_cuber_keeping_one_old_task_open_leaves_the_other_old_tasks_protected(scenario):
+    # Task 1's inputs share directions with task 0's (its stored bases are only what it added to them).
+    # With task 0 kept open at every layer (its stored gradient made positively correlated, ε = 0) and
+    # task 1 not (negatively correlated), learning task 2 must leave every layer's response to task 1's
+    # own input subspace unchanged: opening task 0's subspace may not open task 1's.
+    t = scenario.tasks
+    learner = build_strategy("cuber", scenario, 0, {**FAST, "cuber_epsilon": 0.0})
+    for task in t[:2]:
+        learner.learn(task, task.train_ids)
+    plugin = learner.plugin(GPM)
+    start = plugin._task_gradient(learner, t[2], t[2].train_ids)
+    plugin.grads = [{0: g, 1: -g} for g in start]
+    layers = plugin._layers(learner)
+    joined = lambda layer: torch.cat([layer.weight, layer.bias[:, None]], dim=1).detach().clone()
+    before = [joined(layer) for layer in layers]
+    learner.learn(t[2], t[2].train_ids)
+    assert plugin.kept == {(index, 0) for index in range(len(layers))}
+    for index, layer in enumerate(layers):
+        own = new_basis(plugin.summaries[1][1][index].T, None, 0.95 if index == 0 else 0.99)  # task 1's subspace
+        change = joined(layer) - before[index]
+        assert float(change.norm()) > 0
+        assert float((change @ own).norm()) <= 1e-4 * float(change.norm()), (index, float((change @ own).norm() / change.norm()))
+
+
 def test_uncle_unlearns_a_task_without_data_and_keeps_the_others(task_il):
     run = run_stream(task_il, "uncle", "learn:0,learn:1,unlearn:0", params={"epochs": 3, "unlearn_steps": 60}, reference=False)
     learned, after = run.steps[1].accuracy, run.steps[2].accuracy
@@ -327,6 +372,30 @@ def test_lwf_distils_each_old_task_head_on_its_own_in_task_incremental_scenarios
         plugin.before_task(learner, t[2], t[2].train_ids)
         old = [sorted(t[0].classes), sorted(t[1].classes)]
         assert plugin.heads == (old if scen.setting == "task-il" else [sorted(old[0] + old[1])])
+
+
+def test_an_unlearned_task_is_no_longer_distilled_nor_a_reason_for_a_teacher(scenario, task_il):
+    # Unlearning task 0 drops it from what the learner counts as learned: LwF no longer distils its
+    # classes (task-IL: its head), as in a run that never learned it, and with no learned task left
+    # neither LwF nor feature distillation takes a teacher.
+    from unlearnkit.continual.strategies.featkd import FeatKD
+    from unlearnkit.continual.strategies.lwf import LwF
+
+    for scen in (scenario, task_il):
+        t = scen.tasks
+        learner = build_strategy("lwf+featkd", scen, 0, {"epochs": 1})
+        lwf, featkd = learner.plugin(LwF), learner.plugin(FeatKD)
+        learner.learn(t[0], t[0].train_ids)
+        apply_unlearner(learner, "amnesiac", scen, 0, set(t[0].train_ids.tolist()), set())
+        assert learner.seen_classes == set()
+        for plugin in (lwf, featkd):
+            plugin.before_task(learner, t[1], t[1].train_ids)
+        assert lwf.teacher is None and featkd.teacher is None and lwf.heads == []
+        learner.learn(t[1], t[1].train_ids)
+        learner.learn(t[2], t[2].train_ids)
+        apply_unlearner(learner, "amnesiac", scen, 1, set(t[1].train_ids.tolist()), set())
+        lwf.before_task(learner, t[3], t[3].train_ids)
+        assert lwf.teacher is not None and lwf.heads == [sorted(t[2].classes)], scen.setting
 
 
 def test_the_replay_buffer_stays_a_uniform_reservoir_after_a_purge():

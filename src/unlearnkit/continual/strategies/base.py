@@ -4,10 +4,10 @@ A :class:`Strategy` learns tasks (``learn(task, ids)``), predicts (``logits(x, t
 whatever it keeps about forgotten samples (``purge(ids, task)``). Most strategies are a
 :class:`GradientLearner` (an MLP trained with the shared ``optimise`` loop, cross-entropy on the
 current task) plus :class:`Plugin` objects that add a penalty (EWC, L2, distillation), a replay term
-(ER), another loss for the new samples (UER), a pre-step (refresh) or a gradient edit (CUBER/GPM).
+(ER), another loss for the new samples (UER), a pre-step (refresh) or a gradient and step edit (CUBER/GPM).
 Plug-ins compose: the strategy spec ``"refresh+er+ewc"`` stacks three of them. Each hook acts on its
 own: refresh's ascent step moves the weights directly, so with ``gpm`` or ``cuber`` only the ordinary
-step's gradient is projected, not that ascent step.
+step (its gradient and its weight change) is projected, not that ascent step.
 
 A training run that diverges (a NaN/inf loss or weights) raises :class:`UserInputError` naming what
 was trained, rather than letting the stream go on from the weights the loop rolled back to.
@@ -147,6 +147,9 @@ class Plugin:
     def after_backward(self, learner: "GradientLearner", model: nn.Module) -> None:
         """May edit the gradients (projection)."""
 
+    def after_step(self, learner: "GradientLearner", model: nn.Module) -> None:
+        """Called after each optimiser step; may edit the weights (projection of the step's change)."""
+
     def after_task(self, learner: "GradientLearner", task: Task, ids: torch.Tensor) -> None:
         """Called after training on a task."""
 
@@ -171,9 +174,14 @@ class GradientLearner(Strategy):
         self.config, self.plugins = config, list(plugins)
         self.model = build_mlp(scenario.input_shape, scenario.num_classes, config.hidden, seed)
         self.task_deltas: dict[int, dict[str, torch.Tensor]] = {}
-        self.seen_classes: set[int] = set()
-        self.tasks_learned = 0
+        self.learned_tasks: set[int] = set()  # tasks learned and not unlearned since
+        self.tasks_learned = 0  # learn requests served (seeds the batch order)
         self.generator = torch.Generator().manual_seed(seed + 1)
+
+    @property
+    def seen_classes(self) -> set[int]:
+        """The classes of the tasks learned and not unlearned since (a forgotten task's classes go)."""
+        return {c for t in self.learned_tasks for c in self.scenario.tasks[t].classes}
 
     # -- data ---------------------------------------------------------------------------------
     def batch_of(self, ids: torch.Tensor, task_index: int | torch.Tensor) -> dict[str, torch.Tensor]:
@@ -223,6 +231,10 @@ class GradientLearner(Strategy):
         for plugin in self.plugins:
             plugin.after_backward(self, model)
 
+    def _after_step(self, model: nn.Module) -> None:
+        for plugin in self.plugins:
+            plugin.after_step(self, model)
+
     # -- Strategy API -------------------------------------------------------------------------
     def learn(self, task: Task, ids: torch.Tensor) -> None:
         """Train on the task's samples ``ids`` with the plug-ins' hooks around the shared loop."""
@@ -234,12 +246,13 @@ class GradientLearner(Strategy):
         # cpu=True: the strategies keep their data, buffers and stored traces on the CPU, where these
         # small models train fastest; on a GPU, accelerate would move the model away from them.
         record = optimise(self.model, stream, self.loss, config, steps_per_epoch=steps,
-                          description=f"task {task.index}", after_backward=self._after_backward, cpu=True)
+                          description=f"task {task.index}", after_backward=self._after_backward,
+                          after_step=self._after_step, cpu=True)
         check_trained(record, f"task {task.index}")
         self.model.eval()
         for plugin in self.plugins:
             plugin.after_task(self, task, ids)
-        self.seen_classes.update(task.classes)
+        self.learned_tasks.add(task.index)
         self.tasks_learned += 1
         delta = {k: v.detach() - before[k] for k, v in self.model.state_dict().items()}
         old = self.task_deltas.get(task.index)
@@ -255,7 +268,10 @@ class GradientLearner(Strategy):
         return out
 
     def purge(self, ids: set[int], task: int | None) -> None:
-        """Let every plug-in drop its state about the forgotten samples; a forgotten task's delta goes too."""
+        """Let every plug-in drop its state about the forgotten samples; a forgotten task's delta goes too,
+        and it no longer counts as learned (its classes leave :attr:`seen_classes`)."""
+        if task is not None:
+            self.learned_tasks.discard(task)
         for plugin in self.plugins:
             plugin.forget(self, ids, task)
         if task is not None:

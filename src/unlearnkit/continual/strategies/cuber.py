@@ -6,13 +6,20 @@ Lin et al., "Beyond Not-Forgetting: Continual Learning with Backward Knowledge T
 After each task, every linear layer's input subspace is summarised GPM-style: the SVD of the
 layer inputs of ``gpm_samples`` task samples (bias folded in as a constant input 1) adds the new
 directions M_t needed to reach ``gpm_threshold`` of their energy, orthogonal to the stored bases;
-the task's mean loss gradient g_t is stored too. When a new task starts, CUBER characterises, layer
-by layer and once per task, its correlation with every old task t from the new task's full
-gradient G₀ at the starting weights: *sufficient projection* ‖G₀ M_t M_tᵀ‖ ≥ ε‖G₀‖ and *positive
-correlation* ⟨G₀ M_t M_tᵀ, g_t⟩ > 0. While training, every step's layer gradient G is edited per
-old task t: G ← G − G M_t M_tᵀ, except for the (layer, old task) pairs found sufficient and
-positively correlated, where the in-subspace part is kept so the step also lowers task t's loss.
-GPM is the case where nothing is kept (always project).
+the task's mean loss gradient g_t is stored too. GPM edits every step's layer gradient G ← G − G M Mᵀ,
+M the union of the stored bases. When a new task starts, CUBER characterises, layer by layer and once
+per task, its correlation with every old task t from the new task's full gradient G₀ at the starting
+weights, on the task's own input subspace S_t (its first-task basis, B_t): *sufficient projection*
+‖G₀ B_t B_tᵀ‖ ≥ ε‖G₀‖ and *positive correlation* ⟨G₀ B_t B_tᵀ, g_t⟩ > 0. Where some old tasks are
+found sufficient and positively correlated at a layer, that layer's gradient is projected out of the
+bases rebuilt (same rules, learning order) from the other old tasks alone: the kept tasks' subspace
+stays open, so the step also lowers their loss, except where the other old tasks' inputs lie too
+(a task's stored M_t holds only what it added to the earlier bases, so keeping one task's M_t open
+would open the directions it shares with later tasks). GPM is the case where nothing is kept.
+The papers train with plain SGD, where the weights move along the projected gradient; an adaptive
+optimiser (Adam, the learners' default) rescales it entry by entry and would move the weights back
+into the projected subspaces, so each step's weight change is projected the same way too (a no-op
+under plain SGD without weight decay).
 
 Following GPM's P-MNIST code (``main_pmnist.py``): thresholds 0.95 for the first layer and 0.99
 for every later one; after the first task a layer keeps the fewest directions whose energy share
@@ -119,6 +126,8 @@ class GPM(Plugin):
         self.bases: list[list[tuple[int, torch.Tensor]]] = []  # per layer: (task, M_t)
         self.grads: list[dict[int, torch.Tensor]] = []  # per layer: task -> g_t
         self.kept: set[tuple[int, int]] = set()  # (layer, old task) pairs whose subspace stays open
+        self.closed: dict[int, torch.Tensor | None] = {}  # CUBER: layer with kept tasks -> bases of the others
+        self._start: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # layer -> (projected bases, weights before the step)
 
     def _all_bases(self, layer: int) -> torch.Tensor | None:
         found = [m for _, m in self.bases[layer]] if self.bases else []
@@ -137,13 +146,25 @@ class GPM(Plugin):
         for index, g in enumerate(self._task_gradient(learner, task, ids)):
             self.grads[index][task.index] = g
 
+    def _threshold(self, layer: int) -> float:
+        return self.config.gpm_threshold if layer == 0 else self.config.gpm_threshold_deeper
+
     def _add_bases(self, task: int, summaries: list[torch.Tensor]) -> None:
         """GPM's rules per layer: the directions the task's inputs need beyond the stored bases."""
         for index, factor in enumerate(summaries):
-            threshold = self.config.gpm_threshold if index == 0 else self.config.gpm_threshold_deeper
-            basis = new_basis(factor.T, self._all_bases(index), threshold)
+            basis = new_basis(factor.T, self._all_bases(index), self._threshold(index))
             if basis.shape[1]:
                 self.bases[index].append((task, basis))
+
+    def _bases_without(self, layer: int, skip: set[int]) -> torch.Tensor | None:
+        """The layer's bases rebuilt by GPM's rules from the summaries of the tasks not in ``skip``, in order."""
+        found = None
+        for task, summaries in self.summaries:
+            if task not in skip:
+                basis = new_basis(summaries[layer].T, found, self._threshold(layer))
+                if basis.shape[1]:
+                    found = basis if found is None else torch.cat([found, basis], dim=1)
+        return found
 
     def _layers(self, learner) -> list:
         layers = learner.model.linear_layers()
@@ -162,20 +183,26 @@ class GPM(Plugin):
         return grads
 
     def before_task(self, learner, task, ids) -> None:
-        """CUBER only: find the (layer, old task) pairs with sufficient projection and positive correlation."""
-        self.kept = set()
+        """CUBER only: find the (layer, old task) pairs with sufficient projection and positive correlation
+        on the old task's own input subspace, and per such layer the bases of the other old tasks."""
+        self.kept, self.closed = set(), {}
         if not self.transfer or not self.bases:
             return
         for index, g in enumerate(self._task_gradient(learner, task, ids)):
-            for old, basis in self.bases[index]:
-                projected = g @ basis @ basis.T
+            for old, summaries in dict(self.summaries).items():  # a task learned twice: its latest summary
+                own = new_basis(summaries[index].T, None, self._threshold(index))  # B_old, its own subspace
+                projected = g @ own @ own.T
                 sufficient = projected.norm() >= self.config.cuber_epsilon * g.norm()
                 if sufficient and (projected * self.grads[index][old]).sum() > 0:
                     self.kept.add((index, old))
+            open_tasks = {old for layer, old in self.kept if layer == index}
+            if open_tasks:
+                self.closed[index] = self._bases_without(index, open_tasks)
 
     @torch.no_grad()
     def after_backward(self, learner, model) -> None:
-        """Edit each layer's gradient task by task."""
+        """Edit each layer's gradient task by task, and note the weights the step starts from."""
+        self._start = {}
         if not self.bases:
             return
         for index, layer in enumerate(self._layers(learner)):
@@ -183,11 +210,33 @@ class GPM(Plugin):
                 continue
             g = torch.cat([layer.weight.grad, layer.bias.grad[:, None]], dim=1)
             edited = g.clone()
-            for task, basis in self.bases[index]:
-                if (index, task) not in self.kept:
-                    edited -= g @ basis @ basis.T
+            if index in self.closed:  # CUBER, some old tasks kept open here
+                closed = [] if self.closed[index] is None else [self.closed[index]]
+            else:
+                closed = [basis for _, basis in self.bases[index]]
+            for basis in closed:
+                edited -= g @ basis @ basis.T
             layer.weight.grad.copy_(edited[:, :-1])
             layer.bias.grad.copy_(edited[:, -1])
+            if closed:
+                self._start[index] = (torch.cat(closed, dim=1), torch.cat([layer.weight, layer.bias[:, None]], dim=1).clone())
+
+    @torch.no_grad()
+    def after_step(self, learner, model) -> None:
+        """Remove from the step's weight change the part inside the projected subspaces.
+
+        The optimiser may not move along the projected gradient: Adam (the default) rescales it
+        entry by entry and weight decay adds the weights, both of which reach into the old tasks'
+        subspaces. Under plain SGD without weight decay the change is already outside them (a no-op).
+        """
+        layers = self._layers(learner)
+        for index, (basis, before) in self._start.items():
+            layer = layers[index]
+            after = torch.cat([layer.weight, layer.bias[:, None]], dim=1)
+            inside = (after - before) @ basis @ basis.T
+            layer.weight.sub_(inside[:, :-1])
+            layer.bias.sub_(inside[:, -1])
+        self._start = {}
 
     def forget(self, learner, ids, task) -> None:
         """A forgotten task's summary and gradient go and the bases are rebuilt from the remaining tasks'

@@ -46,8 +46,8 @@ class FeatKD(Plugin):
         self.teacher = None
 
     def before_task(self, learner, task, ids) -> None:
-        """Snapshot the teacher when something was learned before."""
-        self.teacher = frozen_copy(learner.model) if learner.tasks_learned else None
+        """Snapshot the teacher when a task learned before (and not unlearned since) remains."""
+        self.teacher = frozen_copy(learner.model) if learner.learned_tasks else None
 
     def penalty(self, learner, model, batch):
         """w · MSE(h(x), h*(x))."""

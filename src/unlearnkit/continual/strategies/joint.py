@@ -7,6 +7,7 @@ unlearner is exact retraining. It stores all learned samples, so unlearning purg
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator
 
 import torch
@@ -32,7 +33,7 @@ class Joint(GradientLearner):
         """Add the task's samples to the store and retrain a fresh model on the whole store."""
         self.store_ids = torch.cat([self.store_ids, ids])
         self.store_task = torch.cat([self.store_task, torch.full((len(ids),), task.index)])
-        self.seen_classes.update(task.classes)
+        self.learned_tasks.add(task.index)
         self.tasks_learned += 1
         self._retrain()
 
@@ -48,13 +49,16 @@ class Joint(GradientLearner):
                 pick = order[start : start + size]
                 yield self.batch_of(self.store_ids[pick], self.store_task[pick])
 
-        record = optimise(self.model, epoch_batches, self.task_loss, self.config,
+        config = dataclasses.replace(self.config, seed=self.seed)  # the run's seed, not the recipe's default
+        record = optimise(self.model, epoch_batches, self.task_loss, config,
                           steps_per_epoch=-(-len(self.store_ids) // size), description="joint", cpu=True)
         check_trained(record, "the joint retraining")
         self.model.eval()
 
     def purge(self, ids: set[int], task: int | None) -> None:
-        """Remove the forgotten samples from the store."""
+        """Remove the forgotten samples from the store (a forgotten task no longer counts as learned)."""
+        if task is not None:
+            self.learned_tasks.discard(task)
         keep = ~torch.isin(self.store_ids, torch.tensor(sorted(ids), dtype=torch.long))
         self.store_ids, self.store_task = self.store_ids[keep], self.store_task[keep]
 

@@ -6,9 +6,11 @@ L = CE(f(x), y) + α T² KL(softmax(f*(x)_old / T) ‖ softmax(f(x)_old / T)), o
 
 In task-incremental scenarios each old task has its own head (its classes), and, as in the paper,
 each head is distilled with its own softmax and the terms are summed. Our choices: in class- and
-domain-incremental scenarios the old outputs are one head, the classes seen before the task (all
-classes in domain-IL); T = 2 as in the paper. The teacher f* is a copy taken when the task starts, so after an unlearning request
-it is the unlearned model; it is dropped on unlearning.
+domain-incremental scenarios the old outputs are one head, the classes of the tasks learned before
+the task (all classes in domain-IL); T = 2 as in the paper. A task unlearned in between no longer
+counts: its classes (task-IL: its head) are not distilled, as in a run that never learned it. The
+teacher f* is a copy taken when the task starts, so after an unlearning request it is the unlearned
+model; it is dropped on unlearning.
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ class LwF(Plugin):
         self.heads: list[list[int]] = []  # the old outputs, one softmax each
 
     def before_task(self, learner, task, ids) -> None:
-        """Snapshot the teacher when something was learned before."""
-        self.teacher = frozen_copy(learner.model) if learner.tasks_learned else None
+        """Snapshot the teacher when a task learned before (and not unlearned since) remains."""
+        self.teacher = frozen_copy(learner.model) if learner.learned_tasks else None
         scenario = learner.scenario
         if scenario.setting == "domain-il":
             self.heads = [list(range(scenario.num_classes))]
