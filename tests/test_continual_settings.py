@@ -95,17 +95,23 @@ def test_the_retrain_unlearner_is_its_own_reference(scenario, monkeypatch):
     assert run.steps[2].retrain_gap == 0.0 and run.steps[2].retrain_output_kl == 0.0
 
 
-def test_uncle_trains_and_unlearns_with_the_runs_seed(scenario, monkeypatch):
-    import unlearnkit.continual.strategies.uncle as uncle
-
+def spy_on_training_seeds(module, monkeypatch) -> list[int]:
+    """Record the seed of every ``optimise`` call the module makes."""
     seeds = []
-    real = uncle.optimise
+    real = module.optimise
 
     def spy(model, stream, loss, config, **kwargs):
         seeds.append(config.seed)
         return real(model, stream, loss, config, **kwargs)
 
-    monkeypatch.setattr(uncle, "optimise", spy)
+    monkeypatch.setattr(module, "optimise", spy)
+    return seeds
+
+
+def test_uncle_trains_and_unlearns_with_the_runs_seed(scenario, monkeypatch):
+    import unlearnkit.continual.strategies.uncle as uncle
+
+    seeds = spy_on_training_seeds(uncle, monkeypatch)
     run_stream(scenario, "uncle", "learn:0,learn:1,unlearn:0", seed=5, params={"epochs": 1}, reference=False)
     assert seeds == [5, 6, 5]  # task t learns with seed + t, like the shared strategies; unlearning uses the seed
 
@@ -113,13 +119,6 @@ def test_uncle_trains_and_unlearns_with_the_runs_seed(scenario, monkeypatch):
 def test_joint_retrains_with_the_runs_seed(scenario, monkeypatch):
     import unlearnkit.continual.strategies.joint as joint
 
-    seeds = []
-    real = joint.optimise
-
-    def spy(model, stream, loss, config, **kwargs):
-        seeds.append(config.seed)
-        return real(model, stream, loss, config, **kwargs)
-
-    monkeypatch.setattr(joint, "optimise", spy)
+    seeds = spy_on_training_seeds(joint, monkeypatch)
     run_stream(scenario, "joint", "learn:0,learn:1", seed=5, params={"epochs": 1}, reference=False)
     assert seeds == [5, 5]  # each retraining from scratch is seeded by the run, like its initialisation and batches
