@@ -57,11 +57,20 @@ class LMSplitStats:
                                 for t, m, s in zip(self.token_logprobs, self.minkpp_mu, self.minkpp_sigma)]),
         }
 
+    def memorisation_scores(self) -> dict[str, np.ndarray]:
+        """Per-item extraction strength and exact memorisation (the values whose forget-split mean the suite
+        reports); nan for an item with no answer token left once EOS is excluded."""
+        metrics = {"extraction_strength": M.extraction_strength, "exact_memorization": M.exact_memorization}
+        return {name: np.array([metric([pred], [label]).value if len(label) else float("nan")
+                                for pred, label in zip(self.argmax_ids, self.label_ids)], dtype=np.float64)
+                for name, metric in metrics.items()}
+
     def rows(self, split: str) -> list[dict[str, Any]]:
         """JSON-ready per-item rows (no item text: reports stay redacted); each truth ratio is the one the
         split's metrics use."""
         tr = self.truth_ratios(against_answer=split in OPTION_SPLITS)
         scores = self.mia_scores()
+        memorisation = self.memorisation_scores()
         rows = []
         for i, item_id in enumerate(self.ids):
             row = {"split": split, "item": item_id, "answer_nll": float(self.avg_loss[i])}
@@ -73,6 +82,7 @@ class LMSplitStats:
             if self.rouge is not None:
                 row["rouge_l_recall"] = float(self.rouge[i])
             row.update({f"mia_{k}": float(v[i]) for k, v in scores.items()})
+            row.update({k: float(v[i]) for k, v in memorisation.items()})
             rows.append(row)
         return rows
 

@@ -264,12 +264,17 @@ def mia_auc(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> 
     set still looks memorised (its scores are lower than unseen data); 0.5 means indistinguishable
     from unseen data; below 0.5 means the forget set looks *less* familiar than unseen data
     (over-unlearning). Source: OpenUnlearning ``mia/*`` (``sklearn.metrics.roc_auc_score``).
+
+    A NaN score (a model that outputs NaN on some item) makes the AUC NaN, the value results files
+    give a metric that could not be measured, instead of an error that ends the whole evaluation.
     """
     from scipy.stats import rankdata
     from sklearn.metrics import roc_auc_score
 
     forget = _vector(forget_scores, "forget_scores")
     holdout = _vector(holdout_scores, "holdout_scores")
+    if np.isnan(forget).any() or np.isnan(holdout).any():
+        return float("nan")
     labels = np.concatenate([np.zeros(len(forget)), np.ones(len(holdout))])
     # The AUC depends on the scores' order alone; ranks keep it and admit an infinite score (an answer token
     # the model gives probability 0, e.g. one banned at decoding time), which roc_auc_score refuses.
@@ -299,6 +304,8 @@ def zlib_score(avg_loss: float, text: str) -> float:
 def _lowest_fraction_mean(values: np.ndarray, k: float) -> float:
     if not 0 < k <= 1:
         raise UserInputError(f"k must be in (0, 1], got {k}.")
+    if np.isnan(values).any():  # np.sort puts NaN last, where the lowest k% would silently leave it out
+        return float("nan")
     count = max(1, int(math.floor(k * len(values))))
     return float(np.mean(np.sort(values)[:count]))
 
@@ -363,9 +370,12 @@ def privleak(auc_model: float, auc_retain: float) -> float:
     Reading: 0 is ideal (as private as retraining); about −100 means the forget set is plainly
     memorised (a fine-tuned model); large positive values mean over-unlearning (the forget set looks
     *less* familiar than unseen data). Closer to 0 is better. Upstream silently uses r = 0.5 when no
-    retain logs exist; here ``auc_retain`` is required. Source: Shi et al., 2024, "MUSE: Machine
-    Unlearning Six-Way Evaluation for Language Models"; OpenUnlearning ``privleak``.
+    retain logs exist; here ``auc_retain`` is required. A NaN AUC (see :func:`mia_auc`) gives NaN.
+    Source: Shi et al., 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language Models";
+    OpenUnlearning ``privleak``.
     """
+    if math.isnan(auc_model) or math.isnan(auc_retain):
+        return float("nan")
     for name, auc in (("auc_model", auc_model), ("auc_retain", auc_retain)):
         if not 0 <= auc <= 1:
             raise UserInputError(f"{name} must be an AUC in [0, 1], got {auc}.")
