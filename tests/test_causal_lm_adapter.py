@@ -185,6 +185,16 @@ def test_truncation_keeps_the_answer():
     assert len(answer) == 7 and answer[0] == tokenizer("The", add_special_tokens=False)["input_ids"][0]
 
 
+def test_token_statistics_of_a_cut_answer_keep_its_last_token():
+    """A cut answer has no EOS, so no answer token may be dropped as if it were one."""
+    tokenizer = _tokenizer()
+    adapter = CausalLMAdapter(_model(tokenizer), tokenizer, max_length=8)
+    batch = adapter.collate([ITEMS[2]])
+    assert tokenizer.eos_token_id not in batch["labels"][0].tolist()
+    with torch.no_grad():
+        assert adapter.token_logprobs(adapter.model, batch)[0].shape == (7,)
+
+
 def test_generate_greedy_with_left_padding_and_eos_cut():
     tokenizer = _tokenizer()
     model = _model(tokenizer, seed=1)

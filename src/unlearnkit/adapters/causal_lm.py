@@ -322,12 +322,15 @@ class CausalLMAdapter:
 
     # ------------------------------------------------------------------ token statistics
     def _answer_positions(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-        """Per item, the shifted positions of its answer tokens without the final (EOS) one."""
+        """Per item, the shifted positions of its answer tokens without the final EOS (an answer cut to
+        ``max_length`` has none: all its tokens are kept)."""
         targets = batch["labels"][:, 1:]
+        eos = self.tokenizer.eos_token_id
         positions = []
         for row in targets:
             where = torch.nonzero(row != IGNORE).flatten()
-            positions.append(where[:-1])
+            ends_with_eos = len(where) > 0 and int(row[where[-1]]) == eos
+            positions.append(where[:-1] if ends_with_eos else where)
         return positions
 
     def token_stats(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> list[TokenStats]:
