@@ -71,7 +71,11 @@ def run_classifier_bench(
     bench = load_vision_benchmark(benchmark, seed)
     request = forget_request(bench, scenario)
     names = list(method_names) if method_names else default_methods()
-    settings = validate_runs(names, params or {}, bench.adapter(None), request, BENCH_METHOD_SETTINGS[benchmark][scenario])
+    # the run's seed drives the methods' own randomness too (batch order, random labels, teachers), as it
+    # does the split, the forget set and the models' training; a --param METHOD.seed still overrides it
+    own = BENCH_METHOD_SETTINGS[benchmark][scenario]
+    defaults = {name: {"seed": seed, **own.get(name, {})} for name in names}
+    settings = validate_runs(names, params or {}, bench.adapter(None), request, defaults)
     check_output(out, overwrite=overwrite, inputs=(cache_root(),))
 
     case = prepare_case(bench, scenario, request)

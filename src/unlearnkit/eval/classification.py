@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..adapters.base import batches
+from ..errors import UserInputError
 
 
 @dataclass
@@ -25,8 +26,10 @@ class ItemStats:
     true_probs: np.ndarray
 
     def rows(self, split: str, ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        """JSON-ready per-item rows."""
+        """JSON-ready per-item rows; ``ids`` (one per item, in order) name the items."""
         ids = list(ids) if ids is not None else list(range(len(self.labels)))
+        if len(ids) != len(self.labels):  # zip would silently drop items and the rows would not add up to the metrics
+            raise UserInputError(f"The {split!r} split has {len(self.labels)} items but {len(ids)} ids were given for them.")
         return [
             {"split": split, "item": int(i), "label": int(y), "loss": float(l), "predicted": int(p), "true_prob": float(q)}
             for i, y, l, p, q in zip(ids, self.labels, self.losses, self.predictions, self.true_probs)
@@ -34,15 +37,17 @@ class ItemStats:
 
 
 def collect(adapter: Any, items: Sequence[Any], batch_size: int = 256) -> ItemStats:
-    """Run the model once over ``items`` in eval mode and keep what every classifier metric needs; the
-    model's training flag is restored afterwards (a caller's model is never left changed)."""
+    """Run the model once over ``items`` in eval mode and keep what every classifier metric needs; every
+    module's training flag is restored afterwards (a caller's model is never left changed, a submodule the
+    caller froze in eval mode included)."""
     model = adapter.model
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         return _collect(adapter, model, items, batch_size)
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 @torch.no_grad()
@@ -71,14 +76,17 @@ def mia_efficacy(retain: ItemStats, test: ItemStats, forget: ItemStats, seed: in
 
     An RBF SVC (C=3, gamma="auto") learns members (a seeded sample of the retain set, as large as
     the test set) against non-members (the test set); the score is the fraction of the forget set
-    it predicts non-member. Higher means the forget set looks less like training data.
+    it predicts non-member. Higher means the forget set looks less like training data. When the
+    retain set is the smaller one, the non-members are a seeded sample of the test set as large as
+    it (never the test set's first items: a class-sorted test set would give one-class non-members).
     """
     from sklearn.svm import SVC
 
     rng = np.random.default_rng(seed)
     n = min(len(retain.true_probs), len(test.true_probs))
     members = rng.choice(len(retain.true_probs), size=n, replace=False)
-    features = np.concatenate([retain.true_probs[members], test.true_probs[:n]])[:, None]
+    non_members = rng.choice(len(test.true_probs), size=n, replace=False) if n < len(test.true_probs) else np.arange(n)
+    features = np.concatenate([retain.true_probs[members], test.true_probs[non_members]])[:, None]
     targets = np.concatenate([np.ones(n), np.zeros(n)])
     attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features, targets)
     return float(np.mean(attack.predict(forget.true_probs[:, None]) == 0))
