@@ -94,3 +94,21 @@ def test_bench_methods_run_with_the_bench_seed(monkeypatch, tmp_path, params, ex
     assert hparams["seed"] == expected
     if method == "gradient_ascent":
         assert hparams["lr"] == classifier_bench.BENCH_METHOD_SETTINGS["digits"]["random"]["gradient_ascent"]["lr"]
+
+
+def test_image_selection_runs_each_candidate_with_its_split_seed(monkeypatch):
+    """The selection scores candidates on split seeds 1-3; the methods' own randomness must follow them as in the bench."""
+    from unlearnkit.benchmarks import image_selection
+
+    seen = []
+
+    def spy(model, request, method, **hparams):
+        seen.append(hparams["seed"])
+        raise Stop
+
+    monkeypatch.setattr(image_selection, "unlearn", spy)
+    monkeypatch.setattr(classifier_bench, "cached_classifier",
+                        lambda bench, excluded, role: (bench.new_model().eval(), {"train_seconds": 1.0, "config": {"recipe": {}}}))
+    with pytest.raises(Stop):
+        image_selection.score_image_candidates("digits", [2], {"gradient_ascent": [{"lr": 1e-4}]})
+    assert seen == [2]

@@ -11,10 +11,11 @@ def test_bench_settings_apply_and_user_params_override_them():
     items = tiny_qa(6)
     adapter = memorised_lm(items, steps=1)
     request = ForgetRequest(items, [0, 1], [2, 3, 4, 5], neighbours={"direct": [2, 3]})  # npo samples them (modular)
-    chosen = method_settings(["sam_npo", "npo"], None, adapter, request)
-    assert chosen["sam_npo"] == FACTS_METHOD_SETTINGS["sam_npo"] and chosen["npo"] == FACTS_METHOD_SETTINGS.get("npo", {})
-    overridden = method_settings(["sam_npo"], {"sam_npo": {"sam_rho": "0.2"}}, adapter, request)
-    assert overridden["sam_npo"]["sam_rho"] == "0.2"
+    chosen = method_settings(["sam_npo", "npo"], None, adapter, request, seed=3)
+    assert chosen["sam_npo"] == {"seed": 3, **FACTS_METHOD_SETTINGS["sam_npo"]}  # the world's seed drives the method
+    assert chosen["npo"] == {"seed": 3, **FACTS_METHOD_SETTINGS.get("npo", {})}
+    overridden = method_settings(["sam_npo"], {"sam_npo": {"sam_rho": "0.2", "seed": "1"}}, adapter, request, seed=3)
+    assert overridden["sam_npo"]["sam_rho"] == "0.2" and overridden["sam_npo"]["seed"] == "1"
 
 
 def test_facts_request_carries_the_holdout_of_the_same_size():

@@ -66,8 +66,9 @@ def score_image_candidates(benchmark: str, seeds: Sequence[int], candidates: Map
             adapter = bench.adapter(case.target)
             for method, values in candidates.items():
                 for index, value in enumerate(values):
-                    settings = validate_runs([method], {method: dict(value)}, adapter, case.request,
-                                             BENCH_METHOD_SETTINGS[benchmark][scenario])
+                    # the split seed drives the method's own randomness too, as in the bench
+                    defaults = {method: {"seed": seed, **BENCH_METHOD_SETTINGS[benchmark][scenario].get(method, {})}}
+                    settings = validate_runs([method], {method: dict(value)}, adapter, case.request, defaults)
                     model, _ = unlearn(case.target, case.request, method, adapter=adapter, **settings[method])
                     gap = evaluate_classifier(bench.adapter(model), case.splits, case.reference, seed).metrics["avg_gap"]
                     gaps.setdefault((scenario, method, index), []).append(gap)

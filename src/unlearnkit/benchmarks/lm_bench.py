@@ -95,10 +95,12 @@ def retain_eval_items(config: Any) -> int:
 
 
 def method_settings(names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None, adapter: Any,
-                    request: Any, base: str = "scratch") -> dict[str, dict[str, Any]]:
-    """Each method's settings: :data:`FACTS_METHOD_SETTINGS` (selected on the scratch GPT-2, so not applied to
-    other bases) under the user's ``--param`` values, validated."""
-    defaults = FACTS_METHOD_SETTINGS if base == "scratch" else {}
+                    request: Any, base: str = "scratch", seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Each method's settings: the world's ``seed`` (the methods' own randomness follows it) and
+    :data:`FACTS_METHOD_SETTINGS` (selected on the scratch GPT-2, so not applied to other bases) under the
+    user's ``--param`` values, validated."""
+    chosen = FACTS_METHOD_SETTINGS if base == "scratch" else {}
+    defaults = {name: {"seed": seed, **chosen.get(name, {})} for name in names}
     return validate_runs(names, params or {}, adapter, request, defaults)
 
 
@@ -185,7 +187,8 @@ def run_lm_bench(
     target.model.to(training_device())
     names, not_run = (list(method_names), []) if method_names else runnable_defaults(params or {}, target, config.base,
                                                                                       memory)
-    settings = method_settings(names, recorded_settings(config, names, params), target, request, config.base)
+    settings = method_settings(names, recorded_settings(config, names, params), target, request, config.base,
+                               config.seed)
     check_launch()
     if memory is not None:
         memory.check(target)  # before the retain model is trained or loaded

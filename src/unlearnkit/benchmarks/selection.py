@@ -84,7 +84,7 @@ def score_candidates(config: Any, split: str, method: str, setting: str, candida
                      fixed: Mapping[str, Any] | None = None, seeds: Sequence[int | None] = (None,),
                      attacks: Sequence[str] = (), log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run ``method`` with each value of ``setting`` (on top of ``fixed``) on the world of ``config``, once per
-    unlearning seed in ``seeds`` (None: the method's default); one metrics row each."""
+    unlearning seed in ``seeds`` (None: the world's seed, as the bench uses); one metrics row each."""
     from ..adapters.causal_lm import CausalLMAdapter
     from ..train.distributed import training_device
     from .facts import cached_facts_model, facts_request, load_facts
@@ -105,7 +105,7 @@ def score_candidates(config: Any, split: str, method: str, setting: str, candida
     controls: dict[str, float] = {}
     rows = []
     for value, seed in ((v, s) for v in candidates for s in seeds):
-        given = {**(fixed or {}), setting: value, **({} if seed is None else {"seed": seed})}
+        given = {**(fixed or {}), setting: value, "seed": config.seed if seed is None else seed}
         settings = validate_runs([method], {method: given}, target, request)  # generic defaults + these
         model, record = unlearn(target.model, request, method, adapter=target, **settings[method])
         adapter = target.with_model(model)
