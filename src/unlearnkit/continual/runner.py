@@ -5,7 +5,7 @@ model's row). At every unlearning step a reference model is retrained with the s
 seed on the remaining data (each earlier learn request replayed without the forgotten samples), and
 the step reports ``retrain_gap`` (mean |accuracy difference| over the tasks learned so far) and
 ``retrain_output_kl`` (mean KL(reference ‖ model) of the predictive distributions on those tasks'
-test samples).
+test samples, each sample counted once).
 """
 
 from __future__ import annotations
@@ -127,13 +127,37 @@ def retrain(spec: str, scenario: Scenario, seed: int, params: Mapping[str, Any] 
     return strategy
 
 
+def _distinct_rows(scenario: Scenario, tasks: list[int]) -> list[torch.Tensor]:
+    """For each of ``tasks``, the rows of its test log-probabilities that no earlier task in ``tasks`` already
+    holds. Outside task-IL a test sample gets one prediction whatever task it is scored for, and tasks may
+    share test samples (SCoLe's tasks share classes): each sample counts once. In task-IL the prediction
+    depends on the task (its class mask), so every (task, sample) pair is its own row."""
+    if scenario.setting == "task-il":
+        return [torch.arange(len(scenario.tasks[t].test_index)) for t in tasks]
+    seen: dict[int, set[int]] = {}
+    rows = []
+    for t in tasks:
+        task = scenario.tasks[t]
+        taken = seen.setdefault(task.domain, set())
+        index = task.test_index.tolist()
+        rows.append(torch.tensor([k for k, j in enumerate(index) if j not in taken], dtype=torch.long))
+        taken.update(index)
+    return rows
+
+
 def _distance(model: list[torch.Tensor], reference: list[torch.Tensor], scenario: Scenario, tasks: list[int]) -> tuple[float, float]:
+    """Mean |accuracy difference| over ``tasks`` and mean KL(reference ‖ model) over their distinct test samples.
+
+    The KL is taken in float64 on re-normalised distributions and each sample's term is clipped at 0:
+    float32 log-probabilities do not sum exactly to one, which made near-identical models score a
+    negative divergence (−1e-8)."""
     acc_m = accuracies(model, scenario)[tasks]
     acc_r = accuracies(reference, scenario)[tasks]
-    log_m = torch.cat([model[t] for t in tasks])
-    log_r = torch.cat([reference[t] for t in tasks])
-    kl = F.kl_div(log_m, log_r, log_target=True, reduction="batchmean")
-    return float(np.mean(np.abs(acc_m - acc_r))), float(kl)
+    rows = _distinct_rows(scenario, tasks)
+    log_m = torch.cat([model[t][r] for t, r in zip(tasks, rows)]).double().log_softmax(1)
+    log_r = torch.cat([reference[t][r] for t, r in zip(tasks, rows)]).double().log_softmax(1)
+    per_sample = (log_r.exp() * (log_r - log_m)).sum(1).clamp_min(0.0)
+    return float(np.mean(np.abs(acc_m - acc_r))), float(per_sample.mean())
 
 
 def _acu_check(strategy: ACU) -> dict[str, float]:
