@@ -372,10 +372,10 @@ def test_an_output_that_appears_during_the_run_is_not_replaced(workspace, capsys
 
     save = forget_job._save_model
 
-    def save_while_another_run_finishes(adapter, model, spec, directory):
+    def save_while_another_run_finishes(*args):
         (workspace / "out").mkdir()
         (workspace / "out" / "run.json").write_text("the other run's output")
-        save(adapter, model, spec, directory)
+        save(*args)
 
     monkeypatch.setattr(forget_job, "_save_model", save_while_another_run_finishes)
     assert main(_args(workspace)) == 2
