@@ -142,6 +142,8 @@ def test_continual_refuses_bad_input_before_any_work(workdir, overrides, message
     pytest.param({"--scenario": ["split-digits", "split-ditgits"]}, "Unknown scenario 'split-ditgits'",
                  id="second-scenario-checked-first"),
     pytest.param({"--scenario": ["split-digits", "split-digits"]}, "--scenario 'split-digits' is given twice", id="scenario-repeated"),
+    pytest.param({"--scenario": ["split-digits", "clofai"]}, "continual-sweep runs the built-in scenarios only; run clofai "
+                 "with `unlearnkit continual --scenario clofai --data DIR", id="clofai-has-no-data-in-a-sweep"),
     pytest.param({"--stream": ["learn:0", "learn:0"]}, "--stream 'learn:0' is given twice", id="stream-repeated"),
     pytest.param({"--seeds": "0,x"}, "--seeds takes comma-separated integers; 'x' is not one", id="seeds-not-integers"),
     pytest.param({"--strategies": ""}, "--strategies expects comma-separated strategy names", id="strategies-empty"),

@@ -181,6 +181,9 @@ def sweep_plan(name: str, streams: list[str] | None, seeds: list[int],
     from .stream import check_stream, parse_stream
     from .unlearners import resolve_unlearner
 
+    if name == "clofai":  # the sweep has no --data: image folders are run one strategy at a time
+        raise UserInputError("continual-sweep runs the built-in scenarios only; run clofai with "
+                             "`unlearnkit continual --scenario clofai --data DIR --strategy NAME`.")
     scenarios = {seed: build_scenario(name, seed) for seed in seeds}
     chosen = streams or default_streams(scenarios[seeds[0]].num_tasks)
     for text in chosen:
