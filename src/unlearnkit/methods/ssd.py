@@ -30,7 +30,6 @@ their ``seconds`` include it).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ import torch
 from ..adapters.base import batches
 from ..errors import UserInputError
 from ..io import fingerprint, save_state_dict
-from ..train.config import OPTIMISER_SETTINGS, TrainConfig
+from ..train.config import OPTIMISER_SETTINGS, TrainConfig, finite_number
 from .base import Method, Outcome
 
 
@@ -60,9 +59,9 @@ class SSDConfig(TrainConfig):
     def check(self) -> None:
         """Also require α > 0, λ ≥ 0 (finite) and the named importance file to exist."""
         super().check()
-        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
+        if not (finite_number(self.alpha) and self.alpha > 0):
             raise UserInputError(f"SSD alpha must be a positive number, got alpha={self.alpha}.")
-        if not (isinstance(self.lam, (int, float)) and math.isfinite(self.lam) and self.lam >= 0):
+        if not (finite_number(self.lam) and self.lam >= 0):
             raise UserInputError(f"SSD lam must be a non-negative number, got lam={self.lam}.")
         if self.full_importance and not Path(self.full_importance).is_file():
             raise UserInputError(f"The SSD importance file {self.full_importance} does not exist.")
