@@ -49,7 +49,7 @@ def test_bad_input_exits_2_with_one_sentence_and_writes_nothing(tmp_path):
         (["--scenario", "split-cifar"], "Unknown scenario"),
         (["--param", "epochs"], "NAME=VALUE"),
         (["--param", "epochs=1", "--param", "epochs=2"], "--param epochs is given twice"),
-        (["--scenario", "permuted-digits", "--scenario-param", "num_tasks=0"], "num_tasks must be a whole number ≥ 1"),
+        (["--scenario", "permuted-digits", "--scenario-param", "num_tasks=0"], "num_tasks must be a whole number in 1..1000, got 0"),
         (["--scenario", "permuted-digits", "--scenario-param", "num_tasks=1.5"], "num_tasks must be a whole number"),
         (["--scenario", "scole", "--scenario-param", "classes_per_task=11"], "classes_per_task must be"),
         (["--scenario", "scole", "--scenario-param", "colour=red"], "has no option 'colour'; valid: num_tasks"),

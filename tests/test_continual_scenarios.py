@@ -2,9 +2,11 @@
 
 from collections import Counter
 
+import pytest
 import torch
 
 from unlearnkit.continual.scenarios import build_scenario, permuted_digits, scole, split_digits
+from unlearnkit.errors import UserInputError
 
 
 def test_split_digits_has_five_disjoint_two_class_tasks():
@@ -40,3 +42,14 @@ def test_scole_is_a_long_seeded_sequence_with_reoccurring_classes():
     again = scole(3)
     assert all(torch.equal(a.train_ids, b.train_ids) for a, b in zip(scenario.tasks, again.tasks))
     assert any(not torch.equal(a.train_ids, b.train_ids) for a, b in zip(scenario.tasks, scole(4).tasks))
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("scole", {"samples_per_class": 500}, "scole samples_per_class=500 exceeds the smallest class's"),
+    ("scole", {"num_tasks": 10**9}, "num_tasks must be a whole number in 1..10000"),
+    ("permuted-digits", {"num_tasks": 5000}, "num_tasks must be a whole number in 1..1000"),
+])
+def test_scenario_sizes_beyond_the_data_or_memory_are_refused(name, options, message):
+    """A draw larger than a class's pool was silently cut; a typo in num_tasks ran for hours or ran out of memory."""
+    with pytest.raises(UserInputError, match=message):
+        build_scenario(name, 0, **options)

@@ -164,6 +164,10 @@ def scole(seed: int = 0, *, num_tasks: int = 200, classes_per_task: int = 2, sam
     if num_tasks < 1 or not 1 <= classes_per_task <= 10 or samples_per_class < 1:
         raise UserInputError("scole needs num_tasks ≥ 1, classes_per_task in 1..10 and samples_per_class ≥ 1.")
     train_x, train_y, test_x, test_y = _digits(seed)
+    smallest = int(torch.bincount(train_y, minlength=10).min())
+    if samples_per_class > smallest:  # the draw would silently take fewer
+        raise UserInputError(f"scole samples_per_class={samples_per_class} exceeds the smallest class's "
+                             f"{smallest} training images; give at most {smallest}.")
     rng = np.random.default_rng(seed)
     tasks = []
     for index in range(num_tasks):
@@ -171,7 +175,7 @@ def scole(seed: int = 0, *, num_tasks: int = 200, classes_per_task: int = 2, sam
         ids = []
         for c in classes:
             pool = _ids_of(train_y, (c,)).numpy()
-            ids.extend(rng.choice(pool, size=min(samples_per_class, len(pool)), replace=False).tolist())
+            ids.extend(rng.choice(pool, size=samples_per_class, replace=False).tolist())
         tasks.append(Task(index, torch.tensor(sorted(ids)), classes, 0, _ids_of(test_y, classes)))
     return Scenario("scole", "class-il", 10, train_x, train_y, [test_x], [test_y], tasks, seed, epochs=1)
 
@@ -193,10 +197,15 @@ def _fraction(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
 
 
+MAX_PERMUTED_TASKS = 1000
+MAX_SCOLE_TASKS = 10000
+
 #: Each scenario's options: name -> (check, what a valid value is).
 SCENARIO_OPTIONS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
-    "permuted-digits": {"num_tasks": (_positive_int, "a whole number ≥ 1")},
-    "scole": {"num_tasks": (_positive_int, "a whole number ≥ 1"),
+    # bounded so that a typo cannot hold memory for hours: each permuted task copies the images (~0.5 MB)
+    "permuted-digits": {"num_tasks": (lambda v: _positive_int(v) and v <= MAX_PERMUTED_TASKS,
+                                      f"a whole number in 1..{MAX_PERMUTED_TASKS}")},
+    "scole": {"num_tasks": (lambda v: _positive_int(v) and v <= MAX_SCOLE_TASKS, f"a whole number in 1..{MAX_SCOLE_TASKS}"),
               "classes_per_task": (lambda v: _positive_int(v) and v <= 10, "a whole number in 1..10"),
               "samples_per_class": (_positive_int, "a whole number ≥ 1")},
     "clofai": {"image_size": (lambda v: _positive_int(v) and v >= 4, "a whole number ≥ 4"),
