@@ -68,6 +68,22 @@ def test_item_rows_refuse_ids_that_do_not_match_the_items():
         stats.rows("forget", [5, 6])
 
 
+def test_forget_rows_carry_the_membership_calls_behind_mia_efficacy():
+    """DESIGN asks for the per-item values behind every metric; the SVC's per-item calls were not written."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3))
+    items = [(torch.randn(4), i % 3) for i in range(60)]
+    splits = {"forget": items[:10], "retain": items[10:40], "test": items[40:]}
+    evaluation = evaluate_classifier(ClassifierAdapter(model, 3), splits, seed=3)
+    rows = evaluation.item_rows()
+    calls = [row["mia_non_member"] for row in rows if row["split"] == "forget"]
+    assert len(calls) == 10 and all(isinstance(c, bool) for c in calls)
+    assert np.mean(calls) == evaluation.metrics["mia_efficacy"]
+    assert not any("mia_non_member" in row for row in rows if row["split"] != "forget")
+    stats = evaluation.stats
+    assert np.mean(calls) == mia_efficacy(stats["retain"], stats["test"], stats["forget"], seed=3)
+
+
 class Stop(Exception):
     pass
 

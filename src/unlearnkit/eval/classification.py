@@ -72,11 +72,17 @@ def accuracy(stats: ItemStats) -> float:
 
 
 def mia_efficacy(retain: ItemStats, test: ItemStats, forget: ItemStats, seed: int = 0) -> float:
-    """SVC membership inference on the true-class probability (Jia et al. 2023, ``SVC_MIA``).
+    """SVC membership inference on the true-class probability (Jia et al. 2023, ``SVC_MIA``): the
+    fraction of the forget set predicted non-member (see :func:`mia_non_members`). Higher means the
+    forget set looks less like training data."""
+    return float(np.mean(mia_non_members(retain, test, forget, seed)))
+
+
+def mia_non_members(retain: ItemStats, test: ItemStats, forget: ItemStats, seed: int = 0) -> np.ndarray:
+    """Per forget item, whether the SVC membership attack calls it a non-member.
 
     An RBF SVC (C=3, gamma="auto") learns members (a seeded sample of the retain set, as large as
-    the test set) against non-members (the test set); the score is the fraction of the forget set
-    it predicts non-member. Higher means the forget set looks less like training data. When the
+    the test set) against non-members (the test set) and is applied to each forget item. When the
     retain set is the smaller one, the non-members are a seeded sample of the test set as large as
     it (never the test set's first items: a class-sorted test set would give one-class non-members).
     """
@@ -89,7 +95,7 @@ def mia_efficacy(retain: ItemStats, test: ItemStats, forget: ItemStats, seed: in
     features = np.concatenate([retain.true_probs[members], test.true_probs[non_members]])[:, None]
     targets = np.concatenate([np.ones(n), np.zeros(n)])
     attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features, targets)
-    return float(np.mean(attack.predict(forget.true_probs[:, None]) == 0))
+    return attack.predict(forget.true_probs[:, None]) == 0
 
 
 def loss_mia_auc(forget: ItemStats, test: ItemStats) -> float:
@@ -113,13 +119,17 @@ def avg_gap(metrics: Mapping[str, float], reference: Mapping[str, float]) -> flo
     return float(np.mean([abs(metrics[k] - reference[k]) for k in GAP_METRICS]))
 
 
-def classifier_metrics(stats: Mapping[str, ItemStats], seed: int = 0) -> dict[str, float]:
-    """Aggregate metrics from per-split statistics (splits forget, retain, test, optional forget_test)."""
+def classifier_metrics(stats: Mapping[str, ItemStats], seed: int = 0,
+                       non_members: np.ndarray | None = None) -> dict[str, float]:
+    """Aggregate metrics from per-split statistics (splits forget, retain, test, optional forget_test);
+    ``non_members``: the attack's per-item calls (:func:`mia_non_members`) when already made."""
+    if non_members is None:
+        non_members = mia_non_members(stats["retain"], stats["test"], stats["forget"], seed)
     metrics = {
         "forget_acc": accuracy(stats["forget"]),
         "retain_acc": accuracy(stats["retain"]),
         "test_acc": accuracy(stats["test"]),
-        "mia_efficacy": mia_efficacy(stats["retain"], stats["test"], stats["forget"], seed),
+        "mia_efficacy": float(np.mean(non_members)),
         # the held-out items must come from the forget set's distribution: the forgotten class's own
         # test images when the whole class is forgotten, else the test set
         "mia_auc": loss_mia_auc(stats["forget"], stats.get("forget_test", stats["test"])),
@@ -135,11 +145,17 @@ class Evaluation:
 
     metrics: dict[str, float]
     stats: dict[str, ItemStats]
+    #: per forget item, whether the membership attack behind ``mia_efficacy`` calls it a non-member
+    forget_non_members: np.ndarray | None = None
 
     def item_rows(self, ids: Mapping[str, Sequence[int]] | None = None) -> list[dict[str, Any]]:
-        """Every per-item row of every split."""
+        """Every per-item row of every split; forget rows also say how the membership attack called them."""
         ids = ids or {}
-        return [row for split, s in self.stats.items() for row in s.rows(split, ids.get(split))]
+        rows = {split: s.rows(split, ids.get(split)) for split, s in self.stats.items()}
+        if self.forget_non_members is not None:
+            for row, non_member in zip(rows["forget"], self.forget_non_members):
+                row["mia_non_member"] = bool(non_member)
+        return [row for split_rows in rows.values() for row in split_rows]
 
 
 def evaluate_classifier(
@@ -150,7 +166,8 @@ def evaluate_classifier(
 ) -> Evaluation:
     """Collect statistics on each split and compute the metrics; ``avg_gap`` when a reference is given."""
     stats = {name: collect(adapter, items) for name, items in splits.items()}
-    metrics = classifier_metrics(stats, seed)
+    non_members = mia_non_members(stats["retain"], stats["test"], stats["forget"], seed)
+    metrics = classifier_metrics(stats, seed, non_members)
     if reference is not None:
         metrics["avg_gap"] = avg_gap(metrics, reference)
-    return Evaluation(metrics, stats)
+    return Evaluation(metrics, stats, non_members)
