@@ -115,7 +115,8 @@ def test_every_classifier_method_default_still_passes_its_checks():
 
 
 @pytest.mark.parametrize("method, setting", [("ssd", "lr"), ("ssd", "epochs"), ("guard_it", "optimizer"),
-                                             ("guard", "max_steps"), ("kfade", "epochs"), ("kfade", "grad_clip")])
+                                             ("guard", "max_steps"), ("kfade", "epochs"), ("kfade", "grad_clip"),
+                                             ("first_epoch_ga", "optimizer")])
 def test_a_setting_the_method_never_reads_is_refused_not_ignored(method, setting):
     """Methods that take no optimizer steps inherited every loop setting and dropped any value given for it."""
     with pytest.raises(UserInputError, match=f"{method}' does not use hyper-parameter '{setting}' \\(it takes no "):

@@ -39,6 +39,7 @@ from torch import nn
 from ..adapters.base import batches
 from ..errors import UserInputError
 from ..train import TrainConfig, optimise
+from ..train.config import OPTIMISER_SETTINGS
 from ..train.distributed import process_count
 from .base import Method, Outcome
 
@@ -179,6 +180,7 @@ def mean_nll(adapter: Any, items: Sequence[Any], batch_size: int) -> float:
 class FirstEpochGAConfig(TrainConfig):
     """η (``lr``), ascent steps, optional recording file and calibration threshold."""
 
+    unused = tuple(name for name in OPTIMISER_SETTINGS if name != "lr")  # its ascent steps are its own, lr is η
     lr: float = 0.01
     steps: int = 5
     gradients: str = ""
