@@ -128,3 +128,15 @@ def test_image_selection_runs_each_candidate_with_its_split_seed(monkeypatch):
     with pytest.raises(Stop):
         image_selection.score_image_candidates("digits", [2], {"gradient_ascent": [{"lr": 1e-4}]})
     assert seen == [2]
+
+
+def test_eval_mode_gives_every_submodule_back_its_own_mode_even_after_an_error():
+    from unlearnkit.adapters.base import eval_mode
+
+    model = Frozen()
+    model.train()
+    model.norm.eval()
+    with pytest.raises(RuntimeError), eval_mode(model):
+        assert not any(module.training for module in model.modules())
+        raise RuntimeError("a failing pass")
+    assert model.training and model.drop.training and not model.norm.training

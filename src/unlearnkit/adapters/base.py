@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Protocol, Sequence, runtime_checkable
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
@@ -34,6 +35,19 @@ class ModelAdapter(Protocol):
 def clone_model(model: nn.Module) -> nn.Module:
     """A deep copy of ``model``, so that input models are never modified in place."""
     return copy.deepcopy(model)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with ``model`` in eval mode (dropout off), then give every submodule back its own mode:
+    ``model.train(was_training)`` would also switch a submodule the caller froze (e.g. batch-norm) back."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

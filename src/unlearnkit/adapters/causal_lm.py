@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserInputError
+from .base import eval_mode
 
 IGNORE = -100
 #: The prompt used when the tokenizer has no chat template.
@@ -427,9 +428,7 @@ class CausalLMAdapter:
         if max((len(p) for p in prompts), default=0) + max_new_tokens > limit:
             order.sort(key=lambda i: len(prompts[i]))
         answers: dict[int, str] = {}
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             while order:
                 chunk = order[:batch_size]
                 if len(prompts[chunk[-1]]) + max_new_tokens > limit:  # the cap binds: same-length prompts only
@@ -437,8 +436,6 @@ class CausalLMAdapter:
                 order = order[len(chunk):]
                 texts = self._generate_batch(model, [prompts[i] for i in chunk], max_new_tokens, limit)
                 answers.update(zip(chunk, texts))
-        finally:
-            model.train(was_training)
         return [answers[i] for i in range(len(prompts))]
 
     def _generate_batch(self, model: nn.Module, prompts: Sequence[list[int]], max_new_tokens: int,

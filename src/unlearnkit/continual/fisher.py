@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from ..adapters.base import eval_mode
+
 
 def diagonal_fisher(
     model: nn.Module,
@@ -31,17 +33,15 @@ def diagonal_fisher(
 
     per_sample_grad = vmap(grad(nll), in_dims=(None, 0, 0))
     total = {k: torch.zeros_like(v) for k, v in params.items()}
-    was_training = model.training
-    model.eval()
-    for start in range(0, len(y), chunk):
-        xs, ys = x[start : start + chunk], y[start : start + chunk]
-        grads = per_sample_grad(params, xs, ys)
-        with torch.no_grad():
-            logits = model(xs)
-            if mask is not None:
-                logits = mask(logits)
-            weight = torch.exp(-F.cross_entropy(logits, ys, reduction="none"))
-        for k, g in grads.items():
-            total[k] += torch.einsum("n,n...->...", weight, g.pow(2))
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(y), chunk):
+            xs, ys = x[start : start + chunk], y[start : start + chunk]
+            grads = per_sample_grad(params, xs, ys)
+            with torch.no_grad():
+                logits = model(xs)
+                if mask is not None:
+                    logits = mask(logits)
+                weight = torch.exp(-F.cross_entropy(logits, ys, reduction="none"))
+            for k, g in grads.items():
+                total[k] += torch.einsum("n,n...->...", weight, g.pow(2))
     return {k: v / max(len(y), 1) for k, v in total.items()}

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..adapters.base import batches
+from ..adapters.base import batches, eval_mode
 from ..errors import UserInputError
 
 
@@ -40,14 +40,8 @@ def collect(adapter: Any, items: Sequence[Any], batch_size: int = 256) -> ItemSt
     """Run the model once over ``items`` in eval mode and keep what every classifier metric needs; every
     module's training flag is restored afterwards (a caller's model is never left changed, a submodule the
     caller froze in eval mode included)."""
-    model = adapter.model
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(adapter.model) as model:
         return _collect(adapter, model, items, batch_size)
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..adapters.base import batches
+from ..adapters.base import batches, eval_mode
 from ..errors import UserInputError
 
 IGNORE = -100
@@ -60,16 +60,12 @@ def pooled_states(
     Causal attention makes the prompt positions independent of the answer, so ``prompt_only``
     gives the same vector as embedding the prompt alone.
     """
-    was_training = model.training
-    model.eval()
     pooled = []
-    try:
+    with eval_mode(model):
         for chunk in batches(list(items), batch_size, shuffle=False, seed=0):
             batch = adapter.collate(chunk)
             hidden = adapter.hidden_states(model, batch, layer).float()
             pooled.append(masked_mean(hidden, token_mask(batch, prompt_only).to(hidden.device)).cpu())
-    finally:
-        model.train(was_training)
     return torch.cat(pooled)
 
 

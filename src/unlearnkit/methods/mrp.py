@@ -41,7 +41,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..adapters.base import batches
+from ..adapters.base import batches, eval_mode
 from ..adapters.causal_lm import IGNORE, block_names
 from ..errors import UserInputError
 from ..train import optimise
@@ -140,18 +140,13 @@ def restore_projections(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.
 def second_moment(adapter: Any, items: Sequence[Any], layer: str, batch_size: int) -> torch.Tensor:
     """E[h hᵀ] of the block output over the answer positions of ``items`` (dropout off: the statistics,
     and so the initialisation, do not depend on the model's mode or on the global random state)."""
-    model = adapter.model
-    was_training = model.training
-    model.eval()
     total, count = None, 0
-    try:
+    with eval_mode(adapter.model) as model:
         for chunk in batches(items, batch_size, shuffle=False, seed=0):
             batch = adapter.collate(chunk)
             hidden = adapter.hidden_states(model, batch, layer)[:, :-1][batch["labels"][:, 1:] != IGNORE].float()
             total = hidden.t() @ hidden if total is None else total + hidden.t() @ hidden
             count += hidden.shape[0]
-    finally:
-        model.train(was_training)
     return total / max(count, 1)
 
 

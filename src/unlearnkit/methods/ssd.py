@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..adapters.base import batches
+from ..adapters.base import batches, eval_mode
 from ..errors import UserInputError
 from ..io import fingerprint, save_state_dict
 from ..train.config import OPTIMISER_SETTINGS, TrainConfig, finite_number
@@ -73,24 +73,21 @@ def importance(adapter: Any, items: Sequence[Any], batch_size: int) -> dict[str,
     The model's train/eval modes and gradients are left as they were found (:func:`save_full_importance`
     runs this on the caller's own model)."""
     model = adapter.model
-    modes = [(module, module.training) for module in model.modules()]
     grads = [(param, param.grad) for param in model.parameters()]
-    model.eval()
     totals = {n: torch.zeros_like(p) for n, p in model.named_parameters() if p.requires_grad}
     count = 0
     try:
-        for chunk in batches(items, batch_size, shuffle=False, seed=0):
-            model.zero_grad(set_to_none=True)
-            adapter.per_item_loss(model, adapter.collate(chunk)).mean().backward()
-            for name, param in model.named_parameters():
-                if param.grad is not None:
-                    totals[name] += param.grad.detach() ** 2
-            count += 1
+        with eval_mode(model):
+            for chunk in batches(items, batch_size, shuffle=False, seed=0):
+                model.zero_grad(set_to_none=True)
+                adapter.per_item_loss(model, adapter.collate(chunk)).mean().backward()
+                for name, param in model.named_parameters():
+                    if param.grad is not None:
+                        totals[name] += param.grad.detach() ** 2
+                count += 1
     finally:
         for param, grad in grads:
             param.grad = grad
-        for module, training in modes:
-            module.training = training
     return {n: t / max(count, 1) for n, t in totals.items()}
 
 

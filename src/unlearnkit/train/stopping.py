@@ -27,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..adapters.base import eval_mode
 from ..errors import UserInputError
 from .config import TrainConfig
 
@@ -76,10 +77,8 @@ class HoldoutStop:
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, step: int) -> str | None:
         """A sentence saying why training stops now, or None to go on."""
-        was_training = model.training
-        model.eval()
-        forget, holdout = self._level(model, self.forget), self._level(model, self.holdout)
-        model.train(was_training)
+        with eval_mode(model):
+            forget, holdout = self._level(model, self.forget), self._level(model, self.holdout)
         self.trace.append((step, forget, holdout))
         if forget >= holdout - self.margin:
             return (f"stopped at step {step}: forget {self._label()} {forget:.4g} reached the holdout's "
