@@ -270,3 +270,28 @@ def test_facts_bench_bad_inputs(tmp_path, capsys, args, message):
     code, err = _error(capsys, ["bench", "--benchmark", "facts", "--preset", "tiny", "--out", str(out), *args])
     assert code == 2 and message in err, err
     assert not out.exists()
+
+
+def test_evaluate_scores_an_inference_time_model_that_forget_wrote(exported, tmp_path):
+    """A uld output folder (its target as base/, the assistant beside it) is scored as the logit-difference model,
+    not as its unchanged base: the forget answers' probability is the one forget reported, below the target's."""
+    from unlearnkit.benchmarks.tofu_format import read_tofu_file
+
+    for role, stem in (("forget", "forget10_perturbed"), ("retain", "retain_perturbed")):
+        rows = read_tofu_file(exported / f"{stem}.json")
+        (tmp_path / f"{role}.jsonl").write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n"
+                                                       for r in rows))
+    unlearned = tmp_path / "uld"
+    assert main(["forget", "--model", str(exported / "models" / "target"), "--forget", str(tmp_path / "forget.jsonl"),
+                 "--retain", str(tmp_path / "retain.jsonl"), "--method", "uld", "--param", "epochs=2",
+                 "--out", str(unlearned), "--ledger", str(tmp_path / "ledger.db")]) == 0
+    scores = {}
+    for name, model in (("uld", unlearned), ("target", exported / "models" / "target")):
+        assert main(["evaluate", "--data", str(exported), "--model", str(model), "--retain-model",
+                     str(exported / "models" / "retain90"), "--out", str(tmp_path / f"eval-{name}"),
+                     "--max-new-tokens", "8"]) == 0
+        scores[name] = json.loads((tmp_path / f"eval-{name}" / "results.json").read_text())["runs"][0]["metrics"]
+    reported = json.loads((unlearned / "run.json").read_text())["metrics_after"]
+    assert scores["uld"]["forget_prob"] < scores["target"]["forget_prob"]
+    # evaluate's forget_prob is the mean of exp(−mean answer NLL), forget's the same over the same items
+    assert scores["uld"]["forget_prob"] == pytest.approx(reported["forget_prob"], rel=1e-4)

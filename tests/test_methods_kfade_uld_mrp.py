@@ -186,12 +186,12 @@ def test_uld_keeps_target_and_combines_logits_where_the_mask_allows(lm, tmp_path
     before = snapshot(lm.model)
     model, _ = unlearn(lm.model, REQUEST, "uld", adapter=lm, epochs=3, alpha=0.8, tau=0.1)
     assert isinstance(model, uld.LogitDifferenceLM)
-    assert_same_state(model.target, before)
+    assert_same_state(model.base, before)
     assert len(model.assistant.transformer.h) == 1
-    assert all(key.split(".")[0] in ("target", "assistant") for key in model.state_dict())
+    assert all(key.split(".")[0] in ("base", "assistant") for key in model.state_dict())
     batch = lm.collate(ITEMS)
     with torch.no_grad():
-        target = lm.logits(model.target, batch)
+        target = lm.logits(model.base, batch)
         assistant = lm.logits(model.assistant, batch)
         combined = lm.logits(model, batch)
     keep = uld.relative_top_mask(target, 0.1)

@@ -209,7 +209,7 @@ def bench_params(param: list[str] | None, methods: list[str] | None, project: st
 @app.command("evaluate")
 def evaluate_command(
     data: Path = typer.Option(..., help="Folder of TOFU-format files (forgetXX_perturbed, retain_perturbed, holdoutXX, world_facts_perturbed; real_authors_perturbed joins model utility when present)."),
-    model: Path = typer.Option(..., help="The model to score (a Hugging Face causal LM folder)."),
+    model: Path = typer.Option(..., help="The model to score: a Hugging Face causal LM folder, or one `unlearnkit forget` wrote."),
     retain_model: Path = typer.Option(..., help="The model trained without the forget set (the gold standard)."),
     split: str = typer.Option("forget10", help="Forget split: forget01, forget05 or forget10."),
     out: Path = typer.Option(Path("out/evaluate"), help="Output directory (must not exist unless --overwrite)."),

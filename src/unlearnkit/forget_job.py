@@ -60,7 +60,13 @@ def _check_paths(job: ForgetJob, ledger: Any) -> None:
 
 def _model_kind(directory: Path) -> str:
     from .adapters.classifier_spec import read_spec
+    from .methods.saved import BASE_FOLDER, wrapper_method
 
+    wrapper = wrapper_method(directory)
+    if wrapper is not None:
+        raise UserInputError(f"The folder {directory} holds a {wrapper} model, which serves its unchanged base model "
+                             f"through inference-time state and cannot be unlearned further; run the request (with "
+                             f"the earlier items to forget) on its base model {directory / BASE_FOLDER}.")
     if read_spec(directory) is not None:
         return "classifier"
     if (directory / "config.json").is_file() or (directory / "adapter_config.json").is_file():
@@ -255,8 +261,10 @@ def _save_model(adapter: Any, model: torch.nn.Module, spec: Mapping[str, Any] | 
             warnings.filterwarnings("ignore", message="Could not find a config file in")
             model.save_pretrained(directory)
         adapter.tokenizer.save_pretrained(directory)
-    else:  # an inference-time wrapper: keep all its tensors
-        save_state_dict(model.state_dict(), directory / "model.safetensors")
+    else:  # an inference-time wrapper: its base model, its own tensors and settings
+        from .methods.saved import save_wrapper
+
+        save_wrapper(model, adapter.tokenizer, directory)
 
 
 def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
@@ -300,10 +308,9 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     if job.training_data is not None:
         _check_in_training_data(job, forget_records, kind)
     if kind != "classifier":  # loaded once the data checks pass: a language model can take minutes to load
-        from .adapters.causal_lm import CausalLMAdapter
+        from .methods.saved import load_causal_lm
 
-        adapter = CausalLMAdapter.from_pretrained(job.model, system_prompt=job.system_prompt,
-                                                  template_args=job.template_args)
+        adapter = load_causal_lm(job.model, system_prompt=job.system_prompt, template_args=job.template_args)
     ledger_items = [recorded_form(record, kind, _used_fields(job, kind)) for _, record in forget_records]
     request = ForgetRequest(forget + retain, range(len(forget)), range(len(forget), len(forget) + len(retain)) if retain else None,
                             reason=job.subject)

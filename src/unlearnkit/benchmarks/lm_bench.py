@@ -334,7 +334,7 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
     ``prompt_format`` (``system_prompt``, ``template_args``) is passed to both models' adapters. The retain
     model is scored once: its statistics are the reference, and its own row is computed from them.
     """
-    from ..adapters.causal_lm import CausalLMAdapter
+    from ..methods.saved import load_causal_lm
     from ..train.distributed import is_main_process, on_main, training_device
 
     log = log if is_main_process() else _quiet
@@ -343,7 +343,7 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
     if max_new_tokens < 1:
         raise UserInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens}.")
     splits = tofu_evaluation_splits(data, split)
-    adapters = {name: CausalLMAdapter.from_pretrained(path, **(prompt_format or {}))
+    adapters = {name: load_causal_lm(path, **(prompt_format or {}))
                 for name, path in (("model", model), ("retain", retain_model))}
     for adapter in adapters.values():
         adapter.model.to(training_device())

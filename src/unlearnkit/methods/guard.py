@@ -29,6 +29,10 @@ Choices where the paper is silent, or its tools are unavailable here (there is n
   that are not answer labels) it flags and retrieves from the prompt tokens alone, as ``generate``
   does, so every candidate answer of a question is scored under the same decision; without it, it
   flags and retrieves from the whole input (the answer included, the "text" view).
+
+Saved by ``unlearnkit forget`` as an inference-time wrapper (:mod:`unlearnkit.methods.saved`): the deployed
+guard must hold what it forbids, so its saved settings list the forget answers' token n-grams and its tensors
+the forget items' pooled hidden states. Keep the output folder as confidential as the forget set itself.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ..errors import UserInputError
 from ..train.config import OPTIMISER_SETTINGS, TrainConfig
 from ._lm_features import cosine_matrix, mask_positions, masked_mean, pooled_states
 from .base import Method, Outcome
+from .saved import InferenceWrapper
 
 Rules = dict[tuple[int, ...], set[int]]
 
@@ -123,8 +128,10 @@ class _RestrictingProcessor:
         return scores
 
 
-class GuardedModel(nn.Module):
+class GuardedModel(InferenceWrapper):
     """The original causal LM behind a forget-prompt detector and a decoding restriction."""
+
+    method = "guard"
 
     #: The adapter passes ``prompt_mask`` to ``forward`` so the detector reads the prompt alone.
     reads_prompt_mask = True
@@ -142,10 +149,30 @@ class GuardedModel(nn.Module):
         self.flag_probability = float(flag_probability)
         self.answers_per_prompt = int(answers_per_prompt)
 
-    @property
-    def config(self) -> Any:
-        """The wrapped model's configuration."""
-        return self.base.config
+    def settings(self) -> dict[str, Any]:
+        """The hidden-state layer, flag level, retrieval count and the restriction (its n-gram rules hold the
+        forget answers' token ids: GUARD cannot forbid them at serving time without them)."""
+        r = self.restriction
+        return {"layer": self.layer, "flag_probability": self.flag_probability,
+                "answers_per_prompt": self.answers_per_prompt,
+                "restriction": {"rules": [[[list(prefix), sorted(nexts)] for prefix, nexts in rules.items()] for rules in r.rules],
+                                "similar": [[token, close] for token, close in r.similar.items()],
+                                "min_n": r.min_n, "max_n": r.max_n, "block_penalty": r.block_penalty,
+                                "semantic_penalty": r.semantic_penalty, "protected": sorted(r.protected)}}
+
+    @classmethod
+    def restore(cls, base: nn.Module, tensors: dict[str, torch.Tensor], settings: dict[str, Any]) -> "GuardedModel":
+        """The guard around ``base`` from its saved detector and keys (tensors) and settings."""
+        saved = settings["restriction"]
+        restriction = Restriction(
+            rules=[{tuple(prefix): set(nexts) for prefix, nexts in rules} for rules in saved["rules"]],
+            similar={int(token): list(close) for token, close in saved["similar"]},
+            min_n=saved["min_n"], max_n=saved["max_n"], block_penalty=saved["block_penalty"],
+            semantic_penalty=saved["semantic_penalty"], protected=set(saved["protected"]))
+        detector = {name: tensors[f"detector_{name}"] for name in ("mean", "scale", "coef", "intercept")}
+        keys = {view: tensors[f"{view}_keys"] for view in ("prompt", "text")}
+        return cls(base, settings["layer"], detector, keys, restriction, settings["flag_probability"],
+                   settings["answers_per_prompt"])
 
     def forget_probability(self, pooled: torch.Tensor) -> torch.Tensor:
         """The detector's probability ``(B,)`` that each pooled input is about the forget set."""

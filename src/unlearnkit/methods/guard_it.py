@@ -47,6 +47,7 @@ from ..errors import UserInputError
 from ..train.config import OPTIMISER_SETTINGS, TrainConfig
 from ._lm_features import block_name, cosine_matrix, first_tensor, masked_mean, pooled_states, replace_first
 from .base import Method, Outcome
+from .saved import InferenceWrapper
 
 
 def redirect(hidden: torch.Tensor, vector: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -128,7 +129,7 @@ class Gate(nn.Module):
         return self.scores(pooled, view) > self.threshold_values[self.VIEWS.index(view)]
 
 
-class GatedRedirectModel(nn.Module):
+class GatedRedirectModel(InferenceWrapper):
     """The original causal LM with a gated, norm-preserving redirection hooked on one block.
 
     Its ``forward`` and ``generate`` take the base model's arguments and return its outputs; the
@@ -137,6 +138,7 @@ class GatedRedirectModel(nn.Module):
 
     #: The adapter passes ``prompt_mask`` to ``forward`` so the gate reads the prompt alone.
     reads_prompt_mask = True
+    method = "guard_it"
 
     def __init__(self, base: nn.Module, layer_name: str, gate: "Gate", vectors: torch.Tensor, alpha: float) -> None:
         super().__init__()
@@ -150,10 +152,16 @@ class GatedRedirectModel(nn.Module):
         self._freeze = False
         self._frozen: torch.Tensor | None = None
 
-    @property
-    def config(self) -> Any:
-        """The wrapped model's configuration."""
-        return self.base.config
+    def settings(self) -> dict[str, Any]:
+        """The redirected block's name and α."""
+        return {"layer_name": self.layer_name, "alpha": self.alpha}
+
+    @classmethod
+    def restore(cls, base: nn.Module, tensors: dict[str, torch.Tensor], settings: dict[str, Any]) -> "GatedRedirectModel":
+        """The redirection around ``base`` from its saved gate and steering vectors."""
+        gate = Gate(tensors["gate.center"], {view: tensors[f"gate.{view}_centroids"] for view in Gate.VIEWS},
+                    dict(zip(Gate.VIEWS, tensors["gate.threshold_values"].tolist())))
+        return cls(base, settings["layer_name"], gate, tensors["vectors"], settings["alpha"])
 
     def steering(self, pooled: torch.Tensor, view: str) -> torch.Tensor:
         """Per row, the mean of the active clusters' vectors (zeros where no cluster is active)."""

@@ -15,8 +15,9 @@ How it lives in the model: each projected block gets a child module ``mrp_projec
 (:class:`Projection`) holding the orthonormal basis as a persistent buffer (``…mrp_projection.basis``,
 so a relearning attack that trains parameters cannot rotate it away) and a forward hook that
 applies it. ``state_dict`` / ``save_pretrained`` therefore save the basis with the weights; a
-plain ``from_pretrained`` drops the unknown key with a warning, so reload with
-:func:`restore_projections` (model built as usual, then the saved state dict).
+plain ``from_pretrained`` drops the unknown key with a warning, so reload the folder with
+:func:`unlearnkit.methods.saved.load_causal_lm` (as ``evaluate`` and ``forget`` do), or install the saved
+bases on a model built as usual with :func:`saved_projections` and :func:`install_projections`.
 
 Choices where the paper is vague or its code looks wrong:
 
@@ -36,7 +37,8 @@ Choices where the paper is vague or its code looks wrong:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -125,15 +127,34 @@ def resolve_layers(model: nn.Module, spec: str) -> list[str]:
     return list(dict.fromkeys(chosen))
 
 
-def restore_projections(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
-    """Install the projections named in a saved ``state`` dict and load it into ``model``."""
+def install_projections(model: nn.Module, bases: Mapping[str, torch.Tensor]) -> None:
+    """Install, block by block, the projections whose bases are named ``<block>.mrp_projection.basis``."""
     suffix = f".{CHILD}.basis"
-    for key, basis in state.items():
+    for key, basis in bases.items():
         if key.endswith(suffix):
             block = model.get_submodule(key[: -len(suffix)])
             projection_of(block, basis.shape[1]).basis = basis.clone()
+
+
+def restore_projections(model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """Install the projections named in a saved ``state`` dict and load it into ``model``."""
+    install_projections(model, state)
     model.load_state_dict(state)
     return model
+
+
+def saved_projections(folder: Path) -> dict[str, torch.Tensor]:
+    """The projection bases in a model folder's safetensors weights (which ``from_pretrained`` drops)."""
+    from safetensors import safe_open
+
+    suffix, bases = f".{CHILD}.basis", {}
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as weights:
+                bases |= {key: weights.get_tensor(key) for key in weights.keys() if key.endswith(suffix)}
+        except Exception:  # a damaged file holds no bases we could use; loading the model names the damage
+            continue
+    return bases
 
 
 @torch.no_grad()

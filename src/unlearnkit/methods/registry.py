@@ -12,7 +12,7 @@ from ..errors import UserInputError
 from ..train.config import build_config
 from .base import Method
 
-_NOT_METHODS = {"base", "registry"}
+_NOT_METHODS = {"base", "registry", "saved"}
 
 
 @lru_cache(maxsize=1)

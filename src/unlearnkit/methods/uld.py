@@ -33,10 +33,10 @@ Choices:
   ``perturbed_answer`` list to the retain set, as the paper does with its own paraphrases and
   perturbations. Off by default: on TOFU-style data these are the evaluation's own answers.
 
-The returned model is a :class:`LogitDifferenceLM`; its ``state_dict`` holds only the target
-(``target.*``) and the assistant (``assistant.*``). Save it with
-:func:`unlearnkit.io.save_state_dict`; rebuild it with :func:`truncated_copy` of the target and
-``load_state_dict``.
+The returned model is a :class:`LogitDifferenceLM`; its ``state_dict`` holds only the target as
+``base.*`` and the assistant (``assistant.*``). ``unlearnkit forget`` saves it with
+:func:`unlearnkit.methods.saved.save_wrapper` (the target as ``base/``, the assistant and α, τ beside it);
+:func:`unlearnkit.methods.saved.load_causal_lm` rebuilds it.
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from ..train import optimise
 from ._lm_features import mask_positions
 from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome, paired_stream
+from .saved import InferenceWrapper
 
 
 @dataclass
@@ -79,27 +80,34 @@ def combine_logits(target: torch.Tensor, assistant: torch.Tensor, alpha: float, 
     return target - alpha * torch.where(keep, assistant, torch.zeros_like(assistant))
 
 
-class LogitDifferenceLM(nn.Module):
-    """A causal LM whose logits are the target's minus α times the (masked) assistant's."""
+class LogitDifferenceLM(InferenceWrapper):
+    """A causal LM whose logits are the base (target) model's minus α times the (masked) assistant's."""
 
-    def __init__(self, target: nn.Module, assistant: nn.Module, alpha: float, tau: float) -> None:
+    method = "uld"
+
+    def __init__(self, base: nn.Module, assistant: nn.Module, alpha: float, tau: float) -> None:
         super().__init__()
-        self.target = target
+        self.base = base
         self.assistant = assistant
         self.alpha = float(alpha)
         self.tau = float(tau)
 
-    @property
-    def config(self) -> Any:
-        """The target's configuration (vocabulary, layer count)."""
-        return self.target.config
+    def settings(self) -> dict[str, Any]:
+        """α, τ and the assistant's depth."""
+        return {"alpha": self.alpha, "tau": self.tau, "assistant_layers": len(block_names(self.assistant))}
+
+    @classmethod
+    def restore(cls, base: nn.Module, tensors: dict[str, torch.Tensor], settings: dict[str, Any]) -> "LogitDifferenceLM":
+        """A fresh assistant of the saved depth (its weights come from the saved tensors) beside ``base``."""
+        assistant = truncated_copy(base, int(settings["assistant_layers"]))
+        return cls(base, assistant, settings["alpha"], settings["tau"])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **_: Any) -> LogitsOutput:
         """Combined logits; position ids follow the attention mask, so left padding is handled."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": mask_positions(attention_mask)}
-        target = self.target(**inputs).logits
+        target = self.base(**inputs).logits
         assistant = self.assistant(**inputs).logits
         return LogitsOutput(combine_logits(target, assistant, self.alpha, self.tau))
 
