@@ -295,3 +295,17 @@ def test_evaluate_scores_an_inference_time_model_that_forget_wrote(exported, tmp
     assert scores["uld"]["forget_prob"] < scores["target"]["forget_prob"]
     # evaluate's forget_prob is the mean of exp(−mean answer NLL), forget's the same over the same items
     assert scores["uld"]["forget_prob"] == pytest.approx(reported["forget_prob"], rel=1e-4)
+
+
+def test_an_id_field_in_a_users_tofu_records_does_not_replace_the_generated_ids(tmp_path):
+    """Item rows are keyed by file and position; a record's own "id" (text a user chose, possibly repeated) must not
+    take over: it would reach items/*.jsonl unhashed and merge the rows of items that share it."""
+    from unlearnkit.benchmarks.lm_bench import tofu_evaluation_splits
+
+    record = {"question": "Q?", "answer": "A.", "paraphrased_answer": "A!", "perturbed_answer": ["B."],
+              "id": "Jane Doe's address"}
+    for stem in ("forget10_perturbed", "retain_perturbed", "holdout10", "world_facts_perturbed"):
+        (tmp_path / f"{stem}.json").write_text("".join(json.dumps(record) + "\n" for _ in range(2)))
+    splits = tofu_evaluation_splits(tmp_path, "forget10")
+    assert [it["id"] for it in splits["forget"]] == ["forget10_perturbed:0", "forget10_perturbed:1"]
+    assert [it["id"] for it in splits["holdout"]] == ["holdout10:0", "holdout10:1"]

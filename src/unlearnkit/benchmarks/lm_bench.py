@@ -320,7 +320,7 @@ def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]
         items = read_tofu_file(path, TOFU_SPLIT_FIELDS[role])
         if not items:
             raise UserInputError(f"The TOFU file {path} holds no items (needed as the {role} set).")
-        splits[role] = [{"id": f"{path.stem}:{i}", **item} for i, item in enumerate(items)]
+        splits[role] = [{**item, "id": f"{path.stem}:{i}"} for i, item in enumerate(items)]  # a record's own id never replaces it
     return splits
 
 
