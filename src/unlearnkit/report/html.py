@@ -113,7 +113,9 @@ def report_from_dir(
         raise UserInputError(f"The folder {out_dir} has no results.json; pass a folder written by `unlearnkit bench`.")
     try:
         results = json.loads(results_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
+    except UnicodeDecodeError:
+        raise UserInputError(f"The file {results_path} is not UTF-8 text.") from None
+    except ValueError as error:  # JSONDecodeError, or a number too long to read
         raise UserInputError(f"The file {results_path} is not valid JSON ({error}).") from None
     items = {path.stem: _read_jsonl(path) for path in sorted((out_dir / "items").glob("*.jsonl"))}
     target = out_dir / "report.html"
@@ -175,20 +177,32 @@ def format_number(value: Any) -> str:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserInputError(f"The file {path} is not UTF-8 text.") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
+            row = json.loads(line)
+        except ValueError as error:  # JSONDecodeError, or a number too long to read
             raise UserInputError(f"Line {number} of {path} is not valid JSON ({error}).") from None
+        if not isinstance(row, Mapping):
+            raise UserInputError(f"Line {number} of {path} is not a JSON object; expected one per-item row.")
+        rows.append(row)
     return rows
 
 
 def _runs(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    runs = results.get("runs")
-    if not isinstance(runs, list) or not all(isinstance(run, Mapping) and "method" in run for run in runs):
-        raise UserInputError("The results have no 'runs' list of objects with a 'method'; pass a bench results.json.")
+    runs = results.get("runs") if isinstance(results, Mapping) else None
+    if not isinstance(runs, list) or not all(isinstance(run, Mapping) and isinstance(run.get("method"), str)
+                                             for run in runs):
+        raise UserInputError("The results have no 'runs' list of objects with a 'method' name; pass a bench "
+                             "results.json.")
+    bad = next((run["method"] for run in runs if not isinstance(run.get("metrics") or {}, Mapping)), None)
+    if bad is not None:
+        raise UserInputError(f"The 'metrics' of run {bad!r} is not an object of metric names and values.")
     return runs
 
 
@@ -360,6 +374,11 @@ def _item_probabilities(rows: Iterable[Mapping[str, Any]], kind: str | None) -> 
 # ------------------------------------------------------------------------------------------- plots
 
 
+def _plain(text: Any) -> str:
+    """``text`` for a matplotlib label, its ``$`` escaped: never parsed as mathtext (a bad formula raises)."""
+    return str(text).replace("$", r"\$")
+
+
 def _new_figure(width: float, height: float):
     from matplotlib.figure import Figure
 
@@ -450,7 +469,7 @@ def _plot_methods(ax, methods: Sequence[tuple[Mapping[str, Any], float, float]],
         ax.plot([p[1] for p in on_front], [p[2] for p in on_front], "-o", color="#c0392b", markersize=6,
                 label="Pareto front")
     for run, x, y in methods:
-        ax.annotate(str(run["method"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.annotate(_plain(run["method"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
 
 
 def _plot_references(ax, references: Sequence[tuple[Mapping[str, Any], float, float]], x_key: str,
@@ -458,7 +477,7 @@ def _plot_references(ax, references: Sequence[tuple[Mapping[str, Any], float, fl
     for run, x, y in references:
         gold = run["method"] in GOLD_REFERENCES
         ax.scatter([x], [y], marker="*", s=160, color="#d4a017" if gold else "#444444", edgecolor="black",
-                   zorder=3, label=f"{run['method']} (reference)")
+                   zorder=3, label=_plain(f"{run['method']} (reference)"))
     gold_run = _gold(runs)
     gold_x = (gold_run.get("metrics") or {}).get(x_key) if gold_run else None
     if _finite(gold_x):
@@ -529,7 +548,7 @@ def _mia_figure(method: str, rows, gold, gold_rows, score: str, other_split: str
         ax = figure.add_subplot(1, len(data), index)
         ax.hist(forget, bins=edges, density=True, histtype="stepfilled", alpha=0.55, color="#c0392b", label=f"forget (n={len(forget)})")
         ax.hist(other, bins=edges, density=True, histtype="stepfilled", alpha=0.55, color="#2e6da4", label=f"{other_split} (n={len(other)})")
-        ax.set_title(title, fontsize=9)
+        ax.set_title(_plain(title), fontsize=9)
         ax.set_xlabel(f"log10 {score}" if kind == "classifier" else score, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
@@ -548,7 +567,7 @@ def _loss_figure(runs: Sequence[Mapping[str, Any]]) -> bytes | None:
         ax = figure.add_subplot(rows, columns, index)
         values = [float(v) if _finite(v) else float("nan") for v in losses]
         ax.plot(range(1, len(values) + 1), values, color="#2e6da4", linewidth=1)
-        ax.set_title(method, fontsize=9)
+        ax.set_title(_plain(method), fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
