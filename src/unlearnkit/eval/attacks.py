@@ -8,7 +8,6 @@ moves forget quality.
 
 from __future__ import annotations
 
-import copy
 import random
 import warnings
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..adapters.base import clone_model
+from ..adapters.base import clone_model, eval_mode
 from ..errors import UserInputError
 from ..train import TrainConfig, optimise
 from . import lm_metrics as M
@@ -68,12 +67,20 @@ def split_halves(items: Sequence[Any], seed: int) -> tuple[list[Any], list[Any]]
 
 @torch.no_grad()
 def answer_probability(adapter: Any, items: Sequence[Mapping[str, Any]], batch_size: int = 32) -> float:
-    """Mean per-item answer probability exp(−mean answer NLL) — TOFU's "probability"."""
-    model = adapter.model
-    model.eval()
-    losses = [adapter.per_item_loss(model, adapter.collate(list(items[i:i + batch_size]))).float().cpu().numpy()
-              for i in range(0, len(items), batch_size)]
+    """Mean per-item answer probability exp(−mean answer NLL) — TOFU's "probability" (scored in eval mode; the
+    model's own train/eval modes are given back)."""
+    with eval_mode(adapter.model) as model:
+        losses = [adapter.per_item_loss(model, adapter.collate(list(items[i:i + batch_size]))).float().cpu().numpy()
+                  for i in range(0, len(items), batch_size)]
     return M.probability(np.concatenate(losses)).value
+
+
+def _plain_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` with any PEFT adapters (``--lora ...,save=adapter``) merged into its weights: the
+    attacks act on the weights the model computes with, as on a plain model (the retain control is one)."""
+    copied = clone_model(model)
+    merge = getattr(copied, "merge_and_unload", None)
+    return merge() if callable(merge) else copied
 
 
 #: The relearning attack's default lr as a fraction of the lr the model was fine-tuned with. The literature
@@ -119,8 +126,11 @@ class RelearnSettings:
 def relearn(adapter: Any, attack_items: Sequence[Any], settings: RelearnSettings) -> Any | None:
     """A copy of the model fine-tuned on ``attack_items`` (the adapter's model is not changed); None when
     the fine-tuning diverged (the loop's guard would hand back barely trained weights, which would read
-    as a model that resists relearning)."""
-    attacked = adapter.with_model(clone_model(adapter.model))
+    as a model that resists relearning).
+
+    Every weight is fine-tuned, whatever the model froze: LoRA adapters are merged into the copy first and all
+    its parameters train, so the attack on an unlearned model is the same full fine-tuning as on the control."""
+    attacked = adapter.with_model(_plain_copy(adapter.model).requires_grad_(True))
     config = TrainConfig(epochs=10**6, max_steps=settings.steps, lr=settings.lr, batch_size=settings.batch_size,
                          seed=settings.seed, grad_clip=1.0)
     items = list(attack_items)
@@ -144,11 +154,12 @@ def with_context(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def quantized(adapter: Any) -> Any:
-    """A dynamically int8-quantized copy of the model (linear layers; GPT-2 Conv1D layers converted first).
+    """A dynamically int8-quantized copy of the model (linear layers; GPT-2 Conv1D layers converted first;
+    LoRA adapters merged first).
 
     The copy lives on the CPU, where PyTorch's dynamic int8 kernels run, whatever device the model is on.
     """
-    model = copy.deepcopy(adapter.model).float().cpu().eval()
+    model = _plain_copy(adapter.model).float().cpu().eval()
     _conv1d_to_linear(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notice is not for users to act on
