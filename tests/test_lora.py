@@ -88,6 +88,10 @@ def test_lora_npo_trains_only_the_adapter_and_merges_into_the_targets(lm):
     with torch.no_grad():
         assert adapter.per_item_loss(model, batch).mean() > adapter.per_item_loss(adapter.model, batch).mean()
     assert record.params["lora"]["targets"] == ["c_attn"] and record.params["lora"]["r"] == 4
+    # PEFT froze every base weight; the merged model is trainable where the input was (a later fine-tune of a
+    # frozen model would have no parameters to train)
+    assert {k: p.requires_grad for k, p in model.named_parameters()} == \
+        {k: p.requires_grad for k, p in adapter.model.named_parameters()}
 
 
 def test_lora_runs_are_repeatable_and_follow_the_seed(lm):

@@ -203,6 +203,8 @@ class Prepared:
     #: With LoRA and bf16: the input's weights that the bf16 cast rounds (on the CPU), restored under the
     #: adapters before they merge; empty for a bfloat16 input.
     base_weights: dict[str, torch.Tensor] | None = None
+    #: With LoRA: which of the input's parameters required gradients (PEFT freezes them all), given back on merge.
+    trainable: dict[str, bool] = field(default_factory=dict)
 
 
 def prepare_model(model: nn.Module, options: MemoryOptions, seed: int = 0) -> Prepared:
@@ -223,6 +225,7 @@ def prepare_model(model: nn.Module, options: MemoryOptions, seed: int = 0) -> Pr
         if hasattr(getattr(model, "config", None), "use_cache"):  # else transformers warns at every step
             prepared.use_cache, model.config.use_cache = model.config.use_cache, False
     if options.lora is not None:
+        prepared.trainable = {name: p.requires_grad for name, p in model.named_parameters()}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             prepared.peft = _inject_lora(model, options.lora)
@@ -321,7 +324,12 @@ def finish_model(prepared: Prepared, result: nn.Module, method: str, diverged: b
         if options.bf16:  # merge in the original precision onto the input's unrounded weights
             prepared.peft.to(prepared.dtype)
             _restore_base(prepared.model, prepared.base_weights or {})
-        model = prepared.peft.merge_and_unload() if options.lora.save == "merged" else prepared.peft
+        if options.lora.save == "merged":  # a plain model again, trainable where the input was
+            model = prepared.peft.merge_and_unload()
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(prepared.trainable.get(name, True))
+        else:
+            model = prepared.peft
     if options.gradient_checkpointing:
         _checkpointing(prepared.model, on=False)
         if prepared.use_cache is not None:
