@@ -139,5 +139,9 @@ def load_causal_lm(folder: Path, **adapter_settings: Any) -> Any:
     adapter = CausalLMAdapter.from_pretrained(folder / BASE_FOLDER, **adapter_settings)
     settings = json.loads((folder / WRAPPER_FILE).read_text(encoding="utf-8")).get("settings", {})
     tensors = load_state_dict(folder / WRAPPER_TENSORS)
-    wrapper = _wrapper_classes()[method].restore(adapter.model, tensors, settings)
+    try:
+        wrapper = _wrapper_classes()[method].restore(adapter.model, tensors, settings)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise UserInputError(f"The {method} wrapper in {folder} is incomplete or damaged ({type(error).__name__}: "
+                             f"{error}).") from None
     return adapter.with_model(wrapper.load_own(tensors).eval())
