@@ -70,3 +70,22 @@ def test_odd_streams_are_one_sentence_exit_2_and_write_nothing(tmp_path, stream,
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_requests_that_leave_a_task_with_no_sample_forget_that_task():
+    """Unlearning every sample of task 1 by id is forgetting task 1: the learner stops counting it as learned
+    (its classes, LwF's teacher, GPM's basis), and the metrics score it as forgotten, as for unlearn:1."""
+    from unlearnkit.continual.runner import run_stream
+    from unlearnkit.continual.scenarios import split_digits
+
+    scenario = split_digits(0)
+    ids = scenario.tasks[1].train_ids.tolist()
+    half = len(ids) // 2
+    first, rest = ";".join(map(str, ids[:half])), ";".join(map(str, ids[half:]))
+    run = run_stream(scenario, "lwf", f"learn:0,learn:1,unlearn:ids={first},unlearn:ids={rest},learn:2",
+                     unlearner="gradient_ascent", reference=False, params={"epochs": 1})
+    assert run.final.learned_tasks == {0, 2}
+    assert "forgotten_tasks" not in run.steps[2].info and run.steps[3].info["forgotten_tasks"] == [1]
+    assert run.metrics["forgotten_acc"] == pytest.approx(run.steps[-1].accuracy[1])
+    assert run.metrics["avg_acc"] == pytest.approx((run.steps[-1].accuracy[0] + run.steps[-1].accuracy[2]) / 2)
+    assert run.metrics["relapse"] is not None  # task 1 was forgotten and learning followed

@@ -71,11 +71,17 @@ def forgetting_max(matrix: np.ndarray) -> float:
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What a stream step did, for the stream metrics: its action, its task and the tasks it touched."""
+    """What a stream step did, for the stream metrics: its action, its task, the tasks it touched and, for an
+    unlearning step, the tasks it forgot: every learned task left with no training sample (default: its own task)."""
 
     action: str
     task: int | None = None
     touched: tuple[int, ...] = ()
+    forgotten: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.forgotten is None:
+            object.__setattr__(self, "forgotten", (self.task,) if self.action == "unlearn" and self.task is not None else ())
 
 
 def _mean(values: list[float]) -> float | None:
@@ -86,7 +92,9 @@ def stream_metrics(matrix: np.ndarray, initial: Sequence[float], steps: Sequence
     """All metrics of a learn/unlearn stream; ``matrix[s, i]`` is task i's accuracy after step s.
 
     ``touched`` of an unlearning step lists the tasks whose training samples it removed (all of
-    them for a task request). Metrics that do not apply (e.g. relapse without unlearning) are None.
+    them for a task request), ``forgotten`` the tasks it left with none: those count as forgotten from then on
+    (relapse, forgotten-task accuracy), whether a task request or sample requests removed them. Metrics that do
+    not apply (e.g. relapse without unlearning) are None.
     """
     r, b = np.asarray(matrix, dtype=float), np.asarray(initial, dtype=float)
     rows = [b, *r]  # rows[s + 1] is the state after step s; rows[0] the untrained model
@@ -96,9 +104,10 @@ def stream_metrics(matrix: np.ndarray, initial: Sequence[float], steps: Sequence
             last_learn[step.task] = s
             first_learn.setdefault(step.task, s)
             forgotten_at.pop(step.task, None)
-        elif step.action == "unlearn" and step.task is not None:
-            last_learn.pop(step.task, None)
-            forgotten_at[step.task] = s
+        elif step.action == "unlearn":
+            for task in step.forgotten:
+                last_learn.pop(task, None)
+                forgotten_at[task] = s
     retained = sorted(last_learn)
     last_change = max((s for s, step in enumerate(steps) if step.action != "evaluate"), default=-1)
     earlier = [i for i in retained if last_learn[i] != last_change]
@@ -116,17 +125,18 @@ def stream_metrics(matrix: np.ndarray, initial: Sequence[float], steps: Sequence
 
 
 def relapses(matrix: np.ndarray, steps: Sequence[StepInfo]) -> list[float]:
-    """For each task-unlearning step followed by learning before its task is learned again:
+    """For each task an unlearning step forgot, followed by learning before that task is learned again:
     max(0, highest accuracy of that task from the first later learning step on − accuracy right after).
     Requests with no such learning step are left out."""
     out = []
     for s, step in enumerate(steps):
-        if step.action != "unlearn" or step.task is None:
+        if step.action != "unlearn":
             continue
-        end = next((k for k in range(s + 1, len(steps)) if steps[k].action == "learn" and steps[k].task == step.task), len(steps))
-        start = next((k for k in range(s + 1, end) if steps[k].action == "learn"), None)
-        if start is not None:
-            out.append(float(max(0.0, matrix[start:end, step.task].max() - matrix[s, step.task])))
+        for task in step.forgotten:
+            end = next((k for k in range(s + 1, len(steps)) if steps[k].action == "learn" and steps[k].task == task), len(steps))
+            start = next((k for k in range(s + 1, end) if steps[k].action == "learn"), None)
+            if start is not None:
+                out.append(float(max(0.0, matrix[start:end, task].max() - matrix[s, task])))
     return out
 
 
@@ -137,8 +147,7 @@ def spillovers(rows: Sequence[np.ndarray], steps: Sequence[StepInfo]) -> list[fl
         if step.action == "learn":
             learned.add(step.task)
         elif step.action == "unlearn":
-            if step.task is not None:
-                learned.discard(step.task)
+            learned -= set(step.forgotten)
             kept = sorted(learned - set(step.touched))
             if kept:
                 out.append(float(np.mean([rows[s][j] - rows[s + 1][j] for j in kept])))

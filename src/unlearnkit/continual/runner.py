@@ -117,6 +117,10 @@ class _History:
         lookup = torch.tensor(sorted(ids), dtype=torch.long)
         self.events = [(t, e[~torch.isin(e, lookup)]) for t, e in self.events]
 
+    def emptied(self, tasks: Sequence[int]) -> tuple[int, ...]:
+        """Those of ``tasks`` (learned at some point) that have no training sample left."""
+        return tuple(t for t in tasks if not any(len(e) for task, e in self.events if task == t))
+
 
 def retrain(spec: str, scenario: Scenario, seed: int, params: Mapping[str, Any] | None, history: _History) -> Strategy:
     """The strategy trained from scratch on the remaining data, in the original order of requests."""
@@ -220,10 +224,15 @@ def run_stream(
             forget = wanted & history.learned()
             touched, samples = history.touched(forget), len(forget)
             history.remove(forget)
+            forgotten = history.emptied(touched)
             if unlearner_name == "retrain":
                 learner = retrain(strategy, scenario, seed, params, history)
             else:
                 extra = apply_unlearner(learner, unlearner_name, scenario, request.task, forget, history.learned(), unlearner_params)
+                for task_index in set(forgotten) - {request.task}:  # left with no sample: forgotten as a whole
+                    learner.purge(set(), task_index)
+            if forgotten != ((request.task,) if request.task is not None else ()):
+                extra["forgotten_tasks"] = list(forgotten)
         seconds = time.perf_counter() - start
         log_probs = task_log_probs(learner, scenario)
         step = StepResult(index, request.action, request.task, request.token, seconds, accuracies(log_probs, scenario), samples, info=extra)
@@ -236,7 +245,8 @@ def run_stream(
                     retrain(strategy, scenario, seed, params, history), scenario)
                 step.retrain_gap, step.retrain_output_kl = _distance(log_probs, ref, scenario, sorted(set(learned_tasks)))
         results.append(step)
-        infos.append(StepInfo(request.action, request.task, touched))
+        infos.append(StepInfo(request.action, request.task, touched,
+                              forgotten if request.action == "unlearn" else None))
     matrix = np.stack([s.accuracy for s in results])
     metrics = stream_metrics(matrix, initial, infos)
     gaps = [s.retrain_gap for s in results if s.retrain_gap is not None]
