@@ -31,21 +31,28 @@ def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    text = path.read_text(encoding="utf-8")
+    # utf-8-sig: a byte order mark (Windows editors write one) is not part of the first record
+    text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as error:
             raise UserInputError(f"{path} is not valid JSON (line {error.lineno}: {error.msg}).") from None
+        except RecursionError:
+            raise UserInputError(f"{path} is nested too deeply to be read as JSON.") from None
         return [(i + 1, _as_record(row, path, i + 1)) for i, row in enumerate(rows)]
     records = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # at newlines only (read_text made \r\n and \r into \n): str.splitlines also splits at U+2028, U+2029
+    # and U+0085, which JSON strings may hold unescaped
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
             records.append((number, _as_record(json.loads(line), path, number)))
         except json.JSONDecodeError as error:
             raise UserInputError(f"{path} line {number} is not valid JSON ({error.msg}).") from None
+        except RecursionError:
+            raise UserInputError(f"{path} line {number} is nested too deeply to be read as JSON.") from None
     return records
 
 
@@ -58,11 +65,14 @@ def _as_record(row: Any, path: Path, number: int) -> dict[str, Any]:
 def _csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
     # the default limit (131,072 characters) is below a flattened image written as "[...]" text
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's "CSV UTF-8" starts with a BOM
         reader = csv.DictReader(handle)
         try:
             if not reader.fieldnames:
                 return []
+            twice = next((name for i, name in enumerate(reader.fieldnames) if name in reader.fieldnames[:i]), None)
+            if twice is not None:  # DictReader would keep the last such column's values and drop the others
+                raise UserInputError(f"{path} line {reader.line_num} names the column {twice!r} twice; give each column its own name.")
             return [(reader.line_num, _csv_record(row, path, reader.line_num)) for row in reader]
         except csv.Error as error:
             # the inner reader's count: it includes the line that failed
@@ -91,5 +101,7 @@ def require_fields(records: Sequence[tuple[int, dict[str, Any]]], fields: Sequen
         for name in fields:
             if record.get(name) == "":
                 raise UserInputError(f"{path} line {number} has an empty {name!r}; every item needs a non-empty one.")
+            if name in record and record[name] is None:  # JSON null, Parquet null, or a CSV row cut short
+                raise UserInputError(f"{path} line {number} has no value for the field {name!r}; every item needs one.")
             if record.get(name) is None:
                 raise UserInputError(f"{path} line {number} has no field {name!r} (fields found: {', '.join(record) or 'none'}).")

@@ -34,6 +34,10 @@ IGNORE = -100
 PLAIN_PROMPT = "Question: {question}\nAnswer: "
 #: How many items' token ids an adapter keeps (beyond it, further items are tokenized at each use).
 ENCODED_ITEMS_KEPT = 100_000
+#: Greedy decoding, whatever the model's saved ``generation_config.json`` asks for (``generate`` fills every
+#: setting not passed from it: Qwen2.5's sets ``repetition_penalty=1.05``, others beams or a minimum length;
+#: ``min_new_tokens=0`` also overrides a ``min_length``).
+GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0}
 #: File names any Hugging Face tokenizer folder holds at least one of.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 
@@ -203,11 +207,17 @@ class CausalLMAdapter:
         """The text placed before the answer: the chat template when the tokenizer has one (with the
         system prompt as a system turn), else the plain format (after the system prompt and a newline)."""
         if getattr(self.tokenizer, "chat_template", None):
+            from jinja2 import TemplateError
+
             system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-            return self.tokenizer.apply_chat_template(
-                [*system, {"role": "user", "content": question}], tokenize=False, add_generation_prompt=True,
-                **self.template_args,
-            )
+            try:
+                return self.tokenizer.apply_chat_template(
+                    [*system, {"role": "user", "content": question}], tokenize=False, add_generation_prompt=True,
+                    **self.template_args,
+                )
+            except TemplateError as error:  # e.g. Gemma's template refuses a system turn
+                raise UserInputError(f"The tokenizer's chat template cannot format the prompt ({error}); check the "
+                                     "system prompt and template arguments against the template.") from None
         prefix = f"{self.system_prompt}\n" if self.system_prompt else ""
         return prefix + PLAIN_PROMPT.format(question=question)
 
@@ -218,6 +228,11 @@ class CausalLMAdapter:
     def _plain(self) -> bool:
         return not getattr(self.tokenizer, "chat_template", None)
 
+    @property
+    def _joint(self) -> bool:
+        """Whether a prompt is tokenized together with its answer (a plain prompt and a tokenizer with offsets)."""
+        return self._plain and bool(getattr(self.tokenizer, "is_fast", False))
+
     def _bos(self) -> list[int]:
         """The BOS id the tokenizer puts before a text by default (plain prompts only; chat templates write it)."""
         bos = self.tokenizer.bos_token_id
@@ -225,16 +240,17 @@ class CausalLMAdapter:
         return [bos] if self._plain and bos is not None and default and default[0] == bos else []
 
     def prompt_ids(self, question: str) -> list[int]:
-        """The ids a model is prompted with: BOS when the tokenizer adds one, then the prompt. A plain
-        prompt's trailing space is left to the answer, as tokenizing the whole text does ("Answer:" + " Alia")."""
+        """The ids a model is prompted with: BOS when the tokenizer adds one, then the prompt, as
+        :meth:`encode_item` puts them before the answer. A plain prompt tokenized with its answer leaves its
+        trailing space to the answer, as tokenizing the whole text does ("Answer:" + " Alia")."""
         text = self.prompt(question)
-        return self._bos() + self._encode(text.rstrip() if self._plain else text)
+        return self._bos() + self._encode(text.rstrip() if self._joint else text)
 
     def _split_ids(self, question: str, answer: str) -> tuple[list[int], list[int]]:
         """Prompt and answer ids. A plain prompt is tokenized together with its answer, as a model trained on
-        the whole text saw it, and split where the prompt's text ends."""
+        the whole text saw it, and split where the prompt's text ends (when the tokenizer gives offsets)."""
         text = self.prompt(question)
-        if not (self._plain and getattr(self.tokenizer, "is_fast", False)):
+        if not self._joint:  # a chat template, or a tokenizer without offsets: prompt and answer apart
             return self._bos() + self._encode(text), self._encode(answer)
         whole = self.tokenizer(text + answer, add_special_tokens=False, return_offsets_mapping=True)
         cut = len(text.rstrip())
@@ -450,7 +466,7 @@ class CausalLMAdapter:
         device = next(model.parameters()).device
         out = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id, **GREEDY,
         )
         return [self._decode_until_eos(row[width:].tolist()) for row in out]
 

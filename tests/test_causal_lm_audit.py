@@ -1,0 +1,112 @@
+"""Audit of the causal-LM adapter and the user data reader: prompts, generation settings, data-file edge cases."""
+
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+import torch
+
+from lm_fixtures import tiny_lm, tiny_qa
+from unlearnkit.errors import UserInputError
+from unlearnkit.userdata import read_records, require_fields
+
+
+# ---------------------------------------------------------------------- causal_lm.py
+def test_a_python_tokenizer_prompts_generation_with_the_ids_its_answers_were_trained_after():
+    """A tokenizer without offsets (not "fast") encodes the plain prompt apart from its answer, trailing space
+    included; generation must be prompted with those same ids, not with the prompt stripped of its space."""
+    from transformers import ByT5Tokenizer, GPT2Config, GPT2LMHeadModel
+
+    from unlearnkit.adapters.causal_lm import CausalLMAdapter
+
+    tokenizer = ByT5Tokenizer()  # byte-level, needs no files
+    assert not tokenizer.is_fast
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=16, n_layer=1, n_head=2,
+                                       bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+                                       pad_token_id=tokenizer.pad_token_id))
+    adapter = CausalLMAdapter(model.eval(), tokenizer, max_length=128)
+    item = {"question": "Where was Alia born?", "answer": "Alia was born in Varna."}
+    prompt, target = adapter.encode_item(item)
+    assert adapter.prompt_ids(item["question"]) == prompt
+    assert tokenizer.decode(prompt + target[:-1]) == f"Question: {item['question']}\nAnswer: {item['answer']}"
+
+
+def test_generation_is_greedy_whatever_the_model_saved_generation_config_asks_for():
+    """A saved generation_config.json (Qwen2.5's sets repetition_penalty=1.05, some set beams) must not change
+    what the adapter documents as greedy decoding."""
+    items = tiny_qa(6)
+    adapter = tiny_lm(items, seed=3)
+    questions = [it["question"] for it in items]
+    greedy = adapter.generate(adapter.model, questions, max_new_tokens=12)
+    config = adapter.model.generation_config
+    config.repetition_penalty, config.no_repeat_ngram_size, config.num_beams, config.min_new_tokens = 4.0, 1, 3, 12
+    assert adapter.generate(adapter.model, questions, max_new_tokens=12) == greedy
+
+
+def test_a_chat_template_that_refuses_the_prompt_is_a_user_error():
+    """Gemma's template raises on a system turn; the user gets one sentence, not a Jinja traceback."""
+    adapter = tiny_lm(tiny_qa(2))
+    adapter.tokenizer.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    adapter.system_prompt = "Be brief."
+    with pytest.raises(UserInputError, match="chat template.*System role not supported"):
+        adapter.collate(tiny_qa(1))
+
+
+# ---------------------------------------------------------------------- userdata.py
+def test_a_utf8_file_with_a_byte_order_mark_reads_like_one_without(tmp_path):
+    """Excel's "CSV UTF-8" and Windows editors write a BOM; it is not part of the first column's name."""
+    csv_file, jsonl_file = tmp_path / "forget.csv", tmp_path / "forget.jsonl"
+    csv_file.write_text("question,answer\nWhere?,Here.\n", encoding="utf-8-sig")
+    jsonl_file.write_text(json.dumps({"question": "Where?", "answer": "Here."}) + "\n", encoding="utf-8-sig")
+    for path in (csv_file, jsonl_file):
+        records = read_records(path)
+        assert records == [(2 if path.suffix == ".csv" else 1, {"question": "Where?", "answer": "Here."})]
+        require_fields(records, ["question", "answer"], path)
+
+
+def test_jsonl_lines_are_split_at_newlines_only(tmp_path):
+    """JSON keeps U+2028, U+2029 and U+0085 unescaped inside strings (json.dumps with ensure_ascii=False)."""
+    rows = [{"question": "First\u2028line?", "answer": "A\x85B"}, {"question": "Q2\u2029", "answer": "A2"}]
+    path = tmp_path / "forget.jsonl"
+    path.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n", encoding="utf-8")
+    assert read_records(path) == [(1, rows[0]), (2, rows[1])]
+
+
+@pytest.mark.parametrize("name", ["forget.jsonl", "forget.json"])
+def test_deeply_nested_json_is_a_user_error(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("[" * 100_000 + "\n", encoding="utf-8")
+    with pytest.raises(UserInputError, match=f"{name} .*nested too deeply"):
+        read_records(path)
+
+
+def test_a_field_present_without_a_value_is_named_as_such(tmp_path):
+    """A short CSV row and a JSON null have the field's name but no value: the message must not claim the
+    field is missing while listing it among the fields found."""
+    short = tmp_path / "forget.csv"
+    short.write_text("question,answer\nWhere?\n", encoding="utf-8")
+    null = tmp_path / "forget.jsonl"
+    null.write_text(json.dumps({"question": "Where?", "answer": None}) + "\n", encoding="utf-8")
+    for path in (short, null):
+        with pytest.raises(UserInputError, match="line [12] has no value for the field 'answer'") as error:
+            require_fields(read_records(path), ["question", "answer"], path)
+        assert "fields found" not in str(error.value)
+    missing = tmp_path / "other.jsonl"
+    missing.write_text(json.dumps({"question": "Where?"}) + "\n", encoding="utf-8")
+    with pytest.raises(UserInputError, match="line 1 has no field 'answer' \\(fields found: question\\)"):
+        require_fields(read_records(missing), ["question", "answer"], missing)
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
+    """csv.DictReader keeps the last of two same-named columns and drops the other without a word."""
+    path = tmp_path / "forget.csv"
+    path.write_text("question,answer,answer\nWhere?,Here.,There.\n", encoding="utf-8")
+    with pytest.raises(UserInputError, match="names the column 'answer' twice"):
+        read_records(path)
