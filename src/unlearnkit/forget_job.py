@@ -142,7 +142,10 @@ def _lm_items(records, job: ForgetJob, path: Path) -> list[dict[str, str]]:
     items = []
     for number, record in records:
         for name in (job.question_field, job.answer_field):
-            _require_utf8(str(record[name]), f"{path} line {number}: field {name!r}")
+            value = record[name]
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):  # str() would invent the text
+                raise UserInputError(f"{path} line {number}: field {name!r} holds a {type(value).__name__}, not text.")
+            _require_utf8(str(value), f"{path} line {number}: field {name!r}")
         items.append({"question": str(record[job.question_field]), "answer": str(record[job.answer_field])})
     return items
 
