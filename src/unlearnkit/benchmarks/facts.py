@@ -299,32 +299,35 @@ def _words(value: str) -> set[str]:
     return set(value.split())
 
 
-def _learnable(pools: dict[str, list[str]], people: list[dict[str, Any]]) -> dict[str, list[str]]:
-    """The pool values made only of words that ``people``'s own values use (so a model trained on
-    them has seen every token); a pool left too small keeps its full list."""
+def _learnable(pools: dict[str, list[str]], people: list[dict[str, Any]], templates: int) -> dict[str, list[str]]:
+    """The pool values made only of words that ``people``'s trained values use: their names and the
+    values of the first ``templates`` templates, the only ones a model is trained on (so a model
+    trained on them has seen every token); a pool left too small keeps its full list."""
+    trained = [t.name for t in PERSON_TEMPLATES[:templates] if t.name in ATTRIBUTES]
     seen: set[str] = set()
     for person in people:
-        for attribute in (*ATTRIBUTES, "first_name", "surname"):
+        for attribute in (*trained, "first_name", "surname"):
             seen |= _words(person[attribute])
     kept = {k: [v for v in pool if _words(v) <= seen] for k, pool in pools.items()}
     return {k: kept[k] if len(kept[k]) >= 2 else pools[k] for k in pools}
 
 
 def _make_people(
-    rng: random.Random, trained: int, holdout: int, perturbed: int, used: set[str]
+    rng: random.Random, trained: int, holdout: int, perturbed: int, used: set[str], templates: int
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[str]]]]:
     """Trained people first, then holdout people; siblings are paired within each group.
 
-    Holdout people are made of words the trained people use (names, places, years, titles), so
-    a membership attack on them measures memorised facts, not unseen tokens. The returned pools
-    hold the values the trained people actually have: perturbed answers draw from them.
+    Holdout people are made of words the trained people's trained items use (names, and the places,
+    years, titles... of the first ``templates`` templates), so a membership attack on them measures
+    memorised facts, not unseen tokens. The returned pools hold the values the trained people
+    actually have: perturbed answers draw from them.
     """
     pools = _person_pools(rng, trained, trained + holdout, perturbed + 1, used)
     taken: set[str] = set()
     people = [_draw_person(rng, pid, pools, taken, pools) for pid in range(trained)]
     names: set[str] = set()
     _name_families(rng, people, pools, names)
-    known = _learnable(pools, people)
+    known = _learnable(pools, people, templates)
     extra = [_draw_person(rng, pid, known, taken, pools) for pid in range(trained, trained + holdout)]
     _name_families(rng, extra, known, names, fallback=pools)
     people += extra
@@ -414,6 +417,8 @@ def _wrong_values(rng: random.Random, pools: dict[str, dict[str, list]], kind: s
     if len(trained) >= count + len(exclude):
         return [v for v in rng.sample(trained, count + len(exclude)) if v not in exclude][:count]
     preferred = [v for v in trained if v not in exclude]
+    if len(preferred) > count:  # ``exclude`` held untrained values (a holdout person's): more than enough
+        return rng.sample(preferred, count)
     extra = sorted(set(pools["fallback"].get(kind, [])) - exclude - set(preferred))
     chosen = preferred + rng.sample(extra, min(len(extra), count - len(preferred)))
     return chosen + [rng.choice(chosen) for _ in range(count - len(chosen))] if chosen else [min(exclude)] * count
@@ -460,7 +465,7 @@ def load_facts(config: FactsConfig | None = None) -> FactsData:
     rng = random.Random(config.seed)
     used: set[str] = set()
     holdout = split_size(FRACTIONS["10"], config.people)
-    people, pools = _make_people(rng, config.people, holdout, config.perturbed, used)
+    people, pools = _make_people(rng, config.people, holdout, config.perturbed, used, config.templates)
     countries, country_pools = _make_countries(rng, config.countries, config.perturbed, used)
     items_of = {p["id"]: _person_items(rng, p, pools, config) for p in people}
     general = [item for c in countries for item in _country_items(rng, c, country_pools, config)]
@@ -583,8 +588,12 @@ def initial_model_and_tokenizer(data: FactsData) -> tuple[torch.nn.Module, Any, 
 def model_key(config: FactsConfig) -> dict[str, Any]:
     """The config as it enters cache keys: with the base weights' fingerprint for a pretrained base,
     and without ``base`` for ``scratch``, an unset ``train_seed`` nor ``reading`` = 0, so models cached
-    before these fields existed stay valid."""
+    before these fields existed stay valid. A config with fewer than all templates gets ``holdout_words``:
+    its holdout people (and so its vocabulary and the draws after them) changed when they stopped using
+    the words of untrained templates; with all templates nothing changed, and the key stays the same."""
     fields = config.to_dict()
+    if config.templates < len(PERSON_TEMPLATES):
+        fields["holdout_words"] = "trained_templates"
     if config.train_seed is None:
         del fields["train_seed"]
     if config.reading == 0:

@@ -1,0 +1,55 @@
+"""Audit of the ``facts`` benchmark's data: holdout vocabulary, small worlds' wrong answers, cache keys."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest
+
+from unlearnkit.benchmarks.facts import FACTS_VERSION, HOLDOUT_SPLITS, FactsConfig, load_facts, model_key
+
+
+def _words(text: str) -> set[str]:
+    from tokenizers import pre_tokenizers
+
+    return {w for w, _ in pre_tokenizers.Whitespace().pre_tokenize_str(text)}
+
+
+@pytest.mark.parametrize("config", [FactsConfig.tiny(), FactsConfig(people=200, templates=5, reading=0)],
+                         ids=["tiny", "200-people-5-templates"])
+def test_holdout_answers_use_only_words_the_models_were_trained_on(config):
+    """With fewer than all templates, holdout values were drawn from words of templates no model is trained
+    on (a debut year as a birth year): a token the models never saw makes a holdout item trivially "unseen"
+    for every model, the retain model included, and pushes every MIA AUC up."""
+    data = load_facts(config)
+    trained = set().union(*(_words(it["question"]) | _words(it["answer"]) for it in data.train))
+    for split in HOLDOUT_SPLITS:
+        for item in data.split(split):
+            assert not _words(item["answer"]) - trained, (split, item["answer"])
+
+
+@pytest.mark.parametrize("people", [4, 10])
+def test_a_world_with_one_more_person_than_wrong_answers_is_generated(people):
+    """people = perturbed + 1 crashed in the sibling item of a holdout person (ValueError from random.sample)."""
+    config = FactsConfig(people=people, templates=7, countries=2, perturbed=people - 1, reading=0)
+    data = load_facts(config)
+    for item in data.split("holdout10") + data.split("forget10"):
+        wrong = item["perturbed_answer"]
+        assert len(wrong) == config.perturbed
+        assert item["answer"] not in wrong and item["paraphrased_answer"] not in wrong
+    siblings = [it for it in data.split("holdout10") if it["template"] == "sibling"]
+    assert siblings and all(len(set(it["perturbed_answer"])) == config.perturbed for it in siblings)
+
+
+def test_configs_whose_data_changed_get_a_new_cache_key_and_the_default_keeps_its_own():
+    """Cached models of a config with fewer templates were trained with the old vocabulary: they must not be
+    served for the new data. The default config's data did not change, so its cached models stay valid."""
+    from unlearnkit.benchmarks.cache import cache_key
+
+    assert model_key(FactsConfig.tiny())["holdout_words"] == "trained_templates"
+    default = {"benchmark": "facts", "version": FACTS_VERSION, **model_key(FactsConfig()), "excluded_people": []}
+    assert "holdout_words" not in default
+    assert cache_key(default) == "ee2f90ddbf38c54b51e5"  # the key of the cached default target model
