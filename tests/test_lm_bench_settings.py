@@ -26,3 +26,14 @@ def test_facts_request_carries_the_holdout_of_the_same_size():
         assert list(request.holdout) == holdout
         trained = {it["id"] for it in data.train}
         assert not trained & {it["id"] for it in request.holdout}
+
+
+def test_a_reference_model_that_did_not_memorise_its_answers_is_named_in_a_note():
+    from unlearnkit.benchmarks.lm_bench import unmemorised_notes
+
+    references = [("target", None, {"memorised": True, "answer_token_accuracy": 0.995}),
+                  ("retain", None, {"memorised": False, "answer_token_accuracy": 0.9312}),
+                  ("retain_seed1", None, {})]  # cached before the flag existed: nothing to say
+    notes = unmemorised_notes(references, 0.99)
+    assert notes == ["retain stopped at answer-token accuracy 0.9312, below the 0.99 the recipe trains to (its epoch "
+                     "limit came first): it only partly memorised its training answers."]

@@ -249,6 +249,7 @@ def run_lm_bench(
         results["relearn"] = dataclasses.asdict(relearn)
     notes = ([RETRAIN_SEEDS_NOTE] if retrain_seeds else []) + not_run
     notes += [relearn.describe(config.lr)] if "relearn" in attacks else []
+    notes += unmemorised_notes(references, config.target_accuracy)
     if notes:
         results["notes"] = notes
     base = "" if config.base == "scratch" else f" --base {config.base}"
@@ -295,6 +296,14 @@ TOFU_SPLIT_FIELDS = {
 OPTIONAL_TOFU_SPLITS = ("real_authors",)
 #: New tokens of each ROUGE generation in ``evaluate`` (TOFU generates up to 200).
 TOFU_MAX_NEW_TOKENS = 200
+
+
+def unmemorised_notes(references: Sequence[tuple[str, Any, Mapping[str, Any]]], target_accuracy: float) -> list[str]:
+    """A note for each reference model whose training stopped before it memorised its answers (its epoch limit
+    came first): its rows, and every comparison with it, are then of a model that only partly knows its facts."""
+    return [f"{role} stopped at answer-token accuracy {meta['answer_token_accuracy']:.4f}, below the "
+            f"{target_accuracy} the recipe trains to (its epoch limit came first): it only partly memorised its "
+            "training answers." for role, _, meta in references if meta.get("memorised") is False]
 
 
 def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]:
