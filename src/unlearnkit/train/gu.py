@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import UserInputError
-from .config import TrainConfig
+from .config import TrainConfig, finite_number
 
 #: Values accepted for a method config's ``project`` field.
 PROJECTIONS = ("gu",)
@@ -72,8 +72,12 @@ class ProjectionConfig(TrainConfig):
             raise UserInputError(f"Unknown projection project={self.project!r}; valid: none, {', '.join(PROJECTIONS)}.")
         if not (isinstance(self.gu_rank, int) and self.gu_rank >= 1):
             raise UserInputError(f"gu_rank must be a positive integer, got gu_rank={self.gu_rank}.")
-        if not self.gu_repair >= 0:
+        if not (finite_number(self.gu_repair) and self.gu_repair >= 0):
             raise UserInputError(f"gu_repair must be a non-negative number, got gu_repair={self.gu_repair}.")
+        # GU protects the directions of the method's (weighted) retain term; with its weight α at 0 there are none
+        if self.project is not None and getattr(self, "alpha", None) == 0:
+            raise UserInputError("project=gu protects the directions of the retain term, which alpha=0 switches off; "
+                                 "give alpha > 0 or drop project.")
 
 
 def projector_for(config: ProjectionConfig) -> "GradientProjector | None":

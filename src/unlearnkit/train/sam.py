@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import UserInputError
-from .config import TrainConfig
+from .config import TrainConfig, finite_number
 from .gu import LossParts
 
 
@@ -36,9 +36,9 @@ class SharpnessConfig(TrainConfig):
     sam_rho: float = 0.0
 
     def check(self) -> None:
-        """Also require ρ ≥ 0."""
+        """Also require a finite ρ ≥ 0 (ρ = inf would move the weights to ±inf and end the run as diverged)."""
         super().check()
-        if not (isinstance(self.sam_rho, (int, float)) and self.sam_rho >= 0):
+        if not (finite_number(self.sam_rho) and self.sam_rho >= 0):
             raise UserInputError(f"sam_rho must be a non-negative number, got sam_rho={self.sam_rho}.")
 
 
