@@ -36,12 +36,12 @@ def lora_models():
 
 
 def test_relearning_runs_on_the_frozen_model_that_lora_unlearning_returns(lora_models):
-    # ``--lora r=8`` (merged, the default) hands back a plain model whose every parameter has requires_grad=False:
-    # the attack used to stop there with "optimizer got an empty parameter list"
+    # ``--lora r=8`` (merged, the default) handed back a plain model whose every parameter had requires_grad=False
+    # (now it keeps the input's flags), and a user may freeze a model: the attack used to stop there with
+    # "optimizer got an empty parameter list"
     items, target, _, _ = lora_models
     forget = [items[i] for i in FORGET]
-    unlearned = target.with_model(_lora_ascent(target, items, "r=4,alpha=8"))
-    assert not any(p.requires_grad for p in unlearned.model.parameters())
+    unlearned = target.with_model(_lora_ascent(target, items, "r=4,alpha=8").requires_grad_(False))
     attacked = relearn(unlearned, forget, RelearnSettings(steps=20, lr=3e-3, batch_size=3))
     assert answer_probability(attacked, forget) > answer_probability(unlearned, forget) + 0.1
     assert not any(p.requires_grad for p in unlearned.model.parameters())  # the input is left as it was
