@@ -73,10 +73,16 @@ def parse_strategies(text: str | None) -> list[str]:
     return names
 
 
-def _scenario(name: str, seed: int, data: str | None, options: list[str] | None):
-    from .scenarios import build_scenario
+def _scenario(name: str, seed: int, data: str | None, options: list[str] | None, *, outline: bool = False):
+    """The scenario; with ``outline``, a clofai folder's tasks, labels and split without its images read."""
+    from .scenarios import build_scenario, check_scenario_options
 
     settings = {k: _number(v) for k, v in parse_assignments(options, "--scenario-param").items()}
+    if outline and name == "clofai" and data:
+        from .clofai import clofai_outline
+
+        check_scenario_options(name, settings)
+        return clofai_outline(data, seed, **settings)
     return build_scenario(name, seed, data=data, **settings)
 
 
@@ -99,11 +105,14 @@ def continual(
     def work() -> None:
         from ..io import atomic_dir, write_json_atomic, write_text_atomic
         from .report import matrix_csv, print_run, save_heatmap
-        from .runner import run_stream
+        from .runner import plan_run, run_stream
 
         check_continual_input(out, scenario=scenario, data=data, seed=seed, overwrite=overwrite)
         params = parse_assignments(param, "--param")
         unlearn_params = parse_assignments(unlearner_param, "--unlearner-param")
+        if scenario == "clofai":  # reading the images takes long: check everything else on the folder's outline first
+            plan_run(_scenario(scenario, seed, data, scenario_param, outline=True), strategy, stream, seed=seed,
+                     unlearner=unlearner, params=params, unlearner_params=unlearn_params)
         chosen = _scenario(scenario, seed, data, scenario_param)
         with atomic_dir(out, overwrite=overwrite) as folder:
             run = run_stream(chosen, strategy, stream, seed=seed, unlearner=unlearner, params=params,

@@ -8,8 +8,11 @@ here::
     ROOT/<task folder>/fake/*.png|jpg|...
 
 Tasks are taken in sorted folder-name order; label 0 is real and 1 is fake. Images are converted
-to RGB, resized to ``image_size`` × ``image_size`` and scaled to [0, 1]. Each task is split into
-train and test with a seeded stratified split (CLOFAI uses 80/20).
+to RGB (16-bit greyscale scaled to 8 bits first), resized to ``image_size`` × ``image_size`` and
+scaled to [0, 1]. Each task is split into train and test with a seeded stratified split (CLOFAI
+uses 80/20).
+:func:`clofai_outline` gives the same tasks, labels and split without reading a pixel, so that a
+run's requests can be checked before the images are read.
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ def _read_image(path: Path, image_size: int) -> torch.Tensor:
 
     try:
         with Image.open(path) as image:
+            if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):  # 16-bit greyscale:
+                # convert("RGB") would clip every value above 255 to white instead of scaling it
+                image = Image.fromarray((np.asarray(image).astype(np.uint32) // 257).astype(np.uint8), "L")
             pixels = np.asarray(image.convert("RGB").resize((image_size, image_size)), dtype=np.float32) / 255.0
-    except OSError as error:
+    except (OSError, Image.DecompressionBombError) as error:
         raise UserInputError(f"The image {path} cannot be read ({error}).") from None
     return torch.from_numpy(pixels).permute(2, 0, 1)
 
@@ -74,30 +80,56 @@ def check_split(folder: Path, test_fraction: float) -> None:
         )
 
 
-def load_clofai(root: str | Path, seed: int = 0, *, image_size: int = 16, test_fraction: float = 0.2) -> Scenario:
-    """Read a CLOFAI-layout folder into a domain-incremental two-class scenario (one domain per task)."""
+def _layout(root: str | Path, seed: int, test_fraction: float) -> tuple[list[Path], list[tuple[list[Path], list[int], np.ndarray, np.ndarray]]]:
+    """The task folders and, per task, its image files, their labels and the sorted train and test positions."""
     from sklearn.model_selection import train_test_split
 
-    train_x, train_y, test_x, test_y, tasks = [], [], [], [], []
-    offset = 0
     folders = task_folders(root)
-    for folder in folders:  # all checked before any image is read
+    for folder in folders:  # all checked before any task is split
         check_split(folder, test_fraction)
-    for index, folder in enumerate(folders):
-        images, labels = [], []
-        for name, label in LABELS.items():
-            for path in _image_files(folder / name):
-                images.append(_read_image(path, image_size))
-                labels.append(label)
-        x, y = torch.stack(images), torch.tensor(labels)
+    tasks = []
+    for folder in folders:
+        files = {name: _image_files(folder / name) for name in LABELS}
+        paths = [path for name in LABELS for path in files[name]]
+        labels = [label for name, label in LABELS.items() for _ in files[name]]
         train, test = train_test_split(np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels)
-        train, test = torch.from_numpy(np.sort(train)), torch.from_numpy(np.sort(test))
-        train_x.append(x[train])
-        train_y.append(y[train])
-        test_x.append(x[test])
-        test_y.append(y[test])
-        ids = torch.arange(len(train)) + offset
+        tasks.append((paths, labels, np.sort(train), np.sort(test)))
+    return folders, tasks
+
+
+def _scenario(root: str | Path, seed: int, image_size: int, test_fraction: float, read: bool) -> Scenario:
+    folders, layout = _layout(root, seed, test_fraction)
+    shape = (3, image_size, image_size)
+    sizes = [len(train) for _, _, train, _ in layout]
+    if read:
+        train_x = torch.empty(sum(sizes), *shape)
+        test_x = [torch.empty(len(test), *shape) for _, _, _, test in layout]
+    else:  # every pixel zero, held in memory once: a view with zero strides
+        train_x = torch.zeros(()).expand(sum(sizes), *shape)
+        test_x = [torch.zeros(()).expand(len(test), *shape) for _, _, _, test in layout]
+    train_y, test_y, tasks = [], [], []
+    offset = 0
+    for index, (paths, labels, train, test) in enumerate(layout):
+        if read:  # each image straight into its row: no second copy of the data set
+            for row, position in enumerate(train):
+                train_x[offset + row] = _read_image(paths[position], image_size)
+            for row, position in enumerate(test):
+                test_x[index][row] = _read_image(paths[position], image_size)
+        y = torch.tensor(labels)
+        train_y.append(y[torch.from_numpy(train)])
+        test_y.append(y[torch.from_numpy(test)])
+        tasks.append(Task(index, torch.arange(len(train)) + offset, (0, 1), index, torch.arange(len(test))))
         offset += len(train)
-        tasks.append(Task(index, ids, (0, 1), index, torch.arange(len(test))))
     info = {"root": str(root), "task_names": [f.name for f in folders]}
-    return Scenario("clofai", "domain-il", 2, torch.cat(train_x), torch.cat(train_y), test_x, test_y, tasks, seed, epochs=3, info=info)
+    return Scenario("clofai", "domain-il", 2, train_x, torch.cat(train_y), test_x, test_y, tasks, seed, epochs=3, info=info)
+
+
+def load_clofai(root: str | Path, seed: int = 0, *, image_size: int = 16, test_fraction: float = 0.2) -> Scenario:
+    """Read a CLOFAI-layout folder into a domain-incremental two-class scenario (one domain per task)."""
+    return _scenario(root, seed, image_size, test_fraction, read=True)
+
+
+def clofai_outline(root: str | Path, seed: int = 0, *, image_size: int = 16, test_fraction: float = 0.2) -> Scenario:
+    """The scenario :func:`load_clofai` returns (same tasks, labels, split and sample ids) with no image read:
+    every pixel is zero (a read-only view). For checking a run's input before the images are read."""
+    return _scenario(root, seed, image_size, test_fraction, read=False)

@@ -42,6 +42,11 @@ def save_heatmap(run: ContinualRun, path: str | Path) -> None:
     axes.set_ylabel("after step")
     if rows <= 40:
         axes.set_yticks(range(rows), labels, fontsize=7)
+    else:  # row r is the state after step r − 1: tick step indices, not row numbers
+        from matplotlib.ticker import MaxNLocator
+
+        indices = [int(v) for v in MaxNLocator(nbins=10, integer=True).tick_values(1, rows - 2) if 1 <= v <= rows - 2]
+        axes.set_yticks([0] + [i + 1 for i in indices], ["untrained"] + [str(run.steps[i].index) for i in indices], fontsize=7)
     if cols <= 40:
         axes.set_xticks(range(cols), [str(c) for c in range(cols)], fontsize=7)
     if rows * cols <= 400:

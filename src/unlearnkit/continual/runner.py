@@ -187,6 +187,20 @@ def check_run_arguments(scenario: Any, strategy: Any, stream: Any, seed: Any) ->
     check_seed(seed, "seed")
 
 
+def plan_run(scenario: Scenario, strategy: str, stream: str | Sequence[str] | None, *, seed: int = 0,
+             unlearner: str | None = None, params: Mapping[str, Any] | None = None,
+             unlearner_params: Mapping[str, Any] | None = None) -> tuple[list[Request], str, Strategy]:
+    """Check a run's input without training: the stream's syntax and tasks, the strategy spec and settings,
+    and whether the unlearner can serve every unlearning request; return the requests, the unlearner and
+    the untrained strategy."""
+    check_run_arguments(scenario, strategy, stream, seed)
+    requests: list[Request] = default_stream(scenario) if stream is None else parse_stream(stream, len(scenario.train_y))
+    check_stream(requests, scenario)
+    unlearner_name = resolve_unlearner(strategy, unlearner, requests)
+    check_unlearner_params(unlearner_name, unlearner_params)
+    return requests, unlearner_name, build_strategy(strategy, scenario, seed, params)
+
+
 def run_stream(
     scenario: Scenario,
     strategy: str,
@@ -200,15 +214,10 @@ def run_stream(
 ) -> ContinualRun:
     """Run ``stream`` (default: learn every task in order) with ``strategy`` and measure every step.
 
-    All input is checked before any training: the stream's syntax and tasks, the strategy spec and
-    hyper-parameters, and whether the unlearner can serve every unlearning request.
+    All input is checked before any training (:func:`plan_run`).
     """
-    check_run_arguments(scenario, strategy, stream, seed)
-    requests: list[Request] = default_stream(scenario) if stream is None else parse_stream(stream, len(scenario.train_y))
-    check_stream(requests, scenario)
-    unlearner_name = resolve_unlearner(strategy, unlearner, requests)
-    check_unlearner_params(unlearner_name, unlearner_params)
-    learner = build_strategy(strategy, scenario, seed, params)
+    requests, unlearner_name, learner = plan_run(scenario, strategy, stream, seed=seed, unlearner=unlearner,
+                                                 params=params, unlearner_params=unlearner_params)
     history, results, infos, learned_tasks = _History(), [], [], []
     initial = accuracies(task_log_probs(learner, scenario), scenario)
     for index, request in enumerate(requests):
