@@ -173,6 +173,16 @@ def test_salt_from_environment_creates_no_file(path: Path, monkeypatch: pytest.M
         assert [row_id for row_id, _ in ledger.check_item("env item")] == [1]
 
 
+def test_a_salt_variable_naming_a_file_is_refused(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the variable holds the salt itself: a file name there became the (guessable) salt and nothing was read
+    salt_file = tmp_path / "env.salt"
+    salt_file.write_text(SALT)
+    monkeypatch.setenv("UNLEARNKIT_LEDGER_SALT", str(salt_file))
+    with pytest.raises(UserInputError, match=r"holds the salt itself, but its value names the file .*env\.salt"):
+        with Ledger(path) as ledger:
+            add(ledger, items=["env item"])
+
+
 def test_check_item_finds_the_forgotten_item_only(path: Path) -> None:
     tensor_item = (torch.tensor([1.0, 2.0]), 7)
     with Ledger(path, salt=SALT) as ledger:

@@ -348,7 +348,7 @@ def forget_command(
     project: Optional[str] = typer.Option(None, help=PROJECT_HELP),
     sampling: Optional[str] = typer.Option(None, help=SAMPLING_HELP),
     ledger: str = typer.Option("unlearnkit-ledger.db", help="Ledger: a SQLite file or any SQLAlchemy URL."),
-    salt_file: Optional[Path] = typer.Option(None, help="File holding the ledger's item salt (default: beside the ledger)."),
+    salt_file: Optional[Path] = typer.Option(None, help="File holding the ledger's item salt (default: <ledger-file>.salt, unless $UNLEARNKIT_LEDGER_SALT is set: that variable holds the salt itself, not a file name)."),
     subject: str = typer.Option("", help="Free text recorded in the ledger (e.g. the request's ticket); never shown to the model."),
     training_data: Optional[Path] = typer.Option(None, help="The model's training data: every forget item must be in it."),
     question_field: str = typer.Option("question", help="LM data: the question field."),

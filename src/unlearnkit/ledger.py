@@ -264,6 +264,16 @@ def salt_key(salt: str | bytes) -> bytes:
     return key
 
 
+def _environment_salt() -> str:
+    """The salt held in ``$UNLEARNKIT_LEDGER_SALT``; a value that names an existing file is refused, since it
+    would be used as the salt itself (a guessable one), not read."""
+    value = os.environ[SALT_ENV]
+    if os.path.exists(value):
+        raise UserInputError(f"${SALT_ENV} holds the salt itself, but its value names the file {value}; set it to the "
+                             "salt, or pass the file with --salt-file.")
+    return value
+
+
 def item_hash(item: Any, salt: str | bytes) -> str:
     """Salted SHA-256 (HMAC-SHA256 keyed by ``salt``) of the item's canonical bytes, as 64 hex digits."""
     return hmac.new(salt_key(salt), item_bytes(item), hashlib.sha256).hexdigest()
@@ -608,7 +618,7 @@ class Ledger:
         if self._salt_given is not None:
             self._key = salt_key(self._salt_given)
         elif self._salt_file is None and os.environ.get(SALT_ENV):
-            self._key = salt_key(os.environ[SALT_ENV])
+            self._key = salt_key(_environment_salt())
         else:
             self._key = salt_key(_read_or_create_salt(self.salt_path, self._target.label, create=create))
         return self._key

@@ -26,8 +26,8 @@ SaltFileOption = Annotated[
     Optional[Path],
     typer.Option(
         "--salt-file",
-        help="File holding the item salt (default: $UNLEARNKIT_LEDGER_SALT, else <ledger-file>.salt). "
-        "Only check-item needs it.",
+        help="File holding the item salt (default: <ledger-file>.salt, unless $UNLEARNKIT_LEDGER_SALT is set: "
+        "that variable holds the salt itself, not a file name). Only check-item needs it.",
     ),
 ]
 
