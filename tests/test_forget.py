@@ -475,3 +475,12 @@ def test_forget_saves_the_kfade_update_beside_the_model_so_it_can_be_reapplied(t
     apply_update(before, update)  # the input weights plus the saved update are the output weights
     saved = dict(after.named_parameters())
     assert all(torch.allclose(p, saved[n], atol=1e-6) for n, p in before.named_parameters())
+
+
+def test_a_run_whose_forget_loss_did_not_rise_is_warned_about(workspace, capsys):
+    # ssd with a dampening threshold no weight reaches changes nothing: status ok, yet nothing was forgotten
+    assert main(_args(workspace, **{"--method": "ssd"}) + ["--param", "alpha=1e12"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: the forget items' mean loss did not rise" in out
+    assert main(_args(workspace, **{"--out": workspace / "out2"}) + ["--param", "lr=0.05", "--param", "epochs=3"]) == 0
+    assert "warning" not in capsys.readouterr().out

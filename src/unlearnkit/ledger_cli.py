@@ -106,8 +106,9 @@ def check_item_command(
     ledger: LedgerOption = DEFAULT_LEDGER,
     salt_file: SaltFileOption = None,
 ) -> None:
-    """Say whether the item in FILE was forgotten and when; exit status 1 unless a row that lists it
-    has status ok and changed the model.
+    """Say whether the item in the --item file was forgotten and when; exit status 1 unless a row that lists it
+    has status ok and changed the model. The ledger records runs, not how well they forgot: that is measured
+    in each run's report (run.json, report.html).
 
     A record of a `forget` run (question/answer or input/label, under those names) is matched as `forget`
     recorded it: only those fields, numbers compared by value (0 and 0.0, "[1, 2]" and [1, 2] alike).
@@ -134,7 +135,8 @@ def _changed_model(row: Any) -> bool:
 def _row_outcome(row: Any) -> str:
     """One line on what a row that lists the item did."""
     if _changed_model(row):
-        return f"forgotten: row {row.id} at {row.time}"
+        return (f"forgotten: row {row.id} at {row.time}, by a run with status ok that changed the model (how far it "
+                "forgot is measured in that run's report)")
     unchanged = "; the model's weights were left unchanged" if row.fingerprint_after == row.fingerprint_before else ""
     return f"recorded, not forgotten: row {row.id} at {row.time} has status {row.status}{unchanged}"
 
