@@ -65,7 +65,8 @@ def parse_params(values: list[str] | None) -> dict[str, dict[str, Any]]:
 
 
 PROJECT_HELP = "Gradient methods (gradient_ascent, graddiff, npo, sam_npo, simnpo): project the forget update; gu = GU."
-SAMPLING_HELP = "Methods that pair forget and retain batches: standard, cyclic or modular (MELU) pairing."
+SAMPLING_HELP = ("Methods that pair forget and retain batches: standard, cyclic or modular (MELU) pairing; modular needs "
+                 "requests with neighbour sets, as the facts bench's have.")
 
 
 def with_plugins(settings: dict[str, Any], project: str | None, sampling: str | None) -> dict[str, Any]:

@@ -90,7 +90,7 @@ def continual(
     out: Path = typer.Option(..., "--out", help="Output folder (results.json, accuracy.csv, accuracy.png)."),
     scenario: str = typer.Option("split-digits", help="split-digits, split-digits-task, permuted-digits, scole or clofai."),
     strategy: str = typer.Option("naive", help="A strategy, or plug-ins joined with '+', e.g. refresh+er."),
-    stream: Optional[str] = typer.Option(None, help='Comma-separated requests, e.g. "learn:0,learn:1,unlearn:0,evaluate" (default: learn every task).'),
+    stream: Optional[str] = typer.Option(None, help='Comma-separated requests, e.g. "learn:0,learn:1,unlearn:0,evaluate"; unlearn:ids=3;17;40-45 forgets samples by id (default: learn every task).'),
     unlearner: Optional[str] = typer.Option(None, help="amnesiac, retrain, acu, uncle or a core method (default: the strategy's own)."),
     seed: int = typer.Option(0, help="Seed for data, initialisation and batching."),
     param: Optional[List[str]] = typer.Option(None, "--param", help="Strategy hyper-parameter NAME=VALUE (repeatable)."),

@@ -13,8 +13,8 @@ batch, an entry with o = 0 and f > 0 is set to zero (β = 0), and D is taken in 
 ``ConcatDataset(retain, forget)``: every retain item, then every forget item
 (:func:`full_training_items`). The order matters because o squares each *batch* gradient: in this
 order the last batches hold forget items only, their gradients add to o exactly where f is large,
-so fewer entries pass f > α·o than when the forget items are spread through D (on the digits bench,
-random forgetting: 0.7% of the entries dampened instead of 2.1%). ``dampened_fraction`` in the run's
+so fewer entries pass f > α·o than when the forget items are spread through D (on the digits bench's
+random forgetting, roughly a third as many). ``dampened_fraction`` in the run's
 info counts the entries actually changed (selected, with β < 1).
 
 o depends on the model and on D in its order, not on the forget pass, so it can be computed ahead
