@@ -130,3 +130,16 @@ def test_unused_settings_are_not_recorded_or_listed_as_defaults():
     recorded = config("kfade", lr=1e-3).to_dict()
     assert recorded["lr"] == 1e-3 and not {"epochs", "optimizer", "max_steps"} & set(recorded)
     assert "`epochs`" not in card(type(get_method("ssd")), []) and "`alpha`" in card(type(get_method("ssd")), [])
+
+
+def test_random_label_with_its_retain_term_off_runs_without_retain_data():
+    """β = 0 trains on the relabelled forget items only, so it needs no retain set (it used to refuse the request);
+    with β > 0 the retain set is still required."""
+    model, request = toy_request()
+    forget_only = ForgetRequest(request.data, forget=request.forget)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    unlearned, record = unlearn(model, forget_only, "random_label", retain_weight=0.0, epochs=2, lr=0.05)
+    assert record.status == "ok" and record.steps > 0
+    assert any(not torch.equal(before[k], v) for k, v in unlearned.state_dict().items())
+    with pytest.raises(UserInputError, match="retain"):
+        unlearn(model, forget_only, "random_label", retain_weight=1.0)

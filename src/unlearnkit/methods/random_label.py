@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..errors import UserInputError
 from ..train import finite_number, optimise
 from ._sampling import SamplingConfig, retain_pairing
-from .base import Method, Outcome
+from .base import Method, Outcome, item_stream
 
 
 @dataclass
@@ -72,14 +72,22 @@ class RandomLabel(Method):
     use_when = 'Fast classifier forgetting (especially of a whole class) with retain data; tends to over-forget random samples.'
     Config = RandomLabelConfig
 
-    def unlearn(self, adapter: Any, request, config: RandomLabelConfig) -> Outcome:
-        stream, steps = retain_pairing(adapter, request, config)
-        generator = torch.Generator().manual_seed(config.seed)
+    def needs_for(self, config: RandomLabelConfig) -> frozenset[str]:
+        """Retain data only when its term counts (β > 0)."""
+        return super().needs_for(config) - ({"retain"} if config.retain_weight == 0 else set())
 
-        def loss(model, batch: dict) -> torch.Tensor:
-            forget = relabelled_loss(adapter, model, batch["forget"], generator)
-            retain = adapter.per_item_loss(model, batch["retain"]).mean()
-            return forget + config.retain_weight * retain
+    def unlearn(self, adapter: Any, request, config: RandomLabelConfig) -> Outcome:
+        generator = torch.Generator().manual_seed(config.seed)
+        if config.retain_weight == 0:  # relabelled forget items only: no retain batches to draw
+            stream, steps = item_stream(adapter, request.forget_items(), config)
+            loss = lambda model, batch: relabelled_loss(adapter, model, batch, generator)
+        else:
+            stream, steps = retain_pairing(adapter, request, config)
+
+            def loss(model, batch: dict) -> torch.Tensor:
+                forget = relabelled_loss(adapter, model, batch["forget"], generator)
+                retain = adapter.per_item_loss(model, batch["retain"]).mean()
+                return forget + config.retain_weight * retain
 
         record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="random labels")
         return Outcome(adapter.model, record)
