@@ -116,3 +116,9 @@ def test_the_width_rule_takes_the_best_mean_accuracy_and_the_narrower_on_a_tie()
     assert rows[1]["mean"] > rows[0]["mean"]  # 20 random features cannot separate ten digits as 200 do
     assert chosen_width(rows) == 200
     assert chosen_width([{"width": 9, "mean": 0.5}, {"width": 3, "mean": 0.5}, {"width": 5, "mean": 0.4}]) == 3
+
+
+def test_a_gamma_too_small_for_float64_is_one_sentence_not_nan_results(scenario):
+    """R starts at I/γ: at γ = 1e-300 its products overflow and the head, accuracies and KL came out NaN."""
+    with pytest.raises(UserInputError, match="ACU's scores are not finite with gamma=1e-300; use a larger gamma"):
+        run_stream(scenario, "acu", "learn:0,learn:1,unlearn:0", params={"gamma": 1e-300, "expansion": 64})

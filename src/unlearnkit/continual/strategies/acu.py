@@ -172,6 +172,8 @@ class ACU(Strategy):
     def logits(self, x: torch.Tensor, task: Task | None = None) -> torch.Tensor:
         """Ridge scores φ(x) W (masked to the task's classes when ``task`` is given)."""
         scores = (self.features(x) @ self.w).to(torch.float32)
+        if not bool(torch.isfinite(scores).all()):  # R starts at I/γ: a tiny γ makes the head overflow
+            raise UserInputError(f"ACU's scores are not finite with gamma={self.config.gamma}; use a larger gamma.")
         if task is not None and self.scenario.setting == "task-il":
             keep = torch.zeros(self.scenario.num_classes, dtype=torch.bool)
             keep[list(task.classes)] = True
