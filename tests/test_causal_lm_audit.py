@@ -110,3 +110,20 @@ def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path):
     path.write_text("question,answer,answer\nWhere?,Here.,There.\n", encoding="utf-8")
     with pytest.raises(UserInputError, match="names the column 'answer' twice"):
         read_records(path)
+
+
+def test_template_arguments_for_a_tokenizer_without_a_chat_template_are_refused():
+    """They fill chat-template variables; with the plain prompt format they did nothing, silently."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from lm_fixtures import tiny_lm, tiny_qa
+
+    from unlearnkit.adapters.causal_lm import CausalLMAdapter
+    from unlearnkit.errors import UserInputError
+
+    plain = tiny_lm(tiny_qa(2))
+    with pytest.raises(UserInputError, match="this tokenizer has no chat template"):
+        CausalLMAdapter(plain.model, plain.tokenizer, template_args={"date_string": "1 Jan 2026"})
+    CausalLMAdapter(plain.model, plain.tokenizer, system_prompt="Be brief.")  # a system prompt still applies

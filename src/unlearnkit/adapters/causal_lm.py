@@ -136,6 +136,9 @@ class CausalLMAdapter:
             max_length = default_max_length(model, tokenizer)
         if int(max_length) < 2:
             raise UserInputError(f"max_length must be at least 2 (one prompt and one answer token), got {max_length}.")
+        if template_args and not getattr(tokenizer, "chat_template", None):
+            raise UserInputError("Template arguments fill a chat template's variables, but this tokenizer has no chat "
+                                 "template (prompts use the plain 'Question: … Answer:' format); drop --template-arg.")
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
