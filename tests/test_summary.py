@@ -104,3 +104,15 @@ def test_runs_whose_settings_differ_only_in_their_seed_are_summarised():
             run["params"] = {"lr": 1e-3, "seed": results["seed"]}
     rows, _ = summary_rows([a, b])
     assert rows[0]["forget_acc"] == "0.2000 ± 0.1000"
+
+
+def test_a_note_only_some_runs_carry_names_their_seeds(tmp_path):
+    """A note of one seed's run (e.g. 'chosen on this split') must not read as true of every seed."""
+    first, second = fake_results(4, 0.1), fake_results(5, 0.3)
+    first["notes"] = [*first.get("notes", ()), "settings chosen on this split"]
+    out = tmp_path / "summary.md"
+    assert main(["summarize", "--results", write_folder(tmp_path / "a", first), "--results",
+                 write_folder(tmp_path / "b", second), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "Note (from the runs) — (seed 4) settings chosen on this split" in text
+    assert text.count("Note (from the runs) — a note") == 1
