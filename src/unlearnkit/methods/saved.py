@@ -17,7 +17,7 @@ with it.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
@@ -89,8 +89,9 @@ def save_wrapper(model: InferenceWrapper, tokenizer: Any, directory: Path) -> No
     (directory / WRAPPER_FILE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
 
 
-def wrapper_method(folder: Path) -> str | None:
-    """The method of the inference-time wrapper saved in ``folder``, or None when it holds none."""
+def wrapper_meta(folder: Path) -> dict[str, Any] | None:
+    """The checked description (format, method, settings) of the wrapper saved in ``folder``, or None when it
+    holds none."""
     path = Path(folder) / WRAPPER_FILE
     if not path.is_file():
         return None
@@ -102,15 +103,18 @@ def wrapper_method(folder: Path) -> str | None:
     if meta.get("format") != FORMAT or method not in _wrapper_classes():
         raise UserInputError(f"{path} describes a {method!r} wrapper in format {meta.get('format')!r}; this version "
                              f"reads format {FORMAT} wrappers of {', '.join(sorted(_wrapper_classes()))}.")
-    return method
+    return meta
+
+
+def wrapper_method(folder: Path) -> str | None:
+    """The method of the inference-time wrapper saved in ``folder``, or None when it holds none."""
+    meta = wrapper_meta(folder)
+    return None if meta is None else meta["method"]
 
 
 @contextmanager
-def _quiet_transformers(quiet: bool) -> Iterator[None]:
-    """Transformers' warnings off inside the block when ``quiet``."""
-    if not quiet:
-        yield
-        return
+def _quiet_transformers() -> Iterator[None]:
+    """Transformers' warnings off inside the block."""
     from transformers.utils import logging
 
     level = logging.get_verbosity()
@@ -129,15 +133,15 @@ def load_causal_lm(folder: Path, **adapter_settings: Any) -> Any:
     from .mrp import install_projections, saved_projections
 
     folder = Path(folder)
-    method = wrapper_method(folder)
-    if method is None:
+    meta = wrapper_meta(folder)
+    if meta is None:
         bases = saved_projections(folder)
-        with _quiet_transformers(bool(bases)):  # its report of the bases' keys as unexpected would mislead
+        with _quiet_transformers() if bases else nullcontext():  # its report of the bases' keys as unexpected misleads
             adapter = CausalLMAdapter.from_pretrained(folder, **adapter_settings)
         install_projections(adapter.model, bases)
         return adapter
     adapter = CausalLMAdapter.from_pretrained(folder / BASE_FOLDER, **adapter_settings)
-    settings = json.loads((folder / WRAPPER_FILE).read_text(encoding="utf-8")).get("settings", {})
+    method, settings = meta["method"], meta.get("settings", {})
     tensors = load_state_dict(folder / WRAPPER_TENSORS)
     try:
         wrapper = _wrapper_classes()[method].restore(adapter.model, tensors, settings)
