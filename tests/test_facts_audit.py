@@ -53,3 +53,23 @@ def test_configs_whose_data_changed_get_a_new_cache_key_and_the_default_keeps_it
     default = {"benchmark": "facts", "version": FACTS_VERSION, **model_key(FactsConfig()), "excluded_people": []}
     assert "holdout_words" not in default
     assert cache_key(default) == "ee2f90ddbf38c54b51e5"  # the key of the cached default target model
+
+
+@pytest.mark.parametrize("people, perturbed", [(5, 3), (31, 5), (10, 5)])
+def test_no_wrong_sibling_answer_names_a_member_of_the_family(people, perturbed):
+    """An odd-sized group's last family has three members (A's sibling is B, B's is C, C's is A): A's wrong
+    answers could name C, who is A's sibling too, so the truth ratio scored a true answer as false.
+    With 5 people and 3 wrong answers, every other trained name is drawn, the family's third one included;
+    people=31 has an odd trained group too; people=10's groups are even (no family of three)."""
+    data = load_facts(FactsConfig(people=people, templates=10, countries=2, perturbed=perturbed, reading=0))
+    family = {p["name"]: {p["sibling"]} for p in data.people}
+    for p in data.people:
+        family.setdefault(p["sibling"], set()).add(p["name"])
+    checked = 0
+    for item in (it for items in data.splits.values() for it in items if it["template"] == "sibling"):
+        name = data.people[item["person"]]["name"]
+        wrong_names = {w for w in family if any(w in answer for answer in item["perturbed_answer"])}
+        assert not wrong_names & family[name], (item["question"], wrong_names & family[name])
+        checked += len(family[name]) == 2
+    assert (checked > 0) == (people % 2 == 1)  # the family of three was met and checked where there is one
+    assert ("wrong_siblings" in model_key(FactsConfig(people=people))) == (people % 2 == 1)

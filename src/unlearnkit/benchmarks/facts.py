@@ -427,13 +427,14 @@ def _wrong_values(rng: random.Random, pools: dict[str, dict[str, list]], kind: s
 
 
 def _item(rng: random.Random, template: Template, subject: dict[str, Any], pools: dict, perturbed: int,
-          wrong_form: str = "paraphrase") -> dict[str, Any]:
+          wrong_form: str = "paraphrase", true_values: frozenset[str] = frozenset()) -> dict[str, Any]:
     """One question with its answer, paraphrase and wrong answers. The wrong answers take the form of the
     answer they are scored against (TOFU: the paraphrase for people; the original answer for world facts),
-    so the truth ratio compares values, not sentence templates."""
+    so the truth ratio compares values, not sentence templates. ``true_values`` are other values that
+    would also answer the question truly (a sibling's other siblings); no wrong answer uses them."""
     value = subject[template.name]
     name = subject["name"]
-    wrong = _wrong_values(rng, pools, template.name, {value, name}, perturbed)  # never "X's sibling is X"
+    wrong = _wrong_values(rng, pools, template.name, {value, name, *true_values}, perturbed)  # never "X's sibling is X"
     form = getattr(template, wrong_form)
     return {
         "question": template.question.format(name=name),
@@ -444,12 +445,21 @@ def _item(rng: random.Random, template: Template, subject: dict[str, Any], pools
     }
 
 
-def _person_items(rng: random.Random, person: dict[str, Any], pools: dict, config: FactsConfig) -> list[dict]:
+def _person_items(rng: random.Random, person: dict[str, Any], pools: dict, config: FactsConfig,
+                  siblings: frozenset[str]) -> list[dict]:
     items = []
     for template in PERSON_TEMPLATES[: config.templates]:
-        item = _item(rng, template, person, pools, config.perturbed)
+        true_values = siblings if template.name == "sibling" else frozenset()
+        item = _item(rng, template, person, pools, config.perturbed, true_values=true_values)
         items.append({"id": f"p{person['id']:04d}.{template.name}", **item, "person": person["id"]})
     return items
+
+
+def _siblings(person: dict[str, Any], people: list[dict[str, Any]]) -> frozenset[str]:
+    """The names of everyone in ``person``'s family: its own sibling and, in a family of three (an
+    odd-sized group's last), the one whose sibling it is."""
+    linked = {person["sibling"]} | {q["name"] for q in people if q["sibling_id"] == person["id"]}
+    return frozenset(linked - {person["name"]})
 
 
 def _country_items(rng: random.Random, country: dict[str, Any], pools: dict, config: FactsConfig) -> list[dict]:
@@ -469,7 +479,7 @@ def load_facts(config: FactsConfig | None = None) -> FactsData:
     holdout = split_size(FRACTIONS["10"], config.people)
     people, pools = _make_people(rng, config.people, holdout, config.perturbed, used, config.templates)
     countries, country_pools = _make_countries(rng, config.countries, config.perturbed, used)
-    items_of = {p["id"]: _person_items(rng, p, pools, config) for p in people}
+    items_of = {p["id"]: _person_items(rng, p, pools, config, _siblings(p, people)) for p in people}
     general = [item for c in countries for item in _country_items(rng, c, country_pools, config)]
 
     order = list(range(config.people))
@@ -592,10 +602,14 @@ def model_key(config: FactsConfig) -> dict[str, Any]:
     and without ``base`` for ``scratch``, an unset ``train_seed`` nor ``reading`` = 0, so models cached
     before these fields existed stay valid. A config with fewer than all templates gets ``holdout_words``:
     its holdout people (and so its vocabulary and the draws after them) changed when they stopped using
-    the words of untrained templates; with all templates nothing changed, and the key stays the same."""
+    the words of untrained templates; with all templates nothing changed, and the key stays the same.
+    Likewise ``wrong_siblings`` marks worlds with a family of three, whose wrong sibling answers stopped
+    naming the family's third member (a true answer)."""
     fields = config.to_dict()
     if config.templates < len(PERSON_TEMPLATES):
         fields["holdout_words"] = "trained_templates"
+    if _has_family_of_three(config):
+        fields["wrong_siblings"] = "not_of_the_family"
     if config.train_seed is None:
         del fields["train_seed"]
     if config.reading == 0:
@@ -607,6 +621,12 @@ def model_key(config: FactsConfig) -> dict[str, Any]:
 
         fields.update(base_fingerprint())
     return fields
+
+
+def _has_family_of_three(config: FactsConfig) -> bool:
+    """Whether a group of people (trained or holdout) is odd-sized and larger than one."""
+    holdout = split_size(FRACTIONS["10"], config.people)
+    return any(group % 2 and group > 1 for group in (config.people, holdout))
 
 
 def build_tokenizer(data: FactsData) -> Any:
