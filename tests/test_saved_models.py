@@ -116,3 +116,18 @@ def test_damaged_wrapper_files_are_refused_in_one_sentence(workspace, tmp_path):
     save_file({**tensors, "stray": torch.zeros(1)}, str(bad / WRAPPER_TENSORS))
     with pytest.raises(UserInputError, match=r"do not fit this model .*unexpected: stray"):
         load_causal_lm(bad)
+
+
+def test_an_adapter_trained_on_an_mrp_output_loads_with_its_bases_projections(workspace):
+    """A LoRA adapter saved alone over an MRP output was trained (and scored) with the projections on; loading
+    it merged the adapter into the base's plain weights, without them (from_pretrained drops the bases)."""
+    base, out = workspace / "mrp-base", workspace / "mrp-lora"
+    assert _forget(workspace, workspace / "lm", "mrp", base, ["epochs=1"]) == 0
+    args = ["--lora", "r=2,alpha=4,targets=c_attn,save=adapter"]
+    assert main(["forget", "--model", str(base), "--forget", str(workspace / "forget.jsonl"), "--retain",
+                 str(workspace / "retain.jsonl"), "--method", "npo", "--param", "epochs=1", *args, "--out", str(out),
+                 "--ledger", str(workspace / "ledger.db")]) == 0
+    assert (out / "adapter_config.json").is_file() and not (out / "config.json").exists()
+    run = json.loads((out / "run.json").read_text())
+    reloaded = _summary(_scores(load_causal_lm(out), _items(workspace / "forget.jsonl"), _items(workspace / "retain.jsonl")))
+    assert reloaded == pytest.approx(run["metrics_after"], rel=1e-5)

@@ -127,15 +127,16 @@ def _quiet_transformers() -> Iterator[None]:
 
 def load_causal_lm(folder: Path, **adapter_settings: Any) -> Any:
     """A :class:`CausalLMAdapter` for any LM folder ``unlearnkit forget`` writes (or a plain Hugging Face one):
-    a saved wrapper is rebuilt around its ``base/`` model, and saved MRP projections are installed again."""
-    from ..adapters.causal_lm import CausalLMAdapter
+    a saved wrapper is rebuilt around its ``base/`` model, and saved MRP projections are installed again (for a
+    PEFT adapter folder, those of the full model under it, on which the adapter was trained)."""
+    from ..adapters.causal_lm import CausalLMAdapter, adapter_chain
     from ..io import load_state_dict
     from .mrp import install_projections, saved_projections
 
     folder = Path(folder)
     meta = wrapper_meta(folder)
     if meta is None:
-        bases = saved_projections(folder)
+        bases = saved_projections(adapter_chain(folder)[0])
         with _quiet_transformers() if bases else nullcontext():  # its report of the bases' keys as unexpected misleads
             adapter = CausalLMAdapter.from_pretrained(folder, **adapter_settings)
         install_projections(adapter.model, bases)
