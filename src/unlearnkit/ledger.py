@@ -20,7 +20,12 @@ Salt. The salt never enters the database. It comes from the caller (``salt=``), 
 (``salt_file=``), the ``UNLEARNKIT_LEDGER_SALT`` environment variable, or by default the file
 ``<ledger-file>.salt`` beside a SQLite ledger, created on the first append with 32 random bytes
 (hex) and mode 0600. A keyed check value of the salt is kept in the meta table so that appending or
-checking with a different salt is an error instead of a silent miss.
+checking with a different salt is an error instead of a silent miss. That check value is not part of the
+chain: whoever can write the database and the salt file can replace both, after which ``verify`` (which
+needs no salt) still passes and :meth:`Ledger.check_item` with the new salt finds none of the old items.
+Keep a copy of the salt somewhere safe besides the published head (the salt is a secret, the head is not):
+with it, a replaced salt shows as "salt does not match". The subject is free text stored as given: a ticket
+number, not a name or an item.
 
 Concurrency. On SQLite the file is put in WAL mode and each append is its own ``BEGIN IMMEDIATE``
 transaction, which takes the single writer lock *before* the head is read, so concurrent writers
@@ -37,7 +42,10 @@ the most recent rows may be missing (always whole rows with their head, so the c
 at a cost set by the disk's fsync latency (1,000 appends took 4.5–7 s instead of 1.1–1.4 s on the
 shared virtual disk this was measured on).
 
-Reading never creates a file: a ledger file is created by its first append only.
+Reading never creates a file: a ledger file is created by its first append only. A SQLite ledger in a folder
+this process cannot write (an archive, read-only media) is read as an immutable snapshot, unless a ``-wal``
+file beside it shows a writer at work; :meth:`Ledger.check_writable` refuses such a folder, or a read-only
+file, before any work, and a database that SQLite finds damaged is one sentence, not a traceback.
 """
 
 from __future__ import annotations
@@ -548,7 +556,15 @@ class Ledger:
                 raise UserInputError(
                     f"The database driver for the ledger URL {self._target.label!r} is not installed ({error.name})."
                 ) from None
-        engine = sa.create_engine(self._target.url, connect_args={"timeout": self._busy_timeout_s})
+        path = self._target.sqlite_path
+        if _read_only_copy(path):
+            import sqlite3
+
+            uri = f"file:{quote(str(path.resolve()))}?mode=ro&immutable=1"
+            read_only = functools.partial(sqlite3.connect, uri, uri=True, check_same_thread=False)
+            engine = sa.create_engine(self._target.url, creator=read_only)
+        else:
+            engine = sa.create_engine(self._target.url, connect_args={"timeout": self._busy_timeout_s})
         sa.event.listen(engine, "connect", self._sqlite_on_connect)
         sa.event.listen(engine, "begin", _sqlite_on_begin)
         return engine
@@ -589,10 +605,11 @@ class Ledger:
 
     @contextmanager
     def _database_errors(self, action: str) -> Iterator[None]:
-        """Turn a database refusal (read-only file, lock held past the busy timeout, ...) into one sentence."""
+        """Turn a database refusal (read-only file, lock held past the busy timeout, a damaged file, ...) into one
+        sentence."""
         try:
             yield
-        except sa_exc.OperationalError as error:
+        except sa_exc.DatabaseError as error:
             reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
             raise UserInputError(f"The ledger {self._target.label} cannot be {action} ({reason}).") from None
 
@@ -656,6 +673,7 @@ class Ledger:
             raise UserInputError("The ledger row lists no forgotten items; pass at least one item.")
         with self._database_errors("written"):
             if not self._ready:
+                self._check_new_salt()  # a bad salt is refused before the file is made
                 self._create_schema()
             key = self._load_salt(create=False)
             fields["item_hashes"] = [hmac.new(key, form, hashlib.sha256).hexdigest() for form in forms]
@@ -665,18 +683,24 @@ class Ledger:
     def check_writable(self) -> None:
         """Raise :class:`UserInputError` now if :meth:`append` would fail on the salt or the head, so a caller
         can refuse a request before doing (and writing) any work. Writes nothing."""
+        if self._target.sqlite_path is not None:
+            _check_writable_location(self._target.sqlite_path)
         with self._database_errors("written"):
-            if not self._ready:  # a new ledger: its salt is given, or read from or made in a file
-                from_file = self._salt_given is None and not (self._salt_file is None and os.environ.get(SALT_ENV))
-                path = self.salt_path if from_file else None
-                if from_file and (path is None or not path.exists()):
-                    _check_salt_folder(path, self._target.label)  # the salt file that the first append will make
-                else:
-                    self._load_salt(create=False)
+            if not self._ready:
+                self._check_new_salt()
                 return
             key = self._load_salt(create=False)
             with self._engine.connect() as conn:
                 self._checked_head(dict(conn.execute(_READ_HEADS).all()), key)
+
+    def _check_new_salt(self) -> None:
+        """For a new ledger: its salt is given, or read from a file, and valid; or its salt file can be made."""
+        from_file = self._salt_given is None and not (self._salt_file is None and os.environ.get(SALT_ENV))
+        path = self.salt_path if from_file else None
+        if from_file and (path is None or not path.exists()):
+            _check_salt_folder(path, self._target.label)  # the salt file that the first append will make
+        else:
+            self._load_salt(create=False)
 
     def _checked_head(self, heads: Mapping[str, str], key: bytes) -> tuple[int, str]:
         """The head's ``(id, hash)`` after checking it is present and well formed and the salt is the ledger's."""
@@ -937,8 +961,8 @@ def _enable_wal(engine: sa.engine.Engine, timeout_s: float = 30.0) -> None:
                 driver.execute("PRAGMA journal_mode=WAL")
                 return
             except sqlite3.OperationalError as error:
-                if "locked" not in str(error) or time.monotonic() > deadline:
-                    raise
+                if "locked" not in str(error) or time.monotonic() > deadline:  # e.g. a read-only folder or file
+                    raise sa_exc.OperationalError("PRAGMA journal_mode=WAL", None, error) from None
                 time.sleep(0.01)
 
 
@@ -998,8 +1022,11 @@ def _read_or_create_salt(path: Path | None, label: str, *, create: bool) -> str:
         text = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         raise UserInputError(f"The salt file {path} does not exist (a salt is made only with a new ledger).") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UserInputError(f"The salt file {path} cannot be read ({error}).") from None
+    except UnicodeDecodeError:  # the decoder's message quotes a byte of the file: of the secret salt
+        raise UserInputError(f"The salt file {path} is not UTF-8 text (write the salt as text, e.g. 64 hex "
+                             "digits).") from None
+    except OSError as error:
+        raise UserInputError(f"The salt file {path} cannot be read ({error.strerror}).") from None
     if not text:
         raise UserInputError(f"The salt file {path} is empty.")
     return text
@@ -1013,6 +1040,29 @@ def _check_salt_folder(path: Path | None, label: str) -> None:
         )
     if not path.parent.is_dir():
         raise UserInputError(f"The directory {path.parent} for the salt file does not exist.")
+    if not _writable(path.parent):
+        raise UserInputError(f"The directory {path.parent} for the salt file is read-only.")
+
+
+def _writable(path: Path) -> bool:
+    """Whether this process may write ``path`` (False on a read-only file system, even for root)."""
+    return os.access(path, os.W_OK)
+
+
+def _check_writable_location(path: Path) -> None:
+    """Raise unless a SQLite ledger at ``path`` can be created or appended to: SQLite writes the file and, beside
+    it, its -wal and -shm files."""
+    if not _writable(path.parent):
+        raise UserInputError(f"The ledger {path} cannot be written: its folder {path.parent} is read-only.")
+    if path.exists() and not _writable(path):
+        raise UserInputError(f"The ledger {path} cannot be written: the file is read-only.")
+
+
+def _read_only_copy(path: Path) -> bool:
+    """Whether ``path`` is a SQLite file in a folder this process cannot write and no writer has open (no -wal file):
+    SQLite cannot make the -shm file it needs to read a WAL database there, so it is read as immutable."""
+    return (path.is_file() and path.stat().st_size > 0 and not _writable(path.parent)
+            and not path.with_name(path.name + "-wal").exists())
 
 
 def _parse_head(value: str, label: str) -> tuple[int, str]:

@@ -1,0 +1,174 @@
+"""Ledger audit: a damaged database file and read-only locations each give one sentence (exit status 2 from the
+CLI), never a traceback, and a new ledger that cannot be written is refused before any work; a ledger kept
+read-only (an archive, read-only media) can still be listed, checked and verified; a bad salt leaves no file
+behind and its error never quotes the salt."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from unlearnkit.cli import main
+from unlearnkit.errors import UserInputError
+from unlearnkit.ledger import ROWS_TABLE, Ledger
+
+BEFORE, AFTER = "a" * 64, "b" * 64
+SALT = "test-salt-0123456789abcdef"
+
+
+def add(ledger: Ledger, subject: str = "request", items: list | None = None) -> int:
+    return ledger.append(subject, items if items is not None else [f"item of {subject}"], "ssd", {"alpha": 10.0},
+                         BEFORE, AFTER, {"forget_accuracy": 0.5}, 1.25)
+
+
+def write_rows(path: Path, count: int = 5, **options) -> None:
+    with Ledger(path, **options) as ledger:
+        for i in range(1, count + 1):
+            add(ledger, f"request {i}")
+
+
+def files_in(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+# --------------------------------------------------------------------------- a damaged SQLite file
+
+
+def _corrupt_rows_page(path: Path) -> None:
+    """Overwrite the b-tree page type of the rows table's root page: SQLite then calls the file malformed."""
+    with sqlite3.connect(path) as conn:
+        root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name=?", (ROWS_TABLE,)).fetchone()[0]
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(path.read_bytes())
+    data[(root - 1) * page_size] = 0x55
+    path.write_bytes(bytes(data))
+
+
+def test_a_ledger_file_with_a_damaged_page_gives_one_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    write_rows(path, salt=SALT)
+    assert not Path(f"{path}-wal").exists()  # checkpointed on close: the damage goes to the file itself
+    _corrupt_rows_page(path)
+    before = files_in(tmp_path)
+    with Ledger(path, salt=SALT) as ledger:
+        for action in (ledger.rows, ledger.verify, lambda: ledger.get(1), lambda: ledger.check_item("x"),
+                       lambda: add(ledger)):
+            with pytest.raises(UserInputError, match=r"ledger .*ledger\.db cannot be (read|written) \(.*malformed"):
+                action()
+    assert files_in(tmp_path) == before  # nothing written
+
+
+def test_cli_verify_of_a_damaged_ledger_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    path = tmp_path / "ledger.db"
+    write_rows(path)
+    _corrupt_rows_page(path)
+    for command in (["verify"], ["list"], ["show", "1"]):
+        assert main(["ledger", *command, "--ledger", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: The ledger") and "malformed" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- the salt
+
+
+@pytest.mark.parametrize("salt_text", ["short\n", "\n", "a" * 8])
+def test_a_first_append_with_a_bad_salt_file_leaves_no_ledger_file(tmp_path: Path, salt_text: str) -> None:
+    # a SQLite file without tables left behind would fail every later `verify` (dropped tables) and `forget`
+    path = tmp_path / "ledger.db"
+    (tmp_path / "given.salt").write_text(salt_text)
+    with Ledger(path, salt_file=tmp_path / "given.salt") as ledger, pytest.raises(UserInputError, match="salt"):
+        add(ledger)
+    assert sorted(os.listdir(tmp_path)) == ["given.salt"]
+
+
+def test_a_first_append_with_a_short_salt_in_the_environment_leaves_no_ledger_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("UNLEARNKIT_LEDGER_SALT", "short")
+    with Ledger(tmp_path / "ledger.db") as ledger, pytest.raises(UserInputError, match="salt is 5 bytes"):
+        add(ledger)
+    assert os.listdir(tmp_path) == []
+
+
+def test_an_unreadable_salt_file_is_refused_without_quoting_the_salt(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    salt_file = tmp_path / "binary.salt"
+    salt_file.write_bytes(bytes(range(0xF0, 0x100)) * 2)  # 32 random-looking bytes, not UTF-8
+    with Ledger(path, salt_file=salt_file) as ledger, pytest.raises(UserInputError) as refused:
+        add(ledger)
+    message = str(refused.value)
+    assert "binary.salt is not UTF-8 text" in message
+    assert "0xf" not in message and "\\xf" not in message  # the decoder's text named the first byte: 0xf0
+    assert not path.exists()
+
+
+# --------------------------------------------------------------------------- read-only locations
+
+
+@pytest.fixture
+def read_only_mount(tmp_path: Path):
+    """A folder on its own small file system, and a function that makes it read-only (for root too)."""
+    folder = tmp_path / "mnt"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("a read-only location needs a file system this test can mount (root)")
+
+    def make_read_only() -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+        assert not os.access(folder, os.W_OK)
+
+    try:
+        yield folder, make_read_only
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+def test_a_ledger_in_a_read_only_folder_can_be_read_and_verified(read_only_mount) -> None:
+    folder, make_read_only = read_only_mount
+    path = folder / "ledger.db"
+    write_rows(path)
+    with Ledger(path) as ledger:
+        head = ledger.verify().head_hash
+    make_read_only()  # e.g. an archived copy, or evidence on read-only media
+    with Ledger(path) as ledger:
+        result = ledger.verify(expect_head=head)
+        assert result.ok and result.rows == 5
+        assert [row.subject for row in ledger.rows()] == [f"request {i}" for i in range(1, 6)]
+        assert [row_id for row_id, _ in ledger.check_item("item of request 3")] == [3]
+        with pytest.raises(UserInputError, match="read-only"):
+            ledger.check_writable()
+        with pytest.raises(UserInputError, match=r"cannot be written \(.*readonly"):
+            add(ledger)
+
+
+def test_a_new_ledger_in_a_read_only_folder_is_refused_before_any_work(read_only_mount) -> None:
+    folder, make_read_only = read_only_mount
+    (folder / "empty.db").touch()
+    make_read_only()
+    for name in ("ledger.db", "empty.db"):  # a missing file, and an empty one (a place for a new ledger)
+        with Ledger(folder / name, salt=SALT) as ledger, pytest.raises(UserInputError, match="read-only"):
+            ledger.check_writable()  # what `forget` asks before it unlearns anything
+    assert sorted(os.listdir(folder)) == ["empty.db"]
+
+
+def test_a_first_append_to_an_empty_file_in_a_read_only_folder_gives_one_sentence(read_only_mount) -> None:
+    folder, make_read_only = read_only_mount
+    (folder / "empty.db").touch()
+    make_read_only()
+    with Ledger(folder / "empty.db", salt=SALT) as ledger:  # setting up WAL was the first write, and it failed
+        with pytest.raises(UserInputError, match=r"empty\.db cannot be written \(attempt to write a readonly database"):
+            add(ledger)
+    assert sorted(os.listdir(folder)) == ["empty.db"] and (folder / "empty.db").stat().st_size == 0
+
+
+def test_a_salt_file_in_a_read_only_folder_is_refused_before_any_work(tmp_path: Path, read_only_mount) -> None:
+    folder, make_read_only = read_only_mount
+    make_read_only()
+    with Ledger(tmp_path / "ledger.db", salt_file=folder / "ledger.salt") as ledger:
+        with pytest.raises(UserInputError, match="salt file .*read-only"):
+            ledger.check_writable()
+    assert not (tmp_path / "ledger.db").exists()
