@@ -116,3 +116,12 @@ def test_command_line_usage_errors_exit_2_with_one_line(capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_usage_errors_are_one_line_without_click_installed(capsys, monkeypatch):
+    """typer ≥ 0.29 bundles click and does not install it; the usage-error handler imported click itself, so
+    where nothing else installed click every usage error became a ModuleNotFoundError traceback."""
+    monkeypatch.setitem(sys.modules, "click", None)  # importing click now fails, as when it is not installed
+    assert main(["bench", "--seed", "abc"]) == 2
+    err = capsys.readouterr().err
+    assert "Invalid value for '--seed'" in err and err.startswith("error: ") and err.count("\n") == 1, err

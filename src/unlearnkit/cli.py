@@ -479,10 +479,15 @@ def _dispatch(argv: list[str] | None) -> int:
 
 
 def _click_exceptions() -> tuple[type, ...]:
-    """Click's usage-error class, and typer's own copy of it (typer ≥ 0.29 bundles click)."""
-    import click
-
-    found: list[type] = [click.ClickException]
+    """Click's usage-error class, and typer's own copy of it (typer ≥ 0.29 bundles click and no longer needs it
+    installed, so either may be missing)."""
+    found: list[type] = []
+    try:
+        from click import ClickException
+    except ImportError:
+        pass
+    else:
+        found.append(ClickException)
     try:
         from typer._click.exceptions import ClickException as BundledClickException
     except ImportError:
