@@ -95,8 +95,7 @@ def verify_command(
     if result.ok:
         typer.echo(f"ok: {result.rows} rows, chain intact; head row_hash {result.head_hash}")
         return
-    where = f"first bad row {result.first_bad_id}: " if result.first_bad_id is not None else ""
-    typer.echo(f"TAMPERED: {where}{result.reason}")
+    typer.echo(f"TAMPERED: {result.reason}")  # the reason names the first bad row, when there is one
     raise typer.Exit(1)
 
 
