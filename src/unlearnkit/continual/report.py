@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .cost import WIDTH_SCENARIOS, WIDTH_SEED, chosen_width
-from .runner import ContinualRun
+from .runner import ContinualRun, StepResult
 from .strategies.acu import ACUConfig
 
 METRIC_KEYS = ("avg_acc", "bwt", "fwt", "forgetting_last", "forgetting_max", "forgotten_acc", "relapse", "spillover",
@@ -25,13 +25,26 @@ def matrix_csv(run: ContinualRun) -> str:
     return "\n".join(lines) + "\n"
 
 
+LABEL_WIDTH = 24
+
+
+def step_label(step: StepResult) -> str:
+    """A step's token short enough for a heatmap row or a table cell: a sample request listing many ids becomes
+    ``unlearn:ids (N samples)``, any other long token is cut with an ellipsis (accuracy.csv keeps the full token)."""
+    if len(step.token) <= LABEL_WIDTH:
+        return step.token
+    if step.action == "unlearn" and step.task is None:
+        return f"unlearn:ids ({step.samples} sample{'' if step.samples == 1 else 's'})"
+    return step.token[: LABEL_WIDTH - 1] + "…"
+
+
 def save_heatmap(run: ContinualRun, path: str | Path) -> None:
     """The accuracy matrix (steps × tasks) as a PNG heatmap, drawn with matplotlib's Agg canvas."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     matrix = np.vstack([run.initial, run.matrix])
-    labels = ["untrained"] + [s.token for s in run.steps]
+    labels = ["untrained"] + [step_label(s) for s in run.steps]
     rows, cols = matrix.shape
     figure = Figure(figsize=(min(2 + 0.6 * cols, 16), min(1.5 + 0.35 * rows, 16)))
     FigureCanvasAgg(figure)
@@ -77,7 +90,7 @@ def print_run(run: ContinualRun) -> None:
         matrix.add_column(f"t{t}", justify="right")
     matrix.add_row("untrained", *(f"{a:.2f}" for a in run.initial))
     for step in run.steps:
-        matrix.add_row(step.token, *(f"{a:.2f}" for a in step.accuracy))
+        matrix.add_row(step_label(step), *(f"{a:.2f}" for a in step.accuracy))
     console.print(matrix)
 
 

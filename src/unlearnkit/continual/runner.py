@@ -24,7 +24,7 @@ from .scenarios import Scenario
 from .stream import Request, check_stream, default_stream, parse_stream
 from .strategies import Strategy, build_strategy
 from .strategies.acu import ACU
-from .unlearners import apply_unlearner, check_unlearner_params, resolve_unlearner
+from .unlearners import apply_unlearner, check_retain, check_unlearner_params, resolve_unlearner
 
 
 @torch.no_grad()
@@ -164,13 +164,16 @@ def _distance(model: list[torch.Tensor], reference: list[torch.Tensor], scenario
     return float(np.mean(np.abs(acc_m - acc_r))), float(per_sample.mean())
 
 
-def _acu_check(strategy: ACU) -> dict[str, float]:
-    """Time a full re-solve of the ridge head and its distance to the recursive solution."""
+def _acu_check(strategy: ACU) -> dict[str, float | None]:
+    """Time a full re-solve of the ridge head and its distance to the recursive solution: the largest
+    |W − W_resolved|, and that relative to max |W_resolved| (None when no learned sample is left: the
+    re-solved head is then all zeros and the recursion's rounding residue has nothing to be relative to)."""
     start = time.perf_counter()
     reference = strategy.resolve()
     seconds = time.perf_counter() - start
-    gap = float((strategy.w - reference).abs().max() / reference.abs().max().clamp_min(1e-300))
-    return {"resolve_seconds": seconds, "relative_max_abs_diff_to_resolve": gap}
+    diff, scale = float((strategy.w - reference).abs().max()), float(reference.abs().max())
+    return {"resolve_seconds": seconds, "max_abs_diff_to_resolve": diff,
+            "relative_max_abs_diff_to_resolve": diff / scale if scale > 0 else None}
 
 
 def check_run_arguments(scenario: Any, strategy: Any, stream: Any, seed: Any) -> None:
@@ -191,13 +194,14 @@ def plan_run(scenario: Scenario, strategy: str, stream: str | Sequence[str] | No
              unlearner: str | None = None, params: Mapping[str, Any] | None = None,
              unlearner_params: Mapping[str, Any] | None = None) -> tuple[list[Request], str, Strategy]:
     """Check a run's input without training: the stream's syntax and tasks, the strategy spec and settings,
-    and whether the unlearner can serve every unlearning request; return the requests, the unlearner and
-    the untrained strategy."""
+    and whether the unlearner can serve every unlearning request (its model kind, retain data where it needs
+    them); return the requests, the unlearner and the untrained strategy."""
     check_run_arguments(scenario, strategy, stream, seed)
     requests: list[Request] = default_stream(scenario) if stream is None else parse_stream(stream, len(scenario.train_y))
-    check_stream(requests, scenario)
+    remaining = check_stream(requests, scenario)
     unlearner_name = resolve_unlearner(strategy, unlearner, requests)
     check_unlearner_params(unlearner_name, unlearner_params)
+    check_retain(unlearner_name, unlearner_params, requests, remaining)
     return requests, unlearner_name, build_strategy(strategy, scenario, seed, params)
 
 

@@ -96,8 +96,9 @@ def default_stream(scenario: Scenario) -> list[Request]:
     return parse_stream([f"learn:{t}" for t in range(scenario.num_tasks)])
 
 
-def check_stream(requests: Sequence[Request], scenario: Scenario) -> None:
-    """Raise :class:`UserInputError` when a request names a missing task or unlearns what is not learned.
+def check_stream(requests: Sequence[Request], scenario: Scenario) -> list[int]:
+    """Raise :class:`UserInputError` when a request names a missing task or unlearns what is not learned;
+    return the number of distinct learned samples left after each request (what an unlearner may retain).
 
     A task or sample can be unlearned only while it is learned: after a ``learn`` of a task holding
     it and before it was unlearned (learning the task again makes it learnable-unlearnable again).
@@ -105,6 +106,7 @@ def check_stream(requests: Sequence[Request], scenario: Scenario) -> None:
     learned: dict[int, int] = {}  # sample id -> number of learned tasks holding it
     task_learned: set[int] = set()
     pool = len(scenario.train_y)
+    remaining = []
     for request in requests:
         if request.task is not None and not 0 <= request.task < scenario.num_tasks:
             raise UserInputError(
@@ -132,6 +134,8 @@ def check_stream(requests: Sequence[Request], scenario: Scenario) -> None:
                     f"The {request.describe()} unlearns sample {bad[0]}, which is not learned at that point of the stream."
                 )
             _forget(learned, request.ids)
+        remaining.append(len(learned))
+    return remaining
 
 
 def _forget(learned: dict[int, int], ids: Sequence[int]) -> None:

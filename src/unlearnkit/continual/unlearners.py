@@ -7,10 +7,11 @@
   every task, so part of the retrain gap there is this rule's, not the strategy's.
 - ``acu`` / ``uncle``: the strategy's own closed-form or data-free unlearning.
 - ``retrain``: replace the model by one retrained on the remaining data (done by the runner).
-- any core method of :mod:`unlearnkit.methods` (``gradient_ascent``, ``ssd``, ...): applied to the
-  current model through :func:`unlearnkit.api.unlearn` with a :class:`~unlearnkit.ForgetRequest` whose
-  forget set is the request's samples and whose retain set is every other learned sample; its seed
-  is the run's unless ``--unlearner-param seed=N`` sets one.
+- any core method of :mod:`unlearnkit.methods` that serves classifiers (``gradient_ascent``, ``ssd``, ...):
+  applied to the current model through :func:`unlearnkit.api.unlearn` with a :class:`~unlearnkit.ForgetRequest`
+  whose forget set is the request's samples and whose retain set is every other learned sample (a method that
+  needs retain data is refused before any work for a request that leaves none); its seed is the run's unless
+  ``--unlearner-param seed=N`` sets one.
 
 After any of them the strategy purges the forgotten samples from its buffers and stores.
 """
@@ -40,6 +41,13 @@ def core_methods() -> list[str]:
     return list(methods())
 
 
+def core_kinds(name: str) -> tuple[str, ...]:
+    """The model kinds the core method ``name`` serves (the continual strategies' models are classifiers)."""
+    from ..methods.registry import methods
+
+    return tuple(methods()[name].kinds)
+
+
 def unlearner_names() -> list[str]:
     """Every valid unlearner name, once (``retrain`` is both built in and a core method)."""
     return list(dict.fromkeys([*BUILTIN, *core_methods()]))
@@ -51,6 +59,10 @@ def resolve_unlearner(spec: str, unlearner: str | None, requests: Sequence[Reque
     name = cls.default_unlearner if unlearner is None else unlearner
     if name not in BUILTIN and name not in core_methods():
         raise UserInputError(f"Unknown unlearner {name!r}; valid: {', '.join(unlearner_names())}.")
+    if name not in BUILTIN and "classifier" not in core_kinds(name):
+        valid = [n for n in unlearner_names() if n in BUILTIN or "classifier" in core_kinds(n)]
+        raise UserInputError(f"Unlearner {name!r} works on {', '.join(core_kinds(name))} models, not on the classifiers "
+                             f"of a continual stream; valid: {', '.join(valid)}.")
     native = NATIVE.get(name)
     if native is not None and cls.name != native:
         raise UserInputError(f"Unlearner {name!r} works only with strategy {native!r}, not {spec!r}.")
@@ -75,6 +87,21 @@ def check_unlearner_params(name: str, params: Mapping[str, Any] | None) -> None:
     from ..methods.registry import method_config
 
     method_config(name, params)
+
+
+def check_retain(name: str, params: Mapping[str, Any] | None, requests: Sequence[Request], remaining: Sequence[int]) -> None:
+    """Refuse, before any work, a core method that needs retain data for a request that leaves no learned
+    sample (``remaining``: learned samples left after each request, from :func:`..stream.check_stream`)."""
+    if name in BUILTIN:
+        return
+    from ..methods.registry import get_method, method_config
+
+    if "retain" not in get_method(name).needs_for(method_config(name, params or {})):
+        return
+    for request, left in zip(requests, remaining):
+        if request.action == "unlearn" and not left:
+            raise UserInputError(f"Unlearner {name!r} needs retain data, but the {request.describe()} leaves no learned "
+                                 "sample; use 'retrain' or a method that needs none, such as gradient_ascent.")
 
 
 def amnesiac(learner: GradientLearner, task: int) -> dict[str, Any]:
