@@ -50,7 +50,7 @@ bench: $(STAMP)
 	$(UK) bench --benchmark facts --split forget10 --attacks relearn,in_context,quantize --retrain-seeds 1,2 --out out/facts-forget10 --overwrite
 	cp out/facts-forget10/results.md docs/results/facts.md
 	$(UK) cards --results out/mnist-class --results out/mnist-random --results out/digits-class \
-	  --results out/digits-random --results out/facts-forget10 --out docs/methods
+	  --results out/digits-random --results out/facts-forget10 --out docs/methods --overwrite
 
 # Rechoose the facts bench's rmu, sam_npo and npo settings on world seed 1, which the bench never reports (~15 min);
 # copy the chosen values into FACTS_METHOD_SETTINGS (benchmarks/lm_bench.py).

@@ -55,7 +55,7 @@ def test_cards_never_land_among_other_files(tmp_path, capsys):
     assert "holds notes.txt, which 'unlearnkit cards' did not write" in capsys.readouterr().err
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 0
-    assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 0  # earlier cards are replaced
+    assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards"), "--overwrite"]) == 0  # earlier cards are replaced
 
 
 def test_cards_never_replace_a_hand_written_readme_or_card(tmp_path, capsys):
@@ -75,7 +75,7 @@ def test_cards_remove_stale_cards_of_methods_no_longer_registered(tmp_path, caps
     assert main(["cards", "--out", str(out)]) == 0
     (out / "gone.md").write_text("# `gone` — A method since removed.\n")
     (out / ".keep").write_text("")
-    assert main(["cards", "--out", str(out)]) == 0
+    assert main(["cards", "--out", str(out), "--overwrite"]) == 0
     assert not (out / "gone.md").exists() and (out / ".keep").exists() and (out / "npo.md").exists()
 
 

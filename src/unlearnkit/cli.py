@@ -326,7 +326,8 @@ def summarize_command(
 @app.command("cards")
 def cards_command(
     results: Optional[list[Path]] = typer.Option(None, help="Bench output folders whose numbers the cards quote (repeatable)."),
-    out: Path = typer.Option(Path("docs/methods"), help="Folder for the cards."),
+    out: Path = typer.Option(Path("docs/methods"), help="Folder for the cards (must not exist unless --overwrite)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing cards folder (one holding only cards)."),
 ) -> None:
     """Write one Markdown card per method: what it needs, its update rule, defaults and measured numbers."""
     from .report.cards import write_cards
@@ -334,8 +335,8 @@ def cards_command(
     for folder in results or []:
         if not (folder / "results.json").is_file():
             raise UserInputError(f"{folder} holds no results.json; pass folders written by 'unlearnkit bench'.")
-    check_output(out, overwrite=True, inputs=results or [])  # write_cards refuses a folder holding other files
-    typer.echo(f"wrote {len(write_cards(out, results or []))} cards to {out}")
+    check_output(out, overwrite=True, inputs=results or [])  # write_cards refuses an existing folder unless --overwrite
+    typer.echo(f"wrote {len(write_cards(out, results or [], overwrite=overwrite))} cards to {out}")
 
 
 @app.command("forget")

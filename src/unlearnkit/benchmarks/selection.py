@@ -12,17 +12,20 @@ rules, it did not design the rules blind.) The rules:
   A run may be a single count: forget quality is erratic in the epoch count.
 - **sam_npo** ``sam_rho``: the candidate with the lowest relearning recovery (SAM's purpose is
   robustness to relearning), among those whose recovery is defined (unlearning lowered the answers'
-  probability enough to measure it).
+  probability enough to measure it); on a tie the smaller ρ.
 - **npo** ``lr`` of the fast recipe :data:`NPO_RECIPE`: the candidate whose means over the unlearning
   seeds :data:`NPO_SEEDS` come closest to the bar of forget quality ≥ 0.5 at utility ≥ 0.97 × the
-  retain model's, i.e. the largest min(FQ / 0.5, utility / 0.97). Several seeds, because forget
+  retain model's, i.e. the largest min(FQ / 0.5, utility / 0.97), on a tie the smaller lr; a candidate
+  with a metric that is not a number (NaN) at any seed does not qualify. Several seeds, because forget
   quality (a KS p-value on the forget items) jumps between runs. The recipe itself (one short pass,
   batches of 64 forget items each paired with retain neighbours linked to the same forgotten person
   by MELU's modular sampling, a KL retain term) came from an exploratory search on world 1 (98 runs;
   the reported world played no part in it), run when modular sampling still paired every forget item
   with any neighbour; the lr is chosen again with the per-person pairing.
 
-``unlearnkit select-facts`` (or ``make select-facts``) reruns the selection and writes its table.
+A forget quality that is NaN never holds for rmu. A method none of whose candidates qualifies keeps its
+generic defaults, and the table says so. ``unlearnkit select-facts`` (or ``make select-facts``) reruns the
+selection and writes its table.
 """
 
 from __future__ import annotations
@@ -69,15 +72,19 @@ def widest_run_centre(values: Sequence[Any], passing: Sequence[bool]) -> Any | N
 
 def closest_to_target(rows: Sequence[Mapping[str, Any]], setting: str) -> Any | None:
     """The value of ``setting`` whose rows (one per seed) have the largest min(mean FQ / 0.5, mean utility /
-    0.97), the earlier candidate on a tie; None without rows."""
+    0.97), the earlier candidate on a tie; a value with a NaN metric in any row does not qualify (None when
+    none does, or without rows)."""
     def score(value: Any) -> float:
         runs = [r for r in rows if r[setting] == value]
         fq = sum(r["forget_quality"] for r in runs) / len(runs)
         utility = sum(r["utility_vs_retain"] for r in runs) / len(runs)
+        if not (math.isfinite(fq) and math.isfinite(utility)):  # min() and max() would order a NaN arbitrarily
+            return math.nan
         return min(fq / TARGET_FORGET_QUALITY, utility / TARGET_UTILITY)
 
-    values = list(dict.fromkeys(r[setting] for r in rows))
-    return max(values, key=score) if values else None
+    scores = {value: score(value) for value in dict.fromkeys(r[setting] for r in rows)}
+    qualified = [value for value, found in scores.items() if math.isfinite(found)]
+    return max(qualified, key=scores.__getitem__) if qualified else None
 
 
 def score_candidates(config: Any, split: str, method: str, setting: str, candidates: Sequence[Any], *,
