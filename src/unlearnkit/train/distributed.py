@@ -10,8 +10,9 @@ command; without a launcher there is one process and every helper is a no-op.
   batch size and a run on N processes takes the same steps on the same items as on one.
 - Evaluation: items are cut into contiguous shards (:func:`shard`), each process scores its
   shard, and :func:`gather_in_order` puts the per-item statistics back in item order.
-- Only the main process writes outputs and ledger rows (:func:`is_main_process`); :func:`end`
-  shuts the process group down (runs that skip it crash at exit now and then).
+- Only the main process writes outputs and ledger rows (:func:`on_main`, which also makes a failed
+  write fail every process); :func:`end` shuts the process group down (runs that skip it crash at
+  exit now and then).
 
 Choice (a batch that does not split evenly, or whose parts, forget and retain, split unevenly): each
 process weights its loss so that DDP's average over the W processes is the one-process gradient. The
@@ -107,9 +108,30 @@ def end(wait: bool = True) -> None:
 
 
 def on_main(action: Callable[[], T]) -> T | None:
-    """Run ``action`` on the main process only, then wait for it everywhere; return its value there."""
-    value = action() if is_main_process() else None
-    barrier()
+    """Run ``action`` on the main process only, then wait for it everywhere; return its value there.
+
+    A failure of ``action`` reaches every process: the main one raises its error, the others an error
+    that says so (the same sentence for a :class:`UserInputError`, so every process exits with status 2).
+    A plain barrier would let the others carry on as if the write had succeeded, their next barrier
+    matched by the failed main process's shutdown.
+    """
+    if process_count() == 1:
+        return action()
+    from accelerate.utils import broadcast_object_list
+
+    value, failure = None, None
+    if is_main_process():
+        try:
+            value = action()
+        except Exception as error:  # sent to the others below, then raised here
+            failure = error
+    user_error = isinstance(failure, UserInputError)
+    message = None if failure is None else str(failure) if user_error else f"{type(failure).__name__}: {failure}"
+    user_error, message = broadcast_object_list([(user_error, message)], from_process=0)[0]
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise UserInputError(message) if user_error else RuntimeError(f"the main process failed: {message}")
     return value
 
 
