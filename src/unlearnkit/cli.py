@@ -455,10 +455,26 @@ def main(argv: list[str] | None = None) -> int:
             end(wait=finished)
 
 
+#: The commands written for several processes (accelerate launch / torchrun); see docs/scale.md.
+MULTI_PROCESS_COMMANDS = ("forget", "evaluate", "bench")
+
+
+def _check_processes(argv: list[str] | None) -> None:
+    """Refuse a command not written for several processes when a launcher started several: each process
+    would run it whole and write the same outputs."""
+    from .train.distributed import launched_processes
+
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
+    if launched_processes() > 1 and command is not None and command not in MULTI_PROCESS_COMMANDS:
+        raise UserInputError(f"The {command} command runs in one process (only {', '.join(MULTI_PROCESS_COMMANDS)} "
+                             "run under several); start it without accelerate launch or torchrun.")
+
+
 def _dispatch(argv: list[str] | None) -> int:
     global _ARGV
     _ARGV = argv
     try:
+        _check_processes(argv)
         # without standalone mode click returns a command's typer.Exit code instead of raising it
         code = app(args=argv, standalone_mode=False)
     except UserInputError as error:

@@ -33,7 +33,7 @@ from ..errors import UserInputError
 from ..train import optimise
 from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome
-from .random_label import check_retain_weight, relabelled_loss
+from .random_label import check_retain_weight, relabelled_loss, with_label_draws
 
 
 @dataclass
@@ -94,11 +94,11 @@ class SalUn(Method):
         params = [p for p in model.parameters() if p.requires_grad]
         masks = saliency_mask(forget_gradient(adapter, request.forget_items(), config.batch_size), config.mask_ratio)
         originals = [p.detach().clone() for p in params] if config.reset_masked else []
-        generator = torch.Generator().manual_seed(config.seed)
         stream, steps = retain_pairing(adapter, request, config)
+        stream = with_label_draws(stream, config.seed, part="forget")
 
         def loss(model, batch: dict) -> torch.Tensor:
-            forget = relabelled_loss(adapter, model, batch["forget"], generator)
+            forget = relabelled_loss(adapter, model, batch["forget"])
             return forget + config.retain_weight * adapter.per_item_loss(model, batch["retain"]).mean()
 
         def mask_gradients(_model) -> None:
