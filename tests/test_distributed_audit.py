@@ -45,7 +45,11 @@ FAILING_WRITE = textwrap.dedent("""
         code = 1
     print(f"rank {rank} exit {code}", flush=True)
     if rank == 0:  # torchrun stops the other workers once one fails: let them report first
-        time.sleep(2)
+        deadline = time.monotonic() + 60
+        while not (work / "rank1.reported").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    else:
+        (work / "rank1.reported").touch()
     sys.exit(code)
 """)
 
