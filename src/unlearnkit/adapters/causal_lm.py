@@ -198,11 +198,13 @@ class CausalLMAdapter:
         (model or self.model).save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
 
-    def with_model(self, model: nn.Module) -> "CausalLMAdapter":
-        """The same adapter (tokenizer, prompt format) around another model."""
+    def with_model(self, model: nn.Module, *, share_tokens: bool = True) -> "CausalLMAdapter":
+        """The same adapter (tokenizer, prompt format) around another model; with ``share_tokens`` False it
+        tokenizes items anew instead of reusing this adapter's token ids (a timed run that must pay for them)."""
         twin = CausalLMAdapter(model, self.tokenizer, self.max_length, system_prompt=self.system_prompt,
                                template_args=self.template_args)
-        twin._encoded = self._encoded  # same tokenizer and prompt format, so the same ids
+        if share_tokens:
+            twin._encoded = self._encoded  # same tokenizer and prompt format, so the same ids
         return twin
 
     # ------------------------------------------------------------------ batching

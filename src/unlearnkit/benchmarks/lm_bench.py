@@ -110,6 +110,77 @@ def bench_relearn_settings(config: Any) -> RelearnSettings:
     return RelearnSettings.scaled_to(config.lr, seed=config.seed)
 
 
+def check_settings(names: Sequence[str] | None, params: Mapping[str, Mapping[str, Any]] | None,
+                   base: str = "scratch") -> None:
+    """Refuse, before any model is trained or loaded, a setting that needs no model to be judged wrong: an unknown
+    method or setting name, a value of the wrong type or range (the checks that need the model follow later)."""
+    chosen = FACTS_METHOD_SETTINGS if base == "scratch" else {}
+    for name in names or (params or {}):
+        method_config(name, {**chosen.get(name, {}), **(params or {}).get(name, {})})
+
+
+def own_adapter(adapter: Any) -> Any:
+    """``adapter`` (same model, tokenizer and prompt format) with an empty tokenization cache, for one method's timed
+    run: the method tokenizes its own items, as the retain model's training did, instead of reusing the ids that
+    evaluation and earlier methods left in a shared cache (which made a method's time depend on what ran before)."""
+    return adapter.with_model(adapter.model, share_tokens=False)
+
+
+#: Reference models train one model with one recipe on nearly the same items, so their seconds per optimizer step
+#: agree when timed under the same conditions, and with the pace of that recipe timed in the bench before its
+#: methods run; further apart than this factor, they were timed under other conditions.
+TIMING_SPREAD = 1.5
+#: Optimizer steps of the models' training recipe the bench times before its methods (after one untimed step).
+PACE_STEPS = 5
+
+
+def step_seconds(references: Sequence[tuple[str, Any, Mapping[str, Any]]]) -> dict[str, float]:
+    """Each reference model's training time per optimizer step (its cached meta's ``train_seconds / steps``)."""
+    return {role: meta["train_seconds"] / meta["steps"] for role, _, meta in references
+            if meta.get("steps") and meta.get("train_seconds")}
+
+
+def training_pace(config: Any, adapter: Any, items: Sequence[Any], steps: int = PACE_STEPS) -> float:
+    """Seconds per optimizer step of the models' training recipe on a copy of ``adapter``'s model, timed now (after
+    an untimed step, as the reference models' training was): the pace their training would have on this machine as
+    it runs the methods."""
+    from ..adapters.base import clone_model
+    from ..methods.base import item_stream
+    from ..train import optimise, warm_up_step
+    from .facts import training_recipe
+
+    recipe = dataclasses.replace(training_recipe(config), max_steps=steps)
+    timed = own_adapter(adapter).with_model(clone_model(adapter.model).train())
+    stream, per_epoch = item_stream(timed, items, recipe)
+    loss = lambda model, batch: timed.per_item_loss(model, batch).mean()  # noqa: E731
+    warm_up_step(timed.model, stream, loss, recipe, steps_per_epoch=per_epoch)
+    start = time.perf_counter()
+    record = optimise(timed.model, stream, loss, recipe, steps_per_epoch=per_epoch, description="timing the recipe")
+    return (time.perf_counter() - start) / max(record.steps, 1)
+
+
+def timing_notes(rates: Mapping[str, float], pace_now: float | None = None) -> list[str]:
+    """Notes on ``time_vs_retrain``: when the reference models' seconds per step (``rates``) differ by more than
+    :data:`TIMING_SPREAD` (cached models timed under other machine load, or thread counts, than one another), and when
+    the retain model's differs that much from the recipe's pace timed in this run (``pace_now``): the methods were
+    then timed under other conditions than the time they are divided by."""
+    notes = []
+    if len(rates) > 1 and max(rates.values()) > TIMING_SPREAD * min(rates.values()):
+        fast, slow = min(rates, key=rates.get), max(rates, key=rates.get)
+        notes.append(f"the reference models' training took from {rates[fast]:.3g} s a step ({fast}) to "
+                     f"{rates[slow]:.3g} s ({slow}) with the same model and recipe: they were timed under different "
+                     "machine load, so their `seconds` and `time_vs_retrain` compare runs timed under different "
+                     "conditions.")
+    retain = rates.get("retain")
+    if retain and pace_now and not 1 / TIMING_SPREAD <= retain / pace_now <= TIMING_SPREAD:
+        notes.append(f"the retain model's training took {retain:.3g} s a step, but the same recipe took "
+                     f"{pace_now:.3g} s a step in this run before the methods: the methods were timed under other "
+                     "machine load (or thread counts) than the retraining time their `time_vs_retrain` divides by, "
+                     "which is off by about that factor (for comparable times, run the bench on a quiet machine "
+                     "after removing the cached models).")
+    return notes
+
+
 def recorded_settings(config: Any, names: Sequence[str],
                       params: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
     """``params`` plus what the target's training recorded for a method: ``first_epoch_ga`` reads the forget
@@ -180,6 +251,7 @@ def run_lm_bench(
     relearn.check()
     check_retrain_seeds(retrain_seeds, config)
     check_output(out, overwrite=overwrite, inputs=(cache_root(),))
+    check_settings(method_names, params, config.base)
     for name in method_names or ():  # the defaults skip what LoRA cannot serve (runnable_defaults)
         check_lora(get_method(name), memory)
     target_dir, target_meta = cached_facts_model(config, "target")
@@ -187,8 +259,10 @@ def run_lm_bench(
     target.model.to(training_device())
     names, not_run = (list(method_names), []) if method_names else runnable_defaults(params or {}, target, config.base,
                                                                                       memory)
-    settings = method_settings(names, recorded_settings(config, names, params), target, request, config.base,
-                               config.seed)
+    recorded = recorded_settings(config, names, params)
+    settings = method_settings(names, recorded, target, request, config.base, config.seed)
+    # settings the bench derives from the world (its seed) besides the seed: runs to summarise may differ in them
+    seeded_params = {name: sorted(set(recorded.get(name, {})) - set((params or {}).get(name, {}))) for name in names}
     check_launch()
     if memory is not None:
         memory.check(target)  # before the retain model is trained or loaded
@@ -230,26 +304,30 @@ def run_lm_bench(
         seeded.model.to(training_device())
         references.append((f"retain_seed{seed}", seeded, seed_meta))
     for role, adapter, meta in references:
-        record_run(role, adapter, {"reference": True, "params": meta["config"], "seconds": meta["train_seconds"],
-                                   **reference_memory(meta), "status": "ok"})
+        record_run(role, adapter, {"reference": True, "params": meta["config"], "seeded_params": ["excluded_people"],
+                                   "seconds": meta["train_seconds"], **reference_memory(meta), "status": "ok"})
     baseline = memory_baseline()
     warm_up(target.model, request, target, memory)
+    pace = training_pace(config, target, data.train)
     for name in names:
-        model, record = unlearn(target.model, request, name, adapter=target, memory=memory, **settings[name])
+        own = own_adapter(target)
+        model, record = unlearn(own.model, request, name, adapter=own, memory=memory, **settings[name])
         record_run(name, target.with_model(model), {
-            "reference": False, "params": record.params, "seconds": record.seconds, **memory_of(record),
-            "status": record.status, "message": record.message, "info": record.info, "losses": record.losses})
+            "reference": False, "params": record.params, "seeded_params": seeded_params[name],
+            "seconds": record.seconds, **memory_of(record), "status": record.status, "message": record.message,
+            "info": record.info, "losses": record.losses})
 
     results = {"benchmark": "facts", "split": split, "seed": config.seed, "retrain_seconds": retrain_seconds,
                "attacks": list(attacks),
                "metric_keys": list(LM_METRICS), "config": config.to_dict(),
                "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs,
-               **baseline}
+               "step_seconds": {**step_seconds(references), "now": pace}, **baseline}
     if "relearn" in attacks:
         results["relearn"] = dataclasses.asdict(relearn)
     notes = ([RETRAIN_SEEDS_NOTE] if retrain_seeds else []) + not_run
     notes += [relearn.describe(config.lr)] if "relearn" in attacks else []
     notes += unmemorised_notes(references, config.target_accuracy)
+    notes += timing_notes(step_seconds(references), pace)
     if notes:
         results["notes"] = notes
     base = "" if config.base == "scratch" else f" --base {config.base}"

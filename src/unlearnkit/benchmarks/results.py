@@ -107,6 +107,8 @@ RUN_FIELDS = (
     ("seconds", is_number, "a number"),
     ("retrain_seconds", lambda v: v is None or is_number(v), "a number"),
     ("params", lambda v: v is None or isinstance(v, dict), "a mapping of settings"),
+    ("seeded_params", lambda v: isinstance(v, list) and all(isinstance(name, str) for name in v),
+     "a list of setting names"),
 )
 
 
@@ -130,9 +132,11 @@ def read_bench_results(path: Path) -> dict[str, Any]:
 
 
 def _settings(run: Mapping[str, Any]) -> dict[str, Any]:
-    """A run's settings but its seed, which is what runs to be summarised differ in."""
+    """A run's settings but its seed and those the bench derived from the seed (``seeded_params``: the facts bench's
+    forgotten people, the first-epoch gradients it recorded), which is what runs to be summarised differ in."""
     params = run.get("params")
-    return {k: v for k, v in params.items() if k != "seed"} if isinstance(params, Mapping) else {"params": params}
+    seeded = {"seed", *run.get("seeded_params", ())}
+    return {k: v for k, v in params.items() if k not in seeded} if isinstance(params, Mapping) else {"params": params}
 
 
 def summary_rows(all_results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, str]], list[str]]:
