@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -18,7 +17,7 @@ from ..report.html import write_report
 from ..request import ForgetRequest
 from ..train.measure import memory_of, reference_memory
 from .cache import cache_root
-from .results import memory_baseline, write_items, write_results
+from .results import machine_info, memory_baseline, thread_notes, write_items, write_results
 from .vision import (BENCH_METHOD_SETTINGS, VisionBenchmark, cached_classifier, evaluation_split_ids, evaluation_splits,
                      forget_request, load_vision_benchmark, settings_note)
 
@@ -109,8 +108,10 @@ def run_classifier_bench(
         log(f"{name:>16}: forget_acc={m['forget_acc']:.4f} test_acc={m['test_acc']:.4f} avg_gap={m['avg_gap']:.4f} "
             f"time={record.seconds:.2f}s ({record.seconds / retrain_seconds:.3f} of retrain)")
 
+    machine = machine_info()
+    notes += thread_notes({"original": case.target_meta, "retrain": case.retrain_meta}, machine["torch_threads"])
     results = {"benchmark": benchmark, "scenario": scenario, "seed": seed, "retrain_seconds": retrain_seconds, "notes": notes, **memory,
-               "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs}
+               "machine": machine, "runs": runs}
     command = command or f"unlearnkit bench --benchmark {benchmark} --scenario {scenario}"
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_results(tmp, results, COLUMNS, f"{benchmark} — {scenario} forgetting", command)

@@ -707,7 +707,8 @@ def train_facts_model(config: FactsConfig, tokenizer: Any, items: list[dict],
         record = optimise(model, stopper.wrap(stream), stopper.loss, recipe, steps_per_epoch=steps,
                           description="training facts model")
     accuracy, exact = answer_accuracy(adapter, model, items)
-    info = {"train_seconds": training.seconds, **training_memory(training), "epochs_run": stopper.epochs_run,
+    info = {"train_seconds": training.seconds, **training_memory(training), "train_threads": torch.get_num_threads(),
+            "epochs_run": stopper.epochs_run,
             "steps": record.steps,
             "final_loss": record.losses[-1] if record.losses else None, "answer_token_accuracy": accuracy,
             "exact_match": exact, "memorised": accuracy >= config.target_accuracy, "train_items": len(items),

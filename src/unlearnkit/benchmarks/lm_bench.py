@@ -7,7 +7,6 @@ rows; forget quality and privleak of every model are measured against the retain
 from __future__ import annotations
 
 import dataclasses
-import platform
 import random
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from ..methods.registry import get_method, method_config, methods
 from ..report.html import write_report
 from ..train.measure import memory_of, reference_memory
 from .cache import cache_root
-from .results import memory_baseline, write_items, write_results
+from .results import machine_info, memory_baseline, thread_notes, write_items, write_results
 
 COLUMNS = ("method", "forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
            "retain_rouge", "general_rouge", "mia_loss_auc", "mia_minkpp_auc", "privleak", "extraction_strength",
@@ -320,7 +319,7 @@ def run_lm_bench(
     results = {"benchmark": "facts", "split": split, "seed": config.seed, "retrain_seconds": retrain_seconds,
                "attacks": list(attacks),
                "metric_keys": list(LM_METRICS), "config": config.to_dict(),
-               "machine": {"python": platform.python_version(), "platform": platform.platform()}, "runs": runs,
+               "machine": machine_info(), "runs": runs,
                "step_seconds": {**step_seconds(references), "now": pace}, **baseline}
     if "relearn" in attacks:
         results["relearn"] = dataclasses.asdict(relearn)
@@ -328,6 +327,7 @@ def run_lm_bench(
     notes += [relearn.describe(config.lr)] if "relearn" in attacks else []
     notes += unmemorised_notes(references, config.target_accuracy)
     notes += timing_notes(step_seconds(references), pace)
+    notes += thread_notes({role: meta for role, _, meta in references}, results["machine"]["torch_threads"])
     if notes:
         results["notes"] = notes
     base = "" if config.base == "scratch" else f" --base {config.base}"

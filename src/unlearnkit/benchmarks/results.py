@@ -50,7 +50,9 @@ def write_items(path: Path, rows: Iterable[dict[str, Any]]) -> None:
 def write_results(out: Path, results: dict[str, Any], columns: Sequence[str], title: str, command: str) -> str:
     """Write ``results.json`` and ``results.md`` into ``out``; return the markdown."""
     write_json_atomic(out / "results.json", results)
-    seed = "" if results.get("seed") is None else f" (seed {results['seed']})"
+    threads = (results.get("machine") or {}).get("torch_threads")
+    run = [f"seed {results['seed']}"] * (results.get("seed") is not None) + [f"{threads} torch threads"] * bool(threads)
+    seed = f" ({', '.join(run)})" if run else ""
     timed = any(_numeric(run.get("retrain_seconds")) for run in results["runs"]) or _numeric(results.get("retrain_seconds"))
     markdown = "\n".join([
         f"# {title}",
@@ -67,6 +69,27 @@ def write_results(out: Path, results: dict[str, Any], columns: Sequence[str], ti
     ])
     write_text_atomic(out / "results.md", markdown)
     return markdown
+
+
+def machine_info() -> dict[str, Any]:
+    """For results.json: the Python, platform, torch version and torch's CPU thread count of this run. The
+    thread count matters for reproducing numbers: CPU kernels split their sums by thread, so a model trained
+    with 1 thread differs in the last bits from one trained with 2, and its unlearning runs after it."""
+    import platform
+
+    import torch
+
+    return {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def thread_notes(references: Mapping[str, Mapping[str, Any]], threads: int) -> list[str]:
+    """A note for each cached reference model (role → its meta) trained with another torch thread count than
+    ``threads``: its weights, and so every number compared with it, differ slightly from a fresh run's here."""
+    return [f"{role} was trained (and cached) with {meta['train_threads']} torch thread(s), this run used {threads}: "
+            "a fresh run here trains a slightly different model (CPU sums are split by thread), so its numbers differ "
+            "in the last digits." for role, meta in references.items()
+            if meta.get("train_threads") not in (None, threads)]
 
 
 def memory_baseline() -> dict[str, float]:

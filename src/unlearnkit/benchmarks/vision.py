@@ -205,6 +205,7 @@ def cached_classifier(bench: VisionBenchmark, excluded: list[int], role: str) ->
         model, training = train_classifier(bench, [it for i, it in enumerate(bench.train) if i not in drop])
         save_state_dict(model.state_dict(), directory / "model.safetensors")
         return {"role": role, "train_seconds": training.seconds, **training_memory(training),
+                "train_threads": torch.get_num_threads(),
                 "train_items": len(bench.train) - len(drop)}
 
     directory, meta = cached("classifier", config, build)
