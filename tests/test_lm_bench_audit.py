@@ -12,7 +12,7 @@ import torch
 
 from unlearnkit.errors import UserInputError
 from unlearnkit.train import measure as measure_module
-from unlearnkit.train.measure import measure
+from unlearnkit.train.measure import _reset_kernel_peak, measure
 
 MB = 2**20
 
@@ -133,16 +133,7 @@ def test_reference_models_and_methods_timed_under_different_load_are_noted(bench
     assert timing_notes({"retain": 0.035}, None) == timing_notes({}, 0.5) == []  # nothing to compare
 
 
-def _peak_resettable() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-kernel_peak = pytest.mark.skipif(not _peak_resettable(), reason="the kernel's peak resident set cannot be reset here")
+kernel_peak = pytest.mark.skipif(not _reset_kernel_peak(), reason="the kernel's peak resident set cannot be reset here")
 
 
 @kernel_peak
