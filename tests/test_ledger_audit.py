@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from unlearnkit.cli import main
 from unlearnkit.errors import UserInputError
+import unlearnkit.ledger as ledger_module
 from unlearnkit.ledger import ROWS_TABLE, Ledger
 
 BEFORE, AFTER = "a" * 64, "b" * 64
@@ -110,25 +112,34 @@ def test_an_unreadable_salt_file_is_refused_without_quoting_the_salt(tmp_path: P
 
 
 @pytest.fixture
-def read_only_mount(tmp_path: Path):
-    """A folder on its own small file system, and a function that makes it read-only (for root too)."""
-    folder = tmp_path / "mnt"
+def read_only_folder(tmp_path: Path, monkeypatch):
+    """A folder, and a function that makes the ledger module see it as read-only (as on read-only media or an
+    archive): SQLite is then opened on it read-only, so any write attempt fails as it would there."""
+    folder = tmp_path / "archive"
     folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True).returncode:
-        pytest.skip("a read-only location needs a file system this test can mount (root)")
 
     def make_read_only() -> None:
-        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
-        assert not os.access(folder, os.W_OK)
+        monkeypatch.setattr(ledger_module, "_writable", lambda path: not Path(path).resolve().is_relative_to(folder.resolve()))
 
+    return folder, make_read_only
+
+
+def _can_mount() -> bool:
+    """Whether this process can mount a small tmpfs (root with the capability): a file system that is read-only
+    for root too, for the one test that needs SQLite itself to meet one."""
+    probe = Path(tempfile.mkdtemp())
     try:
-        yield folder, make_read_only
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)], capture_output=True)
+        subprocess.run(["umount", "-l", str(probe)], capture_output=True)
+        return mounted.returncode == 0
+    except OSError:
+        return False
     finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        probe.rmdir()
 
 
-def test_a_ledger_in_a_read_only_folder_can_be_read_and_verified(read_only_mount) -> None:
-    folder, make_read_only = read_only_mount
+def test_a_ledger_in_a_read_only_folder_can_be_read_and_verified(read_only_folder) -> None:
+    folder, make_read_only = read_only_folder
     path = folder / "ledger.db"
     write_rows(path)
     with Ledger(path) as ledger:
@@ -145,8 +156,8 @@ def test_a_ledger_in_a_read_only_folder_can_be_read_and_verified(read_only_mount
             add(ledger)
 
 
-def test_a_new_ledger_in_a_read_only_folder_is_refused_before_any_work(read_only_mount) -> None:
-    folder, make_read_only = read_only_mount
+def test_a_new_ledger_in_a_read_only_folder_is_refused_before_any_work(read_only_folder) -> None:
+    folder, make_read_only = read_only_folder
     (folder / "empty.db").touch()
     make_read_only()
     for name in ("ledger.db", "empty.db"):  # a missing file, and an empty one (a place for a new ledger)
@@ -155,18 +166,37 @@ def test_a_new_ledger_in_a_read_only_folder_is_refused_before_any_work(read_only
     assert sorted(os.listdir(folder)) == ["empty.db"]
 
 
-def test_a_first_append_to_an_empty_file_in_a_read_only_folder_gives_one_sentence(read_only_mount) -> None:
-    folder, make_read_only = read_only_mount
+@pytest.mark.skipif(os.geteuid() == 0 and not _can_mount(), reason="root without mount rights has no read-only folder")
+def test_a_first_append_to_an_empty_file_in_a_read_only_folder_gives_one_sentence(tmp_path: Path) -> None:
+    """SQLite itself must meet the read-only file system here (switching to WAL was the first write): a folder
+    without write permission, or for root a tmpfs remounted read-only."""
+    folder = tmp_path / "mnt"
+    folder.mkdir()
     (folder / "empty.db").touch()
-    make_read_only()
+    mounted = os.geteuid() == 0
+    if mounted:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], check=True, capture_output=True)
+        (folder / "empty.db").touch()
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+    else:
+        folder.chmod(0o555)
+    try:
+        _first_append_is_refused(folder)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        folder.chmod(0o755)
+
+
+def _first_append_is_refused(folder: Path) -> None:
     with Ledger(folder / "empty.db", salt=SALT) as ledger:  # setting up WAL was the first write, and it failed
         with pytest.raises(UserInputError, match=r"empty\.db cannot be written \(attempt to write a readonly database"):
             add(ledger)
     assert sorted(os.listdir(folder)) == ["empty.db"] and (folder / "empty.db").stat().st_size == 0
 
 
-def test_a_salt_file_in_a_read_only_folder_is_refused_before_any_work(tmp_path: Path, read_only_mount) -> None:
-    folder, make_read_only = read_only_mount
+def test_a_salt_file_in_a_read_only_folder_is_refused_before_any_work(tmp_path: Path, read_only_folder) -> None:
+    folder, make_read_only = read_only_folder
     make_read_only()
     with Ledger(tmp_path / "ledger.db", salt_file=folder / "ledger.salt") as ledger:
         with pytest.raises(UserInputError, match="salt file .*read-only"):
