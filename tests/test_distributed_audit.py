@@ -36,14 +36,19 @@ FAILING_WRITE = textwrap.dedent("""
     from unlearnkit.cli import main
 
     rank = distributed.process_index()
+
+    def report(line):  # a file per process: torchrun may interleave the processes' stdout within a line
+        with open(work / f"rank{rank}.report", "a") as out:
+            out.write(line + "\\n")
+
     try:
         code = main(["forget", "--model", str(work / "model"), "--forget", str(work / "forget.jsonl"), "--retain",
                      str(work / "retain.jsonl"), "--method", "gradient_ascent", "--out", str(work / "out"),
                      "--ledger", str(work / "ledger.db")])
     except Exception as error:
-        print(f"rank {rank} raised {type(error).__name__}: {error}", flush=True)
+        report(f"rank {rank} raised {type(error).__name__}: {error}")
         code = 1
-    print(f"rank {rank} exit {code}", flush=True)
+    report(f"rank {rank} exit {code}")
     if rank == 0:  # torchrun stops the other workers once one fails: let them report first
         deadline = time.monotonic() + 60
         while not (work / "rank1.reported").exists() and time.monotonic() < deadline:
@@ -74,6 +79,11 @@ def _two_processes(work: Path, kind: str) -> subprocess.CompletedProcess:
                           timeout=180)
 
 
+def _reports(work: Path) -> list[str]:
+    """Every line the processes reported, sorted."""
+    return sorted(line for path in work.glob("rank*.report") for line in path.read_text().splitlines())
+
+
 def test_on_main_in_one_process_returns_the_value_and_raises_the_error():
     def fail():
         raise OSError("gone")
@@ -88,7 +98,7 @@ def test_a_refused_write_on_the_main_process_gives_every_process_the_sentence_an
     process's shutdown barrier then matched; they went on as if the write had succeeded and crashed in the
     next barrier with a gloo "Connection closed by peer" traceback."""
     done = _two_processes(workspace, "user")
-    assert sorted(line for line in done.stdout.splitlines() if line.startswith("rank")) == ["rank 0 exit 2",
+    assert _reports(workspace) == ["rank 0 exit 2",
                                                                                          "rank 1 exit 2"]
     assert done.stderr.count("error: The disk refused the output.") == 2
     assert not (workspace / "out").exists() and not (workspace / "ledger.db").exists()
@@ -99,7 +109,7 @@ def test_a_crash_while_writing_on_the_main_process_is_named_by_the_others(worksp
     """Before: the other process failed in a later barrier with gloo's "Connection closed by peer"."""
     done = _two_processes(workspace, "os")
     assert done.returncode != 0
-    assert sorted(line for line in done.stdout.splitlines() if line.startswith("rank")) == [
+    assert _reports(workspace) == [
         "rank 0 exit 1", "rank 0 raised OSError: disk gone",
         "rank 1 exit 1", "rank 1 raised RuntimeError: the main process failed: OSError: disk gone"]
     assert not (workspace / "out").exists() and not (workspace / "ledger.db").exists()
