@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import socket
@@ -42,7 +43,7 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, inputs: Iterable[An
         if given.is_dir() and given.resolve() in resolved.parents:
             raise UserInputError(f"The output path {out} lies inside the input folder {given}; writing there would "
                                  "change it. Choose a path outside it.")
-    if path.exists() and not overwrite:
+    if (path.exists() or path.is_symlink()) and not overwrite:  # a dangling link too: the final rename would fail
         raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
     if path.exists() and path.is_dir() == file:
         raise UserInputError(f"The output path {out} is {'a folder' if file else 'a file'}; {what} output cannot replace it.")
@@ -60,13 +61,13 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False,
     one it replaced (if any) is put back. Temporary folders of ``final`` left by a killed run are removed.
     """
     final = Path(final)
-    if final.exists() and not overwrite:
+    if os.path.lexists(final) and not overwrite:
         raise UserInputError(f"The output path {final} already exists; choose another or pass --overwrite.")
     created = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{_owner()}-", dir=final.parent))
-    tmp.chmod(0o755)  # mkdtemp makes folders private; outputs are meant to be shared
+    tmp.chmod(0o755 & ~_umask())  # mkdtemp makes folders private; outputs are meant to be shared (as the umask allows)
     try:
         yield tmp
         _shareable(tmp)
@@ -86,15 +87,24 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False,
             _remove_empty(created)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
+
+
+def _discard(path: Path) -> None:
+    """Remove what an overwritten output was moved aside to: a folder, or a file or link (never what a link points to)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _shareable(folder: Path) -> None:
     """Give private files in ``folder`` (some writers, e.g. transformers' ``save_pretrained``, create their files
-    with ``mkstemp``, mode 0600) mode 0644, as :func:`save_state_dict` gives the files it writes."""
+    with ``mkstemp``, mode 0600) mode 0644 less the umask, as :func:`save_state_dict` gives the files it writes."""
+    mode = _new_file_mode()
     for path in folder.rglob("*"):
         if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600:
-            path.chmod(0o644)
+            path.chmod(mode)
 
 
 def _place(tmp: Path, final: Path, overwrite: bool) -> Path | None:
@@ -111,7 +121,7 @@ def _place(tmp: Path, final: Path, overwrite: bool) -> Path | None:
                 raise appeared from None
             raise
         return None
-    if not final.exists():
+    if not os.path.lexists(final):
         os.replace(tmp, final)
         return None
     old = final.with_name(f".{final.name}.old-{_owner()}")
@@ -167,13 +177,37 @@ def _process_running(pid: int) -> bool:
     return True
 
 
+def _umask() -> int:
+    """This process's umask (read without changing it where Linux shows it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(replaced: Path | None = None) -> int:
+    """The mode of a written file: that of the regular file it replaces, else 0644 less the umask (mkstemp makes
+    files private; results and reports are meant to be read, but never more widely than the umask allows)."""
+    if replaced is not None and replaced.is_file() and not replaced.is_symlink():
+        return replaced.stat().st_mode & 0o777
+    return 0o644 & ~_umask()
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` as UTF-8 (whatever the locale) through a temporary file and a rename."""
+    """Write ``text`` to ``path`` as UTF-8 (whatever the locale) through a temporary file and a rename.
+
+    A file that is replaced keeps its mode; a new one gets 0644 less the umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes files private; results and reports are meant to be read
+        os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -198,7 +232,8 @@ def _json_default(value: Any) -> Any:
 
 
 def save_state_dict(state: dict[str, "torch.Tensor"], path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors (contiguous CPU copies; shared storage is split), atomically."""
+    """Save tensors as safetensors (contiguous CPU copies; shared storage is split), atomically; the file's mode is
+    that of the file it replaces, else 0644 less the umask."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
@@ -207,7 +242,7 @@ def save_state_dict(state: dict[str, "torch.Tensor"], path: str | os.PathLike, m
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, _new_file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -219,6 +254,11 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"The weights file {path} {'is a folder' if path.is_dir() else 'does not exist'}.")
+    try:
+        with path.open("rb"):  # else safetensors calls an unreadable file missing, and torch's check a traceback
+            pass
+    except OSError as error:
+        raise UserInputError(f"The weights file {path} cannot be read ({error.strerror or type(error).__name__}).") from None
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -233,6 +273,11 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
     except Exception as error:
         if not _torch_save_file(path):
             raise UserInputError(f"The weights file {path} is neither safetensors nor a torch.save checkpoint.") from None
+        if not trust_pickle and not isinstance(error, pickle.UnpicklingError):
+            # a damaged archive, not a pickle that needs trust: --trust-pickle would not help
+            first = (str(error).splitlines() or [""])[0][:200]
+            raise UserInputError(f"The weights file {path} is a damaged or foreign torch.save archive "
+                                 f"({type(error).__name__}: {first}).") from None
         if not trust_pickle:
             raise UserInputError(
                 f"The checkpoint {path} is a pickle that cannot be loaded safely; convert it to safetensors or pass --trust-pickle if you trust its source."

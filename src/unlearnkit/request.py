@@ -33,13 +33,18 @@ class ForgetRequest:
     links: Mapping[int, Sequence[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not (hasattr(self.data, "__len__") and hasattr(self.data, "__getitem__")):
+            raise UserInputError(f"The request's data must be an indexable collection of items with a length "
+                                 f"(a list or a Dataset), got {type(self.data).__name__}.")
         object.__setattr__(self, "forget", _ids(self.forget, "forget"))
         if self.retain is not None:
             object.__setattr__(self, "retain", _ids(self.retain, "retain"))
+        if not isinstance(self.neighbours, Mapping):
+            raise UserInputError(f"The request's neighbours must map set names to item ids, got {type(self.neighbours).__name__}.")
         object.__setattr__(
             self, "neighbours", {k: _ids(v, f"neighbours[{k!r}]") for k, v in dict(self.neighbours).items()}
         )
-        object.__setattr__(self, "holdout", tuple(self.holdout or ()))
+        object.__setattr__(self, "holdout", _holdout(self.holdout))
         object.__setattr__(self, "links", _links(self.links, self.neighbours))
         self.validate()
 
@@ -53,6 +58,8 @@ class ForgetRequest:
         n = self.size
         if not self.forget:
             raise UserInputError("The forget set is empty: name at least one item to forget.")
+        if n == 0:
+            raise UserInputError("The request's data holds no items, so no item id can be valid.")
         named = {"forget": self.forget, **({"retain": self.retain} if self.retain is not None else {})}
         named.update({f"neighbours[{k}]": v for k, v in self.neighbours.items()})
         for name, ids in named.items():
@@ -95,12 +102,34 @@ def _links(links: Any, neighbours: Mapping[str, Sequence[int]]) -> dict[int, tup
     known = {i for ids in neighbours.values() for i in ids}
     checked = {}
     for key, entities in links.items():
-        if isinstance(key, bool) or not isinstance(key, int) or key not in known:
-            raise UserInputError(f"The request's links name {key!r}, which is no id of its neighbour sets.")
+        try:  # a numpy or torch integer is an id as in the neighbour sets (see _ids)
+            if isinstance(key, bool) or _boolean(key):
+                raise TypeError
+            key = operator.index(key)
+        except TypeError:
+            # the type only: a key that is no id may be a forgotten entity's name
+            raise UserInputError(f"The request's links name a {type(key).__name__} key; its keys must be ids of its "
+                                 "neighbour sets.") from None
+        if key not in known:
+            raise UserInputError(f"The request's links name {key}, which is no id of its neighbour sets.")
         if isinstance(entities, (str, bytes)) or not isinstance(entities, Iterable):
-            raise UserInputError(f"The links of neighbour {key} must be a list of entities, got {entities!r}.")
+            # the type only: the entities are the forgotten people or things, which errors do not repeat
+            raise UserInputError(f"The links of neighbour {key} must be a list of entities, got {type(entities).__name__}.")
         checked[key] = tuple(entities)
     return checked
+
+
+def _holdout(items: Any) -> tuple[Any, ...]:
+    """The holdout items as a tuple; text or a non-collection is refused, never split into characters."""
+    if items is None:
+        return ()
+    if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
+        raise UserInputError(f"The request's holdout must be a sequence of items, got {type(items).__name__}.")
+    try:
+        return tuple(items)
+    except TypeError:  # a 0-d array or tensor declares iteration but refuses it
+        raise UserInputError(f"The request's holdout must be a sequence of items, got a single "
+                             f"{type(items).__name__} value.") from None
 
 
 def _ids(values: Any, name: str) -> tuple[int, ...]:
@@ -109,6 +138,11 @@ def _ids(values: Any, name: str) -> tuple[int, ...]:
         raise UserInputError(f"The {name} ids must be a sequence of integers, got {type(values).__name__}.")
     if _boolean(values):  # a torch bool tensor's elements would pass as the ids 0 and 1
         raise UserInputError(f"The {name} ids must be integers (not a mask); an array of booleans is a mask.")
+    try:
+        values = list(values)
+    except TypeError:  # a 0-d array or tensor declares iteration but refuses it
+        raise UserInputError(f"The {name} ids must be a sequence of integers, got a single "
+                             f"{type(values).__name__} value.") from None
     ids = []
     for value in values:
         try:

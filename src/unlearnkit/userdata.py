@@ -22,9 +22,13 @@ def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     if kind is None:
         raise UserInputError(f"The data file {path} has an unknown format; use .jsonl, .csv or .parquet.")
     try:
+        with path.open("rb"):  # an unreadable file is named as such (Parquet's reader would call it foreign)
+            pass
         records = {"jsonl": _jsonl, "csv": _csv, "parquet": _parquet}[kind](path)
     except UnicodeDecodeError:
         raise UserInputError(f"The data file {path} is not text in UTF-8; expected {kind}.") from None
+    except OSError as error:
+        raise UserInputError(f"The data file {path} cannot be read ({error.strerror or type(error).__name__}).") from None
     if not records:
         raise UserInputError(f"The data file {path} holds no records.")
     return records
@@ -35,11 +39,15 @@ def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
-            rows = json.loads(text)
+            rows = json.loads(text, object_pairs_hook=_unique_fields)
         except json.JSONDecodeError as error:
             raise UserInputError(f"{path} is not valid JSON (line {error.lineno}: {error.msg}).") from None
         except RecursionError:
             raise UserInputError(f"{path} is nested too deeply to be read as JSON.") from None
+        except ValueError:  # an integer beyond Python's digit limit for int(str)
+            raise UserInputError(f"{path} holds a number too long to be read as JSON.") from None
+        except _FieldTwice as twice:
+            raise UserInputError(f"{path} names the field {twice.name!r} twice in one object; give each field once.") from None
         return [(i + 1, _as_record(row, path, i + 1)) for i, row in enumerate(rows)]
     records = []
     # at newlines only (read_text made \r\n and \r into \n): str.splitlines also splits at U+2028, U+2029
@@ -48,12 +56,45 @@ def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            records.append((number, _as_record(json.loads(line), path, number)))
+            row = json.loads(line, object_pairs_hook=_unique_fields)
         except json.JSONDecodeError as error:
+            if path.suffix.lower() == ".json" and _one_json_value(text):
+                raise UserInputError(f"{path} holds one JSON value over several lines; expected one object per line "
+                                     "or one JSON array of objects.") from None
             raise UserInputError(f"{path} line {number} is not valid JSON ({error.msg}).") from None
         except RecursionError:
             raise UserInputError(f"{path} line {number} is nested too deeply to be read as JSON.") from None
+        except ValueError:  # an integer beyond Python's digit limit for int(str)
+            raise UserInputError(f"{path} line {number} holds a number too long to be read as JSON.") from None
+        except _FieldTwice as twice:
+            raise UserInputError(f"{path} line {number} names the field {twice.name!r} twice in one object; "
+                                 "give each field once.") from None
+        records.append((number, _as_record(row, path, number)))
     return records
+
+
+class _FieldTwice(Exception):
+    """A JSON object names one field twice (json keeps the last value and drops the others)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        raise _FieldTwice(next(name for i, (name, _) in enumerate(pairs) if name in dict(pairs[:i])))
+    return record
+
+
+def _one_json_value(text: str) -> bool:
+    """Whether ``text`` as a whole is one JSON value (a pretty-printed object, say), not JSON lines."""
+    try:
+        json.loads(text)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 def _as_record(row: Any, path: Path, number: int) -> dict[str, Any]:
@@ -69,6 +110,8 @@ def _csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
         reader = csv.DictReader(handle)
         try:
             if not reader.fieldnames:
+                if reader.fieldnames is not None and any(reader.reader):  # a blank first line, rows after it
+                    raise UserInputError(f"{path} line 1 is empty; the first line of a CSV file must name its columns.")
                 return []
             twice = next((name for i, name in enumerate(reader.fieldnames) if name in reader.fieldnames[:i]), None)
             if twice is not None:  # DictReader would keep the last such column's values and drop the others

@@ -1,0 +1,262 @@
+"""Audit of user data files, forget requests and model I/O: every bad input is one sentence (exit 2 from the CLI)
+and writes nothing; outputs never end half-written, never replace through a link, and are never more readable
+than the umask allows."""
+
+import builtins
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from unlearnkit.adapters.classifier_spec import MLP, save_classifier
+from unlearnkit.cli import main
+from unlearnkit.errors import UserInputError
+from unlearnkit.io import atomic_dir, check_output, load_state_dict, save_state_dict, write_text_atomic
+from unlearnkit.request import ForgetRequest
+from unlearnkit.userdata import read_records
+
+SPEC = {"kind": "classifier", "architecture": "mlp", "input_dim": 4, "hidden": [16], "num_classes": 2}
+DATA = list(range(10))
+
+
+@pytest.fixture()
+def unreadable(monkeypatch):
+    """Make a file unreadable: mode 000, and (root reads any file) opening it by name fails as it would."""
+
+    def make(path: Path) -> Path:
+        path.chmod(0)
+        target = os.path.realpath(path)
+        real_open = builtins.open
+
+        def refusing_open(file, *args, **kwargs):
+            if isinstance(file, (str, bytes, os.PathLike)) and os.path.realpath(file) == target:
+                raise PermissionError(13, "Permission denied", os.fspath(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", refusing_open)
+        monkeypatch.setattr(io, "open", refusing_open)  # pathlib opens through io.open
+        return path
+
+    yield make
+
+
+# --- user data files -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, content", [("rows.jsonl", '{"question": "q", "answer": "a"}\n'),
+                                           ("rows.csv", "question,answer\nq,a\n")])
+def test_an_unreadable_data_file_is_one_sentence(tmp_path, unreadable, name, content):
+    path = tmp_path / name
+    path.write_text(content)
+    unreadable(path)
+    with pytest.raises(UserInputError, match=r"^The data file .* cannot be read \(Permission denied\)\.$"):
+        read_records(path)
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("rows.jsonl", '{"question": "q", "answer": 1' + "0" * 5000 + "}\n", "line 1 holds a number too long"),
+    ("rows.json", '[{"question": "q", "answer": 1' + "0" * 5000 + "}]", "holds a number too long"),
+    ("rows.jsonl", '{"question": "q", "answer": "a"}\n{"question": "kept", "answer": "x", "question": "dropped"}\n',
+     "line 2 names the field 'question' twice in one object"),
+    ("rows.json", '[{"question": "q", "answer": "a", "answer": "b"}]', "names the field 'answer' twice"),
+    ("rows.json", '{\n  "question": "q",\n  "answer": "a"\n}\n', "holds one JSON value over several lines"),
+    ("rows.csv", "\nquestion,answer\nq,a\n", "line 1 is empty; the first line of a CSV file must name its columns"),
+])
+def test_malformed_data_files_are_one_sentence_naming_the_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(UserInputError, match=message):
+        read_records(path)
+
+
+def test_json_records_still_read_as_before(tmp_path):
+    (tmp_path / "rows.json").write_text('[{"q": 1, "nested": {"a": 1, "b": 2}},\n {"q": 2}]')
+    (tmp_path / "rows.jsonl").write_text('{"q": 1}\n\n{"q": 2, "same": {"q": 3}}\n')
+    (tmp_path / "blank.csv").write_text("\n\n")
+    assert read_records(tmp_path / "rows.json") == [(1, {"q": 1, "nested": {"a": 1, "b": 2}}), (2, {"q": 2})]
+    assert read_records(tmp_path / "rows.jsonl") == [(1, {"q": 1}), (3, {"q": 2, "same": {"q": 3}})]
+    with pytest.raises(UserInputError, match="holds no records"):
+        read_records(tmp_path / "blank.csv")
+
+
+def _classifier_workspace(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    save_classifier(MLP(4, [16], 2), SPEC, tmp_path / "model")
+    rows = [{"input": [float(i), 0.0, 1.0, 2.0], "label": i % 2} for i in range(8)]
+    (tmp_path / "retain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[2:]))
+    (tmp_path / "forget.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    return tmp_path
+
+
+def _forget_args(ws: Path, **overrides) -> list[str]:
+    args = {"--model": ws / "model", "--forget": ws / "forget.jsonl", "--retain": ws / "retain.jsonl",
+            "--method": "gradient_ascent", "--out": ws / "out", "--ledger": ws / "ledger.db", **overrides}
+    return ["forget", *[str(part) for pair in args.items() for part in pair]]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"input": [1, 2, 3, 4], "label": 1, "label": 0}', "names the field 'label' twice"),
+    ('{"input": [1, 2, 3, 4], "label": 1' + "0" * 5000 + "}", "holds a number too long"),
+])
+def test_forget_refuses_such_files_with_exit_2_and_writes_nothing(tmp_path, capsys, line, message):
+    ws = _classifier_workspace(tmp_path)
+    (ws / "forget.jsonl").write_text(line + "\n")
+    assert main(_forget_args(ws)) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (ws / "out").exists() and not (ws / "ledger.db").exists()
+
+
+def test_forget_refuses_a_dangling_link_at_out_before_any_work(tmp_path, capsys):
+    ws = _classifier_workspace(tmp_path)
+    (ws / "out").symlink_to(ws / "gone")
+    assert main(_forget_args(ws)) == 2
+    assert "already exists; choose another or pass --overwrite" in capsys.readouterr().err
+    assert (ws / "out").is_symlink() and not (ws / "ledger.db").exists()
+
+
+# --- forget requests -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"data": (i for i in range(3))}, "data must be an indexable collection of items with a length"),
+    ({"data": None}, "got NoneType"),
+    ({"data": []}, "The request's data holds no items"),
+    ({"neighbours": [1, 2]}, "neighbours must map set names to item ids, got list"),
+    ({"holdout": "Jane Doe"}, "holdout must be a sequence of items, got str"),
+    ({"holdout": 5}, "holdout must be a sequence of items, got int"),
+    ({"holdout": torch.tensor(1.0)}, "holdout must be a sequence of items, got a single Tensor"),
+    ({"forget": torch.tensor(1)}, "forget ids must be a sequence of integers, got a single Tensor"),
+    ({"forget": np.array(1)}, "forget ids must be a sequence of integers, got a single ndarray"),
+])
+def test_malformed_requests_are_one_sentence(kwargs, message):
+    kwargs = {"data": DATA, "forget": [0], **kwargs}
+    with pytest.raises(UserInputError, match=message):
+        ForgetRequest(**kwargs)
+
+
+def test_request_holdout_accepts_arrays_and_links_accept_numpy_ids():
+    request = ForgetRequest(DATA, [0], neighbours={"direct": np.array([1, 2])}, holdout=torch.zeros(3, 2),
+                            links={np.int64(1): ["person 0"], torch.tensor(2): ["person 0"]})
+    assert request.links == {1: ("person 0",), 2: ("person 0",)} and len(request.holdout) == 3
+    assert all(type(key) is int for key in request.links)
+
+
+def test_request_link_errors_do_not_repeat_the_forgotten_entities():
+    for links in ({1: "Jane Doe"}, {"Jane Doe": ["x"]}):
+        with pytest.raises(UserInputError) as refused:
+            ForgetRequest(DATA, [0], neighbours={"direct": [1]}, links=links)
+        assert "Jane" not in str(refused.value)
+    with pytest.raises(UserInputError, match="links name 7, which is no id of its neighbour sets"):
+        ForgetRequest(DATA, [0], neighbours={"direct": [1]}, links={np.int64(7): ["x"]})
+
+
+# --- output paths ----------------------------------------------------------------------------------------------
+
+def test_a_dangling_link_at_the_output_counts_as_an_existing_output(tmp_path):
+    out = tmp_path / "out"
+    out.symlink_to(tmp_path / "gone")
+    for file in (False, True):
+        with pytest.raises(UserInputError, match="already exists"):
+            check_output(out, overwrite=False, file=file)
+    with pytest.raises(UserInputError, match="already exists"):
+        with atomic_dir(out) as tmp:
+            (tmp / "x").write_text("x")
+    assert out.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with atomic_dir(out, overwrite=True) as tmp:  # was a NotADirectoryError traceback after all the work
+        (tmp / "x").write_text("x")
+    assert not out.is_symlink() and (out / "x").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_overwriting_a_link_or_a_file_leaves_no_moved_aside_copy(tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "kept").write_text("kept")
+    (tmp_path / "link").symlink_to(target)
+    (tmp_path / "file").write_text("old")
+    for name in ("link", "file"):
+        with atomic_dir(tmp_path / name, overwrite=True) as tmp:
+            (tmp / "new").write_text("new")
+        assert (tmp_path / name / "new").read_text() == "new" and not (tmp_path / name).is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "link", "target"]
+    assert (target / "kept").read_text() == "kept"  # the link was replaced, not what it pointed to
+
+
+# --- permissions -----------------------------------------------------------------------------------------------
+
+@pytest.fixture()
+def private_umask():
+    previous = os.umask(0o077)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_outputs_are_never_more_readable_than_the_umask_allows(tmp_path, private_umask):
+    import tempfile
+
+    write_text_atomic(tmp_path / "report.html", "<p>forget set examples</p>")
+    save_state_dict({"w": torch.ones(2)}, tmp_path / "model.safetensors")
+    with atomic_dir(tmp_path / "out") as tmp:
+        handle, name = tempfile.mkstemp(dir=tmp)  # as transformers' save_pretrained writes
+        os.close(handle)
+        os.replace(name, tmp / "model.safetensors")
+    assert _mode(tmp_path / "report.html") == _mode(tmp_path / "model.safetensors") == 0o600
+    assert _mode(tmp_path / "out") == 0o700 and _mode(tmp_path / "out" / "model.safetensors") == 0o600
+
+
+def test_a_replaced_file_keeps_its_mode_and_new_files_are_shared(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        for name, write in (("report.html", lambda p: write_text_atomic(p, "new")),
+                            ("model.safetensors", lambda p: save_state_dict({"w": torch.ones(1)}, p))):
+            path = tmp_path / name
+            write(path)
+            assert _mode(path) == 0o644
+            path.chmod(0o600)
+            write(path)
+            assert _mode(path) == 0o600
+    finally:
+        os.umask(previous)
+
+
+# --- weights ---------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["model.safetensors", "model.pt"])
+def test_an_unreadable_weights_file_is_one_sentence(tmp_path, unreadable, name):
+    path = tmp_path / name
+    if name.endswith(".pt"):
+        torch.save({"w": torch.ones(2)}, path)
+    else:
+        save_state_dict({"w": torch.ones(2)}, path)
+    unreadable(path)
+    with pytest.raises(UserInputError, match=r"^The weights file .* cannot be read \(Permission denied\)\.$"):
+        load_state_dict(path)
+
+
+def test_a_damaged_torch_archive_is_not_called_a_pickle_to_trust(tmp_path):
+    path = tmp_path / "model.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "no checkpoint in here")
+    with pytest.raises(UserInputError, match="is a damaged or foreign torch.save archive") as refused:
+        load_state_dict(path)
+    assert "--trust-pickle" not in str(refused.value)
+    with pytest.raises(UserInputError):  # trusting it changes nothing: still one sentence
+        load_state_dict(path, trust_pickle=True)
+
+
+def test_a_pickle_needing_trust_is_still_named_as_one(tmp_path):
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.ones(2), "extra": np.ones(2)}, path)
+    with pytest.raises(UserInputError, match="is a pickle that cannot be loaded safely"):
+        load_state_dict(path)
+    assert torch.equal(load_state_dict(path, trust_pickle=True)["w"], torch.ones(2))
