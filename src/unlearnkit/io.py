@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -219,15 +220,33 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON, atomically."""
-    write_text_atomic(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+    """Write ``data`` as indented, standard JSON, atomically: a number that is not finite (NaN, ±inf: a metric
+    that could not be computed) is written as ``null``, since the bare ``NaN`` Python's json writes is no JSON
+    and other readers (jq, JavaScript, pandas' strict mode) refuse the file."""
+    write_text_atomic(path, json_text(data, indent=2) + "\n")
+
+
+def json_text(data: Any, indent: int | None = None) -> str:
+    """``data`` as standard JSON: numpy and torch scalars as numbers, a float that is not finite as ``null``."""
+    return json.dumps(_finite(data), indent=indent, allow_nan=False, default=_json_default)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every float that is not finite, at any depth of dicts, lists and tuples, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
-        return value.item()
+        return _finite(value.item())
     if hasattr(value, "tolist"):
-        return value.tolist()
+        return _finite(value.tolist())
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 

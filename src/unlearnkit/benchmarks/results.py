@@ -10,11 +10,13 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import UserInputError
-from ..io import write_json_atomic, write_text_atomic
+from ..io import json_text, write_json_atomic, write_text_atomic
 from ..train.measure import MEMORY_FIELDS
 
 
 def _fmt(value: Any) -> str:
+    if value is None:  # a metric results.json holds as null (not computed)
+        return "—"
     if isinstance(value, float):
         if math.isnan(value):
             return "—"
@@ -44,7 +46,7 @@ def flat_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def write_items(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Per-item statistics, one JSON object a line."""
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(path, "".join(json_text(r) + "\n" for r in rows))
 
 
 def write_results(out: Path, results: dict[str, Any], columns: Sequence[str], title: str, command: str) -> str:
