@@ -169,3 +169,13 @@ def test_retrain_output_kl_is_kl_of_the_reference_from_the_model():
     assert by_hand == pytest.approx(0.4427, abs=1e-4)
     assert kl == pytest.approx(by_hand, rel=1e-5)
     assert gap == pytest.approx(1.0)  # the model gets both samples wrong, the reference both right
+
+
+def test_single_task_transfer_and_forgetting_are_undefined_in_both_forms():
+    # one task has nothing before or after it: None, as the stream form says, not a measured-looking 0.0
+    single, initial = np.array([[0.9]]), [0.1]
+    square = [backward_transfer(single), forward_transfer(single, initial), forgetting_last(single), forgetting_max(single)]
+    stream = stream_metrics(single, initial, [StepInfo("learn", 0)])
+    assert square == [None] * 4
+    assert [stream[k] for k in ("bwt", "fwt", "forgetting_last", "forgetting_max")] == square
+    assert average_accuracy(single) == stream["avg_acc"] == pytest.approx(0.9)

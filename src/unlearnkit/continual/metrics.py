@@ -10,6 +10,9 @@ training), for T tasks learned in order:
 - ``forgetting_max`` (Chaudhry; Mammoth ``utils/metrics.py``) = mean_{i<T−1} (max_{t≥i} R[t, i] − R[T−1, i]).
   Mammoth zero-pads the entries before task i is learned, so the max runs over t ≥ i and the value is ≥ 0.
 
+With a single task there is no earlier (or later) task: BWT, FWT and both forgetting forms are None, as in
+the stream form, not a 0.0 that reads as "measured, no forgetting".
+
 Stream form (:func:`stream_metrics`): rows are the steps of a learn/unlearn stream. The same
 definitions are applied with "the row where task i was last learned" as its diagonal and the last
 row as final, over the tasks still learned at the end (forgotten tasks are meant to drop); FWT alone
@@ -41,32 +44,32 @@ def average_accuracy(matrix: np.ndarray) -> float:
     return float(np.mean(np.asarray(matrix)[-1]))
 
 
-def backward_transfer(matrix: np.ndarray) -> float:
+def backward_transfer(matrix: np.ndarray) -> float | None:
     """BWT: mean change of each earlier task's accuracy from just after learning it to the end."""
     r = np.asarray(matrix)
     t = len(r)
-    return float(np.mean([r[-1, i] - r[i, i] for i in range(t - 1)])) if t > 1 else 0.0
+    return float(np.mean([r[-1, i] - r[i, i] for i in range(t - 1)])) if t > 1 else None
 
 
-def forward_transfer(matrix: np.ndarray, initial: Sequence[float]) -> float:
+def forward_transfer(matrix: np.ndarray, initial: Sequence[float]) -> float | None:
     """FWT: mean accuracy on task i just before learning it, minus the untrained model's accuracy."""
     r, b = np.asarray(matrix), np.asarray(initial)
     t = len(r)
-    return float(np.mean([r[i - 1, i] - b[i] for i in range(1, t)])) if t > 1 else 0.0
+    return float(np.mean([r[i - 1, i] - b[i] for i in range(1, t)])) if t > 1 else None
 
 
-def forgetting_last(matrix: np.ndarray) -> float:
+def forgetting_last(matrix: np.ndarray) -> float | None:
     """Forgetting as in Avalanche: accuracy just after learning a task minus at the end (= −BWT)."""
     r = np.asarray(matrix)
     t = len(r)
-    return float(np.mean([r[i, i] - r[-1, i] for i in range(t - 1)])) if t > 1 else 0.0
+    return float(np.mean([r[i, i] - r[-1, i] for i in range(t - 1)])) if t > 1 else None
 
 
-def forgetting_max(matrix: np.ndarray) -> float:
+def forgetting_max(matrix: np.ndarray) -> float | None:
     """Forgetting as in Mammoth: best accuracy a task ever had (from its learning on) minus at the end."""
     r = np.asarray(matrix)
     t = len(r)
-    return float(np.mean([r[i:, i].max() - r[-1, i] for i in range(t - 1)])) if t > 1 else 0.0
+    return float(np.mean([r[i:, i].max() - r[-1, i] for i in range(t - 1)])) if t > 1 else None
 
 
 @dataclass(frozen=True)
