@@ -88,18 +88,31 @@ class InverseGram:
         return self.base + self.left @ self.right.T
 
 
+class UnstableUpdate(ArithmeticError):
+    """I ± X R Xᵀ has no Cholesky factor in float64 (not positive definite to rounding, or not finite)."""
+
+
 def rls_update(r: InverseGram, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, sign: int) -> None:
     """Add (``sign`` = +1) or remove (−1) the rows ``x`` (labels ``y``) in place.
 
     K = (I ± X R Xᵀ)⁻¹, R ← R ∓ R Xᵀ K X R, W ← W ± R Xᵀ(Y − X W) with the updated R. R Xᵀ is
     formed once, the correction of R is kept low-rank (:class:`InverseGram`), and the updated
-    R Xᵀ = R Xᵀ(I ∓ K X R Xᵀ) comes from small matrices.
+    R Xᵀ = R Xᵀ ∓ R Xᵀ K X R Xᵀ comes from small matrices.
+
+    The correction is applied as V Vᵀ with V = R Xᵀ L⁻ᵀ, L the Cholesky factor of I ± X R Xᵀ
+    (so V Vᵀ = R Xᵀ K X R), which keeps R symmetric to rounding. Applied as R Xᵀ · (K X R), with
+    K X R from a solve, a large removal (I − X R Xᵀ is ill-conditioned when most rows go) left R
+    asymmetric by ~1e-7, and the next update, which takes X R as (R Xᵀ)ᵀ, turned that into errors
+    as large as W itself.
     """
     rx = r.times(x.T.contiguous())
-    krx = torch.linalg.solve(torch.eye(len(x), dtype=x.dtype) + sign * (x @ rx), rx.T)  # K X R
+    factor, info = torch.linalg.cholesky_ex(torch.eye(len(x), dtype=x.dtype) + sign * (x @ rx))
+    if int(info):
+        raise UnstableUpdate()
+    v = torch.linalg.solve_triangular(factor, rx.T, upper=False).T  # R Xᵀ L⁻ᵀ
     residual = y - x @ w
-    r_new_xt = rx - sign * (rx @ (krx @ x.T))
-    r.add(rx, -sign * krx.T)
+    r_new_xt = rx - sign * (v @ (x @ v).T)
+    r.add(v, -sign * v)
     w.addmm_(r_new_xt, residual, alpha=sign)
 
 
@@ -141,7 +154,14 @@ class ACU(Strategy):
     def _apply(self, step, ids: torch.Tensor) -> None:
         for start in range(0, len(ids), self.config.chunk):
             part = ids[start : start + self.config.chunk]
-            step(self.r, self.w, self.features(self.scenario.train_x[part]), self.targets(part))
+            try:
+                step(self.r, self.w, self.features(self.scenario.train_x[part]), self.targets(part))
+            except UnstableUpdate:
+                gamma = self.config.gamma
+                if step is rls_learn:  # I + X R Xᵀ ≥ I: only an R = I/γ too large for float64 breaks it (see logits)
+                    raise UserInputError(f"ACU's scores are not finite with gamma={gamma}; use a larger gamma.") from None
+                raise UserInputError(f"ACU cannot unlearn these rows exactly in float64 with gamma={gamma} (I − X R Xᵀ "
+                                     "is not positive definite to rounding); use a larger gamma.") from None
 
     def learn(self, task: Task, ids: torch.Tensor) -> None:
         """Add the task's samples to the ridge head."""
@@ -157,6 +177,10 @@ class ACU(Strategy):
         self._apply(rls_unlearn, rows)
         for i in ids:
             del self.counts[i]
+        if not self.counts:  # nothing learned is left: the ridge solution is exactly W = 0, R = I/γ, not the
+            # recursion's rounding residue, whose argmax made the predictions differ from the retrained head's
+            self.r = InverseGram(self.config.expansion, self.config.gamma, self.config.fold_rank)
+            self.w.zero_()
         return {"rows_removed": len(rows)}
 
     def remaining_ids(self) -> torch.Tensor:

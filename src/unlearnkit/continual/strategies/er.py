@@ -11,7 +11,9 @@ buffer and keeps n: each remaining sample is still held with probability |buffer
 samples fill the freed slots with that same probability (n unchanged: nobody is evicted) until the
 buffer is full again, and the buffer stays a uniform reservoir over the remaining stream. (Refilling
 freed slots with certainty, or restarting n at the remaining count, over-represents the samples
-that follow a purge.)
+that follow a purge.) When no learned task is left, nothing remains for n to count and it restarts
+at 0, as in a run that never learned anything (kept, it admitted each later sample with probability
+|buffer| / n only, so a task shorter than the forgotten stream left the buffer part-empty).
 """
 
 from __future__ import annotations
@@ -128,8 +130,10 @@ class ER(Plugin):
         return loss
 
     def forget(self, learner, ids, task) -> None:
-        """Purge the forgotten samples from the buffer."""
+        """Purge the forgotten samples from the buffer; with no learned task left, n restarts at 0."""
         self.buffer.remove(ids)
+        if not learner.learned_tasks and not len(self.buffer):  # nothing remains for n to count
+            self.buffer.seen = 0
 
     def held_ids(self) -> set[int]:
         """The buffer's sample ids."""

@@ -8,7 +8,8 @@ classifier head is not anchored: pulling it to θ* would drag the output units o
 after the anchor back to their untrained values.
 
 Our choice for unlearning: when a request removes samples of the anchor's task, the anchor moves
-to the unlearned weights, so the penalty cannot pull the forgotten task back.
+to the unlearned weights, so the penalty cannot pull the forgotten task back; when no learned task
+is left, the anchor goes and the next task learned sets it again.
 """
 
 from __future__ import annotations
@@ -63,7 +64,10 @@ class L2(Plugin):
             self.anchor_task, self.anchor_ids = task.index, set(ids.tolist())
 
     def forget(self, learner, ids, task) -> None:
-        """Re-anchor at the unlearned weights when the anchor's task lost samples."""
-        if self.anchor is not None and (task == self.anchor_task or self.anchor_ids & ids):
+        """Re-anchor at the unlearned weights when the anchor's task lost samples; with no learned task left,
+        drop the anchor, so the next task learned is the first one again (as in a run that never learned any)."""
+        if not learner.learned_tasks:
+            self.anchor, self.anchor_task, self.anchor_ids = None, None, set()
+        elif self.anchor is not None and (task == self.anchor_task or self.anchor_ids & ids):
             self._set_anchor(learner)
             self.anchor_ids -= ids

@@ -1,0 +1,119 @@
+"""Second strategies audit: ACU after large removals, and what L2 and ER keep once nothing learned is left."""
+
+import pytest
+import torch
+
+from unlearnkit.continual.runner import run_stream
+from unlearnkit.continual.scenarios import split_digits
+from unlearnkit.continual.strategies import build_strategy
+from unlearnkit.continual.strategies.acu import ridge_solution
+from unlearnkit.continual.strategies.er import ER
+from unlearnkit.continual.strategies.l2 import L2
+from unlearnkit.continual.unlearners import apply_unlearner
+from unlearnkit.errors import UserInputError
+
+FAST = {"epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def scenario():
+    return split_digits(0)
+
+
+def _all(task):
+    return set(task.train_ids.tolist())
+
+
+def test_acu_stays_the_ridge_solution_after_a_removal_that_empties_the_head(scenario):
+    # Removing (nearly) every row makes I − X R Xᵀ ill-conditioned. The old update applied R's
+    # correction as R Xᵀ · (K X R), which left R asymmetric by ~1e-7, and the next update, taking
+    # X R as (R Xᵀ)ᵀ, amplified that into an error of 3 % of W here (up to several times W at the
+    # default width); the head was no longer the ridge solution of its remaining rows.
+    t = scenario.tasks
+    acu = build_strategy("acu", scenario, 0, {"expansion": 500})
+    acu.learn(t[0], t[0].train_ids)
+    acu.unlearn(0, _all(t[0]))
+    acu.learn(t[0], t[0].train_ids)  # relearning the forgotten task
+    acu.learn(t[1], t[1].train_ids)
+    acu.unlearn(0, _all(t[0]))
+    r = acu.r.dense()
+    assert (r - r.T).abs().max() <= 1e-12 * r.abs().max()
+    ids = t[1].train_ids
+    reference = ridge_solution(acu.features(scenario.train_x[ids]), acu.targets(ids), acu.config.gamma)
+    assert (acu.w - reference).abs().max() <= 1e-6 * reference.abs().max()
+
+
+def test_acu_unlearning_its_only_task_is_exactly_the_empty_head(scenario):
+    # With no row left the ridge solution is W = 0 (R = I/γ); the recursion left a ~1e-8 residue whose
+    # argmax decided every prediction, so "exact" ACU reported a retrain gap of 0.5 against its reference.
+    run = run_stream(scenario, "acu", "learn:0,unlearn:0", params={"expansion": 500})
+    acu = run.final
+    assert torch.equal(acu.w, torch.zeros_like(acu.w))
+    assert torch.equal(acu.r.dense(), torch.eye(500, dtype=torch.float64) / acu.config.gamma)
+    assert run.steps[1].retrain_gap == 0.0
+
+
+def test_acu_refuses_an_unlearning_float64_cannot_do_exactly(scenario):
+    # At gamma=1e-8 removing a task needs I − X R Xᵀ with eigenvalues ~1e-8/λ: below float64's rounding,
+    # so the old update returned a head thousands of times off the ridge solution without a word.
+    t = scenario.tasks
+    acu = build_strategy("acu", scenario, 0, {"expansion": 300, "gamma": 1e-8})
+    for task in t[:3]:
+        acu.learn(task, task.train_ids)
+    with pytest.raises(UserInputError, match=r"ACU cannot unlearn these rows exactly in float64 with gamma=1e-08.*use a larger gamma"):
+        acu.unlearn(0, _all(t[0]))
+
+
+def _forget_task(learner, scenario, task):
+    apply_unlearner(learner, "amnesiac", scenario, task, _all(scenario.tasks[task]), set())
+
+
+def test_l2_has_no_anchor_once_its_only_task_is_forgotten(scenario):
+    # "Anchored to the weights after the first task": with every learned task forgotten, the next task
+    # is the first one again. The anchor stayed at the unlearned weights and held that task back, which
+    # a run that never learned the forgotten task (the retrained reference) does not do.
+    t = scenario.tasks
+    learners = {spec: build_strategy(spec, scenario, 0, {**FAST, "l2_lambda": 1.0} if spec == "l2" else FAST)
+                for spec in ("naive", "l2")}
+    for learner in learners.values():
+        learner.learn(t[0], t[0].train_ids)
+        _forget_task(learner, scenario, 0)
+    plugin = learners["l2"].plugin(L2)
+    assert plugin.anchor is None
+    for learner in learners.values():
+        learner.learn(t[1], t[1].train_ids)
+    naive, l2 = learners["naive"].model.state_dict(), learners["l2"].model.state_dict()
+    assert all(torch.equal(value, naive[name]) for name, value in l2.items())  # no penalty while learning task 1
+    assert plugin.anchor_task == 1
+    assert all(torch.equal(a, p) for a, p in zip(plugin.anchor.values(), learners["l2"].model.body.parameters()))
+
+
+def test_l2_keeps_moving_its_anchor_while_a_learned_task_remains(scenario):
+    t = scenario.tasks
+    learner = build_strategy("l2", scenario, 0, FAST)
+    learner.learn(t[0], t[0].train_ids)
+    learner.learn(t[1], t[1].train_ids)
+    _forget_task(learner, scenario, 0)  # the anchor's task: re-anchored at the unlearned weights
+    plugin = learner.plugin(L2)
+    assert plugin.anchor is not None
+    assert all(torch.equal(a, p) for a, p in zip(plugin.anchor.values(), learner.model.body.parameters()))
+
+
+def test_er_refills_its_buffer_like_a_fresh_run_once_everything_is_forgotten(scenario):
+    # After every learned sample is forgotten the reservoir kept n (the forgotten stream's length) and
+    # admitted each new sample with probability capacity / n only: the next task left it about half empty.
+    t = scenario.tasks
+    learner = build_strategy("er", scenario, 0, FAST)
+    learner.learn(t[0], t[0].train_ids)
+    learner.learn(t[1], t[1].train_ids)
+    _forget_task(learner, scenario, 0)
+    assert len(learner.plugin(ER).buffer) < 200 and learner.plugin(ER).buffer.seen > 200  # task 1 remains: n kept
+    _forget_task(learner, scenario, 1)
+    assert learner.held_ids() == set()
+    learner.learn(t[2], t[2].train_ids)
+    fresh = build_strategy("er", scenario, 0, FAST)
+    fresh.learn(t[2], t[2].train_ids)
+    buffer, expected = learner.plugin(ER).buffer, fresh.plugin(ER).buffer
+    assert len(buffer) == len(expected) == 200
+    assert buffer.seen == expected.seen == len(t[2].train_ids)
+    assert learner.held_ids() <= _all(t[2])
