@@ -199,6 +199,21 @@ def test_check_item_finds_the_forgotten_item_only(path: Path) -> None:
         other.check_item("alice")
 
 
+def test_check_item_matches_text_in_either_unicode_normal_form(path: Path) -> None:
+    # "José" typed with a composed é or with e + combining accent: the same text, other bytes, both recorded as given
+    composed, decomposed = "Jos\u00e9", "Jose\u0301"
+    with Ledger(path, salt=SALT) as ledger:
+        add(ledger, "first", [{"question": f"Where was {decomposed} born?", "answer": "In Le\u0301on."}])
+        add(ledger, "second", [composed])
+        rows = ledger.rows()
+        assert rows[1].item_hashes == [item_hash(composed, SALT)]  # recording hashes the bytes as given
+        assert ledger.check_item(decomposed) == ledger.check_item(composed) == [(2, rows[1].time)]
+        asked = {"question": f"Where was {composed} born?", "answer": "In L\u00e9on."}
+        assert ledger.check_item(asked) == [(1, rows[0].time)]
+        assert ledger.check_item({**asked, "answer": "In Leon."}) == []  # an accent dropped is other text
+        assert ledger.check_item((torch.tensor([1.0]), "Jos\u00e9")) == []  # non-text values pass through untouched
+
+
 def test_appending_with_a_different_salt_is_refused(path: Path) -> None:
     with Ledger(path, salt=SALT) as ledger:
         add(ledger)

@@ -60,6 +60,7 @@ import re
 import secrets
 import sys
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass
@@ -251,13 +252,43 @@ def recorded_form(record: Mapping[str, Any], kind: str, fields: Sequence[str]) -
 
 
 def recorded_forms(item: Any) -> list[Any]:
-    """The item as given, and as ``forget`` records a question/answer or input/label record (:func:`recorded_form`)."""
+    """The item as given, and as ``forget`` records a question/answer or input/label record (:func:`recorded_form`),
+    each also with its text in Unicode's composed and decomposed forms (NFC, NFD): "é" typed as one character or as
+    "e" and an accent is the same text, but not the same bytes, and a user looking an item up cannot see which
+    form the forgotten data used. Recording hashes the bytes as given, so rows written earlier still match (and an
+    item that mixes both forms matches only as given)."""
     forms = [item]
     if isinstance(item, Mapping):
         for kind, fields in (("causal_lm", ("question", "answer")), ("classifier", ("input", "label"))):
             if all(name in item for name in fields):
                 forms.append(recorded_form(item, kind, fields))
-    return forms
+    return forms + [_normalized(form, normal) for form in forms for normal in ("NFC", "NFD")
+                    if not all(unicodedata.is_normalized(normal, text) for text in _strings(form))]
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in ``value`` (dict keys included, at any depth of dicts, lists and tuples)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+
+
+def _normalized(value: Any, form: str) -> Any:
+    """``value`` with every string in it (dict keys included, at any depth of dicts, lists and tuples) in the
+    Unicode normal ``form``; anything else as it is."""
+    if isinstance(value, str):
+        return unicodedata.normalize(form, value)
+    if isinstance(value, Mapping):
+        return {_normalized(k, form): _normalized(v, form) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_normalized(v, form) for v in value)
+    return value
 
 
 def salt_key(salt: str | bytes) -> bytes:
