@@ -4,9 +4,10 @@ Kurmanji, Triantafillou, Hayes & Triantafillou, "Towards Unbounded Machine Unlea
 2023). Update rule: θ ← θ − η ∇_θ [α·L̄(D_r) − (1−α)·L̄(D_f)].
 
 Choices: an epoch is one pass over the forget set, each forget batch paired with the next batch of
-a cycling pass over the retain set (``retain_pairing``, standard by default). The paper tunes α
-and the number of epochs per setting; the defaults (α = 0.99, 5 epochs, Adam 2e-3) were chosen on the digits CNN,
-where the unbounded ascent term needs a small weight to spare the kept classes.
+a cycling pass over the retain set (``retain_pairing``, as the ``sampling`` setting says, standard
+by default). The paper tunes α and the number of epochs per setting; the defaults (α = 0.99,
+5 epochs, Adam 2e-3) were chosen on the digits CNN, where the unbounded ascent term needs a small
+weight to spare the kept classes.
 Works on any model kind whose adapter gives a per-item loss; on a classifier that loss is the
 cross-entropy against the items' labels (a causal LM's targets are its own tokens).
 """
