@@ -323,3 +323,22 @@ def test_a_diverged_lora_run_reports_the_divergence(lm):
                             lr=1e30, grad_clip=None, memory=MemoryOptions.from_cli("r=4,targets=c_attn"))
     assert record.status == "diverged" and "restored" in record.message
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_the_lora_merge_is_timed_with_the_method(lm, monkeypatch):
+    # merging the adapters back is part of making the unlearned model, so its time is part of the run's seconds
+    import time
+
+    import unlearnkit.train.lora as lora
+
+    merge = lora.finish_model
+
+    def slow_merge(*args, **kwargs):
+        time.sleep(0.5)
+        return merge(*args, **kwargs)
+
+    monkeypatch.setattr(lora, "finish_model", slow_merge)
+    adapter, request = lm
+    _, record = unlearn(adapter.model, request, "gradient_ascent", adapter=adapter, epochs=1, batch_size=2,
+                        memory=MemoryOptions.from_cli("r=4,alpha=8,targets=c_attn"))
+    assert record.seconds >= 0.5

@@ -115,15 +115,15 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
     if memory is not None:
         memory.check(adapter)
     working_model, prepared = _working_copy(adapter.model, memory, config.seed)
-    with measure() as cost:
+    with measure() as cost:  # LoRA's merge (or bf16's restore) is part of making the unlearned model: timed too
         outcome = chosen.unlearn(adapter.with_model(working_model), request, config)
-    result, info = outcome.model, dict(outcome.info)
-    if prepared is not None:
-        from .train.lora import finish_model
+        result, info = outcome.model, dict(outcome.info)
+        if prepared is not None:
+            from .train.lora import finish_model
 
-        diverged = outcome.train is not None and outcome.train.status == "diverged"
-        result = finish_model(prepared, result, method, diverged)
-        info.update({"lora": prepared.info} if prepared.info else {})
+            diverged = outcome.train is not None and outcome.train.status == "diverged"
+            result = finish_model(prepared, result, method, diverged)
+            info.update({"lora": prepared.info} if prepared.info else {})
     info.update({"launch": distributed.describe_launch()} if distributed.describe_launch() else {})
     result.eval()
     train = outcome.train
