@@ -167,3 +167,24 @@ def test_a_diverged_relearning_attack_reads_as_unmeasured_not_as_robust(models):
     results = run_attacks(["relearn"], unlearned, target, retain, forget,
                           relearn_settings=RelearnSettings(steps=5, lr=1e6, batch_size=3))
     assert math.isnan(results["relearn_recovery"]) and math.isnan(results["relearn_recovery_control"])
+
+
+def test_attack_item_rows_are_the_per_item_numbers_behind_each_aggregate(models):
+    items, target, unlearned, retain = models
+    forget = [{**items[i], "id": f"person-{i}"} for i in FORGET]
+    rows: list[dict] = []
+    results = run_attacks(["relearn", "in_context", "quantize"], unlearned, target, retain, forget, seed=0,
+                          relearn_settings=RelearnSettings(steps=20, lr=3e-3, batch_size=3), item_rows=rows)
+    held, measured = split_halves(forget, 0)
+    assert [r["item"] for r in rows] == [it["id"] for it in forget] and {r["split"] for r in rows} == {"attack"}
+    seen = {it["id"] for it in held}
+    assert [r["measured"] for r in rows] == [r["item"] not in seen for r in rows]
+    assert all("relearn_nll" not in r and "quantized_nll" in r for r in rows if not r["measured"])  # no text either
+    measured_rows = [r for r in rows if r["measured"]]
+    probability = lambda key, chosen: sum(math.exp(-r[key]) for r in chosen) / len(chosen)  # noqa: E731
+    assert results["in_context_prob"] == pytest.approx(probability("in_context_nll", measured_rows))
+    assert results["quantized_forget_prob"] == pytest.approx(probability("quantized_nll", rows))
+    p_target = answer_probability(target, measured)
+    assert results["relearn_recovery"] == pytest.approx(recovery(probability("relearn_nll", measured_rows),
+                                                                 probability("answer_nll", measured_rows), p_target))
+    assert probability("answer_nll", measured_rows) == pytest.approx(answer_probability(unlearned, measured))

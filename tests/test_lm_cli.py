@@ -33,6 +33,8 @@ def test_facts_bench_rows_metrics_and_items(bench):
     # first_epoch_ga ascends the forget items' gradients recorded in the target's first epoch (the paper's g₁)
     assert runs["first_epoch_ga"]["info"]["source"] == "first_epoch"
     assert runs["first_epoch_ga"]["params"]["gradients"].endswith("first_epoch_gradients.safetensors")
+    # their recording is not part of the method's seconds, and the page says what it took
+    assert any(n.startswith("first_epoch_ga's seconds leave out recording") and n.endswith(" s).") for n in results["notes"])
     assert runs["retain"]["metrics"]["forget_quality"] == 1.0 and runs["retain"]["metrics"]["privleak"] == 0.0
     reseeded = runs["retain_seed1"]
     assert reseeded["reference"] and reseeded["params"]["train_seed"] == 1 and runs["retain"]["params"].get("train_seed") is None
@@ -51,6 +53,13 @@ def test_facts_bench_rows_metrics_and_items(bench):
     import math
     prob = sum(math.exp(-r["answer_nll"]) for r in forget_rows) / len(forget_rows)
     assert prob == pytest.approx(runs["npo"]["metrics"]["forget_prob"], rel=1e-9)
+    # one attack row per forget item, behind the quantized aggregate (no rows for the retain model: it is no method)
+    attack_rows = [r for r in rows if r["split"] == "attack"]
+    assert sorted(r["item"] for r in attack_rows) == sorted(r["item"] for r in forget_rows)
+    quantized = sum(math.exp(-r["quantized_nll"]) for r in attack_rows) / len(attack_rows)
+    assert quantized == pytest.approx(runs["npo"]["metrics"]["quantized_forget_prob"], rel=1e-6)
+    assert all(("relearn_nll" in r) == r["measured"] for r in attack_rows)
+    assert not any(r["split"] == "attack" for r in map(json.loads, (bench / "items" / "retain.jsonl").read_text().splitlines()))
     assert (bench / "report.html").stat().st_size < 2_000_000
 
 

@@ -66,13 +66,18 @@ def split_halves(items: Sequence[Any], seed: int) -> tuple[list[Any], list[Any]]
 
 
 @torch.no_grad()
-def answer_probability(adapter: Any, items: Sequence[Mapping[str, Any]], batch_size: int = 32) -> float:
-    """Mean per-item answer probability exp(−mean answer NLL) — TOFU's "probability" (scored in eval mode; the
-    model's own train/eval modes are given back)."""
+def answer_nlls(adapter: Any, items: Sequence[Mapping[str, Any]], batch_size: int = 32) -> np.ndarray:
+    """Each item's mean answer NLL, in item order (scored in eval mode; the model's own train/eval modes are given
+    back)."""
     with eval_mode(adapter.model) as model:
         losses = [adapter.per_item_loss(model, adapter.collate(list(items[i:i + batch_size]))).float().cpu().numpy()
                   for i in range(0, len(items), batch_size)]
-    return M.probability(np.concatenate(losses)).value
+    return np.concatenate(losses) if losses else np.zeros(0)
+
+
+def answer_probability(adapter: Any, items: Sequence[Mapping[str, Any]], batch_size: int = 32) -> float:
+    """Mean per-item answer probability exp(−mean answer NLL) — TOFU's "probability"."""
+    return M.probability(answer_nlls(adapter, items, batch_size)).value
 
 
 def _plain_copy(model: nn.Module) -> nn.Module:
@@ -194,7 +199,8 @@ def recovery(attacked: float, unlearned: float, target: float) -> float:
 def run_attacks(names: Sequence[str], unlearned: Any, target: Any, retain: Any, forget_items: Sequence[Any], *,
                 evaluate: Callable[[Any], Mapping[str, float]] | None = None, seed: int = 0,
                 relearn_settings: RelearnSettings | None = None,
-                controls: dict[str, float] | None = None) -> dict[str, float]:
+                controls: dict[str, float] | None = None,
+                item_rows: list[dict[str, Any]] | None = None) -> dict[str, float]:
     """Run the named attacks; metrics are flat, snake_case, with ``_control`` for the retain model's.
 
     Recovery is measured on the half of the forget set the attacker did not see, with the answer
@@ -202,7 +208,8 @@ def run_attacks(names: Sequence[str], unlearned: Any, target: Any, retain: Any, 
     ``evaluate`` (full metric suite) is used for the quantized model.
     ``controls``, a dict shared by calls with the same retain model, items, seed and settings (a
     bench's methods), is filled by the first call and reused by the others instead of attacking the
-    retain model again.
+    retain model again. ``item_rows``, when given, receives one row per forget item of the unlearned model's
+    per-item answer NLLs under each attack (:func:`attack_rows`).
     """
     check_attack_applies(unlearned, names)
     check_attack_items(len(forget_items), names)
@@ -211,9 +218,11 @@ def run_attacks(names: Sequence[str], unlearned: Any, target: Any, retain: Any, 
     held, measured = split_halves(forget_items, seed)
     p_target = answer_probability(target, measured) if measured else float("nan")  # unused by quantize alone
     attack = lambda model: _attack_one(names, model, held, measured, forget_items, p_target, evaluate, settings)
-    results = attack(unlearned)
+    results, nlls = attack(unlearned)
+    if item_rows is not None:
+        item_rows.extend(attack_rows(forget_items, measured, nlls))
     if not controls:
-        control = {f"{k}_control": v for k, v in attack(retain).items() if k in CONTROLLED}
+        control = {f"{k}_control": v for k, v in attack(retain)[0].items() if k in CONTROLLED}
         if controls is None:
             controls = control
         else:
@@ -230,22 +239,46 @@ CONTROLLED = ("relearn_recovery", "in_context_recovery", "in_context_prob", "qua
 
 def _attack_one(names: Sequence[str], model: Any, held: Sequence[Any], measured: Sequence[Any],
                 forget_items: Sequence[Any], p_target: float, evaluate: Callable[[Any], Mapping[str, float]] | None,
-                settings: RelearnSettings) -> dict[str, float]:
-    """The named attacks on one model."""
+                settings: RelearnSettings) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """The named attacks on one model: its metrics, and its per-item answer NLLs (``answer_nll``, ``relearn_nll``,
+    ``in_context_nll`` over the measured half, ``quantized_nll`` over every forget item)."""
     results: dict[str, float] = {}
-    before = answer_probability(model, measured) if measured else float("nan")  # quantize alone measures no half
+    nlls = {"answer_nll": answer_nlls(model, measured)}  # empty when quantize alone measures no half
+    before = M.probability(nlls["answer_nll"]).value if measured else float("nan")
     if "relearn" in names:
         attacked = relearn(model, held, settings)
-        results["relearn_recovery"] = (float("nan") if attacked is None else
-                                       recovery(answer_probability(attacked, measured), before, p_target))
+        if attacked is None:
+            results["relearn_recovery"] = float("nan")
+        else:
+            nlls["relearn_nll"] = answer_nlls(attacked, measured)
+            results["relearn_recovery"] = recovery(M.probability(nlls["relearn_nll"]).value, before, p_target)
     if "in_context" in names:
-        results["in_context_prob"] = answer_probability(model, with_context(measured))
+        nlls["in_context_nll"] = answer_nlls(model, with_context(measured))
+        results["in_context_prob"] = M.probability(nlls["in_context_nll"]).value
         results["in_context_recovery"] = recovery(results["in_context_prob"], before, p_target)
     if "quantize" in names:
         q = quantized(model)
-        results["quantized_forget_prob"] = answer_probability(q, list(forget_items))
+        nlls["quantized_nll"] = answer_nlls(q, list(forget_items))
+        results["quantized_forget_prob"] = M.probability(nlls["quantized_nll"]).value
         if evaluate is not None:
             full = evaluate(q)
             results["quantized_forget_quality"] = full["forget_quality"]
             results["quantized_model_utility"] = full["model_utility"]
-    return results
+    return results, nlls
+
+
+def attack_rows(forget_items: Sequence[Mapping[str, Any]], measured: Sequence[Mapping[str, Any]],
+                nlls: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    """One JSON-ready row per forget item (split ``"attack"``, no item text): whether its recovery is measured
+    (``measured``: the attacker did not see it), and its answer NLL before and under each attack run."""
+    position = {id(item): k for k, item in enumerate(measured)}
+    rows = []
+    for i, item in enumerate(forget_items):
+        k = position.get(id(item))
+        row: dict[str, Any] = {"split": "attack", "item": item.get("id", i), "measured": k is not None}
+        if k is not None:
+            row.update({name: float(v[k]) for name, v in nlls.items() if name != "quantized_nll"})
+        if "quantized_nll" in nlls:
+            row["quantized_nll"] = float(nlls["quantized_nll"][i])
+        rows.append(row)
+    return rows
