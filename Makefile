@@ -65,7 +65,7 @@ select-images: $(STAMP)
 	done
 
 # Every continual-learning strategy on three scenarios and three seeds, with ACU's cost against a re-solve
-# (~7 min on 2 cores): docs/results/continual.md.
+# (~16 min on 2 cores): docs/results/continual.md.
 continual: $(STAMP)
 	$(UK) continual-sweep --scenario split-digits --scenario split-digits-task --scenario permuted-digits \
 	  --seeds 0,1,2 --out docs/results/continual.md --overwrite
