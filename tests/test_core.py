@@ -291,7 +291,8 @@ def test_clipping_reads_only_the_trained_parameters():
 
 
 @pytest.mark.parametrize("ids, message", [
-    ([1.7], "must be integers (not a mask); 1.7 is not one"),
+    ([1.7], "must be integers; 1.7 is not one"),
+    ([3, "Jane Doe"], "must be integers; the one at position 1 is a str."),  # a name is never repeated
     ("19", "must be a sequence of integers, got str"),
     ([True], "True is not one"),
     (None, "got NoneType"),

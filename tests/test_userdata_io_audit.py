@@ -6,6 +6,7 @@ import builtins
 import io
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -152,6 +153,19 @@ def test_request_link_errors_do_not_repeat_the_forgotten_entities():
         assert "Jane" not in str(refused.value)
     with pytest.raises(UserInputError, match="links name 7, which is no id of its neighbour sets"):
         ForgetRequest(DATA, [0], neighbours={"direct": [1]}, links={np.int64(7): ["x"]})
+    # nor do id errors: a name given where an id belongs
+    for request in ({"forget": ["Jane Doe"]}, {"forget": [0], "retain": [1, "Jane Doe"]},
+                    {"forget": [0], "neighbours": {"direct": ["Jane Doe"]}}):
+        with pytest.raises(UserInputError) as refused:
+            ForgetRequest(DATA, **request)
+        assert "Jane" not in str(refused.value) and "is a str" in str(refused.value)
+
+
+@pytest.mark.parametrize("data", ["abcdef", b"abcdef", {0: "a", 1: "b"}])
+def test_request_data_that_is_text_or_a_mapping_is_refused(data):
+    # each has a length and indexing, but is no collection of items: forget_items() failed later with a traceback
+    with pytest.raises(UserInputError, match="indexable collection of items"):
+        ForgetRequest(data, [0])
 
 
 # --- output paths ----------------------------------------------------------------------------------------------
@@ -260,3 +274,29 @@ def test_a_pickle_needing_trust_is_still_named_as_one(tmp_path):
     with pytest.raises(UserInputError, match="is a pickle that cannot be loaded safely"):
         load_state_dict(path)
     assert torch.equal(load_state_dict(path, trust_pickle=True)["w"], torch.ones(2))
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"question": "Q?", "answer": "A.", "answer": "B."}\n', "names the field 'answer' twice in one object"),
+    ('[{"question": "Q?", "answer": "A.", "n": ' + "9" * 5000 + '}]', "holds a number too long or nesting too deep"),
+    ('{"question": "Q?", "answer": "A.", "n": ' + "[" * 100000 + "]" * 100000 + '}\n',
+     "holds a number too long or nesting too deep"),
+])
+def test_tofu_files_refuse_what_the_user_data_reader_refuses(tmp_path, text, message):
+    # evaluate --data reads TOFU files: the same silent last-value-wins and tracebacks as the user data reader had
+    from unlearnkit.benchmarks.tofu_format import read_tofu_file
+
+    path = tmp_path / "forget10.json"
+    path.write_text(text)
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        read_tofu_file(path)
+
+
+def test_an_unreadable_tofu_file_is_one_sentence(tmp_path, monkeypatch):
+    from unlearnkit.benchmarks.tofu_format import read_tofu_file
+
+    path = tmp_path / "forget10.json"
+    path.write_text('{"question": "Q?", "answer": "A."}\n')
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    with pytest.raises(UserInputError, match=r"cannot be read \(Permission denied\)"):
+        read_tofu_file(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import operator
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
@@ -33,7 +34,8 @@ class ForgetRequest:
     links: Mapping[int, Sequence[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not (hasattr(self.data, "__len__") and hasattr(self.data, "__getitem__")):
+        if (isinstance(self.data, (str, bytes, Mapping))
+            or not (hasattr(self.data, "__len__") and hasattr(self.data, "__getitem__"))):
             raise UserInputError(f"The request's data must be an indexable collection of items with a length "
                                  f"(a list or a Dataset), got {type(self.data).__name__}.")
         object.__setattr__(self, "forget", _ids(self.forget, "forget"))
@@ -144,13 +146,17 @@ def _ids(values: Any, name: str) -> tuple[int, ...]:
         raise UserInputError(f"The {name} ids must be a sequence of integers, got a single "
                              f"{type(values).__name__} value.") from None
     ids = []
-    for value in values:
+    for position, value in enumerate(values):
         try:
             if isinstance(value, bool) or _boolean(value):
-                raise TypeError
+                raise UserInputError(f"The {name} ids must be integers (not a mask); {value!r} is not one.")
             ids.append(operator.index(value))
         except TypeError:
-            raise UserInputError(f"The {name} ids must be integers (not a mask); {value!r} is not one.") from None
+            if isinstance(value, numbers.Number):
+                raise UserInputError(f"The {name} ids must be integers; {value!r} is not one.") from None
+            # the type only: a name or text given where an id belongs may be what is to be forgotten
+            raise UserInputError(f"The {name} ids must be integers; the one at position {position} is a "
+                                 f"{type(value).__name__}.") from None
     return tuple(ids)
 
 

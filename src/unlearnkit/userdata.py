@@ -39,14 +39,14 @@ def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
-            rows = json.loads(text, object_pairs_hook=_unique_fields)
+            rows = json.loads(text, object_pairs_hook=unique_fields)
         except json.JSONDecodeError as error:
             raise UserInputError(f"{path} is not valid JSON (line {error.lineno}: {error.msg}).") from None
         except RecursionError:
             raise UserInputError(f"{path} is nested too deeply to be read as JSON.") from None
         except ValueError:  # an integer beyond Python's digit limit for int(str)
             raise UserInputError(f"{path} holds a number too long to be read as JSON.") from None
-        except _FieldTwice as twice:
+        except FieldTwice as twice:
             raise UserInputError(f"{path} names the field {twice.name!r} twice in one object; give each field once.") from None
         return [(i + 1, _as_record(row, path, i + 1)) for i, row in enumerate(rows)]
     records = []
@@ -56,7 +56,7 @@ def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line, object_pairs_hook=_unique_fields)
+            row = json.loads(line, object_pairs_hook=unique_fields)
         except json.JSONDecodeError as error:
             if path.suffix.lower() == ".json" and _one_json_value(text):
                 raise UserInputError(f"{path} holds one JSON value over several lines; expected one object per line "
@@ -66,14 +66,14 @@ def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
             raise UserInputError(f"{path} line {number} is nested too deeply to be read as JSON.") from None
         except ValueError:  # an integer beyond Python's digit limit for int(str)
             raise UserInputError(f"{path} line {number} holds a number too long to be read as JSON.") from None
-        except _FieldTwice as twice:
+        except FieldTwice as twice:
             raise UserInputError(f"{path} line {number} names the field {twice.name!r} twice in one object; "
                                  "give each field once.") from None
         records.append((number, _as_record(row, path, number)))
     return records
 
 
-class _FieldTwice(Exception):
+class FieldTwice(Exception):
     """A JSON object names one field twice (json keeps the last value and drops the others)."""
 
     def __init__(self, name: str) -> None:
@@ -81,10 +81,11 @@ class _FieldTwice(Exception):
         self.name = name
 
 
-def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook`` that raises :class:`FieldTwice` where an object names a field twice."""
     record = dict(pairs)
     if len(record) != len(pairs):
-        raise _FieldTwice(next(name for i, (name, _) in enumerate(pairs) if name in dict(pairs[:i])))
+        raise FieldTwice(next(name for i, (name, _) in enumerate(pairs) if name in dict(pairs[:i])))
     return record
 
 
