@@ -80,7 +80,7 @@ def test_cards_remove_stale_cards_of_methods_no_longer_registered(tmp_path, caps
 
 
 @pytest.mark.parametrize("field, value", [
-    ("metrics", []), ("seconds", None), ("seconds", "1.2"), ("retrain_seconds", "1.2"), ("params", [1]), ("method", 3),
+    ("metrics", []), ("seconds", [1.2]), ("seconds", "1.2"), ("retrain_seconds", "1.2"), ("params", [1]), ("method", 3),
 ])
 def test_cards_refuse_results_fields_of_the_wrong_type(tmp_path, capsys, field, value):
     run = classifier_run("ssd", 0.5, reference=False, epochs=1)

@@ -27,6 +27,12 @@ def test_non_finite_numbers_are_written_as_null_at_any_depth(tmp_path):
     assert run["seconds"] is None and run["curve"] == [1.0, None, 2.0]
 
 
+def test_arrays_are_written_as_lists_with_null_for_what_is_not_finite(tmp_path):
+    path = tmp_path / "x.json"
+    write_json_atomic(path, {"a": np.array([1.0, np.nan]), "t": torch.tensor([[2.0, math.inf]]), "n": np.int64(3)})
+    assert strict_load(path.read_text()) == {"a": [1.0, None], "t": [[2.0, None]], "n": 3}
+
+
 def test_item_rows_are_standard_json_lines(tmp_path):
     path = tmp_path / "items.jsonl"
     write_items(path, [{"id": 0, "loss": math.nan}, {"id": 1, "loss": 0.25}])
@@ -46,3 +52,17 @@ def test_a_value_json_cannot_hold_is_still_refused(tmp_path):
     with pytest.raises(TypeError, match="not JSON serialisable"):
         write_json_atomic(tmp_path / "x.json", {"model": object()})
     assert not (tmp_path / "x.json").exists()
+
+
+def test_evaluate_output_with_null_seconds_reads_and_makes_cards(tmp_path):
+    # evaluate scores given models and times nothing: its runs' seconds are NaN in memory, null in the file
+    from unlearnkit.cli import main
+
+    bench = tmp_path / "eval"
+    run = {"method": "npo", "reference": False, "params": {}, "seconds": math.nan, "retrain_seconds": None,
+           "metrics": {"forget_quality": 0.5, "model_utility": math.nan}}
+    write_json_atomic(bench / "results.json", {"benchmark": "tofu", "split": "forget10", "runs": [run]})
+    assert read_bench_results(bench / "results.json")["runs"][0]["seconds"] is None
+    assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 0
+    row = next(line for line in (tmp_path / "cards" / "npo.md").read_text().splitlines() if line.startswith("| tofu"))
+    assert "| forget_quality 0.5 | — | ok |" in row

@@ -73,7 +73,7 @@ def test_summarize_writes_the_page(tmp_path):
     ((4, 5), "[1, 2]", "needs a list of runs"),
     ((4, 5), '{"runs": []}', "needs a list of runs"),
     ((4, 5), '{"runs": [{"method": "ssd"}]}', "needs a list of runs"),
-    ((4, 5), '{"runs": [{"method": "ssd", "metrics": {}, "seconds": null}]}', "the seconds of run 1 is not a number"),
+    ((4, 5), '{"runs": [{"method": "ssd", "metrics": {}, "seconds": "1.2"}]}', "the seconds of run 1 is not a number"),
     ((4, 5), '{"runs": [{"method": "ssd", "metrics": [], "seconds": 1}]}', "the metrics of run 1 is not a mapping"),
 ])
 def test_summarize_refuses_bad_input_and_writes_nothing(tmp_path, capsys, seeds, second, message):

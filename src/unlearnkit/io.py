@@ -44,7 +44,7 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, inputs: Iterable[An
         if given.is_dir() and given.resolve() in resolved.parents:
             raise UserInputError(f"The output path {out} lies inside the input folder {given}; writing there would "
                                  "change it. Choose a path outside it.")
-    if (path.exists() or path.is_symlink()) and not overwrite:  # a dangling link too: the final rename would fail
+    if os.path.lexists(path) and not overwrite:  # a dangling link too: the final rename would fail
         raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
     if path.exists() and path.is_dir() == file:
         raise UserInputError(f"The output path {out} is {'a folder' if file else 'a file'}; {what} output cannot replace it.")
@@ -243,9 +243,7 @@ def _finite(value: Any) -> Any:
 
 
 def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return _finite(value.item())
-    if hasattr(value, "tolist"):
+    if hasattr(value, "tolist"):  # numpy and torch, scalars (a number) and arrays (nested lists) alike
         return _finite(value.tolist())
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
@@ -294,9 +292,8 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
             raise UserInputError(f"The weights file {path} is neither safetensors nor a torch.save checkpoint.") from None
         if not trust_pickle and not isinstance(error, pickle.UnpicklingError):
             # a damaged archive, not a pickle that needs trust: --trust-pickle would not help
-            first = (str(error).splitlines() or [""])[0][:200]
             raise UserInputError(f"The weights file {path} is a damaged or foreign torch.save archive "
-                                 f"({type(error).__name__}: {first}).") from None
+                                 f"({_first_line(error)}).") from None
         if not trust_pickle:
             raise UserInputError(
                 f"The checkpoint {path} is a pickle that cannot be loaded safely; convert it to safetensors or pass --trust-pickle if you trust its source."
@@ -304,8 +301,12 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
         try:
             return torch.load(path, map_location="cpu", weights_only=False)  # explicit user opt-in
         except Exception as error:  # e.g. a class the pickle names is not importable here
-            first = (str(error).splitlines() or [""])[0][:200]
-            raise UserInputError(f"The checkpoint {path} could not be unpickled ({type(error).__name__}: {first}).") from None
+            raise UserInputError(f"The checkpoint {path} could not be unpickled ({_first_line(error)}).") from None
+
+
+def _first_line(error: Exception) -> str:
+    """``Type: the first line of its message`` (at most 200 characters of it), for a one-sentence error."""
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
 
 
 def _torch_save_file(path: Path) -> bool:

@@ -116,7 +116,8 @@ def memory_note(resident_mb_before: float) -> str:
 
 
 def is_number(value: Any) -> bool:
-    """Whether ``value`` is a JSON number; NaN counts (the bench writes it for a metric it could not measure)."""
+    """Whether ``value`` is a JSON number; NaN counts (results.json files written before ``null`` took its place hold
+    it for a metric that could not be measured)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -129,7 +130,7 @@ def _numeric(value: Any) -> bool:
 RUN_FIELDS = (
     ("method", lambda v: isinstance(v, str), "a name"),
     ("metrics", lambda v: isinstance(v, dict), "a mapping of metric names to values"),
-    ("seconds", is_number, "a number"),
+    ("seconds", lambda v: v is None or is_number(v), "a number"),  # null: not timed (evaluate scores given models)
     ("retrain_seconds", lambda v: v is None or is_number(v), "a number"),
     ("params", lambda v: v is None or isinstance(v, dict), "a mapping of settings"),
     ("seeded_params", lambda v: isinstance(v, list) and all(isinstance(name, str) for name in v),

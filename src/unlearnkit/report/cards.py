@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import shutil
 from pathlib import Path
-from typing import Any, Container, Sequence
+from typing import Any, Container, Mapping, Sequence
 
 from ..benchmarks.results import is_number, read_bench_results
 from ..errors import UserInputError
@@ -61,15 +62,22 @@ def _measured(name: str, defaults: dict[str, Any], results_list: Sequence[dict[s
             continue
         kind = "causal_lm" if "forget_quality" in run["metrics"] else "classifier"
         shown = [f"{k} {run['metrics'][k]:.4g}" for k in CARD_METRICS[kind] if is_number(run["metrics"].get(k))]
-        ratio = run["seconds"] / run["retrain_seconds"] if run.get("retrain_seconds") else float("nan")
         settings = _departures(run, defaults)
         if run.get("reference"):
             settings = f"{REFERENCE_LABEL}: {settings}"
-        lines.append(f"| {_setting(results)} | {settings} | {', '.join(shown)} "
-                     f"| {run['seconds']:.2f} s ({ratio:.3f} of retraining) | {run.get('status', 'ok')} |")
+        lines.append(f"| {_setting(results)} | {settings} | {', '.join(shown)} | {_time(run)} | {run.get('status', 'ok')} |")
     if not lines:
         return ["Not yet part of a committed bench run."]
     return ["| bench | settings (where not the defaults) | metrics | time | status |", "|---|---|---|---|---|", *lines]
+
+
+def _time(run: Mapping[str, Any]) -> str:
+    """A run's seconds and their ratio to retraining, "—" where either was not measured (``evaluate`` times nothing)."""
+    seconds, retrain = run.get("seconds"), run.get("retrain_seconds")
+    if not (is_number(seconds) and math.isfinite(seconds)):
+        return "—"
+    ratio = seconds / retrain if is_number(retrain) and retrain else float("nan")
+    return f"{seconds:.2f} s ({ratio:.3f} of retraining)" if math.isfinite(ratio) else f"{seconds:.2f} s"
 
 
 def card(method_cls: type, results_list: Sequence[dict[str, Any]]) -> str:
