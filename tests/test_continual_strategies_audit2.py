@@ -64,6 +64,19 @@ def test_acu_refuses_an_unlearning_float64_cannot_do_exactly(scenario):
         acu.unlearn(0, _all(t[0]))
 
 
+def test_acu_refused_unlearning_leaves_the_head_as_it_was(scenario):
+    # in chunks of 32 rows the removal is refused at the second chunk: the first had already changed R and W while
+    # the learned counts had not, so the head matched neither the state before the request nor after it
+    t = scenario.tasks
+    acu = build_strategy("acu", scenario, 0, {"expansion": 300, "gamma": 1e-8, "chunk": 32})
+    for task in t[:3]:
+        acu.learn(task, task.train_ids)
+    r, w, counts = acu.r.dense().clone(), acu.w.clone(), dict(acu.counts)
+    with pytest.raises(UserInputError, match="ACU cannot unlearn these rows exactly"):
+        acu.unlearn(0, _all(t[0]))
+    assert torch.equal(acu.r.dense(), r) and torch.equal(acu.w, w) and dict(acu.counts) == counts
+
+
 def _forget_task(learner, scenario, task):
     apply_unlearner(learner, "amnesiac", scenario, task, _all(scenario.tasks[task]), set())
 

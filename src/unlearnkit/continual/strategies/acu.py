@@ -25,6 +25,7 @@ copy; classes not yet seen simply have zero columns (equivalent to ACIL's append
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -152,16 +153,21 @@ class ACU(Strategy):
         return torch.nn.functional.one_hot(self.scenario.train_y[ids], self.scenario.num_classes).to(torch.float64)
 
     def _apply(self, step, ids: torch.Tensor) -> None:
-        for start in range(0, len(ids), self.config.chunk):
-            part = ids[start : start + self.config.chunk]
-            try:
+        """Apply ``step`` to the rows ``ids`` chunk by chunk, all or nothing: a refused chunk puts R and W back."""
+        chunks = [ids[start : start + self.config.chunk] for start in range(0, len(ids), self.config.chunk)]
+        # a single chunk is refused before it changes anything; several need the state before the first
+        saved = (copy.deepcopy(self.r), self.w.clone()) if len(chunks) > 1 else None
+        try:
+            for part in chunks:
                 step(self.r, self.w, self.features(self.scenario.train_x[part]), self.targets(part))
-            except UnstableUpdate:
-                gamma = self.config.gamma
-                if step is rls_learn:  # I + X R Xᵀ ≥ I: only an R = I/γ too large for float64 breaks it (see logits)
-                    raise UserInputError(f"ACU's scores are not finite with gamma={gamma}; use a larger gamma.") from None
-                raise UserInputError(f"ACU cannot unlearn these rows exactly in float64 with gamma={gamma} (I − X R Xᵀ "
-                                     "is not positive definite to rounding); use a larger gamma.") from None
+        except UnstableUpdate:
+            if saved is not None:
+                self.r, self.w = saved
+            gamma = self.config.gamma
+            if step is rls_learn:  # I + X R Xᵀ ≥ I: only an R = I/γ too large for float64 breaks it (see logits)
+                raise UserInputError(f"ACU's scores are not finite with gamma={gamma}; use a larger gamma.") from None
+            raise UserInputError(f"ACU cannot unlearn these rows exactly in float64 with gamma={gamma} (I − X R Xᵀ "
+                                 "is not positive definite to rounding); use a larger gamma.") from None
 
     def learn(self, task: Task, ids: torch.Tensor) -> None:
         """Add the task's samples to the ridge head."""
