@@ -179,7 +179,9 @@ def test_attack_item_rows_are_the_per_item_numbers_behind_each_aggregate(models)
     assert [r["item"] for r in rows] == [it["id"] for it in forget] and {r["split"] for r in rows} == {"attack"}
     seen = {it["id"] for it in held}
     assert [r["measured"] for r in rows] == [r["item"] not in seen for r in rows]
-    assert all("relearn_nll" not in r and "quantized_nll" in r for r in rows if not r["measured"])  # no text either
+    assert all("relearn_nll" not in r and "quantized_nll" in r for r in rows if not r["measured"])
+    numbers = {"answer_nll", "relearn_nll", "in_context_nll", "quantized_nll"}
+    assert all(set(r) <= {"split", "item", "measured", *numbers} for r in rows)  # numbers only: no item text
     measured_rows = [r for r in rows if r["measured"]]
     probability = lambda key, chosen: sum(math.exp(-r[key]) for r in chosen) / len(chosen)  # noqa: E731
     assert results["in_context_prob"] == pytest.approx(probability("in_context_nll", measured_rows))
@@ -188,3 +190,14 @@ def test_attack_item_rows_are_the_per_item_numbers_behind_each_aggregate(models)
     assert results["relearn_recovery"] == pytest.approx(recovery(probability("relearn_nll", measured_rows),
                                                                  probability("answer_nll", measured_rows), p_target))
     assert probability("answer_nll", measured_rows) == pytest.approx(answer_probability(unlearned, measured))
+
+
+def test_quantize_alone_rows_claim_no_measured_half(models):
+    items, target, unlearned, retain = models
+    forget = [items[i] for i in FORGET]
+    rows: list[dict] = []
+    results = run_attacks(["quantize"], unlearned, target, retain, forget, seed=0, item_rows=rows)
+    assert [set(r) for r in rows] == [{"split", "item", "quantized_nll"}] * len(forget)
+    assert [r["item"] for r in rows] == list(range(len(forget)))  # positions where items have no id
+    assert results["quantized_forget_prob"] == pytest.approx(
+        sum(math.exp(-r["quantized_nll"]) for r in rows) / len(rows))

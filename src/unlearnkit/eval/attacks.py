@@ -57,12 +57,18 @@ def check_attack_items(count: int, names: Sequence[str]) -> None:
                              f"measure, so it needs at least {MIN_ATTACK_ITEMS} forget items; this one has {count}.")
 
 
+def half_indices(count: int, seed: int) -> tuple[list[int], list[int]]:
+    """A seeded split of the positions ``0..count-1`` into the half an attacker holds and the half that is measured."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    half = max(1, count // 2)
+    return order[:half], order[half:]
+
+
 def split_halves(items: Sequence[Any], seed: int) -> tuple[list[Any], list[Any]]:
     """A seeded split of ``items`` into the half an attacker holds and the half that is measured."""
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    half = max(1, len(order) // 2)
-    return [items[i] for i in order[:half]], [items[i] for i in order[half:]]
+    held, measured = half_indices(len(items), seed)
+    return [items[i] for i in held], [items[i] for i in measured]
 
 
 @torch.no_grad()
@@ -215,12 +221,13 @@ def run_attacks(names: Sequence[str], unlearned: Any, target: Any, retain: Any, 
     check_attack_items(len(forget_items), names)
     settings = relearn_settings or RelearnSettings(seed=seed)
     settings.check()
-    held, measured = split_halves(forget_items, seed)
+    held_at, measured_at = half_indices(len(forget_items), seed)
+    held, measured = [forget_items[i] for i in held_at], [forget_items[i] for i in measured_at]
     p_target = answer_probability(target, measured) if measured else float("nan")  # unused by quantize alone
     attack = lambda model: _attack_one(names, model, held, measured, forget_items, p_target, evaluate, settings)
     results, nlls = attack(unlearned)
     if item_rows is not None:
-        item_rows.extend(attack_rows(forget_items, measured, nlls))
+        item_rows.extend(attack_rows(forget_items, measured_at if HALF_ATTACKS & set(names) else [], nlls))
     if not controls:
         control = {f"{k}_control": v for k, v in attack(retain)[0].items() if k in CONTROLLED}
         if controls is None:
@@ -267,17 +274,23 @@ def _attack_one(names: Sequence[str], model: Any, held: Sequence[Any], measured:
     return results, nlls
 
 
-def attack_rows(forget_items: Sequence[Mapping[str, Any]], measured: Sequence[Mapping[str, Any]],
+#: The attacks that are measured on the half of the forget set the relearning attacker does not hold.
+HALF_ATTACKS = {"relearn", "in_context"}
+
+
+def attack_rows(forget_items: Sequence[Mapping[str, Any]], measured_at: Sequence[int],
                 nlls: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
-    """One JSON-ready row per forget item (split ``"attack"``, no item text): whether its recovery is measured
-    (``measured``: the attacker did not see it), and its answer NLL before and under each attack run."""
-    position = {id(item): k for k, item in enumerate(measured)}
+    """One JSON-ready row per forget item (split ``"attack"``, no item text): its answer NLL under each attack run.
+    With an attack of :data:`HALF_ATTACKS` (``measured_at`` not empty), ``measured`` says whether the item is in the
+    measured half (the relearning attacker did not hold it), whose rows also hold the NLL before the attacks."""
+    position = {i: k for k, i in enumerate(measured_at)}
     rows = []
     for i, item in enumerate(forget_items):
-        k = position.get(id(item))
-        row: dict[str, Any] = {"split": "attack", "item": item.get("id", i), "measured": k is not None}
-        if k is not None:
-            row.update({name: float(v[k]) for name, v in nlls.items() if name != "quantized_nll"})
+        row: dict[str, Any] = {"split": "attack", "item": item.get("id", i)}
+        if measured_at:
+            row["measured"] = i in position
+        if i in position:
+            row.update({name: float(v[position[i]]) for name, v in nlls.items() if name != "quantized_nll"})
         if "quantized_nll" in nlls:
             row["quantized_nll"] = float(nlls["quantized_nll"][i])
         rows.append(row)
