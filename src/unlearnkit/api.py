@@ -99,7 +99,9 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
     ``memory`` (a :class:`unlearnkit.train.lora.MemoryOptions`) applies LoRA, bf16 weights or
     gradient checkpointing to that copy (causal LMs). Under ``accelerate launch`` / ``torchrun`` the
     copy is placed on this process's device before the method runs, so the frozen references that
-    methods copy from it live there too.
+    methods copy from it live there too. The record's seconds (and memory) cover the method and turning its
+    result into the returned model (LoRA's merge, bf16's restore), not making the working copy (the deep
+    copy, the LoRA wrapping or bf16 cast).
     """
     from .train import distributed
 
