@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sqlite3
@@ -212,6 +213,9 @@ def test_check_item_matches_text_in_either_unicode_normal_form(path: Path) -> No
         assert ledger.check_item(asked) == [(1, rows[0].time)]
         assert ledger.check_item({**asked, "answer": "In Leon."}) == []  # an accent dropped is other text
         assert ledger.check_item((torch.tensor([1.0]), "Jos\u00e9")) == []  # non-text values pass through untouched
+        Pair = collections.namedtuple("Pair", "name label")
+        add(ledger, "third", [Pair(decomposed, 1)])
+        assert ledger.check_item(Pair(composed, 1)) == [(3, ledger.rows()[2].time)]
 
 
 def test_appending_with_a_different_salt_is_refused(path: Path) -> None:

@@ -286,8 +286,8 @@ def _normalized(value: Any, form: str) -> Any:
         return unicodedata.normalize(form, value)
     if isinstance(value, Mapping):
         return {_normalized(k, form): _normalized(v, form) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_normalized(v, form) for v in value)
+    if isinstance(value, (list, tuple)):  # hashing reads a tuple as a list, so a namedtuple may become either
+        return [_normalized(v, form) for v in value]
     return value
 
 
