@@ -14,7 +14,7 @@ class count is the width of the logits.
 accuracy on the kept classes when forgetting a whole class. 2 epochs, where the SSD repository's
 amnesiac baseline runs 3: on the digits bench (docs/results/digits.md) two already over-forget on
 random forgetting (forget accuracy 0.9375 against retraining's 0.9861, test 0.9528 against 0.9750)
-and bring a whole class to 0.0000 (test 0.9568); a third epoch, when tried, only over-forgot more.
+and bring a whole class to 0.0000 (test 0.9568), so a third would only add to the over-forgetting.
 """
 
 from __future__ import annotations
