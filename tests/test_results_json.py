@@ -66,3 +66,15 @@ def test_evaluate_output_with_null_seconds_reads_and_makes_cards(tmp_path):
     assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 0
     row = next(line for line in (tmp_path / "cards" / "npo.md").read_text().splitlines() if line.startswith("| tofu"))
     assert "| forget_quality 0.5 | — | ok |" in row
+
+
+def test_the_page_does_not_bound_privleak_above(tmp_path):
+    # MUSE's privleak is (s - r) / r with s, r = 1 - AUC: an over-unlearned model reached 300 on the smollm2 page,
+    # whose header claimed privleak lies in [-100, 100]
+    from unlearnkit.benchmarks.results import write_results
+    from unlearnkit.eval.lm_metrics import privleak
+
+    assert privleak(0.0, 0.75) == pytest.approx(300.0)
+    results = {"seed": 0, "runs": [{"method": "npo", "metrics": {"privleak": 300.0}, "seconds": 1.0}]}
+    page = write_results(tmp_path, results, ["method", "privleak"], "t", "unlearnkit bench")
+    assert "100]" not in page and "unbounded above" in page and "| npo | 300.0 |" in page
