@@ -13,7 +13,7 @@ from unlearnkit.adapters.classifier import ClassifierAdapter
 from unlearnkit.api import unlearn
 from unlearnkit.errors import UserInputError
 from unlearnkit.eval.attacks import (RelearnSettings, answer_probability, check_attack_applies, quantized, recovery, relearn,
-                                     run_attacks, split_halves, with_context)
+                                     run_attacks, half_indices, with_context)
 from unlearnkit.request import ForgetRequest
 
 FORGET = list(range(6))
@@ -28,6 +28,12 @@ def models():
     unlearned_model, _ = unlearn(target, request, "gradient_ascent", lr=3e-3, epochs=4, batch_size=6)
     retain = memorised_lm(items[6:], vocabulary=items)  # same tokens as the target: a real control
     return items, target, target.with_model(unlearned_model), retain.with_model(retain.model)
+
+
+def halves(items, seed):
+    """The items the relearning attacker holds and those measured, as run_attacks splits them."""
+    held, measured = half_indices(len(items), seed)
+    return [items[i] for i in held], [items[i] for i in measured]
 
 
 def _weights(adapter) -> dict[str, torch.Tensor]:
@@ -52,7 +58,7 @@ def test_run_attacks_reports_each_attack_and_the_retain_control(models):
                           seed=0, relearn_settings=RelearnSettings(steps=20, lr=3e-3, batch_size=3))
     assert results["relearn_recovery"] > 0.1  # the attack brings back part of what the ascent removed
     assert math.isfinite(results["relearn_recovery_control"])
-    _, measured = split_halves(forget, 0)
+    _, measured = halves(forget, 0)
     in_context = with_context(measured)  # each model is scored on the same facts-in-the-prompt items
     for key, model in (("in_context_prob", unlearned), ("in_context_prob_control", retain), ("in_context_prob_target", target)):
         assert results[key] == pytest.approx(answer_probability(model, in_context)), key
@@ -175,7 +181,7 @@ def test_attack_item_rows_are_the_per_item_numbers_behind_each_aggregate(models)
     rows: list[dict] = []
     results = run_attacks(["relearn", "in_context", "quantize"], unlearned, target, retain, forget, seed=0,
                           relearn_settings=RelearnSettings(steps=20, lr=3e-3, batch_size=3), item_rows=rows)
-    held, measured = split_halves(forget, 0)
+    held, measured = halves(forget, 0)
     assert [r["item"] for r in rows] == [it["id"] for it in forget] and {r["split"] for r in rows} == {"attack"}
     seen = {it["id"] for it in held}
     assert [r["measured"] for r in rows] == [r["item"] not in seen for r in rows]

@@ -65,12 +65,6 @@ def half_indices(count: int, seed: int) -> tuple[list[int], list[int]]:
     return order[:half], order[half:]
 
 
-def split_halves(items: Sequence[Any], seed: int) -> tuple[list[Any], list[Any]]:
-    """A seeded split of ``items`` into the half an attacker holds and the half that is measured."""
-    held, measured = half_indices(len(items), seed)
-    return [items[i] for i in held], [items[i] for i in measured]
-
-
 @torch.no_grad()
 def answer_nlls(adapter: Any, items: Sequence[Mapping[str, Any]], batch_size: int = 32) -> np.ndarray:
     """Each item's mean answer NLL, in item order (scored in eval mode; the model's own train/eval modes are given
