@@ -300,3 +300,10 @@ def test_an_unreadable_tofu_file_is_one_sentence(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
     with pytest.raises(UserInputError, match=r"cannot be read \(Permission denied\)"):
         read_tofu_file(path)
+
+
+def test_a_safetensors_file_is_read_whatever_the_case_of_its_suffix(tmp_path):
+    # .SAFETENSORS went to torch.load and was called "neither safetensors nor a torch.save checkpoint"
+    path = tmp_path / "MODEL.SAFETENSORS"
+    save_state_dict({"w": torch.ones(2)}, path)
+    assert torch.equal(load_state_dict(path)["w"], torch.ones(2))

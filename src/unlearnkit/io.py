@@ -276,7 +276,7 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
             pass
     except OSError as error:
         raise UserInputError(f"The weights file {path} cannot be read ({error.strerror or type(error).__name__}).") from None
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":  # as data files, whatever the case of the suffix
         from safetensors.torch import load_file
 
         try:
