@@ -307,3 +307,22 @@ def test_a_safetensors_file_is_read_whatever_the_case_of_its_suffix(tmp_path):
     path = tmp_path / "MODEL.SAFETENSORS"
     save_state_dict({"w": torch.ones(2)}, path)
     assert torch.equal(load_state_dict(path)["w"], torch.ones(2))
+
+
+def test_temporary_files_a_killed_writer_left_are_removed(tmp_path):
+    # write_text_atomic and save_state_dict left .NAME.tmp-* files behind when killed mid-write; atomic_dir already
+    # removed its own leftovers (this host's, of processes that are gone)
+    from unlearnkit.io import _owner
+
+    host, me = _owner().split("-")
+    gone = 2 ** 22 + 12345  # above Linux's largest process id: no process has it
+    for name, write in (("results.json", lambda p: write_text_atomic(p, "{}")),
+                        ("model.safetensors", lambda p: save_state_dict({"w": torch.ones(1)}, p))):
+        dead = tmp_path / f".{name}.tmp-{host}-{gone}-abc123_x"
+        alive = tmp_path / f".{name}.tmp-{host}-{me}-abc123_x"  # this process: perhaps mid-write, kept
+        other_host = tmp_path / f".{name}.tmp-00000000-{gone}-abc123_x"  # cannot be checked from here, kept
+        for leftover in (dead, alive, other_host):
+            leftover.write_text("partial")
+        write(tmp_path / name)
+        assert not dead.exists() and alive.exists() and other_host.exists()
+        assert (tmp_path / name).exists()

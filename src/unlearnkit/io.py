@@ -150,22 +150,22 @@ def _owner() -> str:
 
 
 def _remove_leftovers(final: Path) -> None:
-    """Remove the ``.NAME.tmp-HOST-PID-*`` and ``.NAME.old-HOST-PID`` folders of ``final`` left by a process
-    of this host that is gone (another host's processes cannot be checked, so theirs stay).
+    """Remove the ``.NAME.tmp-HOST-PID-*`` files and folders and ``.NAME.old-HOST-PID`` folders of ``final`` left
+    by a process of this host that is gone (another host's processes cannot be checked, so theirs stay).
 
-    A temporary folder never holds a published output. An ``old`` one does when a kill came between moving
-    the previous output aside and renaming the new one into place; it is kept while ``final`` is missing.
+    A temporary file or folder never holds a published output. An ``old`` folder does when a kill came between
+    moving the previous output aside and renaming the new one into place; it is kept while ``final`` is missing.
     """
     host = _owner().split("-")[0]
     pattern = re.compile(re.escape(f".{final.name}.") + r"(?:tmp|(old))-([0-9a-f]{8})-(\d+)(?:-[a-z0-9_]+)?")
     for path in final.parent.iterdir():
         match = pattern.fullmatch(path.name)
-        if match is None or path.is_symlink() or not path.is_dir() or match[2] != host:
+        if match is None or path.is_symlink() or match[2] != host:
             continue
-        if match[1] is not None and not final.exists():
+        if match[1] is not None and not (path.is_dir() and final.exists()):
             continue
         if not _process_running(int(match[3])):
-            shutil.rmtree(path, ignore_errors=True)
+            _discard(path)
 
 
 def _process_running(pid: int) -> bool:
@@ -201,12 +201,14 @@ def _new_file_mode(replaced: Path | None = None) -> int:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` as UTF-8 (whatever the locale) through a temporary file and a rename.
+    """Write ``text`` to ``path`` as UTF-8 (whatever the locale) through a temporary file and a rename; temporary
+    files of ``path`` that a killed process of this host left behind are removed first.
 
     A file that is replaced keeps its mode; a new one gets 0644 less the umask."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    _remove_leftovers(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{_owner()}-", dir=path.parent)
     try:
         os.fchmod(fd, _new_file_mode(path))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -255,7 +257,8 @@ def save_state_dict(state: dict[str, "torch.Tensor"], path: str | os.PathLike, m
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    _remove_leftovers(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{_owner()}-", dir=path.parent)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
