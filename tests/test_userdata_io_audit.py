@@ -278,9 +278,9 @@ def test_a_pickle_needing_trust_is_still_named_as_one(tmp_path):
 
 @pytest.mark.parametrize("text, message", [
     ('{"question": "Q?", "answer": "A.", "answer": "B."}\n', "names the field 'answer' twice in one object"),
-    ('[{"question": "Q?", "answer": "A.", "n": ' + "9" * 5000 + '}]', "holds a number too long or nesting too deep"),
+    ('[{"question": "Q?", "answer": "A.", "n": ' + "9" * 5000 + '}]', "holds a number too long to be read as JSON"),
     ('{"question": "Q?", "answer": "A.", "n": ' + "[" * 100000 + "]" * 100000 + '}\n',
-     "holds a number too long or nesting too deep"),
+     "is nested too deeply to be read as JSON"),
 ])
 def test_tofu_files_refuse_what_the_user_data_reader_refuses(tmp_path, text, message):
     # evaluate --data reads TOFU files: the same silent last-value-wins and tracebacks as the user data reader had

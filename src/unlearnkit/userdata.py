@@ -39,15 +39,9 @@ def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
         try:
-            rows = json.loads(text, object_pairs_hook=unique_fields)
+            rows = parse_json(text, str(path))
         except json.JSONDecodeError as error:
             raise UserInputError(f"{path} is not valid JSON (line {error.lineno}: {error.msg}).") from None
-        except RecursionError:
-            raise UserInputError(f"{path} is nested too deeply to be read as JSON.") from None
-        except ValueError:  # an integer beyond Python's digit limit for int(str)
-            raise UserInputError(f"{path} holds a number too long to be read as JSON.") from None
-        except FieldTwice as twice:
-            raise UserInputError(f"{path} names the field {twice.name!r} twice in one object; give each field once.") from None
         return [(i + 1, _as_record(row, path, i + 1)) for i, row in enumerate(rows)]
     records = []
     # at newlines only (read_text made \r\n and \r into \n): str.splitlines also splits at U+2028, U+2029
@@ -56,36 +50,44 @@ def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            row = json.loads(line, object_pairs_hook=unique_fields)
+            row = parse_json(line, f"{path} line {number}")
         except json.JSONDecodeError as error:
             if path.suffix.lower() == ".json" and _one_json_value(text):
                 raise UserInputError(f"{path} holds one JSON value over several lines; expected one object per line "
                                      "or one JSON array of objects.") from None
             raise UserInputError(f"{path} line {number} is not valid JSON ({error.msg}).") from None
-        except RecursionError:
-            raise UserInputError(f"{path} line {number} is nested too deeply to be read as JSON.") from None
-        except ValueError:  # an integer beyond Python's digit limit for int(str)
-            raise UserInputError(f"{path} line {number} holds a number too long to be read as JSON.") from None
-        except FieldTwice as twice:
-            raise UserInputError(f"{path} line {number} names the field {twice.name!r} twice in one object; "
-                                 "give each field once.") from None
         records.append((number, _as_record(row, path, number)))
     return records
 
 
-class FieldTwice(Exception):
-    """A JSON object names one field twice (json keeps the last value and drops the others)."""
+def parse_json(text: str, where: str) -> Any:
+    """``text`` as JSON, each object naming its fields once; nesting too deep, an over-long number or a field named
+    twice (json would keep its last value silently) is one sentence starting with ``where``. A syntax error is left
+    to the caller, as :class:`json.JSONDecodeError`, to word for its format."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_fields)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise UserInputError(f"{where} is nested too deeply to be read as JSON.") from None
+    except ValueError:  # an integer beyond Python's digit limit for int(str)
+        raise UserInputError(f"{where} holds a number too long to be read as JSON.") from None
+    except _FieldTwice as twice:
+        raise UserInputError(f"{where} names the field {twice.name!r} twice in one object; give each field once.") from None
+
+
+class _FieldTwice(Exception):
+    """A JSON object names one field twice."""
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.name = name
 
 
-def unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json.loads``'s ``object_pairs_hook`` that raises :class:`FieldTwice` where an object names a field twice."""
+def _unique_fields(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     record = dict(pairs)
     if len(record) != len(pairs):
-        raise FieldTwice(next(name for i, (name, _) in enumerate(pairs) if name in dict(pairs[:i])))
+        raise _FieldTwice(next(name for i, (name, _) in enumerate(pairs) if name in dict(pairs[:i])))
     return record
 
 

@@ -44,7 +44,7 @@ def read_tofu_file(path: str | Path, required: Sequence[str] | None = None) -> l
 
 
 def _parse(path: Path) -> list[dict[str, Any]]:
-    from ..userdata import FieldTwice, unique_fields
+    from ..userdata import parse_json
 
     try:
         text = path.read_text(encoding="utf-8")
@@ -54,19 +54,14 @@ def _parse(path: Path) -> list[dict[str, Any]]:
         raise UserInputError(f"The TOFU file {path} cannot be read ({error.strerror or type(error).__name__}).") from None
     if not text.strip():
         raise UserInputError(f"The TOFU file {path} is empty.")
-    parse = lambda part: json.loads(part, object_pairs_hook=unique_fields)  # noqa: E731
+    where = f"The TOFU file {path}"
     try:
         if text.lstrip().startswith("["):
-            records = parse(text)
+            records = parse_json(text, where)
         else:
-            records = [parse(line) for line in text.splitlines() if line.strip()]
+            records = [parse_json(line, where) for line in text.splitlines() if line.strip()]
     except json.JSONDecodeError as error:
-        raise UserInputError(f"The TOFU file {path} is not valid JSON or JSON lines ({error.msg} at line {error.lineno}).") from None
-    except FieldTwice as twice:  # json would keep the last value silently
-        raise UserInputError(f"The TOFU file {path} names the field {twice.name!r} twice in one object; give each "
-                             "field once.") from None
-    except (ValueError, RecursionError):  # an integer beyond Python's digit limit, or nesting beyond its stack
-        raise UserInputError(f"The TOFU file {path} holds a number too long or nesting too deep to be read as JSON.") from None
+        raise UserInputError(f"{where} is not valid JSON or JSON lines ({error.msg} at line {error.lineno}).") from None
     return records
 
 
