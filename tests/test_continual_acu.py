@@ -111,8 +111,11 @@ def test_the_default_width_is_the_one_the_results_page_chose():
 def test_the_width_rule_takes_the_best_mean_accuracy_and_the_narrower_on_a_tie():
     from unlearnkit.continual.cost import acu_width_rows, chosen_width
 
-    rows = acu_width_rows(seed=3, widths=(20, 200))
+    rows = acu_width_rows(seed=3, widths=(20, 200), repeats=1)
     assert [r["width"] for r in rows] == [20, 200] and all(0 <= r["mean"] <= 1 for r in rows)
+    for r in rows:  # each width also times a 1-sample request against its faster re-solve
+        assert r["request_ms"] > 0 and r["resolve_ms"] > 0
+        assert r["request_ratio"] == pytest.approx(r["request_ms"] / r["resolve_ms"])
     assert rows[1]["mean"] > rows[0]["mean"]  # 20 random features cannot separate ten digits as 200 do
     assert chosen_width(rows) == 200
     assert chosen_width([{"width": 9, "mean": 0.5}, {"width": 3, "mean": 0.5}, {"width": 5, "mean": 0.4}]) == 3
@@ -122,3 +125,17 @@ def test_a_gamma_too_small_for_float64_is_one_sentence_not_nan_results(scenario)
     """R starts at I/γ: at γ = 1e-300 its products overflow and the head, accuracies and KL came out NaN."""
     with pytest.raises(UserInputError, match="ACU's scores are not finite with gamma=1e-300; use a larger gamma"):
         run_stream(scenario, "acu", "learn:0,learn:1,unlearn:0", params={"gamma": 1e-300, "expansion": 64})
+
+
+def test_the_width_table_shows_each_widths_request_cost_and_the_section_its_range():
+    from unlearnkit.continual.report import acu_width_section
+
+    rows = [{"width": 10, "r_mb": 0.0, "split-digits": 0.5, "permuted-digits": 0.7, "mean": 0.6, "request_ms": 0.5,
+             "resolve_ms": 100.0, "request_ratio": 0.005},
+            {"width": 20, "r_mb": 0.0, "split-digits": 0.6, "permuted-digits": 0.8, "mean": 0.7, "request_ms": 3.0,
+             "resolve_ms": 150.0, "request_ratio": 0.02}]
+    section = "\n".join(acu_width_section(rows))
+    assert "| 10 | 0 | 0.5000 | 0.7000 | 0.6000 | 0.50 | 100.0 | 0.50 % |" in section
+    assert "| 20 | 0 | 0.6000 | 0.8000 | 0.7000 | 3.00 | 150.0 | 2.00 % |" in section
+    assert "the ratio ranges from 0.50 % to 2.00 % over these widths" in section
+    assert "Chosen: expansion=20" in section

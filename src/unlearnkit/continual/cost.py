@@ -69,57 +69,67 @@ def _amortised_seconds(learned: ACU, pool: list[int], size: int) -> float:
     return (time.perf_counter() - start) / count
 
 
+def learned_acu(scenario: Scenario, seed: int = 0, params: Mapping[str, Any] | None = None) -> ACU:
+    """ACU after learning every task of ``scenario``."""
+    learned: ACU = build_strategy("acu", scenario, seed, params)  # type: ignore[assignment]
+    for task in scenario.tasks:
+        learned.learn(task, task.train_ids)
+    return learned
+
+
+def request_cost(learned: ACU, ids: Sequence[int], pool: Sequence[int], repeats: int) -> dict[str, Any]:
+    """One unlearning request of ``ids`` on fresh copies of ``learned``: its best time, the best time per request
+    of a run of such requests drawn from ``pool`` that includes one fold (amortised), the best time of each exact
+    re-solve route afterwards, the ratios to the faster route, and |W_recursive − W_resolved| / max |W_resolved|."""
+    copies = [copy.deepcopy(learned) for _ in range(repeats)]
+    pending = iter(copies)
+    unlearn = _best_seconds(lambda: next(pending).unlearn(None, set(ids)), repeats)
+    amortised = min(_amortised_seconds(learned, list(pool), len(ids)) for _ in range(repeats))
+    done = copies[0]
+    routes = resolve_seconds(done, repeats)
+    route = min(routes, key=routes.get)
+    resolve = routes[route]
+    reference = done.resolve()
+    diff = float((done.w - reference).abs().max() / reference.abs().max())
+    return {"rows": len(learned.remaining_ids()) - len(done.remaining_ids()), "unlearn_ms": 1e3 * unlearn,
+            "amortised_ms": 1e3 * amortised, "primal_ms": 1e3 * routes["primal"], "dual_ms": 1e3 * routes["dual"],
+            "route": route, "resolve_ms": 1e3 * resolve, "ratio": unlearn / resolve,
+            "amortised_ratio": amortised / resolve, "relative_diff": diff}
+
+
 def acu_cost(scenario: Scenario, seed: int = 0, repeats: int = 5,
              params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Learn every task, then for requests of 1 sample, 10 samples and task 1: the best unlearning time
-    (on fresh copies; a request folds R only when its own rows pass ``fold_rank``), the best time per
-    request of a run of such requests that includes one fold (amortised), the best time of each exact
-    re-solve route afterwards (:data:`RESOLVE_ROUTES`), the ratios to the faster route, and the largest
-    |W_recursive − W_resolved| relative to max |W_resolved|.
+    """Learn every task, then measure requests of 1 sample, 10 samples and task 1 (:func:`request_cost`; a
+    request folds R only when its own rows pass ``fold_rank``).
 
     The reference is the faster of the primal and dual Cholesky solves, not the LU solve of
     :meth:`ACU.resolve`, so that the ratio compares ACU with the quickest way we know to get the same W
     from the data. (A BLAS ``syrk`` for the Gram products would be quicker still, so these ratios, if
     anything, flatter ACU.)"""
-    learned: ACU = build_strategy("acu", scenario, seed, params)  # type: ignore[assignment]
-    for task in scenario.tasks:
-        learned.learn(task, task.train_ids)
+    learned = learned_acu(scenario, seed, params)
     task_ids = scenario.tasks[1].train_ids.tolist()
     requests = {"1 sample": 1, "10 samples": 10, "task 1": len(task_ids)}
     learned_rows = len(learned.remaining_ids())
-    rows = []
-    for label, size in requests.items():
-        ids = task_ids[:size]
-        copies = [copy.deepcopy(learned) for _ in range(repeats)]
-        pending = iter(copies)
-        unlearn = _best_seconds(lambda: next(pending).unlearn(None, set(ids)), repeats)
-        amortised = min(_amortised_seconds(learned, task_ids, size) for _ in range(repeats))
-        done = copies[0]
-        routes = resolve_seconds(done, repeats)
-        route = min(routes, key=routes.get)
-        resolve = routes[route]
-        reference = done.resolve()
-        diff = float((done.w - reference).abs().max() / reference.abs().max())
-        rows.append({"scenario": scenario.name, "learned_rows": learned_rows, "request": label,
-                     "rows": learned_rows - len(done.remaining_ids()), "unlearn_ms": 1e3 * unlearn,
-                     "amortised_ms": 1e3 * amortised, "primal_ms": 1e3 * routes["primal"],
-                     "dual_ms": 1e3 * routes["dual"], "route": route, "resolve_ms": 1e3 * resolve, "ratio": unlearn / resolve,
-                     "amortised_ratio": amortised / resolve, "relative_diff": diff})
-    return rows
+    return [{"scenario": scenario.name, "learned_rows": learned_rows, "request": label,
+             **request_cost(learned, task_ids[:size], task_ids, repeats)} for label, size in requests.items()]
 
 
-def acu_width_rows(seed: int = WIDTH_SEED, widths: Sequence[int] = ACU_WIDTHS) -> list[dict[str, Any]]:
+def acu_width_rows(seed: int = WIDTH_SEED, widths: Sequence[int] = ACU_WIDTHS, repeats: int = 5) -> list[dict[str, Any]]:
     """For each feature width: ACU's average accuracy over the tasks after learning every task of each of
-    :data:`WIDTH_SCENARIOS` (scenario ``seed``), their mean, and R's size in MiB."""
+    :data:`WIDTH_SCENARIOS` (scenario ``seed``), their mean, R's size in MiB, and the cost of a 1-sample request
+    on the first of them against its faster exact re-solve (:func:`request_cost`: ``request_ms``, ``resolve_ms``,
+    ``request_ratio``), so that the table shows what a narrower head saves."""
     scenarios = [build_scenario(name, seed) for name in WIDTH_SCENARIOS]
     rows = []
     for width in widths:
         row: dict[str, Any] = {"width": width, "r_mb": width * width * 8 / 2**20}
         for scenario in scenarios:
-            learner = build_strategy("acu", scenario, seed, {"expansion": width})
-            for task in scenario.tasks:
-                learner.learn(task, task.train_ids)
+            learner = learned_acu(scenario, seed, {"expansion": width})
             row[scenario.name] = float(accuracies(task_log_probs(learner, scenario), scenario).mean())
+            if scenario is scenarios[0]:
+                pool = scenario.tasks[1].train_ids.tolist()
+                cost = request_cost(learner, pool[:1], pool, repeats)
+                row |= {"request_ms": cost["unlearn_ms"], "resolve_ms": cost["resolve_ms"], "request_ratio": cost["ratio"]}
         row["mean"] = sum(row[name] for name in WIDTH_SCENARIOS) / len(WIDTH_SCENARIOS)
         rows.append(row)
     return rows

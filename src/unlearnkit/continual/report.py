@@ -129,23 +129,30 @@ def acu_cost_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def acu_width_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A markdown table of ACU's accuracy per feature width."""
-    lines = [f"| width | R (MB) | {' | '.join(WIDTH_SCENARIOS)} | mean |", "|---" * (3 + len(WIDTH_SCENARIOS)) + "|"]
+    """A markdown table of ACU's accuracy per feature width, and what a 1-sample request costs at each."""
+    first = WIDTH_SCENARIOS[0]
+    lines = [f"| width | R (MB) | {' | '.join(WIDTH_SCENARIOS)} | mean | 1-sample request on {first} ms | "
+             f"faster re-solve ms | ratio |", "|---" * (6 + len(WIDTH_SCENARIOS)) + "|"]
     for r in rows:
         cells = " | ".join(f"{r[name]:.4f}" for name in WIDTH_SCENARIOS)
-        lines.append(f"| {r['width']} | {r['r_mb']:.0f} | {cells} | {r['mean']:.4f} |")
+        lines.append(f"| {r['width']} | {r['r_mb']:.0f} | {cells} | {r['mean']:.4f} | {r['request_ms']:.2f} | "
+                     f"{r['resolve_ms']:.1f} | {100 * r['request_ratio']:.2f} % |")
     return "\n".join(lines)
 
 
 def acu_width_section(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """The page's section on ACU's feature width: the rule, the chosen width and the table."""
+    """The page's section on ACU's feature width: the rule, the chosen width, the table and the cost range."""
     chosen = chosen_width(rows)
     edge = (" The widest width tried wins: the grid stops there because R (d² float64) and each learning pass grow "
             "with d²." if chosen == max(r["width"] for r in rows) else "")
+    ratios = [100 * r["request_ratio"] for r in rows]
     return ["", "## ACU: feature width", "",
             f"ACU's default width (`expansion`) is chosen on scenario seed {WIDTH_SEED}, which the tables above do not "
             f"report: the width with the highest mean average accuracy over {' and '.join(WIDTH_SCENARIOS)} after "
-            f"learning every task (the narrower on a tie).{edge}", "",
+            f"learning every task (the narrower on a tie).{edge} The last columns time one 1-sample request on "
+            f"{WIDTH_SCENARIOS[0]} at each width as the cost table does (best of 5; the faster of the primal and dual "
+            "re-solves): a narrower head makes the request cheaper, but its re-solve too, and the ratio ranges from "
+            f"{min(ratios):.2f} % to {max(ratios):.2f} % over these widths.", "",
             f"Chosen: expansion={chosen}", "", acu_width_table(rows)]
 
 
