@@ -21,7 +21,12 @@ Choices where the paper is silent, or its tools are unavailable here (there is n
   prompt that ends inside a forbidden n-gram forbids its completion too.
 - ∞ is a finite ``block_penalty`` / ``semantic_penalty`` (10⁴), so that teacher-forced losses stay
   finite; the paper's soft penalty below τ is not specified and is not applied. EOS and padding
-  are never penalised, so a restricted answer can always end.
+  are never penalised, so a restricted answer can always end. The penalties are subtracted from the
+  logits, which ranks a step's tokens as log p − P does (the two differ by a constant per step); a
+  teacher-forced forward's probabilities are the softmax of the penalised logits (renormalised).
+- P_sem compares a token with the tokens banned at this step (those completing a forbidden
+  n-gram), not with every token of the forget answer; with n-grams from 1 these include every
+  answer token.
 - Decoding is whatever the caller asks of ``generate`` (the adapter asks greedy); the paper's beam
   width 7 is ``num_beams=7``. The restriction is a logits processor on the base model's decoding.
 - A teacher-forced ``forward`` returns logits with the same penalties at every position, so the

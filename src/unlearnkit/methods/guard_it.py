@@ -28,7 +28,8 @@ Choices where the paper is silent or its tools are unavailable:
   it, the gate pools every real token of the input (the "text" view). Each view (prompt alone,
   prompt + answer) has its own centroids (the cluster means in that view) and its own T,
   calibrated on the forget items (positives) against the retain items (negatives) by maximising
-  recall − a·FPR (the paper's criterion, a = ``calibration_penalty``); ties take the larger T. A
+  recall − a·FPR (the paper's criterion, a = ``calibration_penalty``) over the midpoints between
+  the observed scores (the authors scan 200 evenly spaced values); ties take the larger T. A
   given ``threshold`` serves both views.
 - Defaults: α = 1 (the paper sweeps 0..1), "orthogonal" steering vectors (the paper's default).
 """

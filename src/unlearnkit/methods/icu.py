@@ -13,10 +13,14 @@ forget item is answered greedily; an item (with its pair) leaves the training se
 forgotten, and training stops when none remain or the epochs run out.
 
 Choices where the paper is silent or its tools are unavailable:
-- Neighbours: the paper embeds texts with all-MiniLM-L6-v2 and searches a FAISS L2 index over a
-  Pile / Wikipedia pool. No encoder can be downloaded here, so each item is embedded as the frozen
-  original model's hidden states (``embed_layer``, default the last) mean-pooled over its question
-  and answer, and the 1-NN is taken by cosine over the request's retain and neighbour items.
+- Neighbours: the paper embeds tokens 100–200 of each text with all-MiniLM-L6-v2 and searches a
+  FAISS L2 index over a Pile / Wikipedia pool. No encoder can be downloaded here, so each item is
+  embedded as the frozen original model's hidden states (``embed_layer``, default the last)
+  mean-pooled over its question and answer, and the 1-NN is taken by cosine over the request's
+  retain and neighbour items.
+- Tokens: the paper's texts have no prompt; here both NLL terms cover the answer tokens (EOS
+  included). NLL̄ is each item's mean answer NLL, averaged over the batch's items (the authors' HF
+  ``loss`` pools the batch's tokens, so long texts weigh more; the two agree for equal lengths).
 - Forgotten test: ROUGE-L recall (rouge-score, stemmed) of the greedy answer to the question
   (``check_tokens`` new tokens) against the answer, below ``forgotten_below`` = 0.3; it stands in
   for the paper's BERTScore-F1 < 0.3 / BLEU < 0.01 on a 50-token continuation. The paper's global
@@ -25,9 +29,11 @@ Choices where the paper is silent or its tools are unavailable:
   one back if its answer returned (through the neighbour terms). Here the ascent ends for good once
   an item is forgotten, which is what the paper's per-sample stop describes.
 - u = 1, l = 0.5, k = 1 and batch 8 (the authors' code); lr 1e-4 for the small CPU models here
-  (the paper's 5e-6 is for GPT-Neo). The KL averages over the neighbour's real tokens.
+  (the paper's 5e-6 is for GPT-Neo). The KL averages over each neighbour's real (non-padding)
+  positions, prompt included, then over the items (the authors' code averages over every position).
   One optimiser runs across epochs (the shared loop); the paper's Adam betas (0.9, 0.98) are not
-  exposed by it.
+  exposed by it. The authors load GPT-Neo with dropout 0; here the model trains with the dropout it
+  was configured with (the built-in benchmark models have none).
 """
 
 from __future__ import annotations

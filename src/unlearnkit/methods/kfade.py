@@ -22,8 +22,13 @@ Choices where the paper is silent or unverified:
   term of G_r + λI and makes the two smaller cross terms as small as possible; S is orders of
   magnitude smaller than A in a transformer, so the equal split (``damping_split="equal"``,
   π = 1, the formula as printed) over-damps S and under-damps A.
-- The factors are fitted once, at θ₀, over the retain answer tokens (EOS included); each of the
-  ``steps`` steps recomputes the forget gradient (the mean answer NLL over the forget items).
+- Only the preconditioned layers move: embeddings, position embeddings and norms keep their values
+  (K-FAC, as the paper uses it, has factors for linear layers only).
+- This is the K-FAC step; the paper's EK-FAC variant (an extra retain pass that refits the
+  eigenvalues Λ* in the factors' eigenbasis) is not implemented.
+- The factors are fitted once, at θ₀, over the retain answer tokens (EOS included; prompt and padding
+  positions excluded); each of the ``steps`` steps recomputes the forget gradient, of L̄(D_f) = the
+  mean over the forget items of each item's mean answer NLL (EOS included).
 - δ is the gradient of the *summed* sampled-label loss, so S is the per-token Fisher factor.
 - Defaults: one step and λ = 1e-8 as in the paper; η = 2e-4 rather than the paper's
   2.5e-3–1.1e-2 (sized for Zephyr-7B): on the facts model (2 × 128) η = 1e-3 already costs half

@@ -30,8 +30,10 @@ Choices where the paper is vague or its code looks wrong:
   answer positions: the directions where the forget set carries more energy than the retain set.
   The moments are taken with dropout off, in the model as the request finds it (earlier requests'
   projections acting, none of this request's), for every chosen layer before any of them trains.
-- The loss is the mean NLL over all answer tokens (EOS included) rather than one answer letter;
-  Adam at lr 1e-2 for 10 epochs instead of SGD at 2e-4 for 2 epochs (sized for 7B models).
+- The loss is the mean NLL over all answer tokens (EOS included; each item's mean, then the
+  items') rather than one answer letter; Adam at lr 1e-2 for 10 epochs with batch 8 instead of SGD
+  at 2e-4 for 2 epochs with batch 5 (sized for 7B models). The authors' LoRA has learning rate 0,
+  so leaving it out trains the same parameters.
 """
 
 from __future__ import annotations

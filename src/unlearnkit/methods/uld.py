@@ -29,6 +29,10 @@ Choices:
   top token, and that offset then moves the top token against all others, which damaged retained
   answers (facts forget05, α 0.8: model utility 0.899× the retain model's with the paper's rule,
   0.935× with the code's; measured when the KL was still averaged over the batch's positions).
+  When τ·V < 1 the code's count is 0 and its index −1 wraps to the *least* likely token, so it keeps
+  every assistant logit; here the count is at least 1, which leaves the paper's max + log τ rule.
+- NLL̄(D_f) is each forget item's mean answer NLL (EOS included), averaged over the batch's items
+  (the authors' HF ``loss`` pools the batch's tokens).
 - ``augment=True`` adds each forget item's ``paraphrased_answer`` to the forget set and its
   ``perturbed_answer`` list to the retain set, as the paper does with its own paraphrases and
   perturbations. Off by default: on TOFU-style data these are the evaluation's own answers.

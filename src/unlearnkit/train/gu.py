@@ -22,7 +22,9 @@ Choices:
   momentum and the update of v̂ by the current gradient are ignored, and on the tiny test GPT-2,
   1–5 Adam steps with GU changed the retain loss about as much as without it (opposite sign).
 - The paper's optional "keep tangent components that help both losses" (κ > 0) is not implemented:
-  this is its κ = 0 pure normal projection. Scope is global over the optimizer's parameters.
+  this is its κ = 0 pure normal projection. Its γ is the method's own forget weight, already in
+  the forget part. Scope is global over the optimizer's parameters (the paper also offers a
+  per-tensor scope over the last blocks, norm and head).
 - Memory: ``2·rank`` copies of the trainable parameters. Gradients come from ``torch.autograd.grad``
   in one process; the projection is not synchronised across processes.
 """
