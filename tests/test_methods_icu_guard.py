@@ -98,6 +98,18 @@ def test_icu_needs_items_to_pair_with(setup):
         unlearn(adapter, ForgetRequest(items, forget=FORGET), "icu", epochs=1)
 
 
+@pytest.mark.parametrize("flag, kind", [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")])
+def test_icu_refuses_a_sharded_launch_before_any_work(setup, monkeypatch, flag, kind):
+    """Under FSDP / DeepSpeed the loop trains a sharded copy, so the per-epoch check generated from the untrained
+    weights and never found an item forgotten: ICU silently ran every epoch on every item."""
+    adapter, request, _ = setup
+    monkeypatch.setenv(flag, "true")
+    before = copy.deepcopy(adapter.model.state_dict())
+    with pytest.raises(UserInputError, match=f"whose weights {kind} shards; run it with the DDP config"):
+        unlearn(adapter, request, "icu", epochs=1)
+    assert all(torch.equal(v, before[k]) for k, v in adapter.model.state_dict().items())
+
+
 # ---------------------------------------------------------------------------- GUARD-IT
 def test_redirect_preserves_the_norm_and_moves_away_from_the_vector():
     torch.manual_seed(0)

@@ -141,6 +141,16 @@ class ICU(Method):
     use_when = 'LM unlearning with per-item stopping, when over-forgetting is a concern and a neighbour pool (the retain set) is available.'
     Config = ICUConfig
 
+    def check_model(self, adapter: Any, config: ICUConfig) -> None:
+        """Refuse FSDP / DeepSpeed: the loop then trains a sharded copy, and the per-epoch check, which generates
+        from the adapter's model, would read the weights from before training and never find an item forgotten."""
+        from ..train.distributed import sharded_launch
+
+        kind = sharded_launch()
+        if kind:
+            raise UserInputError(f"ICU checks after every epoch which items are forgotten by generating from the model, "
+                                 f"whose weights {kind} shards; run it with the DDP config (configs/accelerate/ddp.yaml).")
+
     def unlearn(self, adapter: Any, request, config: ICUConfig) -> Outcome:
         reference = frozen_reference(adapter.model)
         forget, pool_ids = request.forget_items(), neighbour_pool(request)

@@ -327,6 +327,13 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "false").lower() in ("1", "true", "yes")
 
 
+def sharded_launch() -> str | None:
+    """"FSDP" or "DeepSpeed" when the accelerate launch asks for one (the parameters are then sharded), else None."""
+    wants = [name for name, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+             if _flag(flag)]
+    return wants[0] if wants else None
+
+
 def check_launch() -> None:
     """Raise :class:`UserInputError` for accelerate settings that unlearnkit cannot honour.
 
@@ -334,12 +341,11 @@ def check_launch() -> None:
     DDP on the CPU), DeepSpeed without its package, and gradient accumulation (the loop takes one
     optimiser step per batch; raise the batch size instead).
     """
-    wants = [name for name, flag in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
-             if _flag(flag)]
+    wants = sharded_launch()
     if wants and not torch.cuda.is_available():
-        raise UserInputError(f"The accelerate config asks for {wants[0]}, which needs GPUs, but none is visible; "
+        raise UserInputError(f"The accelerate config asks for {wants}, which needs GPUs, but none is visible; "
                              "use the DDP config (configs/accelerate/ddp.yaml) or torchrun on the CPU.")
-    if "DeepSpeed" in wants:
+    if wants == "DeepSpeed":
         import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:
