@@ -79,7 +79,7 @@ def _model_kind(directory: Path) -> str:
 
 def _load_classifier(directory: Path, trust_pickle: bool):
     from .adapters.classifier import ClassifierAdapter
-    from .adapters.classifier_spec import build_classifier, read_spec
+    from .adapters.classifier_spec import build_classifier, check_fits, read_spec
     from .io import load_state_dict
 
     spec = read_spec(directory)
@@ -90,14 +90,7 @@ def _load_classifier(directory: Path, trust_pickle: bool):
     state = load_state_dict(weights, trust_pickle=trust_pickle)
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserInputError(f"The weights file {weights} does not hold a mapping of parameter names to tensors.")
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        problems = [f"{label} {', '.join(names[:4])}{' …' if len(names) > 4 else ''}" for label, names in
-                    (("missing", missing), ("unexpected", unexpected), ("other shapes for", wrong)) if names]
-        raise UserInputError(f"The weights in {weights} do not fit the architecture in unlearnkit.json "
-                             f"({'; '.join(problems)}; it expects {', '.join(list(expected)[:6])}).")
+    check_fits(spec, state, f"The weights in {weights}")
     model.load_state_dict(state)
     return ClassifierAdapter(model.eval(), int(spec["num_classes"])), spec
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+import operator
 from typing import Any, Sequence
 
 import torch
@@ -20,14 +22,26 @@ class ClassifierAdapter:
     kind = "classifier"
 
     def __init__(self, model: nn.Module, num_classes: int | None = None) -> None:
+        if num_classes is not None:
+            if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+                raise UserInputError(f"num_classes must be a whole number of at least 2, got {num_classes!r}.")
+            num_classes = operator.index(num_classes)
         self.model = model
         self.num_classes = num_classes
 
     def collate(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
-        """Stack ``(x, y)`` items into ``{"inputs": X, "labels": y}``."""
-        inputs = torch.stack([torch.as_tensor(x, dtype=torch.float32) for x, _ in items])
-        labels = torch.as_tensor([_label(y) for _, y in items], dtype=torch.long)
-        return {"inputs": inputs, "labels": labels}
+        """Stack ``(x, y)`` items into ``{"inputs": X, "labels": y}``; inputs must share one shape and be finite."""
+        pairs = [_pair(item) for item in items]
+        inputs = [_input(x) for x, _ in pairs]
+        labels = torch.as_tensor([_label(y) for _, y in pairs], dtype=torch.long)
+        try:
+            stacked = torch.stack(inputs)
+        except RuntimeError:
+            shapes = list(dict.fromkeys(tuple(x.shape) for x in inputs))
+            raise UserInputError(f"Classifier inputs must all have one shape; got {shapes[0]} and {shapes[1]}.") from None
+        if not bool(torch.isfinite(stacked).all()):
+            raise UserInputError("A classifier input holds NaN or an infinite value; inputs must be finite numbers.")
+        return {"inputs": stacked, "labels": labels}
 
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Class logits ``(B, C)``, on the model's device and in its floating dtype (a collated batch is moved there)."""
@@ -50,16 +64,40 @@ class ClassifierAdapter:
         """Number of classes: the declared one, else one more than the largest label seen."""
         if self.num_classes is not None:
             return self.num_classes
-        return int(max(int(y) for _, y in items)) + 1
+        if not len(items):
+            raise UserInputError("Cannot count the classes of no items: give num_classes or at least one item.")
+        return max(_label(_pair(item)[1]) for item in items) + 1
 
     def with_model(self, model: nn.Module) -> "ClassifierAdapter":
         """The same adapter around another model (for example a copy being unlearned)."""
         return ClassifierAdapter(model, self.num_classes)
 
 
+def _pair(item: Any) -> tuple[Any, Any]:
+    """An item as its ``(input, label)`` pair."""
+    try:
+        x, y = item
+    except (TypeError, ValueError):
+        raise UserInputError(f"A classifier item must be an (input, label) pair, got a {type(item).__name__}.") from None
+    return x, y
+
+
+def _input(value: Any) -> torch.Tensor:
+    """An input as a float32 tensor."""
+    try:
+        return torch.as_tensor(value, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise UserInputError(f"A classifier input must be numbers (a tensor, an array or nested lists of one shape), "
+                             f"got a {type(value).__name__}.") from None
+
+
 def _label(value: Any) -> int:
     """An integer class label; 1.9 or True is a mistake, not class 1."""
-    if isinstance(value, bool) or int(value) != value:
+    try:
+        whole = not isinstance(value, (bool, str, bytes)) and int(value) == value
+    except (TypeError, ValueError, OverflowError, RuntimeError):  # None, NaN, inf, a tensor of several numbers
+        whole = False
+    if not whole:
         raise UserInputError(f"A class label must be an integer, got {value!r}.")
     return int(value)
 

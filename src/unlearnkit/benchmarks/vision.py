@@ -8,6 +8,9 @@ from the same seeded initialisation and are cached by their config.
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -44,9 +47,11 @@ class VisionBenchmark:
     test_fraction: float = 0.2  # with name and seed, it fixes which images are train (cache keys need it)
 
     def new_model(self) -> nn.Module:
-        """A freshly initialised model; the same seed gives the same initial weights."""
-        torch.manual_seed(self.seed)
-        return SmallCNN(self.image_size, self.num_classes)
+        """A freshly initialised model; the same seed gives the same initial weights (the caller's random
+        state is left as it was)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            return SmallCNN(self.image_size, self.num_classes)
 
     def adapter(self, model: nn.Module) -> ClassifierAdapter:
         """The adapter for this benchmark's models."""
@@ -124,10 +129,13 @@ def load_vision_benchmark(name: str, seed: int = 0, test_fraction: float = 0.2) 
     if name not in _CATALOGUE:
         raise UserInputError(f"Unknown benchmark {name!r}; valid: {', '.join(_CATALOGUE)}.")
     check_seed(seed, "seed")
-    if not (isinstance(test_fraction, (int, float)) and 0 < test_fraction < 1):
+    seed = operator.index(seed)  # a numpy integer too: as a plain int it gives the same cache keys
+    if not (_fraction(test_fraction) and 0 < test_fraction < 1):
         raise UserInputError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}.")
+    test_fraction = float(test_fraction)  # sklearn refuses numpy's float32
     loader, recipe = _CATALOGUE[name]
     images, labels, side = loader()
+    _check_split_sizes(name, len(labels), len(np.unique(labels)), test_fraction)
     from sklearn.model_selection import train_test_split
 
     train_idx, test_idx = train_test_split(
@@ -139,17 +147,39 @@ def load_vision_benchmark(name: str, seed: int = 0, test_fraction: float = 0.2) 
                            test_fraction=test_fraction)
 
 
+def _fraction(value: object) -> bool:
+    """Whether ``value`` is a real number (numpy's too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_split_sizes(name: str, images: int, classes: int, test_fraction: float) -> None:
+    """Refuse a ``test_fraction`` that leaves fewer images than classes on one side: a stratified split
+    needs one image of each class in train and in test (sklearn's rule for the test count, rounded up)."""
+    test = math.ceil(test_fraction * images)
+    if min(test, images - test) < classes:
+        raise UserInputError(f"test_fraction={test_fraction} splits the {images} images of {name} into {images - test} "
+                             f"train and {test} test images; each side needs at least one image of each of its "
+                             f"{classes} classes.")
+
+
 def forget_request(bench: VisionBenchmark, scenario: str, *, forget_class: int = 0, fraction: float = 0.1) -> ForgetRequest:
-    """The forget request of a scenario: ``random`` (a seeded ``fraction`` of train) or ``class``."""
+    """The forget request of a scenario: ``random`` (a seeded ``fraction`` of train, never all of it) or ``class``."""
     n = len(bench.train)
     if scenario == "random":
-        if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+        if not (_fraction(fraction) and 0 < fraction < 1):
             raise UserInputError(f"fraction must lie strictly between 0 and 1, got {fraction!r}.")
+        size = max(1, int(round(fraction * n)))
+        if size >= n:
+            raise UserInputError(f"fraction={fraction} of the {n} training images forgets every one of them and "
+                                 "keeps none; choose a smaller fraction.")
         rng = np.random.default_rng(bench.seed)
-        forget = sorted(rng.choice(n, size=max(1, int(round(fraction * n))), replace=False).tolist())
+        forget = sorted(rng.choice(n, size=size, replace=False).tolist())
     elif scenario == "class":
-        if isinstance(forget_class, bool) or not isinstance(forget_class, int) or not 0 <= forget_class < bench.num_classes:
-            raise UserInputError(f"forget_class must be in 0..{bench.num_classes - 1}, got {forget_class}.")
+        integer = not isinstance(forget_class, bool) and isinstance(forget_class, numbers.Integral)
+        if not (integer and 0 <= forget_class < bench.num_classes):
+            raise UserInputError(f"forget_class must be in 0..{bench.num_classes - 1}, got {forget_class!r}; "
+                                 "give a whole class number.")
+        forget_class = operator.index(forget_class)
         forget = [i for i, (_, y) in enumerate(bench.train) if y == forget_class]
     else:
         raise UserInputError(f"Unknown scenario {scenario!r}; valid: {', '.join(SCENARIOS)}.")
