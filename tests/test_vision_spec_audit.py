@@ -273,3 +273,19 @@ def test_new_model_leaves_the_callers_random_state_alone():
     assert torch.equal(torch.rand(3), expected)  # it was reset to the bench's seed: every caller drew the same
     second = bench.new_model()
     assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_the_same_excluded_set_in_another_order_is_one_cached_model(tmp_path, monkeypatch):
+    """The cache keyed on the list as given: the same forget set in another order trained the model again."""
+    import unlearnkit.benchmarks.vision as vision
+    from unlearnkit.benchmarks.vision import cached_classifier
+    from unlearnkit.train.measure import Measurement
+
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path))
+    trained = []
+    monkeypatch.setattr(vision, "train_classifier",
+                        lambda bench, items: (trained.append(len(items)) or (bench.new_model(), Measurement())))
+    bench = load_vision_benchmark("digits", 0)
+    for excluded in ([3, 1, 2], [1, 2, 3], [2, 3, 1, 3]):
+        cached_classifier(bench, excluded, "retrain")
+    assert trained == [len(bench.train) - 3]

@@ -226,13 +226,15 @@ CLASSIFIER_VERSION = 3
 
 
 def cached_classifier(bench: VisionBenchmark, excluded: list[int], role: str) -> tuple[nn.Module, dict]:
-    """The model trained on the training set minus ``excluded``, from the cache or trained now."""
+    """The model trained on the training set minus ``excluded`` (a set: its order and repeats do not matter),
+    from the cache or trained now."""
+    drop = sorted(set(excluded))  # as the key too: the same set in another order is the same model
     config = {"benchmark": bench.name, "seed": bench.seed, "test_fraction": bench.test_fraction,
-              "recipe": bench.recipe.to_dict(), "excluded": excluded, "model": "SmallCNN", "version": CLASSIFIER_VERSION}
+              "recipe": bench.recipe.to_dict(), "excluded": drop, "model": "SmallCNN", "version": CLASSIFIER_VERSION}
 
     def build(directory: Path) -> dict:
-        drop = set(excluded)
-        model, training = train_classifier(bench, [it for i, it in enumerate(bench.train) if i not in drop])
+        skipped = set(drop)
+        model, training = train_classifier(bench, [it for i, it in enumerate(bench.train) if i not in skipped])
         save_state_dict(model.state_dict(), directory / "model.safetensors")
         return {"role": role, "train_seconds": training.seconds, **training_memory(training),
                 "train_threads": torch.get_num_threads(),
