@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .errors import UserInputError
-from .io import check_output
+from .io import check_output, named_files
 from .ledger import canonical_value, recorded_form
 from .userdata import read_records, require_fields
 
@@ -55,7 +55,7 @@ def _check_paths(job: ForgetJob, ledger: Any) -> None:
 
     base, adapters = adapter_chain(job.model)  # an adapter's base model folders are inputs too
     check_output(job.out, overwrite=job.overwrite, inputs=(base, *adapters, job.forget, job.retain, job.training_data,
-                                                           ledger.salt_path, ledger.file_path))
+                                                           ledger.salt_path, ledger.file_path, *named_files(job.params)))
 
 
 def _model_kind(directory: Path) -> str:

@@ -14,7 +14,7 @@ import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from .errors import UserInputError
 
@@ -48,6 +48,19 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, inputs: Iterable[An
         raise UserInputError(f"The output path {out} already exists; choose another or pass --overwrite.")
     if path.exists() and path.is_dir() == file:
         raise UserInputError(f"The output path {out} is {'a folder' if file else 'a file'}; {what} output cannot replace it.")
+
+
+def named_files(settings: Mapping[str, Any]) -> list[Path]:
+    """The setting values (in nested mappings too, as a bench's per-method settings) that are text naming an
+    existing file, e.g. SSD's ``full_importance``: inputs of a run, which :func:`check_output` must keep an
+    output from replacing."""
+    found = []
+    for value in settings.values():
+        if isinstance(value, Mapping):
+            found += named_files(value)
+        elif isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
+            found.append(Path(value))
+    return found
 
 
 @contextmanager

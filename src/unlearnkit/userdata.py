@@ -149,5 +149,9 @@ def require_fields(records: Sequence[tuple[int, dict[str, Any]]], fields: Sequen
                 raise UserInputError(f"{path} line {number} has an empty {name!r}; every item needs a non-empty one.")
             if name in record and record[name] is None:  # JSON null, Parquet null, or a CSV row cut short
                 raise UserInputError(f"{path} line {number} has no value for the field {name!r}; every item needs one.")
+            if record.get(name) is None and FORMATS.get(Path(path).suffix.lower()) == "csv":
+                # the header's names are not repeated: in a file without a header line they are an item's text
+                raise UserInputError(f"{path} line 1 names no column {name!r}; the first line of a CSV file must name "
+                                     f"its columns, e.g. {','.join(fields)}.")
             if record.get(name) is None:
                 raise UserInputError(f"{path} line {number} has no field {name!r} (fields found: {', '.join(record) or 'none'}).")

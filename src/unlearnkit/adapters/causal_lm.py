@@ -40,6 +40,8 @@ ENCODED_ITEMS_KEPT = 100_000
 GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0}
 #: File names any Hugging Face tokenizer folder holds at least one of.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
+#: The indexes of a sharded checkpoint that transformers reads (they map each weight to its shard file).
+CHECKPOINT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 def is_adapter_folder(directory: Path) -> bool:
@@ -57,9 +59,13 @@ def adapter_chain(directory: str | Path) -> tuple[Path, list[Path]]:
             raise UserInputError(f"The adapter folders under {directory} name each other as base models in a loop.")
         adapters.append(folder)
         try:
-            base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+            config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+            base = config.get("base_model_name_or_path")
         except (ValueError, AttributeError):
             raise UserInputError(f"The adapter folder {folder} has an adapter_config.json that is not a JSON object.") from None
+        if config.get("peft_type") != "LORA":  # other PEFT types load further adapters, from the hub too (X-LoRA)
+            raise UserInputError(f"The adapter in {folder} is of PEFT type {config.get('peft_type')!r}; only LoRA "
+                                 "adapters (peft_type LORA, as --lora writes) are loaded.")
         if not isinstance(base, str) or not Path(base).is_dir():
             raise UserInputError(f"The adapter in {folder} names the base model {base!r}, which is not a local "
                                  "folder; put the base model there or fix base_model_name_or_path.")
@@ -68,6 +74,28 @@ def adapter_chain(directory: str | Path) -> tuple[Path, list[Path]]:
                                  "adapter_model.bin is not loaded); save the adapter with safetensors.")
         folder = Path(base)
     return folder, adapters[::-1]
+
+
+def check_shard_names(directory: Path) -> None:
+    """Refuse a sharded checkpoint whose index names a shard by anything but a file name of ``directory``
+    (``../other/model.safetensors``, an absolute path, a sub-folder): transformers joins the names to the folder
+    as given, so such an index would load the weights of another model on this machine."""
+    for name in CHECKPOINT_INDEXES:
+        index = directory / name
+        if not index.is_file():
+            continue
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            shards = set(weight_map.values())
+        except OSError as error:
+            raise UserInputError(f"The checkpoint index {index} cannot be read ({error.strerror or type(error).__name__}).") from None
+        except (ValueError, KeyError, TypeError, AttributeError):  # ValueError: not UTF-8, or not JSON
+            raise UserInputError(f"The checkpoint index {index} is not a JSON object with a weight_map of shard "
+                                 "file names.") from None
+        if not all(isinstance(shard, str) and shard not in ("", ".", "..") and Path(shard).name == shard
+                   for shard in shards):
+            raise UserInputError(f"The checkpoint index {index} names shard files outside {directory}; a shard must "
+                                 "be a file name in the model folder.")
 
 
 def _merge_adapters(base: nn.Module, adapters: Sequence[Path]) -> nn.Module:
@@ -169,6 +197,7 @@ class CausalLMAdapter:
             return loaded.with_model(_merge_adapters(loaded.model, adapters))
         if not (directory / "config.json").is_file():
             raise UserInputError(f"The model directory {directory} has no config.json; expected a Hugging Face model folder.")
+        check_shard_names(directory)
         tokenizer = load_tokenizer(directory)
         from transformers import AutoModelForCausalLM
 

@@ -11,7 +11,7 @@ from torch import nn
 from ..api import unlearn, validate_runs, warm_up
 from ..errors import UserInputError
 from ..eval.classification import evaluate_classifier
-from ..io import atomic_dir, check_output
+from ..io import atomic_dir, check_output, named_files
 from ..methods.registry import methods
 from ..report.html import write_report
 from ..request import ForgetRequest
@@ -75,7 +75,7 @@ def run_classifier_bench(
     own = BENCH_METHOD_SETTINGS[benchmark][scenario]
     defaults = {name: {"seed": seed, **own.get(name, {})} for name in names}
     settings = validate_runs(names, params or {}, bench.adapter(None), request, defaults)
-    check_output(out, overwrite=overwrite, inputs=(cache_root(),))
+    check_output(out, overwrite=overwrite, inputs=(cache_root(), *named_files(params or {})))
 
     case = prepare_case(bench, scenario, request)
     target, splits, reference, retrain_seconds = case.target, case.splits, case.reference, case.retrain_meta["train_seconds"]

@@ -16,7 +16,7 @@ from ..api import check_lora, unlearn, validate_runs, warm_up
 from ..errors import UserInputError
 from ..eval.attacks import RelearnSettings, check_attack_items, parse_attacks, run_attacks
 from ..eval.language import LM_METRICS, evaluate_lm, lm_metrics
-from ..io import atomic_dir, check_output
+from ..io import atomic_dir, check_output, named_files
 from ..methods.registry import get_method, method_config, methods
 from ..report.html import write_report
 from ..train.measure import memory_of, reference_memory
@@ -259,7 +259,7 @@ def run_lm_bench(
     relearn = relearn or bench_relearn_settings(config)
     relearn.check()
     check_retrain_seeds(retrain_seeds, config)
-    check_output(out, overwrite=overwrite, inputs=(cache_root(),))
+    check_output(out, overwrite=overwrite, inputs=(cache_root(), *named_files(params or {})))
     check_settings(method_names, params, config.base)
     for name in method_names or ():  # the defaults skip what LoRA cannot serve (runnable_defaults)
         check_lora(get_method(name), memory)
@@ -422,6 +422,15 @@ def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]
     return splits
 
 
+def model_folders(directory: Path) -> list[Path]:
+    """The folders that loading the model in ``directory`` reads: itself and, for a PEFT adapter folder, the
+    adapters and the base model under it (:func:`adapter_chain`); an output must replace none of them."""
+    from ..adapters.causal_lm import adapter_chain
+
+    base, adapters = adapter_chain(directory)
+    return [Path(directory), base, *adapters]
+
+
 def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out: Path, *,
                     overwrite: bool = False, command: str = "", log=print,
                     max_new_tokens: int = TOFU_MAX_NEW_TOKENS,
@@ -437,7 +446,7 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
 
     log = log if is_main_process() else _quiet
 
-    check_output(out, overwrite=overwrite, inputs=(data, model, retain_model))
+    check_output(out, overwrite=overwrite, inputs=(data, *model_folders(model), *model_folders(retain_model)))
     if max_new_tokens < 1:
         raise UserInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens}.")
     splits = tofu_evaluation_splits(data, split)
