@@ -76,3 +76,12 @@ def test_a_task_folder_too_small_for_the_stratified_split_is_refused(tmp_path, c
     scenario = load_clofai(tmp_path, test_fraction=0.5, image_size=4)  # 2 + 2 images split 2/2
     labels = scenario.train_y[scenario.tasks[1].train_ids].tolist()
     assert sorted(labels) == [0, 1] and len(scenario.tasks[1].test_index) == 2
+
+
+def test_hidden_files_beside_the_images_are_not_images(clofai_root):
+    """macOS leaves ``._0.png`` metadata files beside copied images: they were read as images and refused."""
+    reference = load_clofai(clofai_root, seed=0, image_size=8)
+    for label in ("real", "fake"):
+        (clofai_root / "gen_a_vae" / label / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble metadata")
+    scenario = load_clofai(clofai_root, seed=0, image_size=8)
+    assert scenario.train_x.shape == reference.train_x.shape and bool((scenario.train_x == reference.train_x).all())

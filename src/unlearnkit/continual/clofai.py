@@ -31,7 +31,10 @@ LABELS = {"real": 0, "fake": 1}
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The images of ``folder``, hidden files left out as hidden task folders are (macOS writes a ``._name.png``
+    of metadata beside each image it copies to another file system)."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
 def _read_image(path: Path, image_size: int) -> torch.Tensor:
