@@ -192,26 +192,25 @@ def test_evaluate_keeps_the_base_model_under_an_adapter_folder(tmp_path, capsys)
     assert (base / "config.json").is_file()
 
 
-def test_the_facts_bench_keeps_a_file_named_by_a_method_setting(tmp_path):
+def _facts_bench(out, params):
     from unlearnkit.benchmarks.facts import FactsConfig
     from unlearnkit.benchmarks.lm_bench import run_lm_bench
 
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "gradients.safetensors").write_bytes(b"recorded")
-    params = {"first_epoch_ga": {"gradients": str(out / "gradients.safetensors")}}
-    with pytest.raises(UserInputError, match="holds the input"):
-        run_lm_bench(FactsConfig.tiny(), "forget10", ["first_epoch_ga"], out, params=params, overwrite=True, log=lambda *_: None)
-    assert (out / "gradients.safetensors").read_bytes() == b"recorded"
+    run_lm_bench(FactsConfig.tiny(), "forget10", list(params), out, params=params, overwrite=True, log=lambda *_: None)
 
 
-def test_the_classifier_bench_keeps_a_file_named_by_a_method_setting(tmp_path):
+def _classifier_bench(out, params):
     from unlearnkit.benchmarks.classifier_bench import run_classifier_bench
 
+    run_classifier_bench("digits", "class", list(params), out, params=params, overwrite=True, log=lambda *_: None)
+
+
+@pytest.mark.parametrize("bench, method, setting", [(_facts_bench, "first_epoch_ga", "gradients"),
+                                                    (_classifier_bench, "ssd", "full_importance")])
+def test_a_bench_keeps_a_file_named_by_a_method_setting(tmp_path, bench, method, setting):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "importance.safetensors").write_bytes(b"measured")
-    params = {"ssd": {"full_importance": str(out / "importance.safetensors")}}
+    (out / "named.safetensors").write_bytes(b"measured")
     with pytest.raises(UserInputError, match="holds the input"):
-        run_classifier_bench("digits", "class", ["ssd"], out, params=params, overwrite=True, log=lambda *_: None)
-    assert (out / "importance.safetensors").read_bytes() == b"measured"
+        bench(out, {method: {setting: str(out / "named.safetensors")}})
+    assert (out / "named.safetensors").read_bytes() == b"measured"
