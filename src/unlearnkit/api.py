@@ -60,6 +60,7 @@ def check_needs(method: Any, adapter: Any, request: ForgetRequest, config: Any) 
     if getattr(config, "sampling", None) == "modular" and not any(getattr(request, "neighbours", {}).values()):
         raise UserInputError(f"Method {method.name!r} with sampling=modular needs a request with 'direct' or 'indirect' "
                              "neighbour sets (the facts bench's requests have them); use standard or cyclic sampling.")
+    method.check_request(request, config)
     if "retain" in method.needs_for(config) and not request.retain:
         projected = "retain" not in method.needs and getattr(config, "project", None)
         setting = f" with project={config.project}" if projected else ""

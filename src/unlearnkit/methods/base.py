@@ -49,6 +49,11 @@ class Method:
         off retain gradients (``project``); a method may also drop needs a setting makes unnecessary."""
         return self.needs | ({"retain"} if getattr(config, "project", None) else frozenset())
 
+    def check_request(self, request: ForgetRequest, config: Any) -> None:
+        """Raise :class:`UserInputError` when ``request`` lacks data a run with ``config`` needs that ``needs_for``
+        cannot express (default: the declared needs suffice); checked before the declared needs, so a method can
+        name the setting behind a need."""
+
     def check_model(self, adapter: Any, config: Any) -> None:
         """Raise :class:`UserInputError` when this model cannot serve a run with ``config`` (default: any
         model of a served kind can)."""

@@ -141,6 +141,10 @@ class ICU(Method):
     use_when = 'LM unlearning with per-item stopping, when over-forgetting is a concern and a neighbour pool (the retain set) is available.'
     Config = ICUConfig
 
+    def check_request(self, request, config: ICUConfig) -> None:
+        """Refuse a request with neither retain nor neighbour items to pair the forget items with."""
+        neighbour_pool(request)
+
     def check_model(self, adapter: Any, config: ICUConfig) -> None:
         """Refuse FSDP / DeepSpeed: the loop then trains a sharded copy, and the per-epoch check, which generates
         from the adapter's model, would read the weights from before training and never find an item forgotten."""

@@ -83,11 +83,18 @@ class Undial(Method):
     use_when = 'Gentle LM forgetting by self-distillation that lowers only the memorised tokens; slow but stable.'
     Config = UndialConfig
 
+    def needs_for(self, config: UndialConfig) -> frozenset[str]:
+        """Retain data only when its NLL term counts (α > 0)."""
+        return super().needs_for(config) | ({"retain"} if config.alpha > 0 else set())
+
+    def check_request(self, request, config: UndialConfig) -> None:
+        """Name α as what needs retain data (before the generic refusal of a missing need)."""
+        if config.alpha > 0 and not request.retain:
+            raise UserInputError("undial with alpha > 0 needs retain data, but the request has none.")
+
     def unlearn(self, adapter: Any, request, config: UndialConfig) -> Outcome:
         reference = frozen_reference(adapter.model)
         if config.alpha > 0:
-            if not request.retain:
-                raise UserInputError("undial with alpha > 0 needs retain data, but the request has none.")
             stream, steps = retain_pairing(adapter, request, config)
         else:
             stream, steps = item_stream(adapter, request.forget_items(), config)
