@@ -59,6 +59,8 @@ class Method:
         model of a served kind can)."""
 
     def unlearn(self, adapter: Any, request: ForgetRequest, config: Any) -> Outcome:  # pragma: no cover
+        """Remove ``request``'s forget items from ``adapter.model`` (a private copy) by the method's update rule
+        (its module docstring), with ``config``'s settings; the needs were checked before the call."""
         raise NotImplementedError
 
 
