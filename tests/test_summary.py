@@ -30,7 +30,7 @@ def test_a_metric_only_some_rows_or_runs_report_still_gets_its_column():
     b["runs"][1]["metrics"]["relearn_recovery"] = "n/a"  # no number in this run: left out of the cell
     rows, columns = summary_rows([a, b])
     assert "relearn_recovery" in columns
-    assert rows[0]["relearn_recovery"] == "—" and rows[1]["relearn_recovery"] == "0.2000 ± 0.0000"
+    assert rows[0]["relearn_recovery"] == "—" and rows[1]["relearn_recovery"] == "0.2000 (seed 4 only)"  # one value: no std, and its seed named
 
 
 def _with_other_params(results: dict) -> dict:

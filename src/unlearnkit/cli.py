@@ -309,16 +309,23 @@ def summarize_command(
     out: Path = typer.Option(..., help="Markdown page to write."),
     overwrite: bool = typer.Option(False, help="Replace an existing page."),
 ) -> None:
-    """Mean ± std over seeds of every number in bench runs that differ only in their seed."""
+    """Mean ± std over seeds of every metric and time (not memory) in bench runs that differ only in their seed."""
     from .benchmarks.results import read_bench_results, write_summary
 
     if len(results) < 2:
         raise UserInputError("Give at least two --results folders (runs with different --seed) to summarise.")
+    repeated = next((folder for index, folder in enumerate(results)
+                     if any(folder.resolve() == other.resolve() for other in results[:index])), None)
+    if repeated is not None:
+        raise UserInputError(f"--results {repeated} is given twice (the same folder); give each bench run once.")
     loaded = []
     for folder in results:
         if not (folder / "results.json").is_file():
             raise UserInputError(f"{folder} holds no results.json; pass folders written by 'unlearnkit bench'.")
         loaded.append(read_bench_results(folder / "results.json"))
+        if loaded[-1].get("seed") is None:
+            raise UserInputError(f"{folder / 'results.json'} names no seed (only 'unlearnkit bench' runs have one); "
+                                 "summarise bench runs that differ only in their --seed.")
     check_output(out, overwrite=overwrite, file=True, inputs=results)
     typer.echo(write_summary(out, loaded, command_line()))
 

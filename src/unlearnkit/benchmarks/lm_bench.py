@@ -398,7 +398,7 @@ def unmemorised_notes(references: Sequence[tuple[str, Any, Mapping[str, Any]]], 
 def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]:
     """The evaluation splits from a TOFU-format folder (real authors only when present), each checked for
     the fields it needs (:data:`TOFU_SPLIT_FIELDS`); a missing or empty required file is named in the error."""
-    from .tofu_format import read_tofu_file
+    from .tofu_format import find_split_file, read_tofu_file
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -409,8 +409,7 @@ def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]
     splits = {}
     for role, stems in TOFU_SPLIT_FILES.items():
         names = [s.format(split=split, holdout=split.replace("forget", "holdout")) for s in stems]
-        path = next((directory / f"{n}{ext}" for n in names for ext in (".json", ".jsonl")
-                     if (directory / f"{n}{ext}").is_file()), None)
+        path = next(filter(None, (find_split_file(directory, n) for n in names)), None)
         if path is None and role in OPTIONAL_TOFU_SPLITS:
             continue
         if path is None:

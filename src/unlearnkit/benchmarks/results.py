@@ -37,9 +37,11 @@ def flat_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """One flat dict per run: method, metrics, seconds and the ratio to retraining."""
     rows = []
     for run in results["runs"]:
-        retrain = run.get("retrain_seconds") or float("nan")
-        rows.append({"method": run["method"], **run["metrics"], "seconds": run["seconds"],
-                     "time_vs_retrain": run["seconds"] / retrain if retrain else float("nan"),
+        seconds, retrain = run["seconds"], run.get("retrain_seconds")
+        # null in a results.json read back (an untimed run, e.g. evaluate's): no ratio, not a traceback
+        timed = _numeric(seconds) and _numeric(retrain) and retrain > 0
+        rows.append({"method": run["method"], **run["metrics"], "seconds": float("nan") if seconds is None else seconds,
+                     "time_vs_retrain": seconds / retrain if timed else float("nan"),
                      **{name: run.get(name, float("nan")) for name in MEMORY_FIELDS}, "status": run.get("status", "ok")})
     return rows
 
@@ -144,18 +146,35 @@ RUN_FIELDS = (
 )
 
 
+#: The top-level fields a summary reads, each with its test and what it must be, when the file has them.
+RESULTS_FIELDS = (
+    ("benchmark", lambda v: isinstance(v, str), "a name"),
+    ("scenario", lambda v: v is None or isinstance(v, str), "a name"),
+    ("split", lambda v: v is None or isinstance(v, str), "a name"),
+    ("seed", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "a whole number"),
+    ("notes", lambda v: isinstance(v, list) and all(isinstance(note, str) for note in v), "a list of texts"),
+)
+
+
 def read_bench_results(path: Path) -> dict[str, Any]:
     """A bench's results.json, refused in one sentence unless it holds named runs whose fields (:data:`RUN_FIELDS`)
-    have the types the summaries and cards read."""
+    have the types the summaries and cards read, as have its own fields (:data:`RESULTS_FIELDS`)."""
+    from ..userdata import parse_json
+
     what = f"{path} is not a results.json written by 'unlearnkit bench'"
     try:
-        results = json.loads(path.read_text(encoding="utf-8"))
+        results = parse_json(path.read_text(encoding="utf-8"), str(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserInputError(f"{what} ({error}).") from None
+    except OSError as error:
+        raise UserInputError(f"{path} cannot be read ({error.strerror or type(error).__name__}).") from None
     runs = results.get("runs") if isinstance(results, dict) else None
     if not runs or not isinstance(runs, list) or not all(
             isinstance(run, dict) and {"method", "metrics", "seconds"} <= set(run) for run in runs):
         raise UserInputError(f"{what}: it needs a list of runs, each with a method, metrics and seconds.")
+    for field, valid, wanted in RESULTS_FIELDS:
+        if field in results and not valid(results[field]):
+            raise UserInputError(f"{what}: its {field} is not {wanted}.")
     for number, run in enumerate(runs, 1):
         for field, valid, wanted in RUN_FIELDS:
             if field in run and not valid(run[field]):
@@ -171,41 +190,102 @@ def _settings(run: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in seeded} if isinstance(params, Mapping) else {"params": params}
 
 
+#: The fields of results.json that runs to be summarised must agree in (a seed inside them aside): the bench, and the
+#: attacks run on every model with their settings (a relearning attack of 50 steps and one of 200 measure different things).
+SAME_FIELDS = ("benchmark", "scenario", "split", "config", "attacks", "relearn")
+
+
+def _but_seed(value: Any) -> Any:
+    """``value`` without its ``seed`` entry when it is a mapping (a bench's config, the relearning attack's settings)."""
+    return {k: v for k, v in value.items() if k != "seed"} if isinstance(value, Mapping) else value
+
+
+def _difference(key: str, first: Any, other: Any) -> str:
+    """How two values of the field ``key`` differ, for a refusal: the first setting that differs in a mapping."""
+    if isinstance(first, Mapping) and isinstance(other, Mapping):
+        name = next(k for k in dict.fromkeys([*first, *other]) if first.get(k) != other.get(k))
+        return f"the {key} setting {name} ({first.get(name)} and {other.get(name)})"
+    return f"{key} ({first} and {other})"
+
+
+def _seed_list(seeds: Sequence[Any]) -> str:
+    return f"seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))}"
+
+
+def _cell(values: Sequence[float], seeds: Sequence[Any], all_seeds: Sequence[Any]) -> str:
+    """Mean ± std of ``values`` (those of ``seeds``): one value has no std, and a cell over fewer than all the seeds
+    names the seeds it holds."""
+    if not values:
+        return "—"
+    mean = float(np.mean(values))
+    text = _fmt(mean) if len(values) == 1 else f"{_fmt(mean)} ± {_fmt(float(np.std(values)))}"
+    if len(seeds) < len(all_seeds):
+        text += f" ({_seed_list(seeds)} only)"
+    return text
+
+
+def _status_cell(statuses: Sequence[str], seeds: Sequence[Any]) -> str:
+    """The runs' status, with the seeds of each when they differ."""
+    of: dict[str, list[Any]] = {}
+    for status, seed in zip(statuses, seeds):
+        of.setdefault(status, []).append(seed)
+    return statuses[0] if len(of) == 1 else "; ".join(f"{status} ({_seed_list(s)})" for status, s in of.items())
+
+
 def summary_rows(all_results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, str]], list[str]]:
-    """Mean ± std (over the runs given, population std) of every number any method reports (a run missing
-    one, or holding no number there, is left out of that cell); the rows and their columns, in first-seen
-    order. Refuses runs of different benches, methods or settings."""
+    """Mean ± std (over the runs given, population std) of every number any method reports but its memory figures
+    (a process's memory depends on what ran before in it); a run missing one, or holding no number there, is left
+    out of that cell, which then names the seeds it holds, and a cell of one value has no std. A ``status`` column
+    is added when a run did not end ``ok``. The rows and their columns, in first-seen order. Refuses runs of
+    different benches, attacks, methods or settings."""
+    if not all_results:
+        raise UserInputError("Give at least one bench's results to summarise.")
     first = all_results[0]
     for results in all_results[1:]:
-        for key in ("benchmark", "scenario", "split"):
-            if results.get(key) != first.get(key):
-                raise UserInputError(f"The results differ in {key} ({first.get(key)} and {results.get(key)}); "
-                                     "summarise runs of one bench only.")
+        for key in SAME_FIELDS:
+            ours, theirs = _but_seed(first.get(key)), _but_seed(results.get(key))
+            if theirs != ours:
+                raise UserInputError(f"The results differ in {_difference(key, ours, theirs)}; summarise runs of one "
+                                     "bench, run alike but for --seed, only.")
         if [r["method"] for r in results["runs"]] != [r["method"] for r in first["runs"]]:
             raise UserInputError("The results ran different methods; summarise runs of the same --methods only.")
         if [_settings(r) for r in results["runs"]] != [_settings(r) for r in first["runs"]]:
             raise UserInputError("The results ran different settings (--param); summarise runs that differ only in "
                                  "their seed.")
+    seeds = [results.get("seed") for results in all_results]
     tables = [flat_rows(results) for results in all_results]
     columns = ["method", *dict.fromkeys(key for table in tables for row in table for key, value in row.items()
                                         if key not in ("method", *MEMORY_FIELDS) and _numeric(value))]
+    statuses = [[str(table[index]["status"]) for table in tables] for index in range(len(tables[0]))]
     rows = []
     for index, head in enumerate(tables[0]):
         row = {"method": head["method"]}
         for column in columns[1:]:
-            values = [float(table[index][column]) for table in tables if _numeric(table[index].get(column))]
-            row[column] = f"{_fmt(float(np.mean(values)))} ± {_fmt(float(np.std(values)))}" if values else "—"
+            held = [(float(table[index][column]), seed) for table, seed in zip(tables, seeds)
+                    if _numeric(table[index].get(column))]
+            row[column] = _cell([value for value, _ in held], [seed for _, seed in held], seeds)
+        row["status"] = _status_cell(statuses[index], seeds)
         rows.append(row)
+    if any(status != "ok" for run in statuses for status in run):
+        columns.append("status")
+    else:
+        for row in rows:
+            del row["status"]
     return rows, columns
 
 
 def write_summary(out: Path, all_results: Sequence[dict[str, Any]], command: str) -> str:
     """Write a markdown page of :func:`summary_rows` over runs that differ only in their seed; return it."""
     seeds = [results.get("seed") for results in all_results]
+    if None in seeds:
+        raise UserInputError("A results.json to summarise names no seed (only 'unlearnkit bench' runs have one); "
+                             "summarise bench runs that differ only in their --seed.")
     if len(set(seeds)) < len(seeds):
         raise UserInputError(f"Two results have the same seed ({', '.join(map(str, seeds))}); give each seed once.")
     rows, columns = summary_rows(all_results)
     first = all_results[0]
+    if not isinstance(first.get("benchmark"), str):
+        raise UserInputError("The results name no benchmark; summarise results.json files written by 'unlearnkit bench'.")
     title = f"{first['benchmark']} — {first.get('scenario') or first.get('split')}"
     seeds_of: dict[str, list[Any]] = {}  # each note, with the seeds whose runs carry it
     for seed, results in zip(seeds, all_results):
@@ -215,7 +295,8 @@ def write_summary(out: Path, all_results: Sequence[dict[str, Any]], command: str
     markdown = "\n".join([
         f"# {title}, mean ± std over seeds {', '.join(map(str, seeds))}", "",
         f"Generated by `{command}`; do not edit by hand. Each cell is the mean ± population std over the seeds' runs",
-        "of one bench; a seed sets the data split, the forget set, the initial weights and the batch order.",
+        "of one bench (a cell over fewer seeds names them, and one value has no std); a seed sets the data split,",
+        "the forget set, the initial weights and the batch order.",
         *(f"Note (from the runs) — {note}" for note in notes), "",
         markdown_table(rows, columns), ""])
     write_text_atomic(out, markdown)

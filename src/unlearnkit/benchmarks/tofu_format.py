@@ -47,7 +47,7 @@ def _parse(path: Path) -> list[dict[str, Any]]:
     from ..userdata import parse_json
 
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (some editors write one) is no part of the JSON
     except UnicodeDecodeError:
         raise UserInputError(f"The TOFU file {path} is not text in UTF-8.") from None
     except OSError as error:
@@ -55,13 +55,21 @@ def _parse(path: Path) -> list[dict[str, Any]]:
     if not text.strip():
         raise UserInputError(f"The TOFU file {path} is empty.")
     where = f"The TOFU file {path}"
-    try:
-        if text.lstrip().startswith("["):
-            records = parse_json(text, where)
-        else:
-            records = [parse_json(line, where) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as error:
-        raise UserInputError(f"{where} is not valid JSON or JSON lines ({error.msg} at line {error.lineno}).") from None
+    if text.lstrip().startswith("["):
+        try:
+            return parse_json(text, where)
+        except json.JSONDecodeError as error:
+            raise UserInputError(f"{where} is not valid JSON or JSON lines ({error.msg} at line {error.lineno}).") from None
+    records = []
+    # each line parsed alone, to name the file's line; lines end at "\n" only (str.splitlines also splits at U+2028,
+    # U+0085 and others, which JSON strings may hold unescaped: json.dumps(ensure_ascii=False), as the export, writes them)
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(parse_json(line, where))
+        except json.JSONDecodeError as error:
+            raise UserInputError(f"{where} is not valid JSON or JSON lines ({error.msg} at line {number}).") from None
     return records
 
 
@@ -89,9 +97,11 @@ def read_tofu_dir(directory: str | Path) -> dict[str, list[dict[str, Any]]]:
     directory = Path(directory)
     if not directory.is_dir():
         raise UserInputError(f"The TOFU data directory {directory} does not exist.")
-    files = sorted(p for p in directory.iterdir() if p.suffix in (".json", ".jsonl") and p.stem != "meta")
+    files = sorted(p for p in directory.iterdir() if p.suffix in (".json", ".jsonl") and p.stem != "meta" and p.is_file())
     if not files:
         raise UserInputError(f"The TOFU data directory {directory} holds no .json or .jsonl split files.")
+    for path in files:
+        find_split_file(directory, path.stem)  # one file per split: a .json and a .jsonl of one split are refused
     splits = {}
     for path in files:
         items = read_tofu_file(path)
@@ -100,7 +110,10 @@ def read_tofu_dir(directory: str | Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def tofu_request(directory: str | Path, split: str = "forget10") -> ForgetRequest:
-    """A request over ``forgetXX`` + its ``retainYY`` read from a TOFU-format folder (forget ids first)."""
+    """A request over ``forgetXX`` + its ``retainYY`` read from a TOFU-format folder (forget ids first).
+
+    An item of both files (the same ``id``, or the same question and answer) is refused: TOFU's ``retainYY`` is
+    ``full`` without ``forgetXX``, and an item cannot be both forgotten and retained."""
     if split not in RETAIN_OF:
         raise UserInputError(f"Unknown TOFU forget split {split!r}; valid: {', '.join(RETAIN_OF)}.")
     directory = Path(directory)
@@ -108,16 +121,34 @@ def tofu_request(directory: str | Path, split: str = "forget10") -> ForgetReques
     retain = _split_file(directory, RETAIN_OF[split])
     forget_items = read_tofu_file(forget)
     retain_items = read_tofu_file(retain)
+    ids = {item["id"] for item in forget_items if isinstance(item.get("id"), (str, int))}
+    pairs = {(item["question"], item["answer"]) for item in forget_items}
+    for number, item in enumerate(retain_items, start=1):
+        same_id = isinstance(item.get("id"), (str, int)) and item["id"] in ids
+        if same_id or (item["question"], item["answer"]) in pairs:
+            raise UserInputError(f"Record {number} of {retain} is also an item of {forget.name} (the same "
+                                 f"{'id' if same_id else 'question and answer'}); an item cannot be both "
+                                 f"forgotten and retained: {retain.name} must be the full data without {forget.name}.")
     data = forget_items + retain_items
     n = len(forget_items)
     return ForgetRequest(data, range(n), range(n, len(data)), reason=f"tofu:{split}")
 
 
+def find_split_file(directory: Path, split: str) -> Path | None:
+    """The one file of ``split`` (``<split>.json`` or ``<split>.jsonl``), None when there is none; a folder holding
+    both is refused, since which of the two is the split cannot be told."""
+    found = [directory / f"{split}{suffix}" for suffix in (".json", ".jsonl") if (directory / f"{split}{suffix}").is_file()]
+    if len(found) > 1:
+        raise UserInputError(f"The TOFU data directory {directory} holds both {split}.json and {split}.jsonl; keep the "
+                             "one that is the split.")
+    return found[0] if found else None
+
+
 def _split_file(directory: Path, split: str) -> Path:
-    for suffix in (".json", ".jsonl"):
-        if (directory / f"{split}{suffix}").is_file():
-            return directory / f"{split}{suffix}"
-    raise UserInputError(f"The TOFU data directory {directory} has no {split}.json or {split}.jsonl file.")
+    found = find_split_file(directory, split)
+    if found is None:
+        raise UserInputError(f"The TOFU data directory {directory} has no {split}.json or {split}.jsonl file.")
+    return found
 
 
 # ---------------------------------------------------------------------------- export
