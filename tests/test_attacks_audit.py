@@ -25,13 +25,13 @@ def _lora_ascent(target, items, lora: str):
 
 @pytest.fixture(scope="module")
 def lora_models():
-    """The memorised target, its gradient-ascent result kept as a PEFT model (LoRA not merged), and that
-    result's LoRA merged into plain weights."""
+    """The memorised target, its gradient-ascent result kept as a PEFT model (its LoRA merged into the weights it
+    wraps, as a reload merges it), and that result as a plain model."""
     items = tiny_qa(12)
     target = memorised_lm(items)
     peft_model = _lora_ascent(target, items, "r=4,alpha=8,save=adapter")
     assert type(peft_model).__name__ == "PeftModel"
-    merged = clone_model(peft_model).merge_and_unload()
+    merged = clone_model(peft_model).unload()  # the adapters are merged already: the base weights hold them
     return items, target, target.with_model(peft_model), target.with_model(merged)
 
 

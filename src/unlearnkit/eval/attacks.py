@@ -84,8 +84,11 @@ def _plain_copy(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with any PEFT adapters (``--lora ...,save=adapter``) merged into its weights: the
     attacks act on the weights the model computes with, as on a plain model (the retain control is one)."""
     copied = clone_model(model)
-    merge = getattr(copied, "merge_and_unload", None)
-    return merge() if callable(merge) else copied
+    if not callable(getattr(copied, "merge_and_unload", None)):
+        return copied
+    # unlearning returns such a model with its adapters merged already (as a reload merges them): only unload then
+    merged = any(getattr(layer, "merged", False) for layer in copied.modules() if hasattr(layer, "merged_adapters"))
+    return copied.unload() if merged else copied.merge_and_unload()
 
 
 #: The relearning attack's default lr as a fraction of the lr the model was fine-tuned with. The literature

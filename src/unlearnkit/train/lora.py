@@ -8,8 +8,9 @@ trains a causal LM through the shared loop works with them unchanged.
   Language Models", 2021): each target weight W becomes W + (α/r)·B·A with A (r × d_in), B (d_out × r),
   B = 0 at the start, and only A and B train. Optional keys: ``dropout=0.05`` and ``save=merged``
   (the default: B·A is folded into W and a plain model is returned) or ``save=adapter`` (the PEFT
-  model is returned; saving it writes only the adapter). Without ``targets`` PEFT's default for the
-  architecture is used (e.g. ``c_attn`` for GPT-2, ``q_proj,v_proj`` for Llama).
+  model is returned, its adapter merged into the weights it wraps as a reload of the saved folder
+  merges it, so both compute the same; saving it writes only the adapter). Without ``targets``
+  PEFT's default for the architecture is used (e.g. ``c_attn`` for GPT-2, ``q_proj,v_proj`` for Llama).
 - ``bf16``: weights (and so the frozen reference copies methods take) are stored and trained in
   bfloat16, halving weights, gradients and Adam state; they are cast back to the input's dtype after.
   This is pure bf16 training (no fp32 master copy); accelerate's ``mixed_precision: bf16`` is the
@@ -18,7 +19,12 @@ trains a causal LM through the shared loop works with them unchanged.
   pair ``bf16`` with LoRA or use autocast. With LoRA the input's weights that the cast rounds (those
   not already bfloat16) are kept (on the CPU) and restored under the adapters at the end, which merge
   in the input's precision: every weight LoRA did not adapt comes back bit-identical, not rounded to
-  bf16. A bfloat16 input loses nothing to the cast, so nothing is kept for it.
+  bf16. A bfloat16 input loses nothing to the cast, so nothing is kept for it. LoRA's own ``A`` and
+  ``B`` (a few percent of the weights) are kept in float32 by PEFT, so they train with float32
+  gradients and Adam state. Every tensor comes back in its own input dtype (a bfloat16 model's
+  float32 tensors stay float32), and the constant buffers a model rebuilds when it loads (not
+  saved, e.g. a rotary embedding's ``inv_freq``) come back exactly, unrounded: the returned model
+  computes what its saved folder reloads to.
 - ``gradient_checkpointing``: activations inside each block are recomputed in the backward pass
   (non-reentrant, so it works under DDP).
 
@@ -205,6 +211,14 @@ class Prepared:
     base_weights: dict[str, torch.Tensor] | None = None
     #: With LoRA: which of the input's parameters required gradients (PEFT freezes them all), given back on merge.
     trainable: dict[str, bool] = field(default_factory=dict)
+    #: With bf16: the input's dtype of each floating-point parameter and buffer, by name, given back at the end.
+    dtypes: dict[str, torch.dtype] = field(default_factory=dict)
+    #: With bf16: CPU copies of the input's floating-point buffers that are not saved (constants a model rebuilds
+    #: when it loads, e.g. a rotary embedding's ``inv_freq``), given back unrounded at the end.
+    constants: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: The forward hooks the input's embeddings already had: those that checkpointing and PEFT add to make the
+    #: embeddings' outputs require grad are removed at the end, these are kept.
+    embedding_hooks: set[int] = field(default_factory=set)
 
 
 def prepare_model(model: nn.Module, options: MemoryOptions, seed: int = 0) -> Prepared:
@@ -215,10 +229,12 @@ def prepare_model(model: nn.Module, options: MemoryOptions, seed: int = 0) -> Pr
     ``A`` matrices are drawn from ``seed`` (the run's seed), so a run is repeatable.
     """
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    prepared = Prepared(model, options, dtype)
+    prepared = Prepared(model, options, dtype, embedding_hooks=_embedding_hooks(model))
     if options.bf16 and options.lora is not None:  # LoRA leaves the other weights alone: keep them unrounded
         prepared.base_weights = _rounded_by_bf16(model)
     if options.bf16:
+        prepared.dtypes = _floating_dtypes(model)
+        prepared.constants = _unsaved_buffers(model)
         model.to(torch.bfloat16)
     if options.gradient_checkpointing:
         _checkpointing(model, on=True)
@@ -238,6 +254,84 @@ def _rounded_by_bf16(model: nn.Module) -> dict[str, torch.Tensor]:
     tensors of another dtype (none for a bfloat16 model; integer buffers are not cast)."""
     return {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()
             if value.is_floating_point() and value.dtype != torch.bfloat16}
+
+
+def _floating_dtypes(model: nn.Module) -> dict[str, torch.dtype]:
+    """The dtype of each floating-point parameter and buffer of ``model``, by name (tied names included)."""
+    tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return {name: tensor.dtype for name, tensor in tensors if tensor.is_floating_point()}
+
+
+def _unsaved_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU copies of the floating-point buffers of ``model`` that its state dict leaves out (non-persistent)."""
+    saved = set(model.state_dict())
+    return {name: buffer.detach().to("cpu", copy=True) for name, buffer in model.named_buffers(remove_duplicate=False)
+            if buffer.is_floating_point() and name not in saved}
+
+
+def _input_embeddings(model: nn.Module) -> nn.Module | None:
+    """``model``'s input embeddings (None when it names none)."""
+    try:
+        embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    except NotImplementedError:
+        return None
+    return embeddings if isinstance(embeddings, nn.Module) else None
+
+
+def _embedding_hooks(model: nn.Module) -> set[int]:
+    """The ids of the forward hooks on ``model``'s input embeddings."""
+    embeddings = _input_embeddings(model)
+    return set(embeddings._forward_hooks) if embeddings is not None else set()
+
+
+def _remove_input_grad_hooks(model: nn.Module, keep: set[int]) -> None:
+    """Remove the hooks that make the embeddings' outputs require grad, which transformers' checkpointing and PEFT
+    add (``enable_input_require_grads``) and do not all remove again: left on, every output of the returned model
+    requires grad, even a frozen model's. Hooks the input had (``keep``) stay."""
+    embeddings = _input_embeddings(model)
+    if embeddings is None:
+        return
+    for key, hook in list(embeddings._forward_hooks.items()):
+        if key not in keep and "make_inputs_require_grad" in getattr(hook, "__qualname__", ""):
+            for hooks in (embeddings._forward_hooks, embeddings._forward_hooks_with_kwargs,
+                          embeddings._forward_hooks_always_called):
+                hooks.pop(key, None)
+
+
+def _input_name(name: str) -> str:
+    """The input model's name of a tensor of the prepared model (PEFT moves a target's tensors to ``base_layer``)."""
+    return name.replace(".base_layer.", ".")
+
+
+@torch.no_grad()
+def _cast_back(model: nn.Module, dtypes: dict[str, torch.dtype], other: torch.dtype | None,
+               skip: set[int] = frozenset()) -> None:
+    """Give each floating-point tensor of ``model`` its input dtype from ``dtypes``; one the input did not have
+    (LoRA's A and B, a wrapper's own) gets ``other``, or keeps its dtype when ``other`` is None; tensors whose id
+    is in ``skip`` are left alone. Parameters keep their identity, so tied weights stay tied."""
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for name, parameter in module.named_parameters(recurse=False):
+            dtype = dtypes.get(_input_name(prefix + name), other)
+            if parameter.is_floating_point() and dtype not in (None, parameter.dtype) and id(parameter) not in skip:
+                parameter.data = parameter.data.to(dtype)
+        for name, buffer in list(module.named_buffers(recurse=False)):
+            dtype = dtypes.get(_input_name(prefix + name), other)
+            if buffer.is_floating_point() and dtype not in (None, buffer.dtype) and id(buffer) not in skip:
+                module._buffers[name] = buffer.to(dtype)
+
+
+def _restore_constants(model: nn.Module, constants: dict[str, torch.Tensor]) -> None:
+    """Put the input's unsaved buffers back, value and dtype (bf16 rounded them; a reload rebuilds them exactly)."""
+    for name, value in constants.items():
+        path, _, leaf = name.rpartition(".")
+        try:
+            module = model.get_submodule(path)
+        except AttributeError:
+            continue
+        current = module._buffers.get(leaf)
+        if current is not None:
+            module._buffers[leaf] = value.to(current.device)
 
 
 def _checkpointing(model: nn.Module, *, on: bool) -> None:
@@ -275,19 +369,22 @@ def count(model: nn.Module, trainable: bool = False) -> int:
 
 def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The weights ``merge_and_unload`` would leave, computed without merging or copying the model: each
-    LoRA layer's base weight plus its delta (vanilla LoRA, as ``--lora`` trains), under the plain model's
-    names. A model without adapters gives its own state dict. Fingerprints taken on it match the model
-    that an adapter folder reloads to."""
+    LoRA layer's base weight plus the delta of each adapter not merged into it yet (vanilla LoRA, as ``--lora``
+    trains), rounded to the base weight's dtype as PEFT's merge rounds it, under the plain model's names. A
+    model without adapters gives its own state dict. Fingerprints taken on it match the model that an adapter
+    folder reloads to."""
     if not getattr(model, "peft_config", None):
         return model.state_dict()
     inner = model.get_base_model()
-    state = {name.replace(".base_layer.", "."): value for name, value in inner.state_dict().items() if ".lora_" not in name}
+    state = {_input_name(name): value for name, value in inner.state_dict().items() if ".lora_" not in name}
     with torch.no_grad():
         for name, module in inner.named_modules():
             if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
                 weight = module.get_base_layer().weight
+                merged = set(getattr(module, "merged_adapters", ()))  # already in the base weight
                 for adapter in module.active_adapters:
-                    weight = weight + module.get_delta_weight(adapter)
+                    if adapter not in merged:  # as PEFT's merge adds it: in place, in the weight's dtype
+                        weight = (weight + module.get_delta_weight(adapter)).to(weight.dtype)
                 state[f"{name}.weight"] = weight
     return state
 
@@ -322,18 +419,26 @@ def finish_model(prepared: Prepared, result: nn.Module, method: str, diverged: b
             raise UserInputError(f"Method {method!r} trained no LoRA weights (it does not train the model's weights "
                                  "through the shared loop), so --lora cannot apply; drop --lora.")
         if options.bf16:  # merge in the original precision onto the input's unrounded weights
-            prepared.peft.to(prepared.dtype)
+            _cast_back(prepared.model, prepared.dtypes, None)  # A and B keep PEFT's float32
             _restore_base(prepared.model, prepared.base_weights or {})
+            _restore_constants(prepared.model, prepared.constants)
         if options.lora.save == "merged":  # a plain model again, trainable where the input was
             model = prepared.peft.merge_and_unload()
             for name, parameter in model.named_parameters():
                 parameter.requires_grad_(prepared.trainable.get(name, True))
-        else:
+        else:  # merged in place as a reload of the saved adapter merges it: the model computes what reloads
             model = prepared.peft
+            model.merge_adapter()
     if options.gradient_checkpointing:
         _checkpointing(prepared.model, on=False)
         if prepared.use_cache is not None:
             prepared.model.config.use_cache = prepared.use_cache
-    if options.bf16:
-        model.to(prepared.dtype)
+    if options.bf16 and options.lora is None:
+        _cast_back(prepared.model, prepared.dtypes, prepared.dtype)
+        _restore_constants(prepared.model, prepared.constants)
+        if model is not prepared.model:  # a wrapper (or a new model): its other tensors in the input's first dtype
+            done = {id(t) for t in (*prepared.model.parameters(), *prepared.model.buffers())}
+            _cast_back(model, {}, prepared.dtype, skip=done)
+    if options.gradient_checkpointing or options.lora is not None:
+        _remove_input_grad_hooks(prepared.model, prepared.embedding_hooks)
     return model

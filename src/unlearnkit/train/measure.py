@@ -75,8 +75,8 @@ class Measurement:
     added_mem_mb: float = 0.0
 
 
-#: The CPU blocks being measured, outermost first: a block that resets the kernel's peak first hands the peak
-#: so far to the blocks around it.
+#: The blocks being measured, outermost first: a block that resets the peak (the kernel's on CPU, the allocator's
+#: on CUDA) first hands the peak so far to the blocks around it.
 _ACTIVE: list["measure"] = []
 
 
@@ -86,8 +86,9 @@ class measure:
 
     On CPU the peak is the kernel's high-water mark of the resident set, reset at the block's start (Linux), so an
     allocation freed again within microseconds counts; where the mark cannot be reset, a thread samples the
-    resident set every 5 ms instead (and misses what lives shorter). Blocks may nest. On CUDA the figures are
-    of GPU allocations.
+    resident set every 5 ms instead (and misses what lives shorter). On CUDA the figures are of GPU allocations
+    (``torch.cuda.max_memory_allocated``, reset at the block's start). Blocks may nest: an outer block's peak
+    includes what happened before, within and after the blocks inside it.
     """
 
     def __init__(self) -> None:
@@ -104,8 +105,11 @@ class measure:
         self._thread = None
         if self._cuda:
             torch.cuda.synchronize()  # kernels queued before the block are not the block's time
+            for outer in _ACTIVE:  # the reset below forgets their peak so far
+                outer._peak = max(outer._peak, torch.cuda.max_memory_allocated())
             torch.cuda.reset_peak_memory_stats()
-            self._start_bytes = torch.cuda.memory_allocated()
+            _ACTIVE.append(self)
+            self._start_bytes = self._peak = torch.cuda.memory_allocated()
         else:
             _release_freed_memory()
             for outer in _ACTIVE:  # the reset below forgets their peak so far
@@ -123,13 +127,13 @@ class measure:
         if self._cuda:
             torch.cuda.synchronize()  # kernels still queued belong to the block's time
         self.result.seconds = time.perf_counter() - self._start
+        _ACTIVE.remove(self)
         if self._cuda:
-            peak = torch.cuda.max_memory_allocated()
+            peak = max(self._peak, torch.cuda.max_memory_allocated())
         else:
             if self._thread is not None:
                 self._stop.set()
                 self._thread.join()
-            _ACTIVE.remove(self)
             peak = max(self._peak, _rss_bytes(), _kernel_peak_bytes() if self._kernel_peak else 0)
         self.result.peak_mem_mb = peak / 2**20
         self.result.added_mem_mb = max(peak - self._start_bytes, 0) / 2**20

@@ -9,10 +9,15 @@ from typing import Iterator
 
 
 def progress_enabled() -> bool:
-    """Bars show on an interactive terminal unless ``UNLEARNKIT_PROGRESS=0``."""
-    flag = os.environ.get("UNLEARNKIT_PROGRESS")
-    if flag is not None:
-        return flag not in ("0", "false", "no")
+    """Bars show when stderr (where they draw) is an interactive terminal, unless ``UNLEARNKIT_PROGRESS`` is
+    ``0``/``false``/``no``/``off`` (any case); ``1``/``true``/``yes``/``on`` shows them anywhere. Unset or
+    empty: the terminal decides. Under a launcher (``torchrun``, ``accelerate launch``) only the process of rank 0
+    draws, so several processes sharing one terminal do not interleave their bars."""
+    if os.environ.get("RANK", "0").strip() not in ("", "0"):
+        return False
+    flag = os.environ.get("UNLEARNKIT_PROGRESS", "").strip().lower()
+    if flag:
+        return flag not in ("0", "false", "no", "off")
     return sys.stderr.isatty()
 
 
@@ -27,10 +32,12 @@ class _Bar:
 
 @contextmanager
 def progress_bar(description: str, total: int | None) -> Iterator[_Bar]:
-    """Yield an object with ``advance(n, loss=...)``; draws a bar only when enabled."""
+    """Yield an object with ``advance(n, loss=...)``; draws a bar on stderr only when enabled (stdout is left
+    to results, so piping it never catches a bar)."""
     if not progress_enabled():
         yield _Bar(None, None)
         return
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = (
@@ -41,14 +48,14 @@ def progress_bar(description: str, total: int | None) -> Iterator[_Bar]:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=True) as progress:
+    with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(description, total=total, loss="-")
         yield _Bar(progress, task)
 
 
 def quiet_library_bars() -> None:
     """Silence Hugging Face's own bars (e.g. "Loading weights") where unlearnkit draws none, so a refusal
-    that follows a model load stays one line on stderr."""
+    that follows a model load stays one line on stderr (and processes of rank > 0 draw no bar over rank 0's)."""
     if progress_enabled():
         return
     from transformers.utils import logging as hf_logging
