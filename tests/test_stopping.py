@@ -104,3 +104,20 @@ def test_truth_ratio_stop_needs_perturbed_answers(lm):
                           holdout=[{"question": it["question"], "answer": it["answer"]} for it in request.holdout])
     with pytest.raises(UserInputError, match="perturbed_answer"):
         unlearnkit.unlearn(adapter, plain, "graddiff", early_stop="holdout_truth_ratio")
+
+
+@pytest.mark.parametrize("settings, holdout, message", [
+    ({"early_stop": "holdout_nll"}, False, "needs holdout items"),
+    ({"early_stop": "holdout_truth_ratio"}, True, "perturbed_answer"),
+])
+def test_a_request_the_stop_cannot_use_is_refused_before_the_method_starts(lm, monkeypatch, settings, holdout,
+                                                                          message):
+    """The stop's request checks ran inside the method (stop_for), after the working copies were made."""
+    from unlearnkit.methods.npo import NPO
+
+    adapter, request = lm
+    plain = [{"question": it["question"], "answer": it["answer"]} for it in request.holdout]
+    bare = ForgetRequest(request.data, request.forget, request.retain, holdout=plain if holdout else ())
+    monkeypatch.setattr(NPO, "unlearn", lambda *args: pytest.fail("npo started on a request its stop cannot use"))
+    with pytest.raises(UserInputError, match=message):
+        unlearnkit.unlearn(adapter, bare, "npo", **settings)

@@ -12,6 +12,7 @@ from .errors import UserInputError
 from .methods.registry import get_method, method_config
 from .request import ForgetRequest
 from .train.measure import measure
+from .train.stopping import check_stop_request
 
 
 @dataclass
@@ -61,6 +62,7 @@ def check_needs(method: Any, adapter: Any, request: ForgetRequest, config: Any) 
         raise UserInputError(f"Method {method.name!r} with sampling=modular needs a request with 'direct' or 'indirect' "
                              "neighbour sets (the facts bench's requests have them); use standard or cyclic sampling.")
     method.check_request(request, config)
+    check_stop_request(config, request)
     if "retain" in method.needs_for(config) and not request.retain:
         projected = "retain" not in method.needs and getattr(config, "project", None)
         setting = f" with project={config.project}" if projected else ""

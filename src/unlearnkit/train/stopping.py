@@ -56,6 +56,14 @@ class StopConfig(TrainConfig):
             raise UserInputError(f"stop_every must be a non-negative integer, got stop_every={self.stop_every}.")
         if not math.isfinite(self.stop_margin):
             raise UserInputError(f"stop_margin must be a finite number of nats, got stop_margin={self.stop_margin}.")
+        if self.early_stop == "none" and (self.stop_every != 0 or self.stop_margin != 0):
+            given = "stop_every" if self.stop_every != 0 else "stop_margin"
+            raise UserInputError(f"{given} applies to an early stop, but early_stop is 'none'; set early_stop="
+                                 f"{' or '.join(STOP_CRITERIA[1:])}, or leave {given} out.")
+        if self.early_stop != "none" and self.max_steps is not None and self.stop_every > self.max_steps:
+            raise UserInputError(f"early_stop={self.early_stop!r} is checked every {self.stop_every} optimizer steps, "
+                                 f"but max_steps={self.max_steps} ends the run first, so it would never be checked; "
+                                 "give a smaller stop_every.")
 
 
 class HoldoutStop:
@@ -116,21 +124,39 @@ def stop_for(config: Any, adapter: Any, request: Any, steps_per_epoch: int,
     criterion = getattr(config, "early_stop", "none")
     if criterion == "none":
         return None
+    forget = list(forget if forget is not None else request.forget_items())
+    check_stop_request(config, request, forget)
+    every = config.stop_every or steps_per_epoch
+    total = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    if every > total:
+        when = f"every {every} optimizer steps" if config.stop_every else f"at each epoch's end ({every} steps)"
+        raise UserInputError(f"early_stop={criterion!r} is checked {when}, but this run takes {total}, so it would "
+                             "never be checked; give a smaller stop_every.")
+    return HoldoutStop(adapter, forget, list(request.holdout), criterion, every=every, margin=config.stop_margin)
+
+
+def check_stop_request(config: Any, request: Any, forget: Sequence[Any] | None = None) -> None:
+    """Raise :class:`UserInputError` when ``request`` cannot serve ``config``'s early stop: it has no holdout items,
+    or (``holdout_truth_ratio``) its forget (``forget``, default the request's) or holdout items lack the truth
+    ratio's fields. Checked before any work (``check_needs``) and again by :func:`stop_for`."""
+    criterion = getattr(config, "early_stop", "none")
+    if criterion == "none":
+        return
     holdout = list(getattr(request, "holdout", ()) or ())
     if not holdout:
         raise UserInputError(f"early_stop={criterion!r} needs holdout items (never trained on) in the request, "
                              "but it has none.")
-    forget = list(forget if forget is not None else request.forget_items())
     if criterion == "holdout_truth_ratio":
-        _require_truth_ratio_fields(forget, "forget")
+        _require_truth_ratio_fields(forget if forget is not None else request.forget_items(), "forget")
         _require_truth_ratio_fields(holdout, "holdout")
-    every = config.stop_every or steps_per_epoch
-    return HoldoutStop(adapter, forget, holdout, criterion, every=every, margin=config.stop_margin)
 
 
 def _require_truth_ratio_fields(items: Sequence[Any], name: str) -> None:
     for item in items:
+        wrong = item.get("perturbed_answer") if isinstance(item, dict) else None
         if not isinstance(item, dict) or not isinstance(item.get("paraphrased_answer"), str) \
-                or not item.get("perturbed_answer"):
-            raise UserInputError(f"early_stop='holdout_truth_ratio' needs paraphrased_answer and perturbed_answer "
-                                 f"on every {name} item.")
+                or not isinstance(wrong, (list, tuple)) or not wrong or not all(isinstance(a, str) for a in wrong):
+            raise UserInputError(f"early_stop='holdout_truth_ratio' needs paraphrased_answer (a string) and "
+                                 f"perturbed_answer (a non-empty list of strings) on every {name} item.")
