@@ -73,3 +73,16 @@ def memorised_lm(items: list[dict], steps: int = 150, seed: int = 0, vocabulary:
         optimizer.step()
     model.eval()
     return adapter
+
+
+def dropout_free_request(steps: int):
+    """A tiny LM memorising 8 items for ``steps`` steps, its dropout off (training steps then repeat exactly), and
+    the request forgetting the first 2 and keeping the other 6."""
+    from unlearnkit.request import ForgetRequest
+
+    items = tiny_qa(8)
+    adapter = memorised_lm(items, steps=steps)
+    for module in adapter.model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return adapter, ForgetRequest(items, range(2), range(2, 8))

@@ -11,21 +11,15 @@ from unlearnkit.api import unlearn
 from unlearnkit.cli import main
 from unlearnkit.errors import UserInputError
 from unlearnkit.methods.base import Outcome
-from unlearnkit.request import ForgetRequest
 from unlearnkit.train.lora import LoraSpec, MemoryOptions, lora_targets, parse_lora
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lm_fixtures import memorised_lm, tiny_qa  # noqa: E402
+from lm_fixtures import dropout_free_request  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def lm():
-    items = tiny_qa(8)
-    adapter = memorised_lm(items, steps=60)
-    for module in adapter.model.modules():  # deterministic training steps
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return adapter, ForgetRequest(items, range(2), range(2, 8))
+    return dropout_free_request(steps=60)
 
 
 # ---------------------------------------------------------------------------- the --lora text

@@ -14,19 +14,14 @@ from unlearnkit.request import ForgetRequest
 from unlearnkit.train.lora import MemoryOptions, merged_state_dict
 
 sys.path.insert(0, str(Path(__file__).parent))
-from lm_fixtures import _tokenizer, memorised_lm, tiny_qa  # noqa: E402
+from lm_fixtures import _tokenizer, dropout_free_request, memorised_lm, tiny_qa  # noqa: E402
 
 LORA_BF16 = dict(lora="r=4,alpha=8,targets=c_attn", bf16=True)
 
 
 @pytest.fixture(scope="module")
 def lm():
-    items = tiny_qa(8)
-    adapter = memorised_lm(items, steps=40)
-    for module in adapter.model.modules():  # deterministic training steps
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-    return adapter, ForgetRequest(items, range(2), range(2, 8))
+    return dropout_free_request(steps=40)
 
 
 @pytest.fixture(scope="module")
