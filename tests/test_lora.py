@@ -347,3 +347,12 @@ def test_the_lora_merge_is_timed_with_the_method(lm, monkeypatch):
     unlearn(adapter.model, request, "gradient_ascent", adapter=adapter, epochs=1, batch_size=2,
             memory=MemoryOptions.from_cli("r=4,alpha=8,targets=c_attn"))
     assert events["merged"] < events["timer_stopped"]
+
+
+def test_cli_bench_refuses_a_lora_save_mode_it_cannot_use(tmp_path, capsys):
+    """The bench saves no model, so save=adapter was accepted and did nothing."""
+    code = main(["bench", "--benchmark", "facts", "--preset", "tiny", "--methods", "npo", "--lora", "r=4,save=adapter",
+                 "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "--lora save=adapter says how 'forget' saves its model; the bench saves none" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

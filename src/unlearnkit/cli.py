@@ -150,6 +150,9 @@ def bench_command(
         raise UserInputError(f"Unknown benchmark {benchmark!r}; valid: {', '.join(VISION_BENCHMARKS)}, facts.")
     command = command_line()
     memory = MemoryOptions.from_cli(lora, bf16, gradient_checkpointing)
+    if memory.lora is not None and memory.lora.save != "merged":
+        raise UserInputError(f"--lora save={memory.lora.save} says how 'forget' saves its model; the bench saves none, "
+                             "so drop save from --lora.")
     params = bench_params(param, split_list(methods), project, sampling)
     if benchmark == "facts":
         from .benchmarks.lm_bench import run_lm_bench
