@@ -51,11 +51,11 @@ class ForgetJob:
 def _check_paths(job: ForgetJob, ledger: Any) -> None:
     if not job.model.is_dir():
         raise UserInputError(f"The model folder {job.model} does not exist or is not a folder.")
-    from .adapters.causal_lm import adapter_chain
+    from .adapters.causal_lm import model_folders
 
-    base, adapters = adapter_chain(job.model)  # an adapter's base model folders are inputs too
-    check_output(job.out, overwrite=job.overwrite, inputs=(base, *adapters, job.forget, job.retain, job.training_data,
-                                                           ledger.salt_path, ledger.file_path, *named_files(job.params)))
+    inputs = (*model_folders(job.model), job.forget, job.retain, job.training_data, ledger.salt_path, ledger.file_path,
+              *named_files(job.params))  # an adapter's base model folders are inputs too
+    check_output(job.out, overwrite=job.overwrite, inputs=inputs)
 
 
 def _model_kind(directory: Path) -> str:

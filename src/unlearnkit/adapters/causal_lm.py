@@ -76,6 +76,13 @@ def adapter_chain(directory: str | Path) -> tuple[Path, list[Path]]:
     return folder, adapters[::-1]
 
 
+def model_folders(directory: str | Path) -> list[Path]:
+    """The folders that loading the model in ``directory`` reads: itself and, for a PEFT adapter folder, the
+    adapters and the base model under it (:func:`adapter_chain`); an output must replace none of them."""
+    base, adapters = adapter_chain(directory)
+    return [Path(directory), base, *adapters]
+
+
 def check_shard_names(directory: Path) -> None:
     """Refuse a sharded checkpoint whose index names a shard by anything but a file name of ``directory``
     (``../other/model.safetensors``, an absolute path, a sub-folder): transformers joins the names to the folder

@@ -421,15 +421,6 @@ def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]
     return splits
 
 
-def model_folders(directory: Path) -> list[Path]:
-    """The folders that loading the model in ``directory`` reads: itself and, for a PEFT adapter folder, the
-    adapters and the base model under it (:func:`adapter_chain`); an output must replace none of them."""
-    from ..adapters.causal_lm import adapter_chain
-
-    base, adapters = adapter_chain(directory)
-    return [Path(directory), base, *adapters]
-
-
 def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out: Path, *,
                     overwrite: bool = False, command: str = "", log=print,
                     max_new_tokens: int = TOFU_MAX_NEW_TOKENS,
@@ -444,6 +435,8 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
     from ..train.distributed import is_main_process, on_main, training_device
 
     log = log if is_main_process() else _quiet
+
+    from ..adapters.causal_lm import model_folders
 
     check_output(out, overwrite=overwrite, inputs=(data, *model_folders(model), *model_folders(retain_model)))
     if max_new_tokens < 1:
