@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import struct
 import time
 from importlib.util import find_spec
 from pathlib import Path
@@ -91,24 +92,37 @@ def load_gguf_causal_lm(path: str | Path) -> tuple[Any, Any]:
     transformers builds the tokenizer from the file's metadata and dequantises the weights; the
     weights are then copied into a freshly built model of the same class whose config carries no
     GGUF ``quantization_config``, so ``save_pretrained`` writes a normal HF folder (safetensors)
-    that :meth:`CausalLMAdapter.from_pretrained` loads.
+    that :meth:`CausalLMAdapter.from_pretrained` loads. A file that lacks some of its model's weights or
+    holds them in other shapes is refused (transformers would fill them with random values), no custom
+    code from the file's folder is ever run, and the global random state is left as it was.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"The GGUF file {path} is a directory; give the path of a .gguf file.")
     if not path.is_file():
         raise UserInputError(f"The GGUF file {path} does not exist.")
-    options = {"gguf_file": path.name, "local_files_only": True}
+    options = {"gguf_file": path.name, "local_files_only": True, "trust_remote_code": False}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path.parent, **options)
-        loaded = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **options)
-    except (OSError, ValueError) as error:
-        raise UserInputError(f"The GGUF file {path} cannot be loaded as a causal LM ({str(error).splitlines()[0]}).") from None
+        loaded, info = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, output_loading_info=True,
+                                                            ignore_mismatched_sizes=True, **options)
+    # struct.error: a file cut short; NotImplementedError: an architecture gguf-py has no tensor names for
+    except (OSError, ValueError, NotImplementedError, struct.error) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+        raise UserInputError(f"The GGUF file {path} cannot be loaded as a causal LM ({reason}).") from None
+    # weights missing from the file, or of another shape than its metadata says, were filled with random values
+    wrong = sorted(info["missing_keys"]) + sorted(name for name, *_shapes in info["mismatched_keys"])
+    if wrong:
+        raise UserInputError(f"The GGUF file {path} lacks {len(wrong)} of its model's weights or holds them in other "
+                             f"shapes (e.g. {wrong[0]}), so it is incomplete or not the model its metadata describes.")
     settings = loaded.config.to_dict()
     settings.pop("quantization_config", None)
     config = type(loaded.config).from_dict(settings)
-    model = type(loaded)(config)
+    with torch.random.fork_rng(devices=[]):  # the random init below is overwritten: keep the caller's random state
+        model = type(loaded)(config)
     model.load_state_dict(loaded.state_dict(), strict=True)
     return model.eval(), tokenizer
 
@@ -117,6 +131,10 @@ def smollm2_model_and_tokenizer(max_length: int) -> tuple[Any, Any, dict[str, An
     """SmolLM2's pretrained weights (float32), its tokenizer declaring ``max_length`` as its model
     maximum, and how long loading took (``load_seconds``)."""
     start = time.perf_counter()
-    model, tokenizer = load_gguf_causal_lm(gguf_path())
+    path = gguf_path()
+    model, tokenizer = load_gguf_causal_lm(path)
+    if model.config.model_type != "llama":
+        raise UserInputError(f"The smollm2 base needs SmolLM2's llama-architecture GGUF, but {path} holds a "
+                             f"{model.config.model_type} model: reinstall {PACKAGE} with {INSTALL_HINT}.")
     tokenizer.model_max_length = max_length
     return model, tokenizer, {"load_seconds": time.perf_counter() - start}
