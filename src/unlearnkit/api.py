@@ -71,10 +71,16 @@ def check_needs(method: Any, adapter: Any, request: ForgetRequest, config: Any) 
 
 
 def check_lora(method: Any, memory: Any | None) -> None:
-    """Raise when ``memory`` asks for LoRA and the method does not train the model's own weights by gradient steps."""
+    """Raise when ``memory`` asks for an option the method cannot use: LoRA when the method does not train the
+    model's own weights by gradient steps, gradient checkpointing when it takes no gradient through the model in
+    training mode (``Method.gradient_checkpointing``)."""
     if memory is not None and memory.lora is not None and not method.lora:
         raise UserInputError(f"Method {method.name!r} does not train the model's own weights by gradient steps, "
                              "so --lora cannot apply; drop --lora.")
+    if memory is not None and memory.gradient_checkpointing and not method.gradient_checkpointing:
+        raise UserInputError(f"Method {method.name!r} takes no gradient through the model in training mode, the only "
+                             "passes gradient checkpointing recomputes, so --gradient-checkpointing would save no "
+                             "memory; drop --gradient-checkpointing.")
 
 
 def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]], adapter: Any, request: Any,

@@ -265,9 +265,10 @@ def _save_model(adapter: Any, model: torch.nn.Module, spec: Mapping[str, Any] | 
 
 def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     """Carry out a forget job; return the run summary that was written to ``out/run.json``."""
-    from .api import unlearn, validate_runs
+    from .api import check_lora, unlearn, validate_runs
     from .io import atomic_dir, fingerprint, write_json_atomic
     from .ledger import Ledger
+    from .methods.registry import get_method
     from .request import ForgetRequest
     from .train.distributed import check_launch, is_main_process, on_main, training_device
     from .train.lora import merged_state_dict
@@ -277,6 +278,7 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     ledger = Ledger(job.ledger, salt_file=job.salt_file)
     _check_paths(job, ledger)
     kind = _model_kind(job.model)
+    check_lora(get_method(job.method), job.memory)  # an option the method cannot use, before data and model load
     forget_records = read_records(job.forget)
     retain_records = read_records(job.retain) if job.retain else []
     # a path or a sqlite:/// URL; an empty file is a place for a new ledger, as a missing one is

@@ -40,6 +40,10 @@ class Method:
     #: False for methods that do not train the model's own weights by gradient steps (they edit weights in
     #: closed form, train something else, or wrap the model), so LoRA adapters cannot stand in for them.
     lora: ClassVar[bool] = True
+    #: False for methods that take no gradient through the model's blocks in training mode (they run forward
+    #: passes only, or take their gradients in eval mode), the only passes gradient checkpointing recomputes:
+    #: for them it would save no memory, so it is refused.
+    gradient_checkpointing: ClassVar[bool] = True
     #: Tensors a method leaves on the returned model for later use, saved beside it by ``unlearnkit forget``:
     #: model attribute (a mapping of names to tensors) → safetensors file name in the output folder.
     saves: ClassVar[dict[str, str]] = {}

@@ -205,6 +205,7 @@ class FirstEpochGA(Method):
     use_when = 'When per-item embedding gradients were logged during training and no retain data may be used; expect little selectivity on templated data.'
     Config = FirstEpochGAConfig
     lora = False
+    gradient_checkpointing = False  # its embedding gradients are taken in eval mode
 
     def unlearn(self, adapter: Any, request, config: FirstEpochGAConfig) -> Outcome:
         forget = request.forget_items()

@@ -261,6 +261,7 @@ class KFade(Method):
     use_when = 'A few-step second-order edit when retain curvature can be estimated and retain drift must stay small; the update can be re-applied after later training.'
     Config = KFadeConfig
     lora = False
+    gradient_checkpointing = False  # its factors and forget gradients are taken in eval mode
     saves = {UPDATE_ATTRIBUTE: f"{UPDATE_ATTRIBUTE}.safetensors"}
 
     def unlearn(self, adapter: Any, request, config: KFadeConfig) -> Outcome:

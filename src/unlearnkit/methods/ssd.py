@@ -160,6 +160,7 @@ class SSD(Method):
     use_when = 'One-pass, training-free classifier forgetting; precompute the full-data importance ahead of the request (save_full_importance) so the request costs one pass over its forget set; tune α/λ per model.'
     Config = SSDConfig
     lora = False
+    gradient_checkpointing = False  # its importance gradients are taken in eval mode
 
     def needs_for(self, config: SSDConfig) -> frozenset[str]:
         """A precomputed full-data importance stands in for the retained and original training data."""

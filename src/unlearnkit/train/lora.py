@@ -26,7 +26,11 @@ trains a causal LM through the shared loop works with them unchanged.
   saved, e.g. a rotary embedding's ``inv_freq``) come back exactly, unrounded: the returned model
   computes what its saved folder reloads to.
 - ``gradient_checkpointing``: activations inside each block are recomputed in the backward pass
-  (non-reentrant, so it works under DDP).
+  (non-reentrant, so it works under DDP). Hugging Face checkpoints a block only in training mode with
+  gradients on, so a method that takes its gradients in eval mode or takes none (SSD, K-FADE,
+  first-epoch GA, GUARD, GUARD-IT: ``Method.gradient_checkpointing = False``) refuses it. The
+  recomputation replays the dropout masks, so the other methods return the unchecked run's model up to
+  float rounding (tests/test_gradient_checkpointing_methods.py).
 
 The frozen reference that NPO, GradDiff(KL), IdK-DPO, RMU, UNDIAL and ICU take is a deep copy of the
 prepared model: it keeps the (zero) LoRA branch and the bf16 dtype, so LoRA saves the optimiser
@@ -38,7 +42,7 @@ transformers and peft are imported lazily.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -347,6 +351,17 @@ def _checkpointing(model: nn.Module, *, on: bool) -> None:
         model.gradient_checkpointing_disable()
 
 
+def _checkpointed_models(*roots: nn.Module) -> Iterator[nn.Module]:
+    """The Hugging Face models in ``roots`` (or inside them) that still have checkpointing on, outermost first: the
+    prepared model, and copies a method made of it after checkpointing was switched on (ULD's assistant), which
+    would otherwise come back with it on. Checked lazily, so a model the caller switches off is not found again."""
+    for root in roots:
+        for module in root.modules():
+            if getattr(module, "supports_gradient_checkpointing", False) and any(
+                    getattr(inner, "gradient_checkpointing", False) is True for inner in module.modules()):
+                yield module
+
+
 def _inject_lora(model: nn.Module, spec: LoraSpec) -> Any:
     from peft import LoraConfig, get_peft_model
 
@@ -429,10 +444,12 @@ def finish_model(prepared: Prepared, result: nn.Module, method: str, diverged: b
         else:  # merged in place as a reload of the saved adapter merges it: the model computes what reloads
             model = prepared.peft
             model.merge_adapter()
-    if options.gradient_checkpointing:
-        _checkpointing(prepared.model, on=False)
-        if prepared.use_cache is not None:
-            prepared.model.config.use_cache = prepared.use_cache
+    if options.gradient_checkpointing:  # off on the prepared model and on copies of it the result holds (ULD's assistant)
+        for inner in _checkpointed_models(prepared.model, model):
+            _checkpointing(inner, on=False)
+            if prepared.use_cache is not None:
+                inner.config.use_cache = prepared.use_cache
+            _remove_input_grad_hooks(inner, prepared.embedding_hooks)
     if options.bf16 and options.lora is None:
         _cast_back(prepared.model, prepared.dtypes, prepared.dtype)
         _restore_constants(prepared.model, prepared.constants)
