@@ -44,21 +44,44 @@ class ClassifierAdapter:
         return {"inputs": stacked, "labels": labels}
 
     def logits(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Class logits ``(B, C)``, on the model's device and in its floating dtype (a collated batch is moved there)."""
+        """Class logits ``(B, C)``, on the model's device and in its floating dtype (a collated batch is moved there).
+
+        Every forward is checked against the batch (see :meth:`check_output`), so no method or metric reads
+        logits of another shape, another class count than ``num_classes``, or labels past the model's classes.
+        """
         weight = next((p for p in model.parameters() if p.is_floating_point()), None)
         inputs = batch["inputs"]
-        return model(inputs if weight is None else inputs.to(device=weight.device, dtype=weight.dtype))
+        logits = model(inputs if weight is None else inputs.to(device=weight.device, dtype=weight.dtype))
+        self.check_output(logits, batch)
+        return logits
+
+    def check_output(self, logits: Any, batch: dict[str, torch.Tensor]) -> None:
+        """Refuse, in one sentence, model outputs that are not ``(batch, classes)`` logits with at least two
+        classes, a class count other than the declared ``num_classes``, and labels outside the model's classes
+        (cross-entropy and the metrics' gathers would otherwise fail with a raw index error, or a method that
+        reads only the logits' width would train on wrapped-around classes)."""
+        rows = len(batch["inputs"])
+        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != rows:
+            got = f"shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else f"a {type(logits).__name__}"
+            raise UserInputError(f"A classifier must return logits of shape (batch, classes); for a batch of {rows} "
+                                 f"inputs it returned {got}.")
+        width = logits.shape[1]
+        if width < 2:
+            raise UserInputError(f"A classifier must return a score for each of at least 2 classes; this model returns "
+                                 f"{width} per item (with one class every cross-entropy is 0).")
+        if self.num_classes is not None and width != self.num_classes:
+            raise UserInputError(f"num_classes is {self.num_classes} but the model returns {width} class scores per "
+                                 f"item; give the model's own number of classes.")
+        labels = batch.get("labels")
+        if labels is not None and len(labels):
+            low, high = (int(v) for v in torch.aminmax(labels))
+            if not 0 <= low <= high < width:
+                raise UserInputError(f"Labels must lie in 0..{width - 1} (the model's classes); got {low}..{high}.")
 
     def per_item_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Cross-entropy of each item against its label."""
+        """Cross-entropy of each item against its label (checked by :meth:`logits`)."""
         logits = self.logits(model, batch)
-        labels = batch["labels"]
-        if logits.ndim != 2:
-            raise UserInputError(f"A classifier must return logits of shape (batch, classes); got shape {tuple(logits.shape)}.")
-        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < logits.shape[1]:
-            raise UserInputError(f"Labels must lie in 0..{logits.shape[1] - 1} (the model's classes); "
-                                 f"got {int(labels.min())}..{int(labels.max())}.")
-        return F.cross_entropy(logits, labels.to(logits.device), reduction="none")
+        return F.cross_entropy(logits, batch["labels"].to(logits.device), reduction="none")
 
     def classes(self, items: Sequence[Any]) -> int:
         """Number of classes: the declared one, else one more than the largest label seen."""
