@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import UserInputError
+from ..eval.language import check_item
 from ..io import atomic_dir, check_output, write_json_atomic, write_text_atomic
 from ..request import ForgetRequest
 
@@ -39,7 +40,7 @@ def read_tofu_file(path: str | Path, required: Sequence[str] | None = None) -> l
         required = QA_FIELDS + (("perturbed_answer",) if path.stem.endswith("_perturbed") else ())
     records = _parse(path)
     for number, record in enumerate(records, start=1):
-        _check_record(record, required, path, number)
+        check_item(record, f"record {number} of {path}", required)
     return records
 
 
@@ -71,22 +72,6 @@ def _parse(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError as error:
             raise UserInputError(f"{where} is not valid JSON or JSON lines ({error.msg} at line {number}).") from None
     return records
-
-
-def _check_record(record: Any, required: Sequence[str], path: Path, number: int) -> None:
-    if not isinstance(record, dict):
-        raise UserInputError(f"Record {number} of {path} is a {type(record).__name__}, expected a JSON object.")
-    for name in required:
-        if name not in record:
-            raise UserInputError(f"Record {number} of {path} has no field {name!r} (it has: {', '.join(sorted(record))}).")
-    for name in ("question", "answer", "paraphrased_answer"):
-        if name in record and not (isinstance(record[name], str) and record[name].strip()):
-            raise UserInputError(f"Field {name!r} of record {number} of {path} must be a non-blank string.")
-    perturbed = record.get("perturbed_answer")
-    if "perturbed_answer" in record and not (isinstance(perturbed, list) and perturbed
-                                             and all(isinstance(a, str) and a.strip() for a in perturbed)):
-        raise UserInputError(f"Field 'perturbed_answer' of record {number} of {path} must be a non-empty list of "
-                             "non-blank strings.")
 
 
 def read_tofu_dir(directory: str | Path) -> dict[str, list[dict[str, Any]]]:

@@ -7,7 +7,7 @@ has them, ``paraphrased_answer`` and ``perturbed_answer`` (a list of wrong answe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -87,6 +87,104 @@ class LMSplitStats:
         return rows
 
 
+#: The splits :func:`lm_metrics` reads; ``real_authors`` joins them when present.
+REQUIRED_SPLITS = ("forget", "retain", "holdout", "general")
+#: The splits whose items must carry ``perturbed_answer``: their truth ratios enter the metrics.
+PERTURBED_SPLITS = ("forget", "retain", "general", "real_authors")
+
+
+def check_item(item: Any, where: str, required: Sequence[str] = ("question", "answer")) -> None:
+    """Refuse, in one sentence naming ``where`` (e.g. "item 3 of the 'forget' split"), an item the metrics cannot
+    score: not a dict, a ``required`` field missing, ``question``, ``answer`` or ``paraphrased_answer`` not a
+    non-blank string, ``perturbed_answer`` not a non-empty list of non-blank strings (one string would be scored
+    character by character). The sentence never quotes the item's text."""
+    if not isinstance(item, dict):
+        raise UserInputError(f"{_capital(where)} is {_kind(item)}, expected a dict (a JSON object) with 'question' "
+                             "and 'answer'.")
+    for name in required:
+        if name not in item:
+            raise UserInputError(f"{_capital(where)} has no field {name!r} (it has: "
+                                 f"{', '.join(sorted(map(str, item))) or 'none'}).")
+    for name in ("question", "answer", "paraphrased_answer"):
+        if name in item and not _text(item[name]):
+            raise UserInputError(f"Field {name!r} of {where} must be a non-blank string, got {_kind(item[name])}.")
+    wrong = item.get("perturbed_answer")
+    if "perturbed_answer" in item and not (isinstance(wrong, (list, tuple)) and wrong and all(map(_text, wrong))):
+        if isinstance(wrong, (list, tuple)):
+            got = f"a list holding {_kind(next(v for v in wrong if not _text(v)))}" if wrong else "an empty list"
+        else:
+            got = "one string, not a list" if _text(wrong) else _kind(wrong)
+        raise UserInputError(f"Field 'perturbed_answer' of {where} must be a non-empty list of non-blank strings "
+                             f"(the wrong answers), got {got}.")
+
+
+def check_items(items: Any, where: str) -> tuple[list[dict[str, Any]], bool, bool]:
+    """Refuse, in one sentence naming ``where`` and the item, items the metrics cannot score (:func:`check_item`);
+    return them as a list, and whether they carry ``paraphrased_answer`` and ``perturbed_answer``. Each optional
+    field is on every item or on none: a split that mixes them would silently lose its truth ratios, or score
+    some paraphrases and fall back to the answer for the rest."""
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise UserInputError(f"{_capital(where)} must be a list of question/answer dicts, got {_kind(items)}.")
+    items = list(items)  # a generator or a datasets.Dataset, read once
+    if not items:
+        raise UserInputError(f"{_capital(where)} is empty; give at least one question/answer dict.")
+    for index, item in enumerate(items):
+        check_item(item, f"item {index} of {where}")
+    for name in ("paraphrased_answer", "perturbed_answer"):
+        having = [name in item for item in items]
+        if any(having) and not all(having):
+            raise UserInputError(f"Item {having.index(True)} of {where} has {name!r} but item {having.index(False)} "
+                                 "has not; give it on every item of a split or on none.")
+    return items, "paraphrased_answer" in items[0], "perturbed_answer" in items[0]
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _kind(value: Any) -> str:
+    """What ``value`` is, in words ("an int", "a blank string"), never its text."""
+    if isinstance(value, str) and not value.strip():
+        return "a blank string"
+    name = type(value).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def check_ids(ids: Any, items: Sequence[Any], where: str) -> list[Any] | None:
+    """``ids`` as a list, one per item (None stays None); a count other than the items' is refused, as the
+    per-item rows would silently drop items or leave some unnamed."""
+    if ids is None:
+        return None
+    if isinstance(ids, (str, bytes, Mapping)) or not isinstance(ids, Iterable):
+        raise UserInputError(f"The ids of {where} must be a list with one id per item, got {_kind(ids)}.")
+    ids = list(ids)
+    if len(ids) != len(items):
+        given = "1 id was" if len(ids) == 1 else f"{len(ids)} ids were"
+        raise UserInputError(f"{_capital(where)} holds {len(items)} items but {given} given for them; "
+                             "give one id per item.")
+    return ids
+
+
+def check_split_stats(stats: Any, what: str, needed: Sequence[str], compared: Sequence[str]) -> None:
+    """Refuse per-split statistics that lack a split the metrics read (``needed``), or truth ratios on a split
+    whose truth ratios they compare (``compared``, where present)."""
+    if not isinstance(stats, Mapping) or not all(isinstance(s, LMSplitStats) for s in stats.values()):
+        raise UserInputError(f"{_capital(what)} must map split names to the statistics evaluate_lm or collect_lm "
+                             f"returns, got {_kind(stats)}.")
+    missing = [name for name in needed if name not in stats]
+    if missing:
+        raise UserInputError(f"There is no {missing[0]!r} split in {what}; the metrics need "
+                             f"{', '.join(needed)}.")
+    for name in (name for name in compared if name in stats):
+        if stats[name].perturbed_loss is None:
+            raise UserInputError(f"The {name!r} split of {what} has no truth ratios: its items need "
+                                 "'perturbed_answer' (a list of wrong answers).")
+
+
 def _with_answer(items: Sequence[Mapping[str, Any]], answers: Sequence[str]) -> list[dict[str, Any]]:
     return [{"question": it["question"], "answer": a} for it, a in zip(items, answers)]
 
@@ -146,10 +244,9 @@ def collect_lm(adapter: Any, items: Sequence[Mapping[str, Any]], ids: Sequence[A
     """
     from ..train.distributed import gather_fields, shard
 
+    items, has_para, has_pert = check_items(items, "the item list")
+    ids = check_ids(ids, items, "the item list")
     adapter.model.eval()
-    items = list(items)
-    has_para = all("paraphrased_answer" in it for it in items)
-    has_pert = all(it.get("perturbed_answer") for it in items)
     fields = gather_fields(_collect_items(adapter, shard(items), has_para=has_para, has_pert=has_pert,
                                           batch_size=batch_size, generate=generate, max_new_tokens=max_new_tokens))
     stats = LMSplitStats(
@@ -200,7 +297,10 @@ def lm_metrics(stats: Mapping[str, LMSplitStats], reference: Mapping[str, LMSpli
     Besides :data:`LM_METRICS`, each model-utility component is returned as ``model_utility_<set>_<component>``
     (six, or nine with real authors), so a low model utility can be traced to the set that pulled it down.
     """
-    forget, retain, holdout, general = (stats[k] for k in ("forget", "retain", "holdout", "general"))
+    check_split_stats(stats, "the statistics", REQUIRED_SPLITS, PERTURBED_SPLITS)
+    if reference is not None:
+        check_split_stats(reference, "the reference", ("forget", "holdout"), ("forget",))
+    forget, retain, holdout, general = (stats[k] for k in REQUIRED_SPLITS)
     forget_tr = forget.truth_ratios()
     metrics: dict[str, float] = {
         "forget_truth_ratio": M.forget_truth_ratio(forget_tr).value,
@@ -232,6 +332,25 @@ def evaluate_lm(adapter: Any, splits: Mapping[str, Sequence[Mapping[str, Any]]],
     if not collect_options.get("generate", True):
         raise UserInputError("evaluate_lm needs generations (ROUGE-L and model utility score them); "
                              "generate=False is for collect_lm alone.")
+    if not isinstance(splits, Mapping):
+        raise UserInputError(f"evaluate_lm needs splits as a dict of split name to items, got {_kind(splits)}.")
+    missing = [name for name in REQUIRED_SPLITS if name not in splits]
+    if missing:
+        raise UserInputError(f"evaluate_lm needs the splits {', '.join(REQUIRED_SPLITS)}; {missing[0]!r} is missing.")
+    if reference is not None:
+        check_split_stats(reference, "the reference", ("forget", "holdout"), ("forget",))
+    if ids is not None and not isinstance(ids, Mapping):
+        raise UserInputError(f"evaluate_lm's ids must be a dict of split name to item ids, got {_kind(ids)}.")
     ids = ids or {}
-    stats = {name: collect_lm(adapter, items, ids.get(name), **collect_options) for name, items in splits.items()}
+    unknown = [name for name in ids if name not in splits]
+    if unknown:
+        raise UserInputError(f"ids are given for the split {unknown[0]!r}, which is not one of the splits.")
+    listed, named = {}, {}
+    for name, items in splits.items():  # every split, before any is scored
+        listed[name], _, has_perturbed = check_items(items, f"the {name!r} split")
+        if name in PERTURBED_SPLITS and not has_perturbed:
+            raise UserInputError(f"The items of the {name!r} split need 'perturbed_answer' (a list of wrong answers): "
+                                 "its truth ratios compare the answer with them.")
+        named[name] = check_ids(ids.get(name), listed[name], f"the {name!r} split")
+    stats = {name: collect_lm(adapter, items, named[name], **collect_options) for name, items in listed.items()}
     return lm_metrics(stats, reference), stats
