@@ -87,7 +87,7 @@ def test_ewc_penalty_is_lambda_times_the_fisher_weighted_squared_distance(scenar
     learner.learn(t[0], t[0].train_ids)
     plugin, model = learner.plugin(EWC), learner.model
     fisher = diagonal_fisher(model, scenario.train_x[t[0].train_ids], scenario.train_y[t[0].train_ids])
-    assert all(torch.allclose(plugin.fisher[k], f) for k, f in fisher.items())
+    assert all(torch.allclose(plugin.fishers.total[k], f) for k, f in fisher.items())
     total = float(sum(f.sum() for f in fisher.values()))
     assert total > 0
     plugin.before_task(learner, t[1], t[1].train_ids)
@@ -105,7 +105,7 @@ def test_ewc_penalty_is_active_while_learning_the_second_task(scenario):
     learner.learn(t[0], t[0].train_ids)
     learner.learn(t[1], t[1].train_ids)
     params = dict(learner.model.named_parameters())
-    by_hand = plugin.config.ewc_lambda * sum((plugin.fisher[k] * (params[k] - plugin.anchor[k]) ** 2).sum() for k in params)
+    by_hand = plugin.config.ewc_lambda * sum((plugin.fishers.total[k] * (params[k] - plugin.anchor[k]) ** 2).sum() for k in params)
     penalty = plugin.penalty(learner, learner.model, batch)
     assert penalty is not None and penalty.item() > 0
     assert penalty.item() == pytest.approx(by_hand.item(), rel=1e-6)

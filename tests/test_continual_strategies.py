@@ -129,9 +129,32 @@ def test_forgetting_a_task_removes_its_ewc_term_and_refresh_fisher(task_il):
         learner.learn(t[1], t[1].train_ids)
         plugin = learner.plugin(plugin_cls)
         learner.purge(set(t[0].train_ids.tolist()), 0)
-        assert [task for task, _ in plugin.terms] == [1]
-        if spec == "refresh+naive":
-            assert all(torch.equal(plugin.fisher[k], v) for k, v in plugin.terms[0][1].items())
+        assert [term.task for term in plugin.fishers.terms] == [1]
+        assert all(torch.equal(plugin.fishers.total[k], v) for k, v in plugin.fishers.terms[0].fisher.items())
+
+
+def test_forgetting_samples_recomputes_their_tasks_fisher_without_them_at_its_weights(task_il):
+    from unlearnkit.continual.fisher import diagonal_fisher
+
+    t = task_il.tasks
+    for spec, plugin_cls in (("ewc", EWC), ("refresh+naive", Refresh)):
+        learner = build_strategy(spec, task_il, 0, FAST)
+        learner.learn(t[0], t[0].train_ids)
+        learner.learn(t[1], t[1].train_ids)
+        fishers = learner.plugin(plugin_cls).fishers
+        first, second = ({k: v.clone() for k, v in term.fisher.items()} for term in fishers.terms)
+        forgotten = t[0].train_ids[:5]
+        learner.purge(set(forgotten.tolist()), None)
+        remaining = t[0].train_ids[5:]
+        assert torch.equal(fishers.terms[0].ids, remaining)
+        mask = lambda logits: learner.mask(logits, torch.zeros(len(logits), dtype=torch.long))
+        expected = diagonal_fisher(learner.model, task_il.train_x[remaining], task_il.train_y[remaining], mask,
+                                   params=fishers.terms[0].weights)
+        assert all(torch.allclose(fishers.terms[0].fisher[k], v, rtol=0, atol=1e-12) for k, v in expected.items())
+        assert any(not torch.allclose(fishers.terms[0].fisher[k], v) for k, v in first.items())  # the samples counted
+        assert all(torch.equal(fishers.terms[1].fisher[k], v) for k, v in second.items())  # task 1 held none of them
+        decay = fishers.decay
+        assert all(torch.allclose(fishers.total[k], decay * expected[k] + second[k]) for k in second)
 
 
 def _energy_inside(inputs: torch.Tensor, basis: torch.Tensor) -> float:

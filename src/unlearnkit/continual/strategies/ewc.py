@@ -14,8 +14,9 @@ Fisher of a confident network is tiny (its largest entry is about 10⁻⁵ on sp
 larger data sets may need more (CLOFAI's reference set-up uses λ = 10⁵);
 θ* is taken when a task starts (identical to "after the previous task" unless an
 unlearning request came in between, in which case the anchor is the unlearned weights, so the
-penalty does not pull forgotten knowledge back). Each task's Fisher is kept apart so that
-unlearning a whole task removes its term; sample-level requests leave the Fisher unchanged.
+penalty does not pull forgotten knowledge back). Each task's Fisher is kept apart
+(:class:`~..fisher.TaskFishers`): unlearning a whole task removes its term, and unlearning samples
+recomputes their task's term without them at the weights it was taken at.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import UserInputError
-from ..fisher import diagonal_fisher
+from ..fisher import TaskFishers
 from .base import Plugin, PluginConfig, non_negative
 
 
@@ -51,17 +52,8 @@ class EWC(Plugin):
 
     def __init__(self, config: EWCConfig) -> None:
         super().__init__(config)
-        self.terms: list[tuple[int, dict[str, torch.Tensor]]] = []  # (task, F_t), oldest first
-        self.fisher: dict[str, torch.Tensor] | None = None
+        self.fishers = TaskFishers(config.ewc_gamma)
         self.anchor: dict[str, torch.Tensor] | None = None
-
-    def _combine(self) -> None:
-        n = len(self.terms)
-        if n == 0:
-            self.fisher = None
-            return
-        names = self.terms[0][1].keys()
-        self.fisher = {k: sum(self.config.ewc_gamma ** (n - 1 - i) * f[k] for i, (_, f) in enumerate(self.terms)) for k in names}
 
     def before_task(self, learner, task, ids) -> None:
         """Anchor at the weights the task starts from."""
@@ -69,21 +61,17 @@ class EWC(Plugin):
 
     def penalty(self, learner, model, batch):
         """λ Σ F (θ − θ*)²."""
-        if self.fisher is None:
+        fisher = self.fishers.total
+        if fisher is None:
             return None
         params = dict(learner.model.named_parameters())
-        total = sum((self.fisher[k] * (params[k] - self.anchor[k]) ** 2).sum() for k in self.fisher)
+        total = sum((fisher[k] * (params[k] - self.anchor[k]) ** 2).sum() for k in fisher)
         return self.config.ewc_lambda * total
 
     def after_task(self, learner, task, ids) -> None:
         """Add this task's Fisher."""
-        mask = lambda logits: learner.mask(logits, torch.full((len(logits),), task.index))
-        x, y = learner.scenario.train_x[ids], learner.scenario.train_y[ids]
-        self.terms.append((task.index, diagonal_fisher(learner.model, x, y, mask)))
-        self._combine()
+        self.fishers.add(learner, task.index, ids)
 
     def forget(self, learner, ids, task) -> None:
-        """A forgotten task's Fisher term goes."""
-        if task is not None:
-            self.terms = [(t, f) for t, f in self.terms if t != task]
-            self._combine()
+        """No Fisher term keeps a trace of the forgotten samples (a forgotten task's term goes)."""
+        self.fishers.forget(learner, ids, task)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import UserInputError
-from ..fisher import diagonal_fisher
+from ..fisher import TaskFishers
 from .base import Plugin, PluginConfig, non_negative
 
 
@@ -49,8 +49,7 @@ class Refresh(Plugin):
 
     def __init__(self, config: RefreshConfig) -> None:
         super().__init__(config)
-        self.terms: list[tuple[int, dict[str, torch.Tensor]]] = []  # (task, F_t), oldest first
-        self.fisher: dict[str, torch.Tensor] | None = None
+        self.fishers = TaskFishers(config.fisher_decay)
         self.generator: torch.Generator | None = None  # its own, so replay sampling is unchanged
 
     def before_step(self, learner, model, batch) -> None:
@@ -65,30 +64,14 @@ class Refresh(Plugin):
                 direction = g * (param.norm() / g.norm().clamp_min(1e-12))
                 noise = torch.randn(param.shape, generator=self.generator) * self.config.refresh_noise
                 scale = self.config.refresh_rate
-                if self.fisher is not None:
-                    scale = scale / (1 + self.config.refresh_damping * self.fisher[name])
+                if self.fishers.total is not None:
+                    scale = scale / (1 + self.config.refresh_damping * self.fishers.total[name])
                 param.add_(scale * (direction + noise))
 
     def after_task(self, learner, task, ids) -> None:
         """F ← decay · F + F_t."""
-        mask = lambda logits: learner.mask(logits, torch.full((len(logits),), task.index))
-        self.terms.append((task.index, diagonal_fisher(learner.model, learner.scenario.train_x[ids],
-                                                       learner.scenario.train_y[ids], mask)))
-        self._combine()
+        self.fishers.add(learner, task.index, ids)
 
     def forget(self, learner, ids, task) -> None:
-        """A forgotten task's Fisher term goes (F is rebuilt from the others, decays kept).
-
-        Only whole tasks' terms are dropped: after ``unlearn:ids`` the stored terms still hold the
-        forgotten samples' contribution to F (as with EWC's Fisher).
-        """
-        if task is not None:
-            self.terms = [(t, f) for t, f in self.terms if t != task]
-            self._combine()
-
-    def _combine(self) -> None:
-        """F = Σ_t decay^(age of t) · F_t, which equals the running F ← decay · F + F_t."""
-        self.fisher = None
-        for _, term in self.terms:
-            self.fisher = term if self.fisher is None else {
-                k: self.config.fisher_decay * self.fisher[k] + v for k, v in term.items()}
+        """No Fisher term keeps a trace of the forgotten samples (a forgotten task's term goes)."""
+        self.fishers.forget(learner, ids, task)
