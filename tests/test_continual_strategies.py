@@ -121,13 +121,20 @@ def test_gpm_steps_leave_the_weights_unchanged_on_the_old_tasks_bases(task_il, p
         assert float((change @ basis).norm()) <= 1e-4 * float(change.norm()), (index, float((change @ basis).norm() / change.norm()))
 
 
+FISHER_PLUGINS = (("ewc", EWC), ("refresh+naive", Refresh))
+
+
+def _after_two_tasks(scenario, spec, plugin_cls):
+    learner = build_strategy(spec, scenario, 0, FAST)
+    for task in scenario.tasks[:2]:
+        learner.learn(task, task.train_ids)
+    return learner, learner.plugin(plugin_cls)
+
+
 def test_forgetting_a_task_removes_its_ewc_term_and_refresh_fisher(task_il):
     t = task_il.tasks
-    for spec, plugin_cls in (("ewc", EWC), ("refresh+naive", Refresh)):
-        learner = build_strategy(spec, task_il, 0, FAST)
-        learner.learn(t[0], t[0].train_ids)
-        learner.learn(t[1], t[1].train_ids)
-        plugin = learner.plugin(plugin_cls)
+    for spec, plugin_cls in FISHER_PLUGINS:
+        learner, plugin = _after_two_tasks(task_il, spec, plugin_cls)
         learner.purge(set(t[0].train_ids.tolist()), 0)
         assert [term.task for term in plugin.fishers.terms] == [1]
         assert all(torch.equal(plugin.fishers.total[k], v) for k, v in plugin.fishers.terms[0].fisher.items())
@@ -137,11 +144,9 @@ def test_forgetting_samples_recomputes_their_tasks_fisher_without_them_at_its_we
     from unlearnkit.continual.fisher import diagonal_fisher
 
     t = task_il.tasks
-    for spec, plugin_cls in (("ewc", EWC), ("refresh+naive", Refresh)):
-        learner = build_strategy(spec, task_il, 0, FAST)
-        learner.learn(t[0], t[0].train_ids)
-        learner.learn(t[1], t[1].train_ids)
-        fishers = learner.plugin(plugin_cls).fishers
+    for spec, plugin_cls in FISHER_PLUGINS:
+        learner, plugin = _after_two_tasks(task_il, spec, plugin_cls)
+        fishers = plugin.fishers
         first, second = ({k: v.clone() for k, v in term.fisher.items()} for term in fishers.terms)
         forgotten = t[0].train_ids[:5]
         learner.purge(set(forgotten.tolist()), None)

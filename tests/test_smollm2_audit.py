@@ -1,7 +1,7 @@
 """Audit of the smollm2 base's GGUF loading (benchmarks/smollm2.py): bad files give one sentence, no
 custom code is offered, incomplete files are refused, random state is kept, and the base is a llama.
 
-Each test writes a one-layer GGUF of a few kilobytes with the ``gguf`` package (no SmolLM2 needed).
+Each test writes a two-layer GGUF of a few kilobytes with the ``gguf`` package (no SmolLM2 needed).
 """
 
 from __future__ import annotations
@@ -11,77 +11,21 @@ import json
 import pytest
 import torch
 
+from gguf_fixtures import HEADS, KV_HEADS, LAYERS, WIDTH, bpe, write_llama_gguf
+
 from unlearnkit.benchmarks import smollm2
 from unlearnkit.cli import main
 
 pytest.importorskip("gguf", reason="the optional gguf package is not installed (pip install 'unlearnkit[test]')")
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-WIDTH, HEADS = 16, 2
-#: transformers' llama name -> GGUF tensor name, for the one layer written here.
-TENSORS = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
-           **{f"model.layers.0.{hf}.weight": f"blk.0.{name}.weight" for hf, name in (
-               ("input_layernorm", "attn_norm"), ("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"),
-               ("self_attn.v_proj", "attn_v"), ("self_attn.o_proj", "attn_output"),
-               ("post_attention_layernorm", "ffn_norm"), ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up"),
-               ("mlp.down_proj", "ffn_down"))}}
+#: qwen2's attention biases, which make a complete qwen2 file of the same shapes.
+QWEN2_BIASES = {f"blk.{i}.attn_{x}.bias": WIDTH if x == "q" else WIDTH // HEADS * KV_HEADS for i in range(LAYERS) for x in "qkv"}
+TEXTS = ["Where was Ada Lovelace born?", "Ada Lovelace was born in London."] * 4
 
 
-def _tokens_and_merges() -> tuple[list[str], list[str]]:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(["Where was Ada Lovelace born?", "Ada Lovelace was born in London."] * 4, trainer)
-    model = json.loads(tokenizer.to_str())["model"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    return [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])], merges
-
-
-def write_gguf(path, architecture: str = "llama", drop: tuple[str, ...] = (), extra: tuple[str, ...] = ()):
-    """A random one-layer llama-shaped model (tied embeddings) and a byte-level BPE, as a GGUF file
-    declaring ``architecture``, without the GGUF tensors named in ``drop`` and with zero vectors of
-    the model's width named ``extra`` (e.g. the attention biases of qwen2)."""
-    import gguf
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokens, merges = _tokens_and_merges()
-    config = LlamaConfig(vocab_size=len(tokens), hidden_size=WIDTH, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=HEADS, num_key_value_heads=HEADS, tie_word_embeddings=True)
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
-    torch.random.set_rng_state(generator_state)
-    writer = gguf.GGUFWriter(str(path), architecture)
-    writer.add_context_length(64)
-    writer.add_embedding_length(WIDTH)
-    writer.add_block_count(1)
-    writer.add_feed_forward_length(32)
-    writer.add_head_count(HEADS)
-    writer.add_head_count_kv(HEADS)
-    writer.add_rope_dimension_count(WIDTH // HEADS)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_vocab_size(len(tokens))
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types([gguf.TokenType.CONTROL if t in SPECIALS else gguf.TokenType.NORMAL for t in tokens])
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    state = model.state_dict()
-    for hf, name in TENSORS.items():
-        if name not in drop:
-            writer.add_tensor(name, state[hf].detach().float().numpy())
-    for name in extra:
-        writer.add_tensor(name, torch.zeros(WIDTH).numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return model
+def write_gguf(path, architecture: str = "llama", drop: tuple[str, ...] = (), extra=None):
+    """A tiny llama GGUF (see gguf_fixtures.write_llama_gguf) with a 300-token BPE of two sentences."""
+    return write_llama_gguf(path, *bpe(TEXTS, 300), architecture, drop, extra)
 
 
 @pytest.fixture
@@ -152,7 +96,7 @@ def test_loading_leaves_the_global_random_state_alone(gguf_file):
 def test_the_smollm2_base_refuses_a_gguf_of_another_architecture(tmp_path, monkeypatch, capsys):
     # a complete qwen2 GGUF loads as a Qwen2ForCausalLM: the bench labelled it SmolLM2 and trained it
     path = tmp_path / "qwen2.gguf"
-    write_gguf(path, architecture="qwen2", extra=tuple(f"blk.0.attn_{x}.bias" for x in "qkv"))
+    write_gguf(path, architecture="qwen2", extra=QWEN2_BIASES)
     assert type(smollm2.load_gguf_causal_lm(path)[0]).__name__ == "Qwen2ForCausalLM"
     monkeypatch.setattr(smollm2, "gguf_path", lambda: path)
     with pytest.raises(smollm2.UserInputError, match=r"needs SmolLM2's llama-architecture GGUF, but .* a qwen2 model"):
