@@ -194,6 +194,28 @@ def test_forgetting_a_task_keeps_the_remaining_tasks_inside_the_protected_subspa
             assert _energy_inside(later, union) >= threshold - 1e-4, (forgotten, layer, _energy_inside(later, union))
 
 
+def test_forgetting_samples_retakes_their_tasks_summary_and_gradient_without_them(task_il):
+    t = task_il.tasks
+    learner = build_strategy("gpm", task_il, 0, {**FAST, "gpm_samples": 20})
+    for task in t[:2]:
+        learner.learn(task, task.train_ids)
+    plugin = learner.plugin(GPM)
+    first, second = plugin.summaries
+    order, untouched = first.order.clone(), [f.clone() for f in second.factors]
+    forgotten = order[:5]  # drawn into task 0's summary
+    learner.purge(set(forgotten.tolist()), None)
+    assert torch.equal(first.order, order[5:])  # the next samples in the draw order take their places
+    taken_at = copy.deepcopy(learner.model)
+    taken_at.load_state_dict(first.weights)
+    inputs = [_with_bias(h) for h in taken_at.layer_inputs(task_il.train_x[order[5:25]])]
+    for factor, h in zip(first.factors, inputs):  # the summary's second moment is the remaining inputs'
+        torch.testing.assert_close(factor @ factor.T, (h.T @ h).detach(), atol=1e-4, rtol=1e-4)
+    for grads, g in zip(plugin.grads, plugin._task_gradient(learner, 0, order[5:], taken_at)):
+        torch.testing.assert_close(grads[0], g)
+    assert all(torch.equal(f, g) for f, g in zip(second.factors, untouched))  # task 1 held none of them
+    assert {task for layer in plugin.bases for task, _ in layer} <= {0, 1} and plugin.bases[0]
+
+
 def test_gpm_protects_the_tasks_after_a_forgotten_one_while_learning_more(task_il):
     # Task 1's first-layer outputs drift about as little while task 2 is learned whether or not
     # task 0 was forgotten before (task 1's subspace stays projected out).
@@ -290,7 +312,7 @@ def test_cuber_keeping_one_old_task_open_leaves_the_other_old_tasks_protected(sc
     for task in t[:2]:
         learner.learn(task, task.train_ids)
     plugin = learner.plugin(GPM)
-    start = plugin._task_gradient(learner, t[2], t[2].train_ids)
+    start = plugin._task_gradient(learner, 2, t[2].train_ids, learner.model)
     plugin.grads = [{0: g, 1: -g} for g in start]
     layers = plugin._layers(learner)
     joined = lambda layer: torch.cat([layer.weight, layer.bias[:, None]], dim=1).detach().clone()
@@ -298,7 +320,7 @@ def test_cuber_keeping_one_old_task_open_leaves_the_other_old_tasks_protected(sc
     learner.learn(t[2], t[2].train_ids)
     assert plugin.kept == {(index, 0) for index in range(len(layers))}
     for index, layer in enumerate(layers):
-        own = new_basis(plugin.summaries[1][1][index].T, None, 0.95 if index == 0 else 0.99)  # task 1's subspace
+        own = new_basis(plugin.summaries[1].factors[index].T, None, 0.95 if index == 0 else 0.99)  # task 1's subspace
         change = joined(layer) - before[index]
         assert float(change.norm()) > 0
         assert float((change @ own).norm()) <= 1e-4 * float(change.norm()), (index, float((change @ own).norm() / change.norm()))

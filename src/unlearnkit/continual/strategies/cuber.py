@@ -32,11 +32,16 @@ none); ε = 0.5; no extra step on the old tasks' subspaces. Each task's own inpu
 stored bases are only the directions it added to the earlier ones. Unlearning a whole task removes
 its summary and gradient and rebuilds every layer's bases from the remaining tasks' summaries in
 their learning order with the same rules, so its subspace is free again while the remaining tasks
-stay protected. Sample-level requests keep the bases.
+stay protected. Each summary keeps its task's samples (in the seeded order its ``gpm_samples`` were
+drawn from) and the weights it was taken at, so a sample-level request retakes the summaries and the
+gradient of the tasks that held forgotten samples without them, at those weights (the next samples
+in that order take the forgotten ones' places), and rebuilds the bases the same way: no stored basis
+keeps a trace of a forgotten sample.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -112,6 +117,16 @@ def new_basis(inputs: torch.Tensor, old: torch.Tensor | None, threshold: float) 
     return u[:, : min(k, len(s))]
 
 
+@dataclass
+class TaskSummary:
+    """One learned task's input summary per layer (U·S), its samples in draw order, and the weights it was taken at."""
+
+    task: int
+    factors: list[torch.Tensor]
+    order: torch.Tensor
+    weights: dict[str, torch.Tensor]
+
+
 class GPM(Plugin):
     """Project every layer's gradient out of the old tasks' input subspaces."""
 
@@ -122,7 +137,7 @@ class GPM(Plugin):
 
     def __init__(self, config: GPMConfig) -> None:
         super().__init__(config)
-        self.summaries: list[tuple[int, list[torch.Tensor]]] = []  # per learned task, in order: (task, U·S per layer)
+        self.summaries: list[TaskSummary] = []  # per learned task, in learning order
         self.bases: list[list[tuple[int, torch.Tensor]]] = []  # per layer: (task, M_t)
         self.grads: list[dict[int, torch.Tensor]] = []  # per layer: task -> g_t
         self.kept: set[tuple[int, int]] = set()  # (layer, old task) pairs whose subspace stays open
@@ -135,16 +150,23 @@ class GPM(Plugin):
 
     def after_task(self, learner, task, ids) -> None:
         """Summarise the task's layer inputs, add its new directions and store its gradient per layer."""
-        pick = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(learner.seed + task.index))]
-        x = learner.scenario.train_x[pick[: self.config.gpm_samples]]
-        layers = self._layers(learner)
-        inputs = [_with_bias(h) for h in learner.model.layer_inputs(x)][: len(layers)]
+        order = ids[torch.randperm(len(ids), generator=torch.Generator().manual_seed(learner.seed + task.index))]
         if not self.bases:
-            self.bases, self.grads = [[] for _ in layers], [{} for _ in layers]
-        self.summaries.append((task.index, [summary(h) for h in inputs]))
-        self._add_bases(*self.summaries[-1])
-        for index, g in enumerate(self._task_gradient(learner, task, ids)):
-            self.grads[index][task.index] = g
+            self.bases, self.grads = [[] for _ in self._layers(learner)], [{} for _ in self._layers(learner)]
+        entry = TaskSummary(task.index, self._factors(learner, order, learner.model), order,
+                            copy.deepcopy(learner.model.state_dict()))
+        self.summaries.append(entry)
+        self._add_bases(entry.task, entry.factors)
+        self._store_gradient(learner, task.index, ids, learner.model)
+
+    def _factors(self, learner, order: torch.Tensor, model) -> list[torch.Tensor]:
+        """The summaries of ``model``'s layer inputs for the first ``gpm_samples`` samples of ``order``."""
+        x = learner.scenario.train_x[order[: self.config.gpm_samples]]
+        return [summary(_with_bias(h)) for h in model.layer_inputs(x)[: len(self._layers(learner, model))]]
+
+    def _store_gradient(self, learner, task: int, ids: torch.Tensor, model) -> None:
+        for index, g in enumerate(self._task_gradient(learner, task, ids, model)):
+            self.grads[index][task] = g
 
     def _threshold(self, layer: int) -> float:
         return self.config.gpm_threshold if layer == 0 else self.config.gpm_threshold_deeper
@@ -159,27 +181,28 @@ class GPM(Plugin):
     def _bases_without(self, layer: int, skip: set[int]) -> torch.Tensor | None:
         """The layer's bases rebuilt by GPM's rules from the summaries of the tasks not in ``skip``, in order."""
         found = None
-        for task, summaries in self.summaries:
-            if task not in skip:
-                basis = new_basis(summaries[layer].T, found, self._threshold(layer))
+        for entry in self.summaries:
+            if entry.task not in skip:
+                basis = new_basis(entry.factors[layer].T, found, self._threshold(layer))
                 if basis.shape[1]:
                     found = basis if found is None else torch.cat([found, basis], dim=1)
         return found
 
-    def _layers(self, learner) -> list:
-        layers = learner.model.linear_layers()
+    def _layers(self, learner, model=None) -> list:
+        layers = (model or learner.model).linear_layers()
         project_head = self.config.project_head
         if project_head is None:
             project_head = learner.scenario.setting != "task-il"
         return layers if project_head else layers[:-1]
 
-    def _task_gradient(self, learner, task, ids) -> list[torch.Tensor]:
-        """The mean loss gradient of the task's samples per projected layer (bias as the last column)."""
-        batch = learner.batch_of(ids, task.index)
-        learner.model.zero_grad(set_to_none=True)
-        F.cross_entropy(learner.mask(learner.model(batch["x"]), batch["task"]), batch["y"]).backward()
-        grads = [torch.cat([l.weight.grad, l.bias.grad[:, None]], dim=1).detach().clone() for l in self._layers(learner)]
-        learner.model.zero_grad(set_to_none=True)
+    def _task_gradient(self, learner, task: int, ids, model) -> list[torch.Tensor]:
+        """The mean loss gradient of task ``task``'s samples ``ids`` per projected layer of ``model`` (bias as
+        the last column)."""
+        batch = learner.batch_of(ids, task)
+        model.zero_grad(set_to_none=True)
+        F.cross_entropy(learner.mask(model(batch["x"]), batch["task"]), batch["y"]).backward()
+        grads = [torch.cat([l.weight.grad, l.bias.grad[:, None]], dim=1).detach().clone() for l in self._layers(learner, model)]
+        model.zero_grad(set_to_none=True)
         return grads
 
     def before_task(self, learner, task, ids) -> None:
@@ -188,9 +211,10 @@ class GPM(Plugin):
         self.kept, self.closed = set(), {}
         if not self.transfer or not self.bases:
             return
-        for index, g in enumerate(self._task_gradient(learner, task, ids)):
-            for old, summaries in dict(self.summaries).items():  # a task learned twice: its latest summary
-                own = new_basis(summaries[index].T, None, self._threshold(index))  # B_old, its own subspace
+        latest = {entry.task: entry.factors for entry in self.summaries}  # a task learned twice: its latest summary
+        for index, g in enumerate(self._task_gradient(learner, task.index, ids, learner.model)):
+            for old, factors in latest.items():
+                own = new_basis(factors[index].T, None, self._threshold(index))  # B_old, its own subspace
                 projected = g @ own @ own.T
                 sufficient = projected.norm() >= self.config.cuber_epsilon * g.norm()
                 if sufficient and (projected * self.grads[index][old]).sum() > 0:
@@ -239,16 +263,44 @@ class GPM(Plugin):
         self._start = {}
 
     def forget(self, learner, ids, task) -> None:
-        """A forgotten task's summary and gradient go and the bases are rebuilt from the remaining tasks'
-        summaries in learning order; sample-level requests keep the bases."""
-        if task is None or not self.bases:
+        """A forgotten task's summaries and gradient go, a summary whose samples were all forgotten goes, and the
+        summaries (and gradient) of tasks that lost samples are retaken without them at the weights they were
+        taken at; then every layer's bases are rebuilt from the summaries in learning order."""
+        if not self.bases:
             return
-        self.summaries = [(t, s) for t, s in self.summaries if t != task]
-        self.bases = [[] for _ in self.bases]
-        for learned in self.summaries:
-            self._add_bases(*learned)
+        forgotten = torch.tensor(sorted(ids), dtype=torch.long)
+        latest_before = {entry.task: entry for entry in self.summaries}
+        kept, retaken = [], {}
+        for entry in self.summaries:
+            gone = torch.isin(entry.order, forgotten)
+            if entry.task == task or bool(gone.all()):
+                continue
+            if bool(gone.any()):
+                entry.order = entry.order[~gone]
+                retaken[id(entry)] = self._model_at(learner, entry)
+                entry.factors = self._factors(learner, entry.order, retaken[id(entry)])
+            kept.append(entry)
+        if len(kept) == len(self.summaries) and not retaken:
+            return
+        self.summaries = kept
+        latest = {entry.task: entry for entry in kept}
         for grads in self.grads:
-            grads.pop(task, None)
+            for old in [old for old in grads if old not in latest]:
+                del grads[old]
+        for old, entry in latest.items():  # a task's gradient is its latest summary's
+            if id(entry) in retaken or entry is not latest_before[old]:
+                model = retaken[id(entry)] if id(entry) in retaken else self._model_at(learner, entry)
+                self._store_gradient(learner, old, entry.order, model)
+        self.bases = [[] for _ in self.bases]
+        for entry in self.summaries:
+            self._add_bases(entry.task, entry.factors)
+
+    @staticmethod
+    def _model_at(learner, entry: TaskSummary):
+        """A copy of the learner's model with the weights ``entry`` was taken at."""
+        model = copy.deepcopy(learner.model)
+        model.load_state_dict(entry.weights)
+        return model
 
 
 class Cuber(GPM):
