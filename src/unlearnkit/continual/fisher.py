@@ -88,9 +88,9 @@ class TaskFishers:
 
     def forget(self, learner: Any, ids: set[int], task: int | None) -> None:
         """Drop the forgotten ``task``'s term, and recompute every term that holds a forgotten sample."""
-        kept = []
+        forgotten, kept = torch.tensor(sorted(ids), dtype=torch.long), []
         for term in self.terms:
-            gone = torch.isin(term.ids, torch.tensor(sorted(ids), dtype=term.ids.dtype))
+            gone = torch.isin(term.ids, forgotten)
             if term.task == task or bool(gone.all()):
                 continue
             if bool(gone.any()):
