@@ -189,7 +189,7 @@ class GPM(Plugin):
         return found
 
     def _layers(self, learner, model=None) -> list:
-        layers = (model or learner.model).linear_layers()
+        layers = (learner.model if model is None else model).linear_layers()
         project_head = self.config.project_head
         if project_head is None:
             project_head = learner.scenario.setting != "task-il"
@@ -270,15 +270,15 @@ class GPM(Plugin):
             return
         forgotten = torch.tensor(sorted(ids), dtype=torch.long)
         latest_before = {entry.task: entry for entry in self.summaries}
-        kept, retaken = [], {}
+        kept, retaken = [], set()
         for entry in self.summaries:
             gone = torch.isin(entry.order, forgotten)
             if entry.task == task or bool(gone.all()):
                 continue
             if bool(gone.any()):
                 entry.order = entry.order[~gone]
-                retaken[id(entry)] = self._model_at(learner, entry)
-                entry.factors = self._factors(learner, entry.order, retaken[id(entry)])
+                entry.factors = self._factors(learner, entry.order, self._model_at(learner, entry))
+                retaken.add(id(entry))
             kept.append(entry)
         if len(kept) == len(self.summaries) and not retaken:
             return
@@ -289,8 +289,7 @@ class GPM(Plugin):
                 del grads[old]
         for old, entry in latest.items():  # a task's gradient is its latest summary's
             if id(entry) in retaken or entry is not latest_before[old]:
-                model = retaken[id(entry)] if id(entry) in retaken else self._model_at(learner, entry)
-                self._store_gradient(learner, old, entry.order, model)
+                self._store_gradient(learner, old, entry.order, self._model_at(learner, entry))
         self.bases = [[] for _ in self.bases]
         for entry in self.summaries:
             self._add_bases(entry.task, entry.factors)
