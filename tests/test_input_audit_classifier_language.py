@@ -104,6 +104,21 @@ def test_evaluate_refuses_outputs_that_are_not_logits_of_two_classes_or_more():
         unlearnkit.evaluate(_OneScore(squeeze=False), _splits(data))
 
 
+def test_unlearn_refuses_a_label_past_the_models_classes_before_any_work(monkeypatch):
+    # before: the label was met only in the batch that held it, after the earlier batches had been trained on
+    from unlearnkit.methods.registry import get_method
+
+    model, data = _model(3), _data()
+    data[-1] = (data[-1][0], 3)  # the last retain item
+
+    def trained(*args, **kwargs):
+        raise AssertionError("the method ran before the request was checked")
+
+    monkeypatch.setattr(type(get_method("finetune")), "unlearn", trained)
+    with pytest.raises(UserInputError, match=r"^Labels must lie in 0\.\.2 \(the model's classes\); got 0\.\.3\.$"):
+        unlearnkit.unlearn(model, ForgetRequest(data, range(6), range(6, 24)), "finetune")
+
+
 def test_unlearn_refuses_a_one_output_model_instead_of_ascending_a_zero_loss():
     # before: gradient ascent ran with a constant 0 loss and reported ok
     data = [(x, 0) for x, _ in _data()]

@@ -62,6 +62,8 @@ def check_needs(method: Any, adapter: Any, request: ForgetRequest, config: Any) 
         raise UserInputError(f"Method {method.name!r} with sampling=modular needs a request with 'direct' or 'indirect' "
                              "neighbour sets (the facts bench's requests have them); use standard or cyclic sampling.")
     method.check_request(request, config)
+    if hasattr(adapter, "check_request"):  # e.g. a classifier's labels against its classes, before any work
+        adapter.check_request(request.forget_items() + request.retain_items())
     check_stop_request(config, request)
     if "retain" in method.needs_for(config) and not request.retain:
         projected = "retain" not in method.needs and getattr(config, "project", None)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserInputError
+from .base import eval_mode
 
 
 class ClassifierAdapter:
@@ -73,10 +74,29 @@ class ClassifierAdapter:
             raise UserInputError(f"num_classes is {self.num_classes} but the model returns {width} class scores per "
                                  f"item; give the model's own number of classes.")
         labels = batch.get("labels")
-        if labels is not None and len(labels):
+        if labels is not None:
+            self._check_labels(labels, width)
+
+    @staticmethod
+    def _check_labels(labels: torch.Tensor, width: int) -> None:
+        if len(labels):
             low, high = (int(v) for v in torch.aminmax(labels))
             if not 0 <= low <= high < width:
                 raise UserInputError(f"Labels must lie in 0..{width - 1} (the model's classes); got {low}..{high}.")
+
+    def check_request(self, items: Sequence[Any]) -> None:
+        """Refuse, before any work, items whose labels the model has no class for: one forward on the first item
+        gives the model's width (and checks it, see :meth:`check_output`), and every label is compared with it,
+        so a bad label late in the data does not stop a run halfway. Without a model (a bench validating its
+        runs before building one) the declared ``num_classes`` stands in, if any."""
+        if not len(items) or (self.model is None and self.num_classes is None):  # no model yet: the runs check
+            return
+        if self.model is None:
+            width = self.num_classes
+        else:
+            with torch.no_grad(), eval_mode(self.model):
+                width = self.logits(self.model, self.collate([items[0]])).shape[1]
+        self._check_labels(torch.as_tensor([_label(_pair(item)[1]) for item in items]), width)
 
     def per_item_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of each item against its label (checked by :meth:`logits`)."""
