@@ -102,9 +102,10 @@ def test_a_malformed_csv_row_gets_one_sentence_with_file_and_line(tmp_path, monk
         csv.field_size_limit(limit)
 
 
-@pytest.mark.parametrize("answer", [["Varna", "Oslo"], {"city": "Varna"}, True, None])
+@pytest.mark.parametrize("answer", [["Varna", "Oslo"], {"city": "Varna"}, True, None, "", " \n"])
 def test_an_lm_field_that_is_not_text_is_refused_before_the_model_loads(tmp_path, capsys, answer):
-    """str() of a list or a dict would become the answer the model is taught to forget ("['Varna', 'Oslo']")."""
+    """str() of a list or a dict would become the answer the model is taught to forget ("['Varna', 'Oslo']"), and a
+    blank answer holds nothing to forget (the reader refused an empty value, but passed one of spaces alone)."""
     import json
 
     from unlearnkit.cli import main

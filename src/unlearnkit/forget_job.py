@@ -139,6 +139,8 @@ def _lm_items(records, job: ForgetJob, path: Path) -> list[dict[str, str]]:
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):  # str() would invent the text
                 raise UserInputError(f"{path} line {number}: field {name!r} holds a {type(value).__name__}, not text.")
             _require_utf8(str(value), f"{path} line {number}: field {name!r}")
+        if not str(record[job.answer_field]).strip():  # an empty answer holds nothing to forget or keep
+            raise UserInputError(f"{path} line {number}: field {job.answer_field!r} is blank; each item needs an answer.")
         items.append({"question": str(record[job.question_field]), "answer": str(record[job.answer_field])})
     return items
 
