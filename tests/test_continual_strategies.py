@@ -201,10 +201,10 @@ def test_forgetting_samples_retakes_their_tasks_summary_and_gradient_without_the
         learner.learn(task, task.train_ids)
     plugin = learner.plugin(GPM)
     first, second = plugin.summaries
-    order, untouched = first.order.clone(), [f.clone() for f in second.factors]
+    order, untouched = first.ids.clone(), [f.clone() for f in second.factors]
     forgotten = order[:5]  # drawn into task 0's summary
     learner.purge(set(forgotten.tolist()), None)
-    assert torch.equal(first.order, order[5:])  # the next samples in the draw order take their places
+    assert torch.equal(first.ids, order[5:])  # the next samples in the draw order take their places
     taken_at = copy.deepcopy(learner.model)
     taken_at.load_state_dict(first.weights)
     inputs = [_with_bias(h) for h in taken_at.layer_inputs(task_il.train_x[order[5:25]])]

@@ -11,6 +11,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from ..adapters.base import eval_mode
+from .records import trim_forgotten
 
 
 def diagonal_fisher(
@@ -56,7 +57,7 @@ def trainable_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
 
 
-@dataclass
+@dataclass(eq=False)
 class FisherTerm:
     """One task's diagonal Fisher and what recomputing it takes: the samples and the weights it was taken at."""
 
@@ -88,16 +89,9 @@ class TaskFishers:
 
     def forget(self, learner: Any, ids: set[int], task: int | None) -> None:
         """Drop the forgotten ``task``'s term, and recompute every term that holds a forgotten sample."""
-        forgotten, kept = torch.tensor(sorted(ids), dtype=torch.long), []
-        for term in self.terms:
-            gone = torch.isin(term.ids, forgotten)
-            if term.task == task or bool(gone.all()):
-                continue
-            if bool(gone.any()):
-                term.ids = term.ids[~gone]
-                term.fisher = _task_fisher(learner, term.task, term.ids, term.weights)
-            kept.append(term)
-        self.terms = kept
+        self.terms, trimmed = trim_forgotten(self.terms, ids, task)
+        for term in trimmed:
+            term.fisher = _task_fisher(learner, term.task, term.ids, term.weights)
         self._combine()
 
     def _combine(self) -> None:

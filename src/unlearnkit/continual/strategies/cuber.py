@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import UserInputError
+from ..records import trim_forgotten
 from .base import Plugin, PluginConfig, non_negative
 
 
@@ -117,13 +118,14 @@ def new_basis(inputs: torch.Tensor, old: torch.Tensor | None, threshold: float) 
     return u[:, : min(k, len(s))]
 
 
-@dataclass
+@dataclass(eq=False)
 class TaskSummary:
-    """One learned task's input summary per layer (U·S), its samples in draw order, and the weights it was taken at."""
+    """One learned task's input summary per layer (U·S), its samples in draw order (``ids``), and the weights it
+    was taken at."""
 
     task: int
     factors: list[torch.Tensor]
-    order: torch.Tensor
+    ids: torch.Tensor
     weights: dict[str, torch.Tensor]
 
 
@@ -268,28 +270,20 @@ class GPM(Plugin):
         taken at; then every layer's bases are rebuilt from the summaries in learning order."""
         if not self.bases:
             return
-        forgotten = torch.tensor(sorted(ids), dtype=torch.long)
         latest_before = {entry.task: entry for entry in self.summaries}
-        kept, retaken = [], set()
-        for entry in self.summaries:
-            gone = torch.isin(entry.order, forgotten)
-            if entry.task == task or bool(gone.all()):
-                continue
-            if bool(gone.any()):
-                entry.order = entry.order[~gone]
-                entry.factors = self._factors(learner, entry.order, self._model_at(learner, entry))
-                retaken.add(id(entry))
-            kept.append(entry)
-        if len(kept) == len(self.summaries) and not retaken:
+        kept, trimmed = trim_forgotten(self.summaries, ids, task)
+        if len(kept) == len(self.summaries) and not trimmed:
             return
+        for entry in trimmed:
+            entry.factors = self._factors(learner, entry.ids, self._model_at(learner, entry))
         self.summaries = kept
         latest = {entry.task: entry for entry in kept}
         for grads in self.grads:
             for old in [old for old in grads if old not in latest]:
                 del grads[old]
         for old, entry in latest.items():  # a task's gradient is its latest summary's
-            if id(entry) in retaken or entry is not latest_before[old]:
-                self._store_gradient(learner, old, entry.order, self._model_at(learner, entry))
+            if entry in trimmed or entry is not latest_before[old]:
+                self._store_gradient(learner, old, entry.ids, self._model_at(learner, entry))
         self.bases = [[] for _ in self.bases]
         for entry in self.summaries:
             self._add_bases(entry.task, entry.factors)
