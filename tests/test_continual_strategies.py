@@ -124,8 +124,8 @@ def test_gpm_steps_leave_the_weights_unchanged_on_the_old_tasks_bases(task_il, p
 FISHER_PLUGINS = (("ewc", EWC), ("refresh+naive", Refresh))
 
 
-def _after_two_tasks(scenario, spec, plugin_cls):
-    learner = build_strategy(spec, scenario, 0, FAST)
+def _after_two_tasks(scenario, spec, plugin_cls, **params):
+    learner = build_strategy(spec, scenario, 0, {**FAST, **params})
     for task in scenario.tasks[:2]:
         learner.learn(task, task.train_ids)
     return learner, learner.plugin(plugin_cls)
@@ -195,11 +195,7 @@ def test_forgetting_a_task_keeps_the_remaining_tasks_inside_the_protected_subspa
 
 
 def test_forgetting_samples_retakes_their_tasks_summary_and_gradient_without_them(task_il):
-    t = task_il.tasks
-    learner = build_strategy("gpm", task_il, 0, {**FAST, "gpm_samples": 20})
-    for task in t[:2]:
-        learner.learn(task, task.train_ids)
-    plugin = learner.plugin(GPM)
+    learner, plugin = _after_two_tasks(task_il, "gpm", GPM, gpm_samples=20)
     first, second = plugin.summaries
     order, untouched = first.ids.clone(), [f.clone() for f in second.factors]
     forgotten = order[:5]  # drawn into task 0's summary
