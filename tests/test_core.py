@@ -336,7 +336,7 @@ def test_a_fully_frozen_classifier_is_refused_in_one_sentence():
 
 def test_labels_outside_the_models_classes_or_not_integers_get_one_sentence():
     model = nn.Sequential(nn.Linear(4, 2))
-    for data, message in (([(torch.randn(4), 7)] * 4, "Labels must lie in 0..1 (the model's classes); got 7..7"),
+    for data, message in (([(torch.randn(4), 7)] * 4, "Item 0 of the forget set has label 7, but the model's classes are 0..1."),
                           ([(torch.randn(4), 1.9)] * 4, "A class label must be an integer, got 1.9")):
         with pytest.raises(UserInputError, match=re.escape(message)):
             unlearnkit.unlearn(model, ForgetRequest(data, range(1), range(1, 4)), "gradient_ascent")

@@ -102,19 +102,22 @@ def test_a_malformed_csv_row_gets_one_sentence_with_file_and_line(tmp_path, monk
         csv.field_size_limit(limit)
 
 
-@pytest.mark.parametrize("answer", [["Varna", "Oslo"], {"city": "Varna"}, True, None, "", " \n"])
-def test_an_lm_field_that_is_not_text_is_refused_before_the_model_loads(tmp_path, capsys, answer):
+@pytest.mark.parametrize("question, answer, field", [
+    *(("Where?", answer, "answer") for answer in (["Varna", "Oslo"], {"city": "Varna"}, True, None, "", " \n")),
+    (" ", "Varna", "question")])
+def test_an_lm_field_that_is_not_text_is_refused_before_the_model_loads(tmp_path, capsys, question, answer, field):
     """str() of a list or a dict would become the answer the model is taught to forget ("['Varna', 'Oslo']"), and a
-    blank answer holds nothing to forget (the reader refused an empty value, but passed one of spaces alone)."""
+    blank answer holds nothing to forget (the reader refused an empty value, but passed one of spaces alone); a
+    blank question is refused as the TOFU reader and the metrics refuse it."""
     import json
 
     from unlearnkit.cli import main
 
     (tmp_path / "lm").mkdir()
     (tmp_path / "lm" / "config.json").write_text("{}")  # never loaded: the data is refused first
-    (tmp_path / "forget.jsonl").write_text(json.dumps({"question": "Where?", "answer": answer}) + "\n")
+    (tmp_path / "forget.jsonl").write_text(json.dumps({"question": question, "answer": answer}) + "\n")
     code = main(["forget", "--model", str(tmp_path / "lm"), "--forget", str(tmp_path / "forget.jsonl"),
                  "--method", "gradient_ascent", "--out", str(tmp_path / "out"), "--ledger", str(tmp_path / "l.db")])
     assert code == 2 and not (tmp_path / "out").exists()
     err = capsys.readouterr().err
-    assert "forget.jsonl line 1" in err and "'answer'" in err and err.count("\n") == 1
+    assert "forget.jsonl line 1" in err and f"'{field}'" in err and err.count("\n") == 1

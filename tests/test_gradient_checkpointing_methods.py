@@ -63,8 +63,8 @@ def test_a_method_without_training_gradients_refuses_checkpointing_before_any_wo
         raise AssertionError("the run started before the option was refused")
 
     monkeypatch.setattr(api, "_working_copy", no_work)
-    with pytest.raises(UserInputError, match=rf"^Method '{name}' takes no gradient through the model in training "
-                                             r"mode, .* drop --gradient-checkpointing\.$"):
+    with pytest.raises(UserInputError, match=rf"^Method '{name}' computes no training-mode gradients through the "
+                                             r"model, so .* drop --gradient-checkpointing\.$"):
         unlearn(adapter.model, request, name, adapter=adapter, memory=CHECKPOINTING)
 
 
@@ -122,5 +122,5 @@ def test_forget_refuses_checkpointing_for_such_a_method_before_loading_data_or_m
     args = ["forget", "--model", str(tmp_path / "lm"), "--forget", str(tmp_path / "forget.jsonl"), "--method", "ssd",
             "--gradient-checkpointing", "--out", str(tmp_path / "out"), "--ledger", str(tmp_path / "ledger.db")]
     assert main(args) == 2
-    assert "Method 'ssd' takes no gradient through the model" in capsys.readouterr().err
+    assert "Method 'ssd' computes no training-mode gradients through the model" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "ledger.db").exists()

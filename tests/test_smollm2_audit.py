@@ -48,11 +48,21 @@ def test_a_truncated_file_gives_one_sentence(gguf_file):
     assert "\n" not in str(caught.value)
 
 
-def test_a_file_lacking_a_weight_is_refused_not_filled_with_random_values(tmp_path):
+def test_a_file_lacking_a_weight_is_refused_not_filled_with_random_values(tmp_path, capfd):
     path = tmp_path / "incomplete.gguf"
     write_gguf(path, drop=("blk.0.ffn_up.weight",))
+    capfd.readouterr()
     with pytest.raises(smollm2.UserInputError, match=r"lacks 1 of its model's weights or holds them in other shapes "
                                                      r"\(e\.g\. model\.layers\.0\.mlp\.up_proj\.weight\)"):
+        smollm2.load_gguf_causal_lm(path)
+    assert "MISSING" not in capfd.readouterr().err  # transformers' own loading report stays quiet: one sentence
+
+
+def test_a_tokenizer_without_merges_gives_one_sentence(tmp_path):
+    # before: transformers' GGUF tokenizer reader raised a raw KeyError: 'scores'
+    path = tmp_path / "no-merges.gguf"
+    write_llama_gguf(path, bpe(TEXTS, 300)[0], [])
+    with pytest.raises(smollm2.UserInputError, match=r"cannot be loaded as a causal LM \(no 'scores' field\)\.$"):
         smollm2.load_gguf_causal_lm(path)
 
 

@@ -62,8 +62,10 @@ def check_needs(method: Any, adapter: Any, request: ForgetRequest, config: Any) 
         raise UserInputError(f"Method {method.name!r} with sampling=modular needs a request with 'direct' or 'indirect' "
                              "neighbour sets (the facts bench's requests have them); use standard or cyclic sampling.")
     method.check_request(request, config)
-    if hasattr(adapter, "check_request"):  # e.g. a classifier's labels against its classes, before any work
-        adapter.check_request(request.forget_items() + request.retain_items())
+    if hasattr(adapter, "check_items"):  # e.g. a classifier's labels against its classes, before any work
+        adapter.check_items(request.forget_items(), "the forget set")
+        if "retain" in method.needs_for(config):
+            adapter.check_items(request.retain_items(), "the retain set")
     check_stop_request(config, request)
     if "retain" in method.needs_for(config) and not request.retain:
         projected = "retain" not in method.needs and getattr(config, "project", None)
@@ -74,15 +76,14 @@ def check_needs(method: Any, adapter: Any, request: ForgetRequest, config: Any) 
 
 def check_lora(method: Any, memory: Any | None) -> None:
     """Raise when ``memory`` asks for an option the method cannot use: LoRA when the method does not train the
-    model's own weights by gradient steps, gradient checkpointing when it takes no gradient through the model in
-    training mode (``Method.gradient_checkpointing``)."""
+    model's own weights by gradient steps, gradient checkpointing when it computes no training-mode gradients
+    through the model (``Method.gradient_checkpointing``)."""
     if memory is not None and memory.lora is not None and not method.lora:
         raise UserInputError(f"Method {method.name!r} does not train the model's own weights by gradient steps, "
                              "so --lora cannot apply; drop --lora.")
     if memory is not None and memory.gradient_checkpointing and not method.gradient_checkpointing:
-        raise UserInputError(f"Method {method.name!r} takes no gradient through the model in training mode, the only "
-                             "passes gradient checkpointing recomputes, so --gradient-checkpointing would save no "
-                             "memory; drop --gradient-checkpointing.")
+        raise UserInputError(f"Method {method.name!r} computes no training-mode gradients through the model, so "
+                             "--gradient-checkpointing would save no memory; drop --gradient-checkpointing.")
 
 
 def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]], adapter: Any, request: Any,
@@ -119,14 +120,14 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
     adapter = _adapter_for(model, adapter)
     chosen = get_method(method)
     config = method_config(method, hparams)
+    if memory is not None:  # an option for another model kind is named as such, before what a method makes of it
+        memory.check(adapter)
     check_lora(chosen, memory)
     check_needs(chosen, adapter, request, config)
     if adapter.kind == "classifier" and not any(p.requires_grad for p in adapter.model.parameters()):
         raise UserInputError("Every parameter of the model is frozen (requires_grad=False); unfreeze the ones "
                              f"{method!r} may change.")
     distributed.check_launch()
-    if memory is not None:
-        memory.check(adapter)
     working_model, prepared = _working_copy(adapter.model, memory, config.seed)
     with measure() as cost:  # LoRA's merge (or bf16's restore) is part of making the unlearned model: timed too
         outcome = chosen.unlearn(adapter.with_model(working_model), request, config)

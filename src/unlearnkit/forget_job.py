@@ -139,8 +139,8 @@ def _lm_items(records, job: ForgetJob, path: Path) -> list[dict[str, str]]:
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):  # str() would invent the text
                 raise UserInputError(f"{path} line {number}: field {name!r} holds a {type(value).__name__}, not text.")
             _require_utf8(str(value), f"{path} line {number}: field {name!r}")
-        if not str(record[job.answer_field]).strip():  # an empty answer holds nothing to forget or keep
-            raise UserInputError(f"{path} line {number}: field {job.answer_field!r} is blank; each item needs an answer.")
+            if not str(value).strip():  # the reader refuses empty values, not spaces alone
+                raise UserInputError(f"{path} line {number}: field {name!r} is blank; each item needs a question and an answer.")
         items.append({"question": str(record[job.question_field]), "answer": str(record[job.answer_field])})
     return items
 
@@ -280,7 +280,8 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     ledger = Ledger(job.ledger, salt_file=job.salt_file)
     _check_paths(job, ledger)
     kind = _model_kind(job.model)
-    check_lora(get_method(job.method), job.memory)  # an option the method cannot use, before data and model load
+    if kind != "classifier":  # an option the method cannot use, before data and model load (a classifier's refusal
+        check_lora(get_method(job.method), job.memory)  # of LM options comes with its model)
     forget_records = read_records(job.forget)
     retain_records = read_records(job.retain) if job.retain else []
     # a path or a sqlite:/// URL; an empty file is a place for a new ledger, as a missing one is

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import pickle
+from contextlib import contextmanager
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -603,3 +604,16 @@ def _describe(item: Any) -> str:
     if isinstance(item, dict):
         return f"a dict with keys {sorted(item)}"
     return f"a {type(item).__name__}"
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Transformers' warnings off inside the block (its loading reports, where unlearnkit says what matters)."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(level)

@@ -63,7 +63,7 @@ class ClassifierAdapter:
         reads only the logits' width would train on wrapped-around classes)."""
         rows = len(batch["inputs"])
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != rows:
-            got = f"shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else f"a {type(logits).__name__}"
+            got = f"shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else f"a value of type {type(logits).__name__}"
             raise UserInputError(f"A classifier must return logits of shape (batch, classes); for a batch of {rows} "
                                  f"inputs it returned {got}.")
         width = logits.shape[1]
@@ -74,29 +74,28 @@ class ClassifierAdapter:
             raise UserInputError(f"num_classes is {self.num_classes} but the model returns {width} class scores per "
                                  f"item; give the model's own number of classes.")
         labels = batch.get("labels")
-        if labels is not None:
-            self._check_labels(labels, width)
-
-    @staticmethod
-    def _check_labels(labels: torch.Tensor, width: int) -> None:
-        if len(labels):
-            low, high = (int(v) for v in torch.aminmax(labels))
+        if isinstance(labels, torch.Tensor) and labels.ndim == 1 and not labels.is_floating_point() and len(labels):
+            low, high = torch.stack(torch.aminmax(labels)).tolist()  # one device sync
             if not 0 <= low <= high < width:
                 raise UserInputError(f"Labels must lie in 0..{width - 1} (the model's classes); got {low}..{high}.")
 
-    def check_request(self, items: Sequence[Any]) -> None:
-        """Refuse, before any work, items whose labels the model has no class for: one forward on the first item
-        gives the model's width (and checks it, see :meth:`check_output`), and every label is compared with it,
-        so a bad label late in the data does not stop a run halfway. Without a model (a bench validating its
-        runs before building one) the declared ``num_classes`` stands in, if any."""
-        if not len(items) or (self.model is None and self.num_classes is None):  # no model yet: the runs check
+    def check_items(self, items: Sequence[Any], where: str) -> None:
+        """Refuse, before any work, an item whose label the model has no class for, naming it (``where``: e.g.
+        "the forget set"): one forward on the first item gives the model's width (checked as every forward is,
+        see :meth:`check_output`), so a bad label late in the data does not stop a run halfway. Without a model
+        (a bench validating its runs before building one) the declared ``num_classes`` stands in, if any."""
+        if not len(items) or (self.model is None and self.num_classes is None):
             return
         if self.model is None:
             width = self.num_classes
         else:
             with torch.no_grad(), eval_mode(self.model):
-                width = self.logits(self.model, self.collate([items[0]])).shape[1]
-        self._check_labels(torch.as_tensor([_label(_pair(item)[1]) for item in items]), width)
+                width = self.logits(self.model, {"inputs": self.collate([items[0]])["inputs"]}).shape[1]
+        for index, item in enumerate(items):
+            label = _label(_pair(item)[1])
+            if not 0 <= label < width:
+                raise UserInputError(f"Item {index} of {where} has label {label}, but the model's classes are "
+                                     f"0..{width - 1}.")
 
     def per_item_loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Cross-entropy of each item against its label (checked by :meth:`logits`)."""

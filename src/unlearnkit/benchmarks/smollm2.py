@@ -99,19 +99,24 @@ def load_gguf_causal_lm(path: str | Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ..adapters.causal_lm import quiet_transformers
+
     path = Path(path)
     if path.is_dir():
         raise UserInputError(f"The GGUF file {path} is a directory; give the path of a .gguf file.")
     if not path.is_file():
         raise UserInputError(f"The GGUF file {path} does not exist.")
     options = {"gguf_file": path.name, "local_files_only": True, "trust_remote_code": False}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, **options)
-        loaded, info = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, output_loading_info=True,
-                                                            ignore_mismatched_sizes=True, **options)
-    # struct.error: a file cut short; NotImplementedError: an architecture gguf-py has no tensor names for
-    except (OSError, ValueError, NotImplementedError, struct.error) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
+    try:  # quiet: transformers' own loading report would precede the one sentence below
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, **options)
+            loaded, info = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, output_loading_info=True,
+                                                                ignore_mismatched_sizes=True, **options)
+    # struct.error: a file cut short; NotImplementedError: an architecture gguf-py has no tensor names for;
+    # KeyError: a metadata field the reader needs is missing
+    except (OSError, ValueError, NotImplementedError, struct.error, KeyError) as error:
+        reason = f"no {error} field" if isinstance(error, KeyError) else (
+            str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(".")
         raise UserInputError(f"The GGUF file {path} cannot be loaded as a causal LM ({reason}).") from None
     # weights missing from the file, or of another shape than its metadata says, were filled with random values
     wrong = sorted(info["missing_keys"]) + sorted(name for name, *_shapes in info["mismatched_keys"])

@@ -70,10 +70,11 @@ class FisherTerm:
 class TaskFishers:
     """Per-task diagonal Fisher terms F_t, combined as F = Σ_t decay^(age of t) · F_t (the running F ← decay·F + F_t).
 
-    Unlearning leaves no trace of a forgotten sample in F: a forgotten task's term goes, and a term holding
-    forgotten samples is recomputed on its task's remaining samples at the weights it was first taken at (what
-    it would have been had they never been learned, for the same weights; a term left with no sample goes).
-    The cost is one copy of the trainable weights per task.
+    After an unlearning request no term is computed on a forgotten sample: a forgotten task's term goes, and a
+    term that held forgotten samples is recomputed without them at the weights it was first taken at (a term
+    left with no sample goes). Those weights, like the model's own, were trained on the forgotten samples, and
+    later tasks' terms were taken at weights that were: what remains of them there is the unlearner's to remove,
+    not this store's. The cost is one copy of the trainable weights per task.
     """
 
     def __init__(self, decay: float) -> None:

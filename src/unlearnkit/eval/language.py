@@ -98,7 +98,7 @@ def check_item(item: Any, where: str, required: Sequence[str] = ("question", "an
     score: not a dict, a ``required`` field missing, ``question``, ``answer`` or ``paraphrased_answer`` not a
     non-blank string, ``perturbed_answer`` not a non-empty list of non-blank strings (one string would be scored
     character by character). The sentence never quotes the item's text."""
-    if not isinstance(item, dict):
+    if not isinstance(item, Mapping):
         raise UserInputError(f"{_capital(where)} is {_kind(item)}, expected a dict (a JSON object) with 'question' "
                              "and 'answer'.")
     for name in required:

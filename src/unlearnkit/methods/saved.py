@@ -17,9 +17,9 @@ with it.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -112,24 +112,11 @@ def wrapper_method(folder: Path) -> str | None:
     return None if meta is None else meta["method"]
 
 
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Transformers' warnings off inside the block."""
-    from transformers.utils import logging
-
-    level = logging.get_verbosity()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(level)
-
-
 def load_causal_lm(folder: Path, **adapter_settings: Any) -> Any:
     """A :class:`CausalLMAdapter` for any LM folder ``unlearnkit forget`` writes (or a plain Hugging Face one):
     a saved wrapper is rebuilt around its ``base/`` model, and saved MRP projections are installed again (for a
     PEFT adapter folder, those of the full model under it, on which the adapter was trained)."""
-    from ..adapters.causal_lm import CausalLMAdapter, adapter_chain
+    from ..adapters.causal_lm import CausalLMAdapter, adapter_chain, quiet_transformers
     from ..io import load_state_dict
     from .mrp import install_projections, saved_projections
 
@@ -137,7 +124,7 @@ def load_causal_lm(folder: Path, **adapter_settings: Any) -> Any:
     meta = wrapper_meta(folder)
     if meta is None:
         bases = saved_projections(adapter_chain(folder)[0])
-        with _quiet_transformers() if bases else nullcontext():  # its report of the bases' keys as unexpected misleads
+        with quiet_transformers() if bases else nullcontext():  # its report of the bases' keys as unexpected misleads
             adapter = CausalLMAdapter.from_pretrained(folder, **adapter_settings)
         install_projections(adapter.model, bases)
         return adapter

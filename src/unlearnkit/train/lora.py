@@ -42,7 +42,7 @@ transformers and peft are imported lazily.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -351,15 +351,22 @@ def _checkpointing(model: nn.Module, *, on: bool) -> None:
         model.gradient_checkpointing_disable()
 
 
-def _checkpointed_models(*roots: nn.Module) -> Iterator[nn.Module]:
-    """The Hugging Face models in ``roots`` (or inside them) that still have checkpointing on, outermost first: the
-    prepared model, and copies a method made of it after checkpointing was switched on (ULD's assistant), which
-    would otherwise come back with it on. Checked lazily, so a model the caller switches off is not found again."""
-    for root in roots:
-        for module in root.modules():
-            if getattr(module, "supports_gradient_checkpointing", False) and any(
-                    getattr(inner, "gradient_checkpointing", False) is True for inner in module.modules()):
-                yield module
+def _checkpointing_off(prepared: Prepared, model: nn.Module) -> None:
+    """Switch checkpointing off on ``model`` and give back its ``use_cache``."""
+    _checkpointing(model, on=False)
+    if prepared.use_cache is not None:
+        model.config.use_cache = prepared.use_cache
+
+
+def _checkpointed_models(root: nn.Module) -> list[nn.Module]:
+    """The outermost Hugging Face models inside ``root`` that still have checkpointing on: copies a method made of
+    the prepared model after checkpointing was switched on (ULD's assistant), which would come back with it on."""
+    found: list[nn.Module] = []
+    for module in root.modules():
+        if (getattr(module, "supports_gradient_checkpointing", False) and not any(module in f.modules() for f in found)
+                and any(getattr(inner, "gradient_checkpointing", False) is True for inner in module.modules())):
+            found.append(module)
+    return found
 
 
 def _inject_lora(model: nn.Module, spec: LoraSpec) -> Any:
@@ -444,12 +451,11 @@ def finish_model(prepared: Prepared, result: nn.Module, method: str, diverged: b
         else:  # merged in place as a reload of the saved adapter merges it: the model computes what reloads
             model = prepared.peft
             model.merge_adapter()
-    if options.gradient_checkpointing:  # off on the prepared model and on copies of it the result holds (ULD's assistant)
-        for inner in _checkpointed_models(prepared.model, model):
-            _checkpointing(inner, on=False)
-            if prepared.use_cache is not None:
-                inner.config.use_cache = prepared.use_cache
-            _remove_input_grad_hooks(inner, prepared.embedding_hooks)
+    if options.gradient_checkpointing:
+        _checkpointing_off(prepared, prepared.model)
+        for inner in _checkpointed_models(model):  # copies of it the result holds (ULD's assistant)
+            _checkpointing_off(prepared, inner)
+            _remove_input_grad_hooks(inner, prepared.embedding_hooks)  # the prepared model's go below
     if options.bf16 and options.lora is None:
         _cast_back(prepared.model, prepared.dtypes, prepared.dtype)
         _restore_constants(prepared.model, prepared.constants)

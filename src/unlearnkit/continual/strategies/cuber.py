@@ -35,8 +35,9 @@ their learning order with the same rules, so its subspace is free again while th
 stay protected. Each summary keeps its task's samples (in the seeded order its ``gpm_samples`` were
 drawn from) and the weights it was taken at, so a sample-level request retakes the summaries and the
 gradient of the tasks that held forgotten samples without them, at those weights (the next samples
-in that order take the forgotten ones' places), and rebuilds the bases the same way: no stored basis
-keeps a trace of a forgotten sample.
+in that order take the forgotten ones' places), and rebuilds the bases the same way: no summary is left
+computed on a forgotten sample (the weights summaries are taken at, like the model's own, were trained on
+it: that is the unlearner's to remove).
 """
 
 from __future__ import annotations
@@ -274,15 +275,18 @@ class GPM(Plugin):
         kept, trimmed = trim_forgotten(self.summaries, ids, task)
         if len(kept) == len(self.summaries) and not trimmed:
             return
-        for entry in trimmed:
-            entry.factors = self._factors(learner, entry.ids, self._model_at(learner, entry))
         self.summaries = kept
-        latest = {entry.task: entry for entry in kept}
+        latest = {entry.task: entry for entry in kept}  # a task's gradient is its latest summary's
         for grads in self.grads:
             for old in [old for old in grads if old not in latest]:
                 del grads[old]
-        for old, entry in latest.items():  # a task's gradient is its latest summary's
-            if entry in trimmed or entry is not latest_before[old]:
+        for entry in trimmed:
+            model = self._model_at(learner, entry)
+            entry.factors = self._factors(learner, entry.ids, model)
+            if latest[entry.task] is entry:
+                self._store_gradient(learner, entry.task, entry.ids, model)
+        for old, entry in latest.items():  # its later summary went: the gradient is this one's now
+            if entry is not latest_before[old] and entry not in trimmed:
                 self._store_gradient(learner, old, entry.ids, self._model_at(learner, entry))
         self.bases = [[] for _ in self.bases]
         for entry in self.summaries:

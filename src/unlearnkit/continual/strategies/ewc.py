@@ -73,5 +73,5 @@ class EWC(Plugin):
         self.fishers.add(learner, task.index, ids)
 
     def forget(self, learner, ids, task) -> None:
-        """No Fisher term keeps a trace of the forgotten samples (a forgotten task's term goes)."""
+        """No Fisher term is left computed on a forgotten sample (a forgotten task's term goes)."""
         self.fishers.forget(learner, ids, task)
