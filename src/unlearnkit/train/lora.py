@@ -42,7 +42,7 @@ transformers and peft are imported lazily.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -358,15 +358,14 @@ def _checkpointing_off(prepared: Prepared, model: nn.Module) -> None:
         model.config.use_cache = prepared.use_cache
 
 
-def _checkpointed_models(root: nn.Module) -> list[nn.Module]:
-    """The outermost Hugging Face models inside ``root`` that still have checkpointing on: copies a method made of
-    the prepared model after checkpointing was switched on (ULD's assistant), which would come back with it on."""
-    found: list[nn.Module] = []
+def _checkpointed_models(root: nn.Module) -> Iterator[nn.Module]:
+    """The Hugging Face models inside ``root`` that still have checkpointing on, outermost first: copies a method
+    made of the prepared model after checkpointing was switched on (ULD's assistant), which would come back with
+    it on. Lazy, so a model the caller switches off is not found again inside."""
     for module in root.modules():
-        if (getattr(module, "supports_gradient_checkpointing", False) and not any(module in f.modules() for f in found)
-                and any(getattr(inner, "gradient_checkpointing", False) is True for inner in module.modules())):
-            found.append(module)
-    return found
+        if getattr(module, "supports_gradient_checkpointing", False) and any(
+                getattr(inner, "gradient_checkpointing", False) is True for inner in module.modules()):
+            yield module
 
 
 def _inject_lora(model: nn.Module, spec: LoraSpec) -> Any:
