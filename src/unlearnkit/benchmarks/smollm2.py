@@ -100,6 +100,7 @@ def load_gguf_causal_lm(path: str | Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..adapters.causal_lm import quiet_transformers
+    from ..train.progress import quiet_library_bars
 
     path = Path(path)
     if path.is_dir():
@@ -107,6 +108,7 @@ def load_gguf_causal_lm(path: str | Path) -> tuple[Any, Any]:
     if not path.is_file():
         raise UserInputError(f"The GGUF file {path} does not exist.")
     options = {"gguf_file": path.name, "local_files_only": True, "trust_remote_code": False}
+    quiet_library_bars()  # transformers' own bars only where unlearnkit's would draw
     try:  # quiet: transformers' own loading report would precede the one sentence below
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(path.parent, **options)
