@@ -9,7 +9,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
-import torch
 
 from lm_fixtures import tiny_lm, tiny_qa
 from unlearnkit.errors import UserInputError

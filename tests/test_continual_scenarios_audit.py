@@ -1,6 +1,5 @@
 """Continual scenarios audit: CLOFAI image modes and input checks, heatmap rows."""
 
-import json
 
 import numpy as np
 import pytest

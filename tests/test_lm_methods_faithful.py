@@ -10,7 +10,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lm_fixtures import tiny_lm, tiny_qa
 from unlearnkit.api import unlearn

@@ -1,5 +1,5 @@
 """Audit of the run settings around a method: LoRA / bf16 / checkpointing (train/lora.py), wall time and memory
-(train/measure.py), progress bars (train/progress.py) and the holdout early stop (train/stopping.py)."""
+(train/measure.py), progress bars (progress.py) and the holdout early stop (train/stopping.py)."""
 
 import copy
 import sys
@@ -191,7 +191,7 @@ def test_a_nested_block_on_cuda_does_not_erase_the_outer_blocks_peak(monkeypatch
 # ---------------------------------------------------------------------------- progress bars
 def test_the_bar_draws_on_stderr_and_never_on_stdout(monkeypatch, capsys):
     """The bar is enabled by stderr being a terminal but rich drew it on stdout: a piped stdout caught it."""
-    from unlearnkit.train.progress import progress_bar
+    from unlearnkit.progress import progress_bar
 
     monkeypatch.setenv("UNLEARNKIT_PROGRESS", "1")
     monkeypatch.delenv("RANK", raising=False)
@@ -204,7 +204,7 @@ def test_the_bar_draws_on_stderr_and_never_on_stdout(monkeypatch, capsys):
 @pytest.mark.parametrize("flag, shown", [("0", False), ("off", False), ("False", False), ("NO", False),
                                          ("", False), ("1", True), ("yes", True)])
 def test_the_progress_flag_reads_the_usual_spellings(monkeypatch, flag, shown):
-    from unlearnkit.train import progress
+    from unlearnkit import progress
 
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.setenv("UNLEARNKIT_PROGRESS", flag)
@@ -218,7 +218,7 @@ def test_only_rank_zero_draws_under_a_launcher(monkeypatch, capsys):
     rank 0's."""
     from transformers.utils import logging as hf_logging
 
-    from unlearnkit.train.progress import progress_bar, progress_enabled, quiet_library_bars
+    from unlearnkit.progress import progress_bar, progress_enabled, quiet_library_bars
 
     monkeypatch.setenv("UNLEARNKIT_PROGRESS", "1")
     monkeypatch.setenv("RANK", "0")
@@ -274,3 +274,31 @@ def test_a_stop_checked_within_the_run_still_fires(holdout_request):
     _, record = unlearn(adapter, request, "gradient_ascent", epochs=3, batch_size=2, early_stop="holdout_nll",
                         stop_every=2, stop_margin=100.0)
     assert record.info["stopped_at"] == 2 == record.steps
+
+
+def test_scoring_a_language_model_advances_one_bar_to_its_total(monkeypatch):
+    """Scoring is the long part of evaluating a real model (a greedy answer per item), and it showed no bar: each
+    pass over the items (token statistics, answer, paraphrase and each wrong answer, generation) now advances one."""
+    from contextlib import contextmanager
+
+    from lm_fixtures import tiny_lm, tiny_qa
+
+    from unlearnkit.eval import language
+
+    bars = []
+
+    @contextmanager
+    def recording_bar(description, total, *, loss=True):
+        bars.append({"description": description, "total": total, "loss": loss, "done": []})
+        yield type("Bar", (), {"advance": lambda self, n=1, **fields: bars[-1]["done"].append(n)})()
+
+    monkeypatch.setattr(language, "progress_bar", recording_bar)
+    items = tiny_qa(5)
+    adapter = tiny_lm(items)
+    language.collect_lm(adapter, items, batch_size=2, max_new_tokens=3)
+    language.collect_lm(adapter, [{"question": it["question"], "answer": it["answer"]} for it in items], generate=False)
+    with_options, plain = bars
+    assert with_options["description"] == "scoring 5 items" and not with_options["loss"]
+    assert with_options["total"] == 5 * (2 + 1 + 1) + 5 * 3  # tokens, answer, paraphrase, generation; 3 wrong answers
+    assert sum(with_options["done"]) == with_options["total"] and max(with_options["done"]) == 2  # per batch
+    assert plain["total"] == sum(plain["done"]) == 5 * 2

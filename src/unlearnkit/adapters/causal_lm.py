@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -209,7 +209,7 @@ class CausalLMAdapter:
         tokenizer = load_tokenizer(directory)
         from transformers import AutoModelForCausalLM
 
-        from ..train.progress import quiet_library_bars
+        from ..progress import quiet_library_bars
 
         quiet_library_bars()
 
@@ -473,12 +473,14 @@ class CausalLMAdapter:
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(
-        self, model: nn.Module, questions: Sequence[str], max_new_tokens: int = 64, batch_size: int = 32
+        self, model: nn.Module, questions: Sequence[str], max_new_tokens: int = 64, batch_size: int = 32,
+        on_batch: Callable[[int], None] | None = None,
     ) -> list[str]:
         """Greedy answers to ``questions`` (left-padded prompts), decoded and cut at EOS.
 
         Where the position table would cut an answer short, prompts are batched with prompts of their own
         length, so how long an answer may grow never depends on the other questions of its batch.
+        ``on_batch`` is called with the number of answers of each batch once it is generated (a progress bar).
         """
         limit = _position_limit(model)
         prompts = [self.prompt_ids(q)[-min(self.max_length, limit - 1) :] for q in questions]
@@ -494,6 +496,8 @@ class CausalLMAdapter:
                 order = order[len(chunk):]
                 texts = self._generate_batch(model, [prompts[i] for i in chunk], max_new_tokens, limit)
                 answers.update(zip(chunk, texts))
+                if on_batch is not None:
+                    on_batch(len(chunk))
         return [answers[i] for i in range(len(prompts))]
 
     def _generate_batch(self, model: nn.Module, prompts: Sequence[list[int]], max_new_tokens: int,

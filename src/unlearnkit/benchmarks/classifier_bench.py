@@ -9,7 +9,6 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from ..api import unlearn, validate_runs, warm_up
-from ..errors import UserInputError
 from ..eval.classification import evaluate_classifier
 from ..io import atomic_dir, check_output, named_files
 from ..methods.registry import methods

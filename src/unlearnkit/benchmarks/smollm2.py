@@ -100,7 +100,7 @@ def load_gguf_causal_lm(path: str | Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..adapters.causal_lm import quiet_transformers
-    from ..train.progress import quiet_library_bars
+    from ..progress import quiet_library_bars
 
     path = Path(path)
     if path.is_dir():

@@ -7,13 +7,14 @@ has them, ``paraphrased_answer`` and ``perturbed_answer`` (a list of wrong answe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from ..adapters.base import batches
 from ..errors import UserInputError
+from ..progress import progress_bar
 from . import lm_metrics as M
 
 #: Metric keys of a causal-LM evaluation, stable once released.
@@ -195,16 +196,20 @@ def _on_device(batch: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Te
 
 
 @torch.no_grad()
-def _avg_losses(adapter: Any, items: Sequence[Mapping[str, Any]], batch_size: int) -> np.ndarray:
-    out = [adapter.per_item_loss(adapter.model, _on_device(adapter.collate(chunk), adapter.model)).float().cpu().numpy()
-           for chunk in batches(list(items), batch_size, shuffle=False, seed=0)]
+def _avg_losses(adapter: Any, items: Sequence[Mapping[str, Any]], batch_size: int,
+                advance: Callable[[int], None]) -> np.ndarray:
+    out = []
+    for chunk in batches(list(items), batch_size, shuffle=False, seed=0):
+        out.append(adapter.per_item_loss(adapter.model, _on_device(adapter.collate(chunk), adapter.model)).float().cpu().numpy())
+        advance(len(chunk))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
 @torch.no_grad()
 def _collect_items(adapter: Any, items: list[Mapping[str, Any]], *, has_para: bool, has_pert: bool, batch_size: int,
-                   generate: bool, max_new_tokens: int) -> dict[str, list[Any]]:
-    """Per-item statistics of ``items`` (this process's shard), as equal-length lists in item order."""
+                   generate: bool, max_new_tokens: int, advance: Callable[[int], None]) -> dict[str, list[Any]]:
+    """Per-item statistics of ``items`` (this process's shard), as equal-length lists in item order;
+    ``advance(n)`` is called as each pass over the items scores ``n`` more of them."""
     model = adapter.model
     fields: dict[str, list[Any]] = {name: [] for name in ("logprobs", "mu", "sigma", "argmax", "labels")}
     for chunk in batches(items, batch_size, shuffle=False, seed=0):
@@ -214,22 +219,24 @@ def _collect_items(adapter: Any, items: list[Mapping[str, Any]], *, has_para: bo
             fields["sigma"].append(stats.std.double().cpu().numpy())
             fields["argmax"].append(stats.argmax.cpu().numpy())
             fields["labels"].append(stats.targets.cpu().numpy())
-    fields["avg_loss"] = list(_avg_losses(adapter, items, batch_size))
+        advance(len(chunk))
+    fields["avg_loss"] = list(_avg_losses(adapter, items, batch_size, advance))
     if has_para:
         fields["paraphrase_loss"] = list(_avg_losses(adapter, _with_answer(items, [it["paraphrased_answer"] for it in items]),
-                                                     batch_size))
+                                                     batch_size, advance))
     if has_pert:
         width = max((len(it["perturbed_answer"]) for it in items), default=0)
         columns = []
         for j in range(width):  # one teacher-forced pass per perturbation slot
             present = [i for i, it in enumerate(items) if j < len(it["perturbed_answer"])]
             losses = _avg_losses(adapter, _with_answer([items[i] for i in present],
-                                                       [items[i]["perturbed_answer"][j] for i in present]), batch_size)
+                                                       [items[i]["perturbed_answer"][j] for i in present]), batch_size,
+                                  advance)
             columns.append(dict(zip(present, losses)))
         fields["perturbed"] = [np.array([col[i] for col in columns if i in col]) for i in range(len(items))]
     if generate:
         fields["generations"] = adapter.generate(model, [it["question"] for it in items], max_new_tokens=max_new_tokens,
-                                                 batch_size=batch_size)
+                                                 batch_size=batch_size, on_batch=advance)
     return fields
 
 
@@ -247,8 +254,11 @@ def collect_lm(adapter: Any, items: Sequence[Mapping[str, Any]], ids: Sequence[A
     items, has_para, has_pert = check_items(items, "the item list")
     ids = check_ids(ids, items, "the item list")
     adapter.model.eval()
-    fields = gather_fields(_collect_items(adapter, shard(items), has_para=has_para, has_pert=has_pert,
-                                          batch_size=batch_size, generate=generate, max_new_tokens=max_new_tokens))
+    mine = shard(items)
+    passes = len(mine) * (2 + has_para + generate) + sum(len(it["perturbed_answer"]) for it in mine if has_pert)
+    with progress_bar(f"scoring {len(items)} items", passes, loss=False) as bar:
+        fields = gather_fields(_collect_items(adapter, mine, has_para=has_para, has_pert=has_pert, batch_size=batch_size,
+                                              generate=generate, max_new_tokens=max_new_tokens, advance=bar.advance))
     stats = LMSplitStats(
         ids=list(ids) if ids is not None else list(range(len(items))),
         answers=[it["answer"] for it in items],

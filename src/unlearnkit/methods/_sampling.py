@@ -32,7 +32,7 @@ Other configs opt in by inheriting :class:`SamplingConfig` (it adds ``sampling``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 import torch
 
@@ -65,9 +65,12 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _shuffled(ids: Sequence[int], seed: int) -> list[int]:
-    order = torch.randperm(len(ids), generator=_generator(seed)).tolist()
-    return [ids[i] for i in order]
+T = TypeVar("T")
+
+
+def _shuffled(values: Sequence[T], seed: int) -> list[T]:
+    order = torch.randperm(len(values), generator=_generator(seed)).tolist()
+    return [values[i] for i in order]
 
 
 def _person(item: Any) -> Any:

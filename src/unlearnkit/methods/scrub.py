@@ -23,7 +23,6 @@ from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..adapters.base import frozen_copy
 from ..errors import UserInputError

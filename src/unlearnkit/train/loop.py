@@ -17,7 +17,7 @@ from ..errors import UserInputError
 from . import distributed
 from .config import TrainConfig
 from .gu import GradientProjector, LossParts
-from .progress import progress_bar
+from ..progress import progress_bar
 from .sam import sharpness_aware
 
 Batch = dict

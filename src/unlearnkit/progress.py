@@ -31,9 +31,10 @@ class _Bar:
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[_Bar]:
+def progress_bar(description: str, total: int | None, *, loss: bool = True) -> Iterator[_Bar]:
     """Yield an object with ``advance(n, loss=...)``; draws a bar on stderr only when enabled (stdout is left
-    to results, so piping it never catches a bar)."""
+    to results, so piping it never catches a bar). ``loss=False`` leaves out the loss column (work that
+    trains nothing)."""
     if not progress_enabled():
         yield _Bar(None, None)
         return
@@ -44,7 +45,7 @@ def progress_bar(description: str, total: int | None) -> Iterator[_Bar]:
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
+        *([TextColumn("loss {task.fields[loss]}")] if loss else []),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
