@@ -22,6 +22,20 @@ app = typer.Typer(
 )
 
 
+def _show_version(shown: bool) -> None:
+    if shown:
+        from . import __version__
+
+        typer.echo(f"unlearnkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                          help="Print unlearnkit's version and exit.")) -> None:
+    """Machine unlearning: many methods, one protocol, measured against retraining."""
+
+
 BASE_HELP = ("facts: the model the benchmark trains: scratch (a small GPT-2 trained from scratch) or smollm2 "
              "(SmolLM2-135M-Instruct fine-tuned on a smaller subset; optional packages, see docs/smollm2.md).")
 

@@ -82,14 +82,16 @@ def write_results(out: Path, results: dict[str, Any], columns: Sequence[str], ti
 
 
 def machine_info() -> dict[str, Any]:
-    """For results.json: the Python, platform, torch version and torch's CPU thread count of this run. The
+    """For results.json: the unlearnkit, Python, platform and torch versions and torch's CPU thread count of this run. The
     thread count matters for reproducing numbers: CPU kernels split their sums by thread, so a model trained
     with 1 thread differs in the last bits from one trained with 2, and its unlearning runs after it."""
     import platform
 
     import torch
 
-    return {"python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
+    from .. import __version__
+
+    return {"unlearnkit": __version__, "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads()}
 
 

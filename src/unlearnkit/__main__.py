@@ -1,0 +1,7 @@
+"""``python -m unlearnkit``: the command line, as the ``unlearnkit`` script runs it."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

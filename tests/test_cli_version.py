@@ -1,0 +1,28 @@
+"""The version a user reports: ``unlearnkit --version``, ``python -m unlearnkit``, and results.json's machine info."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+
+import unlearnkit
+from unlearnkit.benchmarks.results import machine_info
+from unlearnkit.cli import main
+
+
+def test_version_is_printed_from_the_one_source_the_package_metadata_reads(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"unlearnkit {unlearnkit.__version__}\n"
+    assert importlib.metadata.version("unlearnkit") == unlearnkit.__version__  # pyproject reads __version__
+
+
+def test_python_dash_m_runs_the_command_line_with_its_exit_status():
+    ran = subprocess.run([sys.executable, "-m", "unlearnkit", "--version"], capture_output=True, text=True)
+    assert (ran.returncode, ran.stdout) == (0, f"unlearnkit {unlearnkit.__version__}\n")
+    refused = subprocess.run([sys.executable, "-m", "unlearnkit", "forget", "--bogus"], capture_output=True, text=True)
+    assert refused.returncode == 2 and refused.stderr.startswith("error: No such option: --bogus")
+
+
+def test_bench_results_name_the_unlearnkit_version_that_made_them():
+    assert machine_info()["unlearnkit"] == unlearnkit.__version__
