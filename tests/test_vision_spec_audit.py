@@ -210,12 +210,9 @@ def test_non_finite_inputs_are_refused_not_evaluated_to_nan(bad):
         unlearnkit.evaluate(ADAPTER.model, splits)
 
 
-def test_class_count_of_no_items_and_a_bad_declared_count_are_one_sentence():
-    with pytest.raises(UserInputError, match="classes of no items"):
-        ClassifierAdapter(torch.nn.Linear(4, 3)).classes([])
-    assert ClassifierAdapter(torch.nn.Linear(4, 3)).classes([(torch.zeros(4), 0), (torch.zeros(4), 2)]) == 3
+def test_a_bad_declared_class_count_is_one_sentence():
     declared = ClassifierAdapter(torch.nn.Linear(4, 3), np.int64(3))
-    assert declared.classes([]) == 3 and type(declared.with_model(torch.nn.Linear(4, 3)).num_classes) is int
+    assert declared.num_classes == 3 and type(declared.with_model(torch.nn.Linear(4, 3)).num_classes) is int
     for bad in (0, 1, True, 2.5, "3"):
         with pytest.raises(UserInputError, match="num_classes must be a whole number of at least 2"):
             ClassifierAdapter(torch.nn.Linear(4, 3), bad)

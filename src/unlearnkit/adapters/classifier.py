@@ -102,14 +102,6 @@ class ClassifierAdapter:
         logits = self.logits(model, batch)
         return F.cross_entropy(logits, batch["labels"].to(logits.device), reduction="none")
 
-    def classes(self, items: Sequence[Any]) -> int:
-        """Number of classes: the declared one, else one more than the largest label seen."""
-        if self.num_classes is not None:
-            return self.num_classes
-        if not len(items):
-            raise UserInputError("Cannot count the classes of no items: give num_classes or at least one item.")
-        return max(_label(_pair(item)[1]) for item in items) + 1
-
     def with_model(self, model: nn.Module) -> "ClassifierAdapter":
         """The same adapter around another model (for example a copy being unlearned)."""
         return ClassifierAdapter(model, self.num_classes)
