@@ -516,6 +516,8 @@ def _dispatch(argv: list[str] | None) -> int:
             typer.echo(f"error: {error.format_message()}{hint}", err=True)
             return error.exit_code
         raise
+    if code == 130:  # typer turns Ctrl-C into a silent status 130 (no command returns it)
+        typer.echo("aborted", err=True)
     return code if isinstance(code, int) else 0
 
 

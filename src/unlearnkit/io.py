@@ -10,8 +10,10 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
@@ -72,7 +74,9 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False,
     the block fails, the parent folders this call created are removed again. Without ``overwrite``, an
     output that appeared at ``final`` while the block ran is never replaced: the call fails instead.
     ``on_placed`` runs once the new folder is in place; if it fails, the new folder is removed and the
-    one it replaced (if any) is put back. Temporary folders of ``final`` left by a killed run are removed.
+    one it replaced (if any) is put back. A first Ctrl-C while ``on_placed`` runs is held until it returns (and
+    raised then), so it cannot remove the folder after ``on_placed`` recorded it (e.g. committed a ledger row).
+    Temporary folders of ``final`` left by a killed run are removed.
     """
     final = Path(final)
     if os.path.lexists(final) and not overwrite:
@@ -90,9 +94,11 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False,
         shutil.rmtree(tmp, ignore_errors=True)
         _remove_empty(created)
         raise
+    held: list[int] = []
     try:
         if on_placed is not None:
-            on_placed()
+            with _ctrl_c_held() as held:
+                on_placed()
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)
         if old is not None:
@@ -102,6 +108,31 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False,
         raise
     if old is not None:
         _discard(old)
+    if held:  # the output and what on_placed recorded are both in place: now stop, as the user asked
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def _ctrl_c_held() -> Iterator[list[int]]:
+    """Hold a first Ctrl-C (SIGINT) while the block runs; yield the list of signals held. A second Ctrl-C
+    interrupts at once, as usual. Nothing is held where SIGINT does not raise KeyboardInterrupt (outside the
+    main thread, or where the signal is ignored or handled by someone else)."""
+    held: list[int] = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield held
+        return
+
+    def hold(signum: int, frame: Any) -> None:
+        held.append(signum)
+        if len(held) > 1:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _discard(path: Path) -> None:

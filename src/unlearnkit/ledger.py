@@ -759,9 +759,12 @@ class Ledger:
         return row["id"]
 
     def _create_schema(self) -> None:
-        """Create the tables and meta rows on first write (under the write lock, so racing creators agree)."""
-        if self._target.sqlite_path is not None:
-            _enable_wal(self._engine, self._busy_timeout_s)
+        """Create the tables and meta rows on first write (under the write lock, so racing creators agree).
+
+        A new SQLite file is switched to WAL only once they are committed: the switch writes the file's header,
+        and a run stopped between the two left a file without tables, which verify (and so `forget`) refuses
+        as a ledger whose tables were dropped. Until the commit the file stays empty, which reads as no ledger.
+        """
         try:
             with self._writer.begin() as conn:
                 if not self._judge(conn):
@@ -781,6 +784,8 @@ class Ledger:
             with self._engine.connect() as conn:
                 if not self._judge(conn):
                     raise
+        if self._target.sqlite_path is not None:
+            _enable_wal(self._engine, self._busy_timeout_s)
         self._ready = True
 
     # ----- reading

@@ -1,0 +1,156 @@
+"""Interruption and concurrency: a run stopped (Ctrl-C, kill) or racing another leaves every output and the ledger
+consistent, and never a leftover that makes the next run refuse to start."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import torch
+
+from unlearnkit import ledger as ledger_module
+from unlearnkit.adapters.classifier_spec import MLP, save_classifier
+from unlearnkit.cli import main
+from unlearnkit.ledger import Ledger
+
+SPEC = {"kind": "classifier", "architecture": "mlp", "input_dim": 4, "hidden": [8], "num_classes": 2}
+
+
+@pytest.fixture()
+def workspace(tmp_path):
+    torch.manual_seed(0)
+    x = torch.randn(20, 4, generator=torch.Generator().manual_seed(0))
+    rows = [{"input": row.tolist(), "label": int(row[0] > 0)} for row in x]
+    save_classifier(MLP(4, [8], 2), SPEC, tmp_path / "model")
+    (tmp_path / "forget.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    (tmp_path / "retain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[4:]))
+    return tmp_path
+
+
+def _forget(ws, out="out"):
+    return ["forget", "--model", str(ws / "model"), "--forget", str(ws / "forget.jsonl"), "--retain",
+            str(ws / "retain.jsonl"), "--method", "gradient_ascent", "--param", "epochs=1", "--out", str(ws / out),
+            "--ledger", str(ws / "ledger.db")]
+
+
+def test_a_first_ledger_append_stopped_midway_does_not_block_the_next_forget(workspace, monkeypatch, capsys):
+    """Switching a new ledger to WAL wrote its file header before the tables were committed: a Ctrl-C (or kill)
+    in between left a file without tables, which every later `forget` refused as a ledger whose tables were
+    dropped, until the user deleted it."""
+    create_all = ledger_module._metadata.create_all
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ledger_module._metadata, "create_all", interrupted)
+    assert main(_forget(workspace)) == 130
+    assert not (workspace / "out").exists()
+    assert not (workspace / "ledger.db").exists() or (workspace / "ledger.db").stat().st_size == 0
+    monkeypatch.setattr(ledger_module._metadata, "create_all", create_all)
+    assert main(_forget(workspace)) == 0, capsys.readouterr().err
+    with Ledger(workspace / "ledger.db") as book:
+        assert book.verify().ok and len(book.rows()) == 1
+
+
+CREATOR = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from unlearnkit import ledger as L
+    path, folder = Path(sys.argv[1]), Path(sys.argv[2])
+    create_all = L._metadata.create_all
+
+    def paused(*args, **kwargs):  # inside the first append's transaction: wait until the other run has checked
+        create_all(*args, **kwargs)
+        (folder / "creating").touch()
+        deadline = time.monotonic() + 20
+        while not (folder / "go").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    L._metadata.create_all = paused
+    with L.Ledger(path) as ledger:
+        ledger.append("first", ["an item"], "ssd", {}, "a" * 64, "b" * 64, {}, 0.0)
+    """
+)
+
+
+def test_a_forget_started_while_another_run_creates_the_ledger_is_not_refused(workspace, monkeypatch, capsys):
+    """Two runs sharing a new ledger: the one whose checks fell while the other was creating the ledger found a
+    file without tables and refused ("fails verification"), after the other had switched it to WAL."""
+    creator = subprocess.Popen([sys.executable, "-c", CREATOR, str(workspace / "ledger.db"), str(workspace)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not (workspace / "creating").exists():
+        assert creator.poll() is None and time.monotonic() < deadline, creator.communicate()[1].decode()
+        time.sleep(0.01)
+    check_writable = Ledger.check_writable
+
+    def checked_then_release(self):  # forget's checks are done: let the creator commit
+        check_writable(self)
+        (workspace / "go").touch()
+
+    monkeypatch.setattr(Ledger, "check_writable", checked_then_release)
+    try:
+        assert main(_forget(workspace)) == 0, capsys.readouterr().err
+    finally:
+        (workspace / "go").touch()
+        _, err = creator.communicate(timeout=60)
+    assert creator.returncode == 0, err.decode()
+    with Ledger(workspace / "ledger.db") as book:
+        assert book.verify().ok and [row.subject for row in book.rows()] == ["first", ""]
+
+
+def _default_ctrl_c() -> bool:
+    return (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+
+
+@pytest.mark.skipif(not _default_ctrl_c(), reason="needs Python's own Ctrl-C handling in the main thread")
+def test_ctrl_c_just_after_the_ledger_commit_keeps_the_output_it_records(workspace, monkeypatch):
+    """A Ctrl-C that arrived while the row was being committed was raised just after the commit, and the
+    output was then removed as for a refused append: a row recording a model that was never written."""
+    append = Ledger.append
+
+    def ctrl_c_after_commit(self, *args, **kwargs):
+        row = append(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(1000))  # Python runs the handler here, as it would on the way out of the commit
+        return row
+
+    monkeypatch.setattr(Ledger, "append", ctrl_c_after_commit)
+    assert main(_forget(workspace)) == 130  # the run still stops, as asked
+    run = json.loads((workspace / "out" / "run.json").read_text())
+    with Ledger(workspace / "ledger.db") as book:
+        rows = book.rows()
+    assert len(rows) == 1 and rows[0].fingerprint_after == run["fingerprint_after"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.skipif(not _default_ctrl_c(), reason="needs Python's own Ctrl-C handling in the main thread")
+def test_a_second_ctrl_c_while_the_row_goes_in_stops_at_once_and_writes_neither(workspace, monkeypatch):
+    def ctrl_c_twice(self, *args, **kwargs):
+        for _ in range(2):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))
+        raise AssertionError("the second Ctrl-C did not interrupt")
+
+    monkeypatch.setattr(Ledger, "append", ctrl_c_twice)
+    assert main(_forget(workspace)) == 130
+    assert not (workspace / "out").exists() and not list(workspace.glob(".out.*"))
+    assert not (workspace / "ledger.db").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_says_aborted_on_stderr(workspace, monkeypatch, capsys):
+    """typer turns a KeyboardInterrupt into a silent exit 130: a stopped run said nothing."""
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Ledger, "append", interrupted)
+    assert main(_forget(workspace)) == 130
+    assert capsys.readouterr().err == "aborted\n"
