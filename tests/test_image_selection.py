@@ -82,5 +82,5 @@ def test_each_page_says_which_choices_looked_at_its_split():
     assert "no choice looked at this split" in settings_note("mnist", "class", 0)  # defaults looked at digits only
     # a --param that replaces one of the bench's own settings is named (the page claimed the replaced value)
     note = settings_note("digits", "class", 0, {"ssd": {"alpha": 10.0, "batch_size": 8}, "scrub": {"lr": 0.1}})
-    assert "lr 0.0008; this run replaced ssd.alpha=10.0, ssd.batch_size=8 with --param)" in note
+    assert "lr 0.0008; this run set ssd.alpha=10.0, ssd.batch_size=8 instead, with --param)" in note
     assert "replaced" not in settings_note("digits", "class", 0, {"scrub": {"lr": 0.1}})

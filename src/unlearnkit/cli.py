@@ -366,7 +366,7 @@ def cards_command(
 @app.command("forget")
 def forget_command(
     model: Path = typer.Option(..., help="Folder of a Hugging Face causal LM, or of a classifier (unlearnkit.json + model.safetensors)."),
-    forget: Path = typer.Option(..., help="Items to forget: .jsonl, .csv or .parquet."),
+    forget: Path = typer.Option(..., help="Items to forget: .jsonl, .json, .csv or .parquet."),
     method: str = typer.Option(..., help="Unlearning method (see 'unlearnkit methods')."),
     out: Path = typer.Option(..., help="Where to write the unlearned model (a new folder)."),
     retain: Optional[Path] = typer.Option(None, help="Items whose knowledge must be kept (same formats)."),

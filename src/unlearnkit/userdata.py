@@ -20,7 +20,7 @@ def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
         raise UserInputError(f"The data file {path} {'is a folder' if path.is_dir() else 'does not exist'}.")
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
-        raise UserInputError(f"The data file {path} has an unknown format; use .jsonl, .csv or .parquet.")
+        raise UserInputError(f"The data file {path} has an unknown format; use .jsonl, .json, .csv or .parquet.")
     try:
         with path.open("rb"):  # an unreadable file is named as such (Parquet's reader would call it foreign)
             pass

@@ -113,7 +113,7 @@ def settings_note(benchmark: str, scenario: str, seed: int,
     replaced = [f"{method}.{k}={v}" for method, values in (given or {}).items() for k, v in values.items()
                 if k in BENCH_METHOD_SETTINGS[benchmark][scenario].get(method, {})]
     own = (f"the bench's own settings for {scenario} forgetting ({chosen}"
-           f"{'; this run replaced ' + ', '.join(replaced) + ' with --param' if replaced else ''}) were chosen on "
+           f"{'; this run set ' + ', '.join(replaced) + ' instead, with --param' if replaced else ''}) were chosen on "
            f"{benchmark} split seeds {', '.join(map(str, SELECTION_SEEDS))} ({selection_page(benchmark)})")
     if seed in SELECTION_SEEDS:
         return f"{own}, this one among them: the ssd and gradient_ascent rows are in-sample for those choices."
