@@ -154,3 +154,13 @@ def test_ctrl_c_says_aborted_on_stderr(workspace, monkeypatch, capsys):
     monkeypatch.setattr(Ledger, "append", interrupted)
     assert main(_forget(workspace)) == 130
     assert capsys.readouterr().err == "aborted\n"
+
+
+@pytest.mark.parametrize("extra, status", [(["--param", "lr=-1"], 2), ([], 0)])
+def test_forget_closes_its_ledger_however_it_ends(workspace, monkeypatch, extra, status):
+    """A refused run left the ledger's pooled connections open (only closed on success): a leak for API users."""
+    closed = []
+    close = Ledger.close
+    monkeypatch.setattr(Ledger, "close", lambda self: closed.append(self) or close(self))
+    assert main(_forget(workspace) + extra) == status
+    assert len(closed) == 1

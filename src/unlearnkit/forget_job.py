@@ -267,17 +267,22 @@ def _save_model(adapter: Any, model: torch.nn.Module, spec: Mapping[str, Any] | 
 
 def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
     """Carry out a forget job; return the run summary that was written to ``out/run.json``."""
+    from .ledger import Ledger
+
+    _require_utf8(job.subject or "", "The --subject")
+    with Ledger(job.ledger, salt_file=job.salt_file) as ledger:  # closed however the run ends
+        return _run_with_ledger(job, ledger, log)
+
+
+def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
     from .api import check_lora, unlearn, validate_runs
     from .io import atomic_dir, fingerprint, write_json_atomic
-    from .ledger import Ledger
     from .methods.registry import get_method
     from .request import ForgetRequest
     from .train.distributed import check_launch, is_main_process, on_main, training_device
     from .train.lora import merged_state_dict
     from .train.measure import memory_of
 
-    _require_utf8(job.subject or "", "The --subject")
-    ledger = Ledger(job.ledger, salt_file=job.salt_file)
     _check_paths(job, ledger)
     kind = _model_kind(job.model)
     if kind != "classifier":  # an option the method cannot use, before data and model load (a classifier's refusal
@@ -359,7 +364,6 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
         return row_ids[0]
 
     summary["ledger_row"] = on_main(write)
-    ledger.close()
     if is_main_process():
         log(f"{job.method}: forget {before} -> {after} in {record.seconds:.2f}s; status {record.status}; "
             f"ledger row {summary['ledger_row']}")
