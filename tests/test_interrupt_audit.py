@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -164,3 +165,24 @@ def test_forget_closes_its_ledger_however_it_ends(workspace, monkeypatch, extra,
     monkeypatch.setattr(Ledger, "close", lambda self: closed.append(self) or close(self))
     assert main(_forget(workspace) + extra) == status
     assert len(closed) == 1
+
+
+@pytest.mark.parametrize("race", ["placed", "moved away"])
+def test_an_overwriting_output_raced_by_another_run_is_one_sentence(tmp_path, monkeypatch, race):
+    """Two --overwrite runs to one output: the other run's folder appearing (or leaving) between the check and the
+    rename was a traceback (OSError: Directory not empty)."""
+    from unlearnkit import io
+    from unlearnkit.errors import UserInputError
+
+    final = tmp_path / "out"
+    if race == "placed":  # the check saw no output, then the other run placed its own
+        final.mkdir()
+        (final / "theirs").write_text("x")
+        monkeypatch.setattr(io.os.path, "lexists", lambda path: False)
+    else:  # the check saw an output, then the other run moved it away to put its own
+        real = io.os.path.lexists
+        monkeypatch.setattr(io.os.path, "lexists", lambda path: True if Path(path) == final else real(path))
+    with pytest.raises(UserInputError, match="^Another run wrote the output path .* at the same time"):
+        with io.atomic_dir(final, overwrite=True) as tmp:
+            (tmp / "mine").write_text("y")
+    assert not list(tmp_path.glob(".out.*"))

@@ -166,11 +166,17 @@ def _place(tmp: Path, final: Path, overwrite: bool) -> Path | None:
                 raise appeared from None
             raise
         return None
-    if not os.path.lexists(final):
-        os.replace(tmp, final)
-        return None
-    old = final.with_name(f".{final.name}.old-{_owner()}")
-    os.replace(final, old)
+    try:
+        if not os.path.lexists(final):
+            os.replace(tmp, final)
+            return None
+        old = final.with_name(f".{final.name}.old-{_owner()}")
+        os.replace(final, old)
+    except OSError as error:  # another run placed (or moved away) its own output here just now
+        if error.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOENT):
+            raise UserInputError(f"Another run wrote the output path {final} at the same time; nothing was written "
+                                 "by this one.") from None
+        raise
     try:
         os.replace(tmp, final)
     except BaseException:
