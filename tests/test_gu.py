@@ -130,7 +130,7 @@ def test_gu_methods_still_forget(lm, method):
 
     forget0, retain0 = answer_prob(adapter.model, request.forget_items()), answer_prob(adapter.model, request.retain_items())
     torch.manual_seed(0)
-    model, _ = unlearnkit.unlearn(adapter, request, method, project="gu")
+    model, _ = unlearnkit.unlearn(adapter, request, method, project="gu", lr=1e-3)  # the tiny model's scale
     forget_change = answer_prob(model, request.forget_items()) / forget0 - 1
     retain_change = answer_prob(model, request.retain_items()) / retain0 - 1
     assert forget_change < retain_change and forget_change < -0.05

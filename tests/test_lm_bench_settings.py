@@ -3,7 +3,8 @@
 from lm_fixtures import memorised_lm, tiny_qa
 
 from unlearnkit.benchmarks.facts import FactsConfig, facts_request, load_facts
-from unlearnkit.benchmarks.lm_bench import FACTS_METHOD_SETTINGS, method_settings
+from unlearnkit.benchmarks.lm_bench import FACTS_METHOD_SETTINGS, facts_settings, method_settings
+from unlearnkit.methods.registry import get_method
 from unlearnkit.request import ForgetRequest
 
 
@@ -12,7 +13,8 @@ def test_bench_settings_apply_and_user_params_override_them():
     adapter = memorised_lm(items, steps=1)
     request = ForgetRequest(items, [0, 1], [2, 3, 4, 5], neighbours={"direct": [2, 3]})  # npo samples them (modular)
     chosen = method_settings(["sam_npo", "npo"], None, adapter, request, seed=3)
-    assert chosen["sam_npo"] == {"seed": 3, **FACTS_METHOD_SETTINGS["sam_npo"]}  # the world's seed drives the method
+    # the world's seed drives the method; the selected ρ and the lr of the scratch models' scale apply
+    assert chosen["sam_npo"] == {"seed": 3, "lr": 1e-3, **FACTS_METHOD_SETTINGS["sam_npo"]}
     assert chosen["npo"] == {"seed": 3, **FACTS_METHOD_SETTINGS.get("npo", {})}
     overridden = method_settings(["sam_npo"], {"sam_npo": {"sam_rho": "0.2", "seed": "1"}}, adapter, request, seed=3)
     assert overridden["sam_npo"]["sam_rho"] == "0.2" and overridden["sam_npo"]["seed"] == "1"
@@ -37,3 +39,13 @@ def test_a_reference_model_that_did_not_memorise_its_answers_is_named_in_a_note(
     notes = unmemorised_notes(references, 0.99)
     assert notes == ["retain stopped at answer-token accuracy 0.9312, below the 0.99 the recipe trains to (its epoch "
                      "limit came first): it only partly memorised its training answers."]
+
+
+def test_the_scratch_models_scale_is_the_benchs_and_the_defaults_are_the_papers():
+    """The methods' own lr is OpenUnlearning's 1e-5, for the pretrained LMs users bring; only the bench's small
+    scratch GPT-2 runs them 100 times faster (lr 1e-3 was their default until it became the papers')."""
+    for name in ("graddiff", "npo", "simnpo", "rmu", "idk_dpo", "sam_npo"):
+        assert get_method(name).Config().lr == 1e-5
+    assert facts_settings("scratch")["rmu"] == {"lr": 1e-3, **FACTS_METHOD_SETTINGS["rmu"]}
+    assert facts_settings("scratch")["graddiff"] == {"lr": 1e-3}
+    assert facts_settings("smollm2") == {}

@@ -22,7 +22,9 @@ METHODS = ["graddiff", "npo", "simnpo", "idk_dpo", "rmu", "undial"]
 TINY_REFUSALS = "The birthplace of ? is ? .|? ."
 #: UNDIAL's lr 1e-4 is too gentle for 10 steps here (forget −1.2 %, retain −0.0 %); at 4e-4 forget falls 11.5 %
 #: and retain 9.2 % (its teacher pushes down every answer token, and all answers share "was born in ." and EOS).
-SETTINGS = {"idk_dpo": {"refusals": TINY_REFUSALS}, "undial": {"lr": 4e-4}}
+#: The others run at lr 1e-3, the tiny model's scale (their default, 1e-5, is the papers' for pretrained LMs).
+SETTINGS = {"graddiff": {"lr": 1e-3}, "npo": {"lr": 1e-3}, "simnpo": {"lr": 1e-3}, "rmu": {"lr": 1e-3},
+            "idk_dpo": {"refusals": TINY_REFUSALS, "lr": 1e-3}, "undial": {"lr": 4e-4}}
 #: The least relative drop of the forget answers' probability every method must reach (as test_gu.py asks).
 FORGET_DROP = -0.05
 

@@ -23,8 +23,9 @@ rules, it did not design the rules blind.) The rules:
   the reported world played no part in it), run when modular sampling still paired every forget item
   with any neighbour; the lr is chosen again with the per-person pairing.
 
+rmu and sam_npo candidates run at the bench's lr for its scale (``FACTS_SCALE_SETTINGS`` in lm_bench.py).
 A forget quality that is NaN never holds for rmu. A method none of whose candidates qualifies keeps its
-generic defaults, and the table says so. ``unlearnkit select-facts`` (or ``make select-facts``) reruns the
+generic defaults (the bench's lr aside), and the table says so. ``unlearnkit select-facts`` (or ``make select-facts``) reruns the
 selection and writes its table.
 """
 
@@ -113,7 +114,7 @@ def score_candidates(config: Any, split: str, method: str, setting: str, candida
     rows = []
     for value, seed in ((v, s) for v in candidates for s in seeds):
         given = {**(fixed or {}), setting: value, "seed": config.seed if seed is None else seed}
-        settings = validate_runs([method], {method: given}, target, request)  # generic defaults + these
+        settings = validate_runs([method], {method: given}, target, request)  # generic defaults under these
         model, record = unlearn(target.model, request, method, adapter=target, **settings[method])
         adapter = target.with_model(model)
         metrics, _ = evaluate_lm(adapter, splits, reference, ids=ids)
@@ -136,9 +137,12 @@ def select_facts_settings(config: Any, split: str = "forget10", *, log: Callable
                           ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """Apply the module's rules on ``config``'s world: the chosen settings (a method none of whose
     candidates qualifies is left out) and every scored row."""
+    from .lm_bench import FACTS_SCALE_SETTINGS
+
     check_selection_world(config)
-    rmu_rows = score_candidates(config, split, "rmu", "epochs", rmu_epochs, log=log)
-    sam_rows = score_candidates(config, split, "sam_npo", "sam_rho", sam_rhos, attacks=("relearn",), log=log)
+    rmu_rows = score_candidates(config, split, "rmu", "epochs", rmu_epochs, fixed=FACTS_SCALE_SETTINGS["rmu"], log=log)
+    sam_rows = score_candidates(config, split, "sam_npo", "sam_rho", sam_rhos, fixed=FACTS_SCALE_SETTINGS["sam_npo"],
+                                attacks=("relearn",), log=log)
     npo_rows = score_candidates(config, split, "npo", "lr", npo_lrs, fixed=NPO_RECIPE, seeds=npo_seeds, log=log)
     chosen: dict[str, dict[str, Any]] = {}
     epochs = widest_run_centre(list(rmu_epochs), [r["forget_quality"] >= RMU_MIN_FORGET_QUALITY for r in rmu_rows])

@@ -5,12 +5,13 @@ Liu, Liu & Stone, "Continual Learning and Private Unlearning" (CoLLAs 2022), as 
 OpenUnlearning. Update rule: θ ← θ − η ∇_θ [γ·(−NLL̄(D_f)) + α·R(D_r)], with
 R = NLL̄ (``retain_loss="nll"``) or R = KL(π_ref ‖ π_θ) to the frozen original model (``"kl"``).
 
-Choices: γ = α = 1 as in OpenUnlearning. NLL̄ here (and in the relatives below) is the mean over the
-batch's items of each item's token-mean answer NLL, so every item weighs the same; OpenUnlearning's
-HF ``loss`` pools the tokens of the whole batch, so long answers weigh more. The two agree when a
-batch's answers have equal lengths. The KL is averaged over each retain item's real (non-padding)
-positions, prompt included, then over the items; OpenUnlearning averages over all B·T positions,
-padding included. Supports GU (``project="gu"``): the forget term is projected off the retain gradients.
+Choices: γ = α = 1 and lr 1e-5 as in OpenUnlearning (a pretrained LM's scale: the facts bench's small
+scratch models run at lr 1e-3, ``FACTS_SCALE_SETTINGS`` in benchmarks/lm_bench.py). NLL̄ here (and in
+the relatives below) is the mean over the batch's items of each item's token-mean answer NLL, so every
+item weighs the same; OpenUnlearning's HF ``loss`` pools the tokens of the whole batch, so long answers
+weigh more. The two agree when a batch's answers have equal lengths. The KL is averaged over each retain
+item's real (non-padding) positions, prompt included, then over the items; OpenUnlearning averages over
+all B·T positions, padding included. Supports GU (``project="gu"``): the forget term is projected off the retain gradients.
 With ``sam_rho`` > 0 the forget term's gradient is taken SAM-style at the worst nearby weights
 (``train/sam.py``; Fan et al., ICML 2025), which makes the forgetting harder to relearn.
 This module also holds the helpers its relatives (NPO, SimNPO, IdkDPO, UNDIAL, RMU) share.
@@ -64,13 +65,13 @@ def retain_term(adapter: Any, model: nn.Module, batch: dict, kind: str, referenc
 
 @dataclass
 class GradDiffConfig(ProjectionConfig, SharpnessConfig, SamplingConfig, StopConfig):
-    """γ (forget weight), α (retain weight), the retain term; defaults for a tiny LM on CPU."""
+    """γ (forget weight), α (retain weight), the retain term."""
 
     gamma: float = 1.0
     alpha: float = 1.0
     retain_loss: str = "nll"
     epochs: int = 10
-    lr: float = 1e-3
+    lr: float = 1e-5  # OpenUnlearning's, for pretrained LMs (the facts bench sets its own)
 
     def check(self) -> None:
         """Also validate the retain term."""

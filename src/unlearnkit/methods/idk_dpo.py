@@ -9,7 +9,7 @@ Task of Fictitious Unlearning for LLMs" (2024). Update rule: minimise
 with sequence log-probabilities summed over the answer tokens (EOS included) and π_ref a frozen
 copy of the model taken before unlearning.
 
-Choices: the 2/β factor is OpenUnlearning's (canonical DPO uses 1); β = 0.1, α = 1. Each forget
+Choices: the 2/β factor is OpenUnlearning's (canonical DPO uses 1); β = 0.1, α = 1, lr 1e-5. Each forget
 item gets one refusal from ``refusals`` (default :data:`REFUSALS`; "|"-separated), chosen with the
 run's seed and kept for the whole run (TOFU draws from a file of 100 such answers). No weight decay
 or warm-up by default. A tokenizer that cannot spell a refusal (it maps words to its unknown token,
@@ -82,7 +82,7 @@ class IdkDPOConfig(SamplingConfig, StopConfig):
     beta: float = 0.1
     alpha: float = 1.0
     epochs: int = 10
-    lr: float = 1e-3
+    lr: float = 1e-5  # OpenUnlearning's, for pretrained LMs (the facts bench sets its own)
     refusals: str = "|".join(REFUSALS)
 
     def refusal_list(self) -> list[str]:

@@ -8,7 +8,7 @@ Unlearning" (COLM 2024; arXiv 2404.05868). Update rule: minimise
 i.e. γ·E[−(2/β)·log σ(β·(NLL_θ − NLL_ref))] with NLL summed over the answer tokens (EOS included),
 π_ref a frozen copy of the model taken before unlearning. As β → 0 it becomes gradient ascent.
 
-Choices: β = 0.1, γ = α = 1 (OpenUnlearning); R is the retain NLL̄ (or the KL to π_ref with
+Choices: β = 0.1, γ = α = 1, lr 1e-5 (OpenUnlearning); R is the retain NLL̄ (or the KL to π_ref with
 ``retain_loss="kl"``). Supports GU (``project="gu"``) on the forget term.
 With ``sam_rho`` > 0 the forget term's gradient is taken SAM-style at the worst nearby weights
 (``train/sam.py``; Fan et al., ICML 2025), which makes the forgetting harder to relearn.
@@ -50,7 +50,7 @@ class NPOConfig(ProjectionConfig, SharpnessConfig, SamplingConfig, StopConfig):
     alpha: float = 1.0
     retain_loss: str = "nll"
     epochs: int = 10
-    lr: float = 1e-3
+    lr: float = 1e-5  # OpenUnlearning's, for pretrained LMs (the facts bench sets its own)
 
     def check(self) -> None:
         """Also require β > 0 and a known retain term."""

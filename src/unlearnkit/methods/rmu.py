@@ -19,7 +19,8 @@ every parameter (OpenUnlearning's TOFU setting); the WMDP recipe trains only ``m
 blocks ℓ−2..ℓ, e.g. ``train_modules="h\\.[0-1]\\.mlp\\.c_proj"`` on GPT-2. c = 6.5 is the WMDP
 paper's value (OpenUnlearning's TOFU setting is 2): c·u must dominate the block's own activations,
 whose norm is about 2–3 per token in the tiny test GPT-2. α = 1 as in OpenUnlearning (the WMDP
-recipe on Zephyr-7B uses 1200, matched to that model's activation scale).
+recipe on Zephyr-7B uses 1200, matched to that model's activation scale). lr 1e-5 is OpenUnlearning's (the WMDP
+recipe uses 5e-5).
 
 Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
 run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
@@ -99,7 +100,7 @@ class RMUConfig(SamplingConfig, StopConfig):
     alpha: float = 1.0
     train_modules: str = "all"
     epochs: int = 10
-    lr: float = 1e-3
+    lr: float = 1e-5  # OpenUnlearning's, for pretrained LMs (the facts bench sets its own)
 
     def check(self) -> None:
         """Also require c > 0 and α ≥ 0."""

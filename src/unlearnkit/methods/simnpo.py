@@ -8,7 +8,7 @@ Optimization for LLM Unlearning" (arXiv 2410.07163, 2024). Update rule: minimise
 with NLL summed over the answer tokens and |y| the answer length, both counting EOS. This is the
 paper's −(2/β)·log σ(−(β/|y|)·log π_θ − γ_m) with margin γ_m = β·δ, written as OpenUnlearning does.
 
-Choices: β = 4.5, δ = 0, γ = 0.125, α = 1 (OpenUnlearning's defaults). Supports GU
+Choices: β = 4.5, δ = 0, γ = 0.125, α = 1, lr 1e-5 (OpenUnlearning's defaults). Supports GU
 (``project="gu"``) on the forget term.
 With ``sam_rho`` > 0 the forget term's gradient is taken SAM-style at the worst nearby weights
 (``train/sam.py``; Fan et al., ICML 2025), which makes the forgetting harder to relearn.
@@ -50,7 +50,7 @@ class SimNPOConfig(ProjectionConfig, SharpnessConfig, SamplingConfig, StopConfig
     gamma: float = 0.125
     alpha: float = 1.0
     epochs: int = 10
-    lr: float = 1e-3
+    lr: float = 1e-5  # OpenUnlearning's, for pretrained LMs (the facts bench sets its own)
 
     def check(self) -> None:
         """Also require β > 0."""
