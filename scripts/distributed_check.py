@@ -26,16 +26,12 @@ def _write_jsonl(path: Path, items: list[dict]) -> None:
     path.write_text("".join(json.dumps({"question": it["question"], "answer": it["answer"]}) + "\n" for it in items))
 
 
-#: The lr the tiny facts model needs to move (npo's and rmu's own default, 1e-5, is the papers' for pretrained LMs).
-TINY_SCALE = {"npo": ["--param", "lr=0.001"], "rmu": ["--param", "lr=0.001"]}
-
-
 def check(work: Path, result: Path, method: str = "npo", extra: list[str] | None = None) -> int:
-    """Evaluate, then unlearn through the CLI (``extra`` options, else the tiny model's scale); return the CLI's
-    exit status."""
+    """Evaluate, then unlearn through the CLI (``extra`` options, else the facts models' lr for the method, as
+    the bench runs it: its own default is the papers' for pretrained LMs); return the CLI's exit status."""
     from unlearnkit.adapters.causal_lm import CausalLMAdapter
     from unlearnkit.benchmarks.facts import FactsConfig, cached_facts_model, load_facts
-    from unlearnkit.benchmarks.lm_bench import evaluation_splits
+    from unlearnkit.benchmarks.lm_bench import FACTS_SCALE_SETTINGS, evaluation_splits
     from unlearnkit.cli import main
     from unlearnkit.eval.language import evaluate_lm
     from unlearnkit.train import distributed
@@ -55,7 +51,9 @@ def check(work: Path, result: Path, method: str = "npo", extra: list[str] | None
     distributed.barrier()
     argv = ["forget", "--model", str(model_dir), "--forget", str(work / "forget.jsonl"), "--retain",
             str(work / "retain.jsonl"), "--method", method, "--out", str(work / "out"), "--ledger",
-            str(work / "ledger.db"), *(TINY_SCALE.get(method, []) if extra is None else extra)]
+            str(work / "ledger.db")]
+    scale = [a for k, v in FACTS_SCALE_SETTINGS.get(method, {}).items() for a in ("--param", f"{k}={v}")]
+    argv += scale if extra is None else extra
     is_main, processes = distributed.is_main_process(), distributed.process_count()
     start = time.perf_counter()
     code = main(argv)  # ends the process group: no collective after this line

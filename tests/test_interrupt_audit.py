@@ -167,22 +167,58 @@ def test_forget_closes_its_ledger_however_it_ends(workspace, monkeypatch, extra,
     assert len(closed) == 1
 
 
-@pytest.mark.parametrize("race", ["placed", "moved away"])
+def _theirs(final):
+    final.mkdir()
+    (final / "theirs").write_text("x")
+
+
+@pytest.mark.parametrize("race", ["placed", "moved away", "placed once ours moved the old aside"])
 def test_an_overwriting_output_raced_by_another_run_is_one_sentence(tmp_path, monkeypatch, race):
     """Two --overwrite runs to one output: the other run's folder appearing (or leaving) between the check and the
-    rename was a traceback (OSError: Directory not empty)."""
+    rename was a traceback (OSError: Directory not empty), and could strand the moved-aside old output."""
     from unlearnkit import io
     from unlearnkit.errors import UserInputError
 
     final = tmp_path / "out"
+    real_lexists, real_replace = io.os.path.lexists, io.os.replace
     if race == "placed":  # the check saw no output, then the other run placed its own
+        _theirs(final)
+        monkeypatch.setattr(io.os.path, "lexists", lambda path: False if Path(path) == final else real_lexists(path))
+    elif race == "moved away":  # the check saw an output, then the other run moved it away to put its own
+        monkeypatch.setattr(io.os.path, "lexists", lambda path: True if Path(path) == final else real_lexists(path))
+    else:  # an earlier output is there; ours moves it aside, then the other run places its own
         final.mkdir()
-        (final / "theirs").write_text("x")
-        monkeypatch.setattr(io.os.path, "lexists", lambda path: False)
-    else:  # the check saw an output, then the other run moved it away to put its own
-        real = io.os.path.lexists
-        monkeypatch.setattr(io.os.path, "lexists", lambda path: True if Path(path) == final else real(path))
+
+        def replace(source, target):
+            if Path(target) == final and ".tmp-" in Path(source).name:
+                _theirs(final)
+            return real_replace(source, target)
+
+        monkeypatch.setattr(io.os, "replace", replace)
     with pytest.raises(UserInputError, match="^Another run wrote the output path .* at the same time"):
         with io.atomic_dir(final, overwrite=True) as tmp:
             (tmp / "mine").write_text("y")
-    assert not list(tmp_path.glob(".out.*"))
+    assert not list(tmp_path.glob(".out.*"))  # neither our temporary folder nor the moved-aside old one is left
+    if race != "moved away":
+        assert [p.name for p in final.iterdir()] == ["theirs"]  # the other run's output stands
+
+
+def test_a_ledger_stopped_before_its_switch_to_wal_is_switched_by_the_next_append(workspace, monkeypatch):
+    """The switch follows the schema commit; a run stopped between the two left the ledger in rollback-journal
+    mode for good (verify marks the file ready, so no later append reached the switch)."""
+    import sqlite3
+
+    enable_wal = ledger_module._enable_wal
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ledger_module, "_enable_wal", interrupted)
+    assert main(_forget(workspace)) == 130
+    monkeypatch.setattr(ledger_module, "_enable_wal", enable_wal)
+    journal_mode = lambda: sqlite3.connect(workspace / "ledger.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert journal_mode() == "delete"  # the tables are in, the switch is not
+    assert main(_forget(workspace, out="out2")) == 0
+    assert journal_mode() == "wal"
+    with Ledger(workspace / "ledger.db") as book:
+        assert book.verify().ok

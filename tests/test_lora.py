@@ -69,8 +69,8 @@ def test_memory_options_refuse_a_classifier():
 def test_lora_npo_trains_only_the_adapter_and_merges_into_the_targets(lm):
     adapter, request = lm
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
-    model, record = unlearn(adapter.model, request, "npo", adapter=adapter, epochs=3, batch_size=2,
-                            memory=MemoryOptions.from_cli("r=4,alpha=8,targets=c_attn"))
+    model, record = unlearn(adapter.model, request, "npo", adapter=adapter, epochs=3, batch_size=2, lr=1e-3,
+                            memory=MemoryOptions.from_cli("r=4,alpha=8,targets=c_attn"))  # the tiny model's scale
     width, layers = adapter.model.config.n_embd, adapter.model.config.n_layer
     assert record.info["lora"]["trainable_parameters"] == layers * 4 * (width + 3 * width)  # r·(d_in + d_out) per c_attn
     assert type(model).__name__ == "GPT2LMHeadModel" and not any("lora" in k for k in model.state_dict())
@@ -198,7 +198,7 @@ def files(lm, tmp_path):
     return tmp_path
 
 
-def _forget(tmp_path, *extra, params=("epochs=2", "batch_size=2")):
+def _forget(tmp_path, *extra, params=("epochs=2", "batch_size=2", "lr=1e-3")):  # lr: the tiny model's scale
     return ["forget", "--model", str(tmp_path / "lm"), "--forget", str(tmp_path / "forget.jsonl"),
             "--retain", str(tmp_path / "retain.jsonl"), "--out", str(tmp_path / "out"),
             "--ledger", str(tmp_path / "ledger.db"), *[a for v in params for a in ("--param", v)], *extra]

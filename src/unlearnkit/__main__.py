@@ -1,7 +1,6 @@
 """``python -m unlearnkit``: the command line, as the ``unlearnkit`` script runs it."""
 
-import sys
+from .cli import run
 
-from .cli import main
-
-sys.exit(main())
+if __name__ == "__main__":
+    run()

@@ -23,6 +23,7 @@ app = typer.Typer(
 
 
 def _show_version(shown: bool) -> None:
+    """``--version``: print the version and stop before any command runs."""
     if shown:
         from . import __version__
 
@@ -33,7 +34,7 @@ def _show_version(shown: bool) -> None:
 @app.callback()
 def _options(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
                                           help="Print unlearnkit's version and exit.")) -> None:
-    """Machine unlearning: many methods, one protocol, measured against retraining."""
+    """The options every command shares (typer shows the app's help, not this docstring)."""
 
 
 BASE_HELP = ("facts: the model the benchmark trains: scratch (a small GPT-2 trained from scratch) or smollm2 "
@@ -511,9 +512,10 @@ def _dispatch(argv: list[str] | None) -> int:
         return done.exit_code
     except Exception as error:  # click's own usage errors
         if isinstance(error, _click_exceptions()):  # one line, like every other refusal
-            context = getattr(error, "ctx", None)
+            context, message = getattr(error, "ctx", None), error.format_message()
             hint = f" (see '{context.command_path} --help')" if context is not None else ""
-            typer.echo(f"error: {error.format_message()}{hint}", err=True)
+            if message:  # none when a command given no arguments has printed its help instead
+                typer.echo(f"error: {message}{hint}", err=True)
             return error.exit_code
         raise
     if code == 130:  # typer turns Ctrl-C into a silent status 130 (no command returns it)

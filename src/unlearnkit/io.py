@@ -152,6 +152,10 @@ def _shareable(folder: Path) -> None:
             path.chmod(mode)
 
 
+#: What renaming onto ``final`` fails with when another run put or took something there meanwhile.
+_RACED = (errno.EEXIST, errno.ENOTEMPTY, errno.ENOENT, errno.ENOTDIR, errno.EISDIR)
+
+
 def _place(tmp: Path, final: Path, overwrite: bool) -> Path | None:
     """Rename ``tmp`` to ``final``; return where the ``final`` it replaced was moved (None: nothing replaced)."""
     if not overwrite:
@@ -166,6 +170,8 @@ def _place(tmp: Path, final: Path, overwrite: bool) -> Path | None:
                 raise appeared from None
             raise
         return None
+    raced = UserInputError(f"Another run wrote the output path {final} at the same time; nothing was written by "
+                           "this one.")
     try:
         if not os.path.lexists(final):
             os.replace(tmp, final)
@@ -173,12 +179,17 @@ def _place(tmp: Path, final: Path, overwrite: bool) -> Path | None:
         old = final.with_name(f".{final.name}.old-{_owner()}")
         os.replace(final, old)
     except OSError as error:  # another run placed (or moved away) its own output here just now
-        if error.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOENT):
-            raise UserInputError(f"Another run wrote the output path {final} at the same time; nothing was written "
-                                 "by this one.") from None
+        if error.errno in _RACED:
+            raise raced from None
         raise
     try:
         os.replace(tmp, final)
+    except OSError as error:
+        if error.errno not in _RACED:
+            os.replace(old, final)
+            raise
+        _discard(old)  # another run placed its output once the old one was moved aside: theirs stands
+        raise raced from None
     except BaseException:
         os.replace(old, final)
         raise

@@ -572,6 +572,7 @@ class Ledger:
         self._engine = self._make_engine()
         self._writer = self._engine.execution_options(unlearnkit_write=True)
         self._key: bytes | None = None
+        self._wal = False  # this instance has made sure a SQLite ledger is in WAL mode
         if self._target.sqlite_path is None:
             self._ready = self._probe_server()
 
@@ -706,6 +707,7 @@ class Ledger:
             if not self._ready:
                 self._check_new_salt()  # a bad salt is refused before the file is made
                 self._create_schema()
+            self._ensure_wal()
             key = self._load_salt(create=False)
             fields["item_hashes"] = [hmac.new(key, form, hashlib.sha256).hexdigest() for form in forms]
             with self._writer.begin() as conn:
@@ -761,9 +763,10 @@ class Ledger:
     def _create_schema(self) -> None:
         """Create the tables and meta rows on first write (under the write lock, so racing creators agree).
 
-        A new SQLite file is switched to WAL only once they are committed: the switch writes the file's header,
-        and a run stopped between the two left a file without tables, which verify (and so `forget`) refuses
-        as a ledger whose tables were dropped. Until the commit the file stays empty, which reads as no ledger.
+        A new SQLite file is switched to WAL (:meth:`_ensure_wal`) only once they are committed: the switch writes
+        the file's header, and a run stopped between the two left a file without tables, which verify (and so
+        `forget`) refuses as a ledger whose tables were dropped. Until the commit the file stays empty, which reads
+        as no ledger.
         """
         try:
             with self._writer.begin() as conn:
@@ -784,9 +787,14 @@ class Ledger:
             with self._engine.connect() as conn:
                 if not self._judge(conn):
                     raise
-        if self._target.sqlite_path is not None:
-            _enable_wal(self._engine, self._busy_timeout_s)
         self._ready = True
+
+    def _ensure_wal(self) -> None:
+        """Put a SQLite ledger in WAL mode before this instance's first write (a no-op on a file already in it): a
+        run stopped between creating the tables and the switch left the file in rollback-journal mode."""
+        if self._target.sqlite_path is not None and not self._wal:
+            _enable_wal(self._engine, self._busy_timeout_s)
+            self._wal = True
 
     # ----- reading
 

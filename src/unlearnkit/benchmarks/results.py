@@ -82,7 +82,8 @@ def write_results(out: Path, results: dict[str, Any], columns: Sequence[str], ti
 
 
 def machine_info() -> dict[str, Any]:
-    """For results.json: the unlearnkit, Python, platform and torch versions and torch's CPU thread count of this run. The
+    """For results.json: the unlearnkit, Python, platform and torch versions and torch's CPU thread count of this
+    run. The
     thread count matters for reproducing numbers: CPU kernels split their sums by thread, so a model trained
     with 1 thread differs in the last bits from one trained with 2, and its unlearning runs after it."""
     import platform
@@ -91,8 +92,8 @@ def machine_info() -> dict[str, Any]:
 
     from .. import __version__
 
-    return {"unlearnkit": __version__, "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
+    return {"unlearnkit": __version__, "python": platform.python_version(), "platform": platform.platform(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def thread_notes(references: Mapping[str, Mapping[str, Any]], threads: int) -> list[str]:

@@ -25,8 +25,8 @@ rules, it did not design the rules blind.) The rules:
 
 rmu and sam_npo candidates run at the bench's lr for its scale (``FACTS_SCALE_SETTINGS`` in lm_bench.py).
 A forget quality that is NaN never holds for rmu. A method none of whose candidates qualifies keeps its
-generic defaults (the bench's lr aside), and the table says so. ``unlearnkit select-facts`` (or ``make select-facts``) reruns the
-selection and writes its table.
+generic defaults (the bench's lr aside), and the table says so. ``unlearnkit select-facts`` (or
+``make select-facts``) reruns the selection and writes its table.
 """
 
 from __future__ import annotations
@@ -169,7 +169,8 @@ def write_selection(out: Path, config: Any, split: str, chosen: Mapping[str, Map
              "the bench reports world seed 0, whose data and models this selection never reads.", "",
              "Chosen: " + "; ".join(f"{m} " + ", ".join(f"{k}={v}" for k, v in s.items()) for m, s in chosen.items()), ""]
     if skipped:
-        lines += [f"No candidate qualified for: {', '.join(skipped)} (its generic defaults apply).", ""]
+        lines += [f"No candidate qualified for: {', '.join(skipped)} (its generic defaults apply, at the bench's lr).",
+                  ""]
     lines.append(markdown_table([dict(row) for row in rows], columns))
     write_text_atomic(out, "\n".join(lines) + "\n")
 

@@ -200,7 +200,8 @@ def _avg_losses(adapter: Any, items: Sequence[Mapping[str, Any]], batch_size: in
                 advance: Callable[[int], None]) -> np.ndarray:
     out = []
     for chunk in batches(list(items), batch_size, shuffle=False, seed=0):
-        out.append(adapter.per_item_loss(adapter.model, _on_device(adapter.collate(chunk), adapter.model)).float().cpu().numpy())
+        batch = _on_device(adapter.collate(chunk), adapter.model)
+        out.append(adapter.per_item_loss(adapter.model, batch).float().cpu().numpy())
         advance(len(chunk))
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
@@ -256,9 +257,10 @@ def collect_lm(adapter: Any, items: Sequence[Mapping[str, Any]], ids: Sequence[A
     adapter.model.eval()
     mine = shard(items)
     passes = len(mine) * (2 + has_para + generate) + sum(len(it["perturbed_answer"]) for it in mine if has_pert)
-    with progress_bar(f"scoring {len(items)} items", passes, loss=False) as bar:
-        fields = gather_fields(_collect_items(adapter, mine, has_para=has_para, has_pert=has_pert, batch_size=batch_size,
-                                              generate=generate, max_new_tokens=max_new_tokens, advance=bar.advance))
+    with progress_bar(f"scoring {len(mine)} items", passes, loss=False) as bar:
+        fields = gather_fields(_collect_items(adapter, mine, has_para=has_para, has_pert=has_pert,
+                                              batch_size=batch_size, generate=generate,
+                                              max_new_tokens=max_new_tokens, advance=bar.advance))
     stats = LMSplitStats(
         ids=list(ids) if ids is not None else list(range(len(items))),
         answers=[it["answer"] for it in items],

@@ -11,7 +11,8 @@ the relatives below) is the mean over the batch's items of each item's token-mea
 item weighs the same; OpenUnlearning's HF ``loss`` pools the tokens of the whole batch, so long answers
 weigh more. The two agree when a batch's answers have equal lengths. The KL is averaged over each retain
 item's real (non-padding) positions, prompt included, then over the items; OpenUnlearning averages over
-all B·T positions, padding included. Supports GU (``project="gu"``): the forget term is projected off the retain gradients.
+all B·T positions, padding included. Supports GU (``project="gu"``): the forget term is projected off the retain
+gradients.
 With ``sam_rho`` > 0 the forget term's gradient is taken SAM-style at the worst nearby weights
 (``train/sam.py``; Fan et al., ICML 2025), which makes the forgetting harder to relearn.
 This module also holds the helpers its relatives (NPO, SimNPO, IdkDPO, UNDIAL, RMU) share.

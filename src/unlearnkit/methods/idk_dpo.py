@@ -76,8 +76,7 @@ class _WithRefusals:
 
 @dataclass
 class IdkDPOConfig(SamplingConfig, StopConfig):
-    """β (inverse temperature), α (retain weight) and the "|"-separated refusal answers; defaults for a
-    tiny LM on CPU."""
+    """β (inverse temperature), α (retain weight) and the "|"-separated refusal answers."""
 
     beta: float = 0.1
     alpha: float = 1.0

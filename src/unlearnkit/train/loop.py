@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from ..errors import UserInputError
+from ..progress import progress_bar
 from . import distributed
 from .config import TrainConfig
 from .gu import GradientProjector, LossParts
-from ..progress import progress_bar
 from .sam import sharpness_aware
 
 Batch = dict
