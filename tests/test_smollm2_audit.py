@@ -134,3 +134,16 @@ def test_the_bench_on_a_damaged_gguf_exits_2_with_one_sentence_and_writes_nothin
     assert not out.exists()
     after = sorted((cache_root() / "facts").glob("*")) if (cache_root() / "facts").is_dir() else []
     assert after == before
+
+
+def test_loading_draws_no_dequantising_bar_where_unlearnkit_draws_none(gguf_file, monkeypatch, capfd):
+    """transformers' GGUF loader draws its bar with tqdm directly, which its own switch for bars does not reach:
+    it printed into pipes and CI logs."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    drawn = gguf_utils.tqdm
+    monkeypatch.setenv("UNLEARNKIT_PROGRESS", "0")
+    capfd.readouterr()
+    smollm2.load_gguf_causal_lm(gguf_file)
+    assert "de-quantizing" not in capfd.readouterr().err
+    assert gguf_utils.tqdm is drawn  # given back

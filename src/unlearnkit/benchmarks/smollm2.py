@@ -18,11 +18,13 @@ import functools
 import hashlib
 import struct
 import time
+from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..errors import UserInputError
+from ..progress import progress_enabled, quiet_library_bars
 
 if TYPE_CHECKING:
     from .facts import FactsConfig
@@ -100,7 +102,6 @@ def load_gguf_causal_lm(path: str | Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ..adapters.causal_lm import quiet_transformers
-    from ..progress import quiet_library_bars
 
     path = Path(path)
     if path.is_dir():
@@ -110,7 +111,7 @@ def load_gguf_causal_lm(path: str | Path) -> tuple[Any, Any]:
     options = {"gguf_file": path.name, "local_files_only": True, "trust_remote_code": False}
     quiet_library_bars()  # transformers' own bars only where unlearnkit's would draw
     try:  # quiet: transformers' own loading report would precede the one sentence below
-        with quiet_transformers():
+        with quiet_transformers(), _quiet_dequantising_bar():
             tokenizer = AutoTokenizer.from_pretrained(path.parent, **options)
             loaded, info = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, output_loading_info=True,
                                                                 ignore_mismatched_sizes=True, **options)
@@ -132,6 +133,21 @@ def load_gguf_causal_lm(path: str | Path) -> tuple[Any, Any]:
         model = type(loaded)(config)
     model.load_state_dict(loaded.state_dict(), strict=True)
     return model.eval(), tokenizer
+
+
+@contextmanager
+def _quiet_dequantising_bar() -> Iterator[None]:
+    """transformers draws its GGUF de-quantising bar with tqdm directly, past its own switch for bars: off inside
+    the block where unlearnkit draws none (pipes, CI, processes of rank > 0)."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    drawn = gguf_utils.tqdm
+    if not progress_enabled():
+        gguf_utils.tqdm = functools.partial(drawn, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = drawn
 
 
 def smollm2_model_and_tokenizer(max_length: int) -> tuple[Any, Any, dict[str, Any]]:
