@@ -125,6 +125,8 @@ def test_the_bench_on_a_damaged_gguf_exits_2_with_one_sentence_and_writes_nothin
 
     gguf_file.write_bytes(gguf_file.read_bytes()[:200])
     monkeypatch.setattr(smollm2, "gguf_path", lambda: gguf_file)
+    # a cache of its own: the suite's shared one gains other workers' entries meanwhile
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path / "cache"))
     before = sorted((cache_root() / "facts").glob("*")) if (cache_root() / "facts").is_dir() else []
     out = tmp_path / "bench"
     assert main(["bench", "--benchmark", "facts", "--base", "smollm2", "--preset", "tiny", "--methods",
