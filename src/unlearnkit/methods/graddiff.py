@@ -30,17 +30,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters.base import frozen_copy as frozen_reference
+from ..adapters.base import frozen_copy
 from ..adapters.causal_lm import item_mean
 from ..errors import UserInputError
 from ..train import optimise
 from ..train.gu import LossParts, ProjectionConfig, projector_for
+from ..train.lora import lora_reference
 from ..train.sam import SharpnessConfig
 from ..train.stopping import StopConfig, stop_for
 from ._sampling import SamplingConfig, retain_pairing
 from .base import Method, Outcome
 
 RETAIN_LOSSES = ("nll", "kl")
+
+def frozen_reference(model: nn.Module) -> Any:
+    """π_ref, the model before unlearning, frozen: under ``--lora`` the model itself with its adapters off (no
+    second copy of its weights; ``train/lora.py``'s ``lora_reference`` says when), else a frozen deep copy."""
+    reference = lora_reference(model)
+    return reference if reference is not None else frozen_copy(model)
+
 
 def check_retain_loss(name: str) -> None:
     """Raise unless ``name`` is a known retain term."""

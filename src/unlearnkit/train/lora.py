@@ -415,6 +415,45 @@ def lora_trained(model: nn.Module) -> bool:
     return any(bool(p.detach().abs().sum() > 0) for name, p in model.named_parameters() if ".lora_B." in name)
 
 
+def lora_reference(model: nn.Module) -> "AdaptersOff | None":
+    """π_ref (the model before unlearning, frozen) without a copy of ``model``: the model itself with its LoRA
+    adapters off, when that is exactly π_ref and safe to run: only adapters train (every other weight stays as it
+    is), none has left zero yet, and one process runs (FSDP or ZeRO-3 would shard the weights outside their
+    wrapper). None otherwise, and the caller copies the model."""
+    from .distributed import launched_processes
+
+    training = [name for name, p in model.named_parameters() if p.requires_grad]
+    if not training or not all(".lora_" in name for name in training) or lora_trained(model):
+        return None
+    return AdaptersOff(model) if launched_processes() == 1 else None
+
+
+class AdaptersOff:
+    """A model carrying LoRA adapters, seen without them and frozen: calling it runs the model in eval mode,
+    without gradients and with every adapter switched off; any other attribute is the model's own."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        from ..adapters.base import eval_mode
+
+        layers = [module for module in self._model.modules() if isinstance(module, BaseTunerLayer)]
+        with torch.no_grad(), eval_mode(self._model):
+            for layer in layers:
+                layer.enable_adapters(False)
+            try:
+                return self._model(*args, **kwargs)
+            finally:
+                for layer in layers:  # gives the adapters back their requires_grad too
+                    layer.enable_adapters(True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
 @torch.no_grad()
 def _restore_base(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Copy the input's weights back under PEFT's wrappers (``a.b.weight`` is ``a.b.base_layer.weight`` there)."""
