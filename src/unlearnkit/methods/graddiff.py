@@ -43,6 +43,7 @@ from .base import Method, Outcome
 
 RETAIN_LOSSES = ("nll", "kl")
 
+
 def frozen_reference(model: nn.Module) -> Any:
     """π_ref, the model before unlearning, frozen: under ``--lora`` the model itself with its adapters off (no
     second copy of its weights; ``train/lora.py``'s ``lora_reference`` says when), else a frozen deep copy."""

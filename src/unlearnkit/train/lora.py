@@ -47,6 +47,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from ..adapters.base import eval_mode
 from ..errors import UserInputError
 
 LORA_SAVES = ("merged", "adapter")
@@ -438,8 +439,6 @@ class AdaptersOff:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
-        from ..adapters.base import eval_mode
-
         layers = [module for module in self._model.modules() if isinstance(module, BaseTunerLayer)]
         with torch.no_grad(), eval_mode(self._model):
             for layer in layers:
@@ -451,6 +450,8 @@ class AdaptersOff:
                     layer.enable_adapters(True)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "_model":  # not set yet (a copy being made): no lookup through itself
+            raise AttributeError(name)
         return getattr(self._model, name)
 
 
