@@ -33,6 +33,11 @@ def workspace(tmp_path):
     return tmp_path
 
 
+def _ctrl_c(*args, **kwargs):
+    """Stands in for a call that a Ctrl-C interrupts."""
+    raise KeyboardInterrupt
+
+
 def _forget(ws, out="out"):
     return ["forget", "--model", str(ws / "model"), "--forget", str(ws / "forget.jsonl"), "--retain",
             str(ws / "retain.jsonl"), "--method", "gradient_ascent", "--param", "epochs=1", "--out", str(ws / out),
@@ -45,10 +50,7 @@ def test_a_first_ledger_append_stopped_midway_does_not_block_the_next_forget(wor
     dropped, until the user deleted it."""
     create_all = ledger_module._metadata.create_all
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ledger_module._metadata, "create_all", interrupted)
+    monkeypatch.setattr(ledger_module._metadata, "create_all", _ctrl_c)
     assert main(_forget(workspace)) == 130
     assert not (workspace / "out").exists()
     assert not (workspace / "ledger.db").exists() or (workspace / "ledger.db").stat().st_size == 0
@@ -149,10 +151,7 @@ def test_a_second_ctrl_c_while_the_row_goes_in_stops_at_once_and_writes_neither(
 
 def test_ctrl_c_says_aborted_on_stderr(workspace, monkeypatch, capsys):
     """typer turns a KeyboardInterrupt into a silent exit 130: a stopped run said nothing."""
-    def interrupted(self, *args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Ledger, "append", interrupted)
+    monkeypatch.setattr(Ledger, "append", _ctrl_c)
     assert main(_forget(workspace)) == 130
     assert capsys.readouterr().err == "aborted\n"
 
@@ -210,10 +209,7 @@ def test_a_ledger_stopped_before_its_switch_to_wal_is_switched_by_the_next_appen
 
     enable_wal = ledger_module._enable_wal
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(ledger_module, "_enable_wal", interrupted)
+    monkeypatch.setattr(ledger_module, "_enable_wal", _ctrl_c)
     assert main(_forget(workspace)) == 130
     monkeypatch.setattr(ledger_module, "_enable_wal", enable_wal)
     journal_mode = lambda: sqlite3.connect(workspace / "ledger.db").execute("PRAGMA journal_mode").fetchone()[0]
