@@ -98,7 +98,7 @@ def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]],
     settings = {name: {**(defaults or {}).get(name, {}), **params.get(name, {})} for name in names}
     for name in names:
         method = get_method(name)
-        check_needs(method, adapter, request, method_config(name, settings[name]))
+        check_needs(method, adapter, request, method_config(name, settings[name], adapter.kind))
     return settings
 
 
@@ -119,7 +119,7 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
 
     adapter = _adapter_for(model, adapter)
     chosen = get_method(method)
-    config = method_config(method, hparams)
+    config = method_config(method, hparams, adapter.kind)
     if memory is not None:  # an option for another model kind is named as such, before what a method makes of it
         memory.check(adapter)
     check_lora(chosen, memory)

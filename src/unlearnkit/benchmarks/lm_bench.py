@@ -53,12 +53,15 @@ FACTS_METHOD_SETTINGS: dict[str, dict[str, Any]] = {
             "lr": 0.01},
 }
 
-#: The learning rate these methods run at on the facts bench's scratch models, in place of their defaults (1e-5,
-#: OpenUnlearning's, for pretrained LMs): the small GPT-2 trained from scratch at lr 5e-3 needs about 100 times more
-#: to move in 10 epochs. 1e-3 is what these defaults were before they became the papers'; not selected on any world
+#: The learning rate these methods run at on the facts bench's scratch models, in place of their defaults for
+#: language models (1e-5, OpenUnlearning's, for pretrained LMs): the small GPT-2 trained from scratch at lr 5e-3
+#: needs about 100 times more to move in 10 epochs. 1e-3 is what the LM-only methods' defaults were before they
+#: became the papers', and finetune and neggrad_plus keep their classifier defaults; not selected on any world
 #: (npo's selected recipe sets its own lr over this one).
-FACTS_SCALE_SETTINGS: dict[str, dict[str, Any]] = {name: {"lr": 1e-3} for name in
-                                                   ("graddiff", "npo", "simnpo", "rmu", "idk_dpo", "sam_npo")}
+FACTS_SCALE_SETTINGS: dict[str, dict[str, Any]] = {
+    **{name: {"lr": 1e-3} for name in ("graddiff", "npo", "simnpo", "rmu", "idk_dpo", "sam_npo")},
+    "finetune": {"lr": 5e-3}, "neggrad_plus": {"lr": 2e-3},
+}
 
 
 def facts_settings(base: str) -> dict[str, dict[str, Any]]:
@@ -91,7 +94,7 @@ def runnable_defaults(params: Mapping[str, Mapping[str, Any]], adapter: Any, bas
     names, notes = [], []
     for name in default_lm_methods():
         method = get_method(name)
-        config = method_config(name, {**defaults.get(name, {}), **params.get(name, {})})
+        config = method_config(name, {**defaults.get(name, {}), **params.get(name, {})}, adapter.kind)
         try:
             method.check_model(adapter, config)
             check_lora(method, memory)
@@ -133,7 +136,7 @@ def check_settings(names: Sequence[str] | None, params: Mapping[str, Mapping[str
     method or setting name, a value of the wrong type or range (the checks that need the model follow later)."""
     chosen = facts_settings(base)
     for name in names or (params or {}):
-        method_config(name, {**chosen.get(name, {}), **(params or {}).get(name, {})})
+        method_config(name, {**chosen.get(name, {}), **(params or {}).get(name, {})}, "causal_lm")
 
 
 def own_adapter(adapter: Any) -> Any:

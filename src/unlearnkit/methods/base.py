@@ -37,6 +37,9 @@ class Method:
     paper: ClassVar[str] = ""
     use_when: ClassVar[str] = ""
     Config: ClassVar[type] = TrainConfig
+    #: Defaults that depend on the model kind, over ``Config``'s (which serve the first kind in ``kinds``):
+    #: kind → setting → value, e.g. a far smaller learning rate for pretrained language models.
+    kind_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
     #: False for methods that do not train the model's own weights by gradient steps (they edit weights in
     #: closed form, train something else, or wrap the model), so LoRA adapters cannot stand in for them.
     lora: ClassVar[bool] = True

@@ -11,6 +11,7 @@ Choices: 2 epochs of Adam at 5e-3, where the SSD repository's baseline runs 5 ep
 rate for SGD on ResNet-18). On the digits bench (forget / test accuracy; retraining forgets a class
 to 0.00) that recipe with SGD (momentum 0.9) leaves a forgotten class at 1.00 / 0.972, with Adam it
 reaches 0.00 but costs test accuracy (0.957); the defaults give 0.014 / 0.978 in 2/5 of the steps.
+On causal LMs lr defaults to 1e-5, OpenUnlearning's rate for pretrained models: 5e-3 with Adam would wreck one.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Finetune(Method):
     name = "finetune"
     kinds = ("classifier", "causal_lm")
     needs = frozenset({"retain", "labels"})
+    kind_defaults = {"causal_lm": {"lr": 1e-5}}
     paper = "Golatkar et al., Eternal Sunshine of the Spotless Net: Selective Forgetting in Deep Networks, 2020"
     use_when = "A cheap baseline when plenty of retain data exists and the forget set's influence may fade with further training; weak guarantees."
     Config = FinetuneConfig

@@ -54,13 +54,15 @@ def _takes(config_cls: type, setting: str) -> bool:
     return setting in {f.name for f in dataclasses.fields(config_cls)}
 
 
-def method_config(name: str, overrides: Mapping[str, Any]) -> Any:
-    """Method ``name``'s config with ``overrides``, checked; a plug-in setting (``project``,
-    ``sampling``) the method does not take is refused with the list of methods that do."""
-    config_cls = get_method(name).Config
+def method_config(name: str, overrides: Mapping[str, Any], kind: str | None = None) -> Any:
+    """Method ``name``'s config for a model of ``kind`` (its defaults for that kind, see
+    ``Method.kind_defaults``) with ``overrides``, checked; a plug-in setting (``project``, ``sampling``)
+    the method does not take is refused with the list of methods that do."""
+    method = get_method(name)
+    config_cls = method.Config
     for setting, requirement in PLUGIN_SETTINGS.items():
         if setting in overrides and not _takes(config_cls, setting):
             takers = [n for n, cls in methods().items() if _takes(cls.Config, setting)]
             raise UserInputError(f"Method {name!r} does not support {requirement} "
                                  f"({', '.join(takers[:-1])} or {takers[-1]}).")
-    return build_config(config_cls, overrides, owner=f"Method {name!r}")
+    return build_config(config_cls, {**method.kind_defaults.get(kind or "", {}), **overrides}, owner=f"Method {name!r}")
