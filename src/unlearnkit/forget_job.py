@@ -367,6 +367,8 @@ def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
     if is_main_process():
         log(f"{job.method}: forget {before} -> {after} in {record.seconds:.2f}s; status {record.status}; "
             f"ledger row {summary['ledger_row']}")
+        if record.info.get("warning"):
+            log(f"warning: {job.method}: {record.info['warning']}")
         if record.status == "ok" and not after["forget_loss"] > before["forget_loss"]:
             log(f"warning: the forget items' mean loss did not rise ({before['forget_loss']:.4g} -> "
                 f"{after['forget_loss']:.4g}): the model changed, but this run may not have forgotten them; stronger "

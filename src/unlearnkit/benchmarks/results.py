@@ -105,6 +105,13 @@ def thread_notes(references: Mapping[str, Mapping[str, Any]], threads: int) -> l
             if meta.get("train_threads") not in (None, threads)]
 
 
+def method_warnings(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One note per run whose method warned about its own result (``info["warning"]``, e.g. K-FADE's singular
+    factors), so that a page does not show a broken run without its method's reason."""
+    return [f"{run['method']} warned: {run['info']['warning']}" for run in runs
+            if isinstance(run.get("info"), Mapping) and run["info"].get("warning")]
+
+
 def memory_baseline() -> dict[str, float]:
     """For results.json: the process's resident memory (MiB) before a bench's first method, on CPU, where
     the memory figures are of the process's resident set (on CUDA they are the block's own GPU allocations)."""
