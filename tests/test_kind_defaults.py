@@ -51,3 +51,28 @@ def test_a_card_names_the_default_for_each_kind():
     text = card(type(get_method("finetune")), [])
     assert "| `lr` | `0.005` (`1e-05` on causal_lm) |" in text
     assert "| `epochs` | `2` |" in text
+
+
+def test_every_kind_default_names_a_kind_the_method_serves_and_a_setting_it_takes():
+    """A typo ('causal-lm', 'learning_rate') would otherwise be ignored or refused as if the user had set it."""
+    from unlearnkit.methods.registry import methods
+    from unlearnkit.train.config import settings_of
+
+    for cls in methods().values():
+        for kind, values in cls.kind_defaults.items():
+            assert kind in cls.kinds, (cls.name, kind)
+            assert set(values) <= set(settings_of(cls.Config)) - set(getattr(cls.Config, "unused", ())), cls.name
+
+
+def _bench(benchmark: str, metrics: dict, lr: float) -> dict:
+    return {"benchmark": benchmark, "split": "forget10", "runs": [{
+        "method": "finetune", "metrics": metrics, "params": {"lr": lr, "epochs": 2}, "seconds": 1.0,
+        "retrain_seconds": 10.0}]}
+
+
+def test_a_card_compares_each_run_with_the_defaults_of_its_kind():
+    lm, image = {"forget_quality": 0.5, "model_utility": 0.6}, {"forget_acc": 0.1, "test_acc": 0.9}
+    rows = [line for line in card(type(get_method("finetune")), [
+        _bench("facts", lm, 1e-5), _bench("facts", lm, 5e-3), _bench("digits", image, 5e-3), _bench("digits", image, 1e-5),
+    ]).splitlines() if line.startswith("| facts") or line.startswith("| digits")]
+    assert [row.split(" | ")[1] for row in rows] == ["defaults", "lr=0.005", "defaults", "lr=1e-05"]

@@ -1,4 +1,5 @@
-"""A method's warning about its own result (``info["warning"]``) reaches the user: forget prints it, bench pages note it."""
+"""A method's warning about its own result (``info["warning"]``) reaches the user: forget prints it and its report
+shows it, bench pages note it."""
 
 import json
 from pathlib import Path
@@ -36,6 +37,7 @@ def test_forget_prints_the_methods_warning(tmp_path, capsys):
     assert "warning: kfade: " in capsys.readouterr().out
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert SINGULAR in run["info"]["warning"]
+    assert SINGULAR in (tmp_path / "out" / "report.html").read_text()  # the method's info is in the report too
     assert main([*args, "--method", "gradient_ascent", "--out", str(tmp_path / "out2"), "--param", "lr=0.01"]) == 0
     assert "warning" not in capsys.readouterr().out
 

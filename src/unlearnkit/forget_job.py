@@ -384,7 +384,7 @@ def _write_report(directory: Path, summary: Mapping[str, Any], forget_records, j
              "status": "ok", "params": {}},
             {"method": summary["method"], "reference": False, "metrics": summary["metrics_after"],
              "seconds": summary["seconds"], "status": summary["status"], "params": summary["params"],
-             "losses": summary["losses"]}]
+             "info": summary.get("info") or {}, "losses": summary["losses"]}]
     results = {"benchmark": "forget", "seed": summary["params"].get("seed"), "runs": runs}
     examples = {i: json.dumps(record) for i, (_, record) in enumerate(forget_records)} if job.show_examples else None
     write_report(directory / "report.html", results, items, show_examples=job.show_examples, examples=examples)

@@ -7,8 +7,8 @@ Choices: an epoch is one pass over the forget set, each forget batch paired with
 a cycling pass over the retain set (``retain_pairing``, as the ``sampling`` setting says, standard
 by default). The paper tunes α and the number of epochs per setting; the defaults (α = 0.99,
 5 epochs, Adam 2e-3) were chosen on the digits CNN, where the unbounded ascent term needs a small
-weight to spare the kept classes. On causal LMs lr defaults to 1e-5, OpenUnlearning's rate for pretrained
-models (its GradDiff, NegGrad+'s counterpart there): 2e-3 with Adam would wreck one.
+weight to spare the kept classes. On causal LMs only lr changes: it defaults to 1e-5, OpenUnlearning's rate
+for pretrained models (at 2e-3, Adam cost SmolLM2-135M most of its model utility on the facts smollm2 bench).
 Works on any model kind whose adapter gives a per-item loss; on a classifier that loss is the
 cross-entropy against the items' labels (a causal LM's targets are its own tokens).
 """
