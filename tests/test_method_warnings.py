@@ -4,6 +4,7 @@ shows it, bench pages note it."""
 import json
 from pathlib import Path
 
+import torch
 from lm_fixtures import memorised_lm, tiny_qa
 
 from unlearnkit.benchmarks.results import method_warnings
@@ -48,3 +49,22 @@ def test_the_facts_bench_notes_a_methods_warning(tmp_path):
     notes = json.loads((out / "results.json").read_text())["notes"]
     assert [n for n in notes if n.startswith("kfade warned: ") and SINGULAR in n]
     assert "kfade warned: " in (out / "results.md").read_text()
+
+
+def test_ssd_warns_when_the_full_set_is_one_importance_batch_that_selects_broadly():
+    from unlearnkit import unlearn
+    from unlearnkit.methods.ssd import SSDConfig, one_batch_warning
+    from unlearnkit.request import ForgetRequest
+
+    # 48 items with 6 to forget in one batch: f/o = 8² = 64 > α = 10 for a weight only the forget items drive
+    assert "(48/6)² = 64 > alpha=10.0" in one_batch_warning(48, 6, SSDConfig())["warning"]
+    assert one_batch_warning(48, 6, SSDConfig(batch_size=8)) == {}  # over many batches f/o is about 48/6 = 8
+    assert one_batch_warning(48, 24, SSDConfig()) == {}  # (48/24)² = 4 ≤ α: no broad selection
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    data = [(torch.randn(4), i % 3) for i in range(12)]
+    request = ForgetRequest(data, [0, 1], list(range(2, 12)))
+    _, record = unlearn(model, request, "ssd")
+    assert "(12/2)² = 36" in record.info["warning"]
+    _, record = unlearn(model, request, "ssd", batch_size=2)
+    assert "warning" not in record.info

@@ -25,7 +25,9 @@ It equals the per-request o when computed over ``full_training_items(request)``,
 request; computed once after training over the data in another order (which is how SSD can work
 without long-term storage of the training data, as its abstract claims) it gives a different o, and
 so a different selection. Without it, o is computed on every request (as the image benches do, so
-their ``seconds`` include it).
+their ``seconds`` include it). When that full set fits in one batch (a small request), o is the square of a
+single mean gradient, and a weight only the forget items drive passes f > α·o by (full/forget)² instead of
+about full/forget: the run's info then warns (:func:`one_batch_warning`).
 """
 
 from __future__ import annotations
@@ -173,7 +175,23 @@ class SSD(Method):
             full_imp, metadata = load_full_importance(config.full_importance, adapter.model, config.batch_size)
             info = {"full_importance": "precomputed", "full_importance_seconds": float(metadata.get("seconds", "nan"))}
         else:
-            full_imp = importance(adapter, full_training_items(request), config.batch_size)
-            info = {"full_importance": "computed"}
+            full = full_training_items(request)
+            full_imp = importance(adapter, full, config.batch_size)
+            info = {"full_importance": "computed", **one_batch_warning(len(full), len(forget), config)}
         fraction = dampen(adapter.model, forget_imp, full_imp, config.alpha, config.lam)
         return Outcome(adapter.model, info={"dampened_fraction": fraction, **info})
+
+
+def one_batch_warning(full: int, forget: int, config: SSDConfig) -> dict[str, str]:
+    """``{"warning": ...}`` when the full set fits in one importance batch and that makes the selection broad.
+
+    o is then the square of one mean gradient over all ``full`` items, in which the forget items weigh forget/full,
+    so for a weight only they drive f/o = (full/forget)², not the full/forget that averaging over many batches
+    gives (the forget items in batches of their own, the authors' order): past α, every such weight is dampened.
+    """
+    ratio = (full / forget) ** 2
+    if full > config.batch_size or ratio <= config.alpha:
+        return {}
+    return {"warning": f"the full set's {full} items fit in one batch of batch_size={config.batch_size}, so for a "
+                       f"weight only the {forget} forget items drive f/o = ({full}/{forget})² = {ratio:.3g} > "
+                       f"alpha={config.alpha}: every such weight is dampened; use a batch_size well below {full}."}
