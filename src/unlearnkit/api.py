@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from .adapters.base import clone_model
+from .adapters.base import clone_model, device_of
 from .errors import UserInputError
 from .methods.registry import get_method, method_config
 from .request import ForgetRequest
@@ -111,7 +111,9 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
     ``memory`` (a :class:`unlearnkit.train.lora.MemoryOptions`) applies LoRA, bf16 weights or
     gradient checkpointing to that copy (causal LMs). Under ``accelerate launch`` / ``torchrun`` the
     copy is placed on this process's device before the method runs, so the frozen references that
-    methods copy from it live there too. The record's seconds (and memory) cover the method and turning its
+    methods copy from it live there too. The unlearned model is returned on the device the input model is on
+    (on a GPU machine the work runs on the GPU and the result comes back to a CPU input's device), so it can
+    be used where the input was. The record's seconds (and memory) cover the method and turning its
     result into the returned model (LoRA's merge, bf16's restore), not making the working copy (the deep
     copy, the LoRA wrapping or bf16 cast).
     """
@@ -128,6 +130,7 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
         raise UserInputError("Every parameter of the model is frozen (requires_grad=False); unfreeze the ones "
                              f"{method!r} may change.")
     distributed.check_launch()
+    home = device_of(adapter.model)
     working_model, prepared = _working_copy(adapter.model, memory, config.seed)
     with measure() as cost:  # LoRA's merge (or bf16's restore) is part of making the unlearned model: timed too
         outcome = chosen.unlearn(adapter.with_model(working_model), request, config)
@@ -139,6 +142,8 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
             result = finish_model(prepared, result, method, diverged)
             info.update({"lora": prepared.info} if prepared.info else {})
     info.update({"launch": distributed.describe_launch()} if distributed.describe_launch() else {})
+    if device_of(result) != home:  # like making the working copy, bringing it back is not the method's time
+        result.to(home)
     result.eval()
     train = outcome.train
     if train is not None and train.stopped_at is not None:  # an early stop (train/stopping.py) ended the run

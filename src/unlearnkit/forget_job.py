@@ -332,6 +332,7 @@ def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
     fingerprint_before = fingerprint(adapter.model.state_dict())
     adapter.model.to("cpu")  # only the working copy needs the device while unlearning
     model, record = unlearn(adapter.model, request, job.method, adapter=adapter, memory=job.memory, **settings)
+    model.to(device)  # unlearn gives it back on the input's device, the CPU here
     scores_after = _scores(adapter.with_model(model), forget, retain)
     after = _summary(scores_after)
     _check_usable(after)

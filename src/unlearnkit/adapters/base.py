@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
@@ -35,6 +36,12 @@ class ModelAdapter(Protocol):
 def clone_model(model: nn.Module) -> nn.Module:
     """A deep copy of ``model``, so that input models are never modified in place."""
     return copy.deepcopy(model)
+
+
+def device_of(model: nn.Module) -> torch.device:
+    """The device of ``model``'s first weight or buffer (the CPU for a module that holds none)."""
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 @contextmanager

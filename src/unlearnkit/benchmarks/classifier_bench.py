@@ -16,7 +16,7 @@ from ..report.html import write_report
 from ..request import ForgetRequest
 from ..train.measure import memory_of, reference_memory
 from .cache import cache_root
-from .results import machine_info, memory_baseline, method_warnings, thread_notes, write_items, write_results
+from .results import machine_info, memory_baseline, method_warnings, reference_notes, write_items, write_results
 from .vision import (BENCH_METHOD_SETTINGS, VisionBenchmark, cached_classifier, evaluation_split_ids, evaluation_splits,
                      forget_request, load_vision_benchmark, settings_note)
 
@@ -108,8 +108,8 @@ def run_classifier_bench(
             f"time={record.seconds:.2f}s ({record.seconds / retrain_seconds:.3f} of retrain)")
 
     machine = machine_info()
-    notes += method_warnings(runs) + thread_notes({"original": case.target_meta, "retrain": case.retrain_meta},
-                                                  machine["torch_threads"])
+    notes += method_warnings(runs) + reference_notes({"original": case.target_meta, "retrain": case.retrain_meta},
+                                                     machine)
     results = {"benchmark": benchmark, "scenario": scenario, "seed": seed, "retrain_seconds": retrain_seconds, "notes": notes, **memory,
                "machine": machine, "runs": runs}
     command = command or f"unlearnkit bench --benchmark {benchmark} --scenario {scenario}"

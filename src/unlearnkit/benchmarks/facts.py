@@ -44,10 +44,12 @@ from typing import Any, Callable, Iterator
 
 import torch
 
+from ..adapters.base import device_of
 from ..errors import UserInputError
 from ..request import ForgetRequest
 from ..train.measure import measure, training_memory
 from .cache import cached
+from .results import training_settings
 
 #: Bump when the generator or the training recipe changes what a config produces (it is part of the cache key),
 #: or when the training loop's speed changes: a cached model's ``train_seconds`` is the bench's retraining time.
@@ -672,7 +674,7 @@ def answer_accuracy(adapter: Any, model: torch.nn.Module, items: list[dict], bat
     model.eval()
     correct = total = exact = 0
     for start in range(0, len(items), batch_size):
-        batch = adapter.collate(items[start : start + batch_size])
+        batch = {k: v.to(device_of(model)) for k, v in adapter.collate(items[start : start + batch_size]).items()}
         hits = adapter.logits(model, batch)[:, :-1].argmax(-1) == batch["labels"][:, 1:]
         mask = batch["labels"][:, 1:] != -100
         correct += int((hits & mask).sum())
@@ -707,7 +709,7 @@ def train_facts_model(config: FactsConfig, tokenizer: Any, items: list[dict],
         record = optimise(model, stopper.wrap(stream), stopper.loss, recipe, steps_per_epoch=steps,
                           description="training facts model")
     accuracy, exact = answer_accuracy(adapter, model, items)
-    info = {"train_seconds": training.seconds, **training_memory(training), "train_threads": torch.get_num_threads(),
+    info = {"train_seconds": training.seconds, **training_memory(training), **training_settings(),
             "epochs_run": stopper.epochs_run,
             "steps": record.steps,
             "final_loss": record.losses[-1] if record.losses else None, "answer_token_accuracy": accuracy,

@@ -21,7 +21,7 @@ from ..methods.registry import get_method, method_config, methods
 from ..report.html import write_report
 from ..train.measure import memory_of, reference_memory
 from .cache import cache_root
-from .results import machine_info, memory_baseline, method_warnings, thread_notes, write_items, write_results
+from .results import machine_info, memory_baseline, method_warnings, reference_notes, write_items, write_results
 
 COLUMNS = ("method", "forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
            "retain_rouge", "general_rouge", "mia_loss_auc", "mia_minkpp_auc", "privleak", "extraction_strength",
@@ -357,7 +357,7 @@ def run_lm_bench(
     notes += [relearn.describe(config.lr)] if "relearn" in attacks else []
     notes += unmemorised_notes(references, config.target_accuracy) + method_warnings(runs)
     notes += timing_notes(step_seconds(references), pace)
-    notes += thread_notes({role: meta for role, _, meta in references}, results["machine"]["torch_threads"])
+    notes += reference_notes({role: meta for role, _, meta in references}, results["machine"])
     if notes:
         results["notes"] = notes
     base = "" if config.base == "scratch" else f" --base {config.base}"

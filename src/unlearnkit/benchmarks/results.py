@@ -60,8 +60,10 @@ PRIVLEAK_READING = (", privleak is a percentage: 0 is as private as the retain m
 def write_results(out: Path, results: dict[str, Any], columns: Sequence[str], title: str, command: str) -> str:
     """Write ``results.json`` and ``results.md`` into ``out``; return the markdown."""
     write_json_atomic(out / "results.json", results)
-    threads = (results.get("machine") or {}).get("torch_threads")
+    machine = results.get("machine") or {}
+    threads, gpu = machine.get("torch_threads"), machine.get("gpu")
     run = [f"seed {results['seed']}"] * (results.get("seed") is not None) + [f"{threads} torch threads"] * bool(threads)
+    run += [f"on {gpu}"] * bool(gpu)
     seed = f" ({', '.join(run)})" if run else ""
     timed = any(_numeric(run.get("retrain_seconds")) for run in results["runs"]) or _numeric(results.get("retrain_seconds"))
     markdown = "\n".join([
@@ -82,27 +84,48 @@ def write_results(out: Path, results: dict[str, Any], columns: Sequence[str], ti
 
 
 def machine_info() -> dict[str, Any]:
-    """For results.json: the unlearnkit, Python, platform and torch versions and torch's CPU thread count of this
-    run. The
-    thread count matters for reproducing numbers: CPU kernels split their sums by thread, so a model trained
-    with 1 thread differs in the last bits from one trained with 2, and its unlearning runs after it."""
+    """For results.json: the unlearnkit, Python, platform and torch versions, torch's CPU thread count and the
+    device type the methods ran on (``cpu`` or ``cuda``, with the GPU's name). The thread count matters for
+    reproducing numbers: CPU kernels split their sums by thread, so a model trained with 1 thread differs in
+    the last bits from one trained with 2, and its unlearning runs after it."""
     import platform
 
     import torch
 
     from .. import __version__
 
+    device = training_settings()["train_device"]
     return {"unlearnkit": __version__, "python": platform.python_version(), "platform": platform.platform(),
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "device": device,
+            **({"gpu": torch.cuda.get_device_name()} if device == "cuda" else {})}
 
 
-def thread_notes(references: Mapping[str, Mapping[str, Any]], threads: int) -> list[str]:
-    """A note for each cached reference model (role → its meta) trained with another torch thread count than
-    ``threads``: its weights, and so every number compared with it, differ slightly from a fresh run's here."""
-    return [f"{role} was trained (and cached) with {meta['train_threads']} torch thread(s), this run used {threads}: "
-            "a fresh run here trains a slightly different model (CPU sums are split by thread), so its numbers differ "
-            "in the last digits." for role, meta in references.items()
-            if meta.get("train_threads") not in (None, threads)]
+def training_settings() -> dict[str, Any]:
+    """For a cached reference model's meta: the torch thread count and the device type it is trained with."""
+    import torch
+
+    from ..train.distributed import training_device
+
+    return {"train_threads": torch.get_num_threads(), "train_device": training_device().type}
+
+
+def reference_notes(references: Mapping[str, Mapping[str, Any]], machine: Mapping[str, Any]) -> list[str]:
+    """A note for each cached reference model (role → its meta) trained with another torch thread count, or on
+    another device type, than this run (``machine``, from :func:`machine_info`): its weights, and so every number
+    compared with it, differ slightly from a fresh run's here; on another device its training seconds, which
+    ``time_vs_retrain`` divides by, were also timed on other hardware than the methods. A meta without the
+    field (a model cached by an older version) gets no note."""
+    notes = []
+    for role, meta in references.items():
+        if meta.get("train_threads") not in (None, machine["torch_threads"]):
+            notes.append(f"{role} was trained (and cached) with {meta['train_threads']} torch thread(s), this run "
+                         f"used {machine['torch_threads']}: a fresh run here trains a slightly different model (CPU "
+                         "sums are split by thread), so its numbers differ in the last digits.")
+        if meta.get("train_device") not in (None, machine.get("device")):
+            notes.append(f"{role} was trained (and cached) on {meta['train_device']}, this run's methods ran on "
+                         f"{machine.get('device')}: its training seconds, which `time_vs_retrain` divides by, were "
+                         "timed on other hardware, and a fresh run here trains a slightly different model.")
+    return notes
 
 
 def method_warnings(runs: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -29,6 +29,7 @@ from ..train import TrainConfig, optimise, warm_up_step
 from ..train.config import check_seed
 from ..train.measure import Measurement, measure, training_memory
 from .cache import cached
+from .results import training_settings
 
 SCENARIOS = ("random", "class")
 
@@ -237,7 +238,7 @@ def cached_classifier(bench: VisionBenchmark, excluded: list[int], role: str) ->
         model, training = train_classifier(bench, [it for i, it in enumerate(bench.train) if i not in skipped])
         save_state_dict(model.state_dict(), directory / "model.safetensors")
         return {"role": role, "train_seconds": training.seconds, **training_memory(training),
-                "train_threads": torch.get_num_threads(),
+                **training_settings(),
                 "train_items": len(bench.train) - len(drop)}
 
     directory, meta = cached("classifier", config, build)

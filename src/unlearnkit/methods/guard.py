@@ -50,6 +50,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..adapters.base import device_of
 from ..errors import UserInputError
 from ..train.config import OPTIMISER_SETTINGS, TrainConfig
 from ._lm_features import cosine_matrix, mask_positions, masked_mean, pooled_states
@@ -153,6 +154,7 @@ class GuardedModel(InferenceWrapper):
         self.restriction = restriction
         self.flag_probability = float(flag_probability)
         self.answers_per_prompt = int(answers_per_prompt)
+        self.to(device_of(base))  # the detector and keys are fitted (or loaded) on the CPU
 
     def settings(self) -> dict[str, Any]:
         """The hidden-state layer, flag level, retrieval count and the restriction (its n-gram rules hold the
@@ -333,7 +335,8 @@ class Guard(Method):
         restriction = _restriction(adapter, forget, config)
         wrapped = GuardedModel(model, config.layer, detector, keys, restriction, config.flag_probability,
                                config.answers_per_prompt).eval()
-        flagged = lambda x: float((wrapped.forget_probability(x) > config.flag_probability).float().mean())
+        flagged = lambda x: float((wrapped.forget_probability(x.to(device_of(model))) > config.flag_probability)
+                                  .float().mean())
         info = {"forget_flag_rate": flagged(positives),
                 "retain_flag_rate": flagged(negatives),
                 "semantic_neighbours": sum(len(v) for v in restriction.similar.values())}

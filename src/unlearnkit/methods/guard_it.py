@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..adapters.base import device_of
 from ..errors import UserInputError
 from ..train.config import OPTIMISER_SETTINGS, TrainConfig
 from ._lm_features import block_name, cosine_matrix, first_tensor, masked_mean, pooled_states, replace_first
@@ -148,6 +149,7 @@ class GatedRedirectModel(InferenceWrapper):
         self.gate = gate
         self.register_buffer("vectors", vectors.float())
         self.alpha = float(alpha)
+        self.to(device_of(base))  # the gate and vectors are fitted (or loaded) on the CPU
         self._mask: torch.Tensor | None = None
         self._view = "text"
         self._freeze = False

@@ -8,7 +8,10 @@ construction (the forget set is never seen), at the full cost of training.
 Choices: the weights are re-initialised by calling ``reset_parameters()`` (or PyTorch's private
 ``_reset_parameters()``, as ``nn.MultiheadAttention`` has) on every submodule that has one, in module
 order, after ``torch.manual_seed(seed)``; for a model built the same way under the same seed on the
-CPU this reproduces its constructor's initialisation. A parameter held by a module without a reset
+CPU this reproduces its constructor's initialisation. The draw is made on the CPU whatever device the
+model is on (it is moved there and back), since a GPU's generator gives other numbers for the same seed.
+On an H200, retraining the digits CNN drawn in place ended up to 0.93 away from the cached reference in its
+first convolution's weights; drawn on the CPU, up to 0.005 (GPU training itself is not bit-exact). A parameter held by a module without a reset
 (e.g. a bare ``nn.Parameter`` such as a ViT's class token) is refused with one sentence rather than
 kept trained, which would leak the forget set into the "exact" baseline. Buffers without a reset
 (none in plain CNNs) keep their values. Modules whose parameters are all frozen (a pretrained
@@ -23,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..adapters.base import device_of
 from ..errors import UserInputError
 from ..train import TrainConfig, optimise
 from .base import Method, Outcome, item_stream
@@ -56,11 +60,14 @@ def reinitialise(model: nn.Module, seed: int, *, keep_frozen: bool = True) -> in
                 full = f"{name}.{param_name}" if name else param_name
                 raise UserInputError(f"Cannot re-initialise parameter {full!r}: its module ({type(module).__name__}) "
                                      "has no reset_parameters(); give it one to retrain from scratch.")
+    home = device_of(model)
+    model.to("cpu")
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         for _, _, reset in resets:
             if reset is not None:
                 reset()
+    model.to(home)
     return sum(reset is not None for _, _, reset in resets)
 
 
