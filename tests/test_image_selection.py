@@ -56,10 +56,11 @@ def test_select_images_refuses_bad_input_and_writes_nothing(tmp_path, capsys, ar
     assert not out.exists()
 
 
-@pytest.mark.parametrize("benchmark", sorted(BENCH_METHOD_SETTINGS))
-def test_the_bench_uses_the_settings_the_published_selection_chose(benchmark):
-    text = (Path(__file__).parents[1] / selection_page(benchmark)).read_text()
-    assert text.startswith(f"# Image-bench settings selected on {benchmark} ")
+# named bench_name, not benchmark: where pytest-benchmark is installed, its fixture of that name crashed the worker
+@pytest.mark.parametrize("bench_name", sorted(BENCH_METHOD_SETTINGS))
+def test_the_bench_uses_the_settings_the_published_selection_chose(bench_name):
+    text = (Path(__file__).parents[1] / selection_page(bench_name)).read_text()
+    assert text.startswith(f"# Image-bench settings selected on {bench_name} ")
     assert f"split seeds {', '.join(map(str, SELECTION_SEEDS))}\n" in text  # the seeds the pages' notes name
     line = next(line for line in text.splitlines() if line.startswith("Chosen: "))
     published: dict = {}
@@ -68,7 +69,7 @@ def test_the_bench_uses_the_settings_the_published_selection_chose(benchmark):
         published.setdefault(scenario, {})[method] = {k: float(v) for k, v in
                                                       (pair.split("=") for pair in values.split(", "))}
     used = {scenario: {method: {k: v for k, v in values.items() if k in published[scenario][method]}
-                       for method, values in methods.items()} for scenario, methods in BENCH_METHOD_SETTINGS[benchmark].items()}
+                       for method, values in methods.items()} for scenario, methods in BENCH_METHOD_SETTINGS[bench_name].items()}
     assert published == used
 
 

@@ -109,14 +109,26 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
     ``model`` is an ``nn.Module`` (a classifier) or an adapter; it is never modified: the method
     works on a copy. ``hparams`` override the method's default config (unknown names are errors).
     ``memory`` (a :class:`unlearnkit.train.lora.MemoryOptions`) applies LoRA, bf16 weights or
-    gradient checkpointing to that copy (causal LMs). Under ``accelerate launch`` / ``torchrun`` the
-    copy is placed on this process's device before the method runs, so the frozen references that
-    methods copy from it live there too. The unlearned model is returned on the device the input model is on
-    (on a GPU machine the work runs on the GPU and the result comes back to a CPU input's device), so it can
-    be used where the input was. The record's seconds (and memory) cover the method and turning its
+    gradient checkpointing to that copy (causal LMs). The copy is placed on this process's training
+    device (its GPU when it has one) before the method runs, so the frozen references that methods copy
+    from it live there too; the unlearned model is returned on the device the input model is on, so it
+    can be used where the input was. The record's seconds (and memory) cover the method and turning its
     result into the returned model (LoRA's merge, bf16's restore), not making the working copy (the deep
-    copy, the LoRA wrapping or bf16 cast).
+    copy, the LoRA wrapping or bf16 cast) or moving the result back.
     """
+    adapter = _adapter_for(model, adapter)
+    home = device_of(adapter.model)
+    result, record = unlearn_on_training_device(adapter.model, request, method, adapter=adapter, memory=memory,
+                                                **hparams)
+    if device_of(result) != home:
+        result.to(home)
+    return result, record
+
+
+def unlearn_on_training_device(model: Any, request: ForgetRequest, method: str = "ssd", *,
+                               adapter: Any | None = None, memory: Any | None = None, **hparams: Any):
+    """:func:`unlearn`, with the unlearned model left on the training device: for a caller that goes on
+    using it there (``forget`` scores it), which saves two copies of the whole model between devices."""
     from .train import distributed
 
     adapter = _adapter_for(model, adapter)
@@ -130,7 +142,6 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
         raise UserInputError("Every parameter of the model is frozen (requires_grad=False); unfreeze the ones "
                              f"{method!r} may change.")
     distributed.check_launch()
-    home = device_of(adapter.model)
     working_model, prepared = _working_copy(adapter.model, memory, config.seed)
     with measure() as cost:  # LoRA's merge (or bf16's restore) is part of making the unlearned model: timed too
         outcome = chosen.unlearn(adapter.with_model(working_model), request, config)
@@ -142,8 +153,6 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
             result = finish_model(prepared, result, method, diverged)
             info.update({"lora": prepared.info} if prepared.info else {})
     info.update({"launch": distributed.describe_launch()} if distributed.describe_launch() else {})
-    if device_of(result) != home:  # like making the working copy, bringing it back is not the method's time
-        result.to(home)
     result.eval()
     train = outcome.train
     if train is not None and train.stopped_at is not None:  # an early stop (train/stopping.py) ended the run

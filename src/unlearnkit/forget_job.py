@@ -275,7 +275,7 @@ def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:
 
 
 def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
-    from .api import check_lora, unlearn, validate_runs
+    from .api import check_lora, unlearn_on_training_device, validate_runs
     from .io import atomic_dir, fingerprint, write_json_atomic
     from .methods.registry import get_method
     from .request import ForgetRequest
@@ -331,8 +331,8 @@ def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
     before = _summary(scores_before)
     fingerprint_before = fingerprint(adapter.model.state_dict())
     adapter.model.to("cpu")  # only the working copy needs the device while unlearning
-    model, record = unlearn(adapter.model, request, job.method, adapter=adapter, memory=job.memory, **settings)
-    model.to(device)  # unlearn gives it back on the input's device, the CPU here
+    model, record = unlearn_on_training_device(adapter.model, request, job.method, adapter=adapter,
+                                               memory=job.memory, **settings)
     scores_after = _scores(adapter.with_model(model), forget, retain)
     after = _summary(scores_after)
     _check_usable(after)

@@ -44,7 +44,6 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..adapters.base import device_of
 from ..errors import UserInputError
 from ..request import ForgetRequest
 from ..train.measure import measure, training_memory
@@ -674,9 +673,11 @@ def answer_accuracy(adapter: Any, model: torch.nn.Module, items: list[dict], bat
     model.eval()
     correct = total = exact = 0
     for start in range(0, len(items), batch_size):
-        batch = {k: v.to(device_of(model)) for k, v in adapter.collate(items[start : start + batch_size]).items()}
-        hits = adapter.logits(model, batch)[:, :-1].argmax(-1) == batch["labels"][:, 1:]
-        mask = batch["labels"][:, 1:] != -100
+        batch = adapter.collate(items[start : start + batch_size])
+        logits = adapter.logits(model, batch)  # on the model's device, where the labels must go too
+        labels = batch["labels"][:, 1:].to(logits.device)
+        hits = logits[:, :-1].argmax(-1) == labels
+        mask = labels != -100
         correct += int((hits & mask).sum())
         total += int(mask.sum())
         exact += int(((hits | ~mask).all(dim=1)).sum())

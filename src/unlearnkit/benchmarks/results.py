@@ -110,21 +110,28 @@ def training_settings() -> dict[str, Any]:
 
 
 def reference_notes(references: Mapping[str, Mapping[str, Any]], machine: Mapping[str, Any]) -> list[str]:
-    """A note for each cached reference model (role → its meta) trained with another torch thread count, or on
-    another device type, than this run (``machine``, from :func:`machine_info`): its weights, and so every number
-    compared with it, differ slightly from a fresh run's here; on another device its training seconds, which
-    ``time_vs_retrain`` divides by, were also timed on other hardware than the methods. A meta without the
-    field (a model cached by an older version) gets no note."""
-    notes = []
+    """Notes on cached reference models (role → its meta) trained unlike this run (``machine``, from
+    :func:`machine_info`): on the CPU with another torch thread count, or on another device type. Their weights,
+    and so every number compared with them, differ slightly from a fresh run's here; on another device type the
+    retrained reference's training seconds, which ``time_vs_retrain`` divides by, also come from other hardware.
+    A meta without the field (a model cached by an older version) gets no note."""
+    device = machine.get("device", "cpu")
+    notes = [f"{role} was trained (and cached) with {meta['train_threads']} torch thread(s), this run used "
+             f"{machine['torch_threads']}: a fresh run here trains a slightly different model (CPU sums are split by "
+             "thread), so its numbers differ in the last digits." for role, meta in references.items()
+             if device == "cpu" and meta.get("train_device", "cpu") == "cpu"
+             and meta.get("train_threads") not in (None, machine["torch_threads"])]
+    elsewhere: dict[str, list[str]] = {}
     for role, meta in references.items():
-        if meta.get("train_threads") not in (None, machine["torch_threads"]):
-            notes.append(f"{role} was trained (and cached) with {meta['train_threads']} torch thread(s), this run "
-                         f"used {machine['torch_threads']}: a fresh run here trains a slightly different model (CPU "
-                         "sums are split by thread), so its numbers differ in the last digits.")
-        if meta.get("train_device") not in (None, machine.get("device")):
-            notes.append(f"{role} was trained (and cached) on {meta['train_device']}, this run's methods ran on "
-                         f"{machine.get('device')}: its training seconds, which `time_vs_retrain` divides by, were "
-                         "timed on other hardware, and a fresh run here trains a slightly different model.")
+        if meta.get("train_device") not in (None, device):
+            elsewhere.setdefault(meta["train_device"], []).append(role)
+    for other, roles in elsewhere.items():
+        timed = any(role in ("retain", "retrain") for role in roles)
+        named = roles[0] if len(roles) == 1 else f"{', '.join(roles[:-1])} and {roles[-1]}"
+        notes.append(f"{named} {'was' if len(roles) == 1 else 'were'} trained (and cached) on {other}, "
+                     f"this run's methods ran on {device}: a fresh run here trains slightly different weights"
+                     + (", and `time_vs_retrain` divides by training seconds timed on the other device type."
+                        if timed else "."))
     return notes
 
 

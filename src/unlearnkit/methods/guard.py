@@ -147,14 +147,14 @@ class GuardedModel(InferenceWrapper):
         super().__init__()
         self.base = base
         self.layer = layer
+        device = device_of(base)  # the detector and keys are fitted (or loaded) on the CPU
         for name, value in detector.items():
-            self.register_buffer(f"detector_{name}", value.float())
-        self.register_buffer("prompt_keys", keys["prompt"].float())
-        self.register_buffer("text_keys", keys["text"].float())
+            self.register_buffer(f"detector_{name}", value.float().to(device))
+        self.register_buffer("prompt_keys", keys["prompt"].float().to(device))
+        self.register_buffer("text_keys", keys["text"].float().to(device))
         self.restriction = restriction
         self.flag_probability = float(flag_probability)
         self.answers_per_prompt = int(answers_per_prompt)
-        self.to(device_of(base))  # the detector and keys are fitted (or loaded) on the CPU
 
     def settings(self) -> dict[str, Any]:
         """The hidden-state layer, flag level, retrieval count and the restriction (its n-gram rules hold the
@@ -335,9 +335,9 @@ class Guard(Method):
         restriction = _restriction(adapter, forget, config)
         wrapped = GuardedModel(model, config.layer, detector, keys, restriction, config.flag_probability,
                                config.answers_per_prompt).eval()
-        flagged = lambda x: float((wrapped.forget_probability(x.to(device_of(model))) > config.flag_probability)
-                                  .float().mean())
-        info = {"forget_flag_rate": flagged(positives),
-                "retain_flag_rate": flagged(negatives),
+        flagged = lambda x: float((wrapped.forget_probability(x) > config.flag_probability).float().mean())
+        device = device_of(model)
+        info = {"forget_flag_rate": flagged(positives.to(device)),
+                "retain_flag_rate": flagged(negatives.to(device)),
                 "semantic_neighbours": sum(len(v) for v in restriction.similar.values())}
         return Outcome(wrapped, info=info)

@@ -146,10 +146,10 @@ class GatedRedirectModel(InferenceWrapper):
         super().__init__()
         self.base = base
         self.layer_name = layer_name
-        self.gate = gate
-        self.register_buffer("vectors", vectors.float())
+        device = device_of(base)  # the gate and vectors are fitted (or loaded) on the CPU
+        self.gate = gate.to(device)
+        self.register_buffer("vectors", vectors.float().to(device))
         self.alpha = float(alpha)
-        self.to(device_of(base))  # the gate and vectors are fitted (or loaded) on the CPU
         self._mask: torch.Tensor | None = None
         self._view = "text"
         self._freeze = False

@@ -7,12 +7,11 @@ construction (the forget set is never seen), at the full cost of training.
 
 Choices: the weights are re-initialised by calling ``reset_parameters()`` (or PyTorch's private
 ``_reset_parameters()``, as ``nn.MultiheadAttention`` has) on every submodule that has one, in module
-order, after ``torch.manual_seed(seed)``; for a model built the same way under the same seed on the
-CPU this reproduces its constructor's initialisation. The draw is made on the CPU whatever device the
-model is on (it is moved there and back), since a GPU's generator gives other numbers for the same seed.
-On an H200, retraining the digits CNN drawn in place ended up to 0.93 away from the cached reference in its
-first convolution's weights; drawn on the CPU, up to 0.005 (GPU training itself is not bit-exact). A parameter held by a module without a reset
-(e.g. a bare ``nn.Parameter`` such as a ViT's class token) is refused with one sentence rather than
+order, from the CPU generator seeded with ``seed``; for a model built the same way under the same seed on
+the CPU this reproduces its constructor's initialisation. The draw is on the CPU whatever device the model
+is on (it is moved there and back), since a GPU's generator gives other numbers for the same seed
+(docs/scale.md, "Checked on one GPU"). A parameter held by a module without a reset (e.g. a bare
+``nn.Parameter`` such as a ViT's class token) is refused with one sentence rather than
 kept trained, which would leak the forget set into the "exact" baseline. Buffers without a reset
 (none in plain CNNs) keep their values. Modules whose parameters are all frozen (a pretrained
 backbone the training never fits) keep their weights; only what the training updates is redrawn.
@@ -62,8 +61,8 @@ def reinitialise(model: nn.Module, seed: int, *, keep_frozen: bool = True) -> in
                                      "has no reset_parameters(); give it one to retrain from scratch.")
     home = device_of(model)
     model.to("cpu")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the draw is on the CPU: its generator alone is seeded and restored
+        torch.default_generator.manual_seed(seed)
         for _, _, reset in resets:
             if reset is not None:
                 reset()
