@@ -82,3 +82,17 @@ def test_guard_it_state_dict_carries_the_calibrated_gate_thresholds(lm, tmp_path
     batch = lm.collate(ITEMS)
     with torch.no_grad():
         assert torch.allclose(lm.logits(rebuilt.eval(), batch), lm.logits(model, batch), atol=1e-6)
+
+
+def test_mrp_initialisation_skips_a_massive_channel_that_forget_and_retain_share(monkeypatch):
+    """Pretrained LMs hold a few channels with huge activations on every token (SmolLM2-135M: E[h²] ≈ 11,700 on
+    one, median 11). A slightly larger value on the forget set made that channel the top eigenvector of
+    C_f − C_r, and projecting it out wrecked the model; the ratio to the retain energy picks the channel that
+    only the forget set uses."""
+    c_r = torch.diag(torch.tensor([10_000.0, 1.0, 1.0, 1.0]))
+    c_f = torch.diag(torch.tensor([10_500.0, 1.0, 6.0, 1.0]))  # channel 0: +500 on a shared 10,000; channel 2: ×6
+    moments = iter([c_f, c_r])
+    monkeypatch.setattr(mrp, "second_moment", lambda *args: next(moments))
+    assert torch.linalg.eigh(c_f - c_r).eigenvectors[:, -1].abs().argmax() == 0  # the old rule's choice
+    (direction,) = mrp.contrast_init(None, [], [], "layer", 1, 8)
+    assert direction.abs().argmax() == 2 and torch.isclose(direction.norm(), torch.tensor(1.0))

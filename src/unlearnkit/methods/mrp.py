@@ -25,9 +25,15 @@ Choices where the paper is vague or its code looks wrong:
   (``transformer.h.1``), comma-separated; the default is the middle block (paper: two random
   layers of Llama-2-7b's 32).
 - Initialisation: the paper's code uses retain principal components after projecting out the
-  forget span, which looks reversed. Here W_new starts at the top eigenvectors
-  of C_f − C_r, the uncentred second moments of the block's output over the forget and the retain
-  answer positions: the directions where the forget set carries more energy than the retain set.
+  forget span, which looks reversed. Here W_new starts at the directions v with the largest ratio
+  vᵀC_f v / vᵀ(C_r + ρI)v (a generalised eigenproblem), where C_f and C_r are the uncentred second
+  moments of the block's output over the forget and the retain answer positions and ρ is a tenth of
+  the median channel's retain energy (C_r's median diagonal entry): the directions where the forget set carries the most energy *relative to* the
+  retain set. An earlier version took the top eigenvectors of the difference C_f − C_r. In a pretrained
+  model that difference is dominated by the few massive-activation channels that both sets share: in
+  SmolLM2-135M's middle block two channels hold E[h²] ≈ 11,700 and 10,600 against a median of 11. Its
+  top eigenvector loaded on them and carried 30 % of the retain states' energy, so removing it, before
+  any training, left the model's utility at 0. The ratio's two directions there carry 0.002 % of it.
   The moments are taken with dropout off, in the model as the request finds it (earlier requests'
   projections acting, none of this request's), for every chosen layer before any of them trains.
 - The loss is the mean NLL over all answer tokens (EOS included; each item's mean, then the
@@ -173,11 +179,24 @@ def second_moment(adapter: Any, items: Sequence[Any], layer: str, batch_size: in
     return total / max(count, 1)
 
 
+#: The ridge added to C_r before the generalised eigenproblem, as a fraction of the median channel's energy
+#: (the median, not the mean: a pretrained model's few massive channels would set the mean).
+RETAIN_RIDGE = 0.1
+
+
 def contrast_init(adapter: Any, forget: Sequence[Any], retain: Sequence[Any], layer: str, rows: int, batch_size: int) -> torch.Tensor:
-    """Top-``rows`` eigenvectors of C_f − C_r at ``layer``, as rows ``(rows, width)``."""
-    difference = second_moment(adapter, forget, layer, batch_size) - second_moment(adapter, retain, layer, batch_size)
-    _, vectors = torch.linalg.eigh(difference)
-    return vectors[:, -rows:].flip(-1).t().contiguous()
+    """The ``rows`` directions v of largest vᵀC_f v / vᵀ(C_r + ρI)v at ``layer`` (unit rows ``(rows, width)``):
+    where the forget set carries the most energy relative to the retain set. ρ = :data:`RETAIN_RIDGE` × the median of
+    C_r's diagonal keeps the ratio finite where the retain set has almost no energy."""
+    c_f = second_moment(adapter, forget, layer, batch_size).double()
+    c_r = second_moment(adapter, retain, layer, batch_size).double()
+    ridge = RETAIN_RIDGE * torch.diagonal(c_r).median()
+    lower = torch.linalg.cholesky(c_r + ridge * torch.eye(c_r.shape[0], dtype=c_r.dtype, device=c_r.device))
+    whitened = torch.linalg.solve_triangular(lower, c_f, upper=False)  # L⁻¹ C_f L⁻ᵀ, symmetric
+    whitened = torch.linalg.solve_triangular(lower, whitened.t(), upper=False)
+    _, vectors = torch.linalg.eigh((whitened + whitened.t()) / 2)
+    directions = torch.linalg.solve_triangular(lower.t(), vectors[:, -rows:].flip(-1), upper=True)  # v = L⁻ᵀ u
+    return (directions / directions.norm(dim=0)).t().float().contiguous()
 
 
 @dataclass
