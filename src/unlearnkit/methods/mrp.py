@@ -28,12 +28,13 @@ Choices where the paper is vague or its code looks wrong:
   forget span, which looks reversed. Here W_new starts at the directions v with the largest ratio
   vᵀC_f v / vᵀ(C_r + ρI)v (a generalised eigenproblem), where C_f and C_r are the uncentred second
   moments of the block's output over the forget and the retain answer positions and ρ is a tenth of
-  the median channel's retain energy (C_r's median diagonal entry): the directions where the forget set carries the most energy *relative to* the
-  retain set. An earlier version took the top eigenvectors of the difference C_f − C_r. In a pretrained
-  model that difference is dominated by the few massive-activation channels that both sets share: in
-  SmolLM2-135M's middle block two channels hold E[h²] ≈ 11,700 and 10,600 against a median of 11. Its
-  top eigenvector loaded on them and carried 30 % of the retain states' energy, so removing it, before
-  any training, left the model's utility at 0. The ratio's two directions there carry 0.002 % of it.
+  the median channel's retain energy (C_r's median diagonal entry): the directions where the forget
+  set carries the most energy *relative to* the retain set. An earlier version took the top
+  eigenvectors of the difference C_f − C_r. In a pretrained model that difference is dominated by the
+  few massive-activation channels that both sets share: in SmolLM2-135M's middle block two channels
+  hold E[h²] ≈ 11,700 and 10,600 against a median of 11. Its top eigenvector loaded on them and
+  carried 30 % of the retain states' energy, so removing it, before any training, left the model's
+  utility at 0. The ratio's two directions there carry 0.002 % of it.
   The moments are taken with dropout off, in the model as the request finds it (earlier requests'
   projections acting, none of this request's), for every chosen layer before any of them trains.
 - The loss is the mean NLL over all answer tokens (EOS included; each item's mean, then the
