@@ -187,10 +187,10 @@ def _scores(adapter: Any, forget: list, retain: list) -> dict[str, dict[str, tor
     Under several processes each scores a contiguous shard and the per-item values are gathered
     in order, so the values are those of one process.
     """
-    from .adapters.base import batches
+    from .adapters.base import batches, device_of
     from .train.distributed import gather_in_order, shard
 
-    device = next(adapter.model.parameters()).device
+    device = device_of(adapter.model)
     scores: dict[str, dict[str, torch.Tensor]] = {}
     for name, items in (("forget", forget), ("retain", retain)):
         if not items:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserInputError
-from .base import eval_mode
+from .base import device_of, eval_mode
 
 IGNORE = -100
 #: The prompt used when the tokenizer has no chat template.
@@ -509,7 +509,7 @@ class CausalLMAdapter:
         for row, prompt in enumerate(prompts):
             ids[row, width - len(prompt) :] = torch.tensor(prompt)
             mask[row, width - len(prompt) :] = 1
-        device = next(model.parameters()).device
+        device = device_of(model)
         out = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
             pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id, **GREEDY,
@@ -580,7 +580,7 @@ def _hidden_state_count(model: nn.Module) -> int:
 
 def _on_device(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch on the model's device (a no-op when it is already there)."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     if batch["input_ids"].device == device:
         return batch
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

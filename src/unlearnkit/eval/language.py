@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..adapters.base import batches
+from ..adapters.base import batches, device_of
 from ..errors import UserInputError
 from ..progress import progress_bar
 from . import lm_metrics as M
@@ -191,7 +191,7 @@ def _with_answer(items: Sequence[Mapping[str, Any]], answers: Sequence[str]) -> 
 
 
 def _on_device(batch: dict[str, torch.Tensor], model: Any) -> dict[str, torch.Tensor]:
-    device = next(model.parameters()).device
+    device = device_of(model)
     return {k: v.to(device) for k, v in batch.items()}
 
 

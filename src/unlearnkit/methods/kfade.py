@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters.base import batches
+from ..adapters.base import batches, device_of
 from ..adapters.causal_lm import IGNORE
 from ..errors import UserInputError
 from ..train.config import OPTIMISER_SETTINGS, TrainConfig
@@ -170,7 +170,7 @@ def fit_factors(adapter: Any, layers: dict[str, nn.Module], items: Sequence[Any]
     model.eval()
     sums: dict[str, list[torch.Tensor]] = {}
     count = 0
-    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)  # multinomial's device
+    generator = torch.Generator(device=device_of(model)).manual_seed(seed)  # multinomial's device
     captured: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def capture(name: str):

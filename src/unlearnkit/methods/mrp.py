@@ -52,7 +52,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..adapters.base import batches, eval_mode
+from ..adapters.base import batches, device_of, eval_mode
 from ..adapters.causal_lm import IGNORE, block_names
 from ..errors import UserInputError
 from ..train import optimise
@@ -111,7 +111,7 @@ def projection_of(block: nn.Module, width: int) -> Projection:
     existing = getattr(block, CHILD, None)
     if isinstance(existing, Projection):
         return existing
-    projection = Projection(width).to(next(block.parameters()).device)  # the basis joins GPU hidden states
+    projection = Projection(width).to(device_of(block))  # the basis joins GPU hidden states
     block.add_module(CHILD, projection)
     # A bound method of the child: deep copies of the model re-bind it to the copied child.
     block.register_forward_hook(projection.hook)

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..adapters.base import eval_mode
+from ..adapters.base import device_of, eval_mode
 from ..errors import UserInputError
 from .config import TrainConfig
 
@@ -106,7 +106,7 @@ class HoldoutStop:
         return float(np.median(correct - wrong_mean))  # log(P_wrong / P_correct) per item
 
     def _losses(self, model: torch.nn.Module, items: list[Any]) -> np.ndarray:
-        device = next(model.parameters()).device
+        device = device_of(model)
         out = []
         for start in range(0, len(items), self.batch_size):
             batch = {k: v.to(device) for k, v in self.adapter.collate(items[start:start + self.batch_size]).items()}
