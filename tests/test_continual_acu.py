@@ -6,7 +6,7 @@ import pytest
 from unlearnkit.continual.runner import run_stream
 from unlearnkit.continual.scenarios import split_digits
 from unlearnkit.continual.strategies import build_strategy
-from unlearnkit.continual.strategies.acu import ridge_solution
+from unlearnkit.continual.strategies.acu import InverseGram, one_torch_thread, ridge_solution, rls_learn
 from unlearnkit.errors import UserInputError
 
 
@@ -139,3 +139,40 @@ def test_the_width_table_shows_each_widths_request_cost_and_the_section_its_rang
     assert "| 20 | 0 | 0.6000 | 0.8000 | 0.7000 | 3.00 | 150.0 | 2.00 % |" in section
     assert "the ratio ranges from 0.50 % to 2.00 % over these widths" in section
     assert "Chosen: expansion=20" in section
+
+
+def test_the_symmetric_one_column_product_equals_the_dense_one():
+    generator = torch.Generator().manual_seed(0)
+    r = InverseGram(60, 1.0, fold_rank=5)
+    rows = torch.randn(36, 60, generator=generator, dtype=torch.float64)
+    for start in range(0, 36, 4):  # learned rows: R₀ after folds plus a pending correction
+        rls_learn(r, torch.zeros(60, 3, dtype=torch.float64), rows[start : start + 4], torch.zeros(4, 3, dtype=torch.float64))
+        r.fold_if_due()
+    assert 0 < r.left.shape[1] <= 5
+    column = torch.randn(60, 1, generator=generator, dtype=torch.float64)
+    dense = r.dense()
+    assert torch.allclose(r.times(column), dense @ column, rtol=0, atol=1e-12 * float(dense.abs().max()))
+    columns = torch.randn(60, 3, generator=generator, dtype=torch.float64)
+    assert torch.allclose(r.times(columns), dense @ columns, rtol=0, atol=1e-12 * float(dense.abs().max()))
+
+
+def test_one_torch_thread_restores_the_thread_count_also_after_an_error():
+    before = torch.get_num_threads()
+    with pytest.raises(ZeroDivisionError):
+        with one_torch_thread():
+            assert torch.get_num_threads() == 1
+            raise ZeroDivisionError
+    assert torch.get_num_threads() == before
+
+
+def test_only_a_one_row_request_runs_torch_on_one_thread(scenario, monkeypatch):
+    t = scenario.tasks
+    acu = build_strategy("acu", scenario, 0, {"expansion": 200})
+    acu.learn(t[0], t[0].train_ids)
+    threads = []
+    features = acu.features
+    monkeypatch.setattr(acu, "features", lambda x: threads.append(torch.get_num_threads()) or features(x))
+    before = torch.get_num_threads()
+    acu.unlearn(None, {int(t[0].train_ids[0])})
+    acu.unlearn(None, set(t[0].train_ids[1:3].tolist()))
+    assert threads == [1, before] and torch.get_num_threads() == before

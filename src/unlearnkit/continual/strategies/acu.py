@@ -13,8 +13,9 @@ requests W equals the ridge solution on exactly the remaining samples (float64).
 
 R is kept as R₀ + L Mᵀ (:class:`InverseGram`): an update appends its low-rank correction and the
 correction is folded into R₀ once it holds more than ``fold_rank`` rows. A small request then reads
-R₀ once (R₀Xᵀ) instead of rewriting all d² entries of R, which is most of its cost; the fold, a
-rewrite of R₀, happens once per ``fold_rank`` removed or added rows (``fold_rank=0``: every update).
+R₀ once (R₀Xᵀ) instead of rewriting all d² entries of R, which is most of its cost (a one-row
+request reads only one triangle of the symmetric R₀); the fold, a rewrite of R₀, happens once per
+``fold_rank`` removed or added rows (``fold_rank=0``: every update).
 
 Our choices: with no pre-trained backbone offline, the frozen extractor is ACIL's random "buffer
 layer" applied to the pixels, φ(x) = ReLU(x A + c) with A, c seeded Gaussian (``expansion``
@@ -25,13 +26,15 @@ copy; classes not yet seen simply have zero columns (equivalent to ACIL's append
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
+from scipy.linalg.blas import dsymv
 
 from ...errors import UserInputError
 from ..scenarios import Scenario, Task
@@ -71,11 +74,24 @@ class InverseGram:
 
     def times(self, columns: torch.Tensor) -> torch.Tensor:
         """R · ``columns``."""
-        return self.base @ columns + self.left @ (self.right.T @ columns)
+        return self._base_times(columns) + self.left @ (self.right.T @ columns)
+
+    def _base_times(self, columns: torch.Tensor) -> torch.Tensor:
+        """R₀ · ``columns``. For one column, BLAS ``dsymv`` reads one triangle of the symmetric R₀, half the
+        memory of a general product, which is what bounds a one-row request (torch has no symmetric product).
+        Both triangles are kept (the fold updates all of R₀), so either one is R₀."""
+        if columns.shape[1] != 1:
+            return self.base @ columns
+        # a C-ordered R₀ viewed transposed is Fortran-ordered, as BLAS wants, without a copy
+        product = dsymv(1.0, self.base.numpy().T, columns[:, 0].numpy())
+        return torch.from_numpy(product).unsqueeze(1)
 
     def add(self, left: torch.Tensor, right: torch.Tensor) -> None:
-        """R ← R + left · rightᵀ (folded into R₀ when the pending rank passes ``fold_rank``)."""
+        """R ← R + left · rightᵀ, kept pending (see :meth:`fold_if_due`)."""
         self.left, self.right = torch.cat([self.left, left], 1), torch.cat([self.right, right], 1)
+
+    def fold_if_due(self) -> None:
+        """Fold the pending correction into R₀ once its rank passes ``fold_rank``."""
         if self.left.shape[1] > self.fold_rank:
             self.fold()
 
@@ -87,6 +103,20 @@ class InverseGram:
     def dense(self) -> torch.Tensor:
         """R as one matrix."""
         return self.base + self.left @ self.right.T
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block. A one-row update is small ops around one ``dsymv``, which
+    runs on BLAS's own threads: torch's threads gain nothing there, and while they spin after each op they
+    take the cores BLAS needs (a one-row request on 2 cores took 2 to 2.7 times as long with them). Changes the
+    process-wide setting for the block's duration."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class UnstableUpdate(ArithmeticError):
@@ -159,7 +189,9 @@ class ACU(Strategy):
         saved = (copy.deepcopy(self.r), self.w.clone()) if len(chunks) > 1 else None
         try:
             for part in chunks:
-                step(self.r, self.w, self.features(self.scenario.train_x[part]), self.targets(part))
+                with one_torch_thread() if len(part) == 1 else contextlib.nullcontext():
+                    step(self.r, self.w, self.features(self.scenario.train_x[part]), self.targets(part))
+                self.r.fold_if_due()  # outside: the fold is one large product that wants every thread
         except UnstableUpdate:
             if saved is not None:
                 self.r, self.w = saved
