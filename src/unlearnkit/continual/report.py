@@ -178,7 +178,7 @@ def sweep_page(command: str, sections: Sequence[tuple[str, str, str]], acu_rows:
         parts += ["", "## ACU: exactness and cost per request", "",
                   "Recursive unlearning against re-solving the ridge head from all remaining data (features included), "
                   f"after learning every task of each scenario, float64, {ACUConfig().expansion} random features. A request reads the d×d "
-                  "matrix R once (R Xᵀ; a one-row request reads only one triangle of the symmetric R, with BLAS dsymv, "
+                  "matrix R once (R Xᵀ; a one-row request reads only one triangle of R's symmetric dense part, with BLAS dsymv, "
                   "and runs torch on one thread so that torch's idle threads do not take the cores BLAS uses) and keeps "
                   "its change to R as a low-rank correction, folded into R (a rewrite of all d² entries) once more than "
                   f"{ACUConfig().fold_rank} rows are pending: `unlearn ms` is one request on a fresh copy, "

@@ -14,8 +14,8 @@ requests W equals the ridge solution on exactly the remaining samples (float64).
 R is kept as R₀ + L Mᵀ (:class:`InverseGram`): an update appends its low-rank correction and the
 correction is folded into R₀ once it holds more than ``fold_rank`` rows. A small request then reads
 R₀ once (R₀Xᵀ) instead of rewriting all d² entries of R, which is most of its cost (a one-row
-request reads only one triangle of the symmetric R₀); the fold, a rewrite of R₀, happens once per
-``fold_rank`` removed or added rows (``fold_rank=0``: every update).
+request reads only one triangle of the symmetric R₀); the fold, a rewrite of R₀, happens once every
+``fold_rank`` + 1 removed or added rows (``fold_rank=0``: every update).
 
 Our choices: with no pre-trained backbone offline, the frozen extractor is ACIL's random "buffer
 layer" applied to the pixels, φ(x) = ReLU(x A + c) with A, c seeded Gaussian (``expansion``
@@ -110,7 +110,7 @@ def one_torch_thread() -> Iterator[None]:
     """Run torch on one thread inside the block. A one-row update is small ops around one ``dsymv``, which
     runs on BLAS's own threads: torch's threads gain nothing there, and while they spin after each op they
     take the cores BLAS needs (a one-row request on 2 cores took 2 to 2.7 times as long with them). Changes the
-    process-wide setting for the block's duration."""
+    process-wide setting for the block's duration, so it is not for several Python threads at once."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
