@@ -30,8 +30,10 @@ def scenario():
     ("refresh+er", {"fisher_decay": "nan"}, "Refresh needs finite refresh_rate"),
     ("cuber", {"cuber_epsilon": "nan"}, "CUBER needs a finite cuber_epsilon ≥ 0"),
     ("acu", {"gamma": "inf"}, "ACU needs expansion ≥ 1, a finite gamma > 0"),
-    ("uncle", {"beta": "nan"}, "finite beta ≥ 0 and noise_std ≥ 0"),
-    ("uncle", {"noise_std": "inf"}, "finite beta ≥ 0 and noise_std ≥ 0"),
+    ("uncle", {"beta": "nan"}, "finite beta, gamma and noise_std ≥ 0"),
+    ("uncle", {"gamma": "inf"}, "finite beta, gamma and noise_std ≥ 0"),
+    ("uncle", {"unlearn_decay": "0"}, "0 < unlearn_decay ≤ 1"),
+    ("uncle", {"noise_std": "inf"}, "finite beta, gamma and noise_std ≥ 0"),
 ])
 def test_non_finite_plugin_values_are_refused(scenario, spec, params, message):
     with pytest.raises(UserInputError, match=message):

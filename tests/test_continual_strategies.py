@@ -472,3 +472,22 @@ def test_the_replay_buffer_stays_a_uniform_reservoir_after_a_purge():
     shares /= 100
     assert shares[0] == 0
     assert torch.allclose(shares[1:], torch.full((3,), 1 / 3), atol=0.03), shares.tolist()
+
+
+def test_uncle_takes_fewer_steps_at_each_later_unlearning_and_averages_its_noise_samples(scenario, monkeypatch):
+    import unlearnkit.continual.strategies.uncle as uncle
+
+    taken, noise = [], []
+    real = uncle.optimise
+
+    def spy(model, stream, loss, config, **kwargs):
+        if kwargs["description"].startswith("unlearn"):
+            batches = list(stream(0))
+            taken.append(len(batches))
+            noise.append(batches[0]["noise"].shape[0])
+        return real(model, stream, loss, config, **kwargs)
+
+    monkeypatch.setattr(uncle, "optimise", spy)
+    params = {"epochs": 1, "unlearn_steps": 20, "noise_samples": 3}
+    run_stream(scenario, "uncle", "learn:0,learn:1,learn:2,unlearn:0,unlearn:1", params=params, reference=False)
+    assert taken == [20, 18] and noise == [3, 3]  # the authors' code: 10 % fewer steps after each unlearning
