@@ -106,6 +106,39 @@ def test_uld_mask_keeps_the_paper_rule_when_tau_times_the_vocabulary_is_below_on
     assert uld.relative_top_mask(target, 0.5).tolist() == [[True, True, False, False]]
 
 
+class _FixedLogits(torch.nn.Module):
+    """A stand-in LM whose next-token logits are ``row`` at every position."""
+
+    def __init__(self, row: list[float]) -> None:
+        super().__init__()
+        self.row = torch.tensor(row)
+
+    def forward(self, input_ids, **_):
+        return type("Out", (), {"logits": self.row.expand(*input_ids.shape, len(self.row))})()
+
+
+def test_uld_greedy_decoding_picks_only_tokens_the_target_finds_plausible():
+    """The authors' decoding takes the argmax inside the relative-top mask. Outside it the assistant is not
+    subtracted, so with an assistant offset of 20 a raw target logit (2.0) would beat the masked-in token."""
+    target = [10.0, 2.0, 1.0, 0.0]
+    model = uld.LogitDifferenceLM(_FixedLogits(target), _FixedLogits([20.0] * 4), alpha=0.8, tau=0.1)
+    keep = uld.relative_top_mask(torch.tensor([target]), 0.1)
+    assert keep.tolist() == [[True, False, False, False]]
+    combined = model(torch.zeros(1, 3, dtype=torch.long)).logits[0, -1]
+    assert int(combined.argmax()) == 1  # the teacher-forced logits stay unmasked, as in the authors' forward
+    out = model.generate(torch.zeros(1, 3, dtype=torch.long), max_new_tokens=2)
+    assert out[0, 3:].tolist() == [0, 0]
+
+
+def test_icu_compares_a_long_answer_by_the_part_a_check_generation_can_reach(lm):
+    answer = " ".join(["Alia"] * 120)
+    prefix = icu.reachable_answer(lm.tokenizer, answer, 32)
+    assert icu.rouge_l_recalls([answer], [prefix])[0] < 0.3  # against the whole answer: "forgotten"
+    assert icu.rouge_l_recalls([prefix], [prefix])[0] == 1.0
+    short = "Alia was born in Varna ."
+    assert icu.reachable_answer(lm.tokenizer, short, 32) == short  # a short answer is compared whole
+
+
 def test_uld_retain_term_is_kl_from_uniform_over_real_positions():
     """KL(U ‖ p_a) = Σ_v (1/V) log((1/V) / p_v), each item's real positions averaged, then the items."""
     logits = torch.tensor([[[1.0, 0.0, -1.0], [0.0, 0.0, 0.0], [5.0, 5.0, 5.0]],

@@ -23,7 +23,9 @@ Choices where the paper is silent or its tools are unavailable:
   ``loss`` pools the batch's tokens, so long texts weigh more; the two agree for equal lengths).
 - Forgotten test: ROUGE-L recall (rouge-score, stemmed) of the greedy answer to the question
   (``check_tokens`` new tokens) against the answer, below ``forgotten_below`` = 0.3; it stands in
-  for the paper's BERTScore-F1 < 0.3 / BLEU < 0.01 on a 50-token continuation. The paper's global
+  for the paper's BERTScore-F1 < 0.3 / BLEU < 0.01 on a 50-token continuation. An answer longer than
+  ``check_tokens`` tokens is compared by its first ``check_tokens`` tokens, as the paper compares
+  equal lengths (against the whole of a long answer, a word-perfect prefix would count as forgotten). The paper's global
   stop on MA / EL₁₀ is replaced by "all items forgotten".
 - A dropped item stays dropped; the authors' code re-scores every item each epoch and would take
   one back if its answer returned (through the neighbour terms). Here the ascent ends for good once
@@ -77,6 +79,13 @@ class ICUConfig(TrainConfig):
             raise UserInputError(f"check_tokens must be a positive integer, got {self.check_tokens}.")
 
 
+def reachable_answer(tokenizer: Any, answer: str, tokens: int) -> str:
+    """The answer as far as a ``tokens``-token generation can reach: whole when it is no longer, else its first
+    ``tokens`` tokens decoded."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    return answer if len(ids) <= tokens else tokenizer.decode(ids[:tokens], skip_special_tokens=True)
+
+
 def rouge_l_recalls(answers: Sequence[str], generations: Sequence[str]) -> list[float]:
     """ROUGE-L recall of each generation against its answer (rouge-score, stemmed)."""
     from rouge_score import rouge_scorer
@@ -117,7 +126,8 @@ class _IterativeStream:
         items = [self.forget[i] for i in self.remaining]
         answers = self.adapter.generate(self.adapter.model, [it["question"] for it in items],
                                         max_new_tokens=self.config.check_tokens)
-        recalls = rouge_l_recalls([it["answer"] for it in items], answers)
+        tokens, tokenizer = self.config.check_tokens, self.adapter.tokenizer
+        recalls = rouge_l_recalls([reachable_answer(tokenizer, it["answer"], tokens) for it in items], answers)
         self.remaining = [i for i, recall in zip(self.remaining, recalls) if recall >= self.config.forgotten_below]
         self.history.append(len(self.remaining))
 

@@ -110,10 +110,13 @@ class LogitDifferenceLM(InferenceWrapper):
         """Combined logits; position ids follow the attention mask, so left padding is handled."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": mask_positions(attention_mask)}
-        target = self.base(**inputs).logits
-        assistant = self.assistant(**inputs).logits
-        return LogitsOutput(combine_logits(target, assistant, self.alpha, self.tau))
+        return LogitsOutput(combine_logits(*self._both(input_ids, attention_mask), self.alpha, self.tau))
+
+    def _both(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target's and the assistant's logits."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": mask_positions(attention_mask),
+                  "use_cache": False}
+        return self.base(**inputs).logits, self.assistant(**inputs).logits
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 20,
@@ -121,8 +124,10 @@ class LogitDifferenceLM(InferenceWrapper):
                  **_: Any) -> torch.Tensor:
         """Greedy decoding (no key-value cache): the prompt ids followed by the new ids.
 
-        Finished rows are padded with ``pad_token_id``; decoding stops early once every row has
-        produced ``eos_token_id``.
+        As in the authors' decoding, each step picks the best combined logit among the tokens the target
+        finds plausible (:func:`relative_top_mask`): outside it the assistant is not subtracted, so a raw
+        target logit there could otherwise win through the assistant's arbitrary offset. Finished rows are
+        padded with ``pad_token_id``; decoding stops early once every row has produced ``eos_token_id``.
         """
         if do_sample:
             raise UserInputError("ULD's logit-difference model decodes greedily only; call generate with do_sample=False.")
@@ -131,7 +136,9 @@ class LogitDifferenceLM(InferenceWrapper):
         pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
         finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         for _ in range(max_new_tokens):
-            step = self(ids, mask).logits[:, -1].argmax(dim=-1)
+            target, assistant = (logits[:, -1] for logits in self._both(ids, mask))
+            combined = combine_logits(target, assistant, self.alpha, self.tau)
+            step = combined.masked_fill(~relative_top_mask(target, self.tau), float("-inf")).argmax(dim=-1)
             step = torch.where(finished, torch.full_like(step, pad), step)
             ids = torch.cat([ids, step[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(step[:, None])], dim=1)
