@@ -491,3 +491,20 @@ def test_uncle_takes_fewer_steps_at_each_later_unlearning_and_averages_its_noise
     params = {"epochs": 1, "unlearn_steps": 20, "noise_samples": 3}
     run_stream(scenario, "uncle", "learn:0,learn:1,learn:2,unlearn:0,unlearn:1", params=params, reference=False)
     assert taken == [20, 18] and noise == [3, 3]  # the authors' code: 10 % fewer steps after each unlearning
+
+
+def test_gpm_applies_the_first_task_rule_to_the_first_task_only(scenario):
+    # With a lower threshold the first task's top direction alone can pass it, so that task stores nothing at
+    # a layer; GPM then keeps an empty basis and the next task adds at least one direction (the later-task
+    # rule). Treating "nothing stored" as "first task" left such a layer unprotected for good.
+    learner = build_strategy("gpm", scenario, 0, {**FAST, "gpm_threshold_deeper": 0.5})
+    plugin = learner.plugin(GPM)
+    t = scenario.tasks
+    learner.learn(t[0], t[0].train_ids)
+    empty = [index for index, bases in enumerate(plugin.bases) if not bases]
+    assert empty  # the situation this test is about
+    learner.learn(t[1], t[1].train_ids)
+    assert all(plugin.bases[index] for index in empty)
+    apply_unlearner(learner, "amnesiac", scenario, 1, set(t[1].train_ids.tolist()), set())  # rebuilt: task 0 alone
+    learner.learn(t[2], t[2].train_ids)
+    assert all(plugin.bases[index] for index in empty)

@@ -22,8 +22,10 @@ into the projected subspaces, so each step's weight change is projected the same
 under plain SGD without weight decay).
 
 Following GPM's P-MNIST code (``main_pmnist.py``): thresholds 0.95 for the first layer and 0.99
-for every later one; after the first task a layer keeps the fewest directions whose energy share
-stays below the threshold, later tasks add directions until it is reached (one more); the shared
+for every later one; after the first task a layer keeps the most directions whose cumulated energy
+share stays below the threshold (possibly none), later tasks add directions until it is reached (one
+more, so at least one while it is not); ``gpm_samples`` = 125 is its CIFAR code's count (P-MNIST
+takes 300); the shared
 classifier layer is projected like the others. Our choices: in task-incremental scenarios, where
 each task's output units are its own (GPM's multi-head set-up), the classifier layer is not
 projected (``project_head`` overrides); biases are folded in as a constant input 1 (GPM's MLP has
@@ -119,6 +121,13 @@ def new_basis(inputs: torch.Tensor, old: torch.Tensor | None, threshold: float) 
     return u[:, : min(k, len(s))]
 
 
+def stored_or_empty(found: torch.Tensor | None, first: bool, width: int) -> torch.Tensor | None:
+    """What :func:`new_basis` takes as the stored bases: None (the first-task rule) only for the first task
+    summarised; after it, an empty basis when no direction is stored yet, as GPM keeps an empty matrix after a
+    first task whose top direction alone passed the threshold (the later-task rule then adds at least one)."""
+    return found if found is not None or first else torch.zeros(width, 0)
+
+
 @dataclass(eq=False)
 class TaskSummary:
     """One learned task's input summary per layer (U·S), its samples in draw order (``ids``), and the weights it
@@ -159,7 +168,7 @@ class GPM(Plugin):
         entry = TaskSummary(task.index, self._factors(learner, order, learner.model), order,
                             copy.deepcopy(learner.model.state_dict()))
         self.summaries.append(entry)
-        self._add_bases(entry.task, entry.factors)
+        self._add_bases(entry.task, entry.factors, first=len(self.summaries) == 1)
         self._store_gradient(learner, task.index, ids, learner.model)
 
     def _factors(self, learner, order: torch.Tensor, model) -> list[torch.Tensor]:
@@ -174,19 +183,23 @@ class GPM(Plugin):
     def _threshold(self, layer: int) -> float:
         return self.config.gpm_threshold if layer == 0 else self.config.gpm_threshold_deeper
 
-    def _add_bases(self, task: int, summaries: list[torch.Tensor]) -> None:
-        """GPM's rules per layer: the directions the task's inputs need beyond the stored bases."""
+    def _add_bases(self, task: int, summaries: list[torch.Tensor], first: bool) -> None:
+        """GPM's rules per layer: the directions the task's inputs need beyond the stored bases (the first-task
+        rule when ``first``)."""
         for index, factor in enumerate(summaries):
-            basis = new_basis(factor.T, self._all_bases(index), self._threshold(index))
+            old = stored_or_empty(self._all_bases(index), first, factor.shape[0])
+            basis = new_basis(factor.T, old, self._threshold(index))
             if basis.shape[1]:
                 self.bases[index].append((task, basis))
 
     def _bases_without(self, layer: int, skip: set[int]) -> torch.Tensor | None:
         """The layer's bases rebuilt by GPM's rules from the summaries of the tasks not in ``skip``, in order."""
-        found = None
+        found, first = None, True
         for entry in self.summaries:
             if entry.task not in skip:
-                basis = new_basis(entry.factors[layer].T, found, self._threshold(layer))
+                factor = entry.factors[layer]
+                basis = new_basis(factor.T, stored_or_empty(found, first, factor.shape[0]), self._threshold(layer))
+                first = False
                 if basis.shape[1]:
                     found = basis if found is None else torch.cat([found, basis], dim=1)
         return found
@@ -289,8 +302,8 @@ class GPM(Plugin):
             if entry is not latest_before[old] and entry not in trimmed:
                 self._store_gradient(learner, old, entry.ids, self._model_at(learner, entry))
         self.bases = [[] for _ in self.bases]
-        for entry in self.summaries:
-            self._add_bases(entry.task, entry.factors)
+        for position, entry in enumerate(self.summaries):
+            self._add_bases(entry.task, entry.factors, first=position == 0)
 
     @staticmethod
     def _model_at(learner, entry: TaskSummary):
