@@ -12,16 +12,22 @@ v, P_sem(v) = ∞ when cos(E_v, E_b) ≥ τ for such a forbidden token b (E: inp
 
 Choices where the paper is silent, or its tools are unavailable here (there is no official code):
 - Detector: logistic regression (scikit-learn, standardised features, balanced classes) instead of
-  the paper's d→256→256→2 MLP, on the model's own last hidden states instead of SBERT, flagging at
-  p > ``flag_probability``. It is trained on both views of each item, the prompt alone and
+  the paper's d→256→256→2 MLP, on the model's own mean-pooled hidden states at ``layer`` (default
+  the last; a third-party reimplementation and a review read the penultimate layer, which we could
+  not check against the paper's text), flagging at p > ``flag_probability``. It is trained on both views of each item, the prompt alone and
   prompt + answer, forget items positive and retain items negative (see the forward below).
 - Retrieval: the nearest forget item (``answers_per_prompt`` of them) by cosine of the same
   embedding, compared view to view; its answer's tokens (without EOS) give the n-grams.
-- N-grams are of tokens, not words, matched against the whole context (prompt included), so a
-  prompt that ends inside a forbidden n-gram forbids its completion too.
+- N-grams are of tokens, not words (the paper's are 1–5-word spans), matched against the whole
+  context (prompt included), so a prompt that ends inside a forbidden n-gram forbids its completion
+  too. With ``min_ngram=1`` every token of the answer is banned on its own, subword pieces and
+  punctuation included: harsher than word n-grams on a BPE tokenizer (on the facts benchmark's
+  word-level tokenizer the two coincide but for punctuation).
 - ∞ is a finite ``block_penalty`` / ``semantic_penalty`` (10⁴), so that teacher-forced losses stay
-  finite; the paper's soft penalty below τ is not specified and is not applied. EOS and padding
-  are never penalised, so a restricted answer can always end. The penalties are subtracted from the
+  finite; the paper's soft penalty below τ is not specified and is not applied. τ = 0.5 is the
+  paper's threshold for SBERT word cosines; here it applies to the model's input-embedding cosines,
+  whose scale differs by model (``info["semantic_neighbours"]`` counts the tokens it reaches). EOS
+  and padding are never penalised, so a restricted answer can always end. The penalties are subtracted from the
   logits, which ranks a step's tokens as log p − P does (the two differ by a constant per step); a
   teacher-forced forward's probabilities are the softmax of the penalised logits (renormalised).
 - P_sem compares a token with the tokens banned at this step (those completing a forbidden

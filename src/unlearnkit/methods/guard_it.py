@@ -18,14 +18,17 @@ and a prompt that activates no cluster passes through untouched.
 Choices where the paper is silent or its tools are unavailable:
 - Embeddings: the paper gates and clusters with all-MiniLM-L6-v2 text embeddings, which cannot be
   downloaded here. We use the model's own block-L output, mean-pooled over the tokens and centred
-  by the mean embedding of the forget and retain texts (raw LM states share one dominant direction
-  that makes every cosine close to 1). Clustering runs on the unit-normalised whole texts.
+  by the mean embedding of the forget and retain items in both views, prompt alone and prompt +
+  answer (raw LM states share one dominant direction that makes every cosine close to 1).
+  Clustering runs on the unit-normalised whole texts, with 10 k-means++ starts (the authors'
+  code: scikit-learn's "auto", one start).
 - The gate reads the same block-L output the hook edits, before the edit. In ``generate`` it is
   computed once per prompt, from the prompt tokens (the prefill), and kept for every new token.
   A teacher-forced ``forward`` given ``prompt_mask`` (the adapter passes it: the tokens that are
   not answer labels) gates on those prompt tokens alone, as ``generate`` does, so every candidate
   answer of a question (original, paraphrase, perturbed) is scored under the same decision; without
-  it, the gate pools every real token of the input (the "text" view). Each view (prompt alone,
+  it, the gate pools every real token of the input (the "text" view), which is how the authors'
+  teacher-forced call gates. Each view (prompt alone,
   prompt + answer) has its own centroids (the cluster means in that view) and its own T,
   calibrated on the forget items (positives) against the retain items (negatives) by maximising
   recall − a·FPR (the paper's criterion, a = ``calibration_penalty``) over the midpoints between

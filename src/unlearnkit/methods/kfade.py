@@ -189,10 +189,10 @@ def fit_factors(adapter: Any, layers: dict[str, nn.Module], items: Sequence[Any]
             names = list(captured)
             deltas = torch.autograd.grad(loss, [captured[n][1] for n in names])
             for name, delta in zip(names, deltas):
-                a = captured[name][0][:, :-1][positions]
+                a = captured[name][0][:, :-1][positions].float()  # float32 sums also for a bf16 model
                 if getattr(layers[name], "bias", None) is not None:
                     a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
-                d = delta[:, :-1][positions]
+                d = delta[:, :-1][positions].float()
                 if name not in sums:
                     sums[name] = [a.new_zeros(a.shape[1], a.shape[1], dtype=torch.float32),
                                   d.new_zeros(d.shape[1], d.shape[1], dtype=torch.float32)]

@@ -18,7 +18,10 @@ Choices:
   metric, newest first (so the current retain gradient is always in it); a direction whose residual
   is below ``1e-6`` of its norm adds nothing and is skipped. Gram–Schmidt is run twice for FP32
   orthogonality.
-- The guarantee is exact for plain SGD (momentum 0). Under Adam the rule is the paper's heuristic:
+- ``gu_repair`` defaults to 0, the paper's pure first-order invariance: a method's own retain term
+  then acts only through it (see :class:`ProjectionConfig`). The authors' code adds the retain
+  gradient's tangent part back by default (``inject_retain_tangent``); ``gu_repair=1`` does that.
+- The guarantee is exact for plain SGD with momentum 0 (the shared loop's SGD defaults to 0.9). Under Adam the rule is the paper's heuristic:
   momentum and the update of v̂ by the current gradient are ignored, and on the tiny test GPT-2,
   1–5 Adam steps with GU changed the retain loss about as much as without it (opposite sign).
 - The paper's optional "keep tangent components that help both losses" (κ > 0) is not implemented:

@@ -8,8 +8,11 @@ is the base strategy's own step (which approximately minimises L_CL + σ‖∇L_
 Following the authors' code (``models/derpp.py``): ∇L is the cross-entropy gradient of the current
 batch, rescaled per tensor to the norm of the weights; F⁻¹ is the damped diagonal 1 / (1 + c·F);
 θ' = θ + γ · (1 / (1 + c·F)) ⊙ (∇̃L + σε), ε ~ N(0, I); after each task F ← 10⁻⁵·F + F_t.
-Our choice: γ = 10⁻⁴ by default (the code uses 10⁻⁵ with DER++ on CIFAR; on split digits with ER
-both change the final accuracy by under 0.01); c = σ = 10⁻³ as in the code.
+Our choices: γ = 10⁻⁴ by default (the code uses 10⁻⁵ with DER++ on CIFAR; on split digits with ER
+both change the final accuracy by under 0.01); c = σ = 10⁻³ as in the code. The unlearning step
+comes before the relearning step on the same batch, as the paper's algorithm has it; the authors'
+code takes it after the optimiser's step on each batch, so its tasks end on an ascent. The noise is
+the code's γ·(1 / (1 + c·F)) ⊙ σε, not the paper's N(0, 2γF⁻¹), whose scale goes with √F⁻¹.
 """
 
 from __future__ import annotations

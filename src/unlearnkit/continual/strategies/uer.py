@@ -7,7 +7,9 @@ L = CE(s · cos(h(x_B), W), y_B) + CE(Wᵀh(x_M) + b, y_M), with x_M from a rese
 (:class:`.er.ER`). Prediction uses the dot-product logits.
 
 Our choices where the paper's code is not public: the cosine logits use no bias and a fixed scale
-s = 16; everything else is ER's (buffer, reservoir, purging on unlearning).
+s = 16; everything else is ER's (buffer, reservoir, purging on unlearning). UER is an online
+(single-pass) method; here it trains the learners' ``epochs`` passes over each task, as every
+strategy of the sweep does, and offers each task's samples to the reservoir once.
 """
 
 from __future__ import annotations
