@@ -13,6 +13,7 @@ from unlearnkit.continual.strategies.ewc import EWC
 from unlearnkit.continual.strategies.refresh import Refresh
 from unlearnkit.continual.strategies.base import MASK_VALUE
 from unlearnkit.continual.unlearners import amnesiac, apply_unlearner
+from unlearnkit.train import TrainRecord
 
 FAST = {"epochs": 2}
 
@@ -505,6 +506,31 @@ def test_gpm_applies_the_first_task_rule_to_the_first_task_only(scenario):
     assert empty  # the situation this test is about
     learner.learn(t[1], t[1].train_ids)
     assert all(plugin.bases[index] for index in empty)
-    apply_unlearner(learner, "amnesiac", scenario, 1, set(t[1].train_ids.tolist()), set())  # rebuilt: task 0 alone
     learner.learn(t[2], t[2].train_ids)
-    assert all(plugin.bases[index] for index in empty)
+    kept = [len(bases) for bases in plugin.bases]
+    for index in range(len(plugin.bases)):  # CUBER's rebuild from the summaries gives the same bases
+        rebuilt, stored = plugin._bases_without(index, set()), plugin._all_bases(index)
+        assert rebuilt.shape == stored.shape and torch.allclose(rebuilt.abs(), stored.abs(), atol=1e-4)
+    apply_unlearner(learner, "amnesiac", scenario, 2, set(t[2].train_ids.tolist()), set())
+    # rebuilt from tasks 0 and 1 in order: task 1 keeps its directions at the layers task 0 left empty
+    assert all(plugin.bases[index] for index in empty) and [len(b) for b in plugin.bases] <= kept
+
+
+def test_uncle_unlearning_loss_is_the_keep_term_plus_gamma_times_the_mean_over_noise_samples(scenario, monkeypatch):
+    import unlearnkit.continual.strategies.uncle as uncle
+
+    learner = build_strategy("uncle", scenario, 0, {"epochs": 1, "gamma": 0.3, "noise_samples": 4})
+    for task in scenario.tasks[:2]:
+        learner.learn(task, task.train_ids)
+    seen = {}
+
+    def spy(model, stream, loss, config, **kwargs):
+        batch = next(iter(stream(0)))
+        seen["loss"] = float(loss(model, batch))
+        theta = learner.model(learner.model.embedding(0, learner.seed).detach())
+        seen["expected"] = 0.3 * float((theta - batch["noise"]).pow(2).sum(dim=1).mean())  # keep term 0 at φ = φ*
+        return TrainRecord()
+
+    monkeypatch.setattr(uncle, "optimise", spy)
+    learner.unlearn(0, set())
+    assert seen["loss"] == pytest.approx(seen["expected"], rel=1e-6)

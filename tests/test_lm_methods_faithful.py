@@ -130,13 +130,17 @@ def test_uld_greedy_decoding_picks_only_tokens_the_target_finds_plausible():
     assert out[0, 3:].tolist() == [0, 0]
 
 
-def test_icu_compares_a_long_answer_by_the_part_a_check_generation_can_reach(lm):
-    answer = " ".join(["Alia"] * 120)
-    prefix = icu.reachable_answer(lm.tokenizer, answer, 32)
-    assert icu.rouge_l_recalls([answer], [prefix])[0] < 0.3  # against the whole answer: "forgotten"
-    assert icu.rouge_l_recalls([prefix], [prefix])[0] == 1.0
-    short = "Alia was born in Varna ."
-    assert icu.reachable_answer(lm.tokenizer, short, 32) == short  # a short answer is compared whole
+def test_icu_compares_a_long_answer_by_the_part_a_check_generation_can_reach(lm, monkeypatch):
+    long_item = {"question": ITEMS[0]["question"], "answer": " ".join(["Alia"] * 120)}
+    prefix = icu.reachable_answer(lm, long_item, 32)
+    assert len(prefix.split()) == 32
+    assert icu.rouge_l_recalls([long_item["answer"]], [prefix])[0] < 0.3  # against the whole answer: "forgotten"
+    assert icu.reachable_answer(lm, ITEMS[0], 32) == ITEMS[0]["answer"]  # a short answer is compared whole
+    # the per-epoch check keeps an item whose 32-token answer reproduces the answer's first 32 tokens
+    monkeypatch.setattr(lm, "generate", lambda model, questions, max_new_tokens: [prefix] * len(questions))
+    stream = icu._IterativeStream(lm, [long_item], [ITEMS[1]], icu.ICUConfig())
+    stream.check()
+    assert stream.remaining == [0]
 
 
 def test_uld_retain_term_is_kl_from_uniform_over_real_positions():

@@ -79,11 +79,13 @@ class ICUConfig(TrainConfig):
             raise UserInputError(f"check_tokens must be a positive integer, got {self.check_tokens}.")
 
 
-def reachable_answer(tokenizer: Any, answer: str, tokens: int) -> str:
-    """The answer as far as a ``tokens``-token generation can reach: whole when it is no longer, else its first
-    ``tokens`` tokens decoded."""
-    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-    return answer if len(ids) <= tokens else tokenizer.decode(ids[:tokens], skip_special_tokens=True)
+def reachable_answer(adapter: Any, item: Any, tokens: int) -> str:
+    """The item's answer as far as a ``tokens``-token generation can reach: whole when it is no longer, else its
+    first ``tokens`` answer tokens (as the adapter encodes the item) decoded."""
+    ids = adapter.encode_item(item)[1]
+    if ids and ids[-1] == adapter.tokenizer.eos_token_id:
+        ids = ids[:-1]
+    return item["answer"] if len(ids) <= tokens else adapter.tokenizer.decode(ids[:tokens], skip_special_tokens=True)
 
 
 def rouge_l_recalls(answers: Sequence[str], generations: Sequence[str]) -> list[float]:
@@ -126,8 +128,8 @@ class _IterativeStream:
         items = [self.forget[i] for i in self.remaining]
         answers = self.adapter.generate(self.adapter.model, [it["question"] for it in items],
                                         max_new_tokens=self.config.check_tokens)
-        tokens, tokenizer = self.config.check_tokens, self.adapter.tokenizer
-        recalls = rouge_l_recalls([reachable_answer(tokenizer, it["answer"], tokens) for it in items], answers)
+        references = [reachable_answer(self.adapter, it, self.config.check_tokens) for it in items]
+        recalls = rouge_l_recalls(references, answers)
         self.remaining = [i for i, recall in zip(self.remaining, recalls) if recall >= self.config.forgotten_below]
         self.history.append(len(self.remaining))
 

@@ -29,7 +29,9 @@ takes 300); the shared
 classifier layer is projected like the others. Our choices: in task-incremental scenarios, where
 each task's output units are its own (GPM's multi-head set-up), the classifier layer is not
 projected (``project_head`` overrides); biases are folded in as a constant input 1 (GPM's MLP has
-none); ε = 0.5; no extra step on the old tasks' subspaces. Each task's own input summary per layer
+none); ε = 0.5; no extra step on the old tasks' subspaces; a task's own subspace B_t takes the
+first-task rule on its inputs alone, so a task whose top direction alone passes the threshold has
+none and is never kept open. Each task's own input summary per layer
 (U·S of the SVD of its layer-input matrix, enough to rerun the basis rules) is kept, since a task's
 stored bases are only the directions it added to the earlier ones. Unlearning a whole task removes
 its summary and gradient and rebuilds every layer's bases from the remaining tasks' summaries in

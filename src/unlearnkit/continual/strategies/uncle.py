@@ -16,8 +16,10 @@ choices: the generated classifier is a one-hidden-layer MLP over the flattened i
 are scaled by 1/√fan-in (so σ = 1 gives weights of a fresh initialisation's size); earlier embeddings
 are frozen; R holds the retained tasks only (``regularise_forgotten`` also keeps forgotten tasks'
 noise outputs); the learning regulariser is the mean over R as the paper writes it (the authors'
-code divides the sum by the number of tasks in the sequence instead); epochs and batch size are the
-other strategies' on these small scenarios. Prediction: in task-IL the task's own generated classifier; otherwise each class gets
+code divides the sum by the number of tasks in the sequence instead); the clipping also covers the
+task embedding being learned (the authors clip the hypernetwork alone); the decayed step count stays
+at least 1 (the authors' can reach 0); epochs and batch size are the other strategies' on these
+small scenarios. Prediction: in task-IL the task's own generated classifier; otherwise each class gets
 the highest log-probability any learned task's classifier gives it. A forgotten task stays in
 prediction with the weights H(e_f) still generated for it, so its accuracy, relapse and the
 spillover measure what the unlearning did (dropping e_f is the paper's trivial baseline, not UnCLe).
