@@ -25,8 +25,8 @@ Choices where the paper is silent or its tools are unavailable:
   (``check_tokens`` new tokens) against the answer, below ``forgotten_below`` = 0.3; it stands in
   for the paper's BERTScore-F1 < 0.3 / BLEU < 0.01 on a 50-token continuation. An answer longer than
   ``check_tokens`` tokens is compared by its first ``check_tokens`` tokens, as the paper compares
-  equal lengths (against the whole of a long answer, a word-perfect prefix would count as forgotten). The paper's global
-  stop on MA / EL₁₀ is replaced by "all items forgotten".
+  equal lengths (against the whole of a long answer, a word-perfect prefix would count as
+  forgotten). The paper's global stop on MA / EL₁₀ is replaced by "all items forgotten".
 - A dropped item stays dropped; the authors' code re-scores every item each epoch and would take
   one back if its answer returned (through the neighbour terms). Here the ascent ends for good once
   an item is forgotten, which is what the paper's per-sample stop describes.
