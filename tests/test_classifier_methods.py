@@ -13,6 +13,7 @@ gradient ascent with the bench's digits settings, ``BENCH_METHOD_SETTINGS``) and
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from unlearnkit.methods.random_label import random_wrong_labels
 from unlearnkit.methods.retrain import reinitialise
 from unlearnkit.methods.registry import get_method, methods
 from unlearnkit.train.config import build_config
+from unlearnkit.train.distributed import training_device
 from unlearnkit.methods.salun import saliency_mask
 from unlearnkit.request import ForgetRequest
 
@@ -342,7 +344,8 @@ def test_ssd_with_a_precomputed_full_importance_equals_computing_it_per_request(
     model, request = toy_problem()
     settings = {"alpha": 1.0, "lam": 0.5, "batch_size": 4}
     path = tmp_path / "importance.safetensors"
-    seconds = save_full_importance(ClassifierAdapter(model, 2), full_training_items(request), path, 4)
+    on_training_device = copy.deepcopy(model).to(training_device())  # where unlearn computes its own importance
+    seconds = save_full_importance(ClassifierAdapter(on_training_device, 2), full_training_items(request), path, 4)
     computed, _ = unlearn(model, request, "ssd", **settings)
     stored, record = unlearn(model, request, "ssd", full_importance=str(path), **settings)
     assert record.info["full_importance"] == "precomputed"
@@ -356,7 +359,7 @@ def test_ssd_with_a_precomputed_full_importance_equals_computing_it_per_request(
     with pytest.raises(UserInputError, match="does not exist"):
         unlearn(model, request, "ssd", full_importance=str(tmp_path / "missing.safetensors"))
     named_pt = tmp_path / "importance.pt"  # the file is safetensors whatever it is called (README's example)
-    save_full_importance(ClassifierAdapter(model, 2), full_training_items(request), named_pt, 4)
+    save_full_importance(ClassifierAdapter(on_training_device, 2), full_training_items(request), named_pt, 4)
     as_pt, _ = unlearn(model, request, "ssd", full_importance=str(named_pt), **settings)
     assert all(torch.equal(as_pt.state_dict()[name], value) for name, value in computed.state_dict().items())
     (tmp_path / "junk.pt").write_bytes(b"not a tensor file")

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from lm_fixtures import tiny_lm, tiny_qa
+from unlearnkit.adapters.base import device_of
 from unlearnkit.api import unlearn
 from unlearnkit.methods import icu, kfade, mrp, uld
 from unlearnkit.methods.first_epoch_ga import ascend
@@ -75,7 +76,7 @@ def test_icu_loss_is_minus_forget_nll_plus_neighbour_nll_plus_kl_from_the_refere
     captured = {}
 
     def fake_optimise(model, stream, loss, config, **_):
-        captured["loss"] = loss
+        captured["loss"], captured["device"] = loss, device_of(model)  # the training device: its reference is there
         return TrainRecord()
 
     monkeypatch.setattr(icu, "optimise", fake_optimise)
@@ -84,7 +85,8 @@ def test_icu_loss_is_minus_forget_nll_plus_neighbour_nll_plus_kl_from_the_refere
     batch = {"forget": lm.collate(forget), "neighbour": lm.collate(neighbour)}
     theta = perturbed(lm.model)  # θ ≠ π_ref, so the KL and its direction matter
     with torch.no_grad():
-        got = float(captured["loss"](theta, batch))
+        on_device = {part: {k: v.to(captured["device"]) for k, v in b.items()} for part, b in batch.items()}
+        got = float(captured["loss"](copy.deepcopy(theta).to(captured["device"]), on_device))
         kl_ref_theta = kl_over_real_positions(lm, lm.model, theta, neighbour)
         kl_theta_ref = kl_over_real_positions(lm, theta, lm.model, neighbour)
         expected = (-1.5 * answer_nll(lm, theta, forget) + 0.5 * answer_nll(lm, theta, neighbour)

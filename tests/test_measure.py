@@ -11,8 +11,9 @@ from unlearnkit.train.measure import measure, memory_of, reference_memory, train
 
 def test_added_memory_is_the_blocks_own_allocation_and_never_above_the_peak():
     size_mb = 96
+    watched = "cuda" if torch.cuda.is_available() else "cpu"  # measure() follows the GPU's allocator where there is one
     with measure() as held:
-        block = torch.ones(size_mb * 2**20 // 4)  # float32
+        block = torch.ones(size_mb * 2**20 // 4, device=watched)  # float32
         block.add_(1.0)  # touch every page
     assert size_mb * 0.9 <= held.added_mem_mb <= held.peak_mem_mb
     with measure() as idle:

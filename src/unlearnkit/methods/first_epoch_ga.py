@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..adapters.base import batches
+from ..adapters.base import batches, device_of
 from ..errors import UserInputError
 from ..train import TrainConfig, optimise
 from ..train.config import OPTIMISER_SETTINGS
@@ -90,7 +90,8 @@ def record_first_epoch_gradients(adapter: Any, items: Sequence[Any], config: Tra
     learning-rate schedule are those of the whole recipe; later epochs yield no batches). Called
     on a fresh model with a training recipe, it reproduces that recipe's first epoch. ``ids``
     (default: positions 0..n−1) name the items in the result; for a :class:`ForgetRequest` use
-    the positions in ``request.data``.
+    the positions in ``request.data``. The model is left on the device it came on (the loop trains
+    it on the GPU when there is one), and the records are on the CPU.
     """
     if process_count() > 1:  # each process would see only its rows of every batch
         raise UserInputError("Recording first-epoch gradients runs in one process; start it without "
@@ -119,11 +120,13 @@ def record_first_epoch_gradients(adapter: Any, items: Sequence[Any], config: Tra
         for index, rows in zip(batch["index"].tolist(), recorder.per_item(batch, scale=len(batch["index"]))):
             recorded[ids[index]] = rows
 
+    home = device_of(adapter.model)
     try:
         optimise(adapter.model, epoch_batches, loss, config, steps_per_epoch=-(-len(items) // config.batch_size),
                  description="first epoch (recording)", after_backward=after_backward)
     finally:
         recorder.close()
+        adapter.model.to(home)
     return recorded
 
 

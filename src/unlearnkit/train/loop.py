@@ -125,16 +125,23 @@ def _to_device(batch, device: torch.device):
     return batch
 
 
-def _keeping_caller_random_state(function: Callable) -> Callable:
-    """Run ``function`` in a fork of the global random state: it may seed freely, the caller's state is kept."""
+def _repeatable(function: Callable) -> Callable:
+    """Run ``function`` in a fork of the global random state (it may seed freely, the caller's state is kept)
+    and on cuDNN's deterministic kernels, so that a seeded run on a GPU repeats to the bit: the default
+    backward kernels of convolutions add up in an order that varies from run to run."""
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with torch.random.fork_rng():
-            return function(*args, **kwargs)
+        deterministic = torch.backends.cudnn.deterministic
+        torch.backends.cudnn.deterministic = True
+        try:
+            with torch.random.fork_rng():
+                return function(*args, **kwargs)
+        finally:
+            torch.backends.cudnn.deterministic = deterministic
     return wrapper
 
 
-@_keeping_caller_random_state
+@_repeatable
 def optimise(
     model: nn.Module,
     epoch_batches: Callable[[int], Iterator[Batch]],
@@ -155,7 +162,8 @@ def optimise(
     ``after_backward`` may edit gradients (masks, projections); ``after_step`` may edit weights.
     ``loss_fn`` may return a :class:`LossParts` (forget, retain): the loop minimises their sum, or,
     with a ``projector`` (GU), lets it set the gradients from the two parts instead of backward.
-    The model is trained in place: callers pass a copy. A NaN/inf loss stops the run, restores
+    The model is trained in place, and stays on the device it trained on (accelerate's: the GPU when
+    there is one): callers pass a copy, or move the model back. A NaN/inf loss stops the run, restores
     the last good weights and marks the record ``diverged``.
 
     Under ``accelerate launch`` / ``torchrun`` every process walks the same batch stream and takes
@@ -169,7 +177,9 @@ def optimise(
     the sentence goes to ``message`` and the step to ``stopped_at``). One process only.
     ``cpu=True`` keeps a one-process run on the CPU even when a GPU is visible (without accelerate,
     whose one device setting per process would otherwise be shared with GPU runs in the same process).
-    The run seeds the global random state from ``config.seed`` inside a fork: the caller's state is kept.
+    The run seeds the global random state from ``config.seed`` inside a fork (the caller's state is kept)
+    and uses cuDNN's deterministic kernels, so that a seeded convolutional network trains to the same bits
+    twice on one GPU (some other CUDA kernels, an embedding's backward among them, may still vary).
     """
     if cpu and distributed.launched_processes() == 1:
         accelerator: Any = _CPUOnly()
