@@ -170,6 +170,19 @@ def test_fsdp_or_deepspeed_without_a_gpu_is_refused(monkeypatch):
         D.check_launch()
 
 
+def test_more_processes_on_a_machine_than_it_has_gpus_are_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(UserInputError, match=r"starts 2 processes on this machine, which has 1 GPU\(s\).*at most 1"):
+        D.check_launch()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    D.check_launch()  # one GPU each
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    D.check_launch()  # processes on the CPU share it
+
+
 def test_gradient_accumulation_is_refused(monkeypatch):
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
     with pytest.raises(UserInputError, match="gradient_accumulation_steps=4"):
@@ -218,6 +231,18 @@ def test_accelerate_config_files_parse_to_their_backends():
 
 
 # ---------------------------------------------------------------------------- two real processes
+# gloo on the CPU: on a one-GPU machine both processes would take that GPU, which NCCL refuses
+CPU_ONLY = {**os.environ, "OMP_NUM_THREADS": "1", "UNLEARNKIT_PROGRESS": "0", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def run_one_process(command: list[str], in_process) -> int:
+    """The one-process run that two CPU processes are compared with, on the CPU too: here where no GPU is
+    visible, else in a process that sees none (GPU and CPU sums differ in the last digits)."""
+    if not torch.cuda.is_available():
+        return in_process()
+    return subprocess.run([sys.executable, *command], env=CPU_ONLY, timeout=240).returncode
+
+
 @pytest.mark.parametrize("method", ["npo", "rmu", "undial", "uld", "icu"])
 def test_two_gloo_processes_give_the_one_process_numbers(tmp_path, method):
     """2-process torchrun (gloo) vs 1 process: evaluation metrics, per-item losses and the forget run
@@ -229,13 +254,15 @@ def test_two_gloo_processes_give_the_one_process_numbers(tmp_path, method):
     sys.path.insert(0, str(ROOT / "scripts"))
     from distributed_check import check
 
-    assert check(tmp_path / "one", tmp_path / "one.json", method) == 0  # also builds the cached tiny facts model
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "UNLEARNKIT_PROGRESS": "0"}
+    def script(run: str) -> list[str]:
+        return [str(ROOT / "scripts" / "distributed_check.py"), "--work", str(tmp_path / run),
+                "--result", str(tmp_path / f"{run}.json"), "--method", method]
+
+    # the one-process run also builds the cached tiny facts model
+    assert run_one_process(script("one"), lambda: check(tmp_path / "one", tmp_path / "one.json", method)) == 0
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(ROOT / "scripts" / "distributed_check.py"), "--work", str(tmp_path / "two"),
-                           "--result", str(tmp_path / "two.json"), "--method", method], env=env, capture_output=True,
-                          text=True, timeout=240)
+                           *script("two")], env=CPU_ONLY, capture_output=True, text=True, timeout=240)
     wall = time.perf_counter() - start
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
@@ -278,10 +305,10 @@ def test_two_gloo_processes_match_one_when_the_forget_part_splits_unevenly(tmp_p
                 str(tmp_path / "retain.jsonl"), "--method", "npo", "--param", "lr=1e-3", "--out", str(tmp_path / run),
                 "--ledger", str(tmp_path / f"{run}.db")]  # lr: the tiny model's scale, so the run moves it
 
-    assert main(argv("one")) == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "UNLEARNKIT_PROGRESS": "0"}
+    assert run_one_process(["-m", "unlearnkit.cli", *argv("one")], lambda: main(argv("one"))) == 0
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "unlearnkit.cli", *argv("two")], env=env, capture_output=True, text=True, timeout=240)
+                           "-m", "unlearnkit.cli", *argv("two")], env=CPU_ONLY, capture_output=True, text=True,
+                          timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     one, two = (json.loads((tmp_path / run / "run.json").read_text()) for run in ("one", "two"))
     assert len(one["losses"]) >= 2 and two["losses"] == pytest.approx(one["losses"], abs=1e-4)

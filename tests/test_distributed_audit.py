@@ -73,7 +73,8 @@ def workspace(tmp_path):
 
 
 def _two_processes(work: Path, kind: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "UNLEARNKIT_PROGRESS": "0"}
+    # gloo on the CPU: on a one-GPU machine both processes would take that GPU, which NCCL refuses
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "UNLEARNKIT_PROGRESS": "0", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(work / "failing_write.py"), str(work), kind], env=env, capture_output=True, text=True,
                           timeout=180)

@@ -337,10 +337,17 @@ def sharded_launch() -> str | None:
 def check_launch() -> None:
     """Raise :class:`UserInputError` for accelerate settings that unlearnkit cannot honour.
 
-    Checked before any work: FSDP or DeepSpeed without a GPU (accelerate would silently run plain
-    DDP on the CPU), DeepSpeed without its package, and gradient accumulation (the loop takes one
-    optimiser step per batch; raise the batch size instead).
+    Checked before any work: more processes on this machine than it has GPUs (NCCL refuses two
+    processes on one GPU, deep in the first collective), FSDP or DeepSpeed without a GPU (accelerate
+    would silently run plain DDP on the CPU), DeepSpeed without its package, and gradient accumulation
+    (the loop takes one optimiser step per batch; raise the batch size instead).
     """
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or "1")
+    if local > 1 and torch.cuda.is_available() and local > torch.cuda.device_count():
+        gpus = torch.cuda.device_count()
+        raise UserInputError(f"This launch starts {local} processes on this machine, which has {gpus} GPU(s), and each "
+                             f"process needs a GPU of its own; launch at most {gpus} per machine, or hide the GPUs "
+                             "(CUDA_VISIBLE_DEVICES=) to run the processes on the CPU.")
     wants = sharded_launch()
     if wants and not torch.cuda.is_available():
         raise UserInputError(f"The accelerate config asks for {wants}, which needs GPUs, but none is visible; "
