@@ -62,7 +62,10 @@ def test_a_tokenizer_without_merges_gives_one_sentence(tmp_path):
     # before: transformers' GGUF tokenizer reader raised a raw KeyError: 'scores'
     path = tmp_path / "no-merges.gguf"
     write_llama_gguf(path, bpe(TEXTS, 300)[0], [])
-    with pytest.raises(smollm2.UserInputError, match=r"cannot be loaded as a causal LM \(no 'scores' field\)\.$"):
+    # the cause in brackets is transformers' own, in its words: these are 5.24's and 5.17's
+    with pytest.raises(smollm2.UserInputError, match=r"cannot be loaded as a causal LM \((no 'scores' field|"
+                                                     r"tokens and scores need to be passed for a LLaMa tokenizer "
+                                                     r"without merges to be instantiated)\)\.$"):
         smollm2.load_gguf_causal_lm(path)
 
 
@@ -70,7 +73,7 @@ def test_a_tokenizer_without_merges_gives_one_sentence(tmp_path):
     # transformers reads gpt2's tensors in other shapes: it raised a RuntimeError (a traceback) after its report
     ("gpt2", r"lacks \d+ of its model's weights or holds them in other shapes \(e\.g\. transformer\."),
     # transformers knows mistral, gguf-py's name map does not: NotImplementedError, a traceback
-    ("mistral", r"cannot be loaded as a causal LM \(Unknown gguf model_type: mistral"),
+    ("mistral", r"cannot be loaded as a causal LM \((Unknown gguf model_type: mistral|no 'mistral' field)"),
 ])
 def test_a_gguf_transformers_cannot_read_as_its_architecture_gives_one_sentence(tmp_path, architecture, message):
     path = tmp_path / f"{architecture}.gguf"

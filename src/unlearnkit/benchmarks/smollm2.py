@@ -126,6 +126,7 @@ def load_gguf_causal_lm(path: str | Path) -> tuple[Any, Any]:
     if wrong:
         raise UserInputError(f"The GGUF file {path} lacks {len(wrong)} of its model's weights or holds them in other "
                              f"shapes (e.g. {wrong[0]}), so it is incomplete or not the model its metadata describes.")
+    _special_tokens_as_in_config(tokenizer, loaded.config)
     settings = loaded.config.to_dict()
     settings.pop("quantization_config", None)
     config = type(loaded.config).from_dict(settings)
@@ -133,6 +134,15 @@ def load_gguf_causal_lm(path: str | Path) -> tuple[Any, Any]:
         model = type(loaded)(config)
     model.load_state_dict(loaded.state_dict(), strict=True)
     return model.eval(), tokenizer
+
+
+def _special_tokens_as_in_config(tokenizer: Any, config: Any) -> None:
+    """Give the tokenizer the bos, eos and pad tokens of the model's config, both read from the file's metadata:
+    some transformers releases (5.17 among them) build a GGUF tokenizer whose eos is its bos and which has no pad."""
+    for role in ("bos", "eos", "pad"):
+        token_id = getattr(config, f"{role}_token_id", None)
+        if isinstance(token_id, int) and 0 <= token_id < len(tokenizer):
+            setattr(tokenizer, f"{role}_token", tokenizer.convert_ids_to_tokens(token_id))
 
 
 @contextmanager
