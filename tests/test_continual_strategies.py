@@ -421,6 +421,35 @@ def test_lwf_distils_each_old_task_head_on_its_own_in_task_incremental_scenarios
         assert plugin.heads == (old if scen.setting == "task-il" else [sorted(old[0] + old[1])])
 
 
+def test_lwf_penalty_is_alpha_times_the_kl_at_temperature_t_with_no_t_squared(task_il):
+    """α Σ_heads KL(softmax(f*/T) ‖ softmax(f/T)), as Li & Hoiem, Avalanche and Mammoth take it."""
+    import torch.nn.functional as F
+
+    from unlearnkit.continual.strategies.lwf import LwF
+
+    t = task_il.tasks
+    learner = build_strategy("lwf", task_il, 0, {**FAST, "lwf_alpha": 0.7, "temperature": 3.0})
+    for task in t[:2]:
+        learner.learn(task, task.train_ids)
+    plugin = learner.plugin(LwF)
+    plugin.before_task(learner, t[2], t[2].train_ids)
+    with torch.no_grad():  # a student other than the teacher, so the KL is not zero
+        for p in learner.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = learner.batch_of(t[2].train_ids[:6], t[2].index)
+    x = batch["x"]
+    with torch.no_grad():
+        teacher, student = plugin.teacher(x), learner.model(x)
+        expected = 0.0
+        for head in plugin.heads:
+            p_teacher = F.softmax(teacher[:, head] / 3.0, dim=1)
+            log_student = F.log_softmax(student[:, head] / 3.0, dim=1)
+            expected += float((p_teacher * (p_teacher.log() - log_student)).sum(1).mean())
+        got = float(plugin.penalty(learner, learner.model, batch))
+    assert len(plugin.heads) == 2 and expected > 1e-4
+    assert got == pytest.approx(0.7 * expected, rel=1e-5)
+
+
 def test_an_unlearned_task_is_no_longer_distilled_nor_a_reason_for_a_teacher(scenario, task_il):
     # Unlearning task 0 drops it from what the learner counts as learned: LwF no longer distils its
     # classes (task-IL: its head), as in a run that never learned it, and with no learned task left

@@ -112,6 +112,23 @@ def test_l2_keeps_moving_its_anchor_while_a_learned_task_remains(scenario):
     assert all(torch.equal(a, p) for a, p in zip(plugin.anchor.values(), learner.model.body.parameters()))
 
 
+@pytest.mark.parametrize("rule, anchored_after", [("first", 0), ("previous", 1)])
+def test_l2_anchors_after_the_first_task_or_after_each_task(scenario, rule, anchored_after):
+    # "previous" is the co-author code's rule (the anchor moves to the weights at every task's end)
+    t = scenario.tasks
+    learner = build_strategy("l2", scenario, 0, {**FAST, "l2_anchor": rule})
+    after = []
+    for task in t[:2]:
+        learner.learn(task, task.train_ids)
+        after.append([p.detach().clone() for p in learner.model.body.parameters()])
+    plugin = learner.plugin(L2)
+    assert plugin.anchor_task == anchored_after
+    assert all(torch.equal(a, p) for a, p in zip(plugin.anchor.values(), after[anchored_after]))
+    assert not all(torch.equal(a, b) for a, b in zip(after[0], after[1]))  # the two anchors differ
+    with pytest.raises(UserInputError, match="l2_anchor must be 'first' or 'previous'"):
+        build_strategy("l2", scenario, 0, {"l2_anchor": "last"})
+
+
 def test_er_refills_its_buffer_like_a_fresh_run_once_everything_is_forgotten(scenario):
     # After every learned sample is forgotten the reservoir kept n (the forgotten stream's length) and
     # admitted each new sample with probability capacity / n only: the next task left it about half empty.

@@ -4,7 +4,9 @@
   each learn request records its weight change Δθ^(t); unlearning task t sets θ ← θ − Δθ^(t).
   Whole tasks only. Only task t's own change goes: where tasks share samples (``scole``), what other
   tasks' changes learned from them stays, while the retrained reference drops those samples from
-  every task, so part of the retrain gap there is this rule's, not the strategy's.
+  every task, so part of the retrain gap there is this rule's, not the strategy's. Graves et al. keep one
+  change per batch and subtract every batch that held a forgotten sample; per task, the changes of later
+  tasks' replay batches (``er``, ``uer``) that held samples of task t stay too.
 - ``acu`` / ``uncle``: the strategy's own closed-form or data-free unlearning.
 - ``retrain``: replace the model by one retrained on the remaining data (done by the runner).
 - any core method of :mod:`unlearnkit.methods` that serves classifiers (``gradient_ascent``, ``ssd``, ...):

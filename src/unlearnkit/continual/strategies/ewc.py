@@ -2,7 +2,8 @@
 
 Kirkpatrick et al., "Overcoming catastrophic forgetting in neural networks" (PNAS 2017); the
 online form of Schwarz et al., "Progress & Compress" (ICML 2018), as in Mammoth's ``ewc_on``:
-after each task F ← γ·F + F_t (F_t the diagonal empirical Fisher of task t, see
+after each task F ← γ·F + F_t (F_t task t's diagonal Fisher as Mammoth takes it: squared per-sample
+gradients at the true label, weighted by p(y|x); see
 :func:`..fisher.diagonal_fisher`), and task t+1 minimises L_t+1(θ) + λ Σ_k F_k (θ_k − θ*_k)², θ* = the
 weights when the task starts.
 

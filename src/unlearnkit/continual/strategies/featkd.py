@@ -3,7 +3,8 @@
 Smith et al., "A Closer Look at Rehearsal-Free Continual Learning" (CVPR-W 2023, arXiv 2203.17269)
 study feature knowledge distillation as a rehearsal-free regulariser: while learning a task, keep
 the penultimate features of the current batch close to those of the model from before the task,
-L = L_task + w · mean ‖h(x) − h*(x)‖². Compose it with ``lwf`` (``lwf+featkd``) for their
+L = L_task + w · mean over the batch and feature entries of (h(x) − h*(x))² (the co-author code's
+``MSELoss``). Compose it with ``lwf`` (``lwf+featkd``) for their
 prediction + feature variant.
 
 Our choice: the teacher h* is copied when the task starts (so after an unlearning request it is the

@@ -2,7 +2,8 @@
 
 Li & Hoiem, "Learning without Forgetting" (ECCV 2016; TPAMI 2017): while learning a new task,
 keep the old classes' outputs close to those of the model before the task:
-L = CE(f(x), y) + α T² KL(softmax(f*(x)_old / T) ‖ softmax(f(x)_old / T)), on the current batch only.
+L = CE(f(x), y) + α KL(softmax(f*(x)_old / T) ‖ softmax(f(x)_old / T)), on the current batch only.
+No T² factor (Hinton et al.'s distillation has one; the paper, Avalanche's and Mammoth's LwF do not).
 
 In task-incremental scenarios each old task has its own head (its classes), and, as in the paper,
 each head is distilled with its own softmax and the terms are summed. Our choices: in class- and
@@ -62,7 +63,7 @@ class LwF(Plugin):
             self.heads = [sorted(learner.seen_classes)] if learner.seen_classes else []
 
     def penalty(self, learner, model, batch):
-        """α T² Σ_heads KL(teacher ‖ student), each old head with its own softmax."""
+        """α Σ_heads KL(teacher ‖ student), each old head with its own softmax at temperature T."""
         if self.teacher is None or not self.heads:
             return None
         t = self.config.temperature
@@ -71,7 +72,7 @@ class LwF(Plugin):
         student = model(batch["x"])
         kl = sum(F.kl_div(F.log_softmax(student[:, head] / t, dim=1), F.softmax(teacher[:, head] / t, dim=1),
                           reduction="batchmean") for head in self.heads)
-        return self.config.lwf_alpha * t * t * kl
+        return self.config.lwf_alpha * kl
 
     def forget(self, learner, ids, task) -> None:
         """The teacher holds what was forgotten: drop it."""
