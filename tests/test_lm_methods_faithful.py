@@ -95,6 +95,49 @@ def test_icu_loss_is_minus_forget_nll_plus_neighbour_nll_plus_kl_from_the_refere
     assert abs(float(kl_ref_theta - kl_theta_ref)) > 1e-2  # the other direction would be told apart
 
 
+# ---------------------------------------------------------------------------- RMU
+def block_output_mse(adapter, model, items, target) -> torch.Tensor:
+    """Mean over items of the mean over answer tokens (EOS included) of the mean over hidden units of
+    (h − target)², h the output of block 0 read from ``output_hidden_states`` (not RMU's hook)."""
+    batch = adapter.collate(items)
+    hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   output_hidden_states=True).hidden_states[1]
+    per_item = []
+    for row in range(len(items)):
+        answer = batch["labels"][row] != -100
+        goal = target[row][answer] if target.dim() == 3 else target
+        per_item.append((hidden[row][answer] - goal).square().mean())
+    return torch.stack(per_item).mean()
+
+
+def test_rmu_loss_steers_forget_activations_to_c_u_and_holds_retain_ones_at_the_frozen_copy(lm, monkeypatch):
+    """L = mse(h_θ(x_f), c·u) + α·mse(h_θ(x_r), h_ref(x_r)) at block ⌊(n−1)/2⌋ = 0, over answer tokens."""
+    from unlearnkit.methods import rmu
+
+    captured = {}
+
+    def fake_optimise(model, stream, loss, config, **_):
+        captured["loss"], captured["device"] = loss, device_of(model)
+        return TrainRecord()
+
+    monkeypatch.setattr(rmu, "optimise", fake_optimise)
+    _, record = unlearn(lm.model, REQUEST, "rmu", adapter=lm, steering=3.0, alpha=0.5, seed=4)
+    assert record.info["layer"] == "transformer.h.0"
+    forget, retain = [ITEMS[0], ITEMS[1]], [ITEMS[2], ITEMS[3]]
+    batch = {"forget": lm.collate(forget), "retain": lm.collate(retain)}
+    theta = perturbed(lm.model)  # θ ≠ π_ref, so the retain term is not zero
+    with torch.no_grad():
+        on_device = {part: {k: v.to(captured["device"]) for k, v in b.items()} for part, b in batch.items()}
+        got = float(captured["loss"](copy.deepcopy(theta).to(captured["device"]), on_device))
+        steer = 3.0 * rmu.control_vector(lm.model.config.n_embd, 4)
+        reference = lm.model(**{k: batch["retain"][k] for k in ("input_ids", "attention_mask")},
+                             output_hidden_states=True).hidden_states[1]
+        forget_term = block_output_mse(lm, theta, forget, steer)
+        retain_term = block_output_mse(lm, theta, retain, reference)
+    assert float(retain_term) > 1e-3
+    assert got == pytest.approx(float(forget_term + 0.5 * retain_term), rel=1e-4)
+
+
 # ---------------------------------------------------------------------------- ULD
 def test_uld_mask_keeps_the_paper_rule_when_tau_times_the_vocabulary_is_below_one():
     """With τ·V < 1 the authors' code would keep every assistant logit (its index −1 wraps to the least

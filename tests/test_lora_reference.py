@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from unlearnkit.api import unlearn
+from unlearnkit.errors import UserInputError
 from unlearnkit.methods import graddiff
 from unlearnkit.train.lora import MemoryOptions, lora_reference, prepare_model
 
@@ -69,3 +70,14 @@ def test_the_model_is_its_own_reference_only_when_that_is_exactly_the_model_befo
     with torch.no_grad():
         next(p for n, p in wrapped.named_parameters() if ".lora_B." in n).add_(0.1)
     assert lora_reference(wrapped) is None  # an adapter already moved: the model is no longer π_ref
+
+
+def test_rmu_under_lora_counts_and_trains_only_the_adapters_and_refuses_modules_that_are_all_frozen(lm):
+    adapter, request = lm
+    memory = MemoryOptions.from_cli(LORA)
+    _, record = unlearn(adapter.model, request, "rmu", adapter=adapter, memory=memory, epochs=1, batch_size=4)
+    width, rank = adapter.model.config.n_embd, 4
+    per_block = rank * width + 3 * width * rank  # c_attn's A (r × in) and B (out × r), out = 3 × width
+    assert record.info["trained_parameters"] == per_block * adapter.model.config.n_layer
+    with pytest.raises(UserInputError, match=r"c_proj' matches only frozen parameters \(under LoRA"):
+        unlearn(adapter.model, request, "rmu", adapter=adapter, memory=memory, train_modules=r"mlp\.c_proj")

@@ -14,13 +14,17 @@ positions (EOS included), then over the items, as OpenUnlearning does (the origi
 all tokens of the batch). Every item weighs the same, and a batch split across processes gives
 exactly the one-process loss, which a mean over the batch's tokens would not.
 ``layer`` is a block index (negative counts from the end) or a block name; by default block
-⌊(n−1)/2⌋, which is OpenUnlearning's layer 7 on a 16-block model. ``train_modules="all"`` trains
-every parameter (OpenUnlearning's TOFU setting); the WMDP recipe trains only ``mlp.down_proj`` of
-blocks ℓ−2..ℓ, e.g. ``train_modules="h\\.[0-1]\\.mlp\\.c_proj"`` on GPT-2. c = 6.5 is the WMDP
+⌊(n−1)/2⌋, which is OpenUnlearning's layer 7 on a 16-block model (both references hook block 7 of
+32-block 7B models too: pass ``layer=7`` to compare with them there). ``train_modules="all"`` trains
+every parameter (OpenUnlearning's TOFU setting); the WMDP recipe trains only the ``mlp.down_proj``
+weights of blocks ℓ−2..ℓ, e.g. ``train_modules="h\\.(3|4|5)\\.mlp\\.c_proj\\.weight"`` on 12-block
+GPT-2 (default ℓ = 5); a chosen parameter that is frozen (a base weight under LoRA) is not trained. c = 6.5 is the WMDP
 paper's value (OpenUnlearning's TOFU setting is 2): c·u must dominate the block's own activations,
 whose norm is about 2–3 per token in the tiny test GPT-2. α = 1 as in OpenUnlearning (the WMDP
 recipe on Zephyr-7B uses 1200, matched to that model's activation scale). lr 1e-5 is OpenUnlearning's (the WMDP
-recipe uses 5e-5).
+recipe uses 5e-5). Batches, epochs, Adam and the loop's gradient clipping at 5 are the toolkit's defaults
+(the authors: batch 4, one pass of 150 batches, AdamW without weight decay, no clipping; one u per
+forget corpus, alternating corpora, where here one u serves the request).
 
 Optional early stop (off by default): ``early_stop="holdout_nll"`` or ``"holdout_truth_ratio"`` ends the
 run once the forget set looks like the request's never-trained holdout items (``train/stopping.py``).
@@ -124,7 +128,10 @@ class RMU(Method):
     def unlearn(self, adapter: Any, request, config: RMUConfig) -> Outcome:
         model = adapter.model
         layer = resolve_layer(adapter, config.layer)
-        chosen = trainable_parameters(model, config.train_modules)
+        chosen = [p for p in trainable_parameters(model, config.train_modules) if p.requires_grad]
+        if not chosen:
+            raise UserInputError(f"train_modules={config.train_modules!r} matches only frozen parameters (under "
+                                 "LoRA the base weights are); choose modules that train, e.g. 'all'.")
         reference = frozen_reference(model)
         stream, steps = retain_pairing(adapter, request, config)
         target: list[torch.Tensor] = []
