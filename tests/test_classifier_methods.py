@@ -230,15 +230,41 @@ def test_random_wrong_labels_never_repeat_the_true_label_and_cover_the_others():
 
 
 def test_saliency_mask_ranks_entries_globally_across_tensors():
-    gradients = [torch.tensor([0.1, -5.0]), torch.tensor([[3.0, 0.2], [-0.05, 0.3]])]
+    # the top half of all 6 entries is 10, −9 and 1: a top half per tensor would give [1, 0] and [1, 1, 0, 0]
+    gradients = [torch.tensor([10.0, -9.0]), torch.tensor([[1.0, 0.5], [-0.2, 0.1]])]
     masks = saliency_mask(gradients, 0.5)
-    assert masks[0].tolist() == [0.0, 1.0]
-    assert masks[1].tolist() == [[1.0, 0.0], [0.0, 1.0]]
+    assert masks[0].tolist() == [1.0, 1.0]
+    assert masks[1].tolist() == [[1.0, 0.0], [0.0, 0.0]]
 
 
 def test_l1_weight_decays_linearly_then_stops():
     assert [l1_weight(1.0, t, 5, 1) for t in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
     assert [l1_weight(2.0, t, 2, 0) for t in range(2)] == [2.0, 1.0]
+
+
+def test_l1_sparse_training_steps_through_the_decaying_weights_epoch_by_epoch(monkeypatch):
+    from unlearnkit.methods import l1_sparse
+
+    seen = []
+    monkeypatch.setattr(l1_sparse, "l1_norm", lambda model: seen.append(model) or torch.zeros(()))
+    weights = []
+    original = l1_sparse.l1_weight
+    monkeypatch.setattr(l1_sparse, "l1_weight", lambda *a: weights.append(original(*a)) or weights[-1])
+    model, request = toy_problem()
+    unlearn(model, request, "l1_sparse", alpha=0.3, epochs=4, no_l1_epochs=1, batch_size=3)  # 2 steps an epoch
+    assert weights == pytest.approx([0.3, 0.3, 0.2, 0.2, 0.1, 0.1, 0.0, 0.0])
+    assert len(seen) == 6  # the penalty is added wherever its weight is above 0
+
+
+def test_wrong_labels_are_drawn_anew_every_epoch():
+    from unlearnkit.methods.random_label import LABEL_DRAWS, with_label_draws
+
+    def stream(epoch):
+        yield {"labels": torch.zeros(50, dtype=torch.long)}
+
+    draws = with_label_draws(stream, seed=3)
+    first, again, second = (next(iter(draws(e)))[LABEL_DRAWS] for e in (0, 0, 1))
+    assert torch.equal(first, again) and not torch.equal(first, second)
 
 
 def toy_problem(seed: int = 0):
