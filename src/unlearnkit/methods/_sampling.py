@@ -14,17 +14,21 @@ batches; it returns the same ``(epoch_batches, steps_per_epoch)`` as ``base.pair
   authors' ``DualDataset`` under a shuffling loader). Every retain item is seen once per epoch and
   the smaller set is cycled, so with a large retain set an epoch holds many passes over D_f.
 - ``modular`` (MELU): each entity's forget items are cycled against that entity's own neighbours,
-  and every general-knowledge item is paired with a random forget item, so each neighbour and each
-  general item is seen once per epoch (an epoch is max(|F_e|, |N_e|) pairs per entity plus one
-  pair per general item, not one pass over the forget set). An entity is an item's ``"person"``;
-  its neighbours are the items in the request's ``direct`` and ``indirect`` sets linked to it in
-  ``request.links`` (as the authors' data gives each neighbour question the title of the entity it
-  belongs to; the facts bench links a retained person to every forgotten one sharing a birthplace,
-  sibling or profession, so a neighbour may serve several entities), or, for a neighbour without
-  links, the items of the same person (when only some of a person's facts are forgotten). Forget
-  items whose entity has no neighbour form one group cycled against all ``direct`` and
-  ``indirect`` neighbours. General items are the items of ``request.data`` whose ``"person"`` is
-  None (the key present), outside the forget set.
+  and every general-knowledge item is paired with a random forget item (drawn anew each epoch), so
+  each general item is seen once per epoch and each neighbour once per epoch for each entity it
+  serves (an epoch is max(|F_e|, |N_e|) pairs per entity plus one pair per general item, not one
+  pass over the forget set). An entity is an item's ``"person"``; its neighbours are the items in
+  the request's ``direct`` and ``indirect`` sets linked to it in ``request.links`` (as the authors'
+  data gives each neighbour question the title of the entity it belongs to; the facts bench links a
+  retained person to every forgotten one sharing a birthplace, sibling or profession, so a neighbour
+  may serve several entities, where each of the authors' serves one), or, for a neighbour without
+  links, the items of the same person (when only some of a person's facts are forgotten). A
+  neighbour that serves no forgotten entity (unlinked, about a retained person) is cycled against
+  all forget items, and so are forget items whose entity has no neighbour, against all ``direct``
+  and ``indirect`` neighbours. General items are the items of ``request.data`` whose ``"person"``
+  is None (the key present), outside the forget set, whether or not ``request.retain`` holds them:
+  on the facts bench it does not, so there standard and cyclic sampling never train on the general
+  items, and modular sampling does (MELU's retain file holds its general items for every sampler).
 
 Other configs opt in by inheriting :class:`SamplingConfig` (it adds ``sampling`` and checks it).
 """
@@ -91,16 +95,25 @@ def cyclic_pairs(request, seed: int, epoch: int) -> list[Pair]:
     return _shuffled(pairs, seed + 7919 * epoch)
 
 
+#: The group key of the neighbours that serve no forgotten entity (cycled against every forget item).
+UNASSIGNED = "unassigned neighbours"
+
+
 def entity_groups(request) -> dict[Any, tuple[list[int], list[int]]]:
     """Forget ids grouped with their neighbour pools: per entity when neighbours belong to it (linked to it in
     ``request.links``, else of the same person), else one group (key None) against every ``direct`` and
-    ``indirect`` neighbour."""
+    ``indirect`` neighbour; neighbours that serve no forgotten entity form one more group (key
+    :data:`UNASSIGNED`) against every forget item."""
     neighbours = list(dict.fromkeys([*request.neighbours.get("direct", ()), *request.neighbours.get("indirect", ())]))
+    forgotten = {_person(request.data[f]) for f in request.forget} - {None}
     own: dict[Any, list[int]] = {}
+    unassigned: list[int] = []
     for i in neighbours:
-        for entity in request.links.get(i) or (_person(request.data[i]),):
-            if entity is not None:
-                own.setdefault(entity, []).append(i)
+        served = [e for e in request.links.get(i) or (_person(request.data[i]),) if e in forgotten]
+        for entity in served:
+            own.setdefault(entity, []).append(i)
+        if not served:
+            unassigned.append(i)
     groups: dict[Any, tuple[list[int], list[int]]] = {}
     for f in request.forget:
         person = _person(request.data[f])
@@ -109,6 +122,8 @@ def entity_groups(request) -> dict[Any, tuple[list[int], list[int]]]:
     if None in groups and not groups[None][1]:
         raise UserInputError("Modular sampling needs the request's 'direct' or 'indirect' neighbour sets, "
                              "but it has none for some forgotten items.")
+    if unassigned and None not in groups:  # (the None group already cycles every neighbour)
+        groups[UNASSIGNED] = (list(request.forget), unassigned)
     return groups
 
 
