@@ -1,5 +1,6 @@
-"""The LM methods' update rules against their papers (REFERENCE.md §3), on hand-computed tiny cases:
-ICU's loss (signs, weights, KL(π_ref ‖ π_θ) over the neighbour's real positions), ULD's logit mask and
+"""The LM methods' update rules against their papers (REFERENCE.md §2-3), on hand-computed tiny cases:
+the losses of IdkDPO (summed log-ratios), GradDiff, ICU (signs, weights, KL(π_ref ‖ π_θ) over the
+neighbour's real positions) and RMU (block activations over answer tokens), ULD's logit mask and
 uniform KL, GUARD's restriction, GUARD-IT's steering mean, MRP's projection, K-FADE's uphill step and
 first-epoch GA's ascent."""
 
@@ -44,7 +45,7 @@ def perturbed(model: torch.nn.Module, seed: int = 3, scale: float = 0.5) -> torc
     return other
 
 
-# ---------------------------------------------------------------------------- ICU
+# ---------------------------------------------------------------------------- losses written out, and how to catch one
 def answer_nll(adapter, model, items) -> torch.Tensor:
     """Mean over items of each item's mean answer NLL (EOS included), written out."""
     batch = adapter.collate(items)
@@ -71,22 +72,79 @@ def kl_over_real_positions(adapter, p_model, q_model, items) -> torch.Tensor:
     return torch.stack(per_item).mean()
 
 
-def test_icu_loss_is_minus_forget_nll_plus_neighbour_nll_plus_kl_from_the_reference(lm, monkeypatch):
-    """L = −u·NLL̄(x_f) + l·NLL̄(x_l) + k·KL(π_ref ‖ π_θ)(x_l), with π_ref the model before unlearning."""
+def answer_log_prob(adapter, model, items) -> torch.Tensor:
+    """Per item, log π(answer | question): the sum over answer tokens (EOS included), written out."""
+    batch = adapter.collate(items)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    sums = []
+    for row in range(len(items)):
+        where = targets[row] != -100
+        log_p = torch.log_softmax(logits[row][where].double(), dim=-1)
+        sums.append(log_p.gather(1, targets[row][where][:, None]).sum())
+    return torch.stack(sums)
+
+
+def captured_loss(monkeypatch, module, lm, method: str, **settings):
+    """Run ``method`` with its training loop replaced; return the loss it built and the training device."""
     captured = {}
 
     def fake_optimise(model, stream, loss, config, **_):
-        captured["loss"], captured["device"] = loss, device_of(model)  # the training device: its reference is there
+        captured["loss"], captured["device"] = loss, device_of(model)
         return TrainRecord()
 
-    monkeypatch.setattr(icu, "optimise", fake_optimise)
-    unlearn(lm.model, REQUEST, "icu", adapter=lm, forget_weight=1.5, neighbour_weight=0.5, kl_weight=2.0)
+    monkeypatch.setattr(module, "optimise", fake_optimise)
+    unlearn(lm.model, REQUEST, method, adapter=lm, **settings)
+    return captured["loss"], captured["device"]
+
+
+def on(device, batch):
+    """``batch`` (collated tensors, nested one level at most) moved to ``device``."""
+    return {k: on(device, v) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
+
+
+# ---------------------------------------------------------------------------- IdkDPO, GradDiff, ICU
+def test_idk_dpo_loss_prefers_the_refusal_by_summed_log_ratios_plus_alpha_retain_nll(lm, monkeypatch):
+    """L = −(2/β)·mean log σ(β[(log π_θ − log π_ref)(refusal) − (log π_θ − log π_ref)(answer)]) + α·NLL̄(x_r)."""
+    from unlearnkit.methods import idk_dpo
+
+    loss, device = captured_loss(monkeypatch, idk_dpo, lm, "idk_dpo", beta=0.5, alpha=0.3,
+                                 refusals=ITEMS[4]["answer"])
+    forget, retain = [ITEMS[0], ITEMS[1]], [ITEMS[2], ITEMS[3]]
+    refused = [{**item, "answer": ITEMS[4]["answer"]} for item in forget]
+    batch = {"forget": {"answer": lm.collate(forget), "refusal": lm.collate(refused)}, "retain": lm.collate(retain)}
+    theta = perturbed(lm.model)
+    with torch.no_grad():
+        got = float(loss(copy.deepcopy(theta).to(device), on(device, batch)))
+        chosen = answer_log_prob(lm, theta, refused) - answer_log_prob(lm, lm.model, refused)
+        rejected = answer_log_prob(lm, theta, forget) - answer_log_prob(lm, lm.model, forget)
+        dpo = -(2 / 0.5) * torch.nn.functional.logsigmoid(0.5 * (chosen - rejected)).mean()
+        expected = dpo + 0.3 * answer_nll(lm, theta, retain)
+    assert abs(float(chosen.mean())) > 0.1  # θ ≠ π_ref, so the log-ratios matter
+    assert got == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_graddiff_parts_are_minus_gamma_forget_nll_and_alpha_retain_nll(lm, monkeypatch):
+    from unlearnkit.methods import graddiff
+
+    loss, device = captured_loss(monkeypatch, graddiff, lm, "graddiff", gamma=0.7, alpha=2.5)
+    forget, retain = [ITEMS[0], ITEMS[1]], [ITEMS[2], ITEMS[3]]
+    batch = {"forget": lm.collate(forget), "retain": lm.collate(retain)}
+    theta = perturbed(lm.model)
+    with torch.no_grad():
+        parts = loss(copy.deepcopy(theta).to(device), on(device, batch))
+        assert float(parts.forget) == pytest.approx(float(-0.7 * answer_nll(lm, theta, forget)), rel=1e-4)
+        assert float(parts.retain) == pytest.approx(float(2.5 * answer_nll(lm, theta, retain)), rel=1e-4)
+
+
+def test_icu_loss_is_minus_forget_nll_plus_neighbour_nll_plus_kl_from_the_reference(lm, monkeypatch):
+    """L = −u·NLL̄(x_f) + l·NLL̄(x_l) + k·KL(π_ref ‖ π_θ)(x_l), with π_ref the model before unlearning."""
+    loss, device = captured_loss(monkeypatch, icu, lm, "icu", forget_weight=1.5, neighbour_weight=0.5, kl_weight=2.0)
     forget, neighbour = [ITEMS[0], ITEMS[1]], [ITEMS[4], ITEMS[2]]
     batch = {"forget": lm.collate(forget), "neighbour": lm.collate(neighbour)}
     theta = perturbed(lm.model)  # θ ≠ π_ref, so the KL and its direction matter
     with torch.no_grad():
-        on_device = {part: {k: v.to(captured["device"]) for k, v in b.items()} for part, b in batch.items()}
-        got = float(captured["loss"](copy.deepcopy(theta).to(captured["device"]), on_device))
+        got = float(loss(copy.deepcopy(theta).to(device), on(device, batch)))
         kl_ref_theta = kl_over_real_positions(lm, lm.model, theta, neighbour)
         kl_theta_ref = kl_over_real_positions(lm, theta, lm.model, neighbour)
         expected = (-1.5 * answer_nll(lm, theta, forget) + 0.5 * answer_nll(lm, theta, neighbour)
@@ -114,21 +172,13 @@ def test_rmu_loss_steers_forget_activations_to_c_u_and_holds_retain_ones_at_the_
     """L = mse(h_θ(x_f), c·u) + α·mse(h_θ(x_r), h_ref(x_r)) at block ⌊(n−1)/2⌋ = 0, over answer tokens."""
     from unlearnkit.methods import rmu
 
-    captured = {}
-
-    def fake_optimise(model, stream, loss, config, **_):
-        captured["loss"], captured["device"] = loss, device_of(model)
-        return TrainRecord()
-
-    monkeypatch.setattr(rmu, "optimise", fake_optimise)
-    _, record = unlearn(lm.model, REQUEST, "rmu", adapter=lm, steering=3.0, alpha=0.5, seed=4)
-    assert record.info["layer"] == "transformer.h.0"
+    loss, device = captured_loss(monkeypatch, rmu, lm, "rmu", steering=3.0, alpha=0.5, seed=4)
+    assert rmu.resolve_layer(lm, None) == "transformer.h.0"  # block ⌊(2 − 1)/2⌋ of the tiny model
     forget, retain = [ITEMS[0], ITEMS[1]], [ITEMS[2], ITEMS[3]]
     batch = {"forget": lm.collate(forget), "retain": lm.collate(retain)}
     theta = perturbed(lm.model)  # θ ≠ π_ref, so the retain term is not zero
     with torch.no_grad():
-        on_device = {part: {k: v.to(captured["device"]) for k, v in b.items()} for part, b in batch.items()}
-        got = float(captured["loss"](copy.deepcopy(theta).to(captured["device"]), on_device))
+        got = float(loss(copy.deepcopy(theta).to(device), on(device, batch)))
         steer = 3.0 * rmu.control_vector(lm.model.config.n_embd, 4)
         reference = lm.model(**{k: batch["retain"][k] for k in ("input_ids", "attention_mask")},
                              output_hidden_states=True).hidden_states[1]
