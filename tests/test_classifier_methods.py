@@ -332,6 +332,27 @@ def test_ssd_matches_a_hand_computed_dampening():
     assert record.info["dampened_fraction"] == pytest.approx(selected_total / total)  # λ < 1: every selected β < 1
 
 
+def test_ssd_sums_a_bf16_models_importance_in_float32():
+    # 2,000 batches: a bf16 running sum of equal-sized squares stalls once each term is below its rounding step
+    from unlearnkit.methods.ssd import dampen, importance
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2).to(torch.bfloat16)
+    items = [(torch.randn(3), i % 2) for i in range(2000)]
+    imp = importance(ClassifierAdapter(model, 2), items, batch_size=1)
+    exact = torch.zeros(2, 3, dtype=torch.float64)
+    for x, y in items:
+        model.zero_grad()
+        nn.functional.cross_entropy(model(x[None].to(torch.bfloat16)).float(), torch.tensor([y])).backward()
+        exact += model.weight.grad.double() ** 2
+    assert imp["weight"].dtype == torch.float32
+    torch.testing.assert_close(imp["weight"].double(), exact / len(items), rtol=1e-2, atol=0)  # bf16 sums: ~35 % low
+    weight = model.weight.detach().clone()
+    dampen(model, {"weight": 2 * imp["weight"]}, {"weight": imp["weight"]}, alpha=1.0, lam=0.5)
+    assert model.weight.dtype == torch.bfloat16
+    assert torch.equal(model.weight, (weight.float() * 0.25).to(torch.bfloat16))  # β = λ·o/f = 1/4 everywhere
+
+
 def test_ssd_full_importance_order_is_retain_then_forget():
     """o is imp(ConcatDataset(retain, forget)); the data's own order batches other items together and gives
     another o (the premise below), so the per-request result must match the authors' order."""
