@@ -1,8 +1,8 @@
 """The LM methods' update rules against their papers (REFERENCE.md §2-3), on hand-computed tiny cases:
-the losses of IdkDPO (summed log-ratios), GradDiff, ICU (signs, weights, KL(π_ref ‖ π_θ) over the
-neighbour's real positions) and RMU (block activations over answer tokens), ULD's logit mask and
-uniform KL, GUARD's restriction, GUARD-IT's steering mean, MRP's projection, K-FADE's uphill step and
-first-epoch GA's ascent."""
+the losses of NPO and IdkDPO (summed log-ratios), SimNPO (length-normalised), UNDIAL, GradDiff, ICU
+(signs, weights, KL(π_ref ‖ π_θ) over the neighbour's real positions) and RMU (block activations over
+answer tokens), ULD's logit mask and uniform KL, GUARD's restriction, GUARD-IT's steering mean, MRP's
+projection, K-FADE's uphill step and first-epoch GA's ascent."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from unlearnkit.train import TrainRecord
 
 ITEMS = tiny_qa(6)
 REQUEST = ForgetRequest(ITEMS, forget=[0, 1], retain=[2, 3, 4, 5])
+LONGER = {**ITEMS[1], "answer": "Boris was born in Oslo in Varna ."}  # two tokens more than the others
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def on(device, batch):
     return {k: on(device, v) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
 
 
-# ---------------------------------------------------------------------------- IdkDPO, GradDiff, ICU
+# ---------------------------------------------------------------------------- losses of the LM baselines
 def test_idk_dpo_loss_prefers_the_refusal_by_summed_log_ratios_plus_alpha_retain_nll(lm, monkeypatch):
     """L = −(2/β)·mean log σ(β[(log π_θ − log π_ref)(refusal) − (log π_θ − log π_ref)(answer)]) + α·NLL̄(x_r)."""
     from unlearnkit.methods import idk_dpo
@@ -135,6 +136,67 @@ def test_graddiff_parts_are_minus_gamma_forget_nll_and_alpha_retain_nll(lm, monk
         parts = loss(copy.deepcopy(theta).to(device), on(device, batch))
         assert float(parts.forget) == pytest.approx(float(-0.7 * answer_nll(lm, theta, forget)), rel=1e-4)
         assert float(parts.retain) == pytest.approx(float(2.5 * answer_nll(lm, theta, retain)), rel=1e-4)
+
+
+def test_npo_parts_are_the_bounded_loss_on_summed_nlls_against_the_frozen_copy_and_alpha_retain_nll(lm, monkeypatch):
+    """forget: γ·(−2/β)·mean log σ(β·(NLL_θ − NLL_ref)) with NLL summed over answer tokens; retain: α·NLL̄."""
+    from unlearnkit.methods import npo
+
+    loss, device = captured_loss(monkeypatch, npo, lm, "npo", beta=0.5, gamma=0.7, alpha=2.5)
+    forget, retain = [ITEMS[0], ITEMS[1]], [ITEMS[2], ITEMS[3]]
+    batch = {"forget": lm.collate(forget), "retain": lm.collate(retain)}
+    theta = perturbed(lm.model)
+    with torch.no_grad():
+        parts = loss(copy.deepcopy(theta).to(device), on(device, batch))
+        margin = answer_log_prob(lm, lm.model, forget) - answer_log_prob(lm, theta, forget)  # NLL_θ − NLL_ref
+        expected = 0.7 * -(2 / 0.5) * torch.nn.functional.logsigmoid(0.5 * margin).mean()
+        assert float(parts.forget) == pytest.approx(float(expected), rel=1e-4)
+        assert float(parts.retain) == pytest.approx(float(2.5 * answer_nll(lm, theta, retain)), rel=1e-4)
+    assert float(margin.abs().min()) > 0.1  # θ ≠ π_ref: a reference taken from θ itself would be told apart
+
+
+def test_simnpo_forget_part_is_the_bounded_loss_on_the_length_normalised_nll(lm, monkeypatch):
+    """γ·(−2/β)·mean log σ(β·(NLL/|y| − δ)), |y| the answer tokens with EOS; answers of unequal length."""
+    from unlearnkit.methods import simnpo
+
+    loss, device = captured_loss(monkeypatch, simnpo, lm, "simnpo", beta=2.0, delta=0.3, gamma=0.5)
+    forget, retain = [ITEMS[0], LONGER], [ITEMS[2], ITEMS[3]]
+    batch = {"forget": lm.collate(forget), "retain": lm.collate(retain)}
+    lengths = (batch["forget"]["labels"][:, 1:] != -100).sum(1)
+    assert lengths[0] != lengths[1]
+    theta = perturbed(lm.model)
+    with torch.no_grad():
+        parts = loss(copy.deepcopy(theta).to(device), on(device, batch))
+        per_token = -answer_log_prob(lm, theta, forget) / lengths
+        expected = 0.5 * -(2 / 2.0) * torch.nn.functional.logsigmoid(2.0 * (per_token - 0.3)).mean()
+    assert float(parts.forget) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_undial_loss_is_cross_entropy_to_the_frozen_copy_with_the_answer_token_pushed_down(lm, monkeypatch):
+    """Per answer position: −Σ_v softmax(z_ref − β·onehot(y))_v · log softmax(z_θ)_v, over each item's answer
+    tokens (EOS included), then the items; the teacher is the model before unlearning."""
+    from unlearnkit.methods import undial
+
+    loss, device = captured_loss(monkeypatch, undial, lm, "undial", beta=3.0)
+    forget = [ITEMS[0], LONGER]
+    batch = lm.collate(forget)
+    theta = perturbed(lm.model)
+    with torch.no_grad():
+        got = float(loss(copy.deepcopy(theta).to(device), on(device, batch)))
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        student = torch.log_softmax(theta(**inputs).logits[:, :-1].double(), -1)
+        teacher_logits = lm.model(**inputs).logits[:, :-1].double()
+        targets = batch["labels"][:, 1:]
+        per_item = []
+        for row in range(len(forget)):
+            terms = []
+            for t in (targets[row] != -100).nonzero().flatten().tolist():
+                adjusted = teacher_logits[row, t].clone()
+                adjusted[targets[row, t]] -= 3.0
+                terms.append(-(adjusted.softmax(-1) * student[row, t]).sum())
+            per_item.append(torch.stack(terms).mean())
+        expected = torch.stack(per_item).mean()
+    assert got == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_icu_loss_is_minus_forget_nll_plus_neighbour_nll_plus_kl_from_the_reference(lm, monkeypatch):
