@@ -332,6 +332,32 @@ def test_ssd_matches_a_hand_computed_dampening():
     assert record.info["dampened_fraction"] == pytest.approx(selected_total / total)  # λ < 1: every selected β < 1
 
 
+def test_scrub_losses_are_minus_the_distillation_kl_and_alpha_kl_plus_gamma_ce(monkeypatch):
+    """max: −τ²·KL(softmax(t/τ) ‖ softmax(s/τ)); min: α·τ²·KL + γ·CE, with t the frozen original's logits."""
+    from unlearnkit.methods import scrub
+
+    captured = {}
+    monkeypatch.setattr(scrub, "optimise", lambda model, stream, loss, config, **_: captured.update(loss=loss))
+    model, request = toy_problem()
+    unlearn(model, request, "scrub", alpha=0.3, gamma=2.0, temperature=2.0, max_epochs=1, epochs=2)
+    student = copy.deepcopy(model).to(training_device())
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.stack([request.data[i][0] for i in range(4)])
+    labels = torch.tensor([request.data[i][1] for i in range(4)])
+    batch = {"inputs": x.to(training_device()), "labels": labels.to(training_device())}
+    with torch.no_grad():
+        t, s = model(x).double() / 2.0, student(x.to(training_device())).cpu().double() / 2.0
+        kl = (t.softmax(1) * (t.log_softmax(1) - s.log_softmax(1))).sum(1).mean() * 4.0
+        ce = nn.functional.cross_entropy(s * 2.0, labels)
+        got_max = float(captured["loss"](student, {"max": batch}))
+        got_min = float(captured["loss"](student, {"min": batch}))
+    assert float(kl) > 1e-3
+    assert got_max == pytest.approx(-float(kl), rel=1e-5)
+    assert got_min == pytest.approx(float(0.3 * kl + 2.0 * ce), rel=1e-5)
+
+
 def test_ssd_sums_a_bf16_models_importance_in_float32():
     # 2,000 batches: a bf16 running sum of equal-sized squares stalls once each term is below its rounding step
     from unlearnkit.methods.ssd import dampen, importance

@@ -14,6 +14,14 @@ with our classifiers (no batch-norm, no dropout) the default single max epoch di
 softens both distributions and the KL is then multiplied by τ², the usual distillation scaling.
 α weighs the retain KL and γ the retain cross-entropy (the paper's names). The "rewinding"
 variant for selective unlearning is not implemented.
+
+The defaults are ours, tuned on the digits CNN: Adam at 3e-3, one batch size (64) for both sets,
+α = γ = τ = 1, one max epoch of two, and the loop's gradient clipping at norm 5. The authors' notebooks
+use SGD at 5e-4 (momentum 0.9, weight decay 5e-4), τ = 4, α = 0.001, γ = 0.99, 2 max epochs of 3 and
+forget/retain batches of 512/256 for CIFAR-10 at scale, and Adam at 5e-4 (weight decay 0.1), τ = 2,
+α = 0.5, γ = 1, 3 max epochs of 10 and batches of 64/32 in their small-scale runs; neither clips. Those
+settings did not carry over: on the digits bench's class forgetting the large-scale ones leave the
+forgotten class at accuracy 1.0, against 0.0 at ours.
 """
 
 from __future__ import annotations
