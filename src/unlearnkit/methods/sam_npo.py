@@ -8,9 +8,11 @@ NPO's forget loss ℓ_f (methods/npo.py), its retain term R and radius ρ, each 
 
     ε = ρ·∇ℓ_f(θ) / ‖∇ℓ_f(θ)‖,   g = γ·∇ℓ_f(θ + ε) + α·∇R(θ).
 
-Choices: everything but ρ is NPO's (β = 0.1, γ = α = 1, retain NLL); ρ = 0.01 is the authors' code
-default (7B models at lr 1e-5), so small models usually want more (the facts bench uses the ρ its
-rule selects on a held-out world). ε spans all trainable parameters with one global norm (``train/sam.py``).
+Choices: everything but ρ is NPO's (β = 0.1, γ = α = 1, retain NLL); ρ = 0.01 is the default of the
+authors' MUSE code (their WMDP config uses 0.1, both for 7B models at lr 1e-5), so small models usually
+want more (the facts bench uses the ρ its rule selects on a held-out world). NPO's forget loss here is
+the paper's, on each answer's summed NLL; the authors' WMDP code feeds it the batch's token-mean NLL,
+which on long documents saturates the sigmoid far later, so their WMDP numbers need not carry over. ε spans all trainable parameters with one global norm (``train/sam.py``).
 The same smoothing is available on gradient_ascent, graddiff, npo and simnpo as ``sam_rho``.
 """
 

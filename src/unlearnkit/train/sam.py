@@ -14,6 +14,8 @@ before the perturbation and copied back after, so they return bit for bit. The w
 value at θ (what the progress bar and the divergence guard read) and carries the gradients above, so
 it composes with GU's projection and with gradient clipping. One process only: under
 ``accelerate launch`` the two extra gradient passes would bypass the wrapper's gradient averaging.
+With bf16 weights (``--bf16`` without LoRA) most of a small ε rounds away when added to the weights, so
+SAM there is close to the plain step at twice its cost; LoRA keeps its adapters in float32.
 """
 
 from __future__ import annotations
