@@ -124,3 +124,20 @@ def test_uer_trains_the_current_batch_on_scaled_cosine_logits(scenario):
     loss = learner.loss(model, batch)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert loss.item() != pytest.approx(F.cross_entropy(model(batch["x"]), batch["y"]).item(), rel=1e-2)
+
+
+def test_diagonal_fisher_is_the_mean_of_p_weighted_squared_per_sample_gradients_at_the_true_label():
+    """F = (1/N) Σ_n p(y_n|x_n)·(∇ log p(y_n|x_n))², written out one sample at a time (Mammoth's ewc_on)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    x, y = torch.randn(7, 4), torch.tensor([0, 1, 2, 2, 1, 0, 1])
+    expected = {name: torch.zeros_like(p) for name, p in model.named_parameters()}
+    for xi, yi in zip(x, y):
+        model.zero_grad()
+        log_p = F.log_softmax(model(xi[None]), dim=1)[0, yi]
+        log_p.backward()
+        for name, p in model.named_parameters():
+            expected[name] += log_p.exp().detach() * p.grad ** 2
+    got = diagonal_fisher(model, x, y, chunk=3)  # chunks of 3, 3 and 1
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value / len(y), rtol=1e-5, atol=1e-9)
