@@ -47,8 +47,8 @@ def perturbed(model: torch.nn.Module, seed: int = 3, scale: float = 0.5) -> torc
 
 
 # ---------------------------------------------------------------------------- losses written out, and how to catch one
-def answer_nll(adapter, model, items) -> torch.Tensor:
-    """Mean over items of each item's mean answer NLL (EOS included), written out."""
+def answer_token_log_probs(adapter, model, items) -> list[torch.Tensor]:
+    """Per item, log π of each answer token (EOS included) given what precedes it, written out."""
     batch = adapter.collate(items)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     targets = batch["labels"][:, 1:]
@@ -56,8 +56,13 @@ def answer_nll(adapter, model, items) -> torch.Tensor:
     for row in range(len(items)):
         where = targets[row] != -100
         log_p = torch.log_softmax(logits[row][where].double(), dim=-1)
-        per_item.append(-log_p.gather(1, targets[row][where][:, None]).mean())
-    return torch.stack(per_item).mean()
+        per_item.append(log_p.gather(1, targets[row][where][:, None]).squeeze(1))
+    return per_item
+
+
+def answer_nll(adapter, model, items) -> torch.Tensor:
+    """Mean over items of each item's mean answer NLL (EOS included)."""
+    return torch.stack([-log_p.mean() for log_p in answer_token_log_probs(adapter, model, items)]).mean()
 
 
 def kl_over_real_positions(adapter, p_model, q_model, items) -> torch.Tensor:
@@ -74,16 +79,8 @@ def kl_over_real_positions(adapter, p_model, q_model, items) -> torch.Tensor:
 
 
 def answer_log_prob(adapter, model, items) -> torch.Tensor:
-    """Per item, log π(answer | question): the sum over answer tokens (EOS included), written out."""
-    batch = adapter.collate(items)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    targets = batch["labels"][:, 1:]
-    sums = []
-    for row in range(len(items)):
-        where = targets[row] != -100
-        log_p = torch.log_softmax(logits[row][where].double(), dim=-1)
-        sums.append(log_p.gather(1, targets[row][where][:, None]).sum())
-    return torch.stack(sums)
+    """Per item, log π(answer | question): the sum over answer tokens (EOS included)."""
+    return torch.stack([log_p.sum() for log_p in answer_token_log_probs(adapter, model, items)])
 
 
 def captured_loss(monkeypatch, module, lm, method: str, **settings):
