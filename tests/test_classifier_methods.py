@@ -354,8 +354,8 @@ def test_scrub_losses_are_minus_the_distillation_kl_and_alpha_kl_plus_gamma_ce(m
         got_max = float(captured["loss"](student, {"max": batch}))
         got_min = float(captured["loss"](student, {"min": batch}))
     assert float(kl) > 1e-3
-    assert got_max == pytest.approx(-float(kl), rel=1e-5)
-    assert got_min == pytest.approx(float(0.3 * kl + 2.0 * ce), rel=1e-5)
+    assert got_max == pytest.approx(-float(kl), rel=1e-4)
+    assert got_min == pytest.approx(float(0.3 * kl + 2.0 * ce), rel=1e-4)
 
 
 def test_ssd_sums_a_bf16_models_importance_in_float32():

@@ -435,19 +435,19 @@ def test_lwf_penalty_is_alpha_times_the_kl_at_temperature_t_with_no_t_squared(ta
     plugin.before_task(learner, t[2], t[2].train_ids)
     with torch.no_grad():  # a student other than the teacher, so the KL is not zero
         for p in learner.model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+            p.add_(0.2 * torch.randn_like(p))
     batch = learner.batch_of(t[2].train_ids[:6], t[2].index)
     x = batch["x"]
     with torch.no_grad():
         teacher, student = plugin.teacher(x), learner.model(x)
         expected = 0.0
         for head in plugin.heads:
-            p_teacher = F.softmax(teacher[:, head] / 3.0, dim=1)
-            log_student = F.log_softmax(student[:, head] / 3.0, dim=1)
+            p_teacher = F.softmax(teacher[:, head].double() / 3.0, dim=1)
+            log_student = F.log_softmax(student[:, head].double() / 3.0, dim=1)
             expected += float((p_teacher * (p_teacher.log() - log_student)).sum(1).mean())
         got = float(plugin.penalty(learner, learner.model, batch))
     assert len(plugin.heads) == 2 and expected > 1e-4
-    assert got == pytest.approx(0.7 * expected, rel=1e-5)
+    assert got == pytest.approx(0.7 * expected, rel=1e-3)  # a small KL in float32: T² would be 9 times it
 
 
 def test_an_unlearned_task_is_no_longer_distilled_nor_a_reason_for_a_teacher(scenario, task_il):
