@@ -57,6 +57,7 @@ VARIANTS = {
     ("ssd", ("classifier", "causal_lm")): {"stored": {"full_importance": "<ssd_importance>"}},  # needs no retain data
     ("undial", ("causal_lm",)): {"retain_term": {"alpha": 1.0}},  # α > 0 adds a retain NLL term
     ("random_label", ("classifier",)): {"forget_only": {"retain_weight": 0.0}},  # β = 0 reads no retain items
+    ("salun", ("classifier",)): {"forget_only": {"retain_weight": 0.0}},  # as random_label, inside its mask
     ("gradient_ascent", ("classifier", "causal_lm")): {"gu": {"project": "gu"}},  # projection on retain gradients
 }
 
@@ -356,7 +357,7 @@ def test_retain_needs_are_split_as_declared():
     declaring = {str(c) for c in RETAIN_CASES}
     assert {"finetune-classifier", "ssd-causal_lm", "npo-causal_lm", "gradient_ascent-classifier-gu"} <= declaring
     assert not {"gradient_ascent-classifier", "ssd-classifier-stored", "random_label-classifier-forget_only",
-                "undial-causal_lm"} & declaring
+                "salun-classifier-forget_only", "undial-causal_lm"} & declaring
 
 
 @pytest.mark.parametrize("case", RETAIN_CASES, ids=str)

@@ -98,18 +98,21 @@ class RandomLabel(Method):
         return super().needs_for(config) - ({"retain"} if config.retain_weight == 0 else set())
 
     def unlearn(self, adapter: Any, request, config: RandomLabelConfig) -> Outcome:
-        if config.retain_weight == 0:  # relabelled forget items only: no retain batches to draw
-            stream, steps = item_stream(adapter, request.forget_items(), config)
-            stream = with_label_draws(stream, config.seed)
-            loss = lambda model, batch: relabelled_loss(adapter, model, batch)
-        else:
-            stream, steps = retain_pairing(adapter, request, config)
-            stream = with_label_draws(stream, config.seed, part="forget")
-
-            def loss(model, batch: dict) -> torch.Tensor:
-                forget = relabelled_loss(adapter, model, batch["forget"])
-                retain = adapter.per_item_loss(model, batch["retain"]).mean()
-                return forget + config.retain_weight * retain
-
+        stream, steps, loss = relabelling_run(adapter, request, config)
         record = optimise(adapter.model, stream, loss, config, steps_per_epoch=steps, description="random labels")
         return Outcome(adapter.model, record)
+
+
+def relabelling_run(adapter: Any, request, config: Any) -> tuple[Callable, int, Callable]:
+    """``(epoch_batches, steps_per_epoch, loss)`` of CE(x_f, ỹ) + β·CE(x_r, y_r), β = ``config.retain_weight``;
+    with β = 0 the batches hold relabelled forget items only, so no retain data is needed."""
+    if config.retain_weight == 0:
+        stream, steps = item_stream(adapter, request.forget_items(), config)
+        return with_label_draws(stream, config.seed), steps, lambda model, batch: relabelled_loss(adapter, model, batch)
+    stream, steps = retain_pairing(adapter, request, config)
+
+    def loss(model, batch: dict) -> torch.Tensor:
+        forget = relabelled_loss(adapter, model, batch["forget"])
+        return forget + config.retain_weight * adapter.per_item_loss(model, batch["retain"]).mean()
+
+    return with_label_draws(stream, config.seed, part="forget"), steps, loss

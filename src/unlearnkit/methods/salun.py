@@ -32,14 +32,14 @@ from torch import nn
 from ..adapters.base import batches
 from ..errors import UserInputError
 from ..train import optimise
-from ._sampling import SamplingConfig, retain_pairing
+from ._sampling import SamplingConfig
 from .base import Method, Outcome
-from .random_label import check_retain_weight, relabelled_loss, with_label_draws
+from .random_label import check_retain_weight, relabelling_run
 
 
 @dataclass
 class SalUnConfig(SamplingConfig):
-    """``mask_ratio``: fraction of weights updated; ``retain_weight``: β on the retain loss."""
+    """``mask_ratio``: fraction of weights updated; ``retain_weight``: β on the retain loss (0: no retain data)."""
 
     mask_ratio: float = 0.5
     retain_weight: float = 2.0
@@ -90,17 +90,16 @@ class SalUn(Method):
     use_when = 'Classifier forgetting that edits only the weights salient for the forget set; good for class removal.'
     Config = SalUnConfig
 
+    def needs_for(self, config: SalUnConfig) -> frozenset[str]:
+        """Retain data only when its term counts (β > 0)."""
+        return super().needs_for(config) - ({"retain"} if config.retain_weight == 0 else set())
+
     def unlearn(self, adapter: Any, request, config: SalUnConfig) -> Outcome:
         model: nn.Module = adapter.model
         params = [p for p in model.parameters() if p.requires_grad]
         masks = saliency_mask(forget_gradient(adapter, request.forget_items(), config.batch_size), config.mask_ratio)
         originals = [p.detach().clone() for p in params] if config.reset_masked else []
-        stream, steps = retain_pairing(adapter, request, config)
-        stream = with_label_draws(stream, config.seed, part="forget")
-
-        def loss(model, batch: dict) -> torch.Tensor:
-            forget = relabelled_loss(adapter, model, batch["forget"])
-            return forget + config.retain_weight * adapter.per_item_loss(model, batch["retain"]).mean()
+        stream, steps, loss = relabelling_run(adapter, request, config)
 
         def mask_gradients(_model) -> None:
             for param, mask in zip(params, masks):
