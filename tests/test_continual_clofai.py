@@ -41,6 +41,40 @@ def test_loads_one_domain_per_task_with_real_0_and_fake_1(clofai_root):
     assert len(set(scenario.tasks[0].train_ids.tolist()) & set(scenario.tasks[1].train_ids.tolist())) == 0
 
 
+def test_pixels_are_scaled_to_minus_one_one_and_the_default_size_is_32(tmp_path):
+    # the authors' loader: Resize(32), ToTensor, Normalize(0.5, 0.5)
+    for label, value in (("real", 0), ("fake", 255)):
+        (tmp_path / "t" / label).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((32, 32, 3), value, dtype=np.uint8)).save(tmp_path / "t" / label / f"{i}.png")
+    scenario = load_clofai(tmp_path, test_fraction=0.5)
+    assert tuple(scenario.train_x.shape[1:]) == (3, 32, 32)
+    real = scenario.train_y == 0
+    assert bool((scenario.train_x[real] == -1).all()) and bool((scenario.train_x[~real] == 1).all())
+
+
+def test_task_folders_come_in_natural_order_and_results_name_them(tmp_path):
+    for index, name in enumerate(["task10", "task2", "Task1"]):
+        _write_task(tmp_path / name, 60, 200, seed=index)
+    scenario = load_clofai(tmp_path, image_size=4)
+    assert scenario.info["task_names"] == ["Task1", "task2", "task10"]
+    run = run_stream(scenario, "naive", "learn:0", params={"epochs": 1})
+    assert run.to_dict()["task_names"] == ["Task1", "task2", "task10"]
+
+
+def test_a_task_with_its_own_train_and_test_folders_is_used_as_given(tmp_path):
+    _write_task(tmp_path / "gan" / "train", 60, 200, count=5, seed=1)
+    _write_task(tmp_path / "gan" / "test", 60, 200, count=2, seed=2)
+    split = {seed: load_clofai(tmp_path, seed=seed, image_size=4) for seed in (0, 1)}
+    task = split[0].tasks[0]
+    assert len(task.train_ids) == 10 and len(task.test_index) == 4  # 5 + 5 and 2 + 2, whatever the seed
+    assert bool((split[1].train_x == split[0].train_x).all())  # no seeded re-split
+    (tmp_path / "gan" / "test" / "fake" / "0.png").unlink()
+    (tmp_path / "gan" / "test" / "fake" / "1.png").unlink()
+    with pytest.raises(UserInputError, match=r"gan/test/fake holds no images"):
+        load_clofai(tmp_path)
+
+
 def test_a_stream_runs_on_the_folder(clofai_root):
     scenario = build_scenario("clofai", 0, data=str(clofai_root), image_size=8)
     run = run_stream(scenario, "er", "learn:0,learn:1,unlearn:0", params={"epochs": 40, "lr": 0.01}, unlearner="gradient_ascent")

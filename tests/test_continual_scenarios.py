@@ -32,6 +32,26 @@ def test_permuted_digits_permutes_pixels_per_task_with_distinct_sample_ids():
     a, b = scenario.train_x[first.train_ids[0]], scenario.train_x[second.train_ids[0]]
     assert not torch.equal(a, b)
     assert torch.equal(a.flatten().sort().values, b.flatten().sort().values)  # same pixels, new order
+    # each task's pixel order, read off its training images, is the one its test images are in (a pixel that
+    # never lights up in training matches several: one of them must match in test too); task 0 holds the
+    # original images, and no two tasks share an order
+    from unlearnkit.continual.scenarios import _digits
+
+    original_train, _, original_test, _ = _digits(0)
+    assert torch.equal(scenario.train_x[first.train_ids], original_train)
+    assert torch.equal(scenario.test_x[0], original_test)
+    plain, test_plain = original_train.flatten(1), original_test.flatten(1)
+    orders = set()
+    for task in scenario.tasks:
+        moved, test_moved = scenario.train_x[task.train_ids].flatten(1), scenario.test_x[task.index].flatten(1)
+        order = []
+        for j in range(moved.shape[1]):
+            candidates = (plain == moved[:, [j]]).all(0).nonzero().flatten().tolist()
+            matching = [c for c in candidates if torch.equal(test_plain[:, c], test_moved[:, j])]
+            assert matching, (task.index, j)
+            order.append(matching[0])
+        orders.add(tuple(order))
+    assert len(orders) == len(scenario.tasks)
 
 
 def test_scole_is_a_long_seeded_sequence_with_reoccurring_classes():
@@ -39,6 +59,11 @@ def test_scole_is_a_long_seeded_sequence_with_reoccurring_classes():
     assert scenario.num_tasks == 200 and scenario.epochs == 1
     counts = Counter(c for t in scenario.tasks for c in t.classes)
     assert set(counts) == set(range(10)) and min(counts.values()) >= 20
+    for task in scenario.tasks:  # two different classes, samples_per_class of each, and their test images
+        assert len(set(task.classes)) == 2
+        assert sorted(Counter(scenario.train_y[task.train_ids].tolist()).values()) == [64, 64]
+        assert set(scenario.train_y[task.train_ids].tolist()) == set(task.classes)
+        assert set(scenario.test_y[0][task.test_index].tolist()) == set(task.classes)
     again = scole(3)
     assert all(torch.equal(a.train_ids, b.train_ids) for a, b in zip(scenario.tasks, again.tasks))
     assert any(not torch.equal(a.train_ids, b.train_ids) for a, b in zip(scenario.tasks, scole(4).tasks))
@@ -53,3 +78,13 @@ def test_scenario_sizes_beyond_the_data_or_memory_are_refused(name, options, mes
     """A draw larger than a class's pool was silently cut; a typo in num_tasks ran for hours or ran out of memory."""
     with pytest.raises(UserInputError, match=message):
         build_scenario(name, 0, **options)
+
+
+def test_split_digits_refuses_a_split_that_would_drop_classes_or_a_setting_it_cannot_be():
+    from unlearnkit.continual.scenarios import split_digits
+
+    with pytest.raises(UserInputError, match="classes_per_task dividing the 10 classes"):
+        split_digits(classes_per_task=3)  # it made tasks (0,1,2), (3,4,5), (6,7,8): class 9 silently gone
+    with pytest.raises(UserInputError, match="class-il or task-il, not 'domain-il'"):
+        split_digits(setting="domain-il")
+    assert [t.classes for t in split_digits(classes_per_task=5).tasks] == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]

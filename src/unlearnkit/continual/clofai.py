@@ -1,16 +1,19 @@
 """Domain-incremental real-vs-fake image folders in the CLOFAI layout.
 
-Doherty et al., "Continual Learning of AI-generated image detection" (CLOFAI, arXiv 2501.11140,
-2025): each task is one generator; a task folder holds ``real/`` and ``fake/`` images. Layout read
-here::
+Doherty et al., "CLOFAI: A Dataset of Real And Fake Image Classification Tasks for Continual
+Learning" (arXiv 2501.11140, 2025): each task is one generator; a task folder holds ``real/`` and
+``fake/`` images. Layouts read here::
 
-    ROOT/<task folder>/real/*.png|jpg|...
+    ROOT/<task folder>/real/*.png|jpg|...          (split here: seeded, stratified)
     ROOT/<task folder>/fake/*.png|jpg|...
+    ROOT/<task folder>/{train,test}/{real,fake}/*  (the data set's own split, used as given)
 
-Tasks are taken in sorted folder-name order; label 0 is real and 1 is fake. Images are converted
-to RGB (16-bit greyscale scaled to 8 bits first), resized to ``image_size`` × ``image_size`` and
-scaled to [0, 1]. Each task is split into train and test with a seeded stratified split (CLOFAI
-uses 80/20).
+Tasks are taken in natural folder-name order (``task2`` before ``task10``; the order is written to
+``results.json`` as ``task_names``); label 0 is real and 1 is fake. Images are converted to RGB
+(16-bit greyscale scaled to 8 bits first), resized bilinearly to ``image_size`` × ``image_size``
+(32 by default, the images' own size) and scaled to [−1, 1], as the authors' loader does
+(``Resize(32)``, ``ToTensor``, ``Normalize(0.5, 0.5)``). A task folder without ``train/`` and
+``test/`` is split into train and test with a seeded stratified split (``test_fraction``, 0.2).
 :func:`clofai_outline` gives the same tasks, labels and split without reading a pixel, so that a
 run's requests can be checked before the images are read.
 """
@@ -18,6 +21,7 @@ run's requests can be checked before the images are read.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +49,28 @@ def _read_image(path: Path, image_size: int) -> torch.Tensor:
             if image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG"):  # 16-bit greyscale:
                 # convert("RGB") would clip every value above 255 to white instead of scaling it
                 image = Image.fromarray((np.asarray(image).astype(np.uint32) // 257).astype(np.uint8), "L")
-            pixels = np.asarray(image.convert("RGB").resize((image_size, image_size)), dtype=np.float32) / 255.0
+            resized = image.convert("RGB").resize((image_size, image_size), Image.Resampling.BILINEAR)
+            pixels = np.asarray(resized, dtype=np.float32) / 127.5 - 1.0
     except (OSError, Image.DecompressionBombError) as error:
         raise UserInputError(f"The image {path} cannot be read ({error}).") from None
     return torch.from_numpy(pixels).permute(2, 0, 1)
+
+
+def natural_key(name: str) -> list:
+    """Sort key that compares runs of digits as numbers: ``task2`` before ``task10``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", name) if part]
+
+
+def _split_folders(folder: Path) -> dict[str, Path] | None:
+    """``{"train": ..., "test": ...}`` when the task folder holds the data set's own split, else None."""
+    parts = {name: folder / name for name in ("train", "test")}
+    return parts if all(p.is_dir() for p in parts.values()) else None
+
+
+def _label_folders(folder: Path) -> list[Path]:
+    """The ``real/`` and ``fake/`` folders a task folder must hold, under ``train/`` and ``test/`` when split."""
+    split = _split_folders(folder)
+    return [part / label for part in (split.values() if split else [folder]) for label in LABELS]
 
 
 def task_folders(root: str | Path) -> list[Path]:
@@ -56,14 +78,15 @@ def task_folders(root: str | Path) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise UserInputError(f"The CLOFAI folder {root} does not exist or is not a folder.")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: natural_key(p.name))
     if not folders:
         raise UserInputError(f"The CLOFAI folder {root} has no task sub-folders (expected ROOT/<task>/real and ROOT/<task>/fake).")
     for folder in folders:
-        for label in LABELS:
-            sub = folder / label
+        for sub in _label_folders(folder):
             if not sub.is_dir():
-                raise UserInputError(f"The CLOFAI task folder {folder} has no {label}/ sub-folder (each task needs real/ and fake/).")
+                raise UserInputError(f"The CLOFAI task folder {folder} has no {sub.relative_to(folder)}/ sub-folder "
+                                     "(each task needs real/ and fake/).")
             if not _image_files(sub):
                 raise UserInputError(f"The CLOFAI folder {sub} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
     return folders
@@ -89,13 +112,23 @@ def _layout(root: str | Path, seed: int, test_fraction: float) -> tuple[list[Pat
 
     folders = task_folders(root)
     for folder in folders:  # all checked before any task is split
-        check_split(folder, test_fraction)
+        if _split_folders(folder) is None:
+            check_split(folder, test_fraction)
     tasks = []
     for folder in folders:
-        files = {name: _image_files(folder / name) for name in LABELS}
-        paths = [path for name in LABELS for path in files[name]]
-        labels = [label for name, label in LABELS.items() for _ in files[name]]
-        train, test = train_test_split(np.arange(len(labels)), test_size=test_fraction, random_state=seed, stratify=labels)
+        parts = _split_folders(folder) or {"": folder}
+        paths, labels, part_of = [], [], []
+        for part, where in parts.items():
+            for name, label in LABELS.items():
+                files = _image_files(where / name)
+                paths += files
+                labels += [label] * len(files)
+                part_of += [part] * len(files)
+        positions = np.arange(len(labels))
+        if len(parts) == 2:  # the data set's own split
+            train, test = positions[np.array(part_of) == "train"], positions[np.array(part_of) == "test"]
+        else:
+            train, test = train_test_split(positions, test_size=test_fraction, random_state=seed, stratify=labels)
         tasks.append((paths, labels, np.sort(train), np.sort(test)))
     return folders, tasks
 
@@ -127,12 +160,12 @@ def _scenario(root: str | Path, seed: int, image_size: int, test_fraction: float
     return Scenario("clofai", "domain-il", 2, train_x, torch.cat(train_y), test_x, test_y, tasks, seed, epochs=3, info=info)
 
 
-def load_clofai(root: str | Path, seed: int = 0, *, image_size: int = 16, test_fraction: float = 0.2) -> Scenario:
+def load_clofai(root: str | Path, seed: int = 0, *, image_size: int = 32, test_fraction: float = 0.2) -> Scenario:
     """Read a CLOFAI-layout folder into a domain-incremental two-class scenario (one domain per task)."""
     return _scenario(root, seed, image_size, test_fraction, read=True)
 
 
-def clofai_outline(root: str | Path, seed: int = 0, *, image_size: int = 16, test_fraction: float = 0.2) -> Scenario:
+def clofai_outline(root: str | Path, seed: int = 0, *, image_size: int = 32, test_fraction: float = 0.2) -> Scenario:
     """The scenario :func:`load_clofai` returns (same tasks, labels, split and sample ids) with no image read:
     every pixel is zero (a read-only view). For checking a run's input before the images are read."""
     return _scenario(root, seed, image_size, test_fraction, read=False)

@@ -82,6 +82,7 @@ class ContinualRun:
     steps: list[StepResult]
     metrics: dict[str, float | None]
     final: Strategy
+    task_names: list[str] | None = None  # a folder scenario's task folders, in task order (clofai)
 
     @property
     def matrix(self) -> np.ndarray:
@@ -94,7 +95,7 @@ class ContinualRun:
             "scenario": self.scenario, "strategy": self.strategy, "unlearner": self.unlearner, "seed": self.seed,
             "initial_accuracy": {str(i): float(a) for i, a in enumerate(self.initial)},
             "steps": [s.to_dict() for s in self.steps], "metrics": self.metrics,
-        }
+        } | ({"task_names": self.task_names} if self.task_names else {})
 
 
 class _History:
@@ -266,4 +267,5 @@ def run_stream(
     metrics["retrain_gap"] = float(np.mean(gaps)) if gaps else None
     kls = [s.retrain_output_kl for s in results if s.retrain_output_kl is not None]
     metrics["retrain_output_kl"] = float(np.mean(kls)) if kls else None
-    return ContinualRun(scenario.name, strategy, unlearner_name, seed, initial, results, metrics, learner)
+    return ContinualRun(scenario.name, strategy, unlearner_name, seed, initial, results, metrics, learner,
+                        (scenario.info or {}).get("task_names"))

@@ -120,6 +120,11 @@ def _ids_of(labels: torch.Tensor, classes: tuple[int, ...]) -> torch.Tensor:
 
 def split_digits(seed: int = 0, *, setting: str = "class-il", classes_per_task: int = 2) -> Scenario:
     """Split digits: 5 tasks of 2 consecutive classes (0-1, 2-3, ...), class- or task-incremental."""
+    if setting not in ("class-il", "task-il"):
+        raise UserInputError(f"split-digits is class-il or task-il, not {setting!r}.")
+    if classes_per_task not in (1, 2, 5, 10):
+        raise UserInputError(f"split-digits needs classes_per_task dividing the 10 classes (1, 2, 5 or 10), "
+                             f"got {classes_per_task!r}.")
     train_x, train_y, test_x, test_y = _digits(seed)
     tasks = []
     for index in range(10 // classes_per_task):
