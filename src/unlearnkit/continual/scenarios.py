@@ -165,6 +165,12 @@ def scole(seed: int = 0, *, num_tasks: int = 200, classes_per_task: int = 2, sam
     task that holds them (from the data of the retrained reference and from replay buffers; a later
     ``learn`` of such a task brings them back), and spillover is measured only on the tasks it did
     not touch.
+
+    Departures from Lesort et al.'s set-up: their tasks train on all images of their classes (we draw
+    ``samples_per_class``, so images recur as well as classes), their sequences run to 500-2500 tasks,
+    and they report accuracy on the whole test set, where each task here is scored on its own classes'
+    test images, so ``avg_acc`` weighs a class by how often it was drawn (the draws of classes and of
+    images share one generator, so ``samples_per_class`` also changes the class sequence).
     """
     if num_tasks < 1 or not 1 <= classes_per_task <= 10 or samples_per_class < 1:
         raise UserInputError("scole needs num_tasks ≥ 1, classes_per_task in 1..10 and samples_per_class ≥ 1.")
