@@ -94,6 +94,7 @@ def test_quantized_copy_is_int8_close_to_the_model_and_leaves_it_alone(models):
     q = quantized(target)
     dynamic = [m for m in q.model.modules() if type(m) is torch.ao.nn.quantized.dynamic.Linear]
     assert dynamic and all(m.weight().dtype == torch.qint8 for m in dynamic)
+    assert_every_block_layer_is_int8(q.model, target.model)
     assert answer_probability(q, items) == pytest.approx(answer_probability(target, items), abs=0.05)
     assert all(torch.equal(v, target.model.state_dict()[k]) for k, v in weights.items())
 
@@ -150,8 +151,17 @@ def test_quantization_keeps_an_inference_time_methods_edit(models, method, setti
     edited = target.with_model(model)
     p_edited, p_quantized = answer_probability(edited, forget), answer_probability(quantized(edited), forget)
     p_target = answer_probability(quantized(target), forget)
-    assert any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in quantized(edited).model.modules())
+    assert_every_block_layer_is_int8(quantized(edited).model, edited.model)
     assert abs(p_quantized - p_edited) < 0.1 * abs(p_target - p_edited), (p_edited, p_quantized, p_target)
+
+
+def assert_every_block_layer_is_int8(quantized_model, model) -> None:
+    """No GPT-2 Conv1D is left, and each one (attention and MLP, in a wrapper's base and assistant too) became
+    a dynamic int8 linear layer: lm_head alone would satisfy 'some layer is quantized'."""
+    convs = [name for name, m in model.named_modules() if type(m).__name__ == "Conv1D"]
+    modules = dict(quantized_model.named_modules())
+    assert convs and not [n for n, m in modules.items() if type(m).__name__ == "Conv1D"]
+    assert all(type(modules[name]).__module__.startswith("torch.ao.nn.quantized.dynamic") for name in convs), convs
 
 
 @pytest.mark.parametrize("settings, message", [

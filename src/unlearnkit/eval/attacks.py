@@ -4,6 +4,19 @@ Each attack is run on the unlearned model and, as a control, on the retain model
 the forget set): an unlearned model is only as good as its gap to that control. For quantization the
 control is the quantized retain model scored against the unquantized one: how far int8 rounding alone
 moves forget quality.
+
+What the numbers mean, and do not:
+- Relearning splits the forget set into halves by item, so a person's facts can fall in both, and
+  scores the whole answer's probability. The attack trains on the answers' shared template words and
+  on the names, so a recovery counts those coming back as well as the forgotten facts; scored on the
+  fact tokens alone, npo's recovery on facts forget10 was measured at 0.09 against its whole-answer 0.40
+  (retain control 0.01 against 0.08).
+- Dynamic int8 is the mild setting: Zhang et al. ("Catastrophic Failure of LLM Unlearning via
+  Quantization", 2024) find forgotten knowledge returning at 4 bits, little at 8. A quantized forget
+  quality close to the unquantized one says int8 rounding does not undo the unlearning, not that
+  quantization in general cannot.
+- On an inference-time wrapper (guard, guard_it, uld, mrp) relearning fine-tunes the wrapper's own
+  parameters with the base model, since every parameter of the copy trains.
 """
 
 from __future__ import annotations
@@ -128,7 +141,8 @@ class RelearnSettings:
         """One sentence for a results page: what the attack ran."""
         scale = f" ({self.lr / training_lr:.3g} × the models' training lr {training_lr:g})" if training_lr else ""
         return (f"Relearning attack: {self.steps} steps of Adam at lr {self.lr:.3g}{scale}, batch {self.batch_size}, "
-                f"on a seeded half of the forget set; recovery is measured on the other half.")
+                f"on a seeded half of the forget set's items (a person's facts can fall in both halves); recovery is "
+                f"the whole answer's probability regained on the other half, template words and names included.")
 
 
 def relearn(adapter: Any, attack_items: Sequence[Any], settings: RelearnSettings) -> Any | None:
