@@ -50,10 +50,11 @@ T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------- who am I
-def launched_processes() -> int:
-    """How many processes the launcher started (``WORLD_SIZE``), without starting anything."""
+def launched_processes(variable: str = "WORLD_SIZE") -> int:
+    """How many processes the launcher started (``WORLD_SIZE``; ``LOCAL_WORLD_SIZE``: on this machine), without
+    starting anything."""
     try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+        return max(1, int(os.environ.get(variable, "1")))
     except ValueError:
         return 1
 
@@ -342,7 +343,7 @@ def check_launch() -> None:
     would silently run plain DDP on the CPU), DeepSpeed without its package, and gradient accumulation
     (the loop takes one optimiser step per batch; raise the batch size instead).
     """
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or "1")
+    local = launched_processes("LOCAL_WORLD_SIZE")
     if local > 1 and torch.cuda.is_available() and local > torch.cuda.device_count():
         gpus = torch.cuda.device_count()
         raise UserInputError(f"This launch starts {local} processes on this machine, which has {gpus} GPU(s), and each "

@@ -127,8 +127,8 @@ def _to_device(batch, device: torch.device):
 
 def _repeatable(function: Callable) -> Callable:
     """Run ``function`` in a fork of the global random state (it may seed freely, the caller's state is kept)
-    and on cuDNN's deterministic kernels, so that a seeded run on a GPU repeats to the bit: the default
-    backward kernels of convolutions add up in an order that varies from run to run."""
+    and on cuDNN's deterministic kernels, so that a seeded convolutional network trains to the same bits twice
+    on one GPU: the default backward kernels of convolutions add up in an order that varies from run to run."""
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         deterministic = torch.backends.cudnn.deterministic
