@@ -42,7 +42,8 @@ def test_a_16_bit_greyscale_png_keeps_its_intensities(tmp_path):
     scenario = load_clofai(tmp_path, image_size=4, test_fraction=0.5)
     for label, level in levels.items():
         values = scenario.train_x[scenario.train_y == (label == "fake")]
-        assert values.numel() and float(values.min()) == float(values.max()) == pytest.approx(level / 65535, abs=1 / 255)
+        expected = 2 * level / 65535 - 1  # pixels in [-1, 1], as the authors' loader gives them
+        assert values.numel() and float(values.min()) == float(values.max()) == pytest.approx(expected, abs=2 / 255)
 
 
 def test_an_image_too_large_to_decode_safely_is_one_sentence(tmp_path, monkeypatch):
