@@ -124,9 +124,9 @@ def _layout(root: str | Path, seed: int, test_fraction: float) -> tuple[list[Pat
                 paths += files
                 labels += [label] * len(files)
                 part_of += [part] * len(files)
-        positions = np.arange(len(labels))
+        positions, part_of = np.arange(len(labels)), np.array(part_of)
         if len(parts) == 2:  # the data set's own split
-            train, test = positions[np.array(part_of) == "train"], positions[np.array(part_of) == "test"]
+            train, test = positions[part_of == "train"], positions[part_of == "test"]
         else:
             train, test = train_test_split(positions, test_size=test_fraction, random_state=seed, stratify=labels)
         tasks.append((paths, labels, np.sort(train), np.sort(test)))

@@ -18,11 +18,11 @@ exactly the one-process loss, which a mean over the batch's tokens would not.
 32-block 7B models too: pass ``layer=7`` to compare with them there). ``train_modules="all"`` trains
 every parameter (OpenUnlearning's TOFU setting); the WMDP recipe trains only the ``mlp.down_proj``
 weights of blocks ℓ−2..ℓ, e.g. ``train_modules="h\\.(3|4|5)\\.mlp\\.c_proj\\.weight"`` on 12-block
-GPT-2 (default ℓ = 5); a chosen parameter that is frozen (a base weight under LoRA) is not trained. c = 6.5 is the WMDP
-paper's value (OpenUnlearning's TOFU setting is 2): c·u must dominate the block's own activations,
-whose norm is about 2–3 per token in the tiny test GPT-2. α = 1 as in OpenUnlearning (the WMDP
-recipe on Zephyr-7B uses 1200, matched to that model's activation scale). lr 1e-5 is OpenUnlearning's (the WMDP
-recipe uses 5e-5). Batches, epochs, Adam and the loop's gradient clipping at 5 are the toolkit's defaults
+GPT-2 (default ℓ = 5); a chosen parameter that is frozen (a base weight under LoRA) is not trained.
+c = 6.5 is the WMDP paper's value (OpenUnlearning's TOFU setting is 2): c·u must dominate the block's
+own activations, whose norm is about 2–3 per token in the tiny test GPT-2. α = 1 as in OpenUnlearning
+(the WMDP recipe on Zephyr-7B uses 1200, matched to that model's activation scale). lr 1e-5 is
+OpenUnlearning's (the WMDP recipe uses 5e-5). Batches, epochs, Adam and the loop's gradient clipping at 5 are the toolkit's defaults
 (the authors: batch 4, one pass of 150 batches, AdamW without weight decay, no clipping; one u per
 forget corpus, alternating corpora, where here one u serves the request).
 
@@ -149,7 +149,7 @@ class RMU(Method):
         keep = {id(p) for p in chosen}
         try:
             for p in model.parameters():
-                p.requires_grad_(requires[p] and id(p) in keep)
+                p.requires_grad_(id(p) in keep)  # chosen holds trainable parameters only
             record = optimise(model, stream, loss, config, steps_per_epoch=steps, description="rmu",
                               stop=stop_for(config, adapter, request, steps))
         finally:
