@@ -6,7 +6,8 @@ import pytest
 from unlearnkit.continual.runner import run_stream
 from unlearnkit.continual.scenarios import split_digits
 from unlearnkit.continual.strategies import build_strategy
-from unlearnkit.continual.strategies.acu import InverseGram, one_torch_thread, ridge_solution, rls_learn
+from unlearnkit.continual.strategies import acu as acu_module
+from unlearnkit.continual.strategies.acu import SMALL_UPDATE_ROWS, InverseGram, one_torch_thread, ridge_solution, rls_learn
 from unlearnkit.errors import UserInputError
 
 
@@ -141,7 +142,7 @@ def test_the_width_table_shows_each_widths_request_cost_and_the_section_its_rang
     assert "Chosen: expansion=20" in section
 
 
-def test_the_symmetric_one_column_product_equals_the_dense_one():
+def test_each_route_of_the_product_with_r_equals_the_dense_one():
     generator = torch.Generator().manual_seed(0)
     r = InverseGram(60, 1.0, fold_rank=5)
     rows = torch.randn(36, 60, generator=generator, dtype=torch.float64)
@@ -153,8 +154,9 @@ def test_the_symmetric_one_column_product_equals_the_dense_one():
     column = torch.randn(60, 1, generator=generator, dtype=torch.float64)
     dense = r.dense()
     assert torch.allclose(r.times(column), dense @ column, rtol=0, atol=1e-12 * float(dense.abs().max()))
-    columns = torch.randn(60, 3, generator=generator, dtype=torch.float64)
-    assert torch.allclose(r.times(columns), dense @ columns, rtol=0, atol=1e-12 * float(dense.abs().max()))
+    for width in (3, SMALL_UPDATE_ROWS + 1):  # OpenBLAS's general product, then torch's
+        columns = torch.randn(60, width, generator=generator, dtype=torch.float64)
+        assert torch.allclose(r.times(columns), dense @ columns, rtol=0, atol=1e-12 * float(dense.abs().max()))
 
 
 @pytest.fixture
@@ -174,13 +176,14 @@ def test_one_torch_thread_restores_the_thread_count_also_after_an_error(two_thre
     assert torch.get_num_threads() == 2
 
 
-def test_only_a_one_row_request_runs_torch_on_one_thread(scenario, monkeypatch, two_threads):
+def test_only_small_updates_run_torch_on_one_thread(scenario, monkeypatch, two_threads):
+    monkeypatch.setattr(acu_module, "SMALL_UPDATE_ROWS", 2)
     t = scenario.tasks
     acu = build_strategy("acu", scenario, 0, {"expansion": 200})
     acu.learn(t[0], t[0].train_ids)
     threads = []
     features = acu.features
     monkeypatch.setattr(acu, "features", lambda x: threads.append(torch.get_num_threads()) or features(x))
-    acu.unlearn(None, {int(t[0].train_ids[0])})
-    acu.unlearn(None, set(t[0].train_ids[1:3].tolist()))
-    assert threads == [1, 2] and torch.get_num_threads() == 2
+    for rows in (t[0].train_ids[:1], t[0].train_ids[1:3], t[0].train_ids[3:6]):
+        acu.unlearn(None, set(rows.tolist()))
+    assert threads == [1, 1, 2] and torch.get_num_threads() == 2

