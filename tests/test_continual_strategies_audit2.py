@@ -97,7 +97,7 @@ def test_l2_has_no_anchor_once_its_only_task_is_forgotten(scenario):
         learner.learn(t[1], t[1].train_ids)
     naive, l2 = learners["naive"].model.state_dict(), learners["l2"].model.state_dict()
     assert all(torch.equal(value, naive[name]) for name, value in l2.items())  # no penalty while learning task 1
-    assert plugin.anchor_task == 1
+    assert plugin.anchor_ids == set(t[1].train_ids.tolist())
     assert all(torch.equal(a, p) for a, p in zip(plugin.anchor.values(), learners["l2"].model.body.parameters()))
 
 
@@ -112,6 +112,22 @@ def test_l2_keeps_moving_its_anchor_while_a_learned_task_remains(scenario):
     assert all(torch.equal(a, p) for a, p in zip(plugin.anchor.values(), learner.model.body.parameters()))
 
 
+@pytest.mark.parametrize("rule", ["first", "previous"])
+def test_l2_re_anchors_when_any_task_its_anchor_was_trained_on_is_forgotten(scenario, rule):
+    # The anchor holds every task learned before it was set: under "previous", forgetting task 0 after tasks 0-2
+    # left it at the weights from before unlearning, and learning task 3 pulled task 0 back (accuracy 0.47 -> 1.00).
+    # Under "first", once forgetting task 0 re-anchored at weights holding tasks 1-2, forgetting task 1 did the same.
+    t = scenario.tasks
+    learner = build_strategy("l2", scenario, 0, {**FAST, "l2_anchor": rule})
+    for task in t[:3]:
+        learner.learn(task, task.train_ids)
+    plugin = learner.plugin(L2)
+    for forgotten in (0, 1) if rule == "first" else (0,):
+        _forget_task(learner, scenario, forgotten)
+        assert all(torch.equal(a, p) for a, p in zip(plugin.anchor.values(), learner.model.body.parameters()))
+    assert plugin.anchor_ids == set(torch.cat([task.train_ids for task in t[forgotten + 1 : 3]]).tolist())
+
+
 @pytest.mark.parametrize("rule, anchored_after", [("first", 0), ("previous", 1)])
 def test_l2_anchors_after_the_first_task_or_after_each_task(scenario, rule, anchored_after):
     # "previous" is the co-author code's rule (the anchor moves to the weights at every task's end)
@@ -122,7 +138,7 @@ def test_l2_anchors_after_the_first_task_or_after_each_task(scenario, rule, anch
         learner.learn(task, task.train_ids)
         after.append([p.detach().clone() for p in learner.model.body.parameters()])
     plugin = learner.plugin(L2)
-    assert plugin.anchor_task == anchored_after
+    assert plugin.anchor_ids == set(torch.cat([task.train_ids for task in t[: anchored_after + 1]]).tolist())
     assert all(torch.equal(a, p) for a, p in zip(plugin.anchor.values(), after[anchored_after]))
     assert not all(torch.equal(a, b) for a, b in zip(after[0], after[1]))  # the two anchors differ
     with pytest.raises(UserInputError, match="l2_anchor must be 'first' or 'previous'"):

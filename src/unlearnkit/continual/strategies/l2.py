@@ -12,9 +12,10 @@ shaunak27/data-free-continual-learning) anchors task 1 to the pre-trained weight
 to the weights at the end of every task; ``l2_anchor=previous`` does that (with no pre-training here,
 task 1 has no anchor). The moving anchor held the network back less on our scenarios.
 
-Our choice for unlearning: when a request removes samples of the anchor's task, the anchor moves
-to the unlearned weights, so the penalty cannot pull the forgotten task back; when no learned task
-is left, the anchor goes and the next task learned sets it again.
+Our choice for unlearning: the anchor's weights were trained on every sample learned before it was set
+(under either rule), so when a request removes any of those samples the anchor moves to the unlearned
+weights, and the penalty cannot pull the forgotten samples back; when no learned task is left, the
+anchor goes and the next task learned sets it again.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ class L2(Plugin):
     def __init__(self, config: L2Config) -> None:
         super().__init__(config)
         self.anchor: dict[str, torch.Tensor] | None = None
-        self.anchor_task: int | None = None
-        self.anchor_ids: set[int] = set()
+        self.learned_ids: set[int] = set()  # samples learned and not forgotten
+        self.anchor_ids: set[int] = set()  # those the anchor's weights were trained on
 
     def penalty(self, learner, model, batch):
         """λ Σ (θ − θ*)² over the backbone."""
@@ -63,19 +64,22 @@ class L2(Plugin):
         return self.config.l2_lambda * sum(((params[k] - a) ** 2).sum() for k, a in self.anchor.items())
 
     def _set_anchor(self, learner) -> None:
+        """θ* ← the backbone as it is now, trained on every sample learned so far."""
         self.anchor = {k: v.detach().clone() for k, v in learner.model.body.named_parameters()}
+        self.anchor_ids = set(self.learned_ids)
 
     def after_task(self, learner, task, ids) -> None:
         """The first task's end sets the anchor; with ``l2_anchor=previous`` every task's end moves it."""
+        self.learned_ids |= set(ids.tolist())
         if self.anchor is None or self.config.l2_anchor == "previous":
             self._set_anchor(learner)
-            self.anchor_task, self.anchor_ids = task.index, set(ids.tolist())
 
     def forget(self, learner, ids, task) -> None:
-        """Re-anchor at the unlearned weights when the anchor's task lost samples; with no learned task left,
-        drop the anchor, so the next task learned is the first one again (as in a run that never learned any)."""
+        """Re-anchor at the unlearned weights when the anchor's weights were trained on a forgotten sample; with
+        no learned task left, drop the anchor, so the next task learned is the first one again (as in a run that
+        never learned any)."""
+        self.learned_ids -= ids
         if not learner.learned_tasks:
-            self.anchor, self.anchor_task, self.anchor_ids = None, None, set()
-        elif self.anchor is not None and (task == self.anchor_task or self.anchor_ids & ids):
+            self.anchor, self.anchor_ids = None, set()
+        elif self.anchor is not None and self.anchor_ids & ids:
             self._set_anchor(learner)
-            self.anchor_ids -= ids
