@@ -90,13 +90,21 @@ def test_gguf_loader_gives_the_written_model_as_a_plain_hf_folder(tiny_gguf, tmp
         torch.testing.assert_close(adapter.model(ids).logits, original(ids).logits, rtol=1e-5, atol=1e-5)
 
 
-def test_the_tokenizer_takes_its_special_tokens_from_the_files_config(tiny_gguf):
+def test_the_tokenizer_takes_its_special_tokens_from_the_files_config(tiny_gguf, monkeypatch):
     """transformers 5.17 built this file's tokenizer with eos = bos (<|im_start|>) and no pad; the loader
     sets them from the model config, which the same release read correctly from the same metadata."""
+    import transformers
+
     path, _original, _tokens = tiny_gguf
-    model, tokenizer = smollm2.load_gguf_causal_lm(path)
-    tokenizer.eos_token, tokenizer.pad_token = "<|im_start|>", None  # as that release left them
-    smollm2._special_tokens_as_in_config(tokenizer, model.config)
+    build = transformers.AutoTokenizer.from_pretrained
+
+    def as_that_release(*args, **kwargs):
+        tokenizer = build(*args, **kwargs)
+        tokenizer.eos_token, tokenizer.pad_token = "<|im_start|>", None
+        return tokenizer
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", as_that_release)
+    _model, tokenizer = smollm2.load_gguf_causal_lm(path)
     roles = (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token)
     assert roles == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
 
