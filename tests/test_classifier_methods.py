@@ -373,10 +373,20 @@ def test_ssd_sums_a_bf16_models_importance_in_float32():
         exact += model.weight.grad.double() ** 2
     assert imp["weight"].dtype == torch.float32
     torch.testing.assert_close(imp["weight"].double(), exact / len(items), rtol=1e-2, atol=0)  # bf16 sums: ~35 % low
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_ssd_dampens_16_bit_weights_in_float32_and_keeps_float64(dtype):
+    from unlearnkit.methods.ssd import dampen
+
+    model = nn.Linear(3, 2).to(dtype)
     weight = model.weight.detach().clone()
-    dampen(model, {"weight": 2 * imp["weight"]}, {"weight": imp["weight"]}, alpha=1.0, lam=0.5)
-    assert model.weight.dtype == torch.bfloat16
-    assert torch.equal(model.weight, (weight.float() * 0.25).to(torch.bfloat16))  # β = λ·o/f = 1/4 everywhere
+    full = torch.tensor([[1.0, 2.0, 3.0], [0.5, 1.5, 2.5]], dtype=dtype)
+    dampen(model, {"weight": 3 * full}, {"weight": full}, alpha=1.0, lam=0.7)  # β = 0.7/3, no power of two
+    compute = torch.promote_types(dtype, torch.float32)
+    beta = 0.7 * full.to(compute) / (3 * full).to(compute)
+    assert model.weight.dtype == dtype
+    assert torch.equal(model.weight, (weight.to(compute) * beta).to(dtype))
 
 
 def test_ssd_full_importance_order_is_retain_then_forget():

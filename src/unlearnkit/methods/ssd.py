@@ -152,10 +152,11 @@ def dampen(model: torch.nn.Module, forget_imp: dict, full_imp: dict, alpha: floa
     for name, param in model.named_parameters():
         if name not in forget_imp:
             continue
-        f, o = forget_imp[name].float(), full_imp[name].float()
+        dtype = torch.promote_types(param.dtype, torch.float32)  # 16-bit weights scaled in float32, float64 kept
+        f, o = forget_imp[name].to(dtype), full_imp[name].to(dtype)
         selected = f > alpha * o
-        beta = torch.clamp(lam * o / f.clamp_min(torch.finfo(f.dtype).tiny), max=1.0)
-        param[selected] = (param[selected].float() * beta[selected]).to(param.dtype)
+        beta = torch.clamp(lam * o / f.clamp_min(torch.finfo(dtype).tiny), max=1.0)
+        param[selected] = (param[selected].to(dtype) * beta[selected]).to(param.dtype)
         changed += int((selected & (beta < 1)).sum())
         total += selected.numel()
     return changed / max(total, 1)
