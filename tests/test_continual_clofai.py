@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unlearnkit.continual.clofai import load_clofai
+from unlearnkit.continual.clofai import load_clofai, natural_key
 from unlearnkit.continual.runner import run_stream
 from unlearnkit.continual.scenarios import build_scenario
 from unlearnkit.errors import UserInputError
@@ -51,6 +51,24 @@ def test_pixels_are_scaled_to_minus_one_one_and_the_default_size_is_32(tmp_path)
     assert tuple(scenario.train_x.shape[1:]) == (3, 32, 32)
     real = scenario.train_y == 0
     assert bool((scenario.train_x[real] == -1).all()) and bool((scenario.train_x[~real] == 1).all())
+
+
+def test_images_are_resized_bilinearly_as_the_authors_loader_does(tmp_path):
+    # a smooth gradient, so that bilinear, bicubic and nearest resampling give different pixels
+    ramp = np.add.outer(np.arange(12) * 20, np.arange(12) * 3).astype(np.uint8)
+    pixels = np.stack([ramp, ramp.T, 255 - ramp], axis=-1)
+    for label in ("real", "fake"):
+        (tmp_path / "t" / label).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(pixels).save(tmp_path / "t" / label / f"{i}.png")
+    scenario = load_clofai(tmp_path, test_fraction=0.5, image_size=8)
+    expected = np.asarray(Image.fromarray(pixels).resize((8, 8), Image.Resampling.BILINEAR), dtype=np.float32) / 127.5 - 1
+    np.testing.assert_array_equal(scenario.train_x[0].permute(1, 2, 0).numpy(), expected)
+
+
+def test_the_natural_order_is_total_and_takes_only_ascii_digits_as_numbers():
+    names = ["task10", "task1", "task2", "Task1", "task01", "gan1\u00b2"]
+    assert sorted(names, key=natural_key) == ["gan1\u00b2", "Task1", "task01", "task1", "task2", "task10"]
 
 
 def test_task_folders_come_in_natural_order_and_results_name_them(tmp_path):

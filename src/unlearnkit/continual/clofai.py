@@ -56,9 +56,13 @@ def _read_image(path: Path, image_size: int) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
-def natural_key(name: str) -> list:
-    """Sort key that compares runs of digits as numbers: ``task2`` before ``task10``."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower()) for part in re.split(r"(\d+)", name) if part]
+def natural_key(name: str) -> tuple:
+    """Sort key that compares runs of ASCII digits as numbers, ``task2`` before ``task10``, and breaks the ties
+    this leaves (``task01`` and ``task1``, ``Task1`` and ``task1``) by the name itself, so the order never
+    depends on the order the file system lists the folders in."""
+    parts = re.split(r"([0-9]+)", name)  # odd positions are the digit runs
+    runs = [(0, int(part), "") if k % 2 else (1, 0, part.lower()) for k, part in enumerate(parts) if part]
+    return runs, name
 
 
 def _split_folders(folder: Path) -> dict[str, Path] | None:
