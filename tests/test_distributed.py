@@ -173,9 +173,13 @@ def test_fsdp_or_deepspeed_without_a_gpu_is_refused(monkeypatch):
 def test_more_processes_on_a_machine_than_it_has_gpus_are_refused(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     with pytest.raises(UserInputError, match=r"starts 2 processes on this machine, which has 1 GPU\(s\).*at most 1"):
         D.check_launch()
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    D.check_launch()  # a launcher may have bound one GPU to each process (Slurm --gpus-per-task=1)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     D.check_launch()  # one GPU each
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

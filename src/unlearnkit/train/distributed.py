@@ -339,12 +339,15 @@ def check_launch() -> None:
     """Raise :class:`UserInputError` for accelerate settings that unlearnkit cannot honour.
 
     Checked before any work: more processes on this machine than it has GPUs (NCCL refuses two
-    processes on one GPU, deep in the first collective), FSDP or DeepSpeed without a GPU (accelerate
+    processes on one GPU, deep in the first collective; not checked when ``CUDA_VISIBLE_DEVICES`` is set,
+    since a launcher such as Slurm's ``--gpus-per-task=1`` may give each process a GPU of its own that
+    it alone sees), FSDP or DeepSpeed without a GPU (accelerate
     would silently run plain DDP on the CPU), DeepSpeed without its package, and gradient accumulation
     (the loop takes one optimiser step per batch; raise the batch size instead).
     """
     local = launched_processes("LOCAL_WORLD_SIZE")
-    if local > 1 and torch.cuda.is_available() and local > torch.cuda.device_count():
+    bound_per_process = "CUDA_VISIBLE_DEVICES" in os.environ
+    if local > 1 and not bound_per_process and torch.cuda.is_available() and local > torch.cuda.device_count():
         gpus = torch.cuda.device_count()
         raise UserInputError(f"This launch starts {local} processes on this machine, which has {gpus} GPU(s), and each "
                              f"process needs a GPU of its own; launch at most {gpus} per machine, or hide the GPUs "
