@@ -44,7 +44,7 @@ from .base import MASK_VALUE, PluginConfig, Strategy, positive
 
 #: An update of at most this many rows is small ops around R₀Xᵀ, a product bound by reading R₀: it takes R₀Xᵀ
 #: from OpenBLAS, which reads R₀ faster than torch's general product here, and runs torch on one thread so that
-#: torch's idle threads leave the cores to BLAS. On split-digits this made 2-, 10- and 64-row requests 1.5 times
+#: torch's idle threads leave the cores to BLAS. On split-digits this made 2-, 10- and 64-row requests 1.4-1.5 times
 #: as fast; larger updates (a learned chunk, a whole task) are large products that torch's threads run faster.
 SMALL_UPDATE_ROWS = 64
 
