@@ -55,6 +55,9 @@ def test_the_model_is_its_own_reference_only_when_that_is_exactly_the_model_befo
     plain.requires_grad_(True)
     assert lora_reference(plain) is None  # no adapters: every weight trains
     wrapped = graddiff.frozen_copy(adapter.model)
+    for module in wrapped.modules():  # dropout on, as in a real model: the view must still run it in eval mode
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.5
     prepare_model(wrapped, MemoryOptions.from_cli(LORA))
     view = lora_reference(wrapped)
     assert view is not None and view.config is wrapped.config
@@ -62,8 +65,11 @@ def test_the_model_is_its_own_reference_only_when_that_is_exactly_the_model_befo
     with torch.no_grad():
         expected = adapter.logits(plain.eval(), batch)
     wrapped.train()
+    adapters = [p for n, p in wrapped.named_parameters() if ".lora_" in n]
+    adapters[0].requires_grad_(False)  # one a method froze (RMU's train_modules)
     assert torch.equal(adapter.logits(view, batch), expected) and wrapped.training  # its modes given back
-    assert all(p.requires_grad for n, p in wrapped.named_parameters() if ".lora_" in n)  # and the adapters' grads
+    assert not adapters[0].requires_grad and all(p.requires_grad for p in adapters[1:])  # and each adapter's grad
+    adapters[0].requires_grad_(True)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert lora_reference(wrapped) is None  # FSDP / ZeRO-3 would shard the weights outside their wrapper
     monkeypatch.delenv("WORLD_SIZE")

@@ -440,14 +440,19 @@ class AdaptersOff:
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         layers = [module for module in self._model.modules() if isinstance(module, BaseTunerLayer)]
+        # enable_adapters(True) makes every active adapter trainable, also those a method froze (RMU's
+        # train_modules): each parameter gets its own flag back
+        flags = [(p, p.requires_grad) for layer in layers for p in layer.parameters()]
         with torch.no_grad(), eval_mode(self._model):
             for layer in layers:
                 layer.enable_adapters(False)
             try:
                 return self._model(*args, **kwargs)
             finally:
-                for layer in layers:  # gives the adapters back their requires_grad too
+                for layer in layers:
                     layer.enable_adapters(True)
+                for parameter, flag in flags:
+                    parameter.requires_grad_(flag)
 
     def __getattr__(self, name: str) -> Any:
         if name == "_model":  # not set yet (a copy being made): no lookup through itself
