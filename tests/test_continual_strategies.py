@@ -197,6 +197,7 @@ def test_forgetting_a_task_keeps_the_remaining_tasks_inside_the_protected_subspa
 
 def test_forgetting_samples_retakes_their_tasks_summary_and_gradient_without_them(task_il):
     learner, plugin = _after_two_tasks(task_il, "gpm", GPM, gpm_samples=20)
+    stale = [plugin._all_bases(index) for index in range(len(plugin.bases))]
     first, second = plugin.summaries
     order, untouched = first.ids.clone(), [f.clone() for f in second.factors]
     forgotten = order[:5]  # drawn into task 0's summary
@@ -211,6 +212,9 @@ def test_forgetting_samples_retakes_their_tasks_summary_and_gradient_without_the
         torch.testing.assert_close(grads[0], g)
     assert all(torch.equal(f, g) for f, g in zip(second.factors, untouched))  # task 1 held none of them
     assert {task for layer in plugin.bases for task, _ in layer} <= {0, 1} and plugin.bases[0]
+    # the bases are rebuilt from the retaken summaries, not kept from the ones taken with the forgotten samples
+    assert all(torch.equal(plugin._all_bases(index), plugin._bases_without(index, set())) for index in range(len(stale)))
+    assert any(not torch.equal(plugin._all_bases(index), old) for index, old in enumerate(stale))
 
 
 def test_gpm_protects_the_tasks_after_a_forgotten_one_while_learning_more(task_il):
@@ -536,13 +540,19 @@ def test_gpm_applies_the_first_task_rule_to_the_first_task_only(scenario):
     learner.learn(t[1], t[1].train_ids)
     assert all(plugin.bases[index] for index in empty)
     learner.learn(t[2], t[2].train_ids)
-    kept = [len(bases) for bases in plugin.bases]
     for index in range(len(plugin.bases)):  # CUBER's rebuild from the summaries gives the same bases
         rebuilt, stored = plugin._bases_without(index, set()), plugin._all_bases(index)
         assert rebuilt.shape == stored.shape and torch.allclose(rebuilt.abs(), stored.abs(), atol=1e-4)
+    without_2 = [plugin._bases_without(index, {2}) for index in range(len(plugin.bases))]
+    stale = [plugin._all_bases(index) for index in range(len(plugin.bases))]
     apply_unlearner(learner, "amnesiac", scenario, 2, set(t[2].train_ids.tolist()), set())
     # rebuilt from tasks 0 and 1 in order: task 1 keeps its directions at the layers task 0 left empty
-    assert all(plugin.bases[index] for index in empty) and [len(b) for b in plugin.bases] <= kept
+    assert all(plugin.bases[index] for index in empty)
+    assert all(task != 2 for layer in plugin.bases for task, _ in layer)
+    for index, expected in enumerate(without_2):
+        assert plugin._all_bases(index).shape == expected.shape
+        assert torch.allclose(plugin._all_bases(index), expected, atol=1e-4)
+    assert any(plugin._all_bases(index).shape != old.shape for index, old in enumerate(stale))
 
 
 def test_uncle_unlearning_loss_is_the_keep_term_plus_gamma_times_the_mean_over_noise_samples(scenario, monkeypatch):
@@ -555,11 +565,20 @@ def test_uncle_unlearning_loss_is_the_keep_term_plus_gamma_times_the_mean_over_n
 
     def spy(model, stream, loss, config, **kwargs):
         batch = next(iter(stream(0)))
+        with torch.no_grad():
+            anchor = learner.model(learner.model.embedding(1, learner.seed))  # H(e_1; φ*), the task kept
+            generator = torch.Generator().manual_seed(0)
+            for p in learner.model.net.parameters():  # away from φ*, where the keep term is 0
+                p.add_(0.01 * torch.randn(p.shape, generator=generator))
+            kept = learner.model(learner.model.embedding(1, learner.seed))
+            theta = learner.model(learner.model.embedding(0, learner.seed))
         seen["loss"] = float(loss(model, batch))
-        theta = learner.model(learner.model.embedding(0, learner.seed).detach())
-        seen["expected"] = 0.3 * float((theta - batch["noise"]).pow(2).sum(dim=1).mean())  # keep term 0 at φ = φ*
+        keep = float((kept - anchor).pow(2).sum())
+        seen["expected"] = keep + 0.3 * float((theta - batch["noise"]).pow(2).sum(dim=1).mean())
+        seen["keep"] = keep
         return TrainRecord()
 
     monkeypatch.setattr(uncle, "optimise", spy)
     learner.unlearn(0, set())
+    assert seen["keep"] > 1e-3 * seen["expected"]  # the keep term weighs in the comparison
     assert seen["loss"] == pytest.approx(seen["expected"], rel=1e-6)
