@@ -244,3 +244,11 @@ def test_lm_metrics_refuses_statistics_without_a_needed_split(lm):
              if name != "general"}
     with pytest.raises(UserInputError, match=r"^There is no 'general' split in the statistics"):
         lm_metrics(stats)
+
+
+def test_lm_metrics_refuses_statistics_collected_without_generations(lm):
+    # before: TypeError from np.mean(None), deep in the ROUGE averages
+    adapter, items = lm
+    stats = {name: collect_lm(adapter, part, generate=False) for name, part in _lm_splits(items).items()}
+    with pytest.raises(UserInputError, match=r"^The 'forget' split of the statistics has no generations.*generate=True\.$"):
+        lm_metrics(stats)

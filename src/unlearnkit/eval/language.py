@@ -90,7 +90,8 @@ class LMSplitStats:
 
 #: The splits :func:`lm_metrics` reads; ``real_authors`` joins them when present.
 REQUIRED_SPLITS = ("forget", "retain", "holdout", "general")
-#: The splits whose items must carry ``perturbed_answer``: their truth ratios enter the metrics.
+#: The splits whose items must carry ``perturbed_answer`` (their truth ratios enter the metrics), and whose
+#: generations are scored by ROUGE.
 PERTURBED_SPLITS = ("forget", "retain", "general", "real_authors")
 
 
@@ -170,9 +171,11 @@ def check_ids(ids: Any, items: Sequence[Any], where: str) -> list[Any] | None:
     return ids
 
 
-def check_split_stats(stats: Any, what: str, needed: Sequence[str], compared: Sequence[str]) -> None:
-    """Refuse per-split statistics that lack a split the metrics read (``needed``), or truth ratios on a split
-    whose truth ratios they compare (``compared``, where present)."""
+def check_split_stats(stats: Any, what: str, needed: Sequence[str], compared: Sequence[str],
+                      generated: Sequence[str] = ()) -> None:
+    """Refuse per-split statistics that lack a split the metrics read (``needed``), truth ratios on a split
+    whose truth ratios they compare (``compared``, where present), or generations on a split whose ROUGE they
+    read (``generated``, where present)."""
     if not isinstance(stats, Mapping) or not all(isinstance(s, LMSplitStats) for s in stats.values()):
         raise UserInputError(f"{_capital(what)} must map split names to the statistics evaluate_lm or collect_lm "
                              f"returns, got {_kind(stats)}.")
@@ -184,6 +187,10 @@ def check_split_stats(stats: Any, what: str, needed: Sequence[str], compared: Se
         if stats[name].perturbed_loss is None:
             raise UserInputError(f"The {name!r} split of {what} has no truth ratios: its items need "
                                  "'perturbed_answer' (a list of wrong answers).")
+    for name in (name for name in generated if name in stats):
+        if stats[name].rouge is None:
+            raise UserInputError(f"The {name!r} split of {what} has no generations, which ROUGE needs: "
+                                 "collect it with generate=True.")
 
 
 def _with_answer(items: Sequence[Mapping[str, Any]], answers: Sequence[str]) -> list[dict[str, Any]]:
@@ -309,7 +316,7 @@ def lm_metrics(stats: Mapping[str, LMSplitStats], reference: Mapping[str, LMSpli
     Besides :data:`LM_METRICS`, each model-utility component is returned as ``model_utility_<set>_<component>``
     (six, or nine with real authors), so a low model utility can be traced to the set that pulled it down.
     """
-    check_split_stats(stats, "the statistics", REQUIRED_SPLITS, PERTURBED_SPLITS)
+    check_split_stats(stats, "the statistics", REQUIRED_SPLITS, PERTURBED_SPLITS, generated=PERTURBED_SPLITS)
     if reference is not None:
         check_split_stats(reference, "the reference", ("forget", "holdout"), ("forget",))
     forget, retain, holdout, general = (stats[k] for k in REQUIRED_SPLITS)
