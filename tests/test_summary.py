@@ -48,6 +48,17 @@ def test_runs_of_different_benches_are_refused(other, message):
         summary_rows([fake_results(4, 0.1), other])
 
 
+def _with_config(results: dict, **config) -> dict:
+    results["config"] = {"seed": results["seed"], "lr": 0.001, **config}
+    return results
+
+
+def test_a_setting_one_run_sets_to_null_and_the_other_lacks_is_named():
+    # before: a bare StopIteration (None == None for every key) instead of the refusal
+    with pytest.raises(UserInputError, match=r"differ in the config setting retain_steps \(None and absent\)"):
+        summary_rows([_with_config(fake_results(4, 0.1), retain_steps=None), _with_config(fake_results(5, 0.3))])
+
+
 def write_folder(path, results):
     path.mkdir()
     (path / "results.json").write_text(json.dumps(results))

@@ -243,8 +243,9 @@ def _but_seed(value: Any) -> Any:
 def _difference(key: str, first: Any, other: Any) -> str:
     """How two values of the field ``key`` differ, for a refusal: the first setting that differs in a mapping."""
     if isinstance(first, Mapping) and isinstance(other, Mapping):
-        name = next(k for k in dict.fromkeys([*first, *other]) if first.get(k) != other.get(k))
-        return f"the {key} setting {name} ({first.get(name)} and {other.get(name)})"
+        absent = "absent"
+        name = next(k for k in dict.fromkeys([*first, *other]) if k not in first or k not in other or first[k] != other[k])
+        return f"the {key} setting {name} ({first.get(name, absent)} and {other.get(name, absent)})"
     return f"{key} ({first} and {other})"
 
 
