@@ -116,9 +116,12 @@ def _csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 if reader.fieldnames is not None and any(reader.reader):  # a blank first line, rows after it
                     raise UserInputError(f"{path} line 1 is empty; the first line of a CSV file must name its columns.")
                 return []
-            twice = next((name for i, name in enumerate(reader.fieldnames) if name in reader.fieldnames[:i]), None)
+            names = reader.fieldnames
+            twice = next((i for i, name in enumerate(names) if name in names[:i]), None)
             if twice is not None:  # DictReader would keep the last such column's values and drop the others
-                raise UserInputError(f"{path} line {reader.line_num} names the column {twice!r} twice; give each column its own name.")
+                # by position, not by name: a file without a header line would put an item's text in the message
+                raise UserInputError(f"{path} line {reader.line_num} gives columns {names.index(names[twice]) + 1} and "
+                                     f"{twice + 1} the same name; the first line of a CSV file must name each column once.")
             return [(reader.line_num, _csv_record(row, path, reader.line_num)) for row in reader]
         except csv.Error as error:
             # the inner reader's count: it includes the line that failed
