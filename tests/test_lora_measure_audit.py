@@ -88,6 +88,26 @@ def test_bf16_gives_back_the_unsaved_rotary_constants_unrounded(llama, options, 
         assert torch.equal(after[name], value), name
 
 
+def test_bf16_gives_a_wrappers_copy_of_the_model_its_constants_and_dtypes_back(llama):
+    """ULD's assistant is a copy of the bf16-cast model: its inv_freq came back rounded (its reload rebuilds it
+    exactly) and every tensor in the input's first dtype, also the ones the input kept in float32."""
+    adapter, request = llama
+    model_in = copy.deepcopy(adapter.model).to(torch.bfloat16)
+    model_in.model.norm.float()  # kept in float32, as transformers' _keep_in_fp32_modules leaves some
+    for name in ("inv_freq", "original_inv_freq"):  # as from_pretrained(dtype=bfloat16) leaves them: float32
+        model_in.model.rotary_emb._buffers[name] = getattr(adapter.model.model.rotary_emb, name).clone()
+    own = adapter.with_model(model_in)
+    wrapper, record = unlearn(own.model, request, "uld", adapter=own, memory=MemoryOptions(bf16=True), max_steps=1,
+                              batch_size=2, assistant_layers=1)
+    assert record.status == "ok"
+    inputs = {**dict(model_in.named_parameters()), **dict(model_in.named_buffers())}
+    for copy_of_input in (wrapper.base, wrapper.assistant):
+        for name, value in [*copy_of_input.named_parameters(), *copy_of_input.named_buffers()]:
+            assert value.dtype == inputs[name].dtype, name
+        for name in ("inv_freq", "original_inv_freq"):
+            assert torch.equal(getattr(copy_of_input.model.rotary_emb, name), inputs[f"model.rotary_emb.{name}"])
+
+
 # ---------------------------------------------------------------------------- save=adapter: what is saved is what ran
 def test_an_adapter_on_a_bf16_model_reloads_to_the_model_that_was_evaluated(lm, tmp_path):
     """The returned PEFT model computed B·A beside the bfloat16 weight, while the saved folder reloads with the adapter

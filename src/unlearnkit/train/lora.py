@@ -335,7 +335,7 @@ def _restore_constants(model: nn.Module, constants: dict[str, torch.Tensor]) -> 
         except AttributeError:
             continue
         current = module._buffers.get(leaf)
-        if current is not None:
+        if current is not None and current.shape == value.shape:
             module._buffers[leaf] = value.to(current.device)
 
 
@@ -357,6 +357,12 @@ def _checkpointing_off(prepared: Prepared, model: nn.Module) -> None:
     _checkpointing(model, on=False)
     if prepared.use_cache is not None:
         model.config.use_cache = prepared.use_cache
+
+
+def _copies_inside(root: nn.Module, model: nn.Module) -> list[nn.Module]:
+    """Models of ``model``'s class inside ``root`` other than ``model``: copies a method made of the prepared model
+    (ULD's assistant), whose tensors carry the input's names from their own root."""
+    return [module for module in root.modules() if type(module) is type(model) and module is not model]
 
 
 def _checkpointed_models(root: nn.Module) -> Iterator[nn.Module]:
@@ -501,10 +507,12 @@ def finish_model(prepared: Prepared, result: nn.Module, method: str, diverged: b
             _checkpointing_off(prepared, inner)
             _remove_input_grad_hooks(inner, prepared.embedding_hooks)  # the prepared model's go below
     if options.bf16 and options.lora is None:
-        _cast_back(prepared.model, prepared.dtypes, prepared.dtype)
-        _restore_constants(prepared.model, prepared.constants)
+        models = [prepared.model, *_copies_inside(model, prepared.model)]
+        for inner in models:  # the input's tensors, and those of its copies, in their own input dtypes
+            _cast_back(inner, prepared.dtypes, prepared.dtype)
+            _restore_constants(inner, prepared.constants)
         if model is not prepared.model:  # a wrapper (or a new model): its other tensors in the input's first dtype
-            done = {id(t) for t in (*prepared.model.parameters(), *prepared.model.buffers())}
+            done = {id(t) for inner in models for t in (*inner.parameters(), *inner.buffers())}
             _cast_back(model, {}, prepared.dtype, skip=done)
     if options.gradient_checkpointing or options.lora is not None:
         _remove_input_grad_hooks(prepared.model, prepared.embedding_hooks)
