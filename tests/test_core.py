@@ -3,6 +3,7 @@
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -200,7 +201,6 @@ def test_check_output_refuses_paths_a_run_cannot_write_or_would_destroy(tmp_path
 
 
 def test_seeds_are_integers_in_the_32_bit_range_numpy_ones_included():
-    import numpy as np
 
     from unlearnkit.train.config import check_seed
 
@@ -300,7 +300,6 @@ def test_clipping_reads_only_the_trained_parameters():
     ([torch.tensor(True)], "(not a mask)"),
 ])
 def test_forget_ids_must_be_integers_never_rounded_or_split(ids, message):
-    import numpy as np
 
     with pytest.raises(UserInputError, match=re.escape(message)):
         ForgetRequest(DATA, ids)
@@ -337,7 +336,9 @@ def test_a_fully_frozen_classifier_is_refused_in_one_sentence():
 def test_labels_outside_the_models_classes_or_not_integers_get_one_sentence():
     model = nn.Sequential(nn.Linear(4, 2))
     for data, message in (([(torch.randn(4), 7)] * 4, "Item 0 of the forget set has label 7, but the model's classes are 0..1."),
-                          ([(torch.randn(4), 1.9)] * 4, "A class label must be an integer, got 1.9")):
+                          ([(torch.randn(4), 1.9)] * 4, "A class label must be an integer, got 1.9"),
+                          *[([(torch.randn(4), flag)] * 4, "A class label must be an integer, got ")  # not class 1
+                            for flag in (True, np.True_, torch.tensor(True))]):
         with pytest.raises(UserInputError, match=re.escape(message)):
             unlearnkit.unlearn(model, ForgetRequest(data, range(1), range(1, 4)), "gradient_ascent")
 

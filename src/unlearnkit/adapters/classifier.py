@@ -6,6 +6,7 @@ import numbers
 import operator
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -127,8 +128,9 @@ def _input(value: Any) -> torch.Tensor:
 
 def _label(value: Any) -> int:
     """An integer class label; 1.9 or True is a mistake, not class 1."""
+    boolean = isinstance(value, (bool, np.bool_)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool)
     try:
-        whole = not isinstance(value, (bool, str, bytes)) and int(value) == value
+        whole = not boolean and not isinstance(value, (str, bytes)) and int(value) == value
     except (TypeError, ValueError, OverflowError, RuntimeError):  # None, NaN, inf, a tensor of several numbers
         whole = False
     if not whole:
