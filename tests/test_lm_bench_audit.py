@@ -165,6 +165,18 @@ def test_nested_measurements_each_keep_their_own_peak(monkeypatch):
     assert outer.added_mem_mb >= 90 and inner.added_mem_mb < 20
 
 
+def test_a_block_that_cannot_reset_the_kernels_peak_keeps_its_own_when_another_nests(monkeypatch):
+    # Without a reset the kernel's peak is the whole process's: an inner block handed it to the outer one, which
+    # then reported memory used before it started as its own.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(measure_module, "_reset_kernel_peak", lambda: False)
+    monkeypatch.setattr(measure_module, "_kernel_peak_bytes", lambda: measure_module._rss_bytes() + 400 * MB)
+    with measure() as outer:
+        with measure() as inner:
+            pass
+    assert outer.added_mem_mb < 100 and inner.added_mem_mb < 100
+
+
 def test_gpu_timing_starts_once_earlier_kernels_are_done(monkeypatch):
     """Kernels queued before the block (a model copied to the GPU, an evaluation) ran inside its time."""
     calls = []

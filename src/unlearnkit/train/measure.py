@@ -112,8 +112,9 @@ class measure:
             self._start_bytes = self._peak = torch.cuda.memory_allocated()
         else:
             _release_freed_memory()
-            for outer in _ACTIVE:  # the reset below forgets their peak so far
-                outer._peak = max(outer._peak, _kernel_peak_bytes())
+            for outer in _ACTIVE:  # the reset below forgets their peak so far (a block that could not reset the
+                if outer._kernel_peak:  # peak samples its own: the kernel's would be the whole process's)
+                    outer._peak = max(outer._peak, _kernel_peak_bytes())
             self._kernel_peak = _reset_kernel_peak()
             _ACTIVE.append(self)
             self._start_bytes = self._peak = _rss_bytes()
