@@ -96,6 +96,9 @@ def test_relabelling_methods_refuse_a_retain_weight_that_cannot_keep_the_retain_
     with pytest.raises(UserInputError, match=rf"{label} retain_weight must be a finite non-negative number"):
         config(method, retain_weight=weight)
     assert config(method, retain_weight=0.0).retain_weight == 0.0
+    with pytest.raises(UserInputError, match=rf"{label} reads no retain items with retain_weight=0, so sampling=cyclic"):
+        config(method, retain_weight=0.0, sampling="cyclic")  # it would do nothing
+    assert config(method, retain_weight=1.0, sampling="cyclic").sampling == "cyclic"
 
 
 def test_bad_teacher_refuses_an_infinite_temperature_that_made_the_loss_zero():

@@ -41,16 +41,21 @@ class RandomLabelConfig(SamplingConfig):
     batch_size: int = 64
 
     def check(self) -> None:
-        """Also require a finite retain_weight ≥ 0."""
+        """Also require a finite retain_weight ≥ 0, and standard sampling when it is 0."""
         super().check()
-        check_retain_weight(self.retain_weight, "random_label")
+        check_retain_weight(self, "random_label")
 
 
-def check_retain_weight(value: Any, method: str) -> None:
+def check_retain_weight(config: Any, method: str) -> None:
     """Raise :class:`UserInputError` unless β is a finite non-negative number (a negative one would ascend the
-    retain loss, a NaN one make every loss NaN)."""
+    retain loss, a NaN one make every loss NaN), or when β = 0 comes with a sampling that pairs retain items
+    (the run then reads none, and the setting would do nothing)."""
+    value = config.retain_weight
     if not (finite_number(value) and value >= 0):
         raise UserInputError(f"{method} retain_weight must be a finite non-negative number, got retain_weight={value}.")
+    if value == 0 and config.sampling != "standard":
+        raise UserInputError(f"{method} reads no retain items with retain_weight=0, so sampling={config.sampling} "
+                             "would do nothing; give retain_weight > 0 or leave sampling standard.")
 
 
 #: The batch key of the per-row uniform draws that pick each forget row's wrong label.

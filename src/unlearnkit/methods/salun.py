@@ -53,7 +53,7 @@ class SalUnConfig(SamplingConfig):
         super().check()
         if not 0.0 < self.mask_ratio <= 1.0:
             raise UserInputError(f"SalUn mask_ratio must lie in (0, 1], got mask_ratio={self.mask_ratio}.")
-        check_retain_weight(self.retain_weight, "SalUn")
+        check_retain_weight(self, "SalUn")
 
 
 def forget_gradient(adapter: Any, items: Sequence[Any], batch_size: int) -> list[torch.Tensor]:
