@@ -103,6 +103,7 @@ BAD_INPUTS = [
     ({"--forget": "badlabel.jsonl"}, "label 7 is outside 0..1"),
     ({"--forget": "fraclabel.jsonl"}, "is not an integer label"),
     ({"--forget": "boollabel.jsonl"}, "is not an integer label"),
+    ({"--forget": "inflabel.jsonl"}, "is not an integer label"),
     ({"--training-data": "other.jsonl"}, "is not in the training data"),
     ({"--ledger": "notaledger.db"}, "ledger"),
     ({"--ledger": "textfile.db"}, "ledger"),
@@ -139,6 +140,7 @@ def test_bad_input_exits_2_and_writes_nothing(workspace, capsys, overrides, mess
     _write_jsonl(ws / "badlabel.jsonl", [{"input": [1, 2, 3, 4], "label": 7}])
     _write_jsonl(ws / "fraclabel.jsonl", [{"input": [1, 2, 3, 4], "label": 1.7}])
     _write_jsonl(ws / "boollabel.jsonl", [{"input": [1, 2, 3, 4], "label": True}])
+    (ws / "inflabel.jsonl").write_text('{"input": [1, 2, 3, 4], "label": 1e400}\n')  # read as infinity
     _write_jsonl(ws / "other.jsonl", _rows(5, 99))
     _write_jsonl(ws / "overlap.jsonl", _rows(40, 0)[5:6] + [{**_rows(40, 0)[3], "label": float(_rows(40, 0)[3]["label"])}])
     (ws / "nan.jsonl").write_text('{"input": [1, 2, 3, 4], "label": 0}\n{"input": [NaN, 2, 3, 4], "label": 0}\n')

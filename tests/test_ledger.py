@@ -519,6 +519,9 @@ def test_cli_list_show_verify_and_check_item(tmp_path: Path) -> None:
     assert found.exit_code == 0 and "forgotten: row 2" in found.output
     missing = runner.invoke(app, ["ledger", "check-item", "--item", str(tmp_path / "other.txt"), *where])
     assert missing.exit_code == 1 and "not forgotten" in missing.output
+    (tmp_path / "deep.json").write_text("[" * 100_000)  # deeper than the JSON parser goes: checked as text
+    deep = runner.invoke(app, ["ledger", "check-item", "--item", str(tmp_path / "deep.json"), *where])
+    assert deep.exit_code == 1 and "not forgotten" in deep.output
 
     sql(path, f"UPDATE {ROWS_TABLE} SET subject='edited' WHERE id=2")
     tampered = runner.invoke(app, ["ledger", "verify", *where])

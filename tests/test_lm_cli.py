@@ -266,6 +266,8 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
     (["--methods", "npo", "--retrain-seeds", "0"], "must differ from the retain model's own training seed 0"),
     (["--methods", "npo", "--retrain-seeds", "1,1"], "must be distinct non-negative integers"),
     (["--methods", "npo", "--retrain-seeds", "one"], "'one' is not one"),
+    (["--methods", "npo", "--retrain-seeds", "--5"], "'--5' is not one"),
+    (["--methods", "npo", "--retrain-seeds", "1,\u00b2"], "'\u00b2' is not one"),
     (["--methods", "npo", "--retrain-seeds", "1,,2"], "--retrain-seeds has an empty item in '1,,2'"),
     (["--methods", "idk_dpo"], "has words this model's tokenizer does not know"),
     (["--methods", "gradient_ascent,kfade", "--lora", "r=2"], "Method 'kfade' does not train the model's own weights"),

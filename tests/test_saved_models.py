@@ -106,6 +106,9 @@ def test_damaged_wrapper_files_are_refused_in_one_sentence(workspace, tmp_path):
     (bad / WRAPPER_FILE).write_text(json.dumps({**meta, "method": "nonexistent"}))
     with pytest.raises(UserInputError, match="describes a 'nonexistent' wrapper"):
         load_causal_lm(bad)
+    (bad / WRAPPER_FILE).write_text(json.dumps({**meta, "method": ["uld"]}))  # not a name: unhashable, it crashed
+    with pytest.raises(UserInputError, match="is not a valid unlearnkit wrapper description"):
+        load_causal_lm(bad)
     (bad / WRAPPER_FILE).write_text(json.dumps({**meta, "settings": {}}))
     with pytest.raises(UserInputError, match="wrapper in .* is incomplete or damaged"):
         load_causal_lm(bad)

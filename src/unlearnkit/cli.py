@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -107,7 +108,7 @@ def parse_seeds(value: str | None, flag: str = "--retrain-seeds") -> list[int]:
     if value and value.strip() and not all(text.strip() for text in value.split(",")):
         raise UserInputError(f"{flag} has an empty item in {value!r}; give comma-separated integers such as 1,2,3.")
     for text in split_list(value) or []:
-        if not text.lstrip("-").isdigit():
+        if not re.fullmatch(r"-?[0-9]+", text):  # not str.isdigit: it takes "²", which int() refuses
             raise UserInputError(f"{flag} takes comma-separated integers; {text!r} is not one.")
         seeds.append(int(text))
         check_seed(seeds[-1], f"Each {flag} value")

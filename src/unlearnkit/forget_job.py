@@ -106,7 +106,7 @@ def _classifier_items(records, job: ForgetJob, path: Path, spec: Mapping[str, An
         try:
             values = torch.tensor(json.loads(raw) if isinstance(raw, str) else raw, dtype=torch.float32)
             items.append((values.reshape(shape), _label(record[job.label_field])))
-        except (ValueError, RuntimeError, TypeError):
+        except (ValueError, RuntimeError, TypeError, OverflowError):  # OverflowError: an infinite label
             raise UserInputError(f"{path} line {number}: field {job.input_field!r} is not {int(np.prod(shape))} numbers "
                                  f"or {job.label_field!r} is not an integer label.") from None
         if not bool(torch.isfinite(values).all()):

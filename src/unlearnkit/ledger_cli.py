@@ -156,5 +156,5 @@ def read_item_forms(path: Path) -> list[Any]:
     forms = [text.removesuffix("\n").removesuffix("\r")]  # editors add a final newline the item did not have
     try:
         return [json.loads(text), *forms]
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
         return forms

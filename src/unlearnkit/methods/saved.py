@@ -98,6 +98,8 @@ def wrapper_meta(folder: Path) -> dict[str, Any] | None:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
         method = meta["method"]
+        if not isinstance(method, str):  # a list or an object: no method name, and unhashable below
+            raise TypeError(method)
     except (ValueError, KeyError, TypeError):
         raise UserInputError(f"{path} is not a valid unlearnkit wrapper description (JSON with a method).") from None
     if meta.get("format") != FORMAT or method not in _wrapper_classes():
