@@ -45,6 +45,11 @@ def test_generation_is_greedy_whatever_the_model_saved_generation_config_asks_fo
     config = adapter.model.generation_config
     config.repetition_penalty, config.no_repeat_ngram_size, config.num_beams, config.min_new_tokens = 4.0, 1, 3, 12
     assert adapter.generate(adapter.model, questions, max_new_tokens=12) == greedy
+    first_tokens = [ids[0] for _, ids in (adapter.encode_item(it) for it in items)]
+    config.suppress_tokens, config.guidance_scale = first_tokens, 3.0  # these changed the answers
+    config.penalty_alpha, config.top_k = 0.6, 4  # contrastive search: generate refused to run
+    assert adapter.generate(adapter.model, questions, max_new_tokens=12) == greedy
+    assert adapter.model.generation_config is config and config.penalty_alpha == 0.6  # given back as it was
 
 
 def test_a_chat_template_that_refuses_the_prompt_is_a_user_error():

@@ -35,10 +35,9 @@ IGNORE = -100
 PLAIN_PROMPT = "Question: {question}\nAnswer: "
 #: How many items' token ids an adapter keeps (beyond it, further items are tokenized at each use).
 ENCODED_ITEMS_KEPT = 100_000
-#: Greedy decoding, whatever the model's saved ``generation_config.json`` asks for (``generate`` fills every
-#: setting not passed from it: Qwen2.5's sets ``repetition_penalty=1.05``, others beams or a minimum length;
-#: ``min_new_tokens=0`` also overrides a ``min_length``).
-GREEDY = {"do_sample": False, "num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0, "min_new_tokens": 0}
+#: Greedy decoding. The model's saved ``generation_config.json`` is set aside while it runs
+#: (:func:`_plain_generation_configs`): ``generate`` fills every setting not passed from it.
+GREEDY = {"do_sample": False, "num_beams": 1}
 #: File names any Hugging Face tokenizer folder holds at least one of.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "spiece.model")
 #: The indexes of a sharded checkpoint that transformers reads (they map each weight to its shard file).
@@ -488,7 +487,7 @@ class CausalLMAdapter:
         if max((len(p) for p in prompts), default=0) + max_new_tokens > limit:
             order.sort(key=lambda i: len(prompts[i]))
         answers: dict[int, str] = {}
-        with eval_mode(model):
+        with eval_mode(model), _plain_generation_configs(model):
             while order:
                 chunk = order[:batch_size]
                 if len(prompts[chunk[-1]]) + max_new_tokens > limit:  # the cap binds: same-length prompts only
@@ -524,6 +523,27 @@ class CausalLMAdapter:
 
 
 # ---------------------------------------------------------------------- helpers
+@contextmanager
+def _plain_generation_configs(model: nn.Module) -> Iterator[None]:
+    """Give each Hugging Face model inside ``model`` (a wrapper's base and copies included) a generation config
+    holding only its special token ids for the block. ``generate`` fills every setting it is not passed from
+    the model's own config, saved with it: Qwen2.5's sets ``repetition_penalty=1.05``, others beams, a minimum
+    length, suppressed tokens, a guidance scale, or contrastive search, which it refuses to run. Greedy answers
+    must not depend on them."""
+    from transformers import GenerationConfig
+
+    saved = [(m, m.generation_config) for m in model.modules() if isinstance(getattr(m, "generation_config", None),
+                                                                              GenerationConfig)]
+    for module, config in saved:
+        module.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
+                                                    pad_token_id=config.pad_token_id)
+    try:
+        yield
+    finally:
+        for module, config in saved:
+            module.generation_config = config
+
+
 def default_max_length(model: nn.Module, tokenizer: Any, cap: int = 512) -> int:
     """The longest sequence the model and tokenizer accept, at most ``cap``."""
     limits = [cap, _position_limit(model)]
