@@ -102,12 +102,13 @@ def test_a_malformed_csv_row_gets_one_sentence_with_file_and_line(tmp_path, monk
 
 
 @pytest.mark.parametrize("question, answer, field", [
-    *(("Where?", answer, "answer") for answer in (["Varna", "Oslo"], {"city": "Varna"}, True, None, "", " \n")),
+    *(("Where?", answer, "answer") for answer in (["Varna", "Oslo"], {"city": "Varna"}, True, None, "", " \n", 2.5)),
     (" ", "Varna", "question")])
 def test_an_lm_field_that_is_not_text_is_refused_before_the_model_loads(tmp_path, capsys, question, answer, field):
     """str() of a list or a dict would become the answer the model is taught to forget ("['Varna', 'Oslo']"), and a
     blank answer holds nothing to forget (the reader refused an empty value, but passed one of spaces alone); a
-    blank question is refused as the TOFU reader and the metrics refuse it."""
+    blank question is refused as the TOFU reader and the metrics refuse it; a JSON float has lost its text
+    (2.50 reads as 2.5)."""
     import json
 
     from unlearnkit.cli import main

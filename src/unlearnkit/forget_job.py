@@ -138,6 +138,9 @@ def _lm_items(records, job: ForgetJob, path: Path) -> list[dict[str, str]]:
             value = record[name]
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):  # str() would invent the text
                 raise UserInputError(f"{path} line {number}: field {name!r} holds a {type(value).__name__}, not text.")
+            if isinstance(value, float):  # its text is gone: 2.50 reads as 2.5, 1e3 as 1000.0
+                raise UserInputError(f"{path} line {number}: field {name!r} holds the number {value!r}; put it in quotes, "
+                                     "so that the text forgotten is the text you wrote.")
             _require_utf8(str(value), f"{path} line {number}: field {name!r}")
             if not str(value).strip():  # the reader refuses empty values, not spaces alone
                 raise UserInputError(f"{path} line {number}: field {name!r} is blank; each item needs a question and an answer.")
