@@ -360,7 +360,7 @@ def test_scrub_losses_are_minus_the_distillation_kl_and_alpha_kl_plus_gamma_ce(m
 
 def test_ssd_sums_a_bf16_models_importance_in_float32():
     # 2,000 batches: a bf16 running sum of equal-sized squares stalls once each term is below its rounding step
-    from unlearnkit.methods.ssd import dampen, importance
+    from unlearnkit.methods.ssd import importance
 
     torch.manual_seed(0)
     model = nn.Linear(3, 2).to(torch.bfloat16)

@@ -31,6 +31,8 @@ def test_parses_every_form():
         ("learn:0,unlearn:ids=4;a", "token 2 'unlearn:ids=4;a'"),
         ("learn:0,unlearn:ids=9-3", "empty"),
         ("learn:0,unlearn:ids=3;3", "more than once"),
+        ("learn:" + "9" * 5000, "a number of 5000 digits is far too large"),  # past int()'s digit limit
+        ("learn:0,unlearn:ids=" + "1" * 4400, "a number of 4400 digits is far too large"),
         ("learn:", "token 1"),
         ("", "empty"),
     ],

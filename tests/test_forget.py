@@ -198,6 +198,7 @@ def test_diverging_run_restores_weights_and_records_status(workspace):
     run = json.loads((workspace / "out" / "run.json").read_text())
     assert run["status"] == "diverged" and "restored" in run["message"]
     assert all(v == v for v in run["metrics_after"].values())  # the restored weights give finite metrics
+    assert run["message"] in (workspace / "out" / "report.html").read_text(encoding="utf-8")  # the report says why
     with Ledger(workspace / "ledger.db") as ledger:
         assert ledger.rows()[-1].status == "diverged"
 
@@ -251,6 +252,23 @@ def test_forget_reads_csv_and_parquet(workspace, fmt):
     assert main(args + ["--param", "lr=0.05", "--param", "epochs=3"]) == 0
     run = json.loads((workspace / "out" / "run.json").read_text())
     assert run["forget_items"] == 5 and run["metrics_after"]["forget_loss"] > run["metrics_before"]["forget_loss"]
+
+
+def test_the_report_shows_a_parquet_forget_sets_examples_with_dates_and_text(workspace):
+    # a column of dates (not used by the model) crashed --show-examples after the training; text came out escaped
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    when = datetime.datetime(2026, 12, 1, 9, 30)
+    rows = [{"input": json.dumps(r["input"]), "label": r["label"], "created": when, "note": "Élodie"}
+            for r in _rows(40, 0)[:3]]
+    path = workspace / "forget.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    assert main(_args(workspace, **{"--forget": path}) + ["--show-examples"]) == 0
+    page = (workspace / "out" / "report.html").read_text(encoding="utf-8")
+    assert "2026-12-01 09:30:00" in page and "Élodie" in page
 
 
 def test_csv_missing_field_names_file_field_and_line(workspace, capsys):

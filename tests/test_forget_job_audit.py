@@ -57,14 +57,16 @@ def test_a_failing_on_placed_removes_the_new_output_and_restores_the_old(tmp_pat
     assert (tmp_path / "out" / "model.txt").read_text() == "old"
 
 
-def test_an_output_that_appeared_during_the_block_is_never_replaced(tmp_path):
+@pytest.mark.parametrize("theirs", [["theirs.txt"], []])  # an empty folder: os.rename would replace it
+def test_an_output_that_appeared_during_the_block_is_never_replaced(tmp_path, theirs):
     with pytest.raises(UserInputError, match="created by something else while this run worked"):
         with atomic_dir(tmp_path / "out") as tmp:
             (tmp / "mine.txt").write_text("mine")
             (tmp_path / "out").mkdir()
-            (tmp_path / "out" / "theirs.txt").write_text("theirs")
+            for name in theirs:
+                (tmp_path / "out" / name).write_text("theirs")
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["theirs.txt"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == theirs
 
 
 def test_text_is_written_as_utf8_whatever_the_locale(tmp_path):

@@ -202,3 +202,11 @@ def test_a_salt_file_in_a_read_only_folder_is_refused_before_any_work(tmp_path: 
         with pytest.raises(UserInputError, match="salt file .*read-only"):
             ledger.check_writable()
     assert not (tmp_path / "ledger.db").exists()
+
+
+def test_a_field_holding_json_nested_past_the_parsers_depth_is_compared_as_text():
+    # forget's overlap check crashed with a RecursionError on such an item (canonical_value parses JSON text)
+    from unlearnkit.ledger import canonical_value
+
+    deep = "[" * 100_000 + "]" * 100_000
+    assert canonical_value(deep) == deep

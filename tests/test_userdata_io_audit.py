@@ -231,6 +231,9 @@ def test_outputs_are_never_more_readable_than_the_umask_allows(tmp_path, private
 def test_a_replaced_file_keeps_its_mode_and_new_files_are_shared(tmp_path):
     previous = os.umask(0o022)
     try:
+        with atomic_dir(tmp_path / "out"):
+            pass
+        assert _mode(tmp_path / "out") == 0o755  # not mkdtemp's private 0700
         for name, write in (("report.html", lambda p: write_text_atomic(p, "new")),
                             ("model.safetensors", lambda p: save_state_dict({"w": torch.ones(1)}, p))):
             path = tmp_path / name
@@ -241,6 +244,12 @@ def test_a_replaced_file_keeps_its_mode_and_new_files_are_shared(tmp_path):
             assert _mode(path) == 0o600
     finally:
         os.umask(previous)
+
+
+def test_text_holding_a_path_that_is_not_utf8_is_written_with_its_escape(tmp_path):
+    # a folder name with byte 0xff becomes the surrogate \udcff in Python: results.md failed after all the work
+    write_text_atomic(tmp_path / "results.md", "unlearnkit evaluate --data tofu\udcff")
+    assert (tmp_path / "results.md").read_text(encoding="utf-8") == "unlearnkit evaluate --data tofu\\udcff"
 
 
 # --- weights ---------------------------------------------------------------------------------------------------

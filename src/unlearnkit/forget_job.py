@@ -139,8 +139,8 @@ def _lm_items(records, job: ForgetJob, path: Path) -> list[dict[str, str]]:
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):  # str() would invent the text
                 raise UserInputError(f"{path} line {number}: field {name!r} holds a {type(value).__name__}, not text.")
             if isinstance(value, float):  # its text is gone: 2.50 reads as 2.5, 1e3 as 1000.0
-                raise UserInputError(f"{path} line {number}: field {name!r} holds the number {value!r}; put it in quotes, "
-                                     "so that the text forgotten is the text you wrote.")
+                raise UserInputError(f"{path} line {number}: field {name!r} holds a number with a decimal point or an "
+                                     "exponent; put it in quotes, so that the text forgotten is the text you wrote.")
             _require_utf8(str(value), f"{path} line {number}: field {name!r}")
             if not str(value).strip():  # the reader refuses empty values, not spaces alone
                 raise UserInputError(f"{path} line {number}: field {name!r} is blank; each item needs a question and an answer.")
@@ -387,8 +387,10 @@ def _write_report(directory: Path, summary: Mapping[str, Any], forget_records, j
     runs = [{"method": "original", "reference": True, "metrics": summary["metrics_before"], "seconds": 0.0,
              "status": "ok", "params": {}},
             {"method": summary["method"], "reference": False, "metrics": summary["metrics_after"],
-             "seconds": summary["seconds"], "status": summary["status"], "params": summary["params"],
-             "info": summary.get("info") or {}, "losses": summary["losses"]}]
+             "seconds": summary["seconds"], "status": summary["status"], "message": summary["message"],
+             "params": summary["params"], "info": summary.get("info") or {}, "losses": summary["losses"]}]
     results = {"benchmark": "forget", "seed": summary["params"].get("seed"), "runs": runs}
-    examples = {i: json.dumps(record) for i, (_, record) in enumerate(forget_records)} if job.show_examples else None
+    # default=str: a Parquet column of dates, decimals or bytes (used by the model or not) is shown, not a crash
+    examples = ({i: json.dumps(record, ensure_ascii=False, default=str) for i, (_, record) in enumerate(forget_records)}
+                if job.show_examples else None)
     write_report(directory / "report.html", results, items, show_examples=job.show_examples, examples=examples)

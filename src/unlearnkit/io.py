@@ -263,7 +263,8 @@ def _new_file_mode(replaced: Path | None = None) -> int:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` as UTF-8 (whatever the locale) through a temporary file and a rename; temporary
-    files of ``path`` that a killed process of this host left behind are removed first.
+    files of ``path`` that a killed process of this host left behind are removed first. A lone surrogate, which a
+    path name that is not UTF-8 becomes (in a page's command line or title), is written as its ``\\u`` escape.
 
     A file that is replaced keeps its mode; a new one gets 0644 less the umask."""
     path = Path(path)
@@ -272,7 +273,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{_owner()}-", dir=path.parent)
     try:
         os.fchmod(fd, _new_file_mode(path))
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())

@@ -231,7 +231,7 @@ def canonical_value(value: Any) -> Any:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
             return value
     if isinstance(value, (list, tuple)):
         return [canonical_value(v) for v in value]

@@ -40,14 +40,22 @@ def _bad(position: int, token: str, why: str) -> UserInputError:
     return UserInputError(f"Stream token {position + 1} {token!r} is not valid: {why}.")
 
 
+def _integer(digits: str, position: int, token: str) -> int:
+    """``int(digits)``, refused in one sentence past Python's limit on the digits it converts (4300)."""
+    try:
+        return int(digits)
+    except ValueError:
+        raise _bad(position, token, f"a number of {len(digits)} digits is far too large") from None
+
+
 def _parse_ids(text: str, position: int, token: str, pool: int | None) -> tuple[int, ...]:
     ids: list[int] = []
     for part in text.split(";"):
         match = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part)
         if not match:
             raise _bad(position, token, "sample ids must be non-negative integers or ranges a-b separated by ';'")
-        low = int(match.group(1))
-        high = int(match.group(2)) if match.group(2) else low
+        low = _integer(match.group(1), position, token)
+        high = _integer(match.group(2), position, token) if match.group(2) else low
         if high < low:
             raise _bad(position, token, f"the range {low}-{high} is empty")
         if pool is not None and high >= pool:  # before expanding: a huge range would exhaust memory
@@ -71,7 +79,7 @@ def parse_token(token: str, position: int, pool: int | None = None) -> Request:
         return Request("unlearn", ids=_parse_ids(argument[4:], position, text, pool), token=text, position=position)
     if not re.fullmatch(r"[0-9]+", argument):
         raise _bad(position, text, f"the task must be a non-negative integer ({_SYNTAX})")
-    return Request(action, task=int(argument), token=text, position=position)
+    return Request(action, task=_integer(argument, position, text), token=text, position=position)
 
 
 def parse_stream(stream: str | Sequence[str], pool: int | None = None) -> list[Request]:
