@@ -106,6 +106,75 @@ def test_divergence_guard_restores_last_good_weights():
     assert torch.isfinite(model.linear.weight).all()
 
 
+def test_the_guard_snapshots_every_guard_every_steps():
+    torch.manual_seed(0)
+    model = _NaNAfter(after=5)
+    adapter = ClassifierAdapter(model)
+    config = TrainConfig(epochs=10, lr=0.1, batch_size=2, guard_every=3, grad_clip=None)
+    weights_seen = []
+
+    def loss(m, batch):
+        weights_seen.append(m.linear.weight.detach().clone())
+        return adapter.per_item_loss(m, batch).mean()
+
+    stream, steps = item_stream(adapter, DATA, config)
+    record = optimise(model, stream, loss, config, steps_per_epoch=steps)
+    assert record.status == "diverged" and record.message.endswith("restored the weights of step 3")
+    assert torch.equal(model.linear.weight, weights_seen[3])
+
+
+class _WithMask(nn.Module):
+    """A classifier holding a −inf buffer by design, as an attention mask does."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+        self.register_buffer("mask", torch.full((2, 2), float("-inf")).triu(1))
+
+    def forward(self, x):
+        return self.linear(x)
+
+
+def test_a_buffer_that_is_infinite_by_design_is_no_divergence():
+    # every run on such a model ended "diverged" and its training was thrown away
+    torch.manual_seed(0)
+    model = _WithMask()
+    before = model.linear.weight.detach().clone()
+    adapter = ClassifierAdapter(model)
+    config = TrainConfig(epochs=2, lr=0.1, batch_size=2)
+    stream, steps = item_stream(adapter, DATA, config)
+    record = optimise(model, stream, lambda m, b: adapter.per_item_loss(m, b).mean(), config, steps_per_epoch=steps)
+    assert record.status == "ok" and not torch.equal(model.linear.weight, before)
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.used, self.unused = nn.Linear(4, 2), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_a_nan_in_weights_no_loss_reads_is_never_snapshotted():
+    # the loss stays finite, so the guard took the NaN weights as good and "restored" them
+    torch.manual_seed(0)
+    model = _TwoHeads()
+    adapter = ClassifierAdapter(model)
+    config = TrainConfig(epochs=3, lr=0.1, batch_size=2, guard_every=1)
+
+    def poison(net):
+        with torch.no_grad():
+            net.unused.weight[0, 0] = float("nan")
+
+    stream, steps = item_stream(adapter, DATA, config)
+    record = optimise(model, stream, lambda m, b: adapter.per_item_loss(m, b).mean(), config, steps_per_epoch=steps,
+                      after_step=poison)
+    assert record.status == "diverged"
+    assert record.message == "the weights became non-finite by step 1; restored the weights of step 0"
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def _documented_lr_factor(step: int, total: int, schedule: str, warmup: int) -> float:
     """The multiplier of ``lr`` at 0-based ``step`` as ``make_schedule`` documents it, written out independently:
     a linear warm-up (k+1)/(w+1) for the first w steps, then constant / linear / half-cosine decay from 1

@@ -36,14 +36,22 @@ class TrainRecord:
 
 
 class DivergenceGuard:
-    """Keeps the last weights that gave a finite loss and restores them when the loss turns NaN/inf.
+    """Keeps the last finite weights that gave a finite loss and restores them when the loss turns NaN/inf.
+
+    Finite means: every tensor that was finite when the run began still is (a buffer that held −inf from the
+    start, such as an attention mask, is the model's design, not a divergence). A finite loss does not prove
+    finite weights: a parameter the batch did not read (an embedding row, another task's head) can hold NaN,
+    so a snapshot step checks the weights first.
 
     With ``restore=False`` (parameters sharded by FSDP / DeepSpeed, where a process holds only a
-    slice) it keeps no snapshot: it only stops the run, leaving the weights of the last step.
+    slice) it keeps no snapshot and checks no weights: it only stops the run, leaving the weights of the
+    last step.
     """
 
     def __init__(self, model: nn.Module, every: int, restore: bool = True) -> None:
         self.model, self.every, self.restore = model, max(1, every), restore
+        self._checked = {k for k, v in model.state_dict().items()
+                         if restore and v.is_floating_point() and bool(torch.isfinite(v).all())}
         self._snapshot = self._copy()
         self._snapshot_step = 0
 
@@ -52,25 +60,33 @@ class DivergenceGuard:
             return {}
         return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
 
-    def before_step(self, loss: torch.Tensor, step: int) -> bool:
-        """Return True (after restoring the snapshot) when ``loss`` is not finite."""
+    def _weights_finite(self) -> bool:
+        """Every tensor that was finite at the start still is."""
+        return all(bool(torch.isfinite(v).all()) for k, v in self.model.state_dict().items() if k in self._checked)
+
+    def before_step(self, loss: torch.Tensor, step: int) -> str | None:
+        """Why the run stops (after restoring the snapshot): ``loss`` is not finite, or the weights at a snapshot
+        step are not; None to go on."""
         if not torch.isfinite(loss.detach()).all():
-            if self.restore:
-                self.model.load_state_dict(self._snapshot)
-            return True
-        if step % self.every == 0:  # these weights produced a finite loss: they are good
-            self._snapshot, self._snapshot_step = self._copy(), step
-        return False
+            reason = f"loss became {loss.item()} at step {step}"
+        elif step % self.every == 0 and self.restore:
+            if self._weights_finite():  # finite weights that gave a finite loss: they are good
+                self._snapshot, self._snapshot_step = self._copy(), step
+                return None
+            reason = f"the weights became non-finite by step {step}"
+        else:
+            return None
+        if self.restore:
+            self.model.load_state_dict(self._snapshot)
+        return reason
 
     def after_run(self) -> bool:
         """Return True (after restoring the snapshot) when the last step left non-finite weights, which no
         later loss would reveal (not checked without snapshots: sharded parameters)."""
-        if not self.restore:
+        if not self.restore or self._weights_finite():
             return False
-        finite = all(bool(torch.isfinite(v).all()) for v in self.model.state_dict().values() if v.is_floating_point())
-        if not finite:
-            self.model.load_state_dict(self._snapshot)
-        return not finite
+        self.model.load_state_dict(self._snapshot)
+        return True
 
     def outcome(self) -> str:
         """What a stop left: the restored step's weights, or the last step's when nothing was snapshotted."""
@@ -239,9 +255,10 @@ def optimise(
                 elif parts is not None:
                     loss = parts.forget + parts.retain
                 seen = distributed.mean_across(loss.detach()) if world > 1 else loss
-                if guard.before_step(seen, record.steps):
+                stopped = guard.before_step(seen, record.steps)
+                if stopped:
                     record.status = "diverged"
-                    record.message = f"loss became {seen.item()} at step {record.steps}; {guard.outcome()}"
+                    record.message = f"{stopped}; {guard.outcome()}"
                     break
                 optimizer.zero_grad(set_to_none=True)
                 if projector is not None:
