@@ -48,6 +48,20 @@ def test_forget_gradient_is_taken_at_the_perturbed_weights_retain_at_the_weights
     assert sharpness_aware(cubic_and_square, 0.0) is cubic_and_square
 
 
+def test_forget_and_retain_parts_may_share_one_forward_pass():
+    # the retain gradient freed the shared graph, and the forget gradient then failed ("backward through the graph
+    # a second time")
+    def shared(model: nn.Module, _batch) -> LossParts:
+        cube = model.theta.pow(3)  # one forward, both parts read it
+        return LossParts(cube.sum(), cube.square().sum())
+
+    model = Holder()
+    theta = model.theta.detach().clone()
+    parts = sharpness_aware(shared, RHO)(model, None)
+    (retain_grad,) = torch.autograd.grad(parts.retain, [model.theta])
+    assert torch.allclose(retain_grad, 6 * theta.pow(5))
+
+
 def test_a_single_tensor_loss_is_all_forget_term():
     model = Holder()
     parts = sharpness_aware(lambda m, b: m.theta.pow(3).sum(), RHO)(model, None)

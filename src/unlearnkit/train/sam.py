@@ -53,7 +53,7 @@ def sharpness_aware(loss_fn: Callable[[nn.Module, Any], Any], rho: float) -> Cal
     def smoothed(model: nn.Module, batch: Any) -> LossParts:
         parts = _as_parts(loss_fn(model, batch))
         params = [p for p in model.parameters() if p.requires_grad]
-        retain_grads = _gradients(parts.retain, params)
+        retain_grads = _gradients(parts.retain, params, keep_graph=True)  # the two parts may share one forward
         forget_grads = _gradients(parts.forget, params)
         norm = torch.sqrt(sum(g.square().sum() for g in forget_grads))
         if norm > 0:
@@ -81,11 +81,12 @@ def _as_parts(loss: Any) -> LossParts:
     return loss if isinstance(loss, LossParts) else LossParts(loss, torch.zeros(()))
 
 
-def _gradients(loss: Any, params: Sequence[nn.Parameter]) -> list[torch.Tensor]:
-    """∂loss/∂p for each parameter (zeros where the loss does not depend on it)."""
+def _gradients(loss: Any, params: Sequence[nn.Parameter], keep_graph: bool = False) -> list[torch.Tensor]:
+    """∂loss/∂p for each parameter (zeros where the loss does not depend on it); ``keep_graph`` keeps the graph for
+    another gradient through it."""
     if not (isinstance(loss, torch.Tensor) and loss.requires_grad):
         return [torch.zeros_like(p) for p in params]
-    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=keep_graph)
     return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
