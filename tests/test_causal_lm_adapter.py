@@ -78,6 +78,23 @@ def test_per_item_loss_matches_hand_computation(adapter):
         assert sums[row].item() == pytest.approx(sum(terms), rel=1e-5)
 
 
+def test_a_token_the_model_bans_leaves_the_losses_finite():
+    # prompt and padding positions were scored against token 0 and zeroed by a mask: with token 0 at −inf their loss
+    # was inf, and inf · 0 made every item's loss NaN
+    tokenizer = _tokenizer()
+    model = _model(tokenizer)
+    banned = CausalLMAdapter(model, tokenizer, max_length=64)
+    model.lm_head.register_forward_hook(lambda module, inputs, out: out.index_fill(-1, torch.tensor([0]), float("-inf")))
+    batch = banned.collate(ITEMS)
+    with torch.no_grad():
+        losses = banned.per_item_loss(model, batch)
+        log_probs = torch.log_softmax(banned.logits(model, batch), dim=-1)
+    assert torch.isfinite(losses).all()
+    labels = batch["labels"][0].tolist()
+    terms = [-log_probs[0, t - 1, y].item() for t, y in enumerate(labels) if y != IGNORE]
+    assert losses[0].item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+
+
 def test_loss_is_independent_of_padding(adapter):
     with torch.no_grad():
         alone = adapter.per_item_loss(adapter.model, adapter.collate(ITEMS[1:2]))
@@ -183,6 +200,8 @@ def test_truncation_keeps_the_answer():
     prompt, answer = adapter.encode_item(ITEMS[2])
     assert len(prompt) + len(answer) == 8
     assert len(answer) == 7 and answer[0] == tokenizer("The", add_special_tokens=False)["input_ids"][0]
+    full = adapter.prompt_ids(ITEMS[2]["question"])
+    assert prompt == full[len(full) - len(prompt):]  # the prompt's end, just before the answer, is what stays
 
 
 def test_token_statistics_of_a_cut_answer_keep_its_last_token():

@@ -361,8 +361,10 @@ class CausalLMAdapter:
         logits = self.logits(model, batch)[:, :-1].float()
         targets = batch["labels"][:, 1:]
         mask = targets != IGNORE
-        nll = F.cross_entropy(logits.transpose(1, 2), targets.clamp_min(0), reduction="none")
-        return nll * mask, mask
+        # 0 at ignored positions, never computed there: a model that gives some token −inf (a wrapper banning it)
+        # made their loss inf, and inf · 0 = NaN for every item
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+        return nll, mask
 
     def per_item_sum_nll(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Summed NLL over each item's answer tokens incl. EOS, shape ``(B,)`` (−log π(y|x), for NPO)."""
