@@ -82,7 +82,11 @@ def test_adam_metric_makes_the_preconditioned_step_orthogonal():
     forget, retain = torch.randn(size), torch.randn(size)
     projector.project(*_linear_losses(params, forget, retain))
     update = _flat_grad(params)
-    preconditioner = projector.scale() ** 2  # 1 / (√v̂ + ε), what Adam multiplies the gradient by
+    # 1 / (√v̂ + ε), what Adam multiplies the gradient by, read from the optimizer's state (not from the projector)
+    beta2, eps = optimizer.param_groups[0]["betas"][1], optimizer.param_groups[0]["eps"]
+    preconditioner = torch.cat([
+        1 / ((optimizer.state[p]["exp_avg_sq"] / (1 - beta2 ** float(optimizer.state[p]["step"]))).sqrt() + eps).flatten()
+        for p in params])
     whitened_cos = float(retain @ (preconditioner * update)) / float(
         (retain * preconditioner.sqrt()).norm() * (update * preconditioner.sqrt()).norm())
     euclidean_cos = float(retain @ update) / float(retain.norm() * update.norm())
