@@ -33,3 +33,21 @@ def test_evaluate_lm_refuses_to_score_without_generations(adapter_and_items):
     splits = {name: items[i:i + 3] for name, i in (("forget", 0), ("retain", 3), ("holdout", 6), ("general", 9))}
     with pytest.raises(UserInputError, match="evaluate_lm needs generations"):
         evaluate_lm(adapter, splits, None, generate=False)
+
+
+def test_collected_predictions_and_min_k_come_from_the_models_own_log_probabilities(adapter_and_items):
+    # extraction strength and exact memorisation read argmax_ids: storing the labels there (ES = EM = 1 for every
+    # item) passed every test, as did Min-K with k = 1 instead of 0.4
+    import torch
+
+    adapter, items = adapter_and_items
+    untrained = memorised_lm(items, steps=3)  # barely trained: its predictions are often wrong
+    stats = collect_lm(untrained, items[:6], generate=False)
+    with torch.no_grad():
+        log_probs = untrained.vocab_log_softmax(untrained.model, untrained.collate(items[:6]))
+    for predicted, labels, lp in zip(stats.argmax_ids, stats.label_ids, log_probs):
+        assert np.array_equal(predicted, lp.argmax(dim=-1).numpy())
+    assert any(not np.array_equal(p, y) for p, y in zip(stats.argmax_ids, stats.label_ids))
+    expected = [M.min_k_score(t, k=0.4) for t in stats.token_logprobs]
+    assert np.allclose(stats.mia_scores()["mink"], expected)
+    assert not np.allclose(expected, [M.min_k_score(t, k=1.0) for t in stats.token_logprobs])
