@@ -51,3 +51,18 @@ def test_collected_predictions_and_min_k_come_from_the_models_own_log_probabilit
     expected = [M.min_k_score(t, k=0.4) for t in stats.token_logprobs]
     assert np.allclose(stats.mia_scores()["mink"], expected)
     assert not np.allclose(expected, [M.min_k_score(t, k=1.0) for t in stats.token_logprobs])
+
+
+def test_an_option_splits_utility_truth_ratio_scores_the_options_against_the_answer(adapter_and_items):
+    # the retain split's is against the paraphrase, an option split's (general, real_authors) against the answer
+    from unlearnkit.eval.language import model_utility_components
+
+    adapter, items = adapter_and_items
+    stats = collect_lm(adapter, items[8:12], generate=False)
+    stats.rouge = np.ones(4)  # not read by the truth-ratio components
+    components = model_utility_components({"retain": stats, "general": stats})
+    against_answer = M.truth_ratio_score(M.truth_ratio(stats.avg_loss, stats.perturbed_loss)).value
+    against_paraphrase = M.truth_ratio_score(M.truth_ratio(stats.paraphrase_loss, stats.perturbed_loss)).value
+    assert components["general_truth_ratio_score"] == pytest.approx(against_answer)
+    assert components["retain_truth_ratio_score"] == pytest.approx(against_paraphrase)
+    assert against_answer != pytest.approx(against_paraphrase)
