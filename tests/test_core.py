@@ -86,11 +86,12 @@ class _NaNAfter(nn.Module):
         return out * float("nan") if self.training and self.calls > self.after else out
 
 
-def test_divergence_guard_restores_last_good_weights():
+def _nan_after_five(guard_every: int):
+    """A run whose 6th forward pass gives NaN; the model, its record and the weights each forward pass saw."""
     torch.manual_seed(0)
     model = _NaNAfter(after=5)
     adapter = ClassifierAdapter(model)
-    config = TrainConfig(epochs=10, lr=0.1, batch_size=2, guard_every=1, grad_clip=None)
+    config = TrainConfig(epochs=10, lr=0.1, batch_size=2, guard_every=guard_every, grad_clip=None)
     weights_seen = []
 
     def loss(m, batch):
@@ -98,7 +99,11 @@ def test_divergence_guard_restores_last_good_weights():
         return adapter.per_item_loss(m, batch).mean()
 
     stream, steps = item_stream(adapter, DATA, config)
-    record = optimise(model, stream, loss, config, steps_per_epoch=steps)
+    return model, optimise(model, stream, loss, config, steps_per_epoch=steps), weights_seen
+
+
+def test_divergence_guard_restores_last_good_weights():
+    model, record, weights_seen = _nan_after_five(guard_every=1)
     assert record.status == "diverged" and "restored" in record.message
     assert record.steps == 5 and all(math.isfinite(v) for v in record.losses)
     # The restored weights are those of the last step whose loss was finite (the 5th forward pass).
@@ -107,18 +112,7 @@ def test_divergence_guard_restores_last_good_weights():
 
 
 def test_the_guard_snapshots_every_guard_every_steps():
-    torch.manual_seed(0)
-    model = _NaNAfter(after=5)
-    adapter = ClassifierAdapter(model)
-    config = TrainConfig(epochs=10, lr=0.1, batch_size=2, guard_every=3, grad_clip=None)
-    weights_seen = []
-
-    def loss(m, batch):
-        weights_seen.append(m.linear.weight.detach().clone())
-        return adapter.per_item_loss(m, batch).mean()
-
-    stream, steps = item_stream(adapter, DATA, config)
-    record = optimise(model, stream, loss, config, steps_per_epoch=steps)
+    model, record, weights_seen = _nan_after_five(guard_every=3)
     assert record.status == "diverged" and record.message.endswith("restored the weights of step 3")
     assert torch.equal(model.linear.weight, weights_seen[3])
 
