@@ -10,7 +10,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
 
-from lm_fixtures import tiny_lm, tiny_qa
+from lm_fixtures import memorised_lm, tiny_lm, tiny_qa
 from unlearnkit.errors import UserInputError
 from unlearnkit.userdata import read_records, require_fields
 
@@ -50,6 +50,17 @@ def test_generation_is_greedy_whatever_the_model_saved_generation_config_asks_fo
     config.penalty_alpha, config.top_k = 0.6, 4  # contrastive search: generate refused to run
     assert adapter.generate(adapter.model, questions, max_new_tokens=12) == greedy
     assert adapter.model.generation_config is config and config.penalty_alpha == 0.6  # given back as it was
+
+
+def test_an_answer_ends_at_any_end_token_the_models_generation_config_names():
+    """Llama 3 saves several end tokens (end of text, end of turn); only the tokenizer's EOS used to stop an answer."""
+    items = tiny_qa(2)
+    adapter = memorised_lm(items)
+    words = adapter.generate(adapter.model, [items[0]["question"]], max_new_tokens=12)[0].split()
+    assert words == items[0]["answer"].split() and words[2] not in words[:2]  # the memorised answer
+    adapter.model.generation_config.eos_token_id = [adapter.tokenizer.eos_token_id,
+                                                    adapter.tokenizer.convert_tokens_to_ids(words[2])]
+    assert adapter.generate(adapter.model, [items[0]["question"]], max_new_tokens=12)[0] == " ".join(words[:2])
 
 
 def test_a_chat_template_that_refuses_the_prompt_is_a_user_error():

@@ -477,7 +477,8 @@ class CausalLMAdapter:
         self, model: nn.Module, questions: Sequence[str], max_new_tokens: int = 64, batch_size: int = 32,
         on_batch: Callable[[int], None] | None = None,
     ) -> list[str]:
-        """Greedy answers to ``questions`` (left-padded prompts), decoded and cut at EOS.
+        """Greedy answers to ``questions`` (left-padded prompts), decoded and cut at the first end token: the
+        tokenizer's EOS or one the model's saved generation config names (Llama 3 ends a turn with another).
 
         Where the position table would cut an answer short, prompts are batched with prompts of their own
         length, so how long an answer may grow never depends on the other questions of its batch.
@@ -489,20 +490,21 @@ class CausalLMAdapter:
         if max((len(p) for p in prompts), default=0) + max_new_tokens > limit:
             order.sort(key=lambda i: len(prompts[i]))
         answers: dict[int, str] = {}
+        stop = _end_tokens(model, self.tokenizer.eos_token_id)  # read before the saved configs are set aside
         with eval_mode(model), _plain_generation_configs(model):
             while order:
                 chunk = order[:batch_size]
                 if len(prompts[chunk[-1]]) + max_new_tokens > limit:  # the cap binds: same-length prompts only
                     chunk = [i for i in chunk if len(prompts[i]) == len(prompts[chunk[0]])]
                 order = order[len(chunk):]
-                texts = self._generate_batch(model, [prompts[i] for i in chunk], max_new_tokens, limit)
+                texts = self._generate_batch(model, [prompts[i] for i in chunk], max_new_tokens, limit, stop)
                 answers.update(zip(chunk, texts))
                 if on_batch is not None:
                     on_batch(len(chunk))
         return [answers[i] for i in range(len(prompts))]
 
     def _generate_batch(self, model: nn.Module, prompts: Sequence[list[int]], max_new_tokens: int,
-                        limit: int) -> list[str]:
+                        limit: int, stop: list[int]) -> list[str]:
         width = max(len(p) for p in prompts)
         max_new_tokens = min(max_new_tokens, limit - width)  # past the position table the model fails
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -513,18 +515,29 @@ class CausalLMAdapter:
         device = device_of(model)
         out = model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            pad_token_id=self.pad_id, eos_token_id=self.tokenizer.eos_token_id, **GREEDY,
+            pad_token_id=self.pad_id, eos_token_id=stop or None, **GREEDY,
         )
-        return [self._decode_until_eos(row[width:].tolist()) for row in out]
+        return [self._decode_until(row[width:].tolist(), stop) for row in out]
 
-    def _decode_until_eos(self, ids: list[int]) -> str:
-        eos = self.tokenizer.eos_token_id
-        if eos in ids:
-            ids = ids[: ids.index(eos)]
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    def _decode_until(self, ids: list[int], stop: list[int]) -> str:
+        """The text of ``ids`` before the first of the ``stop`` tokens."""
+        end = next((k for k, token in enumerate(ids) if token in stop), len(ids))
+        return self.tokenizer.decode(ids[:end], skip_special_tokens=True).strip()
 
 
 # ---------------------------------------------------------------------- helpers
+def _end_tokens(model: nn.Module, eos: int | None) -> list[int]:
+    """``eos`` and every end token the generation configs saved with the Hugging Face models inside ``model``
+    name (one id or a list), in that order, each once."""
+    ids = [] if eos is None else [eos]
+    for module in model.modules():
+        saved = getattr(getattr(module, "generation_config", None), "eos_token_id", None)
+        for token in saved if isinstance(saved, (list, tuple)) else [saved]:
+            if isinstance(token, int) and token not in ids:
+                ids.append(token)
+    return ids
+
+
 @contextmanager
 def _plain_generation_configs(model: nn.Module) -> Iterator[None]:
     """Give each Hugging Face model inside ``model`` (a wrapper's base and copies included) a generation config
