@@ -427,6 +427,20 @@ def test_evaluate_and_forget_request_refuse_arguments_they_cannot_use():
                    {"forget": [], "retain": request.retain_items(), "test": request.retain_items()}, [1, 2]):
         with pytest.raises(UserInputError, match="evaluate needs splits as a dict with non-empty 'forget', 'retain'"):
             unlearnkit.evaluate(model, splits)
+    full = {"forget": request.forget_items(), "retain": request.retain_items(), "test": request.retain_items()}
+    for splits, settings, message in (  # a misspelt split was ignored; the others raised KeyError or numpy errors
+            ({**full, "forget-test": full["test"]}, {}, "evaluate knows no split 'forget-test'"),
+            ({**full, "forget_test": []}, {}, "evaluate's 'forget_test' split is empty"),
+            (full, {"reference": {"forget_acc": 0.5}}, "evaluate's reference must map each of forget_acc, retain_acc"),
+            (full, {"seed": -1}, "evaluate's seed must be an integer from 0")):
+        with pytest.raises(UserInputError, match=message):
+            unlearnkit.evaluate(model, splits, **settings)
+    other = ClassifierAdapter(nn.Sequential(nn.Linear(4, 2)))
+    with pytest.raises(UserInputError, match="The model and adapter.model differ"):  # the first adapter was ignored
+        unlearnkit.unlearn(ClassifierAdapter(model), request, "gradient_ascent", adapter=other, max_steps=1)
+    pd = pytest.importorskip("pandas")  # installed with datasets
+    with pytest.raises(UserInputError, match="is a DataFrame, whose \\[i\\] is a column"):
+        ForgetRequest(pd.DataFrame({"x": [1, 2, 3], "label": [0, 1, 0]}), forget=[0], retain=[1, 2])
     bench = unlearnkit.load_benchmark("digits")
     for options, message in (({"fraction": 0}, "fraction must lie strictly between 0 and 1, got 0"),
                              ({"fraction": 1.5}, "got 1.5")):

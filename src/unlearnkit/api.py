@@ -37,7 +37,7 @@ class RunRecord:
 
 def _adapter_for(model: Any, adapter: Any | None) -> Any:
     if adapter is not None:
-        if isinstance(model, nn.Module) and model is not adapter.model:
+        if model is not adapter and model is not adapter.model:  # another model or adapter would be ignored
             raise UserInputError("The model and adapter.model differ; pass the adapter's own model (or only the adapter).")
         return adapter
     if hasattr(model, "kind") and hasattr(model, "per_item_loss"):
@@ -201,7 +201,19 @@ def evaluate(model: Any, splits: dict[str, Any], *, reference: dict[str, float] 
                                               for name in ("forget", "retain", "test")):
         raise UserInputError("evaluate needs splits as a dict with non-empty 'forget', 'retain' and 'test' item lists "
                              "(and optionally 'forget_test').")
-    from .eval.classification import evaluate_classifier
+    from .eval.classification import GAP_METRICS, evaluate_classifier
+    from .train.config import check_seed, finite_number
+
+    unknown = sorted(set(splits) - {"forget", "retain", "test", "forget_test"})
+    if unknown:  # a misspelt forget_test would be ignored, and the MIA scored against test instead
+        raise UserInputError(f"evaluate knows no split {unknown[0]!r}; the splits are forget, retain, test and forget_test.")
+    if "forget_test" in splits and len(splits["forget_test"]) == 0:
+        raise UserInputError("evaluate's 'forget_test' split is empty; give its items or leave it out.")
+    if reference is not None and not (isinstance(reference, Mapping) and all(
+            finite_number(reference.get(k)) for k in GAP_METRICS)):
+        raise UserInputError(f"evaluate's reference must map each of {', '.join(GAP_METRICS)} to a finite number "
+                             "(the retrained model's metrics).")
+    check_seed(seed, "evaluate's seed")
 
     return evaluate_classifier(adapter, splits, reference, seed)
 

@@ -38,6 +38,9 @@ class ForgetRequest:
             or not (hasattr(self.data, "__len__") and hasattr(self.data, "__getitem__"))):
             raise UserInputError(f"The request's data must be an indexable collection of items with a length "
                                  f"(a list or a Dataset), got {type(self.data).__name__}.")
+        if hasattr(self.data, "iloc"):  # a DataFrame: data[i] is a column, not the i-th item
+            raise UserInputError("The request's data is a DataFrame, whose [i] is a column; pass its rows, e.g. "
+                                 "df.to_dict('records').")
         object.__setattr__(self, "forget", _ids(self.forget, "forget"))
         if self.retain is not None:
             object.__setattr__(self, "retain", _ids(self.retain, "retain"))
