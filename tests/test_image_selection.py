@@ -21,6 +21,8 @@ def test_the_rule_takes_the_lowest_gap_per_scenario_and_the_earlier_on_a_tie():
             {"scenario": "random", "method": "gradient_ascent", "lr": 8e-4, "avg_gap": 0.02}]
     assert choose(rows, GRID) == {"class": {"gradient_ascent": {"lr": 8e-4}},
                                   "random": {"gradient_ascent": {"lr": 1e-4}}}
+    rows[0]["avg_gap"] = float("nan")  # a NaN gap is never the lowest, even first
+    assert choose(rows, GRID)["class"] == {"gradient_ascent": {"lr": 8e-4}}
 
 
 def test_selection_scores_match_the_bench_on_the_same_split(tmp_path):

@@ -102,3 +102,12 @@ def test_the_bench_uses_the_settings_the_published_selection_chose():
         method, settings = part.split(" ", 1)
         published[method] = dict(setting.split("=") for setting in settings.split(", "))
     assert published == {m: {k: str(v) for k, v in s.items()} for m, s in FACTS_METHOD_SETTINGS.items()}
+
+
+def test_a_candidate_with_a_nan_metric_is_never_the_closest_to_the_target():
+    from unlearnkit.benchmarks.selection import closest_to_target
+
+    rows = [{"lr": 1, "forget_quality": float("nan"), "utility_vs_retain": 1.0},
+            {"lr": 2, "forget_quality": 0.2, "utility_vs_retain": 0.9}]
+    assert closest_to_target(rows, "lr") == 2
+    assert closest_to_target(rows[:1], "lr") is None
