@@ -48,6 +48,22 @@ def test_bench_aggregates_can_be_recomputed_from_items(bench_out):
         assert accuracy == pytest.approx(ssd["metrics"][key], abs=1e-9)
 
 
+def test_bench_records_the_pace_its_retraining_time_is_compared_with(bench_out):
+    """time_vs_retrain divides by the cached retrain model's training seconds; the run records each reference's
+    seconds per step and the recipe's pace timed just before the methods, so that a note can say when they disagree."""
+    from unlearnkit.benchmarks.timing import recipe_steps
+    from unlearnkit.benchmarks.vision import forget_request, load_vision_benchmark
+
+    results = json.loads((bench_out / "results.json").read_text())
+    runs = {run["method"]: run for run in results["runs"]}
+    bench = load_vision_benchmark("digits", 0)
+    kept = len(bench.train) - len(forget_request(bench, "class").forget)
+    pace = results["step_seconds"]
+    assert set(pace) == {"original", "retrain", "now"} and pace["now"] > 0
+    assert pace["retrain"] == pytest.approx(results["retrain_seconds"] / recipe_steps(bench.recipe, kept))
+    assert pace["original"] == pytest.approx(runs["original"]["seconds"] / recipe_steps(bench.recipe, len(bench.train)))
+
+
 @pytest.mark.parametrize("args, message", [
     (["--methods", "nope"], "Unknown method 'nope'; valid methods:"),
     (["--benchmark", "cifar"], "Unknown benchmark 'cifar'; valid: digits, mnist, facts."),

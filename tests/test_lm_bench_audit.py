@@ -118,7 +118,7 @@ def test_a_bad_setting_is_refused_before_any_model_is_trained(tmp_path, monkeypa
 def test_reference_models_and_methods_timed_under_different_load_are_noted(bench):
     """time_vs_retrain divides a method's time now by the retain model's training time, measured whenever the
     cached model was trained: under other load (or threads) it is off by that factor, and nothing said so."""
-    from unlearnkit.benchmarks.lm_bench import timing_notes
+    from unlearnkit.benchmarks.timing import timing_notes
 
     _, results, _ = bench
     pace = results["step_seconds"]

@@ -17,6 +17,7 @@ from ..request import ForgetRequest
 from ..train.measure import memory_of, reference_memory
 from .cache import cache_root
 from .results import machine_info, memory_baseline, method_warnings, reference_notes, write_items, write_results
+from .timing import recipe_pace, recipe_steps, timing_notes
 from .vision import (BENCH_METHOD_SETTINGS, VisionBenchmark, cached_classifier, evaluation_split_ids, evaluation_splits,
                      forget_request, load_vision_benchmark, settings_note)
 
@@ -51,6 +52,13 @@ def prepare_case(bench: VisionBenchmark, scenario: str, request: ForgetRequest |
     splits = evaluation_splits(bench, request, scenario)
     reference = evaluate_classifier(bench.adapter(retrained), splits, seed=bench.seed).metrics
     return BenchCase(bench, request, target, target_meta, retrained, retrain_meta, splits, reference)
+
+
+def step_seconds(bench: VisionBenchmark, metas: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """Each reference model's training time per optimizer step, by role (its cached meta's seconds over the steps
+    the bench's recipe takes on its training items)."""
+    return {role: meta["train_seconds"] / recipe_steps(bench.recipe, meta["train_items"])
+            for role, meta in metas.items() if meta.get("train_items") and meta.get("train_seconds")}
 
 
 def run_classifier_bench(
@@ -94,6 +102,7 @@ def run_classifier_bench(
 
     memory = memory_baseline()
     warm_up(target, request, bench.adapter(target))
+    pace = recipe_pace(bench.recipe, bench.adapter(target), bench.train)
     for method in names:
         model, record = unlearn(target, request, method, adapter=bench.adapter(target), **settings[method])
         name = f"{method}_method" if method in items else method  # never overwrite a reference row
@@ -108,10 +117,11 @@ def run_classifier_bench(
             f"time={record.seconds:.2f}s ({record.seconds / retrain_seconds:.3f} of retrain)")
 
     machine = machine_info()
-    notes += method_warnings(runs) + reference_notes({"original": case.target_meta, "retrain": case.retrain_meta},
-                                                     machine)
+    metas = {"original": case.target_meta, "retrain": case.retrain_meta}
+    rates = step_seconds(bench, metas)
+    notes += method_warnings(runs) + timing_notes(rates, pace, "retrain") + reference_notes(metas, machine)
     results = {"benchmark": benchmark, "scenario": scenario, "seed": seed, "retrain_seconds": retrain_seconds, "notes": notes, **memory,
-               "machine": machine, "runs": runs}
+               "machine": machine, "step_seconds": {**rates, "now": pace}, "runs": runs}
     command = command or f"unlearnkit bench --benchmark {benchmark} --scenario {scenario}"
     with atomic_dir(out, overwrite=overwrite) as tmp:
         write_results(tmp, results, COLUMNS, f"{benchmark} — {scenario} forgetting", command)

@@ -22,6 +22,7 @@ from ..report.html import write_report
 from ..train.measure import memory_of, reference_memory
 from .cache import cache_root
 from .results import machine_info, memory_baseline, method_warnings, reference_notes, write_items, write_results
+from .timing import recipe_pace, timing_notes
 
 COLUMNS = ("method", "forget_quality", "model_utility", "forget_truth_ratio", "forget_prob", "forget_rouge",
            "retain_rouge", "general_rouge", "mia_loss_auc", "mia_minkpp_auc", "privleak", "extraction_strength",
@@ -146,61 +147,10 @@ def own_adapter(adapter: Any) -> Any:
     return adapter.with_model(adapter.model, share_tokens=False)
 
 
-#: Reference models train one model with one recipe on nearly the same items, so their seconds per optimizer step
-#: agree when timed under the same conditions, and with the pace of that recipe timed in the bench before its
-#: methods run (the cached references agree within 10 %); further apart than this factor, they were timed under
-#: other conditions. At 1.5 a bench whose methods ran at 1.49 × the retain model's pace said nothing, while the
-#: facts bench's bar is 3 % of retraining.
-TIMING_SPREAD = 1.25
-#: Optimizer steps of the models' training recipe the bench times before its methods (after one untimed step).
-PACE_STEPS = 5
-
-
 def step_seconds(references: Sequence[tuple[str, Any, Mapping[str, Any]]]) -> dict[str, float]:
     """Each reference model's training time per optimizer step (its cached meta's ``train_seconds / steps``)."""
     return {role: meta["train_seconds"] / meta["steps"] for role, _, meta in references
             if meta.get("steps") and meta.get("train_seconds")}
-
-
-def training_pace(config: Any, adapter: Any, items: Sequence[Any], steps: int = PACE_STEPS) -> float:
-    """Seconds per optimizer step of the models' training recipe on a copy of ``adapter``'s model, timed now (after
-    an untimed step, as the reference models' training was): the pace their training would have on this machine as
-    it runs the methods."""
-    from ..adapters.base import clone_model
-    from ..methods.base import item_stream
-    from ..train import optimise, warm_up_step
-    from .facts import training_recipe
-
-    recipe = dataclasses.replace(training_recipe(config), max_steps=steps)
-    timed = own_adapter(adapter).with_model(clone_model(adapter.model).train())
-    stream, per_epoch = item_stream(timed, items, recipe)
-    loss = lambda model, batch: timed.per_item_loss(model, batch).mean()  # noqa: E731
-    warm_up_step(timed.model, stream, loss, recipe, steps_per_epoch=per_epoch)
-    start = time.perf_counter()
-    record = optimise(timed.model, stream, loss, recipe, steps_per_epoch=per_epoch, description="timing the recipe")
-    return (time.perf_counter() - start) / max(record.steps, 1)
-
-
-def timing_notes(rates: Mapping[str, float], pace_now: float | None = None) -> list[str]:
-    """Notes on ``time_vs_retrain``: when the reference models' seconds per step (``rates``) differ by more than
-    :data:`TIMING_SPREAD` (cached models timed under other machine load, or thread counts, than one another), and when
-    the retain model's differs that much from the recipe's pace timed in this run (``pace_now``): the methods were
-    then timed under other conditions than the time they are divided by."""
-    notes = []
-    if len(rates) > 1 and max(rates.values()) > TIMING_SPREAD * min(rates.values()):
-        fast, slow = min(rates, key=rates.get), max(rates, key=rates.get)
-        notes.append(f"the reference models' training took from {rates[fast]:.3g} s a step ({fast}) to "
-                     f"{rates[slow]:.3g} s ({slow}) with the same model and recipe: they were timed under different "
-                     "machine load, so their `seconds` and `time_vs_retrain` compare runs timed under different "
-                     "conditions.")
-    retain = rates.get("retain")
-    if retain and pace_now and not 1 / TIMING_SPREAD <= retain / pace_now <= TIMING_SPREAD:
-        notes.append(f"the retain model's training took {retain:.3g} s a step, but the same recipe took "
-                     f"{pace_now:.3g} s a step in this run before the methods: the methods were timed under other "
-                     "machine load (or thread counts) than the retraining time their `time_vs_retrain` divides by, "
-                     "which is off by about that factor (for comparable times, run the bench on a quiet machine "
-                     "after removing the cached models).")
-    return notes
 
 
 def recorded_settings(config: Any, names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None
@@ -267,7 +217,7 @@ def run_lm_bench(
     """
     from ..adapters.causal_lm import CausalLMAdapter
     from ..train.distributed import check_launch, is_main_process, on_main, training_device
-    from .facts import cached_facts_model, facts_request, load_facts
+    from .facts import cached_facts_model, facts_request, load_facts, training_recipe
 
     log = log if is_main_process() else _quiet  # one process reports
 
@@ -337,7 +287,7 @@ def run_lm_bench(
                                    "seconds": meta["train_seconds"], **reference_memory(meta), "status": "ok"})
     baseline = memory_baseline()
     warm_up(target.model, request, target, memory)
-    pace = training_pace(config, target, data.train)
+    pace = recipe_pace(training_recipe(config), own_adapter(target), data.train)
     for name in names:
         own = own_adapter(target)
         model, record = unlearn(own.model, request, name, adapter=own, memory=memory, **settings[name])
