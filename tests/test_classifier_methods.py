@@ -615,3 +615,15 @@ def test_cached_models_of_different_train_test_splits_are_kept_apart(tmp_path, m
     for fraction in (0.2, 0.3, 0.2):
         cached_classifier(load_vision_benchmark("digits", 0, test_fraction=fraction), [], "target")
     assert len(trained) == 2 and trained[0] != trained[1]  # 0.3 trains its own model; 0.2 again is a cache hit
+
+
+def test_ssd_refuses_a_seed_it_would_never_use_and_benches_give_it_none():
+    """SSD has no randomness (unshuffled importance batches); it used to accept and record a seed that changed nothing."""
+    from unlearnkit.api import seeded_defaults
+    from unlearnkit.methods.registry import method_config
+
+    with pytest.raises(UserInputError, match="'ssd' does not use hyper-parameter 'seed'"):
+        method_config("ssd", {"seed": 3})
+    assert "seed" not in method_config("ssd", {}).to_dict()
+    defaults = seeded_defaults(["ssd", "gradient_ascent"], 4, {"ssd": {"alpha": 2.0}})
+    assert defaults == {"ssd": {"alpha": 2.0}, "gradient_ascent": {"seed": 4}}

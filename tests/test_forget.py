@@ -121,6 +121,8 @@ BAD_INPUTS = [
     ({"--param": "lr=1e30"}, "the run diverged (a lower lr may help); nothing was written"),  # was written as ok
     ({"--retain": None, "--project": "gu"}, "Method 'gradient_ascent' with project=gu needs retain data"),
     ({"--retain": "overlap.jsonl"}, "overlap.jsonl line 2 holds the same item as"),
+    # a label written "01" trains as class 1, so this retain row is forget item 3 (it was missed: compared as text)
+    ({"--retain": "overlap.csv"}, "overlap.csv line 3 holds the same item as"),
     ({"--forget": "nan.jsonl"}, "line 2: field 'input' holds NaN or an infinite value"),
     ({"--forget": "extra.csv"}, "extra.csv line 2 has 1 more value(s) than the header has column names"),
     ({"--subject": "M\udcfcller"}, "The --subject holds '\\udcfc', which is not valid Unicode text"),
@@ -145,6 +147,8 @@ def test_bad_input_exits_2_and_writes_nothing(workspace, capsys, overrides, mess
     _write_jsonl(ws / "overlap.jsonl", _rows(40, 0)[5:6] + [{**_rows(40, 0)[3], "label": float(_rows(40, 0)[3]["label"])}])
     (ws / "nan.jsonl").write_text('{"input": [1, 2, 3, 4], "label": 0}\n{"input": [NaN, 2, 3, 4], "label": 0}\n')
     (ws / "extra.csv").write_text('input,label\n"[1, 2, 3, 4]",0,surplus\n')
+    padded = [f'"{json.dumps(r["input"])}",0{r["label"]}' for r in _rows(40, 0)[5:6] + _rows(40, 0)[3:4]]
+    (ws / "overlap.csv").write_text("input,label\n" + "\n".join(padded) + "\n")
     import sqlite3
 
     sqlite3.connect(ws / "notaledger.db").execute("create table t(x)").connection.commit()

@@ -210,3 +210,126 @@ def test_a_field_holding_json_nested_past_the_parsers_depth_is_compared_as_text(
 
     deep = "[" * 100_000 + "]" * 100_000
     assert canonical_value(deep) == deep
+
+
+# --------------------------------------------------------------------------- review: values, files, terminals
+
+
+def test_a_negative_zero_duration_is_stored_so_that_the_row_verifies(tmp_path: Path) -> None:
+    """-0.0 passed the ``< 0`` check and was hashed as -0.0, but SQLite reads it back as 0.0: an honest append
+    made a ledger that never verified again (and that forget then refused to append to)."""
+    with Ledger(tmp_path / "zero.db", salt=SALT) as ledger:
+        ledger.append("t", ["x"], "m", {}, BEFORE, AFTER, {}, -0.0)
+        assert ledger.verify().ok
+        assert str(ledger.rows()[0].seconds) == "0.0"
+
+
+@pytest.mark.parametrize("value, message", [
+    (10 ** 400, "is not a number of seconds"),  # float() overflows: it was an OverflowError traceback
+])
+def test_an_impossible_duration_is_one_sentence(tmp_path: Path, value, message) -> None:
+    with Ledger(tmp_path / "bad.db", salt=SALT) as ledger, pytest.raises(UserInputError, match=message):
+        ledger.append("t", ["x"], "m", {}, BEFORE, AFTER, {}, value)
+    assert not (tmp_path / "bad.db").exists()
+
+
+def _nested(depth: int):
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("params", {"n": 10 ** 5000}, "The params holds an integer too long to be stored"),
+    ("items", [10 ** 5000], "The item holds an integer too long to be stored"),
+    ("params", {"deep": _nested(2000)}, "The params is nested too deeply to be stored"),
+    ("items", [_nested(2000)], "The item is nested too deeply to be stored"),
+    ("params", {1: "a", "1": "b"}, "The params has two keys with the same text"),  # one setting was silently lost
+])
+def test_values_json_cannot_hold_are_one_sentence(tmp_path: Path, field, value, message) -> None:
+    fields = {"params": {}, "items": ["x"], field: value}
+    with Ledger(tmp_path / "bad.db", salt=SALT) as ledger, pytest.raises(UserInputError, match=message):
+        ledger.append("t", fields["items"], "m", fields["params"], BEFORE, AFTER, {}, 1.0)
+    assert not (tmp_path / "bad.db").exists()
+
+
+def test_a_label_python_reads_as_a_number_is_recorded_as_that_number() -> None:
+    """forget trains on "01", "+1" and "1." as class 1, so it records, compares and looks them up as 1: they were
+    kept as text, so an overlap with a retain item labelled 1 passed and check-item could not find the item."""
+    from unlearnkit.ledger import recorded_form, recorded_forms
+
+    plain = recorded_form({"input": [0.5, 2], "label": 1}, "classifier", ("input", "label"))
+    for label in ("01", "+1", "1.", " 1 ", "1"):
+        assert recorded_form({"input": "[0.5, 2]", "label": label}, "classifier", ("input", "label")) == plain
+    assert plain in recorded_forms({"input": [0.5, 2.0], "label": "01"})
+    assert recorded_form({"input": [0], "label": "cat"}, "classifier", ("input", "label"))["label"] == "cat"
+    huge = 10 ** 401  # beyond any float: kept as the integer (float() raised OverflowError in check-item)
+    assert recorded_form({"input": [0], "label": huge}, "classifier", ("input", "label"))["label"] == huge
+
+
+@pytest.mark.parametrize("damage", ["emptied", "deleted"])
+def test_a_wiped_ledger_file_is_tampered_against_a_published_head(tmp_path: Path, damage: str, capsys) -> None:
+    """Emptying or deleting the file read as 'nothing is recorded yet' (exit 2), even given the head an auditor
+    kept: the one check the docs promise for rows cut off the end."""
+    path = tmp_path / "wiped.db"
+    write_rows(path, 3, salt=SALT)
+    with Ledger(path, salt=SALT) as ledger:
+        head = ledger.verify().head_hash
+    for side in path.parent.glob("wiped.db-*"):
+        side.unlink()
+    if damage == "emptied":
+        path.write_bytes(b"")
+    else:
+        path.unlink()
+    with Ledger(path, salt=SALT) as ledger:
+        result = ledger.verify(expect_head=head)
+    assert not result.ok and f"no row has the published head hash {head}" in result.reason
+    assert main(["ledger", "verify", "--ledger", str(path), "--expect-head", head]) == 1
+    assert "TAMPERED: no row has the published head hash" in capsys.readouterr().out
+    assert main(["ledger", "verify", "--ledger", str(path)]) == 2  # without a head: nothing says rows existed
+
+
+def test_text_that_is_not_utf8_names_its_row(tmp_path: Path, capsys) -> None:
+    """A subject set to bytes that are not UTF-8 stopped verify with 'cannot be read' (exit 2), not the row."""
+    path = tmp_path / "bytes.db"
+    write_rows(path, 4, salt=SALT)
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"UPDATE {ROWS_TABLE} SET subject = CAST(X'FF41' AS TEXT) WHERE id = 3")
+    conn.close()
+    with Ledger(path, salt=SALT) as ledger:
+        result = ledger.verify()
+    assert result.first_bad_id == 3 and "not UTF-8 text" in result.reason
+    assert main(["ledger", "verify", "--ledger", str(path)]) == 1
+    assert capsys.readouterr().out.startswith("TAMPERED: row 3:")
+
+
+def test_ledger_list_shows_control_codes_escaped(tmp_path: Path, capsys) -> None:
+    """A subject holding terminal escapes could hide text or restyle the listing (Rich stops markup, not these)."""
+    path = tmp_path / "codes.db"
+    with Ledger(path, salt=SALT) as ledger:
+        ledger.append("ticket-1\x1b[8mHIDDEN\x1b[0m\rFAKE", ["x"], "m\x1b[31m", {}, BEFORE, AFTER, {}, 1.0)
+    assert main(["ledger", "list", "--ledger", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out
+    assert "ticket-1\\x1b[8mHIDDEN\\x1b[0m\\rFAKE" in out and "m\\x1b[31m" in out
+
+
+def test_each_new_ledger_gets_its_own_random_salt(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        write_rows(tmp_path / name / "ledger.db", 1)
+    salts = {(tmp_path / name / "ledger.db.salt").read_text() for name in ("a", "b")}
+    assert len(salts) == 2
+
+
+@pytest.mark.parametrize("durable, synchronous", [(False, 1), (True, 2)])  # NORMAL, FULL
+def test_appends_use_wal_and_the_chosen_durability(tmp_path: Path, durable: bool, synchronous: int) -> None:
+    """Readers never block the writer (WAL), and durable=True syncs every commit; nothing checked either."""
+    with Ledger(tmp_path / "modes.db", salt=SALT, durable=durable) as ledger:
+        add(ledger)
+        with ledger._engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == synchronous
+    with sqlite3.connect(tmp_path / "modes.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn.close()

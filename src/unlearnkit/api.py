@@ -11,6 +11,7 @@ from .adapters.base import clone_model, device_of
 from .errors import UserInputError
 from .methods.registry import get_method, method_config
 from .request import ForgetRequest
+from .train.config import settings_of
 from .train.measure import measure
 from .train.stopping import check_stop_request
 
@@ -84,6 +85,14 @@ def check_lora(method: Any, memory: Any | None) -> None:
     if memory is not None and memory.gradient_checkpointing and not method.gradient_checkpointing:
         raise UserInputError(f"Method {method.name!r} computes no training-mode gradients through the model, so "
                              "--gradient-checkpointing would save no memory; drop --gradient-checkpointing.")
+
+
+def seeded_defaults(names: Sequence[str], seed: int, chosen: Mapping[str, Mapping[str, Any]]
+                    ) -> dict[str, dict[str, Any]]:
+    """Each method's bench defaults: ``seed`` for the methods with randomness of their own (batch order, labels,
+    teachers; not SSD), under the bench's ``chosen`` settings."""
+    return {name: {**({"seed": seed} if "seed" in settings_of(get_method(name).Config) else {}),
+                   **chosen.get(name, {})} for name in names}
 
 
 def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]], adapter: Any, request: Any,

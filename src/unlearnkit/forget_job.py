@@ -18,7 +18,7 @@ import torch
 
 from .errors import UserInputError
 from .io import check_output, named_files
-from .ledger import canonical_value, recorded_form
+from .ledger import recorded_form
 from .userdata import read_records, require_fields
 
 
@@ -158,16 +158,18 @@ def _require_utf8(text: str, what: str) -> None:
                              "give it in UTF-8.") from None
 
 
-def _content_key(record: Mapping[str, Any], fields: tuple[str, str]) -> str:
-    """The used fields' values, compared by value whatever file format carried them (see canonical_value)."""
-    return json.dumps([canonical_value(record.get(f)) for f in fields])
+def _content_key(record: Mapping[str, Any], kind: str, fields: tuple[str, str]) -> str:
+    """The item as the ledger records it (:func:`recorded_form`: the used fields, compared by value whatever file
+    format carried them, a label as the number it trains as)."""
+    return json.dumps(recorded_form(record, kind, fields), sort_keys=True)
 
 
 def _check_in_training_data(job: ForgetJob, forget_records, kind: str) -> None:
     fields = _used_fields(job, kind)
-    known = {_content_key(record, fields) for _, record in read_records(job.training_data)}
+    known = {_content_key(record, kind, fields) for _, record in read_records(job.training_data)
+             if all(name in record for name in fields)}  # a record without them cannot be a forget item
     for number, record in forget_records:
-        if _content_key(record, fields) not in known:
+        if _content_key(record, kind, fields) not in known:
             raise UserInputError(f"{job.forget} line {number} is not in the training data {job.training_data}.")
 
 
@@ -175,9 +177,9 @@ def _check_no_overlap(job: ForgetJob, forget_records, retain_records, kind: str)
     fields = _used_fields(job, kind)
     forget_lines = {}
     for number, record in forget_records:
-        forget_lines.setdefault(_content_key(record, fields), number)
+        forget_lines.setdefault(_content_key(record, kind, fields), number)
     for number, record in retain_records:
-        twin = forget_lines.get(_content_key(record, fields))
+        twin = forget_lines.get(_content_key(record, kind, fields))
         if twin is not None:
             raise UserInputError(f"{job.retain} line {number} holds the same item as {job.forget} line {twin}; "
                                  "an item cannot be both forgotten and kept.")

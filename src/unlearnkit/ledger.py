@@ -58,6 +58,7 @@ import math
 import os
 import re
 import secrets
+import sqlite3
 import sys
 import tempfile
 import unicodedata
@@ -141,8 +142,23 @@ def _plain_json(value: Any, *, what: str) -> Any:
     """Turn ``value`` into plain JSON data: tuples become lists, numpy/tensor scalars and arrays become
     numbers and lists, and non-finite floats become the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
     """
-    plain = _plain(value, what=what, arrays=_array_to_list)
-    return json.loads(canonical_json(plain))  # so stored and freshly built values hash the same way
+    with _storable(what):
+        plain = _plain(value, what=what, arrays=_array_to_list)
+        return json.loads(canonical_json(plain))  # so stored and freshly built values hash the same way
+
+
+@contextmanager
+def _storable(what: str) -> Iterator[None]:
+    """Turn the limits of JSON in Python (nesting deeper than the interpreter recurses, integers longer than it
+    writes as text) into one sentence about ``what``."""
+    try:
+        yield
+    except RecursionError:
+        raise UserInputError(f"The {what} is nested too deeply to be stored.") from None
+    except ValueError as error:
+        if "digits" not in str(error):  # int-to-text's length limit; other ValueErrors are not ours to reword
+            raise
+        raise UserInputError(f"The {what} holds an integer too long to be stored ({error}).") from None
 
 
 def _plain(value: Any, *, what: str, arrays: Any) -> Any:
@@ -153,7 +169,11 @@ def _plain(value: Any, *, what: str, arrays: Any) -> Any:
             return value
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if isinstance(value, Mapping):
-        return {str(k): _plain(v, what=what, arrays=arrays) for k, v in value.items()}
+        plain = {str(k): _plain(v, what=what, arrays=arrays) for k, v in value.items()}
+        if len(plain) < len(value):  # {1: a, "1": b}: JSON keys are text, and one value would be lost
+            raise UserInputError(f"The {what} has two keys with the same text ({', '.join(map(repr, value))}); "
+                                 "JSON keys are text, so one would be lost.")
+        return plain
     if isinstance(value, (list, tuple)):
         return [_plain(v, what=what, arrays=arrays) for v in value]
     if _is_array(value):
@@ -214,8 +234,10 @@ def item_bytes(item: Any) -> bytes:
     if _is_array(item):
         dtype, shape, raw = _array_bytes(item)
         return _array_header(dtype, shape) + raw
-    text = item if isinstance(item, str) else canonical_json(_plain(item, what="item", arrays=_array_digest))
-    return _utf8(text, "An item")
+    if not isinstance(item, str):
+        with _storable("item"):
+            item = canonical_json(_plain(item, what="item", arrays=_array_digest))
+    return _utf8(item, "An item")
 
 
 def _utf8(text: str, what: str) -> bytes:
@@ -236,7 +258,22 @@ def canonical_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [canonical_value(v) for v in value]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float: compared as the integer
+            return value
+    return value
+
+
+def canonical_label(value: Any) -> Any:
+    """A class label as the number the model trains on: :func:`canonical_value`, and also text that reads as a
+    number only to Python's ``float`` ("01", "+1", "1.", " 1 "), as ``forget`` reads labels."""
+    value = canonical_value(value)
+    if isinstance(value, str):
+        try:
+            return float(value.strip())
+        except ValueError:
+            return value
     return value
 
 
@@ -248,7 +285,7 @@ def recorded_form(record: Mapping[str, Any], kind: str, fields: Sequence[str]) -
         question, answer = fields
         return {"question": str(record[question]), "answer": str(record[answer])}
     inputs, label = fields
-    return {"input": canonical_value(record[inputs]), "label": canonical_value(record[label])}
+    return {"input": canonical_value(record[inputs]), "label": canonical_label(record[label])}
 
 
 def recorded_forms(item: Any) -> list[Any]:
@@ -381,7 +418,11 @@ def _content_fault(stored: Mapping[str, Any]) -> str | None:
     wrong = _wrong_type(stored)
     if wrong is not None:
         return f"a field has the wrong type (its {wrong} is a {type(stored[wrong]).__name__})"
-    if _stored_row_hash(stored) != stored["row_hash"]:
+    try:
+        intact = _stored_row_hash(stored) == stored["row_hash"]
+    except UnicodeEncodeError:  # text read back by _lenient_text: bytes no append writes
+        return "a text field holds bytes that are not UTF-8 text (a field was edited)"
+    if not intact:
         return "its content does not match its row_hash (a field was edited)"
     for name in _JSON_FIELDS:
         if not _is_canonical_json(stored[name]):
@@ -857,6 +898,11 @@ class Ledger:
         """
         if expect_head is not None and not _HEX64.fullmatch(expect_head):
             raise UserInputError(f"The expected head {expect_head!r} is not a row_hash (64 lowercase hex digits).")
+        path = self._target.sqlite_path
+        if expect_head not in (None, GENESIS_HASH) and path is not None and not _has_content(path):
+            # a new ledger has no rows either, but a published head says this one had them
+            return VerifyResult(False, None, f"no row has the published head hash {expect_head}: the ledger file "
+                                f"{'is empty' if path.exists() else 'is gone'}, so every row up to it was deleted")
         result, seen = self._verify_chain(expect_head)
         if result.ok and expect_head not in (None, GENESIS_HASH) and not seen:
             return VerifyResult(False, None, f"no row has the published head hash {expect_head}: the rows up to "
@@ -876,7 +922,7 @@ class Ledger:
                 return VerifyResult(False, None, _NO_TABLES), False
             return VerifyResult(True, None, "the ledger is empty"), False
         seen = False
-        with self._engine.connect() as conn, conn.begin():  # one snapshot for rows and head
+        with self._engine.connect() as conn, _lenient_text(conn), conn.begin():  # one snapshot for rows and head
             heads = dict(conn.execute(_READ_HEADS).all())
             checker = _ChainChecker()
             for record in self._stored_rows(conn):
@@ -985,6 +1031,26 @@ class _ChainChecker:
 # --------------------------------------------------------------------------- helpers
 
 
+def _has_content(path: Path) -> bool:
+    """Whether the file at ``path`` exists and is not empty."""
+    return path.exists() and path.stat().st_size > 0
+
+
+@contextmanager
+def _lenient_text(conn: sa.engine.Connection) -> Iterator[None]:
+    """On SQLite, read text that is not UTF-8 (written by hand, never by an append) with surrogate escapes, so
+    that verify names the row holding it instead of stopping at the driver's decoding error."""
+    raw = conn.connection.dbapi_connection
+    if not isinstance(raw, sqlite3.Connection):
+        yield
+        return
+    raw.text_factory = lambda data: data.decode("utf-8", "surrogateescape")
+    try:
+        yield
+    finally:
+        raw.text_factory = str
+
+
 def _sqlite_on_begin(conn: sa.engine.Connection) -> None:
     # IMMEDIATE takes the writer lock before the head is read, so two appenders cannot both read the same head.
     conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("unlearnkit_write") else "BEGIN")
@@ -1034,8 +1100,8 @@ def _validated_fields(
         if not isinstance(value, Mapping):
             raise UserInputError(f"The ledger {name} must be a mapping, not a {type(value).__name__}.")
     try:
-        seconds = float(seconds)
-    except (TypeError, ValueError):
+        seconds = float(seconds) + 0.0  # -0.0 is stored as 0 and read back as 0.0: its hash would never verify
+    except (TypeError, ValueError, OverflowError):
         raise UserInputError(f"The duration {seconds!r} is not a number of seconds.") from None
     if not math.isfinite(seconds) or seconds < 0:
         raise UserInputError(f"The duration {seconds!r} is not a non-negative number of seconds.")

@@ -66,8 +66,15 @@ def list_command(ledger: LedgerOption = DEFAULT_LEDGER, salt_file: SaltFileOptio
             str(row.id), row.time[:19], row.subject, row.method, str(len(row.item_hashes)), row.status,
             f"{row.seconds:.2f}", f"{row.fingerprint_before[:12]} → {after}",
         )
-        table.add_row(*map(Text, cells))  # literally: a subject like "[red]x" or "[/x]" is text, not markup
+        # literally: a subject like "[red]x" or "[/x]" is text, not markup, and control codes are shown escaped
+        table.add_row(*(Text(_printable(cell)) for cell in cells))
     Console(width=160).print(table)
+
+
+def _printable(text: str) -> str:
+    """``text`` with each character a terminal would act on (escape sequences, carriage returns) or could not print
+    shown as its Python escape, so that stored text cannot hide or restyle the listing."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 def show_command(

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from ..api import unlearn, validate_runs, warm_up
+from ..api import seeded_defaults, unlearn, validate_runs, warm_up
 from ..eval.classification import evaluate_classifier
 from ..io import atomic_dir, check_output, named_files
 from ..methods.registry import methods
@@ -80,7 +80,7 @@ def run_classifier_bench(
     # the run's seed drives the methods' own randomness too (batch order, random labels, teachers), as it
     # does the split, the forget set and the models' training; a --param METHOD.seed still overrides it
     own = BENCH_METHOD_SETTINGS[benchmark][scenario]
-    defaults = {name: {"seed": seed, **own.get(name, {})} for name in names}
+    defaults = seeded_defaults(names, seed, own)
     settings = validate_runs(names, params or {}, bench.adapter(None), request, defaults)
     check_output(out, overwrite=overwrite, inputs=(cache_root(), *named_files(params or {})))
 

@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..api import unlearn, validate_runs
+from ..api import seeded_defaults, unlearn, validate_runs
 from ..errors import UserInputError
 from ..eval.classification import evaluate_classifier
 from ..io import write_text_atomic
@@ -75,7 +75,7 @@ def score_image_candidates(benchmark: str, seeds: Sequence[int], candidates: Map
             for method, values in candidates.items():
                 for index, value in enumerate(values):
                     # the split seed drives the method's own randomness too, as in the bench
-                    defaults = {method: {"seed": seed, **BENCH_METHOD_SETTINGS[benchmark][scenario].get(method, {})}}
+                    defaults = seeded_defaults([method], seed, BENCH_METHOD_SETTINGS[benchmark][scenario])
                     settings = validate_runs([method], {method: dict(value)}, adapter, case.request, defaults)
                     model, _ = unlearn(case.target, case.request, method, adapter=adapter, **settings[method])
                     gap = evaluate_classifier(bench.adapter(model), case.splits, case.reference, seed).metrics["avg_gap"]

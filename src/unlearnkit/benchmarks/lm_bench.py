@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..api import check_lora, unlearn, validate_runs, warm_up
+from ..api import check_lora, seeded_defaults, unlearn, validate_runs, warm_up
 from ..errors import UserInputError
 from ..eval.attacks import RelearnSettings, check_attack_items, parse_attacks, run_attacks
 from ..eval.language import LM_METRICS, evaluate_lm, lm_metrics
@@ -121,8 +121,7 @@ def method_settings(names: Sequence[str], params: Mapping[str, Mapping[str, Any]
     :func:`facts_settings` (chosen for the scratch GPT-2, so not applied to other bases) under the
     user's ``--param`` values, validated."""
     chosen = facts_settings(base)
-    defaults = {name: {"seed": seed, **chosen.get(name, {})} for name in names}
-    return validate_runs(names, params or {}, adapter, request, defaults)
+    return validate_runs(names, params or {}, adapter, request, seeded_defaults(names, seed, chosen))
 
 
 def bench_relearn_settings(config: Any) -> RelearnSettings:

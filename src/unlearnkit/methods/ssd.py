@@ -61,7 +61,7 @@ class SSDConfig(TrainConfig):
     """α (selection threshold) and λ (dampening strength); ``batch_size`` sets the importance batches;
     ``full_importance`` names a file from :func:`save_full_importance` (empty: compute it now)."""
 
-    unused = OPTIMISER_SETTINGS
+    unused = (*OPTIMISER_SETTINGS, "seed")  # its importance batches are unshuffled: nothing is random
     alpha: float = 10.0
     lam: float = 1.0
     batch_size: int = 64
