@@ -220,13 +220,29 @@ def test_out_of_range_settings_are_user_errors(digits):
 def test_random_wrong_labels_never_repeat_the_true_label_and_cover_the_others():
     labels = torch.arange(5).repeat(400)
     draws = torch.rand(len(labels), generator=torch.Generator().manual_seed(3))
-    drawn = random_wrong_labels(labels, 5, draws)
+    everything = torch.ones(len(labels), 5, dtype=torch.bool)
+    drawn = random_wrong_labels(labels, everything, draws)
     assert not torch.any(drawn == labels)
+    # with every class allowed: the label plus 1 + ⌊draw·4⌋ (cyclically), as before classes could be restricted
+    assert torch.equal(drawn, (labels + 1 + (draws * 4).long().clamp(max=3)) % 5)
     for true in range(5):
         counts = torch.bincount(drawn[labels == true], minlength=5)
         assert counts[true] == 0 and counts.min() == 0 and sorted(counts.tolist())[1] > 60  # the 4 others, ~100 each
-    edges = random_wrong_labels(torch.zeros(3, dtype=torch.long), 5, torch.tensor([0.0, 0.2499, 1 - 1e-7]))
+    edges = random_wrong_labels(torch.zeros(3, dtype=torch.long), torch.ones(3, 5, dtype=torch.bool),
+                                torch.tensor([0.0, 0.2499, 1 - 1e-7]))
     assert edges.tolist() == [1, 1, 4]
+
+
+def test_random_wrong_labels_stay_in_the_classes_an_item_may_take():
+    """In a task-incremental stream an item's logits are masked to its task's classes: a wrong label outside them
+    (14 of 16 on split-digits' task 0) gave a loss of 8.75e8."""
+    allowed = torch.zeros(4, 6, dtype=torch.bool)
+    allowed[:2, [0, 1]] = True  # labels 0 and 1: task {0, 1}
+    allowed[2:, [2, 4, 5]] = True  # labels 4 and 5: task {2, 4, 5}
+    labels, draws = torch.tensor([0, 1, 4, 5]), torch.tensor([0.99, 0.0, 0.6, 0.4])
+    assert random_wrong_labels(labels, allowed, draws).tolist() == [1, 0, 2, 2]  # 4 → (5, 2): 2nd; 5 → (2, 4): 1st
+    with pytest.raises(UserInputError, match="need a second class"):
+        random_wrong_labels(torch.tensor([0]), torch.tensor([[True, False]]), torch.tensor([0.5]))
 
 
 def test_saliency_mask_ranks_entries_globally_across_tensors():

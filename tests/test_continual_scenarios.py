@@ -88,3 +88,33 @@ def test_split_digits_refuses_a_split_that_would_drop_classes_or_a_setting_it_ca
     with pytest.raises(UserInputError, match="class-il or task-il, not 'domain-il'"):
         split_digits(setting="domain-il")
     assert [t.classes for t in split_digits(classes_per_task=5).tasks] == [(0, 1, 2, 3, 4), (5, 6, 7, 8, 9)]
+
+
+def test_domain_incremental_tasks_are_scored_on_their_own_domains_images():
+    """Every task of a domain-incremental scenario is scored on its domain's test images (scoring them all on
+    domain 0 passed every continual test)."""
+    import torch.nn.functional as F
+
+    from unlearnkit.continual.runner import task_log_probs
+    from unlearnkit.continual.scenarios import permuted_digits
+
+    scenario = permuted_digits(0, num_tasks=2)
+
+    class Features:  # logits: the first 10 pixels, which the permutation moves
+        def logits(self, x, task=None):
+            return x.reshape(len(x), -1)[:, :10]
+
+    scores = task_log_probs(Features(), scenario)
+    for task in scenario.tasks:
+        expected = F.log_softmax(scenario.test_x[task.domain].reshape(len(scenario.test_x[task.domain]), -1)[:, :10], dim=1)
+        assert torch.equal(scores[task.index], expected[task.test_index])
+    assert not torch.equal(scores[0], scores[1])
+
+
+@pytest.mark.parametrize("seed", [None, -1, 2 ** 32, 1.5, "3"])
+def test_a_scenario_seed_that_is_not_one_is_refused(seed):
+    """None drew another split on every call (and recorded seed None); the others crashed inside scikit-learn."""
+    from unlearnkit.continual.scenarios import build_scenario
+
+    with pytest.raises(UserInputError, match="The scenario seed must be an integer from 0"):
+        build_scenario("split-digits", seed)

@@ -13,6 +13,7 @@ from unlearnkit.continual.strategies.ewc import EWC
 from unlearnkit.continual.strategies.refresh import Refresh
 from unlearnkit.continual.strategies.base import MASK_VALUE
 from unlearnkit.continual.unlearners import amnesiac, apply_unlearner
+from unlearnkit.errors import UserInputError
 from unlearnkit.train import TrainRecord
 
 FAST = {"epochs": 2}
@@ -582,3 +583,25 @@ def test_uncle_unlearning_loss_is_the_keep_term_plus_gamma_times_the_mean_over_n
     learner.unlearn(0, set())
     assert seen["keep"] > 1e-3 * seen["expected"]  # the keep term weighs in the comparison
     assert seen["loss"] == pytest.approx(seen["expected"], rel=1e-6)
+
+
+@pytest.mark.parametrize("unlearner, settings", [("gradient_ascent", {"epochs": 1, "lr": 1e-3}),
+                                                 ("random_label", {"epochs": 3, "lr": 0.01})])
+def test_core_unlearners_run_in_a_task_incremental_stream(task_il, unlearner, settings):
+    """Every core unlearner crashed here (KeyError 'labels': the API's width check runs a forward without labels),
+    after the tasks had trained; random_label then drew wrong labels outside the item's task, whose logits are
+    masked (a loss of 8.75e8), and left task 0 at accuracy 1.00."""
+    run = run_stream(task_il, "naive", "learn:0,learn:1,unlearn:0", unlearner=unlearner, params=FAST,
+                     unlearner_params=settings, reference=False)
+    before, after = run.steps[1].accuracy, run.steps[2].accuracy
+    assert after[0] < before[0] - 0.3  # task 0 forgotten (from 0.97; two classes, so chance is 0.5)
+    assert after[1] > 0.8  # task 1 kept (0.96 before)
+    assert run.steps[2].info["status"] == "ok"
+
+
+def test_a_diverged_core_unlearner_is_refused(scenario):
+    """The loop restores the last finite weights when a run diverges; that model was adopted as 'unlearned' (task 0
+    kept accuracy 1.0) and the run reported nothing."""
+    with pytest.raises(UserInputError, match="Unlearner 'gradient_ascent' diverged"):
+        run_stream(scenario, "naive", "learn:0,unlearn:0", unlearner="gradient_ascent", params=FAST,
+                   unlearner_params={"lr": 1e30}, reference=False)

@@ -110,3 +110,17 @@ def test_run_stream_names_arguments_of_the_wrong_kind(arguments, message):
     call = {"scenario": split_digits(0), "strategy": "naive", "stream": "learn:0", "seed": 0, **arguments}
     with pytest.raises(UserInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         run_stream(call.pop("scenario"), call.pop("strategy"), call.pop("stream"), seed=call.pop("seed"))
+
+
+def test_a_task_emptied_by_another_tasks_request_stays_unlearned():
+    """A task whose samples all go with another task's request is forgotten whole (the runner drops its weight
+    change); check_stream still listed it as learned, so once a later task learned the same samples, unlearning it
+    passed the check and crashed the runner (amnesiac: KeyError) after every task had trained."""
+    from unlearnkit.continual.scenarios import scole
+
+    shared = scole(0, num_tasks=40, classes_per_task=1, samples_per_class=139)  # the smallest class: every image
+    assert sorted(shared.tasks[0].train_ids.tolist()) == sorted(shared.tasks[17].train_ids.tolist())
+    with pytest.raises(UserInputError, match="token 5 'unlearn:0' unlearns task 0, which is not learned"):
+        check_stream(parse_stream("learn:0,learn:17,unlearn:17,learn:34,unlearn:0"), shared)
+    check_stream(parse_stream("learn:0,learn:17,unlearn:17,learn:34,unlearn:34"), shared)
+    check_stream(parse_stream("learn:0,learn:17,unlearn:17,learn:0,unlearn:0"), shared)  # learned again itself

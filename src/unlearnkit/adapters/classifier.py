@@ -103,6 +103,10 @@ class ClassifierAdapter:
         logits = self.logits(model, batch)
         return F.cross_entropy(logits, batch["labels"].to(logits.device), reduction="none")
 
+    def allowed_classes(self, labels: torch.Tensor, width: int) -> torch.Tensor:
+        """Which of the ``width`` classes each item (by its label) may be scored as: all of them."""
+        return torch.ones(len(labels), width, dtype=torch.bool)
+
     def with_model(self, model: nn.Module) -> "ClassifierAdapter":
         """The same adapter around another model (for example a copy being unlearned)."""
         return ClassifierAdapter(model, self.num_classes)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..errors import UserInputError
+from ..train.config import check_seed
 
 SETTINGS = ("class-il", "task-il", "domain-il")
 
@@ -242,6 +243,7 @@ def build_scenario(name: str, seed: int = 0, *, data: str | None = None, **optio
         valid = ", ".join([*SCENARIOS, "clofai"])
         raise UserInputError(f"Unknown scenario {name!r}; valid scenarios: {valid}.")
     check_scenario_options(name, options)
+    check_seed(seed, "The scenario seed")  # None drew a different split on every call; -1 crashed in scikit-learn
     if name == "clofai":
         if not data:
             raise UserInputError("The clofai scenario needs a data folder (--data DIR) with one sub-folder per task.")

@@ -109,7 +109,9 @@ def check_stream(requests: Sequence[Request], scenario: Scenario) -> list[int]:
     return the number of distinct learned samples left after each request (what an unlearner may retain).
 
     A task or sample can be unlearned only while it is learned: after a ``learn`` of a task holding
-    it and before it was unlearned (learning the task again makes it learnable-unlearnable again).
+    it and before it was unlearned (learning the task again makes it learnable-unlearnable again). A task
+    that an unlearn request leaves with no learned sample counts as unlearned, even if another task learns
+    the same samples later.
     """
     learned: dict[int, int] = {}  # sample id -> number of learned tasks holding it
     task_learned: set[int] = set()
@@ -142,6 +144,8 @@ def check_stream(requests: Sequence[Request], scenario: Scenario) -> list[int]:
                     f"The {request.describe()} unlearns sample {bad[0]}, which is not learned at that point of the stream."
                 )
             _forget(learned, request.ids)
+        if request.action == "unlearn":  # a task left with no learned sample is forgotten whole, as the runner does
+            task_learned = {t for t in task_learned if any(i in learned for i in scenario.tasks[t].train_ids.tolist())}
         remaining.append(len(learned))
     return remaining
 

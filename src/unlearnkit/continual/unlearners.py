@@ -127,10 +127,17 @@ class TaskMaskedAdapter(ClassifierAdapter):
                 self.allowed[label, list(task.classes)] = True
 
     def logits(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Class logits with every class outside the item's task at the masked value."""
+        """Class logits with every class outside the item's task at the masked value; unmasked for a batch without
+        labels (the API's check of the model's width), whose items' tasks are unknown."""
         logits = super().logits(model, batch)
-        keep = self.allowed.to(logits.device)[batch["labels"].to(logits.device)]
+        if "labels" not in batch:
+            return logits
+        keep = self.allowed_classes(batch["labels"], logits.shape[-1]).to(logits.device)
         return logits.masked_fill(~keep, MASK_VALUE)
+
+    def allowed_classes(self, labels: torch.Tensor, width: int) -> torch.Tensor:
+        """The classes of the task (or tasks) that own each item's label."""
+        return self.allowed[labels.cpu()]
 
     def with_model(self, model: torch.nn.Module) -> "TaskMaskedAdapter":
         """The same masking around another model."""
@@ -141,13 +148,17 @@ def core_unlearn(learner: GradientLearner, scenario: Scenario, method: str, forg
                  params: Mapping[str, Any]) -> dict[str, Any]:
     """Apply a core method to the learner's model, through the public API, and adopt the result (its
     losses masked per task in task-incremental scenarios, like the learner's own). The method's seed is
-    the learner's (the run's) unless ``params`` set one."""
-    from ..api import unlearn
+    the learner's (the run's) unless ``params`` set one; a diverged run is refused."""
+    from ..api import seeded_defaults, unlearn
 
     request = ForgetRequest(scenario.items(), sorted(forget), sorted(retain - forget) or None, reason="continual stream")
     adapter = (TaskMaskedAdapter(learner.model, scenario) if scenario.setting == "task-il"
                else ClassifierAdapter(learner.model, scenario.num_classes))
-    model, record = unlearn(learner.model, request, method, adapter=adapter, **{"seed": learner.seed, **params})
+    settings = {**seeded_defaults([method], learner.seed, {})[method], **params}
+    model, record = unlearn(learner.model, request, method, adapter=adapter, **settings)
+    if record.status == "diverged":  # its model is the loop's restored weights: adopting it would forget nothing
+        raise UserInputError(f"Unlearner {method!r} diverged ({record.message.partition(';')[0]}); lower its lr or "
+                             "set grad_clip with --unlearner-param.")
     learner.model.load_state_dict(model.state_dict())
     return {"method": method, "status": record.status, "steps": record.steps}
 

@@ -6,7 +6,8 @@ SalUn papers. Update rule, with ỹ drawn uniformly from the classes other than 
 
 Choices: each forget batch is paired with a retain batch (``retain_pairing``, as the ``sampling``
 setting says, standard by default) rather than running separate forget and retain passes; the
-wrong labels are drawn anew each epoch, one uniform number per forget row carried in its batch
+wrong labels are drawn anew each epoch, among the classes the adapter allows the item (all of them, or in a
+task-incremental stream its task's; :meth:`ClassifierAdapter.allowed_classes`), one uniform number per forget row carried in its batch
 (:func:`with_label_draws`, a generator seeded with ``seed`` and the epoch), so runs repeat exactly
 and N processes, which each take their rows of a batch, train on the labels one process draws; the
 class count is the width of the logits.
@@ -62,10 +63,20 @@ def check_retain_weight(config: Any, method: str) -> None:
 LABEL_DRAWS = "wrong_label_draws"
 
 
-def random_wrong_labels(labels: torch.Tensor, num_classes: int, draws: torch.Tensor) -> torch.Tensor:
-    """For each true label, one of the ``num_classes - 1`` other classes, picked by its uniform draw in [0, 1)."""
-    shift = 1 + (draws.cpu() * (num_classes - 1)).long().clamp(max=num_classes - 2)
-    return (labels.cpu() + shift).remainder(num_classes).to(labels.device)
+def random_wrong_labels(labels: torch.Tensor, allowed: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """For each true label, one of the other classes its row may take (``allowed``, rows × classes: every class, or
+    a task-incremental item's task's classes), picked by its uniform draw in [0, 1): the k-th of them counting up
+    from the label (cyclically), k = ⌊draw · their count⌋."""
+    labels, allowed = labels.cpu(), allowed.cpu()
+    classes = allowed.shape[1]
+    after = (labels[:, None] + 1 + torch.arange(classes - 1)).remainder(classes)  # the other classes, in that order
+    usable = allowed.gather(1, after)
+    count = usable.sum(dim=1)
+    if bool((count == 0).any()):
+        raise UserInputError("Random wrong labels need a second class an item may take; an item's task has one class.")
+    k = (draws.cpu() * count).long().minimum(count - 1)
+    pick = (usable & (usable.cumsum(dim=1) == k[:, None] + 1)).long().argmax(dim=1)
+    return after.gather(1, pick[:, None]).squeeze(1).to(labels.device)
 
 
 def with_label_draws(stream: Callable[[int], Iterator[dict]], seed: int, part: str | None = None
@@ -85,7 +96,8 @@ def with_label_draws(stream: Callable[[int], Iterator[dict]], seed: int, part: s
 def relabelled_loss(adapter: Any, model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """Mean cross-entropy of ``batch`` against the random wrong labels its draws pick."""
     logits = adapter.logits(model, batch)
-    return F.cross_entropy(logits, random_wrong_labels(batch["labels"], logits.shape[-1], batch[LABEL_DRAWS]))
+    allowed = adapter.allowed_classes(batch["labels"], logits.shape[-1])
+    return F.cross_entropy(logits, random_wrong_labels(batch["labels"], allowed, batch[LABEL_DRAWS]).to(logits.device))
 
 
 class RandomLabel(Method):

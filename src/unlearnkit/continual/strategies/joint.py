@@ -1,7 +1,8 @@
 """Joint training: the upper bound that is allowed to see every learned sample at once.
 
-After each learn request the model is re-initialised (same seed) and trained on the union of all
-samples learned so far (minus forgotten ones) for the usual number of epochs per task; its natural
+After each learn request the model is re-initialised (same seed) and trained on every sample learned so far
+(minus forgotten ones) for the usual number of epochs per task. The store keeps one row per learn: a task
+learned twice counts twice per epoch, as the retrained reference, which replays the same requests, does too. Its natural
 unlearner is exact retraining. It stores all learned samples, so unlearning purges that store.
 """
 
