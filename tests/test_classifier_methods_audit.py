@@ -146,3 +146,67 @@ def test_random_label_with_its_retain_term_off_runs_without_retain_data():
     assert any(not torch.equal(before[k], v) for k, v in unlearned.state_dict().items())
     with pytest.raises(UserInputError, match="retain"):
         unlearn(model, forget_only, "random_label", retain_weight=1.0)
+
+
+# --------------------------------------------------------------------------- review: BatchNorm and bad items
+
+
+def batchnorm_request(forget: int, retain: int) -> tuple[nn.Module, ForgetRequest]:
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)).eval()
+    inputs = torch.randn(forget + retain, 4, generator=generator)
+    data = [(inputs[i], int(inputs[i, 0] > 0)) for i in range(len(inputs))]
+    return model, ForgetRequest(data, forget=list(range(forget)), retain=list(range(forget, forget + retain)))
+
+
+@pytest.mark.parametrize("method, forget, retain", [
+    ("gradient_ascent", 1, 8),  # a one-record request: every batch holds one item
+    ("neggrad_plus", 1, 8),
+    ("scrub", 1, 8),
+    ("finetune", 4, 9),  # 9 retain items at batch 8: one left over
+])
+def test_a_batch_of_one_trains_a_batchnorm_model(method, forget, retain):
+    """BatchNorm cannot take batch statistics of one item: these runs raised torch's ValueError."""
+    model, request = batchnorm_request(forget, retain)
+    epochs = {"epochs": 2, "max_epochs": 1} if method == "scrub" else {"epochs": 1}
+    unlearned, record = unlearn(model, request, method, batch_size=8, **epochs)
+    assert record.status == "ok"
+    assert not torch.equal(unlearned[0].weight, model[0].weight)
+
+
+def test_a_batch_of_one_leaves_the_running_statistics_alone():
+    model, request = batchnorm_request(2, 0)
+    adapter = ClassifierAdapter(model.train(), 2)
+    before = model[1].running_mean.clone()
+    adapter.logits(model, adapter.collate(request.forget_items()[:1]))
+    assert torch.equal(model[1].running_mean, before) and model[1].training  # running statistics used, mode kept
+    adapter.logits(model, adapter.collate(request.forget_items()))
+    assert not torch.equal(model[1].running_mean, before)  # two items: batch statistics, as before
+
+
+@pytest.mark.parametrize("value", [0.5, True, 1.0])
+def test_l1_sparse_refuses_a_penalty_free_epoch_count_that_is_not_an_integer(value):
+    with pytest.raises(UserInputError, match="no_l1_epochs must be in 0..epochs-1"):
+        config("l1_sparse", no_l1_epochs=value, epochs=3)
+
+
+def test_items_the_model_cannot_take_are_one_sentence_from_the_api():
+    """Inputs of another width raised torch's RuntimeError from unlearnkit.unlearn and unlearnkit.evaluate."""
+    from unlearnkit.api import evaluate
+
+    model, request = toy_request()
+    wide = [(torch.randn(5), 0) for _ in range(4)]
+    with pytest.raises(UserInputError, match=r"The model cannot take the items of the forget set \(input shape \(5,\)\)"):
+        unlearn(model, ForgetRequest(wide + request.retain_items(), forget=[0, 1]), "gradient_ascent")
+    with pytest.raises(UserInputError, match="The model cannot take the items of the 'test' split"):
+        evaluate(model, {"forget": request.forget_items(), "retain": request.retain_items(), "test": wide})
+
+
+@pytest.mark.parametrize("item, message", [
+    ({"input": [1.0, 2.0, 3.0, 4.0], "label": 1}, "must be an \\(input, label\\) pair, got a dict"),  # took the keys
+    ((torch.zeros(4), 2 ** 63), "The class label 9223372036854775808 is beyond any model's classes"),
+])
+def test_items_that_are_not_pairs_or_have_impossible_labels_are_refused(item, message):
+    with pytest.raises(UserInputError, match=message):
+        ClassifierAdapter(None, 3).collate([item])

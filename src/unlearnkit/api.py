@@ -223,7 +223,8 @@ def evaluate(model: Any, splits: dict[str, Any], *, reference: dict[str, float] 
         raise UserInputError(f"evaluate's reference must map each of {', '.join(GAP_METRICS)} to a finite number "
                              "(the retrained model's metrics).")
     check_seed(seed, "evaluate's seed")
-
+    for name, items in splits.items():
+        adapter.check_items(items, f"the {name!r} split")
     return evaluate_classifier(adapter, splits, reference, seed)
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import operator
-from typing import Any, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -50,10 +51,14 @@ class ClassifierAdapter:
 
         Every forward is checked against the batch (see :meth:`check_output`), so no method or metric reads
         logits of another shape, another class count than ``num_classes``, or labels past the model's classes.
+        A batch of one item has no batch statistics: training BatchNorm layers use their running statistics for it
+        (and leave them unchanged), as in evaluation; a one-record request, or one item left over after the last
+        full batch, crashed every training method on a BatchNorm model.
         """
         weight = next((p for p in model.parameters() if p.is_floating_point()), None)
         inputs = batch["inputs"]
-        logits = model(inputs if weight is None else inputs.to(device=weight.device, dtype=weight.dtype))
+        with _running_statistics(model) if len(inputs) == 1 and model.training else contextlib.nullcontext():
+            logits = model(inputs if weight is None else inputs.to(device=weight.device, dtype=weight.dtype))
         self.check_output(logits, batch)
         return logits
 
@@ -90,8 +95,14 @@ class ClassifierAdapter:
         if self.model is None:
             width = self.num_classes
         else:
-            with torch.no_grad(), eval_mode(self.model):
-                width = self.logits(self.model, {"inputs": self.collate([items[0]])["inputs"]}).shape[1]
+            inputs = self.collate([items[0]])["inputs"]
+            try:
+                with torch.no_grad(), eval_mode(self.model):
+                    width = self.logits(self.model, {"inputs": inputs}).shape[1]
+            except RuntimeError as error:  # e.g. inputs of another width than the model's first layer
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise UserInputError(f"The model cannot take the items of {where} (input shape "
+                                     f"{tuple(inputs.shape[1:])}): {reason}") from None
         for index, item in enumerate(items):
             label = _label(_pair(item)[1])
             if not 0 <= label < width:
@@ -112,8 +123,23 @@ class ClassifierAdapter:
         return ClassifierAdapter(model, self.num_classes)
 
 
+@contextlib.contextmanager
+def _running_statistics(model: nn.Module) -> Iterator[None]:
+    """Every BatchNorm layer of ``model`` that is training switched to its running statistics, then back."""
+    switched = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for module in switched:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module in switched:
+            module.train()
+
+
 def _pair(item: Any) -> tuple[Any, Any]:
     """An item as its ``(input, label)`` pair."""
+    if isinstance(item, (Mapping, str)):  # unpacking would take a dict's two keys or a string's two characters
+        raise UserInputError(f"A classifier item must be an (input, label) pair, got a {type(item).__name__}.")
     try:
         x, y = item
     except (TypeError, ValueError):
@@ -139,5 +165,7 @@ def _label(value: Any) -> int:
         whole = False
     if not whole:
         raise UserInputError(f"A class label must be an integer, got {value!r}.")
+    if not -2 ** 63 <= int(value) < 2 ** 63:  # past a 64-bit integer, stacking the labels overflowed
+        raise UserInputError(f"The class label {value!r} is beyond any model's classes.")
     return int(value)
 
