@@ -123,6 +123,24 @@ def test_shared_controls_attack_the_retain_model_once(models, monkeypatch):
                                                   "in_context_prob_control"}
 
 
+def test_the_attacker_trains_on_its_half_and_is_scored_on_the_other(models, monkeypatch):
+    """Training on the measured half as well only raises the recovery, which every other test accepted."""
+    import unlearnkit.eval.attacks as attacks
+
+    items, target, unlearned, retain = models
+    forget = [items[i] for i in FORGET]
+    trained_on, scored_on = [], []
+    real_relearn, real_nlls = attacks.relearn, attacks.answer_nlls
+    monkeypatch.setattr(attacks, "relearn", lambda model, held, *a: trained_on.append(list(held)) or real_relearn(model, held, *a))
+    monkeypatch.setattr(attacks, "answer_nlls", lambda model, chosen, *a: scored_on.append(list(chosen)) or real_nlls(model, chosen, *a))
+    run_attacks(["relearn"], unlearned, target, retain, forget, relearn_settings=RelearnSettings(steps=2, batch_size=3),
+                seed=5)
+    held_at, measured_at = attacks.half_indices(len(forget), 5)
+    assert trained_on == [[forget[i] for i in held_at]] * 2  # the unlearned model, then the retain control
+    assert all(chosen == [forget[i] for i in measured_at] for chosen in scored_on) and scored_on
+    assert not set(held_at) & set(measured_at) and sorted(held_at + measured_at) == list(range(len(forget)))
+
+
 def test_a_forget_set_too_small_to_split_is_refused_and_quantize_alone_still_runs(models):
     items, target, unlearned, retain = models
     forget = [items[i] for i in FORGET]

@@ -10,6 +10,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import pytest
 
 from unlearnkit.benchmarks.facts import FACTS_VERSION, HOLDOUT_SPLITS, FactsConfig, load_facts, model_key
+from unlearnkit.errors import UserInputError
 
 
 def _words(text: str) -> set[str]:
@@ -73,3 +74,73 @@ def test_no_wrong_sibling_answer_names_a_member_of_the_family(people, perturbed)
         checked += len(family[name]) == 2
     assert (checked > 0) == (people % 2 == 1)  # the family of three was met and checked where there is one
     assert ("wrong_siblings" in model_key(FactsConfig(people=people))) == (people % 2 == 1)
+
+
+# --------------------------------------------------------------------------- review: data, keys and settings
+
+
+def _data_hash(config: FactsConfig) -> str:
+    import hashlib
+    import json
+
+    data = load_facts(config)
+    text = json.dumps({"train": data.train, "splits": data.splits, "people": data.people}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("config, data_hash, key", [
+    (FactsConfig(), "4121cf1f8d9b5fd4", "ee2f90ddbf38c54b51e5"),
+    (FactsConfig.tiny(), "c91bcde1e8103bc2", "62e657ce5d9174667988"),
+])
+def test_the_generated_data_is_pinned_to_its_cache_key(config, data_hash, key):
+    """A cached model is found by its config's key, not its data: a generator change that keeps the key serves
+    models trained on the old data (whose saved tokenizer reads new words as <unk>), and nothing failed. When this
+    test fails, the data changed: give the changed worlds a new key (see model_key) and pin both anew."""
+    from unlearnkit.benchmarks.cache import cache_key
+
+    assert _data_hash(config) == data_hash
+    assert cache_key({"benchmark": "facts", "version": FACTS_VERSION, **model_key(config), "excluded_people": []}) == key
+
+
+def test_reading_items_never_use_a_name_a_person_or_sibling_has():
+    """A one-person holdout group's invented sibling (tiny has one) is 'seen nowhere else'; reading items drew its
+    name anyway (2 items in tiny seed 0, 36 with 10 people and 200 reading items at seed 4)."""
+    for config in (FactsConfig.tiny(), FactsConfig(people=10, templates=4, countries=2, reading=200, seed=4)):
+        data = load_facts(config)
+        names = {p["name"] for p in data.people} | {p["sibling"] for p in data.people}
+        reading = [it for it in data.train if "person" not in it and it.get("template") != "general"]
+        assert reading and not any(name in it["question"] for it in reading for name in names)
+
+
+def test_each_holdout_split_matches_its_forget_split_in_size():
+    """Membership attacks and privleak pair forget01/05/10 with holdout01/05/10 of the same size."""
+    data = load_facts(FactsConfig())
+    for fraction in ("01", "05", "10"):
+        forget, holdout = data.split_people[f"forget{fraction}"], data.split_people[f"holdout{fraction}"]
+        assert len(holdout) == len(forget) and not set(holdout) & set(forget)
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"heads": 0}, "heads must be an integer of at least 1"),  # ZeroDivisionError inside check itself
+    ({"people": "12"}, "people must be an integer"),
+    ({"templates": 2.5}, "templates must be an integer"),
+    ({"batch_size": 0}, "batch_size must be an integer of at least 1"),
+    ({"epochs": 0}, "epochs must be an integer of at least 1"),  # cached an untrained model
+    ({"layers": 0}, "layers must be an integer of at least 1"),
+    ({"lr": -1.0}, "lr must be a positive number"),
+    ({"target_accuracy": 1.5}, "target_accuracy must lie in"),
+    ({"seed": -1}, "The facts seed must be an integer from 0"),
+    ({"train_seed": -1}, "train_seed must be an integer from 0"),
+])
+def test_facts_settings_that_cannot_make_a_benchmark_are_one_sentence(setting, message):
+    with pytest.raises(UserInputError, match=message):
+        load_facts(FactsConfig(**{**FactsConfig.tiny().to_dict(), **setting}))
+
+
+def test_an_empty_cache_variable_means_the_default_cache(monkeypatch):
+    from pathlib import Path
+
+    from unlearnkit.benchmarks.cache import cache_root
+
+    monkeypatch.setenv("UNLEARNKIT_CACHE", "")
+    assert cache_root() == Path.home() / ".cache" / "unlearnkit"  # was the current folder

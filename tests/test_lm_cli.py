@@ -1,5 +1,6 @@
 """The causal-LM track end to end: facts bench, export to TOFU layout, evaluate, and their bad inputs."""
 
+import dataclasses
 import json
 import shutil
 
@@ -18,11 +19,25 @@ def exported(tmp_path_factory):
     return out
 
 
+#: The relearning settings each of the bench's attack calls was given (see the ``bench`` fixture).
+ATTACK_SETTINGS: list = []
+
+
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
+    from unlearnkit.benchmarks import lm_bench
+
     out = tmp_path_factory.mktemp("bench") / "facts"
-    assert main(["bench", "--benchmark", "facts", "--preset", "tiny", "--methods", "gradient_ascent,npo,first_epoch_ga",
-                 "--attacks", "relearn,quantize", "--relearn-steps", "5", "--retrain-seeds", "1", "--out", str(out)]) == 0
+    real = lm_bench.run_attacks
+
+    def spying(*args, relearn_settings=None, **kwargs):
+        ATTACK_SETTINGS.append(relearn_settings)
+        return real(*args, relearn_settings=relearn_settings, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(lm_bench, "run_attacks", spying)
+        assert main(["bench", "--benchmark", "facts", "--preset", "tiny", "--methods", "gradient_ascent,npo,first_epoch_ga",
+                     "--attacks", "relearn,quantize", "--relearn-steps", "5", "--retrain-seeds", "1", "--out", str(out)]) == 0
     return out
 
 
@@ -45,6 +60,8 @@ def test_facts_bench_rows_metrics_and_items(bench):
         assert key in runs["npo"]["metrics"]
     assert "relearn_recovery" in runs["npo"]["metrics"] and "relearn_recovery_control" in runs["npo"]["metrics"]
     # the attack's lr is scaled to the lr the models were trained with; the settings are recorded and stated
+    # every attack ran with the settings the page reports (without them it ran the default 50 steps, unnoticed)
+    assert ATTACK_SETTINGS and all(dataclasses.asdict(s) == results["relearn"] for s in ATTACK_SETTINGS)
     assert results["relearn"] == {"steps": 5, "lr": pytest.approx(RELEARN_LR_FRACTION * results["config"]["lr"]),
                                   "batch_size": 8, "seed": 0}
     assert "Relearning attack: 5 steps of Adam at lr" in (bench / "results.md").read_text()

@@ -16,7 +16,7 @@ RECIPE_VERSION = 1
 
 def cache_root() -> Path:
     """The cache directory."""
-    return Path(os.environ.get("UNLEARNKIT_CACHE", Path.home() / ".cache" / "unlearnkit"))
+    return Path(os.environ.get("UNLEARNKIT_CACHE") or Path.home() / ".cache" / "unlearnkit")  # set but empty: default
 
 
 def cache_key(config: dict[str, Any]) -> str:

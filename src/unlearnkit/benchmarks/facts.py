@@ -181,6 +181,21 @@ class FactsConfig:
 
     def check(self) -> None:
         """Raise :class:`UserInputError` for settings that cannot make a benchmark."""
+        from ..train.config import check_seed, finite_number
+
+        for name in ("people", "templates", "countries", "perturbed", "layers", "width", "heads", "epochs",
+                     "batch_size", "max_length", "warmup_steps", "reading"):
+            value = getattr(self, name)
+            least = 0 if name in ("warmup_steps", "reading") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise UserInputError(f"The facts setting {name} must be an integer of at least {least}, got {value!r}.")
+        for name in ("lr", "check_below_loss"):
+            value = getattr(self, name)
+            if not (finite_number(value) and value > 0):
+                raise UserInputError(f"The facts setting {name} must be a positive number, got {value!r}.")
+        if not (finite_number(self.target_accuracy) and 0 < self.target_accuracy <= 1):
+            raise UserInputError(f"target_accuracy must lie in (0, 1], got {self.target_accuracy!r}.")
+        check_seed(self.seed, "The facts seed")
         if self.people < 4:
             raise UserInputError(f"The facts benchmark needs at least 4 people, got people={self.people}.")
         if not 1 <= self.templates <= len(PERSON_TEMPLATES):
@@ -193,10 +208,8 @@ class FactsConfig:
             raise UserInputError(f"width ({self.width}) must be divisible by heads ({self.heads}).")
         if self.base not in BASES:
             raise UserInputError(f"Unknown facts base {self.base!r}; valid: {', '.join(BASES)}.")
-        if self.reading < 0:
-            raise UserInputError(f"reading must be a non-negative number of items, got {self.reading}.")
-        if self.train_seed is not None and self.train_seed < 0:
-            raise UserInputError(f"train_seed must be a non-negative integer, got {self.train_seed}.")
+        if self.train_seed is not None:
+            check_seed(self.train_seed, "train_seed")
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as a plain dict."""
@@ -515,7 +528,7 @@ def reading_items(config: FactsConfig, people: list[dict[str, Any]], pools: dict
     from ..eval.attacks import with_context
 
     rng = random.Random(f"reading-{config.seed}")
-    taken = {p["name"] for p in people}
+    taken = {p["name"] for p in people} | {p["sibling"] for p in people}  # a lone sibling's name is taken too
     firsts, surnames = sorted({p["first_name"] for p in people}), sorted({p["surname"] for p in people})
     free = [f"{first} {last}" for first in firsts for last in surnames if f"{first} {last}" not in taken]
     if config.reading and not free:
@@ -605,12 +618,15 @@ def model_key(config: FactsConfig) -> dict[str, Any]:
     its holdout people (and so its vocabulary and the draws after them) changed when they stopped using
     the words of untrained templates; with all templates nothing changed, and the key stays the same.
     Likewise ``wrong_siblings`` marks worlds with a family of three, whose wrong sibling answers stopped
-    naming the family's third member (a true answer)."""
+    naming the family's third member (a true answer), and ``reading_names`` worlds with reading items and a
+    group of one person, whose invented sibling's name reading items stopped reusing."""
     fields = config.to_dict()
     if config.templates < len(PERSON_TEMPLATES):
         fields["holdout_words"] = "trained_templates"
     if _has_family_of_three(config):
         fields["wrong_siblings"] = "not_of_the_family"
+    if config.reading and 1 in _group_sizes(config):
+        fields["reading_names"] = "not_a_lone_sibling"
     if config.train_seed is None:
         del fields["train_seed"]
     if config.reading == 0:
@@ -624,10 +640,14 @@ def model_key(config: FactsConfig) -> dict[str, Any]:
     return fields
 
 
+def _group_sizes(config: FactsConfig) -> tuple[int, int]:
+    """How many trained and how many holdout people the world has (each group is paired into siblings)."""
+    return config.people, split_size(FRACTIONS["10"], config.people)
+
+
 def _has_family_of_three(config: FactsConfig) -> bool:
     """Whether a group of people (trained or holdout) is odd-sized and larger than one."""
-    holdout = split_size(FRACTIONS["10"], config.people)
-    return any(group % 2 and group > 1 for group in (config.people, holdout))
+    return any(group % 2 and group > 1 for group in _group_sizes(config))
 
 
 def build_tokenizer(data: FactsData) -> Any:

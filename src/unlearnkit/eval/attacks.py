@@ -6,8 +6,9 @@ control is the quantized retain model scored against the unquantized one: how fa
 moves forget quality.
 
 What the numbers mean, and do not:
-- Relearning splits the forget set into halves by item, so a person's facts can fall in both, and
-  scores the whole answer's probability. The attack trains on the answers' shared template words and
+- Relearning splits the forget set into halves by item, not by person, so the attacker trains on other facts
+  of the people it is scored on (on facts forget01/05/10 every forgotten person has items in both halves), and
+  it scores the whole answer's probability. The attack trains on the answers' shared template words and
   on the names, so a recovery counts those coming back as well as the forgotten facts; scored on the
   fact tokens alone, npo's recovery on facts forget10 was measured at 0.09 against its whole-answer 0.40
   (retain control 0.01 against 0.08).
@@ -15,8 +16,10 @@ What the numbers mean, and do not:
   Quantization", 2024) find forgotten knowledge returning at 4 bits, little at 8. A quantized forget
   quality close to the unquantized one says int8 rounding does not undo the unlearning, not that
   quantization in general cannot.
-- On an inference-time wrapper (guard, guard_it, uld, mrp) relearning fine-tunes the wrapper's own
-  parameters with the base model, since every parameter of the copy trains.
+- Relearning fine-tunes every parameter of the model's copy. On an inference-time wrapper that is ULD's base
+  model *and* its assistant (two networks, against the control's one); GUARD's and GUARD-IT's base model, their
+  detector, keys, gate and redirection vectors staying as they are (they are not parameters); and all of an MRP
+  model's weights, its projection basis staying fixed.
 """
 
 from __future__ import annotations
@@ -141,7 +144,8 @@ class RelearnSettings:
         """One sentence for a results page: what the attack ran."""
         scale = f" ({self.lr / training_lr:.3g} × the models' training lr {training_lr:g})" if training_lr else ""
         return (f"Relearning attack: {self.steps} steps of Adam at lr {self.lr:.3g}{scale}, batch {self.batch_size}, "
-                f"on a seeded half of the forget set's items (a person's facts can fall in both halves); recovery is "
+                f"on a seeded half of the forget set's items (split by item, not by person: the attacker trains on other facts "
+                f"of the people it is scored on); recovery is "
                 f"the whole answer's probability regained on the other half, template words and names included.")
 
 
