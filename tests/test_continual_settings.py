@@ -124,3 +124,12 @@ def test_joint_retrains_with_the_runs_seed(scenario, monkeypatch):
     seeds = spy_on_training_seeds(joint, monkeypatch)
     run_stream(scenario, "joint", "learn:0,learn:1", seed=5, params={"epochs": 1}, reference=False)
     assert seeds == [5, 5]  # each retraining from scratch is seeded by the run, like its initialisation and batches
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"hidden": True}, "hyper-parameter hidden must be an integer, got True"),  # built a layer of width 1
+    ({"buffer_size": True}, "hyper-parameter buffer_size must be an integer, got True"),
+])
+def test_strategy_settings_of_the_wrong_type_are_refused(params, message):
+    with pytest.raises(UserInputError, match=message):
+        build_strategy("er", split_digits(0), 0, params)

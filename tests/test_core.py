@@ -380,9 +380,11 @@ def test_evaluate_leaves_the_models_training_flag_and_float64_models_work():
 
 
 @pytest.mark.parametrize("setting, message", [
-    ({"lr": True}, "lr must be a number, got lr=True"),
-    ({"batch_size": 2.5}, "batch_size must be an integer, got batch_size=2.5"),
-    ({"warmup_steps": None}, "warmup_steps must be an integer"),
+    ({"lr": True}, "Method 'gradient_ascent': hyper-parameter lr must be a number, got True."),
+    ({"batch_size": 2.5}, "hyper-parameter batch_size must be an integer, got 2.5."),
+    ({"warmup_steps": None}, "hyper-parameter warmup_steps must be an integer, got None."),
+    ({"max_steps": 2.0}, "hyper-parameter max_steps must be an integer (or None), got 2.0."),
+    ({"sampling": 1}, "hyper-parameter sampling must be text, got 1."),
 ])
 def test_settings_of_the_wrong_type_are_refused(setting, message):
     model = nn.Sequential(nn.Linear(4, 2))

@@ -316,3 +316,85 @@ def test_first_epoch_ga_with_recorded_gradients(tmp_path):
     assert not torch.equal(unlearned.transformer.wte.weight, model.transformer.wte.weight)
     with pytest.raises(UserInputError, match="no gradient for forget item"):
         unlearn(model, ForgetRequest(ITEMS[:3] + [ITEMS[3]] * 10, [12], [0]), "first_epoch_ga", adapter=adapter, gradients=path)
+
+
+# --------------------------------------------------------------------------- review: other architectures and dtypes
+
+
+def tiny_opt(hidden: int = 32, embed: int = 16):
+    """A fresh 2-layer OPT whose embeddings (``embed``) are narrower than its hidden states, as OPT-350m's are; its
+    MLP sees hidden states flattened to (B·T, H)."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from unlearnkit.adapters.causal_lm import CausalLMAdapter
+
+    tokenizer = tiny_lm(ITEMS).tokenizer
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=hidden, word_embed_proj_dim=embed, ffn_dim=64,
+                       num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64, dropout=0.0,
+                       pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                       bos_token_id=tokenizer.eos_token_id)
+    return CausalLMAdapter(OPTForCausalLM(config).eval(), tokenizer, max_length=64)
+
+
+@pytest.mark.parametrize("method", ["kfade", "mrp"])
+def test_kfade_and_mrp_run_on_opt(method):
+    """K-FADE read layer inputs as (B, T, ·) (IndexError on OPT's flattened MLP inputs); MRP took the hidden width
+    from the embeddings (a size mismatch on OPT-350m's projected-up hidden states)."""
+    adapter = tiny_opt()
+    model, record = unlearn(adapter.model, REQUEST, method, adapter=adapter, **SETTINGS[method])
+    assert record.status == "ok"
+    assert answer_probability(adapter, model, REQUEST.forget_items()) != answer_probability(
+        adapter, adapter.model, REQUEST.forget_items())
+
+
+def test_kfade_leaves_frozen_layers_alone(lm):
+    """A frozen linear layer made K-FADE raise torch's 'does not require grad'; other methods leave it as it is."""
+    own = lm.with_model(copy.deepcopy(lm.model))
+    frozen = own.model.transformer.h[0].mlp.c_fc
+    frozen.requires_grad_(False)
+    model, record = unlearn(own.model, REQUEST, "kfade", adapter=own, **SETTINGS["kfade"])
+    assert record.status == "ok"
+    assert torch.equal(model.transformer.h[0].mlp.c_fc.weight, frozen.weight)
+    assert not torch.equal(model.transformer.h[0].mlp.c_proj.weight, own.model.transformer.h[0].mlp.c_proj.weight)
+
+
+def test_float16_weights_are_refused_before_a_step_turns_them_to_nan(lm):
+    """Adam on float16 weights made small gradients' updates inf or NaN at step 1; the run said 'diverged' and
+    handed the model back unchanged."""
+    own = lm.with_model(copy.deepcopy(lm.model).half())
+    with pytest.raises(UserInputError, match="trainable weights are float16"):
+        unlearn(own.model, REQUEST, "npo", adapter=own, epochs=1)
+
+
+def test_uld_generation_stops_at_an_end_token_given_as_a_list(lm):
+    """The adapter passes the end tokens as a list, and ``step == [2]`` is plain False: every generation ran all
+    max_new_tokens steps (no key-value cache), 40 forwards instead of 7."""
+    from unlearnkit.methods.uld import LogitDifferenceLM, truncated_copy
+
+    wrapper = LogitDifferenceLM(lm.model, truncated_copy(lm.model, 1), alpha=0.0, tau=0.1)
+    prompt = lm.collate(REQUEST.forget_items()[:1])["input_ids"][:, :6]
+    calls = []
+    hook = wrapper.base.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        ids = wrapper.generate(prompt, max_new_tokens=40, eos_token_id=[lm.tokenizer.eos_token_id],
+                               pad_token_id=lm.tokenizer.pad_token_id)
+    finally:
+        hook.remove()
+    assert int(ids[0, -1]) == lm.tokenizer.eos_token_id and len(calls) == ids.shape[1] - prompt.shape[1] < 40
+
+
+@pytest.mark.parametrize("method, setting, message", [
+    ("uld", {"alpha": float("inf")}, "ULD alpha must be a finite non-negative number"),  # ran "ok", logits not finite
+    ("guard_it", {"alpha": float("inf")}, "GUARD-IT alpha must be a finite non-negative number"),
+    ("kfade", {"damping": float("inf")}, "K-FADE damping must be a finite positive number"),
+    ("icu", {"kl_weight": float("nan")}, "must be finite non-negative numbers"),  # ran, then "diverged"
+    ("npo", {"gamma": float("nan")}, "NPO gamma and alpha must be finite non-negative numbers"),
+    ("sam_npo", {"alpha": float("inf")}, "NPO gamma and alpha must be finite non-negative numbers"),
+    ("icu", {"check_tokens": True}, "hyper-parameter check_tokens must be an integer, got True"),
+])
+def test_lm_settings_that_cannot_work_are_refused(method, setting, message):
+    from unlearnkit.methods.registry import method_config
+
+    with pytest.raises(UserInputError, match=message):
+        method_config(method, setting)

@@ -44,6 +44,7 @@ relearning attack.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -81,8 +82,8 @@ class KFadeConfig(TrainConfig):
         super().check()
         if self.damping_split not in DAMPING_SPLITS:
             raise UserInputError(f"Unknown K-FADE damping_split {self.damping_split!r}; valid: {', '.join(DAMPING_SPLITS)}.")
-        if not self.damping > 0:
-            raise UserInputError(f"K-FADE damping must be positive, got damping={self.damping}.")
+        if not 0 < self.damping < math.inf:
+            raise UserInputError(f"K-FADE damping must be a finite positive number, got damping={self.damping}.")
         if not (isinstance(self.steps, int) and self.steps > 0):
             raise UserInputError(f"K-FADE steps must be a positive integer, got steps={self.steps}.")
 
@@ -107,7 +108,8 @@ def _is_conv1d(module: nn.Module) -> bool:
 
 
 def linear_layers(model: nn.Module, include_head: bool = False) -> dict[str, nn.Module]:
-    """The layers K-FADE preconditions: ``nn.Linear`` and GPT-2 ``Conv1D``, the output head only if asked."""
+    """The layers K-FADE preconditions: ``nn.Linear`` and GPT-2 ``Conv1D``, the output head only if asked, each only
+    if its weights train (a frozen layer is left alone, as every other method leaves it)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if include_head and head is not None and embeddings is not None and head.weight is embeddings.weight:
@@ -116,9 +118,10 @@ def linear_layers(model: nn.Module, include_head: bool = False) -> dict[str, nn.
     found = {
         name: module for name, module in model.named_modules()
         if (isinstance(module, nn.Linear) or _is_conv1d(module)) and (include_head or module is not head)
+        and all(p.requires_grad for p in module.parameters(recurse=False))
     }
     if not found:
-        raise UserInputError("K-FADE found no linear layers to precondition in the model.")
+        raise UserInputError("K-FADE found no trainable linear layers to precondition in the model.")
     return found
 
 
@@ -188,11 +191,12 @@ def fit_factors(adapter: Any, layers: dict[str, nn.Module], items: Sequence[Any]
             loss = F.cross_entropy(logits, sampled, reduction="sum")
             names = list(captured)
             deltas = torch.autograd.grad(loss, [captured[n][1] for n in names])
+            tokens = positions.shape[0], positions.shape[1] + 1  # (B, T): OPT's MLP sees its input as (B·T, H)
             for name, delta in zip(names, deltas):
-                a = captured[name][0][:, :-1][positions].float()  # float32 sums also for a bf16 model
+                a = captured[name][0].reshape(*tokens, -1)[:, :-1][positions].float()  # float32 sums for bf16 too
                 if getattr(layers[name], "bias", None) is not None:
                     a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
-                d = delta[:, :-1][positions].float()
+                d = delta.reshape(*tokens, -1)[:, :-1][positions].float()
                 if name not in sums:
                     sums[name] = [a.new_zeros(a.shape[1], a.shape[1], dtype=torch.float32),
                                   d.new_zeros(d.shape[1], d.shape[1], dtype=torch.float32)]

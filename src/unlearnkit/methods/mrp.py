@@ -221,6 +221,13 @@ class MRPConfig(SamplingConfig):
             raise UserInputError(f"MRP retain_weight must be non-negative, got retain_weight={self.retain_weight}.")
 
 
+def hidden_width(model: nn.Module) -> int:
+    """The width of the blocks' hidden states: the config's ``hidden_size`` (OPT-350m's embeddings are narrower,
+    projected up before the first block), else the input embeddings' width."""
+    size = getattr(getattr(model, "config", None), "hidden_size", None)
+    return size if isinstance(size, int) else model.get_input_embeddings().weight.shape[1]
+
+
 class MRP(Method):
     """Project learned forget directions out of chosen blocks' outputs; only the projection trains."""
 
@@ -236,7 +243,7 @@ class MRP(Method):
         model = adapter.model
         layers = resolve_layers(model, config.layers)
         forget, retain = request.forget_items(), request.retain_items()
-        width = model.get_input_embeddings().weight.shape[1]
+        width = hidden_width(model)
         projections = {name: projection_of(model.get_submodule(name), width) for name in layers}
         for name, projection in projections.items():
             if projection.basis.shape[0] + config.directions > width:

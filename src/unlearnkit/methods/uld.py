@@ -120,20 +120,22 @@ class LogitDifferenceLM(InferenceWrapper):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 20,
-                 do_sample: bool = False, pad_token_id: int | None = None, eos_token_id: int | None = None,
+                 do_sample: bool = False, pad_token_id: int | None = None, eos_token_id: int | list[int] | None = None,
                  **_: Any) -> torch.Tensor:
         """Greedy decoding (no key-value cache): the prompt ids followed by the new ids.
 
         As in the authors' decoding, each step picks the best combined logit among the tokens the target
         finds plausible (:func:`relative_top_mask`): outside it the assistant is not subtracted, so a raw
         target logit there could otherwise win through the assistant's arbitrary offset. Finished rows are
-        padded with ``pad_token_id``; decoding stops early once every row has produced ``eos_token_id``.
+        padded with ``pad_token_id``; decoding stops early once every row has produced an ``eos_token_id`` (one id or
+        a list).
         """
         if do_sample:
             raise UserInputError("ULD's logit-difference model decodes greedily only; call generate with do_sample=False.")
         ids = input_ids
         mask = torch.ones_like(ids) if attention_mask is None else attention_mask
-        pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+        ends = None if eos_token_id is None else torch.as_tensor(eos_token_id, device=ids.device).reshape(-1)
+        pad = pad_token_id if pad_token_id is not None else (int(ends[0]) if ends is not None and len(ends) else 0)
         finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         for _ in range(max_new_tokens):
             target, assistant = (logits[:, -1] for logits in self._both(ids, mask))
@@ -142,8 +144,8 @@ class LogitDifferenceLM(InferenceWrapper):
             step = torch.where(finished, torch.full_like(step, pad), step)
             ids = torch.cat([ids, step[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(step[:, None])], dim=1)
-            if eos_token_id is not None:
-                finished |= step == eos_token_id
+            if ends is not None:  # one end token or several (the adapter passes a list)
+                finished |= torch.isin(step, ends)
                 if bool(finished.all()):
                     break
         return ids
@@ -198,8 +200,8 @@ class ULDConfig(SamplingConfig):
         super().check()
         if not 0 < self.tau <= 1:
             raise UserInputError(f"ULD tau must be in (0, 1], got tau={self.tau}.")
-        if not self.alpha >= 0:
-            raise UserInputError(f"ULD alpha must be non-negative, got alpha={self.alpha}.")
+        if not 0 <= self.alpha < math.inf:  # inf ran "ok" with non-finite logits
+            raise UserInputError(f"ULD alpha must be a finite non-negative number, got alpha={self.alpha}.")
         if not self.retain_weight >= 0:
             raise UserInputError(f"ULD retain_weight must be non-negative, got retain_weight={self.retain_weight}.")
         if self.assistant_layers < 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import operator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
@@ -112,9 +113,30 @@ def build_config(config_cls: type, overrides: Mapping[str, Any], *, owner: str) 
         raise UserInputError(
             f"{owner} {reason} hyper-parameter {unknown[0]!r}{why}; valid: {', '.join(sorted(valid))}."
         )
-    config = config_cls(**{k: _coerce(valid[k], v) for k, v in overrides.items()})
+    values = {k: _coerce(valid[k], v) for k, v in overrides.items()}
+    for name, value in values.items():
+        _check_type(valid[name], value, owner)
+    config = config_cls(**values)
     config.check()
     return config
+
+
+#: What a value of each declared setting type may be, and its name: True is no count and no rate, 2.5 no count.
+_ACCEPTS = {"int": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"),
+            "float": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
+            "bool": (lambda v: isinstance(v, bool), "true or false"),
+            "str": (lambda v: isinstance(v, str), "text")}  # numpy's bool is no Integral, so no int either
+
+
+def _check_type(field: dataclasses.Field, value: Any, owner: str) -> None:
+    """Refuse a value (from the Python API; the CLI's text is converted first) that is not of the setting's
+    declared type: ``hidden=True`` built a layer of width 1, ``buffer_size=True`` a buffer of one sample."""
+    kind, _, optional = str(field.type).partition(" | ")
+    accepts, description = _ACCEPTS.get(kind, (None, ""))
+    if accepts is None or (value is None and optional == "None") or accepts(value):
+        return
+    raise UserInputError(f"{owner}: hyper-parameter {field.name} must be {description}"
+                         f"{' (or None)' if optional == 'None' else ''}, got {value!r}.")
 
 
 def _coerce(field: dataclasses.Field, value: Any) -> Any:

@@ -101,8 +101,13 @@ class DivergenceGuard:
 
 
 def make_optimizer(params: Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer named in ``config``."""
+    """The optimizer named in ``config``; float16 weights are refused (no loss scaler is used, so Adam's update of a
+    small float16 gradient came out inf or NaN at the first step, and the run handed back the model unchanged)."""
     params = [p for p in params if p.requires_grad]
+    if any(p.dtype == torch.float16 for p in params):
+        raise UserInputError("The model's trainable weights are float16, which this training loop cannot step "
+                             "(small gradients round to zero or overflow); load the model in float32 or bfloat16, "
+                             "or pass --bf16.")
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
