@@ -398,3 +398,30 @@ def test_lm_settings_that_cannot_work_are_refused(method, setting, message):
 
     with pytest.raises(UserInputError, match=message):
         method_config(method, setting)
+
+
+def test_a_two_layer_uld_assistant_saves_and_reloads_as_two_layers(lm, tmp_path):
+    """Only one-layer assistants were saved in the tests, so a restore that ignored the saved depth passed."""
+    from unlearnkit.methods.saved import load_causal_lm, save_wrapper
+    from unlearnkit.methods.uld import LogitDifferenceLM, truncated_copy
+
+    assistant = truncated_copy(lm.model, 2)
+    with torch.no_grad():
+        for param in assistant.parameters():
+            param.add_(0.01 * torch.randn_like(param))
+    wrapper = LogitDifferenceLM(lm.model, assistant, alpha=0.8, tau=0.1)
+    save_wrapper(wrapper, lm.tokenizer, tmp_path / "uld")
+    loaded = load_causal_lm(tmp_path / "uld")
+    assert len(loaded.model.assistant.transformer.h) == 2
+    batch = lm.collate(ITEMS[:3])
+    with torch.no_grad():
+        assert torch.equal(loaded.model(batch["input_ids"], batch["attention_mask"]).logits,
+                           wrapper(batch["input_ids"], batch["attention_mask"]).logits)
+
+
+def test_kfade_forget_gradient_does_not_depend_on_the_batch_size(lm):
+    """∇ of the mean answer NLL over the forget set: the chunking is only for memory."""
+    layers = kfade.linear_layers(lm.model)
+    forget = REQUEST.forget_items()
+    one, whole = (kfade.forget_gradients(lm, layers, forget, size) for size in (1, len(forget)))
+    assert all(torch.allclose(one[name], whole[name], atol=1e-6) for name in layers)
