@@ -120,7 +120,7 @@ def test_a_task_emptied_by_another_tasks_request_stays_unlearned():
 
     shared = scole(0, num_tasks=40, classes_per_task=1, samples_per_class=139)  # the smallest class: every image
     assert sorted(shared.tasks[0].train_ids.tolist()) == sorted(shared.tasks[17].train_ids.tolist())
-    with pytest.raises(UserInputError, match="token 5 'unlearn:0' unlearns task 0, which is not learned"):
+    with pytest.raises(UserInputError, match="token 5 'unlearn:0' unlearns task 0, but all its samples were already"):
         check_stream(parse_stream("learn:0,learn:17,unlearn:17,learn:34,unlearn:0"), shared)
     check_stream(parse_stream("learn:0,learn:17,unlearn:17,learn:34,unlearn:34"), shared)
     check_stream(parse_stream("learn:0,learn:17,unlearn:17,learn:0,unlearn:0"), shared)  # learned again itself

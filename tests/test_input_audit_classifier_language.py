@@ -67,7 +67,9 @@ def test_evaluate_refuses_labels_outside_the_models_classes_in_one_sentence(labe
     # before: RuntimeError "index 3 is out of bounds for dimension 1 with size 3" from the metrics' gather
     data = _data()
     data[2] = (data[2][0], label)
-    with pytest.raises(UserInputError, match=rf"^Labels must lie in 0\.\.2 \(the model's classes\); got {min(label, 0)}\.\.{max(label, 2)}\.$"):
+    # evaluate checks each split's items first, as unlearn does, and names the item
+    with pytest.raises(UserInputError, match=rf"^Item 2 of the 'forget' split has label {label}, but the model's classes "
+                                             r"are 0\.\.2\.$"):
         unlearnkit.evaluate(_model(3), _splits(data))
 
 
@@ -97,7 +99,7 @@ def test_evaluate_refuses_outputs_that_are_not_logits_of_two_classes_or_more():
     data = [(x, 0) for x, _ in _data()]
     # before: IndexError "Dimension out of range" from the metrics' gather
     with pytest.raises(UserInputError, match=r"^A classifier must return logits of shape \(batch, classes\); for a "
-                                             r"batch of 6 inputs it returned shape \(6,\)\.$"):
+                                             r"batch of 1 inputs it returned shape \(1,\)\.$"):  # the items' check
         unlearnkit.evaluate(_OneScore(squeeze=True), _splits(data))
     # before: every accuracy 1.0 and every loss 0, as if the model were perfect
     with pytest.raises(UserInputError, match="^A classifier must return a score for each of at least 2 classes"):

@@ -115,6 +115,7 @@ def check_stream(requests: Sequence[Request], scenario: Scenario) -> list[int]:
     """
     learned: dict[int, int] = {}  # sample id -> number of learned tasks holding it
     task_learned: set[int] = set()
+    emptied: set[int] = set()  # tasks an unlearn request left with no learned sample, not learned again since
     pool = len(scenario.train_y)
     remaining = []
     for request in requests:
@@ -124,17 +125,18 @@ def check_stream(requests: Sequence[Request], scenario: Scenario) -> list[int]:
             )
         if request.action == "learn":
             task_learned.add(request.task)
+            emptied.discard(request.task)
             for i in scenario.tasks[request.task].train_ids.tolist():
                 learned[i] = learned.get(i, 0) + 1
         elif request.action == "unlearn" and request.task is not None:
+            if request.task in emptied:
+                raise UserInputError(f"The {request.describe()} unlearns task {request.task}, but all its samples "
+                                     "were already unlearned earlier in the stream.")
             if request.task not in task_learned:
                 raise UserInputError(
                     f"The {request.describe()} unlearns task {request.task}, which is not learned at that point of the stream."
                 )
             ids = scenario.tasks[request.task].train_ids.tolist()
-            if not any(i in learned for i in ids):
-                raise UserInputError(f"The {request.describe()} unlearns task {request.task}, but all its samples "
-                                     "were already unlearned earlier in the stream.")
             _forget(learned, ids)
             task_learned.discard(request.task)
         elif request.action == "unlearn":
@@ -145,7 +147,9 @@ def check_stream(requests: Sequence[Request], scenario: Scenario) -> list[int]:
                 )
             _forget(learned, request.ids)
         if request.action == "unlearn":  # a task left with no learned sample is forgotten whole, as the runner does
-            task_learned = {t for t in task_learned if any(i in learned for i in scenario.tasks[t].train_ids.tolist())}
+            gone = {t for t in task_learned if not any(i in learned for i in scenario.tasks[t].train_ids.tolist())}
+            task_learned -= gone
+            emptied |= gone
         remaining.append(len(learned))
     return remaining
 

@@ -44,8 +44,7 @@ class L1SparseConfig(TrainConfig):
         super().check()
         if not (finite_number(self.alpha) and self.alpha >= 0):
             raise UserInputError(f"l1_sparse alpha must be a finite non-negative number, got alpha={self.alpha}.")
-        integer = not isinstance(self.no_l1_epochs, bool) and isinstance(self.no_l1_epochs, int)
-        if not (integer and 0 <= self.no_l1_epochs < self.epochs):  # 0.5 or True gave an undocumented schedule
+        if not 0 <= self.no_l1_epochs < self.epochs:
             raise UserInputError(
                 f"no_l1_epochs must be in 0..epochs-1 (epochs={self.epochs}), got no_l1_epochs={self.no_l1_epochs}."
             )
