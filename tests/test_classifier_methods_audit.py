@@ -211,3 +211,22 @@ def test_items_the_model_cannot_take_are_one_sentence_from_the_api():
 def test_items_that_are_not_pairs_or_have_impossible_labels_are_refused(item, message):
     with pytest.raises(UserInputError, match=message):
         ClassifierAdapter(None, 3).collate([item])
+
+
+def test_a_one_image_batch_still_takes_batchnorm2d_statistics_over_its_pixels():
+    """Only a layer that would see one value per channel falls back to running statistics; BatchNorm2d over one
+    image's 4×4 pixels trains as torch trains it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(48, 8), nn.BatchNorm1d(8), nn.Linear(8, 2)).train()
+    adapter = ClassifierAdapter(model, 2)
+    image_stats, flat_stats = model[1].running_mean.clone(), model[5].running_mean.clone()
+    adapter.logits(model, adapter.collate([(torch.randn(1, 4, 4), 1)]))
+    assert not torch.equal(model[1].running_mean, image_stats)  # batch statistics over the pixels, as before
+    assert torch.equal(model[5].running_mean, flat_stats) and model[5].training  # one value per channel: running
+
+
+@pytest.mark.parametrize("item", [b"xy", bytearray(b"xy")])
+def test_bytes_are_not_an_input_label_pair(item):
+    with pytest.raises(UserInputError, match="must be an \\(input, label\\) pair"):
+        ClassifierAdapter(None, 3).collate([item])

@@ -585,16 +585,19 @@ def test_uncle_unlearning_loss_is_the_keep_term_plus_gamma_times_the_mean_over_n
     assert seen["loss"] == pytest.approx(seen["expected"], rel=1e-6)
 
 
-@pytest.mark.parametrize("unlearner, settings", [("gradient_ascent", {"epochs": 1, "lr": 1e-3}),
-                                                 ("random_label", {"epochs": 3, "lr": 0.01})])
-def test_core_unlearners_run_in_a_task_incremental_stream(task_il, unlearner, settings):
+@pytest.mark.parametrize("unlearner, settings, forgotten_below", [
+    ("gradient_ascent", {"epochs": 1, "lr": 1e-3}, 0.7),
+    ("random_label", {"epochs": 3, "lr": 0.01}, 0.2),  # 0.54 when its wrong labels ignore the task's classes
+    ("ssd", {"alpha": 0.1, "lam": 0.1}, 0.7),  # it takes no seed, which the runner used to hand every core method
+])
+def test_core_unlearners_run_in_a_task_incremental_stream(task_il, unlearner, settings, forgotten_below):
     """Every core unlearner crashed here (KeyError 'labels': the API's width check runs a forward without labels),
     after the tasks had trained; random_label then drew wrong labels outside the item's task, whose logits are
     masked (a loss of 8.75e8), and left task 0 at accuracy 1.00."""
     run = run_stream(task_il, "naive", "learn:0,learn:1,unlearn:0", unlearner=unlearner, params=FAST,
                      unlearner_params=settings, reference=False)
     before, after = run.steps[1].accuracy, run.steps[2].accuracy
-    assert after[0] < before[0] - 0.3  # task 0 forgotten (from 0.97; two classes, so chance is 0.5)
+    assert before[0] > 0.9 and after[0] < forgotten_below  # task 0 forgotten (two classes, so chance is 0.5)
     assert after[1] > 0.8  # task 1 kept (0.96 before)
     assert run.steps[2].info["status"] == "ok"
 
@@ -602,6 +605,6 @@ def test_core_unlearners_run_in_a_task_incremental_stream(task_il, unlearner, se
 def test_a_diverged_core_unlearner_is_refused(scenario):
     """The loop restores the last finite weights when a run diverges; that model was adopted as 'unlearned' (task 0
     kept accuracy 1.0) and the run reported nothing."""
-    with pytest.raises(UserInputError, match="Unlearner 'gradient_ascent' diverged"):
+    with pytest.raises(UserInputError, match="Training diverged on the gradient_ascent unlearning .*--unlearner-param"):
         run_stream(scenario, "naive", "learn:0,unlearn:0", unlearner="gradient_ascent", params=FAST,
                    unlearner_params={"lr": 1e30}, reference=False)

@@ -245,7 +245,7 @@ def _nested(depth: int):
     ("items", [10 ** 5000], "The item holds an integer too long to be stored"),
     ("params", {"deep": _nested(2000)}, "The params is nested too deeply to be stored"),
     ("items", [_nested(2000)], "The item is nested too deeply to be stored"),
-    ("params", {1: "a", "1": "b"}, "The params has two keys with the same text"),  # one setting was silently lost
+    ("params", {"lr": 1, 1: "a", "1": "b"}, r"The params has keys with the same text \(1, .1.\)"),  # one was lost
 ])
 def test_values_json_cannot_hold_are_one_sentence(tmp_path: Path, field, value, message) -> None:
     fields = {"params": {}, "items": ["x"], field: value}

@@ -385,13 +385,15 @@ def test_uld_generation_stops_at_an_end_token_given_as_a_list(lm):
 
 
 @pytest.mark.parametrize("method, setting, message", [
-    ("uld", {"alpha": float("inf")}, "ULD alpha must be a finite non-negative number"),  # ran "ok", logits not finite
-    ("guard_it", {"alpha": float("inf")}, "GUARD-IT alpha must be a finite non-negative number"),
-    ("kfade", {"damping": float("inf")}, "K-FADE damping must be a finite positive number"),
-    ("icu", {"kl_weight": float("nan")}, "must be finite non-negative numbers"),  # ran, then "diverged"
-    ("npo", {"gamma": float("nan")}, "NPO gamma and alpha must be finite non-negative numbers"),
-    ("sam_npo", {"alpha": float("inf")}, "NPO gamma and alpha must be finite non-negative numbers"),
+    ("uld", {"alpha": float("inf")}, "hyper-parameter alpha must be a finite number, got inf"),  # ran "ok"
+    ("guard_it", {"alpha": float("inf")}, "hyper-parameter alpha must be a finite number, got inf"),
+    ("kfade", {"damping": float("inf")}, "hyper-parameter damping must be a finite number, got inf"),
+    ("icu", {"kl_weight": float("nan")}, "hyper-parameter kl_weight must be a finite number, got nan"),  # "diverged"
+    ("npo", {"gamma": float("nan")}, "hyper-parameter gamma must be a finite number, got nan"),
+    ("simnpo", {"delta": float("nan")}, "hyper-parameter delta must be a finite number, got nan"),
+    ("rmu", {"steering": float("inf")}, "hyper-parameter steering must be a finite number, got inf"),
     ("icu", {"check_tokens": True}, "hyper-parameter check_tokens must be an integer, got True"),
+    ("first_epoch_ga", {"steps": 2.0}, "hyper-parameter steps must be an integer, got 2.0"),
 ])
 def test_lm_settings_that_cannot_work_are_refused(method, setting, message):
     from unlearnkit.methods.registry import method_config

@@ -153,10 +153,12 @@ def _storable(what: str) -> Iterator[None]:
     writes as text) into one sentence about ``what``."""
     try:
         yield
+    except UserInputError:
+        raise
     except RecursionError:
         raise UserInputError(f"The {what} is nested too deeply to be stored.") from None
     except ValueError as error:
-        if "digits" not in str(error):  # int-to-text's length limit; other ValueErrors are not ours to reword
+        if "Exceeds the limit" not in str(error):  # int-to-text's length limit; other ValueErrors are not ours
             raise
         raise UserInputError(f"The {what} holds an integer too long to be stored ({error}).") from None
 
@@ -171,8 +173,9 @@ def _plain(value: Any, *, what: str, arrays: Any) -> Any:
     if isinstance(value, Mapping):
         plain = {str(k): _plain(v, what=what, arrays=arrays) for k, v in value.items()}
         if len(plain) < len(value):  # {1: a, "1": b}: JSON keys are text, and one value would be lost
-            raise UserInputError(f"The {what} has two keys with the same text ({', '.join(map(repr, value))}); "
-                                 "JSON keys are text, so one would be lost.")
+            twins = [k for k in value if [str(other) for other in value].count(str(k)) > 1]
+            raise UserInputError(f"The {what} has keys with the same text ({', '.join(map(repr, twins))}); "
+                                 "JSON keys are text, so one value would be lost.")
         return plain
     if isinstance(value, (list, tuple)):
         return [_plain(v, what=what, arrays=arrays) for v in value]

@@ -51,9 +51,9 @@ class ClassifierAdapter:
 
         Every forward is checked against the batch (see :meth:`check_output`), so no method or metric reads
         logits of another shape, another class count than ``num_classes``, or labels past the model's classes.
-        A batch of one item has no batch statistics: training BatchNorm layers use their running statistics for it
-        (and leave them unchanged), as in evaluation; a one-record request, or one item left over after the last
-        full batch, crashed every training method on a BatchNorm model.
+        A training BatchNorm layer that would see one value per channel (a batch of one item with no spatial
+        dimensions) uses its running statistics for it and leaves them unchanged, as in evaluation: a one-record
+        request, or one item left over after the last full batch, crashed every training method on such a model.
         """
         weight = next((p for p in model.parameters() if p.is_floating_point()), None)
         inputs = batch["inputs"]
@@ -100,6 +100,8 @@ class ClassifierAdapter:
                 with torch.no_grad(), eval_mode(self.model):
                     width = self.logits(self.model, {"inputs": inputs}).shape[1]
             except RuntimeError as error:  # e.g. inputs of another width than the model's first layer
+                if isinstance(error, (torch.OutOfMemoryError, NotImplementedError)):  # the machine's or the model's
+                    raise
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
                 raise UserInputError(f"The model cannot take the items of {where} (input shape "
                                      f"{tuple(inputs.shape[1:])}): {reason}") from None
@@ -125,20 +127,29 @@ class ClassifierAdapter:
 
 @contextlib.contextmanager
 def _running_statistics(model: nn.Module) -> Iterator[None]:
-    """Every BatchNorm layer of ``model`` that is training switched to its running statistics, then back."""
-    switched = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
-    for module in switched:
-        module.eval()
+    """Each training BatchNorm layer of ``model`` whose input holds one value per channel switched to its running
+    statistics for the forward, then back (a BatchNorm2d over one image's pixels still has batch statistics)."""
+    switched: list[nn.Module] = []
+
+    def one_value_per_channel(module: nn.Module, args: tuple) -> None:
+        if module.training and args[0].numel() == args[0].shape[1]:
+            module.eval()
+            switched.append(module)
+
+    handles = [m.register_forward_pre_hook(one_value_per_channel) for m in model.modules()
+               if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     try:
         yield
     finally:
+        for handle in handles:
+            handle.remove()
         for module in switched:
             module.train()
 
 
 def _pair(item: Any) -> tuple[Any, Any]:
     """An item as its ``(input, label)`` pair."""
-    if isinstance(item, (Mapping, str)):  # unpacking would take a dict's two keys or a string's two characters
+    if isinstance(item, (Mapping, str, bytes, bytearray)):  # unpacking would take a dict's keys or two characters
         raise UserInputError(f"A classifier item must be an (input, label) pair, got a {type(item).__name__}.")
     try:
         x, y = item

@@ -36,6 +36,7 @@ with the same loop and stopping rule on a smaller subset; an optional extra, see
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import random
 import time
 from dataclasses import dataclass, field
@@ -187,7 +188,7 @@ class FactsConfig:
                      "batch_size", "max_length", "warmup_steps", "reading"):
             value = getattr(self, name)
             least = 0 if name in ("warmup_steps", "reading") else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise UserInputError(f"The facts setting {name} must be an integer of at least {least}, got {value!r}.")
         for name in ("lr", "check_below_loss"):
             value = getattr(self, name)

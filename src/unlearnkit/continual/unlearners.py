@@ -30,7 +30,7 @@ from ..request import ForgetRequest
 from .scenarios import Scenario
 from .stream import Request
 from .strategies import GradientLearner, Strategy, strategy_class
-from .strategies.base import MASK_VALUE
+from .strategies.base import MASK_VALUE, check_trained
 
 NATIVE = {"acu": "acu", "uncle": "uncle"}  # unlearner -> the strategy it belongs to
 BUILTIN = ("amnesiac", "retrain", *NATIVE)
@@ -156,9 +156,8 @@ def core_unlearn(learner: GradientLearner, scenario: Scenario, method: str, forg
                else ClassifierAdapter(learner.model, scenario.num_classes))
     settings = {**seeded_defaults([method], learner.seed, {})[method], **params}
     model, record = unlearn(learner.model, request, method, adapter=adapter, **settings)
-    if record.status == "diverged":  # its model is the loop's restored weights: adopting it would forget nothing
-        raise UserInputError(f"Unlearner {method!r} diverged ({record.message.partition(';')[0]}); lower its lr or "
-                             "set grad_clip with --unlearner-param.")
+    # a diverged run's model is the loop's restored weights: adopting it would forget nothing
+    check_trained(record, f"the {method} unlearning", "--unlearner-param")
     learner.model.load_state_dict(model.state_dict())
     return {"method": method, "status": record.status, "steps": record.steps}
 

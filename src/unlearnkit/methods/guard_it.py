@@ -39,7 +39,6 @@ Choices where the paper is silent or its tools are unavailable:
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -247,8 +246,8 @@ class GuardITConfig(TrainConfig):
     def check(self) -> None:
         """Also require α ≥ 0, T in [−1, 1], a ≥ 0 and at least one cluster."""
         super().check()
-        if not 0 <= self.alpha < math.inf:  # inf ran "ok" with non-finite hidden states
-            raise UserInputError(f"GUARD-IT alpha must be a finite non-negative number, got alpha={self.alpha}.")
+        if not self.alpha >= 0:
+            raise UserInputError(f"GUARD-IT alpha must be a non-negative number, got alpha={self.alpha}.")
         if self.threshold is not None and not -1.0 <= self.threshold <= 1.0:
             raise UserInputError(f"GUARD-IT threshold is a cosine in [-1, 1], got threshold={self.threshold}.")
         if not self.calibration_penalty >= 0:

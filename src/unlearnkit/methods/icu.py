@@ -40,7 +40,6 @@ Choices where the paper is silent or its tools are unavailable:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -72,8 +71,8 @@ class ICUConfig(TrainConfig):
     def check(self) -> None:
         """Also require non-negative weights, a threshold in (0, 1] and a positive check length."""
         super().check()
-        if not all(0 <= w < math.inf for w in (self.forget_weight, self.neighbour_weight, self.kl_weight)):  # NaN too
-            raise UserInputError("ICU forget_weight, neighbour_weight and kl_weight must be finite non-negative numbers.")
+        if min(self.forget_weight, self.neighbour_weight, self.kl_weight) < 0:
+            raise UserInputError("ICU forget_weight, neighbour_weight and kl_weight must be non-negative.")
         if not 0.0 < self.forgotten_below <= 1.0:
             raise UserInputError(f"forgotten_below is a ROUGE-L recall in (0, 1], got {self.forgotten_below}.")
         if not (isinstance(self.check_tokens, int) and self.check_tokens >= 1):

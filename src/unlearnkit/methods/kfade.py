@@ -11,8 +11,8 @@ G_r is approximated by K-FAC, one Kronecker block per linear layer:
 
 Choices where the paper is silent or unverified:
 
-- Layers: every ``nn.Linear`` and GPT-2 ``Conv1D`` (whose weight is stored transposed, ``(in, out)``)
-  except the output head, whose weight GPT-2 ties to the input embeddings and whose S would be
+- Layers: every trainable ``nn.Linear`` and GPT-2 ``Conv1D`` (whose weight is stored transposed, ``(in, out)``;
+  a frozen layer is left alone) except the output head, whose weight GPT-2 ties to the input embeddings and whose S would be
   V × V; ``include_head=True`` adds it on a model whose head is untied (a tied head is refused: its
   step would move the input embeddings with the head's factors).
 - Biases ride in the same block: ā = [a; 1], so the bias gradient is the last column of the
@@ -44,7 +44,6 @@ relearning attack.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -82,8 +81,8 @@ class KFadeConfig(TrainConfig):
         super().check()
         if self.damping_split not in DAMPING_SPLITS:
             raise UserInputError(f"Unknown K-FADE damping_split {self.damping_split!r}; valid: {', '.join(DAMPING_SPLITS)}.")
-        if not 0 < self.damping < math.inf:
-            raise UserInputError(f"K-FADE damping must be a finite positive number, got damping={self.damping}.")
+        if not self.damping > 0:
+            raise UserInputError(f"K-FADE damping must be positive, got damping={self.damping}.")
         if not (isinstance(self.steps, int) and self.steps > 0):
             raise UserInputError(f"K-FADE steps must be a positive integer, got steps={self.steps}.")
 

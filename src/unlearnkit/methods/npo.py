@@ -53,13 +53,10 @@ class NPOConfig(ProjectionConfig, SharpnessConfig, SamplingConfig, StopConfig):
     lr: float = 1e-5  # OpenUnlearning's, for pretrained LMs (the facts bench sets its own)
 
     def check(self) -> None:
-        """Also require β > 0, finite weights γ, α ≥ 0 and a known retain term."""
+        """Also require β > 0 and a known retain term."""
         super().check()
         if not self.beta > 0:
             raise UserInputError(f"NPO beta must be positive, got beta={self.beta}.")
-        if not all(0 <= weight < float("inf") for weight in (self.gamma, self.alpha)):  # NaN ran, then "diverged"
-            raise UserInputError(f"NPO gamma and alpha must be finite non-negative numbers, got {self.gamma} and "
-                                 f"{self.alpha}.")
         check_retain_loss(self.retain_loss)
 
 

@@ -200,8 +200,8 @@ class ULDConfig(SamplingConfig):
         super().check()
         if not 0 < self.tau <= 1:
             raise UserInputError(f"ULD tau must be in (0, 1], got tau={self.tau}.")
-        if not 0 <= self.alpha < math.inf:  # inf ran "ok" with non-finite logits
-            raise UserInputError(f"ULD alpha must be a finite non-negative number, got alpha={self.alpha}.")
+        if not self.alpha >= 0:
+            raise UserInputError(f"ULD alpha must be non-negative, got alpha={self.alpha}.")
         if not self.retain_weight >= 0:
             raise UserInputError(f"ULD retain_weight must be non-negative, got retain_weight={self.retain_weight}.")
         if self.assistant_layers < 0:

@@ -9,6 +9,8 @@ import operator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
+import numpy as np
+
 from ..errors import UserInputError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -117,26 +119,31 @@ def build_config(config_cls: type, overrides: Mapping[str, Any], *, owner: str) 
     for name, value in values.items():
         _check_type(valid[name], value, owner)
     config = config_cls(**values)
-    config.check()
+    config.check()  # the method's own rules first: their messages say more than the checks below
+    for name, value in values.items():
+        if isinstance(value, numbers.Real) and not math.isfinite(value):  # no setting means anything by NaN or inf
+            raise UserInputError(f"{owner}: hyper-parameter {name} must be a finite number, got {value!r}.")
     return config
 
 
-#: What a value of each declared setting type may be, and its name: True is no count and no rate, 2.5 no count.
+#: Numeric setting types, what a value of each may be, and its name: True is no count and no rate, 2.5 no count.
+#: (numpy's bool is no Integral, so no int either.) Text settings are not checked: some take a layer index too.
 _ACCEPTS = {"int": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"),
             "float": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
-            "bool": (lambda v: isinstance(v, bool), "true or false"),
-            "str": (lambda v: isinstance(v, str), "text")}  # numpy's bool is no Integral, so no int either
+            "bool": (lambda v: isinstance(v, (bool, np.bool_)), "true or false")}
 
 
 def _check_type(field: dataclasses.Field, value: Any, owner: str) -> None:
     """Refuse a value (from the Python API; the CLI's text is converted first) that is not of the setting's
-    declared type: ``hidden=True`` built a layer of width 1, ``buffer_size=True`` a buffer of one sample."""
-    kind, _, optional = str(field.type).partition(" | ")
-    accepts, description = _ACCEPTS.get(kind, (None, ""))
-    if accepts is None or (value is None and optional == "None") or accepts(value):
+    declared numeric type: ``hidden=True`` built a layer of width 1, ``buffer_size=True`` a buffer of one sample."""
+    kinds = str(field.type).split(" | ")
+    checked = [_ACCEPTS[kind] for kind in kinds if kind in _ACCEPTS]
+    if len(checked) + ("None" in kinds) < len(kinds) or (value is None and "None" in kinds):
+        return  # a type with a part checked nowhere (text, a layer name or index), or None where allowed
+    if any(accepts(value) for accepts, _ in checked):
         return
-    raise UserInputError(f"{owner}: hyper-parameter {field.name} must be {description}"
-                         f"{' (or None)' if optional == 'None' else ''}, got {value!r}.")
+    wanted = " or ".join([description for _, description in checked] + (["None"] if "None" in kinds else []))
+    raise UserInputError(f"{owner}: hyper-parameter {field.name} must be {wanted}, got {value!r}.")
 
 
 def _coerce(field: dataclasses.Field, value: Any) -> Any:

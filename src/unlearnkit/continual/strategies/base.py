@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import UserInputError
-from ...train import TrainConfig, TrainRecord, optimise
+from ...train import TrainConfig, optimise
 from ...train.config import build_config
 from ..nets import build_mlp
 from ..scenarios import Scenario, Task
@@ -68,11 +68,11 @@ def positive(*values: float) -> bool:
     return all(math.isfinite(v) and v > 0 for v in values)
 
 
-def check_trained(record: TrainRecord, what: str) -> None:
-    """Raise :class:`UserInputError` when the training run on ``what`` diverged."""
+def check_trained(record: Any, what: str, option: str = "--param") -> None:
+    """Raise :class:`UserInputError` when the training run on ``what`` diverged (its settings come from ``option``)."""
     if record.status == "diverged":
         cause = record.message.partition(";")[0]  # the rest says which weights the loop restored: moot here
-        raise UserInputError(f"Training diverged on {what} ({cause}); lower lr or set grad_clip with --param.")
+        raise UserInputError(f"Training diverged on {what} ({cause}); lower lr or set grad_clip with {option}.")
 
 
 def split_params(configs: Sequence[type], overrides: Mapping[str, Any], owner: str) -> list[Any]:
