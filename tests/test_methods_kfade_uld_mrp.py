@@ -427,3 +427,13 @@ def test_kfade_forget_gradient_does_not_depend_on_the_batch_size(lm):
     forget = REQUEST.forget_items()
     one, whole = (kfade.forget_gradients(lm, layers, forget, size) for size in (1, len(forget)))
     assert all(torch.allclose(one[name], whole[name], atol=1e-6) for name in layers)
+
+
+@pytest.mark.parametrize("options", [{"do_sample": True}, {"num_beams": 3}])
+def test_uld_refuses_decoding_it_does_not_do(lm, options):
+    """Beam search was silently ignored: the answer came from greedy decoding."""
+    from unlearnkit.methods.uld import LogitDifferenceLM, truncated_copy
+
+    wrapper = LogitDifferenceLM(lm.model, truncated_copy(lm.model, 1), alpha=0.8, tau=0.1)
+    with pytest.raises(UserInputError, match="decodes greedily only"):
+        wrapper.generate(lm.collate(ITEMS[:1])["input_ids"], **options)

@@ -121,7 +121,7 @@ class LogitDifferenceLM(InferenceWrapper):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, max_new_tokens: int = 20,
                  do_sample: bool = False, pad_token_id: int | None = None, eos_token_id: int | list[int] | None = None,
-                 **_: Any) -> torch.Tensor:
+                 num_beams: int = 1, **_: Any) -> torch.Tensor:
         """Greedy decoding (no key-value cache): the prompt ids followed by the new ids.
 
         As in the authors' decoding, each step picks the best combined logit among the tokens the target
@@ -130,8 +130,9 @@ class LogitDifferenceLM(InferenceWrapper):
         padded with ``pad_token_id``; decoding stops early once every row has produced an ``eos_token_id`` (one id or
         a list).
         """
-        if do_sample:
-            raise UserInputError("ULD's logit-difference model decodes greedily only; call generate with do_sample=False.")
+        if do_sample or num_beams != 1:  # beams were silently ignored
+            raise UserInputError("ULD's logit-difference model decodes greedily only; call generate with do_sample=False "
+                                 "and num_beams=1.")
         ids = input_ids
         mask = torch.ones_like(ids) if attention_mask is None else attention_mask
         ends = None if eos_token_id is None else torch.as_tensor(eos_token_id, device=ids.device).reshape(-1)
