@@ -187,6 +187,24 @@ def test_guard_it_generation_changes_only_for_gated_prompts(setup, guard_it_run)
     assert sum(a != b for a, b in zip(after, before)) > len(forget) / 2  # most forget answers are redirected
 
 
+def test_guard_it_batched_generation_equals_one_prompt_at_a_time(setup, guard_it_run):
+    """The gate decides once, from the prompt's own tokens: pooling over a batch's left padding, or deciding again at
+    every new token, changed answers (one forget item then gave its forgotten answer) and no test noticed."""
+    adapter, _, items = setup
+    model, _ = guard_it_run
+    questions = [it["question"] for it in items] + ["Where was Alia born ? Where was Alia born ?", "What ?"]
+    batched = adapter.generate(model, questions, max_new_tokens=12)
+    assert batched == [adapter.generate(model, [q], max_new_tokens=12)[0] for q in questions]
+    decisions = []
+    steering = model.steering
+    model.steering = lambda *args: decisions.append(1) or steering(*args)
+    try:
+        adapter.generate(model, questions[:3], max_new_tokens=12)
+    finally:
+        del model.steering
+    assert len(decisions) == 1  # once, from the prompts, not again for every generated token
+
+
 def test_guard_it_vectors_use_pooled_texts_per_cluster():
     forget = torch.tensor([[3.0, 0.0, 1.0], [1.0, 0.0, 1.0], [0.0, 4.0, 0.0]])
     labels = np.array([0, 0, 1])
