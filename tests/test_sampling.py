@@ -128,13 +128,15 @@ def test_standard_pairs_every_forget_item_once_with_a_retain_cycle_and_maps_forg
     config = SamplingConfig(sampling="standard", batch_size=2, seed=3)
     stream, steps = retain_pairing(ListAdapter(), request, config, forget_item=lambda i: ("mapped", i))
     assert steps == 2
-    epochs = [list(stream(epoch)) for epoch in range(7)]  # 7 epochs × 4 retain items = 28 ≥ one retain pass
+    epochs = [list(stream(epoch)) for epoch in range(11)]  # 11 epochs × 4 retain items = 44 ≥ two retain passes
     for batches in epochs:
         assert sorted(f[1] for b in batches for f in b["forget"]) == [0, 1, 2]
         assert all(f[0] == "mapped" for b in batches for f in b["forget"])
     retain_seen = [r["question"] for batches in epochs for b in batches for r in b["retain"]]
     first_pass = retain_seen[:21]
     assert sorted(first_pass) == sorted(data()[r]["question"] for r in request.retain)  # no repeat within a pass
+    second_pass = retain_seen[21:42]
+    assert sorted(second_pass) == sorted(first_pass) and second_pass != first_pass  # the next pass is reshuffled
     assert [f[1] for b in epochs[0] for f in b["forget"]] != [f[1] for b in epochs[1] for f in b["forget"]]
 
 
