@@ -16,6 +16,17 @@ from unlearnkit.userdata import read_records, require_fields
 
 
 # ---------------------------------------------------------------------- causal_lm.py
+def test_a_model_path_that_is_a_file_is_not_called_missing(tmp_path):
+    """``--model lm/config.json`` (a file of the model, not its folder) was reported as a folder that does not exist."""
+    from unlearnkit.adapters.causal_lm import CausalLMAdapter
+
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(UserInputError, match=r"config.json is a file; give the model's folder\.$"):
+        CausalLMAdapter.from_pretrained(tmp_path / "config.json")
+    with pytest.raises(UserInputError, match=r"missing does not exist\.$"):
+        CausalLMAdapter.from_pretrained(tmp_path / "missing")
+
+
 def test_a_python_tokenizer_prompts_generation_with_the_ids_its_answers_were_trained_after():
     """A tokenizer without offsets (not "fast") encodes the plain prompt apart from its answer, trailing space
     included; generation must be prompted with those same ids, not with the prompt stripped of its space."""
@@ -82,7 +93,7 @@ def test_a_utf8_file_with_a_byte_order_mark_reads_like_one_without(tmp_path):
     jsonl_file.write_text(json.dumps({"question": "Where?", "answer": "Here."}) + "\n", encoding="utf-8-sig")
     for path in (csv_file, jsonl_file):
         records = read_records(path)
-        assert records == [(2 if path.suffix == ".csv" else 1, {"question": "Where?", "answer": "Here."})]
+        assert records == [("line 2" if path.suffix == ".csv" else "line 1", {"question": "Where?", "answer": "Here."})]
         require_fields(records, ["question", "answer"], path)
 
 
@@ -91,7 +102,7 @@ def test_jsonl_lines_are_split_at_newlines_only(tmp_path):
     rows = [{"question": "First\u2028line?", "answer": "A\x85B"}, {"question": "Q2\u2029", "answer": "A2"}]
     path = tmp_path / "forget.jsonl"
     path.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n", encoding="utf-8")
-    assert read_records(path) == [(1, rows[0]), (2, rows[1])]
+    assert read_records(path) == [("line 1", rows[0]), ("line 2", rows[1])]
 
 
 @pytest.mark.parametrize("name", ["forget.jsonl", "forget.json"])

@@ -125,6 +125,11 @@ BAD_INPUTS = [
     ({"--retain": "overlap.csv"}, "overlap.csv line 3 holds the same item as"),
     ({"--forget": "nan.jsonl"}, "line 2: field 'input' holds NaN or an infinite value"),
     ({"--forget": "extra.csv"}, "extra.csv line 2 has 1 more value(s) than the header has column names"),
+    # a repeated forget item was unlearned, scored and recorded twice
+    ({"--forget": "twice.jsonl"}, "twice.jsonl line 3 holds the same item as its line 1; give each item once"),
+    # an array's records were named by position as lines: "line 2" pointed at the first record's first line
+    ({"--forget": "pretty.json"}, "pretty.json record 2 (line 11) has no field 'label'"),
+    ({"--forget": "pretty.parquet"}, "pretty.parquet row 2 has no value for the field 'label'"),
     ({"--subject": "M\udcfcller"}, "The --subject holds '\\udcfc', which is not valid Unicode text"),
 ]
 PATH_OPTIONS = ("--model", "--forget", "--retain", "--out", "--ledger", "--training-data")
@@ -147,6 +152,13 @@ def test_bad_input_exits_2_and_writes_nothing(workspace, capsys, overrides, mess
     _write_jsonl(ws / "overlap.jsonl", _rows(40, 0)[5:6] + [{**_rows(40, 0)[3], "label": float(_rows(40, 0)[3]["label"])}])
     (ws / "nan.jsonl").write_text('{"input": [1, 2, 3, 4], "label": 0}\n{"input": [NaN, 2, 3, 4], "label": 0}\n')
     (ws / "extra.csv").write_text('input,label\n"[1, 2, 3, 4]",0,surplus\n')
+    _write_jsonl(ws / "twice.jsonl", _rows(40, 0)[:2] + _rows(40, 0)[:1])
+    (ws / "pretty.json").write_text(json.dumps(_rows(40, 0)[:1] + [{"input": [1, 2, 3, 4]}], indent=2))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{"input": "[1, 2, 3, 4]", "label": 0}, {"input": "[1, 2, 3, 4]", "label": None}]),
+                   ws / "pretty.parquet")
     padded = [f'"{json.dumps(r["input"])}",0{r["label"]}' for r in _rows(40, 0)[5:6] + _rows(40, 0)[3:4]]
     (ws / "overlap.csv").write_text("input,label\n" + "\n".join(padded) + "\n")
     import sqlite3
@@ -379,6 +391,10 @@ def test_the_ledger_records_the_used_fields_so_check_item_matches_across_formats
     (workspace / "item.json").write_text(json.dumps(source[1]))  # {"input": [...], "label": 0 or 1}
     capsys.readouterr()
     assert main(["ledger", "check-item", "--ledger", str(workspace / "ledger.db"), "--item", str(workspace / "item.json")]) == 0
+    assert "forgotten: row 1" in capsys.readouterr().out
+    # a byte order mark (Windows editors write one) is not part of the item, as in the data files
+    (workspace / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(source[1]).encode())
+    assert main(["ledger", "check-item", "--ledger", str(workspace / "ledger.db"), "--item", str(workspace / "bom.json")]) == 0
     assert "forgotten: row 1" in capsys.readouterr().out
     (workspace / "other.json").write_text(json.dumps(_rows(40, 0)[10]))  # retained, never forgotten
     assert main(["ledger", "check-item", "--ledger", str(workspace / "ledger.db"), "--item", str(workspace / "other.json")]) == 1

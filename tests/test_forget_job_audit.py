@@ -83,7 +83,7 @@ def test_a_csv_field_longer_than_the_csv_modules_default_limit_is_read(tmp_path)
     path = tmp_path / "big.csv"
     values = "[" + ", ".join(["0.123456"] * 20000) + "]"  # 200,000 characters: a flattened image as text
     path.write_text(f'input,label\n"{values}",0\n', encoding="utf-8")
-    assert read_records(path) == [(2, {"input": values, "label": "0"})]
+    assert read_records(path) == [("line 2", {"input": values, "label": "0"})]
 
 
 def test_a_malformed_csv_row_gets_one_sentence_with_file_and_line(tmp_path, monkeypatch):

@@ -78,10 +78,26 @@ def test_json_records_still_read_as_before(tmp_path):
     (tmp_path / "rows.json").write_text('[{"q": 1, "nested": {"a": 1, "b": 2}},\n {"q": 2}]')
     (tmp_path / "rows.jsonl").write_text('{"q": 1}\n\n{"q": 2, "same": {"q": 3}}\n')
     (tmp_path / "blank.csv").write_text("\n\n")
-    assert read_records(tmp_path / "rows.json") == [(1, {"q": 1, "nested": {"a": 1, "b": 2}}), (2, {"q": 2})]
-    assert read_records(tmp_path / "rows.jsonl") == [(1, {"q": 1}), (3, {"q": 2, "same": {"q": 3}})]
+    assert read_records(tmp_path / "rows.json") == [("record 1 (line 1)", {"q": 1, "nested": {"a": 1, "b": 2}}),
+                                                    ("record 2 (line 2)", {"q": 2})]
+    assert read_records(tmp_path / "rows.jsonl") == [("line 1", {"q": 1}), ("line 3", {"q": 2, "same": {"q": 3}})]
     with pytest.raises(UserInputError, match="holds no records"):
         read_records(tmp_path / "blank.csv")
+
+
+def test_a_json_array_names_each_record_and_the_line_it_starts_on(tmp_path):
+    (tmp_path / "rows.json").write_text('\n [ {"q": "[1, 2]"} ,\n\n\t{"q": {"a": [3]}}, 5 ]')
+    with pytest.raises(UserInputError, match=r"rows.json record 3 \(line 4\) is not a JSON object with named fields"):
+        read_records(tmp_path / "rows.json")
+
+
+def test_a_path_that_is_no_regular_file_is_not_called_missing(tmp_path):
+    """A pipe (``--forget <(cat forget.jsonl)``) was reported as a file that does not exist."""
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    with pytest.raises(UserInputError, match=r"pipe.jsonl is not a regular file \(a pipe or device\)"):
+        read_records(tmp_path / "pipe.jsonl")
+    with pytest.raises(UserInputError, match="does not exist"):
+        read_records(tmp_path / "missing.jsonl")
 
 
 def _classifier_workspace(tmp_path: Path) -> Path:

@@ -101,19 +101,19 @@ def _classifier_items(records, job: ForgetJob, path: Path, spec: Mapping[str, An
     require_fields(records, [job.input_field, job.label_field], path)
     shape = input_shape(spec)
     items = []
-    for number, record in records:
+    for place, record in records:
         raw = record[job.input_field]
         try:
             values = torch.tensor(json.loads(raw) if isinstance(raw, str) else raw, dtype=torch.float32)
             items.append((values.reshape(shape), _label(record[job.label_field])))
         except (ValueError, RuntimeError, TypeError, OverflowError):  # OverflowError: an infinite label
-            raise UserInputError(f"{path} line {number}: field {job.input_field!r} is not {int(np.prod(shape))} numbers "
+            raise UserInputError(f"{path} {place}: field {job.input_field!r} is not {int(np.prod(shape))} numbers "
                                  f"or {job.label_field!r} is not an integer label.") from None
         if not bool(torch.isfinite(values).all()):
-            raise UserInputError(f"{path} line {number}: field {job.input_field!r} holds NaN or an infinite value; "
+            raise UserInputError(f"{path} {place}: field {job.input_field!r} holds NaN or an infinite value; "
                                  "inputs must be finite numbers.")
         if not 0 <= items[-1][1] < int(spec["num_classes"]):
-            raise UserInputError(f"{path} line {number}: label {items[-1][1]} is outside 0..{int(spec['num_classes']) - 1}.")
+            raise UserInputError(f"{path} {place}: label {items[-1][1]} is outside 0..{int(spec['num_classes']) - 1}.")
     return items
 
 
@@ -133,17 +133,17 @@ def _used_fields(job: ForgetJob, kind: str) -> tuple[str, str]:
 def _lm_items(records, job: ForgetJob, path: Path) -> list[dict[str, str]]:
     require_fields(records, [job.question_field, job.answer_field], path)
     items = []
-    for number, record in records:
+    for place, record in records:
         for name in (job.question_field, job.answer_field):
             value = record[name]
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):  # str() would invent the text
-                raise UserInputError(f"{path} line {number}: field {name!r} holds a {type(value).__name__}, not text.")
+                raise UserInputError(f"{path} {place}: field {name!r} holds a {type(value).__name__}, not text.")
             if isinstance(value, float):  # its text is gone: 2.50 reads as 2.5, 1e3 as 1000.0
-                raise UserInputError(f"{path} line {number}: field {name!r} holds a number with a decimal point or an "
+                raise UserInputError(f"{path} {place}: field {name!r} holds a number with a decimal point or an "
                                      "exponent; put it in quotes, so that the text forgotten is the text you wrote.")
-            _require_utf8(str(value), f"{path} line {number}: field {name!r}")
+            _require_utf8(str(value), f"{path} {place}: field {name!r}")
             if not str(value).strip():  # the reader refuses empty values, not spaces alone
-                raise UserInputError(f"{path} line {number}: field {name!r} is blank; each item needs a question and an answer.")
+                raise UserInputError(f"{path} {place}: field {name!r} is blank; each item needs a question and an answer.")
         items.append({"question": str(record[job.question_field]), "answer": str(record[job.answer_field])})
     return items
 
@@ -168,20 +168,24 @@ def _check_in_training_data(job: ForgetJob, forget_records, kind: str) -> None:
     fields = _used_fields(job, kind)
     known = {_content_key(record, kind, fields) for _, record in read_records(job.training_data)
              if all(name in record for name in fields)}  # a record without them cannot be a forget item
-    for number, record in forget_records:
+    for place, record in forget_records:
         if _content_key(record, kind, fields) not in known:
-            raise UserInputError(f"{job.forget} line {number} is not in the training data {job.training_data}.")
+            raise UserInputError(f"{job.forget} {place} is not in the training data {job.training_data}.")
 
 
-def _check_no_overlap(job: ForgetJob, forget_records, retain_records, kind: str) -> None:
+def _check_each_item_once(job: ForgetJob, forget_records, retain_records, kind: str) -> None:
+    """Refuse an item the forget file lists twice (it would be unlearned, scored and recorded twice) or that both
+    files list (it cannot be both forgotten and kept)."""
     fields = _used_fields(job, kind)
-    forget_lines = {}
-    for number, record in forget_records:
-        forget_lines.setdefault(_content_key(record, kind, fields), number)
-    for number, record in retain_records:
-        twin = forget_lines.get(_content_key(record, kind, fields))
+    forget_places = {}
+    for place, record in forget_records:
+        first = forget_places.setdefault(_content_key(record, kind, fields), place)
+        if first != place:
+            raise UserInputError(f"{job.forget} {place} holds the same item as its {first}; give each item once.")
+    for place, record in retain_records:
+        twin = forget_places.get(_content_key(record, kind, fields))
         if twin is not None:
-            raise UserInputError(f"{job.retain} line {number} holds the same item as {job.forget} line {twin}; "
+            raise UserInputError(f"{job.retain} {place} holds the same item as {job.forget} {twin}; "
                                  "an item cannot be both forgotten and kept.")
 
 
@@ -315,7 +319,7 @@ def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
         spec = None
         forget = _lm_items(forget_records, job, job.forget)
         retain = _lm_items(retain_records, job, job.retain) if job.retain else []
-    _check_no_overlap(job, forget_records, retain_records, kind)
+    _check_each_item_once(job, forget_records, retain_records, kind)
     if job.training_data is not None:
         _check_in_training_data(job, forget_records, kind)
     if kind != "classifier":  # loaded once the data checks pass: a language model can take minutes to load

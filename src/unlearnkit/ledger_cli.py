@@ -157,7 +157,7 @@ def read_item_forms(path: Path) -> list[Any]:
     except OSError as error:
         raise UserInputError(f"The item file {path} cannot be read ({error.strerror}).") from None
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a byte order mark is not part of the item, as in the data files read
     except UnicodeDecodeError:
         return [raw]
     forms = [text.removesuffix("\n").removesuffix("\r")]  # editors add a final newline the item did not have

@@ -13,11 +13,12 @@ FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".parquet": "parq
 CSV_FIELD_LIMIT = 2**31 - 1  # characters in one CSV field (the largest the csv module takes everywhere)
 
 
-def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
-    """``(line or row number, record)`` pairs from a JSONL, CSV or Parquet file."""
+def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """``(place, record)`` pairs from a JSONL, JSON, CSV or Parquet file; ``place`` says where the record is, for
+    messages: "line 3" (JSON lines, CSV), "record 2 (line 11)" (a JSON array), "row 4" (Parquet)."""
     path = Path(path)
     if not path.is_file():
-        raise UserInputError(f"The data file {path} {'is a folder' if path.is_dir() else 'does not exist'}.")
+        raise UserInputError(f"The data file {path} {not_a_file(path)}.")
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
         raise UserInputError(f"The data file {path} has an unknown format; use .jsonl, .json, .csv or .parquet.")
@@ -34,7 +35,14 @@ def read_records(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     return records
 
 
-def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def not_a_file(path: Path) -> str:
+    """Why ``path``, which is not a regular file, cannot be read as one (the end of a sentence)."""
+    if path.is_dir():
+        return "is a folder"
+    return "is not a regular file (a pipe or device); give a file saved on disk" if path.exists() else "does not exist"
+
+
+def _jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
     # utf-8-sig: a byte order mark (Windows editors write one) is not part of the first record
     text = path.read_text(encoding="utf-8-sig")
     if path.suffix.lower() == ".json" and text.lstrip().startswith("["):
@@ -42,7 +50,8 @@ def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
             rows = parse_json(text, str(path))
         except json.JSONDecodeError as error:
             raise UserInputError(f"{path} is not valid JSON (line {error.lineno}: {error.msg}).") from None
-        return [(i + 1, _as_record(row, path, i + 1)) for i, row in enumerate(rows)]
+        places = [f"record {i + 1} (line {line})" for i, line in enumerate(_element_lines(text, len(rows)))]
+        return [(place, _as_record(row, path, place)) for place, row in zip(places, rows)]
     records = []
     # at newlines only (read_text made \r\n and \r into \n): str.splitlines also splits at U+2028, U+2029
     # and U+0085, which JSON strings may hold unescaped
@@ -56,7 +65,7 @@ def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 raise UserInputError(f"{path} holds one JSON value over several lines; expected one object per line "
                                      "or one JSON array of objects.") from None
             raise UserInputError(f"{path} line {number} is not valid JSON ({error.msg}).") from None
-        records.append((number, _as_record(row, path, number)))
+        records.append((f"line {number}", _as_record(row, path, f"line {number}")))
     return records
 
 
@@ -100,13 +109,24 @@ def _one_json_value(text: str) -> bool:
     return True
 
 
-def _as_record(row: Any, path: Path, number: int) -> dict[str, Any]:
+def _element_lines(text: str, count: int) -> list[int]:
+    """The line each of the ``count`` elements of the JSON array ``text`` (already parsed) starts on."""
+    decoder, lines, at = json.JSONDecoder(), [], text.index("[") + 1
+    for _ in range(count):
+        while text[at] in " \t\r\n,":
+            at += 1
+        lines.append(text.count("\n", 0, at) + 1)
+        at = decoder.raw_decode(text, at)[1]
+    return lines
+
+
+def _as_record(row: Any, path: Path, place: str) -> dict[str, Any]:
     if not isinstance(row, dict):
-        raise UserInputError(f"{path} line {number} is not a JSON object with named fields.")
+        raise UserInputError(f"{path} {place} is not a JSON object with named fields.")
     return row
 
 
-def _csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _csv(path: Path) -> list[tuple[str, dict[str, Any]]]:
     # the default limit (131,072 characters) is below a flattened image written as "[...]" text
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
     with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's "CSV UTF-8" starts with a BOM
@@ -122,39 +142,39 @@ def _csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 # by position, not by name: a file without a header line would put an item's text in the message
                 raise UserInputError(f"{path} line {reader.line_num} gives columns {names.index(names[twice]) + 1} and "
                                      f"{twice + 1} the same name; the first line of a CSV file must name each column once.")
-            return [(reader.line_num, _csv_record(row, path, reader.line_num)) for row in reader]
+            return [(f"line {reader.line_num}", _csv_record(row, path, f"line {reader.line_num}")) for row in reader]
         except csv.Error as error:
             # the inner reader's count: it includes the line that failed
             raise UserInputError(f"{path} line {reader.reader.line_num} is not valid CSV ({error}).") from None
 
 
-def _csv_record(row: dict[Any, Any], path: Path, number: int) -> dict[str, Any]:
+def _csv_record(row: dict[Any, Any], path: Path, place: str) -> dict[str, Any]:
     if None in row:  # DictReader files values beyond the header's names under the key None
-        raise UserInputError(f"{path} line {number} has {len(row[None])} more value(s) than the header has column names.")
+        raise UserInputError(f"{path} {place} has {len(row[None])} more value(s) than the header has column names.")
     return row
 
 
-def _parquet(path: Path) -> list[tuple[int, dict[str, Any]]]:
+def _parquet(path: Path) -> list[tuple[str, dict[str, Any]]]:
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
     except Exception as error:  # pyarrow raises several types for a foreign file
         raise UserInputError(f"The data file {path} is not a readable Parquet file ({type(error).__name__}).") from None
-    return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
+    return [(f"row {i + 1}", row) for i, row in enumerate(table.to_pylist())]
 
 
-def require_fields(records: Sequence[tuple[int, dict[str, Any]]], fields: Sequence[str], path: str | Path) -> None:
+def require_fields(records: Sequence[tuple[str, dict[str, Any]]], fields: Sequence[str], path: str | Path) -> None:
     """Every record must hold every named field (non-empty)."""
-    for number, record in records:
+    for place, record in records:
         for name in fields:
             if record.get(name) == "":
-                raise UserInputError(f"{path} line {number} has an empty {name!r}; every item needs a non-empty one.")
+                raise UserInputError(f"{path} {place} has an empty {name!r}; every item needs a non-empty one.")
             if name in record and record[name] is None:  # JSON null, Parquet null, or a CSV row cut short
-                raise UserInputError(f"{path} line {number} has no value for the field {name!r}; every item needs one.")
+                raise UserInputError(f"{path} {place} has no value for the field {name!r}; every item needs one.")
             if record.get(name) is None and FORMATS.get(Path(path).suffix.lower()) == "csv":
                 # the header's names are not repeated: in a file without a header line they are an item's text
                 raise UserInputError(f"{path} line 1 names no column {name!r}; the first line of a CSV file must name "
                                      f"its columns, e.g. {','.join(fields)}.")
             if record.get(name) is None:
-                raise UserInputError(f"{path} line {number} has no field {name!r} (fields found: {', '.join(record) or 'none'}).")
+                raise UserInputError(f"{path} {place} has no field {name!r} (fields found: {', '.join(record) or 'none'}).")

@@ -196,7 +196,8 @@ class CausalLMAdapter:
         """
         directory = Path(directory)
         if not directory.is_dir():
-            raise UserInputError(f"The model directory {directory} does not exist.")
+            what = "is a file; give the model's folder" if directory.exists() else "does not exist"
+            raise UserInputError(f"The model directory {directory} {what}.")
         if is_adapter_folder(directory):
             base, adapters = adapter_chain(directory)
             loaded = cls.from_pretrained(base, max_length, system_prompt=system_prompt, template_args=template_args,
