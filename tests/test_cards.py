@@ -141,3 +141,24 @@ def test_retrain_card_quotes_a_run_of_the_method_before_the_bench_reference(tmp_
         "| digits random | bench reference (trained by the bench, not the method): epochs=8 | forget_acc 0.993, "
         "retain_acc 1, test_acc 0.975, mia_efficacy 1, avg_gap 0 | 1.20 s (1.000 of retraining) | ok |",
     ]
+
+
+def test_cards_tell_runs_of_one_bench_apart_and_refuse_a_folder_given_twice(tmp_path, capsys):
+    """Two seeds (or a scratch and a pretrained-base run) of one bench gave rows labelled alike, and one folder given
+    twice (``s4`` and ``s4/``) quoted every row twice."""
+    runs = [classifier_run("retrain", 0.0, reference=True, epochs=8)]
+    folders = []
+    for name, results in (("seed0", {"seed": 0}), ("seed4", {"seed": 4}),
+                          ("smollm2", {"seed": 0, "config": {"base": "smollm2"}})):
+        folders.append(tmp_path / name)
+        folders[-1].mkdir()
+        (folders[-1] / "results.json").write_text(json.dumps({"benchmark": "digits", "scenario": "class", "runs": runs,
+                                                              **results}))
+    assert main(["cards", *[f"--results={f}" for f in folders], "--out", str(tmp_path / "cards")]) == 0
+    labels = [line.split(" | ")[0] for line in (tmp_path / "cards" / "retrain.md").read_text().splitlines()
+              if line.startswith("| digits")]
+    assert labels == ["| digits class", "| digits class, seed 4", "| digits (smollm2 base) class"]
+    capsys.readouterr()
+    assert main(["cards", "--results", str(folders[0]), "--results", f"{folders[0]}/", "--out", str(tmp_path / "again")]) == 2
+    assert "is given twice (the same folder)" in capsys.readouterr().err
+    assert not (tmp_path / "again").exists()

@@ -169,6 +169,8 @@ def bench_command(
     if memory.lora is not None and memory.lora.save != "merged":
         raise UserInputError(f"--lora save={memory.lora.save} says how 'forget' saves its model; the bench saves none, "
                              "so drop save from --lora.")
+    if methods is not None and split_list(methods) is None:  # a typo must not start every method's run
+        raise UserInputError("--methods names no method; give comma-separated names (see 'unlearnkit methods').")
     params = bench_params(param, split_list(methods), project, sampling)
     if benchmark == "facts":
         from .benchmarks.lm_bench import run_lm_bench
@@ -322,6 +324,14 @@ def select_images_command(
     typer.echo(out.read_text(encoding="utf-8"))
 
 
+def check_distinct(results: list[Path]) -> None:
+    """Refuse a ``--results`` folder given twice, however it is spelt (its rows would be counted twice)."""
+    repeated = next((folder for index, folder in enumerate(results)
+                     if any(folder.resolve() == other.resolve() for other in results[:index])), None)
+    if repeated is not None:
+        raise UserInputError(f"--results {repeated} is given twice (the same folder); give each bench run once.")
+
+
 @app.command("summarize")
 def summarize_command(
     results: list[Path] = typer.Option(..., help="Bench output folders of one bench run with different --seed (repeatable)."),
@@ -333,10 +343,7 @@ def summarize_command(
 
     if len(results) < 2:
         raise UserInputError("Give at least two --results folders (runs with different --seed) to summarise.")
-    repeated = next((folder for index, folder in enumerate(results)
-                     if any(folder.resolve() == other.resolve() for other in results[:index])), None)
-    if repeated is not None:
-        raise UserInputError(f"--results {repeated} is given twice (the same folder); give each bench run once.")
+    check_distinct(results)
     loaded = []
     for folder in results:
         if not (folder / "results.json").is_file():
@@ -361,6 +368,7 @@ def cards_command(
     for folder in results or []:
         if not (folder / "results.json").is_file():
             raise UserInputError(f"{folder} holds no results.json; pass folders written by 'unlearnkit bench'.")
+    check_distinct(results or [])
     check_output(out, overwrite=True, inputs=results or [])  # write_cards refuses an existing folder unless --overwrite
     typer.echo(f"wrote {len(write_cards(out, results or [], overwrite=overwrite))} cards to {out}")
 

@@ -23,8 +23,13 @@ CARD_METRICS = {
 
 
 def _setting(results: dict[str, Any]) -> str:
+    """The bench a row comes from, with its base model and seed where they are not the bench's defaults (scratch,
+    seed 0), so that rows from two runs of one bench can be told apart."""
     where = results.get("scenario") or results.get("split") or ""
-    return f"{results.get('benchmark')} {where}".strip()
+    base = (results.get("config") or {}).get("base", "scratch")
+    bench = results.get("benchmark") if base == "scratch" else f"{results.get('benchmark')} ({base} base)"
+    seed = f", seed {results['seed']}" if results.get("seed") not in (None, 0) else ""
+    return f"{bench} {where}".strip() + seed
 
 
 def _departures(run: dict[str, Any], defaults: dict[str, Any]) -> str:
