@@ -126,6 +126,13 @@ def _refused(command, defaults, overrides, root, message):
     pytest.param({"--unlearner": "", "--stream": "learn:0,unlearn:0"}, "Unknown unlearner ''", id="unlearner-empty"),
     pytest.param({"--param": ["optimizer=sgd", "momentum=-1"]}, "momentum must lie in [0, 1)", id="sgd-momentum-negative"),
     pytest.param({"--param": "seed=5"}, "Strategy 'naive' takes its seed from the run's --seed", id="seed-as-param"),
+    pytest.param({"--strategy": "uncle", "--stream": "learn:0,unlearn:ids=0"}, "names samples; give --unlearner 'retrain'.",
+                 id="uncle-sample-request"),
+    pytest.param({"--unlearner": "amnesiac", "--stream": "learn:0,unlearn:ids=0"}, "names samples; give --unlearner "
+                 "'retrain' or a core method such as gradient_ascent.", id="amnesiac-sample-request"),
+    # an extra zero: R (d×d float64) alone would need 320 GB, and the run ended in an allocation traceback
+    pytest.param({"--strategy": "acu", "--param": "expansion=200000"}, "ACU's expansion=200000 needs 640.0 GB for R and "
+                 "its copy (2 × 8·d² bytes), more than this machine's", id="acu-width-beyond-memory"),
 ])
 def test_continual_refuses_bad_input_before_any_work(workdir, overrides, message):
     _refused("continual", {"--out": "run", "--stream": "learn:0"}, overrides, workdir, message)
@@ -159,7 +166,10 @@ def test_sweep_refuses_bad_input_before_any_work(workdir, overrides, message):
 @pytest.mark.parametrize("overrides, message", [
     pytest.param({"--seeds": "0,1"}, "With seed 1: The stream token 2 'unlearn:ids={sample}' unlearns sample {sample}, "
                  "which is not learned", id="stream-checked-on-every-seed"),
-    pytest.param({"--strategies": "joint,uncle"}, "Unlearner 'uncle' removes whole tasks only", id="unlearner-of-every-strategy"),
+    # the advice was "use a core method", which uncle refuses and a sweep (no --unlearner) cannot follow
+    pytest.param({"--strategies": "joint,uncle"}, "Unlearner 'uncle' removes whole tasks only, but stream token 2 "
+                 "'unlearn:ids={sample}' names samples; leave 'uncle' out of the sweep's --strategies, or run it with "
+                 "`unlearnkit continual` and --unlearner 'retrain'.", id="unlearner-of-every-strategy"),
 ])
 def test_sweep_checks_every_seed_and_strategy_before_the_first_run(workdir, monkeypatch, overrides, message):
     # The sample is in task 0 of seed 0's split-digits but not of seed 1's; joint (unlearner retrain)
@@ -212,3 +222,15 @@ def test_metrics_that_do_not_apply_are_null_in_json_and_a_dash_in_tables(tmp_pat
     assert result.exit_code == 0, result.output
     cells = _markdown_cells(page.read_text(), "naive")
     assert cells["relapse"] == "—" and cells["avg_acc"] == "—" and cells["forgotten_acc"] != "—"
+
+
+def test_a_size_beyond_the_machines_memory_is_one_sentence(tmp_path, capsys):
+    """A hidden width with extra zeros failed in torch's allocator: a traceback and exit 1."""
+    from unlearnkit.cli import main
+
+    out = tmp_path / "run"
+    code = main(["continual", "--strategy", "naive", "--param", "hidden=1000000000", "--stream", "learn:0", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: The run needs more memory than this machine has (one allocation of 256.0 GB)"), err
+    assert not out.exists()

@@ -163,3 +163,13 @@ def test_stream_metrics_on_a_stream_with_sample_requests_and_relearning():
     # Spillover over the learned tasks a request did not touch: step 2 on task 1 (0.90 → 0.85), step 4 on task 1
     # only (0.70 → 0.60; task 0 is forgotten, task 2 touched).
     assert m["spillover"] == pytest.approx((0.05 + 0.10) / 2)
+
+
+def test_uncle_output_kl_is_none_where_the_reference_learned_no_class(scenario):
+    """Once every learned task was unlearned, the reference (retrained on nothing) masks every class alike, and the
+    KL to UnCLe, which still masks the classes it never learned, was 8e8: the mask constant, not a distance."""
+    run = run_stream(scenario, "uncle", "learn:0,learn:1,unlearn:0,unlearn:1", params={"epochs": 1})
+    first, last = run.steps[2], run.steps[3]
+    assert first.retrain_output_kl is not None and 0 <= first.retrain_output_kl < 50  # task 1 is still learned
+    assert last.retrain_output_kl is None and last.retrain_gap is not None
+    assert run.metrics["retrain_output_kl"] == first.retrain_output_kl

@@ -504,6 +504,19 @@ def _check_processes(argv: list[str] | None) -> None:
                              "run under several); start it without accelerate launch or torchrun.")
 
 
+def out_of_memory(error: BaseException) -> str | None:
+    """One sentence for a failed allocation (a size setting mistyped with an extra zero, most often); None for
+    any other error. Outputs are written atomically, so nothing was written."""
+    import re
+
+    if isinstance(error, RuntimeError) and "can't allocate memory" not in str(error):
+        return None
+    size = re.search(r"allocate (\d+) bytes", str(error))
+    asked = f" (one allocation of {int(size.group(1)) / 1e9:.1f} GB)" if size else ""
+    return (f"The run needs more memory than this machine has{asked}; give smaller sizes (widths, batch size) "
+            "or run it on a larger machine. Nothing was written.")
+
+
 def _dispatch(argv: list[str] | None) -> int:
     global _ARGV
     _ARGV = argv
@@ -519,6 +532,11 @@ def _dispatch(argv: list[str] | None) -> int:
         return 130
     except typer.Exit as done:
         return done.exit_code
+    except (MemoryError, RuntimeError) as error:
+        if not out_of_memory(error):
+            raise
+        typer.echo(f"error: {out_of_memory(error)}", err=True)
+        return 2
     except Exception as error:  # click's own usage errors
         if isinstance(error, _click_exceptions()):  # one line, like every other refusal
             context, message = getattr(error, "ctx", None), error.format_message()

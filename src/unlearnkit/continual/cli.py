@@ -205,7 +205,7 @@ def sweep_plan(name: str, streams: list[str] | None, seeds: list[int],
                     raise
                 raise UserInputError(f"With seed {seed}: {error}") from None
         for strategy in strategies or []:
-            resolve_unlearner(strategy, None, requests)
+            resolve_unlearner(strategy, None, requests, in_sweep=True)
     return scenarios, chosen
 
 

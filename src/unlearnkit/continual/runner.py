@@ -5,7 +5,7 @@ model's row). At every unlearning step a reference model is retrained with the s
 seed on the remaining data (each earlier learn request replayed without the forgotten samples), and
 the step reports ``retrain_gap`` (mean |accuracy difference| over the tasks learned so far) and
 ``retrain_output_kl`` (mean KL(reference ‖ model) of the predictive distributions on those tasks'
-test samples, each sample counted once).
+test samples, each sample counted once; None where the reference prefers no class, see :func:`_distance`).
 """
 
 from __future__ import annotations
@@ -150,19 +150,25 @@ def _distinct_rows(scenario: Scenario, tasks: list[int]) -> list[torch.Tensor]:
     return rows
 
 
-def _distance(model: list[torch.Tensor], reference: list[torch.Tensor], scenario: Scenario, tasks: list[int]) -> tuple[float, float]:
+def _distance(model: list[torch.Tensor], reference: list[torch.Tensor], scenario: Scenario,
+              tasks: list[int]) -> tuple[float, float | None]:
     """Mean |accuracy difference| over ``tasks`` and mean KL(reference ‖ model) over their distinct test samples.
 
     The KL is taken in float64 on re-normalised distributions and each sample's term is clipped at 0:
     float32 log-probabilities do not sum exactly to one, which made near-identical models score a
-    negative divergence (−1e-8)."""
+    negative divergence (−1e-8). It is None where the reference scores every class alike on every sample: a
+    reference retrained on no sample, of a strategy that masks the classes it has not learned (uncle), masks them
+    all; the KL to a model that still masks some was then (masked share) × 10⁹, the mask constant, not a distance."""
     acc_m = accuracies(model, scenario)[tasks]
     acc_r = accuracies(reference, scenario)[tasks]
     rows = _distinct_rows(scenario, tasks)
     log_m = torch.cat([model[t][r] for t, r in zip(tasks, rows)]).double().log_softmax(1)
     log_r = torch.cat([reference[t][r] for t, r in zip(tasks, rows)]).double().log_softmax(1)
+    gap = float(np.mean(np.abs(acc_m - acc_r)))
+    if bool((log_r == log_r[:, :1]).all()):
+        return gap, None
     per_sample = (log_r.exp() * (log_r - log_m)).sum(1).clamp_min(0.0)
-    return float(np.mean(np.abs(acc_m - acc_r))), float(per_sample.mean())
+    return gap, float(per_sample.mean())
 
 
 def _acu_check(strategy: ACU) -> dict[str, float | None]:

@@ -55,8 +55,9 @@ def unlearner_names() -> list[str]:
     return list(dict.fromkeys([*BUILTIN, *core_methods()]))
 
 
-def resolve_unlearner(spec: str, unlearner: str | None, requests: Sequence[Request]) -> str:
-    """The unlearner to use (the strategy's default when None); raise when it cannot serve the stream."""
+def resolve_unlearner(spec: str, unlearner: str | None, requests: Sequence[Request], *, in_sweep: bool = False) -> str:
+    """The unlearner to use (the strategy's default when None); raise when it cannot serve the stream, with advice
+    that can be followed where the call comes from (``continual-sweep`` has no ``--unlearner``)."""
     cls = strategy_class(spec)
     name = cls.default_unlearner if unlearner is None else unlearner
     if name not in BUILTIN and name not in core_methods():
@@ -74,9 +75,12 @@ def resolve_unlearner(spec: str, unlearner: str | None, requests: Sequence[Reque
         raise UserInputError(f"Strategy {cls.name!r} keeps no per-task weight changes, so 'amnesiac' cannot unlearn it; use 'retrain'.")
     sample_requests = [r for r in requests if r.action == "unlearn" and r.task is None]
     if name in ("amnesiac", "uncle") and sample_requests:
-        raise UserInputError(
-            f"Unlearner {name!r} removes whole tasks only, but {sample_requests[0].describe()} names samples; use a core method such as gradient_ascent."
-        )
+        # a strategy with its own unlearner accepts only that one or retrain (above)
+        others = "'retrain'" if cls.name in NATIVE else "'retrain' or a core method such as gradient_ascent"
+        how = (f"leave {cls.name!r} out of the sweep's --strategies, or run it with `unlearnkit continual` and --unlearner "
+               if in_sweep else "give --unlearner ")
+        raise UserInputError(f"Unlearner {name!r} removes whole tasks only, but {sample_requests[0].describe()} names "
+                             f"samples; {how}{others}.")
     return name
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -63,6 +64,17 @@ class ACUConfig(PluginConfig):
         if self.expansion < 1 or not positive(self.gamma) or self.chunk < 1 or self.fold_rank < 0:
             raise UserInputError(f"ACU needs expansion ≥ 1, a finite gamma > 0, chunk ≥ 1 and fold_rank ≥ 0, got {self.expansion}, "
                                  f"{self.gamma}, {self.chunk}, {self.fold_rank}.")
+        # R is d×d float64 and an update of several chunks keeps a copy to put back: a mistyped width (an extra zero)
+        # would otherwise fail deep in an allocation, or swap for hours where the allocation succeeds
+        needed, memory = 2 * 8 * self.expansion**2, physical_memory()
+        if needed > memory:
+            raise UserInputError(f"ACU's expansion={self.expansion} needs {needed / 1e9:.1f} GB for R and its copy "
+                                 f"(2 × 8·d² bytes), more than this machine's {memory / 1e9:.1f} GB; give a smaller expansion.")
+
+
+def physical_memory() -> int:
+    """This machine's memory in bytes."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def ridge_solution(x: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
