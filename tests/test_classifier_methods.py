@@ -164,6 +164,21 @@ def test_reinitialise_covers_private_resets_and_refuses_parameters_it_cannot_res
     assert reinitialise(attention, seed=0) == 2  # the attention and its out_proj
     assert not torch.equal(attention.in_proj_weight, torch.full_like(before, 0.5))
 
+    # children before their parent, as the constructor: the attention's reset zeroes out_proj's bias last (reset
+    # parent first, out_proj's own reset re-drew it at random) and the draws come in the constructor's order
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention, self.head = nn.MultiheadAttention(8, 2), nn.Linear(8, 3)
+
+    torch.manual_seed(0)
+    built = Net()
+    redrawn = Net()
+    reinitialise(redrawn, seed=0)
+    for name, value in built.state_dict().items():
+        assert torch.equal(value, redrawn.state_dict()[name]), name
+    assert not redrawn.attention.out_proj.bias.any()
+
     class WithToken(nn.Module):
         def __init__(self):
             super().__init__()

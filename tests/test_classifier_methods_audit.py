@@ -185,6 +185,18 @@ def test_a_batch_of_one_leaves_the_running_statistics_alone():
     assert not torch.equal(model[1].running_mean, before)  # two items: batch statistics, as before
 
 
+def test_a_batchnorm_without_running_statistics_is_accepted_and_a_batch_of_one_through_it_is_one_sentence():
+    """The one-item probe before any work raised torch's ValueError for a model whose BatchNorm keeps no running
+    statistics (it normalises with the batch's own, even in evaluation), though every real batch worked."""
+    _, request = batchnorm_request(4, 16)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8, track_running_stats=False), nn.ReLU(), nn.Linear(8, 2))
+    unlearned, record = unlearn(model, request, "finetune", batch_size=8, epochs=1)
+    assert record.status == "ok" and not torch.equal(unlearned[0].weight, model[0].weight)
+    with pytest.raises(UserInputError, match="keeps no running statistics .* cannot normalise a batch of one item"):
+        unlearn(model, request, "finetune", batch_size=5, epochs=1)  # 16 retain items at batch 5: one left over
+
+
 @pytest.mark.parametrize("value", [0.5, True, 1.0])
 def test_l1_sparse_refuses_a_penalty_free_epoch_count_that_is_not_an_integer(value):
     """0.5 or True ran 'ok' with an undocumented penalty schedule."""
@@ -230,3 +242,19 @@ def test_a_one_image_batch_still_takes_batchnorm2d_statistics_over_its_pixels():
 def test_bytes_are_not_an_input_label_pair(item):
     with pytest.raises(UserInputError, match="must be an \\(input, label\\) pair"):
         ClassifierAdapter(None, 3).collate([item])
+
+
+def test_bad_teacher_refuses_a_parameter_it_cannot_redraw_naming_its_random_teacher():
+    """The refusal told the user to give the module a reset "to retrain from scratch", which bad_teacher never does."""
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.scale = nn.Linear(4, 3), nn.Parameter(torch.ones(1))  # a learnable logit scale
+
+        def forward(self, x):
+            return self.body(x) * self.scale
+
+    _, request = toy_request()
+    with pytest.raises(UserInputError, match=r"'scale'.*give it one to draw bad_teacher's random \(incompetent\) teacher\.$"):
+        unlearn(Scaled(), request, "bad_teacher")

@@ -95,11 +95,13 @@ class ClassifierAdapter:
         if self.model is None:
             width = self.num_classes
         else:
-            inputs = self.collate([items[0]])["inputs"]
+            # two items where there are: a BatchNorm layer keeping no running statistics normalises with the batch's
+            # own even in evaluation, so it cannot take one item
+            inputs = self.collate(list(items[:2]))["inputs"]
             try:
                 with torch.no_grad(), eval_mode(self.model):
                     width = self.logits(self.model, {"inputs": inputs}).shape[1]
-            except RuntimeError as error:  # e.g. inputs of another width than the model's first layer
+            except (RuntimeError, ValueError) as error:  # e.g. inputs of another width than the model's first layer
                 if isinstance(error, (torch.OutOfMemoryError, NotImplementedError)):  # the machine's or the model's
                     raise
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -133,6 +135,10 @@ def _running_statistics(model: nn.Module) -> Iterator[None]:
 
     def one_value_per_channel(module: nn.Module, args: tuple) -> None:
         if module.training and args[0].numel() == args[0].shape[1]:
+            if module.running_mean is None:
+                raise UserInputError(f"A {type(module).__name__} layer that keeps no running statistics "
+                                     "(track_running_stats=False) cannot normalise a batch of one item; give a "
+                                     "batch_size that leaves no single item over, or data with more items.")
             module.eval()
             switched.append(module)
 

@@ -90,7 +90,8 @@ class BadTeacher(Method):
     def unlearn(self, adapter: Any, request, config: BadTeacherConfig) -> Outcome:
         competent = frozen_copy(adapter.model)
         incompetent = frozen_copy(adapter.model)
-        reinitialise(incompetent, config.seed, keep_frozen=False)  # a wholly random teacher
+        reinitialise(incompetent, config.seed, keep_frozen=False,  # a wholly random teacher
+                     purpose="draw bad_teacher's random (incompetent) teacher")
         kept = retain_subset(request.retain_items(), config.retain_fraction, config.seed)
         pairs = [(item, True) for item in request.forget_items()] + [(item, False) for item in kept]
         stream, steps = item_stream(_Flagged(adapter), pairs, config)

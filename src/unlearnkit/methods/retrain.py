@@ -6,9 +6,12 @@ seeded initialisation, then θ ← θ − η ∇_θ L̄(D_r) for the configured 
 construction (the forget set is never seen), at the full cost of training.
 
 Choices: the weights are re-initialised by calling ``reset_parameters()`` (or PyTorch's private
-``_reset_parameters()``, as ``nn.MultiheadAttention`` has) on every submodule that has one, in module
-order, from the CPU generator seeded with ``seed``; for a model built the same way under the same seed on
-the CPU this reproduces its constructor's initialisation. The draw is on the CPU whatever device the model
+``_reset_parameters()``, as ``nn.MultiheadAttention`` has) on every submodule that has one, children before their parent (the order a
+constructor runs them in: a parent's reset, such as the attention layer's zeroing of its output bias, comes
+last), from the CPU generator seeded with ``seed``; for a model built the same way under the same seed on
+the CPU whose constructor uses the layers' default initialisation, this reproduces it. A constructor that
+re-draws weights its own way (torchvision's ResNet, say, with Kaiming-normal convolutions) is not reproduced:
+retraining starts from the layers' defaults. The draw is on the CPU whatever device the model
 is on (it is moved there and back), since a GPU's generator gives other numbers for the same seed
 (docs/scale.md, "Checked on one GPU"). A parameter held by a module without a reset (e.g. a bare
 ``nn.Parameter`` such as a ViT's class token) is refused with one sentence rather than
@@ -41,8 +44,9 @@ class RetrainConfig(TrainConfig):
     grad_clip: float | None = None
 
 
-def reinitialise(model: nn.Module, seed: int, *, keep_frozen: bool = True) -> int:
-    """Re-draw ``model``'s weights in place from ``seed``; return how many submodules were reset.
+def reinitialise(model: nn.Module, seed: int, *, keep_frozen: bool = True, purpose: str = "retrain from scratch") -> int:
+    """Re-draw ``model``'s weights in place from ``seed``; return how many submodules were reset. ``purpose`` ends
+    the refusal of a parameter no reset can re-draw ("give it one to <purpose>").
 
     With ``keep_frozen`` (for retraining) a module whose own parameters are all frozen
     (``requires_grad=False``, e.g. a pretrained backbone) keeps them: training would not fit them
@@ -51,14 +55,14 @@ def reinitialise(model: nn.Module, seed: int, *, keep_frozen: bool = True) -> in
     """
     if keep_frozen and not any(p.requires_grad for p in model.parameters()):
         raise UserInputError("Retraining needs trainable parameters, but every parameter of the model is frozen.")
-    resets = [(name, module, _reset_of(module)) for name, module in model.named_modules()
+    resets = [(name, module, _reset_of(module)) for name, module in _children_first(model)
               if not keep_frozen or _trainable(name, module)]
     for name, module, reset in resets:
         if reset is None:
             for param_name, _ in module.named_parameters(recurse=False):
                 full = f"{name}.{param_name}" if name else param_name
                 raise UserInputError(f"Cannot re-initialise parameter {full!r}: its module ({type(module).__name__}) "
-                                     "has no reset_parameters(); give it one to retrain from scratch.")
+                                     f"has no reset_parameters(); give it one to {purpose}.")
     home = device_of(model)
     model.to("cpu")
     with torch.random.fork_rng(devices=[]):  # the draw is on the CPU: its generator alone is seeded and restored
@@ -68,6 +72,17 @@ def reinitialise(model: nn.Module, seed: int, *, keep_frozen: bool = True) -> in
                 reset()
     model.to(home)
     return sum(reset is not None for _, _, reset in resets)
+
+
+def _children_first(model: nn.Module, prefix: str = "", seen: set[int] | None = None):
+    """``(name, module)`` of every submodule once, each after its children (post-order), as constructors run."""
+    seen = set() if seen is None else seen
+    for name, child in model.named_children():
+        if id(child) not in seen:
+            yield from _children_first(child, f"{prefix}.{name}" if prefix else name, seen)
+    if id(model) not in seen:
+        seen.add(id(model))
+        yield prefix, model
 
 
 def _trainable(name: str, module: nn.Module) -> bool:
