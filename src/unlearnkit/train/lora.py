@@ -309,20 +309,18 @@ def _input_name(name: str) -> str:
 
 
 @torch.no_grad()
-def _cast_back(model: nn.Module, dtypes: dict[str, torch.dtype], other: torch.dtype | None,
-               skip: set[int] = frozenset()) -> None:
+def _cast_back(model: nn.Module, dtypes: dict[str, torch.dtype]) -> None:
     """Give each floating-point tensor of ``model`` its input dtype from ``dtypes``; one the input did not have
-    (LoRA's A and B, a wrapper's own) gets ``other``, or keeps its dtype when ``other`` is None; tensors whose id
-    is in ``skip`` are left alone. Parameters keep their identity, so tied weights stay tied."""
+    (LoRA's A and B, a method's own) keeps its dtype. Parameters keep their identity, so tied weights stay tied."""
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
         for name, parameter in module.named_parameters(recurse=False):
-            dtype = dtypes.get(_input_name(prefix + name), other)
-            if parameter.is_floating_point() and dtype not in (None, parameter.dtype) and id(parameter) not in skip:
+            dtype = dtypes.get(_input_name(prefix + name))
+            if parameter.is_floating_point() and dtype not in (None, parameter.dtype):
                 parameter.data = parameter.data.to(dtype)
         for name, buffer in list(module.named_buffers(recurse=False)):
-            dtype = dtypes.get(_input_name(prefix + name), other)
-            if buffer.is_floating_point() and dtype not in (None, buffer.dtype) and id(buffer) not in skip:
+            dtype = dtypes.get(_input_name(prefix + name))
+            if buffer.is_floating_point() and dtype not in (None, buffer.dtype):
                 module._buffers[name] = buffer.to(dtype)
 
 
@@ -491,7 +489,7 @@ def finish_model(prepared: Prepared, result: nn.Module, method: str, diverged: b
             raise UserInputError(f"Method {method!r} trained no LoRA weights (it does not train the model's weights "
                                  "through the shared loop), so --lora cannot apply; drop --lora.")
         if options.bf16:  # merge in the original precision onto the input's unrounded weights
-            _cast_back(prepared.model, prepared.dtypes, None)  # A and B keep PEFT's float32
+            _cast_back(prepared.model, prepared.dtypes)  # A and B keep PEFT's float32
             _restore_base(prepared.model, prepared.base_weights or {})
             _restore_constants(prepared.model, prepared.constants)
         if options.lora.save == "merged":  # a plain model again, trainable where the input was
@@ -508,12 +506,12 @@ def finish_model(prepared: Prepared, result: nn.Module, method: str, diverged: b
             _remove_input_grad_hooks(inner, prepared.embedding_hooks)  # the prepared model's go below
     if options.bf16 and options.lora is None:
         models = [prepared.model, *_copies_inside(model, prepared.model)]
-        for inner in models:  # the input's tensors, and those of its copies, in their own input dtypes
-            _cast_back(inner, prepared.dtypes, prepared.dtype)
+        # the input's tensors, and those of its copies, in their own input dtypes; a tensor the input did not have
+        # (MRP's basis, a wrapper's detector) keeps the method's dtype: rounded to a bfloat16 input's dtype, the
+        # method's own float32 statistics changed its decisions, and MRP's QR has no bfloat16 kernel on the CPU
+        for inner in models:
+            _cast_back(inner, prepared.dtypes)
             _restore_constants(inner, prepared.constants)
-        if model is not prepared.model:  # a wrapper (or a new model): its other tensors in the input's first dtype
-            done = {id(t) for inner in models for t in (*inner.parameters(), *inner.buffers())}
-            _cast_back(model, {}, prepared.dtype, skip=done)
     if options.gradient_checkpointing or options.lora is not None:
         _remove_input_grad_hooks(prepared.model, prepared.embedding_hooks)
     return model
