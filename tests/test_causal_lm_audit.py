@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import pytest
+import torch
 
 from lm_fixtures import memorised_lm, tiny_lm, tiny_qa
 from unlearnkit.errors import UserInputError
@@ -16,6 +17,40 @@ from unlearnkit.userdata import read_records, require_fields
 
 
 # ---------------------------------------------------------------------- causal_lm.py
+def test_a_checkpoint_missing_weights_or_holding_other_shapes_is_refused(tmp_path):
+    """transformers filled a missing output head (a base model saved without it) or weights of other shapes than
+    config.json says at random, or raised a RuntimeError traceback: the run then reported 'ok' on a model that is
+    not the user's, with other scores and fingerprints each time."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from unlearnkit.adapters.causal_lm import CausalLMAdapter
+
+    adapter = tiny_lm(tiny_qa(4))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(adapter.tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False)
+    LlamaForCausalLM(config).model.save_pretrained(tmp_path / "headless")  # the base model: no lm_head
+    adapter.tokenizer.save_pretrained(tmp_path / "headless")
+    with pytest.raises(UserInputError, match=r"headless lack 1 of the weights .* \(e.g. lm_head.weight\)"):
+        CausalLMAdapter.from_pretrained(tmp_path / "headless")
+    adapter.save_pretrained(tmp_path / "resized")
+    settings = json.loads((tmp_path / "resized" / "config.json").read_text())
+    (tmp_path / "resized" / "config.json").write_text(json.dumps({**settings, "vocab_size": settings["vocab_size"] + 10}))
+    with pytest.raises(UserInputError, match="hold them in other shapes"):
+        CausalLMAdapter.from_pretrained(tmp_path / "resized")
+
+
+def test_a_token_beyond_the_models_embedding_is_one_sentence(tmp_path):
+    """A token added to the tokenizer without resizing the embeddings ended in an IndexError in the forward."""
+    items = tiny_qa(4)
+    adapter = tiny_lm(items)
+    adapter.tokenizer.add_tokens(["Zorblax"])
+    rows = adapter.model.get_input_embeddings().num_embeddings
+    adapter.collate(items)  # the items' own tokens are all covered
+    with pytest.raises(UserInputError, match=f"gives token id {rows}, but the model's embedding has {rows} rows"):
+        adapter.collate([{"question": items[0]["question"], "answer": "Zorblax"}])
+
+
 def test_a_model_path_that_is_a_file_is_not_called_missing(tmp_path):
     """``--model lm/config.json`` (a file of the model, not its folder) was reported as a folder that does not exist."""
     from unlearnkit.adapters.causal_lm import CausalLMAdapter

@@ -279,6 +279,7 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
     (["--methods", "ssd", "--project", "gu"], "Method 'ssd' does not support --project gu"),
     (["--project", "gu"], "--project needs --methods"),
     (["--methods", " , "], "--methods names no method"),  # it ran every method
+    (["--methods", "npo", "--attacks", ","], "--attacks names no attack"),  # it ran without attacks
     (["--methods", "npo", "--sampling", "modular", "--param", "npo.sampling=cyclic"], "give it once"),
     (["--methods", "rmu", "--param", "rmu.layer=99"], "valid"),
     (["--methods", "npo", "--retrain-seeds", "0"], "must differ from the retain model's own training seed 0"),

@@ -44,8 +44,12 @@ def test_a_model_that_outputs_nan_is_scored_nan_not_a_crash(adapter_and_splits):
     with torch.no_grad():
         broken.model.transformer.h[0].mlp.c_fc.weight[0, 0] = float("inf")  # every logit becomes NaN
     metrics, _ = evaluate_lm(broken, splits, reference, max_new_tokens=4)
-    for name in ("mia_loss_auc", "mia_zlib_auc", "mia_mink_auc", "mia_minkpp_auc", "privleak"):
+    # extraction strength and exact memorisation read the argmax over NaN as token 0: 0.0, "nothing extractable"
+    for name in ("mia_loss_auc", "mia_zlib_auc", "mia_mink_auc", "mia_minkpp_auc", "privleak", "extraction_strength",
+                 "exact_memorization"):
         assert math.isnan(metrics[name]), name
+    rows = collect_lm(broken, splits["forget"], generate=False).rows("forget")
+    assert all(math.isnan(row["extraction_strength"]) and math.isnan(row["exact_memorization"]) for row in rows)
 
 
 def test_rows_carry_the_per_item_memorisation_behind_the_aggregates(adapter_and_splits):

@@ -134,3 +134,19 @@ def test_an_adapter_trained_on_an_mrp_output_loads_with_its_bases_projections(wo
     run = json.loads((out / "run.json").read_text())
     reloaded = _summary(_scores(load_causal_lm(out), _items(workspace / "forget.jsonl"), _items(workspace / "retain.jsonl")))
     assert reloaded == pytest.approx(run["metrics_after"], rel=1e-5)
+
+
+def test_the_adapters_save_pretrained_writes_a_wrapper_that_loads_back(workspace, tmp_path):
+    """CausalLMAdapter.save_pretrained called the wrapper's save_pretrained, which it has not: an AttributeError."""
+    from unlearnkit.api import unlearn
+    from unlearnkit.request import ForgetRequest
+
+    adapter = load_causal_lm(workspace / "lm")
+    items = _items(workspace / "forget.jsonl") + _items(workspace / "retain.jsonl")
+    model, record = unlearn(adapter, ForgetRequest(items, [0, 1], range(2, len(items))), "uld", epochs=2)
+    assert record.status == "ok" and not hasattr(model, "save_pretrained")
+    adapter.save_pretrained(tmp_path / "uld", model=model)
+    reloaded = load_causal_lm(tmp_path / "uld")
+    batch = adapter.collate(items)
+    with torch.no_grad():
+        assert torch.allclose(reloaded.per_item_loss(reloaded.model, batch), adapter.per_item_loss(model, batch), atol=1e-6)

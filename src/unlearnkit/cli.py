@@ -171,6 +171,8 @@ def bench_command(
                              "so drop save from --lora.")
     if methods is not None and split_list(methods) is None:  # a typo must not start every method's run
         raise UserInputError("--methods names no method; give comma-separated names (see 'unlearnkit methods').")
+    if attacks is not None and split_list(attacks) is None:  # nor run the bench without the attacks asked for
+        raise UserInputError("--attacks names no attack; give comma-separated names (relearn, in_context, quantize).")
     params = bench_params(param, split_list(methods), project, sampling)
     if benchmark == "facts":
         from .benchmarks.lm_bench import run_lm_bench

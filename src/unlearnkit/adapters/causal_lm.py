@@ -214,9 +214,12 @@ class CausalLMAdapter:
         quiet_library_bars()
 
         try:
-            # never the folder's own Python (transformers would otherwise ask on stdin whether to run it)
-            model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True,
-                                                         **{"trust_remote_code": False, **model_kwargs})
+            # never the folder's own Python (transformers would otherwise ask on stdin whether to run it); quiet:
+            # its loading report would precede the one sentence below
+            with quiet_transformers():
+                model, info = AutoModelForCausalLM.from_pretrained(
+                    directory, local_files_only=True, output_loading_info=True, ignore_mismatched_sizes=True,
+                    **{"trust_remote_code": False, **model_kwargs})
         except ValueError as error:
             raise UserInputError(f"The model in {directory} is not a causal language model ({str(error).splitlines()[0]}).") from None
         except OSError as error:
@@ -228,11 +231,25 @@ class CausalLMAdapter:
             if type(error).__name__ != "SafetensorError":
                 raise
             raise UserInputError(f"The model weights in {directory} are not a readable safetensors file ({error}).") from None
+        # transformers fills weights missing from the files, or of other shapes than config.json says, at random
+        wrong = sorted(info["missing_keys"]) + sorted(name for name, *_shapes in info["mismatched_keys"])
+        if wrong:
+            raise UserInputError(f"The model weights in {directory} lack {len(wrong)} of the weights its config.json "
+                                 f"describes or hold them in other shapes (e.g. {wrong[0]}); transformers would fill "
+                                 "them at random.")
         return cls(model.eval(), tokenizer, max_length, system_prompt=system_prompt, template_args=template_args)
 
     def save_pretrained(self, directory: str | Path, model: nn.Module | None = None) -> None:
-        """Save the model (``self.model`` unless given) and the tokenizer into ``directory``."""
-        (model or self.model).save_pretrained(directory)
+        """Save the model (``self.model`` unless given) and the tokenizer into ``directory``; an inference-time
+        method's wrapper (uld, guard, guard_it) as its base model, its own tensors and settings, which
+        :func:`unlearnkit.methods.saved.load_causal_lm` reloads."""
+        model = model or self.model
+        if not hasattr(model, "save_pretrained"):
+            from ..methods.saved import save_wrapper
+
+            save_wrapper(model, self.tokenizer, Path(directory))
+            return
+        model.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
 
     def with_model(self, model: nn.Module, *, share_tokens: bool = True) -> "CausalLMAdapter":
@@ -314,6 +331,11 @@ class CausalLMAdapter:
             return list(prompt), list(target)
         prompt, answer_ids = self._split_ids(question, answer)
         target = answer_ids + [self.tokenizer.eos_token_id]
+        rows, largest = _embedding_rows(self.model), max(prompt + target)
+        if rows is not None and largest >= rows:  # an index error in the forward (a device-side assert on a GPU)
+            raise UserInputError(f"The tokenizer gives token id {largest}, but the model's embedding has {rows} rows; "
+                                 "tokens were added to the tokenizer without resizing the model's embeddings "
+                                 "(model.resize_token_embeddings) before it was saved.")
         if len(prompt) + len(target) > self.max_length:
             target = target[: self.max_length - 1]
             prompt = prompt[len(prompt) - (self.max_length - len(target)) :]
@@ -638,6 +660,14 @@ def _question_answer(item: Any) -> tuple[str, str]:
             f"A causal-LM item must be a dict with string fields 'question' and 'answer', got {_describe(item)}."
         )
     return item["question"], item["answer"]
+
+
+def _embedding_rows(model: nn.Module | None) -> int | None:
+    """How many token ids the model's input embedding has rows for; None where it does not say."""
+    try:
+        return int(model.get_input_embeddings().num_embeddings)
+    except (AttributeError, NotImplementedError, TypeError):  # no model, a wrapper, or an embedding of another kind
+        return None
 
 
 def _describe(item: Any) -> str:

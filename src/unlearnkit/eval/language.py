@@ -60,11 +60,17 @@ class LMSplitStats:
 
     def memorisation_scores(self) -> dict[str, np.ndarray]:
         """Per-item extraction strength and exact memorisation (the values whose forget-split mean the suite
-        reports); nan for an item with no answer token left once EOS is excluded."""
+        reports); nan for an item with no answer token left once EOS is excluded, or whose answer log-probabilities
+        are not finite (a broken model's argmax over NaN is token 0: it read as nothing extractable)."""
         metrics = {"extraction_strength": M.extraction_strength, "exact_memorization": M.exact_memorization}
-        return {name: np.array([metric([pred], [label]).value if len(label) else float("nan")
-                                for pred, label in zip(self.argmax_ids, self.label_ids)], dtype=np.float64)
+        return {name: np.array([metric([pred], [label]).value if len(label) and np.isfinite(lp).all() else float("nan")
+                                for pred, label, lp in zip(self.argmax_ids, self.label_ids, self.token_logprobs)],
+                               dtype=np.float64)
                 for name, metric in metrics.items()}
+
+    def predictions_finite(self) -> bool:
+        """Whether every answer token's log-probability is finite, so that the argmax predictions mean something."""
+        return all(np.isfinite(lp).all() for lp in self.token_logprobs)
 
     def rows(self, split: str) -> list[dict[str, Any]]:
         """JSON-ready per-item rows (no item text: reports stay redacted); each truth ratio is the one the
@@ -333,8 +339,8 @@ def lm_metrics(stats: Mapping[str, LMSplitStats], reference: Mapping[str, LMSpli
     forget_scores, holdout_scores = forget.mia_scores(), holdout.mia_scores()
     for name in ("loss", "zlib", "mink", "minkpp"):
         metrics[f"mia_{name}_auc"] = M.mia_auc(forget_scores[name], holdout_scores[name])
-    metrics["extraction_strength"] = M.extraction_strength(forget.argmax_ids, forget.label_ids).value
-    metrics["exact_memorization"] = M.exact_memorization(forget.argmax_ids, forget.label_ids).value
+    for name, metric in (("extraction_strength", M.extraction_strength), ("exact_memorization", M.exact_memorization)):
+        metrics[name] = metric(forget.argmax_ids, forget.label_ids).value if forget.predictions_finite() else float("nan")
     if reference is not None:
         metrics["forget_quality"] = M.forget_quality(forget_tr, reference["forget"].truth_ratios())
         ref_auc = M.mia_auc(reference["forget"].mia_scores()["mink"], reference["holdout"].mia_scores()["mink"])
