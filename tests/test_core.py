@@ -332,6 +332,7 @@ def test_cpu_runs_need_no_accelerate_state(monkeypatch):
     ({"grad_clip": float("nan")}, "grad_clip must be a non-negative number"),
     ({"weight_decay": -0.1}, "weight_decay must be a non-negative number"),
     ({"warmup_steps": -3}, "warmup_steps must be a non-negative integer"),
+    ({"guard_every": 0}, "guard_every must be a positive integer"),  # ran, copying the weights at every step
 ])
 def test_bad_training_settings_are_refused(setting, message):
     with pytest.raises(UserInputError, match=message):
@@ -466,12 +467,28 @@ def test_evaluate_and_forget_request_refuse_arguments_they_cannot_use():
     ("mrp", {"layers": 1}),
     ("kfade", {"include_head": np.True_}),
     ("npo", {"beta": np.float32(0.5)}),
+    # passed the type check, then "gu_rank must be a positive integer, got gu_rank=4" or a generator's TypeError
+    ("gradient_ascent", {"epochs": np.int64(2), "lr": np.float32(0.5), "seed": np.int64(3), "early_stop": "holdout_nll",
+                         "stop_every": np.int64(2)}),
+    ("npo", {"project": "gu", "gu_rank": np.int64(4)}),
 ])
 def test_settings_given_as_documented_or_as_numpy_scalars_pass_the_type_check(method, setting):
     from unlearnkit.methods.registry import method_config
 
     config = method_config(method, setting)
     assert all(getattr(config, name) == value for name, value in setting.items())
+    assert not any(isinstance(getattr(config, name), np.generic) for name in setting)  # held as Python's own numbers
+
+
+def test_a_numpy_seed_runs():
+    """check_seed took np.int64(3), then torch's generator refused it halfway through the run."""
+    from unlearnkit.api import unlearn
+    from unlearnkit.request import ForgetRequest
+
+    torch.manual_seed(0)
+    data = [(torch.randn(4), i % 2) for i in range(12)]
+    model, record = unlearn(nn.Linear(4, 2), ForgetRequest(data, forget=[0, 1, 2]), "gradient_ascent", seed=np.int64(3))
+    assert record.status == "ok" and record.params["seed"] == 3
 
 
 def test_a_path_names_a_settings_file(tmp_path):

@@ -76,6 +76,8 @@ class TrainConfig:
             raise UserInputError(f"grad_clip must be a non-negative number (0 or none: no clipping), got {self.grad_clip}.")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise UserInputError(f"weight_decay must be a non-negative number, got weight_decay={self.weight_decay}.")
+        if self.guard_every <= 0:  # the loop would copy the weights at every step, its most expensive setting
+            raise UserInputError(f"guard_every must be a positive integer, got guard_every={self.guard_every}.")
         if self.warmup_steps < 0:
             raise UserInputError(f"warmup_steps must be a non-negative integer, got warmup_steps={self.warmup_steps}.")
         if not (math.isfinite(self.momentum) and 0 <= self.momentum < 1):
@@ -118,6 +120,8 @@ def build_config(config_cls: type, overrides: Mapping[str, Any], *, owner: str) 
     values = {k: _coerce(valid[k], v) for k, v in overrides.items()}
     for name, value in values.items():
         _check_type(valid[name], value, owner)
+    # numpy scalars as Python's own: the methods' checks, and torch's generators, take int and float only
+    values = {name: value.item() if isinstance(value, np.generic) else value for name, value in values.items()}
     config = config_cls(**values)
     config.check()  # the method's own rules first: their messages say more than the checks below
     for name, value in values.items():
