@@ -99,7 +99,7 @@ def test_evaluate_refuses_outputs_that_are_not_logits_of_two_classes_or_more():
     data = [(x, 0) for x, _ in _data()]
     # before: IndexError "Dimension out of range" from the metrics' gather
     with pytest.raises(UserInputError, match=r"^A classifier must return logits of shape \(batch, classes\); for a "
-                                             r"batch of 1 inputs it returned shape \(1,\)\.$"):  # the items' check
+                                             r"batch of 2 inputs it returned shape \(2,\)\.$"):  # the items' check
         unlearnkit.evaluate(_OneScore(squeeze=True), _splits(data))
     # before: every accuracy 1.0 and every loss 0, as if the model were perfect
     with pytest.raises(UserInputError, match="^A classifier must return a score for each of at least 2 classes"):

@@ -101,6 +101,8 @@ class ClassifierAdapter:
             try:
                 with torch.no_grad(), eval_mode(self.model):
                     width = self.logits(self.model, {"inputs": inputs}).shape[1]
+            except UserInputError:  # check_output's own sentence (a ValueError too)
+                raise
             except (RuntimeError, ValueError) as error:  # e.g. inputs of another width than the model's first layer
                 if isinstance(error, (torch.OutOfMemoryError, NotImplementedError)):  # the machine's or the model's
                     raise
