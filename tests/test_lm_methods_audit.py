@@ -9,6 +9,7 @@ import torch
 
 from lm_fixtures import memorised_lm, tiny_qa
 from unlearnkit.api import unlearn
+from unlearnkit.errors import UserInputError
 from unlearnkit.methods import mrp
 from unlearnkit.request import ForgetRequest
 
@@ -96,3 +97,11 @@ def test_mrp_initialisation_skips_a_massive_channel_that_forget_and_retain_share
     assert torch.linalg.eigh(c_f - c_r).eigenvectors[:, -1].abs().argmax() == 0  # the old rule's choice
     (direction,) = mrp.contrast_init(None, [], [], "layer", 1, 8)
     assert direction.abs().argmax() == 2 and torch.isclose(direction.norm(), torch.tensor(1.0))
+
+
+def test_rmu_refuses_modules_that_cannot_change_its_layers_activations(lm):
+    """Parameters only after the steered block (an off-by-one of the WMDP recipe's blocks ℓ−2..ℓ, or the final norm)
+    left the loss without a gradient: torch's 'element 0 of tensors does not require grad' traceback."""
+    for layer, modules in ((0, r"h\.1\.mlp"), (1, "ln_f")):
+        with pytest.raises(UserInputError, match=f"matches no trainable parameter before RMU's layer .*h.{layer}"):
+            unlearn(lm, REQUEST, "rmu", layer=layer, train_modules=modules, epochs=1)

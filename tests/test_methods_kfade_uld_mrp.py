@@ -318,6 +318,27 @@ def test_first_epoch_ga_with_recorded_gradients(tmp_path):
         unlearn(model, ForgetRequest(ITEMS[:3] + [ITEMS[3]] * 10, [12], [0]), "first_epoch_ga", adapter=adapter, gradients=path)
 
 
+@pytest.mark.parametrize("tensors, message", [
+    # a file recorded on a wider model, a row past the vocabulary, float row ids: torch's RuntimeError or IndexError
+    (lambda i, rows, grads: {f"{i}.rows": rows, f"{i}.grads": torch.cat([grads, grads], 1)}, "does not fit this model"),
+    (lambda i, rows, grads: {f"{i}.rows": rows + 10**6, f"{i}.grads": grads}, "does not fit this model"),
+    (lambda i, rows, grads: {f"{i}.rows": rows.float(), f"{i}.grads": grads}, "does not fit this model"),
+    # another file's tensors: a KeyError
+    (lambda i, rows, grads: {f"{i}.rows": rows, "weight": grads}, "lacks the pair"),
+])
+def test_first_epoch_ga_refuses_a_gradients_file_that_does_not_fit(tmp_path, tensors, message):
+    from unlearnkit.io import save_state_dict
+
+    adapter = without_dropout(tiny_lm(ITEMS))
+    recorded = record_first_epoch_gradients(adapter, ITEMS, TrainConfig(lr=3e-3, batch_size=4, seed=0))
+    stored = {}
+    for i, (rows, grads) in recorded.items():
+        stored |= tensors(i, rows, grads)
+    save_state_dict(stored, tmp_path / "bad.safetensors")
+    with pytest.raises(UserInputError, match=message):
+        unlearn(adapter.model, REQUEST, "first_epoch_ga", adapter=adapter, gradients=str(tmp_path / "bad.safetensors"))
+
+
 # --------------------------------------------------------------------------- review: other architectures and dtypes
 
 

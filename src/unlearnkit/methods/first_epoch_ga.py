@@ -145,8 +145,28 @@ def load_first_epoch_gradients(path: str | Path) -> dict[str, SparseRows]:
     from ..io import load_state_dict
 
     tensors = load_state_dict(path)
+    if not isinstance(tensors, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in tensors.items()):
+        raise UserInputError(f"The first-epoch gradients file {path} is not a mapping of named tensors.")
     names = {key.rsplit(".", 1)[0] for key in tensors}
+    unpaired = sorted(n for n in names if f"{n}.rows" not in tensors or f"{n}.grads" not in tensors)
+    if unpaired:
+        raise UserInputError(f"The first-epoch gradients file {path} lacks the pair {unpaired[0]}.rows and "
+                             f"{unpaired[0]}.grads; it was not written by save_first_epoch_gradients.")
     return {name: (tensors[f"{name}.rows"], tensors[f"{name}.grads"]) for name in names}
+
+
+def check_fit(gradients: Sequence[SparseRows], embedding: torch.Tensor, path: str | Path) -> None:
+    """Refuse recorded gradients that do not fit ``embedding`` (another model's, or another file's tensors)."""
+    vocabulary, width = embedding.shape
+    for rows, grads in gradients:
+        fits = (not rows.is_floating_point() and not rows.is_complex() and rows.dtype != torch.bool and rows.ndim == 1
+                and grads.is_floating_point() and tuple(grads.shape) == (len(rows), width)
+                and (not len(rows) or 0 <= int(rows.min()) <= int(rows.max()) < vocabulary))
+        if not fits:
+            raise UserInputError(f"The first-epoch gradients file {path} does not fit this model (rows {tuple(rows.shape)} "
+                                 f"{rows.dtype}, gradients {tuple(grads.shape)}; its embedding is {vocabulary} × {width}); "
+                                 "record them on this model.")
 
 
 def current_gradients(adapter: Any, items: Sequence[Any], batch_size: int) -> list[SparseRows]:
@@ -214,6 +234,8 @@ class FirstEpochGA(Method):
         forget = request.forget_items()
         recorded = self._recorded(request, config)
         embedding = adapter.model.get_input_embeddings().weight
+        if recorded is not None:
+            check_fit(recorded, embedding, config.gradients)
         adapter.model.eval()
         losses = [mean_nll(adapter, forget, config.batch_size)]
         for _ in range(config.steps):

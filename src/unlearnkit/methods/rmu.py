@@ -138,6 +138,10 @@ class RMU(Method):
 
         def loss(model: nn.Module, batch: dict) -> torch.Tensor:
             forget = adapter.hidden_states(model, batch["forget"], layer)
+            if torch.is_grad_enabled() and not forget.requires_grad:  # refused at the first step, before any update
+                raise UserInputError(f"train_modules={config.train_modules!r} matches no trainable parameter before "
+                                     f"RMU's layer {layer}, whose activations are all its loss reads; choose modules of "
+                                     "the embeddings or of the blocks up to that layer.")
             if not target:
                 target.append(config.steering * control_vector(forget.shape[-1], config.seed).to(forget))
             retain = adapter.hidden_states(model, batch["retain"], layer)
