@@ -105,3 +105,19 @@ def test_rmu_refuses_modules_that_cannot_change_its_layers_activations(lm):
     for layer, modules in ((0, r"h\.1\.mlp"), (1, "ln_f")):
         with pytest.raises(UserInputError, match=f"matches no trainable parameter before RMU's layer .*h.{layer}"):
             unlearn(lm, REQUEST, "rmu", layer=layer, train_modules=modules, epochs=1)
+
+
+def test_mrp_moments_are_taken_over_the_answer_positions_only(lm):
+    """E[h hᵀ] over the positions that predict an answer token (EOS included), whatever the batching: not over the
+    question, nor over a batch's padding."""
+    items = [ITEMS[i] for i in RETAIN[:3]]
+    layer = "transformer.h.1"
+    total, count = 0, 0
+    for item in items:
+        prompt, answer = lm.encode_item(item)
+        hidden = lm.hidden_states(lm.model, lm.collate([item]), layer)[0].double()
+        at = hidden[len(prompt) - 1 : len(prompt) + len(answer) - 1]  # position t predicts token t + 1
+        total, count = total + at.T @ at, count + len(at)
+    expected = total / count
+    for batch_size in (1, 3):
+        assert torch.allclose(mrp.second_moment(lm, items, layer, batch_size).double(), expected, rtol=1e-4, atol=1e-6)
