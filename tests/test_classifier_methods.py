@@ -658,3 +658,19 @@ def test_ssd_refuses_a_seed_it_would_never_use_and_benches_give_it_none():
     assert "seed" not in method_config("ssd", {}).to_dict()
     defaults = seeded_defaults(["ssd", "gradient_ascent"], 4, {"ssd": {"alpha": 2.0}})
     assert defaults == {"ssd": {"alpha": 2.0}, "gradient_ascent": {"seed": 4}}
+
+
+def test_a_change_of_the_image_data_changes_the_cached_models_key():
+    """The key named the benchmark, seed and recipe, not the data: a changed loader (other scaling, shifted labels)
+    got the old key, and the cache served a target trained on the old data (test accuracy 0.175)."""
+    import dataclasses
+
+    from unlearnkit.benchmarks.cache import cache_key
+    from unlearnkit.benchmarks.vision import classifier_key
+
+    bench = load_vision_benchmark("digits", 0)
+    key = cache_key(classifier_key(bench, []))
+    assert cache_key(classifier_key(load_vision_benchmark("digits", 0), [])) == key  # the same data: the same model
+    shifted = dataclasses.replace(bench, train=[(x, (y + 1) % 10) for x, y in bench.train])
+    rescaled = dataclasses.replace(bench, train=[(x * 16, y) for x, y in bench.train])
+    assert len({key, cache_key(classifier_key(shifted, [])), cache_key(classifier_key(rescaled, []))}) == 3

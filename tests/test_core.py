@@ -452,6 +452,11 @@ def test_evaluate_and_forget_request_refuse_arguments_they_cannot_use():
         unlearnkit.forget_request(bench, "class", forget_class=1.5)
     with pytest.raises(UserInputError, match="needs a benchmark from unlearnkit.load_benchmark, got a NoneType"):
         unlearnkit.forget_request(None, "class")
+    # the other scenario's option was ignored (class 3 asked, a random tenth given); a misspelt one a TypeError
+    with pytest.raises(UserInputError, match="The 'random' scenario of digits has no option 'forget_class'; valid: fraction"):
+        unlearnkit.forget_request(bench, "random", forget_class=3)
+    with pytest.raises(UserInputError, match="The 'class' scenario of digits has no option 'forget_clas'; valid: forget_class"):
+        unlearnkit.forget_request(bench, "class", forget_clas=3)
     with pytest.raises(UserInputError, match="seed must be an integer from 0"):
         unlearnkit.load_benchmark("digits", seed=-1)
     with pytest.raises(UserInputError, match="test_fraction must lie strictly between 0 and 1, got 1.5"):

@@ -106,6 +106,37 @@ def test_evaluate_refuses_outputs_that_are_not_logits_of_two_classes_or_more():
         unlearnkit.evaluate(_OneScore(squeeze=False), _splits(data))
 
 
+def test_evaluate_takes_a_dataset_and_refuses_a_loader_in_one_sentence():
+    """A TensorDataset's slice is a batch, so the item check read a row of inputs as a label; a DataLoader or a
+    generator ended in a raw TypeError."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = _data()
+    listed = _splits(data)
+    datasets = {name: TensorDataset(torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]))
+                for name, items in listed.items()}
+    assert unlearnkit.evaluate(_model(), datasets).metrics == unlearnkit.evaluate(_model(), listed).metrics
+    for loose in (DataLoader(datasets["test"], batch_size=4), (item for item in data)):
+        with pytest.raises(UserInputError, match=f"evaluate's 'test' split is a {type(loose).__name__}; give a list"):
+            unlearnkit.evaluate(_model(), {**_splits(data), "test": loose})
+
+
+def test_evaluate_scores_an_untracked_batchnorm_model_at_any_split_size_and_refuses_non_finite_scores():
+    """A split of 257 items left one item alone in the last 256-item chunk: a BatchNorm keeping no running statistics
+    raised torch's ValueError. A model of non-finite weights ended in scikit-learn's 'Input X contains NaN'."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8, track_running_stats=False),
+                                torch.nn.Linear(8, 3))
+    data = _data(257)
+    metrics = unlearnkit.evaluate(model, {"forget": data[:10], "retain": data, "test": data}).metrics
+    assert 0 <= metrics["retain_acc"] <= 1
+    broken = _model()
+    with torch.no_grad():
+        broken.weight[0, 0] = float("nan")
+    with pytest.raises(UserInputError, match="The model returns NaN or infinite class scores"):
+        unlearnkit.evaluate(broken, _splits(_data()))
+
+
 def test_unlearn_refuses_a_label_past_the_models_classes_before_any_work(monkeypatch):
     # before: the label was met only in the batch that held it, after the earlier batches had been trained on
     from unlearnkit.methods.registry import get_method

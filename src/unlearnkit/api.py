@@ -206,6 +206,12 @@ def evaluate(model: Any, splits: dict[str, Any], *, reference: dict[str, float] 
     adapter = _adapter_for(model, adapter)
     if adapter.kind != "classifier":
         raise UserInputError("unlearnkit.evaluate handles classifiers; use the causal-LM evaluator for language models.")
+    if isinstance(splits, Mapping):  # a DataLoader or a generator has no items to index: a raw TypeError followed
+        loose = next((name for name, items in splits.items()
+                      if not (hasattr(items, "__len__") and hasattr(items, "__getitem__"))), None)
+        if loose is not None:
+            raise UserInputError(f"evaluate's {loose!r} split is a {type(splits[loose]).__name__}; give a list or a "
+                                 "Dataset of (input, label) items, which can be indexed.")
     if not isinstance(splits, Mapping) or any(name not in splits or len(splits[name]) == 0
                                               for name in ("forget", "retain", "test")):
         raise UserInputError("evaluate needs splits as a dict with non-empty 'forget', 'retain' and 'test' item lists "

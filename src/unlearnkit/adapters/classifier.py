@@ -97,7 +97,7 @@ class ClassifierAdapter:
         else:
             # two items where there are: a BatchNorm layer keeping no running statistics normalises with the batch's
             # own even in evaluation, so it cannot take one item
-            inputs = self.collate(list(items[:2]))["inputs"]
+            inputs = self.collate([items[i] for i in range(min(2, len(items)))])["inputs"]  # a Dataset slices otherwise
             try:
                 with torch.no_grad(), eval_mode(self.model):
                     width = self.logits(self.model, {"inputs": inputs}).shape[1]

@@ -35,6 +35,12 @@ def _check_options(name: str, options: Any, valid: list[str]) -> None:
 def forget_request(benchmark: Any, scenario: str, **options: Any) -> ForgetRequest:
     """The forget request of a scenario (``random``/``class`` for images, a split like ``forget10`` for facts)."""
     if isinstance(benchmark, VisionBenchmark):
+        # an option of the other scenario was ignored (class 3 asked, a random tenth given); a misspelt one a TypeError
+        takes = {"random": ["fraction"], "class": ["forget_class"]}.get(scenario, [])
+        unknown = sorted(set(options) - set(takes))
+        if unknown:
+            raise UserInputError(f"The {scenario!r} scenario of {benchmark.name} has no option {unknown[0]!r}; "
+                                 f"valid: {', '.join(takes) or 'none'}.")
         return vision_forget_request(benchmark, scenario, **options)
     from .facts import FactsData, facts_request
 

@@ -8,6 +8,8 @@ from the same seeded initialisation and are cached by their config.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import numbers
 import operator
@@ -57,6 +59,14 @@ class VisionBenchmark:
     def adapter(self, model: nn.Module) -> ClassifierAdapter:
         """The adapter for this benchmark's models."""
         return ClassifierAdapter(model, self.num_classes)
+
+    @functools.cached_property
+    def train_digest(self) -> str:
+        """A hash of the training images and labels, in order (16 hex digits): part of a cached model's key, so
+        that a change of the data (a library's copy, the loader's scaling) never serves a model of the old data."""
+        digest = hashlib.sha256(torch.stack([x for x, _ in self.train]).numpy().tobytes())
+        digest.update(np.asarray([y for _, y in self.train], dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray, int]:
@@ -226,12 +236,17 @@ def train_classifier(bench: VisionBenchmark, items: list) -> tuple[nn.Module, Me
 CLASSIFIER_VERSION = 3
 
 
+def classifier_key(bench: VisionBenchmark, excluded: list[int]) -> dict[str, Any]:
+    """What a cached model of ``bench`` trained without the (sorted, distinct) ``excluded`` items depends on."""
+    return {"benchmark": bench.name, "seed": bench.seed, "test_fraction": bench.test_fraction, "data": bench.train_digest,
+            "recipe": bench.recipe.to_dict(), "excluded": excluded, "model": "SmallCNN", "version": CLASSIFIER_VERSION}
+
+
 def cached_classifier(bench: VisionBenchmark, excluded: list[int], role: str) -> tuple[nn.Module, dict]:
     """The model trained on the training set minus ``excluded`` (a set: its order and repeats do not matter),
     from the cache or trained now."""
     drop = sorted(set(excluded))  # as the key too: the same set in another order is the same model
-    config = {"benchmark": bench.name, "seed": bench.seed, "test_fraction": bench.test_fraction,
-              "recipe": bench.recipe.to_dict(), "excluded": drop, "model": "SmallCNN", "version": CLASSIFIER_VERSION}
+    config = classifier_key(bench, drop)
 
     def build(directory: Path) -> dict:
         skipped = set(drop)

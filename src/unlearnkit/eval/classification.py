@@ -47,9 +47,15 @@ def collect(adapter: Any, items: Sequence[Any], batch_size: int = 256) -> ItemSt
 @torch.no_grad()
 def _collect(adapter: Any, model: nn.Module, items: Sequence[Any], batch_size: int) -> ItemStats:
     parts: list[tuple[np.ndarray, ...]] = []
-    for chunk in batches(items, batch_size, shuffle=False, seed=0):
+    chunks = list(batches(items, batch_size, shuffle=False, seed=0))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:  # a BatchNorm keeping no running statistics cannot take one item
+        chunks[-2:] = [chunks[-2] + chunks[-1]]
+    for chunk in chunks:
         batch = adapter.collate(chunk)
         logits = adapter.logits(model, batch).float().cpu()  # the model may sit on a GPU
+        if not bool(torch.isfinite(logits).all()):  # the membership attack's SVC would fail on them with a traceback
+            raise UserInputError("The model returns NaN or infinite class scores, so it cannot be scored; its weights "
+                                 "are not finite (a diverged training run?).")
         labels = batch["labels"]
         log_probs = torch.log_softmax(logits, dim=-1)
         true_log_prob = log_probs.gather(1, labels[:, None]).squeeze(1)
