@@ -258,9 +258,15 @@ def test_mrp_hidden_states_are_orthogonal_to_the_directions_and_requests_stack(l
 
 
 def test_mrp_bad_layer_names_list_the_valid_ones(lm):
-    for bad in ("transformer.h.7", "7", "attn"):
+    for bad in ("transformer.h.7", "7", "attn", "--1", "\u00b2"):  # the last two: int()'s ValueError traceback
         with pytest.raises(UserInputError, match=r"transformer\.h\.0, transformer\.h\.1"):
             unlearn(lm.model, REQUEST, "mrp", adapter=lm, layers=bad)
+
+
+def test_guard_bad_layer_lists_the_indices_it_takes(lm):
+    """The adapter's message offered block names, which GUARD's integer layer setting then refused."""
+    with pytest.raises(UserInputError, match=r"^GUARD's layer 9 is no hidden-state index of this model; valid: -3\.\.2 "):
+        unlearn(lm.model, REQUEST, "guard", adapter=lm, layer=9)
 
 
 # ---------------------------------------------------------------------------- first-epoch GA

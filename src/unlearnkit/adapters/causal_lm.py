@@ -462,7 +462,7 @@ class CausalLMAdapter:
         batch = _on_device(model, batch)
         if isinstance(layer, str):
             return self._hooked_output(model, batch, layer)
-        count = _hidden_state_count(model)
+        count = hidden_state_count(model)
         if not isinstance(layer, int) or not -count <= layer < count:
             raise UserInputError(
                 f"Unknown layer {layer!r}; valid: indices {-count}..{count - 1} or names {', '.join(block_names(model))}."
@@ -628,7 +628,8 @@ def block_names(model: nn.Module) -> list[str]:
     return [f"{name}.{i}" for i in range(len(blocks))]
 
 
-def _hidden_state_count(model: nn.Module) -> int:
+def hidden_state_count(model: nn.Module) -> int:
+    """How many hidden states the model's ``output_hidden_states`` gives: the embeddings and one per block."""
     config = getattr(model, "config", None)
     layers = getattr(config, "num_hidden_layers", None) if config is not None else None
     if layers is None:

@@ -57,6 +57,7 @@ import torch
 from torch import nn
 
 from ..adapters.base import device_of
+from ..adapters.causal_lm import hidden_state_count
 from ..errors import UserInputError
 from ..train.config import OPTIMISER_SETTINGS, TrainConfig
 from ._lm_features import cosine_matrix, mask_positions, masked_mean, pooled_states
@@ -331,6 +332,10 @@ class Guard(Method):
 
     def unlearn(self, adapter: Any, request, config: GuardConfig) -> Outcome:
         model, bs = adapter.model, config.batch_size
+        count = hidden_state_count(model)  # the adapter's message would offer block names, which layer does not take
+        if not -count <= config.layer < count:
+            raise UserInputError(f"GUARD's layer {config.layer} is no hidden-state index of this model; valid: "
+                                 f"{-count}..{count - 1} (0 the embeddings, -1 the last).")
         forget, retain = request.forget_items(), request.retain_items()
         embed = lambda items, prompt_only: pooled_states(adapter, model, items, config.layer,
                                                          prompt_only=prompt_only, batch_size=bs)

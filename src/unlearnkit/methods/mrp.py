@@ -45,6 +45,7 @@ Choices where the paper is vague or its code looks wrong:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -126,7 +127,8 @@ def resolve_layers(model: nn.Module, spec: str) -> list[str]:
     tokens = [t.strip() for t in str(spec).split(",") if t.strip()] or [str(len(names) // 2)]
     chosen = []
     for token in tokens:
-        if token.lstrip("-").isdigit() and -len(names) <= int(token) < len(names):
+        # ASCII digits only: "²" is a digit to str.isdigit and "--1" passes lstrip("-"), and int() refused both
+        if re.fullmatch(r"-?[0-9]+", token) and -len(names) <= int(token) < len(names):
             chosen.append(names[int(token)])
         elif token in names:
             chosen.append(token)
