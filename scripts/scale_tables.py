@@ -444,6 +444,11 @@ def main(argv: list[str]) -> int:
     text = args.doc.read_text(encoding="utf-8")
     replace_blocks(text, {name: [] for name in names}, args.doc)  # markers present: fail before measuring
     os.environ.update(child_env(args.threads))  # this process also builds the cached facts models
+    # in a cache of their own: a cached model is reused whichever process trained it, and training at another
+    # thread count differs in the last bits (float sums), which the tables' losses show
+    from unlearnkit.benchmarks.cache import cache_root
+
+    os.environ["UNLEARNKIT_CACHE"] = str(cache_root() / f"scale-tables-{args.threads}-threads")
     command = shown([sys.executable, "scripts/scale_tables.py", *argv])
     work = args.work or Path(tempfile.mkdtemp(prefix="scale-tables-"))
     blocks: dict[str, list[str]] = {}

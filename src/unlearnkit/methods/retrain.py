@@ -6,10 +6,11 @@ seeded initialisation, then θ ← θ − η ∇_θ L̄(D_r) for the configured 
 construction (the forget set is never seen), at the full cost of training.
 
 Choices: the weights are re-initialised by calling ``reset_parameters()`` (or PyTorch's private
-``_reset_parameters()``, as ``nn.MultiheadAttention`` has) on every submodule that has one, children before their parent (the order a
-constructor runs them in: a parent's reset, such as the attention layer's zeroing of its output bias, comes
-last), from the CPU generator seeded with ``seed``; for a model built the same way under the same seed on
-the CPU whose constructor uses the layers' default initialisation, this reproduces it. A constructor that
+``_reset_parameters()``, as ``nn.MultiheadAttention`` has) on every submodule that has one, children
+before their parent (the order a constructor runs them in: a parent's reset, such as the attention
+layer's zeroing of its output bias, comes last), from the CPU generator seeded with ``seed``; for a
+model built the same way under the same seed on the CPU whose constructor uses the layers' default
+initialisation, this reproduces it. A constructor that
 re-draws weights its own way (torchvision's ResNet, say, with Kaiming-normal convolutions) is not reproduced:
 retraining starts from the layers' defaults. The draw is on the CPU whatever device the model
 is on (it is moved there and back), since a GPU's generator gives other numbers for the same seed
