@@ -72,6 +72,14 @@ def test_forget_writes_model_report_and_ledger_row(workspace):
     assert run["metrics_after"]["forget_loss"] > run["metrics_before"]["forget_loss"]
     assert run["fingerprint_before"] != run["fingerprint_after"]
     assert _snapshot(workspace / "model") == before  # the input folder is untouched
+    # the per-item values behind run.json's metrics were only in report.html (cut at 100 forget items, no retain items)
+    for name, metrics in (("original", run["metrics_before"]), ("gradient_ascent", run["metrics_after"])):
+        rows = [json.loads(line) for line in (out / "items" / f"{name}.jsonl").read_text().splitlines()]
+        for split in ("forget", "retain"):
+            losses = [r["loss"] for r in rows if r["split"] == split]
+            assert len(losses) == run[f"{split}_items"] and sum(losses) / len(losses) == pytest.approx(metrics[f"{split}_loss"])
+    report = (out / "report.html").read_text()
+    assert f"{run['peak_mem_mb']:.1f}" in report or f"{run['peak_mem_mb']:.0f}" in report  # the report showed "—"
     with Ledger(workspace / "ledger.db") as ledger:
         rows = ledger.rows()
         assert len(rows) == 1 and rows[0].subject == "ticket-17" and rows[0].method == "gradient_ascent"

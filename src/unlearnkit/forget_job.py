@@ -290,6 +290,7 @@ def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
     from .request import ForgetRequest
     from .train.distributed import check_launch, is_main_process, on_main, training_device
     from .train.lora import merged_state_dict
+    from .benchmarks.results import write_items
     from .train.measure import memory_of
 
     _check_paths(job, ledger)
@@ -370,6 +371,8 @@ def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
         with atomic_dir(job.out, overwrite=job.overwrite, on_placed=record_in_ledger) as tmp:
             _save_model(adapter, model, spec, tmp, job.method)
             write_json_atomic(tmp / "run.json", summary)
+            for name, rows in item_rows.items():  # what the metrics of run.json and the ledger average (ids, numbers)
+                write_items(tmp / "items" / f"{name}.jsonl", rows)
             _write_report(tmp, summary, forget_records, job, item_rows)
         return row_ids[0]
 
@@ -389,12 +392,14 @@ def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
 def _write_report(directory: Path, summary: Mapping[str, Any], forget_records, job: ForgetJob,
                   items: Mapping[str, list[dict[str, Any]]]) -> None:
     from .report.html import write_report
+    from .train.measure import MEMORY_FIELDS
 
     runs = [{"method": "original", "reference": True, "metrics": summary["metrics_before"], "seconds": 0.0,
              "status": "ok", "params": {}},
             {"method": summary["method"], "reference": False, "metrics": summary["metrics_after"],
              "seconds": summary["seconds"], "status": summary["status"], "message": summary["message"],
-             "params": summary["params"], "info": summary.get("info") or {}, "losses": summary["losses"]}]
+             "params": summary["params"], "info": summary.get("info") or {}, "losses": summary["losses"],
+             **{name: summary[name] for name in MEMORY_FIELDS}}]
     results = {"benchmark": "forget", "seed": summary["params"].get("seed"), "runs": runs}
     # default=str: a Parquet column of dates, decimals or bytes (used by the model or not) is shown, not a crash
     examples = ({i: json.dumps(record, ensure_ascii=False, default=str) for i, (_, record) in enumerate(forget_records)}

@@ -49,7 +49,8 @@ def progress_bar(description: str, total: int | None, *, loss: bool = True) -> I
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=True, console=Console(stderr=True)) as progress:
+    forced = os.environ.get("UNLEARNKIT_PROGRESS", "").strip() != ""  # asked for: drawn into a file or pipe too
+    with Progress(*columns, transient=True, console=Console(stderr=True, force_terminal=forced or None)) as progress:
         task = progress.add_task(description, total=total, loss="-")
         yield _Bar(progress, task)
 
