@@ -221,6 +221,9 @@ def test_tofu_export_round_trip(cache, tmp_path):
     assert (out / "models" / "retain90" / "tokenizer.json").is_file()
     meta = json.loads((out / "meta.json").read_text())
     assert meta["models"]["retain90"]["role"] == "retain"
+    # tiny's splits forget the same people, so forget01's retain model is the forget10 one: its meta named forget10
+    out = export_facts(TINY, tmp_path / "export01", splits=("forget01",))
+    assert json.loads((out / "meta.json").read_text())["models"]["retain99"]["split"] == "forget01"
     request = tofu_request(out, "forget10")
     assert [it["question"] for it in request.forget_items()] == [it["question"] for it in data.split("forget10")]
     with pytest.raises(UserInputError, match="already exists"):

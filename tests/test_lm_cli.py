@@ -289,6 +289,8 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
     (["--methods", "npo", "--retrain-seeds", "1,\u00b2"], "'\u00b2' is not one"),
     (["--methods", "npo", "--retrain-seeds", "1,,2"], "--retrain-seeds has an empty item in '1,,2'"),
     (["--methods", "idk_dpo"], "has words this model's tokenizer does not know"),
+    # it said idk_dpo "is not in --methods", with no --methods given
+    (["--param", "idk_dpo.beta=0.2"], "Settings were given for idk_dpo, which this bench cannot run: IdkDPO's refusal"),
     (["--methods", "gradient_ascent,kfade", "--lora", "r=2"], "Method 'kfade' does not train the model's own weights"),
     (["--methods", "npo", "--relearn-lr", "1e-4"], "add relearn to --attacks"),
     (["--methods", "npo", "--attacks", "relearn", "--relearn-steps", "0"], "steps must be a positive integer, got 0"),

@@ -800,9 +800,12 @@ def cached_facts_model(config: FactsConfig | None = None, role: str = "target", 
         model, info = train_facts_model(config, tokenizer, data.train_without(set(excluded)), model)
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
-        return {"role": role, "split": split if role == "retain" else None, **loaded, **info}
+        return {"role": role, **loaded, **info}
 
-    return cached("facts", key, build)
+    directory, meta = cached("facts", key, build)
+    # the split this call asked for: splits that forget the same people (all of them, in a world under 15 people)
+    # share one cached model, whose stored meta named the split that trained it first
+    return directory, {**meta, "split": split if role == "retain" else None}
 
 
 def cached_first_epoch_gradients(config: FactsConfig | None = None) -> tuple[Path, dict[str, Any]]:

@@ -236,6 +236,10 @@ def run_lm_bench(
     target.model.to(training_device())
     names, not_run = (list(method_names), []) if method_names else runnable_defaults(params or {}, target, config.base,
                                                                                       memory)
+    for name in params or {}:  # "not in --methods" would hide why: the defaults left it out
+        why = next((note.split(": ", 1)[1] for note in not_run if note.startswith(f"{name} was not run: ")), None)
+        if why is not None:
+            raise UserInputError(f"Settings were given for {name}, which this bench cannot run: {why}")
     recorded, recording_notes = recorded_settings(config, names, params)
     settings = method_settings(names, recorded, target, request, config.base, config.seed)
     # settings the bench derives from the world (its seed) besides the seed: runs to summarise may differ in them

@@ -42,6 +42,12 @@ gradient of the tasks that held forgotten samples without them, at those weights
 in that order take the forgotten ones' places), and rebuilds the bases the same way: no summary is left
 computed on a forgotten sample (the weights summaries are taken at, like the model's own, were trained on
 it: that is the unlearner's to remove).
+
+A known weakness of this reconstruction (REFERENCE.md marks the correlation test unverified): g_t is taken at
+the end of task t's training, where it is small, so the sign of ⟨G₀ B_t B_tᵀ, g_t⟩ can be set by noise; on
+split-digits class-IL a review saw a task kept open whose loss then rose far above GPM's, and the committed
+sweep has CUBER's backward transfer below GPM's there. A margin on the correlation, or the paper's exact test,
+is open work.
 """
 
 from __future__ import annotations
