@@ -121,3 +121,48 @@ def test_mrp_moments_are_taken_over_the_answer_positions_only(lm):
     expected = total / count
     for batch_size in (1, 3):
         assert torch.allclose(mrp.second_moment(lm, items, layer, batch_size).double(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_frozen_language_model_is_refused_by_methods_that_train_its_weights_only(lm):
+    """The frozen check ran for classifiers only: an all-frozen LM ended in 'optimizer got an empty parameter list'
+    (gradient_ascent, npo), a backward error (ssd) or, with frozen embeddings, first_epoch_ga's RuntimeError."""
+    frozen = copy.deepcopy(lm.model).requires_grad_(False)
+    own = lm.with_model(frozen)
+    for method in ("gradient_ascent", "npo", "ssd"):
+        with pytest.raises(UserInputError, match="Every parameter of the model is frozen"):
+            unlearn(frozen, REQUEST, method, adapter=own)
+    _, record = unlearn(frozen, REQUEST, "guard", adapter=own)  # wraps the model: it serves a frozen one
+    assert record.status == "ok"
+    embeddings_frozen = copy.deepcopy(lm.model)
+    embeddings_frozen.get_input_embeddings().requires_grad_(False)
+    with pytest.raises(UserInputError, match="first_epoch_ga ascends the input embeddings, which are frozen"):
+        unlearn(embeddings_frozen, REQUEST, "first_epoch_ga", adapter=lm.with_model(embeddings_frozen))
+
+
+def test_a_method_outside_the_training_loop_that_leaves_nan_weights_reports_diverged(lm):
+    """first_epoch_ga and kfade step outside the shared loop, whose guard reports divergence: NaN weights came back
+    with status 'ok'."""
+    _, record = unlearn(lm.model, REQUEST, "first_epoch_ga", adapter=lm, lr=1e30, steps=5)
+    assert record.status == "diverged" and "NaN or infinite" in record.message
+    _, fine = unlearn(lm.model, REQUEST, "first_epoch_ga", adapter=lm, steps=1)
+    assert fine.status == "ok"
+
+
+@pytest.mark.parametrize("arguments, message", [
+    ({"request": {"forget": [0]}}, "unlearn needs a ForgetRequest .* got a dict"),
+    ({"method": ["ssd"]}, "Unknown method \\['ssd'\\]"),
+    ({"memory": {"bf16": True}}, "memory must be a MemoryOptions"),
+])
+def test_unlearns_arguments_of_the_wrong_type_are_one_sentence(lm, arguments, message):
+    """An AttributeError, an unhashable-type TypeError and an AttributeError from inside the run."""
+    call = {"request": REQUEST, "method": "gradient_ascent", **arguments}
+    with pytest.raises(UserInputError, match=message):
+        unlearn(lm.model, call["request"], call["method"], adapter=lm, **{k: v for k, v in arguments.items() if k == "memory"})
+
+
+def test_editing_the_listed_methods_leaves_the_registry_alone():
+    import unlearnkit
+
+    listed = unlearnkit.list_methods()
+    listed.pop("ssd")
+    assert "ssd" in unlearnkit.list_methods()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
+import torch
 from torch import nn
 
 from .adapters.base import clone_model, device_of
@@ -12,6 +13,7 @@ from .errors import UserInputError
 from .methods.registry import get_method, method_config
 from .request import ForgetRequest
 from .train.config import settings_of
+from .train.loop import TrainRecord
 from .train.measure import measure
 from .train.stopping import check_stop_request
 
@@ -140,14 +142,21 @@ def unlearn_on_training_device(model: Any, request: ForgetRequest, method: str =
     using it there (``forget`` scores it), which saves two copies of the whole model between devices."""
     from .train import distributed
 
+    from .train.lora import MemoryOptions
+
     adapter = _adapter_for(model, adapter)
+    if not isinstance(request, ForgetRequest):  # an AttributeError deep in the method otherwise
+        raise UserInputError(f"unlearn needs a ForgetRequest (items and the ids to forget), got a {type(request).__name__}.")
+    if memory is not None and not isinstance(memory, MemoryOptions):
+        raise UserInputError(f"memory must be a MemoryOptions (e.g. MemoryOptions.from_cli('r=8', bf16=True)), got a "
+                             f"{type(memory).__name__}.")
     chosen = get_method(method)
     config = method_config(method, hparams, adapter.kind)
     if memory is not None:  # an option for another model kind is named as such, before what a method makes of it
         memory.check(adapter)
     check_lora(chosen, memory)
     check_needs(chosen, adapter, request, config)
-    if adapter.kind == "classifier" and not any(p.requires_grad for p in adapter.model.parameters()):
+    if chosen.edits_weights and not any(p.requires_grad for p in adapter.model.parameters()):
         raise UserInputError("Every parameter of the model is frozen (requires_grad=False); unfreeze the ones "
                              f"{method!r} may change.")
     distributed.check_launch()
@@ -164,6 +173,9 @@ def unlearn_on_training_device(model: Any, request: ForgetRequest, method: str =
     info.update({"launch": distributed.describe_launch()} if distributed.describe_launch() else {})
     result.eval()
     train = outcome.train
+    if train is None and not _finite(result):  # a closed-form or hand-stepped method: the loop's guard never saw it
+        train = TrainRecord(status="diverged", message="the method's weights became NaN or infinite (a smaller step "
+                            "may help); the result is not a usable model")
     if train is not None and train.stopped_at is not None:  # an early stop (train/stopping.py) ended the run
         info["stopped_at"] = train.stopped_at
     record = RunRecord(
@@ -179,6 +191,12 @@ def unlearn_on_training_device(model: Any, request: ForgetRequest, method: str =
         info=info,
     )
     return result, record
+
+
+def _finite(model: nn.Module) -> bool:
+    """Whether every floating-point parameter of ``model`` is finite (not its buffers: some hold −inf by design,
+    such as an attention mask)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
 
 
 def _working_copy(model: nn.Module, memory: Any | None, seed: int):

@@ -47,6 +47,9 @@ class Method:
     #: passes only, or take their gradients in eval mode), the only passes gradient checkpointing recomputes:
     #: for them it would save no memory, so it is refused.
     gradient_checkpointing: ClassVar[bool] = True
+    #: False for methods that leave the model's own weights as they are (they wrap it, or train parts of
+    #: their own): they can serve a model whose every parameter is frozen.
+    edits_weights: ClassVar[bool] = True
     #: Tensors a method leaves on the returned model for later use, saved beside it by ``unlearnkit forget``:
     #: model attribute (a mapping of names to tensors) → safetensors file name in the output folder.
     saves: ClassVar[dict[str, str]] = {}

@@ -236,6 +236,9 @@ class FirstEpochGA(Method):
         embedding = adapter.model.get_input_embeddings().weight
         if recorded is not None:
             check_fit(recorded, embedding, config.gradients)
+        elif not embedding.requires_grad:  # no gradient reaches it to be recorded: a RuntimeError otherwise
+            raise UserInputError("first_epoch_ga ascends the input embeddings, which are frozen (requires_grad=False); "
+                                 "unfreeze them, or give recorded first-epoch gradients.")
         adapter.model.eval()
         losses = [mean_nll(adapter, forget, config.batch_size)]
         for _ in range(config.steps):

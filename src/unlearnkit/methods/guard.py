@@ -328,6 +328,7 @@ class Guard(Method):
     use_when = 'Serving-time suppression without touching weights, when the forget answers can be kept at deployment; it filters outputs rather than removing knowledge.'
     Config = GuardConfig
     lora = False
+    edits_weights = False
     gradient_checkpointing = False  # forward passes only
 
     def unlearn(self, adapter: Any, request, config: GuardConfig) -> Outcome:

@@ -286,6 +286,7 @@ class GuardIT(Method):
     use_when = 'Inference-time forgetting without weight changes (e.g. a fast, reversible response to a request), when forget prompts are recognisable.'
     Config = GuardITConfig
     lora = False
+    edits_weights = False
     gradient_checkpointing = False  # forward passes only
 
     def unlearn(self, adapter: Any, request, config: GuardITConfig) -> Outcome:

@@ -240,6 +240,7 @@ class MRP(Method):
     use_when = 'Continual or repeated removal requests on LMs where resistance to relearning matters; it adds a fixed projection to the model.'
     Config = MRPConfig
     lora = False
+    edits_weights = False
 
     def unlearn(self, adapter: Any, request, config: MRPConfig) -> Outcome:
         model = adapter.model

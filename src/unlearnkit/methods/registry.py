@@ -31,14 +31,14 @@ def _all() -> dict[str, type[Method]]:
 
 
 def methods() -> dict[str, type[Method]]:
-    """All registered methods by name."""
-    return _all()
+    """All registered methods by name (a copy: editing it leaves the registry as it is)."""
+    return dict(_all())
 
 
 def get_method(name: str) -> Method:
     """An instance of the method called ``name``; a clear error lists the valid names."""
     registry = _all()
-    if name not in registry:
+    if not isinstance(name, str) or name not in registry:  # a list is unhashable: a TypeError
         raise UserInputError(f"Unknown method {name!r}; valid methods: {', '.join(registry)}.")
     return registry[name]()
 

@@ -223,6 +223,7 @@ class ULD(Method):
     use_when = "LM forgetting that must leave the target's weights untouched, served as a logit difference with a small assistant."
     Config = ULDConfig
     lora = False
+    edits_weights = False
 
     def unlearn(self, adapter: Any, request, config: ULDConfig) -> Outcome:
         target = adapter.model
