@@ -344,3 +344,49 @@ def test_scoring_a_language_model_advances_one_bar_to_its_total(monkeypatch):
     assert with_options["total"] == 5 * (2 + 1 + 1) + 5 * 3  # tokens, answer, paraphrase, generation; 3 wrong answers
     assert sum(with_options["done"]) == with_options["total"] and max(with_options["done"]) == 2  # per batch
     assert plain["total"] == sum(plain["done"]) == 5 * 2
+
+
+def test_an_adapter_targeting_the_output_head_reloads_to_the_scored_model(llama, tmp_path):
+    """PEFT saved the targeted lm_head's base weight, which the returned model already held merged: the reload
+    merged the update a second time (forget_loss 4.355 on reload against the 4.036 run.json reported)."""
+    import json
+
+    from unlearnkit.cli import main
+    from unlearnkit.forget_job import _scores, _summary
+    from unlearnkit.methods.saved import load_causal_lm
+
+    adapter, request = llama
+    adapter.save_pretrained(tmp_path / "model")
+    for name, items in (("forget", request.forget_items()), ("retain", request.retain_items())):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"question": it["question"], "answer": it["answer"]})
+                                                        + "\n" for it in items))
+    assert main(["forget", "--model", str(tmp_path / "model"), "--forget", str(tmp_path / "forget.jsonl"), "--retain",
+                 str(tmp_path / "retain.jsonl"), "--method", "gradient_ascent", "--param", "lr=0.01",
+                 "--lora", "r=2,alpha=4,targets=q_proj,lm_head,save=adapter", "--out", str(tmp_path / "out"),
+                 "--ledger", str(tmp_path / "ledger.db")]) == 0
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    reloaded = load_causal_lm(tmp_path / "out")
+    scores = _summary(_scores(reloaded, request.forget_items(), request.retain_items()))
+    assert scores["forget_loss"] == pytest.approx(run["metrics_after"]["forget_loss"], rel=1e-5)
+    assert scores["forget_loss"] != pytest.approx(run["metrics_before"]["forget_loss"], rel=1e-3)
+
+
+def test_icu_with_lora_that_takes_no_step_is_not_refused(lm):
+    """ICU stops before its first step when every forget item already counts as forgotten; --lora then refused it,
+    after the whole run, as a method that does not train through the shared loop."""
+    from lm_fixtures import tiny_lm
+
+    _, request = lm
+    untrained = tiny_lm(tiny_qa(8), seed=3)  # generates none of the answers: nothing left to forget
+    _, record = unlearn(untrained.model, request, "icu", adapter=untrained, memory=MemoryOptions.from_cli("r=2,targets=c_attn"))
+    assert record.status == "ok" and record.steps == 0
+
+
+def test_a_model_with_mrp_projections_trains_under_bf16(lm):
+    """An MRP output's basis, cast to bfloat16 with the rest, reached a QR that has no bfloat16 kernel on the CPU."""
+    adapter, request = lm
+    projected, first = unlearn(adapter.model, request, "mrp", adapter=adapter, layers="1", epochs=1)
+    assert first.status == "ok"
+    _, record = unlearn(projected, request, "npo", adapter=adapter.with_model(projected), memory=MemoryOptions(bf16=True),
+                        epochs=1, batch_size=2)
+    assert record.status == "ok"

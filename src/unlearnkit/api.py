@@ -168,7 +168,8 @@ def unlearn_on_training_device(model: Any, request: ForgetRequest, method: str =
             from .train.lora import finish_model
 
             diverged = outcome.train is not None and outcome.train.status == "diverged"
-            result = finish_model(prepared, result, method, diverged)
+            idle = outcome.train is not None and outcome.train.steps == 0
+            result = finish_model(prepared, result, method, diverged, idle)
             info.update({"lora": prepared.info} if prepared.info else {})
     info.update({"launch": distributed.describe_launch()} if distributed.describe_launch() else {})
     result.eval()

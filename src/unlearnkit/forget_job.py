@@ -266,7 +266,9 @@ def _save_model(adapter: Any, model: torch.nn.Module, spec: Mapping[str, Any] | 
             # PEFT looks for config.json where the adapter's base is; for an adapter trained on an adapter folder
             # that base is another adapter, and --lora never resizes the vocabulary it would check for
             warnings.filterwarnings("ignore", message="Could not find a config file in")
-            model.save_pretrained(directory)
+            # an adapter folder: never the base weights of a targeted lm_head, which the returned model holds merged
+            # (a reload would merge the update a second time)
+            model.save_pretrained(directory, **({"save_embedding_layers": False} if hasattr(model, "peft_config") else {}))
         adapter.tokenizer.save_pretrained(directory)
     else:  # an inference-time wrapper: its base model, its own tensors and settings
         from .methods.saved import save_wrapper

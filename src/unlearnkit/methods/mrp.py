@@ -81,8 +81,9 @@ class Projection(nn.Module):
         stacked = self.basis if self.fresh is None else torch.cat([self.basis, self.fresh.to(self.basis.dtype)])
         if stacked.shape[0] == 0:
             return stacked
-        q, _ = torch.linalg.qr(stacked.t())
-        return q.t()
+        # at least float32: QR has no bfloat16 kernel on the CPU (an MRP folder loaded under --bf16)
+        q, _ = torch.linalg.qr(stacked.t().to(torch.promote_types(stacked.dtype, torch.float32)))
+        return q.t().to(stacked.dtype)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """h − h QᵀQ."""

@@ -475,17 +475,19 @@ def _restore_base(model: nn.Module, weights: dict[str, torch.Tensor]) -> None:
             target.copy_(value)
 
 
-def finish_model(prepared: Prepared, result: nn.Module, method: str, diverged: bool = False) -> nn.Module:
+def finish_model(prepared: Prepared, result: nn.Module, method: str, diverged: bool = False,
+                 idle: bool = False) -> nn.Module:
     """Undo :func:`prepare_model` on the method's result: merge or keep LoRA, drop checkpointing, restore dtype.
 
-    A ``diverged`` run may have been restored to its untrained LoRA weights; that is not an error here.
+    A ``diverged`` run may have been restored to its untrained LoRA weights, and an ``idle`` one took no step
+    (ICU when every item already counts as forgotten); neither is an error here.
     """
     options, model = prepared.options, result
     if options.lora is not None:
         if result is not prepared.model:
             raise UserInputError(f"Method {method!r} returns a new model rather than training the one it was given, "
                                  "so --lora cannot apply; drop --lora.")
-        if not diverged and not lora_trained(result):
+        if not diverged and not idle and not lora_trained(result):
             raise UserInputError(f"Method {method!r} trained no LoRA weights (it does not train the model's weights "
                                  "through the shared loop), so --lora cannot apply; drop --lora.")
         if options.bf16:  # merge in the original precision onto the input's unrounded weights
