@@ -535,9 +535,10 @@ def _dispatch(argv: list[str] | None) -> int:
     except typer.Exit as done:
         return done.exit_code
     except (MemoryError, RuntimeError) as error:
-        if not out_of_memory(error):
+        message = out_of_memory(error)
+        if message is None:
             raise
-        typer.echo(f"error: {out_of_memory(error)}", err=True)
+        typer.echo(f"error: {message}", err=True)
         return 2
     except Exception as error:  # click's own usage errors
         if isinstance(error, _click_exceptions()):  # one line, like every other refusal
