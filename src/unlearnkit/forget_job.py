@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -261,19 +260,8 @@ def _save_model(adapter: Any, model: torch.nn.Module, spec: Mapping[str, Any] | 
         from .adapters.classifier_spec import save_classifier
 
         save_classifier(model, dict(spec), directory)
-    elif hasattr(model, "save_pretrained"):
-        with warnings.catch_warnings():
-            # PEFT looks for config.json where the adapter's base is; for an adapter trained on an adapter folder
-            # that base is another adapter, and --lora never resizes the vocabulary it would check for
-            warnings.filterwarnings("ignore", message="Could not find a config file in")
-            # an adapter folder: never the base weights of a targeted lm_head, which the returned model holds merged
-            # (a reload would merge the update a second time)
-            model.save_pretrained(directory, **({"save_embedding_layers": False} if hasattr(model, "peft_config") else {}))
-        adapter.tokenizer.save_pretrained(directory)
-    else:  # an inference-time wrapper: its base model, its own tensors and settings
-        from .methods.saved import save_wrapper
-
-        save_wrapper(model, adapter.tokenizer, directory)
+    else:  # a Hugging Face model, a LoRA adapter folder or an inference-time wrapper
+        adapter.save_pretrained(directory, model=model)
 
 
 def run_forget(job: ForgetJob, log=print) -> dict[str, Any]:

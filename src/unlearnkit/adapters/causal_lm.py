@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import warnings
 from contextlib import contextmanager
 
 from dataclasses import dataclass
@@ -242,14 +243,20 @@ class CausalLMAdapter:
     def save_pretrained(self, directory: str | Path, model: nn.Module | None = None) -> None:
         """Save the model (``self.model`` unless given) and the tokenizer into ``directory``; an inference-time
         method's wrapper (uld, guard, guard_it) as its base model, its own tensors and settings, which
-        :func:`unlearnkit.methods.saved.load_causal_lm` reloads."""
+        :func:`unlearnkit.methods.saved.load_causal_lm` reloads; a PEFT model as its adapter folder."""
         model = model or self.model
         if not hasattr(model, "save_pretrained"):
             from ..methods.saved import save_wrapper
 
             save_wrapper(model, self.tokenizer, Path(directory))
             return
-        model.save_pretrained(directory)
+        with warnings.catch_warnings():
+            # PEFT looks for config.json where the adapter's base is; for an adapter trained on an adapter folder
+            # that base is another adapter, and --lora never resizes the vocabulary it would check for
+            warnings.filterwarnings("ignore", message="Could not find a config file in")
+            # an adapter folder: never the base weights of a targeted lm_head, which the returned model holds merged
+            # (a reload would merge the update a second time)
+            model.save_pretrained(directory, **({"save_embedding_layers": False} if hasattr(model, "peft_config") else {}))
         self.tokenizer.save_pretrained(directory)
 
     def with_model(self, model: nn.Module, *, share_tokens: bool = True) -> "CausalLMAdapter":
