@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -147,6 +148,23 @@ def test_a_forget_set_too_small_to_split_is_refused_and_quantize_alone_still_run
     with pytest.raises(UserInputError, match="needs at least 2 forget items; this one has 1"):
         run_attacks(["quantize", "relearn"], unlearned, target, retain, forget[:1])
     assert math.isfinite(run_attacks(["quantize"], unlearned, target, retain, forget[:1])["quantized_forget_prob"])
+
+
+def test_quantize_reports_nan_for_a_model_whose_answers_are_nan_instead_of_ending_the_run(models):
+    """Finite weights far too large (a diverged run the loop's finiteness guard passes) give NaN answers, on which
+    torch's int8 kernels raise; the attack reports NaN as relearning does for such a model."""
+    items, target, _, retain = models
+    forget = [items[i] for i in FORGET]
+    broken = copy.deepcopy(target.model)
+    with torch.no_grad():
+        broken.get_input_embeddings().weight.mul_(1e36)
+    assert all(torch.isfinite(p).all() for p in broken.parameters())
+    scored = lambda q: {"forget_quality": answer_probability(q, forget), "model_utility": 0.0}  # noqa: E731
+    results = run_attacks(["quantize", "relearn"], target.with_model(broken), target, retain, forget, evaluate=scored,
+                          relearn_settings=RelearnSettings(steps=2, lr=3e-3, batch_size=3))
+    assert all(math.isnan(results[key]) for key in
+               ("quantized_forget_prob", "quantized_forget_quality", "quantized_model_utility", "relearn_recovery"))
+    assert math.isfinite(results["quantized_forget_quality_control"])
 
 
 def test_relearn_settings_scale_to_the_training_lr_and_refuse_bad_values():

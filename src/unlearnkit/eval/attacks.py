@@ -279,14 +279,29 @@ def _attack_one(names: Sequence[str], model: Any, held: Sequence[Any], measured:
         results["in_context_prob"] = M.probability(nlls["in_context_nll"]).value
         results["in_context_recovery"] = recovery(results["in_context_prob"], before, p_target)
     if "quantize" in names:
+        results.update(_quantize_attack(model, list(forget_items), evaluate, nlls))
+    return results, nlls
+
+
+def _quantize_attack(model: Any, forget_items: list[Any], evaluate: Callable[[Any], Mapping[str, float]] | None,
+                     nlls: dict[str, np.ndarray]) -> dict[str, float]:
+    """The quantization attack's metrics (its per-item NLLs go into ``nlls``). A model whose own answers are NaN (a
+    diverged run) cannot be quantized, torch's int8 kernels raising on a NaN range: its metrics are NaN, as the other
+    attacks report for it, instead of ending the bench."""
+    try:
         q = quantized(model)
-        nlls["quantized_nll"] = answer_nlls(q, list(forget_items))
-        results["quantized_forget_prob"] = M.probability(nlls["quantized_nll"]).value
+        nlls["quantized_nll"] = answer_nlls(q, forget_items)
+        results = {"quantized_forget_prob": M.probability(nlls["quantized_nll"]).value}
         if evaluate is not None:
             full = evaluate(q)
-            results["quantized_forget_quality"] = full["forget_quality"]
-            results["quantized_model_utility"] = full["model_utility"]
-    return results, nlls
+            results.update(quantized_forget_quality=full["forget_quality"], quantized_model_utility=full["model_utility"])
+        return results
+    except RuntimeError:
+        if np.isfinite(answer_nlls(model, forget_items)).all():
+            raise
+        nlls["quantized_nll"] = np.full(len(forget_items), np.nan)
+        keys = ("quantized_forget_prob",) + (("quantized_forget_quality", "quantized_model_utility") if evaluate else ())
+        return dict.fromkeys(keys, float("nan"))
 
 
 #: The attacks that are measured on the half of the forget set the relearning attacker does not hold.
