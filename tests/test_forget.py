@@ -532,3 +532,26 @@ def test_a_run_whose_forget_loss_did_not_rise_is_warned_about(workspace, capsys)
     assert "warning: the forget items' mean loss did not rise" in out
     assert main(_args(workspace, **{"--out": workspace / "out2"}) + ["--param", "lr=0.05", "--param", "epochs=3"]) == 0
     assert "warning" not in capsys.readouterr().out
+
+
+def test_an_lm_item_longer_than_the_run_reads_is_refused_not_cut(tmp_path, capsys):
+    """An item cut to max_length would be unlearned and scored only in part, yet recorded whole in the ledger."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from lm_fixtures import memorised_lm, tiny_qa
+
+    items = tiny_qa(4)
+    memorised_lm(items, steps=5).save_pretrained(tmp_path / "lm")  # 64 positions
+    long_answer = " ".join([items[0]["answer"]] * 3)  # 26 tokens with its prompt and EOS
+    _write_jsonl(tmp_path / "forget.jsonl", [items[1], {"question": items[0]["question"], "answer": long_answer}])
+    base = ["forget", "--model", str(tmp_path / "lm"), "--forget", str(tmp_path / "forget.jsonl"), "--method",
+            "gradient_ascent", "--out", str(tmp_path / "out"), "--ledger", str(tmp_path / "ledger.db"),
+            "--param", "epochs=1"]
+    for extra, message in [(["--max-length", "16"], "forget.jsonl line 2 takes 26 tokens with its prompt, more than "
+                                                    "the 16 read per item; give --max-length 26 or more (this model "
+                                                    "takes up to 64)."),
+                           (["--max-length", "65"], "max_length 65 is more than the 64 positions this model has.")]:
+        assert main(base + extra) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "out").exists() and not (tmp_path / "ledger.db").exists()
+    assert main(base + ["--max-length", "26"]) == 0
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["max_length"] == 26

@@ -65,6 +65,8 @@ def test_facts_bench_rows_metrics_and_items(bench):
     assert results["relearn"] == {"steps": 5, "lr": pytest.approx(RELEARN_LR_FRACTION * results["config"]["lr"]),
                                   "batch_size": 8, "seed": 0}
     assert "Relearning attack: 5 steps of Adam at lr" in (bench / "results.md").read_text()
+    # recoveries are no fractions in [0, 1]: the page says how to read them
+    assert "a recovery is the share of what unlearning removed" in (bench / "results.md").read_text()
     rows = [json.loads(l) for l in (bench / "items" / "npo.jsonl").read_text().splitlines()]
     forget_rows = [r for r in rows if r["split"] == "forget"]
     import math
@@ -227,6 +229,8 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
         (["--model", str(tmp_path / "missing")], "does not exist"),
         (["--model", str(exported)], "hugging face model folder"),  # a data folder, not a model
         (["--model", str(exported / "models" / "target"), "--max-new-tokens", "0"], "max_new_tokens must be a positive"),
+        (["--model", str(exported / "models" / "target"), "--max-length", "8"],  # every item is longer: the first named
+         "forget10_perturbed:0 (answer) takes"),
         (["--model", str(exported / "models" / "target"), "--out", str(exported / "models"), "--overwrite"],
          "lies inside the input folder"),  # the later --out wins: inside --data, holding both models
     ]

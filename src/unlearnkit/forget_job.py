@@ -45,6 +45,7 @@ class ForgetJob:
     memory: Any = None  # unlearnkit.train.lora.MemoryOptions: LoRA, bf16, gradient checkpointing (LMs)
     system_prompt: str | None = None  # LMs: the prompt format the model was fine-tuned with
     template_args: dict[str, str] = field(default_factory=dict)
+    max_length: int | None = None  # LMs: tokens read per item (default: the model's positions, at most 512)
 
 
 def _check_paths(job: ForgetJob, ledger: Any) -> None:
@@ -300,8 +301,8 @@ def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
                              "refusing to append to it.")
     ledger.check_writable()  # a wrong or missing salt is refused now, before any work
     if kind == "classifier":
-        if job.system_prompt or job.template_args:
-            raise UserInputError("--system-prompt and --template-arg shape a language model's prompts; "
+        if job.system_prompt or job.template_args or job.max_length is not None:
+            raise UserInputError("--system-prompt, --template-arg and --max-length shape a language model's prompts; "
                                  f"{job.model} holds a classifier.")
         adapter, spec = _load_classifier(job.model, job.trust_pickle)
         forget = _classifier_items(forget_records, job, job.forget, spec)
@@ -316,7 +317,10 @@ def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
     if kind != "classifier":  # loaded once the data checks pass: a language model can take minutes to load
         from .methods.saved import load_causal_lm
 
-        adapter = load_causal_lm(job.model, system_prompt=job.system_prompt, template_args=job.template_args)
+        adapter = load_causal_lm(job.model, system_prompt=job.system_prompt, template_args=job.template_args,
+                                 max_length=job.max_length)
+        for path, records, items in ((job.forget, forget_records, forget), (job.retain, retain_records, retain)):
+            adapter.refuse_cut(items, [f"{path} {place}" for place, _ in records])
     ledger_items = [recorded_form(record, kind, _used_fields(job, kind)) for _, record in forget_records]
     request = ForgetRequest(forget + retain, range(len(forget)), range(len(forget), len(forget) + len(retain)) if retain else None,
                             reason=job.subject)
@@ -346,6 +350,8 @@ def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
         summary["info"] = record.info
     if kind == "causal_lm" and (job.system_prompt or job.template_args):  # needed to score the model the same way
         summary["prompt_format"] = {"system_prompt": job.system_prompt, "template_args": job.template_args}
+    if kind == "causal_lm":
+        summary["max_length"] = adapter.max_length
 
     def write() -> int:  # one output folder and one ledger row, however many processes ran
         for peft_config in getattr(model, "peft_config", {}).values():  # a LoRA adapter names its base model

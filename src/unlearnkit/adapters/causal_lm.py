@@ -172,6 +172,8 @@ class CausalLMAdapter:
             max_length = default_max_length(model, tokenizer)
         if int(max_length) < 2:
             raise UserInputError(f"max_length must be at least 2 (one prompt and one answer token), got {max_length}.")
+        if int(max_length) > (limit := _position_limit(model)):
+            raise UserInputError(f"max_length {max_length} is more than the {limit} positions this model has.")
         if template_args and not getattr(tokenizer, "chat_template", None):
             raise UserInputError("Template arguments fill a chat template's variables, but this tokenizer has no chat "
                                  "template (prompts use the plain 'Question: … Answer:' format); drop --template-arg.")
@@ -349,6 +351,22 @@ class CausalLMAdapter:
         if len(self._encoded) < ENCODED_ITEMS_KEPT:
             self._encoded[key] = (tuple(prompt), tuple(target))
         return prompt, target
+
+    def full_length(self, item: Any) -> int:
+        """The tokens ``item`` takes uncut (prompt, answer and EOS); :meth:`encode_item` cuts it to ``max_length``."""
+        prompt, answer = self._split_ids(*_question_answer(item))
+        return len(prompt) + len(answer) + 1
+
+    def refuse_cut(self, items: Sequence[Any], names: Sequence[str], flag: str = "--max-length") -> None:
+        """Refuse the first of ``items`` (named by ``names``) longer than ``max_length``: what is cut off would be
+        neither unlearned nor scored. ``flag`` is the setting that raises the length."""
+        for item, name in zip(items, names):
+            if (length := self.full_length(item)) > self.max_length:
+                limit = _position_limit(self.model)
+                fix = (f"give {flag} {length} or more (this model takes up to {limit})" if length <= limit
+                       else f"shorten or split it (this model takes at most {limit})")
+                raise UserInputError(f"{name} takes {length} tokens with its prompt, more than the {self.max_length} "
+                                     f"read per item; {fix}.")
 
     @property
     def pad_id(self) -> int:

@@ -393,14 +393,27 @@ def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]
     return splits
 
 
+def scored_answers(items: Sequence[Mapping[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    """Each question with each answer an evaluation scores (answer, paraphrase, perturbed ones), named by the
+    item's id and which answer it is."""
+    found = []
+    for item in items:
+        answers = [("answer", item["answer"])] + ([("paraphrased answer", item["paraphrased_answer"])]
+                                                   if "paraphrased_answer" in item else [])
+        answers += [(f"perturbed answer {k + 1}", text) for k, text in enumerate(item.get("perturbed_answer") or ())]
+        found += [({"question": item["question"], "answer": text}, f"{item['id']} ({which})") for which, text in answers]
+    return found
+
+
 def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out: Path, *,
                     overwrite: bool = False, command: str = "", log=print,
                     max_new_tokens: int = TOFU_MAX_NEW_TOKENS,
-                    prompt_format: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                    prompt_format: Mapping[str, Any] | None = None, max_length: int | None = None) -> dict[str, Any]:
     """Score a user's model against their retain model on TOFU-format data; write results like ``bench``.
 
     Greedy answers for ROUGE get up to ``max_new_tokens`` new tokens (TOFU's 200 by default).
-    ``prompt_format`` (``system_prompt``, ``template_args``) is passed to both models' adapters. The retain
+    ``prompt_format`` (``system_prompt``, ``template_args``) and ``max_length`` are passed to both models' adapters;
+    an item longer than the adapters read is refused, not cut. The retain
     model is scored once: its statistics are the reference, and its own row is computed from them.
     """
     from ..methods.saved import load_causal_lm
@@ -414,8 +427,11 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
     if max_new_tokens < 1:
         raise UserInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens}.")
     splits = tofu_evaluation_splits(data, split)
-    adapters = {name: load_causal_lm(path, **(prompt_format or {}))
+    adapters = {name: load_causal_lm(path, **(prompt_format or {}), max_length=max_length)
                 for name, path in (("model", model), ("retain", retain_model))}
+    scored = [scored for items in splits.values() for scored in scored_answers(items)]
+    for adapter in adapters.values():
+        adapter.refuse_cut([item for item, _ in scored], [name for _, name in scored])
     for adapter in adapters.values():
         adapter.model.to(training_device())
     ids = {name: [it["id"] for it in items] for name, items in splits.items()}
