@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 
@@ -38,6 +39,39 @@ def test_a_checkpoint_missing_weights_or_holding_other_shapes_is_refused(tmp_pat
     (tmp_path / "resized" / "config.json").write_text(json.dumps({**settings, "vocab_size": settings["vocab_size"] + 10}))
     with pytest.raises(UserInputError, match="hold them in other shapes"):
         CausalLMAdapter.from_pretrained(tmp_path / "resized")
+
+
+def test_a_quantized_checkpoint_and_a_sentencepiece_tokenizer_without_its_package_are_one_sentence(tmp_path, capfd):
+    """A GPTQ/bitsandbytes config ended in transformers' ImportError traceback; a tokenizer.model alone (Llama-2
+    style) was read as a tiktoken file, after several lines of notices, and the user was told to install tiktoken;
+    an unknown model type put transformers' notice from the tokenizer load before the one sentence."""
+    from unlearnkit.adapters.causal_lm import CausalLMAdapter
+
+    adapter = tiny_lm(tiny_qa(4))
+    adapter.save_pretrained(tmp_path / "unknown")
+    settings = json.loads((tmp_path / "unknown" / "config.json").read_text())
+    (tmp_path / "unknown" / "config.json").write_text(json.dumps({**settings, "model_type": "zzz"}))
+    capfd.readouterr()
+    with pytest.raises(UserInputError, match="is not a causal language model"):
+        CausalLMAdapter.from_pretrained(tmp_path / "unknown")
+    assert capfd.readouterr().err == ""
+    adapter.save_pretrained(tmp_path / "quantized")
+    settings = json.loads((tmp_path / "quantized" / "config.json").read_text())
+    (tmp_path / "quantized" / "config.json").write_text(json.dumps(
+        {**settings, "quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": 128}}))
+    with pytest.raises(UserInputError, match=r"is quantized \(gptq\); unlearnkit trains and saves full-precision"):
+        CausalLMAdapter.from_pretrained(tmp_path / "quantized")
+    if importlib.util.find_spec("sentencepiece") and importlib.util.find_spec("google"):
+        return  # the tokenizer.model would be read
+    adapter.save_pretrained(tmp_path / "sentencepiece")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "sentencepiece" / name).unlink()
+    (tmp_path / "sentencepiece" / "tokenizer.model").write_bytes(b"\x0a\x00")  # any bytes: never read without the package
+    capfd.readouterr()
+    with pytest.raises(UserInputError, match="is a SentencePiece tokenizer.model alone, which needs the sentencepiece "
+                                             "and protobuf packages"):
+        CausalLMAdapter.from_pretrained(tmp_path / "sentencepiece")
+    assert capfd.readouterr().err == ""
 
 
 def test_a_token_beyond_the_models_embedding_is_one_sentence(tmp_path):

@@ -209,6 +209,7 @@ class CausalLMAdapter:
         if not (directory / "config.json").is_file():
             raise UserInputError(f"The model directory {directory} has no config.json; expected a Hugging Face model folder.")
         check_shard_names(directory)
+        refuse_quantized(directory)
         tokenizer = load_tokenizer(directory)
         from transformers import AutoModelForCausalLM
 
@@ -225,6 +226,9 @@ class CausalLMAdapter:
                     **{"trust_remote_code": False, **model_kwargs})
         except ValueError as error:
             raise UserInputError(f"The model in {directory} is not a causal language model ({str(error).splitlines()[0]}).") from None
+        except ImportError as error:
+            raise UserInputError(f"Loading the model in {directory} needs a package this environment lacks "
+                                 f"({str(error).splitlines()[0]}).") from None
         except OSError as error:
             raise UserInputError(f"The model weights in {directory} cannot be loaded ({str(error).splitlines()[0]}).") from None
         except pickle.UnpicklingError as error:  # torch's weights-only loader refused a pickled object
@@ -638,10 +642,33 @@ def load_tokenizer(directory: str | Path) -> Any:
         )
     from transformers import AutoTokenizer
 
+    if (directory / "tokenizer.model").is_file() and not (directory / "tokenizer.json").is_file():
+        try:
+            import google.protobuf  # noqa: F401
+            import sentencepiece  # noqa: F401
+        except ImportError:  # transformers would fall back to reading it as a tiktoken file, and ask for tiktoken
+            raise UserInputError(f"The tokenizer in {directory} is a SentencePiece tokenizer.model alone, which needs the "
+                                 "sentencepiece and protobuf packages (pip install sentencepiece protobuf); or save "
+                                 "the tokenizer with its tokenizer.json.") from None
     try:
-        return AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError) as error:
+        with quiet_transformers():  # its notices would precede the one sentence below
+            return AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, ImportError) as error:
         raise UserInputError(f"The tokenizer in {directory} cannot be loaded ({str(error).splitlines()[0]}).") from None
+
+
+def refuse_quantized(directory: Path) -> None:
+    """Refuse a quantized checkpoint (a ``quantization_config`` in config.json: GPTQ, AWQ, bitsandbytes, ...):
+    unlearning trains and saves full-precision weights."""
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return  # transformers names what is wrong with the file
+    quantization = config.get("quantization_config") if isinstance(config, dict) else None
+    if quantization:
+        method = quantization.get("quant_method", "unknown method") if isinstance(quantization, dict) else "unknown method"
+        raise UserInputError(f"The model in {directory} is quantized ({method}); unlearnkit trains and saves "
+                             "full-precision weights: give the unquantized checkpoint.")
 
 
 def block_names(model: nn.Module) -> list[str]:
