@@ -2,12 +2,14 @@
 
 Fan, Liu, Zhang, Wei, Wong & Liu, "SalUn: Empowering Machine Unlearning via Gradient-based Weight
 Saliency in Image Classification and Generation" (ICLR 2024; arXiv 2310.12508, 2023).
-Saliency mask m = 1[ |∇_θ L̄_CE(D_f)| ≥ top-``mask_ratio`` threshold ], ranked globally over all
-parameter entries; then, with ỹ ≠ y random,
+Saliency mask m = 1 on the round(``mask_ratio``·N) entries of largest |∇_θ L̄_CE(D_f)|, ranked globally
+over all N parameter entries (exactly that many: ties at the threshold, such as entries of zero gradient
+at a large ratio, are broken arbitrarily; the authors' code keeps int(ratio·N), one fewer at most); then,
+with ỹ ≠ y random,
 θ ← θ − η m ⊙ ∇_θ [ L̄_CE(f_θ(x_f), ỹ) + β·L̄_CE(f_θ(x_r), y_r) ].
 
 Choices: the saliency gradient is the sum over forget batches of the batch-mean gradient, taken
-once at the start (as in the authors' ``generate_mask.py``), in request order where the authors'
+once at the original weights (the paper's equation), in request order where the authors'
 loader shuffles (at fixed weights only the members of the short last batch differ); the sign of the
 loss does not matter under |·|. Wrong labels follow the paper (ỹ ≠ y; the authors' code draws any
 class). Each forget batch is paired with a retain batch instead of separate passes, and β
