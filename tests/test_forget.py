@@ -555,3 +555,19 @@ def test_an_lm_item_longer_than_the_run_reads_is_refused_not_cut(tmp_path, capsy
         assert not (tmp_path / "out").exists() and not (tmp_path / "ledger.db").exists()
     assert main(base + ["--max-length", "26"]) == 0
     assert json.loads((tmp_path / "out" / "run.json").read_text())["max_length"] == 26
+
+
+def test_a_full_disk_is_one_sentence_and_leaves_nothing(workspace, capsys, monkeypatch):
+    """A write that found the disk full ended in an OSError traceback (it also wrote nothing)."""
+    import errno
+
+    import unlearnkit.report.html as html
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(html, "write_report", full)
+    assert main(_args(workspace)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: The disk is full (writing ") and "report.html" in err, err
+    assert not (workspace / "out").exists() and not (workspace / "ledger.db").exists()

@@ -515,12 +515,23 @@ def out_of_memory(error: BaseException) -> str | None:
     any other error. Outputs are written atomically, so nothing was written."""
     import re
 
-    if isinstance(error, RuntimeError) and "can't allocate memory" not in str(error):
+    if not (isinstance(error, MemoryError) or isinstance(error, RuntimeError) and "can't allocate memory" in str(error)):
         return None
     size = re.search(r"allocate (\d+) bytes", str(error))
     asked = f" (one allocation of {int(size.group(1)) / 1e9:.1f} GB)" if size else ""
     return (f"The run needs more memory than this machine has{asked}; give smaller sizes (widths, batch size) "
             "or run it on a larger machine. Nothing was written.")
+
+
+def disk_full(error: BaseException) -> str | None:
+    """One sentence for a write that found the disk (or the user's quota) full; None for any other error.
+    Outputs are written atomically, so nothing was written."""
+    import errno
+
+    if not isinstance(error, OSError) or error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    where = f" (writing {error.filename})" if error.filename else ""
+    return f"The disk is full{where}; free some space and run again. Nothing was written."
 
 
 def _dispatch(argv: list[str] | None) -> int:
@@ -538,8 +549,8 @@ def _dispatch(argv: list[str] | None) -> int:
         return 130
     except typer.Exit as done:
         return done.exit_code
-    except (MemoryError, RuntimeError) as error:
-        message = out_of_memory(error)
+    except (MemoryError, RuntimeError, OSError) as error:
+        message = out_of_memory(error) or disk_full(error)
         if message is None:
             raise
         typer.echo(f"error: {message}", err=True)
