@@ -662,8 +662,8 @@ def refuse_quantized(directory: Path) -> None:
     unlearning trains and saves full-precision weights."""
     try:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return  # transformers names what is wrong with the file
+    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON, nested too deep
+        raise UserInputError(f"The config.json in {directory} is not a readable JSON file.") from None
     quantization = config.get("quantization_config") if isinstance(config, dict) else None
     if quantization:
         method = quantization.get("quant_method", "unknown method") if isinstance(quantization, dict) else "unknown method"
