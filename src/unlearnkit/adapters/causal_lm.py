@@ -361,13 +361,13 @@ class CausalLMAdapter:
         prompt, answer = self._split_ids(*_question_answer(item))
         return len(prompt) + len(answer) + 1
 
-    def refuse_cut(self, items: Sequence[Any], names: Sequence[str], flag: str = "--max-length") -> None:
+    def refuse_cut(self, items: Sequence[Any], names: Sequence[str]) -> None:
         """Refuse the first of ``items`` (named by ``names``) longer than ``max_length``: what is cut off would be
-        neither unlearned nor scored. ``flag`` is the setting that raises the length."""
+        neither unlearned nor scored."""
         for item, name in zip(items, names):
             if (length := self.full_length(item)) > self.max_length:
                 limit = _position_limit(self.model)
-                fix = (f"give {flag} {length} or more (this model takes up to {limit})" if length <= limit
+                fix = (f"give --max-length {length} or more (this model takes up to {limit})" if length <= limit
                        else f"shorten or split it (this model takes at most {limit})")
                 raise UserInputError(f"{name} takes {length} tokens with its prompt, more than the {self.max_length} "
                                      f"read per item; {fix}.")

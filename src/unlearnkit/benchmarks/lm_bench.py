@@ -429,10 +429,9 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
     splits = tofu_evaluation_splits(data, split)
     adapters = {name: load_causal_lm(path, **(prompt_format or {}), max_length=max_length)
                 for name, path in (("model", model), ("retain", retain_model))}
-    scored = [scored for items in splits.values() for scored in scored_answers(items)]
+    scored = [pair for items in splits.values() for pair in scored_answers(items)]
     for adapter in adapters.values():
         adapter.refuse_cut([item for item, _ in scored], [name for _, name in scored])
-    for adapter in adapters.values():
         adapter.model.to(training_device())
     ids = {name: [it["id"] for it in items] for name, items in splits.items()}
     _, reference = evaluate_lm(adapters["retain"], splits, None, ids=ids, max_new_tokens=max_new_tokens)
