@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -74,6 +75,27 @@ def test_a_quantized_checkpoint_and_a_sentencepiece_tokenizer_without_its_packag
     assert capfd.readouterr().err == ""
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda settings: [], "holds an array, not an object of model settings"),
+    (lambda settings: None, "holds null, not an object of model settings"),
+    (lambda settings: {**settings, "vocab_size": "many"}, "holds a setting transformers refuses (Validation error "
+                                                         "for field 'vocab_size'"),
+    (lambda settings: {**settings, "_attn_implementation": "kernels-community/flash-attn"},
+     "asks for attention code from the Hugging Face Hub (_attn_implementation kernels-community/flash-attn), which "
+     "unlearnkit never fetches or runs"),
+])
+def test_a_config_json_that_cannot_or_must_not_be_loaded_is_one_sentence(tmp_path, edit, message):
+    """A config of the wrong shape or with a wrongly typed setting ended in a TypeError (or huggingface_hub's
+    validation error) from the tokenizer load; a Hub kernel named for attention reached transformers' kernel loader."""
+    from unlearnkit.adapters.causal_lm import CausalLMAdapter
+
+    tiny_lm(tiny_qa(4)).save_pretrained(tmp_path / "lm")
+    settings = json.loads((tmp_path / "lm" / "config.json").read_text())
+    (tmp_path / "lm" / "config.json").write_text(json.dumps(edit(settings)))
+    with pytest.raises(UserInputError, match=re.escape(message)):
+        CausalLMAdapter.from_pretrained(tmp_path / "lm")
+
+
 def test_a_token_beyond_the_models_embedding_is_one_sentence(tmp_path):
     """A token added to the tokenizer without resizing the embeddings ended in an IndexError in the forward."""
     items = tiny_qa(4)
@@ -83,6 +105,10 @@ def test_a_token_beyond_the_models_embedding_is_one_sentence(tmp_path):
     adapter.collate(items)  # the items' own tokens are all covered
     with pytest.raises(UserInputError, match=f"gives token id {rows}, but the model's embedding has {rows} rows"):
         adapter.collate([{"question": items[0]["question"], "answer": "Zorblax"}])
+    # checked on every item, named, before items are shared out among processes (a refusal on one alone hung)
+    unknown = [items[0], {"question": items[1]["question"], "answer": "Zorblax"}]
+    with pytest.raises(UserInputError, match=f"gives token id {rows} for forget.jsonl line 2, but the model"):
+        adapter.refuse_unreadable(unknown, ["forget.jsonl line 1", "forget.jsonl line 2"])
 
 
 def test_a_model_path_that_is_a_file_is_not_called_missing(tmp_path):

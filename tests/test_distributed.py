@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -199,6 +200,8 @@ def test_gu_projection_sam_and_sharded_gradient_edits_are_refused():
         D.check_loop_support(two, projector=object(), callbacks=False)
     with pytest.raises(UserInputError, match="sam_rho"):
         D.check_loop_support(two, projector=None, callbacks=False, sam=True)
+    with pytest.raises(UserInputError, match="early stop"):
+        D.check_loop_support(two, projector=None, callbacks=False, stop=True)
     D.check_loop_support(two, projector=None, callbacks=True)  # DDP keeps whole gradients: fine
     fsdp = SimpleNamespace(num_processes=2, distributed_type=SimpleNamespace(name="FSDP"))
     with pytest.raises(UserInputError, match="FSDP shards"):
@@ -319,3 +322,73 @@ def test_two_gloo_processes_match_one_when_the_forget_part_splits_unevenly(tmp_p
     assert one["metrics_after"].keys() == two["metrics_after"].keys()
     for key, value in one["metrics_after"].items():
         assert two["metrics_after"][key] == pytest.approx(value, abs=1e-4), key
+
+
+ONE_PROCESS_FAILS = """
+import sys
+
+from unlearnkit import cli, forget_job
+from unlearnkit.errors import UserInputError
+from unlearnkit.train.distributed import process_index
+
+scores = forget_job._scores
+
+
+def second_process_refuses(*args, **kwargs):
+    if process_index() == 1:
+        raise UserInputError("process 1 refuses")
+    return scores(*args, **kwargs)
+
+
+forget_job._scores = second_process_refuses
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_refusal_on_one_process_alone_ends_the_run_at_once(tmp_path):
+    """Process 1 alone refuses while process 0 waits for its scores in a gather: process 1 must leave (it used to
+    wait at the final barrier, and both sat until gloo's 30-minute timeout). Nothing is written."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from lm_fixtures import tiny_lm, tiny_qa
+
+    items = tiny_qa(4)
+    tiny_lm(items).save_pretrained(tmp_path / "lm")
+    for name, rows in (("forget", items[:2]), ("retain", items[2:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "run.py").write_text(ONE_PROCESS_FAILS)
+    launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               str(tmp_path / "run.py"), "forget", "--model", str(tmp_path / "lm"), "--forget",
+                               str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl"), "--method",
+                               "npo", "--out", str(tmp_path / "out"), "--ledger", str(tmp_path / "ledger.db")],
+                              env=CPU_ONLY, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True)  # its own process group, so a hang can be ended whole
+    try:
+        _, errors = launch.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(launch.pid, signal.SIGKILL)
+        launch.communicate()
+        pytest.fail("the processes waited for each other (ended after 120 s)")
+    assert launch.returncode != 0 and "error: process 1 refuses" in errors
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ledger.db").exists()
+
+
+@pytest.mark.parametrize("setting", ["project=gu", "sam_rho=0.01", "early_stop=holdout_nll"])
+def test_a_one_process_setting_under_a_launcher_is_refused_before_any_work(tmp_path, monkeypatch, capsys, setting):
+    """GU projection, SAM and the early stop were refused inside the loop, after the model was loaded and scored."""
+    from unlearnkit import forget_job
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from lm_fixtures import tiny_lm, tiny_qa
+
+    items = tiny_qa(6)
+    tiny_lm(items).save_pretrained(tmp_path / "lm")
+    for name, rows in (("forget", items[:2]), ("retain", items[2:])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(forget_job, "_scores", lambda *args: pytest.fail("the model was scored"))
+    code = main(["forget", "--model", str(tmp_path / "lm"), "--forget", str(tmp_path / "forget.jsonl"), "--retain",
+                 str(tmp_path / "retain.jsonl"), "--method", "npo", "--param", setting, "--out",
+                 str(tmp_path / "out"), "--ledger", str(tmp_path / "ledger.db")])
+    assert code == 2, capsys.readouterr().err
+    assert "runs in one process only, but this run has 2" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "ledger.db").exists()

@@ -90,6 +90,17 @@ def test_select_facts_refuses_bad_input_and_writes_nothing(tmp_path, capsys, arg
     assert not out.exists()
 
 
+def test_select_facts_and_images_refuse_an_output_inside_the_bench_cache(capsys):
+    """With --overwrite, an --out inside the cache could replace a cached model the selection then reads."""
+    from unlearnkit.benchmarks.cache import cache_root
+
+    out = cache_root() / "selection.md"
+    for command in (["select-facts", "--preset", "tiny"], ["select-images"]):
+        assert main([*command, "--out", str(out), "--overwrite"]) == 2
+        assert "lies inside the input folder" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_the_bench_uses_the_settings_the_published_selection_chose():
     from pathlib import Path
 

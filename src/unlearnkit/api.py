@@ -13,6 +13,7 @@ from .errors import UserInputError
 from .methods.registry import get_method, method_config
 from .request import ForgetRequest
 from .train.config import settings_of
+from .train.distributed import check_config_launch
 from .train.loop import TrainRecord
 from .train.measure import measure
 from .train.stopping import check_stop_request
@@ -69,6 +70,7 @@ def check_needs(method: Any, adapter: Any, request: ForgetRequest, config: Any) 
         adapter.check_items(request.forget_items(), "the forget set")
         if "retain" in method.needs_for(config):
             adapter.check_items(request.retain_items(), "the retain set")
+    check_config_launch(config)
     check_stop_request(config, request)
     if "retain" in method.needs_for(config) and not request.retain:
         projected = "retain" not in method.needs and getattr(config, "project", None)

@@ -294,6 +294,7 @@ def select_facts_command(
     overwrite: bool = typer.Option(False, help="Replace an existing table."),
 ) -> None:
     """Choose the facts bench's rmu, sam_npo and npo settings on a held-out world (see benchmarks/selection.py)."""
+    from .benchmarks.cache import cache_root
     from .benchmarks.facts import FORGET_SPLITS
     from .benchmarks.selection import check_selection_world, select_facts_settings, write_selection
 
@@ -301,7 +302,7 @@ def select_facts_command(
     check_selection_world(config)
     if split not in FORGET_SPLITS:
         raise UserInputError(f"Unknown forget split {split!r}; valid: {', '.join(FORGET_SPLITS)}.")
-    check_output(out, overwrite=overwrite, file=True)
+    check_output(out, overwrite=overwrite, file=True, inputs=(cache_root(),))  # --out must not replace a cached model
     chosen, rows = select_facts_settings(config, split, log=typer.echo)
     write_selection(out, config, split, chosen, rows, command_line())
     typer.echo(out.read_text(encoding="utf-8"))
@@ -315,6 +316,7 @@ def select_images_command(
     overwrite: bool = typer.Option(False, help="Replace an existing table."),
 ) -> None:
     """Choose the image benches' ssd and gradient_ascent settings, per scenario, on held-out splits (see benchmarks/image_selection.py)."""
+    from .benchmarks.cache import cache_root
     from .benchmarks.image_selection import check_selection_seeds, select_image_settings, write_image_selection
     from .benchmarks.vision import VISION_BENCHMARKS, selection_page
 
@@ -323,7 +325,7 @@ def select_images_command(
     if benchmark not in VISION_BENCHMARKS:
         raise UserInputError(f"Unknown benchmark {benchmark!r}; valid: {', '.join(VISION_BENCHMARKS)}.")
     out = out or Path(selection_page(benchmark))
-    check_output(out, overwrite=overwrite, file=True)
+    check_output(out, overwrite=overwrite, file=True, inputs=(cache_root(),))
     chosen, rows = select_image_settings(benchmark, seed_list, log=typer.echo)
     write_image_selection(out, benchmark, seed_list, chosen, rows, command_line())
     typer.echo(out.read_text(encoding="utf-8"))
@@ -480,19 +482,20 @@ def _register_subcommands() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI; a user mistake prints one sentence and exits with status 2.
 
-    Under ``accelerate launch`` / ``torchrun`` the process group is shut down on the way out.
+    Under ``accelerate launch`` / ``torchrun`` the process group is shut down on the way out, after every process
+    arrives when this one succeeded; a process that failed leaves at once, since a failure on one process alone
+    (a refusal, an out-of-memory error) leaves its peers waiting in a collective that its barrier would not match.
     """
     _register_subcommands()
-    finished = False
+    code = None
     try:
         code = _dispatch(argv)
-        finished = True
         return code
     finally:
         if "torch.distributed" in sys.modules:  # nothing to shut down when torch was never loaded
             from .train.distributed import end
 
-            end(wait=finished)
+            end(wait=code == 0)
 
 
 #: The commands written for several processes (accelerate launch / torchrun); see docs/scale.md.

@@ -320,7 +320,7 @@ def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
         adapter = load_causal_lm(job.model, system_prompt=job.system_prompt, template_args=job.template_args,
                                  max_length=job.max_length)
         for path, records, items in ((job.forget, forget_records, forget), (job.retain, retain_records, retain)):
-            adapter.refuse_cut(items, [f"{path} {place}" for place, _ in records])
+            adapter.refuse_unreadable(items, [f"{path} {place}" for place, _ in records])
     ledger_items = [recorded_form(record, kind, _used_fields(job, kind)) for _, record in forget_records]
     request = ForgetRequest(forget + retain, range(len(forget)), range(len(forget), len(forget) + len(retain)) if retain else None,
                             reason=job.subject)

@@ -209,7 +209,7 @@ class CausalLMAdapter:
         if not (directory / "config.json").is_file():
             raise UserInputError(f"The model directory {directory} has no config.json; expected a Hugging Face model folder.")
         check_shard_names(directory)
-        refuse_quantized(directory)
+        check_model_config(directory)
         tokenizer = load_tokenizer(directory)
         from transformers import AutoModelForCausalLM
 
@@ -344,11 +344,7 @@ class CausalLMAdapter:
             return list(prompt), list(target)
         prompt, answer_ids = self._split_ids(question, answer)
         target = answer_ids + [self.tokenizer.eos_token_id]
-        rows, largest = _embedding_rows(self.model), max(prompt + target)
-        if rows is not None and largest >= rows:  # an index error in the forward (a device-side assert on a GPU)
-            raise UserInputError(f"The tokenizer gives token id {largest}, but the model's embedding has {rows} rows; "
-                                 "tokens were added to the tokenizer without resizing the model's embeddings "
-                                 "(model.resize_token_embeddings) before it was saved.")
+        self._refuse_unknown_ids(prompt + target)
         if len(prompt) + len(target) > self.max_length:
             target = target[: self.max_length - 1]
             prompt = prompt[len(prompt) - (self.max_length - len(target)) :]
@@ -356,16 +352,25 @@ class CausalLMAdapter:
             self._encoded[key] = (tuple(prompt), tuple(target))
         return prompt, target
 
-    def full_length(self, item: Any) -> int:
-        """The tokens ``item`` takes uncut (prompt, answer and EOS); :meth:`encode_item` cuts it to ``max_length``."""
-        prompt, answer = self._split_ids(*_question_answer(item))
-        return len(prompt) + len(answer) + 1
+    def _refuse_unknown_ids(self, ids: Sequence[int], name: str | None = None) -> None:
+        """Refuse token ids the model's embedding has no row for (an index error in the forward, a device-side
+        assert on a GPU); ``name`` says which item holds them."""
+        rows, largest = _embedding_rows(self.model), max(ids)
+        if rows is not None and largest >= rows:
+            where = f" for {name}" if name else ""
+            raise UserInputError(f"The tokenizer gives token id {largest}{where}, but the model's embedding has {rows} "
+                                 "rows; tokens were added to the tokenizer without resizing the model's embeddings "
+                                 "(model.resize_token_embeddings) before it was saved.")
 
-    def refuse_cut(self, items: Sequence[Any], names: Sequence[str]) -> None:
-        """Refuse the first of ``items`` (named by ``names``) longer than ``max_length``: what is cut off would be
-        neither unlearned nor scored."""
+    def refuse_unreadable(self, items: Sequence[Any], names: Sequence[str]) -> None:
+        """Refuse the first of ``items`` (named by ``names``) that the model cannot read whole: one longer than
+        ``max_length`` (what is cut off would be neither unlearned nor scored) or holding a token id beyond the
+        embedding. Every process checks every item before they are shared out, so all refuse together (a refusal
+        on one process alone would leave the others waiting for its scores)."""
         for item, name in zip(items, names):
-            if (length := self.full_length(item)) > self.max_length:
+            prompt, answer = self._split_ids(*_question_answer(item))
+            self._refuse_unknown_ids(prompt + answer + [self.tokenizer.eos_token_id], name)
+            if (length := len(prompt) + len(answer) + 1) > self.max_length:
                 limit = _position_limit(self.model)
                 fix = (f"give --max-length {length} or more (this model takes up to {limit})" if length <= limit
                        else f"shorten or split it (this model takes at most {limit})")
@@ -657,18 +662,40 @@ def load_tokenizer(directory: str | Path) -> Any:
         raise UserInputError(f"The tokenizer in {directory} cannot be loaded ({str(error).splitlines()[0]}).") from None
 
 
-def refuse_quantized(directory: Path) -> None:
-    """Refuse a quantized checkpoint (a ``quantization_config`` in config.json: GPTQ, AWQ, bitsandbytes, ...):
-    unlearning trains and saves full-precision weights."""
+def check_model_config(directory: Path) -> None:
+    """Refuse, in one sentence, a config.json that unlearnkit cannot or will not load: not readable JSON or not an
+    object of settings; a quantized checkpoint (a ``quantization_config``: GPTQ, AWQ, bitsandbytes, ...), since
+    unlearning trains and saves full-precision weights; attention code named by a Hub repository, which transformers
+    would fetch and run; and settings transformers refuses (a wrong type, an unknown model type)."""
     try:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON, nested too deep
         raise UserInputError(f"The config.json in {directory} is not a readable JSON file.") from None
-    quantization = config.get("quantization_config") if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        held = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}.get(type(config), "a number")
+        raise UserInputError(f"The config.json in {directory} holds {held}, not an object of model settings.")
+    quantization = config.get("quantization_config")
     if quantization:
         method = quantization.get("quant_method", "unknown method") if isinstance(quantization, dict) else "unknown method"
         raise UserInputError(f"The model in {directory} is quantized ({method}); unlearnkit trains and saves "
                              "full-precision weights: give the unquantized checkpoint.")
+    for key in ("_attn_implementation", "attn_implementation"):
+        if isinstance(config.get(key), str) and "/" in config[key]:  # a Hub repository of kernels
+            raise UserInputError(f"The config.json in {directory} asks for attention code from the Hugging Face Hub "
+                                 f"({key} {config[key]}), which unlearnkit never fetches or runs; set it to sdpa or eager.")
+    from transformers import AutoConfig
+
+    try:
+        with quiet_transformers():
+            AutoConfig.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+    except Exception as error:  # huggingface_hub's StrictDataclassFieldValidationError is no TypeError
+        line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if isinstance(error, ValueError):
+            raise UserInputError(f"The model in {directory} is not a causal language model ({line}).") from None
+        if isinstance(error, TypeError) or "StrictDataclass" in type(error).__name__:
+            detail = " ".join(str(error).split())[:300]
+            raise UserInputError(f"The config.json in {directory} holds a setting transformers refuses ({detail}).") from None
+        raise
 
 
 def block_names(model: nn.Module) -> list[str]:

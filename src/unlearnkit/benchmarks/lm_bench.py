@@ -431,7 +431,7 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
                 for name, path in (("model", model), ("retain", retain_model))}
     scored = [pair for items in splits.values() for pair in scored_answers(items)]
     for adapter in adapters.values():
-        adapter.refuse_cut([item for item, _ in scored], [name for _, name in scored])
+        adapter.refuse_unreadable([item for item, _ in scored], [name for _, name in scored])
         adapter.model.to(training_device())
     ids = {name: [it["id"] for it in items] for name, items in splits.items()}
     _, reference = evaluate_lm(adapters["retain"], splits, None, ids=ids, max_new_tokens=max_new_tokens)

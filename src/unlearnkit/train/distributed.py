@@ -367,14 +367,26 @@ def check_launch() -> None:
                              "not use (one optimiser step per batch); set it to 1 and raise batch_size instead.")
 
 
-def check_loop_support(accelerator: Any, *, projector: Any, callbacks: bool, sam: bool = False) -> None:
+def check_one_process(processes: int, *, gu: bool, sam: bool, early_stop: bool) -> None:
+    """Raise when a run on ``processes`` processes asks for what the loop runs in one process only."""
+    single = ((gu, "GU projection (project=gu)", "drop project=gu"), (sam, "SAM on the forget term (sam_rho)",
+              "set sam_rho=0"), (early_stop, "The early stop", "set early_stop=none"))
+    for wanted, what, fix in single:
+        if wanted and processes > 1:
+            raise UserInputError(f"{what} runs in one process only, but this run has {processes}; launch it "
+                                 f"without accelerate/torchrun or {fix}.")
+
+
+def check_config_launch(config: Any) -> None:
+    """:func:`check_one_process` for a method's config, before any work (the loop checks again when it starts)."""
+    check_one_process(launched_processes(), gu=getattr(config, "project", None) is not None,
+                      sam=bool(getattr(config, "sam_rho", 0.0)), early_stop=getattr(config, "early_stop", "none") != "none")
+
+
+def check_loop_support(accelerator: Any, *, projector: Any, callbacks: bool, sam: bool = False,
+                       stop: bool = False) -> None:
     """Raise when this loop's run cannot be honoured by the accelerate setup it was launched with."""
-    if accelerator.num_processes > 1 and projector is not None:
-        raise UserInputError(f"GU projection (project=gu) runs in one process only, but this run has "
-                             f"{accelerator.num_processes}; launch it without accelerate/torchrun or drop project=gu.")
-    if accelerator.num_processes > 1 and sam:
-        raise UserInputError(f"SAM on the forget term (sam_rho) runs in one process only, but this run has "
-                             f"{accelerator.num_processes}; launch it without accelerate/torchrun or set sam_rho=0.")
+    check_one_process(accelerator.num_processes, gu=projector is not None, sam=sam, early_stop=stop)
     if is_sharded(accelerator) and callbacks:
         raise UserInputError(f"This method edits gradients or weights between steps, which {_kind(accelerator)} shards "
                              "across processes; run it with the DDP config (configs/accelerate/ddp.yaml).")

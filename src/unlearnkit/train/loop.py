@@ -210,11 +210,8 @@ def optimise(
         accelerator = Accelerator(cpu=cpu or not torch.cuda.is_available())
     world, rank = accelerator.num_processes, accelerator.process_index
     sam_rho = getattr(config, "sam_rho", 0.0)  # sharpness-aware forget term (train/sam.py)
-    distributed.check_loop_support(accelerator, projector=projector,
-                                   callbacks=after_backward is not None or after_step is not None, sam=bool(sam_rho))
-    if stop is not None and world > 1:
-        raise UserInputError(f"The early stop runs in one process only, but this run has {world}; "
-                             "launch it without accelerate/torchrun or set early_stop=none.")
+    distributed.check_loop_support(accelerator, projector=projector, callbacks=after_backward is not None
+                                   or after_step is not None, sam=bool(sam_rho), stop=stop is not None)
     loss_fn = sharpness_aware(loss_fn, sam_rho)
     torch.manual_seed(config.seed)  # dropout and any sampling inside losses follow the one seed
     total = config.epochs * steps_per_epoch
