@@ -278,6 +278,26 @@ def test_forget_reads_csv_and_parquet(workspace, fmt):
     assert run["forget_items"] == 5 and run["metrics_after"]["forget_loss"] > run["metrics_before"]["forget_loss"]
 
 
+def test_a_float32_parquet_forget_set_holds_the_same_items_as_json(workspace, capsys):
+    """Parquet float32 values were read as their float64 widenings (-1.1260000467300415): the JSONL training data
+    "did not hold" the forget items, and check-item on the item from JSON said it was not forgotten."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"input": [round(v, 3) for v in r["input"]], "label": r["label"]} for r in _rows(40, 0)]
+    _write_jsonl(workspace / "train.jsonl", rows)
+    forget = pa.table({"input": pa.array([r["input"] for r in rows[:5]], pa.list_(pa.float32())),
+                       "label": pa.array([r["label"] for r in rows[:5]], pa.int64())})
+    pq.write_table(forget, workspace / "forget.parquet")
+    assert main(_args(workspace, **{"--forget": workspace / "forget.parquet",
+                                    "--training-data": workspace / "train.jsonl"})) == 0
+    _write_jsonl(workspace / "item.json", rows[:1])
+    capsys.readouterr()
+    assert main(["ledger", "check-item", "--item", str(workspace / "item.json"), "--ledger",
+                 str(workspace / "ledger.db")]) == 0
+    assert "forgotten: row 1" in capsys.readouterr().out
+
+
 def test_the_report_shows_a_parquet_forget_sets_examples_with_dates_and_text(workspace):
     # a column of dates (not used by the model) crashed --show-examples after the training; text came out escaped
     import datetime

@@ -608,9 +608,12 @@ def test_a_salt_that_is_not_text_or_bytes_and_a_bare_string_of_items_are_refused
     (f"DELETE FROM {META_TABLE} WHERE key='schema_version'", "has lost its schema version"),
 ])
 def test_a_ledger_missing_its_rows_table_or_version_is_called_damaged(five_rows: Path, damage: str, message: str) -> None:
+    """Opening it is refused; the verify command reports it as tampering (exit 1), as it does both tables dropped."""
     sql(five_rows, damage)
     with pytest.raises(UserInputError, match=message):
         Ledger(five_rows, salt=SALT).verify()
+    verified = CliRunner().invoke(cli_app(), ["ledger", "verify", "--ledger", str(five_rows)])
+    assert verified.exit_code == 1 and verified.output.startswith("TAMPERED: the ledger has lost its")
 
 
 def test_a_row_id_must_be_an_integer(five_rows: Path) -> None:
@@ -651,6 +654,11 @@ def test_check_item_says_forgotten_only_for_an_ok_row_that_changed_the_model(tmp
     lone = runner.invoke(app, ["ledger", "check-item", "--item", str(tmp_path / "lone.txt"), "--ledger", str(path)])
     assert lone.exit_code == 1 and "row 4" in lone.output and "status diverged" in lone.output
     assert "forgotten: row" not in lone.output.replace("not forgotten", "")
+    # a status edited in the database (diverged → ok) no longer matches the row's hash: not trusted
+    sql(path, f"UPDATE {ROWS_TABLE} SET status='ok', fingerprint_after='edited' WHERE id=4")
+    edited = runner.invoke(app, ["ledger", "check-item", "--item", str(tmp_path / "lone.txt"), "--ledger", str(path)])
+    assert isinstance(edited.exception, UserInputError) and "forgotten: row" not in edited.output
+    assert "Row 4 of the ledger" in str(edited.exception) and "does not match its row_hash" in str(edited.exception)
 
 
 def test_a_published_head_catches_a_rewrite_that_the_chain_cannot(five_rows: Path) -> None:

@@ -551,12 +551,21 @@ def _probe_tables(connection: Any) -> tuple[set[str], str | None]:
         return names, (row[0] if row else None)
 
 
+class LostLedgerPart(UserInputError):
+    """A ledger that lacks a part every ledger has (its rows table, its schema version): damaged or tampered with.
+    Opening it is refused; the ``ledger verify`` command reports it as its finding (exit status 1), as it does
+    dropped tables."""
+
+    def __init__(self, label: str, missing: str) -> None:
+        self.reason = f"the ledger has lost {missing}; it was damaged or tampered with"
+        super().__init__(f"The ledger {label} has lost {missing}; it was damaged or tampered with.")
+
+
 def _judge_tables(names: set[str], version: str | None, label: str, *, foreign_tables_allowed: bool) -> bool:
     """Whether the tables form a ledger (True), an empty place for one (False), or something else (raise)."""
     if META_TABLE in names:
         if ROWS_TABLE not in names or version is None:  # a ledger we made never lacks either: it was damaged
-            missing = f"its {ROWS_TABLE} table" if ROWS_TABLE not in names else "its schema version"
-            raise UserInputError(f"The ledger {label} has lost {missing}; it was damaged or tampered with.")
+            raise LostLedgerPart(label, f"its {ROWS_TABLE} table" if ROWS_TABLE not in names else "its schema version")
         if version != SCHEMA_VERSION:
             raise UserInputError(
                 f"The ledger {label} has schema version {version!r}; this unlearnkit reads version {SCHEMA_VERSION}."
@@ -957,7 +966,9 @@ class Ledger:
 
     @_reading_errors
     def matching_rows(self, item: Any) -> list[LedgerRow]:
-        """Every row that lists this item's salted hash, in id order (matched as in :meth:`check_item`)."""
+        """Every row that lists this item's salted hash, in id order (matched as in :meth:`check_item`). A matched
+        row whose content no longer matches its hash (a status edited from diverged to ok, say) is refused:
+        what it says cannot be trusted."""
         if not self._reading():
             return []
         key = self._load_salt(create=False)
@@ -970,8 +981,18 @@ class Ledger:
                 raise self._wrong_salt()
             matches = sa.or_(*(_rows_table.c.item_hashes.contains(digest) for digest in digests))
             query = sa.select(_rows_table).where(matches).order_by(_rows_table.c.id)
-            found = [_row_from_db(r, self._target.label) for r in self._stored_rows(conn, query)]
-        return [row for row in found if digests & set(row.item_hashes)]
+            stored = list(self._stored_rows(conn, query))
+        found = []
+        for record in stored:
+            row = _row_from_db(record, self._target.label)
+            if not digests & set(row.item_hashes):  # the query matched a digest's text elsewhere in the field
+                continue
+            fault = _content_fault(record)
+            if fault is not None:
+                raise UserInputError(f"Row {row.id} of the ledger {self._target.label} lists this item, but {fault}; "
+                                     "`unlearnkit ledger verify` reports on the whole ledger.")
+            found.append(row)
+        return found
 
 
 class _ChainChecker:

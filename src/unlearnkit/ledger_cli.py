@@ -97,8 +97,13 @@ def verify_command(
         "(the chain alone cannot catch rows rewritten and re-hashed to the end).")] = None,
 ) -> None:
     """Check the hash chain; print ok and the head hash, or the first altered row (exit status 1)."""
-    with _open(ledger, salt_file) as book:
-        result = book.verify(expect_head.strip().lower() if expect_head is not None else None)
+    from .ledger import LostLedgerPart, VerifyResult
+
+    try:
+        with _open(ledger, salt_file) as book:
+            result = book.verify(expect_head.strip().lower() if expect_head is not None else None)
+    except LostLedgerPart as lost:  # a dropped rows table is tampering, as both tables dropped are
+        result = VerifyResult(False, None, lost.reason)
     if result.ok:
         typer.echo(f"ok: {result.rows} rows, chain intact; head row_hash {result.head_hash}")
         return

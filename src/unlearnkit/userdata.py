@@ -161,7 +161,39 @@ def _parquet(path: Path) -> list[tuple[str, dict[str, Any]]]:
         table = pq.read_table(path)
     except Exception as error:  # pyarrow raises several types for a foreign file
         raise UserInputError(f"The data file {path} is not a readable Parquet file ({type(error).__name__}).") from None
-    return [(f"row {i + 1}", row) for i, row in enumerate(table.to_pylist())]
+    narrow = {field.name: field.type for field in table.schema if _holds_narrow_floats(field.type)}
+    rows = table.to_pylist()
+    for row in rows if narrow else ():
+        for name, type_ in narrow.items():
+            row[name] = _shortest(row[name], type_)
+    return [(f"row {i + 1}", row) for i, row in enumerate(rows)]
+
+
+def _holds_narrow_floats(type_: Any) -> bool:
+    """True when a Parquet column of this type holds float32 or float16 values, at any depth."""
+    import pyarrow as pa
+
+    if pa.types.is_float32(type_) or pa.types.is_float16(type_):
+        return True
+    return any(_holds_narrow_floats(type_.field(i).type) for i in range(type_.num_fields))
+
+
+def _shortest(value: Any, type_: Any) -> Any:
+    """A float32 (float16) value as the shortest decimal that reads back to it: -1.126, as a JSONL or CSV file gives
+    the same number, not its float64 widening -1.1260000467300415. The model trains on the same float32 either way;
+    the ledger and the forget/retain/training-data comparisons see the same item whatever format carried it."""
+    import numpy as np
+    import pyarrow as pa
+
+    if value is None:
+        return None
+    if pa.types.is_float32(type_) or pa.types.is_float16(type_):
+        return float(str((np.float32 if pa.types.is_float32(type_) else np.float16)(value)))
+    if pa.types.is_struct(type_):
+        return {field.name: _shortest(value[field.name], field.type) for field in type_}
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_) or pa.types.is_fixed_size_list(type_):
+        return [_shortest(item, type_.value_type) for item in value]
+    return value  # a map's entries (pairs) are left as pyarrow gives them
 
 
 def require_fields(records: Sequence[tuple[str, dict[str, Any]]], fields: Sequence[str], path: str | Path) -> None:
