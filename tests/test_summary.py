@@ -24,6 +24,19 @@ def test_cells_are_mean_and_population_std_of_each_number():
     assert rows[1]["forget_acc"] == "1.2000 ± 0.1000"
 
 
+def test_equal_values_have_no_spread_and_a_number_beyond_any_float_is_no_number(tmp_path, capsys):
+    """Three equal values printed "± 1.11e-16" (np.std's rounding residue); a 400-digit integer raised OverflowError."""
+    runs = [fake_results(seed, 0.7) for seed in (4, 5, 6)]
+    runs[2]["runs"][1]["metrics"]["huge"] = 10 ** 400
+    rows, columns = summary_rows(runs)
+    assert rows[0]["forget_acc"] == "0.7000 ± 0.0000" and "huge" not in columns
+    runs[2]["runs"][1]["seconds"] = 10 ** 400
+    folders = [write_folder(tmp_path / f"r{i}", results) for i, results in enumerate(runs)]
+    out = tmp_path / "summary.md"
+    assert main(["summarize", *[arg for f in folders for arg in ("--results", f)], "--out", str(out)]) == 2
+    assert "the seconds of run 2 is not a number" in capsys.readouterr().err and not out.exists()
+
+
 def test_a_metric_only_some_rows_or_runs_report_still_gets_its_column():
     a, b = fake_results(4, 0.1), fake_results(5, 0.3)
     a["runs"][1]["metrics"]["relearn_recovery"] = 0.2  # reported by a method, not by the original row

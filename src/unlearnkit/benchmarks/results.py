@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -169,9 +170,12 @@ def memory_note(resident_mb_before: float) -> str:
 
 
 def is_number(value: Any) -> bool:
-    """Whether ``value`` is a JSON number; NaN counts (results.json files written before ``null`` took its place hold
-    it for a metric that could not be measured)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Whether ``value`` is a JSON number that a float holds; NaN counts (results.json files written before ``null``
+    took its place hold it for a metric that could not be measured). An integer beyond any float (400 digits) is
+    not one: no mean or format could take it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return isinstance(value, float) or abs(value) <= sys.float_info.max
 
 
 def _numeric(value: Any) -> bool:
@@ -264,7 +268,8 @@ def _cell(values: Sequence[float], seeds: Sequence[Any], all_seeds: Sequence[Any
     if not values:
         return "—"
     mean = float(np.mean(values))
-    text = _fmt(mean) if len(values) == 1 else f"{_fmt(mean)} ± {_fmt(float(np.std(values)))}"
+    spread = 0.0 if min(values) == max(values) else float(np.std(values))  # equal values: 0, not a rounding residue
+    text = _fmt(mean) if len(values) == 1 else f"{_fmt(mean)} ± {_fmt(spread)}"
     if len(seeds) < len(all_seeds):
         text += f" ({_seed_list(seeds)} only)"
     return text
