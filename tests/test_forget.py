@@ -591,3 +591,13 @@ def test_a_full_disk_is_one_sentence_and_leaves_nothing(workspace, capsys, monke
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: The disk is full (writing ") and "report.html" in err, err
     assert not (workspace / "out").exists() and not (workspace / "ledger.db").exists()
+
+
+def test_a_run_that_left_the_weights_unchanged_is_not_said_to_have_changed_the_model(workspace, capsys):
+    """SSD whose threshold selects no weight leaves the model as it was; the warning said "the model changed"."""
+    assert main(_args(workspace, **{"--method": "ssd"}) + ["--param", "alpha=1e9"]) == 0
+    run = json.loads((workspace / "out" / "run.json").read_text())
+    assert run["fingerprint_after"] == run["fingerprint_before"]
+    logged = capsys.readouterr()
+    assert "the model's weights did not change" in logged.err + logged.out
+    assert "the model changed" not in logged.err + logged.out

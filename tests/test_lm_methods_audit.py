@@ -144,6 +144,9 @@ def test_a_method_outside_the_training_loop_that_leaves_nan_weights_reports_dive
     with status 'ok'."""
     _, record = unlearn(lm.model, REQUEST, "first_epoch_ga", adapter=lm, lr=1e30, steps=5)
     assert record.status == "diverged" and "NaN or infinite" in record.message
+    # finite weights so large that the forward overflows: NaN losses came back with status 'ok'
+    _, overflowed = unlearn(lm.model, REQUEST, "first_epoch_ga", adapter=lm, lr=1e37, steps=1)
+    assert overflowed.status == "diverged" and "losses are NaN or infinite" in overflowed.message
     _, fine = unlearn(lm.model, REQUEST, "first_epoch_ga", adapter=lm, steps=1)
     assert fine.status == "ok"
 

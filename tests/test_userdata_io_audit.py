@@ -301,6 +301,17 @@ def test_a_pickle_needing_trust_is_still_named_as_one(tmp_path):
     assert torch.equal(load_state_dict(path, trust_pickle=True)["w"], torch.ones(2))
 
 
+def test_a_pickled_first_epoch_gradients_file_does_not_advise_a_flag_its_method_lacks(tmp_path):
+    """first_epoch_ga's gradients setting has no --trust-pickle: the sentence named it all the same."""
+    from unlearnkit.methods.first_epoch_ga import load_first_epoch_gradients
+
+    path = tmp_path / "gradients.pt"
+    torch.save({"0.rows": torch.zeros(1, dtype=torch.long), "0.grads": np.ones((1, 2))}, path)
+    with pytest.raises(UserInputError, match=r"cannot be loaded safely; record the gradients again") as refused:
+        load_first_epoch_gradients(path)
+    assert "--trust-pickle" not in str(refused.value)
+
+
 @pytest.mark.parametrize("text, message", [
     ('{"question": "Q?", "answer": "A.", "answer": "B."}\n', "names the field 'answer' twice in one object"),
     ('[{"question": "Q?", "answer": "A.", "n": ' + "9" * 5000 + '}]', "holds a number too long to be read as JSON"),

@@ -179,6 +179,10 @@ def unlearn_on_training_device(model: Any, request: ForgetRequest, method: str =
     if train is None and not _finite(result):  # a closed-form or hand-stepped method: the loop's guard never saw it
         train = TrainRecord(status="diverged", message="the method's weights became NaN or infinite (a smaller step "
                             "may help); the result is not a usable model")
+    elif train is None and not _finite_losses(adapter.with_model(result), request):
+        train = TrainRecord(status="diverged", message="the method's weights stayed finite but its losses are NaN or "
+                            "infinite (weights so large that the forward overflows; a smaller step may help); the "
+                            "result is not a usable model")
     if train is not None and train.stopped_at is not None:  # an early stop (train/stopping.py) ended the run
         info["stopped_at"] = train.stopped_at
     record = RunRecord(
@@ -200,6 +204,16 @@ def _finite(model: nn.Module) -> bool:
     """Whether every floating-point parameter of ``model`` is finite (not its buffers: some hold −inf by design,
     such as an attention mask)."""
     return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
+
+
+@torch.no_grad()
+def _finite_losses(adapter: Any, request: ForgetRequest, items: int = 8) -> bool:
+    """Whether the model's losses on (up to ``items`` of) the forget items are finite: weights can stay finite yet
+    be so large that the forward overflows."""
+    forget = list(request.forget_items())[:items]
+    batch = {k: v.to(device_of(adapter.model)) if isinstance(v, torch.Tensor) else v
+             for k, v in adapter.collate(forget).items()}
+    return bool(torch.isfinite(adapter.per_item_loss(adapter.model, batch)).all())
 
 
 def _working_copy(model: nn.Module, memory: Any | None, seed: int):

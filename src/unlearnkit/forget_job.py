@@ -379,9 +379,11 @@ def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
         if record.info.get("warning"):
             log(f"warning: {job.method}: {record.info['warning']}")
         if record.status == "ok" and not after["forget_loss"] > before["forget_loss"]:
+            changed = ("the model changed, but this run may not have forgotten them"
+                       if summary["fingerprint_after"] != fingerprint_before else "the model's weights did not change")
             log(f"warning: the forget items' mean loss did not rise ({before['forget_loss']:.4g} -> "
-                f"{after['forget_loss']:.4g}): the model changed, but this run may not have forgotten them; stronger "
-                "settings (more epochs, a higher lr) or another method may be needed.")
+                f"{after['forget_loss']:.4g}): {changed}; stronger settings (more epochs, a higher lr) or another "
+                "method may be needed.")
     return summary
 
 

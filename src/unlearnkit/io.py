@@ -331,8 +331,14 @@ def save_state_dict(state: dict[str, "torch.Tensor"], path: str | os.PathLike, m
         raise
 
 
-def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, "torch.Tensor"]:
-    """Load weights from ``.safetensors``; ``.pt/.bin`` only with ``weights_only=True`` unless trusted."""
+#: What a refused pickle's sentence tells the user to do, where the caller offers ``--trust-pickle``.
+TRUST_PICKLE_ADVICE = "convert it to safetensors or pass --trust-pickle if you trust its source"
+
+
+def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False,
+                    pickle_advice: str = TRUST_PICKLE_ADVICE) -> dict[str, "torch.Tensor"]:
+    """Load weights from ``.safetensors``; ``.pt/.bin`` only with ``weights_only=True`` unless trusted.
+    ``pickle_advice`` ends the sentence that refuses a pickle (a caller without ``--trust-pickle`` names its own fix)."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"The weights file {path} {'is a folder' if path.is_dir() else 'does not exist'}.")
@@ -360,9 +366,7 @@ def load_state_dict(path: str | os.PathLike, *, trust_pickle: bool = False) -> d
             raise UserInputError(f"The weights file {path} is a damaged or foreign torch.save archive "
                                  f"({_first_line(error)}).") from None
         if not trust_pickle:
-            raise UserInputError(
-                f"The checkpoint {path} is a pickle that cannot be loaded safely; convert it to safetensors or pass --trust-pickle if you trust its source."
-            ) from None
+            raise UserInputError(f"The checkpoint {path} is a pickle that cannot be loaded safely; {pickle_advice}.") from None
         try:
             return torch.load(path, map_location="cpu", weights_only=False)  # explicit user opt-in
         except Exception as error:  # e.g. a class the pickle names is not importable here

@@ -144,7 +144,8 @@ def load_first_epoch_gradients(path: str | Path) -> dict[str, SparseRows]:
     """Read a file written by :func:`save_first_epoch_gradients`; ids come back as strings."""
     from ..io import load_state_dict
 
-    tensors = load_state_dict(path)
+    tensors = load_state_dict(path, pickle_advice="record the gradients again (save_first_epoch_gradients writes "
+                                                  "safetensors) or convert the file to safetensors")
     if not isinstance(tensors, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                 for k, v in tensors.items()):
         raise UserInputError(f"The first-epoch gradients file {path} is not a mapping of named tensors.")
