@@ -210,7 +210,7 @@ def _finite(model: nn.Module) -> bool:
 def _finite_losses(adapter: Any, request: ForgetRequest, items: int = 8) -> bool:
     """Whether the model's losses on (up to ``items`` of) the forget items are finite: weights can stay finite yet
     be so large that the forward overflows."""
-    forget = list(request.forget_items())[:items]
+    forget = request.forget_items()[:items]
     batch = {k: v.to(device_of(adapter.model)) if isinstance(v, torch.Tensor) else v
              for k, v in adapter.collate(forget).items()}
     return bool(torch.isfinite(adapter.per_item_loss(adapter.model, batch)).all())
