@@ -208,19 +208,26 @@ def test_gu_projection_sam_and_sharded_gradient_edits_are_refused():
         D.check_loop_support(fsdp, projector=None, callbacks=True)
 
 
-def test_forget_under_an_fsdp_config_on_cpu_exits_2_and_writes_nothing(tmp_path, monkeypatch, capsys):
+def tiny_forget_arguments(folder: Path, items: int = 4) -> list[str]:
+    """A tiny saved LM and forget/retain files (two forget items) in ``folder``: the ``forget`` arguments (npo)
+    that name them, with ``out`` and ``ledger.db`` in ``folder`` too."""
     sys.path.insert(0, str(Path(__file__).parent))
     from lm_fixtures import tiny_lm, tiny_qa
 
-    items = tiny_qa(4)
-    tiny_lm(items).save_pretrained(tmp_path / "lm")
-    for name, rows in (("forget", items[:2]), ("retain", items[2:])):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rows = tiny_qa(items)
+    tiny_lm(rows).save_pretrained(folder / "lm")
+    for name, part in (("forget", rows[:2]), ("retain", rows[2:])):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
+    return ["--model", str(folder / "lm"), "--forget", str(folder / "forget.jsonl"), "--retain",
+            str(folder / "retain.jsonl"), "--method", "npo", "--out", str(folder / "out"), "--ledger",
+            str(folder / "ledger.db")]
+
+
+def test_forget_under_an_fsdp_config_on_cpu_exits_2_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    arguments = tiny_forget_arguments(tmp_path)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code = main(["forget", "--model", str(tmp_path / "lm"), "--forget", str(tmp_path / "forget.jsonl"),
-                 "--retain", str(tmp_path / "retain.jsonl"), "--method", "npo", "--out", str(tmp_path / "out"),
-                 "--ledger", str(tmp_path / "ledger.db")])
+    code = main(["forget", *arguments])
     assert code == 2
     assert "asks for FSDP, which needs GPUs" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "ledger.db").exists()
@@ -348,19 +355,11 @@ sys.exit(cli.main(sys.argv[1:]))
 def test_a_refusal_on_one_process_alone_ends_the_run_at_once(tmp_path):
     """Process 1 alone refuses while process 0 waits for its scores in a gather: process 1 must leave (it used to
     wait at the final barrier, and both sat until gloo's 30-minute timeout). Nothing is written."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from lm_fixtures import tiny_lm, tiny_qa
-
-    items = tiny_qa(4)
-    tiny_lm(items).save_pretrained(tmp_path / "lm")
-    for name, rows in (("forget", items[:2]), ("retain", items[2:])):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    arguments = tiny_forget_arguments(tmp_path)
     (tmp_path / "run.py").write_text(ONE_PROCESS_FAILS)
     launch = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                               str(tmp_path / "run.py"), "forget", "--model", str(tmp_path / "lm"), "--forget",
-                               str(tmp_path / "forget.jsonl"), "--retain", str(tmp_path / "retain.jsonl"), "--method",
-                               "npo", "--out", str(tmp_path / "out"), "--ledger", str(tmp_path / "ledger.db")],
-                              env=CPU_ONLY, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               str(tmp_path / "run.py"), "forget", *arguments], env=CPU_ONLY,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                               start_new_session=True)  # its own process group, so a hang can be ended whole
     try:
         _, errors = launch.communicate(timeout=120)
@@ -377,18 +376,10 @@ def test_a_one_process_setting_under_a_launcher_is_refused_before_any_work(tmp_p
     """GU projection, SAM and the early stop were refused inside the loop, after the model was loaded and scored."""
     from unlearnkit import forget_job
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from lm_fixtures import tiny_lm, tiny_qa
-
-    items = tiny_qa(6)
-    tiny_lm(items).save_pretrained(tmp_path / "lm")
-    for name, rows in (("forget", items[:2]), ("retain", items[2:])):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    arguments = tiny_forget_arguments(tmp_path, items=6)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr(forget_job, "_scores", lambda *args: pytest.fail("the model was scored"))
-    code = main(["forget", "--model", str(tmp_path / "lm"), "--forget", str(tmp_path / "forget.jsonl"), "--retain",
-                 str(tmp_path / "retain.jsonl"), "--method", "npo", "--param", setting, "--out",
-                 str(tmp_path / "out"), "--ledger", str(tmp_path / "ledger.db")])
+    code = main(["forget", *arguments, "--param", setting])
     assert code == 2, capsys.readouterr().err
     assert "runs in one process only, but this run has 2" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "ledger.db").exists()
