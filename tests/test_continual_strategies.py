@@ -509,6 +509,30 @@ def test_the_replay_buffer_stays_a_uniform_reservoir_after_a_purge():
     assert torch.allclose(shares[1:], torch.full((3,), 1 / 3), atol=0.03), shares.tolist()
 
 
+def test_every_sample_left_after_a_purge_is_held_with_the_same_probability():
+    """Capacity 4: offer 10 samples, remove 8, offer 10 more; each of the 12 left should be held with probability
+    4/12. Counting the refill's offers only once the buffer was full again held them with 0.295 to 0.327, rising
+    with arrival order (random pairing, Gemulla et al. 2006, keeps it uniform). 8000 trials: a probability's
+    standard error is 0.0053, and 0.025 is 4.7 of them."""
+    from unlearnkit.continual.strategies.er import ReservoirBuffer
+
+    generator, held = torch.Generator().manual_seed(0), torch.zeros(20)
+
+    def offer(buffer, ids):
+        buffer.add({"x": torch.zeros(len(ids), 1), "y": torch.zeros(len(ids), dtype=torch.long), "ids": ids,
+                    "task": torch.zeros(len(ids), dtype=torch.long)}, generator)
+
+    for _ in range(8000):
+        buffer = ReservoirBuffer(4)
+        offer(buffer, torch.arange(10))
+        buffer.remove(set(range(8)))
+        offer(buffer, torch.arange(10, 20))
+        held[buffer.ids] += 1
+    held /= 8000
+    assert held[:8].sum() == 0
+    assert torch.allclose(held[8:], torch.full((12,), 4 / 12), atol=0.025), held[8:].tolist()
+
+
 def test_uncle_takes_fewer_steps_at_each_later_unlearning_and_averages_its_noise_samples(scenario, monkeypatch):
     import unlearnkit.continual.strategies.uncle as uncle
 

@@ -64,6 +64,16 @@ def test_acu_refuses_an_unlearning_float64_cannot_do_exactly(scenario):
         acu.unlearn(0, _all(t[0]))
 
 
+def test_acu_refuses_a_stream_whose_unlearning_drifts_from_the_ridge_solution(scenario):
+    # At gamma=1e-4 every update still had a Cholesky factor, but an ill-conditioned one: after removing two tasks and
+    # most of the third, the head was 153 % off the ridge solution (expansion 1500) and the forgotten tasks scored
+    # again (0.32 and 0.14), with exit status 0.
+    ids = ";".join(map(str, scenario.tasks[2].train_ids[20:].tolist()))
+    with pytest.raises(UserInputError, match=r"away from the ridge solution on the remaining data, more than the 1e-06"):
+        run_stream(scenario, "acu", f"learn:0,learn:1,learn:2,unlearn:0,unlearn:1,unlearn:ids={ids}",
+                   params={"expansion": 500, "gamma": 1e-4}, reference=False)
+
+
 def test_acu_refused_unlearning_leaves_the_head_as_it_was(scenario):
     # in chunks of 32 rows the removal is refused at the second chunk: the first had already changed R and W while
     # the learned counts had not, so the head matched neither the state before the request nor after it

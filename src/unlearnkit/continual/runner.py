@@ -171,14 +171,23 @@ def _distance(model: list[torch.Tensor], reference: list[torch.Tensor], scenario
     return gap, float(per_sample.mean())
 
 
+#: The largest |W − W_resolved| / max |W_resolved| after an ACU unlearning request that still counts as exact.
+ACU_EXACTNESS = 1e-6
+
+
 def _acu_check(strategy: ACU) -> dict[str, float | None]:
     """Time a full re-solve of the ridge head and its distance to the recursive solution: the largest
     |W − W_resolved|, and that relative to max |W_resolved| (None when no learned sample is left: the
-    re-solved head is then all zeros and the recursion's rounding residue has nothing to be relative to)."""
+    re-solved head is then all zeros and the recursion's rounding residue has nothing to be relative to).
+    A distance beyond :data:`ACU_EXACTNESS` is refused: forgotten samples would still shape the head."""
     start = time.perf_counter()
     reference = strategy.resolve()
     seconds = time.perf_counter() - start
     diff, scale = float((strategy.w - reference).abs().max()), float(reference.abs().max())
+    if scale > 0 and diff > ACU_EXACTNESS * scale:  # an ill-conditioned update that still had a Cholesky factor
+        raise UserInputError(f"ACU's head after this request is {diff / scale:.2g} (relative) away from the ridge "
+                             f"solution on the remaining data, more than the {ACU_EXACTNESS:g} exact unlearning allows: "
+                             f"float64 cannot carry these updates with gamma={strategy.config.gamma}; use a larger gamma.")
     return {"resolve_seconds": seconds, "max_abs_diff_to_resolve": diff,
             "relative_max_abs_diff_to_resolve": diff / scale if scale > 0 else None}
 

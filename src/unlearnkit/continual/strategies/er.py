@@ -7,17 +7,18 @@ replaces a random slot with probability |buffer| / n).
 
 Our choices: a sample is offered once per task, on its first pass (not once per epoch); the two
 terms are batch means added with equal weight. Unlearning removes every forgotten sample from the
-buffer and keeps n: each remaining sample is still held with probability |buffer| / n, so later
-samples fill the freed slots with that same probability (n unchanged: nobody is evicted) until the
-buffer is full again, and the buffer stays a uniform reservoir over the remaining stream. (Refilling
-freed slots with certainty, or restarting n at the remaining count, over-represents the samples
-that follow a purge.) When no learned task is left, nothing remains for n to count and it restarts
-at 0, as in a run that never learned anything (kept, it admitted each later sample with probability
-|buffer| / n only, so a task shorter than the forgotten stream left the buffer part-empty).
+buffer, and the buffer stays a uniform sample of the offers that remain by random pairing (Gemulla,
+Lehner and Haas, "A Dip in the Reservoir", VLDB 2006): each deletion, from inside the buffer or
+outside it, waits to be paired with a later offer, which takes the freed slot only if its randomly
+chosen partner was deleted from inside. (Refilling freed slots with certainty, or continuing
+reservoir sampling over the remaining count, over-represents the samples that follow a purge.)
+Until every deletion is paired the buffer may hold fewer samples than it could; when no offer
+remains, it starts afresh.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -41,36 +42,44 @@ class ERConfig(PluginConfig):
 
 
 class ReservoirBuffer:
-    """Stored samples (inputs, labels, sample ids, task ids) filled by reservoir sampling.
+    """Stored samples (inputs, labels, sample ids, task ids) filled by reservoir sampling and kept uniform
+    under deletions by random pairing.
 
-    Invariant: every sample offered and not removed is held with probability min(1, capacity / ``seen``).
+    Invariant: every live offer (offered and not removed) is held with the same probability.
     """
 
     def __init__(self, capacity: int) -> None:
-        self.capacity, self.seen = capacity, 0
+        self.capacity, self.seen = capacity, 0  # seen: live offers
+        self.offers: Counter[int] = Counter()  # live offers of each sample id (a sample is offered once per task)
+        self.unpaired_inside = self.unpaired_outside = 0  # deletions from the buffer / from outside it, not yet paired
         self.x = self.y = self.ids = self.task = None
 
     def __len__(self) -> int:
         return 0 if self.ids is None else len(self.ids)
 
     def add(self, batch: dict, generator: torch.Generator) -> None:
-        """Offer each sample of ``batch``. Full buffer: the n-th sample replaces a random slot with probability
-        capacity / n. Free slot: the sample is admitted with the held samples' probability min(1, capacity / n),
-        where n counts the offers only up to capacity (beyond, admitting evicts nobody, so n stays)."""
+        """Offer each sample of ``batch``. With every deletion paired: reservoir sampling (a free slot takes the
+        sample; a full buffer replaces a random slot with probability capacity / n, n the live offers). Otherwise
+        the offer is paired with an unpaired deletion drawn at random and enters the buffer if that deletion came
+        from inside it."""
         for n in range(len(batch["ids"])):
             row = {k: batch[k][n : n + 1] for k in ("x", "y", "ids", "task")}
-            if len(self) < self.capacity:
-                if self.seen < self.capacity:
-                    self.seen += 1
-                    self._append(row)
-                elif int(torch.randint(self.seen, (1,), generator=generator)) < self.capacity:
-                    self._append(row)
-                continue
             self.seen += 1
-            slot = int(torch.randint(self.seen, (1,), generator=generator))
-            if slot < self.capacity:
-                for key in row:
-                    getattr(self, key)[slot] = row[key][0]
+            self.offers[int(row["ids"][0])] += 1
+            unpaired = self.unpaired_inside + self.unpaired_outside
+            if unpaired:
+                if int(torch.randint(unpaired, (1,), generator=generator)) < self.unpaired_inside:
+                    self.unpaired_inside -= 1
+                    self._append(row)
+                else:
+                    self.unpaired_outside -= 1
+            elif len(self) < self.capacity:
+                self._append(row)
+            else:
+                slot = int(torch.randint(self.seen, (1,), generator=generator))
+                if slot < self.capacity:
+                    for key in row:
+                        getattr(self, key)[slot] = row[key][0]
 
     def _append(self, row: dict) -> None:
         for key, value in row.items():
@@ -83,13 +92,21 @@ class ReservoirBuffer:
         return {"x": self.x[pick], "y": self.y[pick], "ids": self.ids[pick], "task": self.task[pick]}
 
     def remove(self, ids: set[int]) -> int:
-        """Delete every stored sample whose id is in ``ids``; return how many went (``seen`` is kept, see the class)."""
-        if not len(self):
-            return 0
-        keep = ~torch.isin(self.ids, torch.tensor(sorted(ids), dtype=self.ids.dtype))
-        removed = int((~keep).sum())
-        for key in ("x", "y", "ids", "task"):
-            setattr(self, key, getattr(self, key)[keep])
+        """Delete every stored sample whose id is in ``ids`` and every offer of them; return how many stored rows
+        went. Each deleted offer waits to be paired with a later one (see the class); with no offer left, the
+        buffer starts afresh."""
+        removed = 0
+        if len(self):
+            keep = ~torch.isin(self.ids, torch.tensor(sorted(ids), dtype=self.ids.dtype))
+            removed = int((~keep).sum())
+            for key in ("x", "y", "ids", "task"):
+                setattr(self, key, getattr(self, key)[keep])
+        deleted = sum(self.offers.pop(i, 0) for i in ids)
+        self.seen -= deleted
+        self.unpaired_inside += removed
+        self.unpaired_outside += deleted - removed
+        if not self.seen:
+            self.unpaired_inside = self.unpaired_outside = 0
         return removed
 
     def held_ids(self) -> set[int]:
@@ -130,10 +147,8 @@ class ER(Plugin):
         return loss
 
     def forget(self, learner, ids, task) -> None:
-        """Purge the forgotten samples from the buffer; with no learned task left, n restarts at 0."""
+        """Purge the forgotten samples from the buffer."""
         self.buffer.remove(ids)
-        if not learner.learned_tasks and not len(self.buffer):  # nothing remains for n to count
-            self.buffer.seen = 0
 
     def held_ids(self) -> set[int]:
         """The buffer's sample ids."""
