@@ -124,3 +124,15 @@ def test_a_task_emptied_by_another_tasks_request_stays_unlearned():
         check_stream(parse_stream("learn:0,learn:17,unlearn:17,learn:34,unlearn:0"), shared)
     check_stream(parse_stream("learn:0,learn:17,unlearn:17,learn:34,unlearn:34"), shared)
     check_stream(parse_stream("learn:0,learn:17,unlearn:17,learn:0,unlearn:0"), shared)  # learned again itself
+
+
+def test_a_task_emptied_piecewise_is_unlearned_though_another_task_relearned_its_samples():
+    """Task 0 loses part of its samples with task 1's request and the rest with task 17's; learning task 1 again
+    brought its part back to task 1, not to task 0. The check counted task 0 as learned (some of its samples
+    were), the runner had forgotten it: unlearn:0 passed the check and crashed the runner after training
+    (KeyError in amnesiac) or forgot task 1 instead (retrain)."""
+    from unlearnkit.continual.scenarios import scole
+
+    shared = scole(0, num_tasks=30, classes_per_task=1, samples_per_class=130)
+    with pytest.raises(UserInputError, match="token 7 'unlearn:0' unlearns task 0, but all its samples were already"):
+        check_stream(parse_stream("learn:0,learn:1,unlearn:1,learn:1,learn:17,unlearn:17,unlearn:0"), shared)

@@ -110,10 +110,12 @@ def check_stream(requests: Sequence[Request], scenario: Scenario) -> list[int]:
 
     A task or sample can be unlearned only while it is learned: after a ``learn`` of a task holding
     it and before it was unlearned (learning the task again makes it learnable-unlearnable again). A task
-    that an unlearn request leaves with no learned sample counts as unlearned, even if another task learns
-    the same samples later.
+    whose own learn requests an unlearn request leaves with no sample counts as unlearned, as the runner
+    counts it, even if another task learns the same samples again (only a ``learn`` of the task itself
+    brings them back to it).
     """
     learned: dict[int, int] = {}  # sample id -> number of learned tasks holding it
+    held: list[tuple[int, set[int]]] = []  # each learn request's task and the samples it still contributes
     task_learned: set[int] = set()
     emptied: set[int] = set()  # tasks an unlearn request left with no learned sample, not learned again since
     pool = len(scenario.train_y)
@@ -126,7 +128,8 @@ def check_stream(requests: Sequence[Request], scenario: Scenario) -> list[int]:
         if request.action == "learn":
             task_learned.add(request.task)
             emptied.discard(request.task)
-            for i in scenario.tasks[request.task].train_ids.tolist():
+            held.append((request.task, set(scenario.tasks[request.task].train_ids.tolist())))
+            for i in held[-1][1]:
                 learned[i] = learned.get(i, 0) + 1
         elif request.action == "unlearn" and request.task is not None:
             if request.task in emptied:
@@ -136,8 +139,7 @@ def check_stream(requests: Sequence[Request], scenario: Scenario) -> list[int]:
                 raise UserInputError(
                     f"The {request.describe()} unlearns task {request.task}, which is not learned at that point of the stream."
                 )
-            ids = scenario.tasks[request.task].train_ids.tolist()
-            _forget(learned, ids)
+            _forget(learned, held, scenario.tasks[request.task].train_ids.tolist())
             task_learned.discard(request.task)
         elif request.action == "unlearn":
             bad = [i for i in request.ids if i >= pool or i not in learned]
@@ -145,15 +147,19 @@ def check_stream(requests: Sequence[Request], scenario: Scenario) -> list[int]:
                 raise UserInputError(
                     f"The {request.describe()} unlearns sample {bad[0]}, which is not learned at that point of the stream."
                 )
-            _forget(learned, request.ids)
-        if request.action == "unlearn":  # a task left with no learned sample is forgotten whole, as the runner does
-            gone = {t for t in task_learned if not any(i in learned for i in scenario.tasks[t].train_ids.tolist())}
+            _forget(learned, held, request.ids)
+        if request.action == "unlearn":  # a task whose learn requests hold no sample is forgotten whole (the runner's rule)
+            gone = {t for t in task_learned if not any(ids for task, ids in held if task == t)}
             task_learned -= gone
             emptied |= gone
         remaining.append(len(learned))
     return remaining
 
 
-def _forget(learned: dict[int, int], ids: Sequence[int]) -> None:
+def _forget(learned: dict[int, int], held: list[tuple[int, set[int]]], ids: Sequence[int]) -> None:
+    """Remove the samples ``ids`` from the learned ones and from every learn request holding them."""
     for i in ids:
         learned.pop(i, None)
+    gone = set(ids)
+    for _, contributed in held:
+        contributed -= gone
