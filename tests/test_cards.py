@@ -94,6 +94,19 @@ def test_cards_refuse_results_fields_of_the_wrong_type(tmp_path, capsys, field, 
     assert not (tmp_path / "cards").exists()
 
 
+@pytest.mark.parametrize("config", ["tiny", [1]])
+def test_cards_refuse_a_config_that_is_not_a_mapping(tmp_path, capsys, config):
+    # an AttributeError traceback before ('str' object has no attribute 'get')
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    results = {"benchmark": "digits", "scenario": "class", "config": config,
+               "runs": [classifier_run("ssd", 0.5, reference=False, epochs=1)]}
+    (bench / "results.json").write_text(json.dumps(results))
+    assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 2
+    assert "its config is not a mapping of settings" in capsys.readouterr().err
+    assert not (tmp_path / "cards").exists()
+
+
 def test_cards_quote_a_metric_the_bench_could_not_measure(tmp_path, capsys):
     """The bench writes NaN (JSON ``NaN``) for a metric it could not compute, as out/facts-forget10 holds."""
     bench = tmp_path / "bench"
@@ -101,7 +114,7 @@ def test_cards_quote_a_metric_the_bench_could_not_measure(tmp_path, capsys):
     run = classifier_run("ssd", float("nan"), reference=False, epochs=1)
     (bench / "results.json").write_text(json.dumps({"benchmark": "digits", "scenario": "class", "runs": [run]}))
     assert main(["cards", "--results", str(bench), "--out", str(tmp_path / "cards")]) == 0
-    assert "forget_acc nan, retain_acc 1" in (tmp_path / "cards" / "ssd.md").read_text()
+    assert "forget_acc —, retain_acc 1" in (tmp_path / "cards" / "ssd.md").read_text()  # as the results pages show it
 
 
 @pytest.mark.parametrize("value", [None, "0.5", True])

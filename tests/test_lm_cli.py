@@ -282,8 +282,14 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
     (["--methods", "ssd", "--param", "ssd.project=gu"], "needs a gradient-based method"),
     (["--methods", "ssd", "--project", "gu"], "Method 'ssd' does not support --project gu"),
     (["--project", "gu"], "--project needs --methods"),
-    (["--methods", " , "], "--methods names no method"),  # it ran every method
-    (["--methods", "npo", "--attacks", ","], "--attacks names no attack"),  # it ran without attacks
+    (["--methods", " , "], "--methods has an empty item"),  # it ran every method
+    (["--methods", " "], "--methods names no method"),
+    (["--methods", "npo", "--attacks", ","], "--attacks has an empty item"),  # it ran without attacks
+    (["--methods", "npo", "--attacks", ""], "--attacks names no attack"),
+    (["--methods", "npo, ,graddiff"], "--methods has an empty item in 'npo, ,graddiff'"),  # the item was dropped
+    (["--methods", "npo", "--attacks", "relearn,,quantize"], "--attacks has an empty item"),
+    # it said scrub "is not in --methods", with no --methods given: the default methods leave scrub out for its kind
+    (["--param", "scrub.lr=0.1"], "scrub', which works on classifier models, not on this causal_lm model"),
     (["--methods", "npo", "--sampling", "modular", "--param", "npo.sampling=cyclic"], "give it once"),
     (["--methods", "rmu", "--param", "rmu.layer=99"], "valid"),
     (["--methods", "npo", "--retrain-seeds", "0"], "must differ from the retain model's own training seed 0"),

@@ -101,6 +101,15 @@ def test_select_facts_and_images_refuse_an_output_inside_the_bench_cache(capsys)
     assert not out.exists()
 
 
+def test_an_output_inside_a_cache_not_yet_made_is_refused(tmp_path, monkeypatch, capsys):
+    """The bench creates its cache: an --out inside it passed the check, then replaced the models just trained."""
+    monkeypatch.setenv("UNLEARNKIT_CACHE", str(tmp_path / "new-cache"))
+    out = tmp_path / "new-cache" / "classifier"
+    assert main(["bench", "--benchmark", "digits", "--methods", "finetune", "--out", str(out), "--overwrite"]) == 2
+    assert "lies inside the input folder" in capsys.readouterr().err
+    assert not (tmp_path / "new-cache").exists()
+
+
 def test_the_bench_uses_the_settings_the_published_selection_chose():
     from pathlib import Path
 

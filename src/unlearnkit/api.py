@@ -107,6 +107,10 @@ def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]],
         raise UserInputError(f"Method {repeated[0]!r} is named twice in --methods; name each method once.")
     unknown = sorted(set(params) - set(names))
     if unknown:
+        method = get_method(unknown[0])  # an unknown name is refused as such
+        if adapter.kind not in method.kinds:  # the bench's default methods leave it out for this reason
+            raise UserInputError(f"Settings were given for method {unknown[0]!r}, which works on "
+                                 f"{', '.join(method.kinds)} models, not on this {adapter.kind} model.")
         raise UserInputError(f"Settings were given for method {unknown[0]!r}, which is not in --methods.")
     settings = {name: {**(defaults or {}).get(name, {}), **params.get(name, {})} for name in names}
     for name in names:

@@ -96,10 +96,15 @@ def with_plugins(settings: dict[str, Any], project: str | None, sampling: str | 
     return settings | extra
 
 
-def split_list(value: str | None) -> list[str] | None:
-    """Split a comma-separated option; None or empty gives None."""
-    items = [v.strip() for v in (value or "").split(",") if v.strip()]
-    return items or None
+def split_list(value: str | None, flag: str, wanted: str = "names") -> list[str] | None:
+    """Split a comma-separated option; None or blank gives None, and an empty item ("a,,b", a trailing comma) is
+    refused (dropping it would run without what a mistyped item meant)."""
+    if value is None or not value.strip():
+        return None
+    items = [v.strip() for v in value.split(",")]
+    if not all(items):
+        raise UserInputError(f"{flag} has an empty item in {value!r}; give comma-separated {wanted}.")
+    return items
 
 
 def parse_seeds(value: str | None, flag: str = "--retrain-seeds") -> list[int]:
@@ -107,9 +112,7 @@ def parse_seeds(value: str | None, flag: str = "--retrain-seeds") -> list[int]:
     from .train.config import check_seed
 
     seeds = []
-    if value and value.strip() and not all(text.strip() for text in value.split(",")):
-        raise UserInputError(f"{flag} has an empty item in {value!r}; give comma-separated integers such as 1,2,3.")
-    for text in split_list(value) or []:
+    for text in split_list(value, flag, "integers such as 1,2,3") or []:
         if not re.fullmatch(r"-?[0-9]+", text):  # not str.isdigit: it takes "²", which int() refuses
             raise UserInputError(f"{flag} takes comma-separated integers; {text!r} is not one.")
         seeds.append(int(text))
@@ -171,21 +174,22 @@ def bench_command(
     if memory.lora is not None and memory.lora.save != "merged":
         raise UserInputError(f"--lora save={memory.lora.save} says how 'forget' saves its model; the bench saves none, "
                              "so drop save from --lora.")
-    if methods is not None and split_list(methods) is None:  # a typo must not start every method's run
+    method_names, attack_names = split_list(methods, "--methods"), split_list(attacks, "--attacks")
+    if methods is not None and method_names is None:  # a typo must not start every method's run
         raise UserInputError("--methods names no method; give comma-separated names (see 'unlearnkit methods').")
-    if attacks is not None and split_list(attacks) is None:  # nor run the bench without the attacks asked for
+    if attacks is not None and attack_names is None:  # nor run the bench without the attacks asked for
         raise UserInputError("--attacks names no attack; give comma-separated names (relearn, in_context, quantize).")
-    params = bench_params(param, split_list(methods), project, sampling)
+    params = bench_params(param, method_names, project, sampling)
     if benchmark == "facts":
         from .benchmarks.lm_bench import run_lm_bench
 
         if scenario != "random":
             raise UserInputError("--scenario applies to the image benchmarks; facts forgets a --split of its people.")
         config = facts_preset(preset, seed, base)
-        run_lm_bench(config, split, split_list(methods), out, params=params, overwrite=overwrite,
-                     command=command, attacks=split_list(attacks) or (), memory=memory,
+        run_lm_bench(config, split, method_names, out, params=params, overwrite=overwrite,
+                     command=command, attacks=attack_names or (), memory=memory,
                      retrain_seeds=parse_seeds(retrain_seeds),
-                     relearn=relearn_settings(config, split_list(attacks) or [], relearn_steps, relearn_lr))
+                     relearn=relearn_settings(config, attack_names or [], relearn_steps, relearn_lr))
     else:
         if retrain_seeds:
             raise UserInputError(f"--retrain-seeds applies to the facts benchmark, not {benchmark}.")
@@ -202,7 +206,7 @@ def bench_command(
             raise UserInputError(f"The {benchmark} bench runs in one process; start it without accelerate launch or torchrun.")
         from .benchmarks.classifier_bench import run_classifier_bench
 
-        run_classifier_bench(benchmark, scenario, split_list(methods), out, seed=seed, params=params,
+        run_classifier_bench(benchmark, scenario, method_names, out, seed=seed, params=params,
                              overwrite=overwrite, command=command)
     if is_main_process():
         typer.echo((out / "results.md").read_text(encoding="utf-8"))

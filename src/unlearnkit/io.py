@@ -43,7 +43,8 @@ def check_output(out: str | os.PathLike, *, overwrite: bool, inputs: Iterable[An
         if resolved == given.resolve() or resolved in given.resolve().parents:
             raise UserInputError(f"The output path {out} holds the input {given}; --overwrite would delete it. "
                                  "Choose another output path.")
-        if given.is_dir() and given.resolve() in resolved.parents:
+        # an input that does not exist yet (a cache a run will create) may become a folder: nothing may go inside it
+        if not given.is_file() and given.resolve() in resolved.parents:
             raise UserInputError(f"The output path {out} lies inside the input folder {given}; writing there would "
                                  "change it. Choose a path outside it.")
     if os.path.lexists(path) and not overwrite:  # a dangling link too: the final rename would fail

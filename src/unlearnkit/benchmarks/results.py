@@ -202,6 +202,7 @@ RESULTS_FIELDS = (
     ("split", lambda v: v is None or isinstance(v, str), "a name"),
     ("seed", lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "a whole number"),
     ("notes", lambda v: isinstance(v, list) and all(isinstance(note, str) for note in v), "a list of texts"),
+    ("config", lambda v: v is None or isinstance(v, dict), "a mapping of settings"),
 )
 
 

@@ -59,6 +59,12 @@ def _method_run(name: str, runs: Sequence[dict[str, Any]]) -> dict[str, Any] | N
     return own[0] if own else next((r for r in runs if r["method"] == name), None)
 
 
+def _card_number(value: float) -> str:
+    """A metric on a card: four significant digits, "—" for NaN or infinity (a metric that could not be measured
+    in an older results.json), as the results pages show it."""
+    return f"{value:.4g}" if math.isfinite(value) else "—"
+
+
 def _measured(method_cls: type, defaults: dict[str, Any], results_list: Sequence[dict[str, Any]]) -> list[str]:
     lines = []
     for results in results_list:
@@ -66,7 +72,7 @@ def _measured(method_cls: type, defaults: dict[str, Any], results_list: Sequence
         if run is None:
             continue
         kind = "causal_lm" if "forget_quality" in run["metrics"] else "classifier"
-        shown = [f"{k} {run['metrics'][k]:.4g}" for k in CARD_METRICS[kind] if is_number(run["metrics"].get(k))]
+        shown = [f"{k} {_card_number(run['metrics'][k])}" for k in CARD_METRICS[kind] if is_number(run["metrics"].get(k))]
         settings = _departures(run, {**defaults, **method_cls.kind_defaults.get(kind, {})})
         if run.get("reference"):
             settings = f"{REFERENCE_LABEL}: {settings}"
