@@ -117,7 +117,7 @@ def check_stream(requests: Sequence[Request], scenario: Scenario) -> list[int]:
     learned: dict[int, int] = {}  # sample id -> number of learned tasks holding it
     held: list[tuple[int, set[int]]] = []  # each learn request's task and the samples it still contributes
     task_learned: set[int] = set()
-    emptied: set[int] = set()  # tasks an unlearn request left with no learned sample, not learned again since
+    emptied: set[int] = set()  # tasks an unlearn request left with no sample of their own, not learned again since
     pool = len(scenario.train_y)
     remaining = []
     for request in requests:
