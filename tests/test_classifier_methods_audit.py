@@ -258,3 +258,39 @@ def test_bad_teacher_refuses_a_parameter_it_cannot_redraw_naming_its_random_teac
     _, request = toy_request()
     with pytest.raises(UserInputError, match=r"'scale'.*give it one to draw bad_teacher's random \(incompetent\) teacher\.$"):
         unlearn(Scaled(), request, "bad_teacher")
+
+
+def test_a_last_step_that_overflows_the_forward_is_diverged_not_ok():
+    """The loop checks each loss before a step; a last step to finite but huge weights came back 'ok' with NaN
+    forget losses (gradient_ascent lr=1e20)."""
+    model, request = toy_request()
+    _, record = unlearn(model, request, "gradient_ascent", lr=1e20)
+    assert record.status == "diverged" and "losses are NaN or infinite" in record.message
+    assert record.steps >= 1 and record.losses  # the loop's own record, marked diverged
+    _, fine = unlearn(model, request, "gradient_ascent")
+    assert fine.status == "ok"
+
+
+@pytest.mark.parametrize("setting", [{"lr": 1e300}, {"weight_decay": 1e300}, {"lr": 1e39, "optimizer": "sgd"}])
+def test_a_step_size_beyond_float32_is_one_sentence(setting):
+    # torch's optimizers raised "value cannot be converted to type float without overflow" mid-run
+    model, request = toy_request()
+    with pytest.raises(UserInputError, match=r"must be at most 3.4e\+38 \(the largest float32\)"):
+        unlearn(model, request, "finetune", **setting)
+
+
+def test_validate_runs_names_a_single_string_or_settings_that_are_no_mapping():
+    from unlearnkit.api import validate_runs
+
+    model, request = toy_request()
+    adapter = ClassifierAdapter(model)
+    with pytest.raises(UserInputError, match=r"a list of names, such as \['ssd'\], not a single string"):
+        validate_runs("ssd", {}, adapter, request)  # read as the methods s, s, d: "named twice"
+    with pytest.raises(UserInputError, match="a mapping of method names to mappings of settings"):
+        validate_runs(["ssd"], {"ssd": 3}, adapter, request)  # a TypeError before
+
+
+def test_an_ssd_importance_file_that_is_a_folder_is_called_a_folder(tmp_path):
+    model, request = toy_request()
+    with pytest.raises(UserInputError, match=r"importance file .* is a folder\.$"):
+        unlearn(model, request, "ssd", full_importance=str(tmp_path))

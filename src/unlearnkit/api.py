@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -102,6 +103,11 @@ def seeded_defaults(names: Sequence[str], seed: int, chosen: Mapping[str, Mappin
 def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]], adapter: Any, request: Any,
                      defaults: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
     """Check every method name, kind, need and hyper-parameter before any work; return the settings."""
+    if isinstance(names, str):  # iterating would read "ssd" as the methods s, s, d
+        raise UserInputError(f"The methods are a list of names, such as [{names!r}], not a single string.")
+    if not isinstance(params, Mapping) or not all(isinstance(v, Mapping) for v in params.values()):
+        raise UserInputError("The settings are a mapping of method names to mappings of settings, such as "
+                             "{'ssd': {'alpha': 10.0}}.")
     repeated = sorted({name for name in names if list(names).count(name) > 1})
     if repeated:
         raise UserInputError(f"Method {repeated[0]!r} is named twice in --methods; name each method once.")
@@ -131,7 +137,8 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
     from it live there too; the unlearned model is returned on the device the input model is on, so it
     can be used where the input was. The record's seconds (and memory) cover the method and turning its
     result into the returned model (LoRA's merge, bf16's restore), not making the working copy (the deep
-    copy, the LoRA wrapping or bf16 cast) or moving the result back.
+    copy, the LoRA wrapping or bf16 cast) or moving the result back. The first call in a process also pays torch's
+    one-off set-up of its first backward pass and optimizer step; :func:`warm_up` pays it untimed.
     """
     adapter = _adapter_for(model, adapter)
     home = device_of(adapter.model)
@@ -180,13 +187,8 @@ def unlearn_on_training_device(model: Any, request: ForgetRequest, method: str =
     info.update({"launch": distributed.describe_launch()} if distributed.describe_launch() else {})
     result.eval()
     train = outcome.train
-    if train is None and not _finite(result):  # a closed-form or hand-stepped method: the loop's guard never saw it
-        train = TrainRecord(status="diverged", message="the method's weights became NaN or infinite (a smaller step "
-                            "may help); the result is not a usable model")
-    elif train is None and not _finite_losses(adapter.with_model(result), request):
-        train = TrainRecord(status="diverged", message="the method's weights stayed finite but its losses are NaN or "
-                            "infinite (weights so large that the forward overflows; a smaller step may help); the "
-                            "result is not a usable model")
+    if train is None or train.status == "ok":  # the loop's guard sees the losses before each step, not after the last
+        train = _usable(result, adapter, request, train)
     if train is not None and train.stopped_at is not None:  # an early stop (train/stopping.py) ended the run
         info["stopped_at"] = train.stopped_at
     record = RunRecord(
@@ -208,6 +210,21 @@ def _finite(model: nn.Module) -> bool:
     """Whether every floating-point parameter of ``model`` is finite (not its buffers: some hold −inf by design,
     such as an attention mask)."""
     return all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.is_floating_point())
+
+
+def _usable(result: nn.Module, adapter: Any, request: ForgetRequest, train: TrainRecord | None) -> TrainRecord | None:
+    """``train``, or a ``diverged`` record when the result's weights, or its losses on the forget items, are NaN or
+    infinite: a closed-form or hand-stepped method never passes the loop's guard, and a last step can leave finite
+    weights so large that the forward overflows."""
+    if not _finite(result):
+        problem = "the method's weights became NaN or infinite"
+    elif not _finite_losses(adapter.with_model(result), request):
+        problem = ("the method's weights stayed finite but its losses are NaN or infinite (weights so large that the "
+                   "forward overflows)")
+    else:
+        return train
+    message = f"{problem} (a smaller step may help); the result is not a usable model"
+    return dataclasses.replace(train or TrainRecord(), status="diverged", message=message)
 
 
 @torch.no_grad()
@@ -273,7 +290,7 @@ def evaluate(model: Any, splits: dict[str, Any], *, reference: dict[str, float] 
     return evaluate_classifier(adapter, splits, reference, seed)
 
 
-def warm_up(model: Any, request: ForgetRequest, adapter: Any, memory: Any | None = None) -> None:
+def warm_up(model: Any, request: ForgetRequest, adapter: Any | None = None, memory: Any | None = None) -> None:
     """One untimed training step on a copy of ``model`` (fine-tuning on the retain set), before a bench
     times its methods: a process's first backward pass and optimizer step pay one-off set-up costs that
     would otherwise land in the time of whichever method runs first (on the digits bench the first method,

@@ -75,7 +75,8 @@ class SSDConfig(TrainConfig):
         if not (finite_number(self.lam) and self.lam >= 0):
             raise UserInputError(f"SSD lam must be a non-negative number, got lam={self.lam}.")
         if self.full_importance and not Path(self.full_importance).is_file():
-            raise UserInputError(f"The SSD importance file {self.full_importance} does not exist.")
+            what = "is a folder" if Path(self.full_importance).is_dir() else "does not exist"
+            raise UserInputError(f"The SSD importance file {self.full_importance} {what}.")
 
 
 def importance(adapter: Any, items: Sequence[Any], batch_size: int) -> dict[str, torch.Tensor]:

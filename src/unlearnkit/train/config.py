@@ -13,6 +13,9 @@ import numpy as np
 
 from ..errors import UserInputError
 
+#: The largest float32: torch's optimizers hold lr and weight_decay as float32 scalars.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "linear", "cosine")
 #: The settings only the shared optimisation loop reads: a method that takes no optimizer steps declares them
@@ -62,6 +65,10 @@ class TrainConfig:
                 raise UserInputError(f"{name} must be a number, got {name}={value!r}.")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserInputError(f"The learning rate must be a positive number, got lr={self.lr}.")
+        for name in ("lr", "weight_decay"):  # torch's optimizers turn them into float32 scalars: a traceback beyond
+            if abs(getattr(self, name)) > FLOAT32_MAX:
+                raise UserInputError(f"{name} must be at most {FLOAT32_MAX:.3g} (the largest float32), got "
+                                     f"{name}={getattr(self, name)}.")
         if self.epochs <= 0:
             raise UserInputError(f"The epoch count must be a positive integer, got epochs={self.epochs}.")
         if self.max_steps is not None and self.max_steps <= 0:
