@@ -234,7 +234,11 @@ def _finite_losses(adapter: Any, request: ForgetRequest, items: int = 8) -> bool
     forget = request.forget_items()[:items]
     batch = {k: v.to(device_of(adapter.model)) if isinstance(v, torch.Tensor) else v
              for k, v in adapter.collate(forget).items()}
-    return bool(torch.isfinite(adapter.per_item_loss(adapter.model, batch)).all())
+    try:
+        losses = adapter.per_item_loss(adapter.model, batch)
+    except RuntimeError:  # a forward that fails (as the input's own did, e.g. mixed dtypes) is not an overflow:
+        return True  # the caller's evaluation meets it
+    return bool(torch.isfinite(losses).all())
 
 
 def _working_copy(model: nn.Module, memory: Any | None, seed: int):
