@@ -601,3 +601,22 @@ def test_a_run_that_left_the_weights_unchanged_is_not_said_to_have_changed_the_m
     logged = capsys.readouterr()
     assert "the model's weights did not change" in logged.err + logged.out
     assert "the model changed" not in logged.err + logged.out
+
+
+def test_one_input_written_nested_or_flat_is_one_item_and_booleans_are_refused(workspace, capsys):
+    """The model reads [[a, b], [c, d]] as [a, b, c, d]: the overlap check, --training-data and the ledger compared
+    the spellings and missed that one item was both forgotten and kept; true was read as 1.0."""
+    rows = _rows(40, 0)
+    nested = {"input": [rows[0]["input"][:2], rows[0]["input"][2:]], "label": rows[0]["label"]}
+    _write_jsonl(workspace / "nested.jsonl", [nested])
+    assert main(_args(workspace, **{"--forget": workspace / "nested.jsonl", "--retain": workspace / "train.jsonl"})) == 2
+    assert "holds the same item as" in capsys.readouterr().err
+    assert main(_args(workspace, **{"--forget": workspace / "nested.jsonl", "--retain": None,
+                                    "--training-data": workspace / "train.jsonl"})) == 0
+    _write_jsonl(workspace / "item.json", rows[:1])
+    capsys.readouterr()
+    assert main(["ledger", "check-item", "--item", str(workspace / "item.json"), "--ledger",
+                 str(workspace / "ledger.db")]) == 0
+    _write_jsonl(workspace / "bools.jsonl", [{"input": [True, False, 1, 2], "label": 1}])
+    assert main(_args(workspace, **{"--forget": workspace / "bools.jsonl", "--out": workspace / "out2"})) == 2
+    assert "is not 4 numbers" in capsys.readouterr().err and not (workspace / "out2").exists()

@@ -104,7 +104,10 @@ def _classifier_items(records, job: ForgetJob, path: Path, spec: Mapping[str, An
     for place, record in records:
         raw = record[job.input_field]
         try:
-            values = torch.tensor(json.loads(raw) if isinstance(raw, str) else raw, dtype=torch.float32)
+            parsed = json.loads(raw) if isinstance(raw, str) else raw
+            if _holds_bool(parsed):  # torch reads true as 1.0; the ledger and the overlap checks would not
+                raise TypeError
+            values = torch.tensor(parsed, dtype=torch.float32)
             items.append((values.reshape(shape), _label(record[job.label_field])))
         except (ValueError, RuntimeError, TypeError, OverflowError):  # OverflowError: an infinite label
             raise UserInputError(f"{path} {place}: field {job.input_field!r} is not {int(np.prod(shape))} numbers "
@@ -115,6 +118,13 @@ def _classifier_items(records, job: ForgetJob, path: Path, spec: Mapping[str, An
         if not 0 <= items[-1][1] < int(spec["num_classes"]):
             raise UserInputError(f"{path} {place}: label {items[-1][1]} is outside 0..{int(spec['num_classes']) - 1}.")
     return items
+
+
+def _holds_bool(value: Any) -> bool:
+    """Whether a parsed input holds true or false anywhere (it must hold numbers only)."""
+    if isinstance(value, (list, tuple)):
+        return any(_holds_bool(v) for v in value)
+    return isinstance(value, bool)
 
 
 def _label(value: Any) -> int:

@@ -288,7 +288,15 @@ def recorded_form(record: Mapping[str, Any], kind: str, fields: Sequence[str]) -
         question, answer = fields
         return {"question": str(record[question]), "answer": str(record[answer])}
     inputs, label = fields
-    return {"input": canonical_value(record[inputs]), "label": canonical_label(record[label])}
+    return {"input": _flattened(canonical_value(record[inputs])), "label": canonical_label(record[label])}
+
+
+def _flattened(value: Any) -> Any:
+    """A nested list of numbers as one flat list: the model reads [[1, 2], [3, 4]] and [1, 2, 3, 4] alike (reshaped
+    to its input shape), so they are one item."""
+    if not isinstance(value, list) or not any(isinstance(v, list) for v in value):
+        return value
+    return [leaf for v in value for leaf in (_flattened(v) if isinstance(v, list) else [v])]
 
 
 def recorded_forms(item: Any) -> list[Any]:
@@ -302,6 +310,8 @@ def recorded_forms(item: Any) -> list[Any]:
         for kind, fields in (("causal_lm", ("question", "answer")), ("classifier", ("input", "label"))):
             if all(name in item for name in fields):
                 forms.append(recorded_form(item, kind, fields))
+                if kind == "classifier" and isinstance(item["input"], list):  # as rows before flattening hold it
+                    forms.append({"input": canonical_value(item["input"]), "label": canonical_label(item["label"])})
     return forms + [_normalized(form, normal) for form in forms for normal in ("NFC", "NFD")
                     if not all(unicodedata.is_normalized(normal, text) for text in _strings(form))]
 
