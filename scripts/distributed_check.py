@@ -6,7 +6,8 @@ Run it once plainly and once under a launcher, then compare the two ``--result``
     OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 scripts/distributed_check.py --work W2 --result two.json
 
 Each run (1) scores the target model on the facts evaluation splits with ``evaluate_lm`` (items
-sharded across processes and gathered in order) and (2) runs ``unlearnkit forget --method npo``
+sharded across processes and gathered in order; ``--skip-evaluation`` leaves it out, as it does not
+depend on the method) and (2) runs ``unlearnkit forget --method npo``
 through ``unlearnkit.cli.main``, exactly as ``python -m unlearnkit.cli forget`` does, which writes
 ``W/out`` and one row of ``W/ledger.db`` and shuts the process group down. The main process writes
 the metrics, the per-item losses and the forget run's exit code to ``--result``.
@@ -26,9 +27,11 @@ def _write_jsonl(path: Path, items: list[dict]) -> None:
     path.write_text("".join(json.dumps({"question": it["question"], "answer": it["answer"]}) + "\n" for it in items))
 
 
-def check(work: Path, result: Path, method: str = "npo", extra: list[str] | None = None) -> int:
-    """Evaluate, then unlearn through the CLI (``extra`` options, else the facts models' lr for the method, as
-    the bench runs it: its own default is the papers' for pretrained LMs); return the CLI's exit status."""
+def check(work: Path, result: Path, method: str = "npo", extra: list[str] | None = None, *,
+          evaluate: bool = True) -> int:
+    """Evaluate (unless ``evaluate`` is false), then unlearn through the CLI (``extra`` options, else the facts
+    models' lr for the method, as the bench runs it: its own default is the papers' for pretrained LMs); return
+    the CLI's exit status."""
     from unlearnkit.adapters.causal_lm import CausalLMAdapter
     from unlearnkit.benchmarks.facts import FactsConfig, cached_facts_model, load_facts
     from unlearnkit.benchmarks.lm_bench import FACTS_SCALE_SETTINGS, evaluation_splits
@@ -42,7 +45,7 @@ def check(work: Path, result: Path, method: str = "npo", extra: list[str] | None
     splits = evaluation_splits(data, "forget10", config.seed)
     target = CausalLMAdapter.from_pretrained(model_dir, max_length=config.max_length)
     start = time.perf_counter()
-    metrics, stats = evaluate_lm(target, splits, None, max_new_tokens=16)
+    metrics, stats = evaluate_lm(target, splits, None, max_new_tokens=16) if evaluate else ({}, {})
     evaluate_seconds = time.perf_counter() - start
     if distributed.is_main_process():
         work.mkdir(parents=True, exist_ok=True)
@@ -74,9 +77,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, required=True, help="folder for the data files, output and ledger")
     parser.add_argument("--result", type=Path, required=True, help="JSON file the main process writes")
     parser.add_argument("--method", default="npo")
+    parser.add_argument("--skip-evaluation", action="store_true", help="only the forget run")
     return parser.parse_args(argv)
 
 
 if __name__ == "__main__":
     args = _arguments(sys.argv[1:])
-    sys.exit(check(args.work, args.result, args.method))
+    sys.exit(check(args.work, args.result, args.method, evaluate=not args.skip_evaluation))

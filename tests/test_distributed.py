@@ -264,16 +264,20 @@ def test_two_gloo_processes_give_the_one_process_numbers(tmp_path, method):
 
     The methods cover each kind of loss average over answers of unequal length: sequence sums (npo),
     a block's hidden states read through a hook (rmu), token cross-entropy (undial), KL over real
-    positions (uld's assistant, icu's neighbour term). Whole-batch token means failed this check."""
+    positions (uld's assistant, icu's neighbour term). Whole-batch token means failed this check. The
+    evaluation of the target model does not depend on the method: it is compared once, with npo."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from distributed_check import check
 
+    evaluate = method == "npo"
+
     def script(run: str) -> list[str]:
-        return [str(ROOT / "scripts" / "distributed_check.py"), "--work", str(tmp_path / run),
-                "--result", str(tmp_path / f"{run}.json"), "--method", method]
+        return [str(ROOT / "scripts" / "distributed_check.py"), "--work", str(tmp_path / run), "--result",
+                str(tmp_path / f"{run}.json"), "--method", method, *([] if evaluate else ["--skip-evaluation"])]
 
     # the one-process run also builds the cached tiny facts model
-    assert run_one_process(script("one"), lambda: check(tmp_path / "one", tmp_path / "one.json", method)) == 0
+    assert run_one_process(script("one"), lambda: check(tmp_path / "one", tmp_path / "one.json", method,
+                                                        evaluate=evaluate)) == 0
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            *script("two")], env=CPU_ONLY, capture_output=True, text=True, timeout=240)
@@ -282,7 +286,7 @@ def test_two_gloo_processes_give_the_one_process_numbers(tmp_path, method):
     assert "Traceback" not in done.stderr
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
     assert (one["processes"], two["processes"], two["exit_code"]) == (1, 2, 0)
-    assert one["metrics"].keys() == two["metrics"].keys() and len(one["metrics"]) >= 10
+    assert one["metrics"].keys() == two["metrics"].keys() and len(one["metrics"]) >= (10 if evaluate else 0)
     for key, value in one["metrics"].items():
         assert two["metrics"][key] == pytest.approx(value, abs=1e-4), key
     for split, losses in one["item_losses"].items():

@@ -28,17 +28,6 @@ MEDIUM = FactsConfig(people=60, templates=10, countries=4)  # data only, never t
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    previous = os.environ.get("UNLEARNKIT_CACHE")
-    os.environ["UNLEARNKIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if previous is None:
-        os.environ.pop("UNLEARNKIT_CACHE", None)
-    else:
-        os.environ["UNLEARNKIT_CACHE"] = previous
-
-
-@pytest.fixture(scope="module")
 def medium():
     return load_facts(MEDIUM)
 
@@ -180,7 +169,7 @@ def test_unknown_split_lists_valid_ones(medium):
         cached_facts_model(TINY, role="retain", split="retain")
 
 
-def test_tiny_models_memorise_and_retain_model_never_saw_the_forget_people(cache):
+def test_tiny_models_memorise_and_retain_model_never_saw_the_forget_people():
     from unlearnkit.adapters.causal_lm import CausalLMAdapter
 
     data = load_facts(TINY)
@@ -208,7 +197,7 @@ def test_tiny_models_memorise_and_retain_model_never_saw_the_forget_people(cache
     assert again_dir == target_dir and again_meta == target_meta
 
 
-def test_tofu_export_round_trip(cache, tmp_path):
+def test_tofu_export_round_trip(tmp_path):
     data = load_facts(TINY)
     out = export_facts(TINY, tmp_path / "export")
     splits = read_tofu_dir(out)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..io import atomic_dir, write_json_atomic
 
@@ -29,18 +31,42 @@ def cached(kind: str, config: dict[str, Any], build: Callable[[Path], dict[str, 
     """Return ``(directory, meta)`` of the artefact made by ``build(tmpdir) -> meta`` for ``config``.
 
     ``build`` writes its files into a temporary directory that is renamed into place when it
-    succeeds, so concurrent or killed runs never leave a half-written entry.
+    succeeds, so concurrent or killed runs never leave a half-written entry. Processes that ask for the
+    same entry at once build it once: the others wait for it (where the system has ``fcntl``).
     """
     final = cache_root() / kind / cache_key(config)
     meta_path = final / "meta.json"
     if meta_path.is_file():
         return final, json.loads(meta_path.read_text(encoding="utf-8"))
-    try:
-        with atomic_dir(final) as tmp:
-            meta = {"config": config, **build(tmp)}
-            write_json_atomic(tmp / "meta.json", meta)
-    except Exception:
-        if meta_path.is_file():  # another process finished the same entry first
+    with _building(final):
+        if meta_path.is_file():  # built by the process this one waited for
             return final, json.loads(meta_path.read_text(encoding="utf-8"))
-        raise
+        try:
+            with atomic_dir(final) as tmp:
+                meta = {"config": config, **build(tmp)}
+                write_json_atomic(tmp / "meta.json", meta)
+        except Exception:
+            if meta_path.is_file():  # another process finished the same entry first (no lock on this system)
+                return final, json.loads(meta_path.read_text(encoding="utf-8"))
+            raise
     return final, meta
+
+
+@contextmanager
+def _building(final: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``final``'s lock file while the entry is built; a process that finds it held
+    says on stderr that it waits. Without ``fcntl`` (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f"{final.name}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"Another process is building the cached {final.parent.name} entry {final.name}; waiting for it.",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield  # the lock goes with the file's closing
