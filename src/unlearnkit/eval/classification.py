@@ -94,7 +94,8 @@ def mia_non_members(retain: ItemStats, test: ItemStats, forget: ItemStats, seed:
     non_members = rng.choice(len(test.true_probs), size=n, replace=False) if n < len(test.true_probs) else np.arange(n)
     features = np.concatenate([retain.true_probs[members], test.true_probs[non_members]])[:, None]
     targets = np.concatenate([np.ones(n), np.zeros(n)])
-    attack = SVC(C=3, gamma="auto", kernel="rbf").fit(features, targets)
+    # a seed of its own: without one, sklearn draws libsvm's seed from the caller's global NumPy generator
+    attack = SVC(C=3, gamma="auto", kernel="rbf", random_state=seed).fit(features, targets)
     return attack.predict(forget.true_probs[:, None]) == 0
 
 
