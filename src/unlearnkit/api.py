@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -38,6 +39,27 @@ class RunRecord:
     def to_dict(self) -> dict[str, Any]:
         """The record as plain JSON-ready data."""
         return asdict(self)
+
+
+def keeps_caller_random_state(function):
+    """Run ``function`` with the caller's global random state kept: Python's ``random``, NumPy's global generator
+    and torch's CPU generator are as they were afterwards. The methods draw from their own seeded generators,
+    but a library imported lazily on the way can draw from the global ones (rich, which scikit-learn and nltk
+    import, takes ``random.getrandbits(24)`` at import), and so would a dependency called without a seed."""
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import random
+
+        import numpy as np
+
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                return function(*args, **kwargs)
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+    return wrapper
 
 
 def _adapter_for(model: Any, adapter: Any | None) -> Any:
@@ -125,6 +147,7 @@ def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]],
     return settings
 
 
+@keeps_caller_random_state
 def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter: Any | None = None,
             memory: Any | None = None, **hparams: Any):
     """Remove ``request.forget`` from ``model`` with ``method``; return ``(unlearned_model, RunRecord)``.
@@ -149,6 +172,7 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
     return result, record
 
 
+@keeps_caller_random_state
 def unlearn_on_training_device(model: Any, request: ForgetRequest, method: str = "ssd", *,
                                adapter: Any | None = None, memory: Any | None = None, **hparams: Any):
     """:func:`unlearn`, with the unlearned model left on the training device: for a caller that goes on
@@ -256,6 +280,7 @@ def _working_copy(model: nn.Module, memory: Any | None, seed: int):
     return working, prepare_model(working, memory, seed)
 
 
+@keeps_caller_random_state
 def evaluate(model: Any, splits: dict[str, Any], *, reference: dict[str, float] | None = None,
              adapter: Any | None = None, seed: int = 0):
     """Evaluate a classifier on named splits (``forget``, ``retain``, ``test``, optional ``forget_test``).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from ..api import keeps_caller_random_state
 from ..errors import UserInputError
 from ..request import ForgetRequest
 from .vision import VISION_BENCHMARKS, VisionBenchmark, load_vision_benchmark
@@ -13,6 +14,7 @@ from .vision import forget_request as vision_forget_request
 BENCHMARKS = (*VISION_BENCHMARKS, "facts")
 
 
+@keeps_caller_random_state  # its first call imports scikit-learn, and with it rich, which draws from random
 def load_benchmark(name: str, seed: int = 0, **options: Any) -> Any:
     """Load a built-in benchmark by name: ``digits``, ``mnist`` or ``facts``."""
     if name in VISION_BENCHMARKS:
