@@ -140,4 +140,3 @@ def test_eval_mode_gives_every_submodule_back_its_own_mode_even_after_an_error()
         assert not any(module.training for module in model.modules())
         raise RuntimeError("a failing pass")
     assert model.training and model.drop.training and not model.norm.training
-
