@@ -59,6 +59,7 @@ def test_two_processes_asking_for_one_entry_build_it_once(tmp_path):
     assert (tmp_path / "builds").read_text() == "built\n"  # one build, not two
     assert outputs[0] == outputs[1]
     assert (Path(outputs[0]["folder"]) / "weights").read_text() == "w"
+    assert [p.name for p in (tmp_path / "cache" / "test").iterdir()] == [Path(outputs[0]["folder"]).name]
 
 
 def test_a_failed_build_leaves_no_entry_and_the_next_call_builds_it(tmp_path, monkeypatch):
@@ -71,5 +72,7 @@ def test_a_failed_build_leaves_no_entry_and_the_next_call_builds_it(tmp_path, mo
 
     with pytest.raises(RuntimeError):
         cached("test", {"entry": 2}, failing)
+    assert list(tmp_path.iterdir()) == []  # neither a lock file nor the folder made for it
     folder, meta = cached("test", {"entry": 2}, lambda directory: {"built": True})
     assert meta == {"config": {"entry": 2}, "built": True} and (folder / "meta.json").is_file()
+    assert [p.name for p in (tmp_path / "test").iterdir()] == [folder.name]

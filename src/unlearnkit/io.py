@@ -93,7 +93,7 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False,
         old = _place(tmp, final, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        _remove_empty(created)
+        remove_empty_folders(created)
         raise
     held: list[int] = []
     try:
@@ -105,7 +105,7 @@ def atomic_dir(final: str | os.PathLike, *, overwrite: bool = False,
         if old is not None:
             os.replace(old, final)
         else:
-            _remove_empty(created)
+            remove_empty_folders(created)
         raise
     if old is not None:
         _discard(old)
@@ -197,8 +197,9 @@ def _place(tmp: Path, final: Path, overwrite: bool) -> Path | None:
     return old
 
 
-def _remove_empty(folders: Iterable[Path]) -> None:
-    for folder in folders:  # deepest first; one that gained other content stays
+def remove_empty_folders(folders: Iterable[Path]) -> None:
+    """Remove ``folders``, deepest first, up to the first that is not empty (it gained other content)."""
+    for folder in folders:
         try:
             folder.rmdir()
         except OSError:

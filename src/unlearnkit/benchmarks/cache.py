@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..io import atomic_dir, write_json_atomic
+from ..io import atomic_dir, remove_empty_folders, write_json_atomic
 
 #: Bump when a recipe's code changes in a way that changes the trained weights.
 RECIPE_VERSION = 1
@@ -55,18 +55,32 @@ def cached(kind: str, config: dict[str, Any], build: Callable[[Path], dict[str, 
 @contextmanager
 def _building(final: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``final``'s lock file while the entry is built; a process that finds it held
-    says on stderr that it waits. Without ``fcntl`` (Windows) nothing is locked."""
+    says on stderr that it waits. The lock file and the folders made for it are removed afterwards (a failed
+    build leaves nothing). Without ``fcntl`` (Windows) nothing is locked."""
     try:
         import fcntl
     except ImportError:
         yield
         return
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f"{final.name}.lock", "a") as handle:
+    created = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
+    lock = final.parent / f"{final.name}.lock"
+    try:
+        while True:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock, "a")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"Another process is building the cached {final.parent.name} entry {final.name}; waiting for it.",
+                      file=sys.stderr, flush=True)
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            if lock.exists() and os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+            handle.close()  # its holder removed the file after this process opened it: lock the current one
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"Another process is building the cached {final.parent.name} entry {final.name}; waiting for it.",
-                  file=sys.stderr, flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield  # the lock goes with the file's closing
+            yield
+        finally:
+            lock.unlink(missing_ok=True)  # before the lock goes, so a waiter sees that its file is gone
+            handle.close()
+    finally:
+        remove_empty_folders(created)
