@@ -1,6 +1,7 @@
 """The reference-model cache: concurrent processes build an entry once."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -38,7 +39,7 @@ def wait_for(condition, what: str, seconds: float = 30) -> None:
 
 
 def test_two_processes_asking_for_one_entry_build_it_once(tmp_path):
-    env = {"UNLEARNKIT_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "UNLEARNKIT_CACHE": str(tmp_path / "cache")}
     script = tmp_path / "builder.py"
     script.write_text(BUILDER)
     processes = []
