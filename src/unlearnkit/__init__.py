@@ -10,7 +10,14 @@ Heavy modules (torch, transformers) load on first use, so importing the package 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ imports each name on first use
+    from .api import evaluate, unlearn
+    from .benchmarks.catalogue import forget_request, load_benchmark
+    from .errors import UserInputError
+    from .methods.registry import methods as list_methods
+    from .request import ForgetRequest
 
 __version__ = "0.1.0"
 __all__ = ["unlearn", "evaluate", "ForgetRequest", "load_benchmark", "forget_request", "list_methods",

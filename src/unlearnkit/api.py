@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, ParamSpec, Sequence, TypeVar
 
 import torch
 from torch import nn
 
 from .adapters.base import clone_model, device_of
 from .errors import UserInputError
+from .eval.classification import GAP_METRICS, Evaluation, evaluate_classifier
 from .methods.registry import get_method, method_config
 from .request import ForgetRequest
 from .train.config import settings_of
@@ -19,6 +20,9 @@ from .train.distributed import check_config_launch
 from .train.loop import TrainRecord
 from .train.measure import measure
 from .train.stopping import check_stop_request
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -41,13 +45,13 @@ class RunRecord:
         return asdict(self)
 
 
-def keeps_caller_random_state(function):
+def keeps_caller_random_state(function: Callable[_P, _R]) -> Callable[_P, _R]:
     """Run ``function`` with the caller's global random state kept: Python's ``random``, NumPy's global generator
     and torch's CPU generator are as they were afterwards. The methods draw from their own seeded generators,
     but a library imported lazily on the way can draw from the global ones (rich, which scikit-learn and nltk
     import, takes ``random.getrandbits(24)`` at import), and so would a dependency called without a seed."""
     @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
         import random
 
         import numpy as np
@@ -149,7 +153,7 @@ def validate_runs(names: Sequence[str], params: Mapping[str, Mapping[str, Any]],
 
 @keeps_caller_random_state
 def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter: Any | None = None,
-            memory: Any | None = None, **hparams: Any):
+            memory: Any | None = None, **hparams: Any) -> tuple[nn.Module, RunRecord]:
     """Remove ``request.forget`` from ``model`` with ``method``; return ``(unlearned_model, RunRecord)``.
 
     ``model`` is an ``nn.Module`` (a classifier) or an adapter; it is never modified: the method
@@ -174,7 +178,8 @@ def unlearn(model: Any, request: ForgetRequest, method: str = "ssd", *, adapter:
 
 @keeps_caller_random_state
 def unlearn_on_training_device(model: Any, request: ForgetRequest, method: str = "ssd", *,
-                               adapter: Any | None = None, memory: Any | None = None, **hparams: Any):
+                               adapter: Any | None = None, memory: Any | None = None,
+                               **hparams: Any) -> tuple[nn.Module, RunRecord]:
     """:func:`unlearn`, with the unlearned model left on the training device: for a caller that goes on
     using it there (``forget`` scores it), which saves two copies of the whole model between devices."""
     from .train import distributed
@@ -265,7 +270,7 @@ def _finite_losses(adapter: Any, request: ForgetRequest, items: int = 8) -> bool
     return bool(torch.isfinite(losses).all())
 
 
-def _working_copy(model: nn.Module, memory: Any | None, seed: int):
+def _working_copy(model: nn.Module, memory: Any | None, seed: int) -> tuple[nn.Module, Any]:
     """The private copy a method works on, on this process's device, with the memory options applied."""
     from .train.distributed import training_device
 
@@ -282,7 +287,7 @@ def _working_copy(model: nn.Module, memory: Any | None, seed: int):
 
 @keeps_caller_random_state
 def evaluate(model: Any, splits: dict[str, Any], *, reference: dict[str, float] | None = None,
-             adapter: Any | None = None, seed: int = 0):
+             adapter: Any | None = None, seed: int = 0) -> Evaluation:
     """Evaluate a classifier on named splits (``forget``, ``retain``, ``test``, optional ``forget_test``).
 
     Returns an ``Evaluation`` with aggregate ``metrics`` and the per-item ``stats`` behind them;
@@ -301,7 +306,6 @@ def evaluate(model: Any, splits: dict[str, Any], *, reference: dict[str, float] 
                                               for name in ("forget", "retain", "test")):
         raise UserInputError("evaluate needs splits as a dict with non-empty 'forget', 'retain' and 'test' item lists "
                              "(and optionally 'forget_test').")
-    from .eval.classification import GAP_METRICS, evaluate_classifier
     from .train.config import check_seed, finite_number
 
     unknown = sorted(set(splits) - {"forget", "retain", "test", "forget_test"})

@@ -8,6 +8,7 @@ from typing import Any
 from ..api import keeps_caller_random_state
 from ..errors import UserInputError
 from ..request import ForgetRequest
+from .facts import FactsData
 from .vision import VISION_BENCHMARKS, VisionBenchmark, load_vision_benchmark
 from .vision import forget_request as vision_forget_request
 
@@ -15,7 +16,7 @@ BENCHMARKS = (*VISION_BENCHMARKS, "facts")
 
 
 @keeps_caller_random_state  # its first call imports scikit-learn, and with it rich, which draws from random
-def load_benchmark(name: str, seed: int = 0, **options: Any) -> Any:
+def load_benchmark(name: str, seed: int = 0, **options: Any) -> VisionBenchmark | FactsData:
     """Load a built-in benchmark by name: ``digits``, ``mnist`` or ``facts``."""
     if name in VISION_BENCHMARKS:
         _check_options(name, options, ["test_fraction"])

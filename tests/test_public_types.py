@@ -1,0 +1,35 @@
+"""The public API is typed for users' type checkers and IDEs (PEP 561)."""
+
+import ast
+import tomllib
+import typing
+from pathlib import Path
+
+import unlearnkit
+
+PACKAGE = Path(unlearnkit.__file__).parent
+
+
+def test_every_public_function_has_a_resolvable_return_type():
+    for name in unlearnkit.__all__:
+        exported = getattr(unlearnkit, name)
+        if callable(exported) and not isinstance(exported, type):
+            hints = typing.get_type_hints(exported)  # a name only imported for type checkers would raise here
+            assert "return" in hints, f"unlearnkit.{name} has no return annotation"
+    unlearn_returns = typing.get_type_hints(unlearnkit.unlearn)["return"]
+    assert typing.get_args(unlearn_returns)[1] is unlearnkit.api.RunRecord
+
+
+def test_type_checkers_see_every_lazy_export():
+    """``__init__`` imports its exports lazily; its TYPE_CHECKING block must name each of them for checkers."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    block = next(node for node in tree.body
+                 if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING")
+    seen = {alias.asname or alias.name for node in block.body for alias in node.names}
+    assert seen == set(unlearnkit.__all__)
+
+
+def test_the_package_ships_its_typed_marker():
+    assert (PACKAGE / "py.typed").is_file()
+    project = tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())
+    assert "py.typed" in project["tool"]["setuptools"]["package-data"]["unlearnkit"]
