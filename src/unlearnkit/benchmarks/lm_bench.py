@@ -190,6 +190,19 @@ def evaluation_splits(data: Any, split: str, seed: int, retain_items: int = RETA
             "holdout": list(data.split(split.replace("forget", "holdout"))), "general": list(data.split("general"))}
 
 
+def load_cached_model(config: Any, role: str, split: str = "forget10") -> tuple[Any, dict[str, Any]]:
+    """The cached facts model of ``role`` (``target``, or the ``retain`` model of ``split``; trained now when
+    missing) as a :class:`CausalLMAdapter` on this process's training device, with its meta."""
+    from ..adapters.causal_lm import CausalLMAdapter
+    from ..train.distributed import training_device
+    from .facts import cached_facts_model
+
+    directory, meta = cached_facts_model(config, role, split)
+    adapter = CausalLMAdapter.from_pretrained(directory, max_length=config.max_length)
+    adapter.model.to(training_device())
+    return adapter, meta
+
+
 def run_lm_bench(
     config: Any,
     split: str,
@@ -214,9 +227,8 @@ def run_lm_bench(
     method, to show how far exact retraining alone moves every metric (forget quality especially).
     ``relearn`` sets the relearning attack (default: :func:`bench_relearn_settings`).
     """
-    from ..adapters.causal_lm import CausalLMAdapter
-    from ..train.distributed import check_launch, is_main_process, on_main, training_device
-    from .facts import cached_facts_model, facts_request, load_facts, training_recipe
+    from ..train.distributed import check_launch, is_main_process, on_main
+    from .facts import facts_request, load_facts, training_recipe
 
     log = log if is_main_process() else _quiet  # one process reports
 
@@ -231,9 +243,7 @@ def run_lm_bench(
     check_settings(method_names, params, config.base)
     for name in method_names or ():  # the defaults skip what LoRA cannot serve (runnable_defaults)
         check_lora(get_method(name), memory)
-    target_dir, target_meta = cached_facts_model(config, "target")
-    target = CausalLMAdapter.from_pretrained(target_dir, max_length=config.max_length)
-    target.model.to(training_device())
+    target, target_meta = load_cached_model(config, "target")
     names, not_run = (list(method_names), []) if method_names else runnable_defaults(params or {}, target, config.base,
                                                                                       memory)
     for name in params or {}:  # "not in --methods" would hide why: the defaults left it out
@@ -247,9 +257,7 @@ def run_lm_bench(
     check_launch()
     if memory is not None:
         memory.check(target)  # before the retain model is trained or loaded
-    retain_dir, retain_meta = cached_facts_model(config, "retain", split)
-    retain_model = CausalLMAdapter.from_pretrained(retain_dir, max_length=config.max_length)
-    retain_model.model.to(training_device())
+    retain_model, retain_meta = load_cached_model(config, "retain", split)
     retrain_seconds = retain_meta["train_seconds"]
     splits = evaluation_splits(data, split, config.seed, retain_eval_items(config))
     ids = {name: [it["id"] for it in items] for name, items in splits.items()}
@@ -281,9 +289,7 @@ def run_lm_bench(
 
     references = [("target", target, target_meta), ("retain", retain_model, retain_meta)]
     for seed in retrain_seeds:
-        seed_dir, seed_meta = cached_facts_model(dataclasses.replace(config, train_seed=seed), "retain", split)
-        seeded = CausalLMAdapter.from_pretrained(seed_dir, max_length=config.max_length)
-        seeded.model.to(training_device())
+        seeded, seed_meta = load_cached_model(dataclasses.replace(config, train_seed=seed), "retain", split)
         references.append((f"retain_seed{seed}", seeded, seed_meta))
     for role, adapter, meta in references:
         record_run(role, adapter, {"reference": True, "params": meta["config"], "seeded_params": ["excluded_people"],

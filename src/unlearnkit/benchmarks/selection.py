@@ -93,19 +93,13 @@ def score_candidates(config: Any, split: str, method: str, setting: str, candida
                      attacks: Sequence[str] = (), log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run ``method`` with each value of ``setting`` (on top of ``fixed``) on the world of ``config``, once per
     unlearning seed in ``seeds`` (None: the world's seed, as the bench uses); one metrics row each."""
-    from ..adapters.causal_lm import CausalLMAdapter
-    from ..train.distributed import training_device
-    from .facts import cached_facts_model, facts_request, load_facts
-    from .lm_bench import bench_relearn_settings, evaluation_splits, retain_eval_items
+    from .facts import facts_request, load_facts
+    from .lm_bench import bench_relearn_settings, evaluation_splits, load_cached_model, retain_eval_items
 
     data = load_facts(config)
     request = facts_request(data, split)
-    target_dir, _ = cached_facts_model(config, "target")
-    retain_dir, retain_meta = cached_facts_model(config, "retain", split)
-    target = CausalLMAdapter.from_pretrained(target_dir, max_length=config.max_length)
-    retain = CausalLMAdapter.from_pretrained(retain_dir, max_length=config.max_length)
-    for model in (target.model, retain.model):
-        model.to(training_device())
+    target, _ = load_cached_model(config, "target")
+    retain, retain_meta = load_cached_model(config, "retain", split)
     splits = evaluation_splits(data, split, config.seed, retain_eval_items(config))
     ids = {name: [it["id"] for it in items] for name, items in splits.items()}
     _, reference = evaluate_lm(retain, splits, None, ids=ids)
