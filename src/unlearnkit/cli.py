@@ -23,6 +23,11 @@ app = typer.Typer(
 )
 
 
+def examples(*commands: str) -> str:
+    """A command's help epilog: its example command lines, one paragraph each (the help keeps paragraphs)."""
+    return ("Example:" if len(commands) == 1 else "Examples:") + "\n\n" + "\n\n".join(commands)
+
+
 def _show_version(shown: bool) -> None:
     """``--version``: print the version and stop before any command runs."""
     if shown:
@@ -120,7 +125,7 @@ def parse_seeds(value: str | None, flag: str = "--retrain-seeds") -> list[int]:
     return seeds
 
 
-@app.command("methods")
+@app.command("methods", epilog=examples("unlearnkit methods"))
 def methods_command() -> None:
     """List every method: name, model kinds, what it needs, and its paper."""
     from rich.console import Console
@@ -134,7 +139,10 @@ def methods_command() -> None:
     Console(width=200).print(table)
 
 
-@app.command("bench")
+@app.command("bench", epilog=examples(
+    "unlearnkit bench --benchmark digits --scenario class --methods ssd,finetune,scrub --out out/digits-class",
+    "unlearnkit bench --benchmark facts --split forget10 --methods npo,graddiff --attacks relearn,in_context,quantize --out out/facts",
+))
 def bench_command(
     benchmark: str = typer.Option("digits", help="Built-in benchmark: digits, mnist or facts."),
     scenario: str = typer.Option("random", help="Image benchmarks: random (10% of train) or class."),
@@ -236,7 +244,9 @@ def bench_params(param: list[str] | None, methods: list[str] | None, project: st
     return params | {name: with_plugins(params.get(name, {}), project, sampling) for name in methods}
 
 
-@app.command("evaluate")
+@app.command("evaluate", epilog=examples(
+    "unlearnkit evaluate --data out/facts-tofu --model out/facts-tofu/models/target --retain-model out/facts-tofu/models/retain90 --out out/eval",
+))
 def evaluate_command(
     data: Path = typer.Option(..., help="Folder of TOFU-format files (forgetXX_perturbed, retain_perturbed, holdoutXX, world_facts_perturbed; real_authors_perturbed joins model utility when present)."),
     model: Path = typer.Option(..., help="The model to score: a Hugging Face causal LM folder, or one `unlearnkit forget` wrote."),
@@ -261,7 +271,9 @@ def evaluate_command(
         typer.echo((out / "results.md").read_text(encoding="utf-8"))
 
 
-@app.command("export")
+@app.command("export", epilog=examples(
+    "unlearnkit export --benchmark facts --format tofu --out out/facts-tofu",
+))
 def export_command(
     benchmark: str = typer.Option("facts", help="The benchmark to export (facts)."),
     format: str = typer.Option("tofu", help="Output layout (tofu)."),
@@ -289,7 +301,9 @@ def export_command(
     typer.echo(f"wrote {out}")
 
 
-@app.command("select-facts")
+@app.command("select-facts", epilog=examples(
+    "unlearnkit select-facts --seed 1 --split forget10 --out out/facts-selection.md",
+))
 def select_facts_command(
     seed: int = typer.Option(1, help="World seed to select on; not 0, the world the facts bench reports."),
     split: str = typer.Option("forget10", help="facts: forget01, forget05 or forget10."),
@@ -312,7 +326,9 @@ def select_facts_command(
     typer.echo(out.read_text(encoding="utf-8"))
 
 
-@app.command("select-images")
+@app.command("select-images", epilog=examples(
+    "unlearnkit select-images --benchmark digits --seeds 1,2,3 --out out/image-selection-digits.md",
+))
 def select_images_command(
     seeds: str = typer.Option("1,2,3", help="Comma-separated split seeds to select on; not 0, the split the image benches report."),
     benchmark: str = typer.Option("digits", help="Image benchmark to select on: digits or mnist."),
@@ -343,7 +359,10 @@ def check_distinct(results: list[Path]) -> None:
         raise UserInputError(f"--results {repeated} is given twice (the same folder); give each bench run once.")
 
 
-@app.command("summarize")
+@app.command("summarize", epilog=examples(
+    "unlearnkit bench --benchmark digits --seed 4 --out out/digits-s4   # then --seed 5 and --seed 6 likewise",
+    "unlearnkit summarize --results out/digits-s4 --results out/digits-s5 --results out/digits-s6 --out out/digits-summary.md",
+))
 def summarize_command(
     results: list[Path] = typer.Option(..., help="Bench output folders of one bench run with different --seed (repeatable)."),
     out: Path = typer.Option(..., help="Markdown page to write."),
@@ -367,7 +386,9 @@ def summarize_command(
     typer.echo(write_summary(out, loaded, command_line()))
 
 
-@app.command("cards")
+@app.command("cards", epilog=examples(
+    "unlearnkit cards --results out/digits-class --results out/facts --out out/cards",
+))
 def cards_command(
     results: Optional[list[Path]] = typer.Option(None, help="Bench output folders whose numbers the cards quote (repeatable)."),
     out: Path = typer.Option(Path("docs/methods"), help="Folder for the cards (must not exist unless --overwrite)."),
@@ -384,7 +405,9 @@ def cards_command(
     typer.echo(f"wrote {len(write_cards(out, results or [], overwrite=overwrite))} cards to {out}")
 
 
-@app.command("forget")
+@app.command("forget", epilog=examples(
+    'unlearnkit forget --model my-model/ --forget erase.jsonl --retain keep.jsonl --method npo --out my-model-unlearned/ --ledger ledger.db --subject "request #1234"',
+))
 def forget_command(
     model: Path = typer.Option(..., help="Folder of a Hugging Face causal LM, or of a classifier (unlearnkit.json + model.safetensors)."),
     forget: Path = typer.Option(..., help="Items to forget: .jsonl, .json, .csv or .parquet."),

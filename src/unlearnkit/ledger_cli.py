@@ -35,10 +35,13 @@ SaltFileOption = Annotated[
 def register(app: typer.Typer) -> None:
     """Add the ``ledger`` command group (list, show, verify, check-item) to ``app``."""
     group = typer.Typer(help="Read and verify the tamper-evident ledger of unlearning requests.", no_args_is_help=True)
-    group.command("list")(list_command)
-    group.command("show")(show_command)
-    group.command("verify")(verify_command)
-    group.command("check-item")(check_item_command)
+    from .cli import examples
+
+    group.command("list", epilog=examples("unlearnkit ledger list --ledger ledger.db"))(list_command)
+    group.command("show", epilog=examples("unlearnkit ledger show 3 --ledger ledger.db"))(show_command)
+    group.command("verify", epilog=examples("unlearnkit ledger verify --ledger ledger.db"))(verify_command)
+    group.command("check-item", epilog=examples(
+        "unlearnkit ledger check-item --ledger ledger.db --item item.json"))(check_item_command)
     app.add_typer(group, name="ledger")
 
 

@@ -90,7 +90,7 @@ def continual(
     out: Path = typer.Option(..., "--out", help="Output folder (results.json, accuracy.csv, accuracy.png)."),
     scenario: str = typer.Option("split-digits", help="split-digits, split-digits-task, permuted-digits, scole or clofai."),
     strategy: str = typer.Option("naive", help="A strategy, or plug-ins joined with '+', e.g. refresh+er."),
-    stream: Optional[str] = typer.Option(None, help='Comma-separated requests, e.g. "learn:0,learn:1,unlearn:0,evaluate"; unlearn:ids=3;17;40-45 forgets samples by id (default: learn every task).'),
+    stream: Optional[str] = typer.Option(None, help='Comma-separated requests, e.g. "learn:0,learn:1,unlearn:0,evaluate"; unlearn:ids=0;10;38-40 forgets samples by id (default: learn every task).'),
     unlearner: Optional[str] = typer.Option(None, help="amnesiac, retrain, acu, uncle or a core method (default: the strategy's own)."),
     seed: int = typer.Option(0, help="Seed for data, initialisation and batching."),
     param: Optional[List[str]] = typer.Option(None, "--param", help="Strategy hyper-parameter NAME=VALUE (repeatable)."),
@@ -234,5 +234,14 @@ def sweep_scenario(scenarios: dict[int, Any], strategies: list[str], streams: li
 
 def register(app: typer.Typer) -> None:
     """Add the ``continual`` and ``continual-sweep`` commands to ``app``."""
-    app.command("continual")(continual)
-    app.command("continual-sweep")(continual_sweep)
+    from ..cli import examples
+
+    app.command("continual", epilog=examples(
+        'unlearnkit continual --scenario split-digits --strategy er --stream "learn:0,learn:1,learn:2,unlearn:1,learn:3,learn:4" '
+        "--out out/cl-er",
+        'unlearnkit continual --scenario split-digits --strategy acu --stream "learn:0,learn:1,unlearn:ids=0;10;38-40" '
+        "--out out/cl-acu",
+    ))(continual)
+    app.command("continual-sweep", epilog=examples(
+        "unlearnkit continual-sweep --scenario split-digits --strategies naive,er,uer,acu --seeds 0,1 --out out/continual.md",
+    ))(continual_sweep)
