@@ -112,10 +112,13 @@ def _one_json_value(text: str) -> bool:
 def _element_lines(text: str, count: int) -> list[int]:
     """The line each of the ``count`` elements of the JSON array ``text`` (already parsed) starts on."""
     decoder, lines, at = json.JSONDecoder(), [], text.index("[") + 1
-    for _ in range(count):
+    line, counted = 1, 0  # newlines are counted from the previous element on: from the start each time was
+    for _ in range(count):  # quadratic (a 10,000-record pretty-printed array took 13 s to read, 50,000 over 4 min)
         while text[at] in " \t\r\n,":
             at += 1
-        lines.append(text.count("\n", 0, at) + 1)
+        line += text.count("\n", counted, at)
+        counted = at
+        lines.append(line)
         at = decoder.raw_decode(text, at)[1]
     return lines
 
