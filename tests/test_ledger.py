@@ -721,6 +721,28 @@ def test_a_field_of_the_wrong_type_is_reported_as_tampering(five_rows: Path, ass
     assert verified.output.startswith("TAMPERED: row 3: a field has the wrong type")
 
 
+def test_list_last_shows_only_the_newest_rows(tmp_path: Path, capsys) -> None:
+    """A ledger of 10^5 rows took 99 s and 1.4 GB to draw whole; ``--last N`` reads and draws only N rows."""
+    from unlearnkit import cli
+
+    path = tmp_path / "long.db"
+    with Ledger(path, salt=SALT) as ledger:
+        for n in range(1, 6):
+            add(ledger, f"request {n}")
+        assert [row.id for row in ledger.rows(last=2)] == [4, 5] and ledger.count() == 5
+        assert [row.id for row in ledger.rows(last=9)] == [1, 2, 3, 4, 5] == [row.id for row in ledger.rows()]
+        with pytest.raises(UserInputError, match="positive integer"):
+            ledger.rows(last=0)
+    listed = CliRunner().invoke(cli_app(), ["ledger", "list", "--ledger", str(path), "--last", "2"])
+    assert listed.exit_code == 0, listed.output
+    assert "request 4" in listed.output and "request 5" in listed.output and "request 3" not in listed.output
+    assert "The last 2 of 5 rows" in listed.output
+    whole = CliRunner().invoke(cli_app(), ["ledger", "list", "--ledger", str(path)])
+    assert "request 1" in whole.output and "of 5 rows" not in whole.output
+    assert cli.main(["ledger", "list", "--ledger", str(path), "--last", "0"]) == 2
+    assert "positive integer" in capsys.readouterr().err
+
+
 def test_cli_list_shows_user_text_literally_not_as_markup(tmp_path: Path) -> None:
     path = tmp_path / "markup.db"
     with Ledger(path, salt=SALT) as ledger:

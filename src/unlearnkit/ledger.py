@@ -879,13 +879,27 @@ class Ledger:
             yield dict(zip(names, values))
 
     @_reading_errors
-    def rows(self) -> list[LedgerRow]:
-        """Every row, in id order; a damaged row (unreadable JSON, a field of the wrong type) is a
-        :class:`UserInputError` (:meth:`verify` reports on the whole ledger)."""
+    def rows(self, last: int | None = None) -> list[LedgerRow]:
+        """Every row (or the ``last`` most recent ones), in id order; a damaged row (unreadable JSON, a field of
+        the wrong type) is a :class:`UserInputError` (:meth:`verify` reports on the whole ledger)."""
+        if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 1):
+            raise UserInputError(f"The number of rows to read must be a positive integer, got {last!r}.")
         if not self._reading():
             return []
+        query = None
+        if last is not None:  # the newest ones, read from the end of the id index; put back in id order below
+            query = sa.select(_rows_table).order_by(_rows_table.c.id.desc()).limit(last)
         with self._engine.connect() as conn:
-            return [_row_from_db(record, self._target.label) for record in self._stored_rows(conn)]
+            rows = [_row_from_db(record, self._target.label) for record in self._stored_rows(conn, query)]
+        return sorted(rows, key=lambda row: row.id)
+
+    @_reading_errors
+    def count(self) -> int:
+        """How many rows the ledger holds."""
+        if not self._reading():
+            return 0
+        with self._engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(_rows_table)).scalar_one())
 
     @_reading_errors
     def get(self, row_id: int) -> LedgerRow:

@@ -37,7 +37,8 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Read and verify the tamper-evident ledger of unlearning requests.", no_args_is_help=True)
     from .cli import examples
 
-    group.command("list", epilog=examples("unlearnkit ledger list --ledger ledger.db"))(list_command)
+    group.command("list", epilog=examples("unlearnkit ledger list --ledger ledger.db",
+                                          "unlearnkit ledger list --ledger ledger.db --last 20"))(list_command)
     group.command("show", epilog=examples("unlearnkit ledger show 3 --ledger ledger.db"))(show_command)
     group.command("verify", epilog=examples("unlearnkit ledger verify --ledger ledger.db"))(verify_command)
     group.command("check-item", epilog=examples(
@@ -51,14 +52,20 @@ def _open(ledger: str, salt_file: Path | None) -> "Ledger":
     return Ledger(ledger, salt_file=salt_file)
 
 
-def list_command(ledger: LedgerOption = DEFAULT_LEDGER, salt_file: SaltFileOption = None) -> None:
+def list_command(
+    ledger: LedgerOption = DEFAULT_LEDGER,
+    salt_file: SaltFileOption = None,
+    last: Annotated[Optional[int], typer.Option("--last", help="Only the N most recent rows (a long ledger's "
+                                                 "whole table takes a while to draw).", metavar="N")] = None,
+) -> None:
     """List every recorded unlearning request as a table."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     with _open(ledger, salt_file) as book:
-        rows = book.rows()
+        rows = book.rows(last=last)
+        total = book.count() if last is not None else len(rows)
     if not rows:
         typer.echo(f"The ledger {ledger} has no rows.")
         return
@@ -72,6 +79,8 @@ def list_command(ledger: LedgerOption = DEFAULT_LEDGER, salt_file: SaltFileOptio
         # literally: a subject like "[red]x" or "[/x]" is text, not markup, and control codes are shown escaped
         table.add_row(*(Text(_printable(cell)) for cell in cells))
     Console(width=160).print(table)
+    if total > len(rows):
+        typer.echo(f"The last {len(rows)} of {total} rows ('ledger show ID' prints any one).")
 
 
 def _printable(text: str) -> str:
