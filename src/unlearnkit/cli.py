@@ -532,6 +532,10 @@ MULTI_PROCESS_COMMANDS = ("forget", "evaluate", "bench")
 def _check_processes(argv: list[str] | None) -> None:
     """Refuse a command not written for several processes when a launcher started several: each process
     would run it whole and write the same outputs."""
+    import os
+
+    if "WORLD_SIZE" not in os.environ:  # no launcher: one process, and torch stays unloaded (a fast --help)
+        return
     from .train.distributed import launched_processes
 
     command = next((a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")), None)
