@@ -300,37 +300,8 @@ def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
         check_lora(get_method(job.method), job.memory)  # of LM options comes with its model)
     forget_records = read_records(job.forget)
     retain_records = read_records(job.retain) if job.retain else []
-    # a path or a sqlite:/// URL; an empty file is a place for a new ledger, as a missing one is
-    new_file = ledger.file_path is not None and (not ledger.file_path.exists() or ledger.file_path.stat().st_size == 0)
-    if new_file and not ledger.file_path.parent.is_dir():
-        raise UserInputError(f"The ledger's folder {ledger.file_path.parent} does not exist.")
-    health = ledger.verify() if not new_file else None
-    if health is not None and not health.ok:
-        where = f" at row {health.first_bad_id}" if health.first_bad_id is not None else ""
-        raise UserInputError(f"The ledger {job.ledger} fails verification{where} ({health.reason}); "
-                             "refusing to append to it.")
-    ledger.check_writable()  # a wrong or missing salt is refused now, before any work
-    if kind == "classifier":
-        if job.system_prompt or job.template_args or job.max_length is not None:
-            raise UserInputError("--system-prompt, --template-arg and --max-length shape a language model's prompts; "
-                                 f"{job.model} holds a classifier.")
-        adapter, spec = _load_classifier(job.model, job.trust_pickle)
-        forget = _classifier_items(forget_records, job, job.forget, spec)
-        retain = _classifier_items(retain_records, job, job.retain, spec) if job.retain else []
-    else:
-        spec = None
-        forget = _lm_items(forget_records, job, job.forget)
-        retain = _lm_items(retain_records, job, job.retain) if job.retain else []
-    _check_each_item_once(job, forget_records, retain_records, kind)
-    if job.training_data is not None:
-        _check_in_training_data(job, forget_records, kind)
-    if kind != "classifier":  # loaded once the data checks pass: a language model can take minutes to load
-        from .methods.saved import load_causal_lm
-
-        adapter = load_causal_lm(job.model, system_prompt=job.system_prompt, template_args=job.template_args,
-                                 max_length=job.max_length)
-        for path, records, items in ((job.forget, forget_records, forget), (job.retain, retain_records, retain)):
-            adapter.refuse_unreadable(items, [f"{path} {place}" for place, _ in records])
+    _check_ledger_accepts_rows(job, ledger)
+    adapter, spec, forget, retain = _load_model_and_items(job, kind, forget_records, retain_records)
     ledger_items = [recorded_form(record, kind, _used_fields(job, kind)) for _, record in forget_records]
     request = ForgetRequest(forget + retain, range(len(forget)), range(len(forget), len(forget) + len(retain)) if retain else None,
                             reason=job.subject)
@@ -389,12 +360,58 @@ def _run_with_ledger(job: ForgetJob, ledger: Any, log) -> dict[str, Any]:
         if record.info.get("warning"):
             log(f"warning: {job.method}: {record.info['warning']}")
         if record.status == "ok" and not after["forget_loss"] > before["forget_loss"]:
-            changed = ("the model changed, but this run may not have forgotten them"
-                       if summary["fingerprint_after"] != fingerprint_before else "the model's weights did not change")
-            log(f"warning: the forget items' mean loss did not rise ({before['forget_loss']:.4g} -> "
-                f"{after['forget_loss']:.4g}): {changed}; stronger settings (more epochs, a higher lr) or another "
-                "method may be needed.")
+            log(_not_forgotten_warning(before, after, summary["fingerprint_after"] != fingerprint_before))
     return summary
+
+
+def _check_ledger_accepts_rows(job: ForgetJob, ledger: Any) -> None:
+    """Refuse, before any work, a ledger that fails verification, sits in a missing folder or has the wrong salt."""
+    # a path or a sqlite:/// URL; an empty file is a place for a new ledger, as a missing one is
+    new_file = ledger.file_path is not None and (not ledger.file_path.exists() or ledger.file_path.stat().st_size == 0)
+    if new_file and not ledger.file_path.parent.is_dir():
+        raise UserInputError(f"The ledger's folder {ledger.file_path.parent} does not exist.")
+    health = ledger.verify() if not new_file else None
+    if health is not None and not health.ok:
+        where = f" at row {health.first_bad_id}" if health.first_bad_id is not None else ""
+        raise UserInputError(f"The ledger {job.ledger} fails verification{where} ({health.reason}); "
+                             "refusing to append to it.")
+    ledger.check_writable()  # a wrong or missing salt is refused now, before any work
+
+
+def _load_model_and_items(job: ForgetJob, kind: str, forget_records: list, retain_records: list
+                          ) -> tuple[Any, Any, list, list]:
+    """(adapter, classifier spec or None, forget items, retain items), once every data check has passed."""
+    if kind == "classifier":
+        if job.system_prompt or job.template_args or job.max_length is not None:
+            raise UserInputError("--system-prompt, --template-arg and --max-length shape a language model's prompts; "
+                                 f"{job.model} holds a classifier.")
+        adapter, spec = _load_classifier(job.model, job.trust_pickle)
+        forget = _classifier_items(forget_records, job, job.forget, spec)
+        retain = _classifier_items(retain_records, job, job.retain, spec) if job.retain else []
+    else:
+        spec = None
+        forget = _lm_items(forget_records, job, job.forget)
+        retain = _lm_items(retain_records, job, job.retain) if job.retain else []
+    _check_each_item_once(job, forget_records, retain_records, kind)
+    if job.training_data is not None:
+        _check_in_training_data(job, forget_records, kind)
+    if kind != "classifier":  # loaded once the data checks pass: a language model can take minutes to load
+        from .methods.saved import load_causal_lm
+
+        adapter = load_causal_lm(job.model, system_prompt=job.system_prompt, template_args=job.template_args,
+                                 max_length=job.max_length)
+        for path, records, items in ((job.forget, forget_records, forget), (job.retain, retain_records, retain)):
+            adapter.refuse_unreadable(items, [f"{path} {place}" for place, _ in records])
+    return adapter, spec, forget, retain
+
+
+def _not_forgotten_warning(before: Mapping[str, float], after: Mapping[str, float], changed: bool) -> str:
+    """The warning for a run that ended with the forget items' mean loss no higher than before."""
+    what = ("the model changed, but this run may not have forgotten them" if changed
+            else "the model's weights did not change")
+    return (f"warning: the forget items' mean loss did not rise ({before['forget_loss']:.4g} -> "
+            f"{after['forget_loss']:.4g}): {what}; stronger settings (more epochs, a higher lr) or another method "
+            "may be needed.")
 
 
 def _write_report(directory: Path, summary: Mapping[str, Any], forget_records, job: ForgetJob,
