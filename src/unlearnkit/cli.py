@@ -159,10 +159,10 @@ def bench_command(
     relearn_steps: Optional[int] = typer.Option(None, help="facts: optimizer steps of the relearning attack (default 50)."),
     relearn_lr: Optional[float] = typer.Option(None, help="facts: lr of the relearning attack (default 0.06 × the "
                                                "models' training lr: 3e-4 on the scratch base, 1.2e-5 on smollm2)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
     lora: Optional[str] = typer.Option(None, help="facts: train LoRA adapters, e.g. r=8,alpha=16,targets=c_attn,c_proj."),
-    bf16: bool = typer.Option(False, help="facts: store and train the weights in bfloat16."),
-    gradient_checkpointing: bool = typer.Option(False, help="facts: recompute activations in the backward pass."),
+    bf16: bool = typer.Option(False, "--bf16", help="facts: store and train the weights in bfloat16."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="facts: recompute activations in the backward pass."),
     retrain_seeds: Optional[str] = typer.Option(None, help="facts: comma-separated seeds; each adds the retain model "
                                                 "retrained with that seed as a reference row (how far exact retraining "
                                                 "alone moves each metric)."),
@@ -253,7 +253,7 @@ def evaluate_command(
     retain_model: Path = typer.Option(..., help="The model trained without the forget set (the gold standard)."),
     split: str = typer.Option("forget10", help="Forget split: forget01, forget05 or forget10."),
     out: Path = typer.Option(Path("out/evaluate"), help="Output directory (must not exist unless --overwrite)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
     max_new_tokens: int = typer.Option(200, help="New tokens of each greedy answer scored by ROUGE (TOFU: 200)."),
     system_prompt: Optional[str] = typer.Option(None, help=SYSTEM_PROMPT_HELP),
     template_arg: Optional[list[str]] = typer.Option(None, help=TEMPLATE_ARG_HELP),
@@ -284,7 +284,7 @@ def export_command(
     split: Optional[list[str]] = typer.Option(None, "--split", help="Forget split whose retain model is exported "
                                               "(forget01 → retain99, forget05 → retain95, forget10 → retain90); "
                                               "repeatable, default forget10."),
-    overwrite: bool = typer.Option(False, help="Replace an existing output directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output directory."),
 ) -> None:
     """Write a built-in benchmark's data and trained target/retain models in another tool's layout."""
     if benchmark != "facts":
@@ -309,7 +309,7 @@ def select_facts_command(
     split: str = typer.Option("forget10", help="facts: forget01, forget05 or forget10."),
     preset: str = typer.Option("default", help="facts: default (200 people) or tiny (a few people, for smoke tests)."),
     out: Path = typer.Option(Path("docs/results/facts-selection.md"), help="Markdown table to write."),
-    overwrite: bool = typer.Option(False, help="Replace an existing table."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing table."),
 ) -> None:
     """Choose the facts bench's rmu, sam_npo and npo settings on a held-out world (see benchmarks/selection.py)."""
     from .benchmarks.cache import cache_root
@@ -333,7 +333,7 @@ def select_images_command(
     seeds: str = typer.Option("1,2,3", help="Comma-separated split seeds to select on; not 0, the split the image benches report."),
     benchmark: str = typer.Option("digits", help="Image benchmark to select on: digits or mnist."),
     out: Optional[Path] = typer.Option(None, help="Markdown table to write [default: docs/results/image-selection-<benchmark>.md]."),
-    overwrite: bool = typer.Option(False, help="Replace an existing table."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing table."),
 ) -> None:
     """Choose the image benches' ssd and gradient_ascent settings, per scenario, on held-out splits (see benchmarks/image_selection.py)."""
     from .benchmarks.cache import cache_root
@@ -366,7 +366,7 @@ def check_distinct(results: list[Path]) -> None:
 def summarize_command(
     results: list[Path] = typer.Option(..., help="Bench output folders of one bench run with different --seed (repeatable)."),
     out: Path = typer.Option(..., help="Markdown page to write."),
-    overwrite: bool = typer.Option(False, help="Replace an existing page."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing page."),
 ) -> None:
     """Mean ± std over seeds of every metric and time (not memory) in bench runs that differ only in their seed."""
     from .benchmarks.results import read_bench_results, write_summary
@@ -392,7 +392,7 @@ def summarize_command(
 def cards_command(
     results: Optional[list[Path]] = typer.Option(None, help="Bench output folders whose numbers the cards quote (repeatable)."),
     out: Path = typer.Option(Path("docs/methods"), help="Folder for the cards (must not exist unless --overwrite)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing cards folder (one holding only cards)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cards folder (one holding only cards)."),
 ) -> None:
     """Write one Markdown card per method: what it needs, its update rule, defaults and measured numbers."""
     from .report.cards import write_cards
@@ -425,14 +425,14 @@ def forget_command(
     answer_field: str = typer.Option("answer", help="LM data: the answer field."),
     input_field: str = typer.Option("input", help="Classifier data: the input field (a list of numbers)."),
     label_field: str = typer.Option("label", help="Classifier data: the label field."),
-    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
-    trust_pickle: bool = typer.Option(False, help="Classifiers: allow a pickled model.pt (only from sources you trust). "
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Classifiers: allow a pickled model.pt (only from sources you trust). "
                                                     "Causal LMs always load with safetensors or torch's weights-only loader."),
-    show_examples: bool = typer.Option(False, help="Show forget-set text in report.html (redacted by default)."),
+    show_examples: bool = typer.Option(False, "--show-examples", help="Show forget-set text in report.html (redacted by default)."),
     lora: Optional[str] = typer.Option(None, help="Causal LMs: train LoRA adapters, e.g. r=8,alpha=16,targets=c_attn,c_proj "
                                                   "(add save=adapter to write only the adapter)."),
-    bf16: bool = typer.Option(False, help="Causal LMs: store and train the weights in bfloat16."),
-    gradient_checkpointing: bool = typer.Option(False, help="Causal LMs: recompute activations in the backward pass."),
+    bf16: bool = typer.Option(False, "--bf16", help="Causal LMs: store and train the weights in bfloat16."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Causal LMs: recompute activations in the backward pass."),
     system_prompt: Optional[str] = typer.Option(None, help=SYSTEM_PROMPT_HELP),
     template_arg: Optional[list[str]] = typer.Option(None, help=TEMPLATE_ARG_HELP),
     max_length: Optional[int] = typer.Option(None, help=MAX_LENGTH_HELP),

@@ -98,7 +98,7 @@ def continual(
     scenario_param: Optional[List[str]] = typer.Option(None, "--scenario-param", help="Scenario option NAME=VALUE, e.g. num_tasks=50."),
     data: Optional[str] = typer.Option(None, help="The CLOFAI folder (one sub-folder per task with real/ and fake/)."),
     reference: bool = typer.Option(True, help="Retrain a reference at each unlearning step (retrain_gap, retrain_output_kl)."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out folder."),
 ) -> None:
     """Run a learn/unlearn stream with a continual strategy and write its results, accuracy table and heatmap."""
 
@@ -134,7 +134,7 @@ def continual_sweep(
                                                "task; and the same with unlearn:k−1 right after learn:k, k = tasks // 2)."),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds; tables show mean ± std."),
     acu_cost: bool = typer.Option(True, help="Add ACU's exactness, per-request cost and feature-width sections."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
     """Run every strategy on the given scenarios and streams and write a markdown results page."""
 
