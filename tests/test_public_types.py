@@ -33,3 +33,16 @@ def test_the_package_ships_its_typed_marker():
     assert (PACKAGE / "py.typed").is_file()
     project = tomllib.loads((PACKAGE.parents[1] / "pyproject.toml").read_text())
     assert "py.typed" in project["tool"]["setuptools"]["package-data"]["unlearnkit"]
+
+
+def test_load_benchmark_is_typed_per_name():
+    """The README's example hands load_benchmark("digits") to the image helpers: a type checker must see a
+    VisionBenchmark there, not a union with the facts data (mypy refused the example with three errors)."""
+    from unlearnkit.benchmarks.facts import FactsData
+    from unlearnkit.benchmarks.vision import VISION_BENCHMARKS, VisionBenchmark
+
+    returns = {}
+    for overload in typing.get_overloads(unlearnkit.load_benchmark):
+        hints = typing.get_type_hints(overload)
+        returns.update({name: hints["return"] for name in typing.get_args(hints["name"])})
+    assert returns == {**{name: VisionBenchmark for name in VISION_BENCHMARKS}, "facts": FactsData}

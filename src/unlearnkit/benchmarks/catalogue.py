@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal, overload
 
 from ..api import keeps_caller_random_state
 from ..errors import UserInputError
@@ -13,6 +13,14 @@ from .vision import VISION_BENCHMARKS, VisionBenchmark, load_vision_benchmark
 from .vision import forget_request as vision_forget_request
 
 BENCHMARKS = (*VISION_BENCHMARKS, "facts")
+
+
+@overload
+def load_benchmark(name: Literal["digits", "mnist"], seed: int = 0, **options: Any) -> VisionBenchmark: ...
+@overload
+def load_benchmark(name: Literal["facts"], seed: int = 0, **options: Any) -> FactsData: ...
+@overload
+def load_benchmark(name: str, seed: int = 0, **options: Any) -> VisionBenchmark | FactsData: ...
 
 
 @keeps_caller_random_state  # its first call imports scikit-learn, and with it rich, which draws from random
