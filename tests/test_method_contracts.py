@@ -11,7 +11,8 @@ run the method's code (``TINY``), a run with seed ``SEED``:
    state, gives bit-identical outputs (the returned model's state, its logits on a fixed batch and, for LMs,
    its greedy answers; the losses the run recorded);
 3. records what it ran with: ``record.params`` holds every setting the method reads and none it declares
-   ``unused``, with the values given (the seed among them), and ``record.seconds`` is finite and >= 0;
+   ``unused``, with the values given (the seed among them), ``record.seconds`` is finite and >= 0, and the
+   record is plain JSON;
 4. when it needs retain data (``needs_for`` its settings), refuses a request without one with a
    :class:`UserInputError` of one sentence, before its ``unlearn`` starts and with the input untouched;
    and, conversely, when it does not declare that need, it runs on a request without retain data or refuses
@@ -24,6 +25,7 @@ gradients, a stored SSD importance, UNDIAL's retain term, ...).
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 from dataclasses import dataclass
@@ -339,6 +341,7 @@ def test_the_run_record_holds_the_settings_it_ran_with(case, first_run):
         assert record.params[name] == value, f"{case}: params[{name!r}] is {record.params[name]!r}, not {value!r}"
     assert isinstance(record.seconds, float) and math.isfinite(record.seconds) and record.seconds >= 0
     assert record.status == "ok", f"{case}: {record.status}: {record.message}"
+    json.dumps(record.to_dict())  # "plain JSON-ready data" for an API user's own json.dump (no tensor, no numpy)
 
 
 def needs_retain(case: Case) -> bool:
