@@ -743,6 +743,18 @@ def test_list_last_shows_only_the_newest_rows(tmp_path: Path, capsys) -> None:
     assert "positive integer" in capsys.readouterr().err
 
 
+def test_list_last_beyond_a_64_bit_limit_lists_every_row(tmp_path: Path) -> None:
+    """SQLite's LIMIT is a signed 64-bit integer: ``--last 2**63`` (any N past it) gave an OverflowError traceback."""
+    path = tmp_path / "short.db"
+    with Ledger(path, salt=SALT) as ledger:
+        for n in range(1, 4):
+            add(ledger, f"request {n}")
+        assert [row.id for row in ledger.rows(last=2**63)] == [1, 2, 3] == [row.id for row in ledger.rows(last=10**30)]
+    listed = CliRunner().invoke(cli_app(), ["ledger", "list", "--ledger", str(path), "--last", str(10**20)])
+    assert listed.exit_code == 0, listed.output
+    assert "request 1" in listed.output and "request 3" in listed.output and "of 3 rows" not in listed.output
+
+
 def test_cli_list_shows_user_text_literally_not_as_markup(tmp_path: Path) -> None:
     path = tmp_path / "markup.db"
     with Ledger(path, salt=SALT) as ledger:

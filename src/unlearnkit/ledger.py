@@ -888,7 +888,9 @@ class Ledger:
             return []
         query = None
         if last is not None:  # the newest ones, read from the end of the id index; put back in id order below
-            query = sa.select(_rows_table).order_by(_rows_table.c.id.desc()).limit(last)
+            # a LIMIT is a signed 64-bit integer (SQLite, PostgreSQL): a larger N raised OverflowError; no ledger
+            # holds more rows than that, so it means every row
+            query = sa.select(_rows_table).order_by(_rows_table.c.id.desc()).limit(min(last, 2**63 - 1))
         with self._engine.connect() as conn:
             rows = [_row_from_db(record, self._target.label) for record in self._stored_rows(conn, query)]
         return sorted(rows, key=lambda row: row.id)
