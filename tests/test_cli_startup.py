@@ -28,3 +28,4 @@ def test_the_continual_package_still_exports_its_names():
     assert all(getattr(continual, name) is not None for name in continual.__all__)
     with pytest.raises(AttributeError):
         continual.no_such_name
+    assert set(continual.__all__) <= set(dir(continual))  # tab completion still offers them, unloaded

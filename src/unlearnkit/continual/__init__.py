@@ -51,3 +51,8 @@ def __getattr__(name: str) -> Any:
     if name not in _MODULE_OF:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     return getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    """The lazy names too, as the eager imports listed them (for tab completion and ``dir``)."""
+    return sorted(set(globals()) | set(__all__))
