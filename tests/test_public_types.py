@@ -27,6 +27,7 @@ def test_type_checkers_see_every_lazy_export():
                  if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING")
     seen = {alias.asname or alias.name for node in block.body for alias in node.names}
     assert seen == set(unlearnkit.__all__)
+    assert set(unlearnkit.__all__) <= set(dir(unlearnkit))  # tab completion offers them before first use
 
 
 def test_the_package_ships_its_typed_marker():

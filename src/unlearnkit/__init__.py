@@ -50,3 +50,8 @@ def __getattr__(name: str) -> Any:
 
         return UserInputError
     raise AttributeError(f"module 'unlearnkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The lazily loaded names too (for tab completion and ``dir``)."""
+    return sorted(set(globals()) | set(__all__))
