@@ -24,8 +24,20 @@ app = typer.Typer(
 
 
 def examples(*commands: str) -> str:
-    """A command's help epilog: its example command lines, one paragraph each (the help keeps paragraphs)."""
-    return ("Example:" if len(commands) == 1 else "Examples:") + "\n\n" + "\n\n".join(commands)
+    """A command's help epilog: its example commands, one paragraph each, broken before options into lines that
+    fit an 80-column terminal (the help would wrap them anywhere, even inside quotes, and a copied line break)."""
+    return ("Example:" if len(commands) == 1 else "Examples:") + "\n\n" + "\n\n".join(map(_shell_lines, commands))
+
+
+def _shell_lines(command: str, width: int = 74) -> str:
+    """``command`` as shell lines of at most ``width`` characters where it can, continued with a backslash."""
+    lines = [""]
+    for part in re.split(r" (?=--)", command):
+        if lines[-1] and len(lines[-1]) + 1 + len(part) > width:
+            lines.append("    " + part)
+        else:
+            lines[-1] = f"{lines[-1]} {part}" if lines[-1] else part
+    return " \\\n".join(lines)
 
 
 def _show_version(shown: bool) -> None:
@@ -360,7 +372,7 @@ def check_distinct(results: list[Path]) -> None:
 
 
 @app.command("summarize", epilog=examples(
-    "unlearnkit bench --benchmark digits --seed 4 --out out/digits-s4   # then --seed 5 and --seed 6 likewise",
+    "unlearnkit bench --benchmark digits --seed 4 --out out/digits-s4   # and likewise seeds 5 and 6",
     "unlearnkit summarize --results out/digits-s4 --results out/digits-s5 --results out/digits-s6 --out out/digits-summary.md",
 ))
 def summarize_command(
