@@ -131,8 +131,8 @@ def _refused(command, defaults, overrides, root, message):
     pytest.param({"--unlearner": "amnesiac", "--stream": "learn:0,unlearn:ids=0"}, "names samples; give --unlearner "
                  "'retrain' or a core method such as gradient_ascent.", id="amnesiac-sample-request"),
     # an extra zero: R (d×d float64) alone would need 320 GB, and the run ended in an allocation traceback
-    pytest.param({"--strategy": "acu", "--param": "expansion=200000"}, "ACU's expansion=200000 needs 640.0 GB for R and "
-                 "its copy (2 × 8·d² bytes), more than this machine's", id="acu-width-beyond-memory"),
+    pytest.param({"--strategy": "acu", "--param": "expansion=200000"}, "ACU's expansion=200000 needs 1280.0 GB for R, G "
+                 "and their copies (4 × 8·d² bytes), more than this machine's", id="acu-width-beyond-memory"),
 ])
 def test_continual_refuses_bad_input_before_any_work(workdir, overrides, message):
     _refused("continual", {"--out": "run", "--stream": "learn:0"}, overrides, workdir, message)
