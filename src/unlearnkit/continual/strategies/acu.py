@@ -28,6 +28,9 @@ rows pending until R folds) and an estimate of W's relative error, divided by p 
 W ← W + R(B − G W) (:meth:`ACU._refine`; each step shrinks W's error by R's relative error), and when R has drifted
 too far for that to converge, R = G⁻¹ and W = R B are recomputed by a Cholesky factor of G. G and B are sums over
 the learned rows, as R is, so unlearning still needs only the forgotten samples; they double the state's memory.
+Until the next fold, the pending corrections hold the last requests' rows, forgotten ones included (R's as
+R Xᵀ L⁻ᵀ, G's as the features X themselves); ``fold_rank=0`` folds after every update, so that no forgotten row
+outlives its request in the state, at the cost of rewriting R and G each time.
 
 Our choices: with no pre-trained backbone offline, the frozen extractor is ACIL's random "buffer
 layer" applied to the pixels, φ(x) = ReLU(x A + c) with A, c seeded Gaussian (``expansion``
