@@ -47,3 +47,15 @@ def test_load_benchmark_is_typed_per_name():
         hints = typing.get_type_hints(overload)
         returns.update({name: hints["return"] for name in typing.get_args(hints["name"])})
     assert returns == {**{name: VisionBenchmark for name in VISION_BENCHMARKS}, "facts": FactsData}
+
+
+def test_the_api_module_is_reachable_right_after_import():
+    """The README tells users to call ``unlearnkit.api.warm_up(model, request)`` before timing methods; after a
+    plain ``import unlearnkit`` that raised AttributeError until something else had imported ``unlearnkit.api``."""
+    import subprocess
+    import sys
+
+    code = "import unlearnkit; print(callable(unlearnkit.api.warm_up))"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "True"

@@ -49,6 +49,10 @@ def __getattr__(name: str) -> Any:
         from .errors import UserInputError
 
         return UserInputError
+    if name == "api":  # the README calls ``unlearnkit.api.warm_up`` right after ``import unlearnkit``
+        import importlib
+
+        return importlib.import_module(".api", __name__)  # ``from . import api`` would recurse into this hook
     raise AttributeError(f"module 'unlearnkit' has no attribute {name!r}")
 
 
