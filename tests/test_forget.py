@@ -620,3 +620,20 @@ def test_one_input_written_nested_or_flat_is_one_item_and_booleans_are_refused(w
     _write_jsonl(workspace / "bools.jsonl", [{"input": [True, False, 1, 2], "label": 1}])
     assert main(_args(workspace, **{"--forget": workspace / "bools.jsonl", "--out": workspace / "out2"})) == 2
     assert "is not 4 numbers" in capsys.readouterr().err and not (workspace / "out2").exists()
+
+
+def test_a_trusted_pickle_of_the_whole_module_loads_its_weights(workspace):
+    """`torch.save(model, "model.pt")` is refused with the advice to pass --trust-pickle; following that advice
+    then failed with "does not hold a mapping of parameter names to tensors" instead of loading the weights."""
+    from safetensors.torch import load_file
+
+    from unlearnkit.io import fingerprint
+
+    model = MLP(4, [16], 2)
+    model.load_state_dict(load_file(workspace / "model" / "model.safetensors"))
+    (workspace / "model" / "model.safetensors").unlink()
+    torch.save(model, workspace / "model" / "model.pt")
+    assert main(_args(workspace)) == 2  # untrusted: refused, nothing written
+    assert main(_args(workspace) + ["--trust-pickle"]) == 0
+    run = json.loads((workspace / "out" / "run.json").read_text())
+    assert run["fingerprint_before"] == fingerprint(model.state_dict())

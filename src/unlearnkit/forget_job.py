@@ -88,6 +88,8 @@ def _load_classifier(directory: Path, trust_pickle: bool):
     if weights is None:
         raise UserInputError(f"The classifier folder {directory} has no model.safetensors.")
     state = load_state_dict(weights, trust_pickle=trust_pickle)
+    if isinstance(state, torch.nn.Module):  # torch.save(model): a trusted pickle of the whole module holds its weights
+        state = state.state_dict()
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserInputError(f"The weights file {weights} does not hold a mapping of parameter names to tensors.")
     check_fits(spec, state, f"The weights in {weights}")
