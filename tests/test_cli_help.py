@@ -1,5 +1,6 @@
 """Every command's --help ends with example command lines, and every example parses as that command's options."""
 
+import re
 import shlex
 
 import pytest
@@ -50,3 +51,18 @@ def test_a_wrong_option_in_an_example_would_be_caught():
         forget.make_context("forget", ["--model", "m", "--forgett", "f.jsonl", "--method", "npo", "--out", "o"])
     with pytest.raises(cli._click_exceptions()):  # a required option left out
         forget.make_context("forget", ["--model", "m", "--method", "npo", "--out", "o"])
+
+
+@pytest.mark.parametrize("path", sorted(COMMANDS), ids=" ".join)
+def test_option_help_in_square_brackets_is_shown_not_read_as_markup(path):
+    """Rich reads "[...]" in help text as markup and drops it: select-images' --out help showed
+    "Markdown table to write ." without the default path it named."""
+    shown = CliRunner().invoke(cli.app, [*path, "--help"], env={"COLUMNS": "400"})
+    for param in COMMANDS[path].params:
+        for bracketed in re.findall(r"\[[^\]]*\]", param.help or ""):
+            assert bracketed in shown.output, (param.name, bracketed)
+
+
+def test_select_images_help_names_its_default_page():
+    shown = CliRunner().invoke(cli.app, ["select-images", "--help"], env={"COLUMNS": "200"})
+    assert "docs/results/image-selection-<benchmark>.md" in shown.output

@@ -344,7 +344,7 @@ def select_facts_command(
 def select_images_command(
     seeds: str = typer.Option("1,2,3", help="Comma-separated split seeds to select on; not 0, the split the image benches report."),
     benchmark: str = typer.Option("digits", help="Image benchmark to select on: digits or mnist."),
-    out: Optional[Path] = typer.Option(None, help="Markdown table to write [default: docs/results/image-selection-<benchmark>.md]."),
+    out: Optional[Path] = typer.Option(None, help="Markdown table to write (default: docs/results/image-selection-<benchmark>.md)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing table."),
 ) -> None:
     """Choose the image benches' ssd and gradient_ascent settings, per scenario, on held-out splits (see benchmarks/image_selection.py)."""
