@@ -242,3 +242,18 @@ def test_tofu_reader_names_the_missing_field_and_file(tmp_path):
             read_tofu_file(bad_list)
     with pytest.raises(UserInputError, match="no forget05.json"):
         tofu_request(tmp_path, "forget05")
+
+
+def test_training_a_facts_model_draws_no_library_bars_into_a_pipe(tmp_path):
+    """A cold `export` or facts bench wrote transformers' "Writing model shards" bars into piped logs, where
+    unlearnkit's own bars stay quiet."""
+    import subprocess
+    import sys
+
+    code = ("import dataclasses; from unlearnkit.benchmarks.facts import FactsConfig, cached_facts_model; "
+            "cached_facts_model(dataclasses.replace(FactsConfig.tiny(), epochs=1), 'target')")
+    env = {**os.environ, "UNLEARNKIT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    env.pop("UNLEARNKIT_PROGRESS", None)
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert "Writing model shards" not in shown.stderr

@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from ..errors import UserInputError
+from ..progress import quiet_library_bars
 from ..request import ForgetRequest
 from ..train.measure import measure, training_memory
 from .cache import cached
@@ -798,6 +799,7 @@ def cached_facts_model(config: FactsConfig | None = None, role: str = "target", 
     def build(directory: Path) -> dict[str, Any]:
         model, tokenizer, loaded = initial_model_and_tokenizer(data)
         model, info = train_facts_model(config, tokenizer, data.train_without(set(excluded)), model)
+        quiet_library_bars()  # else transformers draws "Writing model shards" into logs and pipes
         model.save_pretrained(directory)
         tokenizer.save_pretrained(directory)
         return {"role": role, **loaded, **info}
