@@ -518,7 +518,12 @@ def test_cli_list_show_verify_and_check_item(tmp_path: Path) -> None:
     found = runner.invoke(app, ["ledger", "check-item", "--item", str(tmp_path / "item.txt"), *where])
     assert found.exit_code == 0 and "forgotten: row 2" in found.output
     missing = runner.invoke(app, ["ledger", "check-item", "--item", str(tmp_path / "other.txt"), *where])
-    assert missing.exit_code == 1 and "not forgotten" in missing.output
+    assert missing.exit_code == 1 and "not forgotten" in missing.output and "looked up as one item" not in missing.output
+    # a whole data file is one item (its bytes): a user who passed forget's data file is told how to check a record
+    (tmp_path / "erase.csv").write_text("name,city\nAda,London\n")
+    data_file = runner.invoke(app, ["ledger", "check-item", "--item", str(tmp_path / "erase.csv"), *where])
+    assert data_file.exit_code == 1 and "erase.csv is looked up as one item; to check one record of a .csv data file, " \
+        "write that record alone to a .json file" in " ".join(data_file.output.split())
     (tmp_path / "deep.json").write_text("[" * 100_000)  # deeper than the JSON parser goes: checked as text
     deep = runner.invoke(app, ["ledger", "check-item", "--item", str(tmp_path / "deep.json"), *where])
     assert deep.exit_code == 1 and "not forgotten" in deep.output

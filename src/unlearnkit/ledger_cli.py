@@ -142,13 +142,25 @@ def check_item_command(
         found = {row.id: row for form in forms for row in book.matching_rows(form)}
     rows = [found[row_id] for row_id in sorted(found)]
     if not rows:
-        typer.echo(f"not forgotten: no row of {ledger} lists this item.")
+        typer.echo(f"not forgotten: no row of {ledger} lists this item.{_data_file_hint(item)}")
         raise typer.Exit(1)
     for row in rows:
         typer.echo(_row_outcome(row))
     if not any(_changed_model(row) for row in rows):
         typer.echo(f"not forgotten: no row of {ledger} that lists this item has status ok and changed the model.")
         raise typer.Exit(1)
+
+
+#: Suffixes of the data files `forget` reads records from; an --item file is one item, read as JSON, text or bytes.
+DATA_FILE_SUFFIXES = (".csv", ".parquet", ".jsonl")
+
+
+def _data_file_hint(item: Path) -> str:
+    """A hint when the --item file looks like a whole data file, which is looked up as one item (its bytes)."""
+    if item.suffix.lower() not in DATA_FILE_SUFFIXES:
+        return ""
+    return (f" ({item.name} is looked up as one item; to check one record of a {item.suffix} data file, write that "
+            "record alone to a .json file and pass that.)")
 
 
 def _changed_model(row: Any) -> bool:
