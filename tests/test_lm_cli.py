@@ -229,6 +229,9 @@ def test_evaluate_bad_inputs(exported, tmp_path, capsys):
         (["--model", str(tmp_path / "missing")], "does not exist"),
         (["--model", str(exported)], "hugging face model folder"),  # a data folder, not a model
         (["--model", str(exported / "models" / "target"), "--max-new-tokens", "0"], "max_new_tokens must be a positive"),
+        # the export's retain90 scored as the reference of forget05, whose people it was trained on
+        (["--model", str(exported / "models" / "target"), "--split", "forget05"],
+         "is the data folder's retain90, trained without forget10, not without forget05; give"),
         (["--model", str(exported / "models" / "target"), "--max-length", "8"],  # every item is longer: the first named
          "forget10_perturbed:0 (answer) takes"),
         (["--model", str(exported / "models" / "target"), "--out", str(exported / "models"), "--overwrite"],

@@ -399,6 +399,23 @@ def tofu_evaluation_splits(directory: Path, split: str) -> dict[str, list[dict]]
     return splits
 
 
+def check_exported_retain_model(data: Path, retain_model: Path, split: str) -> None:
+    """Refuse a retain model that ``export`` wrote into ``data``'s models/ folder for another forget split: its
+    statistics would be the reference for a forget set it was trained on. A model elsewhere is the user's to name."""
+    from .tofu_format import RETAIN_OF
+
+    try:
+        name = Path(retain_model).resolve().relative_to((Path(data) / "models").resolve()).parts[0]
+    except (ValueError, IndexError):
+        return
+    expected = RETAIN_OF.get(split)
+    if name in RETAIN_OF.values() and name != expected:
+        trained_without = next(s for s, retain in RETAIN_OF.items() if retain == name)
+        raise UserInputError(f"The retain model {retain_model} is the data folder's {name}, trained without {trained_without}, "
+                             f"not without {split}; give {Path(data) / 'models' / str(expected)} (export --split {split} "
+                             "writes it).")
+
+
 def scored_answers(items: Sequence[Mapping[str, Any]]) -> list[tuple[dict[str, Any], str]]:
     """Each question with each answer an evaluation scores (answer, paraphrase, perturbed ones), named by the
     item's id and which answer it is."""
@@ -433,6 +450,7 @@ def run_lm_evaluate(data: Path, model: Path, retain_model: Path, split: str, out
     if max_new_tokens < 1:
         raise UserInputError(f"max_new_tokens must be a positive integer, got {max_new_tokens}.")
     splits = tofu_evaluation_splits(data, split)
+    check_exported_retain_model(data, retain_model, split)
     adapters = {name: load_causal_lm(path, **(prompt_format or {}), max_length=max_length)
                 for name, path in (("model", model), ("retain", retain_model))}
     scored = [pair for items in splits.values() for pair in scored_answers(items)]
