@@ -56,15 +56,25 @@ def test_acu_unlearning_its_only_task_is_exactly_the_empty_head(scenario):
     assert run.steps[1].retrain_gap == 0.0
 
 
-def test_acu_refuses_an_unlearning_float64_cannot_do_exactly(scenario):
-    # At gamma=1e-8 removing a task needs I − X R Xᵀ with eigenvalues ~1e-8/λ: below float64's rounding,
-    # so the old update returned a head thousands of times off the ridge solution without a word.
+def test_acu_removes_what_float64_cannot_downdate_through_its_sums(scenario):
+    # At gamma=1e-8 removing a task needs I − X R Xᵀ with eigenvalues ~1e-8/λ: below float64's rounding. The old
+    # update returned a head thousands of times off the ridge solution without a word, a later one refused the
+    # request; it is now taken from G − XᵀX and B − XᵀY.
     t = scenario.tasks
     acu = build_strategy("acu", scenario, 0, {"expansion": 300, "gamma": 1e-8})
     for task in t[:3]:
         acu.learn(task, task.train_ids)
-    with pytest.raises(UserInputError, match=r"ACU cannot unlearn these rows exactly in float64 with gamma=1e-08.*use a larger gamma"):
-        acu.unlearn(0, _all(t[0]))
+    acu.unlearn(0, _all(t[0]))
+    ids = torch.cat([t[1].train_ids, t[2].train_ids])
+    x, y = acu.features(scenario.train_x[ids]), acu.targets(ids)
+    # at this gamma the normal equations themselves carry ~1e-4 of rounding: compare both with a QR solve of the
+    # least-squares problem [X; √γ I] W = [Y; 0], and ask ACU to be as close to it as a direct solve is
+    augmented = torch.cat([x, acu.config.gamma**0.5 * torch.eye(x.shape[1], dtype=x.dtype)])
+    q, r = torch.linalg.qr(augmented)
+    exact = torch.linalg.solve_triangular(r, q.T @ torch.cat([y, torch.zeros(x.shape[1], y.shape[1], dtype=y.dtype)]),
+                                          upper=True)
+    direct = ridge_solution(x, y, acu.config.gamma)
+    assert (acu.w - exact).abs().max() <= 3 * (direct - exact).abs().max()
 
 
 DRIFTING_STREAM = "learn:0,learn:1,learn:2,unlearn:0,unlearn:1,unlearn:ids={ids}"
@@ -98,7 +108,7 @@ def test_acu_refused_unlearning_leaves_the_head_as_it_was(scenario, monkeypatch)
     acu = build_strategy("acu", scenario, 0, {"expansion": 300, "chunk": 32})
     for task in t[:3]:
         acu.learn(task, task.train_ids)
-    before = copy.deepcopy((acu.r.dense(), acu.gram.base, acu.gram.rows, acu.b, acu.w, acu.error, dict(acu.counts)))
+    before = copy.deepcopy((acu.r.dense(), acu.gram.base, acu.gram.rows, acu.b, acu.w, acu.r_floor, dict(acu.counts)))
     calls = []
 
     def refuse_the_second_chunk(*args):
@@ -108,9 +118,11 @@ def test_acu_refused_unlearning_leaves_the_head_as_it_was(scenario, monkeypatch)
         return rls_update(*args)
 
     monkeypatch.setattr(acu_module, "rls_update", refuse_the_second_chunk)
+    # and G − XᵀX without a Cholesky factor either
+    monkeypatch.setattr(acu_module.ACU, "_recompute", lambda self, removed=None: False)
     with pytest.raises(UserInputError, match="ACU cannot unlearn these rows exactly"):
         acu.unlearn(0, _all(t[0]))
-    after = (acu.r.dense(), acu.gram.base, acu.gram.rows, acu.b, acu.w, acu.error, dict(acu.counts))
+    after = (acu.r.dense(), acu.gram.base, acu.gram.rows, acu.b, acu.w, acu.r_floor, dict(acu.counts))
     assert len(calls) == 2
     for old, new in zip(before, after):
         assert torch.equal(old, new) if isinstance(old, torch.Tensor) else old == new
