@@ -306,7 +306,7 @@ class ACU(Strategy):
             gamma = self.config.gamma
             if sign > 0:  # I + X R Xᵀ ≥ I: only an R = I/γ too large for float64 breaks it (see logits)
                 raise UserInputError(f"ACU's scores are not finite with gamma={gamma}; use a larger gamma.") from None
-            raise UserInputError(f"ACU cannot unlearn these rows exactly in float64 with gamma={gamma} (X Xᵀ + γI "
+            raise UserInputError(f"ACU cannot unlearn these rows exactly in float64 with gamma={gamma} (XᵀX + γI "
                                  "without them is not positive definite to rounding); use a larger gamma.") from None
 
     def _refine(self) -> None:
